@@ -1,0 +1,1047 @@
+//! The queue engine: one queue's semantics as a state machine, with no I/O,
+//! no threads and no clock of its own.
+//!
+//! Every front end — the in-process queues for threads, the broker's async
+//! connections — drives the same [`Queue`]. It holds its queue under a lock
+//! and calls one operation at a time; time comes in as the `now` argument
+//! (milliseconds on any monotonic clock the front end chooses).
+//!
+//! # Waiting
+//!
+//! An operation never blocks. When a get finds nothing, or a put finds no
+//! room, the front end registers a waiter ([`Queue::wait_get`],
+//! [`Queue::wait_put`], [`Queue::wait_join`]) and sleeps in its own way.
+//! The engine serves waiters first come, first served: it *hands* messages
+//! to the oldest getter (so no later caller can barge in), admits the oldest
+//! putter as soon as its batch fits, and marks joiners done when nothing is
+//! unfinished. The ids of waiters whose outcome was set are collected; the
+//! front end drains them with [`Queue::drain_woken`] after every call and
+//! wakes those sleepers, which then pick their outcome up with a `poll_*`
+//! call. A sleeper that gives up calls `cancel_*`: whatever had been handed
+//! to it goes back untouched, so a waiter that leaves is never handed a
+//! message and nothing is lost to it.
+//!
+//! **Invariant:** the front end drains [`Queue::drain_woken`] after each
+//! call and, for a waiter it registered, eventually calls `poll_*` or
+//! `cancel_*`; messages handed to a waiter are reserved for it until then.
+
+mod ready;
+mod waiters;
+
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ops::Range;
+
+use ready::Ready;
+use waiters::{GetState, PutState, Waiter, Waiters};
+
+/// Milliseconds on the front end's monotonic clock.
+pub type Millis = u64;
+/// Who holds a bound lease or a taken message: a connection in the broker.
+pub type HolderId = u64;
+/// A registered waiter, unique within its queue.
+pub type WaiterId = u64;
+
+/// The order in which ready messages are served.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Kind {
+    /// First in, first out (`queue.Queue`).
+    #[default]
+    Fifo,
+    /// Last in, first out (`queue.LifoQueue`).
+    Lifo,
+    /// Lowest priority key first, first in first out among equals
+    /// (`queue.PriorityQueue`).
+    Priority,
+}
+
+/// A queue's settings.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    /// Serving order.
+    pub kind: Kind,
+    /// Bound on ready messages; 0 means unbounded.
+    pub maxsize: u64,
+    /// How long a lease bound to its holder lasts without a touch; `None`
+    /// lets it last as long as its holder.
+    pub lease_timeout: Option<Millis>,
+    /// A message returned this many times is dead-lettered instead.
+    pub max_attempts: Option<u32>,
+    /// Where dead-lettered messages go; `None` discards them (counted).
+    pub dead_letter: Option<String>,
+}
+
+/// How items compare in a priority queue. Fifo and lifo queues never call
+/// it, so their items may answer `Equal`.
+pub trait Prioritized {
+    /// Lower is served first.
+    fn priority_cmp(&self, other: &Self) -> Ordering;
+}
+
+/// A message: an item with its id and the count of earlier deliveries
+/// that did not finish.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Message<T> {
+    /// Unique and increasing within its queue.
+    pub id: u64,
+    /// 0 on the first delivery, 1 after one return, and so on.
+    pub attempts: u32,
+    /// The payload (and, for a priority queue, its order key).
+    pub item: T,
+}
+
+/// The two kinds of lease (SPEC §1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lease {
+    /// Released when its holder goes away; only that holder may finish,
+    /// return or touch it. Expires after the queue's `lease_timeout`, if set.
+    Bound(HolderId),
+    /// Survives any connection, may be finished by anyone, and expires
+    /// after the given milliseconds unless touched.
+    Timed(Millis),
+}
+
+/// How a get delivers (SPEC §1: leased, TAKE, NOACK).
+pub enum GetSpec<T> {
+    /// Delivered under a lease and redelivered if not finished. The engine
+    /// keeps the item and hands out a copy made by `copy`.
+    Lease {
+        /// Which kind of lease.
+        lease: Lease,
+        /// Makes the copy that is handed out.
+        copy: fn(&T) -> T,
+    },
+    /// Never redelivered, but unfinished until done. With a holder the
+    /// message is tracked by id (done by id; counted lost if the holder goes
+    /// away first); without one only the unfinished count remembers it, and
+    /// [`Queue::task_done_counted`] finishes it as Python counts.
+    Take {
+        /// Who took it, if tracked.
+        holder: Option<HolderId>,
+    },
+    /// Delivered and finished in one step.
+    NoAck,
+}
+
+impl<T: Clone> GetSpec<T> {
+    /// A leased get of cloneable items.
+    pub fn lease(lease: Lease) -> Self {
+        GetSpec::Lease {
+            lease,
+            copy: T::clone,
+        }
+    }
+}
+
+impl<T> Clone for GetSpec<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<T> Copy for GetSpec<T> {}
+
+impl<T> std::fmt::Debug for GetSpec<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            GetSpec::Lease { lease, .. } => f.debug_tuple("Lease").field(lease).finish(),
+            GetSpec::Take { holder } => f.debug_tuple("Take").field(holder).finish(),
+            GetSpec::NoAck => f.write_str("NoAck"),
+        }
+    }
+}
+
+/// One item or several, as a put or a waiting putter carries them.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Batch<T> {
+    /// A single put.
+    One(T),
+    /// A batch put, admitted all or nothing.
+    Many(Vec<T>),
+}
+
+impl<T> Batch<T> {
+    /// How many items.
+    pub fn len(&self) -> usize {
+        match self {
+            Batch::One(_) => 1,
+            Batch::Many(v) => v.len(),
+        }
+    }
+
+    /// True for an empty batch.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Why a put was refused; the items come back with the error.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PutError<B> {
+    /// No room (no-wait, or the wait timed out).
+    #[error("queue is full")]
+    Full(B),
+    /// The queue was shut down.
+    #[error("queue is shut down")]
+    ShutDown(B),
+    /// A batch larger than maxsize can never fit.
+    #[error("batch is larger than the queue's maxsize")]
+    TooMany(B),
+}
+
+impl<B> PutError<B> {
+    /// The items that were not put.
+    pub fn into_inner(self) -> B {
+        match self {
+            PutError::Full(b) | PutError::ShutDown(b) | PutError::TooMany(b) => b,
+        }
+    }
+}
+
+/// A get on a queue that is shut down and has nothing ready.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("queue is shut down")]
+pub struct ShutDown;
+
+/// Python's "task_done() called too many times".
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("task_done() called too many times")]
+pub struct TooManyTaskDone;
+
+/// Whether and how a queue was shut down (Python 3.13's `shutdown`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shutdown {
+    /// Gets drain what is ready, then fail.
+    Graceful,
+    /// What was ready was dropped (counted as finished).
+    Immediate,
+}
+
+/// Running totals, for QINFO and metrics.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Messages admitted by puts.
+    pub put: u64,
+    /// Deliveries, redeliveries included.
+    pub delivered: u64,
+    /// Messages finished by done (or by a NOACK delivery).
+    pub done: u64,
+    /// Leased messages returned by nack.
+    pub nacked: u64,
+    /// Leases that ran out.
+    pub expired: u64,
+    /// Leased messages returned because their holder went away.
+    pub released: u64,
+    /// Messages moved out after `max_attempts` returns.
+    pub dead_lettered: u64,
+    /// Taken messages whose holder went away before done.
+    pub lost: u64,
+    /// Messages dropped by an immediate shutdown or a purge.
+    pub dropped: u64,
+}
+
+struct Leased<T> {
+    msg: Message<T>,
+    holder: Option<HolderId>,
+    /// The lease's length, reused by a touch that names none.
+    duration: Option<Millis>,
+    deadline: Option<Millis>,
+}
+
+/// One queue's complete state. See the module docs for how a front end
+/// drives it.
+pub struct Queue<T> {
+    config: Config,
+    now: Millis,
+    next_id: u64,
+    /// Messages put and not finished. For tracked gets this equals ready +
+    /// delayed + reserved + leased + taken; untracked takes leave only this
+    /// count, which [`Queue::task_done_counted`] lowers as Python does.
+    unfinished: u64,
+    ready: Ready<T>,
+    delayed: BTreeMap<(Millis, u64), Message<T>>,
+    leased: HashMap<u64, Leased<T>>,
+    taken: HashMap<u64, HolderId>,
+    holders: HashMap<HolderId, BTreeSet<u64>>,
+    expiries: BTreeSet<(Millis, u64)>,
+    shutdown: Option<Shutdown>,
+    waiters: Waiters<T>,
+    dead: Vec<Message<T>>,
+    stats: Stats,
+}
+
+impl<T: Prioritized> Queue<T> {
+    /// An empty queue with these settings.
+    pub fn new(config: Config) -> Self {
+        Queue {
+            ready: Ready::new(config.kind),
+            config,
+            now: 0,
+            next_id: 1,
+            unfinished: 0,
+            delayed: BTreeMap::new(),
+            leased: HashMap::new(),
+            taken: HashMap::new(),
+            holders: HashMap::new(),
+            expiries: BTreeSet::new(),
+            shutdown: None,
+            waiters: Waiters::new(),
+            dead: Vec::new(),
+            stats: Stats::default(),
+        }
+    }
+
+    // ----- settings and counters -------------------------------------------
+
+    /// The current settings.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Changes maxsize. A larger one admits waiting putters at once; a
+    /// smaller one makes puts wait until the queue drains below it.
+    pub fn set_maxsize(&mut self, maxsize: u64) {
+        self.config.maxsize = maxsize;
+        self.dispatch();
+    }
+
+    /// Changes the lease timeout of leases taken from now on.
+    pub fn set_lease_timeout(&mut self, lease_timeout: Option<Millis>) {
+        self.config.lease_timeout = lease_timeout;
+    }
+
+    /// Changes max_attempts for returns from now on.
+    pub fn set_max_attempts(&mut self, max_attempts: Option<u32>) {
+        self.config.max_attempts = max_attempts;
+    }
+
+    /// Changes the dead-letter queue's name.
+    pub fn set_dead_letter(&mut self, dead_letter: Option<String>) {
+        self.config.dead_letter = dead_letter;
+    }
+
+    /// Ready messages (Python's `qsize()`); delayed ones are not counted.
+    pub fn qsize(&self) -> u64 {
+        self.ready.len() as u64
+    }
+
+    /// Python's `empty()`.
+    pub fn empty(&self) -> bool {
+        self.ready.is_empty()
+    }
+
+    /// Python's `full()`: `maxsize > 0 and qsize >= maxsize`.
+    pub fn full(&self) -> bool {
+        self.config.maxsize > 0 && self.qsize() >= self.config.maxsize
+    }
+
+    /// Messages put and not yet finished; `join` waits for 0.
+    pub fn unfinished(&self) -> u64 {
+        self.unfinished
+    }
+
+    /// Messages out under a lease.
+    pub fn leased(&self) -> u64 {
+        self.leased.len() as u64
+    }
+
+    /// Messages taken by a tracked holder and not yet done.
+    pub fn taken(&self) -> u64 {
+        self.taken.len() as u64
+    }
+
+    /// Messages waiting for their delay to pass.
+    pub fn delayed(&self) -> u64 {
+        self.delayed.len() as u64
+    }
+
+    /// Getters waiting for a message.
+    pub fn waiting_getters(&self) -> usize {
+        self.waiters.getters.len()
+    }
+
+    /// Putters waiting for room.
+    pub fn waiting_putters(&self) -> usize {
+        self.waiters.putters.len()
+    }
+
+    /// Whether and how the queue was shut down.
+    pub fn shutdown_state(&self) -> Option<Shutdown> {
+        self.shutdown
+    }
+
+    /// Running totals.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// The next id a put will get.
+    pub fn next_id(&self) -> u64 {
+        self.next_id
+    }
+
+    /// The earliest moment at which time alone changes something (a delay
+    /// runs out or a lease expires); the front end calls [`Queue::tick`]
+    /// then.
+    pub fn next_deadline(&self) -> Option<Millis> {
+        let delay = self.delayed.first_key_value().map(|(&(due, _), _)| due);
+        let lease = self.expiries.first().map(|&(deadline, _)| deadline);
+        match (delay, lease) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Up to `count` ready messages in the order they would be served.
+    pub fn peek(&self, count: usize) -> Vec<&Message<T>> {
+        self.ready.peek(count)
+    }
+
+    /// Waiters whose outcome was set since the last call; wake them.
+    pub fn drain_woken(&mut self) -> std::vec::Drain<'_, WaiterId> {
+        self.waiters.woken.drain(..)
+    }
+
+    /// Messages that reached max_attempts since the last call, for the
+    /// owner of all queues to move to [`Config::dead_letter`].
+    pub fn drain_dead_letters(&mut self) -> std::vec::Drain<'_, Message<T>> {
+        self.dead.drain(..)
+    }
+
+    // ----- time ------------------------------------------------------------
+
+    /// Lets time pass: delays that ran out make messages ready, leases that
+    /// ran out return theirs.
+    pub fn tick(&mut self, now: Millis) {
+        self.advance(now);
+        self.dispatch();
+    }
+
+    fn advance(&mut self, now: Millis) {
+        self.now = self.now.max(now);
+        let now = self.now;
+        while let Some(entry) = self.delayed.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            let msg = entry.remove();
+            self.ready.push(msg);
+        }
+        while let Some(&(deadline, id)) = self.expiries.first() {
+            if deadline > now {
+                break;
+            }
+            self.expiries.pop_first();
+            if let Some(lease) = self.remove_lease(id) {
+                self.stats.expired += 1;
+                self.give_back(lease.msg, None);
+            }
+        }
+    }
+
+    // ----- put -------------------------------------------------------------
+
+    fn has_room(&self, n: usize) -> bool {
+        self.config.maxsize == 0 || (self.ready.len() + n) as u64 <= self.config.maxsize
+    }
+
+    /// Puts one item without waiting; replies its id. A `delay` keeps it
+    /// out of reach until `now + delay`.
+    pub fn put(&mut self, item: T, delay: Option<Millis>, now: Millis) -> Result<u64, PutError<T>> {
+        self.advance(now);
+        if self.shutdown.is_some() {
+            return Err(PutError::ShutDown(item));
+        }
+        if !self.has_room(1) {
+            return Err(PutError::Full(item));
+        }
+        let id = self.admit_one(item, delay);
+        self.dispatch();
+        Ok(id)
+    }
+
+    /// Puts a batch without waiting, all or nothing; replies its ids.
+    pub fn put_many(
+        &mut self,
+        items: Vec<T>,
+        delay: Option<Millis>,
+        now: Millis,
+    ) -> Result<Range<u64>, PutError<Vec<T>>> {
+        self.advance(now);
+        if self.shutdown.is_some() {
+            return Err(PutError::ShutDown(items));
+        }
+        if self.config.maxsize > 0 && items.len() as u64 > self.config.maxsize {
+            return Err(PutError::TooMany(items));
+        }
+        if !self.has_room(items.len()) {
+            return Err(PutError::Full(items));
+        }
+        let ids = self.admit(Batch::Many(items), delay);
+        self.dispatch();
+        Ok(ids)
+    }
+
+    /// Admits a message that was already admitted elsewhere — a dead letter
+    /// moving in from its source queue — past maxsize and shutdown, keeping
+    /// its attempt count. Replies its new id.
+    pub fn put_dead_letter(&mut self, item: T, attempts: u32, now: Millis) -> u64 {
+        self.advance(now);
+        let id = self.next_id;
+        self.next_id += 1;
+        self.unfinished += 1;
+        self.stats.put += 1;
+        self.ready.push(Message { id, attempts, item });
+        self.dispatch();
+        id
+    }
+
+    fn admit_one(&mut self, item: T, delay: Option<Millis>) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.unfinished += 1;
+        self.stats.put += 1;
+        let msg = Message {
+            id,
+            attempts: 0,
+            item,
+        };
+        match delay {
+            Some(d) if d > 0 => {
+                self.delayed.insert((self.now.saturating_add(d), id), msg);
+            }
+            _ => self.ready.push(msg),
+        }
+        id
+    }
+
+    fn admit(&mut self, batch: Batch<T>, delay: Option<Millis>) -> Range<u64> {
+        let first = self.next_id;
+        match batch {
+            Batch::One(item) => {
+                self.admit_one(item, delay);
+            }
+            Batch::Many(items) => {
+                for item in items {
+                    self.admit_one(item, delay);
+                }
+            }
+        }
+        first..self.next_id
+    }
+
+    /// Registers a putter that waits for room. Its batch is held here and
+    /// admitted, whole, when it is the oldest putter and fits.
+    pub fn wait_put(&mut self, batch: Batch<T>, delay: Option<Millis>, now: Millis) -> WaiterId {
+        self.advance(now);
+        let id = self
+            .waiters
+            .add(Waiter::Put(PutState::Waiting { batch, delay }));
+        self.dispatch();
+        id
+    }
+
+    /// A waiting putter's outcome, once there is one: its ids, or its batch
+    /// back because the queue was shut down. `None` while it still waits.
+    pub fn poll_put(&mut self, waiter: WaiterId) -> Option<Result<Range<u64>, PutError<Batch<T>>>> {
+        match self.waiters.table.get(&waiter) {
+            Some(Waiter::Put(PutState::Waiting { .. })) | None => return None,
+            Some(_) => {}
+        }
+        match self.waiters.remove(waiter) {
+            Some(Waiter::Put(PutState::Admitted(ids))) => Some(Ok(ids)),
+            Some(Waiter::Put(PutState::ShutDown(batch))) => Some(Err(PutError::ShutDown(batch))),
+            _ => None,
+        }
+    }
+
+    /// Withdraws a waiting putter and hands back its batch if it was not
+    /// admitted. Call [`Queue::poll_put`] first: an admitted batch stays put.
+    pub fn cancel_put(&mut self, waiter: WaiterId) -> Option<Batch<T>> {
+        let batch = match self.waiters.remove(waiter)? {
+            Waiter::Put(PutState::Waiting { batch, .. } | PutState::ShutDown(batch)) => Some(batch),
+            _ => None,
+        };
+        // The putter may have been holding up smaller ones behind it.
+        self.dispatch();
+        batch
+    }
+
+    // ----- get -------------------------------------------------------------
+
+    /// Gets one message without waiting: `Ok(None)` when nothing is ready,
+    /// `Err(ShutDown)` when nothing is ready and the queue was shut down.
+    pub fn get(&mut self, spec: GetSpec<T>, now: Millis) -> Result<Option<Message<T>>, ShutDown> {
+        self.advance(now);
+        match self.ready.pop() {
+            Some(msg) => {
+                let msg = self.deliver(msg, spec);
+                self.dispatch();
+                Ok(Some(msg))
+            }
+            None if self.shutdown.is_some() => Err(ShutDown),
+            None => Ok(None),
+        }
+    }
+
+    /// Gets up to `max` messages without waiting, appending them to `out`;
+    /// replies how many. `Err(ShutDown)` when nothing is ready and the
+    /// queue was shut down.
+    pub fn get_many(
+        &mut self,
+        spec: GetSpec<T>,
+        max: usize,
+        now: Millis,
+        out: &mut Vec<Message<T>>,
+    ) -> Result<usize, ShutDown> {
+        self.advance(now);
+        let mut n = 0;
+        while n < max {
+            let Some(msg) = self.ready.pop() else { break };
+            let msg = self.deliver(msg, spec);
+            out.push(msg);
+            n += 1;
+        }
+        if n == 0 && self.shutdown.is_some() {
+            return Err(ShutDown);
+        }
+        self.dispatch();
+        Ok(n)
+    }
+
+    /// Registers a getter that waits for up to `max` messages.
+    pub fn wait_get(&mut self, spec: GetSpec<T>, max: usize, now: Millis) -> WaiterId {
+        self.advance(now);
+        let id = self.waiters.add(Waiter::Get {
+            spec,
+            max: max.max(1),
+            state: GetState::Waiting,
+        });
+        self.dispatch();
+        id
+    }
+
+    /// A waiting getter's outcome, once there is one: the messages handed
+    /// to it (delivered now, at `now`), or ShutDown. `None` while it waits.
+    pub fn poll_get(
+        &mut self,
+        waiter: WaiterId,
+        now: Millis,
+    ) -> Option<Result<Vec<Message<T>>, ShutDown>> {
+        match self.waiters.table.get(&waiter) {
+            Some(Waiter::Get {
+                state: GetState::Waiting,
+                ..
+            })
+            | None => return None,
+            Some(_) => {}
+        }
+        self.advance(now);
+        let result = match self.waiters.remove(waiter) {
+            Some(Waiter::Get {
+                spec,
+                state: GetState::Reserved(msgs),
+                ..
+            }) => Ok(msgs.into_iter().map(|m| self.deliver(m, spec)).collect()),
+            _ => Err(ShutDown),
+        };
+        self.dispatch();
+        Some(result)
+    }
+
+    /// Withdraws a waiting getter. Messages handed to it and not picked up
+    /// go back to the head of the queue, their attempts unchanged.
+    pub fn cancel_get(&mut self, waiter: WaiterId) {
+        if let Some(Waiter::Get {
+            state: GetState::Reserved(msgs),
+            ..
+        }) = self.waiters.remove(waiter)
+        {
+            for msg in msgs.into_iter().rev() {
+                self.ready.give_back(msg);
+            }
+            self.dispatch();
+        }
+    }
+
+    fn deliver(&mut self, msg: Message<T>, spec: GetSpec<T>) -> Message<T> {
+        self.stats.delivered += 1;
+        match spec {
+            GetSpec::NoAck => {
+                self.finish_one();
+                self.stats.done += 1;
+                msg
+            }
+            GetSpec::Take { holder: None } => msg,
+            GetSpec::Take { holder: Some(h) } => {
+                self.taken.insert(msg.id, h);
+                self.holders.entry(h).or_default().insert(msg.id);
+                msg
+            }
+            GetSpec::Lease { lease, copy } => {
+                let (holder, duration) = match lease {
+                    Lease::Bound(h) => (Some(h), self.config.lease_timeout),
+                    Lease::Timed(ms) => (None, Some(ms)),
+                };
+                let deadline = duration.map(|d| self.now.saturating_add(d));
+                if let Some(d) = deadline {
+                    self.expiries.insert((d, msg.id));
+                }
+                if let Some(h) = holder {
+                    self.holders.entry(h).or_default().insert(msg.id);
+                }
+                let out = Message {
+                    id: msg.id,
+                    attempts: msg.attempts,
+                    item: copy(&msg.item),
+                };
+                self.leased.insert(
+                    msg.id,
+                    Leased {
+                        msg,
+                        holder,
+                        duration,
+                        deadline,
+                    },
+                );
+                out
+            }
+        }
+    }
+
+    // ----- finishing and returning -----------------------------------------
+
+    fn finish_one(&mut self) {
+        // Saturating: with Python's counting (untracked takes) an immediate
+        // shutdown may drop messages whose count task_done already took.
+        self.unfinished = self.unfinished.saturating_sub(1);
+    }
+
+    /// May `holder` act on a message held as `owner`? A bound lease or a
+    /// tracked take belongs to its holder; a timed lease to anyone.
+    fn may_act(owner: Option<HolderId>, holder: Option<HolderId>) -> bool {
+        owner.is_none() || owner == holder
+    }
+
+    fn remove_lease(&mut self, id: u64) -> Option<Leased<T>> {
+        let lease = self.leased.remove(&id)?;
+        if let Some(d) = lease.deadline {
+            self.expiries.remove(&(d, id));
+        }
+        if let Some(h) = lease.holder {
+            self.unindex(h, id);
+        }
+        Some(lease)
+    }
+
+    fn unindex(&mut self, holder: HolderId, id: u64) {
+        if let Some(ids) = self.holders.get_mut(&holder) {
+            ids.remove(&id);
+            if ids.is_empty() {
+                self.holders.remove(&holder);
+            }
+        }
+    }
+
+    /// Finishes (task_done) the given leased or taken messages on behalf of
+    /// `holder`; replies how many it finished. Ids that are not out, or
+    /// that belong to another holder, are skipped.
+    pub fn done(&mut self, ids: &[u64], holder: Option<HolderId>) -> usize {
+        let mut n = 0;
+        for &id in ids {
+            if let Some(lease) = self.leased.get(&id) {
+                if Self::may_act(lease.holder, holder) {
+                    self.remove_lease(id);
+                    n += 1;
+                }
+            } else if let Some(&owner) = self.taken.get(&id) {
+                if Some(owner) == holder {
+                    self.taken.remove(&id);
+                    self.unindex(owner, id);
+                    n += 1;
+                }
+            }
+        }
+        for _ in 0..n {
+            self.finish_one();
+        }
+        self.stats.done += n as u64;
+        self.dispatch();
+        n
+    }
+
+    /// Python's `task_done()`: lowers the unfinished count by one, whatever
+    /// was got, and fails when it is already 0. For untracked takes (the
+    /// in-process queues) only.
+    pub fn task_done_counted(&mut self) -> Result<(), TooManyTaskDone> {
+        if self.unfinished == 0 {
+            return Err(TooManyTaskDone);
+        }
+        self.unfinished -= 1;
+        self.stats.done += 1;
+        self.dispatch();
+        Ok(())
+    }
+
+    /// Gives a leased message back for another try (attempt + 1), now or
+    /// after `delay`. False when `holder` does not hold such a lease.
+    pub fn nack(
+        &mut self,
+        id: u64,
+        holder: Option<HolderId>,
+        delay: Option<Millis>,
+        now: Millis,
+    ) -> bool {
+        self.advance(now);
+        let allowed = self
+            .leased
+            .get(&id)
+            .is_some_and(|l| Self::may_act(l.holder, holder));
+        if allowed {
+            if let Some(lease) = self.remove_lease(id) {
+                self.stats.nacked += 1;
+                self.give_back(lease.msg, delay);
+            }
+        }
+        self.dispatch();
+        allowed
+    }
+
+    /// Extends a lease to `now + lease` (or its own length again); replies
+    /// the new deadline, `Some(None)` for a lease without one, and `None`
+    /// when `holder` does not hold such a lease.
+    pub fn touch(
+        &mut self,
+        id: u64,
+        holder: Option<HolderId>,
+        lease: Option<Millis>,
+        now: Millis,
+    ) -> Option<Option<Millis>> {
+        self.advance(now);
+        let now = self.now;
+        let entry = self.leased.get_mut(&id)?;
+        if !Self::may_act(entry.holder, holder) {
+            return None;
+        }
+        if let Some(ms) = lease {
+            entry.duration = Some(ms);
+        }
+        let Some(duration) = entry.duration else {
+            return Some(None);
+        };
+        if let Some(old) = entry.deadline {
+            self.expiries.remove(&(old, id));
+        }
+        let deadline = now.saturating_add(duration);
+        entry.deadline = Some(deadline);
+        self.expiries.insert((deadline, id));
+        Some(Some(deadline))
+    }
+
+    /// The holder went away (its connection closed): its bound leases come
+    /// back (attempt + 1) and its taken messages count as finished and lost.
+    pub fn release_holder(&mut self, holder: HolderId, now: Millis) {
+        self.advance(now);
+        let Some(ids) = self.holders.remove(&holder) else {
+            return;
+        };
+        for id in ids {
+            if let Some(lease) = self.leased.remove(&id) {
+                if let Some(d) = lease.deadline {
+                    self.expiries.remove(&(d, id));
+                }
+                self.stats.released += 1;
+                self.give_back(lease.msg, None);
+            } else if self.taken.remove(&id).is_some() {
+                self.stats.lost += 1;
+                self.finish_one();
+            }
+        }
+        self.dispatch();
+    }
+
+    /// A message comes back from a consumer: one more attempt, then the
+    /// dead-letter queue, a drop (after an immediate shutdown), a delay, or
+    /// the head of the queue.
+    fn give_back(&mut self, mut msg: Message<T>, delay: Option<Millis>) {
+        msg.attempts = msg.attempts.saturating_add(1);
+        if self
+            .config
+            .max_attempts
+            .is_some_and(|max| msg.attempts >= max)
+        {
+            self.stats.dead_lettered += 1;
+            self.finish_one();
+            self.dead.push(msg);
+            return;
+        }
+        match (self.shutdown, delay) {
+            (Some(Shutdown::Immediate), _) => {
+                self.stats.dropped += 1;
+                self.finish_one();
+            }
+            (None, Some(d)) if d > 0 => {
+                self.delayed
+                    .insert((self.now.saturating_add(d), msg.id), msg);
+            }
+            _ => self.ready.give_back(msg),
+        }
+    }
+
+    // ----- shutdown, purge, join -------------------------------------------
+
+    /// Python 3.13's `shutdown(immediate)`: puts fail from now on; delayed
+    /// messages become ready; getters drain what is ready, then fail. With
+    /// `immediate`, what is ready is dropped, each counted as finished.
+    pub fn shutdown(&mut self, immediate: bool, now: Millis) {
+        self.advance(now);
+        if immediate {
+            self.shutdown = Some(Shutdown::Immediate);
+        } else if self.shutdown.is_none() {
+            self.shutdown = Some(Shutdown::Graceful);
+        }
+        while let Some((_, msg)) = self.delayed.pop_first() {
+            self.ready.push(msg);
+        }
+        if immediate {
+            let dropped = self.ready.drain();
+            self.stats.dropped += dropped.len() as u64;
+            for _ in dropped {
+                self.finish_one();
+            }
+        }
+        self.dispatch();
+    }
+
+    /// Drops every ready and delayed message, each counted as finished;
+    /// replies how many.
+    pub fn purge(&mut self, now: Millis) -> u64 {
+        self.advance(now);
+        let mut n = 0;
+        for _ in self.ready.drain() {
+            n += 1;
+        }
+        while self.delayed.pop_first().is_some() {
+            n += 1;
+        }
+        for _ in 0..n {
+            self.finish_one();
+        }
+        self.stats.dropped += n;
+        self.dispatch();
+        n
+    }
+
+    /// Registers a joiner; `None` when nothing is unfinished (join returns
+    /// at once).
+    pub fn wait_join(&mut self) -> Option<WaiterId> {
+        if self.unfinished == 0 {
+            return None;
+        }
+        Some(self.waiters.add(Waiter::Join { done: false }))
+    }
+
+    /// True (and the joiner is gone) once nothing is unfinished.
+    pub fn poll_join(&mut self, waiter: WaiterId) -> bool {
+        match self.waiters.table.get(&waiter) {
+            Some(Waiter::Join { done: true }) => {
+                self.waiters.remove(waiter);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Withdraws a joiner.
+    pub fn cancel_join(&mut self, waiter: WaiterId) {
+        self.waiters.remove(waiter);
+    }
+
+    // ----- dispatch --------------------------------------------------------
+
+    /// Serves waiters, oldest first, until nothing more can be done.
+    fn dispatch(&mut self) {
+        if self.waiters.idle() {
+            return;
+        }
+        loop {
+            self.serve_getters();
+            if !self.serve_putters() {
+                break;
+            }
+        }
+        if self.unfinished == 0 && !self.waiters.joiners.is_empty() {
+            for id in self.waiters.joiners.drain(..) {
+                if let Some(Waiter::Join { done }) = self.waiters.table.get_mut(&id) {
+                    *done = true;
+                    self.waiters.woken.push(id);
+                }
+            }
+        }
+    }
+
+    fn serve_getters(&mut self) {
+        while !self.ready.is_empty() {
+            let Some(id) = self.waiters.getters.pop_front() else {
+                return;
+            };
+            if let Some(Waiter::Get { max, state, .. }) = self.waiters.table.get_mut(&id) {
+                let mut msgs = Vec::with_capacity((*max).min(self.ready.len()));
+                while msgs.len() < *max {
+                    let Some(msg) = self.ready.pop() else { break };
+                    msgs.push(msg);
+                }
+                *state = GetState::Reserved(msgs);
+                self.waiters.woken.push(id);
+            }
+        }
+        if self.shutdown.is_some() {
+            for id in self.waiters.getters.drain(..) {
+                if let Some(Waiter::Get { state, .. }) = self.waiters.table.get_mut(&id) {
+                    *state = GetState::ShutDown;
+                    self.waiters.woken.push(id);
+                }
+            }
+        }
+    }
+
+    /// Admits putters, oldest first, while they fit; true if any was.
+    fn serve_putters(&mut self) -> bool {
+        let mut admitted = false;
+        while let Some(&id) = self.waiters.putters.front() {
+            let needed = match self.waiters.table.get(&id) {
+                Some(Waiter::Put(PutState::Waiting { batch, .. })) => batch.len(),
+                _ => {
+                    self.waiters.putters.pop_front();
+                    continue;
+                }
+            };
+            if self.shutdown.is_none() && !self.has_room(needed) {
+                break;
+            }
+            self.waiters.putters.pop_front();
+            let Some(Waiter::Put(state)) = self.waiters.table.get_mut(&id) else {
+                continue;
+            };
+            let PutState::Waiting { batch, delay } =
+                std::mem::replace(state, PutState::Admitted(0..0))
+            else {
+                continue;
+            };
+            let outcome = if self.shutdown.is_some() {
+                PutState::ShutDown(batch)
+            } else {
+                admitted = true;
+                PutState::Admitted(self.admit(batch, delay))
+            };
+            if let Some(Waiter::Put(state)) = self.waiters.table.get_mut(&id) {
+                *state = outcome;
+            }
+            self.waiters.woken.push(id);
+        }
+        admitted
+    }
+}
+
+#[cfg(test)]
+mod tests;

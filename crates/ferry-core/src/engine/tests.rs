@@ -1,0 +1,370 @@
+//! Unit tests of the engine's rules, one rule a test.
+
+use super::*;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct P(u8);
+
+impl Prioritized for P {
+    fn priority_cmp(&self, other: &Self) -> Ordering {
+        self.0.cmp(&other.0)
+    }
+}
+
+fn q(kind: Kind, maxsize: u64) -> Queue<P> {
+    Queue::new(Config {
+        kind,
+        maxsize,
+        ..Config::default()
+    })
+}
+
+fn take() -> GetSpec<P> {
+    GetSpec::Take { holder: Some(1) }
+}
+
+fn drain(q: &mut Queue<P>) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Ok(Some(m)) = q.get(GetSpec::NoAck, 0) {
+        out.push(m.item.0);
+    }
+    out
+}
+
+#[test]
+fn kinds_serve_in_their_order() {
+    for (kind, want) in [
+        (Kind::Fifo, vec![3, 1, 2, 1]),
+        (Kind::Lifo, vec![1, 2, 1, 3]),
+        (Kind::Priority, vec![1, 1, 2, 3]),
+    ] {
+        let mut q = q(kind, 0);
+        for p in [3, 1, 2, 1] {
+            q.put(P(p), None, 0).unwrap();
+        }
+        assert_eq!(drain(&mut q), want, "{kind:?}");
+    }
+}
+
+#[test]
+fn priority_is_fifo_among_equals() {
+    let mut q = q(Kind::Priority, 0);
+    let a = q.put(P(5), None, 0).unwrap();
+    let b = q.put(P(5), None, 0).unwrap();
+    assert_eq!(q.get(GetSpec::NoAck, 0).unwrap().unwrap().id, a);
+    assert_eq!(q.get(GetSpec::NoAck, 0).unwrap().unwrap().id, b);
+}
+
+#[test]
+fn counters_follow_python() {
+    let mut q = q(Kind::Fifo, 2);
+    assert!(q.empty() && !q.full());
+    q.put(P(0), None, 0).unwrap();
+    q.put(P(0), None, 0).unwrap();
+    assert!(q.full());
+    assert!(matches!(q.put(P(9), None, 0), Err(PutError::Full(P(9)))));
+    let m = q.get(take(), 0).unwrap().unwrap();
+    assert_eq!((q.qsize(), q.unfinished()), (1, 2));
+    assert_eq!(q.done(&[m.id], Some(1)), 1);
+    assert_eq!(
+        q.done(&[m.id], Some(1)),
+        0,
+        "a second done finishes nothing"
+    );
+    assert_eq!(q.unfinished(), 1);
+}
+
+#[test]
+fn delayed_messages_wait_and_do_not_count_in_qsize() {
+    let mut q = q(Kind::Fifo, 1);
+    q.put(P(1), Some(100), 0).unwrap();
+    assert_eq!((q.qsize(), q.delayed(), q.unfinished()), (0, 1, 1));
+    assert_eq!(q.next_deadline(), Some(100));
+    assert_eq!(q.get(take(), 99).unwrap(), None);
+    assert_eq!(q.get(take(), 100).unwrap().unwrap().item, P(1));
+}
+
+#[test]
+fn bound_lease_returns_when_holder_goes_and_only_holder_may_act() {
+    let mut q = q(Kind::Fifo, 0);
+    let id = q.put(P(1), None, 0).unwrap();
+    let m = q.get(GetSpec::lease(Lease::Bound(7)), 0).unwrap().unwrap();
+    assert_eq!((m.id, m.attempts), (id, 0));
+    assert_eq!(q.done(&[id], Some(8)), 0, "another holder cannot finish it");
+    assert!(!q.nack(id, Some(8), None, 0));
+    assert_eq!(q.touch(id, Some(8), Some(5), 0), None);
+    q.release_holder(7, 0);
+    assert_eq!((q.qsize(), q.leased(), q.unfinished()), (1, 0, 1));
+    let m = q.get(GetSpec::lease(Lease::Bound(8)), 0).unwrap().unwrap();
+    assert_eq!((m.id, m.attempts), (id, 1));
+    assert_eq!(q.done(&[id], Some(8)), 1);
+    assert_eq!(q.unfinished(), 0);
+}
+
+#[test]
+fn timed_lease_expires_and_anyone_may_finish_it() {
+    let mut q = q(Kind::Fifo, 0);
+    let id = q.put(P(1), None, 0).unwrap();
+    q.get(GetSpec::lease(Lease::Timed(50)), 0).unwrap().unwrap();
+    q.release_holder(1, 10); // no holder: nothing happens
+    assert_eq!(q.leased(), 1);
+    assert_eq!(q.touch(id, None, None, 40), Some(Some(90)));
+    q.tick(89);
+    assert_eq!(q.leased(), 1);
+    q.tick(90);
+    assert_eq!((q.leased(), q.qsize()), (0, 1));
+    q.get(GetSpec::lease(Lease::Timed(50)), 90)
+        .unwrap()
+        .unwrap();
+    assert_eq!(q.done(&[id], Some(42)), 1);
+    assert_eq!(q.stats().expired, 1);
+}
+
+#[test]
+fn bound_lease_expires_after_the_queues_lease_timeout() {
+    let mut q = Queue::new(Config {
+        lease_timeout: Some(10),
+        ..Config::default()
+    });
+    q.put(P(1), None, 0).unwrap();
+    q.get(GetSpec::lease(Lease::Bound(1)), 0).unwrap().unwrap();
+    q.tick(10);
+    assert_eq!(q.qsize(), 1);
+}
+
+#[test]
+fn max_attempts_dead_letters_and_counts_finished() {
+    let mut q = Queue::new(Config {
+        max_attempts: Some(2),
+        dead_letter: Some("dlq".into()),
+        ..Config::default()
+    });
+    let id = q.put(P(1), None, 0).unwrap();
+    for _ in 0..2 {
+        q.get(GetSpec::lease(Lease::Bound(1)), 0).unwrap().unwrap();
+        assert!(q.nack(id, Some(1), None, 0));
+    }
+    assert_eq!((q.qsize(), q.unfinished()), (0, 0));
+    let dead: Vec<_> = q.drain_dead_letters().collect();
+    assert_eq!(dead.len(), 1);
+    assert_eq!((dead[0].id, dead[0].attempts), (id, 2));
+    let mut dlq = q2();
+    let new_id = dlq.put_dead_letter(dead[0].item.clone(), dead[0].attempts, 0);
+    assert_eq!(dlq.get(take(), 0).unwrap().unwrap().attempts, 2);
+    assert_eq!(new_id, 1);
+}
+
+fn q2() -> Queue<P> {
+    q(Kind::Fifo, 1)
+}
+
+#[test]
+fn nack_with_delay_waits_then_serves_at_the_back() {
+    let mut q = q(Kind::Fifo, 0);
+    let a = q.put(P(1), None, 0).unwrap();
+    q.put(P(2), None, 0).unwrap();
+    q.get(GetSpec::lease(Lease::Bound(1)), 0).unwrap().unwrap();
+    assert!(q.nack(a, Some(1), Some(10), 0));
+    assert_eq!(q.delayed(), 1);
+    q.tick(10);
+    assert_eq!(drain(&mut q), vec![2, 1]);
+}
+
+#[test]
+fn nack_without_delay_serves_next() {
+    let mut q = q(Kind::Fifo, 0);
+    let a = q.put(P(1), None, 0).unwrap();
+    q.put(P(2), None, 0).unwrap();
+    q.get(GetSpec::lease(Lease::Bound(1)), 0).unwrap().unwrap();
+    assert!(q.nack(a, Some(1), None, 0));
+    assert_eq!(drain(&mut q), vec![1, 2]);
+}
+
+#[test]
+fn taken_message_of_a_vanished_holder_counts_as_lost_and_finished() {
+    let mut q = q(Kind::Fifo, 0);
+    q.put(P(1), None, 0).unwrap();
+    q.get(take(), 0).unwrap().unwrap();
+    let j = q.wait_join().unwrap();
+    q.release_holder(1, 0);
+    assert_eq!((q.unfinished(), q.stats().lost, q.qsize()), (0, 1, 0));
+    assert_eq!(q.drain_woken().collect::<Vec<_>>(), vec![j]);
+    assert!(q.poll_join(j));
+}
+
+#[test]
+fn getters_are_served_first_come_first_served() {
+    let mut q = q(Kind::Fifo, 0);
+    let g1 = q.wait_get(take(), 1, 0);
+    let g2 = q.wait_get(take(), 1, 0);
+    assert_eq!(q.poll_get(g1, 0), None);
+    q.put(P(1), None, 0).unwrap();
+    q.put(P(2), None, 0).unwrap();
+    assert_eq!(q.drain_woken().collect::<Vec<_>>(), vec![g1, g2]);
+    assert_eq!(q.poll_get(g2, 0).unwrap().unwrap()[0].item, P(2));
+    assert_eq!(q.poll_get(g1, 0).unwrap().unwrap()[0].item, P(1));
+}
+
+#[test]
+fn a_getter_that_leaves_gives_back_what_it_was_handed() {
+    let mut q = q(Kind::Fifo, 0);
+    let g = q.wait_get(GetSpec::lease(Lease::Bound(1)), 2, 0);
+    q.put(P(1), None, 0).unwrap();
+    q.put(P(2), None, 0).unwrap();
+    q.cancel_get(g);
+    assert_eq!((q.qsize(), q.leased(), q.stats().delivered), (2, 0, 0));
+    let m = q.get(take(), 0).unwrap().unwrap();
+    assert_eq!((m.item, m.attempts), (P(1), 0));
+}
+
+#[test]
+fn a_waiting_getter_takes_up_to_its_count() {
+    let mut q = q(Kind::Fifo, 0);
+    let g = q.wait_get(take(), 3, 0);
+    q.put_many(vec![P(1), P(2), P(3), P(4)], None, 0).unwrap();
+    // The first put hands one message over at once; the batch arrives whole.
+    let got = q.poll_get(g, 0).unwrap().unwrap();
+    assert_eq!(
+        got.iter().map(|m| m.item.0).collect::<Vec<_>>(),
+        vec![1, 2, 3]
+    );
+    assert_eq!(q.qsize(), 1);
+}
+
+#[test]
+fn putters_are_admitted_in_order_when_room_frees() {
+    let mut q = q(Kind::Fifo, 1);
+    q.put(P(0), None, 0).unwrap();
+    let p1 = q.wait_put(Batch::One(P(1)), None, 0);
+    let p2 = q.wait_put(Batch::One(P(2)), None, 0);
+    assert_eq!(q.poll_put(p1), None);
+    q.get(take(), 0).unwrap().unwrap();
+    assert_eq!(q.drain_woken().collect::<Vec<_>>(), vec![p1]);
+    assert_eq!(q.poll_put(p1), Some(Ok(2..3)));
+    assert_eq!(q.cancel_put(p2), Some(Batch::One(P(2))));
+    assert_eq!(drain(&mut q), vec![1]);
+}
+
+#[test]
+fn a_big_batch_waits_until_it_fits_whole() {
+    let mut q = q(Kind::Fifo, 3);
+    q.put_many(vec![P(1), P(2)], None, 0).unwrap();
+    assert!(matches!(
+        q.put_many(vec![P(0); 4], None, 0),
+        Err(PutError::TooMany(_))
+    ));
+    let p = q.wait_put(Batch::Many(vec![P(3), P(4)]), None, 0);
+    q.get(take(), 0).unwrap().unwrap();
+    assert_eq!(q.poll_put(p), Some(Ok(3..5)));
+    assert_eq!(q.qsize(), 3);
+}
+
+#[test]
+fn graceful_shutdown_drains_then_fails() {
+    let mut q = q(Kind::Fifo, 1);
+    q.put(P(2), Some(100), 0).unwrap();
+    q.put(P(1), None, 0).unwrap();
+    let p = q.wait_put(Batch::One(P(3)), None, 0);
+    q.shutdown(false, 0);
+    assert!(matches!(
+        q.poll_put(p),
+        Some(Err(PutError::ShutDown(Batch::One(P(3)))))
+    ));
+    assert!(matches!(
+        q.put(P(4), None, 0),
+        Err(PutError::ShutDown(P(4)))
+    ));
+    assert_eq!(drain(&mut q), vec![1, 2], "delayed messages became ready");
+    assert_eq!(q.get(take(), 0), Err(ShutDown));
+    let g = q.wait_get(take(), 1, 0);
+    assert_eq!(q.poll_get(g, 0), Some(Err(ShutDown)));
+}
+
+#[test]
+fn immediate_shutdown_drops_ready_and_join_waits_for_leased() {
+    let mut q = q(Kind::Fifo, 0);
+    let a = q.put(P(1), None, 0).unwrap();
+    q.put(P(2), None, 0).unwrap();
+    q.put(P(3), None, 0).unwrap();
+    q.get(GetSpec::lease(Lease::Bound(1)), 0).unwrap().unwrap();
+    let g = q.wait_get(take(), 1, 0);
+    q.cancel_get(g);
+    let j = q.wait_join().unwrap();
+    q.shutdown(true, 0);
+    assert_eq!((q.qsize(), q.unfinished(), q.stats().dropped), (0, 1, 2));
+    assert!(!q.poll_join(j));
+    // A leased message given back after an immediate shutdown is dropped.
+    assert!(q.nack(a, Some(1), None, 0));
+    assert_eq!(q.unfinished(), 0);
+    assert!(q.poll_join(j));
+}
+
+#[test]
+fn python_counting_with_untracked_takes() {
+    let mut q = q(Kind::Fifo, 0);
+    assert_eq!(q.task_done_counted(), Err(TooManyTaskDone));
+    q.put(P(1), None, 0).unwrap();
+    // Python lets task_done run ahead of get.
+    q.task_done_counted().unwrap();
+    assert_eq!(q.wait_join(), None);
+    assert_eq!(
+        q.get(GetSpec::Take { holder: None }, 0)
+            .unwrap()
+            .unwrap()
+            .item,
+        P(1)
+    );
+    assert_eq!(q.task_done_counted(), Err(TooManyTaskDone));
+}
+
+#[test]
+fn noack_finishes_on_delivery() {
+    let mut q = q(Kind::Fifo, 0);
+    q.put(P(1), None, 0).unwrap();
+    let j = q.wait_join().unwrap();
+    q.get(GetSpec::NoAck, 0).unwrap().unwrap();
+    assert_eq!(q.unfinished(), 0);
+    assert!(q.poll_join(j));
+}
+
+#[test]
+fn purge_drops_ready_and_delayed_and_admits_putters() {
+    let mut q = q(Kind::Fifo, 1);
+    q.put(P(2), Some(5), 0).unwrap();
+    q.put(P(1), None, 0).unwrap();
+    let p = q.wait_put(Batch::One(P(3)), None, 0);
+    assert_eq!(q.purge(0), 2);
+    assert_eq!(q.poll_put(p), Some(Ok(3..4)));
+    assert_eq!((q.qsize(), q.unfinished()), (1, 1));
+}
+
+#[test]
+fn smaller_maxsize_holds_puts_until_drained_below_it() {
+    let mut q = q(Kind::Fifo, 0);
+    for i in 0..3 {
+        q.put(P(i), None, 0).unwrap();
+    }
+    q.set_maxsize(2);
+    assert!(q.full());
+    let p = q.wait_put(Batch::One(P(9)), None, 0);
+    q.get(take(), 0).unwrap().unwrap();
+    assert_eq!(q.poll_put(p), None);
+    q.get(take(), 0).unwrap().unwrap();
+    assert!(q.poll_put(p).is_some());
+}
+
+#[test]
+fn peek_shows_delivery_order() {
+    for (kind, want) in [
+        (Kind::Fifo, vec![3, 1]),
+        (Kind::Lifo, vec![2, 1]),
+        (Kind::Priority, vec![1, 2]),
+    ] {
+        let mut q = q(kind, 0);
+        for p in [3, 1, 2] {
+            q.put(P(p), None, 0).unwrap();
+        }
+        let got: Vec<u8> = q.peek(2).iter().map(|m| m.item.0).collect();
+        assert_eq!(got, want, "{kind:?}");
+    }
+}
