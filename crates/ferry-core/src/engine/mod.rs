@@ -414,18 +414,22 @@ impl<T: Prioritized> Queue<T> {
     /// ran out return theirs.
     pub fn tick(&mut self, now: Millis) {
         self.advance(now);
-        self.dispatch();
     }
 
+    /// Brings the queue up to `now`, and serves waiters with whatever that
+    /// made ready, so that the operation that follows cannot barge ahead of
+    /// them.
     fn advance(&mut self, now: Millis) {
         self.now = self.now.max(now);
         let now = self.now;
+        let mut changed = false;
         while let Some(entry) = self.delayed.first_entry() {
             if entry.key().0 > now {
                 break;
             }
             let msg = entry.remove();
             self.ready.push(msg);
+            changed = true;
         }
         while let Some(&(deadline, id)) = self.expiries.first() {
             if deadline > now {
@@ -435,7 +439,11 @@ impl<T: Prioritized> Queue<T> {
             if let Some(lease) = self.remove_lease(id) {
                 self.stats.expired += 1;
                 self.give_back(lease.msg, None);
+                changed = true;
             }
+        }
+        if changed {
+            self.dispatch();
         }
     }
 
@@ -544,9 +552,11 @@ impl<T: Prioritized> Queue<T> {
     /// A waiting putter's outcome, once there is one: its ids, or its batch
     /// back because the queue was shut down. `None` while it still waits.
     pub fn poll_put(&mut self, waiter: WaiterId) -> Option<Result<Range<u64>, PutError<Batch<T>>>> {
-        match self.waiters.table.get(&waiter) {
-            Some(Waiter::Put(PutState::Waiting { .. })) | None => return None,
-            Some(_) => {}
+        if !matches!(
+            self.waiters.table.get(&waiter),
+            Some(Waiter::Put(PutState::Admitted(_) | PutState::ShutDown(_)))
+        ) {
+            return None;
         }
         match self.waiters.remove(waiter) {
             Some(Waiter::Put(PutState::Admitted(ids))) => Some(Ok(ids)),
@@ -558,6 +568,9 @@ impl<T: Prioritized> Queue<T> {
     /// Withdraws a waiting putter and hands back its batch if it was not
     /// admitted. Call [`Queue::poll_put`] first: an admitted batch stays put.
     pub fn cancel_put(&mut self, waiter: WaiterId) -> Option<Batch<T>> {
+        if !matches!(self.waiters.table.get(&waiter), Some(Waiter::Put(_))) {
+            return None;
+        }
         let batch = match self.waiters.remove(waiter)? {
             Waiter::Put(PutState::Waiting { batch, .. } | PutState::ShutDown(batch)) => Some(batch),
             _ => None,
@@ -628,13 +641,14 @@ impl<T: Prioritized> Queue<T> {
         waiter: WaiterId,
         now: Millis,
     ) -> Option<Result<Vec<Message<T>>, ShutDown>> {
-        match self.waiters.table.get(&waiter) {
+        if !matches!(
+            self.waiters.table.get(&waiter),
             Some(Waiter::Get {
-                state: GetState::Waiting,
+                state: GetState::Reserved(_) | GetState::ShutDown,
                 ..
             })
-            | None => return None,
-            Some(_) => {}
+        ) {
+            return None;
         }
         self.advance(now);
         let result = match self.waiters.remove(waiter) {
@@ -652,6 +666,9 @@ impl<T: Prioritized> Queue<T> {
     /// Withdraws a waiting getter. Messages handed to it and not picked up
     /// go back to the head of the queue, their attempts unchanged.
     pub fn cancel_get(&mut self, waiter: WaiterId) {
+        if !matches!(self.waiters.table.get(&waiter), Some(Waiter::Get { .. })) {
+            return;
+        }
         if let Some(Waiter::Get {
             state: GetState::Reserved(msgs),
             ..
@@ -954,7 +971,9 @@ impl<T: Prioritized> Queue<T> {
 
     /// Withdraws a joiner.
     pub fn cancel_join(&mut self, waiter: WaiterId) {
-        self.waiters.remove(waiter);
+        if matches!(self.waiters.table.get(&waiter), Some(Waiter::Join { .. })) {
+            self.waiters.remove(waiter);
+        }
     }
 
     // ----- dispatch --------------------------------------------------------
