@@ -11,7 +11,8 @@
 //! `task_done` with none left is an error. Errors hand back the item that
 //! was not put, as `crossbeam_channel::TrySendError::Full(T)` does.
 //!
-//! Each queue is an [`engine::Queue`](crate::engine::Queue) behind a mutex.
+//! Each queue is an [`crate::engine::Queue`] behind a mutex
+//! (parking_lot's; see `prim.rs` for why).
 //! A thread that must wait registers a waiter with the engine and sleeps on
 //! a condition variable of its own; the engine hands it the item (or admits
 //! its put) first come, first served, and only that thread is woken.
@@ -181,16 +182,13 @@ fn sleep<'a, T>(
 ) -> (MutexGuard<'a, T>, bool) {
     match wait {
         Wait::No => (guard, false),
-        Wait::Forever => (signal.wait(guard).unwrap_or_else(|e| e.into_inner()), true),
+        Wait::Forever => (prim::wait(signal, guard), true),
         Wait::Until(deadline) => {
             let now = Instant::now();
             if now >= deadline {
                 return (guard, false);
             }
-            let (guard, _) = signal
-                .wait_timeout(guard, deadline - now)
-                .unwrap_or_else(|e| e.into_inner());
-            (guard, true)
+            (prim::wait_timeout(signal, guard, deadline - now), true)
         }
     }
 }
@@ -212,10 +210,7 @@ impl<S: Slot> Core<S> {
     }
 
     fn lock(&self) -> MutexGuard<'_, State<S>> {
-        // A panic in another thread (a user's Ord or Drop) poisons the lock;
-        // the engine never leaves itself half-updated across user code that
-        // can panic mid-operation, so carry on rather than spread the panic.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        prim::lock(&self.state)
     }
 
     fn put(&self, item: S::Item, wait: Wait) -> Result<(), PutError<S::Item>> {

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Every test of the project, from a fresh clone. README.md names this as the
+# test command; .ci/run calls it after the format and lint checks.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Unit, integration and doc tests of every crate.
+cargo test --workspace
+
+# Benchmarks compile and run once each (criterion's test mode), so that
+# they keep working; bench/ holds the full runs.
+cargo test -p ferry-core --bench inprocess
+
+# The blocking in-process tier under shuttle's scheduler (fixed seed,
+# bounded iterations). The feature swaps the tier's primitives, so it runs
+# alone.
+cargo test -p ferry-core --features shuttle --test shuttle
