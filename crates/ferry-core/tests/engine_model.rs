@@ -557,7 +557,7 @@ impl Model {
                     .chain(self.taken.iter().filter(|t| t.1 == holder).map(|t| t.0))
                     .collect();
                 ids.sort_unstable();
-                for id in ids {
+                for id in ids.into_iter().rev() {
                     if let Some(i) = self.leased.iter().position(|h| h.m.id == id) {
                         let held = self.leased.remove(i);
                         self.give_back(held.m, 0);

@@ -305,6 +305,24 @@ impl<T: Prioritized> Queue<T> {
         self.dispatch();
     }
 
+    /// Changes the serving order; only while no message is ready, delayed
+    /// or out, since the ready set would have to be re-sorted. True if the
+    /// queue now has that kind.
+    pub fn set_kind(&mut self, kind: Kind) -> bool {
+        if kind == self.config.kind {
+            return true;
+        }
+        let idle = self.ready.is_empty()
+            && self.delayed.is_empty()
+            && self.leased.is_empty()
+            && self.taken.is_empty();
+        if idle {
+            self.config.kind = kind;
+            self.ready = Ready::new(kind);
+        }
+        idle
+    }
+
     /// Changes the lease timeout of leases taken from now on.
     pub fn set_lease_timeout(&mut self, lease_timeout: Option<Millis>) {
         self.config.lease_timeout = lease_timeout;
@@ -856,13 +874,16 @@ impl<T: Prioritized> Queue<T> {
     }
 
     /// The holder went away (its connection closed): its bound leases come
-    /// back (attempt + 1) and its taken messages count as finished and lost.
+    /// back (attempt + 1), in their original order, and its taken messages
+    /// count as finished and lost.
     pub fn release_holder(&mut self, holder: HolderId, now: Millis) {
         self.advance(now);
         let Some(ids) = self.holders.remove(&holder) else {
             return;
         };
-        for id in ids {
+        // Newest first: each goes back to the head of the queue, so the
+        // oldest ends up served first again.
+        for id in ids.into_iter().rev() {
             if let Some(lease) = self.leased.remove(&id) {
                 if let Some(d) = lease.deadline {
                     self.expiries.remove(&(d, id));

@@ -1,0 +1,172 @@
+//! The `ferry` binary: parses flags, sets up logging, and calls the
+//! libraries. Only `serve` exists so far.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use ferry_server::{Config, Durability, Server};
+use serde::Deserialize;
+
+#[derive(Parser)]
+#[command(
+    name = "ferry",
+    version,
+    about = "A durable work-queue broker with Python's queue semantics"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the broker (RESP on TCP, and on a Unix socket if asked).
+    Serve(ServeArgs),
+}
+
+/// `ferry serve` flags. Each may also come from its FERRY_* environment
+/// variable or the TOML file given with --config; flags win over the
+/// environment, which wins over the file.
+#[derive(Parser, Default)]
+struct ServeArgs {
+    /// TOML file with any of these settings (keys as the long flags, with
+    /// underscores: max_clients = 100).
+    #[arg(long, env = "FERRY_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1]
+    #[arg(long, env = "FERRY_BIND")]
+    bind: Option<IpAddr>,
+    /// TCP port; 0 picks a free one [default: 7878]
+    #[arg(long, env = "FERRY_PORT")]
+    port: Option<u16>,
+    /// Also listen on this Unix socket.
+    #[arg(long, env = "FERRY_UNIX")]
+    unix: Option<PathBuf>,
+    /// Directory of the embedded store [default: ./ferry-data]
+    #[arg(long, env = "FERRY_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// memory (only mode until the durable log lands) [default: memory]
+    #[arg(long, env = "FERRY_DURABILITY")]
+    durability: Option<String>,
+    /// Password clients must AUTH with.
+    #[arg(long, env = "FERRY_REQUIREPASS")]
+    requirepass: Option<String>,
+    /// Most clients at once [default: 10000]
+    #[arg(long, env = "FERRY_MAX_CLIENTS")]
+    max_clients: Option<usize>,
+    /// Largest payload in bytes [default: 16777216]
+    #[arg(long, env = "FERRY_MAX_PAYLOAD")]
+    max_payload: Option<usize>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    bind: Option<IpAddr>,
+    port: Option<u16>,
+    unix: Option<PathBuf>,
+    data_dir: Option<PathBuf>,
+    durability: Option<String>,
+    requirepass: Option<String>,
+    max_clients: Option<usize>,
+    max_payload: Option<usize>,
+}
+
+/// Resolves flags, environment and file into the broker's settings.
+fn resolve(args: ServeArgs) -> anyhow::Result<Config> {
+    let file: FileConfig = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?
+        }
+        None => FileConfig::default(),
+    };
+    let d = Config::default();
+    let durability = match args.durability.or(file.durability).as_deref() {
+        None | Some("memory") => Durability::Memory,
+        Some(m @ ("sync" | "async")) => {
+            bail!("--durability {m} is not available yet: this build keeps queues in memory only")
+        }
+        Some(other) => bail!("--durability must be sync, async or memory, not {other:?}"),
+    };
+    let max_payload = args
+        .max_payload
+        .or(file.max_payload)
+        .unwrap_or(d.max_payload);
+    if max_payload == 0 {
+        bail!("--max-payload must be at least 1 byte");
+    }
+    Ok(Config {
+        bind: args.bind.or(file.bind).unwrap_or(d.bind),
+        port: args.port.or(file.port).unwrap_or(d.port),
+        unix: args.unix.or(file.unix),
+        data_dir: args.data_dir.or(file.data_dir).unwrap_or(d.data_dir),
+        durability,
+        requirepass: args
+            .requirepass
+            .or(file.requirepass)
+            .filter(|p| !p.is_empty()),
+        max_clients: args
+            .max_clients
+            .or(file.max_clients)
+            .unwrap_or(d.max_clients),
+        max_payload,
+        dedup_window_ms: d.dedup_window_ms,
+    })
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let server = Server::bind(config.clone())
+        .await
+        .with_context(|| format!("cannot listen on {}:{}", config.bind, config.port))?;
+    let bound = server.bound()?;
+    // The first line on stdout: tests and scripts wait for it.
+    println!("listening {}", bound.tcp);
+    if let Some(path) = &bound.unix {
+        println!("listening unix:{}", path.display());
+    }
+    tracing::info!(tcp = %bound.tcp, unix = ?bound.unix, "ferry serving (durability: memory)");
+    server.run(shutdown_signal()).await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match cli.command {
+        Command::Serve(args) => {
+            let config = resolve(args)?;
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("starting the runtime")?
+                .block_on(serve(config))
+        }
+    }
+}

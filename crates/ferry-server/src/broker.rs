@@ -1,0 +1,296 @@
+//! The broker's shared state: every queue (an engine behind its own
+//! mutex), the lock table, and the counters INFO reports.
+//!
+//! There is no global lock on the hot path: the registry is read-locked
+//! only to find a queue, and each queue has its own mutex, held for one
+//! engine call and never across an `.await` (so std-style blocking mutexes
+//! from parking_lot are right here, not tokio's).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use ferry_core::engine::{self, Millis, Prioritized, WaiterId};
+use parking_lot::{Mutex, RwLock};
+use tokio::sync::Notify;
+
+use crate::config::Config;
+use crate::locks::Locks;
+
+/// A message's payload and its priority order key (empty outside priority
+/// queues). Bytes are reference-counted, so the copy a leased delivery
+/// hands out shares the payload.
+#[derive(Clone, Debug)]
+pub(crate) struct Payload {
+    pub(crate) data: Bytes,
+    pub(crate) key: Bytes,
+}
+
+impl Prioritized for Payload {
+    fn priority_cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.key.cmp(&other.key)
+    }
+}
+
+/// Encodes an i64 priority as an order key: big-endian with the sign bit
+/// flipped, so that comparing the bytes compares the numbers.
+pub(crate) fn priority_key(p: i64) -> Bytes {
+    Bytes::copy_from_slice(&((p as u64) ^ (1 << 63)).to_be_bytes())
+}
+
+/// What a queue holds besides its engine.
+pub(crate) struct QueueState {
+    pub(crate) q: engine::Queue<Payload>,
+    /// The task to wake for each waiter the engine may settle.
+    wakers: HashMap<WaiterId, Arc<Notify>>,
+    /// DEDUP keys: the id their put got, and until when they count.
+    dedup: HashMap<Bytes, (u64, Millis)>,
+    /// Made by QCREATE (settings compared on a later QCREATE), rather than
+    /// by first use.
+    pub(crate) explicit: bool,
+    /// Removed by QDROP; its timer task exits.
+    dropped: bool,
+}
+
+impl QueueState {
+    /// Registers the task to wake when the engine settles `waiter`.
+    pub(crate) fn watch(&mut self, waiter: WaiterId, notify: &Arc<Notify>) {
+        self.wakers.insert(waiter, Arc::clone(notify));
+    }
+
+    /// Forgets a waiter's wake-up (it was polled or cancelled).
+    pub(crate) fn unwatch(&mut self, waiter: WaiterId) {
+        self.wakers.remove(&waiter);
+    }
+
+    /// The id an earlier put with this DEDUP key got, if it still counts.
+    pub(crate) fn dedup(&mut self, key: &Bytes, now: Millis) -> Option<u64> {
+        match self.dedup.get(key) {
+            Some(&(id, until)) if until > now => Some(id),
+            Some(_) => {
+                self.dedup.remove(key);
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// Remembers a DEDUP key for `window` ms. Expired keys are swept when
+    /// the table has doubled since the last sweep, so it stays bounded by
+    /// the puts of one window.
+    pub(crate) fn remember(&mut self, key: Bytes, id: u64, now: Millis, window: Millis) {
+        if self.dedup.len() >= 1024 && self.dedup.len().is_power_of_two() {
+            self.dedup.retain(|_, &mut (_, until)| until > now);
+        }
+        self.dedup.insert(key, (id, now.saturating_add(window)));
+    }
+}
+
+/// One queue: its state behind a mutex, and the timer that lets time pass
+/// for it (delays running out, leases expiring).
+pub(crate) struct QueueCell {
+    pub(crate) name: Bytes,
+    state: Mutex<QueueState>,
+    timer: Notify,
+    /// The deadline the timer task currently sleeps until (u64::MAX: none).
+    armed: AtomicU64,
+}
+
+/// The broker: all queues, all locks.
+pub(crate) struct Broker {
+    pub(crate) config: Config,
+    started: Instant,
+    queues: RwLock<HashMap<Bytes, Arc<QueueCell>>>,
+    pub(crate) locks: Locks,
+    next_client: AtomicU64,
+    pub(crate) clients: AtomicUsize,
+    pub(crate) commands: AtomicU64,
+}
+
+/// Why a queue cannot be named.
+pub(crate) fn valid_name(name: &[u8]) -> bool {
+    (1..=200).contains(&name.len())
+        && name
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'))
+}
+
+impl Broker {
+    /// A broker with no queues.
+    pub(crate) fn new(config: Config) -> Arc<Self> {
+        Arc::new(Broker {
+            config,
+            started: Instant::now(),
+            queues: RwLock::new(HashMap::new()),
+            locks: Locks::default(),
+            next_client: AtomicU64::new(1),
+            clients: AtomicUsize::new(0),
+            commands: AtomicU64::new(0),
+        })
+    }
+
+    /// Milliseconds since the broker started: the engine's clock.
+    pub(crate) fn now(&self) -> Millis {
+        self.started.elapsed().as_millis() as Millis
+    }
+
+    pub(crate) fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    pub(crate) fn instant_at(&self, at: Millis) -> tokio::time::Instant {
+        tokio::time::Instant::from_std(self.started + Duration::from_millis(at))
+    }
+
+    pub(crate) fn next_client_id(&self) -> u64 {
+        self.next_client.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The queue of that name, if it exists.
+    pub(crate) fn queue(&self, name: &[u8]) -> Option<Arc<QueueCell>> {
+        self.queues.read().get(name).cloned()
+    }
+
+    /// The queue of that name, created with default settings if it does not
+    /// exist (as Redis does with keys and beanstalkd with tubes).
+    pub(crate) fn queue_or_create(self: &Arc<Self>, name: &Bytes) -> Arc<QueueCell> {
+        if let Some(cell) = self.queue(name) {
+            return cell;
+        }
+        self.create(name, engine::Config::default(), false).0
+    }
+
+    /// Creates a queue unless one exists; replies it and whether it is new.
+    pub(crate) fn create(
+        self: &Arc<Self>,
+        name: &Bytes,
+        config: engine::Config,
+        explicit: bool,
+    ) -> (Arc<QueueCell>, bool) {
+        let mut queues = self.queues.write();
+        if let Some(cell) = queues.get(name) {
+            return (Arc::clone(cell), false);
+        }
+        let cell = Arc::new(QueueCell {
+            name: name.clone(),
+            state: Mutex::new(QueueState {
+                q: engine::Queue::new(config),
+                wakers: HashMap::new(),
+                dedup: HashMap::new(),
+                explicit,
+                dropped: false,
+            }),
+            timer: Notify::new(),
+            armed: AtomicU64::new(u64::MAX),
+        });
+        queues.insert(name.clone(), Arc::clone(&cell));
+        drop(queues);
+        tokio::spawn(timer(Arc::clone(self), Arc::clone(&cell)));
+        (cell, true)
+    }
+
+    /// Names of all queues, sorted.
+    pub(crate) fn names(&self) -> Vec<Bytes> {
+        let mut names: Vec<Bytes> = self.queues.read().keys().cloned().collect();
+        names.sort();
+        names
+    }
+
+    pub(crate) fn queue_count(&self) -> usize {
+        self.queues.read().len()
+    }
+
+    /// Removes a queue: it is shut down immediately first, so that its
+    /// waiters are released, and its timer task ends.
+    pub(crate) fn drop_queue(self: &Arc<Self>, name: &[u8]) -> bool {
+        let Some(cell) = self.queues.write().remove(name) else {
+            return false;
+        };
+        cell.with(self, |st, now| {
+            st.q.shutdown(true, now);
+            st.dropped = true;
+        });
+        cell.timer.notify_one();
+        true
+    }
+}
+
+impl QueueCell {
+    /// Runs `f` on the queue under its lock, then does what every engine
+    /// call needs after it: wakes the waiters it settled, re-arms the timer
+    /// if a deadline moved earlier, and — after unlocking — moves dead
+    /// letters to their queue.
+    pub(crate) fn with<R>(
+        &self,
+        broker: &Arc<Broker>,
+        f: impl FnOnce(&mut QueueState, Millis) -> R,
+    ) -> R {
+        let now = broker.now();
+        let mut st = self.state.lock();
+        let r = f(&mut st, now);
+        let QueueState { q, wakers, .. } = &mut *st;
+        for id in q.drain_woken() {
+            if let Some(n) = wakers.get(&id) {
+                n.notify_one();
+            }
+        }
+        if let Some(d) = q.next_deadline() {
+            if d < self.armed.load(Ordering::Acquire) {
+                self.timer.notify_one();
+            }
+        }
+        let dead: Vec<engine::Message<Payload>> = q.drain_dead_letters().collect();
+        let target = q.config().dead_letter.clone();
+        drop(st);
+        if !dead.is_empty() {
+            broker.bury(target, dead);
+        }
+        r
+    }
+}
+
+impl Broker {
+    /// Moves dead letters into the named queue (created if need be), past
+    /// its bound; with no dead-letter queue they are dropped, already
+    /// counted in the source's stats.
+    fn bury(self: &Arc<Self>, target: Option<String>, dead: Vec<engine::Message<Payload>>) {
+        let Some(target) = target else {
+            return;
+        };
+        let name = Bytes::from(target);
+        let cell = self.queue_or_create(&name);
+        cell.with(self, |st, now| {
+            for msg in dead {
+                st.q.put_dead_letter(msg.item, msg.attempts, now);
+            }
+        });
+    }
+}
+
+/// Lets time pass for one queue: sleeps until its next deadline (or until
+/// an operation arms an earlier one), then ticks the engine.
+async fn timer(broker: Arc<Broker>, cell: Arc<QueueCell>) {
+    loop {
+        let deadline = {
+            let st = cell.state.lock();
+            if st.dropped {
+                return;
+            }
+            let d = st.q.next_deadline();
+            cell.armed.store(d.unwrap_or(u64::MAX), Ordering::Release);
+            d
+        };
+        match deadline {
+            None => cell.timer.notified().await,
+            Some(d) => {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(broker.instant_at(d)) => {}
+                    _ = cell.timer.notified() => {}
+                }
+            }
+        }
+        cell.with(&broker, |st, now| st.q.tick(now));
+    }
+}

@@ -1,0 +1,53 @@
+//! The broker's settings, resolved once (file, then environment, then
+//! flags) by the binary and validated here.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+/// How puts are made durable (SPEC §3). Only `memory` exists until the log
+/// lands.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Durability {
+    /// Nothing touches the disk.
+    #[default]
+    Memory,
+}
+
+/// Everything `ferry serve` can be told.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Address of the TCP listener.
+    pub bind: IpAddr,
+    /// Port of the TCP listener; 0 picks a free one.
+    pub port: u16,
+    /// Also listen on this Unix socket.
+    pub unix: Option<PathBuf>,
+    /// Where the embedded store keeps its files.
+    pub data_dir: PathBuf,
+    /// Durability of puts.
+    pub durability: Durability,
+    /// Password every connection must AUTH with, if set.
+    pub requirepass: Option<String>,
+    /// Most connections at once; more are refused with an error.
+    pub max_clients: usize,
+    /// Largest payload (and largest argument) in bytes.
+    pub max_payload: usize,
+    /// How long a DEDUP key keeps returning the first put's id, in ms.
+    pub dedup_window_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            bind: IpAddr::from([127, 0, 0, 1]),
+            port: 7878,
+            unix: None,
+            data_dir: PathBuf::from("ferry-data"),
+            durability: Durability::Memory,
+            requirepass: None,
+            max_clients: 10_000,
+            max_payload: 16 << 20,
+            dedup_window_ms: 10 * 60 * 1000,
+        }
+    }
+}

@@ -1,0 +1,181 @@
+//! One client connection: read what it sent, answer every complete request
+//! in the buffer on this same task, and write all the replies with one
+//! write. A blocking command parks only this task, while it keeps watching
+//! the socket so that a client that goes away is noticed at once.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use ferry_proto::{Limits, Reply, parse_request};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{Notify, watch};
+use tracing::debug;
+
+use crate::broker::{Broker, QueueCell};
+
+/// What the connection does after a command.
+pub(crate) enum Flow {
+    Continue,
+    Close,
+}
+
+/// How a blocking wait ended.
+pub(crate) enum Woke {
+    Notified,
+    TimedOut,
+    Gone,
+}
+
+/// Input a blocked client may pile up before the connection stops reading.
+const MAX_PENDING_INPUT: usize = 64 << 20;
+
+pub(crate) struct Conn<S> {
+    stream: S,
+    pub(crate) broker: Arc<Broker>,
+    pub(crate) id: u64,
+    pub(crate) name: Option<Bytes>,
+    pub(crate) authed: bool,
+    pub(crate) resp3: bool,
+    inbuf: BytesMut,
+    pub(crate) out: BytesMut,
+    limits: Limits,
+    /// Queues in which this connection holds bound leases or taken
+    /// messages: released when it closes.
+    pub(crate) holds: HashMap<Bytes, Arc<QueueCell>>,
+    /// Locks this connection holds, by name, with their tokens.
+    pub(crate) locks: Vec<(Bytes, u64)>,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
+    pub(crate) fn new(stream: S, broker: Arc<Broker>, shutdown: watch::Receiver<bool>) -> Self {
+        let id = broker.next_client_id();
+        let limits = Limits {
+            max_bulk: broker.config.max_payload,
+            ..Limits::default()
+        };
+        let authed = broker.config.requirepass.is_none();
+        Conn {
+            stream,
+            broker,
+            id,
+            name: None,
+            authed,
+            resp3: false,
+            inbuf: BytesMut::with_capacity(16 << 10),
+            out: BytesMut::with_capacity(16 << 10),
+            limits,
+            holds: HashMap::new(),
+            locks: Vec::new(),
+            shutdown,
+        }
+    }
+
+    pub(crate) fn reply(&mut self) -> Reply<'_> {
+        Reply::new(&mut self.out, self.resp3)
+    }
+
+    /// Serves the connection until the client leaves, breaks the protocol,
+    /// or the server shuts down; then releases what it held.
+    pub(crate) async fn run(mut self) {
+        let result = self.serve().await;
+        if let Err(e) = result {
+            debug!(client = self.id, error = %e, "connection ended");
+        }
+        self.release_all();
+    }
+
+    async fn serve(&mut self) -> std::io::Result<()> {
+        loop {
+            loop {
+                match parse_request(&mut self.inbuf, &self.limits) {
+                    Ok(Some(args)) => {
+                        if args.is_empty() {
+                            continue;
+                        }
+                        if let Flow::Close = self.execute(args).await {
+                            return self.flush().await;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        let code = e.code();
+                        self.reply().error(code, &e.to_string());
+                        return self.flush().await;
+                    }
+                }
+            }
+            self.flush().await?;
+            if *self.shutdown.borrow() {
+                return Ok(());
+            }
+            if self.inbuf.capacity() - self.inbuf.len() < 4096 {
+                self.inbuf.reserve(16 << 10);
+            }
+            tokio::select! {
+                n = self.stream.read_buf(&mut self.inbuf) => {
+                    if n? == 0 {
+                        return Ok(());
+                    }
+                }
+                _ = self.shutdown.changed() => return Ok(()),
+            }
+        }
+    }
+
+    async fn flush(&mut self) -> std::io::Result<()> {
+        if !self.out.is_empty() {
+            self.stream.write_all(&self.out).await?;
+            self.out.clear();
+        }
+        Ok(())
+    }
+
+    /// Waits for `notify` until `deadline` (none: forever), watching the
+    /// socket. Replies already written are sent first: a pipeline's earlier
+    /// answers must not wait behind a blocked command.
+    pub(crate) async fn wait(
+        &mut self,
+        notify: &Notify,
+        deadline: Option<tokio::time::Instant>,
+    ) -> Woke {
+        if self.flush().await.is_err() {
+            return Woke::Gone;
+        }
+        loop {
+            if self.inbuf.capacity() - self.inbuf.len() < 4096 {
+                self.inbuf.reserve(16 << 10);
+            }
+            let reading = self.inbuf.len() < MAX_PENDING_INPUT;
+            let sleep = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = notify.notified() => return Woke::Notified,
+                _ = sleep => return Woke::TimedOut,
+                r = self.stream.read_buf(&mut self.inbuf), if reading => match r {
+                    Ok(0) | Err(_) => return Woke::Gone,
+                    Ok(_) => {}
+                },
+                _ = self.shutdown.changed() => return Woke::Gone,
+            }
+        }
+    }
+
+    /// Gives back everything the connection held: bound leases return to
+    /// their queues (attempt + 1), taken messages count as lost, locks are
+    /// released.
+    fn release_all(&mut self) {
+        for cell in std::mem::take(&mut self.holds).into_values() {
+            let id = self.id;
+            cell.with(&self.broker, |st, now| st.q.release_holder(id, now));
+        }
+        for (name, token) in std::mem::take(&mut self.locks) {
+            self.broker.locks.release(&name, token, Some(self.id));
+        }
+    }
+}

@@ -1,0 +1,33 @@
+//! ferry's broker: the queue engine served over RESP with tokio.
+//!
+//! # Layout
+//!
+//! - `server`: listeners (TCP with keepalive, Unix socket); one task per
+//!   connection; graceful shutdown.
+//! - `conn`: a connection's loop — parse every complete request in the
+//!   buffer, answer each on this task, write all replies with one write;
+//!   blocking commands park only this task and watch the socket meanwhile.
+//! - `cmd`: one function per command; argument parsing; error replies.
+//! - `broker`: the registry of queues (each an engine behind its own
+//!   mutex, with a timer task for delays and lease expiry), dead-letter
+//!   routing, DEDUP keys.
+//! - `locks`: LOCK / UNLOCK with fencing tokens.
+//! - `config`: the settings `ferry serve` resolves.
+//!
+//! ```no_run
+//! # async fn demo() -> std::io::Result<()> {
+//! let server = ferry_server::Server::bind(ferry_server::Config::default()).await?;
+//! println!("listening {}", server.bound()?.tcp);
+//! server.run(async { let _ = tokio::signal::ctrl_c().await; }).await;
+//! # Ok(()) }
+//! ```
+
+mod broker;
+mod cmd;
+mod config;
+mod conn;
+mod locks;
+mod server;
+
+pub use config::{Config, Durability};
+pub use server::{Bound, Server};

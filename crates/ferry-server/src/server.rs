@@ -1,0 +1,181 @@
+//! Listeners: accept connections on TCP and, if asked, a Unix socket, and
+//! give each its own task.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::broker::Broker;
+use crate::config::Config;
+use crate::conn::Conn;
+
+/// A broker bound to its addresses, ready to serve.
+pub struct Server {
+    broker: Arc<Broker>,
+    tcp: TcpListener,
+    unix: Option<(UnixListener, PathBuf)>,
+}
+
+/// Where a bound server listens.
+#[derive(Clone, Debug)]
+pub struct Bound {
+    /// The TCP address, with the real port when 0 was asked for.
+    pub tcp: std::net::SocketAddr,
+    /// The Unix socket, if any.
+    pub unix: Option<PathBuf>,
+}
+
+impl Server {
+    /// Binds the listeners. A stale Unix socket file left by an earlier run
+    /// is replaced.
+    pub async fn bind(config: Config) -> std::io::Result<Server> {
+        let tcp = TcpListener::bind((config.bind, config.port)).await?;
+        let unix = match &config.unix {
+            Some(path) => {
+                if path.exists() {
+                    std::fs::remove_file(path)?;
+                }
+                Some((UnixListener::bind(path)?, path.clone()))
+            }
+            None => None,
+        };
+        Ok(Server {
+            broker: Broker::new(config),
+            tcp,
+            unix,
+        })
+    }
+
+    /// Where it listens.
+    pub fn bound(&self) -> std::io::Result<Bound> {
+        Ok(Bound {
+            tcp: self.tcp.local_addr()?,
+            unix: self.unix.as_ref().map(|(_, p)| p.clone()),
+        })
+    }
+
+    /// Serves until `shutdown` resolves: then stops accepting, lets every
+    /// connection finish the batch it is answering, and returns.
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let tasks = tokio_util_tracker();
+        let tcp = accept_tcp(
+            self.tcp,
+            Arc::clone(&self.broker),
+            stop_rx.clone(),
+            tasks.clone(),
+        );
+        let unix = async {
+            match self.unix {
+                Some((listener, _)) => {
+                    accept_unix(
+                        listener,
+                        Arc::clone(&self.broker),
+                        stop_rx.clone(),
+                        tasks.clone(),
+                    )
+                    .await
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = tcp => {}
+            _ = unix => {}
+            _ = shutdown => info!("shutting down"),
+        }
+        let _ = stop_tx.send(true);
+        // Connections end at their next read; give them a moment.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while tasks.load(Ordering::Acquire) > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if let Some(path) = self.broker.config.unix.as_ref() {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+type Tracker = Arc<std::sync::atomic::AtomicUsize>;
+
+fn tokio_util_tracker() -> Tracker {
+    Arc::new(std::sync::atomic::AtomicUsize::new(0))
+}
+
+/// Starts a connection's task, or refuses it when the server is full.
+fn spawn_conn<S>(mut stream: S, broker: &Arc<Broker>, stop: &watch::Receiver<bool>, tasks: &Tracker)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let clients = broker.clients.fetch_add(1, Ordering::AcqRel) + 1;
+    if clients > broker.config.max_clients {
+        broker.clients.fetch_sub(1, Ordering::AcqRel);
+        tokio::spawn(async move {
+            let _ = stream
+                .write_all(b"-ERR max number of clients reached\r\n")
+                .await;
+        });
+        return;
+    }
+    tasks.fetch_add(1, Ordering::AcqRel);
+    let (broker, stop, tasks) = (Arc::clone(broker), stop.clone(), Arc::clone(tasks));
+    tokio::spawn(async move {
+        Conn::new(stream, Arc::clone(&broker), stop).run().await;
+        broker.clients.fetch_sub(1, Ordering::AcqRel);
+        tasks.fetch_sub(1, Ordering::AcqRel);
+    });
+}
+
+async fn accept_tcp(
+    listener: TcpListener,
+    broker: Arc<Broker>,
+    stop: watch::Receiver<bool>,
+    tasks: Tracker,
+) {
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(Duration::from_secs(30))
+        .with_interval(Duration::from_secs(10))
+        .with_retries(3);
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                let _ = stream.set_nodelay(true);
+                // A client whose host vanished is noticed within about a
+                // minute (30 s idle + 3 probes 10 s apart), and its leases
+                // come back.
+                if let Err(e) = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive) {
+                    warn!(error = %e, "could not set TCP keepalive");
+                }
+                spawn_conn(stream, &broker, &stop, &tasks);
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: wait, don't spin.
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn accept_unix(
+    listener: UnixListener,
+    broker: Arc<Broker>,
+    stop: watch::Receiver<bool>,
+    tasks: Tracker,
+) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => spawn_conn(stream, &broker, &stop, &tasks),
+            Err(e) => {
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
