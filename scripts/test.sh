@@ -4,6 +4,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# The broker's tests drive it with redis-cli, and bench/ compares it with
+# redis-server: both come from Debian's packages.
+if ! command -v redis-cli >/dev/null || ! command -v redis-server >/dev/null || ! command -v redis-benchmark >/dev/null; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server redis-tools >/dev/null
+fi
+
 # Unit, integration and doc tests of every crate.
 cargo test --workspace
 

@@ -1,0 +1,149 @@
+//! Starts the real `ferry` binary on port 0 in a temp directory and talks
+//! to it over real sockets.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+pub struct Server {
+    child: Child,
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+    pub unix: Option<std::path::PathBuf>,
+}
+
+impl Server {
+    pub fn start() -> Server {
+        Server::start_with(&[])
+    }
+
+    /// Starts `ferry serve --port 0` with extra flags, and waits for its
+    /// `listening` line (never a sleep).
+    pub fn start_with(extra: &[&str]) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ferry"))
+            .args(["serve", "--port", "0", "--data-dir"])
+            .arg(dir.path())
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start ferry");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let first = lines.next().expect("ferry printed nothing").unwrap();
+        let addr = first.strip_prefix("listening ").expect("first line is `listening <address>`");
+        let port = addr.rsplit(':').next().unwrap().parse().unwrap();
+        let unix = if extra.contains(&"--unix") {
+            let second = lines.next().unwrap().unwrap();
+            Some(second.strip_prefix("listening unix:").unwrap().into())
+        } else {
+            None
+        };
+        // Keep draining stdout so the server never blocks on it.
+        std::thread::spawn(move || for _ in lines {});
+        Server { child, port, dir, unix }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    pub fn conn(&self) -> redis::Connection {
+        let client = redis::Client::open(self.url()).unwrap();
+        let con = client.get_connection().unwrap();
+        con.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        con
+    }
+
+    pub fn raw(&self) -> Raw {
+        let s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        Raw(s)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends a signal and waits for the exit status.
+    pub fn signal_and_wait(mut self, sig: &str) -> std::process::ExitStatus {
+        Command::new("kill").args([sig, &self.child.id().to_string()]).status().unwrap();
+        let status = self.child.wait().unwrap();
+        std::mem::forget(self);
+        status
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A raw RESP connection: bytes in, bytes out.
+pub struct Raw(pub TcpStream);
+
+impl Raw {
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.0.write_all(bytes).unwrap();
+    }
+
+    /// Sends a command as a RESP array.
+    pub fn cmd(&mut self, args: &[&str]) -> String {
+        let mut out = format!("*{}\r\n", args.len());
+        for a in args {
+            out.push_str(&format!("${}\r\n{}\r\n", a.len(), a));
+        }
+        self.send(out.as_bytes());
+        self.reply()
+    }
+
+    /// Reads one whole reply (nested arrays included) as text.
+    pub fn reply(&mut self) -> String {
+        let mut text = String::new();
+        self.read_value(&mut text);
+        text
+    }
+
+    fn line(&mut self) -> String {
+        let mut line = Vec::new();
+        let mut b = [0u8; 1];
+        loop {
+            let n = self.0.read(&mut b).unwrap();
+            assert!(n == 1, "connection closed mid-reply");
+            line.push(b[0]);
+            if line.ends_with(b"\r\n") {
+                return String::from_utf8_lossy(&line).into_owned();
+            }
+        }
+    }
+
+    fn read_value(&mut self, text: &mut String) {
+        let line = self.line();
+        text.push_str(&line);
+        let n: i64 = line[1..line.len() - 2].parse().unwrap_or(0);
+        match line.as_bytes()[0] {
+            b'*' => (0..n.max(0)).for_each(|_| self.read_value(text)),
+            b'%' => (0..2 * n.max(0)).for_each(|_| self.read_value(text)),
+            b'$' if n >= 0 => {
+                let mut body = vec![0u8; n as usize + 2];
+                self.0.read_exact(&mut body).unwrap();
+                text.push_str(&String::from_utf8_lossy(&body));
+            }
+            _ => {}
+        }
+    }
+
+    /// True once the server has closed the connection.
+    pub fn closed(&mut self) -> bool {
+        let mut b = [0u8; 64];
+        matches!(self.0.read(&mut b), Ok(0) | Err(_))
+    }
+}
+
+/// A QGET entry: queue, id, payload, attempts.
+pub type Entry = (String, u64, Vec<u8>, u32);
