@@ -26,48 +26,105 @@ fn commands_and_errors() {
         (&["PING"], "+PONG\r\n"),
         (&["PING", "hi"], "$2\r\nhi\r\n"),
         (&["ECHO", "x"], "$1\r\nx\r\n"),
-        (&["ECHO"], "-ERR wrong number of arguments for 'echo' command\r\n"),
+        (
+            &["ECHO"],
+            "-ERR wrong number of arguments for 'echo' command\r\n",
+        ),
         (&["NOPE"], "-ERR unknown command 'NOPE'\r\n"),
         (&["CLIENT", "SETNAME", "worker-1"], "+OK\r\n"),
         (&["CLIENT", "GETNAME"], "$8\r\nworker-1\r\n"),
         (&["SELECT", "0"], "+OK\r\n"),
-        (&["AUTH", "pw"], "-ERR AUTH <password> called without any password configured for the default user\r\n"),
-        (&["QCREATE", "jobs", "MAXSIZE", "2", "KIND", "fifo"], "+OK\r\n"),
+        (
+            &["AUTH", "pw"],
+            "-ERR AUTH <password> called without any password configured for the default user\r\n",
+        ),
+        (
+            &["QCREATE", "jobs", "MAXSIZE", "2", "KIND", "fifo"],
+            "+OK\r\n",
+        ),
         (&["QCREATE", "jobs", "MAXSIZE", "2"], "+OK\r\n"),
-        (&["QCREATE", "jobs", "MAXSIZE", "3"], "-EXISTS queue exists with different settings\r\n"),
-        (&["QCREATE", "jobs", "KIND", "heap"], "-ERR KIND must be fifo, lifo or priority\r\n"),
-        (&["QCREATE", "bad name"], "-ERR invalid queue name: 1 to 200 bytes of A-Z a-z 0-9 _ . : -\r\n"),
+        (
+            &["QCREATE", "jobs", "MAXSIZE", "3"],
+            "-EXISTS queue exists with different settings\r\n",
+        ),
+        (
+            &["QCREATE", "jobs", "KIND", "heap"],
+            "-ERR KIND must be fifo, lifo or priority\r\n",
+        ),
+        (
+            &["QCREATE", "bad name"],
+            "-ERR invalid queue name: 1 to 200 bytes of A-Z a-z 0-9 _ . : -\r\n",
+        ),
         (&["QPUT", "jobs", "a"], ":1\r\n"),
         (&["QPUT", "jobs", "b", "NOWAIT"], ":2\r\n"),
         (&["QPUT", "jobs", "c", "NOWAIT"], "-FULL queue is full\r\n"),
-        (&["QPUT", "jobs", "c", "TIMEOUT", "10"], "-FULL queue is full\r\n"),
+        (
+            &["QPUT", "jobs", "c", "TIMEOUT", "10"],
+            "-FULL queue is full\r\n",
+        ),
         (&["QPUT", "jobs", "c", "BOGUS"], "-ERR syntax error\r\n"),
-        (&["QPUT", "jobs"], "-ERR wrong number of arguments for 'qput' command\r\n"),
+        (
+            &["QPUT", "jobs"],
+            "-ERR wrong number of arguments for 'qput' command\r\n",
+        ),
         (&["QLEN", "jobs"], ":2\r\n"),
         (&["QLEN", "nothing"], ":0\r\n"),
-        (&["QPEEK", "jobs", "COUNT", "1"], "*1\r\n*4\r\n$4\r\njobs\r\n:1\r\n$1\r\na\r\n:0\r\n"),
-        (&["QGET", "jobs", "NOWAIT"], "*1\r\n*4\r\n$4\r\njobs\r\n:1\r\n$1\r\na\r\n:0\r\n"),
+        (
+            &["QPEEK", "jobs", "COUNT", "1"],
+            "*1\r\n*4\r\n$4\r\njobs\r\n:1\r\n$1\r\na\r\n:0\r\n",
+        ),
+        (
+            &["QGET", "jobs", "NOWAIT"],
+            "*1\r\n*4\r\n$4\r\njobs\r\n:1\r\n$1\r\na\r\n:0\r\n",
+        ),
         (&["QTOUCH", "jobs", "1"], ":-1\r\n"),
         (&["QTOUCH", "jobs", "1", "LEASE", "5000"], ":5000\r\n"),
         (&["QNACK", "jobs", "1"], "+OK\r\n"),
-        (&["QNACK", "jobs", "1"], "-NOTLEASED message is not leased by this client\r\n"),
+        (
+            &["QNACK", "jobs", "1"],
+            "-NOTLEASED message is not leased by this client\r\n",
+        ),
         (&["QNACK", "nothing", "1"], "-NOQUEUE no such queue\r\n"),
-        (&["QGET", "jobs", "COUNT", "5", "NOWAIT"], "*2\r\n*4\r\n$4\r\njobs\r\n:1\r\n$1\r\na\r\n:1\r\n*4\r\n$4\r\njobs\r\n:2\r\n$1\r\nb\r\n:0\r\n"),
+        (
+            &["QGET", "jobs", "COUNT", "5", "NOWAIT"],
+            "*2\r\n*4\r\n$4\r\njobs\r\n:1\r\n$1\r\na\r\n:1\r\n*4\r\n$4\r\njobs\r\n:2\r\n$1\r\nb\r\n:0\r\n",
+        ),
         (&["QDONE", "jobs", "1", "2", "99"], ":2\r\n"),
         (&["QDONE", "jobs", "1"], ":0\r\n"),
-        (&["QDONE", "jobs", "x"], "-ERR value is not an integer or out of range\r\n"),
+        (
+            &["QDONE", "jobs", "x"],
+            "-ERR value is not an integer or out of range\r\n",
+        ),
         (&["QGET", "jobs", "NOWAIT"], "*-1\r\n"),
-        (&["QGET", "jobs", "TAKE", "NOACK"], "-ERR LEASE, TAKE and NOACK exclude each other\r\n"),
+        (
+            &["QGET", "jobs", "TAKE", "NOACK"],
+            "-ERR LEASE, TAKE and NOACK exclude each other\r\n",
+        ),
         (&["QJOIN", "jobs", "TIMEOUT", "10"], "+OK\r\n"),
-        (&["QPUTMANY", "jobs", "PAYLOADS", "x", "y"], "*2\r\n:3\r\n:4\r\n"),
-        (&["QPUTMANY", "jobs", "NOWAIT", "PAYLOADS", "z"], "-FULL queue is full\r\n"),
+        (
+            &["QPUTMANY", "jobs", "PAYLOADS", "x", "y"],
+            "*2\r\n:3\r\n:4\r\n",
+        ),
+        (
+            &["QPUTMANY", "jobs", "NOWAIT", "PAYLOADS", "z"],
+            "-FULL queue is full\r\n",
+        ),
         (&["QPURGE", "jobs"], ":2\r\n"),
-        (&["QPUTMANY", "jobs", "NOWAIT", "PAYLOADS", "1", "2", "3"], "-ERR more payloads than the queue's maxsize\r\n"),
+        (
+            &["QPUTMANY", "jobs", "NOWAIT", "PAYLOADS", "1", "2", "3"],
+            "-ERR more payloads than the queue's maxsize\r\n",
+        ),
         (&["QCONFIG", "jobs", "MAXSIZE", "0"], "+OK\r\n"),
-        (&["QCONFIG", "jobs", "KIND", "lifo"], "-ERR syntax error\r\n"),
+        (
+            &["QCONFIG", "jobs", "KIND", "lifo"],
+            "-ERR syntax error\r\n",
+        ),
         (&["QLIST"], "*1\r\n$4\r\njobs\r\n"),
         (&["QSHUTDOWN", "jobs"], "+OK\r\n"),
-        (&["QPUT", "jobs", "late"], "-SHUTDOWN queue is shut down\r\n"),
+        (
+            &["QPUT", "jobs", "late"],
+            "-SHUTDOWN queue is shut down\r\n",
+        ),
         (&["QGET", "jobs"], "-SHUTDOWN queue is shut down\r\n"),
         (&["QDROP", "jobs"], ":1\r\n"),
         (&["QDROP", "jobs"], ":0\r\n"),
@@ -84,10 +141,16 @@ fn commands_and_errors() {
     // QINFO is a map: RESP2 gives it flat, RESP3 as %.
     c.cmd(&["QPUT", "info", "x", "PRIORITY", "3"]);
     let info = c.cmd(&["QINFO", "info"]);
-    assert!(info.starts_with("*50\r\n$4\r\nname\r\n$4\r\ninfo\r\n$4\r\nkind\r\n$4\r\nfifo\r\n"), "{info}");
+    assert!(
+        info.starts_with("*50\r\n$4\r\nname\r\n$4\r\ninfo\r\n$4\r\nkind\r\n$4\r\nfifo\r\n"),
+        "{info}"
+    );
     assert!(info.contains("$10\r\nunfinished\r\n:1\r\n"), "{info}");
     let hello = c.cmd(&["HELLO", "3"]);
-    assert!(hello.starts_with("%7\r\n$6\r\nserver\r\n$5\r\nferry\r\n"), "{hello}");
+    assert!(
+        hello.starts_with("%7\r\n$6\r\nserver\r\n$5\r\nferry\r\n"),
+        "{hello}"
+    );
     assert_eq!(c.cmd(&["QGET", "empty", "NOWAIT"]), "_\r\n", "RESP3 null");
     assert!(c.cmd(&["QINFO", "info"]).starts_with("%25\r\n"));
     assert_eq!(c.cmd(&["QUIT"]), "+OK\r\n");
@@ -115,10 +178,17 @@ fn inline_commands_and_pipelines() {
 fn redis_crate_round_trip_with_typed_replies() {
     let s = Server::start();
     let mut con = s.conn();
-    let id: u64 = cmd("QPUT").arg("q").arg(b"\x00\xffbinary").query(&mut con).unwrap();
+    let id: u64 = cmd("QPUT")
+        .arg("q")
+        .arg(b"\x00\xffbinary")
+        .query(&mut con)
+        .unwrap();
     assert_eq!(id, 1);
     let got: Vec<Entry> = cmd("QGET").arg("q").arg("NOWAIT").query(&mut con).unwrap();
-    assert_eq!(got, vec![("q".to_string(), 1, b"\x00\xffbinary".to_vec(), 0)]);
+    assert_eq!(
+        got,
+        vec![("q".to_string(), 1, b"\x00\xffbinary".to_vec(), 0)]
+    );
     let none: Option<Vec<Entry>> = cmd("QGET").arg("q").arg("NOWAIT").query(&mut con).unwrap();
     assert_eq!(none, None);
     let done: u64 = cmd("QDONE").arg("q").arg(1).query(&mut con).unwrap();
@@ -152,7 +222,12 @@ fn redis_cli_starts_cleanly_and_drives_queues() {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(b"QPUT jobs again\nQLEN jobs\n").unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"QPUT jobs again\nQLEN jobs\n")
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     assert_eq!(String::from_utf8(out.stdout).unwrap(), "2\n1\n");
 }
@@ -161,7 +236,12 @@ fn redis_cli_starts_cleanly_and_drives_queues() {
 fn blocking_put_is_released_by_a_get_on_another_connection() {
     let s = Server::start();
     let mut a = s.conn();
-    let _: () = cmd("QCREATE").arg("b").arg("MAXSIZE").arg(1).query(&mut a).unwrap();
+    let _: () = cmd("QCREATE")
+        .arg("b")
+        .arg("MAXSIZE")
+        .arg(1)
+        .query(&mut a)
+        .unwrap();
     let _: u64 = cmd("QPUT").arg("b").arg("first").query(&mut a).unwrap();
     let url = s.url();
     let putter = thread::spawn(move || {
@@ -171,7 +251,10 @@ fn blocking_put_is_released_by_a_get_on_another_connection() {
         (id, t.elapsed())
     });
     thread::sleep(Duration::from_millis(150));
-    assert!(!putter.is_finished(), "the put should block while the queue is full");
+    assert!(
+        !putter.is_finished(),
+        "the put should block while the queue is full"
+    );
     let got: Vec<Entry> = cmd("QGET").arg("b").arg("NOACK").query(&mut a).unwrap();
     assert_eq!(got[0].2, b"first");
     let (id, waited) = putter.join().unwrap();
@@ -185,7 +268,12 @@ fn blocking_get_is_released_by_a_put() {
     let url = s.url();
     let getter = thread::spawn(move || {
         let mut g = redis::Client::open(url).unwrap().get_connection().unwrap();
-        let got: Vec<Entry> = cmd("QGET").arg("g").arg("TIMEOUT").arg(5000).query(&mut g).unwrap();
+        let got: Vec<Entry> = cmd("QGET")
+            .arg("g")
+            .arg("TIMEOUT")
+            .arg(5000)
+            .query(&mut g)
+            .unwrap();
         got
     });
     thread::sleep(Duration::from_millis(100));
@@ -199,23 +287,52 @@ fn blocking_get_is_released_by_a_put() {
 fn timeouts_are_never_early_and_barely_late() {
     let s = Server::start();
     let mut c = s.conn();
-    let _: () = cmd("QCREATE").arg("t").arg("MAXSIZE").arg(1).query(&mut c).unwrap();
+    let _: () = cmd("QCREATE")
+        .arg("t")
+        .arg("MAXSIZE")
+        .arg(1)
+        .query(&mut c)
+        .unwrap();
     for ms in [50u64, 300] {
         let t = Instant::now();
-        let got: Option<Vec<Entry>> = cmd("QGET").arg("empty").arg("TIMEOUT").arg(ms).query(&mut c).unwrap();
+        let got: Option<Vec<Entry>> = cmd("QGET")
+            .arg("empty")
+            .arg("TIMEOUT")
+            .arg(ms)
+            .query(&mut c)
+            .unwrap();
         let took = t.elapsed();
         assert_eq!(got, None);
-        assert!(took >= Duration::from_millis(ms), "get timed out early: {took:?} < {ms} ms");
-        assert!(took < Duration::from_millis(ms + 250), "get timed out late: {took:?}");
+        assert!(
+            took >= Duration::from_millis(ms),
+            "get timed out early: {took:?} < {ms} ms"
+        );
+        assert!(
+            took < Duration::from_millis(ms + 250),
+            "get timed out late: {took:?}"
+        );
     }
     let _: u64 = cmd("QPUT").arg("t").arg("x").query(&mut c).unwrap();
     let t = Instant::now();
-    let r: redis::RedisResult<u64> = cmd("QPUT").arg("t").arg("y").arg("TIMEOUT").arg(200).query(&mut c);
+    let r: redis::RedisResult<u64> = cmd("QPUT")
+        .arg("t")
+        .arg("y")
+        .arg("TIMEOUT")
+        .arg(200)
+        .query(&mut c);
     let took = t.elapsed();
     assert_eq!(r.unwrap_err().code(), Some("FULL"));
-    assert!(took >= Duration::from_millis(200) && took < Duration::from_millis(450), "{took:?}");
+    assert!(
+        took >= Duration::from_millis(200) && took < Duration::from_millis(450),
+        "{took:?}"
+    );
     let t = Instant::now();
-    let joined: Option<String> = cmd("QJOIN").arg("t").arg("TIMEOUT").arg(100).query(&mut c).unwrap();
+    let joined: Option<String> = cmd("QJOIN")
+        .arg("t")
+        .arg("TIMEOUT")
+        .arg(100)
+        .query(&mut c)
+        .unwrap();
     assert_eq!(joined, None);
     assert!(t.elapsed() >= Duration::from_millis(100));
 }
@@ -224,17 +341,31 @@ fn timeouts_are_never_early_and_barely_late() {
 fn join_is_released_when_the_last_task_is_done() {
     let s = Server::start();
     let mut c = s.conn();
-    let _: () = cmd("QPUTMANY").arg("j").arg("PAYLOADS").arg("a").arg("b").query(&mut c).unwrap();
+    let _: () = cmd("QPUTMANY")
+        .arg("j")
+        .arg("PAYLOADS")
+        .arg("a")
+        .arg("b")
+        .query(&mut c)
+        .unwrap();
     let url = s.url();
     let joiner = thread::spawn(move || {
         let mut j = redis::Client::open(url).unwrap().get_connection().unwrap();
         let ok: String = cmd("QJOIN").arg("j").query(&mut j).unwrap();
         ok
     });
-    let got: Vec<Entry> = cmd("QGET").arg("j").arg("COUNT").arg(2).query(&mut c).unwrap();
+    let got: Vec<Entry> = cmd("QGET")
+        .arg("j")
+        .arg("COUNT")
+        .arg(2)
+        .query(&mut c)
+        .unwrap();
     let _: u64 = cmd("QDONE").arg("j").arg(got[0].1).query(&mut c).unwrap();
     thread::sleep(Duration::from_millis(100));
-    assert!(!joiner.is_finished(), "join returned with a task unfinished");
+    assert!(
+        !joiner.is_finished(),
+        "join returned with a task unfinished"
+    );
     let _: u64 = cmd("QDONE").arg("j").arg(got[1].1).query(&mut c).unwrap();
     assert_eq!(joiner.join().unwrap(), "OK");
 }
@@ -243,7 +374,11 @@ fn join_is_released_when_the_last_task_is_done() {
 fn a_consumer_that_disconnects_mid_task_has_its_message_redelivered() {
     let s = Server::start();
     let mut producer = s.conn();
-    let id: u64 = cmd("QPUT").arg("w").arg("job").query(&mut producer).unwrap();
+    let id: u64 = cmd("QPUT")
+        .arg("w")
+        .arg("job")
+        .query(&mut producer)
+        .unwrap();
     {
         let mut dying = s.conn();
         let got: Vec<Entry> = cmd("QGET").arg("w").query(&mut dying).unwrap();
@@ -253,8 +388,16 @@ fn a_consumer_that_disconnects_mid_task_has_its_message_redelivered() {
         assert_eq!(n, 0);
     }
     let mut other = s.conn();
-    let got: Vec<Entry> = cmd("QGET").arg("w").arg("TIMEOUT").arg(5000).query(&mut other).unwrap();
-    assert_eq!((got[0].1, got[0].2.as_slice(), got[0].3), (id, &b"job"[..], 1));
+    let got: Vec<Entry> = cmd("QGET")
+        .arg("w")
+        .arg("TIMEOUT")
+        .arg(5000)
+        .query(&mut other)
+        .unwrap();
+    assert_eq!(
+        (got[0].1, got[0].2.as_slice(), got[0].3),
+        (id, &b"job"[..], 1)
+    );
 }
 
 #[test]
@@ -282,23 +425,45 @@ fn take_noack_and_timed_leases() {
         let mut taker = s.conn();
         let _: Vec<Entry> = cmd("QGET").arg("k").arg("TAKE").query(&mut taker).unwrap();
     }
-    let joined: String = cmd("QJOIN").arg("k").arg("TIMEOUT").arg(2000).query(&mut a).unwrap();
+    let joined: String = cmd("QJOIN")
+        .arg("k")
+        .arg("TIMEOUT")
+        .arg(2000)
+        .query(&mut a)
+        .unwrap();
     assert_eq!(joined, "OK");
-    let info: std::collections::HashMap<String, Value> = cmd("QINFO").arg("k").query(&mut a).unwrap();
+    let info: std::collections::HashMap<String, Value> =
+        cmd("QINFO").arg("k").query(&mut a).unwrap();
     assert_eq!(info["lost"], Value::Int(1));
     assert_eq!(info["qsize"], Value::Int(0));
     // A timed lease survives its connection and anyone may finish it.
     let id: u64 = cmd("QPUT").arg("k").arg("timed").query(&mut a).unwrap();
     {
         let mut g = s.conn();
-        let _: Vec<Entry> = cmd("QGET").arg("k").arg("LEASE").arg(60_000).query(&mut g).unwrap();
+        let _: Vec<Entry> = cmd("QGET")
+            .arg("k")
+            .arg("LEASE")
+            .arg(60_000)
+            .query(&mut g)
+            .unwrap();
     }
     let n: u64 = cmd("QDONE").arg("k").arg(id).query(&mut a).unwrap();
     assert_eq!(n, 1);
     // And it expires.
     let id: u64 = cmd("QPUT").arg("k").arg("expires").query(&mut a).unwrap();
-    let _: Vec<Entry> = cmd("QGET").arg("k").arg("LEASE").arg(100).query(&mut a).unwrap();
-    let again: Vec<Entry> = cmd("QGET").arg("k").arg("TIMEOUT").arg(3000).arg("NOACK").query(&mut a).unwrap();
+    let _: Vec<Entry> = cmd("QGET")
+        .arg("k")
+        .arg("LEASE")
+        .arg(100)
+        .query(&mut a)
+        .unwrap();
+    let again: Vec<Entry> = cmd("QGET")
+        .arg("k")
+        .arg("TIMEOUT")
+        .arg(3000)
+        .arg("NOACK")
+        .query(&mut a)
+        .unwrap();
     assert_eq!((again[0].1, again[0].3), (id, 1));
 }
 
@@ -319,9 +484,15 @@ fn max_attempts_moves_a_message_to_its_dead_letter_queue() {
         let _: Vec<Entry> = cmd("QGET").arg("src").arg("NOWAIT").query(&mut c).unwrap();
         let _: () = cmd("QNACK").arg("src").arg(id).query(&mut c).unwrap();
     }
-    let dead: Vec<Entry> = cmd("QGET").arg("dlq").arg("TIMEOUT").arg(2000).query(&mut c).unwrap();
+    let dead: Vec<Entry> = cmd("QGET")
+        .arg("dlq")
+        .arg("TIMEOUT")
+        .arg(2000)
+        .query(&mut c)
+        .unwrap();
     assert_eq!((dead[0].2.as_slice(), dead[0].3), (&b"poison"[..], 2));
-    let unfinished: std::collections::HashMap<String, Value> = cmd("QINFO").arg("src").query(&mut c).unwrap();
+    let unfinished: std::collections::HashMap<String, Value> =
+        cmd("QINFO").arg("src").query(&mut c).unwrap();
     assert_eq!(unfinished["unfinished"], Value::Int(0));
 }
 
@@ -329,24 +500,64 @@ fn max_attempts_moves_a_message_to_its_dead_letter_queue() {
 fn priority_delay_dedup_and_several_queues() {
     let s = Server::start();
     let mut c = s.conn();
-    let _: () = cmd("QCREATE").arg("pq").arg("KIND").arg("priority").query(&mut c).unwrap();
+    let _: () = cmd("QCREATE")
+        .arg("pq")
+        .arg("KIND")
+        .arg("priority")
+        .query(&mut c)
+        .unwrap();
     for (p, v) in [(5, "five"), (-1, "minus"), (3, "three")] {
-        let _: u64 = cmd("QPUT").arg("pq").arg(v).arg("PRIORITY").arg(p).query(&mut c).unwrap();
+        let _: u64 = cmd("QPUT")
+            .arg("pq")
+            .arg(v)
+            .arg("PRIORITY")
+            .arg(p)
+            .query(&mut c)
+            .unwrap();
     }
-    let got: Vec<Entry> = cmd("QGET").arg("pq").arg("COUNT").arg(3).arg("NOACK").query(&mut c).unwrap();
+    let got: Vec<Entry> = cmd("QGET")
+        .arg("pq")
+        .arg("COUNT")
+        .arg(3)
+        .arg("NOACK")
+        .query(&mut c)
+        .unwrap();
     let order: Vec<&[u8]> = got.iter().map(|e| e.2.as_slice()).collect();
     assert_eq!(order, vec![&b"minus"[..], b"three", b"five"]);
 
-    let _: u64 = cmd("QPUT").arg("d").arg("later").arg("DELAY").arg(200).query(&mut c).unwrap();
+    let _: u64 = cmd("QPUT")
+        .arg("d")
+        .arg("later")
+        .arg("DELAY")
+        .arg(200)
+        .query(&mut c)
+        .unwrap();
     let none: Option<Vec<Entry>> = cmd("QGET").arg("d").arg("NOWAIT").query(&mut c).unwrap();
     assert_eq!(none, None);
     let t = Instant::now();
-    let got: Vec<Entry> = cmd("QGET").arg("d").arg("TIMEOUT").arg(3000).query(&mut c).unwrap();
+    let got: Vec<Entry> = cmd("QGET")
+        .arg("d")
+        .arg("TIMEOUT")
+        .arg(3000)
+        .query(&mut c)
+        .unwrap();
     assert_eq!(got[0].2, b"later");
     assert!(t.elapsed() >= Duration::from_millis(150));
 
-    let a: u64 = cmd("QPUT").arg("dd").arg("x").arg("DEDUP").arg("k1").query(&mut c).unwrap();
-    let b: u64 = cmd("QPUT").arg("dd").arg("x").arg("DEDUP").arg("k1").query(&mut c).unwrap();
+    let a: u64 = cmd("QPUT")
+        .arg("dd")
+        .arg("x")
+        .arg("DEDUP")
+        .arg("k1")
+        .query(&mut c)
+        .unwrap();
+    let b: u64 = cmd("QPUT")
+        .arg("dd")
+        .arg("x")
+        .arg("DEDUP")
+        .arg("k1")
+        .query(&mut c)
+        .unwrap();
     assert_eq!(a, b);
     let n: u64 = cmd("QLEN").arg("dd").query(&mut c).unwrap();
     assert_eq!(n, 1);
@@ -354,13 +565,22 @@ fn priority_delay_dedup_and_several_queues() {
     let url = s.url();
     let getter = thread::spawn(move || {
         let mut g = redis::Client::open(url).unwrap().get_connection().unwrap();
-        let got: Vec<Entry> = cmd("QGET").arg("m1").arg("m2").arg("TIMEOUT").arg(5000).query(&mut g).unwrap();
+        let got: Vec<Entry> = cmd("QGET")
+            .arg("m1")
+            .arg("m2")
+            .arg("TIMEOUT")
+            .arg(5000)
+            .query(&mut g)
+            .unwrap();
         got
     });
     thread::sleep(Duration::from_millis(100));
     let _: u64 = cmd("QPUT").arg("m2").arg("from-two").query(&mut c).unwrap();
     let got = getter.join().unwrap();
-    assert_eq!((got[0].0.as_str(), got[0].2.as_slice()), ("m2", &b"from-two"[..]));
+    assert_eq!(
+        (got[0].0.as_str(), got[0].2.as_slice()),
+        ("m2", &b"from-two"[..])
+    );
 }
 
 #[test]
@@ -369,12 +589,22 @@ fn lock_contention_and_release_on_disconnect() {
     let mut a = s.conn();
     let token: u64 = cmd("LOCK").arg("res").query(&mut a).unwrap();
     let mut b = s.conn();
-    let none: Option<u64> = cmd("LOCK").arg("res").arg("TIMEOUT").arg(100).query(&mut b).unwrap();
+    let none: Option<u64> = cmd("LOCK")
+        .arg("res")
+        .arg("TIMEOUT")
+        .arg(100)
+        .query(&mut b)
+        .unwrap();
     assert_eq!(none, None, "a second holder must wait");
     let url = s.url();
     let waiter = thread::spawn(move || {
         let mut w = redis::Client::open(url).unwrap().get_connection().unwrap();
-        let t: u64 = cmd("LOCK").arg("res").arg("TIMEOUT").arg(5000).query(&mut w).unwrap();
+        let t: u64 = cmd("LOCK")
+            .arg("res")
+            .arg("TIMEOUT")
+            .arg(5000)
+            .query(&mut w)
+            .unwrap();
         t
     });
     thread::sleep(Duration::from_millis(100));
@@ -383,9 +613,19 @@ fn lock_contention_and_release_on_disconnect() {
     assert!(next > token, "fencing tokens increase");
     // TTL: a lock whose holder forgot it comes free.
     let mut c = s.conn();
-    let _: u64 = cmd("LOCK").arg("ttl").arg("TTL").arg(100).query(&mut c).unwrap();
+    let _: u64 = cmd("LOCK")
+        .arg("ttl")
+        .arg("TTL")
+        .arg(100)
+        .query(&mut c)
+        .unwrap();
     let t = Instant::now();
-    let _: u64 = cmd("LOCK").arg("ttl").arg("TIMEOUT").arg(3000).query(&mut b).unwrap();
+    let _: u64 = cmd("LOCK")
+        .arg("ttl")
+        .arg("TIMEOUT")
+        .arg(3000)
+        .query(&mut b)
+        .unwrap();
     assert!(t.elapsed() >= Duration::from_millis(50));
 }
 
@@ -393,7 +633,10 @@ fn lock_contention_and_release_on_disconnect() {
 fn auth_is_required_when_a_password_is_set() {
     let s = Server::start_with(&["--requirepass", "s3cret"]);
     let mut c = s.raw();
-    assert_eq!(c.cmd(&["QLEN", "q"]), "-NOAUTH Authentication required.\r\n");
+    assert_eq!(
+        c.cmd(&["QLEN", "q"]),
+        "-NOAUTH Authentication required.\r\n"
+    );
     assert!(c.cmd(&["AUTH", "wrong"]).starts_with("-WRONGPASS"));
     assert_eq!(c.cmd(&["AUTH", "s3cret"]), "+OK\r\n");
     assert_eq!(c.cmd(&["QLEN", "q"]), ":0\r\n");
@@ -447,7 +690,9 @@ fn garbage_closes_only_its_own_connection() {
         let deadline = Instant::now() + Duration::from_millis(1500);
         let mut sent = 0;
         while Instant::now() < deadline && sent < 2_000 {
-            let Ok(mut sock) = std::net::TcpStream::connect(("127.0.0.1", port)) else { continue };
+            let Ok(mut sock) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+                continue;
+            };
             let len = rng.random_range(1..512);
             let mut junk: Vec<u8> = (0..len).map(|_| rng.random()).collect();
             if rng.random_bool(0.5) {
@@ -467,7 +712,11 @@ fn garbage_closes_only_its_own_connection() {
         n += 1;
         let id: u64 = cmd("QPUT").arg("steady").arg(n).query(&mut c).unwrap();
         assert_eq!(id, n);
-        let got: Vec<Entry> = cmd("QGET").arg("steady").arg("NOACK").query(&mut c).unwrap();
+        let got: Vec<Entry> = cmd("QGET")
+            .arg("steady")
+            .arg("NOACK")
+            .query(&mut c)
+            .unwrap();
         assert_eq!(got[0].2, n.to_string().into_bytes());
     }
     assert!(fuzzer.join().unwrap() > 0);

@@ -34,7 +34,9 @@ impl Server {
             .expect("start ferry");
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
         let first = lines.next().expect("ferry printed nothing").unwrap();
-        let addr = first.strip_prefix("listening ").expect("first line is `listening <address>`");
+        let addr = first
+            .strip_prefix("listening ")
+            .expect("first line is `listening <address>`");
         let port = addr.rsplit(':').next().unwrap().parse().unwrap();
         let unix = if extra.contains(&"--unix") {
             let second = lines.next().unwrap().unwrap();
@@ -44,7 +46,12 @@ impl Server {
         };
         // Keep draining stdout so the server never blocks on it.
         std::thread::spawn(move || for _ in lines {});
-        Server { child, port, dir, unix }
+        Server {
+            child,
+            port,
+            dir,
+            unix,
+        }
     }
 
     pub fn url(&self) -> String {
@@ -70,7 +77,10 @@ impl Server {
 
     /// Sends a signal and waits for the exit status.
     pub fn signal_and_wait(mut self, sig: &str) -> std::process::ExitStatus {
-        Command::new("kill").args([sig, &self.child.id().to_string()]).status().unwrap();
+        Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap();
         let status = self.child.wait().unwrap();
         std::mem::forget(self);
         status
