@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -96,6 +96,8 @@ pub(crate) struct QueueCell {
     timer: Notify,
     /// The deadline the timer task currently sleeps until (u64::MAX: none).
     armed: AtomicU64,
+    /// Set by QDROP, so that connections caching this cell look again.
+    removed: AtomicBool,
 }
 
 /// The broker: all queues, all locks.
@@ -184,6 +186,7 @@ impl Broker {
             }),
             timer: Notify::new(),
             armed: AtomicU64::new(u64::MAX),
+            removed: AtomicBool::new(false),
         });
         queues.insert(name.clone(), Arc::clone(&cell));
         drop(queues);
@@ -208,6 +211,7 @@ impl Broker {
         let Some(cell) = self.queues.write().remove(name) else {
             return false;
         };
+        cell.removed.store(true, Ordering::Release);
         cell.with(self, |st, now| {
             st.q.shutdown(true, now);
             st.dropped = true;
@@ -218,6 +222,11 @@ impl Broker {
 }
 
 impl QueueCell {
+    /// True once QDROP removed this queue from the registry.
+    pub(crate) fn removed(&self) -> bool {
+        self.removed.load(Ordering::Acquire)
+    }
+
     /// Runs `f` on the queue under its lock, then does what every engine
     /// call needs after it: wakes the waiters it settled, re-arms the timer
     /// if a deadline moved earlier, and — after unlocking — moves dead
@@ -242,11 +251,12 @@ impl QueueCell {
             }
         }
         let dead: Vec<engine::Message<Payload>> = q.drain_dead_letters().collect();
+        if dead.is_empty() {
+            return r;
+        }
         let target = q.config().dead_letter.clone();
         drop(st);
-        if !dead.is_empty() {
-            broker.bury(target, dead);
-        }
+        broker.bury(target, dead);
         r
     }
 }

@@ -45,6 +45,10 @@ pub(crate) struct Conn<S> {
     pub(crate) holds: HashMap<Bytes, Arc<QueueCell>>,
     /// Locks this connection holds, by name, with their tokens.
     pub(crate) locks: Vec<(Bytes, u64)>,
+    /// The queue this connection used last: most connections use one, and
+    /// this spares the registry lookup per command.
+    last: Option<Arc<QueueCell>>,
+    pub(crate) get_scratch: crate::cmd::GetScratch,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -68,8 +72,32 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             limits,
             holds: HashMap::new(),
             locks: Vec::new(),
+            last: None,
+            get_scratch: Default::default(),
             shutdown,
         }
+    }
+
+    /// The queue of that name, if it exists.
+    pub(crate) fn find(&mut self, name: &Bytes) -> Option<Arc<QueueCell>> {
+        if let Some(cell) = &self.last {
+            if cell.name == *name && !cell.removed() {
+                return Some(Arc::clone(cell));
+            }
+        }
+        let cell = self.broker.queue(name)?;
+        self.last = Some(Arc::clone(&cell));
+        Some(cell)
+    }
+
+    /// The queue of that name, created by first use if need be.
+    pub(crate) fn find_or_create(&mut self, name: &Bytes) -> Arc<QueueCell> {
+        if let Some(cell) = self.find(name) {
+            return cell;
+        }
+        let cell = self.broker.queue_or_create(name);
+        self.last = Some(Arc::clone(&cell));
+        cell
     }
 
     pub(crate) fn reply(&mut self) -> Reply<'_> {

@@ -4,6 +4,8 @@
 
 mod queue;
 
+pub(crate) use queue::GetScratch;
+
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -60,7 +62,9 @@ impl Args {
     }
 
     fn next(&mut self) -> Option<Bytes> {
-        let arg = self.args.get(self.pos).cloned();
+        // Taken, not cloned: a clone would touch the shared read buffer's
+        // reference count once more per argument.
+        let arg = self.args.get_mut(self.pos).map(std::mem::take);
         if arg.is_some() {
             self.pos += 1;
         }

@@ -163,8 +163,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         Ok(name)
     }
 
-    fn existing(&self, name: &Bytes) -> Result<Arc<QueueCell>, super::CmdError> {
-        self.broker.queue(name).ok_or_else(no_queue)
+    fn existing(&mut self, name: &Bytes) -> Result<Arc<QueueCell>, super::CmdError> {
+        self.find(name).ok_or_else(no_queue)
     }
 
     fn entries(&mut self, entries: &[(Bytes, Message<Payload>)]) {
@@ -210,7 +210,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     pub(super) fn qconfig(&mut self, mut a: Args) -> Res {
         let name = self.named_queue(&mut a)?;
         let settings = parse_settings(&mut a, false)?;
-        let cell = self.broker.queue_or_create(&name);
+        let cell = self.find_or_create(&name);
         cell.with(&self.broker, |st, _| apply_live(st, &settings));
         self.reply().simple("OK");
         Ok(Flow::Continue)
@@ -229,7 +229,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 }
             }
         }
-        let cell = self.broker.queue_or_create(&name);
+        let cell = self.find_or_create(&name);
         let window = self.broker.config.dedup_window_ms;
         let item = Payload { data, key: o.key };
         let dedup = o.dedup;
@@ -291,7 +291,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         if items.is_empty() {
             return Err(a.arity());
         }
-        let cell = self.broker.queue_or_create(&name);
+        let cell = self.find_or_create(&name);
         let items = match cell.with(&self.broker, |st, now| st.q.put_many(items, o.delay, now)) {
             Ok(ids) => {
                 self.ids(ids);
@@ -375,7 +375,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     }
 
     pub(super) async fn qget(&mut self, mut a: Args) -> Res {
-        let mut names = vec![self.named_queue(&mut a)?];
+        let mut names = Vec::with_capacity(1);
+        names.push(self.named_queue(&mut a)?);
         let (mut count, mut wait, mut lease, mut take, mut noack) =
             (1usize, Wait::Until(None), None, false, false);
         while let Some(opt) = a.next() {
@@ -419,42 +420,52 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                     ..
                 }
         );
-        let cells: Vec<Arc<QueueCell>> = names
-            .iter()
-            .map(|n| self.broker.queue_or_create(n))
-            .collect();
+        // Buffers kept from the connection's last QGET: a get should not
+        // cost four allocations.
+        let mut scratch = std::mem::take(&mut self.get_scratch);
+        scratch.clear();
+        let GetScratch {
+            cells,
+            open,
+            got,
+            buf,
+        } = &mut scratch;
+        for n in &names {
+            cells.push(self.find_or_create(n));
+        }
 
         // First, whatever is ready now, queue by queue in the order named.
-        let mut got: Vec<(Bytes, Message<Payload>)> = Vec::new();
-        let mut open = Vec::with_capacity(cells.len());
-        let mut buf = Vec::new();
-        for cell in &cells {
+        for cell in cells.iter() {
             let want = count - got.len();
             if want == 0 {
                 open.push(Arc::clone(cell));
                 continue;
             }
-            let ready = cell.with(&self.broker, |st, now| {
-                st.q.get_many(spec, want, now, &mut buf)
-            });
+            let ready = cell.with(&self.broker, |st, now| st.q.get_many(spec, want, now, buf));
             // A queue shut down and drained is left out of the wait.
             if ready.is_ok() {
                 open.push(Arc::clone(cell));
             }
             if !buf.is_empty() {
-                if holds {
+                if holds && !self.holds.contains_key(&cell.name) {
                     self.holds.insert(cell.name.clone(), Arc::clone(cell));
                 }
                 got.extend(buf.drain(..).map(|m| (cell.name.clone(), m)));
             }
         }
         if !got.is_empty() {
-            self.entries(&got);
+            self.entries(got);
+            // Emptied before it is kept, so no payload outlives its reply.
+            scratch.clear();
+            self.get_scratch = scratch;
             return Ok(Flow::Continue);
         }
         if open.is_empty() {
             return Err(shut_down());
         }
+        let open = std::mem::take(open);
+        scratch.clear();
+        self.get_scratch = scratch;
         let Wait::Until(until) = wait else {
             self.reply().null_array();
             return Ok(Flow::Continue);
@@ -523,7 +534,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         }
         match outcome {
             Some((cell, msgs)) => {
-                if holds {
+                if holds && !self.holds.contains_key(&cell.name) {
                     self.holds.insert(cell.name.clone(), Arc::clone(&cell));
                 }
                 let entries: Vec<_> = msgs.into_iter().map(|m| (cell.name.clone(), m)).collect();
@@ -553,7 +564,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         let name = self.named_queue(&mut a)?;
         let ids = Self::ids_arg(&mut a)?;
         let holder = Some(self.id);
-        let n = match self.broker.queue(&name) {
+        let n = match self.find(&name) {
             Some(cell) => cell.with(&self.broker, |st, _| st.q.done(&ids, holder)),
             None => 0,
         };
@@ -615,7 +626,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 return Err(syntax());
             }
         }
-        let Some(cell) = self.broker.queue(&name) else {
+        let Some(cell) = self.find(&name) else {
             // Nothing was ever put there: nothing is unfinished.
             self.reply().simple("OK");
             return Ok(Flow::Continue);
@@ -770,7 +781,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 return Err(syntax());
             }
         }
-        let entries: Vec<(Bytes, Message<Payload>)> = match self.broker.queue(&name) {
+        let entries: Vec<(Bytes, Message<Payload>)> = match self.find(&name) {
             Some(cell) => cell.with(&self.broker, |st, _| {
                 st.q.peek(count)
                     .into_iter()
@@ -786,7 +797,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     pub(super) fn qpurge(&mut self, mut a: Args) -> Res {
         let name = self.named_queue(&mut a)?;
         a.end()?;
-        let n = match self.broker.queue(&name) {
+        let n = match self.find(&name) {
             Some(cell) => cell.with(&self.broker, |st, now| st.q.purge(now)),
             None => 0,
         };
@@ -811,7 +822,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             Some(_) => return Err(syntax()),
         };
         a.end()?;
-        let cell = self.broker.queue_or_create(&name);
+        let cell = self.find_or_create(&name);
         cell.with(&self.broker, |st, now| st.q.shutdown(immediate, now));
         self.reply().simple("OK");
         Ok(Flow::Continue)
@@ -831,6 +842,24 @@ fn apply_live(st: &mut crate::broker::QueueState, s: &Settings) {
     }
     if let Some(v) = &s.dead_letter {
         st.q.set_dead_letter(v.clone());
+    }
+}
+
+/// QGET's working buffers, kept by the connection between calls.
+#[derive(Default)]
+pub(crate) struct GetScratch {
+    cells: Vec<Arc<QueueCell>>,
+    open: Vec<Arc<QueueCell>>,
+    got: Vec<(Bytes, Message<Payload>)>,
+    buf: Vec<Message<Payload>>,
+}
+
+impl GetScratch {
+    fn clear(&mut self) {
+        self.cells.clear();
+        self.open.clear();
+        self.got.clear();
+        self.buf.clear();
     }
 }
 
