@@ -59,6 +59,29 @@ struct ServeArgs {
     /// Largest payload in bytes [default: 16777216]
     #[arg(long, env = "FERRY_MAX_PAYLOAD")]
     max_payload: Option<usize>,
+    /// Refuse puts with -OOM while queued messages hold this much memory:
+    /// bytes, or with a kb/mb/gb suffix; 0 for no limit [default: 0]
+    #[arg(long, env = "FERRY_MAX_MEMORY", value_parser = parse_size)]
+    max_memory: Option<u64>,
+}
+
+/// `1048576`, `1024kb`, `1mb`, `1gb` (powers of 1024, as Redis reads them).
+fn parse_size(s: &str) -> Result<u64, String> {
+    let lower = s.trim().to_ascii_lowercase();
+    let (digits, unit) = match lower.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => lower.split_at(i),
+        None => (lower.as_str(), ""),
+    };
+    let n: u64 = digits.parse().map_err(|_| format!("{s:?} is not a size"))?;
+    let unit = match unit {
+        "" | "b" => 1,
+        "k" | "kb" => 1 << 10,
+        "m" | "mb" => 1 << 20,
+        "g" | "gb" => 1 << 30,
+        _ => return Err(format!("{s:?}: the unit must be b, kb, mb or gb")),
+    };
+    n.checked_mul(unit)
+        .ok_or_else(|| format!("{s:?} is too large"))
 }
 
 #[derive(Deserialize, Default)]
@@ -72,6 +95,7 @@ struct FileConfig {
     requirepass: Option<String>,
     max_clients: Option<usize>,
     max_payload: Option<usize>,
+    max_memory: Option<String>,
 }
 
 /// Resolves flags, environment and file into the broker's settings.
@@ -114,6 +138,11 @@ fn resolve(args: ServeArgs) -> anyhow::Result<Config> {
             .or(file.max_clients)
             .unwrap_or(d.max_clients),
         max_payload,
+        max_memory: match (args.max_memory, file.max_memory) {
+            (Some(m), _) => m,
+            (None, Some(m)) => parse_size(&m).map_err(anyhow::Error::msg)?,
+            (None, None) => d.max_memory,
+        },
         dedup_window_ms: d.dedup_window_ms,
     })
 }

@@ -733,3 +733,88 @@ fn sigterm_shuts_down_gracefully() {
     let status = s.signal_and_wait("-TERM");
     assert!(status.success(), "exit status {status:?}");
 }
+
+#[test]
+fn puts_over_max_memory_get_oom_while_gets_and_dones_work() {
+    let s = Server::start_with(&["--max-memory", "64kb"]);
+    let mut c = s.conn();
+    let payload = vec![b'x'; 1000];
+    let mut admitted = 0u64;
+    let err = loop {
+        match cmd("QPUT").arg("m").arg(&payload[..]).query::<u64>(&mut c) {
+            Ok(_) => admitted += 1,
+            Err(e) => break e,
+        }
+        assert!(admitted < 1000, "the limit never applied");
+    };
+    assert_eq!(err.code(), Some("OOM"));
+    assert!(
+        (55..=66).contains(&admitted),
+        "{admitted} puts of ~1.1 kB under 64 kB"
+    );
+    // Nothing admitted was lost, and consuming frees room again.
+    let got: Vec<Entry> = cmd("QGET")
+        .arg("m")
+        .arg("COUNT")
+        .arg(10)
+        .query(&mut c)
+        .unwrap();
+    let ids: Vec<u64> = got.iter().map(|e| e.1).collect();
+    let done: u64 = cmd("QDONE").arg("m").arg(&ids).query(&mut c).unwrap();
+    assert_eq!(done, 10);
+    let _: u64 = cmd("QPUT")
+        .arg("m")
+        .arg(&payload[..])
+        .query(&mut c)
+        .unwrap();
+    let len: u64 = cmd("QLEN").arg("m").query(&mut c).unwrap();
+    assert_eq!(len, admitted - 10 + 1);
+}
+
+#[test]
+fn settings_come_from_flags_then_environment_then_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("ferry.toml");
+    std::fs::write(&file, "requirepass = \"from-file\"\nmax_clients = 50\n").unwrap();
+    let start = |env: &[(&str, &str)], extra: &[&str]| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ferry"))
+            .args(["serve", "--port", "0", "--config", file.to_str().unwrap()])
+            .args(extra)
+            .envs(env.iter().copied())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        let port: u16 = line.trim().rsplit(':').next().unwrap().parse().unwrap();
+        (child, port)
+    };
+    let auth = |port: u16, pass: &str| {
+        let mut raw = common::Raw(std::net::TcpStream::connect(("127.0.0.1", port)).unwrap());
+        raw.cmd(&["AUTH", pass])
+    };
+    for (env, extra, want) in [
+        (vec![], vec![], "from-file"),
+        (vec![("FERRY_REQUIREPASS", "from-env")], vec![], "from-env"),
+        (
+            vec![("FERRY_REQUIREPASS", "from-env")],
+            vec!["--requirepass", "from-flag"],
+            "from-flag",
+        ),
+    ] {
+        let (mut child, port) = start(&env, &extra);
+        assert_eq!(auth(port, want), "+OK\r\n", "{env:?} {extra:?}");
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+    let bad = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["serve", "--port", "0", "--durability", "sync"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("not available yet"));
+}

@@ -11,17 +11,19 @@
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
 
-use ferry_core::engine::{
-    Batch, Config, GetSpec, Kind, Lease, Message, Prioritized, PutError, Queue, ShutDown,
-};
+use ferry_core::engine::{Batch, Config, GetSpec, Kind, Lease, Message, PutError, Queue, ShutDown};
 use proptest::prelude::*;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-struct Item(u8);
+struct It(u8);
 
-impl Prioritized for Item {
+impl ferry_core::engine::Item for It {
     fn priority_cmp(&self, other: &Self) -> Ordering {
         self.0.cmp(&other.0)
+    }
+
+    fn weight(&self) -> u64 {
+        1
     }
 }
 
@@ -35,7 +37,7 @@ enum Mode {
 }
 
 impl Mode {
-    fn spec(self) -> GetSpec<Item> {
+    fn spec(self) -> GetSpec<It> {
         match self {
             Mode::Bound(h) => GetSpec::lease(Lease::Bound(h)),
             Mode::Timed(ms) => GetSpec::lease(Lease::Timed(ms)),
@@ -611,25 +613,25 @@ impl Model {
 
 // ----- the engine, driven the same way ---------------------------------------
 
-fn brief(msgs: Vec<Message<Item>>) -> Vec<(u64, u32)> {
+fn brief(msgs: Vec<Message<It>>) -> Vec<(u64, u32)> {
     msgs.into_iter().map(|m| (m.id, m.attempts)).collect()
 }
 
-fn apply(q: &mut Queue<Item>, now: &mut u64, op: &Op, waiter_ids: &[u64]) -> Reply {
+fn apply(q: &mut Queue<It>, now: &mut u64, op: &Op, waiter_ids: &[u64]) -> Reply {
     let pick_waiter = |i: usize| {
         waiter_ids
             .get(i % waiter_ids.len().max(1))
             .copied()
             .unwrap_or(0)
     };
-    let put_err = |e: &PutError<Item>| match e {
+    let put_err = |e: &PutError<It>| match e {
         PutError::Full(_) => "full",
         PutError::ShutDown(_) => "shutdown",
         PutError::TooMany(_) => "toomany",
     };
     let reply = match *op {
         Op::Put { key, delay } => {
-            Reply::Put(q.put(Item(key), Some(delay), *now).map_err(|e| put_err(&e)))
+            Reply::Put(q.put(It(key), Some(delay), *now).map_err(|e| put_err(&e)))
         }
         Op::Get(mode) => Reply::Got(
             q.get(mode.spec(), *now)
@@ -641,7 +643,7 @@ fn apply(q: &mut Queue<Item>, now: &mut u64, op: &Op, waiter_ids: &[u64]) -> Rep
             q.cancel_get(pick_waiter(i));
             Reply::Unit
         }
-        Op::WaitPut(key) => Reply::Waiter(q.wait_put(Batch::One(Item(key)), None, *now)),
+        Op::WaitPut(key) => Reply::Waiter(q.wait_put(Batch::One(It(key)), None, *now)),
         Op::PollPut(i) => Reply::PutPolled(q.poll_put(pick_waiter(i)).map(|r| {
             r.map(|ids| (ids.start, ids.end)).map_err(|e| match e {
                 PutError::ShutDown(_) => "shutdown",
@@ -649,7 +651,7 @@ fn apply(q: &mut Queue<Item>, now: &mut u64, op: &Op, waiter_ids: &[u64]) -> Rep
             })
         })),
         Op::CancelPut(i) => Reply::Cancelled(q.cancel_put(pick_waiter(i)).map(|b| match b {
-            Batch::One(Item(k)) => k,
+            Batch::One(It(k)) => k,
             Batch::Many(_) => 255,
         })),
         Op::Done { pick, holder } => {
@@ -723,6 +725,14 @@ proptest! {
                 model.cfg.maxsize > 0 && model.ready.len() as u64 >= model.cfg.maxsize,
             );
             prop_assert_eq!(counters, expected, "counters after step {} ({:?})", step, op);
+            // Every message whose item the engine still holds weighs 1.
+            let reserved = model
+                .waiters
+                .values()
+                .filter(|w| matches!(w, Waiting::Get(_, Some(Ok(_)))))
+                .count();
+            let held = model.ready.len() + model.delayed.len() + model.leased.len() + reserved;
+            prop_assert_eq!(q.held_weight(), held as u64, "held weight after step {} ({:?})", step, op);
             let dead: Vec<(u64, u32)> = q.drain_dead_letters().map(|m| (m.id, m.attempts)).collect();
             prop_assert_eq!(dead, std::mem::take(&mut model.dead), "dead letters after step {}", step);
         }

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use ferry_core::engine::{self, Millis, Prioritized, WaiterId};
+use ferry_core::engine::{self, Item, Millis, WaiterId};
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::Notify;
 
@@ -28,9 +28,17 @@ pub(crate) struct Payload {
     pub(crate) key: Bytes,
 }
 
-impl Prioritized for Payload {
+/// What a queued message costs besides its bytes: the engine's entry and
+/// the two `Bytes` handles, roughly.
+const MESSAGE_OVERHEAD: u64 = 96;
+
+impl Item for Payload {
     fn priority_cmp(&self, other: &Self) -> std::cmp::Ordering {
         self.key.cmp(&other.key)
+    }
+
+    fn weight(&self) -> u64 {
+        (self.data.len() + self.key.len()) as u64 + MESSAGE_OVERHEAD
     }
 }
 
@@ -109,6 +117,8 @@ pub(crate) struct Broker {
     next_client: AtomicU64,
     pub(crate) clients: AtomicUsize,
     pub(crate) commands: AtomicU64,
+    /// Sum of every queue's held weight: what `--max-memory` limits.
+    memory: AtomicU64,
 }
 
 /// Why a queue cannot be named.
@@ -130,6 +140,7 @@ impl Broker {
             next_client: AtomicU64::new(1),
             clients: AtomicUsize::new(0),
             commands: AtomicU64::new(0),
+            memory: AtomicU64::new(0),
         })
     }
 
@@ -144,6 +155,16 @@ impl Broker {
 
     pub(crate) fn instant_at(&self, at: Millis) -> tokio::time::Instant {
         tokio::time::Instant::from_std(self.started + Duration::from_millis(at))
+    }
+
+    /// Bytes held by queued messages (payloads plus per-message overhead).
+    pub(crate) fn memory(&self) -> u64 {
+        self.memory.load(Ordering::Relaxed)
+    }
+
+    /// True when puts must be refused with -OOM.
+    pub(crate) fn over_memory(&self) -> bool {
+        self.config.max_memory > 0 && self.memory() >= self.config.max_memory
     }
 
     pub(crate) fn next_client_id(&self) -> u64 {
@@ -238,8 +259,15 @@ impl QueueCell {
     ) -> R {
         let now = broker.now();
         let mut st = self.state.lock();
+        let before = st.q.held_weight();
         let r = f(&mut st, now);
         let QueueState { q, wakers, .. } = &mut *st;
+        let after = q.held_weight();
+        if after > before {
+            broker.memory.fetch_add(after - before, Ordering::Relaxed);
+        } else if after < before {
+            broker.memory.fetch_sub(before - after, Ordering::Relaxed);
+        }
         for id in q.drain_woken() {
             if let Some(n) = wakers.get(&id) {
                 n.notify_one();

@@ -32,6 +32,9 @@ pub struct Config {
     pub max_clients: usize,
     /// Largest payload (and largest argument) in bytes.
     pub max_payload: usize,
+    /// Puts are refused with -OOM while queued messages hold this many
+    /// bytes or more (payloads plus per-message overhead); 0: no limit.
+    pub max_memory: u64,
     /// How long a DEDUP key keeps returning the first put's id, in ms.
     pub dedup_window_ms: u64,
 }
@@ -47,6 +50,7 @@ impl Default for Config {
             requirepass: None,
             max_clients: 10_000,
             max_payload: 16 << 20,
+            max_memory: 0,
             dedup_window_ms: 10 * 60 * 1000,
         }
     }

@@ -71,11 +71,17 @@ pub struct Config {
     pub dead_letter: Option<String>,
 }
 
-/// How items compare in a priority queue. Fifo and lifo queues never call
-/// it, so their items may answer `Equal`.
-pub trait Prioritized {
-    /// Lower is served first.
+/// What the engine needs to know of an item.
+pub trait Item {
+    /// How items compare in a priority queue: lower is served first. Fifo
+    /// and lifo queues never call it, so their items may answer `Equal`.
     fn priority_cmp(&self, other: &Self) -> Ordering;
+
+    /// Roughly how many bytes the item takes, for
+    /// [`Queue::held_weight`]; 0 if nobody limits memory.
+    fn weight(&self) -> u64 {
+        0
+    }
 }
 
 /// A message: an item with its id and the count of earlier deliveries
@@ -268,9 +274,13 @@ pub struct Queue<T> {
     waiters: Waiters<T>,
     dead: Vec<Message<T>>,
     stats: Stats,
+    /// Total weight of the items the engine holds: ready, delayed,
+    /// reserved for a waiter, or leased (taken and no-ack deliveries hand
+    /// their item out).
+    held: u64,
 }
 
-impl<T: Prioritized> Queue<T> {
+impl<T: Item> Queue<T> {
     /// An empty queue with these settings.
     pub fn new(config: Config) -> Self {
         Queue {
@@ -288,7 +298,18 @@ impl<T: Prioritized> Queue<T> {
             waiters: Waiters::new(),
             dead: Vec::new(),
             stats: Stats::default(),
+            held: 0,
         }
+    }
+
+    /// Total [`Item::weight`] of the messages this queue holds: a memory
+    /// limit's measure.
+    pub fn held_weight(&self) -> u64 {
+        self.held
+    }
+
+    fn unhold(&mut self, item: &T) {
+        self.held = self.held.saturating_sub(item.weight());
     }
 
     // ----- settings and counters -------------------------------------------
@@ -517,6 +538,7 @@ impl<T: Prioritized> Queue<T> {
         self.next_id += 1;
         self.unfinished += 1;
         self.stats.put += 1;
+        self.held += item.weight();
         self.ready.push(Message { id, attempts, item });
         self.dispatch();
         id
@@ -527,6 +549,7 @@ impl<T: Prioritized> Queue<T> {
         self.next_id += 1;
         self.unfinished += 1;
         self.stats.put += 1;
+        self.held += item.weight();
         let msg = Message {
             id,
             attempts: 0,
@@ -703,12 +726,17 @@ impl<T: Prioritized> Queue<T> {
         self.stats.delivered += 1;
         match spec {
             GetSpec::NoAck => {
+                self.unhold(&msg.item);
                 self.finish_one();
                 self.stats.done += 1;
                 msg
             }
-            GetSpec::Take { holder: None } => msg,
+            GetSpec::Take { holder: None } => {
+                self.unhold(&msg.item);
+                msg
+            }
             GetSpec::Take { holder: Some(h) } => {
+                self.unhold(&msg.item);
                 self.taken.insert(msg.id, h);
                 self.holders.entry(h).or_default().insert(msg.id);
                 msg
@@ -786,7 +814,9 @@ impl<T: Prioritized> Queue<T> {
         for &id in ids {
             if let Some(lease) = self.leased.get(&id) {
                 if Self::may_act(lease.holder, holder) {
-                    self.remove_lease(id);
+                    if let Some(lease) = self.remove_lease(id) {
+                        self.unhold(&lease.msg.item);
+                    }
                     n += 1;
                 }
             } else if let Some(&owner) = self.taken.get(&id) {
@@ -910,6 +940,7 @@ impl<T: Prioritized> Queue<T> {
         {
             self.stats.dead_lettered += 1;
             self.finish_one();
+            self.unhold(&msg.item);
             self.dead.push(msg);
             return;
         }
@@ -917,6 +948,7 @@ impl<T: Prioritized> Queue<T> {
             (Some(Shutdown::Immediate), _) => {
                 self.stats.dropped += 1;
                 self.finish_one();
+                self.unhold(&msg.item);
             }
             (None, Some(d)) if d > 0 => {
                 self.delayed
@@ -944,7 +976,8 @@ impl<T: Prioritized> Queue<T> {
         if immediate {
             let dropped = self.ready.drain();
             self.stats.dropped += dropped.len() as u64;
-            for _ in dropped {
+            for msg in dropped {
+                self.unhold(&msg.item);
                 self.finish_one();
             }
         }
@@ -956,10 +989,12 @@ impl<T: Prioritized> Queue<T> {
     pub fn purge(&mut self, now: Millis) -> u64 {
         self.advance(now);
         let mut n = 0;
-        for _ in self.ready.drain() {
+        for msg in self.ready.drain() {
+            self.unhold(&msg.item);
             n += 1;
         }
-        while self.delayed.pop_first().is_some() {
+        while let Some((_, msg)) = self.delayed.pop_first() {
+            self.unhold(&msg.item);
             n += 1;
         }
         for _ in 0..n {

@@ -3,7 +3,7 @@
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, VecDeque};
 
-use super::{Kind, Message, Prioritized};
+use super::{Item, Kind, Message};
 
 /// Ready messages in delivery order.
 ///
@@ -21,7 +21,7 @@ pub(super) enum Ready<T> {
     Priority(BinaryHeap<ByPriority<T>>),
 }
 
-impl<T: Prioritized> Ready<T> {
+impl<T: Item> Ready<T> {
     pub(super) fn new(kind: Kind) -> Self {
         match kind {
             Kind::Fifo => Ready::Fifo(VecDeque::new()),
@@ -93,7 +93,7 @@ impl<T: Prioritized> Ready<T> {
 #[derive(Debug)]
 pub(super) struct ByPriority<T>(Message<T>);
 
-impl<T: Prioritized> Ord for ByPriority<T> {
+impl<T: Item> Ord for ByPriority<T> {
     fn cmp(&self, other: &Self) -> Ordering {
         other
             .0
@@ -103,16 +103,16 @@ impl<T: Prioritized> Ord for ByPriority<T> {
     }
 }
 
-impl<T: Prioritized> PartialOrd for ByPriority<T> {
+impl<T: Item> PartialOrd for ByPriority<T> {
     fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
         Some(self.cmp(other))
     }
 }
 
-impl<T: Prioritized> PartialEq for ByPriority<T> {
+impl<T: Item> PartialEq for ByPriority<T> {
     fn eq(&self, other: &Self) -> bool {
         self.cmp(other) == Ordering::Equal
     }
 }
 
-impl<T: Prioritized> Eq for ByPriority<T> {}
+impl<T: Item> Eq for ByPriority<T> {}

@@ -5,7 +5,7 @@ use super::*;
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct P(u8);
 
-impl Prioritized for P {
+impl Item for P {
     fn priority_cmp(&self, other: &Self) -> Ordering {
         self.0.cmp(&other.0)
     }

@@ -22,7 +22,7 @@ mod prim;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use crate::engine::{self, Batch, Config, GetSpec, Kind, Prioritized, WaiterId};
+use crate::engine::{self, Batch, Config, GetSpec, Item, Kind, WaiterId};
 use prim::{Arc, Condvar, Mutex, MutexGuard};
 
 /// A put that did not happen; the item comes back.
@@ -79,7 +79,7 @@ impl Wait {
 
 /// An item as the engine stores it: ordered by the item itself in a
 /// priority queue, and not at all otherwise.
-trait Slot: Prioritized {
+trait Slot: Item {
     type Item;
     fn wrap(item: Self::Item) -> Self;
     fn unwrap(self) -> Self::Item;
@@ -87,7 +87,7 @@ trait Slot: Prioritized {
 
 struct Plain<T>(T);
 
-impl<T> Prioritized for Plain<T> {
+impl<T> Item for Plain<T> {
     fn priority_cmp(&self, _: &Self) -> std::cmp::Ordering {
         std::cmp::Ordering::Equal
     }
@@ -105,7 +105,7 @@ impl<T> Slot for Plain<T> {
 
 struct Ordered<T>(T);
 
-impl<T: Ord> Prioritized for Ordered<T> {
+impl<T: Ord> Item for Ordered<T> {
     fn priority_cmp(&self, other: &Self) -> std::cmp::Ordering {
         self.0.cmp(&other.0)
     }

@@ -30,6 +30,10 @@ fn no_queue() -> super::CmdError {
     err("NOQUEUE", "no such queue")
 }
 
+fn oom() -> super::CmdError {
+    err("OOM", "command not allowed when used memory > 'max-memory'")
+}
+
 fn full() -> super::CmdError {
     err("FULL", "queue is full")
 }
@@ -229,6 +233,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 }
             }
         }
+        if self.broker.over_memory() {
+            return Err(oom());
+        }
         let cell = self.find_or_create(&name);
         let window = self.broker.config.dedup_window_ms;
         let item = Payload { data, key: o.key };
@@ -290,6 +297,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         }
         if items.is_empty() {
             return Err(a.arity());
+        }
+        if self.broker.over_memory() {
+            return Err(oom());
         }
         let cell = self.find_or_create(&name);
         let items = match cell.with(&self.broker, |st, now| st.q.put_many(items, o.delay, now)) {
