@@ -11,7 +11,10 @@
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
 
-use ferry_core::engine::{Batch, Config, GetSpec, Kind, Lease, Message, PutError, Queue, ShutDown};
+use ferry_core::engine::{
+    Batch, Config, FifoStore, GetSpec, Kind, Lease, Message, Pack, PackedFifo, PutError, Queue,
+    ShutDown,
+};
 use proptest::prelude::*;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -24,6 +27,18 @@ impl ferry_core::engine::Item for It {
 
     fn weight(&self) -> u64 {
         1
+    }
+}
+
+impl Pack for It {
+    fn packed_len(&self) -> usize {
+        1
+    }
+    fn pack(&self, out: &mut Vec<u8>) {
+        out.push(self.0);
+    }
+    fn unpack(bytes: &[u8]) -> Self {
+        It(bytes[0])
     }
 }
 
@@ -617,7 +632,7 @@ fn brief(msgs: Vec<Message<It>>) -> Vec<(u64, u32)> {
     msgs.into_iter().map(|m| (m.id, m.attempts)).collect()
 }
 
-fn apply(q: &mut Queue<It>, now: &mut u64, op: &Op, waiter_ids: &[u64]) -> Reply {
+fn apply<F: FifoStore<It>>(q: &mut Queue<It, F>, now: &mut u64, op: &Op, waiter_ids: &[u64]) -> Reply {
     let pick_waiter = |i: usize| {
         waiter_ids
             .get(i % waiter_ids.len().max(1))
@@ -699,42 +714,53 @@ fn apply(q: &mut Queue<It>, now: &mut u64, op: &Op, waiter_ids: &[u64]) -> Reply
     reply
 }
 
+/// Drives an engine (with fifo store `F`) and the model through `ops`.
+fn check<F: FifoStore<It>>(cfg: Config, ops: &[Op]) -> Result<(), TestCaseError> {
+    let mut q: Queue<It, F> = Queue::new(cfg.clone());
+    let mut model = Model::new(cfg);
+    let mut now = 0;
+    let mut waiter_ids = Vec::new();
+    for (step, op) in ops.iter().enumerate() {
+        let want = model.apply(op, &waiter_ids);
+        let got = apply(&mut q, &mut now, op, &waiter_ids);
+        prop_assert_eq!(&got, &want, "reply of step {} ({:?})", step, op);
+        if let Reply::Waiter(w) = got {
+            waiter_ids.push(w);
+        }
+        let counters = (q.qsize(), q.unfinished(), q.leased(), q.taken(), q.delayed(), q.full());
+        let expected = (
+            model.ready.len() as u64,
+            model.unfinished,
+            model.leased.len() as u64,
+            model.taken.len() as u64,
+            model.delayed.len() as u64,
+            model.cfg.maxsize > 0 && model.ready.len() as u64 >= model.cfg.maxsize,
+        );
+        prop_assert_eq!(counters, expected, "counters after step {} ({:?})", step, op);
+        // Every message whose item the engine still holds weighs 1.
+        let reserved = model
+            .waiters
+            .values()
+            .filter(|w| matches!(w, Waiting::Get(_, Some(Ok(_)))))
+            .count();
+        let held = model.ready.len() + model.delayed.len() + model.leased.len() + reserved;
+        prop_assert_eq!(q.held_weight(), held as u64, "held weight after step {} ({:?})", step, op);
+        let dead: Vec<(u64, u32)> = q.drain_dead_letters().map(|m| (m.id, m.attempts)).collect();
+        prop_assert_eq!(dead, std::mem::take(&mut model.dead), "dead letters after step {}", step);
+    }
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
 
     #[test]
     fn engine_matches_model(cfg in config(), ops in proptest::collection::vec(op(), 1..80)) {
-        let mut q = Queue::new(cfg.clone());
-        let mut model = Model::new(cfg);
-        let mut now = 0;
-        let mut waiter_ids = Vec::new();
-        for (step, op) in ops.iter().enumerate() {
-            let want = model.apply(op, &waiter_ids);
-            let got = apply(&mut q, &mut now, op, &waiter_ids);
-            prop_assert_eq!(&got, &want, "reply of step {} ({:?})", step, op);
-            if let Reply::Waiter(w) = got {
-                waiter_ids.push(w);
-            }
-            let counters = (q.qsize(), q.unfinished(), q.leased(), q.taken(), q.delayed(), q.full());
-            let expected = (
-                model.ready.len() as u64,
-                model.unfinished,
-                model.leased.len() as u64,
-                model.taken.len() as u64,
-                model.delayed.len() as u64,
-                model.cfg.maxsize > 0 && model.ready.len() as u64 >= model.cfg.maxsize,
-            );
-            prop_assert_eq!(counters, expected, "counters after step {} ({:?})", step, op);
-            // Every message whose item the engine still holds weighs 1.
-            let reserved = model
-                .waiters
-                .values()
-                .filter(|w| matches!(w, Waiting::Get(_, Some(Ok(_)))))
-                .count();
-            let held = model.ready.len() + model.delayed.len() + model.leased.len() + reserved;
-            prop_assert_eq!(q.held_weight(), held as u64, "held weight after step {} ({:?})", step, op);
-            let dead: Vec<(u64, u32)> = q.drain_dead_letters().map(|m| (m.id, m.attempts)).collect();
-            prop_assert_eq!(dead, std::mem::take(&mut model.dead), "dead letters after step {}", step);
-        }
+        check::<std::collections::VecDeque<Message<It>>>(cfg, &ops)?;
+    }
+
+    #[test]
+    fn engine_with_packed_fifo_matches_model(cfg in config(), ops in proptest::collection::vec(op(), 1..80)) {
+        check::<PackedFifo<It>>(cfg, &ops)?;
     }
 }

@@ -105,13 +105,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     }
 
     /// Serves the connection until the client leaves, breaks the protocol,
-    /// or the server shuts down; then releases what it held.
+    /// or the server shuts down; then releases what it held. The caller
+    /// counted the connection in `broker.clients`; this counts it out.
     pub(crate) async fn run(mut self) {
         let result = self.serve().await;
         if let Err(e) = result {
             debug!(client = self.id, error = %e, "connection ended");
         }
         self.release_all();
+        // Counted out before the socket closes (when `self` drops), so a
+        // client that saw the close may connect again at once.
+        self.broker.clients.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
     }
 
     async fn serve(&mut self) -> std::io::Result<()> {

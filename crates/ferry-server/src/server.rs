@@ -126,8 +126,7 @@ where
     tasks.fetch_add(1, Ordering::AcqRel);
     let (broker, stop, tasks) = (Arc::clone(broker), stop.clone(), Arc::clone(tasks));
     tokio::spawn(async move {
-        Conn::new(stream, Arc::clone(&broker), stop).run().await;
-        broker.clients.fetch_sub(1, Ordering::AcqRel);
+        Conn::new(stream, broker, stop).run().await;
         tasks.fetch_sub(1, Ordering::AcqRel);
     });
 }

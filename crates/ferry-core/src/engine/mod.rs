@@ -26,13 +26,15 @@
 //! `cancel_*`; messages handed to a waiter are reserved for it until then.
 
 mod ready;
+mod store;
 mod waiters;
 
 use std::cmp::Ordering;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::ops::Range;
 
 use ready::Ready;
+pub use store::{FifoStore, Pack, PackedFifo};
 use waiters::{GetState, PutState, Waiter, Waiters};
 
 /// Milliseconds on the front end's monotonic clock.
@@ -255,8 +257,9 @@ struct Leased<T> {
 }
 
 /// One queue's complete state. See the module docs for how a front end
-/// drives it.
-pub struct Queue<T> {
+/// drives it. `F` stores a fifo queue's ready messages: a `VecDeque` by
+/// default, or a [`PackedFifo`] for items that can be packed into bytes.
+pub struct Queue<T, F = VecDeque<Message<T>>> {
     config: Config,
     now: Millis,
     next_id: u64,
@@ -264,7 +267,7 @@ pub struct Queue<T> {
     /// delayed + reserved + leased + taken; untracked takes leave only this
     /// count, which [`Queue::task_done_counted`] lowers as Python does.
     unfinished: u64,
-    ready: Ready<T>,
+    ready: Ready<T, F>,
     delayed: BTreeMap<(Millis, u64), Message<T>>,
     leased: HashMap<u64, Leased<T>>,
     taken: HashMap<u64, HolderId>,
@@ -280,7 +283,7 @@ pub struct Queue<T> {
     held: u64,
 }
 
-impl<T: Item> Queue<T> {
+impl<T: Item, F: FifoStore<T>> Queue<T, F> {
     /// An empty queue with these settings.
     pub fn new(config: Config) -> Self {
         Queue {
@@ -431,8 +434,12 @@ impl<T: Item> Queue<T> {
         }
     }
 
-    /// Up to `count` ready messages in the order they would be served.
-    pub fn peek(&self, count: usize) -> Vec<&Message<T>> {
+    /// Copies of up to `count` ready messages, in the order they would be
+    /// served.
+    pub fn peek(&self, count: usize) -> Vec<Message<T>>
+    where
+        T: Clone,
+    {
         self.ready.peek(count)
     }
 

@@ -3,6 +3,7 @@
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, VecDeque};
 
+use super::store::FifoStore;
 use super::{Item, Kind, Message};
 
 /// Ready messages in delivery order.
@@ -14,17 +15,23 @@ use super::{Item, Kind, Message};
 /// that its waiter never picked up), which is served next in a fifo or lifo
 /// queue. A priority queue orders both by key, then by id, so a message
 /// given back returns to the place its id gives it among equals.
-#[derive(Debug)]
-pub(super) enum Ready<T> {
-    Fifo(VecDeque<Message<T>>),
+///
+/// A fifo queue keeps messages given back in a lane of their own, served
+/// before the main store, so that the main store (which may be packed) only
+/// ever appends at the back and takes from the front.
+pub(super) enum Ready<T, F> {
+    Fifo { returned: VecDeque<Message<T>>, main: F },
     Lifo(VecDeque<Message<T>>),
     Priority(BinaryHeap<ByPriority<T>>),
 }
 
-impl<T: Item> Ready<T> {
+impl<T: Item, F: FifoStore<T>> Ready<T, F> {
     pub(super) fn new(kind: Kind) -> Self {
         match kind {
-            Kind::Fifo => Ready::Fifo(VecDeque::new()),
+            Kind::Fifo => Ready::Fifo {
+                returned: VecDeque::new(),
+                main: F::default(),
+            },
             Kind::Lifo => Ready::Lifo(VecDeque::new()),
             Kind::Priority => Ready::Priority(BinaryHeap::new()),
         }
@@ -32,7 +39,8 @@ impl<T: Item> Ready<T> {
 
     pub(super) fn len(&self) -> usize {
         match self {
-            Ready::Fifo(q) | Ready::Lifo(q) => q.len(),
+            Ready::Fifo { returned, main } => returned.len() + main.len(),
+            Ready::Lifo(q) => q.len(),
             Ready::Priority(h) => h.len(),
         }
     }
@@ -43,14 +51,15 @@ impl<T: Item> Ready<T> {
 
     pub(super) fn push(&mut self, msg: Message<T>) {
         match self {
-            Ready::Fifo(q) | Ready::Lifo(q) => q.push_back(msg),
+            Ready::Fifo { main, .. } => main.push_back(msg),
+            Ready::Lifo(q) => q.push_back(msg),
             Ready::Priority(h) => h.push(ByPriority(msg)),
         }
     }
 
     pub(super) fn give_back(&mut self, msg: Message<T>) {
         match self {
-            Ready::Fifo(q) => q.push_front(msg),
+            Ready::Fifo { returned, .. } => returned.push_front(msg),
             Ready::Lifo(q) => q.push_back(msg),
             Ready::Priority(h) => h.push(ByPriority(msg)),
         }
@@ -58,7 +67,7 @@ impl<T: Item> Ready<T> {
 
     pub(super) fn pop(&mut self) -> Option<Message<T>> {
         match self {
-            Ready::Fifo(q) => q.pop_front(),
+            Ready::Fifo { returned, main } => returned.pop_front().or_else(|| main.pop_front()),
             Ready::Lifo(q) => q.pop_back(),
             Ready::Priority(h) => h.pop().map(|e| e.0),
         }
@@ -67,22 +76,37 @@ impl<T: Item> Ready<T> {
     /// Takes every ready message out, in no particular order.
     pub(super) fn drain(&mut self) -> Vec<Message<T>> {
         match self {
-            Ready::Fifo(q) | Ready::Lifo(q) => q.drain(..).collect(),
+            Ready::Fifo { returned, main } => {
+                let mut all: Vec<Message<T>> = returned.drain(..).collect();
+                all.extend(main.drain_all());
+                all
+            }
+            Ready::Lifo(q) => q.drain(..).collect(),
             Ready::Priority(h) => h.drain().map(|e| e.0).collect(),
         }
     }
 
-    /// The first `count` messages in the order they would be delivered.
-    pub(super) fn peek(&self, count: usize) -> Vec<&Message<T>> {
+    /// Copies of the first `count` messages in the order they would be
+    /// delivered.
+    pub(super) fn peek(&self, count: usize) -> Vec<Message<T>>
+    where
+        T: Clone,
+    {
         match self {
-            Ready::Fifo(q) => q.iter().take(count).collect(),
-            Ready::Lifo(q) => q.iter().rev().take(count).collect(),
+            Ready::Fifo { returned, main } => {
+                let mut out: Vec<Message<T>> = returned.iter().take(count).cloned().collect();
+                if out.len() < count {
+                    out.extend(main.peek(count - out.len()));
+                }
+                out
+            }
+            Ready::Lifo(q) => q.iter().rev().take(count).cloned().collect(),
             Ready::Priority(h) => {
                 // The heap's own order is partial; sorting its entries is
                 // O(n log n), acceptable for an inspection command.
                 let mut all: Vec<&ByPriority<T>> = h.iter().collect();
                 all.sort_unstable_by(|a, b| b.cmp(a));
-                all.into_iter().take(count).map(|e| &e.0).collect()
+                all.into_iter().take(count).map(|e| e.0.clone()).collect()
             }
         }
     }

@@ -122,7 +122,7 @@ fn timed_lease_expires_and_anyone_may_finish_it() {
 
 #[test]
 fn bound_lease_expires_after_the_queues_lease_timeout() {
-    let mut q = Queue::new(Config {
+    let mut q: Queue<P> = Queue::new(Config {
         lease_timeout: Some(10),
         ..Config::default()
     });
@@ -134,7 +134,7 @@ fn bound_lease_expires_after_the_queues_lease_timeout() {
 
 #[test]
 fn max_attempts_dead_letters_and_counts_finished() {
-    let mut q = Queue::new(Config {
+    let mut q: Queue<P> = Queue::new(Config {
         max_attempts: Some(2),
         dead_letter: Some("dlq".into()),
         ..Config::default()
