@@ -632,7 +632,12 @@ fn brief(msgs: Vec<Message<It>>) -> Vec<(u64, u32)> {
     msgs.into_iter().map(|m| (m.id, m.attempts)).collect()
 }
 
-fn apply<F: FifoStore<It>>(q: &mut Queue<It, F>, now: &mut u64, op: &Op, waiter_ids: &[u64]) -> Reply {
+fn apply<F: FifoStore<It>>(
+    q: &mut Queue<It, F>,
+    now: &mut u64,
+    op: &Op,
+    waiter_ids: &[u64],
+) -> Reply {
     let pick_waiter = |i: usize| {
         waiter_ids
             .get(i % waiter_ids.len().max(1))
@@ -727,7 +732,14 @@ fn check<F: FifoStore<It>>(cfg: Config, ops: &[Op]) -> Result<(), TestCaseError>
         if let Reply::Waiter(w) = got {
             waiter_ids.push(w);
         }
-        let counters = (q.qsize(), q.unfinished(), q.leased(), q.taken(), q.delayed(), q.full());
+        let counters = (
+            q.qsize(),
+            q.unfinished(),
+            q.leased(),
+            q.taken(),
+            q.delayed(),
+            q.full(),
+        );
         let expected = (
             model.ready.len() as u64,
             model.unfinished,
@@ -736,7 +748,13 @@ fn check<F: FifoStore<It>>(cfg: Config, ops: &[Op]) -> Result<(), TestCaseError>
             model.delayed.len() as u64,
             model.cfg.maxsize > 0 && model.ready.len() as u64 >= model.cfg.maxsize,
         );
-        prop_assert_eq!(counters, expected, "counters after step {} ({:?})", step, op);
+        prop_assert_eq!(
+            counters,
+            expected,
+            "counters after step {} ({:?})",
+            step,
+            op
+        );
         // Every message whose item the engine still holds weighs 1.
         let reserved = model
             .waiters
@@ -744,9 +762,20 @@ fn check<F: FifoStore<It>>(cfg: Config, ops: &[Op]) -> Result<(), TestCaseError>
             .filter(|w| matches!(w, Waiting::Get(_, Some(Ok(_)))))
             .count();
         let held = model.ready.len() + model.delayed.len() + model.leased.len() + reserved;
-        prop_assert_eq!(q.held_weight(), held as u64, "held weight after step {} ({:?})", step, op);
+        prop_assert_eq!(
+            q.held_weight(),
+            held as u64,
+            "held weight after step {} ({:?})",
+            step,
+            op
+        );
         let dead: Vec<(u64, u32)> = q.drain_dead_letters().map(|m| (m.id, m.attempts)).collect();
-        prop_assert_eq!(dead, std::mem::take(&mut model.dead), "dead letters after step {}", step);
+        prop_assert_eq!(
+            dead,
+            std::mem::take(&mut model.dead),
+            "dead letters after step {}",
+            step
+        );
     }
     Ok(())
 }

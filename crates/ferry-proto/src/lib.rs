@@ -13,4 +13,4 @@ mod reply;
 mod request;
 
 pub use reply::Reply;
-pub use request::{Limits, ProtoError, parse_request};
+pub use request::{Limits, ProtoError, Request, parse_request};

@@ -115,7 +115,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         self.release_all();
         // Counted out before the socket closes (when `self` drops), so a
         // client that saw the close may connect again at once.
-        self.broker.clients.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        self.broker
+            .clients
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
     }
 
     async fn serve(&mut self) -> std::io::Result<()> {

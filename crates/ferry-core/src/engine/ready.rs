@@ -20,7 +20,10 @@ use super::{Item, Kind, Message};
 /// before the main store, so that the main store (which may be packed) only
 /// ever appends at the back and takes from the front.
 pub(super) enum Ready<T, F> {
-    Fifo { returned: VecDeque<Message<T>>, main: F },
+    Fifo {
+        returned: VecDeque<Message<T>>,
+        main: F,
+    },
     Lifo(VecDeque<Message<T>>),
     Priority(BinaryHeap<ByPriority<T>>),
 }

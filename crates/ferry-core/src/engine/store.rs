@@ -167,7 +167,8 @@ impl<T: Pack> FifoStore<T> for PackedFifo<T> {
             .back()
             .is_some_and(|b| b.buf.is_empty() || b.buf.len() + need <= BLOCK);
         if !fits {
-            self.blocks.push_back(Block::new(need.max(256).min(BLOCK.max(need))));
+            self.blocks
+                .push_back(Block::new(need.max(256).min(BLOCK.max(need))));
         }
         if let Some(block) = self.blocks.back_mut() {
             let delta = msg.id.wrapping_sub(block.last_written) as i64;
@@ -265,7 +266,13 @@ mod tests {
         let mut s = PackedFifo::default();
         // Ids out of order (promoted delays), big and empty items.
         let msgs: Vec<_> = (0..20_000u64)
-            .map(|i| msg(if i % 7 == 0 { i / 2 } else { i + 100 }, (i % 300) as u32, (i % 50) as usize))
+            .map(|i| {
+                msg(
+                    if i % 7 == 0 { i / 2 } else { i + 100 },
+                    (i % 300) as u32,
+                    (i % 50) as usize,
+                )
+            })
             .chain([msg(u64::MAX, 0, 200_000), msg(0, u32::MAX, 0)])
             .collect();
         for m in &msgs {

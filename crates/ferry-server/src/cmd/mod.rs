@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
+use ferry_proto::Request;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::Notify;
 
@@ -37,12 +38,12 @@ fn syntax() -> CmdError {
 
 /// A command's arguments, consumed front to back.
 pub(crate) struct Args {
-    args: Vec<Bytes>,
+    args: Request,
     pos: usize,
 }
 
 impl Args {
-    fn new(args: Vec<Bytes>) -> Self {
+    fn new(args: Request) -> Self {
         Args { args, pos: 1 }
     }
 
@@ -131,7 +132,7 @@ pub(crate) enum Wait {
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     /// Runs one command and writes its reply.
-    pub(crate) async fn execute(&mut self, args: Vec<Bytes>) -> Flow {
+    pub(crate) async fn execute(&mut self, args: Request) -> Flow {
         self.broker.commands.fetch_add(1, Ordering::Relaxed);
         let args = Args::new(args);
         let mut name = [0u8; 16];

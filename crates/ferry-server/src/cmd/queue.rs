@@ -261,7 +261,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         let Wait::Until(until) = o.wait else {
             return Err(full());
         };
-        match self.wait_put(&cell, Batch::One(item), o.delay, until).await {
+        // Boxed, so that the common put that need not wait does not carry
+        // the waiting state machine in its future (measured: large futures
+        // cost pipelined throughput in copies).
+        match Box::pin(self.wait_put(&cell, Batch::One(item), o.delay, until)).await {
             PutWait::Admitted(ids) => {
                 if let Some(k) = dedup {
                     cell.with(&self.broker, |st, now| {
@@ -480,9 +483,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             self.reply().null_array();
             return Ok(Flow::Continue);
         };
+        // Boxed: the waiting state machine is large, and only a get that
+        // must wait should pay for it (see `wait_put`).
+        Box::pin(self.qget_wait(spec, count, holds, open, until)).await
+    }
 
-        // Then wait in every queue at once; the first to hand over wins and
-        // the others give back anything they reserved.
+    /// Waits in every queue at once; the first to hand over wins and the
+    /// others give back anything they reserved.
+    async fn qget_wait(
+        &mut self,
+        spec: GetSpec<Payload>,
+        count: usize,
+        holds: bool,
+        open: Vec<Arc<QueueCell>>,
+        until: Option<tokio::time::Instant>,
+    ) -> Res {
         let notify = Arc::new(Notify::new());
         let mut waiting: Vec<(Arc<QueueCell>, WaiterId)> = open
             .into_iter()
