@@ -1,0 +1,606 @@
+//! ferry's segmented append-only log: checksummed records, group commit,
+//! crash recovery. No tokio: a writer thread owns the files.
+//!
+//! # Layout on disk
+//!
+//! A data directory holds a `LOCK` file (locked while a log is open, so
+//! two brokers cannot share a directory) and segments named by a
+//! zero-padded sequence number, `00000000000000000001.log`, … Each segment
+//! opens with a 20-byte header — the magic `FERRYLOG`, a little-endian u32
+//! format version, the u64 sequence number — followed by records:
+//!
+//! ```text
+//! len: u32 LE | crc32(payload): u32 LE | payload: len bytes
+//! ```
+//!
+//! # Writing
+//!
+//! [`Log::append`] copies a record into the pending batch and returns its
+//! log sequence number at once; it never touches the disk. The writer
+//! thread takes the whole batch, writes it with one `write`, and — in
+//! [`Durability::Sync`] — calls `fdatasync` once for all of it (group
+//! commit), then reports the highest durable sequence number through the
+//! `on_durable` hook. In [`Durability::Async`] it reports after the write
+//! and syncs at least once a second. A write or sync error is fatal: the
+//! `on_error` hook is told, and every later append fails.
+//!
+//! # Recovery
+//!
+//! [`Log::open`] replays every record, oldest first. A record that is
+//! short or fails its checksum in the **last** segment is a torn tail: the
+//! segment is cut back to the last good record, synced, and the cut is
+//! reported (a crash mid-write leaves exactly that). The same in an earlier
+//! segment is corruption: opening fails and nothing is changed, unless
+//! `salvage` is set, in which case the rest of that segment is skipped.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex};
+use tracing::{info, warn};
+
+/// A log sequence number: the count of records appended since open.
+pub type Lsn = u64;
+
+const MAGIC: &[u8; 8] = b"FERRYLOG";
+const VERSION: u32 = 1;
+const HEADER: usize = 20;
+const FRAME: usize = 8;
+/// Largest record accepted; anything longer in a file is corruption.
+pub const MAX_RECORD: usize = 256 << 20;
+
+/// When an append counts as done.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// After its batch is fsynced (group commit).
+    Sync,
+    /// After its batch is written; fsync at least every second.
+    Async,
+}
+
+/// How to open a log.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// When appends count as durable.
+    pub durability: Durability,
+    /// A new segment starts once the current one is this large.
+    pub segment_bytes: u64,
+    /// Skip corrupt stretches of earlier segments instead of refusing to
+    /// open.
+    pub salvage: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            durability: Durability::Sync,
+            segment_bytes: 64 << 20,
+            salvage: false,
+        }
+    }
+}
+
+/// Why a log could not be opened or appended to.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    /// Another process holds the directory's lock.
+    #[error("data directory {0} is in use by another process")]
+    Locked(PathBuf),
+    /// A record in the middle of the log is damaged.
+    #[error("corrupt log: {path} at byte {offset}: {reason} (start with --salvage to skip it)")]
+    Corrupt {
+        /// The segment.
+        path: PathBuf,
+        /// Where the bad record starts.
+        offset: u64,
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// The replay callback refused a record.
+    #[error("cannot replay {path} at byte {offset}: {reason}")]
+    Replay {
+        /// The segment.
+        path: PathBuf,
+        /// Where the record starts.
+        offset: u64,
+        /// The callback's reason.
+        reason: String,
+    },
+    /// An earlier write or sync failed; the log accepts nothing more.
+    #[error("the log failed earlier and accepts no more records")]
+    Failed,
+    /// A record over [`MAX_RECORD`].
+    #[error("record of {0} bytes is too large for the log")]
+    TooLarge(usize),
+    /// An I/O error.
+    #[error("{0}: {1}")]
+    Io(String, #[source] io::Error),
+}
+
+fn io_err(what: impl std::fmt::Display) -> impl FnOnce(io::Error) -> LogError {
+    let what = what.to_string();
+    move |e| LogError::Io(what, e)
+}
+
+/// What recovery found.
+#[derive(Clone, Debug, Default)]
+pub struct Recovery {
+    /// Records replayed.
+    pub records: u64,
+    /// Segments read.
+    pub segments: usize,
+    /// A torn tail cut off: the segment, the offset it was cut at, and how
+    /// many bytes were dropped.
+    pub truncated: Option<(PathBuf, u64, u64)>,
+    /// Stretches skipped by salvage: segment and offset.
+    pub skipped: Vec<(PathBuf, u64)>,
+}
+
+/// Called with the highest durable sequence number after each batch.
+pub type OnDurable = Box<dyn Fn(Lsn) + Send + Sync>;
+/// Called once if a write or sync fails.
+pub type OnError = Box<dyn Fn(&io::Error) + Send + Sync>;
+
+struct Pending {
+    buf: Vec<u8>,
+    last: Lsn,
+    closing: bool,
+}
+
+struct Inner {
+    pending: Mutex<Pending>,
+    wake: Condvar,
+    durable: AtomicU64,
+    failed: AtomicBool,
+    on_durable: OnDurable,
+    on_error: OnError,
+}
+
+/// An open log. Appends from any thread; one writer thread does the I/O.
+pub struct Log {
+    inner: Arc<Inner>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+    dir: PathBuf,
+}
+
+fn segment_name(seq: u64) -> String {
+    format!("{seq:020}.log")
+}
+
+/// The segments in `dir`, by sequence number.
+pub fn segments(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let path = entry?.path();
+        let seq = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".log"))
+            .filter(|n| n.len() == 20)
+            .and_then(|n| n.parse::<u64>().ok());
+        if let Some(seq) = seq {
+            out.push((seq, path));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn sync_dir(dir: &Path) -> Result<(), LogError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(format!("syncing directory {}", dir.display())))
+}
+
+fn create_segment(dir: &Path, seq: u64) -> Result<File, LogError> {
+    let path = dir.join(segment_name(seq));
+    let mut f = OpenOptions::new()
+        .create_new(true)
+        .read(true)
+        .append(true)
+        .open(&path)
+        .map_err(io_err(format!("creating {}", path.display())))?;
+    let mut header = Vec::with_capacity(HEADER);
+    header.extend_from_slice(MAGIC);
+    header.extend_from_slice(&VERSION.to_le_bytes());
+    header.extend_from_slice(&seq.to_le_bytes());
+    f.write_all(&header)
+        .and_then(|()| f.sync_all())
+        .map_err(io_err(format!("writing {}", path.display())))?;
+    sync_dir(dir)?;
+    Ok(f)
+}
+
+/// A check of one segment's bytes: the good records' payload ranges, and
+/// where (and why) the first bad one starts, if any.
+struct Scan {
+    records: Vec<(usize, usize)>,
+    bad: Option<(usize, &'static str)>,
+}
+
+fn scan(bytes: &[u8], seq: u64) -> Scan {
+    let mut s = Scan {
+        records: Vec::new(),
+        bad: None,
+    };
+    if bytes.len() < HEADER {
+        s.bad = Some((0, "segment header is cut short"));
+        return s;
+    }
+    if &bytes[..8] != MAGIC {
+        s.bad = Some((0, "not a ferry log segment (bad magic)"));
+        return s;
+    }
+    let version = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);
+    if version != VERSION {
+        s.bad = Some((0, "unknown segment format version"));
+        return s;
+    }
+    let mut seq_bytes = [0u8; 8];
+    seq_bytes.copy_from_slice(&bytes[12..20]);
+    if u64::from_le_bytes(seq_bytes) != seq {
+        s.bad = Some((0, "segment header names another sequence number"));
+        return s;
+    }
+    let mut pos = HEADER;
+    while pos < bytes.len() {
+        if bytes.len() - pos < FRAME {
+            s.bad = Some((pos, "record frame is cut short"));
+            return s;
+        }
+        let len = u32::from_le_bytes([bytes[pos], bytes[pos + 1], bytes[pos + 2], bytes[pos + 3]])
+            as usize;
+        let crc = u32::from_le_bytes([
+            bytes[pos + 4],
+            bytes[pos + 5],
+            bytes[pos + 6],
+            bytes[pos + 7],
+        ]);
+        if len > MAX_RECORD {
+            s.bad = Some((pos, "record length is impossible"));
+            return s;
+        }
+        let start = pos + FRAME;
+        if bytes.len() - start < len {
+            s.bad = Some((pos, "record is cut short"));
+            return s;
+        }
+        if crc32fast::hash(&bytes[start..start + len]) != crc {
+            s.bad = Some((pos, "record checksum does not match"));
+            return s;
+        }
+        s.records.push((start, start + len));
+        pos = start + len;
+    }
+    s
+}
+
+impl Log {
+    /// Opens (or creates) the log in `dir`, replaying every record into
+    /// `replay`, then starts the writer thread.
+    pub fn open(
+        dir: &Path,
+        options: Options,
+        mut replay: impl FnMut(&[u8]) -> Result<(), String>,
+        on_durable: OnDurable,
+        on_error: OnError,
+    ) -> Result<(Log, Recovery), LogError> {
+        fs::create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
+        let lock_path = dir.join("LOCK");
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io_err(format!("opening {}", lock_path.display())))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => return Err(LogError::Locked(dir.to_path_buf())),
+            Err(fs::TryLockError::Error(e)) => {
+                return Err(io_err(format!("locking {}", lock_path.display()))(e));
+            }
+        }
+
+        let segs = segments(dir).map_err(io_err(format!("listing {}", dir.display())))?;
+        let mut recovery = Recovery::default();
+        let last_index = segs.len().checked_sub(1);
+        // First pass: check every segment before replaying anything, so
+        // that corruption stops the start with nothing changed.
+        let mut checked = Vec::with_capacity(segs.len());
+        for (i, (seq, path)) in segs.iter().enumerate() {
+            let mut bytes = Vec::new();
+            File::open(path)
+                .and_then(|mut f| f.read_to_end(&mut bytes))
+                .map_err(io_err(format!("reading {}", path.display())))?;
+            let s = scan(&bytes, *seq);
+            if let Some((offset, reason)) = s.bad {
+                // Only the tail of the last segment can be torn by a crash;
+                // a bad header on a segment longer than one is damage.
+                let torn = Some(i) == last_index && (offset > 0 || bytes.len() <= HEADER);
+                if !torn && !options.salvage {
+                    return Err(LogError::Corrupt {
+                        path: path.clone(),
+                        offset: offset as u64,
+                        reason,
+                    });
+                }
+            }
+            checked.push((path.clone(), bytes, s));
+        }
+        for (i, (path, bytes, s)) in checked.iter().enumerate() {
+            for &(start, end) in &s.records {
+                replay(&bytes[start..end]).map_err(|reason| LogError::Replay {
+                    path: path.clone(),
+                    offset: (start - FRAME) as u64,
+                    reason,
+                })?;
+                recovery.records += 1;
+            }
+            recovery.segments += 1;
+            if let Some((offset, reason)) = s.bad {
+                if Some(i) == last_index {
+                    let dropped = (bytes.len() - offset) as u64;
+                    warn!(segment = %path.display(), offset, dropped, reason, "cutting a torn tail off the log");
+                    recovery.truncated = Some((path.clone(), offset as u64, dropped));
+                } else {
+                    warn!(segment = %path.display(), offset, reason, "salvage: skipping the rest of a corrupt segment");
+                    recovery.skipped.push((path.clone(), offset as u64));
+                }
+            }
+        }
+
+        // The segment to append to: the last one, cut back to its last good
+        // record, or a new one.
+        let (seq, file, len) = match segs.last() {
+            Some((seq, path))
+                if checked
+                    .last()
+                    .is_some_and(|(_, _, s)| s.bad.is_none_or(|(o, _)| o >= HEADER)) =>
+            {
+                let keep = match checked.last().and_then(|(_, _, s)| s.bad) {
+                    Some((offset, _)) => offset as u64,
+                    None => fs::metadata(path)
+                        .map_err(io_err(format!("reading {}", path.display())))?
+                        .len(),
+                };
+                let mut f = OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(path)
+                    .map_err(io_err(format!("opening {}", path.display())))?;
+                f.set_len(keep)
+                    .and_then(|()| f.sync_all())
+                    .and_then(|()| f.seek(SeekFrom::End(0)).map(drop))
+                    .map_err(io_err(format!("truncating {}", path.display())))?;
+                (*seq, f, keep)
+            }
+            Some((seq, path)) => {
+                // A segment whose header itself is torn (a crash while it was
+                // being created) holds nothing: replace it.
+                fs::remove_file(path).map_err(io_err(format!("removing {}", path.display())))?;
+                (*seq, create_segment(dir, *seq)?, HEADER as u64)
+            }
+            None => (1, create_segment(dir, 1)?, HEADER as u64),
+        };
+        info!(
+            dir = %dir.display(),
+            records = recovery.records,
+            segments = recovery.segments,
+            "log recovered"
+        );
+
+        let inner = Arc::new(Inner {
+            pending: Mutex::new(Pending {
+                buf: Vec::with_capacity(64 << 10),
+                last: 0,
+                closing: false,
+            }),
+            wake: Condvar::new(),
+            durable: AtomicU64::new(0),
+            failed: AtomicBool::new(false),
+            on_durable,
+            on_error,
+        });
+        let writer = Writer {
+            inner: Arc::clone(&inner),
+            dir: dir.to_path_buf(),
+            file,
+            seq,
+            len,
+            options,
+            _lock: lock,
+        };
+        let handle = std::thread::Builder::new()
+            .name("ferry-log".into())
+            .spawn(move || writer.run())
+            .map_err(io_err("starting the log writer"))?;
+        Ok((
+            Log {
+                inner,
+                writer: Mutex::new(Some(handle)),
+                dir: dir.to_path_buf(),
+            },
+            recovery,
+        ))
+    }
+
+    /// Appends one record built by `write` into the pending batch; replies
+    /// its sequence number. It is durable once [`Log::durable`] reaches it.
+    pub fn append_with(&self, write: impl FnOnce(&mut Vec<u8>)) -> Result<Lsn, LogError> {
+        if self.inner.failed.load(Ordering::Acquire) {
+            return Err(LogError::Failed);
+        }
+        let mut p = self.inner.pending.lock();
+        let was_empty = p.buf.is_empty();
+        let at = p.buf.len();
+        p.buf.extend_from_slice(&[0u8; FRAME]);
+        write(&mut p.buf);
+        let len = p.buf.len() - at - FRAME;
+        if len > MAX_RECORD {
+            p.buf.truncate(at);
+            return Err(LogError::TooLarge(len));
+        }
+        let crc = crc32fast::hash(&p.buf[at + FRAME..]);
+        p.buf[at..at + 4].copy_from_slice(&(len as u32).to_le_bytes());
+        p.buf[at + 4..at + 8].copy_from_slice(&crc.to_le_bytes());
+        p.last += 1;
+        let lsn = p.last;
+        drop(p);
+        if was_empty {
+            self.inner.wake.notify_one();
+        }
+        Ok(lsn)
+    }
+
+    /// Appends one record.
+    pub fn append(&self, payload: &[u8]) -> Result<Lsn, LogError> {
+        self.append_with(|buf| buf.extend_from_slice(payload))
+    }
+
+    /// The highest sequence number that is durable (written, in async mode).
+    pub fn durable(&self) -> Lsn {
+        self.inner.durable.load(Ordering::Acquire)
+    }
+
+    /// The highest sequence number appended so far.
+    pub fn appended(&self) -> Lsn {
+        self.inner.pending.lock().last
+    }
+
+    /// True once a write or sync failed.
+    pub fn failed(&self) -> bool {
+        self.inner.failed.load(Ordering::Acquire)
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Writes and syncs everything appended, then stops the writer thread.
+    pub fn close(&self) {
+        self.inner.pending.lock().closing = true;
+        self.inner.wake.notify_one();
+        if let Some(handle) = self.writer.lock().take() {
+            let _ = handle.join();
+        }
+    }
+}
+
+impl Drop for Log {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+struct Writer {
+    inner: Arc<Inner>,
+    dir: PathBuf,
+    file: File,
+    seq: u64,
+    len: u64,
+    options: Options,
+    /// Held for as long as the writer runs: the directory's lock.
+    _lock: File,
+}
+
+impl Writer {
+    fn run(mut self) {
+        let mut spare = Vec::with_capacity(64 << 10);
+        let mut dirty = false;
+        let mut next_sync = Instant::now() + Duration::from_secs(1);
+        loop {
+            let (batch, upto, closing) = {
+                let mut p = self.inner.pending.lock();
+                while p.buf.is_empty() && !p.closing {
+                    if dirty {
+                        let now = Instant::now();
+                        if now >= next_sync {
+                            break;
+                        }
+                        self.inner.wake.wait_for(&mut p, next_sync - now);
+                    } else {
+                        self.inner.wake.wait(&mut p);
+                    }
+                }
+                std::mem::swap(&mut p.buf, &mut spare);
+                (std::mem::take(&mut spare), p.last, p.closing)
+            };
+            let result = self.write(&batch, &mut dirty, &mut next_sync, closing);
+            let mut batch = batch;
+            batch.clear();
+            spare = batch;
+            match result {
+                Ok(()) => {
+                    if upto > self.inner.durable.load(Ordering::Acquire) {
+                        self.inner.durable.store(upto, Ordering::Release);
+                        (self.inner.on_durable)(upto);
+                    }
+                }
+                Err(e) => {
+                    // Never retried: after a failed fsync the kernel may have
+                    // dropped the dirty pages, so a retry could "succeed"
+                    // without the data.
+                    self.inner.failed.store(true, Ordering::Release);
+                    (self.inner.on_error)(&e);
+                    return;
+                }
+            }
+            if closing {
+                let p = self.inner.pending.lock();
+                if p.buf.is_empty() {
+                    return;
+                }
+            }
+        }
+    }
+
+    fn write(
+        &mut self,
+        batch: &[u8],
+        dirty: &mut bool,
+        next_sync: &mut Instant,
+        closing: bool,
+    ) -> io::Result<()> {
+        if !batch.is_empty() {
+            if self.len > HEADER as u64
+                && self.len + batch.len() as u64 > self.options.segment_bytes
+            {
+                self.rotate()?;
+            }
+            self.file.write_all(batch)?;
+            self.len += batch.len() as u64;
+            *dirty = true;
+        }
+        let sync_now = match self.options.durability {
+            Durability::Sync => *dirty,
+            Durability::Async => *dirty && (closing || Instant::now() >= *next_sync),
+        };
+        if sync_now {
+            self.file.sync_data()?;
+            *dirty = false;
+            *next_sync = Instant::now() + Duration::from_secs(1);
+        }
+        Ok(())
+    }
+
+    fn rotate(&mut self) -> io::Result<()> {
+        self.file.sync_data()?;
+        let next = create_segment(&self.dir, self.seq + 1).map_err(|e| match e {
+            LogError::Io(_, e) => e,
+            other => io::Error::other(other.to_string()),
+        })?;
+        self.file = next;
+        self.seq += 1;
+        self.len = HEADER as u64;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

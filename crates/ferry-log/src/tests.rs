@@ -1,0 +1,245 @@
+//! The log's rules, on real files in a temp directory.
+
+use super::*;
+use std::sync::atomic::AtomicU64;
+
+fn quiet() -> (OnDurable, OnError) {
+    (Box::new(|_| {}), Box::new(|_| {}))
+}
+
+fn open(dir: &Path, options: Options) -> Result<(Log, Recovery, Vec<Vec<u8>>), LogError> {
+    let mut seen = Vec::new();
+    let (d, e) = quiet();
+    let (log, rec) = Log::open(
+        dir,
+        options,
+        |r| {
+            seen.push(r.to_vec());
+            Ok(())
+        },
+        d,
+        e,
+    )?;
+    Ok((log, rec, seen))
+}
+
+fn records(n: usize) -> Vec<Vec<u8>> {
+    (0..n)
+        .map(|i| format!("record {i} {}", "x".repeat(i % 97)).into_bytes())
+        .collect()
+}
+
+fn wait_durable(log: &Log, lsn: Lsn) {
+    let t = Instant::now();
+    while log.durable() < lsn {
+        assert!(t.elapsed() < Duration::from_secs(10), "never durable");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+#[test]
+fn records_come_back_in_order_after_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let want = records(1000);
+    {
+        let (log, rec, seen) = open(dir.path(), Options::default()).unwrap();
+        assert_eq!((rec.records, seen.len()), (0, 0));
+        let mut last = 0;
+        for r in &want {
+            last = log.append(r).unwrap();
+        }
+        wait_durable(&log, last);
+    }
+    let (_log, rec, seen) = open(dir.path(), Options::default()).unwrap();
+    assert_eq!(rec.records, 1000);
+    assert_eq!(seen, want);
+    assert!(rec.truncated.is_none());
+}
+
+#[test]
+fn many_writers_share_fsyncs_and_every_append_becomes_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    let calls = Arc::new(AtomicU64::new(0));
+    let c = Arc::clone(&calls);
+    let (log, _) = Log::open(
+        dir.path(),
+        Options::default(),
+        |_| Ok(()),
+        Box::new(move |_| {
+            c.fetch_add(1, Ordering::Relaxed);
+        }),
+        Box::new(|_| {}),
+    )
+    .unwrap();
+    let log = Arc::new(log);
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            let log = Arc::clone(&log);
+            std::thread::spawn(move || {
+                let mut last = 0;
+                for i in 0..500 {
+                    last = log.append(format!("{t}-{i}").as_bytes()).unwrap();
+                }
+                wait_durable(&log, last);
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert_eq!(log.durable(), 4000);
+    let syncs = calls.load(Ordering::Relaxed);
+    assert!(syncs < 4000, "group commit: {syncs} syncs for 4000 appends");
+}
+
+#[test]
+fn a_torn_tail_is_cut_and_logging_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let want = records(50);
+    {
+        let (log, _, _) = open(dir.path(), Options::default()).unwrap();
+        for r in &want {
+            log.append(r).unwrap();
+        }
+        log.close();
+    }
+    let (_, path) = segments(dir.path()).unwrap().pop().unwrap();
+    let full = fs::metadata(&path).unwrap().len();
+    // Every cut inside the last record leaves the 49 before it.
+    let last_len = (FRAME + want[49].len()) as u64;
+    for cut in [1, 3, FRAME as u64, last_len - 1] {
+        let f = OpenOptions::new().write(true).open(&path).unwrap();
+        f.set_len(full - cut).unwrap();
+        drop(f);
+        let (log, rec, seen) = open(dir.path(), Options::default()).unwrap();
+        assert_eq!(seen, want[..49].to_vec(), "cut {cut}");
+        let (_, at, dropped) = rec.truncated.clone().unwrap();
+        assert_eq!((at, dropped), (full - last_len, last_len - cut));
+        // Put the record back, as a client retrying would.
+        let lsn = log.append(&want[49]).unwrap();
+        wait_durable(&log, lsn);
+        log.close();
+        assert_eq!(fs::metadata(&path).unwrap().len(), full);
+    }
+}
+
+#[test]
+fn garbage_after_the_last_record_is_a_torn_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (log, _, _) = open(dir.path(), Options::default()).unwrap();
+        log.append(b"kept").unwrap();
+        log.close();
+    }
+    let (_, path) = segments(dir.path()).unwrap().pop().unwrap();
+    OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .unwrap()
+        .write_all(&[0xff; 37])
+        .unwrap();
+    let (_, rec, seen) = open(dir.path(), Options::default()).unwrap();
+    assert_eq!(seen, vec![b"kept".to_vec()]);
+    assert_eq!(rec.truncated.unwrap().2, 37);
+}
+
+#[test]
+fn corruption_in_an_earlier_segment_stops_the_start_and_touches_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let small = Options {
+        segment_bytes: 4096,
+        ..Options::default()
+    };
+    {
+        let (log, _, _) = open(dir.path(), small.clone()).unwrap();
+        for r in records(300) {
+            log.append(&r).unwrap();
+            // Small batches, so segments rotate as records arrive.
+            if log.appended() % 10 == 0 {
+                wait_durable(&log, log.appended());
+            }
+        }
+        log.close();
+    }
+    let segs = segments(dir.path()).unwrap();
+    assert!(segs.len() >= 3, "{} segments", segs.len());
+    let victim = &segs[1].1;
+    let mut bytes = fs::read(victim).unwrap();
+    bytes[HEADER + FRAME + 2] ^= 0x10;
+    fs::write(victim, &bytes).unwrap();
+    let sizes: Vec<u64> = segs
+        .iter()
+        .map(|(_, p)| fs::metadata(p).unwrap().len())
+        .collect();
+    match open(dir.path(), small.clone()) {
+        Err(LogError::Corrupt { path, offset, .. }) => {
+            assert_eq!((&path, offset), (victim, HEADER as u64));
+        }
+        other => panic!("expected corruption, got {:?}", other.map(|(_, r, _)| r)),
+    }
+    let after: Vec<u64> = segs
+        .iter()
+        .map(|(_, p)| fs::metadata(p).unwrap().len())
+        .collect();
+    assert_eq!(sizes, after, "a refused start changes nothing");
+    let (_, rec, seen) = open(
+        dir.path(),
+        Options {
+            salvage: true,
+            ..small
+        },
+    )
+    .unwrap();
+    assert_eq!(rec.skipped.len(), 1);
+    assert!(
+        seen.len() < 300 && seen.len() > 200,
+        "{} records salvaged",
+        seen.len()
+    );
+}
+
+#[test]
+fn a_second_log_on_the_same_directory_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_log, _, _) = open(dir.path(), Options::default()).unwrap();
+    assert!(matches!(
+        open(dir.path(), Options::default()),
+        Err(LogError::Locked(_))
+    ));
+}
+
+#[test]
+fn a_segment_torn_while_being_created_is_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (log, _, _) = open(dir.path(), Options::default()).unwrap();
+        log.append(b"one").unwrap();
+        log.close();
+    }
+    fs::write(dir.path().join(segment_name(2)), b"FERRY").unwrap();
+    let (log, _, seen) = open(dir.path(), Options::default()).unwrap();
+    assert_eq!(seen, vec![b"one".to_vec()]);
+    let lsn = log.append(b"two").unwrap();
+    wait_durable(&log, lsn);
+    log.close();
+    let (_, _, seen) = open(dir.path(), Options::default()).unwrap();
+    assert_eq!(seen, vec![b"one".to_vec(), b"two".to_vec()]);
+}
+
+#[test]
+fn async_mode_reports_after_the_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, _, _) = open(
+        dir.path(),
+        Options {
+            durability: Durability::Async,
+            ..Options::default()
+        },
+    )
+    .unwrap();
+    let lsn = log.append(b"a").unwrap();
+    wait_durable(&log, lsn);
+    log.close();
+    let (_, _, seen) = open(dir.path(), Options::default()).unwrap();
+    assert_eq!(seen, vec![b"a".to_vec()]);
+}
