@@ -12,9 +12,31 @@ use std::cmp::Ordering;
 use std::collections::BTreeMap;
 
 use ferry_core::engine::{
-    Batch, Config, FifoStore, GetSpec, Kind, Lease, Message, Pack, PackedFifo, PutError, Queue,
-    ShutDown,
+    Batch, Config, FifoStore, GetSpec, Journal, Kind, Lease, Message, Millis, Pack, PackedFifo,
+    PutError, Queue, ShutDown,
 };
+use std::sync::{Arc, Mutex};
+
+/// What replaying the journal would rebuild: id → attempts, for every
+/// message the queue must remember across a restart.
+#[derive(Clone, Default)]
+struct Replayed(Arc<Mutex<BTreeMap<u64, u32>>>);
+
+impl Journal<It> for Replayed {
+    fn put(&mut self, id: u64, attempts: u32, _: &It, _: Option<Millis>) {
+        self.0.lock().unwrap().insert(id, attempts);
+    }
+    fn finished(&mut self, id: u64) {
+        self.0.lock().unwrap().remove(&id);
+    }
+    fn returned(&mut self, id: u64, attempts: u32) {
+        self.0.lock().unwrap().insert(id, attempts);
+    }
+    fn leased(&mut self, _: u64) {}
+    fn dead_lettered(&mut self, id: u64) {
+        self.0.lock().unwrap().remove(&id);
+    }
+}
 use proptest::prelude::*;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -722,6 +744,8 @@ fn apply<F: FifoStore<It>>(
 /// Drives an engine (with fifo store `F`) and the model through `ops`.
 fn check<F: FifoStore<It>>(cfg: Config, ops: &[Op]) -> Result<(), TestCaseError> {
     let mut q: Queue<It, F> = Queue::new(cfg.clone());
+    let journal = Replayed::default();
+    q.set_journal(Box::new(journal.clone()));
     let mut model = Model::new(cfg);
     let mut now = 0;
     let mut waiter_ids = Vec::new();
@@ -769,6 +793,23 @@ fn check<F: FifoStore<It>>(cfg: Config, ops: &[Op]) -> Result<(), TestCaseError>
             step,
             op
         );
+        // The journal remembers exactly the messages still stored: ready,
+        // delayed, leased, or handed to a waiter not yet picked up (untracked
+        // and tracked takes are finished on delivery, never redelivered).
+        let mut stored: Vec<u64> = model
+            .ready
+            .iter()
+            .map(|m| m.id)
+            .chain(model.delayed.iter().map(|(_, m)| m.id))
+            .chain(model.leased.iter().map(|h| h.m.id))
+            .chain(model.waiters.values().filter_map(|w| match w {
+                Waiting::Get(_, Some(Ok(m))) => Some(m.id),
+                _ => None,
+            }))
+            .collect();
+        stored.sort_unstable();
+        let journaled: Vec<u64> = journal.0.lock().unwrap().keys().copied().collect();
+        prop_assert_eq!(journaled, stored, "journal after step {} ({:?})", step, op);
         let dead: Vec<(u64, u32)> = q.drain_dead_letters().map(|m| (m.id, m.attempts)).collect();
         prop_assert_eq!(
             dead,

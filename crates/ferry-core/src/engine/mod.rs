@@ -98,6 +98,26 @@ pub struct Message<T> {
     pub item: T,
 }
 
+/// Receives every change to what a queue must remember across a restart,
+/// in order, while the front end holds the queue's lock. The broker's store
+/// writes each to its log; replaying them rebuilds the queue (see
+/// [`Queue::restore`]).
+pub trait Journal<T>: Send {
+    /// A message was admitted (a put, or a dead letter moving in).
+    fn put(&mut self, id: u64, attempts: u32, item: &T, due: Option<Millis>);
+    /// A message is gone for good: done, delivered with NOACK or TAKE
+    /// (never to be delivered again), dropped or purged.
+    fn finished(&mut self, id: u64);
+    /// A message came back for another try with this many attempts.
+    fn returned(&mut self, id: u64, attempts: u32);
+    /// A message was delivered under a lease.
+    fn leased(&mut self, id: u64);
+    /// A message reached max_attempts and left for the dead-letter queue;
+    /// the store records it finished only once the dead-letter queue has
+    /// it, so that a crash in between cannot lose it.
+    fn dead_lettered(&mut self, id: u64);
+}
+
 /// The two kinds of lease (SPEC §1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Lease {
@@ -281,6 +301,7 @@ pub struct Queue<T, F = VecDeque<Message<T>>> {
     /// reserved for a waiter, or leased (taken and no-ack deliveries hand
     /// their item out).
     held: u64,
+    journal: Option<Box<dyn Journal<T>>>,
 }
 
 impl<T: Item, F: FifoStore<T>> Queue<T, F> {
@@ -302,13 +323,47 @@ impl<T: Item, F: FifoStore<T>> Queue<T, F> {
             dead: Vec::new(),
             stats: Stats::default(),
             held: 0,
+            journal: None,
         }
+    }
+
+    /// Reports every durable change to `journal` from now on.
+    pub fn set_journal(&mut self, journal: Box<dyn Journal<T>>) {
+        self.journal = Some(journal);
+    }
+
+    /// Puts back a message recovered from a log — with its id, attempts and
+    /// item as they were, delayed until `due` if given — past maxsize and
+    /// shutdown, without journaling it. Ids must come in increasing order.
+    pub fn restore(&mut self, id: u64, attempts: u32, item: T, due: Option<Millis>) {
+        self.next_id = self.next_id.max(id + 1);
+        self.unfinished += 1;
+        self.held += item.weight();
+        let msg = Message { id, attempts, item };
+        match due {
+            Some(at) if at > self.now => {
+                self.delayed.insert((at, id), msg);
+            }
+            _ => self.ready.push(msg),
+        }
+    }
+
+    /// Makes the next id at least `next` (ids are never reused, even for
+    /// messages that finished before a restart).
+    pub fn set_next_id(&mut self, next: u64) {
+        self.next_id = self.next_id.max(next);
     }
 
     /// Total [`Item::weight`] of the messages this queue holds: a memory
     /// limit's measure.
     pub fn held_weight(&self) -> u64 {
         self.held
+    }
+
+    fn journal_finished(&mut self, id: u64) {
+        if let Some(j) = &mut self.journal {
+            j.finished(id);
+        }
     }
 
     fn unhold(&mut self, item: &T) {
@@ -546,6 +601,9 @@ impl<T: Item, F: FifoStore<T>> Queue<T, F> {
         self.unfinished += 1;
         self.stats.put += 1;
         self.held += item.weight();
+        if let Some(j) = &mut self.journal {
+            j.put(id, attempts, &item, None);
+        }
         self.ready.push(Message { id, attempts, item });
         self.dispatch();
         id
@@ -557,16 +615,20 @@ impl<T: Item, F: FifoStore<T>> Queue<T, F> {
         self.unfinished += 1;
         self.stats.put += 1;
         self.held += item.weight();
+        let due = delay.filter(|&d| d > 0).map(|d| self.now.saturating_add(d));
+        if let Some(j) = &mut self.journal {
+            j.put(id, 0, &item, due);
+        }
         let msg = Message {
             id,
             attempts: 0,
             item,
         };
-        match delay {
-            Some(d) if d > 0 => {
-                self.delayed.insert((self.now.saturating_add(d), id), msg);
+        match due {
+            Some(at) => {
+                self.delayed.insert((at, id), msg);
             }
-            _ => self.ready.push(msg),
+            None => self.ready.push(msg),
         }
         id
     }
@@ -734,16 +796,19 @@ impl<T: Item, F: FifoStore<T>> Queue<T, F> {
         match spec {
             GetSpec::NoAck => {
                 self.unhold(&msg.item);
+                self.journal_finished(msg.id);
                 self.finish_one();
                 self.stats.done += 1;
                 msg
             }
             GetSpec::Take { holder: None } => {
                 self.unhold(&msg.item);
+                self.journal_finished(msg.id);
                 msg
             }
             GetSpec::Take { holder: Some(h) } => {
                 self.unhold(&msg.item);
+                self.journal_finished(msg.id);
                 self.taken.insert(msg.id, h);
                 self.holders.entry(h).or_default().insert(msg.id);
                 msg
@@ -756,6 +821,9 @@ impl<T: Item, F: FifoStore<T>> Queue<T, F> {
                 let deadline = duration.map(|d| self.now.saturating_add(d));
                 if let Some(d) = deadline {
                     self.expiries.insert((d, msg.id));
+                }
+                if let Some(j) = &mut self.journal {
+                    j.leased(msg.id);
                 }
                 if let Some(h) = holder {
                     self.holders.entry(h).or_default().insert(msg.id);
@@ -823,6 +891,7 @@ impl<T: Item, F: FifoStore<T>> Queue<T, F> {
                 if Self::may_act(lease.holder, holder) {
                     if let Some(lease) = self.remove_lease(id) {
                         self.unhold(&lease.msg.item);
+                        self.journal_finished(id);
                     }
                     n += 1;
                 }
@@ -948,15 +1017,23 @@ impl<T: Item, F: FifoStore<T>> Queue<T, F> {
             self.stats.dead_lettered += 1;
             self.finish_one();
             self.unhold(&msg.item);
+            if let Some(j) = &mut self.journal {
+                j.dead_lettered(msg.id);
+            }
             self.dead.push(msg);
             return;
         }
+        if self.shutdown == Some(Shutdown::Immediate) {
+            self.stats.dropped += 1;
+            self.finish_one();
+            self.unhold(&msg.item);
+            self.journal_finished(msg.id);
+            return;
+        }
+        if let Some(j) = &mut self.journal {
+            j.returned(msg.id, msg.attempts);
+        }
         match (self.shutdown, delay) {
-            (Some(Shutdown::Immediate), _) => {
-                self.stats.dropped += 1;
-                self.finish_one();
-                self.unhold(&msg.item);
-            }
             (None, Some(d)) if d > 0 => {
                 self.delayed
                     .insert((self.now.saturating_add(d), msg.id), msg);
@@ -985,6 +1062,7 @@ impl<T: Item, F: FifoStore<T>> Queue<T, F> {
             self.stats.dropped += dropped.len() as u64;
             for msg in dropped {
                 self.unhold(&msg.item);
+                self.journal_finished(msg.id);
                 self.finish_one();
             }
         }
@@ -998,10 +1076,12 @@ impl<T: Item, F: FifoStore<T>> Queue<T, F> {
         let mut n = 0;
         for msg in self.ready.drain() {
             self.unhold(&msg.item);
+            self.journal_finished(msg.id);
             n += 1;
         }
         while let Some((_, msg)) = self.delayed.pop_first() {
             self.unhold(&msg.item);
+            self.journal_finished(msg.id);
             n += 1;
         }
         for _ in 0..n {
