@@ -47,9 +47,14 @@ struct ServeArgs {
     /// Directory of the embedded store [default: ./ferry-data]
     #[arg(long, env = "FERRY_DATA_DIR")]
     data_dir: Option<PathBuf>,
-    /// memory (only mode until the durable log lands) [default: memory]
+    /// sync (reply after fsync, shared by concurrent writers), async (reply
+    /// after write, fsync every second) or memory (no disk) [default: sync]
     #[arg(long, env = "FERRY_DURABILITY")]
     durability: Option<String>,
+    /// Start even if the middle of the log is damaged, skipping the damage
+    /// (logged); without it such a start fails and changes nothing.
+    #[arg(long, env = "FERRY_SALVAGE")]
+    salvage: bool,
     /// Password clients must AUTH with.
     #[arg(long, env = "FERRY_REQUIREPASS")]
     requirepass: Option<String>,
@@ -92,6 +97,7 @@ struct FileConfig {
     unix: Option<PathBuf>,
     data_dir: Option<PathBuf>,
     durability: Option<String>,
+    salvage: Option<bool>,
     requirepass: Option<String>,
     max_clients: Option<usize>,
     max_payload: Option<usize>,
@@ -110,10 +116,9 @@ fn resolve(args: ServeArgs) -> anyhow::Result<Config> {
     };
     let d = Config::default();
     let durability = match args.durability.or(file.durability).as_deref() {
-        None | Some("memory") => Durability::Memory,
-        Some(m @ ("sync" | "async")) => {
-            bail!("--durability {m} is not available yet: this build keeps queues in memory only")
-        }
+        None | Some("sync") => Durability::Sync,
+        Some("async") => Durability::Async,
+        Some("memory") => Durability::Memory,
         Some(other) => bail!("--durability must be sync, async or memory, not {other:?}"),
     };
     let max_payload = args
@@ -129,6 +134,7 @@ fn resolve(args: ServeArgs) -> anyhow::Result<Config> {
         unix: args.unix.or(file.unix),
         data_dir: args.data_dir.or(file.data_dir).unwrap_or(d.data_dir),
         durability,
+        salvage: args.salvage || file.salvage.unwrap_or(false),
         requirepass: args
             .requirepass
             .or(file.requirepass)
@@ -157,7 +163,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     if let Some(path) = &bound.unix {
         println!("listening unix:{}", path.display());
     }
-    tracing::info!(tcp = %bound.tcp, unix = ?bound.unix, "ferry serving (durability: memory)");
+    tracing::info!(tcp = %bound.tcp, unix = ?bound.unix, durability = ?config.durability, "ferry serving");
     server.run(shutdown_signal()).await;
     Ok(())
 }

@@ -812,9 +812,11 @@ fn settings_come_from_flags_then_environment_then_file() {
         child.wait().unwrap();
     }
     let bad = Command::new(env!("CARGO_BIN_EXE_ferry"))
-        .args(["serve", "--port", "0", "--durability", "sync"])
+        .args(["serve", "--port", "0", "--durability", "eventually"])
         .output()
         .unwrap();
     assert!(!bad.status.success());
-    assert!(String::from_utf8_lossy(&bad.stderr).contains("not available yet"));
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("--durability must be sync, async or memory")
+    );
 }

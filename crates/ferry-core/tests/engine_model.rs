@@ -519,11 +519,11 @@ impl Model {
                         self.leased.remove(i);
                         n = 1;
                     }
-                } else if let Some(i) = self.taken.iter().position(|t| t.0 == id) {
-                    if Some(self.taken[i].1) == holder {
-                        self.taken.remove(i);
-                        n = 1;
-                    }
+                } else if let Some(i) = self.taken.iter().position(|t| t.0 == id)
+                    && Some(self.taken[i].1) == holder
+                {
+                    self.taken.remove(i);
+                    n = 1;
                 }
                 if n == 1 {
                     self.finish();

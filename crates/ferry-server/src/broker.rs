@@ -16,8 +16,9 @@ use ferry_core::engine::{self, Item, Millis, Pack, PackedFifo, WaiterId};
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::Notify;
 
-use crate::config::Config;
+use crate::config::{Config, Durability};
 use crate::locks::Locks;
+use crate::store::{LogJournal, Recovered, Store};
 
 /// A message's payload and its priority order key (empty outside priority
 /// queues). Bytes are reference-counted, so the copy a leased delivery
@@ -143,6 +144,8 @@ pub(crate) struct Broker {
     pub(crate) commands: AtomicU64,
     /// Sum of every queue's held weight: what `--max-memory` limits.
     memory: AtomicU64,
+    /// The embedded store; `None` with `--durability memory`.
+    pub(crate) store: Option<Arc<Store>>,
 }
 
 /// Why a queue cannot be named.
@@ -155,8 +158,65 @@ pub(crate) fn valid_name(name: &[u8]) -> bool {
 
 impl Broker {
     /// A broker with no queues.
-    pub(crate) fn new(config: Config) -> Arc<Self> {
+    /// Opens the broker: with a store, replays its log and rebuilds every
+    /// queue. Needs a tokio runtime (each queue gets a timer task).
+    pub(crate) fn open(
+        config: Config,
+    ) -> Result<(Arc<Self>, Option<ferry_log::Recovery>), ferry_log::LogError> {
+        let options = |durability| ferry_log::Options {
+            durability,
+            salvage: config.salvage,
+            ..ferry_log::Options::default()
+        };
+        let (store, recovered, recovery) = match config.durability {
+            Durability::Memory => (None, HashMap::new(), None),
+            Durability::Sync | Durability::Async => {
+                let mode = if config.durability == Durability::Sync {
+                    ferry_log::Durability::Sync
+                } else {
+                    ferry_log::Durability::Async
+                };
+                let (store, state, recovery) = Store::open(&config.data_dir, options(mode))?;
+                (Some(Arc::new(store)), state, Some(recovery))
+            }
+        };
+        let broker = Broker::new(config, store);
+        for (name, rec) in recovered {
+            broker.restore_queue(name, rec);
+        }
+        Ok((broker, recovery))
+    }
+
+    /// Rebuilds one queue from the log, then journals it from here on.
+    fn restore_queue(self: &Arc<Self>, name: Bytes, rec: Recovered) {
+        let (cell, _) = self.create_cell(&name, rec.config, rec.explicit, false);
+        cell.with(self, |st, now| {
+            st.q.set_next_id(rec.next_id);
+            for (id, m) in rec.msgs {
+                let due = (m.due > 0)
+                    .then(|| self.store.as_ref().map_or(0, |s| s.to_broker_ms(m.due)))
+                    .filter(|&d| d > now);
+                let item = Payload {
+                    data: m.data,
+                    key: m.key,
+                };
+                st.q.restore(id, m.attempts + u32::from(m.out), item, due);
+            }
+            if let Some(immediate) = rec.shutdown {
+                st.q.shutdown(immediate, now);
+            }
+            if let Some(store) = &self.store {
+                st.q.set_journal(Box::new(LogJournal {
+                    store: Arc::clone(store),
+                    queue: name.clone(),
+                }));
+            }
+        });
+    }
+
+    fn new(config: Config, store: Option<Arc<Store>>) -> Arc<Self> {
         Arc::new(Broker {
+            store,
             config,
             started: Instant::now(),
             queues: RwLock::new(HashMap::new()),
@@ -216,14 +276,38 @@ impl Broker {
         config: engine::Config,
         explicit: bool,
     ) -> (Arc<QueueCell>, bool) {
+        self.create_cell(name, config, explicit, true)
+    }
+
+    /// Logs a queue's current settings.
+    pub(crate) fn log_settings(&self, name: &[u8], st: &QueueState) {
+        if let Some(store) = &self.store {
+            store.settings(name, st.explicit, st.q.config());
+        }
+    }
+
+    fn create_cell(
+        self: &Arc<Self>,
+        name: &Bytes,
+        config: engine::Config,
+        explicit: bool,
+        journal: bool,
+    ) -> (Arc<QueueCell>, bool) {
         let mut queues = self.queues.write();
         if let Some(cell) = queues.get(name) {
             return (Arc::clone(cell), false);
         }
+        let mut q = EngineQueue::new(config);
+        if let (Some(store), true) = (&self.store, journal) {
+            q.set_journal(Box::new(LogJournal {
+                store: Arc::clone(store),
+                queue: name.clone(),
+            }));
+        }
         let cell = Arc::new(QueueCell {
             name: name.clone(),
             state: Mutex::new(QueueState {
-                q: EngineQueue::new(config),
+                q,
                 wakers: HashMap::new(),
                 dedup: HashMap::new(),
                 explicit,
@@ -234,6 +318,13 @@ impl Broker {
             removed: AtomicBool::new(false),
         });
         queues.insert(name.clone(), Arc::clone(&cell));
+        if journal {
+            // Logged under the registry lock, so that a drop and a re-create
+            // of the same name reach the log in the order they happened.
+            if let Some(store) = &self.store {
+                store.settings(name, explicit, cell.state.lock().q.config());
+            }
+        }
         drop(queues);
         tokio::spawn(timer(Arc::clone(self), Arc::clone(&cell)));
         (cell, true)
@@ -260,6 +351,9 @@ impl Broker {
         cell.with(self, |st, now| {
             st.q.shutdown(true, now);
             st.dropped = true;
+            if let Some(store) = &self.store {
+                store.dropped(name);
+            }
         });
         cell.timer.notify_one();
         true
@@ -297,10 +391,10 @@ impl QueueCell {
                 n.notify_one();
             }
         }
-        if let Some(d) = q.next_deadline() {
-            if d < self.armed.load(Ordering::Acquire) {
-                self.timer.notify_one();
-            }
+        if let Some(d) = q.next_deadline()
+            && d < self.armed.load(Ordering::Acquire)
+        {
+            self.timer.notify_one();
         }
         let dead: Vec<engine::Message<Payload>> = q.drain_dead_letters().collect();
         if dead.is_empty() {
@@ -308,7 +402,7 @@ impl QueueCell {
         }
         let target = q.config().dead_letter.clone();
         drop(st);
-        broker.bury(target, dead);
+        broker.bury(&self.name, target, dead);
         r
     }
 }
@@ -317,17 +411,30 @@ impl Broker {
     /// Moves dead letters into the named queue (created if need be), past
     /// its bound; with no dead-letter queue they are dropped, already
     /// counted in the source's stats.
-    fn bury(self: &Arc<Self>, target: Option<String>, dead: Vec<engine::Message<Payload>>) {
-        let Some(target) = target else {
-            return;
-        };
-        let name = Bytes::from(target);
-        let cell = self.queue_or_create(&name);
-        cell.with(self, |st, now| {
-            for msg in dead {
-                st.q.put_dead_letter(msg.item, msg.attempts, now);
+    fn bury(
+        self: &Arc<Self>,
+        source: &Bytes,
+        target: Option<String>,
+        dead: Vec<engine::Message<Payload>>,
+    ) {
+        let ids: Vec<u64> = dead.iter().map(|m| m.id).collect();
+        if let Some(target) = target {
+            let name = Bytes::from(target);
+            let cell = self.queue_or_create(&name);
+            cell.with(self, |st, now| {
+                for msg in dead {
+                    st.q.put_dead_letter(msg.item, msg.attempts, now);
+                }
+            });
+        }
+        // Only now, with the dead-letter queue's put logged before it, is
+        // the message finished in its source: a crash in between leaves a
+        // copy in both, never in neither.
+        if let Some(store) = &self.store {
+            for id in ids {
+                store.finish(source, id);
             }
-        });
+        }
     }
 }
 

@@ -4,12 +4,17 @@
 use std::net::IpAddr;
 use std::path::PathBuf;
 
-/// How puts are made durable (SPEC §3). Only `memory` exists until the log
-/// lands.
+/// How changes are made durable (SPEC §3).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Durability {
-    /// Nothing touches the disk.
+    /// A reply goes out only after its changes are fsynced; concurrent
+    /// connections share each fsync (group commit).
     #[default]
+    Sync,
+    /// A reply goes out after its changes are written; fsync at least
+    /// every second.
+    Async,
+    /// Nothing touches the disk; a restart loses everything.
     Memory,
 }
 
@@ -24,8 +29,10 @@ pub struct Config {
     pub unix: Option<PathBuf>,
     /// Where the embedded store keeps its files.
     pub data_dir: PathBuf,
-    /// Durability of puts.
+    /// Durability of changes.
     pub durability: Durability,
+    /// Start even if the middle of the log is damaged, skipping the damage.
+    pub salvage: bool,
     /// Password every connection must AUTH with, if set.
     pub requirepass: Option<String>,
     /// Most connections at once; more are refused with an error.
@@ -46,7 +53,8 @@ impl Default for Config {
             port: 7878,
             unix: None,
             data_dir: PathBuf::from("ferry-data"),
-            durability: Durability::Memory,
+            durability: Durability::Sync,
+            salvage: false,
             requirepass: None,
             max_clients: 10_000,
             max_payload: 16 << 20,

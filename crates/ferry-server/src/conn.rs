@@ -49,6 +49,9 @@ pub(crate) struct Conn<S> {
     /// this spares the registry lookup per command.
     last: Option<Arc<QueueCell>>,
     pub(crate) get_scratch: crate::cmd::GetScratch,
+    /// A command in this batch changed something the log records: replies
+    /// wait until the log is durable (see `flush`).
+    pub(crate) logged: bool,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -74,16 +77,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             locks: Vec::new(),
             last: None,
             get_scratch: Default::default(),
+            logged: false,
             shutdown,
         }
     }
 
     /// The queue of that name, if it exists.
     pub(crate) fn find(&mut self, name: &Bytes) -> Option<Arc<QueueCell>> {
-        if let Some(cell) = &self.last {
-            if cell.name == *name && !cell.removed() {
-                return Some(Arc::clone(cell));
-            }
+        if let Some(cell) = &self.last
+            && cell.name == *name
+            && !cell.removed()
+        {
+            return Some(Arc::clone(cell));
         }
         let cell = self.broker.queue(name)?;
         self.last = Some(Arc::clone(&cell));
@@ -158,7 +163,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         }
     }
 
+    /// Writes the replies due. If a command among them changed something,
+    /// first waits until the log is durable up to everything appended so
+    /// far — one wait per batch, and one fsync shared by every connection
+    /// waiting with it.
     async fn flush(&mut self) -> std::io::Result<()> {
+        if std::mem::take(&mut self.logged)
+            && let Some(store) = &self.broker.store
+        {
+            let target = store.appended();
+            if !store.wait_durable(target).await {
+                return Err(std::io::Error::other("the log failed; replies withheld"));
+            }
+        }
         if !self.out.is_empty() {
             self.stream.write_all(&self.out).await?;
             self.out.clear();

@@ -28,6 +28,7 @@ mod config;
 mod conn;
 mod locks;
 mod server;
+mod store;
 
 pub use config::{Config, Durability};
 pub use server::{Bound, Server};

@@ -51,10 +51,10 @@ impl LockState {
     }
 
     fn wake_front(&self) {
-        if self.holder.is_none() {
-            if let Some((_, n)) = self.waiters.front() {
-                n.notify_one();
-            }
+        if self.holder.is_none()
+            && let Some((_, n)) = self.waiters.front()
+        {
+            n.notify_one();
         }
     }
 }

@@ -45,11 +45,11 @@ impl Server {
             }
             None => None,
         };
-        Ok(Server {
-            broker: Broker::new(config),
-            tcp,
-            unix,
-        })
+        let (broker, recovery) = Broker::open(config).map_err(std::io::Error::other)?;
+        if let Some(r) = recovery {
+            info!(records = r.records, segments = r.segments, truncated = ?r.truncated, "store recovered");
+        }
+        Ok(Server { broker, tcp, unix })
     }
 
     /// Where it listens.
@@ -98,6 +98,10 @@ impl Server {
         }
         if let Some(path) = self.broker.config.unix.as_ref() {
             let _ = std::fs::remove_file(path);
+        }
+        // Everything in flight is written and fsynced before exit.
+        if let Some(store) = &self.broker.store {
+            store.close();
         }
     }
 }

@@ -10,7 +10,8 @@ use std::time::Duration;
 pub struct Server {
     child: Child,
     pub port: u16,
-    pub dir: tempfile::TempDir,
+    /// The temp directory this server made, if it made one.
+    pub dir: Option<tempfile::TempDir>,
     pub unix: Option<std::path::PathBuf>,
 }
 
@@ -23,9 +24,16 @@ impl Server {
     /// `listening` line (never a sleep).
     pub fn start_with(extra: &[&str]) -> Server {
         let dir = tempfile::tempdir().unwrap();
+        let mut s = Server::start_at(dir.path(), extra);
+        s.dir = Some(dir);
+        s
+    }
+
+    /// Starts on a data directory the caller keeps (to restart on it).
+    pub fn start_at(data_dir: &std::path::Path, extra: &[&str]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_ferry"))
             .args(["serve", "--port", "0", "--data-dir"])
-            .arg(dir.path())
+            .arg(data_dir)
             .args(extra)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
@@ -49,7 +57,7 @@ impl Server {
         Server {
             child,
             port,
-            dir,
+            dir: None,
             unix,
         }
     }

@@ -895,12 +895,12 @@ impl<T: Item, F: FifoStore<T>> Queue<T, F> {
                     }
                     n += 1;
                 }
-            } else if let Some(&owner) = self.taken.get(&id) {
-                if Some(owner) == holder {
-                    self.taken.remove(&id);
-                    self.unindex(owner, id);
-                    n += 1;
-                }
+            } else if let Some(&owner) = self.taken.get(&id)
+                && Some(owner) == holder
+            {
+                self.taken.remove(&id);
+                self.unindex(owner, id);
+                n += 1;
             }
         }
         for _ in 0..n {
@@ -938,11 +938,9 @@ impl<T: Item, F: FifoStore<T>> Queue<T, F> {
             .leased
             .get(&id)
             .is_some_and(|l| Self::may_act(l.holder, holder));
-        if allowed {
-            if let Some(lease) = self.remove_lease(id) {
-                self.stats.nacked += 1;
-                self.give_back(lease.msg, delay);
-            }
+        if allowed && let Some(lease) = self.remove_lease(id) {
+            self.stats.nacked += 1;
+            self.give_back(lease.msg, delay);
         }
         self.dispatch();
         allowed

@@ -149,6 +149,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             self.reply().error("NOAUTH", "Authentication required.");
             return Flow::Continue;
         }
+        // Commands that may change what the log records make this batch's
+        // replies wait for durability.
+        if name.first() == Some(&b'Q')
+            && !matches!(
+                name,
+                b"QLEN" | b"QINFO" | b"QLIST" | b"QPEEK" | b"QJOIN" | b"QTOUCH"
+            )
+        {
+            self.logged = true;
+        }
         let result = match name {
             b"PING" => self.ping(args),
             b"ECHO" => self.echo(args),

@@ -201,6 +201,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 }
                 st.explicit = true;
                 apply_live(st, &settings);
+                self.broker.log_settings(&name, st);
                 true
             });
             if !ok {
@@ -215,7 +216,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         let name = self.named_queue(&mut a)?;
         let settings = parse_settings(&mut a, false)?;
         let cell = self.find_or_create(&name);
-        cell.with(&self.broker, |st, _| apply_live(st, &settings));
+        let broker = Arc::clone(&self.broker);
+        cell.with(&self.broker, |st, _| {
+            apply_live(st, &settings);
+            broker.log_settings(&name, st);
+        });
         self.reply().simple("OK");
         Ok(Flow::Continue)
     }
@@ -848,7 +853,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         };
         a.end()?;
         let cell = self.find_or_create(&name);
-        cell.with(&self.broker, |st, now| st.q.shutdown(immediate, now));
+        let store = self.broker.store.clone();
+        cell.with(&self.broker, |st, now| {
+            st.q.shutdown(immediate, now);
+            if let Some(store) = &store {
+                store.shutdown(&name, immediate);
+            }
+        });
         self.reply().simple("OK");
         Ok(Flow::Continue)
     }

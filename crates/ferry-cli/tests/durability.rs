@@ -1,0 +1,262 @@
+//! Durability end to end: the real binary killed with SIGKILL (under load
+//! and at rest), restarted on the same data directory, and checked.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::{Entry, Server};
+use rand::{Rng, SeedableRng};
+use redis::Value;
+
+fn cmd(name: &str) -> redis::Cmd {
+    redis::cmd(name)
+}
+
+fn info(con: &mut redis::Connection, q: &str) -> HashMap<String, Value> {
+    cmd("QINFO").arg(q).query(con).unwrap()
+}
+
+fn int(v: &Value) -> i64 {
+    match v {
+        Value::Int(n) => *n,
+        other => panic!("not an integer: {other:?}"),
+    }
+}
+
+/// Every payload ready in `q`, by peeking (after a restart, all are ready).
+fn ready_payloads(con: &mut redis::Connection, q: &str) -> Vec<String> {
+    let entries: Vec<Entry> = cmd("QPEEK")
+        .arg(q)
+        .arg("COUNT")
+        .arg(1_000_000)
+        .query(con)
+        .unwrap();
+    entries
+        .into_iter()
+        .map(|e| String::from_utf8(e.2).unwrap())
+        .collect()
+}
+
+#[test]
+fn a_restart_after_sigkill_recovers_every_queue() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = Server::start_at(dir.path(), &[]);
+        let mut c = s.conn();
+        let _: () = cmd("QCREATE")
+            .arg("jobs")
+            .arg("MAXSIZE")
+            .arg(10)
+            .arg("MAXATTEMPTS")
+            .arg(5)
+            .query(&mut c)
+            .unwrap();
+        let _: () = cmd("QCREATE")
+            .arg("pq")
+            .arg("KIND")
+            .arg("priority")
+            .query(&mut c)
+            .unwrap();
+        for p in ["a", "b", "c", "d"] {
+            let _: u64 = cmd("QPUT").arg("jobs").arg(p).query(&mut c).unwrap();
+        }
+        let _: u64 = cmd("QPUT")
+            .arg("pq")
+            .arg("low")
+            .arg("PRIORITY")
+            .arg(9)
+            .query(&mut c)
+            .unwrap();
+        let _: u64 = cmd("QPUT")
+            .arg("pq")
+            .arg("high")
+            .arg("PRIORITY")
+            .arg(-9)
+            .query(&mut c)
+            .unwrap();
+        let _: u64 = cmd("QPUT")
+            .arg("later")
+            .arg("x")
+            .arg("DELAY")
+            .arg(600_000)
+            .query(&mut c)
+            .unwrap();
+        // a: done (must never return); b: leased at the crash (returns with
+        // attempts 1); c: NOACK (gone); d: stays ready.
+        let got: Vec<Entry> = cmd("QGET").arg("jobs").query(&mut c).unwrap();
+        let _: u64 = cmd("QDONE")
+            .arg("jobs")
+            .arg(got[0].1)
+            .query(&mut c)
+            .unwrap();
+        let _: Vec<Entry> = cmd("QGET").arg("jobs").query(&mut c).unwrap();
+        let _: Vec<Entry> = cmd("QGET").arg("jobs").arg("NOACK").query(&mut c).unwrap();
+        let _: () = cmd("QSHUTDOWN").arg("closed").query(&mut c).unwrap();
+        let status = s.signal_and_wait("-KILL");
+        assert!(!status.success());
+    }
+    let s = Server::start_at(dir.path(), &[]);
+    let mut c = s.conn();
+    let i = info(&mut c, "jobs");
+    assert_eq!((int(&i["maxsize"]), int(&i["max_attempts"])), (10, 5));
+    assert_eq!((int(&i["qsize"]), int(&i["unfinished"])), (2, 2));
+    let got: Vec<Entry> = cmd("QGET")
+        .arg("jobs")
+        .arg("COUNT")
+        .arg(10)
+        .arg("NOACK")
+        .query(&mut c)
+        .unwrap();
+    let got: Vec<(&[u8], u32)> = got.iter().map(|e| (e.2.as_slice(), e.3)).collect();
+    assert_eq!(got, vec![(&b"b"[..], 1), (&b"d"[..], 0)]);
+    let first: Vec<Entry> = cmd("QGET").arg("pq").arg("NOACK").query(&mut c).unwrap();
+    assert_eq!(first[0].2, b"high");
+    let later = info(&mut c, "later");
+    assert_eq!((int(&later["delayed"]), int(&later["qsize"])), (1, 0));
+    let closed: redis::RedisResult<u64> = cmd("QPUT").arg("closed").arg("x").query(&mut c);
+    assert_eq!(closed.unwrap_err().code(), Some("SHUTDOWN"));
+    // Ids keep increasing across the restart.
+    let id: u64 = cmd("QPUT").arg("jobs").arg("e").query(&mut c).unwrap();
+    assert!(id > 4);
+}
+
+#[test]
+fn a_second_broker_is_refused_on_a_locked_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let _first = Server::start_at(dir.path(), &[]);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["serve", "--port", "0", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("in use by another process"));
+}
+
+#[derive(Default)]
+struct Ledger {
+    /// Puts sent, and puts acknowledged (payloads).
+    sent: BTreeSet<String>,
+    acked: BTreeSet<String>,
+    /// Dones sent, and dones acknowledged as finishing a message.
+    done_sent: BTreeSet<String>,
+    done_acked: BTreeSet<String>,
+}
+
+/// SIGKILL under load, 20 times: several producers record the puts the
+/// broker acknowledged, several consumers record the dones it
+/// acknowledged; after each restart every acknowledged put is there or was
+/// done, no acknowledged done comes back, and the unfinished count lies
+/// between the bounds the ledgers allow.
+#[test]
+fn kill_9_under_load_loses_nothing_acknowledged() {
+    let seed: u64 = rand::rng().random();
+    println!("crash test seed {seed}");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
+    for cycle in 0..20 {
+        let s = Server::start_at(dir.path(), &[]);
+        check(&s, &ledger.lock().unwrap(), cycle);
+        let stop = Instant::now() + Duration::from_millis(rng.random_range(100..800));
+        let mut workers = Vec::new();
+        for p in 0..3 {
+            let (url, ledger) = (s.url(), Arc::clone(&ledger));
+            workers.push(thread::spawn(move || {
+                let Ok(mut c) = redis::Client::open(url).unwrap().get_connection() else {
+                    return;
+                };
+                for n in 0.. {
+                    if Instant::now() > stop {
+                        return;
+                    }
+                    let payload = format!("c{cycle}-p{p}-{n}");
+                    ledger.lock().unwrap().sent.insert(payload.clone());
+                    match cmd("QPUT").arg("load").arg(&payload).query::<u64>(&mut c) {
+                        Ok(_) => {
+                            ledger.lock().unwrap().acked.insert(payload);
+                        }
+                        Err(_) => return,
+                    }
+                }
+            }));
+        }
+        for _ in 0..2 {
+            let (url, ledger) = (s.url(), Arc::clone(&ledger));
+            workers.push(thread::spawn(move || {
+                let Ok(mut c) = redis::Client::open(url).unwrap().get_connection() else {
+                    return;
+                };
+                while Instant::now() < stop {
+                    let got: Option<Vec<Entry>> =
+                        match cmd("QGET").arg("load").arg("TIMEOUT").arg(50).query(&mut c) {
+                            Ok(g) => g,
+                            Err(_) => return,
+                        };
+                    for e in got.unwrap_or_default() {
+                        let payload = String::from_utf8(e.2).unwrap();
+                        ledger.lock().unwrap().done_sent.insert(payload.clone());
+                        match cmd("QDONE").arg("load").arg(e.1).query::<u64>(&mut c) {
+                            Ok(1) => {
+                                ledger.lock().unwrap().done_acked.insert(payload);
+                            }
+                            Ok(_) => {}
+                            Err(_) => return,
+                        }
+                    }
+                }
+            }));
+        }
+        // Kill while the load runs.
+        thread::sleep(stop.saturating_duration_since(Instant::now()) / 2);
+        s.signal_and_wait("-KILL");
+        for w in workers {
+            w.join().unwrap();
+        }
+    }
+    let s = Server::start_at(dir.path(), &[]);
+    check(&s, &ledger.lock().unwrap(), 20);
+    let l = ledger.lock().unwrap();
+    assert!(
+        l.acked.len() > 100,
+        "the load did work ({} puts acknowledged)",
+        l.acked.len()
+    );
+    assert!(!l.done_acked.is_empty(), "consumers finished messages");
+}
+
+fn check(s: &Server, l: &Ledger, cycle: usize) {
+    let mut c = s.conn();
+    let ready: BTreeSet<String> = ready_payloads(&mut c, "load").into_iter().collect();
+    for p in &l.acked {
+        assert!(
+            ready.contains(p) || l.done_sent.contains(p),
+            "cycle {cycle}: acknowledged put {p} is missing"
+        );
+    }
+    for p in &l.done_acked {
+        assert!(
+            !ready.contains(p),
+            "cycle {cycle}: {p} came back after its done was acknowledged"
+        );
+    }
+    for p in &ready {
+        assert!(l.sent.contains(p), "cycle {cycle}: {p} was never sent");
+    }
+    let unfinished = if ready.is_empty() && l.sent.is_empty() {
+        0
+    } else {
+        int(&info(&mut c, "load")["unfinished"]) as usize
+    };
+    let low = l.acked.len().saturating_sub(l.done_sent.len());
+    let high = l.sent.len() - l.done_acked.len();
+    assert!(
+        (low..=high).contains(&unfinished),
+        "cycle {cycle}: unfinished {unfinished} not in {low}..={high}"
+    );
+}

@@ -1,0 +1,380 @@
+//! The embedded store: what the broker writes to its log, and how a
+//! restart rebuilds every queue from it.
+//!
+//! Each queue's engine reports its durable changes through a
+//! [`Journal`](ferry_core::engine::Journal) (`LogJournal` here), which
+//! appends one record per change while the queue's lock is held, so the
+//! log's order is each queue's order. Settings, shutdowns and drops are
+//! logged by the commands that make them. A connection that ran a command
+//! which changed something waits, before it writes its replies, until the
+//! log is durable up to everything appended so far (see `Conn::flush`):
+//! one fsync covers every connection's batch (group commit).
+//!
+//! Records (little-endian; a queue name is a u8 length and its bytes):
+//!
+//! | tag | record | fields |
+//! |---|---|---|
+//! | 1 | Put | queue, id u64, attempts u32, due (Unix ms, 0: none) u64, key (u16 length + bytes), payload (the rest) |
+//! | 2 | Finish | queue, id u64 |
+//! | 3 | Return | queue, id u64, attempts u32 |
+//! | 4 | Lease | queue, id u64 |
+//! | 5 | Settings | queue, explicit u8, kind u8, maxsize u64, lease i64, max_attempts i64, dead-letter queue |
+//! | 6 | Shutdown | queue, immediate u8 |
+//! | 7 | Drop | queue |
+//!
+//! Replay keeps, per queue, the messages put and not finished, with their
+//! attempts; a message leased at the crash comes back with one attempt
+//! more, as if its consumer's connection had closed.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::{Buf, Bytes};
+use ferry_core::engine::{self, Journal, Kind, Millis};
+use ferry_log::{Log, LogError, Options, Recovery};
+use tokio::sync::watch;
+
+use crate::broker::Payload;
+
+const PUT: u8 = 1;
+const FINISH: u8 = 2;
+const RETURN: u8 = 3;
+const LEASE: u8 = 4;
+const SETTINGS: u8 = 5;
+const SHUTDOWN: u8 = 6;
+const DROP: u8 = 7;
+
+/// Unix time in ms.
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn put_name(buf: &mut Vec<u8>, name: &[u8]) {
+    // Queue names are at most 200 bytes (checked before any queue exists).
+    let len = name.len().min(255);
+    buf.push(len as u8);
+    buf.extend_from_slice(&name[..len]);
+}
+
+/// The log, and a watch on how far it is durable.
+pub(crate) struct Store {
+    log: Log,
+    durable: watch::Receiver<u64>,
+    /// Unix ms when the broker's clock read 0: delays are logged in wall
+    /// time so that they survive a restart.
+    base: u64,
+}
+
+/// A queue as the log describes it.
+#[derive(Default)]
+pub(crate) struct Recovered {
+    pub(crate) config: engine::Config,
+    pub(crate) explicit: bool,
+    pub(crate) shutdown: Option<bool>,
+    pub(crate) next_id: u64,
+    pub(crate) msgs: BTreeMap<u64, RecoveredMsg>,
+}
+
+pub(crate) struct RecoveredMsg {
+    pub(crate) attempts: u32,
+    pub(crate) out: bool,
+    pub(crate) due: u64,
+    pub(crate) key: Bytes,
+    pub(crate) data: Bytes,
+}
+
+fn take_name(b: &mut Bytes) -> Result<Bytes, String> {
+    if b.is_empty() {
+        return Err("record is cut short".into());
+    }
+    let len = b.get_u8() as usize;
+    if b.len() < len {
+        return Err("record is cut short".into());
+    }
+    Ok(b.split_to(len))
+}
+
+fn take_u64(b: &mut Bytes) -> Result<u64, String> {
+    b.try_get_u64_le().map_err(|_| "record is cut short".into())
+}
+
+fn take_u32(b: &mut Bytes) -> Result<u32, String> {
+    b.try_get_u32_le().map_err(|_| "record is cut short".into())
+}
+
+fn take_u8(b: &mut Bytes) -> Result<u8, String> {
+    b.try_get_u8().map_err(|_| "record is cut short".into())
+}
+
+fn opt_from(v: i64) -> Option<u64> {
+    u64::try_from(v).ok()
+}
+
+/// Applies one record to the recovered state.
+fn replay(state: &mut HashMap<Bytes, Recovered>, record: &[u8]) -> Result<(), String> {
+    let mut b = Bytes::copy_from_slice(record);
+    let tag = take_u8(&mut b)?;
+    let name = take_name(&mut b)?;
+    match tag {
+        PUT => {
+            let id = take_u64(&mut b)?;
+            let attempts = take_u32(&mut b)?;
+            let due = take_u64(&mut b)?;
+            let klen = b.try_get_u16_le().map_err(|_| "record is cut short")? as usize;
+            if b.len() < klen {
+                return Err("record is cut short".into());
+            }
+            let key = b.split_to(klen);
+            let q = state.entry(name).or_default();
+            q.next_id = q.next_id.max(id + 1);
+            q.msgs.insert(
+                id,
+                RecoveredMsg {
+                    attempts,
+                    out: false,
+                    due,
+                    key,
+                    data: b,
+                },
+            );
+        }
+        FINISH => {
+            let id = take_u64(&mut b)?;
+            if let Some(q) = state.get_mut(&name) {
+                q.msgs.remove(&id);
+            }
+        }
+        RETURN => {
+            let id = take_u64(&mut b)?;
+            let attempts = take_u32(&mut b)?;
+            if let Some(m) = state.get_mut(&name).and_then(|q| q.msgs.get_mut(&id)) {
+                m.attempts = attempts;
+                m.out = false;
+            }
+        }
+        LEASE => {
+            let id = take_u64(&mut b)?;
+            if let Some(m) = state.get_mut(&name).and_then(|q| q.msgs.get_mut(&id)) {
+                m.out = true;
+            }
+        }
+        SETTINGS => {
+            let explicit = take_u8(&mut b)? != 0;
+            let kind = match take_u8(&mut b)? {
+                0 => Kind::Fifo,
+                1 => Kind::Lifo,
+                2 => Kind::Priority,
+                _ => return Err("unknown queue kind".into()),
+            };
+            let maxsize = take_u64(&mut b)?;
+            let lease = opt_from(take_u64(&mut b)? as i64);
+            let max_attempts =
+                opt_from(take_u64(&mut b)? as i64).and_then(|v| u32::try_from(v).ok());
+            let dl = take_name(&mut b)?;
+            let q = state.entry(name).or_default();
+            q.explicit = explicit;
+            q.config = engine::Config {
+                kind,
+                maxsize,
+                lease_timeout: lease,
+                max_attempts,
+                dead_letter: (!dl.is_empty()).then(|| String::from_utf8_lossy(&dl).into_owned()),
+            };
+        }
+        SHUTDOWN => {
+            let immediate = take_u8(&mut b)? != 0;
+            let q = state.entry(name).or_default();
+            q.shutdown = Some(q.shutdown.unwrap_or(false) || immediate);
+        }
+        DROP => {
+            state.remove(&name);
+        }
+        _ => return Err(format!("unknown record type {tag}")),
+    }
+    Ok(())
+}
+
+impl Store {
+    /// Opens the log in `dir` and replays it; replies the store, the queues
+    /// it describes, and what recovery found.
+    pub(crate) fn open(
+        dir: &std::path::Path,
+        options: Options,
+    ) -> Result<(Store, HashMap<Bytes, Recovered>, Recovery), LogError> {
+        let mut state = HashMap::new();
+        let (tx, rx) = watch::channel(0u64);
+        let (log, recovery) = Log::open(
+            dir,
+            options,
+            |r| replay(&mut state, r),
+            Box::new(move |lsn| {
+                tx.send_replace(lsn);
+            }),
+            Box::new(|e| {
+                // SPEC §3: a write or fsync error stops the broker rather
+                // than acknowledging anything it could not make durable.
+                tracing::error!(error = %e, "the log failed; stopping");
+                eprintln!("ferry: the log failed ({e}); stopping");
+                std::process::exit(70);
+            }),
+        )?;
+        Ok((
+            Store {
+                log,
+                durable: rx,
+                base: unix_ms(),
+            },
+            state,
+            recovery,
+        ))
+    }
+
+    /// Writes and syncs everything appended, then stops the log's writer.
+    pub(crate) fn close(&self) {
+        self.log.close();
+    }
+
+    /// Everything appended so far.
+    pub(crate) fn appended(&self) -> u64 {
+        self.log.appended()
+    }
+
+    /// Waits until the log is durable up to `lsn`; false if it failed.
+    pub(crate) async fn wait_durable(&self, lsn: u64) -> bool {
+        let mut rx = self.durable.clone();
+        loop {
+            if *rx.borrow_and_update() >= lsn {
+                return true;
+            }
+            if self.log.failed() || rx.changed().await.is_err() {
+                return false;
+            }
+        }
+    }
+
+    /// Broker time (ms since start) of a wall-clock moment.
+    pub(crate) fn to_broker_ms(&self, unix: u64) -> Millis {
+        unix.saturating_sub(self.base)
+    }
+
+    fn append(&self, write: impl FnOnce(&mut Vec<u8>)) {
+        // A failed log has already stopped the process (see `open`).
+        let _ = self.log.append_with(write);
+    }
+
+    /// Logs a queue's settings (on creation and every change).
+    pub(crate) fn settings(&self, queue: &[u8], explicit: bool, c: &engine::Config) {
+        self.append(|b| {
+            b.push(SETTINGS);
+            put_name(b, queue);
+            b.push(u8::from(explicit));
+            b.push(match c.kind {
+                Kind::Fifo => 0,
+                Kind::Lifo => 1,
+                Kind::Priority => 2,
+            });
+            b.extend_from_slice(&c.maxsize.to_le_bytes());
+            b.extend_from_slice(&c.lease_timeout.map_or(-1i64, |v| v as i64).to_le_bytes());
+            b.extend_from_slice(&c.max_attempts.map_or(-1i64, i64::from).to_le_bytes());
+            put_name(b, c.dead_letter.as_deref().unwrap_or("").as_bytes());
+        });
+    }
+
+    pub(crate) fn shutdown(&self, queue: &[u8], immediate: bool) {
+        self.append(|b| {
+            b.push(SHUTDOWN);
+            put_name(b, queue);
+            b.push(u8::from(immediate));
+        });
+    }
+
+    pub(crate) fn dropped(&self, queue: &[u8]) {
+        self.append(|b| {
+            b.push(DROP);
+            put_name(b, queue);
+        });
+    }
+
+    pub(crate) fn finish(&self, queue: &[u8], id: u64) {
+        self.append(|b| {
+            b.push(FINISH);
+            put_name(b, queue);
+            b.extend_from_slice(&id.to_le_bytes());
+        });
+    }
+}
+
+/// One queue's journal: every durable change becomes a log record.
+pub(crate) struct LogJournal {
+    pub(crate) store: Arc<Store>,
+    pub(crate) queue: Bytes,
+}
+
+impl LogJournal {
+    fn id_record(&self, tag: u8, id: u64, extra: Option<u32>) {
+        self.store.append(|b| {
+            b.push(tag);
+            put_name(b, &self.queue);
+            b.extend_from_slice(&id.to_le_bytes());
+            if let Some(v) = extra {
+                b.extend_from_slice(&v.to_le_bytes());
+            }
+        });
+    }
+}
+
+impl Journal<Payload> for LogJournal {
+    fn put(&mut self, id: u64, attempts: u32, item: &Payload, due: Option<Millis>) {
+        let due = due.map_or(0, |d| self.store.base.saturating_add(d));
+        self.store.append(|b| {
+            b.push(PUT);
+            put_name(b, &self.queue);
+            b.extend_from_slice(&id.to_le_bytes());
+            b.extend_from_slice(&attempts.to_le_bytes());
+            b.extend_from_slice(&due.to_le_bytes());
+            let klen = item.key.len().min(u16::MAX as usize);
+            b.extend_from_slice(&(klen as u16).to_le_bytes());
+            b.extend_from_slice(&item.key[..klen]);
+            b.extend_from_slice(&item.data);
+        });
+    }
+
+    fn finished(&mut self, id: u64) {
+        self.id_record(FINISH, id, None);
+    }
+
+    fn returned(&mut self, id: u64, attempts: u32) {
+        self.id_record(RETURN, id, Some(attempts));
+    }
+
+    fn leased(&mut self, id: u64) {
+        self.id_record(LEASE, id, None);
+    }
+
+    fn dead_lettered(&mut self, _id: u64) {
+        // Logged as finished by `Broker::bury`, after the dead-letter
+        // queue's put, so that a crash in between keeps a copy.
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn truncated_and_unknown_records_are_refused_not_panicked_on() {
+        let mut state = HashMap::new();
+        for bad in [
+            &[][..],
+            &[PUT],
+            &[PUT, 5, b'q'],
+            &[99, 1, b'q'],
+            &[FINISH, 1, b'q', 1, 2],
+        ] {
+            assert!(replay(&mut state, bad).is_err(), "{bad:?}");
+        }
+    }
+}
