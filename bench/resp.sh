@@ -1,22 +1,34 @@
 #!/usr/bin/env bash
-# ferry against redis-server with redis-benchmark, in one run: QPUT / QGET
-# NOWAIT NOACK against LPUSH / RPOP, 16-byte payloads, 50 clients, with no
-# pipelining and with 16 commands in flight; then server memory per queued
-# 16-byte message with 1,000,000 queued. Prints ferry/redis ratios (above
-# 1.0: ferry is faster / uses less).
+# ferry against redis-server under redis-benchmark, in one run, at equal
+# durability: QPUT / QGET NOWAIT NOACK against LPUSH / RPOP, 16-byte
+# payloads, 50 clients, with no pipelining and with 16 commands in flight.
 #
-#   bench/resp.sh            full run (a minute or two)
+#   memory   ferry --durability memory   vs  redis, persistence off
+#   sync     ferry --durability sync     vs  redis appendonly yes, appendfsync always
+#   async    ferry --durability async    vs  redis appendonly yes, appendfsync everysec
+#
+# Then, with 1,000,000 16-byte messages queued: server memory per message
+# (RSS growth, memory mode), disk bytes per message (sync: log vs AOF), and
+# recovery time (restart until the server answers).
+#
+# Prints ferry/redis ratios: above 1.0, ferry is faster (or, for memory and
+# disk, uses less — those ratios are redis/ferry). For sync and async it
+# also prints ferry's fsyncs per second and replies per fsync.
+#
+#   bench/resp.sh            full run (several minutes)
 #   bench/resp.sh --quick    a smoke test with few requests
 #
-# Both servers listen on 127.0.0.1 only, on free ports, and are stopped at
-# the end. ferry runs in memory mode; redis with persistence off.
+# Servers listen on 127.0.0.1 only, keep their data under target/bench-data
+# (on disk, not tmpfs), and are stopped at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 n=400000
+n_sync=60000
 queued=1000000
 if [[ "${1:-}" == "--quick" ]]; then
     n=5000
+    n_sync=2000
     queued=20000
 fi
 clients=50
@@ -26,37 +38,39 @@ for tool in redis-server redis-benchmark redis-cli; do
     command -v "$tool" >/dev/null || { echo "bench/resp.sh needs $tool (Debian: redis-server, redis-tools)" >&2; exit 1; }
 done
 cargo build --release -q -p ferry-cli
-work=$(mktemp -d)
+work="$PWD/target/bench-data/$$"
+rm -rf "$work"; mkdir -p "$work"
 pids=()
-cleanup() {
+stop_all() {
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$work"
+    for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+    pids=()
 }
-trap cleanup EXIT
+trap 'stop_all; rm -rf "$work"' EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
+# start_ferry DURABILITY DIR: sets ferry_pid, ferry_port
 start_ferry() {
-    ./target/release/ferry serve --port 0 --data-dir "$work/ferry" >"$work/ferry.out" 2>"$work/ferry.err" &
-    pids+=($!)
+    local out="$work/ferry.$RANDOM.out"
+    ./target/release/ferry serve --port 0 --durability "$1" --data-dir "$2" >"$out" 2>>"$work/ferry.err" &
     ferry_pid=$!
-    for _ in $(seq 100); do
-        if [[ -s "$work/ferry.out" ]]; then break; fi
-        sleep 0.05
-    done
-    ferry_port=$(head -1 "$work/ferry.out" | sed 's/.*://')
+    pids+=("$ferry_pid")
+    for _ in $(seq 600); do [[ -s "$out" ]] && break; sleep 0.01; done
+    ferry_port=$(head -1 "$out" | sed 's/.*://')
 }
 
+# start_redis DIR ARGS...: sets redis_pid, redis_port
 start_redis() {
+    local dir=$1; shift
+    mkdir -p "$dir"
     redis_port=$(free_port)
-    redis-server --bind 127.0.0.1 --port "$redis_port" --save '' --appendonly no \
-        --dir "$work" --daemonize no >"$work/redis.log" 2>&1 &
-    pids+=($!)
+    redis-server --bind 127.0.0.1 --port "$redis_port" --dir "$dir" --save '' "$@" --daemonize no >>"$work/redis.log" 2>&1 &
     redis_pid=$!
-    for _ in $(seq 100); do
-        redis-cli -p "$redis_port" PING >/dev/null 2>&1 && break
-        sleep 0.05
+    pids+=("$redis_pid")
+    for _ in $(seq 600); do
+        [[ "$(redis-cli -p "$redis_port" PING 2>/dev/null)" == PONG ]] && break
+        sleep 0.01
     done
 }
 
@@ -67,33 +81,74 @@ rps() {
         | tr '\r' '\n' | grep 'requests per second' | tail -1 | sed -E 's/.*: ([0-9.]+) requests per second.*/\1/'
 }
 
+syncs() { redis-cli -p "$1" INFO | tr -d '\r' | awk -F: '/^log_syncs:/ {print $2}'; }
+ratio() { python3 -c "print(f'{$1/$2:.2f}')"; }
 rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 
-start_ferry
-start_redis
-echo "ferry $(./target/release/ferry --version | awk '{print $2}') on :$ferry_port, $(redis-server --version | awk '{print $1, $2, $3}') on :$redis_port; $clients clients, $n requests" >&2
+echo "ferry $(./target/release/ferry --version | awk '{print $2}'), $(redis-server --version | awk '{print $1, $2, $3}'); $clients clients, 16-byte payloads" >&2
+printf '%-34s %12s %12s %7s %10s %13s\n' workload "ferry ops/s" "redis ops/s" ratio "fsyncs/s" "replies/fsync"
 
-printf '%-24s %14s %14s %8s\n' workload "ferry ops/s" "redis ops/s" ratio
-for pipeline in 1 16; do
-    f=$(rps "$ferry_port" "$pipeline" "$n" QPUT q "$payload")
-    r=$(rps "$redis_port" "$pipeline" "$n" LPUSH q "$payload")
-    printf '%-24s %14.0f %14.0f %8.2f\n' "put -P $pipeline" "$f" "$r" "$(python3 -c "print($f/$r)")"
-    f=$(rps "$ferry_port" "$pipeline" "$n" QGET q NOWAIT NOACK)
-    r=$(rps "$redis_port" "$pipeline" "$n" RPOP q)
-    printf '%-24s %14.0f %14.0f %8.2f\n' "get -P $pipeline" "$f" "$r" "$(python3 -c "print($f/$r)")"
+row() { # label ferry_port redis_port pipeline requests ferry_cmd... -- redis_cmd...
+    local label=$1 fp=$2 rp=$3 pl=$4 req=$5; shift 5
+    local fcmd=() rcmd=()
+    while [[ $1 != -- ]]; do fcmd+=("$1"); shift; done; shift
+    rcmd=("$@")
+    local s0 t0 f r s1 t1
+    s0=$(syncs "$fp"); t0=$(date +%s.%N)
+    f=$(rps "$fp" "$pl" "$req" "${fcmd[@]}")
+    t1=$(date +%s.%N); s1=$(syncs "$fp")
+    r=$(rps "$rp" "$pl" "$req" "${rcmd[@]}")
+    local fsyncs="-" per="-"
+    if (( s1 > s0 )); then
+        fsyncs=$(python3 -c "print(f'{($s1-$s0)/($t1-$t0):.0f}')")
+        per=$(python3 -c "print(f'{$req/($s1-$s0):.1f}')")
+    fi
+    printf '%-34s %12.0f %12.0f %7s %10s %13s\n' "$label" "$f" "$r" "$(ratio "$f" "$r")" "$fsyncs" "$per"
+}
+
+# --- memory -----------------------------------------------------------------
+start_ferry memory "$work/f-mem"; start_redis "$work/r-mem" --appendonly no
+for pl in 1 16; do
+    row "memory put -P $pl" "$ferry_port" "$redis_port" "$pl" "$n" QPUT q "$payload" -- LPUSH q "$payload"
+    row "memory get -P $pl" "$ferry_port" "$redis_port" "$pl" "$n" QGET q NOWAIT NOACK -- RPOP q
+done
+stop_all
+
+# --- sync and async ---------------------------------------------------------
+for mode in sync async; do
+    fsync=always; [[ $mode == async ]] && fsync=everysec
+    start_ferry "$mode" "$work/f-$mode"; start_redis "$work/r-$mode" --appendonly yes --appendfsync "$fsync"
+    req=$n; [[ $mode == sync ]] && req=$n_sync
+    for pl in 1 16; do
+        row "$mode put -P $pl (redis $fsync)" "$ferry_port" "$redis_port" "$pl" "$req" QPUT q "$payload" -- LPUSH q "$payload"
+    done
+    stop_all
 done
 
-# Memory per queued message: fresh servers, RSS before and after.
-for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-wait 2>/dev/null || true
-pids=()
-start_ferry
-start_redis
+# --- a million queued ---------------------------------------------------------
+start_ferry memory "$work/f-mem2"; start_redis "$work/r-mem2" --appendonly no
 f0=$(rss_kb "$ferry_pid"); r0=$(rss_kb "$redis_pid")
 rps "$ferry_port" 64 "$queued" QPUT mem "$payload" >/dev/null
 rps "$redis_port" 64 "$queued" LPUSH mem "$payload" >/dev/null
 fq=$(redis-cli -p "$ferry_port" QLEN mem); rq=$(redis-cli -p "$redis_port" LLEN mem)
-f1=$(rss_kb "$ferry_pid"); r1=$(rss_kb "$redis_pid")
-fb=$(python3 -c "print(($f1-$f0)*1024/$fq)"); rb=$(python3 -c "print(($r1-$r0)*1024/$rq)")
-printf '%-24s %14.1f %14.1f %8.2f\n' "bytes/queued msg" "$fb" "$rb" "$(python3 -c "print($rb/$fb)")"
-echo "(memory: RSS growth over $fq queued 16-byte messages; ratio is redis/ferry, above 1.0 means ferry uses less)" >&2
+fb=$(python3 -c "print(($(rss_kb "$ferry_pid")-$f0)*1024/$fq)"); rb=$(python3 -c "print(($(rss_kb "$redis_pid")-$r0)*1024/$rq)")
+stop_all
+printf '%-34s %12.1f %12.1f %7s\n' "memory bytes/queued msg" "$fb" "$rb" "$(ratio "$rb" "$fb")"
+
+start_ferry sync "$work/f-disk"; start_redis "$work/r-disk" --appendonly yes --appendfsync always
+rps "$ferry_port" 64 "$queued" QPUT disk "$payload" >/dev/null
+rps "$redis_port" 64 "$queued" LPUSH disk "$payload" >/dev/null
+fq=$(redis-cli -p "$ferry_port" QLEN disk); rq=$(redis-cli -p "$redis_port" LLEN disk)
+stop_all
+fd=$(du -sb "$work/f-disk" | cut -f1); rd=$(du -sb "$work/r-disk" | cut -f1)
+fper=$(python3 -c "print($fd/$fq)"); rper=$(python3 -c "print($rd/$rq)")
+printf '%-34s %12.1f %12.1f %7s\n' "disk bytes/queued msg (sync)" "$fper" "$rper" "$(ratio "$rper" "$fper")"
+
+t0=$(date +%s.%N); start_ferry sync "$work/f-disk"; t1=$(date +%s.%N)
+fl=$(redis-cli -p "$ferry_port" QLEN disk)
+t2=$(date +%s.%N); start_redis "$work/r-disk" --appendonly yes --appendfsync always; t3=$(date +%s.%N)
+for _ in $(seq 600); do [[ "$(redis-cli -p "$redis_port" LLEN disk 2>/dev/null)" =~ ^[0-9]+$ ]] && break; sleep 0.01; done
+rl=$(redis-cli -p "$redis_port" LLEN disk)
+stop_all
+fr=$(python3 -c "print($t1-$t0)"); rr=$(python3 -c "print($t3-$t2)")
+printf '%-34s %12.2f %12.2f %7s\n' "recovery seconds ($fl / $rl msgs)" "$fr" "$rr" "$(ratio "$rr" "$fr")"

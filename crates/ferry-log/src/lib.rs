@@ -157,6 +157,7 @@ struct Inner {
     wake: Condvar,
     durable: AtomicU64,
     failed: AtomicBool,
+    syncs: AtomicU64,
     on_durable: OnDurable,
     on_error: OnError,
 }
@@ -403,6 +404,7 @@ impl Log {
             wake: Condvar::new(),
             durable: AtomicU64::new(0),
             failed: AtomicBool::new(false),
+            syncs: AtomicU64::new(0),
             on_durable,
             on_error,
         });
@@ -470,6 +472,11 @@ impl Log {
     /// The highest sequence number appended so far.
     pub fn appended(&self) -> Lsn {
         self.inner.pending.lock().last
+    }
+
+    /// fsyncs done since open.
+    pub fn syncs(&self) -> u64 {
+        self.inner.syncs.load(Ordering::Relaxed)
     }
 
     /// True once a write or sync failed.
@@ -583,6 +590,7 @@ impl Writer {
         };
         if sync_now {
             self.file.sync_data()?;
+            self.inner.syncs.fetch_add(1, Ordering::Relaxed);
             *dirty = false;
             *next_sync = Instant::now() + Duration::from_secs(1);
         }

@@ -237,6 +237,11 @@ impl Store {
         self.log.close();
     }
 
+    /// fsyncs done since start.
+    pub(crate) fn syncs(&self) -> u64 {
+        self.log.syncs()
+    }
+
     /// Everything appended so far.
     pub(crate) fn appended(&self) -> u64 {
         self.log.appended()
