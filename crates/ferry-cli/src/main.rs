@@ -68,6 +68,10 @@ struct ServeArgs {
     /// bytes, or with a kb/mb/gb suffix; 0 for no limit [default: 0]
     #[arg(long, env = "FERRY_MAX_MEMORY", value_parser = parse_size)]
     max_memory: Option<u64>,
+    /// Compact the log once it holds this much (and twice what the last
+    /// compaction left) [default: 64mb]
+    #[arg(long, env = "FERRY_CHECKPOINT_BYTES", value_parser = parse_size)]
+    checkpoint_bytes: Option<u64>,
 }
 
 /// `1048576`, `1024kb`, `1mb`, `1gb` (powers of 1024, as Redis reads them).
@@ -102,6 +106,7 @@ struct FileConfig {
     max_clients: Option<usize>,
     max_payload: Option<usize>,
     max_memory: Option<String>,
+    checkpoint_bytes: Option<String>,
 }
 
 /// Resolves flags, environment and file into the broker's settings.
@@ -148,6 +153,11 @@ fn resolve(args: ServeArgs) -> anyhow::Result<Config> {
             (Some(m), _) => m,
             (None, Some(m)) => parse_size(&m).map_err(anyhow::Error::msg)?,
             (None, None) => d.max_memory,
+        },
+        checkpoint_bytes: match (args.checkpoint_bytes, file.checkpoint_bytes) {
+            (Some(b), _) => b,
+            (None, Some(b)) => parse_size(&b).map_err(anyhow::Error::msg)?,
+            (None, None) => d.checkpoint_bytes,
         },
         dedup_window_ms: d.dedup_window_ms,
     })

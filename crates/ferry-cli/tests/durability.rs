@@ -161,7 +161,8 @@ fn kill_9_under_load_loses_nothing_acknowledged() {
     let dir = tempfile::tempdir().unwrap();
     let ledger = Arc::new(Mutex::new(Ledger::default()));
     for cycle in 0..20 {
-        let s = Server::start_at(dir.path(), &[]);
+        // Small checkpoints, so that compaction runs (and is killed) too.
+        let s = Server::start_at(dir.path(), &["--checkpoint-bytes", "32kb"]);
         check(&s, &ledger.lock().unwrap(), cycle);
         let stop = Instant::now() + Duration::from_millis(rng.random_range(100..800));
         let mut workers = Vec::new();
@@ -259,4 +260,81 @@ fn check(s: &Server, l: &Ledger, cycle: usize) {
         (low..=high).contains(&unfinished),
         "cycle {cycle}: unfinished {unfinished} not in {low}..={high}"
     );
+}
+
+fn log_bytes(con: &mut redis::Connection) -> u64 {
+    let info: String = redis::cmd("INFO").query(con).unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("log_bytes:"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// Compaction: after megabytes of traffic with a small live backlog, the
+/// log shrinks to about the backlog, and a restart still finds exactly it.
+#[test]
+fn compaction_keeps_the_log_to_the_live_backlog() {
+    let dir = tempfile::tempdir().unwrap();
+    let payload = vec![b'p'; 1000];
+    let mut last_id = 0;
+    {
+        let s = Server::start_at(dir.path(), &["--checkpoint-bytes", "64kb"]);
+        let mut c = s.conn();
+        let _: () = cmd("QCREATE")
+            .arg("c")
+            .arg("MAXSIZE")
+            .arg(100_000)
+            .query(&mut c)
+            .unwrap();
+        for round in 0..40 {
+            let ids: Vec<u64> = cmd("QPUTMANY")
+                .arg("c")
+                .arg("PAYLOADS")
+                .arg(vec![&payload[..]; 100])
+                .query(&mut c)
+                .unwrap();
+            last_id = *ids.last().unwrap();
+            let keep = usize::from(round == 39) * 10;
+            let got: Vec<Entry> = cmd("QGET")
+                .arg("c")
+                .arg("COUNT")
+                .arg(100 - keep)
+                .query(&mut c)
+                .unwrap();
+            let done: Vec<u64> = got.iter().map(|e| e.1).collect();
+            let _: u64 = cmd("QDONE").arg("c").arg(&done).query(&mut c).unwrap();
+        }
+        let _: u64 = cmd("QPUT").arg("c").arg("tail").query(&mut c).unwrap();
+        last_id += 1;
+        // ~8 MB went through; wait for the compactor (it looks every 200 ms).
+        let t = Instant::now();
+        while log_bytes(&mut c) > 200_000 {
+            assert!(
+                t.elapsed() < Duration::from_secs(20),
+                "log still {} bytes",
+                log_bytes(&mut c)
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+        let segments = std::fs::read_dir(dir.path()).unwrap().filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "log")
+        });
+        assert!(segments.count() <= 3);
+        s.signal_and_wait("-KILL");
+    }
+    let s = Server::start_at(dir.path(), &[]);
+    let mut c = s.conn();
+    let i = info(&mut c, "c");
+    assert_eq!((int(&i["qsize"]), int(&i["maxsize"])), (11, 100_000));
+    let ready = ready_payloads(&mut c, "c");
+    assert_eq!(ready.iter().filter(|p| p.len() == 1000).count(), 10);
+    assert_eq!(ready.last().map(String::as_str), Some("tail"));
+    let id: u64 = cmd("QPUT").arg("c").arg("after").query(&mut c).unwrap();
+    assert!(id > last_id, "ids are never reused ({id} after {last_id})");
 }

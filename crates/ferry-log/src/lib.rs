@@ -150,6 +150,9 @@ struct Pending {
     buf: Vec<u8>,
     last: Lsn,
     closing: bool,
+    /// A new segment must start at this offset of `buf` (see
+    /// [`Log::start_segment`]).
+    rotate_at: Option<usize>,
 }
 
 struct Inner {
@@ -158,6 +161,10 @@ struct Inner {
     durable: AtomicU64,
     failed: AtomicBool,
     syncs: AtomicU64,
+    /// Bytes in all segments.
+    bytes: AtomicU64,
+    /// Sequence number of the segment begun by the last `start_segment`.
+    started: AtomicU64,
     on_durable: OnDurable,
     on_error: OnError,
 }
@@ -190,6 +197,17 @@ pub fn segments(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
     }
     out.sort();
     Ok(out)
+}
+
+fn total_bytes(dir: &Path) -> u64 {
+    segments(dir)
+        .map(|segs| {
+            segs.iter()
+                .filter_map(|(_, p)| fs::metadata(p).ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
 }
 
 fn sync_dir(dir: &Path) -> Result<(), LogError> {
@@ -400,11 +418,14 @@ impl Log {
                 buf: Vec::with_capacity(64 << 10),
                 last: 0,
                 closing: false,
+                rotate_at: None,
             }),
             wake: Condvar::new(),
             durable: AtomicU64::new(0),
             failed: AtomicBool::new(false),
             syncs: AtomicU64::new(0),
+            bytes: AtomicU64::new(total_bytes(dir)),
+            started: AtomicU64::new(0),
             on_durable,
             on_error,
         });
@@ -474,6 +495,48 @@ impl Log {
         self.inner.pending.lock().last
     }
 
+    /// Makes the records appended from now on go to a new segment; once
+    /// they are durable, [`Log::started_segment`] names it. Compaction
+    /// writes a snapshot after this, then deletes the older segments.
+    pub fn start_segment(&self) {
+        let mut p = self.inner.pending.lock();
+        let at = p.buf.len();
+        p.rotate_at = Some(at);
+    }
+
+    /// The sequence number of the segment begun by the last
+    /// [`Log::start_segment`] that the writer carried out (0: none yet).
+    pub fn started_segment(&self) -> u64 {
+        self.inner.started.load(Ordering::Acquire)
+    }
+
+    /// Deletes every segment numbered below `seq` (never the one being
+    /// written), then syncs the directory. Replies the bytes freed.
+    pub fn delete_before(&self, seq: u64) -> Result<u64, LogError> {
+        let mut freed = 0;
+        for (s, path) in
+            segments(&self.dir).map_err(io_err(format!("listing {}", self.dir.display())))?
+        {
+            if s >= seq {
+                break;
+            }
+            let len = fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+            fs::remove_file(&path).map_err(io_err(format!("removing {}", path.display())))?;
+            freed += len;
+        }
+        sync_dir(&self.dir)?;
+        self.inner.bytes.fetch_sub(
+            freed.min(self.inner.bytes.load(Ordering::Acquire)),
+            Ordering::AcqRel,
+        );
+        Ok(freed)
+    }
+
+    /// Bytes in all segments.
+    pub fn bytes(&self) -> u64 {
+        self.inner.bytes.load(Ordering::Acquire)
+    }
+
     /// fsyncs done since open.
     pub fn syncs(&self) -> u64 {
         self.inner.syncs.load(Ordering::Relaxed)
@@ -522,7 +585,7 @@ impl Writer {
         let mut dirty = false;
         let mut next_sync = Instant::now() + Duration::from_secs(1);
         loop {
-            let (batch, upto, closing) = {
+            let (batch, upto, closing, rotate_at) = {
                 let mut p = self.inner.pending.lock();
                 while p.buf.is_empty() && !p.closing {
                     if dirty {
@@ -536,9 +599,17 @@ impl Writer {
                     }
                 }
                 std::mem::swap(&mut p.buf, &mut spare);
-                (std::mem::take(&mut spare), p.last, p.closing)
+                let rotate_at = p.rotate_at.take();
+                (std::mem::take(&mut spare), p.last, p.closing, rotate_at)
             };
-            let result = self.write(&batch, &mut dirty, &mut next_sync, closing);
+            let result = match rotate_at {
+                Some(at) => self
+                    .write(&batch[..at], &mut dirty, &mut next_sync, closing)
+                    .and_then(|()| self.rotate())
+                    .map(|()| self.inner.started.store(self.seq, Ordering::Release))
+                    .and_then(|()| self.write(&batch[at..], &mut dirty, &mut next_sync, closing)),
+                None => self.write(&batch, &mut dirty, &mut next_sync, closing),
+            };
             let mut batch = batch;
             batch.clear();
             spare = batch;
@@ -582,6 +653,9 @@ impl Writer {
             }
             self.file.write_all(batch)?;
             self.len += batch.len() as u64;
+            self.inner
+                .bytes
+                .fetch_add(batch.len() as u64, Ordering::AcqRel);
             *dirty = true;
         }
         let sync_now = match self.options.durability {
@@ -606,6 +680,7 @@ impl Writer {
         self.file = next;
         self.seq += 1;
         self.len = HEADER as u64;
+        self.inner.bytes.fetch_add(HEADER as u64, Ordering::AcqRel);
         Ok(())
     }
 }

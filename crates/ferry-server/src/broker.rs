@@ -184,7 +184,37 @@ impl Broker {
         for (name, rec) in recovered {
             broker.restore_queue(name, rec);
         }
+        if broker.store.is_some() {
+            tokio::spawn(compactor(Arc::clone(&broker)));
+        }
         Ok((broker, recovery))
+    }
+
+    /// Compacts the log: a new segment, a snapshot of every queue, then the
+    /// older segments go (see `store.rs`). Replies the bytes freed.
+    pub(crate) async fn checkpoint(self: &Arc<Self>) -> Result<u64, ferry_log::LogError> {
+        let Some(store) = self.store.clone() else {
+            return Ok(0);
+        };
+        store.log().start_segment();
+        let cells: Vec<Arc<QueueCell>> = self.queues.read().values().cloned().collect();
+        for cell in cells {
+            cell.with(self, |st, now| {
+                // A queue dropped since the segment started logged its Drop
+                // already; a snapshot after it would bring it back.
+                if !st.dropped {
+                    store.snapshot(&cell.name, st, now);
+                }
+            });
+        }
+        store.checkpoint_marker();
+        if !store.wait_durable(store.appended()).await {
+            return Err(ferry_log::LogError::Failed);
+        }
+        match store.log().started_segment() {
+            0 => Ok(0),
+            seq => store.log().delete_before(seq),
+        }
     }
 
     /// Rebuilds one queue from the log, then journals it from here on.
@@ -433,6 +463,33 @@ impl Broker {
         if let Some(store) = &self.store {
             for id in ids {
                 store.finish(source, id);
+            }
+        }
+    }
+}
+
+/// Compacts the log whenever it grows past `checkpoint_bytes` and past
+/// twice what the last compaction left, so that a large live backlog is not
+/// rewritten over and over.
+async fn compactor(broker: Arc<Broker>) {
+    let Some(store) = broker.store.clone() else {
+        return;
+    };
+    let mut floor = 0u64;
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let bytes = store.log().bytes();
+        if bytes < broker.config.checkpoint_bytes || bytes < 2 * floor {
+            continue;
+        }
+        match broker.checkpoint().await {
+            Ok(freed) => {
+                floor = store.log().bytes();
+                tracing::info!(freed, kept = floor, "log compacted");
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "log compaction failed");
+                return;
             }
         }
     }

@@ -42,6 +42,9 @@ pub struct Config {
     /// Puts are refused with -OOM while queued messages hold this many
     /// bytes or more (payloads plus per-message overhead); 0: no limit.
     pub max_memory: u64,
+    /// Compact the log once it holds this many bytes (and twice what the
+    /// last compaction left).
+    pub checkpoint_bytes: u64,
     /// How long a DEDUP key keeps returning the first put's id, in ms.
     pub dedup_window_ms: u64,
 }
@@ -59,6 +62,7 @@ impl Default for Config {
             max_clients: 10_000,
             max_payload: 16 << 20,
             max_memory: 0,
+            checkpoint_bytes: 64 << 20,
             dedup_window_ms: 10 * 60 * 1000,
         }
     }

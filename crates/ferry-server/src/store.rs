@@ -21,6 +21,17 @@
 //! | 5 | Settings | queue, explicit u8, kind u8, maxsize u64, lease i64, max_attempts i64, dead-letter queue |
 //! | 6 | Shutdown | queue, immediate u8 |
 //! | 7 | Drop | queue |
+//! | 8 | Checkpoint | (empty queue name) — marks the end of a snapshot |
+//! | 9 | Reset | queue — forget everything before: a snapshot follows |
+//! | 10 | NextId | queue, next id u64 |
+//!
+//! **Compaction** (`Broker::checkpoint`): the log starts a new segment,
+//! then each queue, under its lock, appends a snapshot — Reset, Settings,
+//! NextId, a Put (and a Lease if out) per stored message, Shutdown —, then
+//! a Checkpoint marker; once that is durable, every older segment is
+//! deleted. Replay needs no marker: a Reset discards what came before it
+//! for its queue, so a crash at any point of a checkpoint replays right.
+//! Disk use so follows the live backlog, not history.
 //!
 //! Replay keeps, per queue, the messages put and not finished, with their
 //! attempts; a message leased at the crash comes back with one attempt
@@ -44,6 +55,9 @@ const LEASE: u8 = 4;
 const SETTINGS: u8 = 5;
 const SHUTDOWN: u8 = 6;
 const DROP: u8 = 7;
+const CHECKPOINT: u8 = 8;
+const RESET: u8 = 9;
+const NEXT_ID: u8 = 10;
 
 /// Unix time in ms.
 fn unix_ms() -> u64 {
@@ -192,6 +206,15 @@ fn replay(state: &mut HashMap<Bytes, Recovered>, record: &[u8]) -> Result<(), St
         DROP => {
             state.remove(&name);
         }
+        CHECKPOINT => {}
+        RESET => {
+            state.insert(name, Recovered::default());
+        }
+        NEXT_ID => {
+            let next = take_u64(&mut b)?;
+            let q = state.entry(name).or_default();
+            q.next_id = q.next_id.max(next);
+        }
         _ => return Err(format!("unknown record type {tag}")),
     }
     Ok(())
@@ -230,6 +253,47 @@ impl Store {
             state,
             recovery,
         ))
+    }
+
+    /// The log itself, for compaction.
+    pub(crate) fn log(&self) -> &Log {
+        &self.log
+    }
+
+    /// Appends one queue's snapshot (called under the queue's lock).
+    pub(crate) fn snapshot(&self, queue: &[u8], st: &crate::broker::QueueState, now: Millis) {
+        self.append(|b| {
+            b.push(RESET);
+            put_name(b, queue);
+        });
+        self.settings(queue, st.explicit, st.q.config());
+        self.append(|b| {
+            b.push(NEXT_ID);
+            put_name(b, queue);
+            b.extend_from_slice(&st.q.next_id().to_le_bytes());
+        });
+        let mut journal = LogJournal {
+            store: self,
+            queue: Bytes::copy_from_slice(queue),
+        };
+        st.q.for_each_stored(|m, due, out| {
+            let due = due.filter(|&d| d > now);
+            journal.put(m.id, m.attempts, &m.item, due);
+            if out {
+                journal.leased(m.id);
+            }
+        });
+        if let Some(mode) = st.q.shutdown_state() {
+            self.shutdown(queue, mode == engine::Shutdown::Immediate);
+        }
+    }
+
+    /// Marks the end of a checkpoint.
+    pub(crate) fn checkpoint_marker(&self) {
+        self.append(|b| {
+            b.push(CHECKPOINT);
+            put_name(b, b"");
+        });
     }
 
     /// Writes and syncs everything appended, then stops the log's writer.
@@ -313,12 +377,12 @@ impl Store {
 }
 
 /// One queue's journal: every durable change becomes a log record.
-pub(crate) struct LogJournal {
-    pub(crate) store: Arc<Store>,
+pub(crate) struct LogJournal<S = Arc<Store>> {
+    pub(crate) store: S,
     pub(crate) queue: Bytes,
 }
 
-impl LogJournal {
+impl<S: std::ops::Deref<Target = Store>> LogJournal<S> {
     fn id_record(&self, tag: u8, id: u64, extra: Option<u32>) {
         self.store.append(|b| {
             b.push(tag);
@@ -331,7 +395,7 @@ impl LogJournal {
     }
 }
 
-impl Journal<Payload> for LogJournal {
+impl<S: std::ops::Deref<Target = Store> + Send> Journal<Payload> for LogJournal<S> {
     fn put(&mut self, id: u64, attempts: u32, item: &Payload, due: Option<Millis>) {
         let due = due.map_or(0, |d| self.store.base.saturating_add(d));
         self.store.append(|b| {

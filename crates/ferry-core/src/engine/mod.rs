@@ -348,6 +348,35 @@ impl<T: Item, F: FifoStore<T>> Queue<T, F> {
         }
     }
 
+    /// Visits every message the queue stores — ready, delayed (with the
+    /// time it is due), leased (marked out), or handed to a waiter and not
+    /// yet picked up — in no particular order: what a snapshot must keep.
+    pub fn for_each_stored(&self, mut f: impl FnMut(&Message<T>, Option<Millis>, bool))
+    where
+        T: Clone,
+    {
+        for m in self.ready.peek(usize::MAX) {
+            f(&m, None, false);
+        }
+        for (&(due, _), m) in &self.delayed {
+            f(m, Some(due), false);
+        }
+        for lease in self.leased.values() {
+            f(&lease.msg, None, true);
+        }
+        for waiter in self.waiters.table.values() {
+            if let Waiter::Get {
+                state: GetState::Reserved(msgs),
+                ..
+            } = waiter
+            {
+                for m in msgs {
+                    f(m, None, false);
+                }
+            }
+        }
+    }
+
     /// Makes the next id at least `next` (ids are never reused, even for
     /// messages that finished before a restart).
     pub fn set_next_id(&mut self, next: u64) {
