@@ -338,3 +338,78 @@ fn compaction_keeps_the_log_to_the_live_backlog() {
     let id: u64 = cmd("QPUT").arg("c").arg("after").query(&mut c).unwrap();
     assert!(id > last_id, "ids are never reused ({id} after {last_id})");
 }
+
+#[test]
+fn ferry_check_describes_a_data_directory_and_finds_damage() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = Server::start_at(dir.path(), &[]);
+        let mut c = s.conn();
+        let _: () = cmd("QCREATE")
+            .arg("jobs")
+            .arg("MAXSIZE")
+            .arg(7)
+            .query(&mut c)
+            .unwrap();
+        for p in ["a", "bb", "ccc"] {
+            let _: u64 = cmd("QPUT").arg("jobs").arg(p).query(&mut c).unwrap();
+        }
+        let _: Vec<Entry> = cmd("QGET").arg("jobs").query(&mut c).unwrap();
+        s.signal_and_wait("-KILL");
+    }
+    let check = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+            .args(["check", "--data-dir"])
+            .arg(dir.path())
+            .output()
+            .unwrap()
+    };
+    let out = check();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    let row: Vec<&str> = text
+        .lines()
+        .find(|l| l.starts_with("jobs "))
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    // queue kind maxsize messages leased delayed bytes shutdown
+    assert_eq!(row, vec!["jobs", "fifo", "7", "3", "1", "0", "6", "no"]);
+
+    let segment = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "log"))
+        .unwrap();
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&segment)
+        .unwrap();
+    std::io::Write::write_all(&mut f, &[7u8; 11]).unwrap();
+    drop(f);
+    let out = check();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("torn tail: 11 bytes"));
+
+    let mut bytes = std::fs::read(&segment).unwrap();
+    bytes[0] ^= 0xff;
+    std::fs::write(&segment, &bytes).unwrap();
+    let out = check();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("corrupt log"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let serve = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["serve", "--port", "0", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!serve.status.success());
+    assert_eq!(
+        std::fs::read(&segment).unwrap(),
+        bytes,
+        "a refused start changes nothing"
+    );
+}

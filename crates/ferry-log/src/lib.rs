@@ -299,6 +299,81 @@ fn scan(bytes: &[u8], seq: u64) -> Scan {
     s
 }
 
+/// A segment read whole: its path, bytes and check.
+type Checked = (PathBuf, Vec<u8>, Scan);
+
+/// Reads and checks every segment (refusing corruption before the last
+/// one unless `salvage`), then replays their good records in order.
+/// Changes nothing on disk.
+fn read_all(
+    dir: &Path,
+    salvage: bool,
+    replay: &mut impl FnMut(&[u8]) -> Result<(), String>,
+) -> Result<(Vec<(u64, PathBuf)>, Vec<Checked>, Recovery), LogError> {
+    let segs = segments(dir).map_err(io_err(format!("listing {}", dir.display())))?;
+    let mut recovery = Recovery::default();
+    let last_index = segs.len().checked_sub(1);
+    // First pass: check every segment before replaying anything, so that
+    // corruption stops the start with nothing changed.
+    let mut checked = Vec::with_capacity(segs.len());
+    for (i, (seq, path)) in segs.iter().enumerate() {
+        let mut bytes = Vec::new();
+        File::open(path)
+            .and_then(|mut f| f.read_to_end(&mut bytes))
+            .map_err(io_err(format!("reading {}", path.display())))?;
+        let s = scan(&bytes, *seq);
+        if let Some((offset, reason)) = s.bad {
+            // Only the tail of the last segment can be torn by a crash; a
+            // bad header on a segment longer than one is damage.
+            let torn = Some(i) == last_index && (offset > 0 || bytes.len() <= HEADER);
+            if !torn && !salvage {
+                return Err(LogError::Corrupt {
+                    path: path.clone(),
+                    offset: offset as u64,
+                    reason,
+                });
+            }
+        }
+        checked.push((path.clone(), bytes, s));
+    }
+    for (i, (path, bytes, s)) in checked.iter().enumerate() {
+        for &(start, end) in &s.records {
+            replay(&bytes[start..end]).map_err(|reason| LogError::Replay {
+                path: path.clone(),
+                offset: (start - FRAME) as u64,
+                reason,
+            })?;
+            recovery.records += 1;
+        }
+        recovery.segments += 1;
+        if let Some((offset, _)) = s.bad {
+            if Some(i) == last_index {
+                let dropped = (bytes.len() - offset) as u64;
+                recovery.truncated = Some((path.clone(), offset as u64, dropped));
+            } else {
+                recovery.skipped.push((path.clone(), offset as u64));
+            }
+        }
+    }
+    Ok((segs, checked, recovery))
+}
+
+/// Checks a log offline without changing it: replays every record into
+/// `replay` and reports what [`Log::open`] would find — including a torn
+/// tail it would cut. Corruption before the last segment is an error.
+pub fn inspect(
+    dir: &Path,
+    mut replay: impl FnMut(&[u8]) -> Result<(), String>,
+) -> Result<Recovery, LogError> {
+    if !dir.is_dir() {
+        return Err(LogError::Io(
+            format!("reading {}", dir.display()),
+            io::Error::new(io::ErrorKind::NotFound, "no such directory"),
+        ));
+    }
+    read_all(dir, false, &mut replay).map(|(_, _, recovery)| recovery)
+}
+
 impl Log {
     /// Opens (or creates) the log in `dir`, replaying every record into
     /// `replay`, then starts the writer thread.
@@ -325,52 +400,12 @@ impl Log {
             }
         }
 
-        let segs = segments(dir).map_err(io_err(format!("listing {}", dir.display())))?;
-        let mut recovery = Recovery::default();
-        let last_index = segs.len().checked_sub(1);
-        // First pass: check every segment before replaying anything, so
-        // that corruption stops the start with nothing changed.
-        let mut checked = Vec::with_capacity(segs.len());
-        for (i, (seq, path)) in segs.iter().enumerate() {
-            let mut bytes = Vec::new();
-            File::open(path)
-                .and_then(|mut f| f.read_to_end(&mut bytes))
-                .map_err(io_err(format!("reading {}", path.display())))?;
-            let s = scan(&bytes, *seq);
-            if let Some((offset, reason)) = s.bad {
-                // Only the tail of the last segment can be torn by a crash;
-                // a bad header on a segment longer than one is damage.
-                let torn = Some(i) == last_index && (offset > 0 || bytes.len() <= HEADER);
-                if !torn && !options.salvage {
-                    return Err(LogError::Corrupt {
-                        path: path.clone(),
-                        offset: offset as u64,
-                        reason,
-                    });
-                }
-            }
-            checked.push((path.clone(), bytes, s));
+        let (segs, checked, recovery) = read_all(dir, options.salvage, &mut replay)?;
+        if let Some((path, offset, dropped)) = &recovery.truncated {
+            warn!(segment = %path.display(), offset, dropped, "cutting a torn tail off the log");
         }
-        for (i, (path, bytes, s)) in checked.iter().enumerate() {
-            for &(start, end) in &s.records {
-                replay(&bytes[start..end]).map_err(|reason| LogError::Replay {
-                    path: path.clone(),
-                    offset: (start - FRAME) as u64,
-                    reason,
-                })?;
-                recovery.records += 1;
-            }
-            recovery.segments += 1;
-            if let Some((offset, reason)) = s.bad {
-                if Some(i) == last_index {
-                    let dropped = (bytes.len() - offset) as u64;
-                    warn!(segment = %path.display(), offset, dropped, reason, "cutting a torn tail off the log");
-                    recovery.truncated = Some((path.clone(), offset as u64, dropped));
-                } else {
-                    warn!(segment = %path.display(), offset, reason, "salvage: skipping the rest of a corrupt segment");
-                    recovery.skipped.push((path.clone(), offset as u64));
-                }
-            }
+        for (path, offset) in &recovery.skipped {
+            warn!(segment = %path.display(), offset, "salvage: skipping the rest of a corrupt segment");
         }
 
         // The segment to append to: the last one, cut back to its last good

@@ -32,3 +32,4 @@ mod store;
 
 pub use config::{Config, Durability};
 pub use server::{Bound, Server};
+pub use store::{CheckReport, QueueReport, check};
