@@ -302,6 +302,13 @@ fn scan(bytes: &[u8], seq: u64) -> Scan {
 /// A segment read whole: its path, bytes and check.
 type Checked = (PathBuf, Vec<u8>, Scan);
 
+/// Every segment, as read and checked, and what replaying them found.
+struct ReadAll {
+    segs: Vec<(u64, PathBuf)>,
+    checked: Vec<Checked>,
+    recovery: Recovery,
+}
+
 /// Reads and checks every segment (refusing corruption before the last
 /// one unless `salvage`), then replays their good records in order.
 /// Changes nothing on disk.
@@ -309,7 +316,7 @@ fn read_all(
     dir: &Path,
     salvage: bool,
     replay: &mut impl FnMut(&[u8]) -> Result<(), String>,
-) -> Result<(Vec<(u64, PathBuf)>, Vec<Checked>, Recovery), LogError> {
+) -> Result<ReadAll, LogError> {
     let segs = segments(dir).map_err(io_err(format!("listing {}", dir.display())))?;
     let mut recovery = Recovery::default();
     let last_index = segs.len().checked_sub(1);
@@ -355,7 +362,11 @@ fn read_all(
             }
         }
     }
-    Ok((segs, checked, recovery))
+    Ok(ReadAll {
+        segs,
+        checked,
+        recovery,
+    })
 }
 
 /// Checks a log offline without changing it: replays every record into
@@ -371,7 +382,7 @@ pub fn inspect(
             io::Error::new(io::ErrorKind::NotFound, "no such directory"),
         ));
     }
-    read_all(dir, false, &mut replay).map(|(_, _, recovery)| recovery)
+    read_all(dir, false, &mut replay).map(|r| r.recovery)
 }
 
 impl Log {
@@ -400,7 +411,11 @@ impl Log {
             }
         }
 
-        let (segs, checked, recovery) = read_all(dir, options.salvage, &mut replay)?;
+        let ReadAll {
+            segs,
+            checked,
+            recovery,
+        } = read_all(dir, options.salvage, &mut replay)?;
         if let Some((path, offset, dropped)) = &recovery.truncated {
             warn!(segment = %path.display(), offset, dropped, "cutting a torn tail off the log");
         }
