@@ -33,8 +33,12 @@
 //! segment is corruption: opening fails and nothing is changed, unless
 //! `salvage` is set, in which case the rest of that segment is skipped.
 
+mod storage;
+
+pub use storage::{Faults, LogFile, RealStorage, Storage};
+
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -64,7 +68,7 @@ pub enum Durability {
 }
 
 /// How to open a log.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Options {
     /// When appends count as durable.
     pub durability: Durability,
@@ -73,6 +77,18 @@ pub struct Options {
     /// Skip corrupt stretches of earlier segments instead of refusing to
     /// open.
     pub salvage: bool,
+    /// How files are reached: the real file system, or a fault injector.
+    pub storage: Arc<dyn Storage>,
+}
+
+impl std::fmt::Debug for Options {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Options")
+            .field("durability", &self.durability)
+            .field("segment_bytes", &self.segment_bytes)
+            .field("salvage", &self.salvage)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for Options {
@@ -81,6 +97,7 @@ impl Default for Options {
             durability: Durability::Sync,
             segment_bytes: 64 << 20,
             salvage: false,
+            storage: Arc::new(RealStorage),
         }
     }
 }
@@ -174,6 +191,7 @@ pub struct Log {
     inner: Arc<Inner>,
     writer: Mutex<Option<JoinHandle<()>>>,
     dir: PathBuf,
+    storage: Arc<dyn Storage>,
 }
 
 fn segment_name(seq: u64) -> String {
@@ -210,28 +228,29 @@ fn total_bytes(dir: &Path) -> u64 {
         .unwrap_or(0)
 }
 
-fn sync_dir(dir: &Path) -> Result<(), LogError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
+fn sync_dir(storage: &dyn Storage, dir: &Path) -> Result<(), LogError> {
+    storage
+        .sync_dir(dir)
         .map_err(io_err(format!("syncing directory {}", dir.display())))
 }
 
-fn create_segment(dir: &Path, seq: u64) -> Result<File, LogError> {
+fn create_segment(
+    storage: &dyn Storage,
+    dir: &Path,
+    seq: u64,
+) -> Result<Box<dyn LogFile>, LogError> {
     let path = dir.join(segment_name(seq));
-    let mut f = OpenOptions::new()
-        .create_new(true)
-        .read(true)
-        .append(true)
-        .open(&path)
+    let mut f = storage
+        .create(&path)
         .map_err(io_err(format!("creating {}", path.display())))?;
     let mut header = Vec::with_capacity(HEADER);
     header.extend_from_slice(MAGIC);
     header.extend_from_slice(&VERSION.to_le_bytes());
     header.extend_from_slice(&seq.to_le_bytes());
     f.write_all(&header)
-        .and_then(|()| f.sync_all())
+        .and_then(|()| f.sync_data())
         .map_err(io_err(format!("writing {}", path.display())))?;
-    sync_dir(dir)?;
+    sync_dir(storage, dir)?;
     Ok(f)
 }
 
@@ -313,6 +332,7 @@ struct ReadAll {
 /// one unless `salvage`), then replays their good records in order.
 /// Changes nothing on disk.
 fn read_all(
+    storage: &dyn Storage,
     dir: &Path,
     salvage: bool,
     replay: &mut impl FnMut(&[u8]) -> Result<(), String>,
@@ -324,9 +344,8 @@ fn read_all(
     // corruption stops the start with nothing changed.
     let mut checked = Vec::with_capacity(segs.len());
     for (i, (seq, path)) in segs.iter().enumerate() {
-        let mut bytes = Vec::new();
-        File::open(path)
-            .and_then(|mut f| f.read_to_end(&mut bytes))
+        let bytes = storage
+            .read(path)
             .map_err(io_err(format!("reading {}", path.display())))?;
         let s = scan(&bytes, *seq);
         if let Some((offset, reason)) = s.bad {
@@ -382,7 +401,7 @@ pub fn inspect(
             io::Error::new(io::ErrorKind::NotFound, "no such directory"),
         ));
     }
-    read_all(dir, false, &mut replay).map(|r| r.recovery)
+    read_all(&RealStorage, dir, false, &mut replay).map(|r| r.recovery)
 }
 
 impl Log {
@@ -415,7 +434,8 @@ impl Log {
             segs,
             checked,
             recovery,
-        } = read_all(dir, options.salvage, &mut replay)?;
+        } = read_all(&*options.storage, dir, options.salvage, &mut replay)?;
+        let storage = Arc::clone(&options.storage);
         if let Some((path, offset, dropped)) = &recovery.truncated {
             warn!(segment = %path.display(), offset, dropped, "cutting a torn tail off the log");
         }
@@ -431,30 +451,31 @@ impl Log {
                     .last()
                     .is_some_and(|(_, _, s)| s.bad.is_none_or(|(o, _)| o >= HEADER)) =>
             {
-                let keep = match checked.last().and_then(|(_, _, s)| s.bad) {
-                    Some((offset, _)) => offset as u64,
-                    None => fs::metadata(path)
-                        .map_err(io_err(format!("reading {}", path.display())))?
-                        .len(),
+                let (keep, whole) = match checked.last() {
+                    Some((_, bytes, s)) => (
+                        s.bad.map_or(bytes.len(), |(o, _)| o) as u64,
+                        bytes.len() as u64,
+                    ),
+                    None => (0, 0),
                 };
-                let mut f = OpenOptions::new()
-                    .read(true)
-                    .write(true)
+                let mut f = storage
                     .open(path)
                     .map_err(io_err(format!("opening {}", path.display())))?;
-                f.set_len(keep)
-                    .and_then(|()| f.sync_all())
-                    .and_then(|()| f.seek(SeekFrom::End(0)).map(drop))
-                    .map_err(io_err(format!("truncating {}", path.display())))?;
+                if keep < whole {
+                    f.truncate(keep)
+                        .map_err(io_err(format!("truncating {}", path.display())))?;
+                }
                 (*seq, f, keep)
             }
             Some((seq, path)) => {
                 // A segment whose header itself is torn (a crash while it was
                 // being created) holds nothing: replace it.
-                fs::remove_file(path).map_err(io_err(format!("removing {}", path.display())))?;
-                (*seq, create_segment(dir, *seq)?, HEADER as u64)
+                storage
+                    .remove(path)
+                    .map_err(io_err(format!("removing {}", path.display())))?;
+                (*seq, create_segment(&*storage, dir, *seq)?, HEADER as u64)
             }
-            None => (1, create_segment(dir, 1)?, HEADER as u64),
+            None => (1, create_segment(&*storage, dir, 1)?, HEADER as u64),
         };
         info!(
             dir = %dir.display(),
@@ -482,6 +503,7 @@ impl Log {
         let writer = Writer {
             inner: Arc::clone(&inner),
             dir: dir.to_path_buf(),
+            storage: Arc::clone(&storage),
             file,
             seq,
             len,
@@ -497,6 +519,7 @@ impl Log {
                 inner,
                 writer: Mutex::new(Some(handle)),
                 dir: dir.to_path_buf(),
+                storage,
             },
             recovery,
         ))
@@ -571,10 +594,12 @@ impl Log {
                 break;
             }
             let len = fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-            fs::remove_file(&path).map_err(io_err(format!("removing {}", path.display())))?;
+            self.storage
+                .remove(&path)
+                .map_err(io_err(format!("removing {}", path.display())))?;
             freed += len;
         }
-        sync_dir(&self.dir)?;
+        sync_dir(&*self.storage, &self.dir)?;
         self.inner.bytes.fetch_sub(
             freed.min(self.inner.bytes.load(Ordering::Acquire)),
             Ordering::AcqRel,
@@ -621,7 +646,8 @@ impl Drop for Log {
 struct Writer {
     inner: Arc<Inner>,
     dir: PathBuf,
-    file: File,
+    storage: Arc<dyn Storage>,
+    file: Box<dyn LogFile>,
     seq: u64,
     len: u64,
     options: Options,
@@ -723,10 +749,11 @@ impl Writer {
 
     fn rotate(&mut self) -> io::Result<()> {
         self.file.sync_data()?;
-        let next = create_segment(&self.dir, self.seq + 1).map_err(|e| match e {
-            LogError::Io(_, e) => e,
-            other => io::Error::other(other.to_string()),
-        })?;
+        let next =
+            create_segment(&*self.storage, &self.dir, self.seq + 1).map_err(|e| match e {
+                LogError::Io(_, e) => e,
+                other => io::Error::other(other.to_string()),
+            })?;
         self.file = next;
         self.seq += 1;
         self.len = HEADER as u64;
