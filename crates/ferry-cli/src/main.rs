@@ -186,6 +186,7 @@ fn resolve(args: ServeArgs) -> anyhow::Result<Config> {
         data_dir: args.data_dir.or(file.data_dir).unwrap_or(d.data_dir),
         durability,
         salvage: args.salvage || file.salvage.unwrap_or(false),
+        log_storage: None,
         requirepass: args
             .requirepass
             .or(file.requirepass)
@@ -220,8 +221,15 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         println!("listening unix:{}", path.display());
     }
     tracing::info!(tcp = %bound.tcp, unix = ?bound.unix, durability = ?config.durability, "ferry serving");
-    server.run(shutdown_signal()).await;
-    Ok(())
+    match server.run(shutdown_signal()).await {
+        ferry_server::Stopped::Clean => Ok(()),
+        ferry_server::Stopped::LogFailed => {
+            eprintln!(
+                "ferry: the log failed (a write or fsync error); stopped without acknowledging anything more"
+            );
+            std::process::exit(70);
+        }
+    }
 }
 
 async fn shutdown_signal() {

@@ -163,10 +163,16 @@ impl Broker {
     pub(crate) fn open(
         config: Config,
     ) -> Result<(Arc<Self>, Option<ferry_log::Recovery>), ferry_log::LogError> {
-        let options = |durability| ferry_log::Options {
-            durability,
-            salvage: config.salvage,
-            ..ferry_log::Options::default()
+        let options = |durability| {
+            let mut o = ferry_log::Options {
+                durability,
+                salvage: config.salvage,
+                ..ferry_log::Options::default()
+            };
+            if let Some(storage) = &config.log_storage {
+                o.storage = Arc::clone(&storage.0);
+            }
+            o
         };
         let (store, recovered, recovery) = match config.durability {
             Durability::Memory => (None, HashMap::new(), None),

@@ -18,6 +18,17 @@ pub enum Durability {
     Memory,
 }
 
+/// Where the log's files go through: the file system, or (in tests) a
+/// fault injector such as [`ferry_log::Faults`].
+#[derive(Clone)]
+pub struct LogStorage(pub std::sync::Arc<dyn ferry_log::Storage>);
+
+impl std::fmt::Debug for LogStorage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LogStorage(..)")
+    }
+}
+
 /// Everything `ferry serve` can be told.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -33,6 +44,8 @@ pub struct Config {
     pub durability: Durability,
     /// Start even if the middle of the log is damaged, skipping the damage.
     pub salvage: bool,
+    /// The log's file access; `None` is the real file system.
+    pub log_storage: Option<LogStorage>,
     /// Password every connection must AUTH with, if set.
     pub requirepass: Option<String>,
     /// Most connections at once; more are refused with an error.
@@ -58,6 +71,7 @@ impl Default for Config {
             data_dir: PathBuf::from("ferry-data"),
             durability: Durability::Sync,
             salvage: false,
+            log_storage: None,
             requirepass: None,
             max_clients: 10_000,
             max_payload: 16 << 20,

@@ -30,6 +30,7 @@ mod locks;
 mod server;
 mod store;
 
-pub use config::{Config, Durability};
-pub use server::{Bound, Server};
+pub use config::{Config, Durability, LogStorage};
+pub use ferry_log::{Faults, Storage};
+pub use server::{Bound, Server, Stopped};
 pub use store::{CheckReport, QueueReport, check};

@@ -22,6 +22,15 @@ pub struct Server {
     unix: Option<(UnixListener, PathBuf)>,
 }
 
+/// How [`Server::run`] ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stopped {
+    /// Asked to stop.
+    Clean,
+    /// The log failed; the process should exit with an error.
+    LogFailed,
+}
+
 /// Where a bound server listens.
 #[derive(Clone, Debug)]
 pub struct Bound {
@@ -61,8 +70,10 @@ impl Server {
     }
 
     /// Serves until `shutdown` resolves: then stops accepting, lets every
-    /// connection finish the batch it is answering, and returns.
-    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
+    /// connection finish the batch it is answering, syncs the log, and
+    /// returns. If the log fails (a write or fsync error), it stops at once
+    /// and replies [`Stopped::LogFailed`]: nothing more is acknowledged.
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) -> Stopped {
         let (stop_tx, stop_rx) = watch::channel(false);
         let tasks = tokio_util_tracker();
         let tcp = accept_tcp(
@@ -85,11 +96,22 @@ impl Server {
                 None => std::future::pending().await,
             }
         };
-        tokio::select! {
-            _ = tcp => {}
-            _ = unix => {}
-            _ = shutdown => info!("shutting down"),
-        }
+        let failure = self.broker.store.as_ref().map(|s| Arc::clone(&s.failure));
+        let failed = async {
+            match failure {
+                Some(f) => f.notified().await,
+                None => std::future::pending().await,
+            }
+        };
+        let stopped = tokio::select! {
+            _ = tcp => Stopped::Clean,
+            _ = unix => Stopped::Clean,
+            _ = shutdown => {
+                info!("shutting down");
+                Stopped::Clean
+            }
+            _ = failed => Stopped::LogFailed,
+        };
         let _ = stop_tx.send(true);
         // Connections end at their next read; give them a moment.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
@@ -103,6 +125,7 @@ impl Server {
         if let Some(store) = &self.broker.store {
             store.close();
         }
+        stopped
     }
 }
 

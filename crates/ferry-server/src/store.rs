@@ -77,6 +77,8 @@ fn put_name(buf: &mut Vec<u8>, name: &[u8]) {
 pub(crate) struct Store {
     log: Log,
     durable: watch::Receiver<u64>,
+    /// Told once if the log fails: the server then stops.
+    pub(crate) failure: Arc<tokio::sync::Notify>,
     /// Unix ms when the broker's clock read 0: delays are logged in wall
     /// time so that they survive a restart.
     base: u64,
@@ -229,25 +231,31 @@ impl Store {
     ) -> Result<(Store, HashMap<Bytes, Recovered>, Recovery), LogError> {
         let mut state = HashMap::new();
         let (tx, rx) = watch::channel(0u64);
+        let tx = Arc::new(tx);
+        let failure = Arc::new(tokio::sync::Notify::new());
+        let (on_durable, on_error) = (Arc::clone(&tx), Arc::clone(&failure));
         let (log, recovery) = Log::open(
             dir,
             options,
             |r| replay(&mut state, r),
             Box::new(move |lsn| {
-                tx.send_replace(lsn);
+                on_durable.send_replace(lsn);
             }),
-            Box::new(|e| {
+            Box::new(move |e| {
                 // SPEC §3: a write or fsync error stops the broker rather
                 // than acknowledging anything it could not make durable.
+                // Waiters wake to find the log failed and withhold their
+                // replies; the server stops (see `Server::run`).
                 tracing::error!(error = %e, "the log failed; stopping");
-                eprintln!("ferry: the log failed ({e}); stopping");
-                std::process::exit(70);
+                tx.send_modify(|_| {});
+                on_error.notify_one();
             }),
         )?;
         Ok((
             Store {
                 log,
                 durable: rx,
+                failure,
                 base: unix_ms(),
             },
             state,
@@ -315,10 +323,13 @@ impl Store {
     pub(crate) async fn wait_durable(&self, lsn: u64) -> bool {
         let mut rx = self.durable.clone();
         loop {
+            if self.log.failed() {
+                return false;
+            }
             if *rx.borrow_and_update() >= lsn {
                 return true;
             }
-            if self.log.failed() || rx.changed().await.is_err() {
+            if rx.changed().await.is_err() {
                 return false;
             }
         }
