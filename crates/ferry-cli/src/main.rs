@@ -114,6 +114,10 @@ struct ServeArgs {
     /// bytes, or with a kb/mb/gb suffix; 0 for no limit [default: 0]
     #[arg(long, env = "FERRY_MAX_MEMORY", value_parser = parse_size)]
     max_memory: Option<u64>,
+    /// Refuse puts with -NOSPACE while the data directory's disk has less
+    /// free space than this [default: 128mb]
+    #[arg(long, env = "FERRY_MIN_FREE_DISK", value_parser = parse_size)]
+    min_free_disk: Option<u64>,
     /// Compact the log once it holds this much (and twice what the last
     /// compaction left) [default: 64mb]
     #[arg(long, env = "FERRY_CHECKPOINT_BYTES", value_parser = parse_size)]
@@ -153,6 +157,7 @@ struct FileConfig {
     max_payload: Option<usize>,
     max_memory: Option<String>,
     checkpoint_bytes: Option<String>,
+    min_free_disk: Option<String>,
 }
 
 /// Resolves flags, environment and file into the broker's settings.
@@ -205,6 +210,11 @@ fn resolve(args: ServeArgs) -> anyhow::Result<Config> {
             (Some(b), _) => b,
             (None, Some(b)) => parse_size(&b).map_err(anyhow::Error::msg)?,
             (None, None) => d.checkpoint_bytes,
+        },
+        min_free_disk: match (args.min_free_disk, file.min_free_disk) {
+            (Some(b), _) => b,
+            (None, Some(b)) => parse_size(&b).map_err(anyhow::Error::msg)?,
+            (None, None) => d.min_free_disk,
         },
         dedup_window_ms: d.dedup_window_ms,
     })

@@ -413,3 +413,47 @@ fn ferry_check_describes_a_data_directory_and_finds_damage() {
         "a refused start changes nothing"
     );
 }
+
+#[test]
+fn low_disk_refuses_puts_while_gets_and_dones_go_on() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = Server::start_at(dir.path(), &[]);
+        let mut c = s.conn();
+        let _: () = cmd("QPUTMANY")
+            .arg("q")
+            .arg("PAYLOADS")
+            .arg("a")
+            .arg("b")
+            .query(&mut c)
+            .unwrap();
+        s.signal_and_wait("-TERM");
+    }
+    // A free-space floor no disk meets: the broker sees "low on disk".
+    let s = Server::start_at(dir.path(), &["--min-free-disk", "1000000gb"]);
+    let mut c = s.conn();
+    let refused: redis::RedisResult<u64> = cmd("QPUT").arg("q").arg("c").query(&mut c);
+    assert_eq!(refused.unwrap_err().code(), Some("NOSPACE"));
+    let refused: redis::RedisResult<Vec<u64>> = cmd("QPUTMANY")
+        .arg("q")
+        .arg("PAYLOADS")
+        .arg("c")
+        .query(&mut c);
+    assert_eq!(refused.unwrap_err().code(), Some("NOSPACE"));
+    let got: Vec<Entry> = cmd("QGET")
+        .arg("q")
+        .arg("COUNT")
+        .arg(2)
+        .query(&mut c)
+        .unwrap();
+    let ids: Vec<u64> = got.iter().map(|e| e.1).collect();
+    let done: u64 = cmd("QDONE").arg("q").arg(&ids).query(&mut c).unwrap();
+    assert_eq!(done, 2);
+    let joined: String = cmd("QJOIN")
+        .arg("q")
+        .arg("TIMEOUT")
+        .arg(1000)
+        .query(&mut c)
+        .unwrap();
+    assert_eq!(joined, "OK");
+}

@@ -146,6 +146,8 @@ pub(crate) struct Broker {
     memory: AtomicU64,
     /// The embedded store; `None` with `--durability memory`.
     pub(crate) store: Option<Arc<Store>>,
+    /// The data directory's disk is below `min_free_disk`: puts are refused.
+    nospace: AtomicBool,
 }
 
 /// Why a queue cannot be named.
@@ -191,7 +193,9 @@ impl Broker {
             broker.restore_queue(name, rec);
         }
         if broker.store.is_some() {
+            broker.check_disk();
             tokio::spawn(compactor(Arc::clone(&broker)));
+            tokio::spawn(disk_watcher(Arc::clone(&broker)));
         }
         Ok((broker, recovery))
     }
@@ -261,6 +265,7 @@ impl Broker {
             clients: AtomicUsize::new(0),
             commands: AtomicU64::new(0),
             memory: AtomicU64::new(0),
+            nospace: AtomicBool::new(false),
         })
     }
 
@@ -280,6 +285,31 @@ impl Broker {
     /// Bytes held by queued messages (payloads plus per-message overhead).
     pub(crate) fn memory(&self) -> u64 {
         self.memory.load(Ordering::Relaxed)
+    }
+
+    /// True when puts must be refused with -NOSPACE.
+    pub(crate) fn low_on_disk(&self) -> bool {
+        self.nospace.load(Ordering::Relaxed)
+    }
+
+    /// Measures the data directory's free space against `min_free_disk`.
+    fn check_disk(&self) {
+        let Ok(stat) = rustix::fs::statvfs(&self.config.data_dir) else {
+            return;
+        };
+        let free = stat.f_bavail.saturating_mul(stat.f_frsize);
+        let low = free < self.config.min_free_disk;
+        if low != self.nospace.swap(low, Ordering::Relaxed) {
+            if low {
+                tracing::warn!(
+                    free,
+                    floor = self.config.min_free_disk,
+                    "disk space is low: refusing puts"
+                );
+            } else {
+                tracing::info!(free, "disk space recovered: accepting puts");
+            }
+        }
     }
 
     /// True when puts must be refused with -OOM.
@@ -498,6 +528,14 @@ async fn compactor(broker: Arc<Broker>) {
                 return;
             }
         }
+    }
+}
+
+/// Re-measures free disk space twice a second.
+async fn disk_watcher(broker: Arc<Broker>) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        broker.check_disk();
     }
 }
 

@@ -55,6 +55,9 @@ pub struct Config {
     /// Puts are refused with -OOM while queued messages hold this many
     /// bytes or more (payloads plus per-message overhead); 0: no limit.
     pub max_memory: u64,
+    /// Puts are refused with -NOSPACE while the data directory's file
+    /// system has less free space than this (gets and dones go on).
+    pub min_free_disk: u64,
     /// Compact the log once it holds this many bytes (and twice what the
     /// last compaction left).
     pub checkpoint_bytes: u64,
@@ -77,6 +80,7 @@ impl Default for Config {
             max_payload: 16 << 20,
             max_memory: 0,
             checkpoint_bytes: 64 << 20,
+            min_free_disk: 128 << 20,
             dedup_window_ms: 10 * 60 * 1000,
         }
     }

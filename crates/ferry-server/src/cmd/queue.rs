@@ -30,6 +30,13 @@ fn no_queue() -> super::CmdError {
     err("NOQUEUE", "no such queue")
 }
 
+fn nospace() -> super::CmdError {
+    err(
+        "NOSPACE",
+        "disk space is low; puts are refused until it frees (gets and dones go on)",
+    )
+}
+
 fn oom() -> super::CmdError {
     err("OOM", "command not allowed when used memory > 'max-memory'")
 }
@@ -241,6 +248,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         if self.broker.over_memory() {
             return Err(oom());
         }
+        if self.broker.low_on_disk() {
+            return Err(nospace());
+        }
         let cell = self.find_or_create(&name);
         let window = self.broker.config.dedup_window_ms;
         let item = Payload { data, key: o.key };
@@ -308,6 +318,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         }
         if self.broker.over_memory() {
             return Err(oom());
+        }
+        if self.broker.low_on_disk() {
+            return Err(nospace());
         }
         let cell = self.find_or_create(&name);
         let items = match cell.with(&self.broker, |st, now| st.q.put_many(items, o.delay, now)) {
