@@ -155,14 +155,28 @@ struct Ledger {
 /// between the bounds the ledgers allow.
 #[test]
 fn kill_9_under_load_loses_nothing_acknowledged() {
+    crash_loop("sync", 20);
+}
+
+/// The same with `--durability async`: a kill -9 leaves the page cache, so
+/// every acknowledged (written) change must survive it too.
+#[test]
+fn kill_9_under_load_loses_nothing_acknowledged_in_async_mode() {
+    crash_loop("async", 8);
+}
+
+fn crash_loop(durability: &str, cycles: usize) {
     let seed: u64 = rand::rng().random();
     println!("crash test seed {seed}");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let dir = tempfile::tempdir().unwrap();
     let ledger = Arc::new(Mutex::new(Ledger::default()));
-    for cycle in 0..20 {
+    for cycle in 0..cycles {
         // Small checkpoints, so that compaction runs (and is killed) too.
-        let s = Server::start_at(dir.path(), &["--checkpoint-bytes", "32kb"]);
+        let s = Server::start_at(
+            dir.path(),
+            &["--checkpoint-bytes", "32kb", "--durability", durability],
+        );
         check(&s, &ledger.lock().unwrap(), cycle);
         let stop = Instant::now() + Duration::from_millis(rng.random_range(100..800));
         let mut workers = Vec::new();
@@ -220,8 +234,8 @@ fn kill_9_under_load_loses_nothing_acknowledged() {
             w.join().unwrap();
         }
     }
-    let s = Server::start_at(dir.path(), &[]);
-    check(&s, &ledger.lock().unwrap(), 20);
+    let s = Server::start_at(dir.path(), &["--durability", durability]);
+    check(&s, &ledger.lock().unwrap(), cycles);
     let l = ledger.lock().unwrap();
     assert!(
         l.acked.len() > 100,
@@ -235,10 +249,27 @@ fn check(s: &Server, l: &Ledger, cycle: usize) {
     let mut c = s.conn();
     let ready: BTreeSet<String> = ready_payloads(&mut c, "load").into_iter().collect();
     for p in &l.acked {
-        assert!(
-            ready.contains(p) || l.done_sent.contains(p),
-            "cycle {cycle}: acknowledged put {p} is missing"
-        );
+        if !(ready.contains(p) || l.done_sent.contains(p)) {
+            let i = info(&mut c, "load");
+            // FERRY_KEEP=1 keeps a copy of the failing data directory in
+            // /tmp/ferry-fail, for `ferry check` and a closer look.
+            if std::env::var("FERRY_KEEP").is_ok() {
+                let d = std::path::PathBuf::from("/tmp/ferry-fail");
+                let _ = std::fs::remove_dir_all(&d);
+                std::fs::create_dir_all(&d).unwrap();
+                for e in std::fs::read_dir(s.data_dir()).unwrap() {
+                    let e = e.unwrap();
+                    std::fs::copy(e.path(), d.join(e.file_name())).unwrap();
+                }
+            }
+            panic!(
+                "cycle {cycle}: acknowledged put {p} is missing (ready {}, qsize {:?}, unfinished {:?}, leased {:?})",
+                ready.len(),
+                i["qsize"],
+                i["unfinished"],
+                i["leased"]
+            );
+        }
     }
     for p in &l.done_acked {
         assert!(

@@ -174,6 +174,7 @@ struct Pending {
 
 struct Inner {
     pending: Mutex<Pending>,
+    segment: Mutex<Segment>,
     wake: Condvar,
     durable: AtomicU64,
     failed: AtomicBool,
@@ -192,6 +193,7 @@ pub struct Log {
     writer: Mutex<Option<JoinHandle<()>>>,
     dir: PathBuf,
     storage: Arc<dyn Storage>,
+    durability: Durability,
 }
 
 fn segment_name(seq: u64) -> String {
@@ -484,12 +486,24 @@ impl Log {
             "log recovered"
         );
 
+        let durability = options.durability;
         let inner = Arc::new(Inner {
             pending: Mutex::new(Pending {
                 buf: Vec::with_capacity(64 << 10),
                 last: 0,
                 closing: false,
                 rotate_at: None,
+            }),
+            segment: Mutex::new(Segment {
+                dir: dir.to_path_buf(),
+                storage: Arc::clone(&storage),
+                file,
+                seq,
+                len,
+                options,
+                dirty: false,
+                next_sync: Instant::now() + Duration::from_secs(1),
+                spare: Vec::with_capacity(64 << 10),
             }),
             wake: Condvar::new(),
             durable: AtomicU64::new(0),
@@ -502,12 +516,6 @@ impl Log {
         });
         let writer = Writer {
             inner: Arc::clone(&inner),
-            dir: dir.to_path_buf(),
-            storage: Arc::clone(&storage),
-            file,
-            seq,
-            len,
-            options,
             _lock: lock,
         };
         let handle = std::thread::Builder::new()
@@ -520,6 +528,7 @@ impl Log {
                 writer: Mutex::new(Some(handle)),
                 dir: dir.to_path_buf(),
                 storage,
+                durability,
             },
             recovery,
         ))
@@ -556,6 +565,25 @@ impl Log {
     /// Appends one record.
     pub fn append(&self, payload: &[u8]) -> Result<Lsn, LogError> {
         self.append_with(|buf| buf.extend_from_slice(payload))
+    }
+
+    /// In async mode, writes what is pending on the calling thread right
+    /// away (no fsync: the writer thread does that every second), so that a
+    /// reply waits for no other thread. In sync mode it does nothing: the
+    /// fsync belongs on the writer thread, off the caller's. False if the
+    /// log failed.
+    pub fn write_now(&self) -> bool {
+        if self.durability != Durability::Async {
+            return !self.failed();
+        }
+        if self.failed() {
+            return false;
+        }
+        let mut seg = self.inner.segment.lock();
+        if self.inner.pending.lock().buf.is_empty() {
+            return true;
+        }
+        self.inner.flush(&mut seg)
     }
 
     /// The highest sequence number that is durable (written, in async mode).
@@ -643,111 +671,148 @@ impl Drop for Log {
     }
 }
 
-struct Writer {
-    inner: Arc<Inner>,
+/// The segment being written, shared by the writer thread and (in async
+/// mode) callers of [`Log::write_now`]. Lock order: this, then `pending`.
+struct Segment {
     dir: PathBuf,
     storage: Arc<dyn Storage>,
     file: Box<dyn LogFile>,
     seq: u64,
     len: u64,
     options: Options,
+    /// Written since the last fsync.
+    dirty: bool,
+    next_sync: Instant,
+    /// The pending buffer of the last batch, kept for reuse.
+    spare: Vec<u8>,
+}
+
+impl Inner {
+    /// Writes whatever is pending (and, in sync mode or when the second is
+    /// up in async mode, fsyncs), then publishes how far the log is
+    /// durable. Any thread may call it; batches go out in order.
+    fn flush(&self, seg: &mut Segment) -> bool {
+        let (batch, upto, closing, rotate_at) = {
+            let mut p = self.pending.lock();
+            let spare = std::mem::take(&mut seg.spare);
+            let batch = std::mem::replace(&mut p.buf, spare);
+            (batch, p.last, p.closing, p.rotate_at.take())
+        };
+        let result = match rotate_at {
+            Some(at) => seg
+                .write(self, &batch[..at], closing)
+                .and_then(|()| seg.rotate(self))
+                .map(|()| self.started.store(seg.seq, Ordering::Release))
+                .and_then(|()| seg.write(self, &batch[at..], closing)),
+            None => seg.write(self, &batch, closing),
+        };
+        let mut batch = batch;
+        batch.clear();
+        seg.spare = batch;
+        match result {
+            Ok(()) => {
+                if upto > self.durable.load(Ordering::Acquire) {
+                    self.durable.store(upto, Ordering::Release);
+                    (self.on_durable)(upto);
+                }
+                true
+            }
+            Err(e) => {
+                // Never retried: after a failed fsync the kernel may have
+                // dropped the dirty pages, so a retry could "succeed" without
+                // the data.
+                if !self.failed.swap(true, Ordering::AcqRel) {
+                    (self.on_error)(&e);
+                }
+                false
+            }
+        }
+    }
+}
+
+struct Writer {
+    inner: Arc<Inner>,
     /// Held for as long as the writer runs: the directory's lock.
     _lock: File,
 }
 
 impl Writer {
-    fn run(mut self) {
-        let mut spare = Vec::with_capacity(64 << 10);
-        let mut dirty = false;
-        let mut next_sync = Instant::now() + Duration::from_secs(1);
+    fn run(self) {
+        let inner = &self.inner;
         loop {
-            let (batch, upto, closing, rotate_at) = {
-                let mut p = self.inner.pending.lock();
-                while p.buf.is_empty() && !p.closing {
-                    if dirty {
-                        let now = Instant::now();
-                        if now >= next_sync {
-                            break;
+            let closing = {
+                let mut p = inner.pending.lock();
+                loop {
+                    if !p.buf.is_empty() || p.closing || p.rotate_at.is_some() {
+                        break;
+                    }
+                    // In async mode, wake when the second is up for the fsync
+                    // of what callers wrote themselves.
+                    let due = {
+                        drop(p);
+                        let seg = inner.segment.lock();
+                        let due = seg.dirty.then_some(seg.next_sync);
+                        drop(seg);
+                        p = inner.pending.lock();
+                        due
+                    };
+                    if !p.buf.is_empty() || p.closing || p.rotate_at.is_some() {
+                        break;
+                    }
+                    match due {
+                        Some(at) => {
+                            let now = Instant::now();
+                            if now >= at {
+                                break;
+                            }
+                            inner.wake.wait_for(&mut p, at - now);
                         }
-                        self.inner.wake.wait_for(&mut p, next_sync - now);
-                    } else {
-                        self.inner.wake.wait(&mut p);
+                        None => inner.wake.wait(&mut p),
                     }
                 }
-                std::mem::swap(&mut p.buf, &mut spare);
-                let rotate_at = p.rotate_at.take();
-                (std::mem::take(&mut spare), p.last, p.closing, rotate_at)
+                p.closing
             };
-            let result = match rotate_at {
-                Some(at) => self
-                    .write(&batch[..at], &mut dirty, &mut next_sync, closing)
-                    .and_then(|()| self.rotate())
-                    .map(|()| self.inner.started.store(self.seq, Ordering::Release))
-                    .and_then(|()| self.write(&batch[at..], &mut dirty, &mut next_sync, closing)),
-                None => self.write(&batch, &mut dirty, &mut next_sync, closing),
-            };
-            let mut batch = batch;
-            batch.clear();
-            spare = batch;
-            match result {
-                Ok(()) => {
-                    if upto > self.inner.durable.load(Ordering::Acquire) {
-                        self.inner.durable.store(upto, Ordering::Release);
-                        (self.inner.on_durable)(upto);
-                    }
-                }
-                Err(e) => {
-                    // Never retried: after a failed fsync the kernel may have
-                    // dropped the dirty pages, so a retry could "succeed"
-                    // without the data.
-                    self.inner.failed.store(true, Ordering::Release);
-                    (self.inner.on_error)(&e);
-                    return;
-                }
+            if inner.failed.load(Ordering::Acquire) {
+                return;
             }
-            if closing {
-                let p = self.inner.pending.lock();
-                if p.buf.is_empty() {
-                    return;
-                }
+            let mut seg = inner.segment.lock();
+            if !inner.flush(&mut seg) {
+                return;
+            }
+            if closing && inner.pending.lock().buf.is_empty() {
+                return;
             }
         }
     }
+}
 
-    fn write(
-        &mut self,
-        batch: &[u8],
-        dirty: &mut bool,
-        next_sync: &mut Instant,
-        closing: bool,
-    ) -> io::Result<()> {
+impl Segment {
+    fn write(&mut self, inner: &Inner, batch: &[u8], closing: bool) -> io::Result<()> {
         if !batch.is_empty() {
             if self.len > HEADER as u64
                 && self.len + batch.len() as u64 > self.options.segment_bytes
             {
-                self.rotate()?;
+                self.rotate(inner)?;
             }
             self.file.write_all(batch)?;
             self.len += batch.len() as u64;
-            self.inner
-                .bytes
-                .fetch_add(batch.len() as u64, Ordering::AcqRel);
-            *dirty = true;
+            inner.bytes.fetch_add(batch.len() as u64, Ordering::AcqRel);
+            self.dirty = true;
         }
         let sync_now = match self.options.durability {
-            Durability::Sync => *dirty,
-            Durability::Async => *dirty && (closing || Instant::now() >= *next_sync),
+            Durability::Sync => self.dirty,
+            Durability::Async => self.dirty && (closing || Instant::now() >= self.next_sync),
         };
         if sync_now {
             self.file.sync_data()?;
-            self.inner.syncs.fetch_add(1, Ordering::Relaxed);
-            *dirty = false;
-            *next_sync = Instant::now() + Duration::from_secs(1);
+            inner.syncs.fetch_add(1, Ordering::Relaxed);
+            self.dirty = false;
+            self.next_sync = Instant::now() + Duration::from_secs(1);
         }
         Ok(())
     }
 
-    fn rotate(&mut self) -> io::Result<()> {
+    fn rotate(&mut self, inner: &Inner) -> io::Result<()> {
         self.file.sync_data()?;
         let next =
             create_segment(&*self.storage, &self.dir, self.seq + 1).map_err(|e| match e {
@@ -757,7 +822,8 @@ impl Writer {
         self.file = next;
         self.seq += 1;
         self.len = HEADER as u64;
-        self.inner.bytes.fetch_add(HEADER as u64, Ordering::AcqRel);
+        self.dirty = false;
+        inner.bytes.fetch_add(HEADER as u64, Ordering::AcqRel);
         Ok(())
     }
 }

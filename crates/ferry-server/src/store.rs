@@ -24,13 +24,20 @@
 //! | 8 | Checkpoint | (empty queue name) — marks the end of a snapshot |
 //! | 9 | Reset | queue — forget everything before: a snapshot follows |
 //! | 10 | NextId | queue, next id u64 |
+//! | 11 | SnapshotEnd | queue — the snapshot since its Reset is complete |
+//! | 12 | SnapshotAbort | queue — the snapshot since its Reset was cut by a crash; forget it |
 //!
 //! **Compaction** (`Broker::checkpoint`): the log starts a new segment,
 //! then each queue, under its lock, appends a snapshot — Reset, Settings,
-//! NextId, a Put (and a Lease if out) per stored message, Shutdown —, then
-//! a Checkpoint marker; once that is durable, every older segment is
-//! deleted. Replay needs no marker: a Reset discards what came before it
-//! for its queue, so a crash at any point of a checkpoint replays right.
+//! NextId, a Put (and a Lease if out) per stored message, Shutdown,
+//! SnapshotEnd —, then a Checkpoint marker; once that is durable, every
+//! older segment is deleted. A snapshot spans many records and so may be
+//! cut by a crash: replay collects a queue's records from its Reset to its
+//! SnapshotEnd aside, and puts them in the queue's place only when
+//! SnapshotEnd arrives, so a crash at any point of a checkpoint replays
+//! right. A snapshot cut short that way is followed, at the next start and
+//! before anything else, by a SnapshotAbort, so that the records of the
+//! lives after it are not taken for the rest of the snapshot.
 //! Disk use so follows the live backlog, not history.
 //!
 //! Replay keeps, per queue, the messages put and not finished, with their
@@ -58,6 +65,8 @@ const DROP: u8 = 7;
 const CHECKPOINT: u8 = 8;
 const RESET: u8 = 9;
 const NEXT_ID: u8 = 10;
+const SNAPSHOT_END: u8 = 11;
+const SNAPSHOT_ABORT: u8 = 12;
 
 /// Unix time in ms.
 fn unix_ms() -> u64 {
@@ -130,10 +139,61 @@ fn opt_from(v: i64) -> Option<u64> {
 }
 
 /// Applies one record to the recovered state.
-fn replay(state: &mut HashMap<Bytes, Recovered>, record: &[u8]) -> Result<(), String> {
-    let mut b = Bytes::copy_from_slice(record);
-    let tag = take_u8(&mut b)?;
-    let name = take_name(&mut b)?;
+/// Replay's state: the queues, and the snapshots still being read.
+#[derive(Default)]
+struct Replay {
+    state: HashMap<Bytes, Recovered>,
+    /// A queue's snapshot between its Reset and its SnapshotEnd. It
+    /// replaces the queue only once complete: a crash in the middle of
+    /// writing it leaves the queue as the records before it describe
+    /// (those segments are deleted only after every snapshot is durable).
+    pending: HashMap<Bytes, Recovered>,
+}
+
+impl Replay {
+    fn apply(&mut self, record: &[u8]) -> Result<(), String> {
+        let mut b = Bytes::copy_from_slice(record);
+        let tag = take_u8(&mut b)?;
+        let name = take_name(&mut b)?;
+        match tag {
+            RESET => {
+                self.pending.insert(name, Recovered::default());
+                Ok(())
+            }
+            SNAPSHOT_END => {
+                if let Some(q) = self.pending.remove(&name) {
+                    self.state.insert(name, q);
+                }
+                Ok(())
+            }
+            SNAPSHOT_ABORT => {
+                self.pending.remove(&name);
+                Ok(())
+            }
+            _ => {
+                let state = if self.pending.contains_key(&name) {
+                    &mut self.pending
+                } else {
+                    &mut self.state
+                };
+                replay(state, tag, name, b)
+            }
+        }
+    }
+
+    /// The queues, with incomplete snapshots dropped, and the names of the
+    /// queues whose snapshot was incomplete.
+    fn finish(self) -> (HashMap<Bytes, Recovered>, Vec<Bytes>) {
+        (self.state, self.pending.into_keys().collect())
+    }
+}
+
+fn replay(
+    state: &mut HashMap<Bytes, Recovered>,
+    tag: u8,
+    name: Bytes,
+    mut b: Bytes,
+) -> Result<(), String> {
     match tag {
         PUT => {
             let id = take_u64(&mut b)?;
@@ -209,9 +269,6 @@ fn replay(state: &mut HashMap<Bytes, Recovered>, record: &[u8]) -> Result<(), St
             state.remove(&name);
         }
         CHECKPOINT => {}
-        RESET => {
-            state.insert(name, Recovered::default());
-        }
         NEXT_ID => {
             let next = take_u64(&mut b)?;
             let q = state.entry(name).or_default();
@@ -229,7 +286,7 @@ impl Store {
         dir: &std::path::Path,
         options: Options,
     ) -> Result<(Store, HashMap<Bytes, Recovered>, Recovery), LogError> {
-        let mut state = HashMap::new();
+        let mut state = Replay::default();
         let (tx, rx) = watch::channel(0u64);
         let tx = Arc::new(tx);
         let failure = Arc::new(tokio::sync::Notify::new());
@@ -237,7 +294,7 @@ impl Store {
         let (log, recovery) = Log::open(
             dir,
             options,
-            |r| replay(&mut state, r),
+            |r| state.apply(r),
             Box::new(move |lsn| {
                 on_durable.send_replace(lsn);
             }),
@@ -251,6 +308,16 @@ impl Store {
                 on_error.notify_one();
             }),
         )?;
+        let (state, cut) = state.finish();
+        for name in cut {
+            // Appended before anything else this run: the records that
+            // follow are live ones, not the rest of that snapshot.
+            tracing::warn!(queue = %String::from_utf8_lossy(&name), "a snapshot was cut short by a crash; ignoring it");
+            let _ = log.append_with(|b| {
+                b.push(SNAPSHOT_ABORT);
+                put_name(b, &name);
+            });
+        }
         Ok((
             Store {
                 log,
@@ -294,6 +361,10 @@ impl Store {
         if let Some(mode) = st.q.shutdown_state() {
             self.shutdown(queue, mode == engine::Shutdown::Immediate);
         }
+        self.append(|b| {
+            b.push(SNAPSHOT_END);
+            put_name(b, queue);
+        });
     }
 
     /// Marks the end of a checkpoint.
@@ -319,8 +390,13 @@ impl Store {
         self.log.appended()
     }
 
-    /// Waits until the log is durable up to `lsn`; false if it failed.
+    /// Waits until the log is durable up to `lsn`; false if it failed. In
+    /// async mode the caller writes the pending batch itself first, so it
+    /// waits for no other thread.
     pub(crate) async fn wait_durable(&self, lsn: u64) -> bool {
+        if !self.log.write_now() {
+            return false;
+        }
         let mut rx = self.durable.clone();
         loop {
             if self.log.failed() {
@@ -425,8 +501,9 @@ pub struct CheckReport {
 /// Verifies a data directory offline and describes what it holds, without
 /// changing it. Corruption before the last segment is an error.
 pub fn check(dir: &std::path::Path) -> Result<CheckReport, LogError> {
-    let mut state = HashMap::new();
-    let recovery = ferry_log::inspect(dir, |r| replay(&mut state, r))?;
+    let mut replay = Replay::default();
+    let recovery = ferry_log::inspect(dir, |r| replay.apply(r))?;
+    let (state, _) = replay.finish();
     let now = unix_ms();
     let mut queues: Vec<QueueReport> = state
         .into_iter()
@@ -513,7 +590,7 @@ mod tests {
 
     #[test]
     fn truncated_and_unknown_records_are_refused_not_panicked_on() {
-        let mut state = HashMap::new();
+        let mut r = Replay::default();
         for bad in [
             &[][..],
             &[PUT],
@@ -521,7 +598,67 @@ mod tests {
             &[99, 1, b'q'],
             &[FINISH, 1, b'q', 1, 2],
         ] {
-            assert!(replay(&mut state, bad).is_err(), "{bad:?}");
+            assert!(r.apply(bad).is_err(), "{bad:?}");
         }
+    }
+
+    fn put(q: &[u8], id: u64) -> Vec<u8> {
+        let mut b = vec![PUT];
+        put_name(&mut b, q);
+        b.extend_from_slice(&id.to_le_bytes());
+        b.extend_from_slice(&0u32.to_le_bytes());
+        b.extend_from_slice(&0u64.to_le_bytes());
+        b.extend_from_slice(&0u16.to_le_bytes());
+        b.extend_from_slice(b"payload");
+        b
+    }
+
+    fn marker(tag: u8, q: &[u8]) -> Vec<u8> {
+        let mut b = vec![tag];
+        put_name(&mut b, q);
+        b
+    }
+
+    fn ids(r: Replay) -> Vec<u64> {
+        r.finish().0[&Bytes::from_static(b"q")]
+            .msgs
+            .keys()
+            .copied()
+            .collect()
+    }
+
+    #[test]
+    fn records_after_an_aborted_snapshot_count() {
+        let mut r = Replay::default();
+        r.apply(&put(b"q", 1)).unwrap();
+        r.apply(&marker(RESET, b"q")).unwrap();
+        r.apply(&put(b"q", 1)).unwrap();
+        // The crash; the next start appends SnapshotAbort, then lives on.
+        r.apply(&marker(SNAPSHOT_ABORT, b"q")).unwrap();
+        r.apply(&put(b"q", 2)).unwrap();
+        assert_eq!(ids(r), vec![1, 2]);
+    }
+
+    #[test]
+    fn a_snapshot_cut_short_by_a_crash_changes_nothing() {
+        let mut r = Replay::default();
+        r.apply(&put(b"q", 1)).unwrap();
+        r.apply(&put(b"q", 2)).unwrap();
+        // A checkpoint began: Reset, part of the snapshot, then the crash.
+        r.apply(&marker(RESET, b"q")).unwrap();
+        r.apply(&put(b"q", 1)).unwrap();
+        assert_eq!(ids(r), vec![1, 2]);
+    }
+
+    #[test]
+    fn a_complete_snapshot_replaces_the_queue() {
+        let mut r = Replay::default();
+        r.apply(&put(b"q", 1)).unwrap();
+        r.apply(&put(b"q", 2)).unwrap();
+        r.apply(&marker(RESET, b"q")).unwrap();
+        r.apply(&put(b"q", 2)).unwrap();
+        r.apply(&marker(SNAPSHOT_END, b"q")).unwrap();
+        r.apply(&put(b"q", 3)).unwrap();
+        assert_eq!(ids(r), vec![2, 3]);
     }
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 pub struct Server {
     child: Child,
+    data_dir: std::path::PathBuf,
     pub port: u16,
     /// The temp directory this server made, if it made one.
     pub dir: Option<tempfile::TempDir>,
@@ -56,10 +57,15 @@ impl Server {
         std::thread::spawn(move || for _ in lines {});
         Server {
             child,
+            data_dir: data_dir.to_path_buf(),
             port,
             dir: None,
             unix,
         }
+    }
+
+    pub fn data_dir(&self) -> &std::path::Path {
+        &self.data_dir
     }
 
     pub fn url(&self) -> String {

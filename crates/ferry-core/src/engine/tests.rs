@@ -368,3 +368,33 @@ fn peek_shows_delivery_order() {
         assert_eq!(got, want, "{kind:?}");
     }
 }
+
+impl Pack for P {
+    fn packed_len(&self) -> usize {
+        1
+    }
+    fn pack(&self, out: &mut Vec<u8>) {
+        out.push(self.0);
+    }
+    fn unpack(bytes: &[u8]) -> Self {
+        P(bytes.first().copied().unwrap_or(0))
+    }
+}
+
+#[test]
+fn for_each_stored_visits_every_stored_message() {
+    let mut q: Queue<P, PackedFifo<P>> = Queue::new(Config::default());
+    for id in 1..=2000u64 {
+        q.restore(id, 0, P(1), None);
+    }
+    q.put(P(2), Some(50), 0).unwrap();
+    let leased = q.get(GetSpec::lease(Lease::Bound(1)), 0).unwrap().unwrap();
+    let g = q.wait_get(take(), 1, 0);
+    let _ = g;
+    let mut seen = Vec::new();
+    q.for_each_stored(|m, due, out| seen.push((m.id, due.is_some(), out)));
+    seen.sort_unstable();
+    assert_eq!(seen.len(), 2001);
+    assert_eq!(seen[0], (leased.id, false, true));
+    assert!(seen.iter().any(|&(_, delayed, _)| delayed));
+}
