@@ -31,6 +31,8 @@ fn config(dir: &std::path::Path, storage: Option<Faults>) -> Config {
         data_dir: dir.to_path_buf(),
         durability: Durability::Sync,
         log_storage: storage.map(|f| LogStorage(Arc::new(f))),
+        // Small checkpoints, so that power is also cut mid-compaction.
+        checkpoint_bytes: 32 << 10,
         ..Config::default()
     }
 }
