@@ -82,7 +82,7 @@ impl Wait {
 trait Slot: Item {
     type Item;
     fn wrap(item: Self::Item) -> Self;
-    fn unwrap(self) -> Self::Item;
+    fn into_item(self) -> Self::Item;
 }
 
 struct Plain<T>(T);
@@ -98,7 +98,7 @@ impl<T> Slot for Plain<T> {
     fn wrap(item: T) -> Self {
         Plain(item)
     }
-    fn unwrap(self) -> T {
+    fn into_item(self) -> T {
         self.0
     }
 }
@@ -116,7 +116,7 @@ impl<T: Ord> Slot for Ordered<T> {
     fn wrap(item: T) -> Self {
         Ordered(item)
     }
-    fn unwrap(self) -> T {
+    fn into_item(self) -> T {
         self.0
     }
 }
@@ -220,11 +220,11 @@ impl<S: Slot> Core<S> {
                 st.wake();
                 return Ok(());
             }
-            Err(engine::PutError::ShutDown(s)) => return Err(PutError::ShutDown(s.unwrap())),
+            Err(engine::PutError::ShutDown(s)) => return Err(PutError::ShutDown(s.into_item())),
             Err(engine::PutError::Full(s) | engine::PutError::TooMany(s)) => s,
         };
         if let Wait::No = wait {
-            return Err(PutError::Full(slot.unwrap()));
+            return Err(PutError::Full(slot.into_item()));
         }
         let id = st.queue.wait_put(Batch::One(slot), None, NOW);
         let signal = st.signal(id);
@@ -258,7 +258,7 @@ impl<S: Slot> Core<S> {
         match st.queue.get(State::take(), NOW) {
             Ok(Some(msg)) => {
                 st.wake();
-                return Ok(msg.item.unwrap());
+                return Ok(msg.item.into_item());
             }
             Err(engine::ShutDown) => return Err(GetError::ShutDown),
             Ok(None) => {}
@@ -273,7 +273,7 @@ impl<S: Slot> Core<S> {
                 st.unsignal(id);
                 st.wake();
                 return match outcome.map(|mut msgs| msgs.pop()) {
-                    Ok(Some(msg)) => Ok(msg.item.unwrap()),
+                    Ok(Some(msg)) => Ok(msg.item.into_item()),
                     Ok(None) => Err(GetError::Empty),
                     Err(engine::ShutDown) => Err(GetError::ShutDown),
                 };
@@ -332,10 +332,10 @@ impl<S: Slot> Core<S> {
 
 fn unbatch<S: Slot>(batch: Batch<S>) -> S::Item {
     match batch {
-        Batch::One(s) => s.unwrap(),
+        Batch::One(s) => s.into_item(),
         // The in-process tier only ever registers single puts.
         Batch::Many(mut v) => match v.pop() {
-            Some(s) => s.unwrap(),
+            Some(s) => s.into_item(),
             None => unreachable!("the in-process tier never waits with an empty batch"),
         },
     }
