@@ -114,6 +114,9 @@ struct ServeArgs {
     /// bytes, or with a kb/mb/gb suffix; 0 for no limit [default: 0]
     #[arg(long, env = "FERRY_MAX_MEMORY", value_parser = parse_size)]
     max_memory: Option<u64>,
+    /// Worker threads serving connections [default: one per core]
+    #[arg(long, env = "FERRY_THREADS")]
+    threads: Option<usize>,
     /// Refuse puts with -NOSPACE while the data directory's disk has less
     /// free space than this [default: 128mb]
     #[arg(long, env = "FERRY_MIN_FREE_DISK", value_parser = parse_size)]
@@ -271,8 +274,13 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Check(args) => check(&args),
         Command::Serve(args) => {
+            let threads = args.threads.filter(|&t| t > 0);
             let config = resolve(args)?;
-            tokio::runtime::Builder::new_multi_thread()
+            let mut runtime = tokio::runtime::Builder::new_multi_thread();
+            if let Some(t) = threads {
+                runtime.worker_threads(t);
+            }
+            runtime
                 .enable_all()
                 .build()
                 .context("starting the runtime")?
