@@ -23,7 +23,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the broker (RESP on TCP, and on a Unix socket if asked).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Verify a data directory offline and print what it holds. Changes
     /// nothing. Exit 0: sound (a torn tail the next start would cut is
     /// reported); 1: damaged, or not readable.
@@ -275,7 +275,7 @@ fn main() -> anyhow::Result<()> {
         Command::Check(args) => check(&args),
         Command::Serve(args) => {
             let threads = args.threads.filter(|&t| t > 0);
-            let config = resolve(args)?;
+            let config = resolve(*args)?;
             let mut runtime = tokio::runtime::Builder::new_multi_thread();
             if let Some(t) = threads {
                 runtime.worker_threads(t);
