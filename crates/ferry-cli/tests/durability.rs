@@ -488,3 +488,49 @@ fn low_disk_refuses_puts_while_gets_and_dones_go_on() {
         .unwrap();
     assert_eq!(joined, "OK");
 }
+
+/// A client retries a put whose reply it lost when the broker crashed: the
+/// DEDUP key must survive the crash (and a compaction), or the retry makes
+/// a copy.
+#[test]
+fn dedup_keys_survive_a_crash_and_a_compaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let first: u64;
+    {
+        let s = Server::start_at(dir.path(), &["--checkpoint-bytes", "16kb"]);
+        let mut c = s.conn();
+        first = cmd("QPUT")
+            .arg("d")
+            .arg("order-42")
+            .arg("DEDUP")
+            .arg("k-42")
+            .query(&mut c)
+            .unwrap();
+        // Enough traffic for a compaction to snapshot the key.
+        let payload = vec![b'x'; 500];
+        for _ in 0..80 {
+            let got: Vec<u64> = cmd("QPUTMANY")
+                .arg("other")
+                .arg("PAYLOADS")
+                .arg(&payload[..])
+                .query(&mut c)
+                .unwrap();
+            let _: Vec<Entry> = cmd("QGET").arg("other").arg("NOACK").query(&mut c).unwrap();
+            assert_eq!(got.len(), 1);
+        }
+        thread::sleep(Duration::from_millis(500));
+        s.signal_and_wait("-KILL");
+    }
+    let s = Server::start_at(dir.path(), &[]);
+    let mut c = s.conn();
+    let again: u64 = cmd("QPUT")
+        .arg("d")
+        .arg("order-42")
+        .arg("DEDUP")
+        .arg("k-42")
+        .query(&mut c)
+        .unwrap();
+    assert_eq!(again, first, "the retried put was deduplicated");
+    let len: u64 = cmd("QLEN").arg("d").query(&mut c).unwrap();
+    assert_eq!(len, 1);
+}

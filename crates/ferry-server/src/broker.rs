@@ -110,14 +110,35 @@ impl QueueState {
         }
     }
 
-    /// Remembers a DEDUP key for `window` ms. Expired keys are swept when
-    /// the table has doubled since the last sweep, so it stays bounded by
-    /// the puts of one window.
-    pub(crate) fn remember(&mut self, key: Bytes, id: u64, now: Millis, window: Millis) {
+    /// Remembers a DEDUP key for `window` ms, in the log too when there
+    /// is one (a retry after a broker crash is exactly when a client needs
+    /// it). Expired keys are swept when the table has doubled since the
+    /// last sweep, so it stays bounded by the puts of one window.
+    pub(crate) fn remember(
+        &mut self,
+        queue: &[u8],
+        key: Bytes,
+        id: u64,
+        now: Millis,
+        window: Millis,
+        store: Option<&Store>,
+    ) {
         if self.dedup.len() >= 1024 && self.dedup.len().is_power_of_two() {
             self.dedup.retain(|_, &mut (_, until)| until > now);
         }
-        self.dedup.insert(key, (id, now.saturating_add(window)));
+        let until = now.saturating_add(window);
+        if let Some(store) = store {
+            store.dedup(queue, &key, id, until);
+        }
+        self.dedup.insert(key, (id, until));
+    }
+
+    /// DEDUP keys still counting at `now`, for a snapshot.
+    pub(crate) fn dedup_keys(&self, now: Millis) -> impl Iterator<Item = (&Bytes, u64, Millis)> {
+        self.dedup
+            .iter()
+            .filter(move |(_, (_, until))| *until > now)
+            .map(|(k, &(id, until))| (k, id, until))
     }
 }
 
@@ -244,6 +265,14 @@ impl Broker {
             }
             if let Some(immediate) = rec.shutdown {
                 st.q.shutdown(immediate, now);
+            }
+            if let Some(store) = &self.store {
+                for (key, (id, until)) in rec.dedup {
+                    let until = store.to_broker_ms(until);
+                    if until > now {
+                        st.dedup.insert(key, (id, until));
+                    }
+                }
             }
             if let Some(store) = &self.store {
                 st.q.set_journal(Box::new(LogJournal {

@@ -26,6 +26,7 @@
 //! | 10 | NextId | queue, next id u64 |
 //! | 11 | SnapshotEnd | queue — the snapshot since its Reset is complete |
 //! | 12 | SnapshotAbort | queue — the snapshot since its Reset was cut by a crash; forget it |
+//! | 13 | Dedup | queue, id u64, until (Unix ms) u64, key (the rest) |
 //!
 //! **Compaction** (`Broker::checkpoint`): the log starts a new segment,
 //! then each queue, under its lock, appends a snapshot — Reset, Settings,
@@ -67,6 +68,7 @@ const RESET: u8 = 9;
 const NEXT_ID: u8 = 10;
 const SNAPSHOT_END: u8 = 11;
 const SNAPSHOT_ABORT: u8 = 12;
+const DEDUP: u8 = 13;
 
 /// Unix time in ms.
 fn unix_ms() -> u64 {
@@ -101,6 +103,8 @@ pub(crate) struct Recovered {
     pub(crate) shutdown: Option<bool>,
     pub(crate) next_id: u64,
     pub(crate) msgs: BTreeMap<u64, RecoveredMsg>,
+    /// DEDUP keys: the id they answer, and until when (Unix ms).
+    pub(crate) dedup: HashMap<Bytes, (u64, u64)>,
 }
 
 pub(crate) struct RecoveredMsg {
@@ -269,6 +273,11 @@ fn replay(
             state.remove(&name);
         }
         CHECKPOINT => {}
+        DEDUP => {
+            let id = take_u64(&mut b)?;
+            let until = take_u64(&mut b)?;
+            state.entry(name).or_default().dedup.insert(b, (id, until));
+        }
         NEXT_ID => {
             let next = take_u64(&mut b)?;
             let q = state.entry(name).or_default();
@@ -361,9 +370,24 @@ impl Store {
         if let Some(mode) = st.q.shutdown_state() {
             self.shutdown(queue, mode == engine::Shutdown::Immediate);
         }
+        for (key, id, until) in st.dedup_keys(now) {
+            self.dedup(queue, key, id, until);
+        }
         self.append(|b| {
             b.push(SNAPSHOT_END);
             put_name(b, queue);
+        });
+    }
+
+    /// Logs a DEDUP key: the id it answers until `until` (broker ms).
+    pub(crate) fn dedup(&self, queue: &[u8], key: &[u8], id: u64, until: Millis) {
+        let until = self.base.saturating_add(until);
+        self.append(|b| {
+            b.push(DEDUP);
+            put_name(b, queue);
+            b.extend_from_slice(&id.to_le_bytes());
+            b.extend_from_slice(&until.to_le_bytes());
+            b.extend_from_slice(key);
         });
     }
 

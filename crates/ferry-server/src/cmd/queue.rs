@@ -255,13 +255,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         let window = self.broker.config.dedup_window_ms;
         let item = Payload { data, key: o.key };
         let dedup = o.dedup;
+        let store = self.broker.store.clone();
         let first = cell.with(&self.broker, |st, now| {
             if let Some(id) = dedup.as_ref().and_then(|k| st.dedup(k, now)) {
                 return Ok(id);
             }
             let r = st.q.put(item, o.delay, now);
             if let (Ok(id), Some(k)) = (&r, &dedup) {
-                st.remember(k.clone(), *id, now, window);
+                st.remember(&name, k.clone(), *id, now, window, store.as_deref());
             }
             r
         });
@@ -283,7 +284,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             PutWait::Admitted(ids) => {
                 if let Some(k) = dedup {
                     cell.with(&self.broker, |st, now| {
-                        st.remember(k, ids.start, now, window)
+                        st.remember(&name, k, ids.start, now, window, store.as_deref())
                     });
                 }
                 self.reply().uint(ids.start);
