@@ -1,0 +1,124 @@
+//! The Rust client against the real broker: Python's queue semantics over
+//! the network.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::Server;
+use ferry_client::{Client, Error};
+
+fn client(s: &Server) -> Client {
+    Client::connect(&format!("ferry://127.0.0.1:{}", s.port)).unwrap()
+}
+
+#[test]
+fn put_get_task_done_as_python_counts() {
+    let s = Server::start();
+    let mut c = client(&s);
+    c.call(&[b"QCREATE", b"jobs", b"MAXSIZE", b"2"]).unwrap();
+    assert!(c.empty("jobs").unwrap());
+    let a = c.put("jobs", b"a").unwrap();
+    c.put_nowait("jobs", b"b").unwrap();
+    assert!(c.full("jobs").unwrap());
+    assert!(matches!(c.put_nowait("jobs", b"c"), Err(Error::Full)));
+    let t = Instant::now();
+    assert!(matches!(
+        c.put_timeout("jobs", b"c", Duration::from_millis(50)),
+        Err(Error::Full)
+    ));
+    assert!(t.elapsed() >= Duration::from_millis(50));
+    assert_eq!(c.qsize("jobs").unwrap(), 2);
+    let m = c.get("jobs").unwrap();
+    assert_eq!(
+        (m.queue.as_str(), m.id, m.payload.as_slice(), m.attempts),
+        ("jobs", a, &b"a"[..], 0)
+    );
+    c.task_done("jobs", m.id).unwrap();
+    assert!(
+        matches!(c.task_done("jobs", m.id), Err(Error::NotLeased)),
+        "task_done() called too many times"
+    );
+    assert_eq!(c.unfinished("jobs").unwrap(), 1);
+    let m = c.get_nowait("jobs").unwrap();
+    c.task_done("jobs", m.id).unwrap();
+    assert!(matches!(c.get_nowait("jobs"), Err(Error::Empty)));
+    let t = Instant::now();
+    assert!(matches!(
+        c.get_timeout("jobs", Duration::from_millis(60)),
+        Err(Error::Empty)
+    ));
+    assert!(t.elapsed() >= Duration::from_millis(60), "never early");
+    c.join("jobs").unwrap();
+}
+
+#[test]
+fn a_dropped_consumer_s_message_goes_to_another_with_one_more_attempt() {
+    let s = Server::start();
+    let mut producer = client(&s);
+    let id = producer.put("w", b"job").unwrap();
+    {
+        let mut dying = client(&s);
+        assert_eq!(dying.get("w").unwrap().id, id);
+    }
+    let mut other = client(&s);
+    let m = other.get_timeout("w", Duration::from_secs(5)).unwrap();
+    assert_eq!((m.id, m.attempts), (id, 1));
+    // The first consumer's late done could not finish the redelivered copy.
+    assert!(matches!(producer.task_done("w", id), Err(Error::NotLeased)));
+    other.task_done("w", id).unwrap();
+}
+
+#[test]
+fn join_waits_for_another_client_s_task_done() {
+    let s = Server::start();
+    let mut c = client(&s);
+    let ids = c.put_many("j", &[&b"1"[..], b"2", b"3"]).unwrap();
+    assert_eq!(ids.len(), 3);
+    let port = s.port;
+    let worker = thread::spawn(move || {
+        let mut w = Client::connect(&format!("ferry://127.0.0.1:{port}")).unwrap();
+        let batch = w.get_many("j", 10, Some(Duration::from_secs(5))).unwrap();
+        thread::sleep(Duration::from_millis(100));
+        for m in &batch {
+            w.task_done("j", m.id).unwrap();
+        }
+        batch.len()
+    });
+    assert!(!c.join_timeout("j", Duration::from_millis(20)).unwrap());
+    c.join("j").unwrap();
+    assert_eq!(worker.join().unwrap(), 3);
+}
+
+#[test]
+fn shutdown_as_python_3_13() {
+    let s = Server::start();
+    let mut c = client(&s);
+    c.put("q", b"last").unwrap();
+    c.shutdown("q", false).unwrap();
+    assert!(matches!(c.put("q", b"late"), Err(Error::ShutDown)));
+    assert_eq!(c.get("q").unwrap().payload, b"last");
+    assert!(matches!(c.get("q"), Err(Error::ShutDown)));
+}
+
+#[test]
+fn unix_socket_passwords_and_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("f.sock");
+    let s = Server::start_with(&["--unix", path.to_str().unwrap(), "--requirepass", "pw"]);
+    let mut c = Client::connect(&format!("unix://{}?password=pw", path.display())).unwrap();
+    assert_eq!(c.put("u", b"x").unwrap(), 1);
+    assert!(matches!(
+        Client::connect(&format!("ferry://:nope@127.0.0.1:{}", s.port)),
+        Err(Error::Auth(_))
+    ));
+    let mut anonymous = Client::connect(&format!("ferry://127.0.0.1:{}", s.port)).unwrap();
+    assert!(matches!(anonymous.qsize("u"), Err(Error::Auth(_))));
+    assert!(matches!(
+        Client::connect("ferry://127.0.0.1:1"),
+        Err(Error::Io(_))
+    ));
+    assert!(matches!(Client::connect("http://x"), Err(Error::Url(_))));
+}
