@@ -1,5 +1,6 @@
 //! The `ferry` binary: parses flags, sets up logging, and calls the
-//! libraries. Only `serve` exists so far.
+//! libraries: `serve` and `check` for the broker, and the client verbs
+//! (`verbs.rs`).
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -8,6 +9,8 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use ferry_server::{Config, Durability, Server};
 use serde::Deserialize;
+
+mod verbs;
 
 #[derive(Parser)]
 #[command(
@@ -28,6 +31,35 @@ enum Command {
     /// nothing. Exit 0: sound (a torn tail the next start would cut is
     /// reported); 1: damaged, or not readable.
     Check(CheckArgs),
+    /// Put messages; prints each id. Exit 4 if the queue stayed full.
+    Put(verbs::PutArgs),
+    /// Get messages and print their payloads; finished after printing
+    /// unless --lease. Exit 4 if none came in time.
+    Get(verbs::GetArgs),
+    /// Finish messages got with `get --lease`.
+    Done(verbs::DoneArgs),
+    /// Give a message got with `get --lease` back for another try.
+    Nack(verbs::NackArgs),
+    /// Wait until a queue's work is finished, showing progress on stderr.
+    /// Exit 4 on --timeout.
+    Join(verbs::JoinArgs),
+    /// Queues and their counters (a table, one queue in full, or --json).
+    Info(verbs::InfoArgs),
+    /// Run a command holding a lock, like flock(1) across machines; exits
+    /// with the command's code (4 if the lock was not acquired in time).
+    Lock(verbs::LockArgs),
+}
+
+/// Exit code and one-line message for a verb that did not succeed
+/// (codes in `verbs.rs`).
+fn finish(outcome: Result<i32, (i32, String)>) -> ! {
+    match outcome {
+        Ok(code) => std::process::exit(code),
+        Err((code, msg)) => {
+            eprintln!("ferry: {msg}");
+            std::process::exit(code);
+        }
+    }
 }
 
 #[derive(Parser)]
@@ -273,6 +305,13 @@ fn main() -> anyhow::Result<()> {
         .init();
     match cli.command {
         Command::Check(args) => check(&args),
+        Command::Put(a) => finish(verbs::put(&a).map(|()| 0)),
+        Command::Get(a) => finish(verbs::get(&a).map(|()| 0)),
+        Command::Done(a) => finish(verbs::done(&a).map(|()| 0)),
+        Command::Nack(a) => finish(verbs::nack(&a).map(|()| 0)),
+        Command::Join(a) => finish(verbs::join(&a).map(|()| 0)),
+        Command::Info(a) => finish(verbs::info(&a).map(|()| 0)),
+        Command::Lock(a) => finish(verbs::lock(&a)),
         Command::Serve(args) => {
             let threads = args.threads.filter(|&t| t > 0);
             let config = resolve(*args)?;

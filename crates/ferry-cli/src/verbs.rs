@@ -1,0 +1,490 @@
+//! The client verbs of the `ferry` command line: put, get, done, nack,
+//! join, info, lock. Each connects with `--url` (or FERRY_URL, or the
+//! default) and maps what happened to an exit code:
+//!
+//! | code | meaning |
+//! |---|---|
+//! | 0 | done |
+//! | 1 | the broker refused (an error reply), or the command failed |
+//! | 2 | bad arguments |
+//! | 3 | the broker cannot be reached |
+//! | 4 | nothing happened in time: empty, full, join or lock timed out |
+
+use std::io::{BufRead, Read, Write};
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use ferry_client::{Client, Error, Value};
+
+pub(crate) const UNREACHABLE: i32 = 3;
+pub(crate) const TIMED_OUT: i32 = 4;
+
+/// Where the broker is.
+#[derive(Args, Debug)]
+pub(crate) struct Conn {
+    /// ferry://[:password@]host[:port] or unix:///path[?password=...]
+    #[arg(long, env = "FERRY_URL", default_value = ferry_client::DEFAULT_URL)]
+    url: String,
+}
+
+impl Conn {
+    fn connect(&self) -> Result<Client, (i32, String)> {
+        Client::connect(&self.url).map_err(|e| match e {
+            Error::Io(e) => (UNREACHABLE, format!("cannot reach {}: {e}", self.url)),
+            Error::Url(e) => (2, format!("bad --url {e}")),
+            other => (1, other.to_string()),
+        })
+    }
+}
+
+/// What a verb ends with: an exit code and, unless 0, a one-line message.
+pub(crate) type Outcome = Result<(), (i32, String)>;
+
+fn fail(e: Error) -> (i32, String) {
+    match e {
+        Error::Full => (TIMED_OUT, "queue is full".into()),
+        Error::Empty => (TIMED_OUT, "queue is empty".into()),
+        Error::Io(e) => (UNREACHABLE, format!("connection lost: {e}")),
+        other => (1, other.to_string()),
+    }
+}
+
+fn ms(d: Option<f64>) -> Option<String> {
+    d.map(|s| ((s * 1000.0).ceil().max(1.0) as u64).to_string())
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct PutArgs {
+    #[command(flatten)]
+    conn: Conn,
+    /// The queue.
+    queue: String,
+    /// The payload; `-` or nothing reads it from stdin.
+    payload: Option<String>,
+    /// One message per line of stdin.
+    #[arg(long)]
+    lines: bool,
+    /// A priority (lower first), for priority queues.
+    #[arg(long, allow_negative_numbers = true)]
+    priority: Option<i64>,
+    /// Seconds before the message may be delivered.
+    #[arg(long)]
+    delay: Option<f64>,
+    /// Seconds to wait for room; exit 4 if none.
+    #[arg(long, conflicts_with = "nowait")]
+    timeout: Option<f64>,
+    /// Do not wait for room; exit 4 if the queue is full.
+    #[arg(long)]
+    nowait: bool,
+}
+
+pub(crate) fn put(a: &PutArgs) -> Outcome {
+    let payloads: Vec<Vec<u8>> = if a.lines {
+        std::io::stdin()
+            .lock()
+            .lines()
+            .collect::<Result<Vec<String>, _>>()
+            .map_err(|e| (1, format!("reading stdin: {e}")))?
+            .into_iter()
+            .map(String::into_bytes)
+            .collect()
+    } else {
+        match a.payload.as_deref() {
+            Some(p) if p != "-" => vec![p.as_bytes().to_vec()],
+            _ => {
+                let mut buf = Vec::new();
+                std::io::stdin()
+                    .read_to_end(&mut buf)
+                    .map_err(|e| (1, format!("reading stdin: {e}")))?;
+                vec![buf]
+            }
+        }
+    };
+    let mut c = a.conn.connect()?;
+    let priority = a.priority.map(|p| p.to_string());
+    let delay = ms(a.delay);
+    let timeout = ms(a.timeout);
+    let mut out = std::io::stdout().lock();
+    for p in &payloads {
+        let mut args: Vec<&[u8]> = vec![b"QPUT", a.queue.as_bytes(), p];
+        if let Some(pr) = &priority {
+            args.extend_from_slice(&[b"PRIORITY", pr.as_bytes()]);
+        }
+        if let Some(d) = &delay {
+            args.extend_from_slice(&[b"DELAY", d.as_bytes()]);
+        }
+        match (&timeout, a.nowait) {
+            (_, true) => args.push(b"NOWAIT"),
+            (Some(t), _) => args.extend_from_slice(&[b"TIMEOUT", t.as_bytes()]),
+            (None, false) => args.extend_from_slice(&[b"TIMEOUT", b"0"]),
+        }
+        match c.call(&args).map_err(fail)? {
+            Value::Int(id) => writeln!(out, "{id}").map_err(|e| (1, e.to_string()))?,
+            other => return Err((1, format!("unexpected reply {other:?}"))),
+        }
+    }
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct GetArgs {
+    #[command(flatten)]
+    conn: Conn,
+    /// The queue.
+    queue: String,
+    /// Messages to get (at most).
+    #[arg(long, default_value_t = 1)]
+    count: u64,
+    /// Seconds to wait for a message; exit 4 if none. Default: wait as
+    /// long as it takes.
+    #[arg(long)]
+    timeout: Option<f64>,
+    /// Take a timed lease of this many milliseconds instead of finishing
+    /// the message: prints `ID<TAB>PAYLOAD`, and `ferry done` or `ferry
+    /// nack` (from any process) finishes it.
+    #[arg(long)]
+    lease: Option<u64>,
+}
+
+pub(crate) fn get(a: &GetArgs) -> Outcome {
+    let mut c = a.conn.connect()?;
+    let count = a.count.max(1).to_string();
+    let timeout = ms(a.timeout).unwrap_or_else(|| "0".into());
+    let lease = a.lease.map(|l| l.max(1).to_string());
+    let mut args: Vec<&[u8]> = vec![
+        b"QGET",
+        a.queue.as_bytes(),
+        b"COUNT",
+        count.as_bytes(),
+        b"TIMEOUT",
+        timeout.as_bytes(),
+    ];
+    if let Some(l) = &lease {
+        args.extend_from_slice(&[b"LEASE", l.as_bytes()]);
+    }
+    let entries = match c.call(&args).map_err(fail)? {
+        Value::Nil => return Err((TIMED_OUT, "queue is empty".into())),
+        Value::Array(e) => e,
+        other => return Err((1, format!("unexpected reply {other:?}"))),
+    };
+    let mut out = std::io::stdout().lock();
+    let mut ids = Vec::new();
+    for e in entries {
+        let Value::Array(parts) = e else {
+            return Err((1, "malformed entry".into()));
+        };
+        let (Some(Value::Int(id)), Some(Value::Bulk(payload))) = (parts.get(1), parts.get(2))
+        else {
+            return Err((1, "malformed entry".into()));
+        };
+        if lease.is_some() {
+            write!(out, "{id}\t").map_err(|e| (1, e.to_string()))?;
+        }
+        out.write_all(payload)
+            .and_then(|()| out.write_all(b"\n"))
+            .map_err(|e| (1, e.to_string()))?;
+        ids.push(id.to_string());
+    }
+    // Printed first, finished after: if the output fails, the connection
+    // closes and the broker delivers the messages again.
+    out.flush().map_err(|e| (1, e.to_string()))?;
+    if lease.is_none() && !ids.is_empty() {
+        let mut args: Vec<&[u8]> = vec![b"QDONE", a.queue.as_bytes()];
+        args.extend(ids.iter().map(|i| i.as_bytes()));
+        c.call(&args).map_err(fail)?;
+    }
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct DoneArgs {
+    #[command(flatten)]
+    conn: Conn,
+    /// The queue.
+    queue: String,
+    /// Ids of messages got with `ferry get --lease`.
+    #[arg(required = true)]
+    ids: Vec<u64>,
+}
+
+pub(crate) fn done(a: &DoneArgs) -> Outcome {
+    let mut c = a.conn.connect()?;
+    let ids: Vec<String> = a.ids.iter().map(u64::to_string).collect();
+    let mut args: Vec<&[u8]> = vec![b"QDONE", a.queue.as_bytes()];
+    args.extend(ids.iter().map(|i| i.as_bytes()));
+    match c.call(&args).map_err(fail)? {
+        Value::Int(n) if n as usize == ids.len() => Ok(()),
+        Value::Int(n) => Err((
+            1,
+            format!(
+                "{n} of {} finished; the others are not leased (done already, or their lease ran out)",
+                ids.len()
+            ),
+        )),
+        other => Err((1, format!("unexpected reply {other:?}"))),
+    }
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct NackArgs {
+    #[command(flatten)]
+    conn: Conn,
+    /// The queue.
+    queue: String,
+    /// The id of a message got with `ferry get --lease`.
+    id: u64,
+    /// Seconds before it may be delivered again.
+    #[arg(long)]
+    delay: Option<f64>,
+}
+
+pub(crate) fn nack(a: &NackArgs) -> Outcome {
+    let mut c = a.conn.connect()?;
+    let id = a.id.to_string();
+    let delay = ms(a.delay);
+    let mut args: Vec<&[u8]> = vec![b"QNACK", a.queue.as_bytes(), id.as_bytes()];
+    if let Some(d) = &delay {
+        args.extend_from_slice(&[b"DELAY", d.as_bytes()]);
+    }
+    c.call(&args).map(drop).map_err(fail)
+}
+
+/// QINFO as (field, value) pairs, in the broker's order.
+fn info_pairs(c: &mut Client, queue: &str) -> Result<Vec<(String, Value)>, (i32, String)> {
+    let v = c.call(&[b"QINFO", queue.as_bytes()]).map_err(fail)?;
+    let flat = match v {
+        Value::Array(flat) => flat,
+        Value::Map(pairs) => pairs.into_iter().flat_map(|(k, v)| [k, v]).collect(),
+        other => return Err((1, format!("unexpected reply {other:?}"))),
+    };
+    let mut out = Vec::new();
+    let mut it = flat.into_iter();
+    while let (Some(Value::Bulk(k)), Some(v)) = (it.next(), it.next()) {
+        out.push((String::from_utf8_lossy(&k).into_owned(), v));
+    }
+    Ok(out)
+}
+
+fn int_of(pairs: &[(String, Value)], key: &str) -> i64 {
+    pairs
+        .iter()
+        .find_map(|(k, v)| match v {
+            Value::Int(n) if k == key => Some(*n),
+            _ => None,
+        })
+        .unwrap_or(0)
+}
+
+fn json_value(v: &Value) -> serde_json::Value {
+    match v {
+        Value::Int(n) => (*n).into(),
+        Value::Bulk(b) => String::from_utf8_lossy(b).into_owned().into(),
+        Value::Simple(s) => s.clone().into(),
+        Value::Bool(b) => (*b).into(),
+        _ => serde_json::Value::Null,
+    }
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct InfoArgs {
+    #[command(flatten)]
+    conn: Conn,
+    /// One queue in full; without it, a table of all queues.
+    queue: Option<String>,
+    /// JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+pub(crate) fn info(a: &InfoArgs) -> Outcome {
+    let mut c = a.conn.connect()?;
+    let names: Vec<String> = match &a.queue {
+        Some(q) => vec![q.clone()],
+        None => match c.call(&[b"QLIST"]).map_err(fail)? {
+            Value::Array(v) => v
+                .into_iter()
+                .filter_map(|n| match n {
+                    Value::Bulk(b) => Some(String::from_utf8_lossy(&b).into_owned()),
+                    _ => None,
+                })
+                .collect(),
+            other => return Err((1, format!("unexpected reply {other:?}"))),
+        },
+    };
+    let mut all = Vec::new();
+    for n in &names {
+        all.push((n.clone(), info_pairs(&mut c, n)?));
+    }
+    let mut out = std::io::stdout().lock();
+    let w = |r: std::io::Result<()>| r.map_err(|e| (1, e.to_string()));
+    if a.json {
+        let obj: serde_json::Map<String, serde_json::Value> = all
+            .iter()
+            .map(|(n, pairs)| {
+                let fields: serde_json::Map<String, serde_json::Value> = pairs
+                    .iter()
+                    .map(|(k, v)| (k.clone(), json_value(v)))
+                    .collect();
+                (n.clone(), serde_json::Value::Object(fields))
+            })
+            .collect();
+        let v = match &a.queue {
+            Some(q) => obj.get(q).cloned().unwrap_or(serde_json::Value::Null),
+            None => serde_json::Value::Object(obj),
+        };
+        return w(writeln!(out, "{v}"));
+    }
+    if a.queue.is_some() {
+        for (_, pairs) in &all {
+            for (k, v) in pairs {
+                w(writeln!(
+                    out,
+                    "{k}: {}",
+                    json_value(v).to_string().trim_matches('"')
+                ))?;
+            }
+        }
+        return Ok(());
+    }
+    w(writeln!(
+        out,
+        "{:<30} {:<9} {:>8} {:>10} {:>10} {:>8} {:>8} {:>9}",
+        "queue", "kind", "maxsize", "ready", "unfinished", "leased", "delayed", "getters"
+    ))?;
+    for (n, p) in &all {
+        let kind = p.iter().find_map(|(k, v)| match v {
+            Value::Bulk(b) if k == "kind" => Some(String::from_utf8_lossy(b).into_owned()),
+            _ => None,
+        });
+        w(writeln!(
+            out,
+            "{:<30} {:<9} {:>8} {:>10} {:>10} {:>8} {:>8} {:>9}",
+            n,
+            kind.unwrap_or_default(),
+            int_of(p, "maxsize"),
+            int_of(p, "qsize"),
+            int_of(p, "unfinished"),
+            int_of(p, "leased") + int_of(p, "taken"),
+            int_of(p, "delayed"),
+            int_of(p, "waiting_getters"),
+        ))?;
+    }
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct JoinArgs {
+    #[command(flatten)]
+    conn: Conn,
+    /// The queue.
+    queue: String,
+    /// Seconds to wait; exit 4 if work is still unfinished then.
+    #[arg(long)]
+    timeout: Option<f64>,
+}
+
+pub(crate) fn join(a: &JoinArgs) -> Outcome {
+    use std::io::IsTerminal;
+    let mut watcher = a.conn.connect()?;
+    let mut waiter = a.conn.connect()?;
+    let queue = a.queue.clone();
+    let timeout = ms(a.timeout).unwrap_or_else(|| "0".into());
+    // One connection blocks in QJOIN; this thread reports progress from
+    // the other.
+    let joined = std::thread::spawn(move || {
+        waiter
+            .call(&[b"QJOIN", queue.as_bytes(), b"TIMEOUT", timeout.as_bytes()])
+            .map(|v| v != Value::Nil)
+    });
+    let start = Instant::now();
+    let first = info_pairs(&mut watcher, &a.queue).unwrap_or_default();
+    let (put0, unfinished0) = (int_of(&first, "put"), int_of(&first, "unfinished"));
+    let tty = std::io::stderr().is_terminal();
+    let mut last_line = Instant::now() - Duration::from_secs(10);
+    while !joined.is_finished() {
+        std::thread::sleep(Duration::from_millis(if tty { 200 } else { 100 }));
+        let Ok(p) = info_pairs(&mut watcher, &a.queue) else {
+            break;
+        };
+        let unfinished = int_of(&p, "unfinished");
+        let total = unfinished0 + (int_of(&p, "put") - put0);
+        let finished = (total - unfinished).max(0);
+        let secs = start.elapsed().as_secs_f64().max(0.001);
+        let rate = finished as f64 / secs;
+        let eta = if rate > 0.0 {
+            format!("{:.0}s", unfinished as f64 / rate)
+        } else {
+            "?".into()
+        };
+        if tty {
+            let width = 30usize;
+            let filled = if total > 0 {
+                (finished as usize * width) / total as usize
+            } else {
+                width
+            };
+            eprint!(
+                "\r[{}{}] {finished}/{total} {rate:.0}/s ETA {eta}   ",
+                "#".repeat(filled.min(width)),
+                "-".repeat(width - filled.min(width))
+            );
+        } else if last_line.elapsed() >= Duration::from_secs(1) {
+            eprintln!("{finished}/{total} finished, {rate:.0}/s, ETA {eta}");
+            last_line = Instant::now();
+        }
+    }
+    if tty {
+        eprintln!();
+    }
+    match joined.join() {
+        Ok(Ok(true)) => Ok(()),
+        Ok(Ok(false)) => Err((TIMED_OUT, "join timed out with work unfinished".into())),
+        Ok(Err(e)) => Err(fail(e)),
+        Err(_) => Err((1, "join thread failed".into())),
+    }
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct LockArgs {
+    #[command(flatten)]
+    conn: Conn,
+    /// The lock's name.
+    name: String,
+    /// Seconds after which the broker frees the lock even if the command
+    /// still runs (default: held until the command ends).
+    #[arg(long)]
+    ttl: Option<f64>,
+    /// Seconds to wait for the lock; exit 4 if not acquired.
+    #[arg(long)]
+    timeout: Option<f64>,
+    /// The command to run while holding the lock.
+    #[arg(last = true, required = true)]
+    command: Vec<String>,
+}
+
+/// Runs a command holding a lock, like flock(1) across machines; replies
+/// the command's exit code.
+pub(crate) fn lock(a: &LockArgs) -> Result<i32, (i32, String)> {
+    let mut c = a.conn.connect()?;
+    let ttl = ms(a.ttl);
+    let timeout = ms(a.timeout).unwrap_or_else(|| "0".into());
+    let mut args: Vec<&[u8]> = vec![b"LOCK", a.name.as_bytes(), b"TIMEOUT", timeout.as_bytes()];
+    if let Some(t) = &ttl {
+        args.extend_from_slice(&[b"TTL", t.as_bytes()]);
+    }
+    let token = match c.call(&args).map_err(fail)? {
+        Value::Int(t) => t.to_string(),
+        Value::Nil => return Err((TIMED_OUT, format!("lock {:?} not acquired in time", a.name))),
+        other => return Err((1, format!("unexpected reply {other:?}"))),
+    };
+    let status = std::process::Command::new(&a.command[0])
+        .args(&a.command[1..])
+        .status();
+    // Released explicitly; the broker would also release it when this
+    // connection closes.
+    let _ = c.call(&[b"UNLOCK", a.name.as_bytes(), token.as_bytes()]);
+    match status {
+        Ok(s) => Ok(s.code().unwrap_or(128 + 9)),
+        Err(e) => Err((127, format!("cannot run {:?}: {e}", a.command[0]))),
+    }
+}

@@ -1,0 +1,176 @@
+//! The `ferry` client verbs against the real broker: output, exit codes,
+//! errors for bad arguments and an unreachable broker.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::Server;
+
+fn ferry(s: &Server, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(args)
+        .env("FERRY_URL", s.url().replace("redis://", "ferry://"))
+        .output()
+        .unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn put_get_done_nack() {
+    let s = Server::start();
+    let o = ferry(&s, &["put", "jobs", "hello"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "1\n");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["put", "jobs", "--lines"])
+        .env("FERRY_URL", s.url().replace("redis://", "ferry://"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"a\nb\n").unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(stdout(&o), "2\n3\n");
+
+    let o = ferry(&s, &["get", "jobs", "--count", "2"]);
+    assert!(o.status.success());
+    assert_eq!(stdout(&o), "hello\na\n");
+    let o = ferry(&s, &["get", "jobs", "--lease", "60000"]);
+    assert_eq!(stdout(&o), "3\tb\n");
+    // The timed lease outlived that process; another finishes it.
+    let o = ferry(&s, &["done", "jobs", "3"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = ferry(&s, &["done", "jobs", "3"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("not leased"), "{}", stderr(&o));
+    let o = ferry(&s, &["info", "jobs", "--json"]);
+    let info: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(
+        (info["qsize"].as_i64(), info["unfinished"].as_i64()),
+        (Some(0), Some(0))
+    );
+
+    ferry(&s, &["put", "jobs", "again"]);
+    let o = ferry(&s, &["get", "jobs", "--lease", "60000"]);
+    let id = stdout(&o).split('\t').next().unwrap().to_string();
+    assert!(ferry(&s, &["nack", "jobs", &id]).status.success());
+    let o = ferry(&s, &["info"]);
+    assert!(
+        stdout(&o)
+            .lines()
+            .any(|l| l.starts_with("jobs ") && l.contains("fifo")),
+        "{}",
+        stdout(&o)
+    );
+}
+
+#[test]
+fn exit_codes() {
+    let s = Server::start();
+    let o = ferry(&s, &["get", "empty", "--timeout", "0.1"]);
+    assert_eq!(o.status.code(), Some(4));
+    assert_eq!(stderr(&o), "ferry: queue is empty\n");
+    ferry(&s, &["put", "full", "x"]);
+    let c = &mut redis::Client::open(s.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let _: () = redis::cmd("QCONFIG")
+        .arg("full")
+        .arg("MAXSIZE")
+        .arg(1)
+        .query(c)
+        .unwrap();
+    let o = ferry(&s, &["put", "full", "y", "--nowait"]);
+    assert_eq!(o.status.code(), Some(4));
+    let t = Instant::now();
+    let o = ferry(&s, &["put", "full", "y", "--timeout", "0.2"]);
+    assert_eq!(o.status.code(), Some(4));
+    assert!(t.elapsed() >= Duration::from_millis(200));
+    let o = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["put", "q", "x", "--url", "ferry://127.0.0.1:1"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(3));
+    assert!(
+        stderr(&o).starts_with("ferry: cannot reach ferry://127.0.0.1:1"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(stderr(&o).lines().count(), 1, "one line");
+    let o = ferry(&s, &["get"]);
+    assert_eq!(o.status.code(), Some(2), "bad arguments");
+    let o = ferry(&s, &["put", "bad name", "x"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("invalid queue name"));
+}
+
+#[test]
+fn join_returns_when_consumers_finish_and_times_out_otherwise() {
+    let s = Server::start();
+    ferry(&s, &["put", "j", "1"]);
+    ferry(&s, &["put", "j", "2"]);
+    let o = ferry(&s, &["join", "j", "--timeout", "0.2"]);
+    assert_eq!(o.status.code(), Some(4));
+    let url = s.url().replace("redis://", "ferry://");
+    let consumer = thread::spawn(move || {
+        thread::sleep(Duration::from_millis(300));
+        for _ in 0..2 {
+            let o = Command::new(env!("CARGO_BIN_EXE_ferry"))
+                .args(["get", "j", "--url", &url])
+                .output()
+                .unwrap();
+            assert!(o.status.success());
+        }
+    });
+    let t = Instant::now();
+    let o = ferry(&s, &["join", "j"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        t.elapsed() >= Duration::from_millis(250),
+        "join waited for the consumer"
+    );
+    consumer.join().unwrap();
+    assert!(
+        stderr(&o).contains("finished"),
+        "progress lines: {}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn lock_keeps_a_second_holder_out_and_passes_the_exit_code() {
+    let s = Server::start();
+    let url = s.url().replace("redis://", "ferry://");
+    let first = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["lock", "L", "--url", &url, "--", "sleep", "0.6"])
+        .spawn()
+        .unwrap();
+    thread::sleep(Duration::from_millis(200));
+    let o = ferry(&s, &["lock", "L", "--timeout", "0.1", "--", "true"]);
+    assert_eq!(o.status.code(), Some(4), "{}", stderr(&o));
+    let t = Instant::now();
+    let o = ferry(
+        &s,
+        &["lock", "L", "--timeout", "5", "--", "sh", "-c", "exit 7"],
+    );
+    assert_eq!(o.status.code(), Some(7));
+    assert!(
+        t.elapsed() >= Duration::from_millis(200),
+        "waited for the first holder"
+    );
+    let mut first = first;
+    assert!(first.wait().unwrap().success());
+}
