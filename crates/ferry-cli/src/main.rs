@@ -6,10 +6,11 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use ferry_server::{Config, Durability, Server};
 use serde::Deserialize;
 
+mod bench;
 mod verbs;
 
 #[derive(Parser)]
@@ -48,6 +49,15 @@ enum Command {
     /// Run a command holding a lock, like flock(1) across machines; exits
     /// with the command's code (4 if the lock was not acquired in time).
     Lock(verbs::LockArgs),
+    /// Load generator: producers and consumers through a broker; prints
+    /// throughput and put->get latency percentiles.
+    Bench(bench::BenchArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish,
+    /// powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
 }
 
 /// Exit code and one-line message for a verb that did not succeed
@@ -312,6 +322,11 @@ fn main() -> anyhow::Result<()> {
         Command::Join(a) => finish(verbs::join(&a).map(|()| 0)),
         Command::Info(a) => finish(verbs::info(&a).map(|()| 0)),
         Command::Lock(a) => finish(verbs::lock(&a)),
+        Command::Bench(a) => finish(bench::bench(&a).map(|()| 0)),
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "ferry", &mut std::io::stdout());
+            Ok(())
+        }
         Command::Serve(args) => {
             let threads = args.threads.filter(|&t| t > 0);
             let config = resolve(*args)?;

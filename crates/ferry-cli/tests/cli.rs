@@ -174,3 +174,42 @@ fn lock_keeps_a_second_holder_out_and_passes_the_exit_code() {
     let mut first = first;
     assert!(first.wait().unwrap().success());
 }
+
+#[test]
+fn bench_quick_reports_throughput_and_latency() {
+    let s = Server::start();
+    let o = ferry(&s, &["bench", "--quick", "-p", "2", "-c", "2", "-b", "10"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(
+        out.contains("1000 messages of 16 B, 2 producer(s), 2 consumer(s), batch 10"),
+        "{out}"
+    );
+    assert!(out.contains("msg/s end to end"), "{out}");
+    assert!(
+        out.contains("p99.9") && out.contains("(1000 samples)"),
+        "{out}"
+    );
+    // The bench queue is dropped afterwards.
+    let o = ferry(&s, &["info", "--json"]);
+    assert_eq!(stdout(&o).trim(), "{}");
+    // Paced: 1000 messages at 5000/s take at least 0.2 s.
+    let t = Instant::now();
+    let o = ferry(&s, &["bench", "--quick", "--rate", "5000"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        t.elapsed() >= Duration::from_millis(190),
+        "{:?}",
+        t.elapsed()
+    );
+}
+
+#[test]
+fn completions_and_help() {
+    let s = Server::start();
+    let o = ferry(&s, &["completions", "bash"]);
+    assert!(o.status.success());
+    assert!(stdout(&o).contains("_ferry()"));
+    let o = ferry(&s, &["put", "--help"]);
+    assert!(stdout(&o).contains("--priority") && stdout(&o).contains("FERRY_URL"));
+}
