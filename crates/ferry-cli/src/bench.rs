@@ -63,7 +63,10 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
     if sorted.is_empty() {
         return 0;
     }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    // In tenths of a percent and integers: 99.9 % of 1000 is 999, which
+    // floating point rounds up to 1000.
+    let per_mille = (p * 10.0).round() as usize;
+    let rank = (per_mille * sorted.len()).div_ceil(1000);
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 

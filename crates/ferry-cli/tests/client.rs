@@ -122,3 +122,48 @@ fn unix_socket_passwords_and_errors() {
     ));
     assert!(matches!(Client::connect("http://x"), Err(Error::Url(_))));
 }
+
+/// The broker dies and comes back on the same address: the client
+/// reconnects, retries the put safely (its DEDUP key survives the crash),
+/// and reports the lease it held on the dead connection as lost.
+#[test]
+fn reconnects_and_retries_only_what_is_safe() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = common::free_port().to_string();
+    let s = Server::start_at(dir.path(), &["--port", &port]);
+    let mut c = Client::connect(&format!("ferry://127.0.0.1:{port}")).unwrap();
+    c.put("r", b"before").unwrap();
+    let leased = c.get("r").unwrap();
+    s.signal_and_wait("-KILL");
+    let (d, p) = (dir.path().to_path_buf(), port.clone());
+    let restarter = thread::spawn(move || {
+        thread::sleep(Duration::from_millis(300));
+        Server::start_at(&d, &["--port", &p])
+    });
+    // Reconnects (with backoff) while the broker is down, then puts.
+    let id = c.put("r", b"after").unwrap();
+    let s = restarter.join().unwrap();
+    assert!(id > leased.id);
+    assert!(matches!(c.task_done("r", leased.id), Err(Error::LeaseLost)));
+    // "before" was leased when the broker died: it is back, one attempt up.
+    let again = c.get_nowait("r").unwrap();
+    assert_eq!(
+        (again.payload.as_slice(), again.attempts),
+        (&b"before"[..], 1)
+    );
+    c.task_done("r", again.id).unwrap();
+    assert_eq!(c.qsize("r").unwrap(), 1);
+
+    // Batches carry no DEDUP key, so a lost connection is reported, not
+    // retried.
+    s.signal_and_wait("-KILL");
+    c.set_reconnect(ferry_client::Reconnect {
+        within: Duration::from_millis(200),
+        first_backoff: Duration::from_millis(10),
+    });
+    assert!(matches!(c.put_many("r", &[&b"x"[..]]), Err(Error::Io(_))));
+    assert!(
+        matches!(c.qsize("r"), Err(Error::Io(_))),
+        "gives up after `within`"
+    );
+}

@@ -24,8 +24,9 @@
 //!
 //! What a get returns is leased to the connection: if the connection
 //! closes (the client drops, or dies) before `task_done`, the broker
-//! delivers the message again, with one more attempt. Not built yet: the
-//! async API, pipelining, and reconnecting with safe retries (issue 5).
+//! delivers the message again, with one more attempt. A lost connection is
+//! reopened, and only what is safe is retried (see [`Client`]). Not built
+//! yet: the async API and pipelining (issue 5).
 
 mod resp;
 
@@ -125,6 +126,11 @@ pub enum Error {
     /// hold (Python's "task_done() called too many times").
     #[error("message is not leased by this client")]
     NotLeased,
+    /// The connection that held this message's lease was lost; the broker
+    /// delivers the message again (to this client or another), so this
+    /// `task_done` did not and cannot finish it.
+    #[error("the lease was lost with its connection; the message will be delivered again")]
+    LeaseLost,
     /// Authentication was refused or is required.
     #[error("authentication failed: {0}")]
     Auth(String),
@@ -190,10 +196,107 @@ impl Write for Stream {
     }
 }
 
-/// One blocking connection to a broker.
-pub struct Client {
+/// One live connection.
+struct Link {
     reader: BufReader<Stream>,
     writer: BufWriter<Stream>,
+}
+
+impl Link {
+    fn open(url: &Url) -> Result<Link, Error> {
+        let (r, w) = match &url.address {
+            Address::Tcp(host, port) => {
+                let s = TcpStream::connect((host.as_str(), *port))?;
+                s.set_nodelay(true)?;
+                (Stream::Tcp(s.try_clone()?), Stream::Tcp(s))
+            }
+            Address::Unix(path) => {
+                let s = UnixStream::connect(path)?;
+                (Stream::Unix(s.try_clone()?), Stream::Unix(s))
+            }
+        };
+        let mut link = Link {
+            reader: BufReader::new(r),
+            writer: BufWriter::new(w),
+        };
+        if let Some(p) = &url.password {
+            match link.call(&[b"AUTH", p.as_bytes()]) {
+                Ok(_) => {}
+                Err(Error::Server { code, message }) => {
+                    return Err(Error::Auth(format!("{code} {message}")));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(link)
+    }
+
+    fn call(&mut self, args: &[&[u8]]) -> Result<Value, Error> {
+        resp::write_command(&mut self.writer, args)?;
+        self.writer.flush()?;
+        match resp::read_value(&mut self.reader)? {
+            Value::Error { code, message } => Err(match code.as_str() {
+                "FULL" => Error::Full,
+                "SHUTDOWN" => Error::ShutDown,
+                "NOTLEASED" => Error::NotLeased,
+                "NOAUTH" | "WRONGPASS" => Error::Auth(format!("{code} {message}")),
+                _ => Error::Server { code, message },
+            }),
+            v => Ok(v),
+        }
+    }
+}
+
+/// How hard the client tries to get a connection back.
+#[derive(Clone, Copy, Debug)]
+pub struct Reconnect {
+    /// Give up after trying this long.
+    pub within: Duration,
+    /// The first pause between tries; it doubles up to a second.
+    pub first_backoff: Duration,
+}
+
+impl Default for Reconnect {
+    fn default() -> Self {
+        Reconnect {
+            within: Duration::from_secs(10),
+            first_backoff: Duration::from_millis(25),
+        }
+    }
+}
+
+/// A blocking client. It holds one connection and, when that connection
+/// is lost, opens another (see [`Reconnect`]) and retries only what is
+/// safe to retry:
+///
+/// - reads (`qsize`, `join`, ...), settings and shutdowns, which change
+///   nothing twice;
+/// - `put`, which carries a DEDUP key made by the client, so a put whose
+///   reply was lost returns the first put's id instead of adding a copy;
+/// - gets, which are leased: a get whose reply was lost left its messages
+///   leased to the dead connection, and the broker gives them back.
+///
+/// Not retried: `put_many` (no DEDUP for batches), raw [`Client::call`]s,
+/// and `task_done` / `nack` of a message got on a connection that was lost
+/// — its lease went with that connection, so they fail with
+/// [`Error::LeaseLost`] and the message is delivered again.
+///
+/// A [`Message`] dropped without `task_done` stays leased until this
+/// client's connection closes; then the broker delivers it again (with
+/// one more attempt). That is the safe thing: work is never lost, only
+/// repeated.
+pub struct Client {
+    url: Url,
+    link: Option<Link>,
+    /// Bumped on every new connection; leases remember theirs.
+    generation: u64,
+    /// Messages got and not yet done: the connection generation that
+    /// holds their lease.
+    held: std::collections::HashMap<(String, u64), u64>,
+    reconnect: Reconnect,
+    /// Makes DEDUP keys unique: this client's identity and a counter.
+    dedup_prefix: String,
+    dedup_next: u64,
 }
 
 impl std::fmt::Debug for Client {
@@ -220,31 +323,73 @@ impl Client {
     /// ```
     pub fn connect(url: &str) -> Result<Client, Error> {
         let url: Url = url.parse()?;
-        let (r, w) = match &url.address {
-            Address::Tcp(host, port) => {
-                let s = TcpStream::connect((host.as_str(), *port))?;
-                s.set_nodelay(true)?;
-                (Stream::Tcp(s.try_clone()?), Stream::Tcp(s))
-            }
-            Address::Unix(path) => {
-                let s = UnixStream::connect(path)?;
-                (Stream::Unix(s.try_clone()?), Stream::Unix(s))
-            }
-        };
-        let mut c = Client {
-            reader: BufReader::new(r),
-            writer: BufWriter::new(w),
-        };
-        if let Some(p) = &url.password {
-            match c.call(&[b"AUTH", p.as_bytes()]) {
-                Ok(_) => {}
-                Err(Error::Server { code, message }) => {
-                    return Err(Error::Auth(format!("{code} {message}")));
+        let link = Link::open(&url)?;
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        Ok(Client {
+            url,
+            link: Some(link),
+            generation: 1,
+            held: std::collections::HashMap::new(),
+            reconnect: Reconnect::default(),
+            dedup_prefix: format!("ferry-{:x}-{:x}-", std::process::id(), nanos),
+            dedup_next: 0,
+        })
+    }
+
+    /// Sets how hard to try to reconnect (`within: 0` never reconnects).
+    pub fn set_reconnect(&mut self, reconnect: Reconnect) {
+        self.reconnect = reconnect;
+    }
+
+    /// The live connection, reopened (with backoff) if it was lost.
+    fn link(&mut self) -> Result<&mut Link, Error> {
+        if self.link.is_none() {
+            let deadline = std::time::Instant::now() + self.reconnect.within;
+            let mut pause = self.reconnect.first_backoff;
+            let link = loop {
+                match Link::open(&self.url) {
+                    Ok(link) => break link,
+                    Err(Error::Io(e)) => {
+                        if std::time::Instant::now() + pause > deadline {
+                            return Err(Error::Io(e));
+                        }
+                        std::thread::sleep(pause);
+                        pause = (pause * 2).min(Duration::from_secs(1));
+                    }
+                    Err(e) => return Err(e),
                 }
-                Err(e) => return Err(e),
+            };
+            self.generation += 1;
+            self.link = Some(link);
+        }
+        match &mut self.link {
+            Some(link) => Ok(link),
+            None => Err(Error::Protocol("no connection".into())),
+        }
+    }
+
+    /// Sends a command; on a lost connection, reconnects and — if `safe` —
+    /// sends it again.
+    fn call_retrying(&mut self, args: &[&[u8]], safe: bool) -> Result<Value, Error> {
+        loop {
+            let result = self.link()?.call(args);
+            match result {
+                Err(Error::Io(e)) => {
+                    self.link = None;
+                    if !safe || self.reconnect.within.is_zero() {
+                        return Err(Error::Io(e));
+                    }
+                }
+                other => return other,
             }
         }
-        Ok(c)
+    }
+
+    fn dedup_key(&mut self) -> String {
+        self.dedup_next += 1;
+        format!("{}{}", self.dedup_prefix, self.dedup_next)
     }
 
     /// Connects to `FERRY_URL`, or [`DEFAULT_URL`].
@@ -261,25 +406,19 @@ impl Client {
     /// let reply = c.call(&[b"PING"])?;
     /// # Ok::<(), ferry_client::Error>(())
     /// ```
+    ///
+    /// Never retried: after a lost connection it reconnects for the next
+    /// call and returns the I/O error.
     pub fn call(&mut self, args: &[&[u8]]) -> Result<Value, Error> {
-        resp::write_command(&mut self.writer, args)?;
-        self.writer.flush()?;
-        match resp::read_value(&mut self.reader)? {
-            Value::Error { code, message } => Err(match code.as_str() {
-                "FULL" => Error::Full,
-                "SHUTDOWN" => Error::ShutDown,
-                "NOTLEASED" => Error::NotLeased,
-                "NOAUTH" | "WRONGPASS" => Error::Auth(format!("{code} {message}")),
-                _ => Error::Server { code, message },
-            }),
-            v => Ok(v),
-        }
+        self.call_retrying(args, false)
     }
 
     fn put_with(&mut self, queue: &str, payload: &[u8], wait: &[&[u8]]) -> Result<u64, Error> {
-        let mut args: Vec<&[u8]> = vec![b"QPUT", queue.as_bytes(), payload];
+        let key = self.dedup_key();
+        let mut args: Vec<&[u8]> =
+            vec![b"QPUT", queue.as_bytes(), payload, b"DEDUP", key.as_bytes()];
         args.extend_from_slice(wait);
-        match self.call(&args)? {
+        match self.call_retrying(&args, true)? {
             Value::Int(id) => u64::try_from(id).map_err(|_| Error::Protocol("negative id".into())),
             other => Err(Error::Protocol(format!("QPUT replied {other:?}"))),
         }
@@ -342,7 +481,7 @@ impl Client {
         let mut args: Vec<&[u8]> =
             vec![b"QPUTMANY", queue.as_bytes(), b"TIMEOUT", b"0", b"PAYLOADS"];
         args.extend_from_slice(payloads);
-        match self.call(&args)? {
+        match self.call_retrying(&args, false)? {
             Value::Array(ids) => ids
                 .into_iter()
                 .map(|v| match v {
@@ -365,11 +504,15 @@ impl Client {
         let count = count.max(1).to_string();
         let mut args: Vec<&[u8]> = vec![b"QGET", queue.as_bytes(), b"COUNT", count.as_bytes()];
         args.extend_from_slice(wait);
-        match self.call(&args)? {
-            Value::Nil => Err(Error::Empty),
-            Value::Array(entries) => entries.into_iter().map(entry).collect(),
-            other => Err(Error::Protocol(format!("QGET replied {other:?}"))),
+        let msgs: Vec<Message> = match self.call_retrying(&args, true)? {
+            Value::Nil => return Err(Error::Empty),
+            Value::Array(entries) => entries.into_iter().map(entry).collect::<Result<_, _>>()?,
+            other => return Err(Error::Protocol(format!("QGET replied {other:?}"))),
+        };
+        for m in &msgs {
+            self.held.insert((m.queue.clone(), m.id), self.generation);
         }
+        Ok(msgs)
     }
 
     fn one(mut msgs: Vec<Message>) -> Result<Message, Error> {
@@ -445,11 +588,25 @@ impl Client {
     /// # Ok::<(), ferry_client::Error>(())
     /// ```
     pub fn task_done(&mut self, queue: &str, id: u64) -> Result<(), Error> {
-        let id = id.to_string();
-        match self.call(&[b"QDONE", queue.as_bytes(), id.as_bytes()])? {
-            Value::Int(1) => Ok(()),
-            Value::Int(0) => Err(Error::NotLeased),
-            other => Err(Error::Protocol(format!("QDONE replied {other:?}"))),
+        self.check_lease(queue, id)?;
+        let id_s = id.to_string();
+        match self.call_retrying(&[b"QDONE", queue.as_bytes(), id_s.as_bytes()], false) {
+            Ok(Value::Int(1)) => Ok(()),
+            Ok(Value::Int(0)) => Err(Error::NotLeased),
+            Ok(other) => Err(Error::Protocol(format!("QDONE replied {other:?}"))),
+            // The lease died with the connection, whether or not the done
+            // got there first.
+            Err(Error::Io(_)) => Err(Error::LeaseLost),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Fails with LeaseLost when the message was got on a connection that
+    /// has since been lost; forgets the message either way.
+    fn check_lease(&mut self, queue: &str, id: u64) -> Result<(), Error> {
+        match self.held.remove(&(queue.to_string(), id)) {
+            Some(generation) if generation != self.generation => Err(Error::LeaseLost),
+            _ => Ok(()),
         }
     }
 
@@ -462,13 +619,17 @@ impl Client {
     /// # Ok::<(), ferry_client::Error>(())
     /// ```
     pub fn nack(&mut self, queue: &str, id: u64) -> Result<(), Error> {
-        let id = id.to_string();
-        self.call(&[b"QNACK", queue.as_bytes(), id.as_bytes()])
-            .map(drop)
+        self.check_lease(queue, id)?;
+        let id_s = id.to_string();
+        match self.call_retrying(&[b"QNACK", queue.as_bytes(), id_s.as_bytes()], false) {
+            Ok(_) => Ok(()),
+            Err(Error::Io(_)) => Err(Error::LeaseLost),
+            Err(e) => Err(e),
+        }
     }
 
     fn info_int(&mut self, queue: &str, field: &str) -> Result<u64, Error> {
-        let fields = match self.call(&[b"QINFO", queue.as_bytes()]) {
+        let fields = match self.call_retrying(&[b"QINFO", queue.as_bytes()], true) {
             Err(Error::Server { code, .. }) if code == "NOQUEUE" => return Ok(0),
             other => other?,
         };
@@ -501,7 +662,7 @@ impl Client {
     /// # Ok::<(), ferry_client::Error>(())
     /// ```
     pub fn qsize(&mut self, queue: &str) -> Result<u64, Error> {
-        match self.call(&[b"QLEN", queue.as_bytes()])? {
+        match self.call_retrying(&[b"QLEN", queue.as_bytes()], true)? {
             Value::Int(n) => {
                 u64::try_from(n).map_err(|_| Error::Protocol("negative length".into()))
             }
@@ -551,7 +712,8 @@ impl Client {
     /// # Ok::<(), ferry_client::Error>(())
     /// ```
     pub fn join(&mut self, queue: &str) -> Result<(), Error> {
-        self.call(&[b"QJOIN", queue.as_bytes()]).map(drop)
+        self.call_retrying(&[b"QJOIN", queue.as_bytes()], true)
+            .map(drop)
     }
 
     /// Waits at most `timeout` for every message to be done; false if some
@@ -564,7 +726,10 @@ impl Client {
     /// ```
     pub fn join_timeout(&mut self, queue: &str, timeout: Duration) -> Result<bool, Error> {
         let ms = millis(timeout);
-        match self.call(&[b"QJOIN", queue.as_bytes(), b"TIMEOUT", ms.as_bytes()])? {
+        match self.call_retrying(
+            &[b"QJOIN", queue.as_bytes(), b"TIMEOUT", ms.as_bytes()],
+            true,
+        )? {
             Value::Nil => Ok(false),
             _ => Ok(true),
         }
@@ -582,7 +747,7 @@ impl Client {
         if immediate {
             args.push(b"IMMEDIATE");
         }
-        self.call(&args).map(drop)
+        self.call_retrying(&args, true).map(drop)
     }
 }
 

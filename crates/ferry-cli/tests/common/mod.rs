@@ -32,8 +32,16 @@ impl Server {
 
     /// Starts on a data directory the caller keeps (to restart on it).
     pub fn start_at(data_dir: &std::path::Path, extra: &[&str]) -> Server {
+        // Port 0 (a free one) unless the caller names a port.
+        let port0: &[&str] = if extra.contains(&"--port") {
+            &[]
+        } else {
+            &["--port", "0"]
+        };
         let mut child = Command::new(env!("CARGO_BIN_EXE_ferry"))
-            .args(["serve", "--port", "0", "--data-dir"])
+            .arg("serve")
+            .args(port0)
+            .arg("--data-dir")
             .arg(data_dir)
             .args(extra)
             .env("RUST_LOG", "warn")
@@ -171,3 +179,13 @@ impl Raw {
 
 /// A QGET entry: queue, id, payload, attempts.
 pub type Entry = (String, u64, Vec<u8>, u32);
+
+/// A port that was free a moment ago, for a server that must come back on
+/// the same address.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
