@@ -167,3 +167,41 @@ fn reconnects_and_retries_only_what_is_safe() {
         "gives up after `within`"
     );
 }
+
+#[test]
+fn the_async_client_is_the_same_client() {
+    let s = Server::start();
+    let url = format!("ferry://127.0.0.1:{}", s.port);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut c = ferry_client::AsyncClient::connect(&url).await.unwrap();
+        let id = c.put("a", b"x").await.unwrap();
+        let m = c.get("a").await.unwrap();
+        assert_eq!((m.id, m.payload.as_slice()), (id, &b"x"[..]));
+        c.task_done("a", m.id).await.unwrap();
+        assert!(matches!(
+            c.task_done("a", m.id).await,
+            Err(Error::NotLeased)
+        ));
+        assert!(matches!(
+            c.get_timeout("a", Duration::from_millis(20)).await,
+            Err(Error::Empty)
+        ));
+        // Many clients at once on one thread: a blocked get does not block
+        // the others.
+        let mut getter = ferry_client::AsyncClient::connect(&url).await.unwrap();
+        let waiting = tokio::spawn(async move { getter.get("a").await.map(|m| m.payload) });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        c.put("a", b"wake").await.unwrap();
+        assert_eq!(waiting.await.unwrap().unwrap(), b"wake");
+        // The getter never marked "wake" done.
+        assert!(
+            !c.join_timeout("a", Duration::from_millis(50))
+                .await
+                .unwrap()
+        );
+    });
+}

@@ -1,7 +1,7 @@
 //! The client side of RESP: commands out as arrays of bulk strings, replies
 //! in as values (RESP2 and RESP3).
 
-use std::io::{self, BufRead, Write};
+use std::io;
 
 /// A reply from the server.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -40,8 +40,8 @@ fn bad(what: &str) -> io::Error {
     )
 }
 
-/// Writes one command.
-pub(crate) fn write_command(out: &mut impl Write, args: &[&[u8]]) -> io::Result<()> {
+/// Encodes one command.
+pub(crate) fn command(args: &[&[u8]]) -> Vec<u8> {
     let mut buf = Vec::with_capacity(16 + args.iter().map(|a| a.len() + 16).sum::<usize>());
     buf.extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
     for a in args {
@@ -49,137 +49,152 @@ pub(crate) fn write_command(out: &mut impl Write, args: &[&[u8]]) -> io::Result<
         buf.extend_from_slice(a);
         buf.extend_from_slice(b"\r\n");
     }
-    out.write_all(&buf)
+    buf
 }
 
-fn line(input: &mut impl BufRead) -> io::Result<String> {
-    let mut raw = Vec::new();
-    let n = input.read_until(b'\n', &mut raw)?;
-    if n == 0 {
-        return Err(io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            "the server closed the connection",
-        ));
+/// Parses one reply from the front of `buf`: the value and how many bytes
+/// it took, or `None` if `buf` holds only part of it.
+pub(crate) fn parse(buf: &[u8]) -> io::Result<Option<(Value, usize)>> {
+    let Some(nl) = buf.iter().position(|&b| b == b'\n') else {
+        return if buf.len() > MAX_REPLY {
+            Err(bad("line"))
+        } else {
+            Ok(None)
+        };
+    };
+    if nl == 0 || buf[nl - 1] != b'\r' {
+        return Err(bad("line end"));
     }
-    if raw.len() > MAX_REPLY || !raw.ends_with(b"\r\n") {
-        return Err(bad("line"));
-    }
-    raw.truncate(raw.len() - 2);
-    String::from_utf8(raw).map_err(|_| bad("not UTF-8"))
+    let line = std::str::from_utf8(&buf[1..nl - 1]).map_err(|_| bad("not UTF-8"))?;
+    let mut at = nl + 1;
+    let value = match buf[0] {
+        b'+' => Value::Simple(line.to_string()),
+        b'-' => {
+            let (code, message) = line.split_once(' ').unwrap_or((line, ""));
+            Value::Error {
+                code: code.to_string(),
+                message: message.to_string(),
+            }
+        }
+        b':' => Value::Int(number(line)?),
+        b'$' => {
+            let n = number(line)?;
+            if n < 0 {
+                return Ok(Some((Value::Nil, at)));
+            }
+            let n = usize::try_from(n).map_err(|_| bad("length"))?;
+            if n > MAX_REPLY {
+                return Err(bad("length"));
+            }
+            if buf.len() < at + n + 2 {
+                return Ok(None);
+            }
+            if &buf[at + n..at + n + 2] != b"\r\n" {
+                return Err(bad("bulk string end"));
+            }
+            let data = buf[at..at + n].to_vec();
+            at += n + 2;
+            Value::Bulk(data)
+        }
+        b'*' | b'%' => {
+            let n = number(line)?;
+            if n < 0 {
+                return Ok(Some((Value::Nil, at)));
+            }
+            let pairs = buf[0] == b'%';
+            let count = if pairs { 2 * n } else { n } as usize;
+            let mut items = Vec::with_capacity(count.min(1024));
+            for _ in 0..count {
+                let Some((v, used)) = parse(&buf[at..])? else {
+                    return Ok(None);
+                };
+                items.push(v);
+                at += used;
+            }
+            if pairs {
+                let mut it = items.into_iter();
+                let mut out = Vec::with_capacity(count / 2);
+                while let (Some(k), Some(v)) = (it.next(), it.next()) {
+                    out.push((k, v));
+                }
+                Value::Map(out)
+            } else {
+                Value::Array(items)
+            }
+        }
+        b'_' => Value::Nil,
+        b'#' => Value::Bool(line == "t"),
+        _ => return Err(bad("type")),
+    };
+    Ok(Some((value, at)))
 }
 
 fn number(s: &str) -> io::Result<i64> {
     s.parse().map_err(|_| bad("number"))
 }
 
-/// Reads one reply.
-pub(crate) fn read_value(input: &mut impl BufRead) -> io::Result<Value> {
-    let l = line(input)?;
-    let (kind, rest) = l.split_at(l.chars().next().map_or(0, char::len_utf8));
-    Ok(match kind {
-        "+" => Value::Simple(rest.to_string()),
-        "-" => {
-            let (code, message) = rest.split_once(' ').unwrap_or((rest, ""));
-            Value::Error {
-                code: code.to_string(),
-                message: message.to_string(),
-            }
-        }
-        ":" => Value::Int(number(rest)?),
-        "$" => {
-            let n = number(rest)?;
-            if n < 0 {
-                return Ok(Value::Nil);
-            }
-            let n = usize::try_from(n).map_err(|_| bad("length"))?;
-            if n > MAX_REPLY {
-                return Err(bad("length"));
-            }
-            let mut data = vec![0u8; n + 2];
-            input.read_exact(&mut data)?;
-            if !data.ends_with(b"\r\n") {
-                return Err(bad("bulk string end"));
-            }
-            data.truncate(n);
-            Value::Bulk(data)
-        }
-        "*" => {
-            let n = number(rest)?;
-            if n < 0 {
-                return Ok(Value::Nil);
-            }
-            let mut items = Vec::with_capacity((n as usize).min(1024));
-            for _ in 0..n {
-                items.push(read_value(input)?);
-            }
-            Value::Array(items)
-        }
-        "%" => {
-            let n = number(rest)?;
-            let mut pairs = Vec::with_capacity((n.max(0) as usize).min(1024));
-            for _ in 0..n {
-                let k = read_value(input)?;
-                let v = read_value(input)?;
-                pairs.push((k, v));
-            }
-            Value::Map(pairs)
-        }
-        "_" => Value::Nil,
-        "#" => Value::Bool(rest == "t"),
-        _ => return Err(bad("type")),
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn parse(bytes: &[u8]) -> io::Result<Value> {
-        read_value(&mut io::BufReader::new(bytes))
+    fn whole(bytes: &[u8]) -> io::Result<Value> {
+        match parse(bytes)? {
+            Some((v, used)) if used == bytes.len() => Ok(v),
+            Some(_) => Err(bad("trailing bytes")),
+            None => Err(bad("incomplete")),
+        }
+    }
+
+    #[test]
+    fn every_prefix_is_incomplete() {
+        let reply = b"*2\r\n:1\r\n*1\r\n$3\r\nxyz\r\n";
+        for cut in 0..reply.len() {
+            assert!(parse(&reply[..cut]).unwrap().is_none(), "cut {cut}");
+        }
+        assert!(whole(reply).is_ok());
     }
 
     #[test]
     fn reads_every_reply_type() {
-        assert_eq!(parse(b"+OK\r\n").unwrap(), Value::Simple("OK".into()));
+        assert_eq!(whole(b"+OK\r\n").unwrap(), Value::Simple("OK".into()));
         assert_eq!(
-            parse(b"-FULL queue is full\r\n").unwrap(),
+            whole(b"-FULL queue is full\r\n").unwrap(),
             Value::Error {
                 code: "FULL".into(),
                 message: "queue is full".into()
             }
         );
-        assert_eq!(parse(b":-7\r\n").unwrap(), Value::Int(-7));
+        assert_eq!(whole(b":-7\r\n").unwrap(), Value::Int(-7));
         assert_eq!(
-            parse(b"$3\r\na\r\n\r\n").unwrap(),
+            whole(b"$3\r\na\r\n\r\n").unwrap(),
             Value::Bulk(b"a\r\n".to_vec())
         );
-        assert_eq!(parse(b"$-1\r\n").unwrap(), Value::Nil);
-        assert_eq!(parse(b"*-1\r\n").unwrap(), Value::Nil);
-        assert_eq!(parse(b"_\r\n").unwrap(), Value::Nil);
+        assert_eq!(whole(b"$-1\r\n").unwrap(), Value::Nil);
+        assert_eq!(whole(b"*-1\r\n").unwrap(), Value::Nil);
+        assert_eq!(whole(b"_\r\n").unwrap(), Value::Nil);
         assert_eq!(
-            parse(b"*2\r\n:1\r\n*1\r\n$1\r\nx\r\n").unwrap(),
+            whole(b"*2\r\n:1\r\n*1\r\n$1\r\nx\r\n").unwrap(),
             Value::Array(vec![
                 Value::Int(1),
                 Value::Array(vec![Value::Bulk(b"x".to_vec())])
             ])
         );
         assert_eq!(
-            parse(b"%1\r\n$1\r\nk\r\n#t\r\n").unwrap(),
+            whole(b"%1\r\n$1\r\nk\r\n#t\r\n").unwrap(),
             Value::Map(vec![(Value::Bulk(b"k".to_vec()), Value::Bool(true))])
         );
     }
 
     #[test]
     fn refuses_malformed_replies() {
-        for bad in [&b"?x\r\n"[..], b":x\r\n", b"$5\r\nab\r\n", b"+no end", b""] {
-            assert!(parse(bad).is_err(), "{bad:?}");
+        for bad in [&b"?x\r\n"[..], b":x\r\n", b"$2\r\nabcd", b"+no end\n", b""] {
+            assert!(whole(bad).is_err(), "{bad:?}");
         }
     }
 
     #[test]
     fn writes_commands_as_arrays_of_bulk_strings() {
-        let mut out = Vec::new();
-        write_command(&mut out, &[b"QPUT", b"q", b""]).unwrap();
+        let out = command(&[b"QPUT", b"q", b""]);
         assert_eq!(out, b"*3\r\n$4\r\nQPUT\r\n$1\r\nq\r\n$0\r\n\r\n");
     }
 }

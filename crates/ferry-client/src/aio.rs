@@ -1,0 +1,485 @@
+//! The async client: the one implementation of every operation. The
+//! blocking [`Client`](crate::Client) runs it on a runtime of its own.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpStream, UnixStream};
+
+use crate::resp::{self, Value};
+use crate::{Address, Error, Message, Reconnect, Url};
+
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// One live connection.
+struct Link {
+    stream: Box<dyn Io>,
+    buf: Vec<u8>,
+}
+
+impl Link {
+    async fn open(url: &Url) -> Result<Link, Error> {
+        let stream: Box<dyn Io> = match &url.address {
+            Address::Tcp(host, port) => {
+                let s = TcpStream::connect((host.as_str(), *port)).await?;
+                s.set_nodelay(true)?;
+                Box::new(s)
+            }
+            Address::Unix(path) => Box::new(UnixStream::connect(path).await?),
+        };
+        let mut link = Link {
+            stream,
+            buf: Vec::with_capacity(4096),
+        };
+        if let Some(p) = &url.password {
+            match link.call(&[b"AUTH", p.as_bytes()]).await {
+                Ok(_) => {}
+                Err(Error::Server { code, message }) => {
+                    return Err(Error::Auth(format!("{code} {message}")));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(link)
+    }
+
+    async fn call(&mut self, args: &[&[u8]]) -> Result<Value, Error> {
+        self.stream.write_all(&resp::command(args)).await?;
+        let value = loop {
+            if let Some((v, used)) = resp::parse(&self.buf)? {
+                self.buf.drain(..used);
+                break v;
+            }
+            let mut chunk = [0u8; 16 << 10];
+            let n = self.stream.read(&mut chunk).await?;
+            if n == 0 {
+                return Err(Error::Io(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "the server closed the connection",
+                )));
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        };
+        match value {
+            Value::Error { code, message } => Err(match code.as_str() {
+                "FULL" => Error::Full,
+                "SHUTDOWN" => Error::ShutDown,
+                "NOTLEASED" => Error::NotLeased,
+                "NOAUTH" | "WRONGPASS" => Error::Auth(format!("{code} {message}")),
+                _ => Error::Server { code, message },
+            }),
+            v => Ok(v),
+        }
+    }
+}
+
+/// A timeout as a command's argument: whole milliseconds, rounded up so
+/// that a wait is never shorter than asked; at least 1 (0 would mean
+/// forever).
+pub(crate) fn millis(d: Duration) -> String {
+    let ms = d.as_nanos().div_ceil(1_000_000).max(1);
+    ms.min(u128::from(u64::MAX)).to_string()
+}
+
+/// The async client. See [`Client`](crate::Client) for what is retried
+/// after a lost connection; the two behave the same.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), ferry_client::Error> {
+/// let mut c = ferry_client::AsyncClient::connect("ferry://127.0.0.1:7878").await?;
+/// c.put("jobs", b"payload").await?;
+/// let m = c.get("jobs").await?;
+/// c.task_done("jobs", m.id).await?;
+/// # Ok(()) }
+/// ```
+pub struct AsyncClient {
+    url: Url,
+    link: Option<Link>,
+    /// Bumped on every new connection; leases remember theirs.
+    generation: u64,
+    /// Messages got and not yet done: the connection generation that
+    /// holds their lease.
+    held: HashMap<(String, u64), u64>,
+    reconnect: Reconnect,
+    /// Makes DEDUP keys unique: this client's identity and a counter.
+    dedup_prefix: String,
+    dedup_next: u64,
+}
+
+impl std::fmt::Debug for AsyncClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AsyncClient")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AsyncClient {
+    /// Connects to a URL (see [`Url`]) and authenticates if it has a
+    /// password.
+    pub async fn connect(url: &str) -> Result<AsyncClient, Error> {
+        let url: Url = url.parse()?;
+        let link = Link::open(&url).await?;
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        Ok(AsyncClient {
+            url,
+            link: Some(link),
+            generation: 1,
+            held: HashMap::new(),
+            reconnect: Reconnect::default(),
+            dedup_prefix: format!("ferry-{:x}-{:x}-", std::process::id(), nanos),
+            dedup_next: 0,
+        })
+    }
+
+    /// Sets how hard to try to reconnect (`within: 0` never reconnects).
+    pub fn set_reconnect(&mut self, reconnect: Reconnect) {
+        self.reconnect = reconnect;
+    }
+
+    /// The live connection, reopened (with backoff) if it was lost.
+    async fn link(&mut self) -> Result<&mut Link, Error> {
+        if self.link.is_none() {
+            let deadline = tokio::time::Instant::now() + self.reconnect.within;
+            let mut pause = self.reconnect.first_backoff;
+            let link = loop {
+                match Link::open(&self.url).await {
+                    Ok(link) => break link,
+                    Err(Error::Io(e)) => {
+                        if tokio::time::Instant::now() + pause > deadline {
+                            return Err(Error::Io(e));
+                        }
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(Duration::from_secs(1));
+                    }
+                    Err(e) => return Err(e),
+                }
+            };
+            self.generation += 1;
+            self.link = Some(link);
+        }
+        match &mut self.link {
+            Some(link) => Ok(link),
+            None => Err(Error::Protocol("no connection".into())),
+        }
+    }
+
+    /// Sends a command; on a lost connection, reconnects and — if `safe` —
+    /// sends it again.
+    async fn call_retrying(&mut self, args: &[&[u8]], safe: bool) -> Result<Value, Error> {
+        loop {
+            let result = self.link().await?.call(args).await;
+            match result {
+                Err(Error::Io(e)) => {
+                    self.link = None;
+                    if !safe || self.reconnect.within.is_zero() {
+                        return Err(Error::Io(e));
+                    }
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn dedup_key(&mut self) -> String {
+        self.dedup_next += 1;
+        format!("{}{}", self.dedup_prefix, self.dedup_next)
+    }
+
+    /// Sends any command and returns its reply; an error reply becomes the
+    /// matching [`Error`]. Never retried.
+    pub async fn call(&mut self, args: &[&[u8]]) -> Result<Value, Error> {
+        self.call_retrying(args, false).await
+    }
+
+    async fn put_with(
+        &mut self,
+        queue: &str,
+        payload: &[u8],
+        wait: &[&[u8]],
+    ) -> Result<u64, Error> {
+        let key = self.dedup_key();
+        let mut args: Vec<&[u8]> =
+            vec![b"QPUT", queue.as_bytes(), payload, b"DEDUP", key.as_bytes()];
+        args.extend_from_slice(wait);
+        match self.call_retrying(&args, true).await? {
+            Value::Int(id) => u64::try_from(id).map_err(|_| Error::Protocol("negative id".into())),
+            other => Err(Error::Protocol(format!("QPUT replied {other:?}"))),
+        }
+    }
+
+    /// Puts a message, waiting as long as the queue is full; replies its id.
+    pub async fn put(&mut self, queue: &str, payload: &[u8]) -> Result<u64, Error> {
+        self.put_with(queue, payload, &[b"TIMEOUT", b"0"]).await
+    }
+
+    /// Puts a message if there is room now, else [`Error::Full`].
+    pub async fn put_nowait(&mut self, queue: &str, payload: &[u8]) -> Result<u64, Error> {
+        self.put_with(queue, payload, &[b"NOWAIT"]).await
+    }
+
+    /// Puts a message, waiting at most `timeout` for room.
+    pub async fn put_timeout(
+        &mut self,
+        queue: &str,
+        payload: &[u8],
+        timeout: Duration,
+    ) -> Result<u64, Error> {
+        if timeout.is_zero() {
+            return self.put_nowait(queue, payload).await;
+        }
+        let ms = millis(timeout);
+        self.put_with(queue, payload, &[b"TIMEOUT", ms.as_bytes()])
+            .await
+    }
+
+    /// Puts several messages, all or nothing; replies their ids. Not
+    /// retried after a lost connection (batches carry no DEDUP key).
+    pub async fn put_many(&mut self, queue: &str, payloads: &[&[u8]]) -> Result<Vec<u64>, Error> {
+        let mut args: Vec<&[u8]> =
+            vec![b"QPUTMANY", queue.as_bytes(), b"TIMEOUT", b"0", b"PAYLOADS"];
+        args.extend_from_slice(payloads);
+        match self.call_retrying(&args, false).await? {
+            Value::Array(ids) => ids
+                .into_iter()
+                .map(|v| match v {
+                    Value::Int(id) => {
+                        u64::try_from(id).map_err(|_| Error::Protocol("negative id".into()))
+                    }
+                    other => Err(Error::Protocol(format!("QPUTMANY replied {other:?}"))),
+                })
+                .collect(),
+            other => Err(Error::Protocol(format!("QPUTMANY replied {other:?}"))),
+        }
+    }
+
+    async fn get_with(
+        &mut self,
+        queue: &str,
+        count: usize,
+        wait: &[&[u8]],
+    ) -> Result<Vec<Message>, Error> {
+        let count = count.max(1).to_string();
+        let mut args: Vec<&[u8]> = vec![b"QGET", queue.as_bytes(), b"COUNT", count.as_bytes()];
+        args.extend_from_slice(wait);
+        let msgs: Vec<Message> = match self.call_retrying(&args, true).await? {
+            Value::Nil => return Err(Error::Empty),
+            Value::Array(entries) => entries.into_iter().map(entry).collect::<Result<_, _>>()?,
+            other => return Err(Error::Protocol(format!("QGET replied {other:?}"))),
+        };
+        for m in &msgs {
+            self.held.insert((m.queue.clone(), m.id), self.generation);
+        }
+        Ok(msgs)
+    }
+
+    fn one(mut msgs: Vec<Message>) -> Result<Message, Error> {
+        msgs.pop().ok_or(Error::Empty)
+    }
+
+    /// Gets a message, waiting as long as the queue is empty; leased to
+    /// this connection until `task_done`.
+    pub async fn get(&mut self, queue: &str) -> Result<Message, Error> {
+        Self::one(self.get_with(queue, 1, &[b"TIMEOUT", b"0"]).await?)
+    }
+
+    /// Gets a message if one is ready now, else [`Error::Empty`].
+    pub async fn get_nowait(&mut self, queue: &str) -> Result<Message, Error> {
+        Self::one(self.get_with(queue, 1, &[b"NOWAIT"]).await?)
+    }
+
+    /// Gets a message, waiting at most `timeout`.
+    pub async fn get_timeout(&mut self, queue: &str, timeout: Duration) -> Result<Message, Error> {
+        if timeout.is_zero() {
+            return self.get_nowait(queue).await;
+        }
+        let ms = millis(timeout);
+        Self::one(
+            self.get_with(queue, 1, &[b"TIMEOUT", ms.as_bytes()])
+                .await?,
+        )
+    }
+
+    /// Gets up to `n` messages, waiting at most `timeout` (`None`: as long
+    /// as it takes) for the first.
+    pub async fn get_many(
+        &mut self,
+        queue: &str,
+        n: usize,
+        timeout: Option<Duration>,
+    ) -> Result<Vec<Message>, Error> {
+        let ms = timeout.map_or_else(|| "0".to_string(), millis);
+        self.get_with(queue, n, &[b"TIMEOUT", ms.as_bytes()]).await
+    }
+
+    /// Fails with LeaseLost when the message was got on a connection that
+    /// has since been lost; forgets the message either way.
+    fn check_lease(&mut self, queue: &str, id: u64) -> Result<(), Error> {
+        match self.held.remove(&(queue.to_string(), id)) {
+            Some(generation) if generation != self.generation => Err(Error::LeaseLost),
+            _ => Ok(()),
+        }
+    }
+
+    /// Python's `task_done`: finishes a message this connection got.
+    pub async fn task_done(&mut self, queue: &str, id: u64) -> Result<(), Error> {
+        self.check_lease(queue, id)?;
+        let id_s = id.to_string();
+        match self
+            .call_retrying(&[b"QDONE", queue.as_bytes(), id_s.as_bytes()], false)
+            .await
+        {
+            Ok(Value::Int(1)) => Ok(()),
+            Ok(Value::Int(0)) => Err(Error::NotLeased),
+            Ok(other) => Err(Error::Protocol(format!("QDONE replied {other:?}"))),
+            // The lease died with the connection, whether or not the done
+            // got there first.
+            Err(Error::Io(_)) => Err(Error::LeaseLost),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Gives a message back for another try (attempt + 1).
+    pub async fn nack(&mut self, queue: &str, id: u64) -> Result<(), Error> {
+        self.check_lease(queue, id)?;
+        let id_s = id.to_string();
+        match self
+            .call_retrying(&[b"QNACK", queue.as_bytes(), id_s.as_bytes()], false)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(Error::Io(_)) => Err(Error::LeaseLost),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn info_int(&mut self, queue: &str, field: &str) -> Result<u64, Error> {
+        let fields = match self
+            .call_retrying(&[b"QINFO", queue.as_bytes()], true)
+            .await
+        {
+            Err(Error::Server { code, .. }) if code == "NOQUEUE" => return Ok(0),
+            other => other?,
+        };
+        let pairs: Vec<(Value, Value)> = match fields {
+            Value::Array(flat) => {
+                let mut it = flat.into_iter();
+                let mut out = Vec::new();
+                while let (Some(k), Some(v)) = (it.next(), it.next()) {
+                    out.push((k, v));
+                }
+                out
+            }
+            Value::Map(pairs) => pairs,
+            other => return Err(Error::Protocol(format!("QINFO replied {other:?}"))),
+        };
+        pairs
+            .into_iter()
+            .find_map(|(k, v)| match (k, v) {
+                (Value::Bulk(k), Value::Int(n)) if k == field.as_bytes() => u64::try_from(n).ok(),
+                _ => None,
+            })
+            .ok_or_else(|| Error::Protocol(format!("QINFO has no {field}")))
+    }
+
+    /// Ready messages (Python's `qsize()`).
+    pub async fn qsize(&mut self, queue: &str) -> Result<u64, Error> {
+        match self
+            .call_retrying(&[b"QLEN", queue.as_bytes()], true)
+            .await?
+        {
+            Value::Int(n) => {
+                u64::try_from(n).map_err(|_| Error::Protocol("negative length".into()))
+            }
+            other => Err(Error::Protocol(format!("QLEN replied {other:?}"))),
+        }
+    }
+
+    /// True when no message is ready (Python's `empty()`).
+    pub async fn empty(&mut self, queue: &str) -> Result<bool, Error> {
+        Ok(self.qsize(queue).await? == 0)
+    }
+
+    /// True when the queue is at its maxsize (Python's `full()`).
+    pub async fn full(&mut self, queue: &str) -> Result<bool, Error> {
+        let maxsize = self.info_int(queue, "maxsize").await?;
+        Ok(maxsize > 0 && self.info_int(queue, "qsize").await? >= maxsize)
+    }
+
+    /// Messages put and not yet done.
+    pub async fn unfinished(&mut self, queue: &str) -> Result<u64, Error> {
+        self.info_int(queue, "unfinished").await
+    }
+
+    /// Waits until every message put has been done (Python's `join()`).
+    pub async fn join(&mut self, queue: &str) -> Result<(), Error> {
+        self.call_retrying(&[b"QJOIN", queue.as_bytes()], true)
+            .await
+            .map(drop)
+    }
+
+    /// Waits at most `timeout` for every message to be done; false if some
+    /// were not.
+    pub async fn join_timeout(&mut self, queue: &str, timeout: Duration) -> Result<bool, Error> {
+        let ms = millis(timeout);
+        match self
+            .call_retrying(
+                &[b"QJOIN", queue.as_bytes(), b"TIMEOUT", ms.as_bytes()],
+                true,
+            )
+            .await?
+        {
+            Value::Nil => Ok(false),
+            _ => Ok(true),
+        }
+    }
+
+    /// Python 3.13's `shutdown(immediate)`.
+    pub async fn shutdown(&mut self, queue: &str, immediate: bool) -> Result<(), Error> {
+        let mut args: Vec<&[u8]> = vec![b"QSHUTDOWN", queue.as_bytes()];
+        if immediate {
+            args.push(b"IMMEDIATE");
+        }
+        self.call_retrying(&args, true).await.map(drop)
+    }
+}
+
+/// One `[queue, id, payload, attempts]` entry of a QGET reply.
+fn entry(v: Value) -> Result<Message, Error> {
+    let bad = || Error::Protocol("a QGET entry is not [queue, id, payload, attempts]".into());
+    let Value::Array(parts) = v else {
+        return Err(bad());
+    };
+    let mut it = parts.into_iter();
+    match (it.next(), it.next(), it.next(), it.next()) {
+        (
+            Some(Value::Bulk(q)),
+            Some(Value::Int(id)),
+            Some(Value::Bulk(payload)),
+            Some(Value::Int(attempts)),
+        ) => Ok(Message {
+            queue: String::from_utf8(q).map_err(|_| bad())?,
+            id: u64::try_from(id).map_err(|_| bad())?,
+            payload,
+            attempts: u32::try_from(attempts).map_err(|_| bad())?,
+        }),
+        _ => Err(bad()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::millis;
+    use std::time::Duration;
+
+    #[test]
+    fn timeouts_round_up_and_never_mean_forever() {
+        assert_eq!(millis(Duration::from_micros(1)), "1");
+        assert_eq!(millis(Duration::from_micros(1500)), "2");
+        assert_eq!(millis(Duration::from_secs(2)), "2000");
+    }
+}
