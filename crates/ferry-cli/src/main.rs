@@ -46,6 +46,8 @@ enum Command {
     Join(verbs::JoinArgs),
     /// Queues and their counters (a table, one queue in full, or --json).
     Info(verbs::InfoArgs),
+    /// A live view of every queue: depth, leased, rates, waiting consumers.
+    Top(verbs::TopArgs),
     /// Run a command holding a lock, like flock(1) across machines; exits
     /// with the command's code (4 if the lock was not acquired in time).
     Lock(verbs::LockArgs),
@@ -321,6 +323,7 @@ fn main() -> anyhow::Result<()> {
         Command::Nack(a) => finish(verbs::nack(&a).map(|()| 0)),
         Command::Join(a) => finish(verbs::join(&a).map(|()| 0)),
         Command::Info(a) => finish(verbs::info(&a).map(|()| 0)),
+        Command::Top(a) => finish(verbs::top(&a).map(|()| 0)),
         Command::Lock(a) => finish(verbs::lock(&a)),
         Command::Bench(a) => finish(bench::bench(&a).map(|()| 0)),
         Command::Completions { shell } => {

@@ -213,3 +213,37 @@ fn completions_and_help() {
     let o = ferry(&s, &["put", "--help"]);
     assert!(stdout(&o).contains("--priority") && stdout(&o).contains("FERRY_URL"));
 }
+
+#[test]
+fn top_shows_queues_and_rates() {
+    let s = Server::start();
+    ferry(&s, &["put", "t1", "x"]);
+    ferry(&s, &["put", "t2", "y"]);
+    let o = ferry(&s, &["top", "--iterations", "2", "--interval", "0.1"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert_eq!(out.matches("ferry top — 2 queue(s)").count(), 2, "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("t1 ") && l.split_whitespace().nth(1) == Some("1")),
+        "{out}"
+    );
+}
+
+#[test]
+fn pipelines_are_one_round_trip_in_order() {
+    let s = Server::start();
+    let mut c = ferry_client::Client::connect(&s.url().replace("redis://", "ferry://")).unwrap();
+    let replies = c
+        .pipeline(&[
+            vec![&b"QPUT"[..], b"p", b"a"],
+            vec![&b"QPUT"[..], b"p", b"b"],
+            vec![&b"QNACK"[..], b"p", b"99"],
+            vec![&b"QLEN"[..], b"p"],
+        ])
+        .unwrap();
+    assert!(matches!(replies[0], Ok(ferry_client::Value::Int(1))));
+    assert!(matches!(replies[1], Ok(ferry_client::Value::Int(2))));
+    assert!(matches!(replies[2], Err(ferry_client::Error::NotLeased)));
+    assert!(matches!(replies[3], Ok(ferry_client::Value::Int(2))));
+}

@@ -47,6 +47,30 @@ impl Link {
 
     async fn call(&mut self, args: &[&[u8]]) -> Result<Value, Error> {
         self.stream.write_all(&resp::command(args)).await?;
+        self.read_reply().await
+    }
+
+    /// Sends every command in one write, then reads every reply.
+    async fn pipeline(
+        &mut self,
+        commands: &[Vec<&[u8]>],
+    ) -> Result<Vec<Result<Value, Error>>, Error> {
+        let mut out = Vec::new();
+        for c in commands {
+            out.extend_from_slice(&resp::command(c));
+        }
+        self.stream.write_all(&out).await?;
+        let mut replies = Vec::with_capacity(commands.len());
+        for _ in commands {
+            match self.read_reply().await {
+                Err(Error::Io(e)) => return Err(Error::Io(e)),
+                r => replies.push(r),
+            }
+        }
+        Ok(replies)
+    }
+
+    async fn read_reply(&mut self) -> Result<Value, Error> {
         let value = loop {
             if let Some((v, used)) = resp::parse(&self.buf)? {
                 self.buf.drain(..used);
@@ -194,6 +218,21 @@ impl AsyncClient {
     /// matching [`Error`]. Never retried.
     pub async fn call(&mut self, args: &[&[u8]]) -> Result<Value, Error> {
         self.call_retrying(args, false).await
+    }
+
+    /// Sends several commands in one write and reads their replies, in
+    /// order: one round trip for all. Each reply is its own result; a lost
+    /// connection fails the whole pipeline (not retried: some commands may
+    /// have run).
+    pub async fn pipeline(
+        &mut self,
+        commands: &[Vec<&[u8]>],
+    ) -> Result<Vec<Result<Value, Error>>, Error> {
+        let result = self.link().await?.pipeline(commands).await;
+        if let Err(Error::Io(_)) = &result {
+            self.link = None;
+        }
+        result
     }
 
     async fn put_with(

@@ -273,6 +273,22 @@ impl Client {
         self.rt.block_on(self.inner.call(args))
     }
 
+    /// Sends several commands in one write and reads their replies, in
+    /// order: one round trip for all. Each reply is its own result; a lost
+    /// connection fails the whole pipeline (not retried).
+    ///
+    /// ```no_run
+    /// # let mut c = ferry_client::Client::connect("ferry://127.0.0.1:7878")?;
+    /// let replies = c.pipeline(&[vec![&b"QLEN"[..], b"a"], vec![&b"QLEN"[..], b"b"]])?;
+    /// # Ok::<(), ferry_client::Error>(())
+    /// ```
+    pub fn pipeline(
+        &mut self,
+        commands: &[Vec<&[u8]>],
+    ) -> Result<Vec<Result<Value, Error>>, Error> {
+        self.rt.block_on(self.inner.pipeline(commands))
+    }
+
     /// Puts a message, waiting as long as the queue is full; replies its id.
     ///
     /// ```no_run
