@@ -205,3 +205,21 @@ fn the_async_client_is_the_same_client() {
         );
     });
 }
+
+#[test]
+fn touch_extends_a_lease() {
+    let s = Server::start();
+    let mut c = client(&s);
+    c.call(&[b"QCREATE", b"t", b"LEASE", b"200"]).unwrap();
+    c.put("t", b"slow job").unwrap();
+    let m = c.get("t").unwrap();
+    let left = c.touch("t", m.id, Some(Duration::from_secs(5))).unwrap();
+    assert_eq!(left, Some(Duration::from_secs(5)));
+    thread::sleep(Duration::from_millis(400));
+    // Without the touch the 200 ms lease would have run out by now.
+    c.task_done("t", m.id).unwrap();
+    c.put("u", b"x").unwrap();
+    let m = c.get("u").unwrap();
+    assert_eq!(c.touch("u", m.id, None).unwrap(), None, "a lease as long as the connection");
+    assert!(matches!(c.touch("u", 999, None), Err(Error::NotLeased)));
+}

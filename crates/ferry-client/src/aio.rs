@@ -143,6 +143,12 @@ impl std::fmt::Debug for AsyncClient {
 impl AsyncClient {
     /// Connects to a URL (see [`Url`]) and authenticates if it has a
     /// password.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), ferry_client::Error> {
+    /// let c = ferry_client::AsyncClient::connect("ferry://127.0.0.1:7878").await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn connect(url: &str) -> Result<AsyncClient, Error> {
         let url: Url = url.parse()?;
         let link = Link::open(&url).await?;
@@ -161,6 +167,13 @@ impl AsyncClient {
     }
 
     /// Sets how hard to try to reconnect (`within: 0` never reconnects).
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), ferry_client::Error> {
+    /// # let mut c = ferry_client::AsyncClient::connect("ferry://127.0.0.1:7878").await?;
+    /// c.set_reconnect(ferry_client::Reconnect::default());
+    /// # Ok(()) }
+    /// ```
     pub fn set_reconnect(&mut self, reconnect: Reconnect) {
         self.reconnect = reconnect;
     }
@@ -216,6 +229,13 @@ impl AsyncClient {
 
     /// Sends any command and returns its reply; an error reply becomes the
     /// matching [`Error`]. Never retried.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), ferry_client::Error> {
+    /// # let mut c = ferry_client::AsyncClient::connect("ferry://127.0.0.1:7878").await?;
+    /// let pong = c.call(&[b"PING"]).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn call(&mut self, args: &[&[u8]]) -> Result<Value, Error> {
         self.call_retrying(args, false).await
     }
@@ -224,6 +244,13 @@ impl AsyncClient {
     /// order: one round trip for all. Each reply is its own result; a lost
     /// connection fails the whole pipeline (not retried: some commands may
     /// have run).
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), ferry_client::Error> {
+    /// # let mut c = ferry_client::AsyncClient::connect("ferry://127.0.0.1:7878").await?;
+    /// let r = c.pipeline(&[vec![&b"QLEN"[..], b"a"], vec![&b"QLEN"[..], b"b"]]).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn pipeline(
         &mut self,
         commands: &[Vec<&[u8]>],
@@ -252,16 +279,37 @@ impl AsyncClient {
     }
 
     /// Puts a message, waiting as long as the queue is full; replies its id.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), ferry_client::Error> {
+    /// # let mut c = ferry_client::AsyncClient::connect("ferry://127.0.0.1:7878").await?;
+    /// let id = c.put("jobs", b"payload").await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn put(&mut self, queue: &str, payload: &[u8]) -> Result<u64, Error> {
         self.put_with(queue, payload, &[b"TIMEOUT", b"0"]).await
     }
 
     /// Puts a message if there is room now, else [`Error::Full`].
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), ferry_client::Error> {
+    /// # let mut c = ferry_client::AsyncClient::connect("ferry://127.0.0.1:7878").await?;
+    /// let id = c.put_nowait("jobs", b"payload").await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn put_nowait(&mut self, queue: &str, payload: &[u8]) -> Result<u64, Error> {
         self.put_with(queue, payload, &[b"NOWAIT"]).await
     }
 
     /// Puts a message, waiting at most `timeout` for room.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), ferry_client::Error> {
+    /// # let mut c = ferry_client::AsyncClient::connect("ferry://127.0.0.1:7878").await?;
+    /// c.put_timeout("jobs", b"payload", std::time::Duration::from_secs(1)).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn put_timeout(
         &mut self,
         queue: &str,
@@ -278,6 +326,13 @@ impl AsyncClient {
 
     /// Puts several messages, all or nothing; replies their ids. Not
     /// retried after a lost connection (batches carry no DEDUP key).
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), ferry_client::Error> {
+    /// # let mut c = ferry_client::AsyncClient::connect("ferry://127.0.0.1:7878").await?;
+    /// let ids = c.put_many("jobs", &[&b"a"[..], b"b"]).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn put_many(&mut self, queue: &str, payloads: &[&[u8]]) -> Result<Vec<u64>, Error> {
         let mut args: Vec<&[u8]> =
             vec![b"QPUTMANY", queue.as_bytes(), b"TIMEOUT", b"0", b"PAYLOADS"];
@@ -322,16 +377,38 @@ impl AsyncClient {
 
     /// Gets a message, waiting as long as the queue is empty; leased to
     /// this connection until `task_done`.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), ferry_client::Error> {
+    /// # let mut c = ferry_client::AsyncClient::connect("ferry://127.0.0.1:7878").await?;
+    /// let m = c.get("jobs").await?;
+    /// c.task_done("jobs", m.id).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn get(&mut self, queue: &str) -> Result<Message, Error> {
         Self::one(self.get_with(queue, 1, &[b"TIMEOUT", b"0"]).await?)
     }
 
     /// Gets a message if one is ready now, else [`Error::Empty`].
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), ferry_client::Error> {
+    /// # let mut c = ferry_client::AsyncClient::connect("ferry://127.0.0.1:7878").await?;
+    /// if let Ok(m) = c.get_nowait("jobs").await { c.task_done("jobs", m.id).await?; }
+    /// # Ok(()) }
+    /// ```
     pub async fn get_nowait(&mut self, queue: &str) -> Result<Message, Error> {
         Self::one(self.get_with(queue, 1, &[b"NOWAIT"]).await?)
     }
 
     /// Gets a message, waiting at most `timeout`.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), ferry_client::Error> {
+    /// # let mut c = ferry_client::AsyncClient::connect("ferry://127.0.0.1:7878").await?;
+    /// let m = c.get_timeout("jobs", std::time::Duration::from_secs(5)).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn get_timeout(&mut self, queue: &str, timeout: Duration) -> Result<Message, Error> {
         if timeout.is_zero() {
             return self.get_nowait(queue).await;
@@ -345,6 +422,13 @@ impl AsyncClient {
 
     /// Gets up to `n` messages, waiting at most `timeout` (`None`: as long
     /// as it takes) for the first.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), ferry_client::Error> {
+    /// # let mut c = ferry_client::AsyncClient::connect("ferry://127.0.0.1:7878").await?;
+    /// let batch = c.get_many("jobs", 100, None).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn get_many(
         &mut self,
         queue: &str,
@@ -365,6 +449,14 @@ impl AsyncClient {
     }
 
     /// Python's `task_done`: finishes a message this connection got.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), ferry_client::Error> {
+    /// # let mut c = ferry_client::AsyncClient::connect("ferry://127.0.0.1:7878").await?;
+    /// let m = c.get("jobs").await?;
+    /// c.task_done("jobs", m.id).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn task_done(&mut self, queue: &str, id: u64) -> Result<(), Error> {
         self.check_lease(queue, id)?;
         let id_s = id.to_string();
@@ -383,6 +475,14 @@ impl AsyncClient {
     }
 
     /// Gives a message back for another try (attempt + 1).
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), ferry_client::Error> {
+    /// # let mut c = ferry_client::AsyncClient::connect("ferry://127.0.0.1:7878").await?;
+    /// let m = c.get("jobs").await?;
+    /// c.nack("jobs", m.id).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn nack(&mut self, queue: &str, id: u64) -> Result<(), Error> {
         self.check_lease(queue, id)?;
         let id_s = id.to_string();
@@ -391,6 +491,45 @@ impl AsyncClient {
             .await
         {
             Ok(_) => Ok(()),
+            Err(Error::Io(_)) => Err(Error::LeaseLost),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Extends the lease of a message this connection got, to `lease` from
+    /// now (or its own length again); replies the time left, `None` for a
+    /// lease that lasts as long as the connection.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), ferry_client::Error> {
+    /// # let mut c = ferry_client::AsyncClient::connect("ferry://127.0.0.1:7878").await?;
+    /// let m = c.get("jobs").await?;
+    /// c.touch("jobs", m.id, Some(std::time::Duration::from_secs(30))).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn touch(
+        &mut self,
+        queue: &str,
+        id: u64,
+        lease: Option<Duration>,
+    ) -> Result<Option<Duration>, Error> {
+        if self
+            .held
+            .get(&(queue.to_string(), id))
+            .is_some_and(|&g| g != self.generation)
+        {
+            return Err(Error::LeaseLost);
+        }
+        let id_s = id.to_string();
+        let ms = lease.map(millis);
+        let mut args: Vec<&[u8]> = vec![b"QTOUCH", queue.as_bytes(), id_s.as_bytes()];
+        if let Some(ms) = &ms {
+            args.extend_from_slice(&[b"LEASE", ms.as_bytes()]);
+        }
+        match self.call_retrying(&args, false).await {
+            Ok(Value::Int(n)) if n >= 0 => Ok(Some(Duration::from_millis(n as u64))),
+            Ok(Value::Int(_)) => Ok(None),
+            Ok(other) => Err(Error::Protocol(format!("QTOUCH replied {other:?}"))),
             Err(Error::Io(_)) => Err(Error::LeaseLost),
             Err(e) => Err(e),
         }
@@ -426,6 +565,13 @@ impl AsyncClient {
     }
 
     /// Ready messages (Python's `qsize()`).
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), ferry_client::Error> {
+    /// # let mut c = ferry_client::AsyncClient::connect("ferry://127.0.0.1:7878").await?;
+    /// let n = c.qsize("jobs").await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn qsize(&mut self, queue: &str) -> Result<u64, Error> {
         match self
             .call_retrying(&[b"QLEN", queue.as_bytes()], true)
@@ -439,22 +585,50 @@ impl AsyncClient {
     }
 
     /// True when no message is ready (Python's `empty()`).
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), ferry_client::Error> {
+    /// # let mut c = ferry_client::AsyncClient::connect("ferry://127.0.0.1:7878").await?;
+    /// let idle = c.empty("jobs").await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn empty(&mut self, queue: &str) -> Result<bool, Error> {
         Ok(self.qsize(queue).await? == 0)
     }
 
     /// True when the queue is at its maxsize (Python's `full()`).
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), ferry_client::Error> {
+    /// # let mut c = ferry_client::AsyncClient::connect("ferry://127.0.0.1:7878").await?;
+    /// let busy = c.full("jobs").await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn full(&mut self, queue: &str) -> Result<bool, Error> {
         let maxsize = self.info_int(queue, "maxsize").await?;
         Ok(maxsize > 0 && self.info_int(queue, "qsize").await? >= maxsize)
     }
 
     /// Messages put and not yet done.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), ferry_client::Error> {
+    /// # let mut c = ferry_client::AsyncClient::connect("ferry://127.0.0.1:7878").await?;
+    /// let left = c.unfinished("jobs").await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn unfinished(&mut self, queue: &str) -> Result<u64, Error> {
         self.info_int(queue, "unfinished").await
     }
 
     /// Waits until every message put has been done (Python's `join()`).
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), ferry_client::Error> {
+    /// # let mut c = ferry_client::AsyncClient::connect("ferry://127.0.0.1:7878").await?;
+    /// c.join("jobs").await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn join(&mut self, queue: &str) -> Result<(), Error> {
         self.call_retrying(&[b"QJOIN", queue.as_bytes()], true)
             .await
@@ -463,6 +637,13 @@ impl AsyncClient {
 
     /// Waits at most `timeout` for every message to be done; false if some
     /// were not.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), ferry_client::Error> {
+    /// # let mut c = ferry_client::AsyncClient::connect("ferry://127.0.0.1:7878").await?;
+    /// let done = c.join_timeout("jobs", std::time::Duration::from_secs(60)).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn join_timeout(&mut self, queue: &str, timeout: Duration) -> Result<bool, Error> {
         let ms = millis(timeout);
         match self
@@ -478,6 +659,13 @@ impl AsyncClient {
     }
 
     /// Python 3.13's `shutdown(immediate)`.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), ferry_client::Error> {
+    /// # let mut c = ferry_client::AsyncClient::connect("ferry://127.0.0.1:7878").await?;
+    /// c.shutdown("jobs", false).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn shutdown(&mut self, queue: &str, immediate: bool) -> Result<(), Error> {
         let mut args: Vec<&[u8]> = vec![b"QSHUTDOWN", queue.as_bytes()];
         if immediate {

@@ -422,6 +422,25 @@ impl Client {
         self.rt.block_on(self.inner.nack(queue, id))
     }
 
+    /// Extends the lease of a message this connection got, to `lease` from
+    /// now (or its own length again); replies the time left, `None` for a
+    /// lease that lasts as long as the connection.
+    ///
+    /// ```no_run
+    /// # let mut c = ferry_client::Client::connect("ferry://127.0.0.1:7878")?;
+    /// let m = c.get("jobs")?;
+    /// c.touch("jobs", m.id, Some(std::time::Duration::from_secs(30)))?;
+    /// # Ok::<(), ferry_client::Error>(())
+    /// ```
+    pub fn touch(
+        &mut self,
+        queue: &str,
+        id: u64,
+        lease: Option<Duration>,
+    ) -> Result<Option<Duration>, Error> {
+        self.rt.block_on(self.inner.touch(queue, id, lease))
+    }
+
     /// Ready messages (Python's `qsize()`).
     ///
     /// ```no_run
