@@ -220,6 +220,10 @@ fn touch_extends_a_lease() {
     c.task_done("t", m.id).unwrap();
     c.put("u", b"x").unwrap();
     let m = c.get("u").unwrap();
-    assert_eq!(c.touch("u", m.id, None).unwrap(), None, "a lease as long as the connection");
+    assert_eq!(
+        c.touch("u", m.id, None).unwrap(),
+        None,
+        "a lease as long as the connection"
+    );
     assert!(matches!(c.touch("u", 999, None), Err(Error::NotLeased)));
 }
