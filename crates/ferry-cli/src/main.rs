@@ -12,6 +12,7 @@ use serde::Deserialize;
 
 mod bench;
 mod verbs;
+mod worker;
 
 #[derive(Parser)]
 #[command(
@@ -54,6 +55,13 @@ enum Command {
     /// Load generator: producers and consumers through a broker; prints
     /// throughput and put->get latency percentiles.
     Bench(bench::BenchArgs),
+    /// Run CMD for each message, up to N at once: exit 0 marks it done,
+    /// anything else gives it back for a retry. Processes are reaped, and
+    /// killed with the supervisor. See `ferry worker --help`.
+    Worker(worker::WorkerArgs),
+    /// (internal) the per-task shim of `ferry worker`.
+    #[command(name = "__shim", hide = true)]
+    Shim(worker::ShimArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish,
     /// powershell).
     Completions {
@@ -326,6 +334,8 @@ fn main() -> anyhow::Result<()> {
         Command::Top(a) => finish(verbs::top(&a).map(|()| 0)),
         Command::Lock(a) => finish(verbs::lock(&a)),
         Command::Bench(a) => finish(bench::bench(&a).map(|()| 0)),
+        Command::Worker(a) => finish(worker::worker(&a).map(|()| 0)),
+        Command::Shim(a) => worker::shim(&a),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "ferry", &mut std::io::stdout());
             Ok(())

@@ -1,0 +1,347 @@
+//! `ferry worker`: a supervisor that runs a command for each message.
+//!
+//! Up to N tasks run at once, one per worker thread, each thread with its
+//! own connection (so its leases are bound to it: if the supervisor dies,
+//! the broker gives them back). A task is a child process running CMD with
+//! the payload on stdin and FERRY_QUEUE, FERRY_ID, FERRY_ATTEMPT in its
+//! environment. Exit 0: done. Non-zero: given back for another try, after
+//! a backoff (the queue's max_attempts dead-letters it). Over --timeout:
+//! SIGTERM, then SIGKILL after --grace, then given back.
+//!
+//! Processes done right:
+//! - Each task runs under a shim (`ferry __shim`), the leader of its own
+//!   process group, with CMD inside that group. The shim watches its
+//!   parent: when the supervisor dies — even by SIGKILL — the shim kills its
+//!   whole group, so no task outlives the supervisor (PR_SET_PDEATHSIG
+//!   would fire per thread and never reach grandchildren of `sh -c`).
+//! - The supervisor is a child subreaper and one thread reaps every child
+//!   and every orphaned descendant with `waitpid(-1)`, so none stays a
+//!   zombie; task threads get their shim's status from it.
+//! - SIGTERM/SIGINT: stop taking work, wait up to --grace for running
+//!   tasks, kill what is left (their messages are given back), exit 0.
+
+use std::collections::HashMap;
+use std::io::{IsTerminal, Write};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use ferry_client::{Client, Error};
+use nix::sys::signal::{Signal, killpg};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::Pid;
+use std::os::unix::process::CommandExt;
+
+use crate::verbs::Outcome;
+
+#[derive(Args, Debug)]
+pub(crate) struct WorkerArgs {
+    /// ferry://[:password@]host[:port] or unix:///path[?password=...]
+    #[arg(long, env = "FERRY_URL", default_value = ferry_client::DEFAULT_URL)]
+    url: String,
+    /// The queue to work on.
+    queue: String,
+    /// Tasks at once.
+    #[arg(short = 'j', long, default_value_t = 1)]
+    jobs: usize,
+    /// Seconds a task may run before it is stopped (SIGTERM, then SIGKILL
+    /// after --grace) and its message given back.
+    #[arg(long)]
+    timeout: Option<f64>,
+    /// Seconds between SIGTERM and SIGKILL, and how long a stopping
+    /// supervisor waits for running tasks.
+    #[arg(long, default_value_t = 5.0)]
+    grace: f64,
+    /// The command; it reads the payload on stdin.
+    #[arg(last = true, required = true)]
+    command: Vec<String>,
+}
+
+/// How a shim ended, as the reaper saw it.
+#[derive(Clone, Copy, Debug)]
+enum Ended {
+    Exit(i32),
+    Signal(i32),
+}
+
+enum Slot {
+    Waiting(mpsc::Sender<Ended>),
+    Ended(Ended),
+}
+
+/// Exit statuses by pid, handed from the reaper to the task threads.
+type Slots = Arc<Mutex<HashMap<i32, Slot>>>;
+
+/// Reaps every child and orphaned descendant, forever.
+fn reaper(slots: Slots) {
+    loop {
+        loop {
+            match waitpid(None::<Pid>, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(pid, code)) => {
+                    deliver(&slots, pid.as_raw(), Ended::Exit(code))
+                }
+                Ok(WaitStatus::Signaled(pid, sig, _)) => {
+                    deliver(&slots, pid.as_raw(), Ended::Signal(sig as i32))
+                }
+                Ok(WaitStatus::StillAlive) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn deliver(slots: &Slots, pid: i32, ended: Ended) {
+    let mut s = slots.lock().unwrap_or_else(|e| e.into_inner());
+    match s.remove(&pid) {
+        Some(Slot::Waiting(tx)) => {
+            let _ = tx.send(ended);
+        }
+        // Not one of our shims (an orphaned grandchild), or a shim that
+        // ended before its thread registered: keep the status for it.
+        _ => {
+            s.insert(pid, Slot::Ended(ended));
+        }
+    }
+}
+
+#[derive(Default)]
+struct Counts {
+    running: AtomicU64,
+    done: AtomicU64,
+    failed: AtomicU64,
+}
+
+fn backoff(attempts: u32) -> u64 {
+    (100u64 << attempts.min(8)).min(30_000)
+}
+
+/// Runs one message under a shim; replies how it ended (None: it was
+/// stopped because it ran too long or the supervisor is stopping).
+fn run_task(
+    a: &WorkerArgs,
+    m: &ferry_client::Message,
+    slots: &Slots,
+    stopping: &AtomicBool,
+    deadline_on_stop: &Mutex<Option<Instant>>,
+) -> std::io::Result<Option<Ended>> {
+    let exe = std::env::current_exe()?;
+    let mut child = Command::new(exe)
+        .arg("__shim")
+        .arg("--")
+        .args(&a.command)
+        .env("FERRY_QUEUE", &a.queue)
+        .env("FERRY_ID", m.id.to_string())
+        .env("FERRY_ATTEMPT", m.attempts.to_string())
+        .stdin(Stdio::piped())
+        .process_group(0)
+        .spawn()?;
+    let pid = child.id() as i32;
+    let (tx, rx) = mpsc::channel();
+    {
+        let mut s = slots.lock().unwrap_or_else(|e| e.into_inner());
+        match s.remove(&pid) {
+            Some(Slot::Ended(e)) => {
+                let _ = tx.send(e);
+            }
+            _ => {
+                s.insert(pid, Slot::Waiting(tx));
+            }
+        }
+    }
+    if let Some(mut stdin) = child.stdin.take() {
+        // A command that does not read its stdin is not an error.
+        let _ = stdin.write_all(&m.payload);
+    }
+    drop(child);
+    let started = Instant::now();
+    let timeout = a.timeout.map(Duration::from_secs_f64);
+    let grace = Duration::from_secs_f64(a.grace.max(0.0));
+    loop {
+        if let Ok(e) = rx.recv_timeout(Duration::from_millis(20)) {
+            return Ok(Some(e));
+        }
+        let overran = timeout.is_some_and(|t| started.elapsed() >= t);
+        let stop_due = stopping.load(Ordering::Acquire)
+            && deadline_on_stop
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_some_and(|d| Instant::now() >= d);
+        if overran || stop_due {
+            let group = Pid::from_raw(pid);
+            let _ = killpg(group, Signal::SIGTERM);
+            if let Ok(e) = rx.recv_timeout(grace) {
+                let _ = e;
+            } else {
+                let _ = killpg(group, Signal::SIGKILL);
+                let _ = rx.recv_timeout(Duration::from_secs(5));
+            }
+            return Ok(None);
+        }
+    }
+}
+
+pub(crate) fn worker(a: &WorkerArgs) -> Outcome {
+    // Orphaned descendants come to us, to be reaped.
+    nix::sys::prctl::set_child_subreaper(true)
+        .map_err(|e| (1, format!("cannot become a subreaper: {e}")))?;
+    let stopping = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(sig, Arc::clone(&stopping)).map_err(|e| (1, e.to_string()))?;
+    }
+    let slots: Slots = Arc::new(Mutex::new(HashMap::new()));
+    {
+        let slots = Arc::clone(&slots);
+        std::thread::spawn(move || reaper(slots));
+    }
+    // Connect once up front, so a bad URL fails at once.
+    drop(Client::connect(&a.url).map_err(|e| match e {
+        Error::Io(e) => (
+            crate::verbs::UNREACHABLE,
+            format!("cannot reach {}: {e}", a.url),
+        ),
+        other => (1, other.to_string()),
+    })?);
+    let counts = Arc::new(Counts::default());
+    let deadline_on_stop: Arc<Mutex<Option<Instant>>> = Arc::new(Mutex::new(None));
+    let tty = std::io::stderr().is_terminal();
+    let a = Arc::new(WorkerArgs {
+        url: a.url.clone(),
+        queue: a.queue.clone(),
+        jobs: a.jobs.max(1),
+        timeout: a.timeout,
+        grace: a.grace,
+        command: a.command.clone(),
+    });
+    let mut threads = Vec::new();
+    for _ in 0..a.jobs {
+        let (a, slots, stopping, counts, dl) = (
+            Arc::clone(&a),
+            Arc::clone(&slots),
+            Arc::clone(&stopping),
+            Arc::clone(&counts),
+            Arc::clone(&deadline_on_stop),
+        );
+        threads.push(std::thread::spawn(move || -> Outcome {
+            let mut c =
+                Client::connect(&a.url).map_err(|e| (crate::verbs::UNREACHABLE, e.to_string()))?;
+            while !stopping.load(Ordering::Acquire) {
+                let m = match c.get_timeout(&a.queue, Duration::from_millis(200)) {
+                    Ok(m) => m,
+                    Err(Error::Empty) => continue,
+                    Err(Error::ShutDown) => return Ok(()),
+                    Err(e) => return Err((1, e.to_string())),
+                };
+                counts.running.fetch_add(1, Ordering::AcqRel);
+                let t0 = Instant::now();
+                let ended = run_task(&a, &m, &slots, &stopping, &dl);
+                counts.running.fetch_sub(1, Ordering::AcqRel);
+                let (ok, what) = match ended {
+                    Ok(Some(Ended::Exit(0))) => (true, "exit 0".to_string()),
+                    Ok(Some(Ended::Exit(code))) => (false, format!("exit {code}")),
+                    Ok(Some(Ended::Signal(sig))) => (false, format!("signal {sig}")),
+                    Ok(None) => (false, "stopped (timeout or shutdown)".to_string()),
+                    Err(e) => (false, format!("could not start: {e}")),
+                };
+                if ok {
+                    counts.done.fetch_add(1, Ordering::AcqRel);
+                    let _ = c.task_done(&a.queue, m.id);
+                } else {
+                    counts.failed.fetch_add(1, Ordering::AcqRel);
+                    let id = m.id.to_string();
+                    let delay = backoff(m.attempts).to_string();
+                    let _ = c.call(&[
+                        b"QNACK",
+                        a.queue.as_bytes(),
+                        id.as_bytes(),
+                        b"DELAY",
+                        delay.as_bytes(),
+                    ]);
+                }
+                if !tty {
+                    eprintln!(
+                        "ferry worker: queue={} id={} attempt={} {} in {:.3}s",
+                        a.queue,
+                        m.id,
+                        m.attempts,
+                        if ok { "done" } else { &what },
+                        t0.elapsed().as_secs_f64()
+                    );
+                }
+            }
+            Ok(())
+        }));
+    }
+    let start = Instant::now();
+    while !threads.iter().all(|t| t.is_finished()) {
+        std::thread::sleep(Duration::from_millis(100));
+        if stopping.load(Ordering::Acquire) {
+            let mut d = deadline_on_stop.lock().unwrap_or_else(|e| e.into_inner());
+            if d.is_none() {
+                *d = Some(Instant::now() + Duration::from_secs_f64(a.grace.max(0.0)));
+            }
+        }
+        if tty {
+            let done = counts.done.load(Ordering::Relaxed);
+            eprint!(
+                "\rrunning {}, done {}, failed {}, {:.1}/s   ",
+                counts.running.load(Ordering::Relaxed),
+                done,
+                counts.failed.load(Ordering::Relaxed),
+                done as f64 / start.elapsed().as_secs_f64().max(0.001)
+            );
+        }
+    }
+    if tty {
+        eprintln!();
+    }
+    for t in threads {
+        t.join()
+            .map_err(|_| (1, "a worker thread panicked".to_string()))??;
+    }
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct ShimArgs {
+    /// The command.
+    #[arg(last = true, required = true)]
+    command: Vec<String>,
+}
+
+/// The shim: runs the command in its own process group (which it leads)
+/// and kills that group if its parent, the supervisor, goes away. Exits
+/// with the command's code.
+pub(crate) fn shim(a: &ShimArgs) -> ! {
+    let parent = std::os::unix::process::parent_id();
+    let mut child = match Command::new(&a.command[0]).args(&a.command[1..]).spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("ferry worker: cannot run {:?}: {e}", a.command[0]);
+            std::process::exit(127);
+        }
+    };
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => {
+                use std::os::unix::process::ExitStatusExt;
+                let code = status
+                    .code()
+                    .unwrap_or_else(|| 128 + status.signal().unwrap_or(9));
+                std::process::exit(code);
+            }
+            Ok(None) => {}
+            Err(_) => std::process::exit(1),
+        }
+        if std::os::unix::process::parent_id() != parent {
+            // The supervisor died: take the whole group down, this shim
+            // with it.
+            let _ = killpg(nix::unistd::getpgrp(), Signal::SIGKILL);
+            std::process::exit(137);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
