@@ -55,9 +55,29 @@ pub(crate) struct WorkerArgs {
     /// supervisor waits for running tasks.
     #[arg(long, default_value_t = 5.0)]
     grace: f64,
+    /// N long-lived children instead of one per message: each reads one
+    /// message at a time on stdin (framed by --framing) and answers one
+    /// line on stdout — `ok` marks it done, anything else gives it back. A
+    /// child that dies is restarted and its message given back.
+    #[arg(long)]
+    persistent: bool,
+    /// How --persistent frames messages: `lines` (the payload, then a
+    /// newline; payloads must not contain one) or `length` (the byte count
+    /// in decimal, a newline, then the payload).
+    #[arg(long, value_enum, default_value = "lines")]
+    framing: Framing,
     /// The command; it reads the payload on stdin.
     #[arg(last = true, required = true)]
     command: Vec<String>,
+}
+
+/// How --persistent frames messages on a child's stdin.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Framing {
+    /// Payload and a newline.
+    Lines,
+    /// Decimal length, newline, payload.
+    Length,
 }
 
 /// How a shim ended, as the reaper saw it.
@@ -214,6 +234,8 @@ pub(crate) fn worker(a: &WorkerArgs) -> Outcome {
         jobs: a.jobs.max(1),
         timeout: a.timeout,
         grace: a.grace,
+        persistent: a.persistent,
+        framing: a.framing,
         command: a.command.clone(),
     });
     let mut threads = Vec::new();
@@ -228,6 +250,9 @@ pub(crate) fn worker(a: &WorkerArgs) -> Outcome {
         threads.push(std::thread::spawn(move || -> Outcome {
             let mut c =
                 Client::connect(&a.url).map_err(|e| (crate::verbs::UNREACHABLE, e.to_string()))?;
+            if a.persistent {
+                return persistent_loop(&a, &mut c, &slots, &stopping, &counts, tty);
+            }
             while !stopping.load(Ordering::Acquire) {
                 let m = match c.get_timeout(&a.queue, Duration::from_millis(200)) {
                     Ok(m) => m,
@@ -301,6 +326,190 @@ pub(crate) fn worker(a: &WorkerArgs) -> Outcome {
     for t in threads {
         t.join()
             .map_err(|_| (1, "a worker thread panicked".to_string()))??;
+    }
+    Ok(())
+}
+
+/// A long-lived child for --persistent: its shim's group, stdin, and the
+/// lines it answers (`None` once its stdout closes).
+struct Resident {
+    pid: i32,
+    stdin: std::process::ChildStdin,
+    answers: mpsc::Receiver<Option<String>>,
+    ended: mpsc::Receiver<Ended>,
+}
+
+impl Resident {
+    fn spawn(a: &WorkerArgs, slots: &Slots) -> std::io::Result<Resident> {
+        let mut child = Command::new(std::env::current_exe()?)
+            .arg("__shim")
+            .arg("--")
+            .args(&a.command)
+            .env("FERRY_QUEUE", &a.queue)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .process_group(0)
+            .spawn()?;
+        let pid = child.id() as i32;
+        let (tx, ended) = mpsc::channel();
+        {
+            let mut s = slots.lock().unwrap_or_else(|e| e.into_inner());
+            match s.remove(&pid) {
+                Some(Slot::Ended(e)) => {
+                    let _ = tx.send(e);
+                }
+                _ => {
+                    s.insert(pid, Slot::Waiting(tx));
+                }
+            }
+        }
+        let stdin = child
+            .stdin
+            .take()
+            .ok_or_else(|| std::io::Error::other("no stdin"))?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| std::io::Error::other("no stdout"))?;
+        let (atx, answers) = mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout).lines() {
+                match line {
+                    Ok(l) => {
+                        if atx.send(Some(l)).is_err() {
+                            return;
+                        }
+                    }
+                    Err(_) => break,
+                }
+            }
+            let _ = atx.send(None);
+        });
+        drop(child);
+        Ok(Resident {
+            pid,
+            stdin,
+            answers,
+            ended,
+        })
+    }
+
+    /// Closes its stdin (a well-behaved child then exits), waits up to
+    /// `grace`, then kills its group.
+    fn stop(self, grace: Duration) {
+        drop(self.stdin);
+        let group = Pid::from_raw(self.pid);
+        if self.ended.recv_timeout(grace).is_err() {
+            let _ = killpg(group, Signal::SIGTERM);
+            if self.ended.recv_timeout(grace).is_err() {
+                let _ = killpg(group, Signal::SIGKILL);
+                let _ = self.ended.recv_timeout(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// --persistent: one long-lived child per thread, fed one message at a
+/// time.
+fn persistent_loop(
+    a: &WorkerArgs,
+    c: &mut Client,
+    slots: &Slots,
+    stopping: &AtomicBool,
+    counts: &Counts,
+    tty: bool,
+) -> Outcome {
+    let grace = Duration::from_secs_f64(a.grace.max(0.0));
+    let mut resident: Option<Resident> = None;
+    while !stopping.load(Ordering::Acquire) {
+        let m = match c.get_timeout(&a.queue, Duration::from_millis(200)) {
+            Ok(m) => m,
+            Err(Error::Empty) => continue,
+            Err(Error::ShutDown) => break,
+            Err(e) => return Err((1, e.to_string())),
+        };
+        if resident.is_none() {
+            resident = Some(
+                Resident::spawn(a, slots)
+                    .map_err(|e| (1, format!("cannot start {:?}: {e}", a.command[0])))?,
+            );
+        }
+        let Some(r) = resident.as_mut() else { continue };
+        counts.running.fetch_add(1, Ordering::AcqRel);
+        let t0 = Instant::now();
+        let mut frame = Vec::with_capacity(m.payload.len() + 24);
+        if a.framing == Framing::Length {
+            frame.extend_from_slice(format!("{}\n", m.payload.len()).as_bytes());
+            frame.extend_from_slice(&m.payload);
+        } else {
+            frame.extend_from_slice(&m.payload);
+            frame.push(b'\n');
+        }
+        let answer = match r.stdin.write_all(&frame).and_then(|()| r.stdin.flush()) {
+            Err(_) => None,
+            Ok(()) => {
+                let timeout = a.timeout.map(Duration::from_secs_f64);
+                let mut got = None;
+                loop {
+                    match r.answers.recv_timeout(Duration::from_millis(50)) {
+                        Ok(line) => {
+                            got = line;
+                            break;
+                        }
+                        Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                        Err(mpsc::RecvTimeoutError::Timeout) => {
+                            let overran = timeout.is_some_and(|t| t0.elapsed() >= t);
+                            if overran || stopping.load(Ordering::Acquire) && t0.elapsed() >= grace
+                            {
+                                break;
+                            }
+                        }
+                    }
+                }
+                got
+            }
+        };
+        counts.running.fetch_sub(1, Ordering::AcqRel);
+        let ok = answer.as_deref().map(str::trim) == Some("ok");
+        if answer.is_none() {
+            // Dead, closed, or over its timeout: start a fresh one next time.
+            if let Some(r) = resident.take() {
+                r.stop(Duration::ZERO);
+            }
+        }
+        if ok {
+            counts.done.fetch_add(1, Ordering::AcqRel);
+            let _ = c.task_done(&a.queue, m.id);
+        } else {
+            counts.failed.fetch_add(1, Ordering::AcqRel);
+            let id = m.id.to_string();
+            let delay = backoff(m.attempts).to_string();
+            let _ = c.call(&[
+                b"QNACK",
+                a.queue.as_bytes(),
+                id.as_bytes(),
+                b"DELAY",
+                delay.as_bytes(),
+            ]);
+        }
+        if !tty {
+            eprintln!(
+                "ferry worker: queue={} id={} attempt={} {} in {:.3}s",
+                a.queue,
+                m.id,
+                m.attempts,
+                match &answer {
+                    Some(l) if ok => "done".to_string(),
+                    Some(l) => format!("answered {l:?}"),
+                    None => "no answer (child died or timed out; restarted)".to_string(),
+                },
+                t0.elapsed().as_secs_f64()
+            );
+        }
+    }
+    if let Some(r) = resident.take() {
+        r.stop(grace);
     }
     Ok(())
 }

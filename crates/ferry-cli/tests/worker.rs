@@ -23,6 +23,8 @@ fn worker(s: &Server, args: &[&str]) -> Child {
         .arg("worker")
         .args(args)
         .env("FERRY_URL", url(s))
+        // One log line per task: kept out of the test output.
+        .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap()
 }
@@ -258,6 +260,60 @@ fn kill_9_of_the_supervisor_leaves_no_orphan_and_a_second_finishes() {
     let zombies = ZombieWatch::start(w.id());
     wait_until("all finished by the second supervisor", 30, || {
         c.unfinished("k9").unwrap() == 0
+    });
+    stop(w);
+    zombies.check();
+}
+
+#[test]
+fn persistent_children_take_one_message_at_a_time_and_are_restarted() {
+    let s = Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    let pids = dir.path().join("pids");
+    let mut c = client(&s);
+    for i in 0..50 {
+        c.put("p", format!("line {i}").as_bytes()).unwrap();
+    }
+    // Each child notes its pid per message and answers ok; two children
+    // serve all fifty.
+    let script = format!(
+        "while read x; do echo $$ >> {}; echo ok; done",
+        pids.display()
+    );
+    let w = worker(
+        &s,
+        &["p", "-j", "2", "--persistent", "--", "sh", "-c", &script],
+    );
+    let zombies = ZombieWatch::start(w.id());
+    wait_until("all 50 done", 30, || c.unfinished("p").unwrap() == 0);
+    let text = std::fs::read_to_string(&pids).unwrap();
+    let distinct: std::collections::BTreeSet<&str> = text.lines().collect();
+    assert_eq!(text.lines().count(), 50);
+    assert!(distinct.len() <= 2, "long-lived children: {distinct:?}");
+
+    // Length framing, and a child that dies on every message: restarted,
+    // the message given back until it is dead-lettered.
+    c.call(&[b"QCREATE", b"crash", b"MAXATTEMPTS", b"2"])
+        .unwrap();
+    c.put("crash", b"boom").unwrap();
+    stop(w);
+    zombies.check();
+    let w = worker(
+        &s,
+        &[
+            "crash",
+            "--persistent",
+            "--framing",
+            "length",
+            "--",
+            "sh",
+            "-c",
+            "read n; exit 3",
+        ],
+    );
+    let zombies = ZombieWatch::start(w.id());
+    wait_until("dead-lettered after two tries", 30, || {
+        c.unfinished("crash").unwrap() == 0
     });
     stop(w);
     zombies.check();
