@@ -18,6 +18,15 @@ cargo test --workspace
 # they keep working; bench/ holds the full runs.
 cargo test -p ferry-core --bench inprocess
 
+# The Python package: built into a virtualenv with maturin, then pytest
+# against the real broker (the binary built above).
+if [ ! -x .venv/bin/python ]; then
+    python3 -m venv .venv
+fi
+.venv/bin/pip install -q --disable-pip-version-check maturin pytest
+cargo build -q -p ferry-cli
+(cd python && ../.venv/bin/maturin develop -q && ../.venv/bin/python -m pytest -p no:cacheprovider)
+
 # The blocking in-process tier under shuttle's scheduler (fixed seed,
 # bounded iterations). The feature swaps the tier's primitives, so it runs
 # alone.

@@ -1,0 +1,346 @@
+//! `ferry._ferry`: a thin PyO3 layer over `ferry_client::Client`.
+//!
+//! One `Connection` is one broker connection; the Python package keeps one
+//! per thread. Every call that may wait releases the GIL. Errors become the
+//! Python exceptions the stdlib uses: `queue.Empty`, `queue.Full`, and
+//! ferry's `ShutDown`, `NotLeased`, `LeaseLost`, `FerryError`.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use ferry_client::{Client, Error, Value};
+use pyo3::exceptions::{PyConnectionError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyModule};
+
+pyo3::create_exception!(
+    _ferry,
+    FerryError,
+    pyo3::exceptions::PyException,
+    "An error reply from the broker."
+);
+pyo3::create_exception!(
+    _ferry,
+    ShutDown,
+    FerryError,
+    "The queue was shut down (Python 3.13's queue.ShutDown)."
+);
+pyo3::create_exception!(
+    _ferry,
+    NotLeased,
+    FerryError,
+    "task_done() for an item this handle does not hold."
+);
+pyo3::create_exception!(
+    _ferry,
+    LeaseLost,
+    FerryError,
+    "The connection that held the item was lost; it will be delivered again."
+);
+
+/// Maps a client error to the Python exception stdlib code expects.
+fn to_py(py: Python<'_>, e: Error) -> PyErr {
+    let queue = py.import("queue");
+    let stdlib =
+        |name: &str, msg: String| match queue.as_ref().ok().and_then(|q| q.getattr(name).ok()) {
+            Some(cls) => PyErr::from_value(
+                cls.call1((msg,))
+                    .unwrap_or_else(|e| e.into_value(py).into_bound(py).into_any()),
+            ),
+            None => FerryError::new_err(msg),
+        };
+    match e {
+        Error::Empty => stdlib("Empty", String::new()),
+        Error::Full => stdlib("Full", String::new()),
+        Error::ShutDown => ShutDown::new_err("queue is shut down"),
+        Error::NotLeased => NotLeased::new_err("task_done() called too many times"),
+        Error::LeaseLost => LeaseLost::new_err(e.to_string()),
+        Error::Io(e) => PyConnectionError::new_err(e.to_string()),
+        Error::Url(m) => PyValueError::new_err(m),
+        other => FerryError::new_err(other.to_string()),
+    }
+}
+
+fn timeout(t: Option<f64>) -> PyResult<Option<Duration>> {
+    match t {
+        None => Ok(None),
+        Some(s) if s < 0.0 || s.is_nan() => Err(PyValueError::new_err(
+            "'timeout' must be a non-negative number",
+        )),
+        Some(s) => Ok(Some(Duration::from_secs_f64(s))),
+    }
+}
+
+/// One connection to a broker.
+#[pyclass(module = "ferry._ferry")]
+struct Connection {
+    client: Mutex<Option<Client>>,
+    /// The process that opened it.
+    pid: u32,
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        // Dropped in a forked child: the socket and the runtime's epoll
+        // instance are shared with the parent, and closing them here would
+        // deregister the parent's socket from the parent's epoll (they are
+        // one kernel object). Leak them instead; the child opens its own.
+        if std::process::id() != self.pid {
+            let client = self
+                .client
+                .get_mut()
+                .unwrap_or_else(|e| e.into_inner())
+                .take();
+            std::mem::forget(client);
+        }
+    }
+}
+
+impl Connection {
+    fn with<T: Send>(
+        &self,
+        py: Python<'_>,
+        f: impl FnOnce(&mut Client) -> Result<T, Error> + Send,
+    ) -> PyResult<T> {
+        if std::process::id() != self.pid {
+            return Err(FerryError::new_err(
+                "this connection belongs to the parent process",
+            ));
+        }
+        let result = py.detach(|| {
+            let mut c = self.client.lock().unwrap_or_else(|e| e.into_inner());
+            match c.as_mut() {
+                Some(c) => f(c),
+                None => Err(Error::Protocol("closed".into())),
+            }
+        });
+        result.map_err(|e| to_py(py, e))
+    }
+}
+
+#[pymethods]
+impl Connection {
+    #[new]
+    fn new(py: Python<'_>, url: &str) -> PyResult<Self> {
+        let url = url.to_string();
+        let client = py
+            .detach(move || Client::connect(&url))
+            .map_err(|e| to_py(py, e))?;
+        Ok(Connection {
+            client: Mutex::new(Some(client)),
+            pid: std::process::id(),
+        })
+    }
+
+    /// QCREATE queue [MAXSIZE n] [KIND k]: made if missing.
+    #[pyo3(signature = (queue, maxsize, kind))]
+    fn create(&self, py: Python<'_>, queue: &str, maxsize: u64, kind: &str) -> PyResult<()> {
+        let (q, m, k) = (queue.to_string(), maxsize.to_string(), kind.to_string());
+        self.with(py, move |c| {
+            c.call(&[
+                b"QCREATE",
+                q.as_bytes(),
+                b"MAXSIZE",
+                m.as_bytes(),
+                b"KIND",
+                k.as_bytes(),
+            ])
+            .map(drop)
+        })
+    }
+
+    /// QCONFIG queue MAXSIZE n.
+    fn set_maxsize(&self, py: Python<'_>, queue: &str, maxsize: u64) -> PyResult<()> {
+        let (q, m) = (queue.to_string(), maxsize.to_string());
+        self.with(py, move |c| {
+            c.call(&[b"QCONFIG", q.as_bytes(), b"MAXSIZE", m.as_bytes()])
+                .map(drop)
+        })
+    }
+
+    /// Puts; `block=False` fails at once when full, `timeout=None` waits
+    /// forever. `priority` is a raw order key.
+    #[pyo3(signature = (queue, payload, block=true, timeout=None, priority=None))]
+    fn put(
+        &self,
+        py: Python<'_>,
+        queue: &str,
+        payload: Vec<u8>,
+        block: bool,
+        timeout: Option<f64>,
+        priority: Option<Vec<u8>>,
+    ) -> PyResult<u64> {
+        let t = timeout_arg(block, timeout)?;
+        let q = queue.to_string();
+        self.with(py, move |c| {
+            let mut args: Vec<&[u8]> = vec![b"QPUT", q.as_bytes(), &payload];
+            if let Some(k) = &priority {
+                args.extend_from_slice(&[b"PRIOKEY", k]);
+            }
+            let t = t.as_deref().map(str::as_bytes);
+            match t {
+                None => args.push(b"NOWAIT"),
+                Some(ms) => args.extend_from_slice(&[b"TIMEOUT", ms]),
+            }
+            match c.call(&args)? {
+                Value::Int(id) => Ok(id as u64),
+                other => Err(Error::Protocol(format!("QPUT replied {other:?}"))),
+            }
+        })
+    }
+
+    /// Gets one item: `(id, payload)`. `take=True` never redelivers
+    /// (queue.Queue); otherwise leased to this connection (JoinableQueue).
+    #[pyo3(signature = (queue, block=true, timeout=None, take=false))]
+    fn get<'py>(
+        &self,
+        py: Python<'py>,
+        queue: &str,
+        block: bool,
+        timeout: Option<f64>,
+        take: bool,
+    ) -> PyResult<(u64, Bound<'py, PyBytes>)> {
+        let t = timeout_arg(block, timeout)?;
+        let q = queue.to_string();
+        let (id, payload) = self.with(py, move |c| {
+            let mut args: Vec<&[u8]> = vec![b"QGET", q.as_bytes()];
+            let t = t.as_deref().map(str::as_bytes);
+            match t {
+                None => args.push(b"NOWAIT"),
+                Some(ms) => args.extend_from_slice(&[b"TIMEOUT", ms]),
+            }
+            if take {
+                args.push(b"TAKE");
+            }
+            match c.call(&args)? {
+                Value::Nil => Err(Error::Empty),
+                Value::Array(mut entries) if !entries.is_empty() => match entries.swap_remove(0) {
+                    Value::Array(parts) => match (parts.get(1), parts.get(2)) {
+                        (Some(Value::Int(id)), Some(Value::Bulk(p))) => Ok((*id as u64, p.clone())),
+                        _ => Err(Error::Protocol("bad entry".into())),
+                    },
+                    _ => Err(Error::Protocol("bad entry".into())),
+                },
+                other => Err(Error::Protocol(format!("QGET replied {other:?}"))),
+            }
+        })?;
+        Ok((id, PyBytes::new(py, &payload)))
+    }
+
+    /// QDONE queue id: raises NotLeased if it finished nothing.
+    fn done(&self, py: Python<'_>, queue: &str, id: u64) -> PyResult<()> {
+        let q = queue.to_string();
+        self.with(py, move |c| c.task_done(&q, id))
+    }
+
+    /// Ready items.
+    fn qsize(&self, py: Python<'_>, queue: &str) -> PyResult<u64> {
+        let q = queue.to_string();
+        self.with(py, move |c| c.qsize(&q))
+    }
+
+    /// Whether the queue is at maxsize.
+    fn full(&self, py: Python<'_>, queue: &str) -> PyResult<bool> {
+        let q = queue.to_string();
+        self.with(py, move |c| c.full(&q))
+    }
+
+    /// QINFO as a dict of the integer fields and `shutdown`.
+    fn info(&self, py: Python<'_>, queue: &str) -> PyResult<Vec<(String, i64)>> {
+        let q = queue.to_string();
+        self.with(py, move |c| {
+            let v = match c.call(&[b"QINFO", q.as_bytes()]) {
+                Err(Error::Server { code, .. }) if code == "NOQUEUE" => return Ok(Vec::new()),
+                other => other?,
+            };
+            let flat = match v {
+                Value::Array(flat) => flat,
+                Value::Map(p) => p.into_iter().flat_map(|(k, v)| [k, v]).collect(),
+                _ => Vec::new(),
+            };
+            let mut out = Vec::new();
+            let mut it = flat.into_iter();
+            while let (Some(Value::Bulk(k)), Some(v)) = (it.next(), it.next()) {
+                let key = String::from_utf8_lossy(&k).into_owned();
+                match v {
+                    Value::Int(n) => out.push((key, n)),
+                    Value::Bulk(b) if key == "shutdown" => out.push((key, i64::from(b != b"no"))),
+                    _ => {}
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    /// Waits until nothing is unfinished.
+    fn join(&self, py: Python<'_>, queue: &str) -> PyResult<()> {
+        let q = queue.to_string();
+        self.with(py, move |c| c.join(&q))
+    }
+
+    /// Python 3.13's shutdown.
+    #[pyo3(signature = (queue, immediate=false))]
+    fn shutdown(&self, py: Python<'_>, queue: &str, immediate: bool) -> PyResult<()> {
+        let q = queue.to_string();
+        self.with(py, move |c| c.shutdown(&q, immediate))
+    }
+
+    /// LOCK name [TIMEOUT ms | NOWAIT]: the fencing token, or None.
+    #[pyo3(signature = (name, block=true, timeout=None))]
+    fn lock(
+        &self,
+        py: Python<'_>,
+        name: &str,
+        block: bool,
+        timeout: Option<f64>,
+    ) -> PyResult<Option<u64>> {
+        let t = timeout_arg(block, timeout)?;
+        let n = name.to_string();
+        self.with(py, move |c| {
+            let mut args: Vec<&[u8]> = vec![b"LOCK", n.as_bytes()];
+            let t = t.as_deref().map(str::as_bytes);
+            match t {
+                None => args.push(b"NOWAIT"),
+                Some(ms) => args.extend_from_slice(&[b"TIMEOUT", ms]),
+            }
+            match c.call(&args)? {
+                Value::Int(tok) => Ok(Some(tok as u64)),
+                _ => Ok(None),
+            }
+        })
+    }
+
+    /// UNLOCK name token: whether it was held.
+    fn unlock(&self, py: Python<'_>, name: &str, token: u64) -> PyResult<bool> {
+        let (n, t) = (name.to_string(), token.to_string());
+        self.with(py, move |c| {
+            match c.call(&[b"UNLOCK", n.as_bytes(), t.as_bytes()])? {
+                Value::Int(1) => Ok(true),
+                _ => Ok(false),
+            }
+        })
+    }
+}
+
+/// Python's (block, timeout) as a TIMEOUT argument: `None` for no wait,
+/// "0" for forever, else whole milliseconds rounded up (never 0).
+fn timeout_arg(block: bool, timeout: Option<f64>) -> PyResult<Option<String>> {
+    if !block {
+        return Ok(None);
+    }
+    match self::timeout(timeout)? {
+        None => Ok(Some("0".into())),
+        Some(d) if d.is_zero() => Ok(None),
+        Some(d) => Ok(Some(d.as_nanos().div_ceil(1_000_000).max(1).to_string())),
+    }
+}
+
+#[pymodule]
+fn _ferry(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<Connection>()?;
+    m.add("FerryError", m.py().get_type::<FerryError>())?;
+    m.add("ShutDown", m.py().get_type::<ShutDown>())?;
+    m.add("NotLeased", m.py().get_type::<NotLeased>())?;
+    m.add("LeaseLost", m.py().get_type::<LeaseLost>())?;
+    Ok(())
+}

@@ -1,0 +1,29 @@
+"""Starts the real ferry binary on port 0 for the test session."""
+
+import os
+import pathlib
+import subprocess
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def broker(tmp_path_factory):
+    binary = os.environ.get("FERRY_BIN") or str(ROOT / "target" / "debug" / "ferry")
+    data = tmp_path_factory.mktemp("ferry-data")
+    proc = subprocess.Popen(
+        [binary, "serve", "--port", "0", "--durability", "memory", "--data-dir", str(data)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    line = proc.stdout.readline()
+    assert line.startswith("listening "), line
+    port = line.rsplit(":", 1)[1].strip()
+    os.environ["FERRY_URL"] = f"ferry://127.0.0.1:{port}"
+    yield os.environ["FERRY_URL"]
+    proc.terminate()
+    proc.wait(timeout=10)
+    proc.stdout.close()
