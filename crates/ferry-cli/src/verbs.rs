@@ -249,9 +249,9 @@ pub(crate) fn nack(a: &NackArgs) -> Outcome {
     c.call(&args).map(drop).map_err(fail)
 }
 
-/// QINFO as (field, value) pairs, in the broker's order.
-fn info_pairs(c: &mut Client, queue: &str) -> Result<Vec<(String, Value)>, (i32, String)> {
-    let v = c.call(&[b"QINFO", queue.as_bytes()]).map_err(fail)?;
+/// A QINFO reply (a RESP3 map, or RESP2's flat array) as (field, value)
+/// pairs, in the broker's order.
+fn pairs_of(v: Value) -> Result<Vec<(String, Value)>, (i32, String)> {
     let flat = match v {
         Value::Array(flat) => flat,
         Value::Map(pairs) => pairs.into_iter().flat_map(|(k, v)| [k, v]).collect(),
@@ -263,6 +263,25 @@ fn info_pairs(c: &mut Client, queue: &str) -> Result<Vec<(String, Value)>, (i32,
         out.push((String::from_utf8_lossy(&k).into_owned(), v));
     }
     Ok(out)
+}
+
+/// QINFO of one queue as (field, value) pairs.
+fn info_pairs(c: &mut Client, queue: &str) -> Result<Vec<(String, Value)>, (i32, String)> {
+    pairs_of(c.call(&[b"QINFO", queue.as_bytes()]).map_err(fail)?)
+}
+
+/// Every queue's name (QLIST).
+fn queue_names(c: &mut Client) -> Result<Vec<String>, (i32, String)> {
+    match c.call(&[b"QLIST"]).map_err(fail)? {
+        Value::Array(v) => Ok(v
+            .into_iter()
+            .filter_map(|n| match n {
+                Value::Bulk(b) => Some(String::from_utf8_lossy(&b).into_owned()),
+                _ => None,
+            })
+            .collect()),
+        other => Err((1, format!("unexpected reply {other:?}"))),
+    }
 }
 
 fn int_of(pairs: &[(String, Value)], key: &str) -> i64 {
@@ -300,16 +319,7 @@ pub(crate) fn info(a: &InfoArgs) -> Outcome {
     let mut c = a.conn.connect()?;
     let names: Vec<String> = match &a.queue {
         Some(q) => vec![q.clone()],
-        None => match c.call(&[b"QLIST"]).map_err(fail)? {
-            Value::Array(v) => v
-                .into_iter()
-                .filter_map(|n| match n {
-                    Value::Bulk(b) => Some(String::from_utf8_lossy(&b).into_owned()),
-                    _ => None,
-                })
-                .collect(),
-            other => return Err((1, format!("unexpected reply {other:?}"))),
-        },
+        None => queue_names(&mut c)?,
     };
     let mut all = Vec::new();
     for n in &names {
@@ -514,16 +524,7 @@ pub(crate) fn top(a: &TopArgs) -> Outcome {
     let mut last_at = Instant::now();
     let mut n = 0u64;
     loop {
-        let names: Vec<String> = match c.call(&[b"QLIST"]).map_err(fail)? {
-            Value::Array(v) => v
-                .into_iter()
-                .filter_map(|n| match n {
-                    Value::Bulk(b) => Some(String::from_utf8_lossy(&b).into_owned()),
-                    _ => None,
-                })
-                .collect(),
-            other => return Err((1, format!("unexpected reply {other:?}"))),
-        };
+        let names = queue_names(&mut c)?;
         let commands: Vec<Vec<&[u8]>> = names
             .iter()
             .map(|q| vec![&b"QINFO"[..], q.as_bytes()])
@@ -549,17 +550,9 @@ pub(crate) fn top(a: &TopArgs) -> Outcome {
             "done/s"
         ));
         for (name, reply) in names.iter().zip(replies) {
-            let Ok(v) = reply else { continue };
-            let flat = match v {
-                Value::Array(flat) => flat,
-                Value::Map(pairs) => pairs.into_iter().flat_map(|(k, v)| [k, v]).collect(),
-                _ => continue,
+            let Ok(Ok(p)) = reply.map(pairs_of) else {
+                continue;
             };
-            let mut it = flat.into_iter();
-            let mut p = Vec::new();
-            while let (Some(Value::Bulk(k)), Some(v)) = (it.next(), it.next()) {
-                p.push((String::from_utf8_lossy(&k).into_owned(), v));
-            }
             let (put, done) = (int_of(&p, "put"), int_of(&p, "done"));
             let (put_rate, done_rate) = match last.insert(name.clone(), (put, done)) {
                 Some((p0, d0)) => ((put - p0) as f64 / secs, (done - d0) as f64 / secs),

@@ -271,31 +271,7 @@ pub(crate) fn worker(a: &WorkerArgs) -> Outcome {
                     Ok(None) => (false, "stopped (timeout or shutdown)".to_string()),
                     Err(e) => (false, format!("could not start: {e}")),
                 };
-                if ok {
-                    counts.done.fetch_add(1, Ordering::AcqRel);
-                    let _ = c.task_done(&a.queue, m.id);
-                } else {
-                    counts.failed.fetch_add(1, Ordering::AcqRel);
-                    let id = m.id.to_string();
-                    let delay = backoff(m.attempts).to_string();
-                    let _ = c.call(&[
-                        b"QNACK",
-                        a.queue.as_bytes(),
-                        id.as_bytes(),
-                        b"DELAY",
-                        delay.as_bytes(),
-                    ]);
-                }
-                if !tty {
-                    eprintln!(
-                        "ferry worker: queue={} id={} attempt={} {} in {:.3}s",
-                        a.queue,
-                        m.id,
-                        m.attempts,
-                        if ok { "done" } else { &what },
-                        t0.elapsed().as_secs_f64()
-                    );
-                }
+                settle(&mut c, &a, &m, ok, &what, &counts, tty, t0);
             }
             Ok(())
         }));
@@ -328,6 +304,46 @@ pub(crate) fn worker(a: &WorkerArgs) -> Outcome {
             .map_err(|_| (1, "a worker thread panicked".to_string()))??;
     }
     Ok(())
+}
+
+/// Marks a message done (`ok`) or gives it back with a backoff delay, and
+/// logs the outcome (one line per task when stderr is not a terminal).
+#[allow(clippy::too_many_arguments)]
+fn settle(
+    c: &mut Client,
+    a: &WorkerArgs,
+    m: &ferry_client::Message,
+    ok: bool,
+    what: &str,
+    counts: &Counts,
+    tty: bool,
+    started: Instant,
+) {
+    if ok {
+        counts.done.fetch_add(1, Ordering::AcqRel);
+        let _ = c.task_done(&a.queue, m.id);
+    } else {
+        counts.failed.fetch_add(1, Ordering::AcqRel);
+        let id = m.id.to_string();
+        let delay = backoff(m.attempts).to_string();
+        let _ = c.call(&[
+            b"QNACK",
+            a.queue.as_bytes(),
+            id.as_bytes(),
+            b"DELAY",
+            delay.as_bytes(),
+        ]);
+    }
+    if !tty {
+        eprintln!(
+            "ferry worker: queue={} id={} attempt={} {} in {:.3}s",
+            a.queue,
+            m.id,
+            m.attempts,
+            if ok { "done" } else { what },
+            started.elapsed().as_secs_f64()
+        );
+    }
 }
 
 /// A long-lived child for --persistent: its shim's group, stdin, and the
@@ -478,35 +494,11 @@ fn persistent_loop(
                 r.stop(Duration::ZERO);
             }
         }
-        if ok {
-            counts.done.fetch_add(1, Ordering::AcqRel);
-            let _ = c.task_done(&a.queue, m.id);
-        } else {
-            counts.failed.fetch_add(1, Ordering::AcqRel);
-            let id = m.id.to_string();
-            let delay = backoff(m.attempts).to_string();
-            let _ = c.call(&[
-                b"QNACK",
-                a.queue.as_bytes(),
-                id.as_bytes(),
-                b"DELAY",
-                delay.as_bytes(),
-            ]);
-        }
-        if !tty {
-            eprintln!(
-                "ferry worker: queue={} id={} attempt={} {} in {:.3}s",
-                a.queue,
-                m.id,
-                m.attempts,
-                match &answer {
-                    Some(l) if ok => "done".to_string(),
-                    Some(l) => format!("answered {l:?}"),
-                    None => "no answer (child died or timed out; restarted)".to_string(),
-                },
-                t0.elapsed().as_secs_f64()
-            );
-        }
+        let what = match &answer {
+            Some(l) => format!("answered {l:?}"),
+            None => "no answer (child died or timed out; restarted)".to_string(),
+        };
+        settle(c, a, &m, ok, &what, counts, tty, t0);
     }
     if let Some(r) = resident.take() {
         r.stop(grace);
