@@ -24,6 +24,8 @@ from ferry._ferry import Connection, FerryError, LeaseLost, NotLeased, ShutDown
 __all__ = [
     "Queue",
     "JoinableQueue",
+    "LifoQueue",
+    "PriorityQueue",
     "SimpleQueue",
     "Lock",
     "ShutDown",
@@ -140,9 +142,13 @@ class Queue:
     def is_shutdown(self) -> bool:
         return dict(self._handle.conn().info(self._name)).get("shutdown", 0) == 1
 
+    def _key(self, item) -> bytes | None:
+        return None
+
     def put(self, item, block: bool = True, timeout: float | None = None) -> None:
         _check_timeout(block, timeout)
-        self._handle.conn().put(self._name, self._dumps(item), block, timeout)
+        key = self._key(item)
+        self._handle.conn().put(self._name, self._dumps(item), block, timeout, key)
 
     def put_nowait(self, item) -> None:
         self.put(item, block=False)
@@ -226,6 +232,68 @@ class JoinableQueue(Queue):
     delivered again, so join() cannot hang on a dead consumer."""
 
     _take = False
+
+
+class LifoQueue(Queue):
+    """queue.LifoQueue: the newest item first."""
+
+    _kind = "lifo"
+
+
+class PriorityQueue(Queue):
+    """queue.PriorityQueue: the least item first, as Python compares them,
+    for items built from numbers, strings, bytes, None, bools and tuples of
+    them (a tuple is ordered by its leading elements that can be encoded,
+    so `(priority, anything)` works). Equal keys come out first in, first
+    out. An item that cannot be encoded raises TypeError."""
+
+    _kind = "priority"
+
+    def _key(self, item) -> bytes:
+        return order_key(item)
+
+
+def _escape(b: bytes) -> bytes:
+    return b.replace(b"\x00", b"\x00\xff") + b"\x00"
+
+
+def _encode(x, out: bytearray, top: bool) -> bool:
+    """Appends x's order key; False (nothing appended) if it cannot be
+    encoded. Codes sort None < bytes < str < tuple < numbers."""
+    if x is None:
+        out += b"\x00"
+    elif isinstance(x, (bool, int, float)):
+        f = float(x)
+        if f != f:
+            return False  # NaN has no order
+        if isinstance(x, int) and not isinstance(x, bool) and abs(x) > 2**53:
+            return False  # not exactly representable alongside floats
+        if f == 0.0:
+            f = 0.0  # -0.0 == 0.0
+        bits = int.from_bytes(__import__("struct").pack(">d", f), "big")
+        bits = bits ^ 0xFFFFFFFFFFFFFFFF if bits >> 63 else bits | (1 << 63)
+        out += b"\x21" + bits.to_bytes(8, "big")
+    elif isinstance(x, bytes):
+        out += b"\x01" + _escape(x)
+    elif isinstance(x, str):
+        out += b"\x02" + _escape(x.encode("utf-8"))
+    elif isinstance(x, tuple):
+        out += b"\x05"
+        for e in x:
+            if not _encode(e, out, False):
+                break
+        out += b"\x00"
+    else:
+        return False
+    return True
+
+
+def order_key(item) -> bytes:
+    """The byte string whose order is the item's order in a PriorityQueue."""
+    out = bytearray()
+    if not _encode(item, out, True):
+        raise TypeError(f"cannot order items of type {type(item).__name__} in a ferry.PriorityQueue")
+    return bytes(out)
 
 
 class SimpleQueue(Queue):

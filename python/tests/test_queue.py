@@ -162,3 +162,103 @@ def test_serializers():
     assert js.get() == {"a": [1, 2]}
     with pytest.raises(ValueError):
         ferry.Queue(serializer="xml")
+
+
+def test_lifo_and_priority_orders_match_python():
+    lifo = ferry.LifoQueue()
+    for i in range(3):
+        lifo.put(i)
+    assert [lifo.get() for _ in range(3)] == [2, 1, 0]
+
+    import heapq
+    items = [(3, "c"), (1, "z"), (2, "b"), (1, "a"), (1.5, "x"), (-7, "neg"), (True, "one"), (0, "zero")]
+    pq = ferry.PriorityQueue()
+    for it in items:
+        pq.put(it)
+    heap = list(items)
+    heapq.heapify(heap)
+    assert [pq.get() for _ in items] == [heapq.heappop(heap) for _ in items]
+    # Strings, bytes and None order as Python does within a type.
+    for group in (["b", "a", "ab", ""], [b"\x00", b"", b"\x00\x01"], [(1, None), (0, None)]):
+        q = ferry.PriorityQueue()
+        for g in group:
+            q.put(g)
+        assert [q.get() for _ in group] == sorted(group)
+    # (priority, anything): the key is the leading encodable elements.
+    q = ferry.PriorityQueue()
+    q.put((2, object()))
+    q.put((1, object()))
+    assert q.get()[0] == 1
+    with pytest.raises(TypeError):
+        q.put(object())
+
+
+def _count(lock, path, n):
+    for _ in range(n):
+        with lock:
+            with open(path) as f:
+                value = int(f.read())
+            with open(path, "w") as f:
+                f.write(str(value + 1))
+
+
+def test_a_lock_protected_counter_loses_no_update(tmp_path):
+    path = tmp_path / "counter"
+    path.write_text("0")
+    lock = ferry.Lock()
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_count, args=(lock, str(path), 25)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    assert path.read_text() == "100"
+
+
+def _slow_worker(q, started):
+    q.get()
+    started.set()
+    time.sleep(60)  # killed before task_done
+
+
+def test_a_consumer_killed_mid_task_does_not_hang_join():
+    import signal
+
+    ctx = multiprocessing.get_context("spawn")
+    q = ferry.JoinableQueue()
+    q.put("work")
+    started = ctx.Event()
+    p = ctx.Process(target=_slow_worker, args=(q, started))
+    p.start()
+    assert started.wait(30)
+    os.kill(p.pid, signal.SIGKILL)
+    p.join(timeout=30)
+    assert q.get(timeout=10) == "work"  # redelivered
+    q.task_done()
+    q.join()
+
+
+def _producer(q):
+    for i in range(10):
+        q.put(i)
+    q.put(None)
+
+
+def _consumer(q, out):
+    total = 0
+    while (item := q.get()) is not None:
+        total += item
+    out.put(total)
+
+
+def test_child_to_child_through_a_queue():
+    ctx = multiprocessing.get_context("spawn")
+    q, out = ferry.Queue(), ferry.Queue()
+    a = ctx.Process(target=_producer, args=(q,))
+    b = ctx.Process(target=_consumer, args=(q, out))
+    b.start()
+    a.start()
+    assert out.get(timeout=30) == 45
+    for p in (a, b):
+        p.join(timeout=30)
