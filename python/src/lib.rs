@@ -335,9 +335,86 @@ fn timeout_arg(block: bool, timeout: Option<f64>) -> PyResult<Option<String>> {
     }
 }
 
+/// Runs a broker in this process until SIGINT/SIGTERM (the GIL released):
+/// `python -m ferry serve`, so a pip user needs no Rust toolchain. Prints
+/// `listening <address>` first, as `ferry serve` does.
+#[pyfunction]
+#[pyo3(signature = (bind="127.0.0.1", port=7878, data_dir="ferry-data", durability="sync", unix=None, requirepass=None))]
+fn serve(
+    py: Python<'_>,
+    bind: &str,
+    port: u16,
+    data_dir: &str,
+    durability: &str,
+    unix: Option<String>,
+    requirepass: Option<String>,
+) -> PyResult<()> {
+    let durability = match durability {
+        "sync" => ferry_server::Durability::Sync,
+        "async" => ferry_server::Durability::Async,
+        "memory" => ferry_server::Durability::Memory,
+        other => {
+            return Err(PyValueError::new_err(format!(
+                "durability must be sync, async or memory, not {other:?}"
+            )));
+        }
+    };
+    let config = ferry_server::Config {
+        bind: bind
+            .parse()
+            .map_err(|_| PyValueError::new_err(format!("bad bind address {bind:?}")))?,
+        port,
+        data_dir: data_dir.into(),
+        durability,
+        unix: unix.map(Into::into),
+        requirepass,
+        ..ferry_server::Config::default()
+    };
+    let stopped = py.detach(move || -> std::io::Result<ferry_server::Stopped> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(async move {
+            let server = ferry_server::Server::bind(config).await?;
+            let bound = server.bound()?;
+            println!("listening {}", bound.tcp);
+            if let Some(p) = &bound.unix {
+                println!("listening unix:{}", p.display());
+            }
+            use std::io::Write;
+            let _ = std::io::stdout().flush();
+            Ok(server
+                .run(async {
+                    use tokio::signal::unix::{SignalKind, signal};
+                    match (
+                        signal(SignalKind::terminate()),
+                        signal(SignalKind::interrupt()),
+                    ) {
+                        (Ok(mut t), Ok(mut i)) => {
+                            tokio::select! {
+                                _ = t.recv() => {}
+                                _ = i.recv() => {}
+                            }
+                        }
+                        _ => std::future::pending::<()>().await,
+                    }
+                })
+                .await)
+        })
+    });
+    match stopped {
+        Ok(ferry_server::Stopped::Clean) => Ok(()),
+        Ok(ferry_server::Stopped::LogFailed) => Err(FerryError::new_err(
+            "the log failed (a write or fsync error)",
+        )),
+        Err(e) => Err(PyConnectionError::new_err(e.to_string())),
+    }
+}
+
 #[pymodule]
 fn _ferry(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Connection>()?;
+    m.add_function(pyo3::wrap_pyfunction!(serve, m)?)?;
     m.add("FerryError", m.py().get_type::<FerryError>())?;
     m.add("ShutDown", m.py().get_type::<ShutDown>())?;
     m.add("NotLeased", m.py().get_type::<NotLeased>())?;

@@ -262,3 +262,27 @@ def test_child_to_child_through_a_queue():
     assert out.get(timeout=30) == 45
     for p in (a, b):
         p.join(timeout=30)
+
+
+def test_python_m_ferry_serve_runs_a_broker(tmp_path):
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ferry", "serve", "--port", "0", "--durability", "memory",
+         "--data-dir", str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("listening 127.0.0.1:"), line
+        url = "ferry://" + line.split()[1]
+        q = ferry.Queue(url=url)
+        q.put("from the wheel")
+        assert q.get(timeout=5) == "from the wheel"
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=10) == 0
+        proc.stdout.close()
