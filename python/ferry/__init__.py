@@ -209,17 +209,29 @@ class Queue:
         pass
 
     def put_many(self, items) -> None:
-        for item in items:
-            self.put(item)
+        """Puts all the items in one call, all or nothing, waiting for room
+        for all of them. (Priority queues put them one by one, each with its
+        own order key.)"""
+        items = list(items)
+        if not items:
+            return
+        if self._kind == "priority":
+            for item in items:
+                self.put(item)
+            return
+        self._handle.conn().put_many(self._name, [self._dumps(i) for i in items])
 
     def get_many(self, n: int, timeout: float | None = None) -> list:
-        out = [self.get(timeout=timeout)]
-        while len(out) < n:
-            try:
-                out.append(self.get_nowait())
-            except Empty:
-                break
-        return out
+        """Gets up to n items in one call, waiting at most `timeout` (None:
+        forever) for the first; each needs its own task_done()."""
+        if timeout is not None and timeout < 0:
+            raise ValueError("'timeout' must be a non-negative number")
+        conn = self._handle.conn()
+        got = conn.get_many(self._name, n, timeout, self._take)
+        me = threading.get_ident()
+        with self._held_lock:
+            self._held.extend((me, conn, msg_id) for msg_id, _ in got)
+        return [self._loads(p) for _, p in got]
 
 
 def _rebuild(cls, name, maxsize, url, serializer):

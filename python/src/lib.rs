@@ -227,6 +227,63 @@ impl Connection {
         Ok((id, PyBytes::new(py, &payload)))
     }
 
+    /// QPUTMANY: all or nothing, waiting for room for all.
+    fn put_many(&self, py: Python<'_>, queue: &str, payloads: Vec<Vec<u8>>) -> PyResult<Vec<u64>> {
+        let q = queue.to_string();
+        self.with(py, move |c| {
+            let refs: Vec<&[u8]> = payloads.iter().map(Vec::as_slice).collect();
+            c.put_many(&q, &refs)
+        })
+    }
+
+    /// Up to `n` items `(id, payload)`, waiting at most `timeout` (None:
+    /// forever) for the first; `take` as for `get`.
+    #[pyo3(signature = (queue, n, timeout=None, take=false))]
+    fn get_many<'py>(
+        &self,
+        py: Python<'py>,
+        queue: &str,
+        n: usize,
+        timeout: Option<f64>,
+        take: bool,
+    ) -> PyResult<Vec<(u64, Bound<'py, PyBytes>)>> {
+        let t = timeout_arg(true, timeout)?.unwrap_or_else(|| "0".into());
+        // A zero timeout means "do not wait" here, as for get().
+        let nowait = timeout == Some(0.0);
+        let (q, count) = (queue.to_string(), n.max(1).to_string());
+        let items: Vec<(u64, Vec<u8>)> = self.with(py, move |c| {
+            let mut args: Vec<&[u8]> = vec![b"QGET", q.as_bytes(), b"COUNT", count.as_bytes()];
+            if nowait {
+                args.push(b"NOWAIT");
+            } else {
+                args.extend_from_slice(&[b"TIMEOUT", t.as_bytes()]);
+            }
+            if take {
+                args.push(b"TAKE");
+            }
+            match c.call(&args)? {
+                Value::Nil => Err(Error::Empty),
+                Value::Array(entries) => entries
+                    .into_iter()
+                    .map(|e| match e {
+                        Value::Array(parts) => match (parts.get(1), parts.get(2)) {
+                            (Some(Value::Int(id)), Some(Value::Bulk(p))) => {
+                                Ok((*id as u64, p.clone()))
+                            }
+                            _ => Err(Error::Protocol("bad entry".into())),
+                        },
+                        _ => Err(Error::Protocol("bad entry".into())),
+                    })
+                    .collect(),
+                other => Err(Error::Protocol(format!("QGET replied {other:?}"))),
+            }
+        })?;
+        Ok(items
+            .into_iter()
+            .map(|(id, p)| (id, PyBytes::new(py, &p)))
+            .collect())
+    }
+
     /// QDONE queue id: raises NotLeased if it finished nothing.
     fn done(&self, py: Python<'_>, queue: &str, id: u64) -> PyResult<()> {
         let q = queue.to_string();

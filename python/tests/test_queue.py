@@ -286,3 +286,20 @@ def test_python_m_ferry_serve_runs_a_broker(tmp_path):
         proc.terminate()
         assert proc.wait(timeout=10) == 0
         proc.stdout.close()
+
+
+def test_batches():
+    q = ferry.JoinableQueue()
+    q.put_many(range(10))
+    assert q.qsize() == 10
+    got = q.get_many(4, timeout=5)
+    assert got == [0, 1, 2, 3]
+    for _ in got:
+        q.task_done()
+    rest = q.get_many(100, timeout=0)
+    assert rest == list(range(4, 10))
+    for _ in rest:
+        q.task_done()
+    q.join()
+    with pytest.raises(queue.Empty):
+        q.get_many(5, timeout=0)

@@ -1,0 +1,98 @@
+#!/usr/bin/env python3
+"""ferry.JoinableQueue against multiprocessing.JoinableQueue, in one run:
+1 producer process and 2 consumer processes move N 16-byte items through
+put / get / task_done, and the main process joins. Prints items per second
+and the ferry/multiprocessing ratio, per item and in batches of 100.
+
+    .venv/bin/python bench/python_mp.py            # 1,000,000 items
+    .venv/bin/python bench/python_mp.py --quick    # 10,000
+
+Needs the package built (`maturin develop`, as scripts/test.sh does) and
+the release binary (`cargo build --release -p ferry-cli`); the broker runs
+on a free loopback port in memory mode, as multiprocessing keeps its queue
+in memory.
+"""
+
+import argparse
+import multiprocessing as mp
+import os
+import pathlib
+import subprocess
+import sys
+import tempfile
+import time
+
+import ferry
+
+ITEM = b"0123456789abcdef"
+
+
+def produce(q, n, batch):
+    if batch > 1:
+        for start in range(0, n, batch):
+            q.put_many([ITEM] * min(batch, n - start))
+    else:
+        for _ in range(n):
+            q.put(ITEM)
+
+
+def consume(q, batch):
+    while True:
+        items = q.get_many(batch) if batch > 1 and hasattr(q, "get_many") else [q.get()]
+        for item in items:
+            q.task_done()
+            if item is None:
+                return
+
+
+def run(make_queue, n, batch):
+    q = make_queue()
+    ctx = mp.get_context("fork")
+    consumers = [ctx.Process(target=consume, args=(q, batch)) for _ in range(2)]
+    for c in consumers:
+        c.start()
+    t = time.perf_counter()
+    p = ctx.Process(target=produce, args=(q, n, batch))
+    p.start()
+    p.join()
+    q.join()
+    elapsed = time.perf_counter() - t
+    for _ in consumers:
+        q.put(None)
+    for c in consumers:
+        c.join()
+    return n / elapsed
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("-n", type=int, default=1_000_000)
+    args = ap.parse_args()
+    n = 10_000 if args.quick else args.n
+    root = pathlib.Path(__file__).resolve().parents[1]
+    binary = root / "target" / "release" / "ferry"
+    if not binary.exists():
+        subprocess.run(["cargo", "build", "--release", "-q", "-p", "ferry-cli"], cwd=root, check=True)
+    with tempfile.TemporaryDirectory() as data:
+        broker = subprocess.Popen(
+            [str(binary), "serve", "--port", "0", "--durability", "memory", "--data-dir", data],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        )
+        try:
+            url = "ferry://" + broker.stdout.readline().split()[1]
+            os.environ["FERRY_URL"] = url
+            print(f"{n} items of 16 B, 1 producer, 2 consumers; Python {sys.version.split()[0]}")
+            print(f"{'mode':<14} {'ferry items/s':>14} {'mp items/s':>12} {'ratio':>7}")
+            for label, batch in (("per item", 1), ("batches of 100", 100)):
+                f = run(lambda: ferry.JoinableQueue(), n, batch)
+                m = run(lambda: mp.JoinableQueue(), n, 1 if batch > 1 else 1)
+                print(f"{label:<14} {f:>14.0f} {m:>12.0f} {f / m:>7.2f}")
+        finally:
+            broker.terminate()
+            broker.wait()
+            broker.stdout.close()
+
+
+if __name__ == "__main__":
+    main()
