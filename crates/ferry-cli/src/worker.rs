@@ -87,13 +87,8 @@ enum Ended {
     Signal(i32),
 }
 
-enum Slot {
-    Waiting(mpsc::Sender<Ended>),
-    Ended(Ended),
-}
-
-/// Exit statuses by pid, handed from the reaper to the task threads.
-type Slots = Arc<Mutex<HashMap<i32, Slot>>>;
+/// Where the reaper sends each shim's status, by pid.
+type Slots = Arc<Mutex<HashMap<i32, mpsc::Sender<Ended>>>>;
 
 /// Reaps every child and orphaned descendant, forever.
 fn reaper(slots: Slots) {
@@ -115,16 +110,46 @@ fn reaper(slots: Slots) {
 }
 
 fn deliver(slots: &Slots, pid: i32, ended: Ended) {
-    let mut s = slots.lock().unwrap_or_else(|e| e.into_inner());
-    match s.remove(&pid) {
-        Some(Slot::Waiting(tx)) => {
-            let _ = tx.send(ended);
-        }
-        // Not one of our shims (an orphaned grandchild), or a shim that
-        // ended before its thread registered: keep the status for it.
-        _ => {
-            s.insert(pid, Slot::Ended(ended));
-        }
+    // Shims are registered before the reaper can see them (see
+    // `spawn_shim`), so an unknown pid is an orphaned grandchild: reaped,
+    // and nothing to report.
+    if let Some(tx) = slots.lock().unwrap_or_else(|e| e.into_inner()).remove(&pid) {
+        let _ = tx.send(ended);
+    }
+}
+
+/// Starts CMD under a shim that leads a new process group; replies the
+/// child and the channel its status will arrive on. The slot table stays
+/// locked from before the spawn until the pid is registered, so the reaper
+/// cannot reap the shim unannounced (it waits on that lock to deliver).
+fn spawn_shim(
+    a: &WorkerArgs,
+    slots: &Slots,
+    setup: impl FnOnce(&mut Command),
+) -> std::io::Result<(std::process::Child, mpsc::Receiver<Ended>)> {
+    let mut cmd = Command::new(std::env::current_exe()?);
+    cmd.arg("__shim")
+        .arg("--")
+        .args(&a.command)
+        .env("FERRY_QUEUE", &a.queue)
+        .stdin(Stdio::piped())
+        .process_group(0);
+    setup(&mut cmd);
+    let mut table = slots.lock().unwrap_or_else(|e| e.into_inner());
+    let child = cmd.spawn()?;
+    let (tx, rx) = mpsc::channel();
+    table.insert(child.id() as i32, tx);
+    Ok((child, rx))
+}
+
+/// Stops a shim's whole group: SIGTERM, then SIGKILL if it has not ended
+/// within `grace`; waits for the reaper's word.
+fn stop_group(pid: i32, ended: &mpsc::Receiver<Ended>, grace: Duration) {
+    let group = Pid::from_raw(pid);
+    let _ = killpg(group, Signal::SIGTERM);
+    if ended.recv_timeout(grace).is_err() {
+        let _ = killpg(group, Signal::SIGKILL);
+        let _ = ended.recv_timeout(Duration::from_secs(5));
     }
 }
 
@@ -148,30 +173,11 @@ fn run_task(
     stopping: &AtomicBool,
     deadline_on_stop: &Mutex<Option<Instant>>,
 ) -> std::io::Result<Option<Ended>> {
-    let exe = std::env::current_exe()?;
-    let mut child = Command::new(exe)
-        .arg("__shim")
-        .arg("--")
-        .args(&a.command)
-        .env("FERRY_QUEUE", &a.queue)
-        .env("FERRY_ID", m.id.to_string())
-        .env("FERRY_ATTEMPT", m.attempts.to_string())
-        .stdin(Stdio::piped())
-        .process_group(0)
-        .spawn()?;
+    let (mut child, rx) = spawn_shim(a, slots, |c| {
+        c.env("FERRY_ID", m.id.to_string())
+            .env("FERRY_ATTEMPT", m.attempts.to_string());
+    })?;
     let pid = child.id() as i32;
-    let (tx, rx) = mpsc::channel();
-    {
-        let mut s = slots.lock().unwrap_or_else(|e| e.into_inner());
-        match s.remove(&pid) {
-            Some(Slot::Ended(e)) => {
-                let _ = tx.send(e);
-            }
-            _ => {
-                s.insert(pid, Slot::Waiting(tx));
-            }
-        }
-    }
     if let Some(mut stdin) = child.stdin.take() {
         // A command that does not read its stdin is not an error.
         let _ = stdin.write_all(&m.payload);
@@ -191,14 +197,7 @@ fn run_task(
                 .unwrap_or_else(|e| e.into_inner())
                 .is_some_and(|d| Instant::now() >= d);
         if overran || stop_due {
-            let group = Pid::from_raw(pid);
-            let _ = killpg(group, Signal::SIGTERM);
-            if let Ok(e) = rx.recv_timeout(grace) {
-                let _ = e;
-            } else {
-                let _ = killpg(group, Signal::SIGKILL);
-                let _ = rx.recv_timeout(Duration::from_secs(5));
-            }
+            stop_group(pid, &rx, grace);
             return Ok(None);
         }
     }
@@ -357,28 +356,10 @@ struct Resident {
 
 impl Resident {
     fn spawn(a: &WorkerArgs, slots: &Slots) -> std::io::Result<Resident> {
-        let mut child = Command::new(std::env::current_exe()?)
-            .arg("__shim")
-            .arg("--")
-            .args(&a.command)
-            .env("FERRY_QUEUE", &a.queue)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .process_group(0)
-            .spawn()?;
+        let (mut child, ended) = spawn_shim(a, slots, |c| {
+            c.stdout(Stdio::piped());
+        })?;
         let pid = child.id() as i32;
-        let (tx, ended) = mpsc::channel();
-        {
-            let mut s = slots.lock().unwrap_or_else(|e| e.into_inner());
-            match s.remove(&pid) {
-                Some(Slot::Ended(e)) => {
-                    let _ = tx.send(e);
-                }
-                _ => {
-                    s.insert(pid, Slot::Waiting(tx));
-                }
-            }
-        }
         let stdin = child
             .stdin
             .take()
@@ -415,13 +396,8 @@ impl Resident {
     /// `grace`, then kills its group.
     fn stop(self, grace: Duration) {
         drop(self.stdin);
-        let group = Pid::from_raw(self.pid);
         if self.ended.recv_timeout(grace).is_err() {
-            let _ = killpg(group, Signal::SIGTERM);
-            if self.ended.recv_timeout(grace).is_err() {
-                let _ = killpg(group, Signal::SIGKILL);
-                let _ = self.ended.recv_timeout(Duration::from_secs(5));
-            }
+            stop_group(self.pid, &self.ended, grace);
         }
     }
 }
