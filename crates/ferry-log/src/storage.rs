@@ -3,10 +3,12 @@
 //!
 //! [`RealStorage`] is the file system. [`Faults`] wraps it for tests: it
 //! remembers how much of each file was last synced (and which new files had
-//! their directory synced), can fail the n-th write or sync, and
-//! [`Faults::power_cut`] does what losing power does — cuts every file back
-//! to its last synced length, removes files whose creation was never synced
-//! into their directory, and fails everything after. A kill -9 cannot test
+//! their directory synced), can fail the n-th write or sync or report a
+//! full disk to the next preallocation, and [`Faults::power_cut`] does what
+//! losing power does — every file keeps its synced bytes, what was written
+//! after them reads back as zeros (the file keeps its preallocated length),
+//! files whose creation was never synced into their directory vanish, and
+//! everything after fails. A kill -9 cannot test
 //! a missing fsync (the page cache outlives the process); this can.
 
 use std::collections::{HashMap, HashSet};
@@ -17,23 +19,26 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-/// An open segment, written at its end.
+/// An open segment, written sequentially from a cursor.
 pub trait LogFile: Send {
-    /// Appends bytes.
+    /// Writes bytes at the cursor and moves it past them.
     fn write_all(&mut self, buf: &[u8]) -> io::Result<()>;
     /// Makes what was written durable (`fdatasync`).
     fn sync_data(&mut self) -> io::Result<()>;
-    /// Cuts the file to `len` bytes, syncs, and goes on writing at its end.
+    /// Cuts the file to `len` bytes, syncs it, and puts the cursor there.
     fn truncate(&mut self, len: u64) -> io::Result<()>;
+    /// Reserves disk blocks so that the file is at least `len` bytes long
+    /// (the new bytes read as zeros), and syncs that. The cursor stays.
+    fn preallocate(&mut self, len: u64) -> io::Result<()>;
 }
 
 /// How the log reaches files.
 pub trait Storage: Send + Sync {
     /// The whole content of a file.
     fn read(&self, path: &Path) -> io::Result<Vec<u8>>;
-    /// Creates a new file (it must not exist) for appending.
+    /// Creates a new file (it must not exist), cursor at 0.
     fn create(&self, path: &Path) -> io::Result<Box<dyn LogFile>>;
-    /// Opens an existing file for appending.
+    /// Opens an existing file for writing, cursor at 0.
     fn open(&self, path: &Path) -> io::Result<Box<dyn LogFile>>;
     /// Removes a file.
     fn remove(&self, path: &Path) -> io::Result<()>;
@@ -59,8 +64,39 @@ impl LogFile for RealFile {
     fn truncate(&mut self, len: u64) -> io::Result<()> {
         self.0.set_len(len)?;
         self.0.sync_all()?;
-        self.0.seek(SeekFrom::End(0)).map(drop)
+        self.0.seek(SeekFrom::Start(len)).map(drop)
     }
+
+    fn preallocate(&mut self, len: u64) -> io::Result<()> {
+        let have = self.0.metadata()?.len();
+        if have >= len {
+            return Ok(());
+        }
+        rustix::fs::fallocate(
+            &self.0,
+            rustix::fs::FallocateFlags::empty(),
+            have,
+            len - have,
+        )?;
+        self.0.sync_all()
+    }
+}
+
+fn open_new(path: &Path) -> io::Result<RealFile> {
+    OpenOptions::new()
+        .create_new(true)
+        .read(true)
+        .write(true)
+        .open(path)
+        .map(RealFile)
+}
+
+fn open_existing(path: &Path) -> io::Result<RealFile> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map(RealFile)
 }
 
 impl Storage for RealStorage {
@@ -69,18 +105,11 @@ impl Storage for RealStorage {
     }
 
     fn create(&self, path: &Path) -> io::Result<Box<dyn LogFile>> {
-        let f = OpenOptions::new()
-            .create_new(true)
-            .read(true)
-            .append(true)
-            .open(path)?;
-        Ok(Box::new(RealFile(f)))
+        Ok(Box::new(open_new(path)?))
     }
 
     fn open(&self, path: &Path) -> io::Result<Box<dyn LogFile>> {
-        let mut f = OpenOptions::new().read(true).write(true).open(path)?;
-        f.seek(SeekFrom::End(0))?;
-        Ok(Box::new(RealFile(f)))
+        Ok(Box::new(open_existing(path)?))
     }
 
     fn remove(&self, path: &Path) -> io::Result<()> {
@@ -96,14 +125,18 @@ impl Storage for RealStorage {
 struct FaultState {
     /// Bytes of each file known to be durable.
     synced: HashMap<PathBuf, u64>,
-    /// Bytes written to each file so far.
+    /// Where each file's cursor is: bytes written so far.
     written: HashMap<PathBuf, u64>,
+    /// Each file's length, preallocation included.
+    size: HashMap<PathBuf, u64>,
     /// Files created whose directory has not been synced since.
     unlinked: HashSet<PathBuf>,
     writes: u64,
     syncs: u64,
     fail_write_at: Option<u64>,
     fail_sync_at: Option<u64>,
+    /// The next preallocation reports a full disk.
+    disk_full: bool,
     dead: bool,
 }
 
@@ -135,7 +168,11 @@ impl LogFile for FaultyFile {
             return Err(injected("write"));
         }
         self.inner.write_all(buf)?;
-        *s.written.entry(self.path.clone()).or_default() += buf.len() as u64;
+        let at = s.written.entry(self.path.clone()).or_default();
+        *at += buf.len() as u64;
+        let at = *at;
+        let size = s.size.entry(self.path.clone()).or_default();
+        *size = (*size).max(at);
         Ok(())
     }
 
@@ -159,6 +196,23 @@ impl LogFile for FaultyFile {
         self.inner.truncate(len)?;
         s.written.insert(self.path.clone(), len);
         s.synced.insert(self.path.clone(), len);
+        s.size.insert(self.path.clone(), len);
+        Ok(())
+    }
+
+    fn preallocate(&mut self, len: u64) -> io::Result<()> {
+        let mut s = self.state.lock();
+        if s.dead {
+            return Err(injected("preallocate"));
+        }
+        if std::mem::take(&mut s.disk_full) {
+            return Err(io::Error::from_raw_os_error(
+                rustix::io::Errno::NOSPC.raw_os_error(),
+            ));
+        }
+        self.inner.preallocate(len)?;
+        let size = s.size.entry(self.path.clone()).or_default();
+        *size = (*size).max(len);
         Ok(())
     }
 }
@@ -181,9 +235,16 @@ impl Faults {
         s.fail_sync_at = Some(s.syncs + n);
     }
 
-    /// Loses power: every file goes back to its last synced length, files
-    /// whose creation was not synced into their directory vanish, and every
-    /// later operation through this storage fails.
+    /// Makes the next preallocation fail as a full disk does (`ENOSPC`).
+    pub fn fill_disk(&self) {
+        self.state.lock().disk_full = true;
+    }
+
+    /// Loses power: every file keeps only what was synced — the bytes
+    /// written after that read back as zeros, and a preallocated file keeps
+    /// its length — files whose creation was not synced into their
+    /// directory vanish, and every later operation through this storage
+    /// fails.
     pub fn power_cut(&self) -> io::Result<()> {
         let mut s = self.state.lock();
         s.dead = true;
@@ -194,7 +255,9 @@ impl Faults {
         }
         for (path, &len) in &s.synced {
             if let Ok(f) = OpenOptions::new().write(true).open(path) {
+                let size = s.size.get(path).copied().unwrap_or(len).max(len);
                 f.set_len(len)?;
+                f.set_len(size)?;
             }
         }
         Ok(())
@@ -202,7 +265,8 @@ impl Faults {
 
     fn track(&self, path: &Path, len: u64, created: bool) {
         let mut s = self.state.lock();
-        s.written.insert(path.to_path_buf(), len);
+        s.written.insert(path.to_path_buf(), 0);
+        s.size.insert(path.to_path_buf(), len);
         s.synced
             .insert(path.to_path_buf(), if created { 0 } else { len });
         if created {
@@ -227,14 +291,10 @@ impl Storage for Faults {
 
     fn create(&self, path: &Path) -> io::Result<Box<dyn LogFile>> {
         self.alive("create")?;
-        let f = OpenOptions::new()
-            .create_new(true)
-            .read(true)
-            .append(true)
-            .open(path)?;
+        let inner = open_new(path)?;
         self.track(path, 0, true);
         Ok(Box::new(FaultyFile {
-            inner: RealFile(f),
+            inner,
             path: path.to_path_buf(),
             state: Arc::clone(&self.state),
         }))
@@ -242,11 +302,11 @@ impl Storage for Faults {
 
     fn open(&self, path: &Path) -> io::Result<Box<dyn LogFile>> {
         self.alive("open")?;
-        let mut f = OpenOptions::new().read(true).write(true).open(path)?;
-        let len = f.seek(SeekFrom::End(0))?;
+        let inner = open_existing(path)?;
+        let len = inner.0.metadata()?.len();
         self.track(path, len, false);
         Ok(Box::new(FaultyFile {
-            inner: RealFile(f),
+            inner,
             path: path.to_path_buf(),
             state: Arc::clone(&self.state),
         }))
@@ -258,6 +318,7 @@ impl Storage for Faults {
         let mut s = self.state.lock();
         s.synced.remove(path);
         s.written.remove(path);
+        s.size.remove(path);
         s.unlinked.remove(path);
         Ok(())
     }

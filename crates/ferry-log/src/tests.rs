@@ -2,7 +2,7 @@
 
 use super::*;
 use std::collections::HashSet;
-use std::io::Write;
+use std::io::{Seek, Write};
 use std::sync::atomic::AtomicU64;
 
 fn quiet() -> (OnDurable, OnError) {
@@ -363,4 +363,151 @@ fn power_loss_keeps_every_durable_record() {
             "seed {seed}: nothing was acknowledged before the cut"
         );
     }
+}
+
+fn file_len(path: &Path) -> u64 {
+    fs::metadata(path).unwrap().len()
+}
+
+/// Segments are preallocated while written and cut to their data once the
+/// log moves past them or closes.
+#[test]
+fn segments_are_preallocated_and_cut_to_their_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let small = Options {
+        segment_bytes: 64 << 10,
+        ..Options::default()
+    };
+    let want = records(2000);
+    let (log, _, _) = open(dir.path(), small.clone()).unwrap();
+    for r in &want {
+        let lsn = log.append(r).unwrap();
+        if lsn % 50 == 0 {
+            wait_durable(&log, lsn);
+        }
+    }
+    wait_durable(&log, log.appended());
+    let segs = segments(dir.path()).unwrap();
+    assert!(segs.len() >= 3, "{} segments", segs.len());
+    let (_, last) = segs.last().unwrap();
+    assert_eq!(file_len(last), 64 << 10, "the open segment is preallocated");
+    for (seq, path) in &segs[..segs.len() - 1] {
+        let bytes = fs::read(path).unwrap();
+        let s = scan(&bytes, *seq);
+        assert!(s.bad.is_none());
+        assert_eq!(s.end, bytes.len(), "segment {seq} holds no zero tail");
+    }
+    log.close();
+    let bytes = fs::read(last).unwrap();
+    assert_eq!(scan(&bytes, segs.last().unwrap().0).end, bytes.len());
+    let data: u64 = segs.iter().map(|(_, p)| file_len(p)).sum();
+    let (log, rec, seen) = open(dir.path(), small).unwrap();
+    assert_eq!(seen, want);
+    assert!(rec.truncated.is_none());
+    assert_eq!(log.bytes(), data, "bytes count data, not preallocation");
+}
+
+/// After a crash the open segment ends in zeros: that is space, not data.
+/// A run of zeros with data after it is a torn tail in the last segment
+/// and corruption in any other.
+#[test]
+fn zeros_end_the_data_and_zeros_before_data_are_damage() {
+    let dir = tempfile::tempdir().unwrap();
+    let faults = Faults::new();
+    let log = open_with(
+        dir.path(),
+        Arc::new(faults.clone()),
+        Arc::new(AtomicU64::new(0)),
+    );
+    for r in records(20) {
+        log.append(&r).unwrap();
+    }
+    wait_durable(&log, 20);
+    faults.power_cut().unwrap();
+    drop(log);
+    let (_, path) = segments(dir.path()).unwrap().pop().unwrap();
+    assert_eq!(file_len(&path), Options::default().segment_bytes);
+    let (log, rec, seen) = open(dir.path(), Options::default()).unwrap();
+    assert_eq!(seen, records(20));
+    assert!(rec.truncated.is_none(), "{:?}", rec.truncated);
+    drop(log);
+
+    // Data beyond a run of zeros: a write that landed out of order.
+    let data_end = fs::read(&path).unwrap().len() as u64;
+    let mut f = OpenOptions::new().write(true).open(&path).unwrap();
+    f.set_len(data_end + 100).unwrap();
+    f.seek(std::io::SeekFrom::Start(data_end + 40)).unwrap();
+    f.write_all(b"late bytes").unwrap();
+    drop(f);
+    let (log, rec, seen) = open(dir.path(), Options::default()).unwrap();
+    assert_eq!(seen, records(20));
+    let (_, at, dropped) = rec.truncated.unwrap();
+    assert_eq!((at, dropped), (data_end, 50));
+    // The same stretch in a segment that is not the last stops the start.
+    let lsn = log.append(b"next").unwrap();
+    wait_durable(&log, lsn);
+    log.close();
+    let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+    f.write_all(&[0; 16]).unwrap();
+    f.write_all(b"late bytes").unwrap();
+    drop(f);
+    fs::write(dir.path().join(segment_name(2)), {
+        let mut h = MAGIC.to_vec();
+        h.extend_from_slice(&VERSION.to_le_bytes());
+        h.extend_from_slice(&2u64.to_le_bytes());
+        h
+    })
+    .unwrap();
+    assert!(matches!(
+        open(dir.path(), Options::default()),
+        Err(LogError::Corrupt { .. })
+    ));
+}
+
+/// A disk too full for a new segment is not a crash: the log stays in the
+/// current segment, says so, and moves on once there is room.
+#[test]
+fn a_full_disk_keeps_the_segment_and_reports_short_of_space() {
+    let dir = tempfile::tempdir().unwrap();
+    let faults = Faults::new();
+    let (log, _) = Log::open(
+        dir.path(),
+        Options {
+            segment_bytes: 4096,
+            storage: Arc::new(faults.clone()),
+            ..Options::default()
+        },
+        |_| Ok(()),
+        Box::new(|_| {}),
+        Box::new(|_| {}),
+    )
+    .unwrap();
+    faults.fill_disk();
+    let want = records(100);
+    for r in &want {
+        let lsn = log.append(r).unwrap();
+        wait_durable(&log, lsn);
+    }
+    assert!(log.short_of_space());
+    assert!(!log.failed());
+    assert_eq!(segments(dir.path()).unwrap().len(), 1);
+    // A second later the next batch tries again, and there is room now.
+    std::thread::sleep(Duration::from_millis(1100));
+    let lsn = log.append(b"after").unwrap();
+    wait_durable(&log, lsn);
+    assert!(!log.short_of_space());
+    assert_eq!(segments(dir.path()).unwrap().len(), 2);
+    log.close();
+    let (_, _, seen) = open(dir.path(), Options::default()).unwrap();
+    assert_eq!(seen.len(), 101);
+    assert_eq!(seen[..100], want[..]);
+}
+
+#[test]
+fn an_empty_record_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, _, _) = open(dir.path(), Options::default()).unwrap();
+    assert!(matches!(log.append(b""), Err(LogError::Empty)));
+    let lsn = log.append(b"x").unwrap();
+    wait_durable(&log, lsn);
 }

@@ -316,9 +316,14 @@ impl Broker {
         self.memory.load(Ordering::Relaxed)
     }
 
-    /// True when puts must be refused with -NOSPACE.
+    /// True when puts must be refused with -NOSPACE: free space is under
+    /// the floor, or the log found no room for a new segment.
     pub(crate) fn low_on_disk(&self) -> bool {
         self.nospace.load(Ordering::Relaxed)
+            || self
+                .store
+                .as_ref()
+                .is_some_and(|s| s.log().short_of_space())
     }
 
     /// Measures the data directory's free space against `min_free_disk`.
