@@ -197,3 +197,73 @@ fn power_loss_under_load_loses_nothing_acknowledged() {
         "the cut stopped the server in only {cuts} of 10 cycles"
     );
 }
+
+/// A disk too full for the log's next segment is not a crash: once a
+/// checkpoint cannot preallocate one, puts get -NOSPACE while gets and
+/// dones go on, and everything acknowledged is there after a restart.
+#[test]
+fn a_disk_too_full_for_a_new_segment_refuses_puts_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let faults = Faults::new();
+    let (rt, port, stop, task) = start(config(dir.path(), Some(faults.clone())));
+    let mut c = redis::Client::open(format!("redis://127.0.0.1:{port}/"))
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    faults.fill_disk();
+    // Puts until the log passes the checkpoint size; the checkpoint's new
+    // segment finds the disk full.
+    let payload = vec![b'x'; 512];
+    let mut acked = 0u64;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let refusal = loop {
+        assert!(Instant::now() < deadline, "puts were never refused");
+        match redis::cmd("QPUT")
+            .arg("jobs")
+            .arg(&payload)
+            .query::<u64>(&mut c)
+        {
+            Ok(_) => acked += 1,
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(refusal.code(), Some("NOSPACE"), "{refusal}");
+    assert!(acked > 10, "{acked} puts before the refusal");
+    // Gets and dones still work and are logged.
+    let got: Vec<Entry> = redis::cmd("QGET")
+        .arg("jobs")
+        .arg("COUNT")
+        .arg(5)
+        .query(&mut c)
+        .unwrap();
+    assert_eq!(got.len(), 5);
+    for e in &got {
+        let n: u64 = redis::cmd("QDONE")
+            .arg("jobs")
+            .arg(e.1)
+            .query(&mut c)
+            .unwrap();
+        assert_eq!(n, 1);
+    }
+    drop(c);
+    stop.send(()).unwrap();
+    assert_eq!(rt.block_on(task).unwrap(), Stopped::Clean);
+    drop(rt);
+
+    let (rt, port, stop, task) = start(config(dir.path(), None));
+    let mut c = redis::Client::open(format!("redis://127.0.0.1:{port}/"))
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let left: u64 = redis::cmd("QLEN").arg("jobs").query(&mut c).unwrap();
+    assert_eq!(left, acked - 5);
+    // With room again, puts are accepted.
+    let _: u64 = redis::cmd("QPUT")
+        .arg("jobs")
+        .arg("again")
+        .query(&mut c)
+        .unwrap();
+    drop(c);
+    stop.send(()).unwrap();
+    assert_eq!(rt.block_on(task).unwrap(), Stopped::Clean);
+}
