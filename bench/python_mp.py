@@ -2,12 +2,19 @@
 """ferry.JoinableQueue against multiprocessing.JoinableQueue, in one run:
 1 producer process and 2 consumer processes move N 16-byte items through
 put / get / task_done, and the main process joins. Prints items per second
-and the ferry/multiprocessing ratio, per item and in batches of 100.
+and the ferry/multiprocessing ratio: per item with plain calls, per item
+with prefetching gets and write-behind puts and task_done (prefetch=100,
+write_behind=100), and with put_many / get_many / task_done_many in
+batches of 100 (then with write_behind, so that each batch's task_done
+travels with the next get_many).
+multiprocessing has no batch calls: every row compares with its per-item
+figure, measured again in each row.
 
     .venv/bin/python bench/python_mp.py            # 1,000,000 items
     .venv/bin/python bench/python_mp.py --quick    # 10,000
 
-Needs the package built (`maturin develop`, as scripts/test.sh does) and
+Needs the package built in release mode (`maturin develop --release`, as
+scripts/test.sh does: a debug build is several times slower) and
 the release binary (`cargo build --release -p ferry-cli`); the broker runs
 on a free loopback port in memory mode, as multiprocessing keeps its queue
 in memory.
@@ -38,10 +45,17 @@ def produce(q, n, batch):
 
 def consume(q, batch):
     while True:
-        items = q.get_many(batch) if batch > 1 and hasattr(q, "get_many") else [q.get()]
-        for item in items:
+        if batch > 1 and hasattr(q, "get_many"):
+            items = q.get_many(batch)
+            q.task_done_many(len(items))
+        else:
+            items = [q.get()]
             q.task_done()
+        for item in items:
             if item is None:
+                # Give back what this consumer fetched ahead (the other
+                # consumer's sentinel among it).
+                q.close()
                 return
 
 
@@ -83,11 +97,18 @@ def main():
             url = "ferry://" + broker.stdout.readline().split()[1]
             os.environ["FERRY_URL"] = url
             print(f"{n} items of 16 B, 1 producer, 2 consumers; Python {sys.version.split()[0]}")
-            print(f"{'mode':<14} {'ferry items/s':>14} {'mp items/s':>12} {'ratio':>7}")
-            for label, batch in (("per item", 1), ("batches of 100", 100)):
-                f = run(lambda: ferry.JoinableQueue(), n, batch)
-                m = run(lambda: mp.JoinableQueue(), n, 1 if batch > 1 else 1)
-                print(f"{label:<14} {f:>14.0f} {m:>12.0f} {f / m:>7.2f}")
+            print(f"{'mode':<34} {'ferry items/s':>14} {'mp items/s':>12} {'ratio':>7}")
+            rows = (
+                ("per item", 1, {}),
+                ("per item, prefetch + write-behind", 1, {"prefetch": 100, "write_behind": 100}),
+                ("batches of 100", 100, {}),
+                ("batches of 100, write-behind", 100, {"write_behind": 100}),
+                ("batches of 1000", 1000, {}),
+            )
+            for label, batch, options in rows:
+                f = run(lambda: ferry.JoinableQueue(**options), n, batch)
+                m = run(lambda: mp.JoinableQueue(), n, 1)
+                print(f"{label:<34} {f:>14.0f} {m:>12.0f} {f / m:>7.2f}")
         finally:
             broker.terminate()
             broker.wait()

@@ -25,7 +25,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/pip install -q --disable-pip-version-check maturin pytest
 cargo build -q -p ferry-cli
-(cd python && ../.venv/bin/maturin develop -q && ../.venv/bin/python -m pytest -p no:cacheprovider)
+(cd python && ../.venv/bin/maturin develop --release -q && ../.venv/bin/python -m pytest -p no:cacheprovider)
 
 # The blocking in-process tier under shuttle's scheduler (fixed seed,
 # bounded iterations). The feature swaps the tier's primitives, so it runs

@@ -13,6 +13,7 @@ The broker is found at FERRY_URL, else ferry://127.0.0.1:7878.
 from __future__ import annotations
 
 import collections
+import multiprocessing.util as _mp_util
 import os
 import pickle
 import queue as _stdlib_queue
@@ -95,22 +96,128 @@ def _check_timeout(block: bool, timeout: float | None) -> None:
         raise ValueError("'timeout' must be a non-negative number")
 
 
+class _Feeder:
+    """Write-behind puts, as multiprocessing.Queue's feeder thread does
+    them: put() appends to a bounded buffer and returns; one thread per
+    process sends what has gathered in one QPUTMANY while the caller goes
+    on, so batches form by themselves. An error is kept and raised by the
+    next put() or flush(). It holds no reference to its queue, so a
+    finalizer can flush it when the queue goes away or the process exits."""
+
+    def __init__(self, url: str, name: str, kind: str, limit: int, chunk: int) -> None:
+        self._url, self._name, self._kind = url, name, kind
+        self._limit, self._chunk = limit, chunk
+        self._buf: collections.deque = collections.deque()
+        self._cond = threading.Condition()
+        self._inflight = 0
+        self._error: BaseException | None = None
+        self._closed = False
+        self._thread: threading.Thread | None = None
+        self.wait_at_exit = True
+        self.pid = os.getpid()
+
+    def put(self, payload: bytes, key: bytes | None) -> None:
+        with self._cond:
+            self._raise_error()
+            if self._closed:
+                raise ValueError(f"Queue {self._name} is closed")
+            while len(self._buf) >= self._limit:
+                self._cond.wait()
+                self._raise_error()
+            self._buf.append((payload, key))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name=f"ferry-feeder-{self._name}", daemon=True)
+                self._thread.start()
+            self._cond.notify_all()
+
+    def _raise_error(self) -> None:
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def _run(self) -> None:
+        conn: Connection | None = None
+        while True:
+            with self._cond:
+                while not self._buf:
+                    if self._closed:
+                        return
+                    self._cond.wait()
+                batch = [self._buf.popleft() for _ in range(min(len(self._buf), self._chunk))]
+                self._inflight = len(batch)
+                self._cond.notify_all()
+            try:
+                if conn is None:
+                    conn = Connection(self._url)
+                if self._kind == "priority":
+                    for payload, key in batch:
+                        conn.put(self._name, payload, True, None, key)
+                else:
+                    conn.put_many(self._name, [payload for payload, _ in batch])
+            except BaseException as e:  # kept for the producer: this thread has no caller
+                with self._cond:
+                    self._error = e
+            with self._cond:
+                self._inflight = 0
+                self._cond.notify_all()
+
+    def flush(self) -> None:
+        """Waits until every buffered put has reached the broker."""
+        with self._cond:
+            while self._buf or self._inflight:
+                self._cond.wait()
+            self._raise_error()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    def finish(self) -> None:
+        """At exit or when the queue is collected: send what is buffered."""
+        self.close()
+        if self.wait_at_exit:
+            try:
+                self.flush()
+            except BaseException:
+                pass
+
+
 class Queue:
     """queue.Queue across processes: put/get/task_done/join with the
     stdlib's signatures. Gets TAKE (nothing is ever delivered twice).
 
-    Queue(maxsize=0, *, name=None, url=None, serializer="pickle"). Without
-    a name the queue gets a private unique one, which travels with it when
-    it is pickled (e.g. to a multiprocessing.Process).
+    Queue(maxsize=0, *, name=None, url=None, serializer="pickle",
+    prefetch=0, write_behind=0). Without a name the queue gets a private
+    unique one, which travels with it when it is pickled (e.g. to a
+    multiprocessing.Process).
+
+    Two opt-in speed-ups trade a little of the broker's bookkeeping for
+    round trips (see docs/from-multiprocessing.md):
+
+    - prefetch=n: a get() that finds nothing fetched fetches up to n items
+      in one round trip and serves the next gets from them. For a
+      JoinableQueue they are leased, so a process that dies holding them
+      has them redelivered; close() gives back the ones not yet handed
+      out. For the other queues they are taken: a process killed holding
+      them loses them, as a multiprocessing.Queue loses what is in its pipe.
+    - write_behind=n: put() hands the item to a feeder thread (as
+      multiprocessing.Queue does) and returns; up to n items wait in this
+      process, beyond maxsize. An error is raised by the next put(). And
+      task_done() is sent with this thread's next get(), or by join(),
+      flush() or close(). join() and shutdown() send everything first; at
+      exit the buffer is sent unless cancel_join_thread() was called.
     """
 
     _kind = "fifo"
     _take = True
 
     def __init__(self, maxsize: int = 0, *, name: str | None = None, url: str | None = None,
-                 serializer: str = "pickle") -> None:
+                 serializer: str = "pickle", prefetch: int = 0, write_behind: int = 0) -> None:
         if serializer not in _SERIALIZERS:
             raise ValueError(f"serializer must be one of {sorted(_SERIALIZERS)}")
+        if prefetch < 0 or write_behind < 0:
+            raise ValueError("prefetch and write_behind must be non-negative")
         self._name = name or f"py-{uuid.uuid4().hex}"
         self._maxsize = int(maxsize)
         self._url = url
@@ -119,11 +226,69 @@ class Queue:
         self._handle = _Handle(url)
         self._held: collections.deque = collections.deque()
         self._held_lock = threading.Lock()
+        self._prefetch = int(prefetch)
+        self._write_behind = int(write_behind)
+        # Prefetched, not yet handed out: (conn, id, payload).
+        self._fetched: collections.deque = collections.deque()
+        # task_done()s not yet sent, per connection: id(conn) -> (conn, [ids]).
+        self._dones: dict = {}
+        # This process's feeder, in a box the finalizer shares (it must not
+        # hold the queue itself).
+        self._box: list = [None]
+        self._feeder_generation = -1
+        self._finalizer_generation = -1
         self._handle.conn().create(self._name, self._maxsize, self._kind)
 
-    # Pickling: the name travels, connections do not.
+    def _arm_finalizer(self) -> None:
+        """Makes sure buffered work is sent when this handle is collected
+        or this process exits — registered in each process that buffers,
+        as multiprocessing.Queue does (a forked child starts with none)."""
+        if self._finalizer_generation != _generation:
+            self._finalizer_generation = _generation
+            _mp_util.Finalize(self, _finish, args=(self._name, self._take, self._fetched, self._dones,
+                                                   self._held_lock, self._box), exitpriority=10)
+
+    # Pickling: the name and options travel, connections and buffers do not.
     def __reduce__(self):
-        return (_rebuild, (type(self), self._name, self._maxsize, self._url, self._serializer))
+        return (_rebuild, (type(self), self._name, self._maxsize, self._url, self._serializer,
+                           self._prefetch, self._write_behind))
+
+    def _feeder(self) -> _Feeder:
+        if self._box[0] is None or self._feeder_generation != _generation:
+            limit = self._write_behind
+            chunk = min(limit, self._maxsize) if self._maxsize > 0 else limit
+            self._box[0] = _Feeder(self._handle._url, self._name, self._kind, limit, max(chunk, 1))
+            self._feeder_generation = _generation
+            self._arm_finalizer()
+        return self._box[0]
+
+    def flush(self) -> None:
+        """Sends every write-behind put and pending task_done() now."""
+        if self._write_behind:
+            if self._box[0] is not None and self._feeder_generation == _generation:
+                self._box[0].flush()
+            self._send_dones(None)
+
+    def _take_dones(self, conn) -> list:
+        """Removes and replies the pending task_done() ids of one
+        connection, for its next get to carry."""
+        if not self._dones:
+            return []
+        with self._held_lock:
+            batch = self._dones.pop(id(conn), None)
+        return batch[1] if batch else []
+
+    def _send_dones(self, only) -> None:
+        """Sends the pending task_done()s of one connection (None: all)."""
+        with self._held_lock:
+            if only is None:
+                batches = list(self._dones.values())
+                self._dones.clear()
+            else:
+                batch = self._dones.pop(id(only), None)
+                batches = [batch] if batch else []
+        for conn, ids in batches:
+            conn.done_many(self._name, ids)
 
     @property
     def name(self) -> str:
@@ -148,6 +313,9 @@ class Queue:
     def put(self, item, block: bool = True, timeout: float | None = None) -> None:
         _check_timeout(block, timeout)
         key = self._key(item)
+        if self._write_behind:
+            self._feeder().put(self._dumps(item), key)
+            return
         self._handle.conn().put(self._name, self._dumps(item), block, timeout, key)
 
     def put_nowait(self, item) -> None:
@@ -155,10 +323,30 @@ class Queue:
 
     def get(self, block: bool = True, timeout: float | None = None):
         _check_timeout(block, timeout)
+        if self._prefetch:
+            return self._get_prefetched(block, timeout)
         conn = self._handle.conn()
+        if self._dones:
+            self._send_dones(conn)
         msg_id, payload = conn.get(self._name, block, timeout, self._take)
         with self._held_lock:
             self._held.append((threading.get_ident(), conn, msg_id))
+        return self._loads(payload)
+
+    def _get_prefetched(self, block: bool, timeout: float | None):
+        me = threading.get_ident()
+        while True:
+            with self._held_lock:
+                if self._fetched:
+                    conn, msg_id, payload = self._fetched.popleft()
+                    self._held.append((me, conn, msg_id))
+                    break
+            conn = self._handle.conn()
+            wait = timeout if block else 0.0
+            self._arm_finalizer()
+            got = conn.get_many(self._name, self._prefetch, wait, self._take, self._take_dones(conn))
+            with self._held_lock:
+                self._fetched.extend((conn, msg_id, p) for msg_id, p in got)
         return self._loads(payload)
 
     def get_nowait(self):
@@ -177,17 +365,62 @@ class Queue:
             if pick is None:
                 raise ValueError("task_done() called too many times")
             self._held.remove(pick)
-        _, conn, msg_id = pick
+            _, conn, msg_id = pick
+            if self._write_behind:
+                self._arm_finalizer()
+                pending = self._dones.setdefault(id(conn), (conn, []))[1]
+                pending.append(msg_id)
+                if len(pending) < self._write_behind:
+                    return
+        if self._write_behind:
+            self._send_dones(conn)
+            return
         try:
             conn.done(self._name, msg_id)
         except NotLeased:
             raise ValueError("task_done() called too many times") from None
 
+    def task_done_many(self, n: int) -> None:
+        """task_done() n times in one round trip: finishes the n oldest
+        items the calling thread got (then the oldest this handle got).
+        ValueError, finishing nothing, when it holds fewer than n. With
+        write_behind they are sent with this thread's next get."""
+        if n <= 0:
+            return
+        me = threading.get_ident()
+        held = self._held
+        with self._held_lock:
+            if len(held) < n:
+                raise ValueError("task_done() called too many times")
+            mine = [h for h in held if h[0] == me][:n]
+            if len(mine) < n:
+                mine += [h for h in held if h[0] != me][: n - len(mine)]
+            if all(held[i] is h for i, h in enumerate(mine)):
+                for _ in mine:  # the usual case: the oldest n, in order
+                    held.popleft()
+            else:
+                for h in mine:
+                    held.remove(h)
+        by_conn: dict = {}
+        for _, conn, msg_id in mine:
+            by_conn.setdefault(id(conn), (conn, []))[1].append(msg_id)
+        if self._write_behind:
+            self._arm_finalizer()
+            with self._held_lock:
+                for key, (conn, ids) in by_conn.items():
+                    self._dones.setdefault(key, (conn, []))[1].extend(ids)
+            return
+        finished = sum(conn.done_many(self._name, ids) for conn, ids in by_conn.values())
+        if finished < n:
+            raise ValueError("task_done() called too many times")
+
     def join(self) -> None:
+        self.flush()
         self._handle.conn().join(self._name)
 
     def qsize(self) -> int:
-        return self._handle.conn().qsize(self._name)
+        """Ready items, including those prefetched by this handle."""
+        return self._handle.conn().qsize(self._name) + len(self._fetched)
 
     def empty(self) -> bool:
         return self.qsize() == 0
@@ -196,17 +429,29 @@ class Queue:
         return self._handle.conn().full(self._name)
 
     def shutdown(self, immediate: bool = False) -> None:
+        self.flush()
         self._handle.conn().shutdown(self._name, immediate)
 
-    # multiprocessing.Queue compatibility: harmless no-ops.
+    # multiprocessing.Queue's close / join_thread / cancel_join_thread: with
+    # write-behind or prefetch they mean what they mean there; otherwise
+    # there is nothing to close and they do nothing.
     def close(self) -> None:
-        pass
+        """No more puts from this handle; sends pending task_done()s and
+        gives back prefetched items not handed out."""
+        if self._box[0] is not None:
+            self._box[0].close()
+        _finish(self._name, self._take, self._fetched, self._dones, self._held_lock, [None])
 
     def join_thread(self) -> None:
-        pass
+        """After close(): waits until the write-behind puts are sent."""
+        if self._box[0] is not None:
+            self._box[0].flush()
 
     def cancel_join_thread(self) -> None:
-        pass
+        """Does not wait at exit for write-behind puts to be sent (they may
+        be lost)."""
+        if self._box[0] is not None:
+            self._box[0].wait_at_exit = False
 
     def put_many(self, items) -> None:
         """Puts all the items in one call, all or nothing, waiting for room
@@ -215,6 +460,7 @@ class Queue:
         items = list(items)
         if not items:
             return
+        self.flush()
         if self._kind == "priority":
             for item in items:
                 self.put(item)
@@ -226,16 +472,49 @@ class Queue:
         forever) for the first; each needs its own task_done()."""
         if timeout is not None and timeout < 0:
             raise ValueError("'timeout' must be a non-negative number")
-        conn = self._handle.conn()
-        got = conn.get_many(self._name, n, timeout, self._take)
         me = threading.get_ident()
+        with self._held_lock:
+            if self._fetched:
+                served = [self._fetched.popleft() for _ in range(min(n, len(self._fetched)))]
+                self._held.extend((me, conn, msg_id) for conn, msg_id, _ in served)
+                return [self._loads(p) for _, _, p in served]
+        conn = self._handle.conn()
+        got = conn.get_many(self._name, n, timeout, self._take, self._take_dones(conn))
         with self._held_lock:
             self._held.extend((me, conn, msg_id) for msg_id, _ in got)
         return [self._loads(p) for _, p in got]
 
 
-def _rebuild(cls, name, maxsize, url, serializer):
-    return cls(maxsize, name=name, url=url, serializer=serializer)
+def _finish(name, take, fetched, dones, lock, box) -> None:
+    """Sends a queue handle's pending work, at close(), when the handle is
+    collected, or at exit: write-behind puts (unless cancelled), pending
+    task_done()s, and prefetched items not handed out — leased ones given
+    back (nack), taken ones put back."""
+    feeder = box[0]
+    if feeder is not None:
+        if feeder.pid != os.getpid():
+            return  # inherited by a forked child: the parent sends it
+        feeder.finish()
+    with lock:
+        batches = list(dones.values())
+        dones.clear()
+        left = list(fetched)
+        fetched.clear()
+    try:
+        for conn, ids in batches:
+            conn.done_many(name, ids)
+        for conn, msg_id, payload in left:
+            if take:
+                conn.put(name, payload, True, None, None)
+                conn.done(name, msg_id)
+            else:
+                conn.nack(name, msg_id)
+    except FerryError:
+        pass  # the broker is gone; leased items come back by themselves
+
+
+def _rebuild(cls, name, maxsize, url, serializer, prefetch=0, write_behind=0):
+    return cls(maxsize, name=name, url=url, serializer=serializer, prefetch=prefetch, write_behind=write_behind)
 
 
 class JoinableQueue(Queue):

@@ -212,17 +212,10 @@ impl Connection {
             if take {
                 args.push(b"TAKE");
             }
-            match c.call(&args)? {
-                Value::Nil => Err(Error::Empty),
-                Value::Array(mut entries) if !entries.is_empty() => match entries.swap_remove(0) {
-                    Value::Array(parts) => match (parts.get(1), parts.get(2)) {
-                        (Some(Value::Int(id)), Some(Value::Bulk(p))) => Ok((*id as u64, p.clone())),
-                        _ => Err(Error::Protocol("bad entry".into())),
-                    },
-                    _ => Err(Error::Protocol("bad entry".into())),
-                },
-                other => Err(Error::Protocol(format!("QGET replied {other:?}"))),
-            }
+            entries(c.call(&args)?)?
+                .into_iter()
+                .next()
+                .ok_or_else(|| Error::Protocol("QGET replied no entry".into()))
         })?;
         Ok((id, PyBytes::new(py, &payload)))
     }
@@ -237,8 +230,9 @@ impl Connection {
     }
 
     /// Up to `n` items `(id, payload)`, waiting at most `timeout` (None:
-    /// forever) for the first; `take` as for `get`.
-    #[pyo3(signature = (queue, n, timeout=None, take=false))]
+    /// forever) for the first; `take` as for `get`. `done` ids are finished
+    /// first, in the same write (one round trip for both).
+    #[pyo3(signature = (queue, n, timeout=None, take=false, done=Vec::new()))]
     fn get_many<'py>(
         &self,
         py: Python<'py>,
@@ -246,6 +240,7 @@ impl Connection {
         n: usize,
         timeout: Option<f64>,
         take: bool,
+        done: Vec<u64>,
     ) -> PyResult<Vec<(u64, Bound<'py, PyBytes>)>> {
         let t = timeout_arg(true, timeout)?.unwrap_or_else(|| "0".into());
         // A zero timeout means "do not wait" here, as for get().
@@ -261,21 +256,19 @@ impl Connection {
             if take {
                 args.push(b"TAKE");
             }
-            match c.call(&args)? {
-                Value::Nil => Err(Error::Empty),
-                Value::Array(entries) => entries
-                    .into_iter()
-                    .map(|e| match e {
-                        Value::Array(parts) => match (parts.get(1), parts.get(2)) {
-                            (Some(Value::Int(id)), Some(Value::Bulk(p))) => {
-                                Ok((*id as u64, p.clone()))
-                            }
-                            _ => Err(Error::Protocol("bad entry".into())),
-                        },
-                        _ => Err(Error::Protocol("bad entry".into())),
-                    })
-                    .collect(),
-                other => Err(Error::Protocol(format!("QGET replied {other:?}"))),
+            if done.is_empty() {
+                return entries(c.call(&args)?);
+            }
+            let ids: Vec<String> = done.iter().map(u64::to_string).collect();
+            let mut finish: Vec<&[u8]> = vec![b"QDONE", q.as_bytes()];
+            finish.extend(ids.iter().map(|i| i.as_bytes()));
+            let mut replies = c.pipeline(&[finish, args])?.into_iter();
+            // The dones were checked against what this handle holds; a
+            // lease lost meanwhile is redelivered, which is what it means.
+            let _ = replies.next();
+            match replies.next() {
+                Some(reply) => entries(reply?),
+                None => Err(Error::Protocol("QGET got no reply".into())),
             }
         })?;
         Ok(items
@@ -288,6 +281,30 @@ impl Connection {
     fn done(&self, py: Python<'_>, queue: &str, id: u64) -> PyResult<()> {
         let q = queue.to_string();
         self.with(py, move |c| c.task_done(&q, id))
+    }
+
+    /// QDONE queue id id ...: finishes many in one round trip; replies how
+    /// many it finished.
+    fn done_many(&self, py: Python<'_>, queue: &str, ids: Vec<u64>) -> PyResult<u64> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let q = queue.to_string();
+        self.with(py, move |c| {
+            let ids: Vec<String> = ids.iter().map(u64::to_string).collect();
+            let mut args: Vec<&[u8]> = vec![b"QDONE", q.as_bytes()];
+            args.extend(ids.iter().map(|i| i.as_bytes()));
+            match c.call(&args)? {
+                Value::Int(n) => Ok(n.max(0) as u64),
+                other => Err(Error::Protocol(format!("QDONE replied {other:?}"))),
+            }
+        })
+    }
+
+    /// QNACK queue id: gives a leased item back for another try.
+    fn nack(&self, py: Python<'_>, queue: &str, id: u64) -> PyResult<()> {
+        let q = queue.to_string();
+        self.with(py, move |c| c.nack(&q, id))
     }
 
     /// Ready items.
@@ -381,6 +398,29 @@ impl Connection {
 
 /// Python's (block, timeout) as a TIMEOUT argument: `None` for no wait,
 /// "0" for forever, else whole milliseconds rounded up (never 0).
+/// The entries of a QGET reply, payloads moved out: `(id, payload)`.
+/// Nil (a timeout or NOWAIT with nothing ready) is `Error::Empty`.
+fn entries(reply: Value) -> Result<Vec<(u64, Vec<u8>)>, Error> {
+    match reply {
+        Value::Nil => Err(Error::Empty),
+        Value::Array(entries) => entries
+            .into_iter()
+            .map(|e| match e {
+                Value::Array(parts) => {
+                    let mut parts = parts.into_iter().skip(1);
+                    match (parts.next(), parts.next()) {
+                        (Some(Value::Int(id)), Some(Value::Bulk(p))) => Ok((id as u64, p)),
+                        _ => Err(Error::Protocol("bad entry".into())),
+                    }
+                }
+                _ => Err(Error::Protocol("bad entry".into())),
+            })
+            .collect(),
+        Value::Error { code, message } => Err(Error::Server { code, message }),
+        other => Err(Error::Protocol(format!("QGET replied {other:?}"))),
+    }
+}
+
 fn timeout_arg(block: bool, timeout: Option<f64>) -> PyResult<Option<String>> {
     if !block {
         return Ok(None);

@@ -1,0 +1,169 @@
+"""Opt-in prefetching gets and write-behind puts (and task_done): the same
+answers as the plain calls, fewer round trips, nothing lost at close, exit
+or a consumer's death."""
+
+import multiprocessing
+import os
+import queue
+import signal
+import threading
+
+import pytest
+
+import ferry
+
+
+def test_prefetch_serves_in_order_and_counts_what_it_holds():
+    q = ferry.JoinableQueue(prefetch=8)
+    plain = ferry.JoinableQueue(name=q.name)
+    plain.put_many(range(20))
+    assert q.get(timeout=5) == 0
+    # Eight were fetched; seven wait here and count as ready.
+    assert plain.qsize() == 12
+    assert q.qsize() == 19
+    got = [q.get(timeout=5) for _ in range(19)]
+    assert got == list(range(1, 20))
+    for _ in range(20):
+        q.task_done()
+    q.join()
+    with pytest.raises(queue.Empty):
+        q.get_nowait()
+    with pytest.raises(queue.Empty):
+        q.get(timeout=0.05)
+
+
+def test_close_gives_back_prefetched_items():
+    for cls in (ferry.JoinableQueue, ferry.Queue):
+        q = cls(prefetch=10)
+        q.put_many(["a", "b", "c", "d"])
+        assert q.get(timeout=5) == "a"
+        q.task_done()
+        q.close()
+        other = cls(name=q.name)
+        assert sorted(other.get_many(10, timeout=5)) == ["b", "c", "d"], cls
+        for _ in range(3):
+            other.task_done()
+        other.join()
+
+
+def test_write_behind_puts_arrive_in_order_and_join_waits_for_them():
+    q = ferry.JoinableQueue(write_behind=64)
+    for i in range(1000):
+        q.put(i)
+    reader = ferry.JoinableQueue(name=q.name, prefetch=100)
+    got = [reader.get(timeout=5) for _ in range(1000)]
+    assert got == list(range(1000))
+    done = threading.Event()
+
+    def joiner():
+        q.join()
+        done.set()
+
+    t = threading.Thread(target=joiner)
+    t.start()
+    assert not done.wait(0.2), "join() returned with 1000 items unfinished"
+    for _ in range(1000):
+        reader.task_done()
+    reader.flush()
+    assert done.wait(10)
+    t.join()
+
+
+def test_write_behind_task_done_is_sent_with_the_next_get():
+    q = ferry.JoinableQueue(write_behind=1000, prefetch=4)
+    q.put_many(range(8))
+    for _ in range(4):
+        q.get(timeout=5)
+        q.task_done()
+    plain = ferry.JoinableQueue(name=q.name)
+    assert ferry.connect().info(q.name)  # the queue exists
+    unfinished = dict(plain._handle.conn().info(q.name))["unfinished"]
+    assert unfinished == 8  # four dones wait in this process
+    q.get(timeout=5)  # the next fetch carries them
+    unfinished = dict(plain._handle.conn().info(q.name))["unfinished"]
+    assert unfinished == 4
+    q.task_done()
+    for _ in range(3):
+        q.get(timeout=5)
+        q.task_done()
+    q.join()  # sends the rest first
+
+
+def test_write_behind_errors_surface_on_the_next_put():
+    q = ferry.Queue(write_behind=16)
+    q.put(1)
+    q.flush()
+    q.shutdown()
+    q.put(2)  # buffered; the feeder's put fails
+    with pytest.raises(ferry.ShutDown):
+        q.flush()
+    with pytest.raises(ValueError):
+        q.close()
+        q.put(3)
+
+
+def test_write_behind_priority_queue_keeps_python_order():
+    q = ferry.PriorityQueue(write_behind=32)
+    for x in [5, 1, 4, 2, 3]:
+        q.put(x)
+    q.flush()
+    assert [q.get(timeout=5) for _ in range(5)] == [1, 2, 3, 4, 5]
+
+
+def _write_and_exit(q):
+    for i in range(500):
+        q.put(i)
+    # No flush: the exit must send the buffer.
+
+
+def _write_and_cancel(q):
+    q.put("maybe")
+    q.cancel_join_thread()
+
+
+@pytest.mark.parametrize("method", ["spawn", "fork"])
+def test_a_child_that_exits_sends_its_buffered_puts(method):
+    ctx = multiprocessing.get_context(method)
+    q = ferry.JoinableQueue(write_behind=1000)
+    p = ctx.Process(target=_write_and_exit, args=(q,))
+    p.start()
+    p.join(30)
+    assert p.exitcode == 0
+    assert q.qsize() == 500
+    assert q.get_many(1000, timeout=5) == list(range(500))
+    for _ in range(500):
+        q.task_done()
+    q.join()
+
+
+def _prefetch_and_die(q, started):
+    q.get()
+    started.set()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_a_killed_consumer_s_prefetched_items_come_back():
+    ctx = multiprocessing.get_context("spawn")
+    q = ferry.JoinableQueue(prefetch=50)
+    q.put_many(range(30))
+    started = ctx.Event()
+    p = ctx.Process(target=_prefetch_and_die, args=(q, started))
+    p.start()
+    assert started.wait(30)
+    p.join(30)
+    plain = ferry.JoinableQueue(name=q.name)
+    got = plain.get_many(100, timeout=10)
+    while len(got) < 30:
+        got += plain.get_many(100, timeout=10)
+    assert sorted(got) == list(range(30))
+    for _ in got:
+        plain.task_done()
+    plain.join()
+
+
+def test_pickling_keeps_the_options():
+    import pickle
+
+    q = ferry.JoinableQueue(prefetch=7, write_behind=9)
+    r = pickle.loads(pickle.dumps(q))
+    assert (r.name, r._prefetch, r._write_behind) == (q.name, 7, 9)
