@@ -316,13 +316,14 @@ class Queue:
         if self._write_behind:
             self._feeder().put(self._dumps(item), key)
             return
-        self._handle.conn().put(self._name, self._dumps(item), block, timeout, key)
+        self._handle.conn().put(self._name, self._dumps(item), bool(block), timeout, key)
 
     def put_nowait(self, item) -> None:
         self.put(item, block=False)
 
     def get(self, block: bool = True, timeout: float | None = None):
         _check_timeout(block, timeout)
+        block = bool(block)  # as the stdlib: any truth value
         if self._prefetch:
             return self._get_prefetched(block, timeout)
         conn = self._handle.conn()
@@ -618,7 +619,7 @@ class Lock:
     def acquire(self, block: bool = True, timeout: float | None = None) -> bool:
         if timeout is not None and timeout < 0:
             timeout = None  # multiprocessing.Lock treats a negative timeout as none
-        token = self._handle.conn().lock(self._name, block, timeout)
+        token = self._handle.conn().lock(self._name, bool(block), timeout)
         if token is None:
             return False
         self._token = token

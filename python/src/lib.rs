@@ -61,13 +61,15 @@ fn to_py(py: Python<'_>, e: Error) -> PyErr {
     }
 }
 
+/// A Python timeout in seconds: `None` waits forever, and so does one too
+/// large for a `Duration` (as it would in Python).
 fn timeout(t: Option<f64>) -> PyResult<Option<Duration>> {
     match t {
         None => Ok(None),
         Some(s) if s < 0.0 || s.is_nan() => Err(PyValueError::new_err(
             "'timeout' must be a non-negative number",
         )),
-        Some(s) => Ok(Some(Duration::from_secs_f64(s))),
+        Some(s) => Ok(Duration::try_from_secs_f64(s).ok()),
     }
 }
 
@@ -359,7 +361,7 @@ impl Connection {
         self.with(py, move |c| c.shutdown(&q, immediate))
     }
 
-    /// LOCK name [TIMEOUT ms | NOWAIT]: the fencing token, or None.
+    /// LOCK name: the fencing token, or None if not acquired in time.
     #[pyo3(signature = (name, block=true, timeout=None))]
     fn lock(
         &self,
@@ -368,36 +370,22 @@ impl Connection {
         block: bool,
         timeout: Option<f64>,
     ) -> PyResult<Option<u64>> {
-        let t = timeout_arg(block, timeout)?;
+        let wait = if block {
+            self::timeout(timeout)?
+        } else {
+            Some(Duration::ZERO)
+        };
         let n = name.to_string();
-        self.with(py, move |c| {
-            let mut args: Vec<&[u8]> = vec![b"LOCK", n.as_bytes()];
-            let t = t.as_deref().map(str::as_bytes);
-            match t {
-                None => args.push(b"NOWAIT"),
-                Some(ms) => args.extend_from_slice(&[b"TIMEOUT", ms]),
-            }
-            match c.call(&args)? {
-                Value::Int(tok) => Ok(Some(tok as u64)),
-                _ => Ok(None),
-            }
-        })
+        self.with(py, move |c| c.lock(&n, wait, None))
     }
 
     /// UNLOCK name token: whether it was held.
     fn unlock(&self, py: Python<'_>, name: &str, token: u64) -> PyResult<bool> {
-        let (n, t) = (name.to_string(), token.to_string());
-        self.with(py, move |c| {
-            match c.call(&[b"UNLOCK", n.as_bytes(), t.as_bytes()])? {
-                Value::Int(1) => Ok(true),
-                _ => Ok(false),
-            }
-        })
+        let n = name.to_string();
+        self.with(py, move |c| c.unlock(&n, token))
     }
 }
 
-/// Python's (block, timeout) as a TIMEOUT argument: `None` for no wait,
-/// "0" for forever, else whole milliseconds rounded up (never 0).
 /// The entries of a QGET reply, payloads moved out: `(id, payload)`.
 /// Nil (a timeout or NOWAIT with nothing ready) is `Error::Empty`.
 fn entries(reply: Value) -> Result<Vec<(u64, Vec<u8>)>, Error> {
@@ -421,6 +409,8 @@ fn entries(reply: Value) -> Result<Vec<(u64, Vec<u8>)>, Error> {
     }
 }
 
+/// Python's (block, timeout) as a TIMEOUT argument: `None` for no wait,
+/// "0" for forever, else whole milliseconds rounded up (never 0).
 fn timeout_arg(block: bool, timeout: Option<f64>) -> PyResult<Option<String>> {
     if !block {
         return Ok(None);

@@ -303,3 +303,39 @@ def test_batches():
     q.join()
     with pytest.raises(queue.Empty):
         q.get_many(5, timeout=0)
+
+
+def _produce(q, start, n):
+    for i in range(start, start + n):
+        q.put(i)
+
+
+def _daemon_consumer(q, results):
+    while True:
+        item = q.get()
+        results.put(item * item)
+        q.task_done()
+
+
+@pytest.mark.parametrize("method", ["spawn", "fork"])
+def test_producer_consumer_with_daemon_consumers(method):
+    # The classic lesson: 2 producer processes, 2 daemon consumers that
+    # never return, and join() in the main process as the only way to know
+    # the work is done.
+    ctx = multiprocessing.get_context(method)
+    jobs = ferry.JoinableQueue()
+    results = ferry.Queue()
+    consumers = [ctx.Process(target=_daemon_consumer, args=(jobs, results), daemon=True) for _ in range(2)]
+    producers = [ctx.Process(target=_produce, args=(jobs, k * 50, 50)) for k in range(2)]
+    for p in consumers + producers:
+        p.start()
+    for p in producers:
+        p.join(30)
+        assert p.exitcode == 0
+    jobs.join()
+    assert sorted(results.get(timeout=5) for _ in range(100)) == [i * i for i in range(100)]
+    assert results.empty()
+    for c in consumers:
+        assert c.is_alive()  # daemons: they die with the main process
+        c.terminate()
+        c.join(10)

@@ -53,6 +53,12 @@ fn ms(d: Option<f64>) -> Option<String> {
     d.map(|s| ((s * 1000.0).ceil().max(1.0) as u64).to_string())
 }
 
+/// Seconds from the command line as a `Duration`: negative or NaN is 0,
+/// too large is forever.
+fn duration(s: f64) -> Duration {
+    Duration::try_from_secs_f64(s.max(0.0)).unwrap_or(Duration::MAX)
+}
+
 #[derive(Args, Debug)]
 pub(crate) struct PutArgs {
     #[command(flatten)]
@@ -476,23 +482,18 @@ pub(crate) struct LockArgs {
 /// the command's exit code.
 pub(crate) fn lock(a: &LockArgs) -> Result<i32, (i32, String)> {
     let mut c = a.conn.connect()?;
-    let ttl = ms(a.ttl);
-    let timeout = ms(a.timeout).unwrap_or_else(|| "0".into());
-    let mut args: Vec<&[u8]> = vec![b"LOCK", a.name.as_bytes(), b"TIMEOUT", timeout.as_bytes()];
-    if let Some(t) = &ttl {
-        args.extend_from_slice(&[b"TTL", t.as_bytes()]);
-    }
-    let token = match c.call(&args).map_err(fail)? {
-        Value::Int(t) => t.to_string(),
-        Value::Nil => return Err((TIMED_OUT, format!("lock {:?} not acquired in time", a.name))),
-        other => return Err((1, format!("unexpected reply {other:?}"))),
+    // Never Duration::ZERO (that would not wait at all): `--timeout 0`
+    // waits a millisecond, as it always has.
+    let wait = a.timeout.map(|s| duration(s).max(Duration::from_millis(1)));
+    let Some(token) = c.lock(&a.name, wait, a.ttl.map(duration)).map_err(fail)? else {
+        return Err((TIMED_OUT, format!("lock {:?} not acquired in time", a.name)));
     };
     let status = std::process::Command::new(&a.command[0])
         .args(&a.command[1..])
         .status();
     // Released explicitly; the broker would also release it when this
     // connection closes.
-    let _ = c.call(&[b"UNLOCK", a.name.as_bytes(), token.as_bytes()]);
+    let _ = c.unlock(&a.name, token);
     match status {
         Ok(s) => Ok(s.code().unwrap_or(128 + 9)),
         Err(e) => Err((127, format!("cannot run {:?}: {e}", a.command[0]))),
@@ -519,7 +520,7 @@ pub(crate) fn top(a: &TopArgs) -> Outcome {
     use std::io::IsTerminal;
     let mut c = a.conn.connect()?;
     let tty = std::io::stdout().is_terminal();
-    let interval = Duration::from_secs_f64(a.interval.max(0.05));
+    let interval = duration(a.interval).max(Duration::from_millis(50));
     let mut last: HashMap<String, (i64, i64)> = HashMap::new();
     let mut last_at = Instant::now();
     let mut n = 0u64;

@@ -518,6 +518,41 @@ impl Client {
     pub fn shutdown(&mut self, queue: &str, immediate: bool) -> Result<(), Error> {
         self.rt.block_on(self.inner.shutdown(queue, immediate))
     }
+
+    /// Takes the mutex `name` (`multiprocessing.Lock.acquire`): waits up to
+    /// `timeout` (`None`: forever; zero: not at all). Replies its fencing
+    /// token, or `None` if it was not acquired in time. Released by
+    /// [`unlock`](Self::unlock), when `ttl` passes, or when this
+    /// connection closes (see [`AsyncClient::lock`]).
+    ///
+    /// ```no_run
+    /// # let mut c = ferry_client::Client::connect("ferry://127.0.0.1:7878")?;
+    /// if let Some(token) = c.lock("ledger", None, None)? {
+    ///     // ... the critical section ...
+    ///     c.unlock("ledger", token)?;
+    /// }
+    /// # Ok::<(), ferry_client::Error>(())
+    /// ```
+    pub fn lock(
+        &mut self,
+        name: &str,
+        timeout: Option<Duration>,
+        ttl: Option<Duration>,
+    ) -> Result<Option<u64>, Error> {
+        self.rt.block_on(self.inner.lock(name, timeout, ttl))
+    }
+
+    /// Releases the mutex `name` if `token` is its current grant. Replies
+    /// whether it was.
+    ///
+    /// ```no_run
+    /// # let mut c = ferry_client::Client::connect("ferry://127.0.0.1:7878")?;
+    /// let released = c.unlock("ledger", 1)?;
+    /// # Ok::<(), ferry_client::Error>(())
+    /// ```
+    pub fn unlock(&mut self, name: &str, token: u64) -> Result<bool, Error> {
+        self.rt.block_on(self.inner.unlock(name, token))
+    }
 }
 
 #[cfg(test)]
