@@ -27,6 +27,10 @@ fi
 cargo build -q -p ferry-cli
 (cd python && ../.venv/bin/maturin develop --release -q && ../.venv/bin/python -m pytest -p no:cacheprovider)
 
+# examples/: the classic multiprocessing lessons as Python and Rust
+# programs, each run against a broker started by the script.
+examples/run.sh target/debug/ferry .venv/bin/python
+
 # The blocking in-process tier under shuttle's scheduler (fixed seed,
 # bounded iterations). The feature swaps the tier's primitives, so it runs
 # alone.

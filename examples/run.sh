@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Runs every example against a broker started here (127.0.0.1, a free
+# port, a temporary data directory), and fails if any fails.
+#
+#   examples/run.sh [path/to/ferry] [path/to/python]
+#
+# Defaults: target/debug/ferry and .venv/bin/python (scripts/test.sh builds
+# both). Each example runs under a 120 s timeout.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ferry=${1:-target/debug/ferry}
+python=${2:-.venv/bin/python}
+cargo build -q -p ferry-examples
+work=$(mktemp -d)
+"$ferry" serve --port 0 --data-dir "$work/data" >"$work/out" 2>"$work/err" &
+broker=$!
+trap 'kill $broker 2>/dev/null; wait $broker 2>/dev/null; rm -rf "$work"' EXIT
+for _ in $(seq 500); do [[ -s "$work/out" ]] && break; sleep 0.01; done
+export FERRY_URL="ferry://$(head -1 "$work/out" | awk '{print $2}')"
+failed=0
+for ex in ipc producer_consumer lock_counter crash_redelivery; do
+    for kind in python rust; do
+        if [[ $kind == python ]]; then cmd=("$python" "examples/python/$ex.py"); else cmd=("target/debug/$ex"); fi
+        if out=$(timeout 120 "${cmd[@]}" 2>&1); then
+            echo "example $kind/$ex: ok"
+        else
+            echo "example $kind/$ex: FAILED"; echo "$out" | sed 's/^/    /'; failed=1
+        fi
+    done
+done
+exit $failed
