@@ -464,29 +464,14 @@ fn serve(
         rt.block_on(async move {
             let server = ferry_server::Server::bind(config).await?;
             let bound = server.bound()?;
+            let stop = ferry_server::shutdown_signal();
             println!("listening {}", bound.tcp);
             if let Some(p) = &bound.unix {
                 println!("listening unix:{}", p.display());
             }
             use std::io::Write;
             let _ = std::io::stdout().flush();
-            Ok(server
-                .run(async {
-                    use tokio::signal::unix::{SignalKind, signal};
-                    match (
-                        signal(SignalKind::terminate()),
-                        signal(SignalKind::interrupt()),
-                    ) {
-                        (Ok(mut t), Ok(mut i)) => {
-                            tokio::select! {
-                                _ = t.recv() => {}
-                                _ = i.recv() => {}
-                            }
-                        }
-                        _ => std::future::pending::<()>().await,
-                    }
-                })
-                .await)
+            Ok(server.run(stop).await)
         })
     });
     match stopped {

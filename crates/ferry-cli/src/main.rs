@@ -280,37 +280,22 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}:{}", config.bind, config.port))?;
     let bound = server.bound()?;
+    // Signal handlers go in before the first line, so that a SIGTERM sent
+    // as soon as a script reads it stops the broker cleanly.
+    let stop = ferry_server::shutdown_signal();
     // The first line on stdout: tests and scripts wait for it.
     println!("listening {}", bound.tcp);
     if let Some(path) = &bound.unix {
         println!("listening unix:{}", path.display());
     }
     tracing::info!(tcp = %bound.tcp, unix = ?bound.unix, durability = ?config.durability, "ferry serving");
-    match server.run(shutdown_signal()).await {
+    match server.run(stop).await {
         ferry_server::Stopped::Clean => Ok(()),
         ferry_server::Stopped::LogFailed => {
             eprintln!(
                 "ferry: the log failed (a write or fsync error); stopped without acknowledging anything more"
             );
             std::process::exit(70);
-        }
-    }
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-        }
-        _ => {
-            let _ = tokio::signal::ctrl_c().await;
         }
     }
 }

@@ -34,3 +34,28 @@ pub use config::{Config, Durability, LogStorage};
 pub use ferry_log::{Faults, Storage};
 pub use server::{Bound, Server, Stopped};
 pub use store::{CheckReport, QueueReport, check};
+
+/// Registers SIGTERM and SIGINT handlers now (call it inside a runtime,
+/// before announcing the address, so that a signal sent as soon as a
+/// script reads the address is not lost); the future ends at the first of
+/// them. For [`Server::run`].
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let handlers = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    );
+    async move {
+        match handlers {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            }
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+}
