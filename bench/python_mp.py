@@ -21,6 +21,7 @@ in memory.
 """
 
 import argparse
+import json
 import multiprocessing as mp
 import os
 import pathlib
@@ -51,12 +52,13 @@ def consume(q, batch):
         else:
             items = [q.get()]
             q.task_done()
-        for item in items:
-            if item is None:
-                # Give back what this consumer fetched ahead (the other
-                # consumer's sentinel among it).
-                q.close()
-                return
+        if None in items:
+            # One sentinel is this consumer's; put back the others it got
+            # in the same batch, give back what it fetched ahead, and stop.
+            for _ in range(items.count(None) - 1):
+                q.put(None)
+            q.close()
+            return
 
 
 def run(make_queue, n, batch):
@@ -82,10 +84,11 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("-n", type=int, default=1_000_000)
+    ap.add_argument("--json", action="store_true", help="one JSON line per measurement (for bench/run.sh)")
     args = ap.parse_args()
     n = 10_000 if args.quick else args.n
     root = pathlib.Path(__file__).resolve().parents[1]
-    binary = root / "target" / "release" / "ferry"
+    binary = pathlib.Path(os.environ.get("FERRY_BIN") or root / "target" / "release" / "ferry")
     if not binary.exists():
         subprocess.run(["cargo", "build", "--release", "-q", "-p", "ferry-cli"], cwd=root, check=True)
     with tempfile.TemporaryDirectory() as data:
@@ -96,8 +99,9 @@ def main():
         try:
             url = "ferry://" + broker.stdout.readline().split()[1]
             os.environ["FERRY_URL"] = url
-            print(f"{n} items of 16 B, 1 producer, 2 consumers; Python {sys.version.split()[0]}")
-            print(f"{'mode':<34} {'ferry items/s':>14} {'mp items/s':>12} {'ratio':>7}")
+            if not args.json:
+                print(f"{n} items of 16 B, 1 producer, 2 consumers; Python {sys.version.split()[0]}")
+                print(f"{'mode':<34} {'ferry items/s':>14} {'mp items/s':>12} {'ratio':>7}")
             rows = (
                 ("per item", 1, {}),
                 ("per item, prefetch + write-behind", 1, {"prefetch": 100, "write_behind": 100}),
@@ -108,7 +112,12 @@ def main():
             for label, batch, options in rows:
                 f = run(lambda: ferry.JoinableQueue(**options), n, batch)
                 m = run(lambda: mp.JoinableQueue(), n, 1)
-                print(f"{label:<34} {f:>14.0f} {m:>12.0f} {f / m:>7.2f}")
+                if args.json:
+                    for who, value in (("ferry memory", f), ("multiprocessing memory", m)):
+                        print(json.dumps({"workload": f"python: {label}", "label": who,
+                                          "value": value, "unit": "msg/s"}), flush=True)
+                else:
+                    print(f"{label:<34} {f:>14.0f} {m:>12.0f} {f / m:>7.2f}")
         finally:
             broker.terminate()
             broker.wait()

@@ -5,10 +5,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # The broker's tests drive it with redis-cli, and bench/ compares it with
-# redis-server: both come from Debian's packages.
-if ! command -v redis-cli >/dev/null || ! command -v redis-server >/dev/null || ! command -v redis-benchmark >/dev/null; then
+# redis-server, beanstalkd and nats-server: all from Debian's packages.
+if ! command -v redis-cli >/dev/null || ! command -v redis-server >/dev/null || ! command -v redis-benchmark >/dev/null \
+    || ! command -v beanstalkd >/dev/null || ! command -v nats-server >/dev/null; then
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server redis-tools >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server redis-tools beanstalkd nats-server >/dev/null
 fi
 
 # Unit, integration and doc tests of every crate.
@@ -23,13 +24,18 @@ cargo test -p ferry-core --bench inprocess
 if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
 fi
-.venv/bin/pip install -q --disable-pip-version-check maturin pytest
+.venv/bin/pip install -q --disable-pip-version-check maturin pytest matplotlib
 cargo build -q -p ferry-cli
 (cd python && ../.venv/bin/maturin develop --release -q && ../.venv/bin/python -m pytest -p no:cacheprovider)
 
 # examples/: the classic multiprocessing lessons as Python and Rust
 # programs, each run against a broker started by the script.
 examples/run.sh target/debug/ferry .venv/bin/python
+
+# The peer benchmark harness in its quick mode (a few thousand messages
+# per peer, debug builds), so that it keeps working; bench/run.sh without
+# --quick is the full run that regenerates BENCHMARKS.md.
+bench/run.sh --quick
 
 # The blocking in-process tier under shuttle's scheduler (fixed seed,
 # bounded iterations). The feature swaps the tier's primitives, so it runs
