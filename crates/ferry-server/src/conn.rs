@@ -71,7 +71,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             authed,
             resp3: false,
             inbuf: BytesMut::with_capacity(16 << 10),
-            out: BytesMut::with_capacity(16 << 10),
+            // Grown by the first reply: an idle connection holds no page
+            // for replies it has not sent.
+            out: BytesMut::new(),
             limits,
             holds: HashMap::new(),
             locks: Vec::new(),
