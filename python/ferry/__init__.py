@@ -327,9 +327,12 @@ class Queue:
         if self._prefetch:
             return self._get_prefetched(block, timeout)
         conn = self._handle.conn()
-        if self._dones:
-            self._send_dones(conn)
-        msg_id, payload = conn.get(self._name, block, timeout, self._take)
+        dones = self._take_dones(conn)
+        if dones:
+            # This thread's pending task_done()s ride on the get, in one write.
+            ((msg_id, payload),) = conn.get_many(self._name, 1, timeout if block else 0.0, self._take, dones)
+        else:
+            msg_id, payload = conn.get(self._name, block, timeout, self._take)
         with self._held_lock:
             self._held.append((threading.get_ident(), conn, msg_id))
         return self._loads(payload)

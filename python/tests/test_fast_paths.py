@@ -167,3 +167,19 @@ def test_pickling_keeps_the_options():
     q = ferry.JoinableQueue(prefetch=7, write_behind=9)
     r = pickle.loads(pickle.dumps(q))
     assert (r.name, r._prefetch, r._write_behind) == (q.name, 7, 9)
+
+
+def test_write_behind_task_done_rides_on_a_plain_get():
+    q = ferry.JoinableQueue(write_behind=1000)
+    q.put_many(["a", "b"])
+    assert q.get(timeout=5) == "a"
+    q.task_done()
+    assert unfinished(q) == 2  # waiting in this process
+    assert q.get(timeout=5) == "b"  # carries it
+    assert unfinished(q) == 1
+    q.task_done()
+    q.join()
+
+
+def unfinished(q):
+    return dict(ferry.connect().info(q.name))["unfinished"]
