@@ -8,7 +8,7 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
-use ferry_client::{Client, Error, Value};
+use ferry_client::{Client, Error, Message, Value};
 use pyo3::exceptions::{PyConnectionError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyModule};
@@ -386,27 +386,13 @@ impl Connection {
     }
 }
 
-/// The entries of a QGET reply, payloads moved out: `(id, payload)`.
-/// Nil (a timeout or NOWAIT with nothing ready) is `Error::Empty`.
+/// The entries of a QGET reply as `(id, payload)`. Nil (a timeout or
+/// NOWAIT with nothing ready) is `Error::Empty`.
 fn entries(reply: Value) -> Result<Vec<(u64, Vec<u8>)>, Error> {
-    match reply {
-        Value::Nil => Err(Error::Empty),
-        Value::Array(entries) => entries
-            .into_iter()
-            .map(|e| match e {
-                Value::Array(parts) => {
-                    let mut parts = parts.into_iter().skip(1);
-                    match (parts.next(), parts.next()) {
-                        (Some(Value::Int(id)), Some(Value::Bulk(p))) => Ok((id as u64, p)),
-                        _ => Err(Error::Protocol("bad entry".into())),
-                    }
-                }
-                _ => Err(Error::Protocol("bad entry".into())),
-            })
-            .collect(),
-        Value::Error { code, message } => Err(Error::Server { code, message }),
-        other => Err(Error::Protocol(format!("QGET replied {other:?}"))),
-    }
+    Ok(Message::from_reply(reply)?
+        .into_iter()
+        .map(|m| (m.id, m.payload))
+        .collect())
 }
 
 /// Python's (block, timeout) as a TIMEOUT argument: `None` for no wait,

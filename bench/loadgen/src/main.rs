@@ -105,14 +105,19 @@ enum Workload {
     },
 }
 
-fn emit(cli: &Cli, suffix: &str, value: f64, unit: &str) {
+/// Writes one result line (an error, not a panic, if stdout is gone).
+fn emit(cli: &Cli, suffix: &str, value: f64, unit: &str) -> Result<()> {
+    use std::io::Write;
     let line = serde_json::json!({
         "workload": format!("{}{suffix}", cli.name),
         "label": cli.label,
         "value": value,
         "unit": unit,
     });
-    println!("{line}");
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{line}")?;
+    out.flush()?;
+    Ok(())
 }
 
 fn main() -> Result<()> {
@@ -145,21 +150,21 @@ async fn run(cli: &Cli) -> Result<()> {
         } => {
             let queue = format!("tp-{}", std::process::id());
             let rate = throughput(t, addr, &queue, producers, consumers, n, size, batch).await?;
-            emit(cli, "", rate, "msg/s");
+            emit(cli, "", rate, "msg/s")?;
         }
         Workload::Latency { rate, n, size } => {
             let (p50, p99, p999) = latency(t, addr, rate, n, size).await?;
-            emit(cli, " p50", p50, "us");
-            emit(cli, " p99", p99, "us");
-            emit(cli, " p99.9", p999, "us");
+            emit(cli, " p50", p50, "us")?;
+            emit(cli, " p99", p99, "us")?;
+            emit(cli, " p99.9", p999, "us")?;
         }
         Workload::Conns { idle, blocked, pid } => {
             let (per_idle, per_blocked) = conns(t, addr, idle, blocked, pid).await?;
-            emit(cli, " idle", per_idle, "B/conn");
-            emit(cli, " blocked", per_blocked, "B/conn");
+            emit(cli, " idle", per_idle, "B/conn")?;
+            emit(cli, " blocked", per_blocked, "B/conn")?;
         }
         Workload::Fill { n, size, pid } => {
-            emit(cli, "", fill(t, addr, n, size, pid).await?, "B/msg");
+            emit(cli, "", fill(t, addr, n, size, pid).await?, "B/msg")?;
         }
         Workload::Queues { queues, per, size } => {
             emit(
@@ -167,7 +172,7 @@ async fn run(cli: &Cli) -> Result<()> {
                 "",
                 many_queues(t, addr, queues, per, size).await?,
                 "msg/s",
-            );
+            )?;
         }
     }
     Ok(())

@@ -14,7 +14,7 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
-use ferry_client::{AsyncClient, Value};
+use ferry_client::{AsyncClient, Message, Value};
 use futures::StreamExt;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
@@ -317,27 +317,15 @@ fn done_reply(reply: Value, want: usize) -> Result<()> {
 
 /// A QGET reply's entries; with NOACK there is nothing to acknowledge.
 fn ferry_entries(reply: Value, noack: bool) -> Result<Vec<(Token, Vec<u8>)>> {
-    match reply {
-        Value::Nil => Ok(Vec::new()),
-        Value::Array(entries) => entries
+    match Message::from_reply(reply) {
+        Err(ferry_client::Error::Empty) => Ok(Vec::new()),
+        r => Ok(r?
             .into_iter()
-            .map(|e| match e {
-                Value::Array(parts) => {
-                    let mut parts = parts.into_iter().skip(1);
-                    match (parts.next(), parts.next()) {
-                        (Some(Value::Int(_)), Some(Value::Bulk(p))) if noack => {
-                            Ok((Token::None, p))
-                        }
-                        (Some(Value::Int(id)), Some(Value::Bulk(p))) => {
-                            Ok((Token::Id(id as u64), p))
-                        }
-                        _ => Err(anyhow!("ferry: a bad QGET entry")),
-                    }
-                }
-                _ => Err(anyhow!("ferry: a bad QGET entry")),
+            .map(|m| {
+                let token = if noack { Token::None } else { Token::Id(m.id) };
+                (token, m.payload)
             })
-            .collect(),
-        other => bail!("ferry: QGET replied {other:?}"),
+            .collect()),
     }
 }
 

@@ -360,11 +360,7 @@ impl AsyncClient {
         let count = count.max(1).to_string();
         let mut args: Vec<&[u8]> = vec![b"QGET", queue.as_bytes(), b"COUNT", count.as_bytes()];
         args.extend_from_slice(wait);
-        let msgs: Vec<Message> = match self.call_retrying(&args, true).await? {
-            Value::Nil => return Err(Error::Empty),
-            Value::Array(entries) => entries.into_iter().map(entry).collect::<Result<_, _>>()?,
-            other => return Err(Error::Protocol(format!("QGET replied {other:?}"))),
-        };
+        let msgs = Message::from_reply(self.call_retrying(&args, true).await?)?;
         for m in &msgs {
             self.held.insert((m.queue.clone(), m.id), self.generation);
         }
@@ -734,29 +730,6 @@ impl AsyncClient {
             Value::Int(n) => Ok(n == 1),
             other => Err(Error::Protocol(format!("UNLOCK replied {other:?}"))),
         }
-    }
-}
-
-/// One `[queue, id, payload, attempts]` entry of a QGET reply.
-fn entry(v: Value) -> Result<Message, Error> {
-    let bad = || Error::Protocol("a QGET entry is not [queue, id, payload, attempts]".into());
-    let Value::Array(parts) = v else {
-        return Err(bad());
-    };
-    let mut it = parts.into_iter();
-    match (it.next(), it.next(), it.next(), it.next()) {
-        (
-            Some(Value::Bulk(q)),
-            Some(Value::Int(id)),
-            Some(Value::Bulk(payload)),
-            Some(Value::Int(attempts)),
-        ) => Ok(Message {
-            queue: String::from_utf8(q).map_err(|_| bad())?,
-            id: u64::try_from(id).map_err(|_| bad())?,
-            payload,
-            attempts: u32::try_from(attempts).map_err(|_| bad())?,
-        }),
-        _ => Err(bad()),
     }
 }
 

@@ -170,6 +170,50 @@ pub struct Message {
     pub attempts: u32,
 }
 
+impl Message {
+    /// The messages of a QGET reply — for replies got through
+    /// [`Client::call`] or [`Client::pipeline`]. Null (a timeout, or
+    /// NOWAIT with nothing ready) is [`Error::Empty`].
+    ///
+    /// ```no_run
+    /// # let mut c = ferry_client::Client::connect("ferry://127.0.0.1:7878")?;
+    /// let reply = c.call(&[b"QGET", b"jobs", b"COUNT", b"10", b"NOWAIT"])?;
+    /// let batch = ferry_client::Message::from_reply(reply)?;
+    /// # Ok::<(), ferry_client::Error>(())
+    /// ```
+    pub fn from_reply(reply: Value) -> Result<Vec<Message>, Error> {
+        match reply {
+            Value::Nil => Err(Error::Empty),
+            Value::Array(entries) => entries.into_iter().map(Message::from_entry).collect(),
+            Value::Error { code, message } => Err(Error::Server { code, message }),
+            other => Err(Error::Protocol(format!("QGET replied {other:?}"))),
+        }
+    }
+
+    /// One `[queue, id, payload, attempts]` entry of a QGET reply.
+    fn from_entry(v: Value) -> Result<Message, Error> {
+        let bad = || Error::Protocol("a QGET entry is not [queue, id, payload, attempts]".into());
+        let Value::Array(parts) = v else {
+            return Err(bad());
+        };
+        let mut it = parts.into_iter();
+        match (it.next(), it.next(), it.next(), it.next()) {
+            (
+                Some(Value::Bulk(q)),
+                Some(Value::Int(id)),
+                Some(Value::Bulk(payload)),
+                Some(Value::Int(attempts)),
+            ) => Ok(Message {
+                queue: String::from_utf8(q).map_err(|_| bad())?,
+                id: u64::try_from(id).map_err(|_| bad())?,
+                payload,
+                attempts: u32::try_from(attempts).map_err(|_| bad())?,
+            }),
+            _ => Err(bad()),
+        }
+    }
+}
+
 /// How hard a client tries to get a connection back.
 #[derive(Clone, Copy, Debug)]
 pub struct Reconnect {
