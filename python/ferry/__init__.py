@@ -199,8 +199,10 @@ class Queue:
       in one round trip and serves the next gets from them. For a
       JoinableQueue they are leased, so a process that dies holding them
       has them redelivered; close() gives back the ones not yet handed
-      out. For the other queues they are taken: a process killed holding
-      them loses them, as a multiprocessing.Queue loses what is in its pipe.
+      out. For a Queue or SimpleQueue they are taken: close() puts them
+      back (at the tail), and a process killed holding them loses them, as
+      a multiprocessing.Queue loses what is in its pipe. LifoQueue and
+      PriorityQueue cannot prefetch (it would break their order).
     - write_behind=n: put() hands the item to a feeder thread (as
       multiprocessing.Queue does) and returns; up to n items wait in this
       process, beyond maxsize. An error is raised by the next put(). And
@@ -218,6 +220,10 @@ class Queue:
             raise ValueError(f"serializer must be one of {sorted(_SERIALIZERS)}")
         if prefetch < 0 or write_behind < 0:
             raise ValueError("prefetch and write_behind must be non-negative")
+        if prefetch and self._kind != "fifo":
+            # Items fetched ahead would be served in the order they had then,
+            # not behind a newer or higher-priority item put meanwhile.
+            raise ValueError(f"prefetch keeps fifo order only; a {type(self).__name__} cannot prefetch")
         self._name = name or f"py-{uuid.uuid4().hex}"
         self._maxsize = int(maxsize)
         self._url = url

@@ -183,3 +183,10 @@ def test_write_behind_task_done_rides_on_a_plain_get():
 
 def unfinished(q):
     return dict(ferry.connect().info(q.name))["unfinished"]
+
+
+def test_only_fifo_queues_prefetch():
+    for cls in (ferry.LifoQueue, ferry.PriorityQueue):
+        with pytest.raises(ValueError):
+            cls(prefetch=4)
+    ferry.PriorityQueue(write_behind=4)  # write-behind keeps each item's key
