@@ -538,3 +538,58 @@ fn dedup_keys_survive_a_crash_and_a_compaction() {
     let len: u64 = cmd("QLEN").arg("d").query(&mut c).unwrap();
     assert_eq!(len, 1);
 }
+
+/// A batch's finishes are logged as one record: a QDONE of many ids and a
+/// QGET COUNT with NOACK or TAKE survive a kill -9 exactly.
+#[test]
+fn batched_finishes_survive_a_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = Server::start_at(dir.path(), &[]);
+        let mut c = s.conn();
+        for q in ["done", "noack", "take"] {
+            let payloads: Vec<String> = (0..10).map(|i| format!("{q}{i}")).collect();
+            let mut put = cmd("QPUTMANY");
+            put.arg(q).arg("PAYLOADS").arg(&payloads);
+            let _: Vec<u64> = put.query(&mut c).unwrap();
+        }
+        let got: Vec<(String, u64, Vec<u8>, u32)> = cmd("QGET")
+            .arg("done")
+            .arg("COUNT")
+            .arg(6)
+            .query(&mut c)
+            .unwrap();
+        let mut done = cmd("QDONE");
+        done.arg("done");
+        for e in &got {
+            done.arg(e.1);
+        }
+        let n: u64 = done.query(&mut c).unwrap();
+        assert_eq!(n, 6);
+        for (q, mode) in [("noack", "NOACK"), ("take", "TAKE")] {
+            let got: Vec<(String, u64, Vec<u8>, u32)> = cmd("QGET")
+                .arg(q)
+                .arg("COUNT")
+                .arg(4)
+                .arg(mode)
+                .query(&mut c)
+                .unwrap();
+            assert_eq!(got.len(), 4);
+        }
+        s.signal_and_wait("-KILL");
+    }
+    let s = Server::start_at(dir.path(), &[]);
+    let mut c = s.conn();
+    assert_eq!(
+        ready_payloads(&mut c, "done"),
+        (6..10).map(|i| format!("done{i}")).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        ready_payloads(&mut c, "noack"),
+        (4..10).map(|i| format!("noack{i}")).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        ready_payloads(&mut c, "take"),
+        (4..10).map(|i| format!("take{i}")).collect::<Vec<_>>()
+    );
+}

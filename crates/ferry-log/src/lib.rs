@@ -642,7 +642,11 @@ impl Log {
         p.last += 1;
         let lsn = p.last;
         drop(p);
-        if was_empty {
+        // In async mode whoever waits for the record writes it
+        // ([`Log::write_now`]) and the writer thread comes by every second;
+        // waking it per batch cost a context switch each (measured: 40 %
+        // of the broker's time went to task switches at 1 M msg/s).
+        if was_empty && self.durability == Durability::Sync {
             self.inner.wake.notify_one();
         }
         Ok(lsn)
@@ -840,6 +844,7 @@ struct Writer {
 impl Writer {
     fn run(self) {
         let inner = &self.inner;
+        let async_mode = inner.segment.lock().options.durability == Durability::Async;
         loop {
             let closing = {
                 let mut p = inner.pending.lock();
@@ -867,6 +872,12 @@ impl Writer {
                                 break;
                             }
                             inner.wake.wait_for(&mut p, at - now);
+                        }
+                        // Async appends do not wake this thread: look for
+                        // records nobody wrote (a lease expiring on a timer)
+                        // once a second.
+                        None if async_mode => {
+                            inner.wake.wait_for(&mut p, Duration::from_secs(1));
                         }
                         None => inner.wake.wait(&mut p),
                     }

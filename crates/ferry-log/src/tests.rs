@@ -239,11 +239,18 @@ fn async_mode_reports_after_the_write() {
         },
     )
     .unwrap();
+    // Nobody writes it: the writer thread comes by within a second.
+    let t = Instant::now();
     let lsn = log.append(b"a").unwrap();
     wait_durable(&log, lsn);
+    assert!(t.elapsed() < Duration::from_millis(1500));
+    // A caller that waits writes it itself, at once.
+    let lsn = log.append(b"b").unwrap();
+    assert!(log.write_now());
+    assert!(log.durable() >= lsn);
     log.close();
     let (_, _, seen) = open(dir.path(), Options::default()).unwrap();
-    assert_eq!(seen, vec![b"a".to_vec()]);
+    assert_eq!(seen, vec![b"a".to_vec(), b"b".to_vec()]);
 }
 
 fn open_with(dir: &Path, storage: Arc<dyn Storage>, errors: Arc<AtomicU64>) -> Log {

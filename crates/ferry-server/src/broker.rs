@@ -275,10 +275,7 @@ impl Broker {
                 }
             }
             if let Some(store) = &self.store {
-                st.q.set_journal(Box::new(LogJournal {
-                    store: Arc::clone(store),
-                    queue: name.clone(),
-                }));
+                st.q.set_journal(Box::new(LogJournal::new(Arc::clone(store), name.clone())));
             }
         });
     }
@@ -399,10 +396,7 @@ impl Broker {
         }
         let mut q = EngineQueue::new(config);
         if let (Some(store), true) = (&self.store, journal) {
-            q.set_journal(Box::new(LogJournal {
-                store: Arc::clone(store),
-                queue: name.clone(),
-            }));
+            q.set_journal(Box::new(LogJournal::new(Arc::clone(store), name.clone())));
         }
         let cell = Arc::new(QueueCell {
             name: name.clone(),
@@ -479,6 +473,9 @@ impl QueueCell {
         let mut st = self.state.lock();
         let before = st.q.held_weight();
         let r = f(&mut st, now);
+        // Under the lock, before any reply can wait for the log: the
+        // operation's gathered records (a batch's finishes) go in now.
+        st.q.flush_journal();
         let QueueState { q, wakers, .. } = &mut *st;
         let after = q.held_weight();
         if after > before {

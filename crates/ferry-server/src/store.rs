@@ -27,6 +27,7 @@
 //! | 11 | SnapshotEnd | queue — the snapshot since its Reset is complete |
 //! | 12 | SnapshotAbort | queue — the snapshot since its Reset was cut by a crash; forget it |
 //! | 13 | Dedup | queue, id u64, until (Unix ms) u64, key (the rest) |
+//! | 14 | FinishMany | queue, id u64 × n (n ≥ 2): one operation's finishes — a QDONE of many ids, a QGET COUNT with NOACK or TAKE |
 //!
 //! **Compaction** (`Broker::checkpoint`): the log starts a new segment,
 //! then each queue, under its lock, appends a snapshot — Reset, Settings,
@@ -69,6 +70,7 @@ const NEXT_ID: u8 = 10;
 const SNAPSHOT_END: u8 = 11;
 const SNAPSHOT_ABORT: u8 = 12;
 const DEDUP: u8 = 13;
+const FINISH_MANY: u8 = 14;
 
 /// Unix time in ms.
 fn unix_ms() -> u64 {
@@ -227,6 +229,18 @@ fn replay(
                 q.msgs.remove(&id);
             }
         }
+        FINISH_MANY => {
+            if b.len() < 16 || b.len() % 8 != 0 {
+                return Err("a FinishMany record's ids are cut short".into());
+            }
+            let mut q = state.get_mut(&name);
+            while b.has_remaining() {
+                let id = take_u64(&mut b)?;
+                if let Some(q) = q.as_deref_mut() {
+                    q.msgs.remove(&id);
+                }
+            }
+        }
         RETURN => {
             let id = take_u64(&mut b)?;
             let attempts = take_u32(&mut b)?;
@@ -356,10 +370,7 @@ impl Store {
             put_name(b, queue);
             b.extend_from_slice(&st.q.next_id().to_le_bytes());
         });
-        let mut journal = LogJournal {
-            store: self,
-            queue: Bytes::copy_from_slice(queue),
-        };
+        let mut journal = LogJournal::new(self, Bytes::copy_from_slice(queue));
         st.q.for_each_stored(|m, due, out| {
             let due = due.filter(|&d| d > now);
             journal.put(m.id, m.attempts, &m.item, due);
@@ -557,11 +568,38 @@ pub fn check(dir: &std::path::Path) -> Result<CheckReport, LogError> {
 
 /// One queue's journal: every durable change becomes a log record.
 pub(crate) struct LogJournal<S = Arc<Store>> {
-    pub(crate) store: S,
-    pub(crate) queue: Bytes,
+    store: S,
+    queue: Bytes,
+    /// Finishes of the operation under way, written as one record by
+    /// `flush` (or before any other record of this queue).
+    finished: Vec<u64>,
 }
 
 impl<S: std::ops::Deref<Target = Store>> LogJournal<S> {
+    pub(crate) fn new(store: S, queue: Bytes) -> Self {
+        LogJournal {
+            store,
+            queue,
+            finished: Vec::new(),
+        }
+    }
+
+    /// Writes the gathered finishes: one Finish, or one FinishMany.
+    fn write_finished(&mut self) {
+        match self.finished.as_slice() {
+            [] => return,
+            [id] => self.id_record(FINISH, *id, None),
+            ids => self.store.append(|b| {
+                b.push(FINISH_MANY);
+                put_name(b, &self.queue);
+                for id in ids {
+                    b.extend_from_slice(&id.to_le_bytes());
+                }
+            }),
+        }
+        self.finished.clear();
+    }
+
     fn id_record(&self, tag: u8, id: u64, extra: Option<u32>) {
         self.store.append(|b| {
             b.push(tag);
@@ -576,6 +614,7 @@ impl<S: std::ops::Deref<Target = Store>> LogJournal<S> {
 
 impl<S: std::ops::Deref<Target = Store> + Send> Journal<Payload> for LogJournal<S> {
     fn put(&mut self, id: u64, attempts: u32, item: &Payload, due: Option<Millis>) {
+        self.write_finished();
         let due = due.map_or(0, |d| self.store.base.saturating_add(d));
         self.store.append(|b| {
             b.push(PUT);
@@ -591,15 +630,21 @@ impl<S: std::ops::Deref<Target = Store> + Send> Journal<Payload> for LogJournal<
     }
 
     fn finished(&mut self, id: u64) {
-        self.id_record(FINISH, id, None);
+        self.finished.push(id);
     }
 
     fn returned(&mut self, id: u64, attempts: u32) {
+        self.write_finished();
         self.id_record(RETURN, id, Some(attempts));
     }
 
     fn leased(&mut self, id: u64) {
+        self.write_finished();
         self.id_record(LEASE, id, None);
+    }
+
+    fn flush(&mut self) {
+        self.write_finished();
     }
 
     fn dead_lettered(&mut self, _id: u64) {
@@ -621,6 +666,8 @@ mod tests {
             &[PUT, 5, b'q'],
             &[99, 1, b'q'],
             &[FINISH, 1, b'q', 1, 2],
+            &[FINISH_MANY, 1, b'q', 1, 0, 0, 0, 0, 0, 0, 0],
+            &[FINISH_MANY, 1, b'q', 1, 0, 0, 0, 0, 0, 0, 0, 2, 0],
         ] {
             assert!(r.apply(bad).is_err(), "{bad:?}");
         }
@@ -649,6 +696,20 @@ mod tests {
             .keys()
             .copied()
             .collect()
+    }
+
+    #[test]
+    fn finish_many_finishes_each_id() {
+        let mut r = Replay::default();
+        for id in 1..=4 {
+            r.apply(&put(b"q", id)).unwrap();
+        }
+        let mut b = marker(FINISH_MANY, b"q");
+        for id in [1u64, 3, 9] {
+            b.extend_from_slice(&id.to_le_bytes());
+        }
+        r.apply(&b).unwrap();
+        assert_eq!(ids(r), vec![2, 4]);
     }
 
     #[test]

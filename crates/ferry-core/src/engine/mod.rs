@@ -116,6 +116,11 @@ pub trait Journal<T>: Send {
     /// the store records it finished only once the dead-letter queue has
     /// it, so that a crash in between cannot lose it.
     fn dead_lettered(&mut self, id: u64);
+    /// The operation that made the calls so far is complete: a journal
+    /// that gathers records (many finishes of one batch into one) writes
+    /// them now. The owner calls it, through [`Queue::flush_journal`],
+    /// before it lets go of the queue after every operation.
+    fn flush(&mut self) {}
 }
 
 /// The two kinds of lease (SPEC §1).
@@ -387,6 +392,13 @@ impl<T: Item, F: FifoStore<T>> Queue<T, F> {
     /// limit's measure.
     pub fn held_weight(&self) -> u64 {
         self.held
+    }
+
+    /// Ends an operation for the journal (see [`Journal::flush`]).
+    pub fn flush_journal(&mut self) {
+        if let Some(j) = &mut self.journal {
+            j.flush();
+        }
     }
 
     fn journal_finished(&mut self, id: u64) {
