@@ -230,7 +230,7 @@ fn replay(
             }
         }
         FINISH_MANY => {
-            if b.len() < 16 || b.len() % 8 != 0 {
+            if b.len() < 16 || !b.len().is_multiple_of(8) {
                 return Err("a FinishMany record's ids are cut short".into());
             }
             let mut q = state.get_mut(&name);
