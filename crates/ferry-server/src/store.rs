@@ -28,6 +28,7 @@
 //! | 12 | SnapshotAbort | queue — the snapshot since its Reset was cut by a crash; forget it |
 //! | 13 | Dedup | queue, id u64, until (Unix ms) u64, key (the rest) |
 //! | 14 | FinishMany | queue, id u64 × n (n ≥ 2): one operation's finishes — a QDONE of many ids, a QGET COUNT with NOACK or TAKE |
+//! | 15 | PutMany | queue, then n ≥ 2 × (id u64, attempts u32, due u64, key (u16 length + bytes), payload (u32 length + bytes)): one operation's puts (QPUTMANY, a snapshot), at most ~64 kB a record |
 //!
 //! **Compaction** (`Broker::checkpoint`): the log starts a new segment,
 //! then each queue, under its lock, appends a snapshot — Reset, Settings,
@@ -71,6 +72,9 @@ const SNAPSHOT_END: u8 = 11;
 const SNAPSHOT_ABORT: u8 = 12;
 const DEDUP: u8 = 13;
 const FINISH_MANY: u8 = 14;
+const PUT_MANY: u8 = 15;
+/// A PutMany record is written once its entries pass this many bytes.
+const PUT_MANY_BYTES: usize = 64 << 10;
 
 /// Unix time in ms.
 fn unix_ms() -> u64 {
@@ -194,6 +198,33 @@ impl Replay {
     }
 }
 
+/// A put's id, attempts, due time and key (the payload is the caller's to
+/// take).
+fn take_put_head(b: &mut Bytes) -> Result<(u64, RecoveredMsg), String> {
+    let id = take_u64(b)?;
+    let attempts = take_u32(b)?;
+    let due = take_u64(b)?;
+    let klen = b.try_get_u16_le().map_err(|_| "record is cut short")? as usize;
+    if b.len() < klen {
+        return Err("record is cut short".into());
+    }
+    let key = b.split_to(klen);
+    let msg = RecoveredMsg {
+        attempts,
+        out: false,
+        due,
+        key,
+        data: Bytes::new(),
+    };
+    Ok((id, msg))
+}
+
+fn recovered_put(state: &mut HashMap<Bytes, Recovered>, name: Bytes, id: u64, msg: RecoveredMsg) {
+    let q = state.entry(name).or_default();
+    q.next_id = q.next_id.max(id + 1);
+    q.msgs.insert(id, msg);
+}
+
 fn replay(
     state: &mut HashMap<Bytes, Recovered>,
     tag: u8,
@@ -202,26 +233,22 @@ fn replay(
 ) -> Result<(), String> {
     match tag {
         PUT => {
-            let id = take_u64(&mut b)?;
-            let attempts = take_u32(&mut b)?;
-            let due = take_u64(&mut b)?;
-            let klen = b.try_get_u16_le().map_err(|_| "record is cut short")? as usize;
-            if b.len() < klen {
-                return Err("record is cut short".into());
+            let (id, msg) = take_put_head(&mut b)?;
+            recovered_put(state, name, id, RecoveredMsg { data: b, ..msg });
+        }
+        PUT_MANY => {
+            if !b.has_remaining() {
+                return Err("a PutMany record holds no message".into());
             }
-            let key = b.split_to(klen);
-            let q = state.entry(name).or_default();
-            q.next_id = q.next_id.max(id + 1);
-            q.msgs.insert(
-                id,
-                RecoveredMsg {
-                    attempts,
-                    out: false,
-                    due,
-                    key,
-                    data: b,
-                },
-            );
+            while b.has_remaining() {
+                let (id, msg) = take_put_head(&mut b)?;
+                let len = b.try_get_u32_le().map_err(|_| "record is cut short")? as usize;
+                if b.len() < len {
+                    return Err("record is cut short".into());
+                }
+                let data = b.split_to(len);
+                recovered_put(state, name.clone(), id, RecoveredMsg { data, ..msg });
+            }
         }
         FINISH => {
             let id = take_u64(&mut b)?;
@@ -378,6 +405,7 @@ impl Store {
                 journal.leased(m.id);
             }
         });
+        journal.flush();
         if let Some(mode) = st.q.shutdown_state() {
             self.shutdown(queue, mode == engine::Shutdown::Immediate);
         }
@@ -573,6 +601,23 @@ pub(crate) struct LogJournal<S = Arc<Store>> {
     /// Finishes of the operation under way, written as one record by
     /// `flush` (or before any other record of this queue).
     finished: Vec<u64>,
+    /// Puts of the operation under way, encoded as PutMany entries, and how
+    /// many: the same, for puts. At most one of the two is non-empty, so
+    /// the log keeps the operation's order.
+    puts: Vec<u8>,
+    put_count: usize,
+    /// The last put, kept whole in case it stays alone (a plain Put).
+    last_put: Option<(u64, u32, u64, Payload)>,
+}
+
+/// A put's id, attempts, due time (Unix ms, 0: none) and key.
+fn put_head(b: &mut Vec<u8>, id: u64, attempts: u32, due: u64, key: &[u8]) {
+    b.extend_from_slice(&id.to_le_bytes());
+    b.extend_from_slice(&attempts.to_le_bytes());
+    b.extend_from_slice(&due.to_le_bytes());
+    let klen = key.len().min(u16::MAX as usize);
+    b.extend_from_slice(&(klen as u16).to_le_bytes());
+    b.extend_from_slice(&key[..klen]);
 }
 
 impl<S: std::ops::Deref<Target = Store>> LogJournal<S> {
@@ -581,7 +626,45 @@ impl<S: std::ops::Deref<Target = Store>> LogJournal<S> {
             store,
             queue,
             finished: Vec::new(),
+            puts: Vec::new(),
+            put_count: 0,
+            last_put: None,
         }
+    }
+
+    /// Writes the gathered puts: one Put, or one PutMany.
+    fn write_puts(&mut self) {
+        match self.put_count {
+            0 => {}
+            1 => {
+                if let Some((id, attempts, due, item)) = self.last_put.take() {
+                    self.put_record(id, attempts, due, &item);
+                }
+            }
+            _ => self.store.append(|b| {
+                b.push(PUT_MANY);
+                put_name(b, &self.queue);
+                b.extend_from_slice(&self.puts);
+            }),
+        }
+        self.puts.clear();
+        self.put_count = 0;
+        self.last_put = None;
+    }
+
+    fn put_record(&self, id: u64, attempts: u32, due: u64, item: &Payload) {
+        self.store.append(|b| {
+            b.push(PUT);
+            put_name(b, &self.queue);
+            put_head(b, id, attempts, due, &item.key);
+            b.extend_from_slice(&item.data);
+        });
+    }
+
+    /// Writes whatever the operation gathered so far.
+    fn write_gathered(&mut self) {
+        self.write_puts();
+        self.write_finished();
     }
 
     /// Writes the gathered finishes: one Finish, or one FinishMany.
@@ -616,35 +699,34 @@ impl<S: std::ops::Deref<Target = Store> + Send> Journal<Payload> for LogJournal<
     fn put(&mut self, id: u64, attempts: u32, item: &Payload, due: Option<Millis>) {
         self.write_finished();
         let due = due.map_or(0, |d| self.store.base.saturating_add(d));
-        self.store.append(|b| {
-            b.push(PUT);
-            put_name(b, &self.queue);
-            b.extend_from_slice(&id.to_le_bytes());
-            b.extend_from_slice(&attempts.to_le_bytes());
-            b.extend_from_slice(&due.to_le_bytes());
-            let klen = item.key.len().min(u16::MAX as usize);
-            b.extend_from_slice(&(klen as u16).to_le_bytes());
-            b.extend_from_slice(&item.key[..klen]);
-            b.extend_from_slice(&item.data);
-        });
+        put_head(&mut self.puts, id, attempts, due, &item.key);
+        let len = u32::try_from(item.data.len()).unwrap_or(u32::MAX);
+        self.puts.extend_from_slice(&len.to_le_bytes());
+        self.puts.extend_from_slice(&item.data);
+        self.put_count += 1;
+        self.last_put = (self.put_count == 1).then(|| (id, attempts, due, item.clone()));
+        if self.puts.len() >= PUT_MANY_BYTES {
+            self.write_puts();
+        }
     }
 
     fn finished(&mut self, id: u64) {
+        self.write_puts();
         self.finished.push(id);
     }
 
     fn returned(&mut self, id: u64, attempts: u32) {
-        self.write_finished();
+        self.write_gathered();
         self.id_record(RETURN, id, Some(attempts));
     }
 
     fn leased(&mut self, id: u64) {
-        self.write_finished();
+        self.write_gathered();
         self.id_record(LEASE, id, None);
     }
 
     fn flush(&mut self) {
-        self.write_finished();
+        self.write_gathered();
     }
 
     fn dead_lettered(&mut self, _id: u64) {
@@ -696,6 +778,43 @@ mod tests {
             .keys()
             .copied()
             .collect()
+    }
+
+    /// What `LogJournal` writes for a batch of puts.
+    fn put_many(q: &[u8], ids: &[u64]) -> Vec<u8> {
+        let mut b = marker(PUT_MANY, q);
+        for &id in ids {
+            put_head(&mut b, id, 1, 0, b"k");
+            b.extend_from_slice(&7u32.to_le_bytes());
+            b.extend_from_slice(b"payload");
+        }
+        b
+    }
+
+    #[test]
+    fn put_many_puts_each_message() {
+        let mut r = Replay::default();
+        r.apply(&put_many(b"q", &[3, 5, 8])).unwrap();
+        let state = r.finish().0;
+        let q = &state[&Bytes::from_static(b"q")];
+        assert_eq!(q.msgs.keys().copied().collect::<Vec<_>>(), vec![3, 5, 8]);
+        assert_eq!(q.next_id, 9);
+        let m = &q.msgs[&5];
+        assert_eq!(
+            (m.attempts, &m.key[..], &m.data[..]),
+            (1, &b"k"[..], &b"payload"[..])
+        );
+    }
+
+    #[test]
+    fn a_put_many_cut_short_is_refused() {
+        let whole = put_many(b"q", &[1, 2]);
+        for cut in [whole.len() - 1, whole.len() - 8, 3] {
+            assert!(
+                Replay::default().apply(&whole[..cut]).is_err(),
+                "cut at {cut}"
+            );
+        }
     }
 
     #[test]
