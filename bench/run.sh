@@ -5,7 +5,7 @@
 # every measurement as a JSON line. Then bench/report.py turns them into
 # BENCHMARKS.md and the charts in bench/charts/.
 #
-#   bench/run.sh            the full run; regenerates BENCHMARKS.md (~10 min)
+#   bench/run.sh            the full run; regenerates BENCHMARKS.md (~12 min)
 #   bench/run.sh --quick    a few thousand messages per peer, to keep the
 #                           harness working (the test command runs this);
 #                           writes its report under target/, not the repo
@@ -103,8 +103,6 @@ start() {
 
 # The loadgen target for a row's target.
 lg_target() { case $1 in ferry-unix) echo ferry;; *) echo "$1";; esac; }
-# (ferry-noack gets with NOACK: the contract of a Redis list's BRPOP, so
-# the Redis list rows compare with it.)
 
 # run TARGET CLASS NAME [--limit S] WORKLOAD ARGS...: one measurement on a
 # fresh server. A run that fails or passes its time limit is recorded as
@@ -134,6 +132,8 @@ for l in sys.stdin:
 }
 
 failed=0
+# ferry-noack gets with NOACK: the contract of a Redis list's BRPOP, so the
+# Redis list rows compare with it.
 targets_memory=(ferry ferry-unix ferry-noack redis-list redis-stream beanstalkd nats-memory)
 targets_async=(ferry ferry-noack redis-list redis-stream beanstalkd nats-file)
 targets_sync=(ferry ferry-noack redis-list redis-stream beanstalkd)

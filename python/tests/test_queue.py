@@ -35,35 +35,6 @@ def test_put_get_and_the_stdlib_exceptions():
         q.get(timeout=-1)
 
 
-def test_task_done_and_join_with_threads():
-    q = ferry.JoinableQueue()
-    total = []
-
-    def worker():
-        while True:
-            item = q.get()
-            if item is None:
-                q.task_done()
-                return
-            total.append(item)
-            q.task_done()
-
-    threads = [threading.Thread(target=worker) for _ in range(2)]
-    for t in threads:
-        t.start()
-    for i in range(100):
-        q.put(i)
-    q.join()
-    assert sum(total) == sum(range(100))
-    for _ in threads:
-        q.put(None)
-    q.join()
-    for t in threads:
-        t.join()
-    with pytest.raises(ValueError):
-        q.task_done()
-
-
 def _consume(q, out):
     while True:
         item = q.get()
