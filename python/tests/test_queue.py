@@ -5,7 +5,6 @@ import multiprocessing
 import os
 import pickle
 import queue
-import threading
 import time
 
 import pytest
