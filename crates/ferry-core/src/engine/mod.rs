@@ -356,13 +356,9 @@ impl<T: Item, F: FifoStore<T>> Queue<T, F> {
     /// Visits every message the queue stores — ready, delayed (with the
     /// time it is due), leased (marked out), or handed to a waiter and not
     /// yet picked up — in no particular order: what a snapshot must keep.
-    pub fn for_each_stored(&self, mut f: impl FnMut(&Message<T>, Option<Millis>, bool))
-    where
-        T: Clone,
-    {
-        for m in self.ready.peek(usize::MAX) {
-            f(&m, None, false);
-        }
+    /// One message at a time: a packed backlog is never unpacked whole.
+    pub fn for_each_stored(&self, mut f: impl FnMut(&Message<T>, Option<Millis>, bool)) {
+        self.ready.for_each(|m| f(m, None, false));
         for (&(due, _), m) in &self.delayed {
             f(m, Some(due), false);
         }

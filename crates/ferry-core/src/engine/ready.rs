@@ -89,6 +89,22 @@ impl<T: Item, F: FifoStore<T>> Ready<T, F> {
         }
     }
 
+    /// Shows `f` every ready message, in no particular order, one at a
+    /// time (a packed store is never unpacked whole).
+    pub(super) fn for_each(&self, mut f: impl FnMut(&Message<T>)) {
+        match self {
+            Ready::Fifo { returned, main } => {
+                returned.iter().for_each(&mut f);
+                main.visit(&mut |m| {
+                    f(m);
+                    true
+                });
+            }
+            Ready::Lifo(q) => q.iter().for_each(f),
+            Ready::Priority(h) => h.iter().for_each(|e| f(&e.0)),
+        }
+    }
+
     /// Copies of the first `count` messages in the order they would be
     /// delivered.
     pub(super) fn peek(&self, count: usize) -> Vec<Message<T>>
@@ -99,7 +115,10 @@ impl<T: Item, F: FifoStore<T>> Ready<T, F> {
             Ready::Fifo { returned, main } => {
                 let mut out: Vec<Message<T>> = returned.iter().take(count).cloned().collect();
                 if out.len() < count {
-                    out.extend(main.peek(count - out.len()));
+                    main.visit(&mut |m| {
+                        out.push(m.clone());
+                        out.len() < count
+                    });
                 }
                 out
             }

@@ -27,10 +27,10 @@ pub trait FifoStore<T>: Default {
     }
     /// Takes every message out, oldest first.
     fn drain_all(&mut self) -> Vec<Message<T>>;
-    /// Copies of the first `count` messages, oldest first.
-    fn peek(&self, count: usize) -> Vec<Message<T>>
-    where
-        T: Clone;
+    /// Shows `f` each message, oldest first, until it replies false. A
+    /// packed store unpacks one message at a time, so visiting a large
+    /// backlog (a snapshot) costs one message's memory, not the backlog's.
+    fn visit(&self, f: &mut dyn FnMut(&Message<T>) -> bool);
 }
 
 impl<T> FifoStore<T> for VecDeque<Message<T>> {
@@ -50,11 +50,12 @@ impl<T> FifoStore<T> for VecDeque<Message<T>> {
         self.drain(..).collect()
     }
 
-    fn peek(&self, count: usize) -> Vec<Message<T>>
-    where
-        T: Clone,
-    {
-        self.iter().take(count).cloned().collect()
+    fn visit(&self, f: &mut dyn FnMut(&Message<T>) -> bool) {
+        for m in self {
+            if !f(m) {
+                return;
+            }
+        }
     }
 }
 
@@ -222,18 +223,15 @@ impl<T: Pack> FifoStore<T> for PackedFifo<T> {
         out
     }
 
-    fn peek(&self, count: usize) -> Vec<Message<T>>
-    where
-        T: Clone,
-    {
-        let mut out = Vec::with_capacity(count.min(self.len));
+    fn visit(&self, f: &mut dyn FnMut(&Message<T>) -> bool) {
         for block in &self.blocks {
             let (mut pos, mut last) = (block.read, block.last_read);
-            while pos < block.buf.len() && out.len() < count {
-                out.push(Self::decode(block, &mut pos, &mut last));
+            while pos < block.buf.len() {
+                if !f(&Self::decode(block, &mut pos, &mut last)) {
+                    return;
+                }
             }
         }
-        out
     }
 }
 
@@ -280,7 +278,12 @@ mod tests {
         }
         assert_eq!(s.len(), msgs.len());
         assert!(s.blocks.len() > 2);
-        assert_eq!(s.peek(3), msgs[..3].to_vec());
+        let mut seen = Vec::new();
+        s.visit(&mut |m| {
+            seen.push(m.clone());
+            true
+        });
+        assert_eq!(seen, msgs, "a visit shows every message, oldest first");
         for (i, m) in msgs.iter().enumerate() {
             assert_eq!(s.pop_front().as_ref(), Some(m), "message {i}");
         }
