@@ -81,9 +81,17 @@ class _Handle:
         return local.conn
 
 
+def _raw_dumps(o) -> bytes:
+    # bytes(5) would be five zero bytes, and bytes("x") a TypeError without
+    # a word about the serializer: take bytes-like items only.
+    if isinstance(o, (bytes, bytearray, memoryview)):
+        return bytes(o)
+    raise TypeError(f"the raw serializer puts bytes-like items, not {type(o).__name__}")
+
+
 _SERIALIZERS = {
     "pickle": (lambda o: pickle.dumps(o, protocol=pickle.HIGHEST_PROTOCOL), pickle.loads),
-    "raw": (lambda o: bytes(o), lambda b: b),
+    "raw": (_raw_dumps, lambda b: b),
     "json": (
         lambda o: __import__("json").dumps(o).encode(),
         lambda b: __import__("json").loads(b.decode()),
@@ -627,7 +635,7 @@ class Lock:
 
     def acquire(self, block: bool = True, timeout: float | None = None) -> bool:
         if timeout is not None and timeout < 0:
-            timeout = None  # multiprocessing.Lock treats a negative timeout as none
+            timeout = 0  # multiprocessing.Lock: a negative timeout tries once
         token = self._handle.conn().lock(self._name, bool(block), timeout)
         if token is None:
             return False

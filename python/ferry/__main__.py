@@ -1,24 +1,24 @@
-"""python -m ferry serve: a broker from the wheel itself."""
+"""python -m ferry serve: a broker from the wheel itself, with the same
+flags as `ferry serve` (see `python -m ferry serve --help`)."""
 
-import argparse
+import signal
 import sys
 
 from ferry._ferry import serve
 
+USAGE = "usage: python -m ferry serve [FLAGS]   (python -m ferry serve --help lists them)"
+
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ferry")
-    sub = parser.add_subparsers(dest="command", required=True)
-    s = sub.add_parser("serve", help="run a broker (RESP) until SIGINT/SIGTERM")
-    s.add_argument("--bind", default="127.0.0.1")
-    s.add_argument("--port", type=int, default=7878, help="0 picks a free one")
-    s.add_argument("--data-dir", default="ferry-data")
-    s.add_argument("--durability", choices=["sync", "async", "memory"], default="sync")
-    s.add_argument("--unix", default=None, help="also listen on this Unix socket")
-    s.add_argument("--requirepass", default=None)
-    args = parser.parse_args(argv)
-    serve(args.bind, args.port, args.data_dir, args.durability, args.unix, args.requirepass)
-    return 0
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] != "serve":
+        print(USAGE, file=sys.stderr)
+        return 2
+    # The broker handles SIGINT and SIGTERM itself (a clean stop, status 0).
+    # Python's own SIGINT handler still runs beside it; a quiet one keeps
+    # Ctrl-C from ending in a KeyboardInterrupt traceback.
+    signal.signal(signal.SIGINT, lambda signum, frame: None)
+    return serve(argv[1:])
 
 
 if __name__ == "__main__":

@@ -340,7 +340,9 @@ impl Connection {
                 let key = String::from_utf8_lossy(&k).into_owned();
                 match v {
                     Value::Int(n) => out.push((key, n)),
-                    Value::Bulk(b) if key == "shutdown" => out.push((key, i64::from(b != b"no"))),
+                    Value::Bulk(b) if key == "shutdown" => {
+                        out.push((key, i64::from(b[..] != b"no"[..])))
+                    }
                     _ => {}
                 }
             }
@@ -409,64 +411,15 @@ fn timeout_arg(block: bool, timeout: Option<f64>) -> PyResult<Option<String>> {
 }
 
 /// Runs a broker in this process until SIGINT/SIGTERM (the GIL released):
-/// `python -m ferry serve`, so a pip user needs no Rust toolchain. Prints
-/// `listening <address>` first, as `ferry serve` does.
+/// `python -m ferry serve`, so a pip user needs no Rust toolchain: the
+/// same program as `ferry serve` (flags, environment, config file,
+/// validation, logging), with the GIL released. Replies its exit status.
 #[pyfunction]
-#[pyo3(signature = (bind="127.0.0.1", port=7878, data_dir="ferry-data", durability="sync", unix=None, requirepass=None))]
-fn serve(
-    py: Python<'_>,
-    bind: &str,
-    port: u16,
-    data_dir: &str,
-    durability: &str,
-    unix: Option<String>,
-    requirepass: Option<String>,
-) -> PyResult<()> {
-    let durability = match durability {
-        "sync" => ferry_server::Durability::Sync,
-        "async" => ferry_server::Durability::Async,
-        "memory" => ferry_server::Durability::Memory,
-        other => {
-            return Err(PyValueError::new_err(format!(
-                "durability must be sync, async or memory, not {other:?}"
-            )));
-        }
-    };
-    let config = ferry_server::Config {
-        bind: bind
-            .parse()
-            .map_err(|_| PyValueError::new_err(format!("bad bind address {bind:?}")))?,
-        port,
-        data_dir: data_dir.into(),
-        durability,
-        unix: unix.map(Into::into),
-        requirepass,
-        ..ferry_server::Config::default()
-    };
-    let stopped = py.detach(move || -> std::io::Result<ferry_server::Stopped> {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()?;
-        rt.block_on(async move {
-            let server = ferry_server::Server::bind(config).await?;
-            let bound = server.bound()?;
-            let stop = ferry_server::shutdown_signal();
-            println!("listening {}", bound.tcp);
-            if let Some(p) = &bound.unix {
-                println!("listening unix:{}", p.display());
-            }
-            use std::io::Write;
-            let _ = std::io::stdout().flush();
-            Ok(server.run(stop).await)
-        })
-    });
-    match stopped {
-        Ok(ferry_server::Stopped::Clean) => Ok(()),
-        Ok(ferry_server::Stopped::LogFailed) => Err(FerryError::new_err(
-            "the log failed (a write or fsync error)",
-        )),
-        Err(e) => Err(PyConnectionError::new_err(e.to_string())),
-    }
+fn serve(py: Python<'_>, argv: Vec<String>) -> i32 {
+    py.detach(move || {
+        ferry_server::serve::init_logging();
+        ferry_server::serve::main_from("python -m ferry serve", argv)
+    })
 }
 
 #[pymodule]

@@ -567,6 +567,7 @@ fn priority_delay_dedup_and_several_queues() {
         let mut g = redis::Client::open(url).unwrap().get_connection().unwrap();
         let got: Vec<Entry> = cmd("QGET")
             .arg("m1")
+            .arg("OR")
             .arg("m2")
             .arg("TIMEOUT")
             .arg(5000)
@@ -817,6 +818,6 @@ fn settings_come_from_flags_then_environment_then_file() {
         .unwrap();
     assert!(!bad.status.success());
     assert!(
-        String::from_utf8_lossy(&bad.stderr).contains("--durability must be sync, async or memory")
+        String::from_utf8_lossy(&bad.stderr).contains("--durability must be async, sync or memory")
     );
 }

@@ -4,10 +4,11 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use bytes::BytesMut;
+use ferry_proto::{Decoder, Limits, Value, encode_command};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 
-use crate::resp::{self, Value};
 use crate::{Address, Error, Message, Reconnect, Url};
 
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -16,11 +17,16 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 /// One live connection.
 struct Link {
     stream: Box<dyn Io>,
-    buf: Vec<u8>,
+    /// Bytes read and not yet decoded, and the decoder that resumes on
+    /// them: a large reply costs time in proportion to its size.
+    buf: BytesMut,
+    decoder: Decoder,
+    /// Commands encoded for the next write.
+    out: BytesMut,
 }
 
 impl Link {
-    async fn open(url: &Url) -> Result<Link, Error> {
+    async fn open(url: &Url) -> Result<Box<Link>, Error> {
         let stream: Box<dyn Io> = match &url.address {
             Address::Tcp(host, port) => {
                 let s = TcpStream::connect((host.as_str(), *port)).await?;
@@ -29,10 +35,12 @@ impl Link {
             }
             Address::Unix(path) => Box::new(UnixStream::connect(path).await?),
         };
-        let mut link = Link {
+        let mut link = Box::new(Link {
             stream,
-            buf: Vec::with_capacity(4096),
-        };
+            buf: BytesMut::with_capacity(16 << 10),
+            decoder: Decoder::new(Limits::client()),
+            out: BytesMut::new(),
+        });
         if let Some(p) = &url.password {
             match link.call(&[b"AUTH", p.as_bytes()]).await {
                 Ok(_) => {}
@@ -46,8 +54,15 @@ impl Link {
     }
 
     async fn call(&mut self, args: &[&[u8]]) -> Result<Value, Error> {
-        self.stream.write_all(&resp::command(args)).await?;
+        encode_command(args, &mut self.out);
+        self.send().await?;
         self.read_reply().await
+    }
+
+    async fn send(&mut self) -> Result<(), Error> {
+        let written = self.stream.write_all(&self.out).await;
+        self.out.clear();
+        Ok(written?)
     }
 
     /// Sends every command in one write, then reads every reply.
@@ -55,11 +70,10 @@ impl Link {
         &mut self,
         commands: &[Vec<&[u8]>],
     ) -> Result<Vec<Result<Value, Error>>, Error> {
-        let mut out = Vec::new();
         for c in commands {
-            out.extend_from_slice(&resp::command(c));
+            encode_command(c, &mut self.out);
         }
-        self.stream.write_all(&out).await?;
+        self.send().await?;
         let mut replies = Vec::with_capacity(commands.len());
         for _ in commands {
             match self.read_reply().await {
@@ -72,19 +86,26 @@ impl Link {
 
     async fn read_reply(&mut self) -> Result<Value, Error> {
         let value = loop {
-            if let Some((v, used)) = resp::parse(&self.buf)? {
-                self.buf.drain(..used);
+            let decoded = self.decoder.value(&mut self.buf).map_err(|e| {
+                Error::Io(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("malformed reply: {e}"),
+                ))
+            })?;
+            if let Some(v) = decoded {
                 break v;
             }
-            let mut chunk = [0u8; 16 << 10];
-            let n = self.stream.read(&mut chunk).await?;
-            if n == 0 {
+            // Room for what the reply still needs, reserved once.
+            let want = self.decoder.wants(&self.buf).max(4096);
+            if self.buf.capacity() - self.buf.len() < want {
+                self.buf.reserve(want.max(16 << 10));
+            }
+            if self.stream.read_buf(&mut self.buf).await? == 0 {
                 return Err(Error::Io(std::io::Error::new(
                     std::io::ErrorKind::UnexpectedEof,
                     "the server closed the connection",
                 )));
             }
-            self.buf.extend_from_slice(&chunk[..n]);
         };
         match value {
             Value::Error { code, message } => Err(match code.as_str() {
@@ -120,7 +141,8 @@ pub(crate) fn millis(d: Duration) -> String {
 /// ```
 pub struct AsyncClient {
     url: Url,
-    link: Option<Link>,
+    /// Boxed: an idle client stays small.
+    link: Option<Box<Link>>,
     /// Bumped on every new connection; leases remember theirs.
     generation: u64,
     /// Messages got and not yet done: the connection generation that

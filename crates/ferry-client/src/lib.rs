@@ -22,8 +22,9 @@
 //!   operation, on tokio.
 //! - [`Client`]: the blocking API — the async client run on a
 //!   current-thread runtime of its own (the mini-redis pattern).
-//! - `resp`: the client side of the wire protocol; one parser over a
-//!   buffer, where an incomplete reply is a normal answer.
+//! - The wire protocol is ferry-proto's codec, the broker's own: commands
+//!   encoded with `encode_command`, replies decoded by a resumable
+//!   `Decoder` (a large reply costs time in proportion to its size).
 //!
 //! What a get returns is leased to the connection: if the connection
 //! closes (the client drops, or dies) before `task_done`, the broker
@@ -33,14 +34,13 @@
 //! pipelining is not offered yet.
 
 mod aio;
-mod resp;
 
 use std::io;
 use std::path::PathBuf;
 use std::time::Duration;
 
 pub use aio::AsyncClient;
-pub use resp::Value;
+pub use ferry_proto::Value;
 
 /// Where the broker is, and how to authenticate.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -204,9 +204,9 @@ impl Message {
                 Some(Value::Bulk(payload)),
                 Some(Value::Int(attempts)),
             ) => Ok(Message {
-                queue: String::from_utf8(q).map_err(|_| bad())?,
+                queue: String::from_utf8(q.to_vec()).map_err(|_| bad())?,
                 id: u64::try_from(id).map_err(|_| bad())?,
-                payload,
+                payload: payload.into(),
                 attempts: u32::try_from(attempts).map_err(|_| bad())?,
             }),
             _ => Err(bad()),

@@ -742,6 +742,15 @@ impl Log {
         self.inner.short.load(Ordering::Acquire)
     }
 
+    /// Stops the log as a failed write does: `on_error` is told (once),
+    /// nothing more is appended, and nothing more becomes durable. For a
+    /// caller that cannot log a change it has made.
+    pub fn fail(&self, error: io::Error) {
+        if !self.inner.failed.swap(true, Ordering::AcqRel) {
+            (self.inner.on_error)(&error);
+        }
+    }
+
     /// True once a write or sync failed.
     pub fn failed(&self) -> bool {
         self.inner.failed.load(Ordering::Acquire)

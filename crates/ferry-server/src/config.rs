@@ -4,16 +4,21 @@
 use std::net::IpAddr;
 use std::path::PathBuf;
 
+use crate::serve::SettingsError;
+use crate::store::MAX_PAYLOAD;
+
 /// How changes are made durable (SPEC §3).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Durability {
+    /// A reply goes out after its changes are written to the log; fsync
+    /// at least every second. A kill -9 of the broker loses nothing; an OS
+    /// crash or power cut loses at most the last second. The default, as
+    /// Redis's `appendfsync everysec`, NATS and Kafka default to.
+    #[default]
+    Async,
     /// A reply goes out only after its changes are fsynced; concurrent
     /// connections share each fsync (group commit).
-    #[default]
     Sync,
-    /// A reply goes out after its changes are written; fsync at least
-    /// every second.
-    Async,
     /// Nothing touches the disk; a restart loses everything.
     Memory,
 }
@@ -63,6 +68,10 @@ pub struct Config {
     pub checkpoint_bytes: u64,
     /// How long a DEDUP key keeps returning the first put's id, in ms.
     pub dedup_window_ms: u64,
+    /// Worker threads of the runtime `ferry serve` builds (`None`: one per
+    /// core). Reported by INFO; a caller that builds its own runtime sets
+    /// it to what it built.
+    pub threads: Option<usize>,
 }
 
 impl Default for Config {
@@ -72,7 +81,7 @@ impl Default for Config {
             port: 7878,
             unix: None,
             data_dir: PathBuf::from("ferry-data"),
-            durability: Durability::Sync,
+            durability: Durability::Async,
             salvage: false,
             log_storage: None,
             requirepass: None,
@@ -82,6 +91,35 @@ impl Default for Config {
             checkpoint_bytes: 64 << 20,
             min_free_disk: 128 << 20,
             dedup_window_ms: 10 * 60 * 1000,
+            threads: None,
         }
+    }
+}
+
+impl Config {
+    /// Refuses settings the broker cannot keep its promises with, naming
+    /// the setting: above all a payload larger than one log record can
+    /// hold, which would be acknowledged and then never logged.
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        let bad = |msg: String| Err(SettingsError(msg));
+        if self.max_payload == 0 {
+            return bad("--max-payload must be at least 1 byte".into());
+        }
+        if self.max_payload > MAX_PAYLOAD {
+            return bad(format!(
+                "--max-payload of {} bytes is more than one log record holds: it must be at most {MAX_PAYLOAD} bytes",
+                self.max_payload
+            ));
+        }
+        if self.max_clients == 0 {
+            return bad("--max-clients must be at least 1".into());
+        }
+        if self.threads == Some(0) {
+            return bad("--threads must be at least 1".into());
+        }
+        if self.checkpoint_bytes == 0 {
+            return bad("--checkpoint-bytes must be at least 1 byte".into());
+        }
+        Ok(())
     }
 }

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
-use ferry_proto::{Limits, Reply, parse_request};
+use ferry_proto::{Decoder, Limits, Reply};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{Notify, watch};
 use tracing::debug;
@@ -39,7 +39,7 @@ pub(crate) struct Conn<S> {
     pub(crate) resp3: bool,
     inbuf: BytesMut,
     pub(crate) out: BytesMut,
-    limits: Limits,
+    decoder: Decoder,
     /// Queues in which this connection holds bound leases or taken
     /// messages: released when it closes.
     pub(crate) holds: HashMap<Bytes, Arc<QueueCell>>,
@@ -58,10 +58,10 @@ pub(crate) struct Conn<S> {
 impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     pub(crate) fn new(stream: S, broker: Arc<Broker>, shutdown: watch::Receiver<bool>) -> Self {
         let id = broker.next_client_id();
-        let limits = Limits {
+        let decoder = Decoder::new(Limits {
             max_bulk: broker.config.max_payload,
             ..Limits::default()
-        };
+        });
         let authed = broker.config.requirepass.is_none();
         Conn {
             stream,
@@ -74,7 +74,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             // Grown by the first reply: an idle connection holds no page
             // for replies it has not sent.
             out: BytesMut::new(),
-            limits,
+            decoder,
             holds: HashMap::new(),
             locks: Vec::new(),
             last: None,
@@ -130,7 +130,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     async fn serve(&mut self) -> std::io::Result<()> {
         loop {
             loop {
-                match parse_request(&mut self.inbuf, &self.limits) {
+                match self.decoder.request(&mut self.inbuf) {
                     Ok(Some(args)) => {
                         if args.is_empty() {
                             continue;
@@ -151,9 +151,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             if *self.shutdown.borrow() {
                 return Ok(());
             }
-            if self.inbuf.capacity() - self.inbuf.len() < 4096 {
-                self.inbuf.reserve(16 << 10);
-            }
+            self.reserve_input();
             tokio::select! {
                 n = self.stream.read_buf(&mut self.inbuf) => {
                     if n? == 0 {
@@ -162,6 +160,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 }
                 _ = self.shutdown.changed() => return Ok(()),
             }
+        }
+    }
+
+    /// Makes room for the next read: what the request being decoded still
+    /// needs (a large payload's room is reserved once), and at least 4 kB.
+    fn reserve_input(&mut self) {
+        let want = self.decoder.wants(&self.inbuf).max(4096);
+        if self.inbuf.capacity() - self.inbuf.len() < want {
+            self.inbuf.reserve(want.max(16 << 10));
         }
     }
 
@@ -197,9 +204,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             return Woke::Gone;
         }
         loop {
-            if self.inbuf.capacity() - self.inbuf.len() < 4096 {
-                self.inbuf.reserve(16 << 10);
-            }
+            self.reserve_input();
             let reading = self.inbuf.len() < MAX_PENDING_INPUT;
             let sleep = async {
                 match deadline {

@@ -12,12 +12,15 @@
 //!   mutex, with a timer task for delays and lease expiry), dead-letter
 //!   routing, DEDUP keys.
 //! - `locks`: LOCK / UNLOCK with fencing tokens.
-//! - `config`: the settings `ferry serve` resolves.
+//! - `config`: the broker's settings, and their validation.
+//! - `serve`: `ferry serve` as a program — flags, environment, TOML file,
+//!   logging, runtime, exit status — shared by the `ferry` binary and
+//!   `python -m ferry serve`.
 //!
 //! ```no_run
-//! # async fn demo() -> std::io::Result<()> {
+//! # async fn demo() -> Result<(), ferry_server::StartError> {
 //! let server = ferry_server::Server::bind(ferry_server::Config::default()).await?;
-//! println!("listening {}", server.bound()?.tcp);
+//! println!("listening {}", server.bound().tcp);
 //! server.run(async { let _ = tokio::signal::ctrl_c().await; }).await;
 //! # Ok(()) }
 //! ```
@@ -27,13 +30,14 @@ mod cmd;
 mod config;
 mod conn;
 mod locks;
+pub mod serve;
 mod server;
 mod store;
 
 pub use config::{Config, Durability, LogStorage};
 pub use ferry_log::{Faults, Storage};
-pub use server::{Bound, Server, Stopped};
-pub use store::{CheckReport, QueueReport, check};
+pub use server::{Bound, Server, StartError, Stopped};
+pub use store::{CheckReport, MAX_PAYLOAD, QueueReport, check};
 
 /// Registers SIGTERM and SIGINT handlers now (call it inside a runtime,
 /// before announcing the address, so that a signal sent as soon as a

@@ -14,12 +14,14 @@ use tracing::{info, warn};
 use crate::broker::Broker;
 use crate::config::Config;
 use crate::conn::Conn;
+use crate::serve::SettingsError;
 
 /// A broker bound to its addresses, ready to serve.
 pub struct Server {
     broker: Arc<Broker>,
     tcp: TcpListener,
     unix: Option<(UnixListener, PathBuf)>,
+    bound: Bound,
 }
 
 /// How [`Server::run`] ended.
@@ -29,6 +31,26 @@ pub enum Stopped {
     Clean,
     /// The log failed; the process should exit with an error.
     LogFailed,
+}
+
+/// Why a broker could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The settings cannot be served.
+    #[error(transparent)]
+    Settings(#[from] SettingsError),
+    /// The data directory could not be opened: in use by another broker,
+    /// damaged, or unreadable.
+    #[error(transparent)]
+    Store(#[from] ferry_log::LogError),
+    /// A listener could not be set up.
+    #[error("cannot listen on {address}: {source}")]
+    Listen {
+        /// The address or socket path.
+        address: String,
+        /// Why.
+        source: std::io::Error,
+    },
 }
 
 /// Where a bound server listens.
@@ -41,32 +63,57 @@ pub struct Bound {
 }
 
 impl Server {
-    /// Binds the listeners. A stale Unix socket file left by an earlier run
-    /// is replaced.
-    pub async fn bind(config: Config) -> std::io::Result<Server> {
-        let tcp = TcpListener::bind((config.bind, config.port)).await?;
-        let unix = match &config.unix {
-            Some(path) => {
-                if path.exists() {
-                    std::fs::remove_file(path)?;
-                }
-                Some((UnixListener::bind(path)?, path.clone()))
-            }
-            None => None,
-        };
-        let (broker, recovery) = Broker::open(config).map_err(std::io::Error::other)?;
+    /// Validates the settings, opens the store (taking the data
+    /// directory's lock, then replaying the log), and only then binds the
+    /// listeners — so that a broker refused for a directory in use touches
+    /// no path of the one running there. A Unix socket file left by an
+    /// earlier run is replaced; one a live broker answers on is not.
+    pub async fn bind(config: Config) -> Result<Server, StartError> {
+        config.validate()?;
+        let listen_err = |address: String| move |source| StartError::Listen { address, source };
+        let (broker, recovery) = Broker::open(config)?;
         if let Some(r) = recovery {
             info!(records = r.records, segments = r.segments, truncated = ?r.truncated, "store recovered");
         }
-        Ok(Server { broker, tcp, unix })
+        let config = &broker.config;
+        let tcp_addr = format!("{}:{}", config.bind, config.port);
+        let tcp = TcpListener::bind((config.bind, config.port))
+            .await
+            .map_err(listen_err(tcp_addr.clone()))?;
+        let unix = match &config.unix {
+            Some(path) => {
+                let address = format!("unix:{}", path.display());
+                if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                    return Err(listen_err(address)(std::io::Error::new(
+                        std::io::ErrorKind::AddrInUse,
+                        "the socket is in use by a running broker",
+                    )));
+                }
+                if path.exists() {
+                    std::fs::remove_file(path).map_err(listen_err(address.clone()))?;
+                }
+                Some((
+                    UnixListener::bind(path).map_err(listen_err(address))?,
+                    path.clone(),
+                ))
+            }
+            None => None,
+        };
+        let bound = Bound {
+            tcp: tcp.local_addr().map_err(listen_err(tcp_addr))?,
+            unix: unix.as_ref().map(|(_, p)| p.clone()),
+        };
+        Ok(Server {
+            broker,
+            tcp,
+            unix,
+            bound,
+        })
     }
 
     /// Where it listens.
-    pub fn bound(&self) -> std::io::Result<Bound> {
-        Ok(Bound {
-            tcp: self.tcp.local_addr()?,
-            unix: self.unix.as_ref().map(|(_, p)| p.clone()),
-        })
+    pub fn bound(&self) -> Bound {
+        self.bound.clone()
     }
 
     /// Serves until `shutdown` resolves: then stops accepting, lets every

@@ -73,8 +73,20 @@ const SNAPSHOT_ABORT: u8 = 12;
 const DEDUP: u8 = 13;
 const FINISH_MANY: u8 = 14;
 const PUT_MANY: u8 = 15;
-/// A PutMany record is written once its entries pass this many bytes.
+/// A PutMany record is written before its entries would pass this many
+/// bytes (one larger message makes a record of its own).
 const PUT_MANY_BYTES: usize = 64 << 10;
+
+/// The longest priority key a put may carry: its length is logged in a
+/// u16. Longer keys are refused, never cut (a cut key would order the
+/// message differently after a restart).
+pub(crate) const MAX_KEY: usize = u16::MAX as usize;
+
+/// The largest payload the broker accepts at most (`--max-payload` is
+/// checked against it at start): one log record must hold a message whole,
+/// with its key, queue name and fields.
+pub const MAX_PAYLOAD: usize = ferry_log::MAX_RECORD - (1 << 20);
+const _: () = assert!(MAX_KEY + 1024 < 1 << 20);
 
 /// Unix time in ms.
 fn unix_ms() -> u64 {
@@ -479,9 +491,14 @@ impl Store {
         unix.saturating_sub(self.base)
     }
 
+    /// Appends one record. A record the log refuses is fatal, as a failed
+    /// write is: the change it describes may already be visible, and must
+    /// not be acknowledged unlogged. (Settings are validated at start so
+    /// that every record fits; this is the backstop.)
     fn append(&self, write: impl FnOnce(&mut Vec<u8>)) {
-        // A failed log has already stopped the process (see `open`).
-        let _ = self.log.append_with(write);
+        if let Err(e) = self.log.append_with(write) {
+            self.log.fail(std::io::Error::other(e.to_string()));
+        }
     }
 
     /// Logs a queue's settings (on creation and every change).
@@ -615,9 +632,10 @@ fn put_head(b: &mut Vec<u8>, id: u64, attempts: u32, due: u64, key: &[u8]) {
     b.extend_from_slice(&id.to_le_bytes());
     b.extend_from_slice(&attempts.to_le_bytes());
     b.extend_from_slice(&due.to_le_bytes());
-    let klen = key.len().min(u16::MAX as usize);
-    b.extend_from_slice(&(klen as u16).to_le_bytes());
-    b.extend_from_slice(&key[..klen]);
+    // Keys over MAX_KEY are refused before they reach a queue.
+    let klen = u16::try_from(key.len()).unwrap_or(u16::MAX);
+    b.extend_from_slice(&klen.to_le_bytes());
+    b.extend_from_slice(&key[..usize::from(klen)]);
 }
 
 impl<S: std::ops::Deref<Target = Store>> LogJournal<S> {
@@ -698,6 +716,11 @@ impl<S: std::ops::Deref<Target = Store>> LogJournal<S> {
 impl<S: std::ops::Deref<Target = Store> + Send> Journal<Payload> for LogJournal<S> {
     fn put(&mut self, id: u64, attempts: u32, item: &Payload, due: Option<Millis>) {
         self.write_finished();
+        if !self.puts.is_empty()
+            && self.puts.len() + item.data.len() + item.key.len() > PUT_MANY_BYTES
+        {
+            self.write_puts();
+        }
         let due = due.map_or(0, |d| self.store.base.saturating_add(d));
         put_head(&mut self.puts, id, attempts, due, &item.key);
         let len = u32::try_from(item.data.len()).unwrap_or(u32::MAX);
@@ -705,9 +728,6 @@ impl<S: std::ops::Deref<Target = Store> + Send> Journal<Payload> for LogJournal<
         self.puts.extend_from_slice(&item.data);
         self.put_count += 1;
         self.last_put = (self.put_count == 1).then(|| (id, attempts, due, item.clone()));
-        if self.puts.len() >= PUT_MANY_BYTES {
-            self.write_puts();
-        }
     }
 
     fn finished(&mut self, id: u64) {
@@ -789,6 +809,18 @@ mod tests {
             b.extend_from_slice(b"payload");
         }
         b
+    }
+
+    #[test]
+    fn a_record_the_log_refuses_is_fatal_not_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _, _) = Store::open(dir.path(), Options::default()).unwrap();
+        store.append(|b| b.extend(std::iter::repeat_n(1u8, ferry_log::MAX_RECORD + 1)));
+        assert!(
+            store.log().failed(),
+            "an oversized record must stop the log"
+        );
+        store.close();
     }
 
     #[test]

@@ -53,7 +53,7 @@ fn start(
         .build()
         .unwrap();
     let server = rt.block_on(Server::bind(config)).unwrap();
-    let port = server.bound().unwrap().tcp.port();
+    let port = server.bound().tcp.port();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let task = rt.spawn(server.run(async {
         let _ = rx.await;

@@ -350,10 +350,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             .as_ref()
             .map_or((0, 0, 0), |s| (s.appended(), s.syncs(), s.log().bytes()));
         let text = format!(
-            "# Server\r\nferry_version:{}\r\nredis_version:7.0.0\r\nprocess_id:{}\r\nuptime_in_seconds:{}\r\ndurability:{}\r\n\r\n# Persistence\r\nlog_records:{}\r\nlog_syncs:{}\r\nlog_bytes:{}\r\n\r\n# Clients\r\nconnected_clients:{}\r\nmaxclients:{}\r\n\r\n# Stats\r\ntotal_commands_processed:{}\r\n\r\n# Memory\r\nqueued_memory:{}\r\nmax_memory:{}\r\n\r\n# Queues\r\nqueues:{}\r\nlocks:{}\r\n",
+            "# Server\r\nferry_version:{}\r\nredis_version:7.0.0\r\nprocess_id:{}\r\nuptime_in_seconds:{}\r\nthreads:{}\r\ndurability:{}\r\n\r\n# Persistence\r\nlog_records:{}\r\nlog_syncs:{}\r\nlog_bytes:{}\r\n\r\n# Clients\r\nconnected_clients:{}\r\nmaxclients:{}\r\n\r\n# Stats\r\ntotal_commands_processed:{}\r\n\r\n# Memory\r\nqueued_memory:{}\r\nmax_memory:{}\r\n\r\n# Queues\r\nqueues:{}\r\nlocks:{}\r\n",
             env!("CARGO_PKG_VERSION"),
             std::process::id(),
             b.uptime().as_secs(),
+            b.config.threads.unwrap_or(0),
             format!("{:?}", b.config.durability).to_lowercase(),
             records,
             syncs,

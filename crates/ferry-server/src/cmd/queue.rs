@@ -11,6 +11,7 @@ use tokio::sync::Notify;
 use super::{Args, Res, Wait, deadline, err, is, parse_i64, parse_u64, syntax};
 use crate::broker::{Payload, QueueCell, priority_key, valid_name};
 use crate::conn::{Conn, Flow, Woke};
+use crate::store::MAX_KEY;
 
 /// The order key of a put that names no priority: priority 0.
 const DEFAULT_KEY: &[u8] = &[0x80, 0, 0, 0, 0, 0, 0, 0];
@@ -24,6 +25,16 @@ fn queue_name(name: &Bytes) -> Result<(), super::CmdError> {
             "invalid queue name: 1 to 200 bytes of A-Z a-z 0-9 _ . : -",
         ))
     }
+}
+
+fn unknown_option(opt: &[u8], cmd: &str) -> super::CmdError {
+    err(
+        "ERR",
+        format!(
+            "unknown option '{}' for {cmd} (docs/protocol.md lists them)",
+            String::from_utf8_lossy(opt)
+        ),
+    )
 }
 
 fn no_queue() -> super::CmdError {
@@ -144,6 +155,15 @@ fn parse_put_opts(opt: &Bytes, a: &mut Args, o: &mut PutOpts) -> Result<bool, su
         o.key = priority_key(parse_i64(&a.value()?)?);
     } else if is(opt, "PRIOKEY") {
         o.key = a.value()?;
+        if o.key.len() > MAX_KEY {
+            return Err(err(
+                "ERR",
+                format!(
+                    "PRIOKEY of {} bytes is over the limit of {MAX_KEY} bytes",
+                    o.key.len()
+                ),
+            ));
+        }
     } else if is(opt, "DELAY") {
         o.delay = Some(a.u64_value()?);
     } else if is(opt, "TIMEOUT") {
@@ -427,9 +447,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 take = true;
             } else if is(&opt, "NOACK") {
                 noack = true;
+            } else if is(&opt, "OR") {
+                let q = a.value()?;
+                queue_name(&q)?;
+                names.push(q);
             } else {
-                queue_name(&opt)?;
-                names.push(opt);
+                return Err(unknown_option(&opt, "QGET"));
             }
         }
         if usize::from(take) + usize::from(noack) + usize::from(lease.is_some()) > 1 {

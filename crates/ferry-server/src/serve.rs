@@ -1,0 +1,305 @@
+//! `ferry serve` as a whole program: its flags (also from `FERRY_*`
+//! environment variables and a TOML file), their resolution into a
+//! validated [`Config`], logging, the runtime, and the exit status. The
+//! `ferry` binary and `python -m ferry serve` both run this, so the two
+//! take the same flags and refuse the same bad settings.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use clap::{Args, FromArgMatches};
+use serde::Deserialize;
+
+use crate::config::{Config, Durability};
+use crate::server::{Server, StartError, Stopped};
+
+/// `ferry serve` flags. Each may also come from its FERRY_* environment
+/// variable or the TOML file given with --config; flags win over the
+/// environment, which wins over the file.
+#[derive(Args, Debug, Default)]
+#[command(
+    about = "Run the broker (RESP on TCP, and on a Unix socket if asked)",
+    after_help = "Durability: `async` (the default) replies once a change is written to the \
+log and fsyncs at least every second, so a kill -9 of the broker loses nothing and an OS crash \
+or power cut loses at most the last second, as Redis's appendfsync everysec. `sync` replies \
+only after the fsync: every acknowledged message survives a power cut."
+)]
+pub struct ServeArgs {
+    /// TOML file with any of these settings (keys as the long flags, with
+    /// underscores: max_clients = 100; sizes as strings: "64mb").
+    #[arg(long, env = "FERRY_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1]
+    #[arg(long, env = "FERRY_BIND")]
+    pub bind: Option<IpAddr>,
+    /// TCP port; 0 picks a free one [default: 7878]
+    #[arg(long, env = "FERRY_PORT")]
+    pub port: Option<u16>,
+    /// Also listen on this Unix socket.
+    #[arg(long, env = "FERRY_UNIX")]
+    pub unix: Option<PathBuf>,
+    /// Directory of the embedded store [default: ./ferry-data]
+    #[arg(long, env = "FERRY_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// async (reply after the write, fsync at least every second), sync
+    /// (reply after the fsync, shared by concurrent writers) or memory (no
+    /// disk) [default: async]
+    #[arg(long, env = "FERRY_DURABILITY")]
+    pub durability: Option<String>,
+    /// Start even if the middle of the log is damaged, skipping the damage
+    /// (logged); without it such a start fails and changes nothing.
+    #[arg(long, env = "FERRY_SALVAGE")]
+    pub salvage: bool,
+    /// Password clients must AUTH with.
+    #[arg(long, env = "FERRY_REQUIREPASS")]
+    pub requirepass: Option<String>,
+    /// Most clients at once [default: 10000]
+    #[arg(long, env = "FERRY_MAX_CLIENTS")]
+    pub max_clients: Option<usize>,
+    /// Largest payload: bytes, or with a kb/mb/gb suffix [default: 16mb]
+    #[arg(long, env = "FERRY_MAX_PAYLOAD", value_parser = parse_size)]
+    pub max_payload: Option<u64>,
+    /// Refuse puts with -OOM while queued messages hold this much memory:
+    /// bytes, or with a kb/mb/gb suffix; 0 for no limit [default: 0]
+    #[arg(long, env = "FERRY_MAX_MEMORY", value_parser = parse_size)]
+    pub max_memory: Option<u64>,
+    /// Worker threads serving connections [default: one per core]
+    #[arg(long, env = "FERRY_THREADS")]
+    pub threads: Option<usize>,
+    /// Refuse puts with -NOSPACE while the data directory's disk has less
+    /// free space than this [default: 128mb]
+    #[arg(long, env = "FERRY_MIN_FREE_DISK", value_parser = parse_size)]
+    pub min_free_disk: Option<u64>,
+    /// Compact the log once it holds this much (and twice what the last
+    /// compaction left) [default: 64mb]
+    #[arg(long, env = "FERRY_CHECKPOINT_BYTES", value_parser = parse_size)]
+    pub checkpoint_bytes: Option<u64>,
+}
+
+/// Settings that cannot be served, with the reason.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct SettingsError(pub String);
+
+/// `1048576`, `1024kb`, `1mb`, `1gb` (powers of 1024, as Redis reads them).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let lower = s.trim().to_ascii_lowercase();
+    let (digits, unit) = match lower.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => lower.split_at(i),
+        None => (lower.as_str(), ""),
+    };
+    let n: u64 = digits.parse().map_err(|_| format!("{s:?} is not a size"))?;
+    let unit = match unit {
+        "" | "b" => 1,
+        "k" | "kb" => 1 << 10,
+        "m" | "mb" => 1 << 20,
+        "g" | "gb" => 1 << 30,
+        _ => return Err(format!("{s:?}: the unit must be b, kb, mb or gb")),
+    };
+    n.checked_mul(unit)
+        .ok_or_else(|| format!("{s:?} is too large"))
+}
+
+/// A size in the TOML file: a number of bytes, or a string with a unit.
+#[derive(Deserialize, Clone)]
+#[serde(untagged)]
+enum Size {
+    Bytes(u64),
+    Text(String),
+}
+
+impl Size {
+    fn bytes(&self, key: &str) -> Result<u64, SettingsError> {
+        match self {
+            Size::Bytes(n) => Ok(*n),
+            Size::Text(s) => parse_size(s).map_err(|e| SettingsError(format!("{key}: {e}"))),
+        }
+    }
+}
+
+/// The TOML file: every flag but `config`, by its long name.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    bind: Option<IpAddr>,
+    port: Option<u16>,
+    unix: Option<PathBuf>,
+    data_dir: Option<PathBuf>,
+    durability: Option<String>,
+    salvage: Option<bool>,
+    requirepass: Option<String>,
+    max_clients: Option<usize>,
+    max_payload: Option<Size>,
+    max_memory: Option<Size>,
+    threads: Option<usize>,
+    checkpoint_bytes: Option<Size>,
+    min_free_disk: Option<Size>,
+}
+
+/// A size from the flag (or environment), else the file, else the default.
+fn size(
+    flag: Option<u64>,
+    file: Option<Size>,
+    key: &str,
+    default: u64,
+) -> Result<u64, SettingsError> {
+    match (flag, file) {
+        (Some(n), _) => Ok(n),
+        (None, Some(s)) => s.bytes(key),
+        (None, None) => Ok(default),
+    }
+}
+
+/// Resolves flags, environment and file into validated settings.
+pub fn resolve(args: ServeArgs) -> Result<Config, SettingsError> {
+    let file: FileConfig = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| SettingsError(format!("reading {}: {e}", path.display())))?;
+            toml::from_str(&text)
+                .map_err(|e| SettingsError(format!("parsing {}: {e}", path.display())))?
+        }
+        None => FileConfig::default(),
+    };
+    let d = Config::default();
+    let durability = match args.durability.or(file.durability).as_deref() {
+        None => d.durability,
+        Some("async") => Durability::Async,
+        Some("sync") => Durability::Sync,
+        Some("memory") => Durability::Memory,
+        Some(other) => {
+            return Err(SettingsError(format!(
+                "--durability must be async, sync or memory, not {other:?}"
+            )));
+        }
+    };
+    let max_payload = size(
+        args.max_payload,
+        file.max_payload,
+        "max_payload",
+        d.max_payload as u64,
+    )?;
+    let config = Config {
+        bind: args.bind.or(file.bind).unwrap_or(d.bind),
+        port: args.port.or(file.port).unwrap_or(d.port),
+        unix: args.unix.or(file.unix),
+        data_dir: args.data_dir.or(file.data_dir).unwrap_or(d.data_dir),
+        durability,
+        salvage: args.salvage || file.salvage.unwrap_or(false),
+        log_storage: None,
+        requirepass: args
+            .requirepass
+            .or(file.requirepass)
+            .filter(|p| !p.is_empty()),
+        max_clients: args
+            .max_clients
+            .or(file.max_clients)
+            .unwrap_or(d.max_clients),
+        max_payload: usize::try_from(max_payload).unwrap_or(usize::MAX),
+        max_memory: size(args.max_memory, file.max_memory, "max_memory", d.max_memory)?,
+        checkpoint_bytes: size(
+            args.checkpoint_bytes,
+            file.checkpoint_bytes,
+            "checkpoint_bytes",
+            d.checkpoint_bytes,
+        )?,
+        min_free_disk: size(
+            args.min_free_disk,
+            file.min_free_disk,
+            "min_free_disk",
+            d.min_free_disk,
+        )?,
+        threads: args.threads.or(file.threads),
+        dedup_window_ms: d.dedup_window_ms,
+    };
+    config.validate()?;
+    Ok(config)
+}
+
+/// Sets up logging to stderr (`RUST_LOG`, default `info`), in colour only
+/// when stderr is a terminal. Does nothing if logging is already set up.
+pub fn init_logging() {
+    use std::io::IsTerminal;
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Runs the broker with these flags until SIGTERM or SIGINT; replies the
+/// process's exit status: 0 after a clean stop, 1 when the settings or the
+/// start are refused (the reason is on stderr, after `prog: `), 70 when the
+/// log failed.
+pub fn run(prog: &str, args: ServeArgs) -> i32 {
+    let mut config = match resolve(args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{prog}: {e}");
+            return 1;
+        }
+    };
+    let threads = *config
+        .threads
+        .get_or_insert_with(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("{prog}: starting the runtime: {e}");
+            return 1;
+        }
+    };
+    match runtime.block_on(serve(config)) {
+        Ok(Stopped::Clean) => 0,
+        Ok(Stopped::LogFailed) => {
+            eprintln!(
+                "{prog}: the log failed (a write or fsync error); stopped without acknowledging anything more"
+            );
+            70
+        }
+        Err(e) => {
+            eprintln!("{prog}: {e}");
+            1
+        }
+    }
+}
+
+/// Parses `argv` (the flags after `serve`) as `prog`, then [`run`]s. Help
+/// goes to stdout (status 0), a usage error to stderr (status 2).
+pub fn main_from(prog: &'static str, argv: impl IntoIterator<Item = String>) -> i32 {
+    let command = ServeArgs::augment_args(clap::Command::new(prog));
+    let parsed = command
+        .try_get_matches_from(std::iter::once(prog.to_string()).chain(argv))
+        .and_then(|m| ServeArgs::from_arg_matches(&m));
+    match parsed {
+        Ok(args) => run(prog, args),
+        Err(e) => {
+            let _ = e.print();
+            e.exit_code()
+        }
+    }
+}
+
+async fn serve(config: Config) -> Result<Stopped, StartError> {
+    let durability = config.durability;
+    let server = Server::bind(config).await?;
+    let bound = server.bound();
+    // Signal handlers go in before the first line, so that a SIGTERM sent
+    // as soon as a script reads it stops the broker cleanly.
+    let stop = crate::shutdown_signal();
+    // The first line on stdout: tests and scripts wait for it.
+    println!("listening {}", bound.tcp);
+    if let Some(path) = &bound.unix {
+        println!("listening unix:{}", path.display());
+    }
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    tracing::info!(tcp = %bound.tcp, unix = ?bound.unix, ?durability, "ferry serving");
+    Ok(server.run(stop).await)
+}
