@@ -62,7 +62,10 @@ fn commands_and_errors() {
             &["QPUT", "jobs", "c", "TIMEOUT", "10"],
             "-FULL queue is full\r\n",
         ),
-        (&["QPUT", "jobs", "c", "BOGUS"], "-ERR syntax error\r\n"),
+        (
+            &["QPUT", "jobs", "c", "BOGUS"],
+            "-ERR unknown option 'BOGUS' for QPUT (docs/protocol.md lists them)\r\n",
+        ),
         (
             &["QPUT", "jobs"],
             "-ERR wrong number of arguments for 'qput' command\r\n",
@@ -117,7 +120,7 @@ fn commands_and_errors() {
         (&["QCONFIG", "jobs", "MAXSIZE", "0"], "+OK\r\n"),
         (
             &["QCONFIG", "jobs", "KIND", "lifo"],
-            "-ERR syntax error\r\n",
+            "-ERR a queue's KIND is set when it is made; QCONFIG cannot change it\r\n",
         ),
         (&["QLIST"], "*1\r\n$4\r\njobs\r\n"),
         (&["QSHUTDOWN", "jobs"], "+OK\r\n"),

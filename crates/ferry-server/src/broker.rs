@@ -12,66 +12,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use ferry_core::engine::{self, Item, Millis, Pack, PackedFifo, WaiterId};
+use ferry_core::engine::{self, Journal, Millis, WaiterId};
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::Notify;
 
 use crate::config::{Config, Durability};
 use crate::locks::Locks;
+use crate::payload::{EngineQueue, Payload};
 use crate::store::{LogJournal, Recovered, Store};
-
-/// A message's payload and its priority order key (empty outside priority
-/// queues). Bytes are reference-counted, so the copy a leased delivery
-/// hands out shares the payload.
-#[derive(Clone, Debug)]
-pub(crate) struct Payload {
-    pub(crate) data: Bytes,
-    pub(crate) key: Bytes,
-}
-
-/// What a queued message costs besides its bytes: the engine's entry and
-/// the two `Bytes` handles, roughly.
-const MESSAGE_OVERHEAD: u64 = 96;
-
-impl Item for Payload {
-    fn priority_cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.key.cmp(&other.key)
-    }
-
-    fn weight(&self) -> u64 {
-        (self.data.len() + self.key.len()) as u64 + MESSAGE_OVERHEAD
-    }
-}
-
-/// A fifo queue's ready messages are packed into byte blocks: about 19
-/// bytes for a 16-byte payload instead of ~130 as `Message<Payload>`s
-/// holding shares of read buffers. The order key is not kept: fifo queues
-/// never look at it.
-impl Pack for Payload {
-    fn packed_len(&self) -> usize {
-        self.data.len()
-    }
-
-    fn pack(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(&self.data);
-    }
-
-    fn unpack(bytes: &[u8]) -> Self {
-        Payload {
-            data: Bytes::copy_from_slice(bytes),
-            key: Bytes::new(),
-        }
-    }
-}
-
-/// One queue's engine, as the broker stores it.
-pub(crate) type EngineQueue = engine::Queue<Payload, PackedFifo<Payload>>;
-
-/// Encodes an i64 priority as an order key: big-endian with the sign bit
-/// flipped, so that comparing the bytes compares the numbers.
-pub(crate) fn priority_key(p: i64) -> Bytes {
-    Bytes::copy_from_slice(&((p as u64) ^ (1 << 63)).to_be_bytes())
-}
 
 /// What a queue holds besides its engine.
 pub(crate) struct QueueState {
@@ -133,12 +81,31 @@ impl QueueState {
         self.dedup.insert(key, (id, until));
     }
 
-    /// DEDUP keys still counting at `now`, for a snapshot.
-    pub(crate) fn dedup_keys(&self, now: Millis) -> impl Iterator<Item = (&Bytes, u64, Millis)> {
-        self.dedup
-            .iter()
-            .filter(move |(_, (_, until))| *until > now)
-            .map(|(k, &(id, until))| (k, id, until))
+    /// Writes the queue's snapshot: everything a replay needs to rebuild
+    /// it — settings, next id, every stored message (one at a time: a
+    /// packed backlog is never unpacked whole), shutdown state, DEDUP keys
+    /// — between a Reset and a SnapshotEnd (called under the queue's lock).
+    fn snapshot(&self, store: &Store, queue: &[u8], now: Millis) {
+        store.reset(queue);
+        store.settings(queue, self.explicit, self.q.config());
+        store.next_id(queue, self.q.next_id());
+        let mut journal = store.journal(queue);
+        self.q.for_each_stored(|m, due, out| {
+            journal.put(m.id, m.attempts, &m.item, due.filter(|&d| d > now));
+            if out {
+                journal.leased(m.id);
+            }
+        });
+        journal.flush();
+        if let Some(mode) = self.q.shutdown_state() {
+            store.shutdown(queue, mode == engine::Shutdown::Immediate);
+        }
+        for (key, &(id, until)) in &self.dedup {
+            if until > now {
+                store.dedup(queue, key, id, until);
+            }
+        }
+        store.snapshot_end(queue);
     }
 }
 
@@ -180,7 +147,6 @@ pub(crate) fn valid_name(name: &[u8]) -> bool {
 }
 
 impl Broker {
-    /// A broker with no queues.
     /// Opens the broker: with a store, replays its log and rebuilds every
     /// queue. Needs a tokio runtime (each queue gets a timer task).
     pub(crate) fn open(
@@ -234,12 +200,12 @@ impl Broker {
                 // A queue dropped since the segment started logged its Drop
                 // already; a snapshot after it would bring it back.
                 if !st.dropped {
-                    store.snapshot(&cell.name, st, now);
+                    st.snapshot(&store, &cell.name, now);
                 }
             });
         }
         store.checkpoint_marker();
-        if !store.wait_durable(store.appended()).await {
+        if !store.wait_durable(store.log().appended()).await {
             return Err(ferry_log::LogError::Failed);
         }
         match store.log().started_segment() {

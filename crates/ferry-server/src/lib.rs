@@ -2,20 +2,26 @@
 //!
 //! # Layout
 //!
-//! - `server`: listeners (TCP with keepalive, Unix socket); one task per
-//!   connection; graceful shutdown.
-//! - `conn`: a connection's loop — parse every complete request in the
-//!   buffer, answer each on this task, write all replies with one write;
-//!   blocking commands park only this task and watch the socket meanwhile.
-//! - `cmd`: one function per command; argument parsing; error replies.
-//! - `broker`: the registry of queues (each an engine behind its own
-//!   mutex, with a timer task for delays and lease expiry), dead-letter
-//!   routing, DEDUP keys.
-//! - `locks`: LOCK / UNLOCK with fencing tokens.
-//! - `config`: the broker's settings, and their validation.
 //! - `serve`: `ferry serve` as a program — flags, environment, TOML file,
 //!   logging, runtime, exit status — shared by the `ferry` binary and
 //!   `python -m ferry serve`.
+//! - `config`: the broker's settings, and their validation.
+//! - `server`: listeners (TCP with keepalive, Unix socket); one task per
+//!   connection; graceful shutdown.
+//! - `conn`: a connection as transport — read, decode every complete
+//!   request, run each on this task, write all replies with one write;
+//!   waits on a blocked command's behalf while watching the socket.
+//! - `session`: a client's state apart from its socket: identity,
+//!   protocol, what it holds, replies not yet sent.
+//! - `cmd`: commands parsed into types and applied to a session, one
+//!   module per family; a command that must wait hands back its state.
+//! - `broker`: the registry of queues (each an engine behind its own
+//!   mutex, with a timer task for delays and lease expiry), dead-letter
+//!   routing, DEDUP keys, checkpoints.
+//! - `payload`: what a queue holds, and how the engine weighs, orders and
+//!   packs it.
+//! - `locks`: the lock table (fencing tokens, FIFO waiters).
+//! - `store`: the log's records, journal, replay and `ferry check`.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), ferry_server::StartError> {
@@ -30,8 +36,10 @@ mod cmd;
 mod config;
 mod conn;
 mod locks;
+mod payload;
 pub mod serve;
 mod server;
+mod session;
 mod store;
 
 pub use config::{Config, Durability, LogStorage};

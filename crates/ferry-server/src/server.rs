@@ -6,14 +6,14 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::broker::Broker;
 use crate::config::Config;
-use crate::conn::Conn;
+use crate::conn::{Conn, Stream};
 use crate::serve::SettingsError;
 
 /// A broker bound to its addresses, ready to serve.
@@ -183,10 +183,12 @@ fn tokio_util_tracker() -> Tracker {
 }
 
 /// Starts a connection's task, or refuses it when the server is full.
-fn spawn_conn<S>(mut stream: S, broker: &Arc<Broker>, stop: &watch::Receiver<bool>, tasks: &Tracker)
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
+fn spawn_conn(
+    mut stream: Stream,
+    broker: &Arc<Broker>,
+    stop: &watch::Receiver<bool>,
+    tasks: &Tracker,
+) {
     let clients = broker.clients.fetch_add(1, Ordering::AcqRel) + 1;
     if clients > broker.config.max_clients {
         broker.clients.fetch_sub(1, Ordering::AcqRel);
@@ -225,7 +227,7 @@ async fn accept_tcp(
                 if let Err(e) = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive) {
                     warn!(error = %e, "could not set TCP keepalive");
                 }
-                spawn_conn(stream, &broker, &stop, &tasks);
+                spawn_conn(Stream::Tcp(stream), &broker, &stop, &tasks);
             }
             Err(e) => {
                 // Out of file descriptors and the like: wait, don't spin.
@@ -244,7 +246,7 @@ async fn accept_unix(
 ) {
     loop {
         match listener.accept().await {
-            Ok((stream, _)) => spawn_conn(stream, &broker, &stop, &tasks),
+            Ok((stream, _)) => spawn_conn(Stream::Unix(stream), &broker, &stop, &tasks),
             Err(e) => {
                 warn!(error = %e, "accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;

@@ -57,6 +57,27 @@ pub enum Kind {
     Priority,
 }
 
+impl Kind {
+    /// Every kind, in the order of their codes.
+    pub const ALL: [Kind; 3] = [Kind::Fifo, Kind::Lifo, Kind::Priority];
+
+    /// Its name: `fifo`, `lifo` or `priority`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Fifo => "fifo",
+            Kind::Lifo => "lifo",
+            Kind::Priority => "priority",
+        }
+    }
+
+    /// The kind of that name, in any case.
+    pub fn from_name(name: &[u8]) -> Option<Kind> {
+        Kind::ALL
+            .into_iter()
+            .find(|k| k.name().as_bytes().eq_ignore_ascii_case(name))
+    }
+}
+
 /// A queue's settings.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Config {

@@ -1,0 +1,357 @@
+//! Queue administration: QCREATE and QCONFIG (settings), QLEN, QINFO,
+//! QLIST and QPEEK (inspection), QPURGE, QDROP and QSHUTDOWN (management).
+
+use bytes::Bytes;
+use ferry_core::engine::{self, Kind, Message};
+
+use super::get::entries;
+use super::{Args, CmdError, Res, check_queue_name, done, err, is};
+use crate::broker::QueueState;
+use crate::payload::Payload;
+use crate::session::Session;
+
+/// Settings named on QCREATE or QCONFIG; `None` where not named.
+#[derive(Default)]
+struct Settings {
+    maxsize: Option<u64>,
+    kind: Option<Kind>,
+    lease: Option<Option<u64>>,
+    max_attempts: Option<Option<u32>>,
+    dead_letter: Option<Option<String>>,
+}
+
+impl Settings {
+    fn parse(a: &mut Args, allow_kind: bool) -> Result<Settings, CmdError> {
+        let mut s = Settings::default();
+        while let Some(opt) = a.next() {
+            if is(&opt, "MAXSIZE") {
+                s.maxsize = Some(a.u64_value(&opt)?);
+            } else if is(&opt, "KIND") {
+                if !allow_kind {
+                    return Err(err(
+                        "ERR",
+                        "a queue's KIND is set when it is made; QCONFIG cannot change it",
+                    ));
+                }
+                let v = a.value(&opt)?;
+                s.kind = Some(
+                    Kind::from_name(&v)
+                        .ok_or_else(|| err("ERR", "KIND must be fifo, lifo or priority"))?,
+                );
+            } else if is(&opt, "LEASE") {
+                s.lease = Some(Some(a.u64_value(&opt)?).filter(|&ms| ms > 0));
+            } else if is(&opt, "MAXATTEMPTS") {
+                let n = u32::try_from(a.u64_value(&opt)?)
+                    .map_err(|_| err("ERR", "MAXATTEMPTS is out of range"))?;
+                s.max_attempts = Some(Some(n).filter(|&n| n > 0));
+            } else if is(&opt, "DEADLETTER") {
+                let q = a.value(&opt)?;
+                check_queue_name(&q)?;
+                s.dead_letter = Some(Some(String::from_utf8_lossy(&q).into_owned()));
+            } else {
+                return Err(a.unknown(&opt));
+            }
+        }
+        Ok(s)
+    }
+
+    fn apply(&self, c: &mut engine::Config) {
+        if let Some(v) = self.maxsize {
+            c.maxsize = v;
+        }
+        if let Some(v) = self.kind {
+            c.kind = v;
+        }
+        if let Some(v) = self.lease {
+            c.lease_timeout = v;
+        }
+        if let Some(v) = self.max_attempts {
+            c.max_attempts = v;
+        }
+        if let Some(v) = &self.dead_letter {
+            c.dead_letter = v.clone();
+        }
+    }
+
+    /// True when every setting named here matches `c`.
+    fn matches(&self, c: &engine::Config) -> bool {
+        let mut merged = c.clone();
+        self.apply(&mut merged);
+        &merged == c
+    }
+
+    /// Applies the settings to a live queue. The kind is never changed
+    /// here.
+    fn apply_live(&self, st: &mut QueueState) {
+        if let Some(v) = self.maxsize {
+            st.q.set_maxsize(v);
+        }
+        if let Some(v) = self.lease {
+            st.q.set_lease_timeout(v);
+        }
+        if let Some(v) = self.max_attempts {
+            st.q.set_max_attempts(v);
+        }
+        if let Some(v) = &self.dead_letter {
+            st.q.set_dead_letter(v.clone());
+        }
+    }
+}
+
+pub(crate) struct Create {
+    queue: Bytes,
+    settings: Settings,
+}
+
+pub(crate) struct ConfigQueue {
+    queue: Bytes,
+    settings: Settings,
+}
+
+impl Create {
+    pub(super) fn parse(a: &mut Args) -> Result<Self, CmdError> {
+        let queue = a.queue()?;
+        let settings = Settings::parse(a, true)?;
+        Ok(Create { queue, settings })
+    }
+
+    pub(super) fn apply(self, s: &mut Session) -> Res {
+        let Create { queue, settings } = self;
+        let mut config = engine::Config::default();
+        settings.apply(&mut config);
+        let (cell, created) = s.broker.create(&queue, config, true);
+        if !created {
+            let broker = std::sync::Arc::clone(&s.broker);
+            let ok = cell.with(&s.broker, |st, _| {
+                if st.explicit {
+                    return settings.matches(st.q.config());
+                }
+                // Made by first use: QCREATE applies its settings, except a
+                // kind, which cannot change once messages are ordered.
+                if settings.kind.is_some_and(|k| !st.q.set_kind(k)) {
+                    return false;
+                }
+                st.explicit = true;
+                settings.apply_live(st);
+                broker.log_settings(&queue, st);
+                true
+            });
+            if !ok {
+                return Err(err("EXISTS", "queue exists with different settings"));
+            }
+        }
+        s.reply().simple("OK");
+        done()
+    }
+}
+
+impl ConfigQueue {
+    pub(super) fn parse(a: &mut Args) -> Result<Self, CmdError> {
+        let queue = a.queue()?;
+        let settings = Settings::parse(a, false)?;
+        Ok(ConfigQueue { queue, settings })
+    }
+
+    pub(super) fn apply(self, s: &mut Session) -> Res {
+        let cell = s.find_or_create(&self.queue);
+        let broker = std::sync::Arc::clone(&s.broker);
+        cell.with(&s.broker, |st, _| {
+            self.settings.apply_live(st);
+            broker.log_settings(&self.queue, st);
+        });
+        s.reply().simple("OK");
+        done()
+    }
+}
+
+/// Commands that read a queue and change nothing.
+pub(crate) enum Inspect {
+    Len(Bytes),
+    Info(Bytes),
+    List,
+    Peek(Bytes, usize),
+}
+
+impl Inspect {
+    pub(super) fn parse(a: &mut Args) -> Result<Self, CmdError> {
+        let cmd = match a.command {
+            "QLIST" => Inspect::List,
+            "QLEN" => Inspect::Len(a.queue()?),
+            "QINFO" => Inspect::Info(a.queue()?),
+            _ => {
+                let queue = a.queue()?;
+                let mut count = 1;
+                while let Some(opt) = a.next() {
+                    if is(&opt, "COUNT") {
+                        count = usize::try_from(a.u64_value(&opt)?).unwrap_or(usize::MAX);
+                    } else {
+                        return Err(a.unknown(&opt));
+                    }
+                }
+                return Ok(Inspect::Peek(queue, count));
+            }
+        };
+        a.end()?;
+        Ok(cmd)
+    }
+
+    pub(super) fn apply(self, s: &mut Session) -> Res {
+        match self {
+            Inspect::Len(queue) => {
+                let n = s
+                    .broker
+                    .queue(&queue)
+                    .map_or(0, |cell| cell.with(&s.broker, |st, _| st.q.qsize()));
+                s.reply().uint(n);
+            }
+            Inspect::Info(queue) => info(s, &queue)?,
+            Inspect::List => {
+                let names = s.broker.names();
+                let mut r = s.reply();
+                r.array(names.len());
+                for n in names {
+                    r.bulk(&n);
+                }
+            }
+            Inspect::Peek(queue, count) => {
+                let got: Vec<(Bytes, Message<Payload>)> = match s.find(&queue) {
+                    Some(cell) => cell.with(&s.broker, |st, _| {
+                        st.q.peek(count)
+                            .into_iter()
+                            .map(|m| (queue.clone(), m))
+                            .collect()
+                    }),
+                    None => Vec::new(),
+                };
+                entries(s, &got);
+            }
+        }
+        done()
+    }
+}
+
+fn info(s: &mut Session, name: &Bytes) -> Result<(), CmdError> {
+    let cell = s
+        .find(name)
+        .ok_or_else(|| err("NOQUEUE", "no such queue"))?;
+    let (config, counters, stats, shutdown) = cell.with(&s.broker, |st, _| {
+        let q = &st.q;
+        (
+            q.config().clone(),
+            [
+                ("qsize", q.qsize()),
+                ("unfinished", q.unfinished()),
+                ("leased", q.leased()),
+                ("taken", q.taken()),
+                ("delayed", q.delayed()),
+                ("waiting_getters", q.waiting_getters() as u64),
+                ("waiting_putters", q.waiting_putters() as u64),
+            ],
+            q.stats().clone(),
+            q.shutdown_state(),
+        )
+    });
+    let qsize = counters[0].1;
+    let mut r = s.reply();
+    r.map(25);
+    r.bulk(b"name");
+    r.bulk(name);
+    r.bulk(b"kind");
+    r.bulk(config.kind.name().as_bytes());
+    r.bulk(b"maxsize");
+    r.uint(config.maxsize);
+    for (label, v) in counters {
+        r.bulk(label.as_bytes());
+        r.uint(v);
+    }
+    r.bulk(b"full");
+    r.boolean(config.maxsize > 0 && qsize >= config.maxsize);
+    r.bulk(b"empty");
+    r.boolean(qsize == 0);
+    r.bulk(b"shutdown");
+    r.bulk(match shutdown {
+        None => b"no",
+        Some(engine::Shutdown::Graceful) => b"graceful",
+        Some(engine::Shutdown::Immediate) => b"immediate",
+    });
+    r.bulk(b"lease_timeout");
+    r.int(config.lease_timeout.map_or(-1, |v| v as i64));
+    r.bulk(b"max_attempts");
+    r.int(config.max_attempts.map_or(-1, i64::from));
+    r.bulk(b"dead_letter");
+    match &config.dead_letter {
+        Some(q) => r.bulk(q.as_bytes()),
+        None => r.null(),
+    }
+    for (label, v) in [
+        ("put", stats.put),
+        ("delivered", stats.delivered),
+        ("done", stats.done),
+        ("nacked", stats.nacked),
+        ("expired", stats.expired),
+        ("released", stats.released),
+        ("dead_lettered", stats.dead_lettered),
+        ("lost", stats.lost),
+        ("dropped", stats.dropped),
+    ] {
+        r.bulk(label.as_bytes());
+        r.uint(v);
+    }
+    Ok(())
+}
+
+/// Commands that drop messages or a queue, or shut it down.
+pub(crate) enum Manage {
+    Purge(Bytes),
+    Drop(Bytes),
+    Shutdown { queue: Bytes, immediate: bool },
+}
+
+impl Manage {
+    pub(super) fn parse(a: &mut Args) -> Result<Self, CmdError> {
+        let queue = a.queue()?;
+        let cmd = match a.command {
+            "QPURGE" => Manage::Purge(queue),
+            "QDROP" => Manage::Drop(queue),
+            _ => {
+                let immediate = match a.next() {
+                    None => false,
+                    Some(opt) if is(&opt, "IMMEDIATE") => true,
+                    Some(opt) => return Err(a.unknown(&opt)),
+                };
+                Manage::Shutdown { queue, immediate }
+            }
+        };
+        a.end()?;
+        Ok(cmd)
+    }
+
+    pub(super) fn apply(self, s: &mut Session) -> Res {
+        match self {
+            Manage::Purge(queue) => {
+                let n = match s.find(&queue) {
+                    Some(cell) => cell.with(&s.broker, |st, now| st.q.purge(now)),
+                    None => 0,
+                };
+                s.reply().uint(n);
+            }
+            Manage::Drop(queue) => {
+                let dropped = s.broker.drop_queue(&queue);
+                s.holds.remove(&queue);
+                s.reply().int(i64::from(dropped));
+            }
+            Manage::Shutdown { queue, immediate } => {
+                let cell = s.find_or_create(&queue);
+                let store = s.broker.store.clone();
+                cell.with(&s.broker, |st, now| {
+                    st.q.shutdown(immediate, now);
+                    if let Some(store) = &store {
+                        store.shutdown(&queue, immediate);
+                    }
+                });
+                s.reply().simple("OK");
+            }
+        }
+        done()
+    }
+}

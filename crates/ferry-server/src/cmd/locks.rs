@@ -1,0 +1,135 @@
+//! LOCK and UNLOCK: mutexes with fencing tokens (the table is
+//! `crate::locks`).
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use ferry_core::engine::Millis;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use super::{
+    Args, Blocked, CmdError, Flow, Outcome, Res, Wait, Woke, deadline, done, is, parse_u64,
+};
+use crate::session::Session;
+
+pub(crate) struct Lock {
+    name: Bytes,
+    ttl: Option<Millis>,
+    wait: Wait,
+}
+
+pub(crate) struct Unlock {
+    name: Bytes,
+    token: u64,
+}
+
+impl Lock {
+    pub(super) fn parse(a: &mut Args) -> Result<Self, CmdError> {
+        let name = a.require()?;
+        let (mut ttl, mut wait) = (None, Wait::Until(None));
+        while let Some(opt) = a.next() {
+            if is(&opt, "TTL") {
+                ttl = Some(a.u64_value(&opt)?).filter(|&t| t > 0);
+            } else if is(&opt, "TIMEOUT") {
+                wait = Wait::Until(deadline(a.u64_value(&opt)?));
+            } else if is(&opt, "NOWAIT") {
+                wait = Wait::No;
+            } else {
+                return Err(a.unknown(&opt));
+            }
+        }
+        Ok(Lock { name, ttl, wait })
+    }
+
+    pub(super) fn apply(self, s: &mut Session) -> Res {
+        let now = s.broker.now();
+        match s
+            .broker
+            .locks
+            .try_acquire(&self.name, s.id, self.ttl, None, now)
+        {
+            Ok(token) => granted(s, self.name, token),
+            Err(_) => match self.wait {
+                Wait::No => s.reply().null(),
+                Wait::Until(deadline) => {
+                    let notify = Arc::new(Notify::new());
+                    let ticket = s.broker.locks.enqueue(&self.name, &notify);
+                    return Ok(Outcome::Wait(Blocked::Lock(LockWait {
+                        name: self.name,
+                        ttl: self.ttl,
+                        ticket,
+                        notify,
+                        deadline,
+                        wake_at: deadline,
+                    })));
+                }
+            },
+        }
+        done()
+    }
+}
+
+fn granted(s: &mut Session, name: Bytes, token: u64) {
+    s.locks.push((name, token));
+    s.reply().uint(token);
+}
+
+/// A LOCK waiting in line.
+pub(crate) struct LockWait {
+    name: Bytes,
+    ttl: Option<Millis>,
+    ticket: u64,
+    pub(super) notify: Arc<Notify>,
+    deadline: Option<Instant>,
+    /// The deadline, or the holder's TTL if it comes first.
+    pub(super) wake_at: Option<Instant>,
+}
+
+impl LockWait {
+    pub(super) fn resume(&mut self, s: &mut Session, woke: Woke) -> Option<Result<Flow, CmdError>> {
+        let locks = &s.broker.locks;
+        if woke == Woke::Gone {
+            locks.leave(&self.name, self.ticket, s.broker.now());
+            return Some(Ok(Flow::Close));
+        }
+        let now = s.broker.now();
+        match locks.try_acquire(&self.name, s.id, self.ttl, Some(self.ticket), now) {
+            Ok(token) => {
+                granted(s, self.name.clone(), token);
+                Some(Ok(Flow::Continue))
+            }
+            Err(_) if self.deadline.is_some_and(|d| Instant::now() >= d) => {
+                locks.leave(&self.name, self.ticket, now);
+                s.reply().null();
+                Some(Ok(Flow::Continue))
+            }
+            Err(expires) => {
+                // Wake at the holder's TTL, if it comes first.
+                let expires = expires.map(|e| s.broker.instant_at(e));
+                self.wake_at = match (expires, self.deadline) {
+                    (Some(e), Some(d)) => Some(e.min(d)),
+                    (e, d) => e.or(d),
+                };
+                None
+            }
+        }
+    }
+}
+
+impl Unlock {
+    pub(super) fn parse(a: &mut Args) -> Result<Self, CmdError> {
+        let name = a.require()?;
+        let token = parse_u64(&a.require()?)?;
+        a.end()?;
+        Ok(Unlock { name, token })
+    }
+
+    pub(super) fn apply(self, s: &mut Session) -> Res {
+        let released = s.broker.locks.release(&self.name, self.token, None);
+        s.locks
+            .retain(|(n, t)| !(n == &self.name && *t == self.token));
+        s.reply().int(i64::from(released));
+        done()
+    }
+}

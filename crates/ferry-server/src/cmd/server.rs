@@ -1,0 +1,268 @@
+//! Connection and server commands: what redis-cli and client libraries
+//! expect — PING, ECHO, QUIT, HELLO, AUTH, CLIENT, SELECT, INFO, COMMAND,
+//! CONFIG.
+
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+
+use super::{Args, CmdError, Flow, Outcome, Res, done, err, is, parse_u64};
+use crate::session::Session;
+
+pub(crate) enum Server {
+    Ping(Option<Bytes>),
+    Echo(Bytes),
+    Quit,
+    Hello {
+        proto: Option<u64>,
+        auth: Option<(Bytes, Bytes)>,
+        setname: Option<Bytes>,
+    },
+    Auth {
+        user: Option<Bytes>,
+        pass: Bytes,
+    },
+    ClientSetName(Bytes),
+    ClientGetName,
+    ClientId,
+    ClientSetInfo,
+    Select(u64),
+    Info,
+    CommandCount,
+    CommandDocs,
+    CommandTable,
+    ConfigGet,
+}
+
+impl Server {
+    pub(super) fn parse(a: &mut Args) -> Result<Self, CmdError> {
+        let cmd = match a.command {
+            "PING" => {
+                let msg = a.next();
+                if a.remaining() > 0 {
+                    return Err(a.arity());
+                }
+                Server::Ping(msg)
+            }
+            "ECHO" => {
+                let msg = a.require()?;
+                if a.remaining() > 0 {
+                    return Err(a.arity());
+                }
+                Server::Echo(msg)
+            }
+            "QUIT" => Server::Quit,
+            "HELLO" => {
+                let proto = match a.next() {
+                    None => None,
+                    Some(v) => match parse_u64(&v) {
+                        Ok(p @ (2 | 3)) => Some(p),
+                        _ => return Err(err("NOPROTO", "unsupported protocol version")),
+                    },
+                };
+                let (mut auth, mut setname) = (None, None);
+                while let Some(opt) = a.next() {
+                    if is(&opt, "AUTH") {
+                        auth = Some((a.value(&opt)?, a.value(&opt)?));
+                    } else if is(&opt, "SETNAME") {
+                        setname = Some(a.value(&opt)?);
+                    } else {
+                        return Err(a.unknown(&opt));
+                    }
+                }
+                Server::Hello {
+                    proto,
+                    auth,
+                    setname,
+                }
+            }
+            "AUTH" => match a.remaining() {
+                1 => Server::Auth {
+                    user: None,
+                    pass: a.require()?,
+                },
+                2 => Server::Auth {
+                    user: Some(a.require()?),
+                    pass: a.require()?,
+                },
+                _ => return Err(a.arity()),
+            },
+            "CLIENT" => {
+                let sub = a.require()?;
+                if is(&sub, "SETNAME") {
+                    let name = a.require()?;
+                    if name.iter().any(|&b| b <= b' ' || b > b'~') {
+                        return Err(err(
+                            "ERR",
+                            "Client names cannot contain spaces, newlines or special characters.",
+                        ));
+                    }
+                    Server::ClientSetName(name)
+                } else if is(&sub, "GETNAME") {
+                    Server::ClientGetName
+                } else if is(&sub, "ID") {
+                    Server::ClientId
+                } else if is(&sub, "SETINFO") {
+                    // Client libraries announce themselves; nothing to keep.
+                    return Ok(Server::ClientSetInfo);
+                } else {
+                    return Err(err(
+                        "ERR",
+                        format!("unknown subcommand '{}'", String::from_utf8_lossy(&sub)),
+                    ));
+                }
+            }
+            "SELECT" => Server::Select(parse_u64(&a.require()?)?),
+            // Sections are not told apart: INFO answers everything.
+            "INFO" => return Ok(Server::Info),
+            "COMMAND" => {
+                // Enough of COMMAND for redis-cli and client libraries to
+                // start: they cope with an empty command table.
+                return Ok(match a.next() {
+                    Some(sub) if is(&sub, "COUNT") => Server::CommandCount,
+                    Some(sub) if is(&sub, "DOCS") => Server::CommandDocs,
+                    _ => Server::CommandTable,
+                });
+            }
+            _ => {
+                // CONFIG GET answers with no parameters (redis-benchmark
+                // asks for some at start); settings are fixed at start-up.
+                let sub = a.require()?;
+                if !is(&sub, "GET") {
+                    return Err(err(
+                        "ERR",
+                        "CONFIG supports only GET; settings are fixed at start-up",
+                    ));
+                }
+                return Ok(Server::ConfigGet);
+            }
+        };
+        a.end()?;
+        Ok(cmd)
+    }
+
+    pub(super) fn apply(self, s: &mut Session) -> Res {
+        match self {
+            Server::Ping(None) => s.reply().simple("PONG"),
+            Server::Ping(Some(msg)) | Server::Echo(msg) => s.reply().bulk(&msg),
+            Server::Quit => {
+                s.reply().simple("OK");
+                return Ok(Outcome::Done(Flow::Close));
+            }
+            Server::Hello {
+                proto,
+                auth,
+                setname,
+            } => hello(s, proto, auth, setname)?,
+            Server::Auth { user, pass } => {
+                check_password(s, user.as_deref(), &pass)?;
+                s.authed = true;
+                s.reply().simple("OK");
+            }
+            Server::ClientSetName(name) => {
+                s.name = (!name.is_empty()).then_some(name);
+                s.reply().simple("OK");
+            }
+            Server::ClientGetName => match s.name.clone() {
+                Some(n) => s.reply().bulk(&n),
+                None => s.reply().null(),
+            },
+            Server::ClientId => {
+                let id = s.id;
+                s.reply().uint(id);
+            }
+            Server::ClientSetInfo => s.reply().simple("OK"),
+            Server::Select(0) => s.reply().simple("OK"),
+            Server::Select(_) => return Err(err("ERR", "DB index is out of range")),
+            Server::Info => info(s),
+            Server::CommandCount => s.reply().int(0),
+            Server::CommandDocs | Server::ConfigGet => s.reply().map(0),
+            Server::CommandTable => s.reply().array(0),
+        }
+        done()
+    }
+}
+
+fn check_password(s: &Session, user: Option<&[u8]>, pass: &[u8]) -> Result<(), CmdError> {
+    let Some(want) = &s.broker.config.requirepass else {
+        return Err(err(
+            "ERR",
+            "AUTH <password> called without any password configured for the default user",
+        ));
+    };
+    if user.is_some_and(|u| u != b"default") || pass != want.as_bytes() {
+        return Err(err(
+            "WRONGPASS",
+            "invalid username-password pair or user is disabled.",
+        ));
+    }
+    Ok(())
+}
+
+fn hello(
+    s: &mut Session,
+    proto: Option<u64>,
+    auth: Option<(Bytes, Bytes)>,
+    setname: Option<Bytes>,
+) -> Result<(), CmdError> {
+    if let Some((user, pass)) = auth {
+        check_password(s, Some(&user), &pass)?;
+        s.authed = true;
+    }
+    if !s.authed {
+        return Err(err(
+            "NOAUTH",
+            "HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time",
+        ));
+    }
+    if setname.is_some() {
+        s.name = setname;
+    }
+    let proto = proto.unwrap_or(if s.resp3 { 3 } else { 2 });
+    s.resp3 = proto == 3;
+    let id = s.id;
+    let mut r = s.reply();
+    r.map(7);
+    r.bulk(b"server");
+    r.bulk(b"ferry");
+    r.bulk(b"version");
+    r.bulk(env!("CARGO_PKG_VERSION").as_bytes());
+    r.bulk(b"proto");
+    r.uint(proto);
+    r.bulk(b"id");
+    r.uint(id);
+    r.bulk(b"mode");
+    r.bulk(b"standalone");
+    r.bulk(b"role");
+    r.bulk(b"master");
+    r.bulk(b"modules");
+    r.array(0);
+    Ok(())
+}
+
+fn info(s: &mut Session) {
+    let b = &s.broker;
+    let (records, syncs, bytes) = b.store.as_ref().map_or((0, 0, 0), |st| {
+        let log = st.log();
+        (log.appended(), log.syncs(), log.bytes())
+    });
+    let text = format!(
+        "# Server\r\nferry_version:{}\r\nredis_version:7.0.0\r\nprocess_id:{}\r\nuptime_in_seconds:{}\r\nthreads:{}\r\ndurability:{}\r\n\r\n# Persistence\r\nlog_records:{}\r\nlog_syncs:{}\r\nlog_bytes:{}\r\n\r\n# Clients\r\nconnected_clients:{}\r\nmaxclients:{}\r\n\r\n# Stats\r\ntotal_commands_processed:{}\r\n\r\n# Memory\r\nqueued_memory:{}\r\nmax_memory:{}\r\n\r\n# Queues\r\nqueues:{}\r\nlocks:{}\r\n",
+        env!("CARGO_PKG_VERSION"),
+        std::process::id(),
+        b.uptime().as_secs(),
+        b.config.threads.unwrap_or(0),
+        format!("{:?}", b.config.durability).to_lowercase(),
+        records,
+        syncs,
+        bytes,
+        b.clients.load(Ordering::Relaxed),
+        b.config.max_clients,
+        b.commands.load(Ordering::Relaxed),
+        b.memory(),
+        b.config.max_memory,
+        b.queue_count(),
+        b.locks.count(),
+    );
+    s.reply().bulk(text.as_bytes());
+}

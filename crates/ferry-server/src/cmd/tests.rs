@@ -1,0 +1,196 @@
+//! Commands run against a broker in memory, with no socket: a request in,
+//! the reply bytes out, and blocked commands resumed by hand.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::{Blocked, Flow, NAMES, Outcome, Woke, execute};
+use crate::broker::Broker;
+use crate::config::{Config, Durability};
+use crate::session::Session;
+
+fn broker(config: Config) -> Arc<Broker> {
+    let (broker, _) = Broker::open(Config {
+        durability: Durability::Memory,
+        ..config
+    })
+    .unwrap();
+    broker
+}
+
+fn request(args: &[&str]) -> Vec<Bytes> {
+    args.iter()
+        .map(|a| Bytes::copy_from_slice(a.as_bytes()))
+        .collect()
+}
+
+/// Runs a command that does not wait; replies what it wrote.
+fn run(s: &mut Session, args: &[&str]) -> String {
+    match execute(s, request(args)) {
+        Outcome::Done(_) => take(s),
+        Outcome::Wait(_) => panic!("{args:?} waits"),
+    }
+}
+
+/// Runs a command that must wait.
+fn blocked(s: &mut Session, args: &[&str]) -> Blocked {
+    match execute(s, request(args)) {
+        Outcome::Done(_) => panic!("{args:?} did not wait: {}", take(s)),
+        Outcome::Wait(b) => b,
+    }
+}
+
+fn take(s: &mut Session) -> String {
+    let text = String::from_utf8_lossy(&s.out).into_owned();
+    s.out.clear();
+    text
+}
+
+#[tokio::test]
+async fn a_put_and_a_get_reply_as_documented() {
+    let b = broker(Config::default());
+    let mut s = Session::new(b);
+    assert_eq!(run(&mut s, &["QPUT", "q", "hello"]), ":1\r\n");
+    assert_eq!(
+        run(&mut s, &["qget", "q", "NOACK"]),
+        "*1\r\n*4\r\n$1\r\nq\r\n:1\r\n$5\r\nhello\r\n:0\r\n"
+    );
+    assert_eq!(run(&mut s, &["QGET", "q", "NOWAIT"]), "*-1\r\n");
+}
+
+#[tokio::test]
+async fn unknown_options_and_commands_are_errors_that_name_them() {
+    let b = broker(Config::default());
+    let mut s = Session::new(Arc::clone(&b));
+    let reply = run(&mut s, &["QGET", "jobs", "NOWAIIT"]);
+    assert!(
+        reply.starts_with("-ERR unknown option 'NOWAIIT' for QGET"),
+        "{reply}"
+    );
+    assert!(b.queue(b"NOWAIIT").is_none());
+    assert!(
+        b.queue(b"jobs").is_none(),
+        "a refused command creates nothing"
+    );
+    let reply = run(&mut s, &["QPUT", "q", "x", "PRIORTY", "1"]);
+    assert!(reply.contains("'PRIORTY' for QPUT"), "{reply}");
+    let reply = run(&mut s, &["QLEN", "q", "extra"]);
+    assert!(reply.contains("'extra' for QLEN"), "{reply}");
+    let reply = run(&mut s, &["NOSUCH"]);
+    assert_eq!(reply, "-ERR unknown command 'NOSUCH'\r\n");
+}
+
+#[tokio::test]
+async fn every_command_without_arguments_answers_without_panicking() {
+    let b = broker(Config::default());
+    for name in NAMES {
+        let mut s = Session::new(Arc::clone(&b));
+        match execute(&mut s, request(&[name])) {
+            Outcome::Done(_) => assert!(!s.out.is_empty(), "{name} wrote nothing"),
+            Outcome::Wait(_) => panic!("{name} waits with no arguments"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_blocked_get_is_served_by_a_later_put() {
+    let b = broker(Config::default());
+    let (mut getter, mut putter) = (Session::new(Arc::clone(&b)), Session::new(b));
+    let mut wait = blocked(&mut getter, &["QGET", "q", "OR", "r", "TIMEOUT", "5000"]);
+    assert_eq!(
+        wait.resume(&mut getter, Woke::Notified),
+        None,
+        "nothing yet"
+    );
+    assert_eq!(run(&mut putter, &["QPUT", "r", "x"]), ":1\r\n");
+    assert_eq!(
+        wait.resume(&mut getter, Woke::Notified),
+        Some(Flow::Continue)
+    );
+    assert_eq!(
+        take(&mut getter),
+        "*1\r\n*4\r\n$1\r\nr\r\n:1\r\n$1\r\nx\r\n:0\r\n"
+    );
+    // Leased to the getter, bound to it: released when it goes.
+    assert_eq!(run(&mut putter, &["QLEN", "r"]), ":0\r\n");
+    getter.release_all();
+    assert_eq!(run(&mut putter, &["QLEN", "r"]), ":1\r\n");
+}
+
+#[tokio::test]
+async fn a_blocked_get_times_out_or_leaves_with_nothing_lost() {
+    let b = broker(Config::default());
+    let (mut getter, mut putter) = (Session::new(Arc::clone(&b)), Session::new(b));
+    let mut wait = blocked(&mut getter, &["QGET", "q", "TIMEOUT", "5000"]);
+    assert_eq!(
+        wait.resume(&mut getter, Woke::TimedOut),
+        Some(Flow::Continue)
+    );
+    assert_eq!(take(&mut getter), "*-1\r\n");
+
+    // A getter that goes away after the message was handed to it gives it
+    // back untouched.
+    let mut wait = blocked(&mut getter, &["QGET", "q"]);
+    run(&mut putter, &["QPUT", "q", "x"]);
+    assert_eq!(wait.resume(&mut getter, Woke::Gone), Some(Flow::Close));
+    assert_eq!(
+        run(&mut putter, &["QGET", "q", "NOACK", "NOWAIT"]),
+        "*1\r\n*4\r\n$1\r\nq\r\n:1\r\n$1\r\nx\r\n:0\r\n"
+    );
+}
+
+#[tokio::test]
+async fn a_blocked_put_waits_for_room_and_a_join_for_the_work() {
+    let b = broker(Config::default());
+    let (mut a, mut c) = (Session::new(Arc::clone(&b)), Session::new(b));
+    run(&mut a, &["QCREATE", "q", "MAXSIZE", "1"]);
+    run(&mut a, &["QPUT", "q", "1"]);
+    let mut put = blocked(&mut a, &["QPUT", "q", "2"]);
+    let mut join = blocked(&mut c, &["QJOIN", "q"]);
+    assert_eq!(put.resume(&mut a, Woke::Notified), None);
+    run(&mut c, &["QGET", "q", "NOACK"]);
+    assert_eq!(put.resume(&mut a, Woke::Notified), Some(Flow::Continue));
+    assert_eq!(take(&mut a), ":2\r\n");
+    assert_eq!(join.resume(&mut c, Woke::Notified), None);
+    run(&mut c, &["QGET", "q", "NOACK"]);
+    assert_eq!(join.resume(&mut c, Woke::Notified), Some(Flow::Continue));
+    assert_eq!(take(&mut c), "+OK\r\n");
+    // A full queue and no time to wait: FULL.
+    run(&mut a, &["QPUT", "q", "3"]);
+    let mut put = blocked(&mut a, &["QPUT", "q", "4", "TIMEOUT", "10"]);
+    assert_eq!(put.resume(&mut a, Woke::TimedOut), Some(Flow::Continue));
+    assert_eq!(take(&mut a), "-FULL queue is full\r\n");
+}
+
+#[tokio::test]
+async fn only_auth_hello_and_quit_before_authenticating() {
+    let b = broker(Config {
+        requirepass: Some("secret".into()),
+        ..Config::default()
+    });
+    let mut s = Session::new(b);
+    for name in NAMES {
+        if matches!(name, "AUTH" | "HELLO" | "QUIT") {
+            continue;
+        }
+        let reply = run(&mut s, &[name, "q"]);
+        assert!(reply.starts_with("-NOAUTH"), "{name}: {reply}");
+    }
+    assert!(run(&mut s, &["AUTH", "wrong"]).starts_with("-WRONGPASS"));
+    assert_eq!(run(&mut s, &["AUTH", "secret"]), "+OK\r\n");
+    assert_eq!(run(&mut s, &["QLEN", "q"]), ":0\r\n");
+}
+
+#[tokio::test]
+async fn a_contended_lock_is_granted_in_line() {
+    let b = broker(Config::default());
+    let (mut a, mut c) = (Session::new(Arc::clone(&b)), Session::new(b));
+    assert_eq!(run(&mut a, &["LOCK", "L"]), ":1\r\n");
+    assert_eq!(run(&mut c, &["LOCK", "L", "NOWAIT"]), "$-1\r\n");
+    let mut wait = blocked(&mut c, &["LOCK", "L", "TIMEOUT", "5000"]);
+    assert_eq!(wait.resume(&mut c, Woke::Notified), None);
+    assert_eq!(run(&mut a, &["UNLOCK", "L", "1"]), ":1\r\n");
+    assert_eq!(wait.resume(&mut c, Woke::Notified), Some(Flow::Continue));
+    assert_eq!(take(&mut c), ":2\r\n");
+}

@@ -1,0 +1,129 @@
+//! A client's session: everything the broker keeps for one connection,
+//! apart from its socket — who it is, what it negotiated, what it holds,
+//! and the replies it has not sent yet. Commands read and change it
+//! (`cmd`); the connection (`conn`) only reads, waits and flushes.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use ferry_core::engine::Message;
+use ferry_proto::Reply;
+
+use crate::broker::{Broker, QueueCell};
+use crate::payload::Payload;
+
+/// One client's state.
+pub(crate) struct Session {
+    pub(crate) broker: Arc<Broker>,
+    pub(crate) id: u64,
+    pub(crate) name: Option<Bytes>,
+    pub(crate) authed: bool,
+    pub(crate) resp3: bool,
+    /// Replies written and not yet sent.
+    pub(crate) out: BytesMut,
+    /// Queues in which this client holds bound leases or taken messages:
+    /// released when it goes.
+    pub(crate) holds: HashMap<Bytes, Arc<QueueCell>>,
+    /// Locks this client holds, by name, with their tokens.
+    pub(crate) locks: Vec<(Bytes, u64)>,
+    /// The queue this client used last: most clients use one, and this
+    /// spares the registry lookup per command.
+    last: Option<Arc<QueueCell>>,
+    /// QGET's working buffers, kept between calls: a get should not cost
+    /// four allocations.
+    pub(crate) scratch: GetScratch,
+    /// A command since the last flush changed what the log records: the
+    /// replies wait until the log is durable.
+    pub(crate) logged: bool,
+}
+
+/// QGET's working buffers.
+#[derive(Default)]
+pub(crate) struct GetScratch {
+    pub(crate) cells: Vec<Arc<QueueCell>>,
+    pub(crate) open: Vec<Arc<QueueCell>>,
+    pub(crate) got: Vec<(Bytes, Message<Payload>)>,
+    pub(crate) buf: Vec<Message<Payload>>,
+}
+
+impl GetScratch {
+    /// Emptied before it is kept, so no payload outlives its reply.
+    pub(crate) fn clear(&mut self) {
+        self.cells.clear();
+        self.open.clear();
+        self.got.clear();
+        self.buf.clear();
+    }
+}
+
+impl Session {
+    /// A new client of `broker`.
+    pub(crate) fn new(broker: Arc<Broker>) -> Self {
+        let id = broker.next_client_id();
+        let authed = broker.config.requirepass.is_none();
+        Session {
+            broker,
+            id,
+            name: None,
+            authed,
+            resp3: false,
+            // Grown by the first reply: an idle connection holds no page
+            // for replies it has not sent.
+            out: BytesMut::new(),
+            holds: HashMap::new(),
+            locks: Vec::new(),
+            last: None,
+            scratch: GetScratch::default(),
+            logged: false,
+        }
+    }
+
+    /// A writer for the next reply.
+    pub(crate) fn reply(&mut self) -> Reply<'_> {
+        Reply::new(&mut self.out, self.resp3)
+    }
+
+    /// The queue of that name, if it exists.
+    pub(crate) fn find(&mut self, name: &Bytes) -> Option<Arc<QueueCell>> {
+        if let Some(cell) = &self.last
+            && cell.name == *name
+            && !cell.removed()
+        {
+            return Some(Arc::clone(cell));
+        }
+        let cell = self.broker.queue(name)?;
+        self.last = Some(Arc::clone(&cell));
+        Some(cell)
+    }
+
+    /// The queue of that name, created by first use if need be.
+    pub(crate) fn find_or_create(&mut self, name: &Bytes) -> Arc<QueueCell> {
+        if let Some(cell) = self.find(name) {
+            return cell;
+        }
+        let cell = self.broker.queue_or_create(name);
+        self.last = Some(Arc::clone(&cell));
+        cell
+    }
+
+    /// Remembers that this client holds something in `cell`.
+    pub(crate) fn hold(&mut self, cell: &Arc<QueueCell>) {
+        if !self.holds.contains_key(&cell.name) {
+            self.holds.insert(cell.name.clone(), Arc::clone(cell));
+        }
+    }
+
+    /// Gives back everything the client held: bound leases return to their
+    /// queues (attempt + 1), taken messages count as lost, locks are
+    /// released.
+    pub(crate) fn release_all(&mut self) {
+        let id = self.id;
+        for cell in std::mem::take(&mut self.holds).into_values() {
+            cell.with(&self.broker, |st, now| st.q.release_holder(id, now));
+        }
+        for (name, token) in std::mem::take(&mut self.locks) {
+            self.broker.locks.release(&name, token, Some(id));
+        }
+    }
+}

@@ -1,0 +1,229 @@
+//! The embedded store: the log, how far it is durable, and a writer for
+//! each kind of record; replay and `ferry check` read it back.
+//!
+//! - `records`: the record format, written and read in one place.
+//! - `journal`: a queue's engine reports durable changes to it, which
+//!   become records (a batch's puts or finishes one record).
+//! - `replay`: records folded back into queues at start.
+//! - `check`: a data directory described offline.
+//!
+//! Each queue's engine carries a [`LogJournal`]; settings, shutdowns and
+//! drops are logged by the commands that make them, and snapshots by the
+//! broker's checkpoint. A connection that ran a command which changed
+//! something waits, before it writes its replies, until the log is durable
+//! up to everything appended so far ([`Store::wait_durable`]): one fsync
+//! covers every connection's batch (group commit).
+
+mod check;
+mod journal;
+mod records;
+mod replay;
+
+pub use check::{CheckReport, QueueReport, check};
+pub(crate) use journal::LogJournal;
+pub(crate) use records::MAX_KEY;
+pub use records::MAX_PAYLOAD;
+pub(crate) use replay::Recovered;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use ferry_core::engine::{self, Millis};
+use ferry_log::{Log, LogError, Options, Recovery};
+use tokio::sync::watch;
+
+use records::{CHECKPOINT, DROP, FINISH, NEXT_ID, RESET, SHUTDOWN, SNAPSHOT_ABORT, SNAPSHOT_END};
+use replay::Replay;
+
+/// Unix time in ms.
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The log, and a watch on how far it is durable.
+pub(crate) struct Store {
+    log: Log,
+    durable: watch::Receiver<u64>,
+    /// Told once if the log fails: the server then stops.
+    pub(crate) failure: Arc<tokio::sync::Notify>,
+    /// Unix ms when the broker's clock read 0: delays and DEDUP windows are
+    /// logged in wall time so that they survive a restart.
+    base: u64,
+}
+
+impl Store {
+    /// Opens the log in `dir` and replays it; replies the store, the queues
+    /// it describes, and what recovery found.
+    pub(crate) fn open(
+        dir: &std::path::Path,
+        options: Options,
+    ) -> Result<(Store, HashMap<Bytes, Recovered>, Recovery), LogError> {
+        let mut replay = Replay::default();
+        let (tx, rx) = watch::channel(0u64);
+        let tx = Arc::new(tx);
+        let failure = Arc::new(tokio::sync::Notify::new());
+        let (on_durable, on_error) = (Arc::clone(&tx), Arc::clone(&failure));
+        let (log, recovery) = Log::open(
+            dir,
+            options,
+            |r| replay.apply(r),
+            Box::new(move |lsn| {
+                on_durable.send_replace(lsn);
+            }),
+            Box::new(move |e| {
+                // SPEC §3: a write or fsync error stops the broker rather
+                // than acknowledging anything it could not make durable.
+                // Waiters wake to find the log failed and withhold their
+                // replies; the server stops (see `Server::run`).
+                tracing::error!(error = %e, "the log failed; stopping");
+                tx.send_modify(|_| {});
+                on_error.notify_one();
+            }),
+        )?;
+        let (state, cut) = replay.finish();
+        let store = Store {
+            log,
+            durable: rx,
+            failure,
+            base: unix_ms(),
+        };
+        for name in cut {
+            // Appended before anything else this run: the records that
+            // follow are live ones, not the rest of that snapshot.
+            tracing::warn!(queue = %String::from_utf8_lossy(&name), "a snapshot was cut short by a crash; ignoring it");
+            store.marker(SNAPSHOT_ABORT, &name);
+        }
+        Ok((store, state, recovery))
+    }
+
+    /// The log itself, for compaction and INFO.
+    pub(crate) fn log(&self) -> &Log {
+        &self.log
+    }
+
+    /// Writes and syncs everything appended, then stops the log's writer.
+    pub(crate) fn close(&self) {
+        self.log.close();
+    }
+
+    /// Waits until the log is durable up to `lsn`; false if it failed. In
+    /// async mode the caller writes the pending batch itself first, so it
+    /// waits for no other thread.
+    pub(crate) async fn wait_durable(&self, lsn: u64) -> bool {
+        if !self.log.write_now() {
+            return false;
+        }
+        let mut rx = self.durable.clone();
+        loop {
+            if self.log.failed() {
+                return false;
+            }
+            if *rx.borrow_and_update() >= lsn {
+                return true;
+            }
+            if rx.changed().await.is_err() {
+                return false;
+            }
+        }
+    }
+
+    /// Broker time (ms since start) of a wall-clock moment.
+    pub(crate) fn to_broker_ms(&self, unix: u64) -> Millis {
+        unix.saturating_sub(self.base)
+    }
+
+    /// The wall-clock moment of a broker time.
+    pub(crate) fn to_unix_ms(&self, at: Millis) -> u64 {
+        self.base.saturating_add(at)
+    }
+
+    /// Appends one record. A record the log refuses is fatal, as a failed
+    /// write is: the change it describes may already be visible, and must
+    /// not be acknowledged unlogged. (Settings are validated at start so
+    /// that every record fits; this is the backstop.)
+    fn append(&self, write: impl FnOnce(&mut Vec<u8>)) {
+        if let Err(e) = self.log.append_with(write) {
+            self.log.fail(std::io::Error::other(e.to_string()));
+        }
+    }
+
+    fn marker(&self, tag: u8, queue: &[u8]) {
+        self.append(|b| records::head(b, tag, queue));
+    }
+
+    // ----- one writer per record ------------------------------------------
+
+    /// A queue's settings (on creation and every change).
+    pub(crate) fn settings(&self, queue: &[u8], explicit: bool, c: &engine::Config) {
+        self.append(|b| records::settings(b, queue, explicit, c));
+    }
+
+    pub(crate) fn shutdown(&self, queue: &[u8], immediate: bool) {
+        self.append(|b| {
+            records::head(b, SHUTDOWN, queue);
+            b.push(u8::from(immediate));
+        });
+    }
+
+    pub(crate) fn dropped(&self, queue: &[u8]) {
+        self.marker(DROP, queue);
+    }
+
+    pub(crate) fn finish(&self, queue: &[u8], id: u64) {
+        self.append(|b| records::id(b, FINISH, queue, id, None));
+    }
+
+    /// A DEDUP key: the id it answers until `until` (broker ms).
+    pub(crate) fn dedup(&self, queue: &[u8], key: &[u8], id: u64, until: Millis) {
+        let until = self.to_unix_ms(until);
+        self.append(|b| records::dedup(b, queue, key, id, until));
+    }
+
+    /// The start of a queue's snapshot: forget what came before it.
+    pub(crate) fn reset(&self, queue: &[u8]) {
+        self.marker(RESET, queue);
+    }
+
+    pub(crate) fn next_id(&self, queue: &[u8], next: u64) {
+        self.append(|b| {
+            records::head(b, NEXT_ID, queue);
+            b.extend_from_slice(&next.to_le_bytes());
+        });
+    }
+
+    /// The end of a queue's snapshot: it replaces what came before.
+    pub(crate) fn snapshot_end(&self, queue: &[u8]) {
+        self.marker(SNAPSHOT_END, queue);
+    }
+
+    /// The end of a checkpoint.
+    pub(crate) fn checkpoint_marker(&self) {
+        self.marker(CHECKPOINT, b"");
+    }
+
+    /// A journal writing a snapshot's messages.
+    pub(crate) fn journal(&self, queue: &[u8]) -> LogJournal<&Store> {
+        LogJournal::new(self, Bytes::copy_from_slice(queue))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_the_log_refuses_is_fatal_not_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _, _) = Store::open(dir.path(), Options::default()).unwrap();
+        store.append(|b| b.extend(std::iter::repeat_n(1u8, ferry_log::MAX_RECORD + 1)));
+        assert!(
+            store.log().failed(),
+            "an oversized record must stop the log"
+        );
+        store.close();
+    }
+}
