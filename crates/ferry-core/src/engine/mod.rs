@@ -24,15 +24,27 @@
 //! **Invariant:** the front end drains [`Queue::drain_woken`] after each
 //! call and, for a waiter it registered, eventually calls `poll_*` or
 //! `cancel_*`; messages handed to a waiter are reserved for it until then.
+//!
+//! # Layout
+//!
+//! - `ready`: the ready set, ordered by kind (fifo, lifo, priority).
+//! - `store`: where a fifo queue keeps its ready messages — a `VecDeque`,
+//!   or [`PackedFifo`] (packed into byte blocks).
+//! - `leases`: what is out with consumers — leased messages with their
+//!   deadlines, taken ones, and the index by holder, changed together.
+//! - `waiters`: waiting getters, putters and joiners, and what each is
+//!   owed.
 
+mod leases;
 mod ready;
 mod store;
 mod waiters;
 
 use std::cmp::Ordering;
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::ops::Range;
 
+use leases::{Leases, Released};
 use ready::Ready;
 pub use store::{FifoStore, Pack, PackedFifo};
 use waiters::{GetState, PutState, Waiter, Waiters};
@@ -294,14 +306,6 @@ pub struct Stats {
     pub dropped: u64,
 }
 
-struct Leased<T> {
-    msg: Message<T>,
-    holder: Option<HolderId>,
-    /// The lease's length, reused by a touch that names none.
-    duration: Option<Millis>,
-    deadline: Option<Millis>,
-}
-
 /// One queue's complete state. See the module docs for how a front end
 /// drives it. `F` stores a fifo queue's ready messages: a `VecDeque` by
 /// default, or a [`PackedFifo`] for items that can be packed into bytes.
@@ -315,10 +319,8 @@ pub struct Queue<T, F = VecDeque<Message<T>>> {
     unfinished: u64,
     ready: Ready<T, F>,
     delayed: BTreeMap<(Millis, u64), Message<T>>,
-    leased: HashMap<u64, Leased<T>>,
-    taken: HashMap<u64, HolderId>,
-    holders: HashMap<HolderId, BTreeSet<u64>>,
-    expiries: BTreeSet<(Millis, u64)>,
+    /// Leased and taken messages, by id and by holder.
+    out: Leases<T>,
     shutdown: Option<Shutdown>,
     waiters: Waiters<T>,
     dead: Vec<Message<T>>,
@@ -340,10 +342,7 @@ impl<T: Item, F: FifoStore<T>> Queue<T, F> {
             next_id: 1,
             unfinished: 0,
             delayed: BTreeMap::new(),
-            leased: HashMap::new(),
-            taken: HashMap::new(),
-            holders: HashMap::new(),
-            expiries: BTreeSet::new(),
+            out: Leases::default(),
             shutdown: None,
             waiters: Waiters::new(),
             dead: Vec::new(),
@@ -383,8 +382,8 @@ impl<T: Item, F: FifoStore<T>> Queue<T, F> {
         for (&(due, _), m) in &self.delayed {
             f(m, Some(due), false);
         }
-        for lease in self.leased.values() {
-            f(&lease.msg, None, true);
+        for m in self.out.leased() {
+            f(m, None, true);
         }
         for waiter in self.waiters.table.values() {
             if let Waiter::Get {
@@ -449,10 +448,7 @@ impl<T: Item, F: FifoStore<T>> Queue<T, F> {
         if kind == self.config.kind {
             return true;
         }
-        let idle = self.ready.is_empty()
-            && self.delayed.is_empty()
-            && self.leased.is_empty()
-            && self.taken.is_empty();
+        let idle = self.ready.is_empty() && self.delayed.is_empty() && self.out.is_empty();
         if idle {
             self.config.kind = kind;
             self.ready = Ready::new(kind);
@@ -497,12 +493,12 @@ impl<T: Item, F: FifoStore<T>> Queue<T, F> {
 
     /// Messages out under a lease.
     pub fn leased(&self) -> u64 {
-        self.leased.len() as u64
+        self.out.leased_count() as u64
     }
 
     /// Messages taken by a tracked holder and not yet done.
     pub fn taken(&self) -> u64 {
-        self.taken.len() as u64
+        self.out.taken_count() as u64
     }
 
     /// Messages waiting for their delay to pass.
@@ -540,7 +536,7 @@ impl<T: Item, F: FifoStore<T>> Queue<T, F> {
     /// then.
     pub fn next_deadline(&self) -> Option<Millis> {
         let delay = self.delayed.first_key_value().map(|(&(due, _), _)| due);
-        let lease = self.expiries.first().map(|&(deadline, _)| deadline);
+        let lease = self.out.next_expiry();
         match (delay, lease) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -590,16 +586,10 @@ impl<T: Item, F: FifoStore<T>> Queue<T, F> {
             self.ready.push(msg);
             changed = true;
         }
-        while let Some(&(deadline, id)) = self.expiries.first() {
-            if deadline > now {
-                break;
-            }
-            self.expiries.pop_first();
-            if let Some(lease) = self.remove_lease(id) {
-                self.stats.expired += 1;
-                self.give_back(lease.msg, None);
-                changed = true;
-            }
+        while let Some(lease) = self.out.pop_expired(now) {
+            self.stats.expired += 1;
+            self.give_back(lease.msg, None);
+            changed = true;
         }
         if changed {
             self.dispatch();
@@ -867,8 +857,7 @@ impl<T: Item, F: FifoStore<T>> Queue<T, F> {
             GetSpec::Take { holder: Some(h) } => {
                 self.unhold(&msg.item);
                 self.journal_finished(msg.id);
-                self.taken.insert(msg.id, h);
-                self.holders.entry(h).or_default().insert(msg.id);
+                self.out.take(msg.id, h);
                 msg
             }
             GetSpec::Lease { lease, copy } => {
@@ -877,29 +866,15 @@ impl<T: Item, F: FifoStore<T>> Queue<T, F> {
                     Lease::Timed(ms) => (None, Some(ms)),
                 };
                 let deadline = duration.map(|d| self.now.saturating_add(d));
-                if let Some(d) = deadline {
-                    self.expiries.insert((d, msg.id));
-                }
                 if let Some(j) = &mut self.journal {
                     j.leased(msg.id);
-                }
-                if let Some(h) = holder {
-                    self.holders.entry(h).or_default().insert(msg.id);
                 }
                 let out = Message {
                     id: msg.id,
                     attempts: msg.attempts,
                     item: copy(&msg.item),
                 };
-                self.leased.insert(
-                    msg.id,
-                    Leased {
-                        msg,
-                        holder,
-                        duration,
-                        deadline,
-                    },
-                );
+                self.out.lease(msg, holder, duration, deadline);
                 out
             }
         }
@@ -913,51 +888,17 @@ impl<T: Item, F: FifoStore<T>> Queue<T, F> {
         self.unfinished = self.unfinished.saturating_sub(1);
     }
 
-    /// May `holder` act on a message held as `owner`? A bound lease or a
-    /// tracked take belongs to its holder; a timed lease to anyone.
-    fn may_act(owner: Option<HolderId>, holder: Option<HolderId>) -> bool {
-        owner.is_none() || owner == holder
-    }
-
-    fn remove_lease(&mut self, id: u64) -> Option<Leased<T>> {
-        let lease = self.leased.remove(&id)?;
-        if let Some(d) = lease.deadline {
-            self.expiries.remove(&(d, id));
-        }
-        if let Some(h) = lease.holder {
-            self.unindex(h, id);
-        }
-        Some(lease)
-    }
-
-    fn unindex(&mut self, holder: HolderId, id: u64) {
-        if let Some(ids) = self.holders.get_mut(&holder) {
-            ids.remove(&id);
-            if ids.is_empty() {
-                self.holders.remove(&holder);
-            }
-        }
-    }
-
     /// Finishes (task_done) the given leased or taken messages on behalf of
     /// `holder`; replies how many it finished. Ids that are not out, or
     /// that belong to another holder, are skipped.
     pub fn done(&mut self, ids: &[u64], holder: Option<HolderId>) -> usize {
         let mut n = 0;
         for &id in ids {
-            if let Some(lease) = self.leased.get(&id) {
-                if Self::may_act(lease.holder, holder) {
-                    if let Some(lease) = self.remove_lease(id) {
-                        self.unhold(&lease.msg.item);
-                        self.journal_finished(id);
-                    }
-                    n += 1;
-                }
-            } else if let Some(&owner) = self.taken.get(&id)
-                && Some(owner) == holder
-            {
-                self.taken.remove(&id);
-                self.unindex(owner, id);
+            if let Some(lease) = self.out.remove_for(id, holder) {
+                self.unhold(&lease.msg.item);
+                self.journal_finished(id);
+                n += 1;
+            } else if self.out.finish_taken(id, holder) {
                 n += 1;
             }
         }
@@ -992,11 +933,9 @@ impl<T: Item, F: FifoStore<T>> Queue<T, F> {
         now: Millis,
     ) -> bool {
         self.advance(now);
-        let allowed = self
-            .leased
-            .get(&id)
-            .is_some_and(|l| Self::may_act(l.holder, holder));
-        if allowed && let Some(lease) = self.remove_lease(id) {
+        let lease = self.out.remove_for(id, holder);
+        let allowed = lease.is_some();
+        if let Some(lease) = lease {
             self.stats.nacked += 1;
             self.give_back(lease.msg, delay);
         }
@@ -1015,24 +954,7 @@ impl<T: Item, F: FifoStore<T>> Queue<T, F> {
         now: Millis,
     ) -> Option<Option<Millis>> {
         self.advance(now);
-        let now = self.now;
-        let entry = self.leased.get_mut(&id)?;
-        if !Self::may_act(entry.holder, holder) {
-            return None;
-        }
-        if let Some(ms) = lease {
-            entry.duration = Some(ms);
-        }
-        let Some(duration) = entry.duration else {
-            return Some(None);
-        };
-        if let Some(old) = entry.deadline {
-            self.expiries.remove(&(old, id));
-        }
-        let deadline = now.saturating_add(duration);
-        entry.deadline = Some(deadline);
-        self.expiries.insert((deadline, id));
-        Some(Some(deadline))
+        self.out.touch(id, holder, lease, self.now)
     }
 
     /// The holder went away (its connection closed): its bound leases come
@@ -1040,21 +962,18 @@ impl<T: Item, F: FifoStore<T>> Queue<T, F> {
     /// count as finished and lost.
     pub fn release_holder(&mut self, holder: HolderId, now: Millis) {
         self.advance(now);
-        let Some(ids) = self.holders.remove(&holder) else {
-            return;
-        };
         // Newest first: each goes back to the head of the queue, so the
         // oldest ends up served first again.
-        for id in ids.into_iter().rev() {
-            if let Some(lease) = self.leased.remove(&id) {
-                if let Some(d) = lease.deadline {
-                    self.expiries.remove(&(d, id));
+        for released in self.out.release(holder) {
+            match released {
+                Released::Lease(msg) => {
+                    self.stats.released += 1;
+                    self.give_back(msg, None);
                 }
-                self.stats.released += 1;
-                self.give_back(lease.msg, None);
-            } else if self.taken.remove(&id).is_some() {
-                self.stats.lost += 1;
-                self.finish_one();
+                Released::Taken => {
+                    self.stats.lost += 1;
+                    self.finish_one();
+                }
             }
         }
         self.dispatch();
