@@ -44,11 +44,21 @@
 //! segment is corruption: opening fails and nothing is changed, unless
 //! `salvage` is set, in which case the rest of that segment is skipped.
 
+// Layout: `segment` (file names, header, preallocation, the check of a
+// segment's bytes), `recovery` (read, check and replay at open, cut a torn
+// tail, ready the segment to append to), `writer` (the pending batch, the
+// writer thread, group commit, rotation), `storage` (the I/O seam and its
+// fault injector).
+mod recovery;
+mod segment;
 mod storage;
+mod writer;
 
+pub use recovery::inspect;
+pub use segment::segments;
 pub use storage::{Faults, LogFile, RealStorage, Storage};
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -57,17 +67,14 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
-use tracing::{info, warn};
+
+use recovery::{Resumed, recover};
+use segment::{FRAME, sync_dir};
+use writer::{Inner, Pending, Segment, Writer};
 
 /// A log sequence number: the count of records appended since open.
 pub type Lsn = u64;
 
-const MAGIC: &[u8; 8] = b"FERRYLOG";
-/// The segment format written. Version 1 (before preallocation) had no
-/// zero tails; it reads the same.
-const VERSION: u32 = 2;
-const HEADER: usize = 20;
-const FRAME: usize = 8;
 /// Largest record accepted; anything longer in a file is corruption.
 pub const MAX_RECORD: usize = 256 << 20;
 
@@ -155,7 +162,7 @@ pub enum LogError {
     Io(String, #[source] io::Error),
 }
 
-fn io_err(what: impl std::fmt::Display) -> impl FnOnce(io::Error) -> LogError {
+pub(crate) fn io_err(what: impl std::fmt::Display) -> impl FnOnce(io::Error) -> LogError {
     let what = what.to_string();
     move |e| LogError::Io(what, e)
 }
@@ -179,32 +186,6 @@ pub type OnDurable = Box<dyn Fn(Lsn) + Send + Sync>;
 /// Called once if a write or sync fails.
 pub type OnError = Box<dyn Fn(&io::Error) + Send + Sync>;
 
-struct Pending {
-    buf: Vec<u8>,
-    last: Lsn,
-    closing: bool,
-    /// A new segment must start at this offset of `buf` (see
-    /// [`Log::start_segment`]).
-    rotate_at: Option<usize>,
-}
-
-struct Inner {
-    pending: Mutex<Pending>,
-    segment: Mutex<Segment>,
-    wake: Condvar,
-    durable: AtomicU64,
-    failed: AtomicBool,
-    syncs: AtomicU64,
-    /// Bytes in all segments.
-    bytes: AtomicU64,
-    /// Sequence number of the segment begun by the last `start_segment`.
-    started: AtomicU64,
-    /// The last new segment could not be preallocated: the disk is full.
-    short: AtomicBool,
-    on_durable: OnDurable,
-    on_error: OnError,
-}
-
 /// An open log. Appends from any thread; one writer thread does the I/O.
 pub struct Log {
     inner: Arc<Inner>,
@@ -212,273 +193,6 @@ pub struct Log {
     dir: PathBuf,
     storage: Arc<dyn Storage>,
     durability: Durability,
-}
-
-fn segment_name(seq: u64) -> String {
-    format!("{seq:020}.log")
-}
-
-/// The segments in `dir`, by sequence number.
-pub fn segments(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
-    let mut out = Vec::new();
-    for entry in fs::read_dir(dir)? {
-        let path = entry?.path();
-        let seq = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .and_then(|n| n.strip_suffix(".log"))
-            .filter(|n| n.len() == 20)
-            .and_then(|n| n.parse::<u64>().ok());
-        if let Some(seq) = seq {
-            out.push((seq, path));
-        }
-    }
-    out.sort();
-    Ok(out)
-}
-
-fn sync_dir(storage: &dyn Storage, dir: &Path) -> Result<(), LogError> {
-    storage
-        .sync_dir(dir)
-        .map_err(io_err(format!("syncing directory {}", dir.display())))
-}
-
-/// Reserves `len` bytes for a segment. Replies false if the disk is full;
-/// a file system that cannot preallocate is let be (the log works without).
-fn preallocate(f: &mut dyn LogFile, len: u64, path: &Path) -> Result<bool, LogError> {
-    match f.preallocate(len) {
-        Ok(()) => Ok(true),
-        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::NOSPC.raw_os_error()) => Ok(false),
-        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::OPNOTSUPP.raw_os_error()) => {
-            static ONCE: std::sync::Once = std::sync::Once::new();
-            ONCE.call_once(|| warn!(segment = %path.display(), "the file system cannot preallocate; segments grow as written"));
-            Ok(true)
-        }
-        Err(e) => Err(io_err(format!("preallocating {}", path.display()))(e)),
-    }
-}
-
-/// Creates segment `seq`, header written and synced, preallocated to
-/// `len` bytes. `None` if the disk has no room for it (nothing is left
-/// behind).
-fn create_segment(
-    storage: &dyn Storage,
-    dir: &Path,
-    seq: u64,
-    len: u64,
-) -> Result<Option<Box<dyn LogFile>>, LogError> {
-    let path = dir.join(segment_name(seq));
-    let mut f = storage
-        .create(&path)
-        .map_err(io_err(format!("creating {}", path.display())))?;
-    let mut header = Vec::with_capacity(HEADER);
-    header.extend_from_slice(MAGIC);
-    header.extend_from_slice(&VERSION.to_le_bytes());
-    header.extend_from_slice(&seq.to_le_bytes());
-    f.write_all(&header)
-        .and_then(|()| f.sync_data())
-        .map_err(io_err(format!("writing {}", path.display())))?;
-    if !preallocate(&mut *f, len, &path)? {
-        drop(f);
-        storage
-            .remove(&path)
-            .map_err(io_err(format!("removing {}", path.display())))?;
-        return Ok(None);
-    }
-    sync_dir(storage, dir)?;
-    Ok(Some(f))
-}
-
-/// Creates segment `seq`, preallocated if the disk has room.
-fn create_first_segment(
-    storage: &dyn Storage,
-    dir: &Path,
-    seq: u64,
-    len: u64,
-    short: &mut bool,
-) -> Result<Box<dyn LogFile>, LogError> {
-    if let Some(f) = create_segment(storage, dir, seq, len)? {
-        return Ok(f);
-    }
-    *short = true;
-    create_segment(storage, dir, seq, 0)?.ok_or_else(|| {
-        LogError::Io(
-            format!("creating segment {seq}"),
-            io::Error::from_raw_os_error(rustix::io::Errno::NOSPC.raw_os_error()),
-        )
-    })
-}
-
-/// A check of one segment's bytes: the good records' payload ranges, and
-/// where (and why) the first bad one starts, if any.
-struct Scan {
-    records: Vec<(usize, usize)>,
-    bad: Option<(usize, &'static str)>,
-    /// Where the good records end (any zeros after them are preallocated
-    /// space).
-    end: usize,
-}
-
-impl Scan {
-    /// The bytes worth keeping: up to the first bad record, else the data.
-    fn keep(&self) -> usize {
-        self.bad.map_or(self.end, |(o, _)| o)
-    }
-}
-
-fn scan(bytes: &[u8], seq: u64) -> Scan {
-    let mut s = Scan {
-        records: Vec::new(),
-        bad: None,
-        end: 0,
-    };
-    if bytes.len() < HEADER {
-        s.bad = Some((0, "segment header is cut short"));
-        return s;
-    }
-    if &bytes[..8] != MAGIC {
-        s.bad = Some((0, "not a ferry log segment (bad magic)"));
-        return s;
-    }
-    let version = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);
-    if !(1..=VERSION).contains(&version) {
-        s.bad = Some((0, "unknown segment format version"));
-        return s;
-    }
-    let mut seq_bytes = [0u8; 8];
-    seq_bytes.copy_from_slice(&bytes[12..20]);
-    if u64::from_le_bytes(seq_bytes) != seq {
-        s.bad = Some((0, "segment header names another sequence number"));
-        return s;
-    }
-    let mut pos = HEADER;
-    s.end = pos;
-    while pos < bytes.len() {
-        if bytes[pos..].iter().all(|&b| b == 0) {
-            // Preallocated space: the data ends here.
-            return s;
-        }
-        if bytes.len() - pos < FRAME {
-            s.bad = Some((pos, "record frame is cut short"));
-            return s;
-        }
-        let len = u32::from_le_bytes([bytes[pos], bytes[pos + 1], bytes[pos + 2], bytes[pos + 3]])
-            as usize;
-        let crc = u32::from_le_bytes([
-            bytes[pos + 4],
-            bytes[pos + 5],
-            bytes[pos + 6],
-            bytes[pos + 7],
-        ]);
-        if len == 0 || len > MAX_RECORD {
-            s.bad = Some((pos, "record length is impossible"));
-            return s;
-        }
-        let start = pos + FRAME;
-        if bytes.len() - start < len {
-            s.bad = Some((pos, "record is cut short"));
-            return s;
-        }
-        if crc32fast::hash(&bytes[start..start + len]) != crc {
-            s.bad = Some((pos, "record checksum does not match"));
-            return s;
-        }
-        s.records.push((start, start + len));
-        pos = start + len;
-        s.end = pos;
-    }
-    s
-}
-
-/// A segment read whole: its path, bytes and check.
-type Checked = (PathBuf, Vec<u8>, Scan);
-
-/// Every segment, as read and checked, and what replaying them found.
-struct ReadAll {
-    segs: Vec<(u64, PathBuf)>,
-    checked: Vec<Checked>,
-    recovery: Recovery,
-}
-
-/// Reads and checks every segment (refusing corruption before the last
-/// one unless `salvage`), then replays their good records in order.
-/// Changes nothing on disk.
-fn read_all(
-    storage: &dyn Storage,
-    dir: &Path,
-    salvage: bool,
-    replay: &mut impl FnMut(&[u8]) -> Result<(), String>,
-) -> Result<ReadAll, LogError> {
-    let segs = segments(dir).map_err(io_err(format!("listing {}", dir.display())))?;
-    let mut recovery = Recovery::default();
-    let last_index = segs.len().checked_sub(1);
-    // First pass: check every segment before replaying anything, so that
-    // corruption stops the start with nothing changed.
-    let mut checked = Vec::with_capacity(segs.len());
-    for (i, (seq, path)) in segs.iter().enumerate() {
-        let bytes = storage
-            .read(path)
-            .map_err(io_err(format!("reading {}", path.display())))?;
-        let s = scan(&bytes, *seq);
-        if let Some((offset, reason)) = s.bad {
-            // Only the tail of the last segment can be torn by a crash; a
-            // bad header is damage unless the segment was cut short or
-            // left all zeros while it was being created.
-            let torn = Some(i) == last_index
-                && (offset > 0 || bytes.len() <= HEADER || bytes.iter().all(|&b| b == 0));
-            if !torn && !salvage {
-                return Err(LogError::Corrupt {
-                    path: path.clone(),
-                    offset: offset as u64,
-                    reason,
-                });
-            }
-        }
-        checked.push((path.clone(), bytes, s));
-    }
-    for (i, (path, bytes, s)) in checked.iter().enumerate() {
-        for &(start, end) in &s.records {
-            replay(&bytes[start..end]).map_err(|reason| LogError::Replay {
-                path: path.clone(),
-                offset: (start - FRAME) as u64,
-                reason,
-            })?;
-            recovery.records += 1;
-        }
-        recovery.segments += 1;
-        if let Some((offset, _)) = s.bad {
-            if Some(i) == last_index {
-                let dropped = bytes[offset..]
-                    .iter()
-                    .rposition(|&b| b != 0)
-                    .map_or(0, |p| p + 1) as u64;
-                recovery.truncated = Some((path.clone(), offset as u64, dropped));
-            } else {
-                recovery.skipped.push((path.clone(), offset as u64));
-            }
-        }
-    }
-    Ok(ReadAll {
-        segs,
-        checked,
-        recovery,
-    })
-}
-
-/// Checks a log offline without changing it: replays every record into
-/// `replay` and reports what [`Log::open`] would find — including a torn
-/// tail it would cut. Corruption before the last segment is an error.
-pub fn inspect(
-    dir: &Path,
-    mut replay: impl FnMut(&[u8]) -> Result<(), String>,
-) -> Result<Recovery, LogError> {
-    if !dir.is_dir() {
-        return Err(LogError::Io(
-            format!("reading {}", dir.display()),
-            io::Error::new(io::ErrorKind::NotFound, "no such directory"),
-        ));
-    }
-    read_all(&RealStorage, dir, false, &mut replay).map(|r| r.recovery)
 }
 
 impl Log {
@@ -506,66 +220,15 @@ impl Log {
                 return Err(io_err(format!("locking {}", lock_path.display()))(e));
             }
         }
-
-        let ReadAll {
-            segs,
-            checked,
+        let Resumed {
             recovery,
-        } = read_all(&*options.storage, dir, options.salvage, &mut replay)?;
+            seq,
+            file,
+            len,
+            sealed,
+            short,
+        } = recover(dir, &options, &mut replay)?;
         let storage = Arc::clone(&options.storage);
-        if let Some((path, offset, dropped)) = &recovery.truncated {
-            warn!(segment = %path.display(), offset, dropped, "cutting a torn tail off the log");
-        }
-        for (path, offset) in &recovery.skipped {
-            warn!(segment = %path.display(), offset, "salvage: skipping the rest of a corrupt segment");
-        }
-
-        // The segment to append to: the last one, cut back to its last good
-        // record and preallocated again, or a new one.
-        let mut short = false;
-        let size = options.segment_bytes;
-        let (seq, file, len) = match (segs.last(), checked.last()) {
-            (Some((seq, path)), Some((_, _, s))) if s.bad.is_none_or(|(o, _)| o >= HEADER) => {
-                let keep = s.keep() as u64;
-                let mut f = storage
-                    .open(path)
-                    .map_err(io_err(format!("opening {}", path.display())))?;
-                f.truncate(keep)
-                    .map_err(io_err(format!("truncating {}", path.display())))?;
-                short = !preallocate(&mut *f, size.max(keep), path)?;
-                (*seq, f, keep)
-            }
-            (Some((seq, path)), _) => {
-                // A segment whose header itself is torn (a crash while it was
-                // being created) holds nothing: replace it.
-                storage
-                    .remove(path)
-                    .map_err(io_err(format!("removing {}", path.display())))?;
-                let f = create_first_segment(&*storage, dir, *seq, size, &mut short)?;
-                (*seq, f, HEADER as u64)
-            }
-            (None, _) => {
-                let f = create_first_segment(&*storage, dir, 1, size, &mut short)?;
-                (1, f, HEADER as u64)
-            }
-        };
-        if short {
-            warn!(dir = %dir.display(), "the disk is too full to preallocate the log's segment");
-        }
-        // Earlier segments were cut to their data when the log moved past
-        // them; the last one counts up to its data.
-        let sealed: u64 = checked
-            .iter()
-            .take(checked.len().saturating_sub(1))
-            .map(|(_, bytes, _)| bytes.len() as u64)
-            .sum();
-        info!(
-            dir = %dir.display(),
-            records = recovery.records,
-            segments = recovery.segments,
-            "log recovered"
-        );
-
         let durability = options.durability;
         let inner = Arc::new(Inner {
             pending: Mutex::new(Pending {
@@ -774,200 +437,6 @@ impl Log {
 impl Drop for Log {
     fn drop(&mut self) {
         self.close();
-    }
-}
-
-/// The segment being written, shared by the writer thread and (in async
-/// mode) callers of [`Log::write_now`]. Lock order: this, then `pending`.
-struct Segment {
-    dir: PathBuf,
-    storage: Arc<dyn Storage>,
-    file: Box<dyn LogFile>,
-    seq: u64,
-    len: u64,
-    options: Options,
-    /// Written since the last fsync.
-    dirty: bool,
-    next_sync: Instant,
-    /// After a full disk refused a new segment, when to try again.
-    next_rotate: Instant,
-    /// The pending buffer of the last batch, kept for reuse.
-    spare: Vec<u8>,
-}
-
-impl Inner {
-    /// Writes whatever is pending (and, in sync mode or when the second is
-    /// up in async mode, fsyncs), then publishes how far the log is
-    /// durable. Any thread may call it; batches go out in order.
-    fn flush(&self, seg: &mut Segment) -> bool {
-        let (batch, upto, closing, rotate_at) = {
-            let mut p = self.pending.lock();
-            let spare = std::mem::take(&mut seg.spare);
-            let batch = std::mem::replace(&mut p.buf, spare);
-            (batch, p.last, p.closing, p.rotate_at.take())
-        };
-        let result = match rotate_at {
-            Some(at) => seg
-                .write(self, &batch[..at], closing)
-                .and_then(|()| seg.rotate(self))
-                .map(|rotated| {
-                    // Without a new segment (a full disk) nothing before the
-                    // snapshot may be deleted.
-                    if rotated {
-                        self.started.store(seg.seq, Ordering::Release);
-                    }
-                })
-                .and_then(|()| seg.write(self, &batch[at..], closing)),
-            None => seg.write(self, &batch, closing),
-        };
-        let mut batch = batch;
-        batch.clear();
-        seg.spare = batch;
-        match result {
-            Ok(()) => {
-                if upto > self.durable.load(Ordering::Acquire) {
-                    self.durable.store(upto, Ordering::Release);
-                    (self.on_durable)(upto);
-                }
-                true
-            }
-            Err(e) => {
-                // Never retried: after a failed fsync the kernel may have
-                // dropped the dirty pages, so a retry could "succeed" without
-                // the data.
-                if !self.failed.swap(true, Ordering::AcqRel) {
-                    (self.on_error)(&e);
-                }
-                false
-            }
-        }
-    }
-}
-
-struct Writer {
-    inner: Arc<Inner>,
-    /// Held for as long as the writer runs: the directory's lock.
-    _lock: File,
-}
-
-impl Writer {
-    fn run(self) {
-        let inner = &self.inner;
-        let async_mode = inner.segment.lock().options.durability == Durability::Async;
-        loop {
-            let closing = {
-                let mut p = inner.pending.lock();
-                loop {
-                    if !p.buf.is_empty() || p.closing || p.rotate_at.is_some() {
-                        break;
-                    }
-                    // In async mode, wake when the second is up for the fsync
-                    // of what callers wrote themselves.
-                    let due = {
-                        drop(p);
-                        let seg = inner.segment.lock();
-                        let due = seg.dirty.then_some(seg.next_sync);
-                        drop(seg);
-                        p = inner.pending.lock();
-                        due
-                    };
-                    if !p.buf.is_empty() || p.closing || p.rotate_at.is_some() {
-                        break;
-                    }
-                    match due {
-                        Some(at) => {
-                            let now = Instant::now();
-                            if now >= at {
-                                break;
-                            }
-                            inner.wake.wait_for(&mut p, at - now);
-                        }
-                        // Async appends do not wake this thread: look for
-                        // records nobody wrote (a lease expiring on a timer)
-                        // once a second.
-                        None if async_mode => {
-                            inner.wake.wait_for(&mut p, Duration::from_secs(1));
-                        }
-                        None => inner.wake.wait(&mut p),
-                    }
-                }
-                p.closing
-            };
-            if inner.failed.load(Ordering::Acquire) {
-                return;
-            }
-            let mut seg = inner.segment.lock();
-            if !inner.flush(&mut seg) {
-                return;
-            }
-            if closing && inner.pending.lock().buf.is_empty() {
-                // A clean stop leaves the segment cut to its data.
-                let len = seg.len;
-                if let Err(e) = seg.file.truncate(len) {
-                    warn!(error = %e, "cannot cut the last segment's preallocated space");
-                }
-                return;
-            }
-        }
-    }
-}
-
-impl Segment {
-    fn write(&mut self, inner: &Inner, batch: &[u8], closing: bool) -> io::Result<()> {
-        if !batch.is_empty() {
-            if self.len > HEADER as u64
-                && self.len + batch.len() as u64 > self.options.segment_bytes
-                && Instant::now() >= self.next_rotate
-            {
-                self.rotate(inner)?;
-            }
-            self.file.write_all(batch)?;
-            self.len += batch.len() as u64;
-            inner.bytes.fetch_add(batch.len() as u64, Ordering::AcqRel);
-            self.dirty = true;
-        }
-        let sync_now = match self.options.durability {
-            Durability::Sync => self.dirty,
-            Durability::Async => self.dirty && (closing || Instant::now() >= self.next_sync),
-        };
-        if sync_now {
-            self.file.sync_data()?;
-            inner.syncs.fetch_add(1, Ordering::Relaxed);
-            self.dirty = false;
-            self.next_sync = Instant::now() + Duration::from_secs(1);
-        }
-        Ok(())
-    }
-
-    /// Moves on to a new, preallocated segment and cuts the old one to its
-    /// data. If the disk has no room for the new one, stays (replying
-    /// false), reports [`Log::short_of_space`] and tries again a second
-    /// later.
-    fn rotate(&mut self, inner: &Inner) -> io::Result<bool> {
-        let size = self.options.segment_bytes;
-        let next =
-            create_segment(&*self.storage, &self.dir, self.seq + 1, size).map_err(|e| match e {
-                LogError::Io(_, e) => e,
-                other => io::Error::other(other.to_string()),
-            })?;
-        let Some(next) = next else {
-            if !inner.short.swap(true, Ordering::AcqRel) {
-                warn!(dir = %self.dir.display(), "the disk is too full for a new log segment");
-            }
-            self.next_rotate = Instant::now() + Duration::from_secs(1);
-            return Ok(false);
-        };
-        if inner.short.swap(false, Ordering::AcqRel) {
-            info!(dir = %self.dir.display(), "the log has room for new segments again");
-        }
-        let len = self.len;
-        self.file.truncate(len)?;
-        self.file = next;
-        self.seq += 1;
-        self.len = HEADER as u64;
-        self.dirty = false;
-        inner.bytes.fetch_add(HEADER as u64, Ordering::AcqRel);
-        Ok(true)
     }
 }
 

@@ -1,6 +1,7 @@
 //! The log's rules, on real files in a temp directory.
 
 use super::*;
+use crate::segment::{HEADER, MAGIC, VERSION, scan, segment_name};
 use std::collections::HashSet;
 use std::io::{Seek, Write};
 use std::sync::atomic::AtomicU64;

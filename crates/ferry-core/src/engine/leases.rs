@@ -123,7 +123,11 @@ impl<T> Leases<T> {
 
     /// Removes a lease `holder` may act on.
     pub(super) fn remove_for(&mut self, id: u64, holder: Option<HolderId>) -> Option<Leased<T>> {
-        if self.leased.get(&id).is_some_and(|l| may_act(l.holder, holder)) {
+        if self
+            .leased
+            .get(&id)
+            .is_some_and(|l| may_act(l.holder, holder))
+        {
             self.remove(id)
         } else {
             None
