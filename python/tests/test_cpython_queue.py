@@ -31,23 +31,36 @@ def unfinished(q):
     return dict(ferry.connect().info(q.name))["unfinished"]
 
 
-class _TriggerThread(threading.Thread):
-    """CPython's _TriggerThread: runs fn after a pause, so that the
-    blocking call in the main thread must have blocked first."""
+def wait_for_a_waiter(q):
+    """Waits until a get, put or join blocks in the broker on q (where
+    CPython's tests sleep 0.1 s and hope it did)."""
+    conn = ferry.connect()
+    deadline = time.monotonic() + 60
+    while True:
+        info = dict(conn.info(q.name))
+        if info["waiting_getters"] + info["waiting_putters"] + info["waiting_joiners"]:
+            return
+        assert time.monotonic() < deadline, "nothing blocked"
+        time.sleep(0.005)
 
-    def __init__(self, fn, args):
-        self.fn, self.args = fn, args
+
+class _TriggerThread(threading.Thread):
+    """CPython's _TriggerThread: runs fn once the blocking call in the main
+    thread has blocked (it sleeps 0.1 s instead, and hopes)."""
+
+    def __init__(self, q, fn, args):
+        self.q, self.fn, self.args = q, fn, args
         self.started = threading.Event()
         super().__init__()
 
     def run(self):
-        time.sleep(0.1)
+        wait_for_a_waiter(self.q)
         self.started.set()
         self.fn(*self.args)
 
 
 def do_blocking_test(block_func, block_args, trigger_func, trigger_args):
-    t = _TriggerThread(trigger_func, trigger_args)
+    t = _TriggerThread(block_func.__self__, trigger_func, trigger_args)
     t.start()
     try:
         result = block_func(*block_args)
@@ -305,7 +318,7 @@ def test_shutdown_pending_get(cls):
 
     t = threading.Thread(target=get)
     t.start()
-    time.sleep(0.1)  # let it block
+    wait_for_a_waiter(q)
     q.shutdown(immediate=False)
     t.join(10)
     assert not t.is_alive()
@@ -327,7 +340,7 @@ def test_shutdown_pending_put(cls):
 
     t = threading.Thread(target=put)
     t.start()
-    time.sleep(0.1)
+    wait_for_a_waiter(q)
     q.shutdown()
     t.join(10)
     assert not t.is_alive()

@@ -6,7 +6,6 @@ mod common;
 
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
-use std::thread;
 use std::time::{Duration, Instant};
 
 use common::Server;
@@ -125,24 +124,20 @@ fn join_returns_when_consumers_finish_and_times_out_otherwise() {
     let o = ferry(&s, &["join", "j", "--timeout", "0.2"]);
     assert_eq!(o.status.code(), Some(4));
     let url = s.url().replace("redis://", "ferry://");
-    let consumer = thread::spawn(move || {
-        thread::sleep(Duration::from_millis(300));
-        for _ in 0..2 {
-            let o = Command::new(env!("CARGO_BIN_EXE_ferry"))
-                .args(["get", "j", "--url", &url])
-                .output()
-                .unwrap();
-            assert!(o.status.success());
-        }
-    });
-    let t = Instant::now();
-    let o = ferry(&s, &["join", "j"]);
+    let join = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["join", "j", "--url", &url])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let c = &mut s.conn();
+    common::wait_for_waiters(c, "j", "waiting_joiners", 1);
+    for left in [1, 0] {
+        let o = ferry(&s, &["get", "j"]);
+        assert!(o.status.success());
+        assert_eq!(common::qinfo(c, "j", "unfinished"), left);
+    }
+    let o = join.wait_with_output().unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
-    assert!(
-        t.elapsed() >= Duration::from_millis(250),
-        "join waited for the consumer"
-    );
-    consumer.join().unwrap();
     assert!(
         stderr(&o).contains("finished"),
         "progress lines: {}",
@@ -154,25 +149,30 @@ fn join_returns_when_consumers_finish_and_times_out_otherwise() {
 fn lock_keeps_a_second_holder_out_and_passes_the_exit_code() {
     let s = Server::start();
     let url = s.url().replace("redis://", "ferry://");
-    let first = Command::new(env!("CARGO_BIN_EXE_ferry"))
-        .args(["lock", "L", "--url", &url, "--", "sleep", "0.6"])
+    let dir = tempfile::tempdir().unwrap();
+    let go = dir.path().join("go");
+    // The first holder runs until the test lets it finish.
+    let hold = format!("while [ ! -e {} ]; do sleep 0.01; done", go.display());
+    let mut first = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["lock", "L", "--url", &url, "--", "sh", "-c", &hold])
         .spawn()
         .unwrap();
-    thread::sleep(Duration::from_millis(200));
+    let c = &mut s.conn();
+    common::wait_until("the first holder", || common::info_field(c, "locks") == 1);
     let o = ferry(&s, &["lock", "L", "--timeout", "0.1", "--", "true"]);
     assert_eq!(o.status.code(), Some(4), "{}", stderr(&o));
-    let t = Instant::now();
-    let o = ferry(
-        &s,
-        &["lock", "L", "--timeout", "5", "--", "sh", "-c", "exit 7"],
-    );
-    assert_eq!(o.status.code(), Some(7));
-    assert!(
-        t.elapsed() >= Duration::from_millis(200),
-        "waited for the first holder"
-    );
-    let mut first = first;
+    let mut second = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["lock", "L", "--url", &url, "--timeout", "60", "--"])
+        .args(["sh", "-c", "exit 7"])
+        .spawn()
+        .unwrap();
+    common::wait_until("the second in line", || {
+        common::info_field(c, "lock_waiters") == 1
+    });
+    assert!(second.try_wait().unwrap().is_none(), "it waits its turn");
+    std::fs::write(&go, b"").unwrap();
     assert!(first.wait().unwrap().success());
+    assert_eq!(second.wait().unwrap().code(), Some(7));
 }
 
 #[test]

@@ -78,18 +78,23 @@ fn join_waits_for_another_client_s_task_done() {
     let ids = c.put_many("j", &[&b"1"[..], b"2", b"3"]).unwrap();
     assert_eq!(ids.len(), 3);
     let port = s.port;
+    let (got, finish) = (std::sync::mpsc::channel(), std::sync::mpsc::channel::<()>());
     let worker = thread::spawn(move || {
         let mut w = Client::connect(&format!("ferry://127.0.0.1:{port}")).unwrap();
         let batch = w.get_many("j", 10, Some(Duration::from_secs(5))).unwrap();
-        thread::sleep(Duration::from_millis(100));
+        got.0.send(batch.len()).unwrap();
+        // Finishes only when the test says so.
+        finish.1.recv().unwrap();
         for m in &batch {
             w.task_done("j", m.id).unwrap();
         }
-        batch.len()
     });
+    assert_eq!(got.1.recv().unwrap(), 3);
     assert!(!c.join_timeout("j", Duration::from_millis(20)).unwrap());
+    assert_eq!(c.unfinished("j").unwrap(), 3);
+    finish.0.send(()).unwrap();
     c.join("j").unwrap();
-    assert_eq!(worker.join().unwrap(), 3);
+    worker.join().unwrap();
 }
 
 #[test]
@@ -137,6 +142,7 @@ fn reconnects_and_retries_only_what_is_safe() {
     s.signal_and_wait("-KILL");
     let (d, p) = (dir.path().to_path_buf(), port.clone());
     let restarter = thread::spawn(move || {
+        // An outage of 300 ms, during which the client's put retries.
         thread::sleep(Duration::from_millis(300));
         Server::start_at(&d, &["--port", &p])
     });
@@ -194,7 +200,9 @@ fn the_async_client_is_the_same_client() {
         // the others.
         let mut getter = ferry_client::AsyncClient::connect(&url).await.unwrap();
         let waiting = tokio::spawn(async move { getter.get("a").await.map(|m| m.payload) });
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        while c.counter("a", "waiting_getters").await.unwrap() == 0 {
+            tokio::task::yield_now().await;
+        }
         c.put("a", b"wake").await.unwrap();
         assert_eq!(waiting.await.unwrap().unwrap(), b"wake");
         // The getter never marked "wake" done.
@@ -211,13 +219,17 @@ fn touch_extends_a_lease() {
     let s = Server::start();
     let mut c = client(&s);
     c.call(&[b"QCREATE", b"t", b"LEASE", b"200"]).unwrap();
-    c.put("t", b"slow job").unwrap();
+    c.put_many("t", &[&b"slow job"[..], b"untouched"]).unwrap();
     let m = c.get("t").unwrap();
     let left = c.touch("t", m.id, Some(Duration::from_secs(5))).unwrap();
     assert_eq!(left, Some(Duration::from_secs(5)));
-    thread::sleep(Duration::from_millis(400));
-    // Without the touch the 200 ms lease would have run out by now.
+    let other = c.get("t").unwrap();
+    // The untouched 200 ms lease runs out; the touched one does not.
+    common::wait_until("the untouched lease to expire", || {
+        c.counter("t", "expired").unwrap() == 1
+    });
     c.task_done("t", m.id).unwrap();
+    assert!(matches!(c.task_done("t", other.id), Err(Error::NotLeased)));
     c.put("u", b"x").unwrap();
     let m = c.get("u").unwrap();
     assert_eq!(
@@ -244,7 +256,10 @@ fn lock_is_multiprocessing_lock_with_fencing_tokens() {
     assert!(t.elapsed() >= Duration::from_millis(100));
     // A waiter is granted the lock when it is released, with a larger token.
     let waiter = thread::spawn(move || (b.lock("ledger", None, None).unwrap(), b));
-    thread::sleep(Duration::from_millis(50));
+    let mut probe = s.conn();
+    common::wait_until("the waiter in line", || {
+        common::info_field(&mut probe, "lock_waiters") == 1
+    });
     assert!(a.unlock("ledger", t1).unwrap());
     assert!(
         !a.unlock("ledger", t1).unwrap(),

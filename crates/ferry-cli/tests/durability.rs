@@ -7,7 +7,6 @@ mod common;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::{Duration, Instant};
 
 use common::{Entry, Server};
 use rand::{Rng, SeedableRng};
@@ -178,7 +177,9 @@ fn crash_loop(durability: &str, cycles: usize) {
             &["--checkpoint-bytes", "32kb", "--durability", durability],
         );
         check(&s, &ledger.lock().unwrap(), cycle);
-        let stop = Instant::now() + Duration::from_millis(rng.random_range(100..800));
+        // The kill comes once this many more puts were acknowledged: a
+        // random moment of the load, whatever the machine's speed.
+        let kill_at = ledger.lock().unwrap().acked.len() + rng.random_range(50..2000);
         let mut workers = Vec::new();
         for p in 0..3 {
             let (url, ledger) = (s.url(), Arc::clone(&ledger));
@@ -186,10 +187,8 @@ fn crash_loop(durability: &str, cycles: usize) {
                 let Ok(mut c) = redis::Client::open(url).unwrap().get_connection() else {
                     return;
                 };
+                // Until the broker is killed under it.
                 for n in 0.. {
-                    if Instant::now() > stop {
-                        return;
-                    }
                     let payload = format!("c{cycle}-p{p}-{n}");
                     ledger.lock().unwrap().sent.insert(payload.clone());
                     match cmd("QPUT").arg("load").arg(&payload).query::<u64>(&mut c) {
@@ -207,7 +206,7 @@ fn crash_loop(durability: &str, cycles: usize) {
                 let Ok(mut c) = redis::Client::open(url).unwrap().get_connection() else {
                     return;
                 };
-                while Instant::now() < stop {
+                loop {
                     let got: Option<Vec<Entry>> =
                         match cmd("QGET").arg("load").arg("TIMEOUT").arg(50).query(&mut c) {
                             Ok(g) => g,
@@ -227,8 +226,9 @@ fn crash_loop(durability: &str, cycles: usize) {
                 }
             }));
         }
-        // Kill while the load runs.
-        thread::sleep(stop.saturating_duration_since(Instant::now()) / 2);
+        common::wait_until("the load to reach its kill point", || {
+            ledger.lock().unwrap().acked.len() >= kill_at
+        });
         s.signal_and_wait("-KILL");
         for w in workers {
             w.join().unwrap();
@@ -293,16 +293,6 @@ fn check(s: &Server, l: &Ledger, cycle: usize) {
     );
 }
 
-fn log_bytes(con: &mut redis::Connection) -> u64 {
-    let info: String = redis::cmd("INFO").query(con).unwrap();
-    info.lines()
-        .find_map(|l| l.strip_prefix("log_bytes:"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap()
-}
-
 /// Compaction: after megabytes of traffic with a small live backlog, the
 /// log shrinks to about the backlog, and a restart still finds exactly it.
 #[test]
@@ -340,15 +330,9 @@ fn compaction_keeps_the_log_to_the_live_backlog() {
         let _: u64 = cmd("QPUT").arg("c").arg("tail").query(&mut c).unwrap();
         last_id += 1;
         // ~8 MB went through; wait for the compactor (it looks every 200 ms).
-        let t = Instant::now();
-        while log_bytes(&mut c) > 200_000 {
-            assert!(
-                t.elapsed() < Duration::from_secs(20),
-                "log still {} bytes",
-                log_bytes(&mut c)
-            );
-            thread::sleep(Duration::from_millis(50));
-        }
+        common::wait_until("the log to be compacted", || {
+            common::info_field(&mut c, "log_bytes") <= 200_000
+        });
         let segments = std::fs::read_dir(dir.path()).unwrap().filter(|e| {
             e.as_ref()
                 .unwrap()
@@ -510,7 +494,9 @@ fn dedup_keys_survive_a_crash_and_a_compaction() {
             .arg("k-42")
             .query(&mut c)
             .unwrap();
-        // Enough traffic for a compaction to snapshot the key.
+        // Enough traffic for a compaction to snapshot the key and delete
+        // the segment its put was logged in.
+        let compactions = common::info_field(&mut c, "log_compactions");
         let payload = vec![b'x'; 500];
         for _ in 0..80 {
             let got: Vec<u64> = cmd("QPUTMANY")
@@ -522,7 +508,9 @@ fn dedup_keys_survive_a_crash_and_a_compaction() {
             let _: Vec<Entry> = cmd("QGET").arg("other").arg("NOACK").query(&mut c).unwrap();
             assert_eq!(got.len(), 1);
         }
-        thread::sleep(Duration::from_millis(500));
+        common::wait_until("a compaction", || {
+            common::info_field(&mut c, "log_compactions") > compactions
+        });
         s.signal_and_wait("-KILL");
     }
     let s = Server::start_at(dir.path(), &[]);

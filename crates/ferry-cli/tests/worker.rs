@@ -110,17 +110,6 @@ impl ZombieWatch {
     }
 }
 
-fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
-    let t = Instant::now();
-    while !f() {
-        assert!(
-            t.elapsed() < Duration::from_secs(secs),
-            "timed out waiting for {what}"
-        );
-        thread::sleep(Duration::from_millis(50));
-    }
-}
-
 fn stop(mut w: Child) {
     Command::new("kill")
         .args(["-TERM", &w.id().to_string()])
@@ -146,7 +135,7 @@ fn two_hundred_tasks_through_four_workers_each_done_once() {
     let script = format!("x=$(cat); echo \"$x\" >> {}", out.display());
     let w = worker(&s, &["jobs", "-j", "4", "--", "sh", "-c", &script]);
     let zombies = ZombieWatch::start(w.id());
-    wait_until("all 200 done", 60, || c.unfinished("jobs").unwrap() == 0);
+    common::wait_until("all 200 done", || c.unfinished("jobs").unwrap() == 0);
     stop(w);
     zombies.check();
     let text = std::fs::read_to_string(&out).unwrap();
@@ -185,12 +174,10 @@ fn failing_tasks_are_retried_then_dead_lettered_with_their_attempts() {
         ],
     );
     let zombies = ZombieWatch::start(w.id());
-    wait_until("the bad one dead-lettered", 30, || {
+    common::wait_until("the bad one dead-lettered", || {
         c.qsize("flaky-dlq").unwrap() == 1
     });
-    wait_until("nothing unfinished", 30, || {
-        c.unfinished("flaky").unwrap() == 0
-    });
+    common::wait_until("nothing unfinished", || c.unfinished("flaky").unwrap() == 0);
     stop(w);
     zombies.check();
     let dead = c.get_nowait("flaky-dlq").unwrap();
@@ -224,18 +211,23 @@ fn a_hung_task_is_killed_with_everything_it_started() {
         ],
     );
     let zombies = ZombieWatch::start(w.id());
-    wait_until("the task started", 10, || !with_marker(&marker).is_empty());
-    wait_until("the hung task and its grandchild killed", 10, || {
+    common::wait_until("the task started", || !with_marker(&marker).is_empty());
+    common::wait_until("the hung task and its grandchild killed", || {
         with_marker(&marker).is_empty()
     });
     assert!(
         t.elapsed() >= Duration::from_millis(300),
         "not before its timeout"
     );
-    wait_until("given back, then dead-lettered", 10, || {
+    common::wait_until("given back, then dead-lettered", || {
         c.unfinished("hung").unwrap() == 0
     });
-    thread::sleep(Duration::from_millis(300));
+    // Dead-lettered, so nothing is left that could start it again.
+    assert_eq!(c.counter("hung", "dead_lettered").unwrap(), 1);
+    assert_eq!(
+        c.qsize("hung").unwrap() + c.counter("hung", "leased").unwrap(),
+        0
+    );
     assert!(with_marker(&marker).is_empty(), "nothing started again");
     stop(w);
     zombies.check();
@@ -251,14 +243,14 @@ fn kill_9_of_the_supervisor_leaves_no_orphan_and_a_second_finishes() {
     let marker = format!("30.{}", std::process::id());
     let script = format!("cat > /dev/null; sleep {marker} & wait");
     let mut w = worker(&s, &["k9", "-j", "4", "--", "sh", "-c", &script]);
-    wait_until("four tasks running", 10, || with_marker(&marker).len() >= 4);
+    common::wait_until("four tasks running", || with_marker(&marker).len() >= 4);
     w.kill().unwrap(); // SIGKILL
     w.wait().unwrap();
-    wait_until("no orphan left", 3, || with_marker(&marker).is_empty());
+    common::wait_until("no orphan left", || with_marker(&marker).is_empty());
     // The dead supervisor's leases came back: a second one finishes all.
     let w = worker(&s, &["k9", "-j", "4", "--", "sh", "-c", "cat > /dev/null"]);
     let zombies = ZombieWatch::start(w.id());
-    wait_until("all finished by the second supervisor", 30, || {
+    common::wait_until("all finished by the second supervisor", || {
         c.unfinished("k9").unwrap() == 0
     });
     stop(w);
@@ -285,7 +277,7 @@ fn persistent_children_take_one_message_at_a_time_and_are_restarted() {
         &["p", "-j", "2", "--persistent", "--", "sh", "-c", &script],
     );
     let zombies = ZombieWatch::start(w.id());
-    wait_until("all 50 done", 30, || c.unfinished("p").unwrap() == 0);
+    common::wait_until("all 50 done", || c.unfinished("p").unwrap() == 0);
     let text = std::fs::read_to_string(&pids).unwrap();
     let distinct: std::collections::BTreeSet<&str> = text.lines().collect();
     assert_eq!(text.lines().count(), 50);
@@ -312,7 +304,7 @@ fn persistent_children_take_one_message_at_a_time_and_are_restarted() {
         ],
     );
     let zombies = ZombieWatch::start(w.id());
-    wait_until("dead-lettered after two tries", 30, || {
+    common::wait_until("dead-lettered after two tries", || {
         c.unfinished("crash").unwrap() == 0
     });
     stop(w);

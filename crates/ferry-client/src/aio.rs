@@ -553,7 +553,16 @@ impl AsyncClient {
         }
     }
 
-    async fn info_int(&mut self, queue: &str, field: &str) -> Result<u64, Error> {
+    /// One of QINFO's counters (`qsize`, `leased`, `waiting_getters`, ...
+    /// — docs/protocol.md lists them); 0 for a queue that does not exist.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), ferry_client::Error> {
+    /// # let mut c = ferry_client::AsyncClient::connect("ferry://127.0.0.1:7878").await?;
+    /// let consumers = c.counter("jobs", "waiting_getters").await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn counter(&mut self, queue: &str, field: &str) -> Result<u64, Error> {
         let fields = match self
             .call_retrying(&[b"QINFO", queue.as_bytes()], true)
             .await
@@ -623,8 +632,8 @@ impl AsyncClient {
     /// # Ok(()) }
     /// ```
     pub async fn full(&mut self, queue: &str) -> Result<bool, Error> {
-        let maxsize = self.info_int(queue, "maxsize").await?;
-        Ok(maxsize > 0 && self.info_int(queue, "qsize").await? >= maxsize)
+        let maxsize = self.counter(queue, "maxsize").await?;
+        Ok(maxsize > 0 && self.counter(queue, "qsize").await? >= maxsize)
     }
 
     /// Messages put and not yet done.
@@ -636,7 +645,7 @@ impl AsyncClient {
     /// # Ok(()) }
     /// ```
     pub async fn unfinished(&mut self, queue: &str) -> Result<u64, Error> {
-        self.info_int(queue, "unfinished").await
+        self.counter(queue, "unfinished").await
     }
 
     /// Waits until every message put has been done (Python's `join()`).

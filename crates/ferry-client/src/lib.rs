@@ -518,6 +518,18 @@ impl Client {
         self.rt.block_on(self.inner.full(queue))
     }
 
+    /// One of QINFO's counters (`qsize`, `leased`, `waiting_getters`, ...
+    /// — docs/protocol.md lists them); 0 for a queue that does not exist.
+    ///
+    /// ```no_run
+    /// # let mut c = ferry_client::Client::connect("ferry://127.0.0.1:7878")?;
+    /// println!("{} consumers waiting", c.counter("jobs", "waiting_getters")?);
+    /// # Ok::<(), ferry_client::Error>(())
+    /// ```
+    pub fn counter(&mut self, queue: &str, field: &str) -> Result<u64, Error> {
+        self.rt.block_on(self.inner.counter(queue, field))
+    }
+
     /// Messages put and not yet done.
     ///
     /// ```no_run

@@ -130,6 +130,8 @@ pub(crate) struct Broker {
     next_client: AtomicU64,
     pub(crate) clients: AtomicUsize,
     pub(crate) commands: AtomicU64,
+    /// Checkpoints completed since start.
+    pub(crate) compactions: AtomicU64,
     /// Sum of every queue's held weight: what `--max-memory` limits.
     memory: AtomicU64,
     /// The embedded store; `None` with `--durability memory`.
@@ -256,6 +258,7 @@ impl Broker {
             next_client: AtomicU64::new(1),
             clients: AtomicUsize::new(0),
             commands: AtomicU64::new(0),
+            compactions: AtomicU64::new(0),
             memory: AtomicU64::new(0),
             nospace: AtomicBool::new(false),
         })
@@ -517,6 +520,7 @@ async fn compactor(broker: Arc<Broker>) {
         }
         match broker.checkpoint().await {
             Ok(freed) => {
+                broker.compactions.fetch_add(1, Ordering::Relaxed);
                 floor = store.log().bytes();
                 tracing::info!(freed, kept = floor, "log compacted");
             }

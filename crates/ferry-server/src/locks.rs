@@ -145,8 +145,10 @@ impl Locks {
         held
     }
 
-    /// Locks held or waited for, for INFO.
-    pub(crate) fn count(&self) -> usize {
-        self.table.lock().locks.len()
+    /// Locks held or waited for, and clients waiting in line, for INFO.
+    pub(crate) fn counts(&self) -> (usize, usize) {
+        let t = self.table.lock();
+        let waiting = t.locks.values().map(|l| l.waiters.len()).sum();
+        (t.locks.len(), waiting)
     }
 }

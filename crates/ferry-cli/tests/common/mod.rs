@@ -189,3 +189,48 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// Polls `cond` every 10 ms until it holds: how a test waits for another
+/// thread or process to reach a state (never a sleep that hopes it got
+/// there). Panics after a minute, so a hang fails with a message.
+pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let give_up = std::time::Instant::now() + Duration::from_secs(60);
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < give_up,
+            "still waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A counter of a queue's QINFO (0 while the queue does not exist).
+pub fn qinfo(c: &mut redis::Connection, queue: &str, field: &str) -> u64 {
+    let info: redis::RedisResult<Vec<redis::Value>> = redis::cmd("QINFO").arg(queue).query(c);
+    let Ok(info) = info else { return 0 };
+    info.chunks(2)
+        .find_map(|kv| match kv {
+            [redis::Value::BulkString(k), redis::Value::Int(v)] if k == field.as_bytes() => {
+                Some(*v as u64)
+            }
+            _ => None,
+        })
+        .unwrap_or(0)
+}
+
+/// Waits until `n` clients wait in the queue's `field`
+/// (`waiting_getters`, `waiting_putters`, `waiting_joiners`).
+pub fn wait_for_waiters(c: &mut redis::Connection, queue: &str, field: &str, n: u64) {
+    wait_until(&format!("{n} {field} on {queue}"), || {
+        qinfo(c, queue, field) == n
+    });
+}
+
+/// A line of INFO, as a number.
+pub fn info_field(c: &mut redis::Connection, field: &str) -> u64 {
+    let info: String = redis::cmd("INFO").query(c).unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("INFO has no {field}"))
+}

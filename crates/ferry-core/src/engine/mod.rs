@@ -516,6 +516,11 @@ impl<T: Item, F: FifoStore<T>> Queue<T, F> {
         self.waiters.putters.len()
     }
 
+    /// Joiners waiting for the unfinished count to reach 0.
+    pub fn waiting_joiners(&self) -> usize {
+        self.waiters.joiners.len()
+    }
+
     /// Whether and how the queue was shut down.
     pub fn shutdown_state(&self) -> Option<Shutdown> {
         self.shutdown

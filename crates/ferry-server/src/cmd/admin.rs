@@ -246,6 +246,7 @@ fn info(s: &mut Session, name: &Bytes) -> Result<(), CmdError> {
                 ("delayed", q.delayed()),
                 ("waiting_getters", q.waiting_getters() as u64),
                 ("waiting_putters", q.waiting_putters() as u64),
+                ("waiting_joiners", q.waiting_joiners() as u64),
             ],
             q.stats().clone(),
             q.shutdown_state(),
@@ -253,7 +254,7 @@ fn info(s: &mut Session, name: &Bytes) -> Result<(), CmdError> {
     });
     let qsize = counters[0].1;
     let mut r = s.reply();
-    r.map(25);
+    r.map(26);
     r.bulk(b"name");
     r.bulk(name);
     r.bulk(b"kind");

@@ -242,12 +242,13 @@ fn hello(
 
 fn info(s: &mut Session) {
     let b = &s.broker;
+    let (locks, lock_waiters) = b.locks.counts();
     let (records, syncs, bytes) = b.store.as_ref().map_or((0, 0, 0), |st| {
         let log = st.log();
         (log.appended(), log.syncs(), log.bytes())
     });
     let text = format!(
-        "# Server\r\nferry_version:{}\r\nredis_version:7.0.0\r\nprocess_id:{}\r\nuptime_in_seconds:{}\r\nthreads:{}\r\ndurability:{}\r\n\r\n# Persistence\r\nlog_records:{}\r\nlog_syncs:{}\r\nlog_bytes:{}\r\n\r\n# Clients\r\nconnected_clients:{}\r\nmaxclients:{}\r\n\r\n# Stats\r\ntotal_commands_processed:{}\r\n\r\n# Memory\r\nqueued_memory:{}\r\nmax_memory:{}\r\n\r\n# Queues\r\nqueues:{}\r\nlocks:{}\r\n",
+        "# Server\r\nferry_version:{}\r\nredis_version:7.0.0\r\nprocess_id:{}\r\nuptime_in_seconds:{}\r\nthreads:{}\r\ndurability:{}\r\n\r\n# Persistence\r\nlog_records:{}\r\nlog_syncs:{}\r\nlog_bytes:{}\r\nlog_compactions:{}\r\n\r\n# Clients\r\nconnected_clients:{}\r\nmaxclients:{}\r\n\r\n# Stats\r\ntotal_commands_processed:{}\r\n\r\n# Memory\r\nqueued_memory:{}\r\nmax_memory:{}\r\n\r\n# Queues\r\nqueues:{}\r\nlocks:{}\r\nlock_waiters:{}\r\n",
         env!("CARGO_PKG_VERSION"),
         std::process::id(),
         b.uptime().as_secs(),
@@ -256,13 +257,15 @@ fn info(s: &mut Session) {
         records,
         syncs,
         bytes,
+        b.compactions.load(Ordering::Relaxed),
         b.clients.load(Ordering::Relaxed),
         b.config.max_clients,
         b.commands.load(Ordering::Relaxed),
         b.memory(),
         b.config.max_memory,
         b.queue_count(),
-        b.locks.count(),
+        locks,
+        lock_waiters,
     );
     s.reply().bulk(text.as_bytes());
 }
