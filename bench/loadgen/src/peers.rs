@@ -1,11 +1,6 @@
-//! One connection to a broker, whichever it is, with the three operations
-//! of the workload: put a batch, get up to a batch (waiting at most a
-//! second), acknowledge what was got.
-//!
-//! Each peer is driven the way its own users drive it: ferry with its
-//! commands (QPUTMANY, QGET COUNT, QDONE with many ids) through
-//! `ferry_client`; Redis lists with LPUSH / BRPOP (BLMPOP for batches) and
-//! no acknowledgement; Redis streams with XADD / XREADGROUP / XACK;
+//! The peers ferry is measured against, each driven the way its own users
+//! drive it: Redis lists with LPUSH / BRPOP (BLMPOP for batches) and no
+//! acknowledgement; Redis streams with XADD / XREADGROUP / XACK;
 //! beanstalkd with put / reserve-with-timeout / delete over its text
 //! protocol (no maintained Rust client exists; it is a few lines); NATS
 //! JetStream with `async_nats`, a work-queue stream and a durable pull
@@ -14,318 +9,137 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
-use ferry_client::{AsyncClient, Message, Value};
 use futures::StreamExt;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
-/// Which broker, and how it is reached.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub(crate) enum Target {
-    /// ferry, at `host:port` or `unix:/path`.
-    Ferry,
-    /// ferry with NOACK gets (delivered and finished at once): the same
-    /// contract as a Redis list's BRPOP, for the comparison with it.
-    FerryNoack,
-    /// Redis lists: LPUSH / BRPOP, nothing to acknowledge.
-    RedisList,
-    /// Redis streams: XADD / XREADGROUP / XACK.
-    RedisStream,
-    /// beanstalkd: put / reserve / delete.
-    Beanstalkd,
-    /// NATS JetStream, memory storage.
-    NatsMemory,
-    /// NATS JetStream, file storage.
-    NatsFile,
-}
-
-/// What acknowledges one got message.
-pub(crate) enum Token {
-    /// A message id (ferry, beanstalkd).
-    Id(u64),
-    /// A stream entry id (Redis streams).
-    Entry(String),
-    /// A JetStream message (its reply subject acknowledges it).
-    Nats(Box<async_nats::jetstream::Message>),
-    /// Nothing to acknowledge (Redis lists).
-    None,
-}
-
-/// A connection of one kind.
-pub(crate) enum Conn {
-    /// ferry; true for NOACK gets.
-    Ferry(AsyncClient, bool),
-    /// Redis, lists or streams.
-    Redis(redis::aio::MultiplexedConnection, bool),
-    /// beanstalkd.
-    Beanstalk(Beanstalk),
-    /// NATS JetStream.
-    Nats(Box<Nats>),
-}
+use crate::conn::{Got, Token};
 
 const GROUP: &str = "workers";
 
-impl Conn {
-    /// Connects to `addr` (`host:port`, or `unix:/path` for ferry).
-    pub(crate) async fn connect(target: Target, addr: &str) -> Result<Conn> {
-        Ok(match target {
-            Target::Ferry | Target::FerryNoack => {
-                let url = match addr.strip_prefix("unix:") {
-                    Some(path) => format!("unix://{path}"),
-                    None => format!("ferry://{addr}"),
-                };
-                Conn::Ferry(
-                    AsyncClient::connect(&url).await?,
-                    target == Target::FerryNoack,
-                )
-            }
-            Target::RedisList | Target::RedisStream => {
-                let client = redis::Client::open(format!("redis://{addr}/"))?;
-                // Our blocking reads wait at most a second.
-                let config = redis::AsyncConnectionConfig::new()
-                    .set_response_timeout(Duration::from_secs(30));
-                let con = client
-                    .get_multiplexed_async_connection_with_config(&config)
-                    .await?;
-                Conn::Redis(con, target == Target::RedisStream)
-            }
-            Target::Beanstalkd => Conn::Beanstalk(Beanstalk::connect(addr).await?),
-            Target::NatsMemory | Target::NatsFile => Conn::Nats(Box::new(
-                Nats::connect(addr, target == Target::NatsFile).await?,
-            )),
-        })
+/// Redis: lists, or streams with a consumer group.
+pub(crate) struct Redis {
+    con: redis::aio::MultiplexedConnection,
+    stream: bool,
+}
+
+impl Redis {
+    pub(crate) async fn connect(addr: &str, stream: bool) -> Result<Redis> {
+        let client = redis::Client::open(format!("redis://{addr}/"))?;
+        // Our blocking reads wait at most a second.
+        let config =
+            redis::AsyncConnectionConfig::new().set_response_timeout(Duration::from_secs(30));
+        let con = client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?;
+        Ok(Redis { con, stream })
     }
 
-    /// Makes `queue` ready to use (stream groups, JetStream streams and
-    /// consumers); queues of the other brokers exist when first used.
     pub(crate) async fn setup(&mut self, queue: &str) -> Result<()> {
-        match self {
-            Conn::Redis(con, true) => {
-                let r: redis::RedisResult<()> = redis::cmd("XGROUP")
-                    .arg("CREATE")
-                    .arg(queue)
-                    .arg(GROUP)
-                    .arg("$")
-                    .arg("MKSTREAM")
-                    .query_async(con)
-                    .await;
-                match r {
-                    Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
-                    other => Ok(other?),
-                }
-            }
-            Conn::Nats(n) => n.setup(queue).await,
-            _ => Ok(()),
-        }
-    }
-
-    /// Puts a batch of messages (one message: the plain put).
-    pub(crate) async fn put(&mut self, queue: &str, payloads: &[Vec<u8>]) -> Result<()> {
-        match self {
-            Conn::Ferry(c, _) => {
-                let reply = if let [one] = payloads {
-                    c.call(&[b"QPUT", queue.as_bytes(), one]).await?
-                } else {
-                    let mut args: Vec<&[u8]> = vec![b"QPUTMANY", queue.as_bytes(), b"PAYLOADS"];
-                    args.extend(payloads.iter().map(Vec::as_slice));
-                    c.call(&args).await?
-                };
-                match reply {
-                    Value::Error { code, message } => bail!("ferry: {code} {message}"),
-                    _ => Ok(()),
-                }
-            }
-            Conn::Redis(con, false) => {
-                let mut cmd = redis::cmd("LPUSH");
-                cmd.arg(queue);
-                for p in payloads {
-                    cmd.arg(p.as_slice());
-                }
-                Ok(cmd.query_async::<()>(con).await?)
-            }
-            Conn::Redis(con, true) => {
-                let mut pipe = redis::pipe();
-                for p in payloads {
-                    pipe.cmd("XADD")
-                        .arg(queue)
-                        .arg("*")
-                        .arg("d")
-                        .arg(p.as_slice());
-                }
-                Ok(pipe.query_async::<()>(con).await?)
-            }
-            Conn::Beanstalk(b) => b.put(queue, payloads).await,
-            Conn::Nats(n) => n.put(queue, payloads).await,
-        }
-    }
-
-    /// Gets up to `max` messages, waiting at most a second for the first;
-    /// an empty batch if none came.
-    pub(crate) async fn get(&mut self, queue: &str, max: usize) -> Result<Vec<(Token, Vec<u8>)>> {
-        match self {
-            Conn::Ferry(c, noack) => {
-                let count = max.to_string();
-                let reply = c.call(&ferry_get(queue, &count, *noack)).await?;
-                ferry_entries(reply, *noack)
-            }
-            Conn::Redis(con, false) => {
-                let reply: redis::Value = if max == 1 {
-                    redis::cmd("BRPOP")
-                        .arg(queue)
-                        .arg(1)
-                        .query_async(con)
-                        .await?
-                } else {
-                    redis::cmd("BLMPOP")
-                        .arg(1)
-                        .arg(1)
-                        .arg(queue)
-                        .arg("RIGHT")
-                        .arg("COUNT")
-                        .arg(max)
-                        .query_async(con)
-                        .await?
-                };
-                let mut out = Vec::new();
-                if let redis::Value::Array(mut parts) = reply {
-                    match parts.pop() {
-                        // BRPOP: [key, value]; BLMPOP: [key, [values]].
-                        Some(redis::Value::BulkString(p)) => out.push((Token::None, p)),
-                        Some(redis::Value::Array(values)) => {
-                            for v in values {
-                                if let redis::Value::BulkString(p) = v {
-                                    out.push((Token::None, p));
-                                }
-                            }
-                        }
-                        _ => {}
-                    }
-                }
-                Ok(out)
-            }
-            Conn::Redis(con, true) => {
-                let reply: redis::Value = stream_read(queue, max).query_async(con).await?;
-                Ok(stream_entries(reply))
-            }
-            Conn::Beanstalk(b) => b.get(queue, max).await,
-            Conn::Nats(n) => n.get(queue, max).await,
-        }
-    }
-
-    /// Acknowledges what `get` replied.
-    pub(crate) async fn ack(&mut self, queue: &str, tokens: Vec<Token>) -> Result<()> {
-        if tokens.is_empty() {
+        if !self.stream {
             return Ok(());
         }
-        match self {
-            Conn::Ferry(_, true) => Ok(()),
-            Conn::Ferry(c, false) => {
-                let ids = ids(&tokens);
-                done_reply(c.call(&ferry_done(queue, &ids)).await?, ids.len())
-            }
-            Conn::Redis(_, false) => Ok(()),
-            Conn::Redis(con, true) => Ok(stream_ack(queue, &tokens).query_async::<()>(con).await?),
-            Conn::Beanstalk(b) => b.delete(tokens).await,
-            Conn::Nats(_) => {
-                for t in tokens {
-                    if let Token::Nats(m) = t {
-                        m.ack().await.map_err(|e| anyhow!("nats ack: {e}"))?;
-                    }
-                }
-                Ok(())
-            }
+        let r: redis::RedisResult<()> = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(queue)
+            .arg(GROUP)
+            .arg("$")
+            .arg("MKSTREAM")
+            .query_async(&mut self.con)
+            .await;
+        match r {
+            Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
+            other => Ok(other?),
         }
     }
 
-    /// Acknowledges `tokens` and gets up to `max` more in one write (one
-    /// round trip), where the protocol allows it: a consumer's loop. NATS
-    /// acks are asynchronous publishes already; Redis lists have nothing
-    /// to acknowledge.
+    pub(crate) async fn put(&mut self, queue: &str, payloads: &[Vec<u8>]) -> Result<()> {
+        if self.stream {
+            let mut pipe = redis::pipe();
+            for p in payloads {
+                pipe.cmd("XADD")
+                    .arg(queue)
+                    .arg("*")
+                    .arg("d")
+                    .arg(p.as_slice());
+            }
+            return Ok(pipe.query_async::<()>(&mut self.con).await?);
+        }
+        let mut cmd = redis::cmd("LPUSH");
+        cmd.arg(queue);
+        for p in payloads {
+            cmd.arg(p.as_slice());
+        }
+        Ok(cmd.query_async::<()>(&mut self.con).await?)
+    }
+
+    pub(crate) async fn get(&mut self, queue: &str, max: usize) -> Result<Vec<Got>> {
+        if self.stream {
+            let reply: redis::Value = stream_read(queue, max).query_async(&mut self.con).await?;
+            return Ok(stream_entries(reply));
+        }
+        let con = &mut self.con;
+        let reply: redis::Value = if max == 1 {
+            redis::cmd("BRPOP")
+                .arg(queue)
+                .arg(1)
+                .query_async(con)
+                .await?
+        } else {
+            redis::cmd("BLMPOP")
+                .arg(1)
+                .arg(1)
+                .arg(queue)
+                .arg("RIGHT")
+                .arg("COUNT")
+                .arg(max)
+                .query_async(con)
+                .await?
+        };
+        let mut out = Vec::new();
+        if let redis::Value::Array(mut parts) = reply {
+            match parts.pop() {
+                // BRPOP: [key, value]; BLMPOP: [key, [values]].
+                Some(redis::Value::BulkString(p)) => out.push((Token::None, p)),
+                Some(redis::Value::Array(values)) => {
+                    for v in values {
+                        if let redis::Value::BulkString(p) = v {
+                            out.push((Token::None, p));
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(out)
+    }
+
+    pub(crate) async fn ack(&mut self, queue: &str, tokens: &[Token]) -> Result<()> {
+        if !self.stream {
+            return Ok(());
+        }
+        Ok(stream_ack(queue, tokens)
+            .query_async::<()>(&mut self.con)
+            .await?)
+    }
+
+    /// Acknowledges and reads in one pipeline (streams; lists have nothing
+    /// to acknowledge).
     pub(crate) async fn ack_then_get(
         &mut self,
         queue: &str,
-        tokens: Vec<Token>,
+        tokens: &[Token],
         max: usize,
-    ) -> Result<Vec<(Token, Vec<u8>)>> {
-        if tokens.is_empty() {
+    ) -> Result<Vec<Got>> {
+        if !self.stream {
             return self.get(queue, max).await;
         }
-        match self {
-            Conn::Ferry(c, false) => {
-                let (ids, count) = (ids(&tokens), max.to_string());
-                let mut replies = c
-                    .pipeline(&[ferry_done(queue, &ids), ferry_get(queue, &count, false)])
-                    .await?
-                    .into_iter();
-                done_reply(replies.next().context("no QDONE reply")??, ids.len())?;
-                ferry_entries(replies.next().context("no QGET reply")??, false)
-            }
-            Conn::Redis(con, true) => {
-                let (_, reply): ((), redis::Value) = redis::pipe()
-                    .add_command(stream_ack(queue, &tokens))
-                    .add_command(stream_read(queue, max))
-                    .query_async(con)
-                    .await?;
-                Ok(stream_entries(reply))
-            }
-            Conn::Beanstalk(b) => b.delete_then_get(queue, tokens, max).await,
-            _ => {
-                self.ack(queue, tokens).await?;
-                self.get(queue, max).await
-            }
-        }
-    }
-}
-
-fn ferry_get<'a>(queue: &'a str, count: &'a str, noack: bool) -> Vec<&'a [u8]> {
-    let mut args: Vec<&[u8]> = vec![
-        b"QGET",
-        queue.as_bytes(),
-        b"COUNT",
-        count.as_bytes(),
-        b"TIMEOUT",
-        b"1000",
-    ];
-    if noack {
-        args.push(b"NOACK");
-    }
-    args
-}
-
-fn ids(tokens: &[Token]) -> Vec<String> {
-    tokens
-        .iter()
-        .filter_map(|t| match t {
-            Token::Id(id) => Some(id.to_string()),
-            _ => None,
-        })
-        .collect()
-}
-
-fn ferry_done<'a>(queue: &'a str, ids: &'a [String]) -> Vec<&'a [u8]> {
-    let mut args: Vec<&[u8]> = vec![b"QDONE", queue.as_bytes()];
-    args.extend(ids.iter().map(|i| i.as_bytes()));
-    args
-}
-
-fn done_reply(reply: Value, want: usize) -> Result<()> {
-    match reply {
-        Value::Int(n) if n as usize == want => Ok(()),
-        other => bail!("ferry: QDONE replied {other:?}"),
-    }
-}
-
-/// A QGET reply's entries; with NOACK there is nothing to acknowledge.
-fn ferry_entries(reply: Value, noack: bool) -> Result<Vec<(Token, Vec<u8>)>> {
-    match Message::from_reply(reply) {
-        Err(ferry_client::Error::Empty) => Ok(Vec::new()),
-        r => Ok(r?
-            .into_iter()
-            .map(|m| {
-                let token = if noack { Token::None } else { Token::Id(m.id) };
-                (token, m.payload)
-            })
-            .collect()),
+        let (_, reply): ((), redis::Value) = redis::pipe()
+            .add_command(stream_ack(queue, tokens))
+            .add_command(stream_read(queue, max))
+            .query_async(&mut self.con)
+            .await?;
+        Ok(stream_entries(reply))
     }
 }
 
@@ -356,7 +170,7 @@ fn stream_ack(queue: &str, tokens: &[Token]) -> redis::Cmd {
 }
 
 /// The entries of an XREADGROUP reply: `[[stream, [[id, [field, value]]...]]]`.
-fn stream_entries(reply: redis::Value) -> Vec<(Token, Vec<u8>)> {
+fn stream_entries(reply: redis::Value) -> Vec<Got> {
     let mut out = Vec::new();
     let redis::Value::Array(streams) = reply else {
         return out;
@@ -394,7 +208,7 @@ pub(crate) struct Beanstalk {
 }
 
 impl Beanstalk {
-    async fn connect(addr: &str) -> Result<Beanstalk> {
+    pub(crate) async fn connect(addr: &str) -> Result<Beanstalk> {
         let s = TcpStream::connect(addr)
             .await
             .with_context(|| format!("beanstalkd at {addr}"))?;
@@ -422,7 +236,7 @@ impl Beanstalk {
         Ok(())
     }
 
-    async fn put(&mut self, tube: &str, payloads: &[Vec<u8>]) -> Result<()> {
+    pub(crate) async fn put(&mut self, tube: &str, payloads: &[Vec<u8>]) -> Result<()> {
         let mut buf = Vec::new();
         let switch = self.using != tube;
         if switch {
@@ -444,7 +258,7 @@ impl Beanstalk {
         Ok(())
     }
 
-    async fn reserved(&mut self) -> Result<Option<(Token, Vec<u8>)>> {
+    async fn reserved(&mut self) -> Result<Option<Got>> {
         let l = self.line().await?;
         if l == "TIMED_OUT" || l == "DEADLINE_SOON" {
             return Ok(None);
@@ -460,7 +274,7 @@ impl Beanstalk {
         Ok(Some((Token::Id(id.parse()?), body)))
     }
 
-    async fn get(&mut self, tube: &str, max: usize) -> Result<Vec<(Token, Vec<u8>)>> {
+    pub(crate) async fn get(&mut self, tube: &str, max: usize) -> Result<Vec<Got>> {
         if self.watching != tube {
             let old = std::mem::replace(&mut self.watching, tube.to_string());
             let cmd = format!("watch {tube}\r\nignore {old}\r\n");
@@ -477,7 +291,7 @@ impl Beanstalk {
 
     /// Reads the reply of a `reserve-with-timeout 1` already sent; if it
     /// got a job, reserves up to `max - 1` more without waiting.
-    async fn reserve_rest(&mut self, max: usize) -> Result<Vec<(Token, Vec<u8>)>> {
+    async fn reserve_rest(&mut self, max: usize) -> Result<Vec<Got>> {
         let mut out = Vec::new();
         let Some(first) = self.reserved().await? else {
             return Ok(out);
@@ -498,12 +312,12 @@ impl Beanstalk {
     }
 
     /// Deletes, then reserves, in one write.
-    async fn delete_then_get(
+    pub(crate) async fn delete_then_get(
         &mut self,
         tube: &str,
         tokens: Vec<Token>,
         max: usize,
-    ) -> Result<Vec<(Token, Vec<u8>)>> {
+    ) -> Result<Vec<Got>> {
         if self.watching != tube {
             self.delete(tokens).await?;
             return self.get(tube, max).await;
@@ -517,7 +331,7 @@ impl Beanstalk {
         self.reserve_rest(max).await
     }
 
-    async fn delete(&mut self, tokens: Vec<Token>) -> Result<()> {
+    pub(crate) async fn delete(&mut self, tokens: Vec<Token>) -> Result<()> {
         let (buf, n) = delete_commands(&tokens);
         self.io.get_mut().write_all(buf.as_bytes()).await?;
         for _ in 0..n {
@@ -556,7 +370,7 @@ fn stream_name(queue: &str) -> String {
 }
 
 impl Nats {
-    async fn connect(addr: &str, file: bool) -> Result<Nats> {
+    pub(crate) async fn connect(addr: &str, file: bool) -> Result<Nats> {
         let client = async_nats::connect(addr)
             .await
             .with_context(|| format!("nats at {addr}"))?;
@@ -567,7 +381,7 @@ impl Nats {
         })
     }
 
-    async fn setup(&mut self, queue: &str) -> Result<()> {
+    pub(crate) async fn setup(&mut self, queue: &str) -> Result<()> {
         use async_nats::jetstream::{consumer, stream};
         let stream = self
             .js
@@ -599,7 +413,7 @@ impl Nats {
         Ok(())
     }
 
-    async fn put(&mut self, queue: &str, payloads: &[Vec<u8>]) -> Result<()> {
+    pub(crate) async fn put(&mut self, queue: &str, payloads: &[Vec<u8>]) -> Result<()> {
         let mut acks = Vec::with_capacity(payloads.len());
         for p in payloads {
             acks.push(
@@ -615,7 +429,7 @@ impl Nats {
         Ok(())
     }
 
-    async fn get(&mut self, queue: &str, max: usize) -> Result<Vec<(Token, Vec<u8>)>> {
+    pub(crate) async fn get(&mut self, queue: &str, max: usize) -> Result<Vec<Got>> {
         if self.consumer.as_ref().is_none_or(|(q, _)| q != queue) {
             let stream = self
                 .js
@@ -646,4 +460,14 @@ impl Nats {
         }
         Ok(out)
     }
+}
+
+/// Acknowledges JetStream messages.
+pub(crate) async fn nats_ack(tokens: Vec<Token>) -> Result<()> {
+    for t in tokens {
+        if let Token::Nats(m) = t {
+            m.ack().await.map_err(|e| anyhow!("nats ack: {e}"))?;
+        }
+    }
+    Ok(())
 }
