@@ -40,15 +40,9 @@ done
 cargo build --release -q -p ferry-cli
 work="$PWD/target/bench-data/$$"
 rm -rf "$work"; mkdir -p "$work"
-pids=()
-stop_all() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-    pids=()
-}
+source bench/lib.sh
 trap 'stop_all; rm -rf "$work"' EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 # start_ferry DURABILITY DIR: sets ferry_pid, ferry_port
 start_ferry() {

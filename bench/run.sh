@@ -49,22 +49,9 @@ work="$PWD/target/bench-data/run-$$"
 mkdir -p "$work" "$charts"
 results="$work/results.jsonl"
 : >"$results"
-pids=()
-stop_all() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-    pids=()
-}
+source bench/lib.sh
 trap 'stop_all; rm -rf "$work/data"' EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { # port: until something listens
-    for _ in $(seq 1000); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-        sleep 0.01
-    done
-    echo "nothing listens on port $1" >&2; return 1
-}
 
 # start TARGET CLASS: starts a fresh server; sets pid and addr.
 start() {

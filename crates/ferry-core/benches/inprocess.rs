@@ -28,18 +28,22 @@ fn item(i: usize) -> Item {
     it
 }
 
-fn ferry(p: usize, c: usize) -> Duration {
-    let q: JoinableQueue<Item> = JoinableQueue::new(CAPACITY);
+/// Starts `c` consumers running `consume` and `p` producers putting their
+/// share of the items with `put`, waits for the producers, runs `finish`
+/// (what ends the consumers), waits for them; replies the time taken.
+fn run<Q: Clone + Send + 'static>(
+    q: Q,
+    p: usize,
+    c: usize,
+    put: fn(&Q, Item),
+    consume: fn(Q),
+    finish: impl FnOnce(Q),
+) -> Duration {
     let start = Instant::now();
     let consumers: Vec<_> = (0..c)
         .map(|_| {
             let q = q.clone();
-            thread::spawn(move || {
-                while let Ok(x) = q.get() {
-                    black_box(x);
-                    q.task_done().unwrap();
-                }
-            })
+            thread::spawn(move || consume(q))
         })
         .collect();
     let producers: Vec<_> = (0..p)
@@ -47,7 +51,7 @@ fn ferry(p: usize, c: usize) -> Duration {
             let q = q.clone();
             thread::spawn(move || {
                 for i in (k..ITEMS).step_by(p) {
-                    q.put(item(i)).unwrap();
+                    put(&q, item(i));
                 }
             })
         })
@@ -55,82 +59,78 @@ fn ferry(p: usize, c: usize) -> Duration {
     for t in producers {
         t.join().unwrap();
     }
-    q.join();
-    q.shutdown(false);
+    finish(q);
     for t in consumers {
         t.join().unwrap();
     }
     start.elapsed()
 }
 
+fn ferry(p: usize, c: usize) -> Duration {
+    let q: JoinableQueue<Item> = JoinableQueue::new(CAPACITY);
+    run(
+        q,
+        p,
+        c,
+        |q, x| q.put(x).unwrap(),
+        |q| {
+            while let Ok(x) = q.get() {
+                black_box(x);
+                q.task_done().unwrap();
+            }
+        },
+        |q| {
+            q.join();
+            q.shutdown(false);
+        },
+    )
+}
+
+/// A channel's two ends: producers clone the sender, consumers the
+/// receiver; dropping the last sender ends the consumers.
+#[derive(Clone)]
+struct Ends<S, R>(Option<S>, R);
+
 fn crossbeam(p: usize, c: usize) -> Duration {
     let (tx, rx) = crossbeam_channel::bounded::<Item>(CAPACITY);
-    let start = Instant::now();
-    let consumers: Vec<_> = (0..c)
-        .map(|_| {
-            let rx = rx.clone();
-            thread::spawn(move || {
-                while let Ok(x) = rx.recv() {
-                    black_box(x);
-                }
-            })
-        })
-        .collect();
-    drop(rx);
-    let producers: Vec<_> = (0..p)
-        .map(|k| {
-            let tx = tx.clone();
-            thread::spawn(move || {
-                for i in (k..ITEMS).step_by(p) {
-                    tx.send(item(i)).unwrap();
-                }
-            })
-        })
-        .collect();
-    drop(tx);
-    for t in producers.into_iter().chain(consumers) {
-        t.join().unwrap();
-    }
-    start.elapsed()
+    run(
+        Ends(Some(tx), rx),
+        p,
+        c,
+        |e, x| e.0.as_ref().unwrap().send(x).unwrap(),
+        |Ends(tx, rx)| {
+            drop(tx);
+            while let Ok(x) = rx.recv() {
+                black_box(x);
+            }
+        },
+        drop,
+    )
 }
 
 fn std_sync_channel(p: usize, c: usize) -> Duration {
     let (tx, rx) = mpsc::sync_channel::<Item>(CAPACITY);
     // std's receiver cannot be cloned: several consumers share it behind a
     // mutex, as programs that use it that way must.
-    let rx = Arc::new(Mutex::new(rx));
-    let start = Instant::now();
-    let consumers: Vec<_> = (0..c)
-        .map(|_| {
-            let rx = Arc::clone(&rx);
-            thread::spawn(move || {
-                loop {
-                    let next = rx.lock().unwrap().recv();
-                    match next {
-                        Ok(x) => {
-                            black_box(x);
-                        }
-                        Err(_) => break,
+    run(
+        Ends(Some(tx), Arc::new(Mutex::new(rx))),
+        p,
+        c,
+        |e, x| e.0.as_ref().unwrap().send(x).unwrap(),
+        |Ends(tx, rx)| {
+            drop(tx);
+            loop {
+                let next = rx.lock().unwrap().recv();
+                match next {
+                    Ok(x) => {
+                        black_box(x);
                     }
+                    Err(_) => break,
                 }
-            })
-        })
-        .collect();
-    let producers: Vec<_> = (0..p)
-        .map(|k| {
-            let tx = tx.clone();
-            thread::spawn(move || {
-                for i in (k..ITEMS).step_by(p) {
-                    tx.send(item(i)).unwrap();
-                }
-            })
-        })
-        .collect();
-    drop(tx);
-    for t in producers.into_iter().chain(consumers) {
-        t.join().unwrap();
-    }
-    start.elapsed()
+            }
+        },
+        drop,
+    )
 }
 
 fn bench(cr: &mut Criterion) {

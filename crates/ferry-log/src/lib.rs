@@ -68,7 +68,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
-use recovery::{Resumed, recover};
+use recovery::recover;
 use segment::{FRAME, sync_dir};
 use writer::{Inner, Pending, Segment, Writer};
 
@@ -220,14 +220,7 @@ impl Log {
                 return Err(io_err(format!("locking {}", lock_path.display()))(e));
             }
         }
-        let Resumed {
-            recovery,
-            seq,
-            file,
-            len,
-            sealed,
-            short,
-        } = recover(dir, &options, &mut replay)?;
+        let resumed = recover(dir, &options, &mut replay)?;
         let storage = Arc::clone(&options.storage);
         let durability = options.durability;
         let inner = Arc::new(Inner {
@@ -240,9 +233,9 @@ impl Log {
             segment: Mutex::new(Segment {
                 dir: dir.to_path_buf(),
                 storage: Arc::clone(&storage),
-                file,
-                seq,
-                len,
+                file: resumed.file,
+                seq: resumed.seq,
+                len: resumed.len,
                 options,
                 dirty: false,
                 next_sync: Instant::now() + Duration::from_secs(1),
@@ -253,9 +246,9 @@ impl Log {
             durable: AtomicU64::new(0),
             failed: AtomicBool::new(false),
             syncs: AtomicU64::new(0),
-            bytes: AtomicU64::new(sealed + len),
+            bytes: AtomicU64::new(resumed.sealed + resumed.len),
             started: AtomicU64::new(0),
-            short: AtomicBool::new(short),
+            short: AtomicBool::new(resumed.short),
             on_durable,
             on_error,
         });
@@ -275,7 +268,7 @@ impl Log {
                 storage,
                 durability,
             },
-            recovery,
+            resumed.recovery,
         ))
     }
 

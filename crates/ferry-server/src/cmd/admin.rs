@@ -98,25 +98,33 @@ impl Settings {
     }
 }
 
-pub(crate) struct Create {
+/// A queue and the settings named for it.
+struct Named {
     queue: Bytes,
     settings: Settings,
 }
 
-pub(crate) struct ConfigQueue {
-    queue: Bytes,
-    settings: Settings,
+impl Named {
+    fn parse(a: &mut Args, allow_kind: bool) -> Result<Named, CmdError> {
+        let queue = a.queue()?;
+        let settings = Settings::parse(a, allow_kind)?;
+        Ok(Named { queue, settings })
+    }
 }
+
+/// QCREATE.
+pub(crate) struct Create(Named);
+
+/// QCONFIG.
+pub(crate) struct ConfigQueue(Named);
 
 impl Create {
     pub(super) fn parse(a: &mut Args) -> Result<Self, CmdError> {
-        let queue = a.queue()?;
-        let settings = Settings::parse(a, true)?;
-        Ok(Create { queue, settings })
+        Named::parse(a, true).map(Create)
     }
 
     pub(super) fn apply(self, s: &mut Session) -> Res {
-        let Create { queue, settings } = self;
+        let Named { queue, settings } = self.0;
         let mut config = engine::Config::default();
         settings.apply(&mut config);
         let (cell, created) = s.broker.create(&queue, config, true);
@@ -147,17 +155,16 @@ impl Create {
 
 impl ConfigQueue {
     pub(super) fn parse(a: &mut Args) -> Result<Self, CmdError> {
-        let queue = a.queue()?;
-        let settings = Settings::parse(a, false)?;
-        Ok(ConfigQueue { queue, settings })
+        Named::parse(a, false).map(ConfigQueue)
     }
 
     pub(super) fn apply(self, s: &mut Session) -> Res {
-        let cell = s.find_or_create(&self.queue);
+        let Named { queue, settings } = self.0;
+        let cell = s.find_or_create(&queue);
         let broker = std::sync::Arc::clone(&s.broker);
         cell.with(&s.broker, |st, _| {
-            self.settings.apply_live(st);
-            broker.log_settings(&self.queue, st);
+            settings.apply_live(st);
+            broker.log_settings(&queue, st);
         });
         s.reply().simple("OK");
         done()
