@@ -198,7 +198,10 @@ class Queue:
     Queue(maxsize=0, *, name=None, url=None, serializer="pickle",
     prefetch=0, write_behind=0). Without a name the queue gets a private
     unique one, which travels with it when it is pickled (e.g. to a
-    multiprocessing.Process).
+    multiprocessing.Process). With a name and no maxsize, the handle
+    attaches to the queue as it is (its maxsize is the queue's); a maxsize
+    given that differs from an existing queue's is a ValueError naming
+    both. maxsize <= 0 is unbounded, as in the stdlib.
 
     Two opt-in speed-ups trade a little of the broker's bookkeeping for
     round trips (see docs/from-multiprocessing.md):
@@ -222,7 +225,7 @@ class Queue:
     _kind = "fifo"
     _take = True
 
-    def __init__(self, maxsize: int = 0, *, name: str | None = None, url: str | None = None,
+    def __init__(self, maxsize: int | None = None, *, name: str | None = None, url: str | None = None,
                  serializer: str = "pickle", prefetch: int = 0, write_behind: int = 0) -> None:
         if serializer not in _SERIALIZERS:
             raise ValueError(f"serializer must be one of {sorted(_SERIALIZERS)}")
@@ -233,7 +236,11 @@ class Queue:
             # not behind a newer or higher-priority item put meanwhile.
             raise ValueError(f"prefetch keeps fifo order only; a {type(self).__name__} cannot prefetch")
         self._name = name or f"py-{uuid.uuid4().hex}"
-        self._maxsize = int(maxsize)
+        # A private queue is made with its maxsize (0 by default); a named
+        # one is only compared on the settings given.
+        if maxsize is None and name is None:
+            maxsize = 0
+        self._maxsize = None if maxsize is None else int(maxsize)
         self._url = url
         self._serializer = serializer
         self._dumps, self._loads = _SERIALIZERS[serializer]
@@ -242,7 +249,8 @@ class Queue:
         self._held_lock = threading.Lock()
         self._prefetch = int(prefetch)
         self._write_behind = int(write_behind)
-        # Prefetched, not yet handed out: (conn, id, payload).
+        # Fetched, not yet handed out: (conn, id, payload, order key) —
+        # prefetched, or delivered to a get that was interrupted.
         self._fetched: collections.deque = collections.deque()
         # task_done()s not yet sent, per connection: id(conn) -> (conn, [ids]).
         self._dones: dict = {}
@@ -251,7 +259,10 @@ class Queue:
         self._box: list = [None]
         self._feeder_generation = -1
         self._finalizer_generation = -1
-        self._handle.conn().create(self._name, self._maxsize, self._kind)
+        bound = None if self._maxsize is None else max(self._maxsize, 0)
+        self._handle.conn().create(self._name, bound, self._kind)
+        if self._maxsize is None:
+            self._maxsize = dict(self._handle.conn().info(self._name)).get("maxsize", 0)
 
     def _arm_finalizer(self) -> None:
         """Makes sure buffered work is sent when this handle is collected
@@ -264,7 +275,9 @@ class Queue:
 
     # Pickling: the name and options travel, connections and buffers do not.
     def __reduce__(self):
-        return (_rebuild, (type(self), self._name, self._maxsize, self._url, self._serializer,
+        # The other side attaches to the queue as it is then (maxsize is
+        # assignable: the value known here may be out of date).
+        return (_rebuild, (type(self), self._name, None, self._url, self._serializer,
                            self._prefetch, self._write_behind))
 
     def _feeder(self) -> _Feeder:
@@ -314,7 +327,7 @@ class Queue:
 
     @maxsize.setter
     def maxsize(self, value: int) -> None:
-        self._handle.conn().set_maxsize(self._name, int(value))
+        self._handle.conn().set_maxsize(self._name, max(int(value), 0))
         self._maxsize = int(value)
 
     @property
@@ -338,33 +351,67 @@ class Queue:
     def get(self, block: bool = True, timeout: float | None = None):
         _check_timeout(block, timeout)
         block = bool(block)  # as the stdlib: any truth value
-        if self._prefetch:
+        if self._prefetch or self._fetched:
             return self._get_prefetched(block, timeout)
         conn = self._handle.conn()
         dones = self._take_dones(conn)
-        if dones:
-            # This thread's pending task_done()s ride on the get, in one write.
-            ((msg_id, payload),) = conn.get_many(self._name, 1, timeout if block else 0.0, self._take, dones)
-        else:
-            msg_id, payload = conn.get(self._name, block, timeout, self._take)
+        # Ctrl-C may land in the call or as it returns: until the item is
+        # recorded and unpickled, an interrupt keeps it for the next get.
+        try:
+            if dones:
+                # This thread's pending task_done()s ride on the get, in one write.
+                ((msg_id, payload),) = conn.get_many(self._name, 1, timeout if block else 0.0, self._take, dones)
+            else:
+                msg_id, payload = conn.get(self._name, block, timeout, self._take)
+            with self._held_lock:
+                self._held.append((threading.get_ident(), conn, msg_id))
+            item = self._loads(payload)
+        except BaseException as e:
+            self._keep_interrupted(conn, e)
+            raise
+        return item
+
+    def _keep_interrupted(self, conn, e: BaseException) -> None:
+        """A get interrupted (Ctrl-C) just as the broker delivered — in the
+        call, or as it returned — keeps what it got for the next get;
+        close() and exit give it back."""
+        items = getattr(e, "ferry_items", None) or conn.take_pending()
+        if not items:
+            return
+        ids = {msg_id for msg_id, _ in items}
         with self._held_lock:
-            self._held.append((threading.get_ident(), conn, msg_id))
-        return self._loads(payload)
+            already = {f[1] for f in self._fetched if f[0] is conn}
+            items = [(msg_id, p) for msg_id, p in items if msg_id not in already]
+            # Recorded as handed out just before the interrupt: it was not.
+            kept = [h for h in self._held if not (h[1] is conn and h[2] in ids)]
+            if len(kept) != len(self._held):
+                self._held = collections.deque(kept)
+            self._fetched.extend((conn, msg_id, p, self._stored_key(p)) for msg_id, p in items)
+        self._arm_finalizer()
+
+    def _stored_key(self, payload: bytes):
+        """The order key a payload was put with (to put it back)."""
+        return None
 
     def _get_prefetched(self, block: bool, timeout: float | None):
         me = threading.get_ident()
         while True:
             with self._held_lock:
                 if self._fetched:
-                    conn, msg_id, payload = self._fetched.popleft()
+                    conn, msg_id, payload, _ = self._fetched.popleft()
                     self._held.append((me, conn, msg_id))
                     break
             conn = self._handle.conn()
             wait = timeout if block else 0.0
             self._arm_finalizer()
-            got = conn.get_many(self._name, self._prefetch, wait, self._take, self._take_dones(conn))
-            with self._held_lock:
-                self._fetched.extend((conn, msg_id, p) for msg_id, p in got)
+            try:
+                got = conn.get_many(self._name, self._prefetch or 1, wait, self._take, self._take_dones(conn))
+                with self._held_lock:
+                    self._fetched.extend((conn, msg_id, p, None) for msg_id, p in got)
+                conn.take_pending()  # now in _fetched
+            except BaseException as e:
+                self._keep_interrupted(conn, e)
+                raise
         return self._loads(payload)
 
     def get_nowait(self):
@@ -494,13 +541,18 @@ class Queue:
         with self._held_lock:
             if self._fetched:
                 served = [self._fetched.popleft() for _ in range(min(n, len(self._fetched)))]
-                self._held.extend((me, conn, msg_id) for conn, msg_id, _ in served)
-                return [self._loads(p) for _, _, p in served]
+                self._held.extend((me, conn, msg_id) for conn, msg_id, _, _ in served)
+                return [self._loads(p) for _, _, p, _ in served]
         conn = self._handle.conn()
-        got = conn.get_many(self._name, n, timeout, self._take, self._take_dones(conn))
-        with self._held_lock:
-            self._held.extend((me, conn, msg_id) for msg_id, _ in got)
-        return [self._loads(p) for _, p in got]
+        try:
+            got = conn.get_many(self._name, n, timeout, self._take, self._take_dones(conn))
+            with self._held_lock:
+                self._held.extend((me, conn, msg_id) for msg_id, _ in got)
+            items = [self._loads(p) for _, p in got]
+        except BaseException as e:
+            self._keep_interrupted(conn, e)
+            raise
+        return items
 
 
 def _finish(name, take, fetched, dones, lock, box) -> None:
@@ -521,9 +573,9 @@ def _finish(name, take, fetched, dones, lock, box) -> None:
     try:
         for conn, ids in batches:
             conn.done_many(name, ids)
-        for conn, msg_id, payload in left:
+        for conn, msg_id, payload, key in left:
             if take:
-                conn.put(name, payload, True, None, None)
+                conn.put(name, payload, True, None, key)
                 conn.done(name, msg_id)
             else:
                 conn.nack(name, msg_id)
@@ -560,6 +612,9 @@ class PriorityQueue(Queue):
 
     def _key(self, item) -> bytes:
         return order_key(item)
+
+    def _stored_key(self, payload: bytes):
+        return self._key(self._loads(payload))
 
 
 def _escape(b: bytes) -> bytes:
@@ -609,7 +664,7 @@ class SimpleQueue(Queue):
     """queue.SimpleQueue: unbounded."""
 
     def __init__(self, *, name: str | None = None, url: str | None = None, serializer: str = "pickle") -> None:
-        super().__init__(0, name=name, url=url, serializer=serializer)
+        super().__init__(None, name=name, url=url, serializer=serializer)
 
     def __reduce__(self):
         return (_rebuild_simple, (self._name, self._url, self._serializer))

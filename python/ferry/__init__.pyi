@@ -21,7 +21,7 @@ def order_key(item: Any) -> bytes: ...
 class Queue(Generic[T]):
     def __init__(
         self,
-        maxsize: int = ...,
+        maxsize: int | None = ...,
         *,
         name: str | None = ...,
         url: str | None = ...,

@@ -19,12 +19,33 @@ pyo3::create_exception!(
     pyo3::exceptions::PyException,
     "An error reply from the broker."
 );
-pyo3::create_exception!(
-    _ferry,
-    ShutDown,
-    FerryError,
-    "The queue was shut down (Python 3.13's queue.ShutDown)."
-);
+/// `ferry.ShutDown`: a FerryError, and where the stdlib has one (3.13+)
+/// a `queue.ShutDown` too, so `except queue.ShutDown` catches it. Made at
+/// import, since its bases depend on the interpreter.
+static SHUTDOWN: pyo3::sync::PyOnceLock<Py<pyo3::types::PyType>> = pyo3::sync::PyOnceLock::new();
+
+fn shutdown_type(py: Python<'_>) -> PyResult<Bound<'_, pyo3::types::PyType>> {
+    SHUTDOWN
+        .get_or_try_init(py, || {
+            let ferry_error = py.get_type::<FerryError>().into_any();
+            let bases = match py.import("queue").and_then(|q| q.getattr("ShutDown")) {
+                Ok(stdlib) => pyo3::types::PyTuple::new(py, [ferry_error, stdlib])?,
+                Err(_) => pyo3::types::PyTuple::new(py, [ferry_error])?,
+            };
+            let namespace = pyo3::types::PyDict::new(py);
+            namespace.set_item("__module__", "ferry")?;
+            namespace.set_item(
+                "__doc__",
+                "The queue was shut down (Python 3.13's queue.ShutDown).",
+            )?;
+            let cls = py
+                .import("builtins")?
+                .getattr("type")?
+                .call1(("ShutDown", bases, namespace))?;
+            Ok(cls.cast_into::<pyo3::types::PyType>()?.unbind())
+        })
+        .map(|t| t.bind(py).clone())
+}
 pyo3::create_exception!(
     _ferry,
     NotLeased,
@@ -41,18 +62,21 @@ pyo3::create_exception!(
 /// Maps a client error to the Python exception stdlib code expects.
 fn to_py(py: Python<'_>, e: Error) -> PyErr {
     let queue = py.import("queue");
-    let stdlib =
-        |name: &str, msg: String| match queue.as_ref().ok().and_then(|q| q.getattr(name).ok()) {
-            Some(cls) => PyErr::from_value(
-                cls.call1((msg,))
-                    .unwrap_or_else(|e| e.into_value(py).into_bound(py).into_any()),
-            ),
-            None => FerryError::new_err(msg),
-        };
+    // As the stdlib raises them: `raise Empty`, no arguments.
+    let stdlib = |name: &str| match queue.as_ref().ok().and_then(|q| q.getattr(name).ok()) {
+        Some(cls) => PyErr::from_value(
+            cls.call0()
+                .unwrap_or_else(|e| e.into_value(py).into_bound(py).into_any()),
+        ),
+        None => FerryError::new_err(name.to_string()),
+    };
     match e {
-        Error::Empty => stdlib("Empty", String::new()),
-        Error::Full => stdlib("Full", String::new()),
-        Error::ShutDown => ShutDown::new_err("queue is shut down"),
+        Error::Empty => stdlib("Empty"),
+        Error::Full => stdlib("Full"),
+        Error::ShutDown => match shutdown_type(py) {
+            Ok(t) => PyErr::from_type(t, "queue is shut down"),
+            Err(e) => e,
+        },
         Error::NotLeased => NotLeased::new_err("task_done() called too many times"),
         Error::LeaseLost => LeaseLost::new_err(e.to_string()),
         Error::Io(e) => PyConnectionError::new_err(e.to_string()),
@@ -77,6 +101,11 @@ fn timeout(t: Option<f64>) -> PyResult<Option<Duration>> {
 #[pyclass(module = "ferry._ferry")]
 struct Connection {
     client: Mutex<Option<Client>>,
+    /// What the last get delivered, kept until the next one: if Python
+    /// raises KeyboardInterrupt as the call returns (the eval loop checks
+    /// for signals right after a call), the caller's handler takes them
+    /// back with `take_pending` instead of losing them.
+    pending: Mutex<Vec<(u64, Py<PyBytes>)>>,
     /// The process that opened it.
     pid: u32,
 }
@@ -118,6 +147,72 @@ impl Connection {
         });
         result.map_err(|e| to_py(py, e))
     }
+
+    /// Delivered messages as Python values, kept as pending too (see
+    /// `pending`).
+    fn delivered<'py>(
+        &self,
+        py: Python<'py>,
+        items: Vec<(u64, Vec<u8>)>,
+    ) -> Vec<(u64, Bound<'py, PyBytes>)> {
+        let items: Vec<(u64, Bound<'py, PyBytes>)> = items
+            .into_iter()
+            .map(|(id, p)| (id, PyBytes::new(py, &p)))
+            .collect();
+        self.keep_pending(py, items.iter().map(|(id, p)| (*id, p.clone())).collect());
+        items
+    }
+
+    fn keep_pending(&self, _py: Python<'_>, items: Vec<(u64, Bound<'_, PyBytes>)>) {
+        *self.pending.lock().unwrap_or_else(|e| e.into_inner()) =
+            items.into_iter().map(|(id, p)| (id, p.unbind())).collect();
+    }
+
+    /// Runs a command that may block, with the GIL released, and gives up
+    /// when a Python signal handler raises (Ctrl-C's KeyboardInterrupt, or
+    /// any handler's exception): the broker ends the wait (CLIENT UNBLOCK)
+    /// and the reply is still read whole, so nothing it delivered is lost.
+    /// Replies the reply and the handler's exception, if one was raised.
+    fn blocking(&self, py: Python<'_>, args: &[&[u8]]) -> (PyResult<Value>, Option<PyErr>) {
+        let raised: Mutex<Option<PyErr>> = Mutex::new(None);
+        let reply = self.with(py, |c| {
+            c.call_cancellable(args, signals(&raised))
+                .map(|(value, _)| value)
+        });
+        let raised = raised.into_inner().unwrap_or_else(|e| e.into_inner());
+        (reply, raised)
+    }
+}
+
+/// Resolves once a Python signal handler raises, keeping its exception:
+/// signals are checked every 50 ms, as Python itself would between
+/// bytecodes (only the main thread runs handlers; elsewhere this never
+/// resolves).
+async fn signals(raised: &Mutex<Option<PyErr>>) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if let Err(e) = Python::attach(|py| py.check_signals()) {
+            *raised.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
+            return;
+        }
+    }
+}
+
+/// An interrupted get's messages, attached to the exception as
+/// `ferry_items` [(id, payload)]: the Python side keeps them for the next
+/// get, or gives them back.
+fn interrupted_get(py: Python<'_>, interrupt: PyErr, reply: PyResult<Value>) -> PyErr {
+    if let Ok(v) = reply
+        && let Ok(got) = entries(v)
+        && !got.is_empty()
+    {
+        let items: Vec<(u64, Bound<'_, PyBytes>)> = got
+            .into_iter()
+            .map(|(id, p)| (id, PyBytes::new(py, &p)))
+            .collect();
+        let _ = interrupt.value(py).setattr("ferry_items", items);
+    }
+    interrupt
 }
 
 #[pymethods]
@@ -130,25 +225,57 @@ impl Connection {
             .map_err(|e| to_py(py, e))?;
         Ok(Connection {
             client: Mutex::new(Some(client)),
+            pending: Mutex::new(Vec::new()),
             pid: std::process::id(),
         })
     }
 
-    /// QCREATE queue [MAXSIZE n] [KIND k]: made if missing.
+    /// What the last get delivered (and forgets it): for a caller that was
+    /// interrupted as the get returned.
+    fn take_pending(&self) -> Vec<(u64, Py<PyBytes>)> {
+        std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Any command, its reply as Python values: int, bytes, str (a status),
+    /// None, list, dict, bool; an error reply raises.
+    fn call<'py>(&self, py: Python<'py>, args: Vec<Vec<u8>>) -> PyResult<Bound<'py, PyAny>> {
+        let v = self.with(py, move |c| {
+            let refs: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
+            c.call(&refs)
+        })?;
+        to_object(py, v)
+    }
+
+    /// QCREATE queue KIND k [MAXSIZE n]: made if missing; an existing
+    /// queue with other settings than those named is a ValueError that
+    /// names them.
     #[pyo3(signature = (queue, maxsize, kind))]
-    fn create(&self, py: Python<'_>, queue: &str, maxsize: u64, kind: &str) -> PyResult<()> {
-        let (q, m, k) = (queue.to_string(), maxsize.to_string(), kind.to_string());
-        self.with(py, move |c| {
-            c.call(&[
-                b"QCREATE",
-                q.as_bytes(),
-                b"MAXSIZE",
-                m.as_bytes(),
-                b"KIND",
-                k.as_bytes(),
-            ])
-            .map(drop)
-        })
+    fn create(
+        &self,
+        py: Python<'_>,
+        queue: &str,
+        maxsize: Option<u64>,
+        kind: &str,
+    ) -> PyResult<()> {
+        let (q, m, k) = (
+            queue.to_string(),
+            maxsize.map(|m| m.to_string()),
+            kind.to_string(),
+        );
+        let r = self.with(py, move |c| {
+            let mut args: Vec<&[u8]> = vec![b"QCREATE", q.as_bytes(), b"KIND", k.as_bytes()];
+            if let Some(m) = &m {
+                args.extend_from_slice(&[b"MAXSIZE", m.as_bytes()]);
+            }
+            c.call(&args).map(drop)
+        });
+        match r {
+            Err(e) if e.is_instance_of::<FerryError>(py) && e.to_string().contains("EXISTS") => {
+                let msg = e.value(py).str().map(|s| s.to_string()).unwrap_or_default();
+                Err(PyValueError::new_err(msg.replacen("EXISTS ", "", 1)))
+            }
+            other => other,
+        }
     }
 
     /// QCONFIG queue MAXSIZE n.
@@ -173,22 +300,28 @@ impl Connection {
         priority: Option<Vec<u8>>,
     ) -> PyResult<u64> {
         let t = timeout_arg(block, timeout)?;
-        let q = queue.to_string();
-        self.with(py, move |c| {
-            let mut args: Vec<&[u8]> = vec![b"QPUT", q.as_bytes(), &payload];
-            if let Some(k) = &priority {
-                args.extend_from_slice(&[b"PRIOKEY", k]);
+        let mut args: Vec<&[u8]> = vec![b"QPUT", queue.as_bytes(), &payload];
+        if let Some(k) = &priority {
+            args.extend_from_slice(&[b"PRIOKEY", k]);
+        }
+        match t.as_deref() {
+            None => args.push(b"NOWAIT"),
+            Some(ms) => args.extend_from_slice(&[b"TIMEOUT", ms.as_bytes()]),
+        }
+        match self.blocking(py, &args) {
+            // Interrupted: the put may have been admitted in the same
+            // moment; its id rides on the exception.
+            (reply, Some(interrupt)) => {
+                if let Ok(Value::Int(id)) = reply {
+                    let _ = interrupt.value(py).setattr("ferry_put_id", id);
+                }
+                Err(interrupt)
             }
-            let t = t.as_deref().map(str::as_bytes);
-            match t {
-                None => args.push(b"NOWAIT"),
-                Some(ms) => args.extend_from_slice(&[b"TIMEOUT", ms]),
-            }
-            match c.call(&args)? {
+            (reply, None) => match reply? {
                 Value::Int(id) => Ok(id as u64),
-                other => Err(Error::Protocol(format!("QPUT replied {other:?}"))),
-            }
-        })
+                other => Err(FerryError::new_err(format!("QPUT replied {other:?}"))),
+            },
+        }
     }
 
     /// Gets one item: `(id, payload)`. `take=True` never redelivers
@@ -203,23 +336,29 @@ impl Connection {
         take: bool,
     ) -> PyResult<(u64, Bound<'py, PyBytes>)> {
         let t = timeout_arg(block, timeout)?;
-        let q = queue.to_string();
-        let (id, payload) = self.with(py, move |c| {
-            let mut args: Vec<&[u8]> = vec![b"QGET", q.as_bytes()];
-            let t = t.as_deref().map(str::as_bytes);
-            match t {
-                None => args.push(b"NOWAIT"),
-                Some(ms) => args.extend_from_slice(&[b"TIMEOUT", ms]),
-            }
-            if take {
-                args.push(b"TAKE");
-            }
-            entries(c.call(&args)?)?
-                .into_iter()
-                .next()
-                .ok_or_else(|| Error::Protocol("QGET replied no entry".into()))
-        })?;
-        Ok((id, PyBytes::new(py, &payload)))
+        let mut args: Vec<&[u8]> = vec![b"QGET", queue.as_bytes()];
+        match t.as_deref() {
+            None => args.push(b"NOWAIT"),
+            Some(ms) => args.extend_from_slice(&[b"TIMEOUT", ms.as_bytes()]),
+        }
+        if take {
+            args.push(b"TAKE");
+        }
+        self.take_pending();
+        let reply = match self.blocking(py, &args) {
+            (reply, Some(interrupt)) => return Err(interrupted_get(py, interrupt, reply)),
+            (reply, None) => reply?,
+        };
+        let (id, payload) = entries(reply)
+            .and_then(|e| {
+                e.into_iter()
+                    .next()
+                    .ok_or_else(|| Error::Protocol("QGET replied no entry".into()))
+            })
+            .map_err(|e| to_py(py, e))?;
+        let payload = PyBytes::new(py, &payload);
+        self.keep_pending(py, vec![(id, payload.clone())]);
+        Ok((id, payload))
     }
 
     /// QPUTMANY: all or nothing, waiting for room for all.
@@ -247,36 +386,46 @@ impl Connection {
         let t = timeout_arg(true, timeout)?.unwrap_or_else(|| "0".into());
         // A zero timeout means "do not wait" here, as for get().
         let nowait = timeout == Some(0.0);
-        let (q, count) = (queue.to_string(), n.max(1).to_string());
-        let items: Vec<(u64, Vec<u8>)> = self.with(py, move |c| {
-            let mut args: Vec<&[u8]> = vec![b"QGET", q.as_bytes(), b"COUNT", count.as_bytes()];
-            if nowait {
-                args.push(b"NOWAIT");
-            } else {
-                args.extend_from_slice(&[b"TIMEOUT", t.as_bytes()]);
-            }
-            if take {
-                args.push(b"TAKE");
-            }
-            if done.is_empty() {
-                return entries(c.call(&args)?);
-            }
+        let count = n.max(1).to_string();
+        let mut args: Vec<&[u8]> = vec![b"QGET", queue.as_bytes(), b"COUNT", count.as_bytes()];
+        if nowait {
+            args.push(b"NOWAIT");
+        } else {
+            args.extend_from_slice(&[b"TIMEOUT", t.as_bytes()]);
+        }
+        if take {
+            args.push(b"TAKE");
+        }
+        self.take_pending();
+        if !done.is_empty() {
+            // The dones go first, in the same write as the get when it may
+            // not wait; a get that may wait is sent once they are
+            // answered, so that it alone can be interrupted. The dones were
+            // checked against what this handle holds; a lease lost
+            // meanwhile is redelivered, which is what it means.
             let ids: Vec<String> = done.iter().map(u64::to_string).collect();
-            let mut finish: Vec<&[u8]> = vec![b"QDONE", q.as_bytes()];
+            let mut finish: Vec<&[u8]> = vec![b"QDONE", queue.as_bytes()];
             finish.extend(ids.iter().map(|i| i.as_bytes()));
-            let mut replies = c.pipeline(&[finish, args])?.into_iter();
-            // The dones were checked against what this handle holds; a
-            // lease lost meanwhile is redelivered, which is what it means.
-            let _ = replies.next();
-            match replies.next() {
-                Some(reply) => entries(reply?),
-                None => Err(Error::Protocol("QGET got no reply".into())),
+            if nowait {
+                let (finish, get) = (finish.clone(), args.clone());
+                let items = self.with(py, move |c| {
+                    let mut replies = c.pipeline(&[finish, get])?.into_iter();
+                    let _ = replies.next();
+                    match replies.next() {
+                        Some(reply) => entries(reply?),
+                        None => Err(Error::Protocol("QGET got no reply".into())),
+                    }
+                })?;
+                return Ok(self.delivered(py, items));
             }
-        })?;
-        Ok(items
-            .into_iter()
-            .map(|(id, p)| (id, PyBytes::new(py, &p)))
-            .collect())
+            self.with(py, move |c| c.call(&finish).map(drop))?;
+        }
+        let reply = match self.blocking(py, &args) {
+            (reply, Some(interrupt)) => return Err(interrupted_get(py, interrupt, reply)),
+            (reply, None) => reply?,
+        };
+        let items = entries(reply).map_err(|e| to_py(py, e))?;
+        Ok(self.delivered(py, items))
     }
 
     /// QDONE queue id: raises NotLeased if it finished nothing.
@@ -352,8 +501,10 @@ impl Connection {
 
     /// Waits until nothing is unfinished.
     fn join(&self, py: Python<'_>, queue: &str) -> PyResult<()> {
-        let q = queue.to_string();
-        self.with(py, move |c| c.join(&q))
+        match self.blocking(py, &[b"QJOIN", queue.as_bytes()]) {
+            (_, Some(interrupt)) => Err(interrupt),
+            (reply, None) => reply.map(drop),
+        }
     }
 
     /// Python 3.13's shutdown.
@@ -372,13 +523,27 @@ impl Connection {
         block: bool,
         timeout: Option<f64>,
     ) -> PyResult<Option<u64>> {
-        let wait = if block {
-            self::timeout(timeout)?
-        } else {
-            Some(Duration::ZERO)
-        };
-        let n = name.to_string();
-        self.with(py, move |c| c.lock(&n, wait, None))
+        let t = timeout_arg(block, timeout)?;
+        let mut args: Vec<&[u8]> = vec![b"LOCK", name.as_bytes()];
+        match t.as_deref() {
+            None => args.push(b"NOWAIT"),
+            Some(ms) => args.extend_from_slice(&[b"TIMEOUT", ms.as_bytes()]),
+        }
+        match self.blocking(py, &args) {
+            (reply, Some(interrupt)) => {
+                // Granted in the same moment: not half-taken, released.
+                if let Ok(Value::Int(token)) = reply {
+                    let n = name.to_string();
+                    let _ = self.with(py, move |c| c.unlock(&n, token as u64));
+                }
+                Err(interrupt)
+            }
+            (reply, None) => match reply? {
+                Value::Int(token) => Ok(Some(token as u64)),
+                Value::Nil => Ok(None),
+                other => Err(FerryError::new_err(format!("LOCK replied {other:?}"))),
+            },
+        }
     }
 
     /// UNLOCK name token: whether it was held.
@@ -386,6 +551,35 @@ impl Connection {
         let n = name.to_string();
         self.with(py, move |c| c.unlock(&n, token))
     }
+}
+
+/// A reply as Python values.
+fn to_object(py: Python<'_>, v: Value) -> PyResult<Bound<'_, PyAny>> {
+    use pyo3::IntoPyObjectExt;
+    Ok(match v {
+        Value::Simple(s) => s.into_bound_py_any(py)?,
+        Value::Error { code, message } => {
+            return Err(FerryError::new_err(format!("{code} {message}")));
+        }
+        Value::Int(n) => n.into_bound_py_any(py)?,
+        Value::Bulk(b) => PyBytes::new(py, &b).into_any(),
+        Value::Nil => py.None().into_bound(py),
+        Value::Array(items) => {
+            let list = pyo3::types::PyList::empty(py);
+            for i in items {
+                list.append(to_object(py, i)?)?;
+            }
+            list.into_any()
+        }
+        Value::Map(pairs) => {
+            let dict = pyo3::types::PyDict::new(py);
+            for (k, v) in pairs {
+                dict.set_item(to_object(py, k)?, to_object(py, v)?)?;
+            }
+            dict.into_any()
+        }
+        Value::Bool(b) => b.into_bound_py_any(py)?,
+    })
 }
 
 /// The entries of a QGET reply as `(id, payload)`. Nil (a timeout or
@@ -427,7 +621,7 @@ fn _ferry(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Connection>()?;
     m.add_function(pyo3::wrap_pyfunction!(serve, m)?)?;
     m.add("FerryError", m.py().get_type::<FerryError>())?;
-    m.add("ShutDown", m.py().get_type::<ShutDown>())?;
+    m.add("ShutDown", shutdown_type(m.py())?)?;
     m.add("NotLeased", m.py().get_type::<NotLeased>())?;
     m.add("LeaseLost", m.py().get_type::<LeaseLost>())?;
     Ok(())

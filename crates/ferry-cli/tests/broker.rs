@@ -45,7 +45,7 @@ fn commands_and_errors() {
         (&["QCREATE", "jobs", "MAXSIZE", "2"], "+OK\r\n"),
         (
             &["QCREATE", "jobs", "MAXSIZE", "3"],
-            "-EXISTS queue exists with different settings\r\n",
+            "-EXISTS queue jobs exists with maxsize 2, not 3\r\n",
         ),
         (
             &["QCREATE", "jobs", "KIND", "heap"],
@@ -817,4 +817,38 @@ fn settings_come_from_flags_then_environment_then_file() {
     assert!(
         String::from_utf8_lossy(&bad.stderr).contains("--durability must be async, sync or memory")
     );
+}
+
+/// CLIENT UNBLOCK (as Redis has it) ends another client's blocking
+/// command: as a timeout, or with -UNBLOCKED.
+#[test]
+fn client_unblock_ends_a_wait_from_another_connection() {
+    let s = Server::start();
+    let mut waiter = s.raw();
+    let id = waiter.cmd(&["CLIENT", "ID"]);
+    let id = id.trim().trim_start_matches(':').to_string();
+    let mut c = s.conn();
+    for (how, want) in [
+        ("TIMEOUT", "*-1\r\n"),
+        (
+            "ERROR",
+            "-UNBLOCKED client unblocked via CLIENT UNBLOCK\r\n",
+        ),
+    ] {
+        waiter.send(b"QGET q TIMEOUT 0\r\n");
+        common::wait_for_waiters(&mut c, "q", "waiting_getters", 1);
+        let n: i64 = cmd("CLIENT")
+            .arg("UNBLOCK")
+            .arg(&id)
+            .arg(how)
+            .query(&mut c)
+            .unwrap();
+        assert_eq!(n, 1);
+        assert_eq!(waiter.reply(), want);
+        assert_eq!(common::qinfo(&mut c, "q", "waiting_getters"), 0);
+    }
+    let n: i64 = cmd("CLIENT").arg("UNBLOCK").arg(&id).query(&mut c).unwrap();
+    assert_eq!(n, 0, "a client that is not blocked");
+    // Its connection is as good as before.
+    assert_eq!(waiter.cmd(&["PING"]), "+PONG\r\n");
 }

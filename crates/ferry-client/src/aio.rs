@@ -2,6 +2,7 @@
 //! blocking [`Client`](crate::Client) runs it on a runtime of its own.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -23,6 +24,9 @@ struct Link {
     decoder: Decoder,
     /// Commands encoded for the next write.
     out: BytesMut,
+    /// The broker's id for this connection (CLIENT ID): what CLIENT
+    /// UNBLOCK names to end a wait this client gives up on.
+    id: u64,
 }
 
 impl Link {
@@ -40,6 +44,7 @@ impl Link {
             buf: BytesMut::with_capacity(16 << 10),
             decoder: Decoder::new(Limits::client()),
             out: BytesMut::new(),
+            id: 0,
         });
         if let Some(p) = &url.password {
             match link.call(&[b"AUTH", p.as_bytes()]).await {
@@ -50,7 +55,54 @@ impl Link {
                 Err(e) => return Err(e),
             }
         }
+        link.id = match link.call(&[b"CLIENT", b"ID"]).await? {
+            Value::Int(id) => id as u64,
+            other => return Err(Error::Protocol(format!("CLIENT ID replied {other:?}"))),
+        };
         Ok(link)
+    }
+
+    /// Sends a command that may block, and reads its reply; if `cancel`
+    /// resolves first, asks the broker (CLIENT UNBLOCK, from a connection
+    /// of its own) to end the wait as a timeout, and still reads the reply
+    /// to its end — whatever the broker delivered meanwhile is in it, not
+    /// lost. Replies the reply and whether `cancel` fired.
+    async fn call_cancellable(
+        &mut self,
+        url: &Url,
+        args: &[&[u8]],
+        cancel: impl Future<Output = ()>,
+    ) -> Result<(Value, bool), Error> {
+        encode_command(args, &mut self.out);
+        self.send().await?;
+        tokio::pin!(cancel);
+        let id = self.id;
+        let unblocker = async move {
+            // The command may not have reached its wait yet (0): again.
+            loop {
+                if let Ok(true) = unblock(url, id).await {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        tokio::pin!(unblocker);
+        let (mut cancelled, mut unblocked) = (false, false);
+        loop {
+            if let Some(v) = self.decoded()? {
+                return Ok((reply_value(v)?, cancelled));
+            }
+            self.reserve();
+            tokio::select! {
+                n = self.stream.read_buf(&mut self.buf) => {
+                    if n? == 0 {
+                        return Err(closed());
+                    }
+                }
+                _ = &mut cancel, if !cancelled => cancelled = true,
+                _ = &mut unblocker, if cancelled && !unblocked => unblocked = true,
+            }
+        }
     }
 
     async fn call(&mut self, args: &[&[u8]]) -> Result<Value, Error> {
@@ -84,39 +136,66 @@ impl Link {
         Ok(replies)
     }
 
-    async fn read_reply(&mut self) -> Result<Value, Error> {
-        let value = loop {
-            let decoded = self.decoder.value(&mut self.buf).map_err(|e| {
-                Error::Io(std::io::Error::new(
-                    std::io::ErrorKind::InvalidData,
-                    format!("malformed reply: {e}"),
-                ))
-            })?;
-            if let Some(v) = decoded {
-                break v;
-            }
-            // Room for what the reply still needs, reserved once.
-            let want = self.decoder.wants(&self.buf).max(4096);
-            if self.buf.capacity() - self.buf.len() < want {
-                self.buf.reserve(want.max(16 << 10));
-            }
-            if self.stream.read_buf(&mut self.buf).await? == 0 {
-                return Err(Error::Io(std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    "the server closed the connection",
-                )));
-            }
-        };
-        match value {
-            Value::Error { code, message } => Err(match code.as_str() {
-                "FULL" => Error::Full,
-                "SHUTDOWN" => Error::ShutDown,
-                "NOTLEASED" => Error::NotLeased,
-                "NOAUTH" | "WRONGPASS" => Error::Auth(format!("{code} {message}")),
-                _ => Error::Server { code, message },
-            }),
-            v => Ok(v),
+    /// The next whole reply in the buffer, if there is one.
+    fn decoded(&mut self) -> Result<Option<Value>, Error> {
+        self.decoder.value(&mut self.buf).map_err(|e| {
+            Error::Io(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("malformed reply: {e}"),
+            ))
+        })
+    }
+
+    /// Room for what the reply being read still needs, reserved once.
+    fn reserve(&mut self) {
+        let want = self.decoder.wants(&self.buf).max(4096);
+        if self.buf.capacity() - self.buf.len() < want {
+            self.buf.reserve(want.max(16 << 10));
         }
+    }
+
+    async fn read_reply(&mut self) -> Result<Value, Error> {
+        loop {
+            if let Some(v) = self.decoded()? {
+                return reply_value(v);
+            }
+            self.reserve();
+            if self.stream.read_buf(&mut self.buf).await? == 0 {
+                return Err(closed());
+            }
+        }
+    }
+}
+
+fn closed() -> Error {
+    Error::Io(std::io::Error::new(
+        std::io::ErrorKind::UnexpectedEof,
+        "the server closed the connection",
+    ))
+}
+
+/// CLIENT UNBLOCK `id` from a connection of its own: whether it was
+/// blocked.
+async fn unblock(url: &Url, id: u64) -> Result<bool, Error> {
+    let mut control = Link::open(url).await?;
+    let id = id.to_string();
+    let r = control
+        .call(&[b"CLIENT", b"UNBLOCK", id.as_bytes(), b"TIMEOUT"])
+        .await?;
+    Ok(r == Value::Int(1))
+}
+
+/// A reply as the caller sees it: an error reply becomes its [`Error`].
+fn reply_value(value: Value) -> Result<Value, Error> {
+    match value {
+        Value::Error { code, message } => Err(match code.as_str() {
+            "FULL" => Error::Full,
+            "SHUTDOWN" => Error::ShutDown,
+            "NOTLEASED" => Error::NotLeased,
+            "NOAUTH" | "WRONGPASS" => Error::Auth(format!("{code} {message}")),
+            _ => Error::Server { code, message },
+        }),
+        v => Ok(v),
     }
 }
 
@@ -260,6 +339,37 @@ impl AsyncClient {
     /// ```
     pub async fn call(&mut self, args: &[&[u8]]) -> Result<Value, Error> {
         self.call_retrying(args, false).await
+    }
+
+    /// Sends a command that may block (QGET, QPUT, QJOIN, LOCK, ...) and
+    /// gives up waiting when `cancel` resolves: the broker ends the wait as
+    /// a timeout (CLIENT UNBLOCK, sent from a connection of its own), and
+    /// the reply is read to its end, so nothing the broker delivered in the
+    /// meantime is lost — a get that raced the cancel replies its messages.
+    /// Replies the reply and whether `cancel` fired. Never retried.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), ferry_client::Error> {
+    /// # let mut c = ferry_client::AsyncClient::connect("ferry://127.0.0.1:7878").await?;
+    /// let ctrl_c = async { let _ = tokio::signal::ctrl_c().await; };
+    /// let (reply, cancelled) = c.call_cancellable(&[b"QGET", b"jobs"], ctrl_c).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn call_cancellable(
+        &mut self,
+        args: &[&[u8]],
+        cancel: impl Future<Output = ()>,
+    ) -> Result<(Value, bool), Error> {
+        let url = self.url.clone();
+        let result = self
+            .link()
+            .await?
+            .call_cancellable(&url, args, cancel)
+            .await;
+        if let Err(Error::Io(_)) = &result {
+            self.link = None;
+        }
+        result
     }
 
     /// Sends several commands in one write and reads their replies, in

@@ -518,6 +518,24 @@ impl Client {
         self.rt.block_on(self.inner.full(queue))
     }
 
+    /// [`AsyncClient::call_cancellable`]: a command that may block, given
+    /// up when `cancel` resolves (it runs on this client's runtime), with
+    /// nothing the broker delivered meanwhile lost.
+    ///
+    /// ```no_run
+    /// # let mut c = ferry_client::Client::connect("ferry://127.0.0.1:7878")?;
+    /// let give_up = tokio::time::sleep(std::time::Duration::from_secs(1));
+    /// let (reply, cancelled) = c.call_cancellable(&[b"QGET", b"jobs"], give_up)?;
+    /// # Ok::<(), ferry_client::Error>(())
+    /// ```
+    pub fn call_cancellable(
+        &mut self,
+        args: &[&[u8]],
+        cancel: impl std::future::Future<Output = ()>,
+    ) -> Result<(Value, bool), Error> {
+        self.rt.block_on(self.inner.call_cancellable(args, cancel))
+    }
+
     /// One of QINFO's counters (`qsize`, `leased`, `waiting_getters`, ...
     /// — docs/protocol.md lists them); 0 for a queue that does not exist.
     ///

@@ -109,6 +109,14 @@ impl QueueState {
     }
 }
 
+/// How CLIENT UNBLOCK reaches a blocked client.
+#[derive(Default)]
+pub(crate) struct Unblock {
+    pub(crate) notify: Notify,
+    /// End with -UNBLOCKED rather than as a timeout.
+    pub(crate) error: AtomicBool,
+}
+
 /// One queue: its state behind a mutex, and the timer that lets time pass
 /// for it (delays running out, leases expiring).
 pub(crate) struct QueueCell {
@@ -129,6 +137,8 @@ pub(crate) struct Broker {
     pub(crate) locks: Locks,
     next_client: AtomicU64,
     pub(crate) clients: AtomicUsize,
+    /// Clients blocked in a command, by id: CLIENT UNBLOCK ends their wait.
+    blocked: Mutex<HashMap<u64, Arc<Unblock>>>,
     pub(crate) commands: AtomicU64,
     /// Checkpoints completed since start.
     pub(crate) compactions: AtomicU64,
@@ -257,6 +267,7 @@ impl Broker {
             locks: Locks::default(),
             next_client: AtomicU64::new(1),
             clients: AtomicUsize::new(0),
+            blocked: Mutex::new(HashMap::new()),
             commands: AtomicU64::new(0),
             compactions: AtomicU64::new(0),
             memory: AtomicU64::new(0),
@@ -319,6 +330,30 @@ impl Broker {
 
     pub(crate) fn next_client_id(&self) -> u64 {
         self.next_client.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Registers client `id` as blocked; its wait also ends when
+    /// [`Broker::unblock`] fires the returned signal.
+    pub(crate) fn block(&self, id: u64) -> Arc<Unblock> {
+        let u = Arc::new(Unblock::default());
+        self.blocked.lock().insert(id, Arc::clone(&u));
+        u
+    }
+
+    /// Client `id` is no longer blocked.
+    pub(crate) fn unblocked(&self, id: u64) {
+        self.blocked.lock().remove(&id);
+    }
+
+    /// CLIENT UNBLOCK: ends client `id`'s wait as a timeout (or, with
+    /// `error`, with -UNBLOCKED); false if it is not blocked.
+    pub(crate) fn unblock(&self, id: u64, error: bool) -> bool {
+        let Some(u) = self.blocked.lock().remove(&id) else {
+            return false;
+        };
+        u.error.store(error, Ordering::Release);
+        u.notify.notify_one();
+        true
     }
 
     /// The queue of that name, if it exists.

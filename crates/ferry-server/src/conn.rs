@@ -17,7 +17,7 @@ use tokio::net::{TcpStream, UnixStream};
 use tokio::sync::{Notify, watch};
 use tracing::debug;
 
-use crate::broker::Broker;
+use crate::broker::{Broker, Unblock};
 use crate::cmd::{self, Flow, Outcome, Woke};
 use crate::session::Session;
 
@@ -153,13 +153,19 @@ impl Conn {
             Outcome::Done(flow) => return flow,
             Outcome::Wait(blocked) => blocked,
         };
+        let (broker, id) = (Arc::clone(&self.session.broker), self.session.id);
+        let unblock = broker.block(id);
         let mut woke = Woke::Notified;
-        loop {
+        let flow = loop {
             if let Some(flow) = blocked.resume(&mut self.session, woke) {
-                return flow;
+                break flow;
             }
-            woke = self.wait(blocked.notify(), blocked.wake_at()).await;
-        }
+            woke = self
+                .wait(blocked.notify(), blocked.wake_at(), &unblock)
+                .await;
+        };
+        broker.unblocked(id);
+        flow
     }
 
     /// Makes room for the next read: what the request being decoded still
@@ -192,10 +198,15 @@ impl Conn {
         Ok(())
     }
 
-    /// Waits for `notify` until `deadline` (none: forever), watching the
-    /// socket. Replies already written are sent first: a pipeline's earlier
+    /// Waits for `notify` until `deadline` (none: forever) or CLIENT
+    /// UNBLOCK, watching the socket. Replies already written are sent first: a pipeline's earlier
     /// answers must not wait behind a blocked command.
-    async fn wait(&mut self, notify: &Notify, deadline: Option<tokio::time::Instant>) -> Woke {
+    async fn wait(
+        &mut self,
+        notify: &Notify,
+        deadline: Option<tokio::time::Instant>,
+        unblock: &Unblock,
+    ) -> Woke {
         if self.flush().await.is_err() {
             return Woke::Gone;
         }
@@ -211,6 +222,9 @@ impl Conn {
             tokio::select! {
                 _ = notify.notified() => return Woke::Notified,
                 _ = sleep => return Woke::TimedOut,
+                _ = unblock.notify.notified() => {
+                    return Woke::Unblocked(unblock.error.load(std::sync::atomic::Ordering::Acquire));
+                }
                 r = self.stream.read_buf(&mut self.inbuf), if reading => match r {
                     Ok(0) | Err(_) => return Woke::Gone,
                     Ok(_) => {}

@@ -196,10 +196,10 @@ impl JoinWait {
                 s.reply().simple("OK");
                 Some(Ok(Flow::Continue))
             }
-            (false, Woke::TimedOut) => {
+            (false, Woke::TimedOut | Woke::Unblocked(_)) => Some(woke.empty_handed(|| {
                 s.reply().null();
-                Some(Ok(Flow::Continue))
-            }
+                Ok(Flow::Continue)
+            })),
             (false, Woke::Notified) => None,
         }
     }

@@ -73,11 +73,37 @@ impl Settings {
         }
     }
 
-    /// True when every setting named here matches `c`.
-    fn matches(&self, c: &engine::Config) -> bool {
-        let mut merged = c.clone();
-        self.apply(&mut merged);
-        &merged == c
+    /// The settings named here that differ from `c`, as "maxsize 100,
+    /// not 5" (the queue's value first); empty when all match.
+    fn differences(&self, c: &engine::Config) -> Vec<String> {
+        fn opt<T: std::fmt::Display>(v: &Option<T>) -> String {
+            v.as_ref().map_or_else(|| "none".to_string(), T::to_string)
+        }
+        let mut out = Vec::new();
+        if let Some(v) = self.maxsize.filter(|&v| v != c.maxsize) {
+            out.push(format!("maxsize {}, not {v}", c.maxsize));
+        }
+        if let Some(v) = self.kind.filter(|&v| v != c.kind) {
+            out.push(format!("kind {}, not {}", c.kind.name(), v.name()));
+        }
+        if let Some(v) = self.lease.filter(|v| *v != c.lease_timeout) {
+            out.push(format!("lease {}, not {}", opt(&c.lease_timeout), opt(&v)));
+        }
+        if let Some(v) = self.max_attempts.filter(|v| *v != c.max_attempts) {
+            out.push(format!(
+                "maxattempts {}, not {}",
+                opt(&c.max_attempts),
+                opt(&v)
+            ));
+        }
+        if let Some(v) = self.dead_letter.as_ref().filter(|v| **v != c.dead_letter) {
+            out.push(format!(
+                "deadletter {}, not {}",
+                opt(&c.dead_letter),
+                opt(v)
+            ));
+        }
+        out
     }
 
     /// Applies the settings to a live queue. The kind is never changed
@@ -130,22 +156,29 @@ impl Create {
         let (cell, created) = s.broker.create(&queue, config, true);
         if !created {
             let broker = std::sync::Arc::clone(&s.broker);
-            let ok = cell.with(&s.broker, |st, _| {
+            let differences = cell.with(&s.broker, |st, _| {
                 if st.explicit {
-                    return settings.matches(st.q.config());
+                    return settings.differences(st.q.config());
                 }
                 // Made by first use: QCREATE applies its settings, except a
                 // kind, which cannot change once messages are ordered.
                 if settings.kind.is_some_and(|k| !st.q.set_kind(k)) {
-                    return false;
+                    return settings.differences(st.q.config());
                 }
                 st.explicit = true;
                 settings.apply_live(st);
                 broker.log_settings(&queue, st);
-                true
+                Vec::new()
             });
-            if !ok {
-                return Err(err("EXISTS", "queue exists with different settings"));
+            if !differences.is_empty() {
+                return Err(err(
+                    "EXISTS",
+                    format!(
+                        "queue {} exists with {}",
+                        String::from_utf8_lossy(&queue),
+                        differences.join("; ")
+                    ),
+                ));
             }
         }
         s.reply().simple("OK");

@@ -227,10 +227,10 @@ impl GetWait {
                 entries(s, &got);
                 Ok(Flow::Continue)
             }
-            (Woke::TimedOut, None) => {
+            (Woke::TimedOut | Woke::Unblocked(_), None) => woke.empty_handed(|| {
                 s.reply().null_array();
                 Ok(Flow::Continue)
-            }
+            }),
             // Every queue was shut down while waiting.
             (Woke::Notified, None) => Err(shut_down()),
         })

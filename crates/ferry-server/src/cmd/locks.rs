@@ -99,10 +99,15 @@ impl LockWait {
                 granted(s, self.name.clone(), token);
                 Some(Ok(Flow::Continue))
             }
-            Err(_) if self.deadline.is_some_and(|d| Instant::now() >= d) => {
+            Err(_)
+                if matches!(woke, Woke::Unblocked(_))
+                    || self.deadline.is_some_and(|d| Instant::now() >= d) =>
+            {
                 locks.leave(&self.name, self.ticket, now);
-                s.reply().null();
-                Some(Ok(Flow::Continue))
+                Some(woke.empty_handed(|| {
+                    s.reply().null();
+                    Ok(Flow::Continue)
+                }))
             }
             Err(expires) => {
                 // Wake at the holder's TTL, if it comes first.

@@ -71,8 +71,25 @@ pub(crate) enum Woke {
     Notified,
     /// The wake-up time passed.
     TimedOut,
+    /// Another client sent CLIENT UNBLOCK: end as a timeout would, or
+    /// (`true`) with -UNBLOCKED.
+    Unblocked(bool),
     /// The client went away, or the server is stopping.
     Gone,
+}
+
+impl Woke {
+    /// How a wait that ended empty-handed replies: its timeout reply
+    /// (`Ok`), or -UNBLOCKED when CLIENT UNBLOCK asked for an error.
+    fn empty_handed(
+        self,
+        timeout: impl FnOnce() -> Result<Flow, CmdError>,
+    ) -> Result<Flow, CmdError> {
+        match self {
+            Woke::Unblocked(true) => Err(err("UNBLOCKED", "client unblocked via CLIENT UNBLOCK")),
+            _ => timeout(),
+        }
+    }
 }
 
 /// A command waiting for its queue (or lock).

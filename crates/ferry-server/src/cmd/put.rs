@@ -275,8 +275,9 @@ impl PutWait {
                 });
                 polled?
             }
-            // Timed out or gone: an admission that won the race stands.
-            Woke::TimedOut | Woke::Gone => {
+            // Timed out, unblocked or gone: an admission that won the
+            // race stands.
+            Woke::TimedOut | Woke::Unblocked(_) | Woke::Gone => {
                 let settled = self.cell.with(&s.broker, |st, _| {
                     st.unwatch(waiter);
                     let r = st.q.poll_put(waiter);
@@ -290,7 +291,7 @@ impl PutWait {
                 }
                 match settled {
                     Some(r) => r,
-                    None => return Some(Err(full())),
+                    None => return Some(woke.empty_handed(|| Err(full()))),
                 }
             }
         };

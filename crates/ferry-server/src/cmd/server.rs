@@ -26,6 +26,10 @@ pub(crate) enum Server {
     ClientGetName,
     ClientId,
     ClientSetInfo,
+    ClientUnblock {
+        id: u64,
+        error: bool,
+    },
     Select(u64),
     Info,
     CommandCount,
@@ -102,6 +106,15 @@ impl Server {
                     Server::ClientGetName
                 } else if is(&sub, "ID") {
                     Server::ClientId
+                } else if is(&sub, "UNBLOCK") {
+                    let id = parse_u64(&a.require()?)?;
+                    let error = match a.next() {
+                        None => false,
+                        Some(how) if is(&how, "TIMEOUT") => false,
+                        Some(how) if is(&how, "ERROR") => true,
+                        Some(how) => return Err(a.unknown(&how)),
+                    };
+                    Server::ClientUnblock { id, error }
                 } else if is(&sub, "SETINFO") {
                     // Client libraries announce themselves; nothing to keep.
                     return Ok(Server::ClientSetInfo);
@@ -172,6 +185,10 @@ impl Server {
                 s.reply().uint(id);
             }
             Server::ClientSetInfo => s.reply().simple("OK"),
+            Server::ClientUnblock { id, error } => {
+                let unblocked = s.broker.unblock(id, error);
+                s.reply().int(i64::from(unblocked));
+            }
             Server::Select(0) => s.reply().simple("OK"),
             Server::Select(_) => return Err(err("ERR", "DB index is out of range")),
             Server::Info => info(s),

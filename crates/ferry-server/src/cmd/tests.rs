@@ -194,3 +194,38 @@ async fn a_contended_lock_is_granted_in_line() {
     assert_eq!(wait.resume(&mut c, Woke::Notified), Some(Flow::Continue));
     assert_eq!(take(&mut c), ":2\r\n");
 }
+
+#[tokio::test]
+async fn an_unblocked_wait_ends_as_a_timeout_or_an_error() {
+    let b = broker(Config::default());
+    let mut s = Session::new(b);
+    let mut get = blocked(&mut s, &["QGET", "q"]);
+    assert_eq!(
+        get.resume(&mut s, Woke::Unblocked(false)),
+        Some(Flow::Continue)
+    );
+    assert_eq!(take(&mut s), "*-1\r\n");
+    run(&mut s, &["QPUT", "q", "x"]);
+    let mut join = blocked(&mut s, &["QJOIN", "q"]);
+    assert_eq!(
+        join.resume(&mut s, Woke::Unblocked(true)),
+        Some(Flow::Continue)
+    );
+    assert_eq!(
+        take(&mut s),
+        "-UNBLOCKED client unblocked via CLIENT UNBLOCK\r\n"
+    );
+    run(&mut s, &["QCREATE", "full", "MAXSIZE", "1"]);
+    run(&mut s, &["QPUT", "full", "1"]);
+    let mut put = blocked(&mut s, &["QPUT", "full", "2"]);
+    assert_eq!(
+        put.resume(&mut s, Woke::Unblocked(false)),
+        Some(Flow::Continue)
+    );
+    assert_eq!(take(&mut s), "-FULL queue is full\r\n");
+    assert_eq!(
+        run(&mut s, &["QLEN", "full"]),
+        ":1\r\n",
+        "the put did not happen"
+    );
+}
