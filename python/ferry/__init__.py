@@ -40,6 +40,17 @@ __all__ = [
 ]
 
 DEFAULT_URL = "ferry://127.0.0.1:7878"
+
+#: A private (unnamed) queue is dropped when its program is done with it —
+#: its last handle in the process that made it is collected, or that
+#: process exits. Should the program die without that (kill -9), the
+#: broker drops it once nobody has used it for this long (ms).
+PRIVATE_EXPIRE_MS = 60 * 60 * 1000
+
+# The private queues this process made, by (url, name): how many live
+# handles it has of each. The last one to go drops the queue.
+_private: dict = {}
+_private_lock = threading.Lock()
 Empty = _stdlib_queue.Empty
 Full = _stdlib_queue.Full
 
@@ -159,7 +170,7 @@ class _Feeder:
                     conn = Connection(self._url)
                 if self._kind == "priority":
                     for payload, key in batch:
-                        conn.put(self._name, payload, True, None, key)
+                        conn.put(self._name, payload, True, None, *key)
                 else:
                     conn.put_many(self._name, [payload for payload, _ in batch])
             except BaseException as e:  # kept for the producer: this thread has no caller
@@ -260,9 +271,25 @@ class Queue:
         self._feeder_generation = -1
         self._finalizer_generation = -1
         bound = None if self._maxsize is None else max(self._maxsize, 0)
-        self._handle.conn().create(self._name, bound, self._kind)
+        expire = PRIVATE_EXPIRE_MS if name is None else None
+        self._handle.conn().create(self._name, bound, self._kind, expire)
+        self._track_private(name is None)
         if self._maxsize is None:
             self._maxsize = dict(self._handle.conn().info(self._name)).get("maxsize", 0)
+
+    def _track_private(self, made_here: bool) -> None:
+        """Counts this handle if its queue is one this process made
+        without a name; the last such handle to go drops the queue. Runs
+        after multiprocessing joins this process's children at exit
+        (exitpriority -1), so children are done with it by then."""
+        key = (self._handle._url, self._name)
+        with _private_lock:
+            if made_here:
+                _private[key] = 0
+            elif key not in _private:
+                return
+            _private[key] += 1
+        _mp_util.Finalize(self, _release_private, args=(os.getpid(), key), exitpriority=-1)
 
     def _arm_finalizer(self) -> None:
         """Makes sure buffered work is sent when this handle is collected
@@ -334,16 +361,24 @@ class Queue:
     def is_shutdown(self) -> bool:
         return dict(self._handle.conn().info(self._name)).get("shutdown", 0) == 1
 
-    def _key(self, item) -> bytes | None:
-        return None
+    def _key(self, item) -> tuple:
+        """The item's order key and key type (a PriorityQueue's), or
+        (None, None)."""
+        return (None, None)
 
     def put(self, item, block: bool = True, timeout: float | None = None) -> None:
         _check_timeout(block, timeout)
         key = self._key(item)
         if self._write_behind:
-            self._feeder().put(self._dumps(item), key)
+            payload = self._dumps(item)
+            # Refused here, as a plain put would be: the feeder could only
+            # report it on a later put.
+            limit = self._handle.conn().max_payload()
+            if limit is not None and len(payload) > limit:
+                raise ValueError(f"a payload of {len(payload)} bytes is over the broker's limit of {limit} bytes (--max-payload)")
+            self._feeder().put(payload, key)
             return
-        self._handle.conn().put(self._name, self._dumps(item), bool(block), timeout, key)
+        self._handle.conn().put(self._name, self._dumps(item), bool(block), timeout, *key)
 
     def put_nowait(self, item) -> None:
         self.put(item, block=False)
@@ -389,9 +424,9 @@ class Queue:
             self._fetched.extend((conn, msg_id, p, self._stored_key(p)) for msg_id, p in items)
         self._arm_finalizer()
 
-    def _stored_key(self, payload: bytes):
-        """The order key a payload was put with (to put it back)."""
-        return None
+    def _stored_key(self, payload: bytes) -> tuple:
+        """The order key (and type) a payload was put with, to put it back."""
+        return (None, None)
 
     def _get_prefetched(self, block: bool, timeout: float | None):
         me = threading.get_ident()
@@ -407,7 +442,7 @@ class Queue:
             try:
                 got = conn.get_many(self._name, self._prefetch or 1, wait, self._take, self._take_dones(conn))
                 with self._held_lock:
-                    self._fetched.extend((conn, msg_id, p, None) for msg_id, p in got)
+                    self._fetched.extend((conn, msg_id, p, (None, None)) for msg_id, p in got)
                 conn.take_pending()  # now in _fetched
             except BaseException as e:
                 self._keep_interrupted(conn, e)
@@ -497,6 +532,22 @@ class Queue:
         self.flush()
         self._handle.conn().shutdown(self._name, immediate)
 
+    # Beyond the stdlib: managing the queue in the broker.
+    def drop(self) -> None:
+        """Removes the queue and everything in it from the broker (waiting
+        callers get ShutDown). Naming it again later starts afresh."""
+        self._handle.conn().call([b"QDROP", self._name.encode()])
+
+    def purge(self) -> int:
+        """Drops the ready and delayed items (each counted as done);
+        replies how many."""
+        return self._handle.conn().call([b"QPURGE", self._name.encode()])
+
+    def reopen(self) -> None:
+        """Undoes shutdown(): puts are accepted again. (A shut-down queue
+        stays shut down for every later program until reopened.)"""
+        self._handle.conn().call([b"QREOPEN", self._name.encode()])
+
     # multiprocessing.Queue's close / join_thread / cancel_join_thread: with
     # write-behind or prefetch they mean what they mean there; otherwise
     # there is nothing to close and they do nothing.
@@ -575,12 +626,28 @@ def _finish(name, take, fetched, dones, lock, box) -> None:
             conn.done_many(name, ids)
         for conn, msg_id, payload, key in left:
             if take:
-                conn.put(name, payload, True, None, key)
+                conn.put(name, payload, True, None, *key)
                 conn.done(name, msg_id)
             else:
                 conn.nack(name, msg_id)
     except FerryError:
         pass  # the broker is gone; leased items come back by themselves
+
+
+def _release_private(pid: int, key) -> None:
+    """A handle of a private queue went: drops the queue with the last."""
+    if pid != os.getpid():
+        return  # a forked child's inherited handle: the maker decides
+    with _private_lock:
+        _private[key] -= 1
+        if _private[key] > 0:
+            return
+        del _private[key]
+    url, name = key
+    try:
+        Connection(url).call([b"QDROP", name.encode()])
+    except Exception:
+        pass  # the broker is gone: its idle expiry drops the queue
 
 
 def _rebuild(cls, name, maxsize, url, serializer, prefetch=0, write_behind=0):
@@ -602,18 +669,26 @@ class LifoQueue(Queue):
 
 
 class PriorityQueue(Queue):
-    """queue.PriorityQueue: the least item first, as Python compares them,
-    for items built from numbers, strings, bytes, None, bools and tuples of
-    them (a tuple is ordered by its leading elements that can be encoded,
-    so `(priority, anything)` works). Equal keys come out first in, first
-    out. An item that cannot be encoded raises TypeError."""
+    """queue.PriorityQueue: the least item first, as Python compares them.
+
+    Items are ordered by a byte key made from them: numbers of any size
+    and kind (int, float, bool: exactly, so time.time_ns() stamps order
+    right), str, bytes, None, tuples of them, and @dataclass(order=True)
+    objects (by their compared fields, as the stdlib's docs recommend). A
+    tuple is ordered by its leading elements that can be, so
+    `(priority, anything)` works, and equal keys come out first in, first
+    out. Items the stdlib could not compare with those in the queue are
+    refused with TypeError, never misordered: an item that cannot be
+    ordered at all, and an item of another shape (other types at the same
+    places) than the items the queue holds — (1, 'a') then ('x', 'b').
+    """
 
     _kind = "priority"
 
-    def _key(self, item) -> bytes:
-        return order_key(item)
+    def _key(self, item) -> tuple:
+        return order_key_and_type(item)
 
-    def _stored_key(self, payload: bytes):
+    def _stored_key(self, payload: bytes) -> tuple:
         return self._key(self._loads(payload))
 
 
@@ -621,43 +696,126 @@ def _escape(b: bytes) -> bytes:
     return b.replace(b"\x00", b"\x00\xff") + b"\x00"
 
 
-def _encode(x, out: bytearray, top: bool) -> bool:
-    """Appends x's order key; False (nothing appended) if it cannot be
-    encoded. Codes sort None < bytes < str < tuple < numbers."""
-    if x is None:
+_INF = float("inf")
+
+
+def _number(x, out: bytearray) -> bool:
+    """Appends a number's key: every int, float and bool in one exact
+    order. A finite x ≠ 0 is ±2**e × 1.f: a sign class, then e (8 bytes,
+    offset) and the bits of f in 7-bit groups, each shifted left with a
+    "more follows" bit — a code no other is a prefix of, so that a
+    negative number's key can be the positive one's bytes inverted.
+    False for NaN, which has no order."""
+    if isinstance(x, float):
+        if x != x:
+            return False
+        if x in (_INF, -_INF):
+            out += b"\x14" if x > 0 else b"\x10"
+            return True
+        p, q = x.as_integer_ratio()  # q is a power of two
+        k = q.bit_length() - 1
+    else:
+        p, k = int(x), 0
+    if p == 0:
+        out += b"\x12"
+        return True
+    neg = p < 0
+    p = -p if neg else p
+    bits = p.bit_length() - 1  # the bits after the leading one
+    frac = p - (1 << bits)
+    if frac:
+        trailing = (frac & -frac).bit_length() - 1
+        frac >>= trailing
+        bits -= trailing
+    else:
+        bits = 0
+    enc = bytearray((p.bit_length() - 1 - k + (1 << 63)).to_bytes(8, "big"))
+    if bits == 0:
+        enc.append(0)
+    else:
+        pad = -bits % 7
+        frac <<= pad
+        n = (bits + pad) // 7
+        for i in range(n):
+            group = (frac >> (7 * (n - 1 - i))) & 0x7F
+            enc.append(group << 1 | (i < n - 1))
+    if neg:
+        out += b"\x11" + bytes(255 - b for b in enc)
+    else:
+        out += b"\x13" + enc
+    return True
+
+
+def _orderable_dataclass(x) -> bool:
+    params = getattr(type(x), "__dataclass_params__", None)
+    return params is not None and params.order and not isinstance(x, type)
+
+
+def _encode(x, out: bytearray, shape: list) -> bool:
+    """Appends x's order key to out and its type to shape; False (nothing
+    appended) if it cannot be ordered. Codes sort None < bytes < str <
+    tuple < dataclass < numbers (items of different types are never
+    compared: the key type keeps them apart)."""
+    if isinstance(x, (bool, int, float)):
+        mark = len(out)
+        out += b"\x21"
+        if not _number(x, out):
+            del out[mark:]
+            return False
+        shape.append("n")
+    elif x is None:
         out += b"\x00"
-    elif isinstance(x, (bool, int, float)):
-        f = float(x)
-        if f != f:
-            return False  # NaN has no order
-        if isinstance(x, int) and not isinstance(x, bool) and abs(x) > 2**53:
-            return False  # not exactly representable alongside floats
-        if f == 0.0:
-            f = 0.0  # -0.0 == 0.0
-        bits = int.from_bytes(__import__("struct").pack(">d", f), "big")
-        bits = bits ^ 0xFFFFFFFFFFFFFFFF if bits >> 63 else bits | (1 << 63)
-        out += b"\x21" + bits.to_bytes(8, "big")
+        shape.append("z")
     elif isinstance(x, bytes):
         out += b"\x01" + _escape(x)
+        shape.append("b")
     elif isinstance(x, str):
         out += b"\x02" + _escape(x.encode("utf-8"))
+        shape.append("s")
     elif isinstance(x, tuple):
         out += b"\x05"
-        for e in x:
-            if not _encode(e, out, False):
-                break
+        shape.append("(")
+        _encode_fields(x, out, shape)
         out += b"\x00"
+        shape.append(")")
+    elif _orderable_dataclass(x):
+        import dataclasses
+
+        cls = type(x)
+        out += b"\x06"
+        shape.append(f"{cls.__module__}.{cls.__qualname__}(")
+        _encode_fields([getattr(x, f.name) for f in dataclasses.fields(x) if f.compare], out, shape)
+        out += b"\x00"
+        shape.append(")")
     else:
         return False
     return True
 
 
+def _encode_fields(fields, out: bytearray, shape: list) -> None:
+    """A tuple's elements, up to the first that cannot be ordered (its
+    place in the shape is "?": anything may follow)."""
+    for e in fields:
+        if not _encode(e, out, shape):
+            shape.append("?")
+            break
+
+
+def order_key_and_type(item) -> tuple:
+    """The byte string whose order is the item's order in a PriorityQueue,
+    and the item's key type (its shape: the types at each place)."""
+    out, shape = bytearray(), []
+    if not _encode(item, out, shape):
+        raise TypeError(
+            f"cannot order items of type {type(item).__name__} in a ferry.PriorityQueue "
+            "(numbers, str, bytes, None, tuples and @dataclass(order=True) can be)"
+        )
+    return bytes(out), "".join(shape).encode()
+
+
 def order_key(item) -> bytes:
     """The byte string whose order is the item's order in a PriorityQueue."""
-    out = bytearray()
-    if not _encode(item, out, True):
-        raise TypeError(f"cannot order items of type {type(item).__name__} in a ferry.PriorityQueue")
-    return bytes(out)
+    return order_key_and_type(item)[0]
 
 
 class SimpleQueue(Queue):

@@ -81,6 +81,12 @@ fn to_py(py: Python<'_>, e: Error) -> PyErr {
         Error::LeaseLost => LeaseLost::new_err(e.to_string()),
         Error::Io(e) => PyConnectionError::new_err(e.to_string()),
         Error::Url(m) => PyValueError::new_err(m),
+        // An item the queue's items could not be compared with, as the
+        // stdlib's PriorityQueue would fail to.
+        Error::Server { code, message } if code == "KEYTYPE" => {
+            pyo3::exceptions::PyTypeError::new_err(message)
+        }
+        e @ Error::TooBig { .. } => PyValueError::new_err(e.to_string()),
         other => FerryError::new_err(other.to_string()),
     }
 }
@@ -146,6 +152,14 @@ impl Connection {
             }
         });
         result.map_err(|e| to_py(py, e))
+    }
+
+    /// Refuses a payload over the broker's limit before sending it.
+    fn check_size(&self, py: Python<'_>, size: usize) -> PyResult<()> {
+        match self.with(py, |c| c.max_payload())? {
+            Some(max) if size > max => Err(to_py(py, Error::TooBig { size, max })),
+            _ => Ok(()),
+        }
     }
 
     /// Delivered messages as Python values, kept as pending too (see
@@ -219,10 +233,16 @@ fn interrupted_get(py: Python<'_>, interrupt: PyErr, reply: PyResult<Value>) -> 
 impl Connection {
     #[new]
     fn new(py: Python<'_>, url: &str) -> PyResult<Self> {
-        let url = url.to_string();
+        let target = url.to_string();
         let client = py
-            .detach(move || Client::connect(&url))
-            .map_err(|e| to_py(py, e))?;
+            .detach(move || Client::connect(&target))
+            .map_err(|e| match e {
+                Error::Io(e) => PyConnectionError::new_err(format!(
+                    "cannot reach the ferry broker at {url}: {e}. Start one with `ferry serve` \
+                     (or `python -m ferry serve`), or point FERRY_URL (or url=) at yours"
+                )),
+                e => to_py(py, e),
+            })?;
         Ok(Connection {
             client: Mutex::new(Some(client)),
             pending: Mutex::new(Vec::new()),
@@ -234,6 +254,11 @@ impl Connection {
     /// interrupted as the get returned.
     fn take_pending(&self) -> Vec<(u64, Py<PyBytes>)> {
         std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// The largest payload the broker takes (None: it did not say).
+    fn max_payload(&self, py: Python<'_>) -> PyResult<Option<usize>> {
+        self.with(py, |c| c.max_payload())
     }
 
     /// Any command, its reply as Python values: int, bytes, str (a status),
@@ -249,23 +274,29 @@ impl Connection {
     /// QCREATE queue KIND k [MAXSIZE n]: made if missing; an existing
     /// queue with other settings than those named is a ValueError that
     /// names them.
-    #[pyo3(signature = (queue, maxsize, kind))]
+    /// `expire` (ms): the broker drops the queue once unused that long.
+    #[pyo3(signature = (queue, maxsize, kind, expire=None))]
     fn create(
         &self,
         py: Python<'_>,
         queue: &str,
         maxsize: Option<u64>,
         kind: &str,
+        expire: Option<u64>,
     ) -> PyResult<()> {
         let (q, m, k) = (
             queue.to_string(),
             maxsize.map(|m| m.to_string()),
             kind.to_string(),
         );
+        let e = expire.map(|e| e.to_string());
         let r = self.with(py, move |c| {
             let mut args: Vec<&[u8]> = vec![b"QCREATE", q.as_bytes(), b"KIND", k.as_bytes()];
             if let Some(m) = &m {
                 args.extend_from_slice(&[b"MAXSIZE", m.as_bytes()]);
+            }
+            if let Some(e) = &e {
+                args.extend_from_slice(&[b"EXPIRE", e.as_bytes()]);
             }
             c.call(&args).map(drop)
         });
@@ -289,7 +320,10 @@ impl Connection {
 
     /// Puts; `block=False` fails at once when full, `timeout=None` waits
     /// forever. `priority` is a raw order key.
-    #[pyo3(signature = (queue, payload, block=true, timeout=None, priority=None))]
+    // Python's own signature (put(item, block, timeout)) plus the key: the
+    // arguments are what they are.
+    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (queue, payload, block=true, timeout=None, priority=None, keytype=None))]
     fn put(
         &self,
         py: Python<'_>,
@@ -298,11 +332,16 @@ impl Connection {
         block: bool,
         timeout: Option<f64>,
         priority: Option<Vec<u8>>,
+        keytype: Option<Vec<u8>>,
     ) -> PyResult<u64> {
         let t = timeout_arg(block, timeout)?;
+        self.check_size(py, payload.len())?;
         let mut args: Vec<&[u8]> = vec![b"QPUT", queue.as_bytes(), &payload];
         if let Some(k) = &priority {
             args.extend_from_slice(&[b"PRIOKEY", k]);
+        }
+        if let Some(t) = &keytype {
+            args.extend_from_slice(&[b"KEYTYPE", t]);
         }
         match t.as_deref() {
             None => args.push(b"NOWAIT"),

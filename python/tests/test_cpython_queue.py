@@ -121,19 +121,9 @@ def simple_queue_test(cls, q):
 def test_basic(cls):
     # Do it a couple of times on the same queue. Done twice to make sure
     # it works with the same instance reused.
-    if cls is ferry.PriorityQueue:
-        pytest.skip("PriorityQueue cannot order 'empty' among numbers; see test_basic_priority")
     q = cls(QUEUE_SIZE)
     simple_queue_test(cls, q)
     simple_queue_test(cls, q)
-
-
-def test_basic_priority():
-    # CPython's PriorityQueue would raise TypeError comparing "empty" with
-    # an int too; ferry orders str after numbers, so the same test runs.
-    q = ferry.PriorityQueue(QUEUE_SIZE)
-    simple_queue_test(ferry.PriorityQueue, q)
-    simple_queue_test(ferry.PriorityQueue, q)
 
 
 def queue_join_test(q):

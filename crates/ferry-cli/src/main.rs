@@ -39,6 +39,14 @@ enum Command {
     Done(verbs::DoneArgs),
     /// Give a message got with `get --lease` back for another try.
     Nack(verbs::NackArgs),
+    /// Remove queues and everything in them (a queue named again later
+    /// starts afresh).
+    Drop(verbs::ManageArgs),
+    /// Drop the ready and delayed messages of queues (each counted
+    /// finished, so join returns once the leased ones are done).
+    Purge(verbs::ManageArgs),
+    /// Let shut-down queues take puts again.
+    Reopen(verbs::ManageArgs),
     /// Wait until a queue's work is finished, showing progress on stderr.
     /// Exit 4 on --timeout.
     Join(verbs::JoinArgs),
@@ -131,6 +139,9 @@ fn main() -> anyhow::Result<()> {
         Command::Done(a) => finish(verbs::done(&a).map(|()| 0)),
         Command::Nack(a) => finish(verbs::nack(&a).map(|()| 0)),
         Command::Join(a) => finish(verbs::join(&a).map(|()| 0)),
+        Command::Drop(a) => finish(verbs::manage(verbs::Manage::Drop, &a).map(|()| 0)),
+        Command::Purge(a) => finish(verbs::manage(verbs::Manage::Purge, &a).map(|()| 0)),
+        Command::Reopen(a) => finish(verbs::manage(verbs::Manage::Reopen, &a).map(|()| 0)),
         Command::Info(a) => finish(verbs::info(&a).map(|()| 0)),
         Command::Top(a) => finish(verbs::top(&a).map(|()| 0)),
         Command::Lock(a) => finish(verbs::lock(&a)),

@@ -255,6 +255,46 @@ pub(crate) fn nack(a: &NackArgs) -> Outcome {
     c.call(&args).map(drop).map_err(fail)
 }
 
+/// What `ferry drop | purge | reopen` does to each queue named.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Manage {
+    /// QDROP: the queue and everything in it go.
+    Drop,
+    /// QPURGE: its ready and delayed messages go (counted finished).
+    Purge,
+    /// QREOPEN: a shut-down queue takes puts again.
+    Reopen,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct ManageArgs {
+    #[command(flatten)]
+    conn: Conn,
+    /// The queues.
+    #[arg(required = true)]
+    queues: Vec<String>,
+}
+
+/// Drops, purges or reopens each queue named, printing what happened.
+pub(crate) fn manage(what: Manage, a: &ManageArgs) -> Outcome {
+    let mut c = a.conn.connect()?;
+    let command: &[u8] = match what {
+        Manage::Drop => b"QDROP",
+        Manage::Purge => b"QPURGE",
+        Manage::Reopen => b"QREOPEN",
+    };
+    for q in &a.queues {
+        match (what, c.call(&[command, q.as_bytes()]).map_err(fail)?) {
+            (Manage::Drop, Value::Int(1)) => println!("{q}: dropped"),
+            (Manage::Drop, _) => return Err((1, format!("{q}: no such queue"))),
+            (Manage::Purge, Value::Int(n)) => println!("{q}: {n} message(s) purged"),
+            (Manage::Reopen, _) => println!("{q}: reopened"),
+            (_, other) => return Err((1, format!("unexpected reply {other:?}"))),
+        }
+    }
+    Ok(())
+}
+
 /// A QINFO reply (a RESP3 map, or RESP2's flat array) as (field, value)
 /// pairs, in the broker's order.
 fn pairs_of(v: Value) -> Result<Vec<(String, Value)>, (i32, String)> {

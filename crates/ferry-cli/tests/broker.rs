@@ -145,7 +145,7 @@ fn commands_and_errors() {
     c.cmd(&["QPUT", "info", "x", "PRIORITY", "3"]);
     let info = c.cmd(&["QINFO", "info"]);
     assert!(
-        info.starts_with("*52\r\n$4\r\nname\r\n$4\r\ninfo\r\n$4\r\nkind\r\n$4\r\nfifo\r\n"),
+        info.starts_with("*54\r\n$4\r\nname\r\n$4\r\ninfo\r\n$4\r\nkind\r\n$4\r\nfifo\r\n"),
         "{info}"
     );
     assert!(info.contains("$10\r\nunfinished\r\n:1\r\n"), "{info}");
@@ -155,7 +155,7 @@ fn commands_and_errors() {
         "{hello}"
     );
     assert_eq!(c.cmd(&["QGET", "empty", "NOWAIT"]), "_\r\n", "RESP3 null");
-    assert!(c.cmd(&["QINFO", "info"]).starts_with("%26\r\n"));
+    assert!(c.cmd(&["QINFO", "info"]).starts_with("%27\r\n"));
     assert_eq!(c.cmd(&["QUIT"]), "+OK\r\n");
     assert!(c.closed());
 }
@@ -851,4 +851,43 @@ fn client_unblock_ends_a_wait_from_another_connection() {
     assert_eq!(n, 0, "a client that is not blocked");
     // Its connection is as good as before.
     assert_eq!(waiter.cmd(&["PING"]), "+PONG\r\n");
+}
+
+/// A queue made with EXPIRE goes away once nobody used it for that long —
+/// unless someone waits in it or holds its messages. QREOPEN undoes a
+/// shutdown.
+#[test]
+fn idle_queues_expire_and_shut_down_queues_reopen() {
+    let s = Server::start();
+    let mut c = s.conn();
+    for q in ["idle", "busy"] {
+        let _: () = cmd("QCREATE")
+            .arg(q)
+            .arg("EXPIRE")
+            .arg(200)
+            .query(&mut c)
+            .unwrap();
+        let _: u64 = cmd("QPUT").arg(q).arg("left over").query(&mut c).unwrap();
+    }
+    assert_eq!(common::qinfo(&mut c, "idle", "expire"), 200);
+    // Someone holds busy's message (and waits for more).
+    let mut holder = s.conn();
+    let _: Vec<Entry> = cmd("QGET").arg("busy").query(&mut holder).unwrap();
+    common::wait_until("the idle queue to expire", || {
+        let names: Vec<String> = cmd("QLIST").query(&mut c).unwrap();
+        !names.contains(&"idle".to_string())
+    });
+    let names: Vec<String> = cmd("QLIST").query(&mut c).unwrap();
+    assert!(
+        names.contains(&"busy".to_string()),
+        "busy is held: {names:?}"
+    );
+
+    let _: () = cmd("QSHUTDOWN").arg("r").query(&mut c).unwrap();
+    let refused: redis::RedisResult<u64> = cmd("QPUT").arg("r").arg("x").query(&mut c);
+    assert_eq!(refused.unwrap_err().code(), Some("SHUTDOWN"));
+    let _: () = cmd("QREOPEN").arg("r").query(&mut c).unwrap();
+    let _: u64 = cmd("QPUT").arg("r").arg("x").query(&mut c).unwrap();
+    let missing: redis::RedisResult<()> = cmd("QREOPEN").arg("nope").query(&mut c);
+    assert_eq!(missing.unwrap_err().code(), Some("NOQUEUE"));
 }

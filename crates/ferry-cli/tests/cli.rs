@@ -247,3 +247,25 @@ fn pipelines_are_one_round_trip_in_order() {
     assert!(matches!(replies[2], Err(ferry_client::Error::NotLeased)));
     assert!(matches!(replies[3], Ok(ferry_client::Value::Int(2))));
 }
+
+#[test]
+fn drop_purge_and_reopen_queues() {
+    let s = Server::start();
+    for i in 0..3 {
+        ferry(&s, &["put", "old", &i.to_string()]);
+    }
+    let o = ferry(&s, &["purge", "old"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o).trim(), "old: 3 message(s) purged");
+    let c = &mut s.conn();
+    assert_eq!(common::qinfo(c, "old", "qsize"), 0);
+    let _: () = redis::cmd("QSHUTDOWN").arg("old").query(c).unwrap();
+    assert_eq!(ferry(&s, &["put", "old", "x"]).status.code(), Some(1));
+    assert!(ferry(&s, &["reopen", "old"]).status.success());
+    assert!(ferry(&s, &["put", "old", "x"]).status.success());
+    let o = ferry(&s, &["drop", "old"]);
+    assert_eq!(stdout(&o).trim(), "old: dropped");
+    let o = ferry(&s, &["drop", "old"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("no such queue"));
+}

@@ -581,3 +581,29 @@ fn batched_finishes_survive_a_sigkill() {
         (4..10).map(|i| format!("take{i}")).collect::<Vec<_>>()
     );
 }
+
+/// An idle expiry and a reopened shutdown are logged like any setting.
+#[test]
+fn expiry_and_reopen_survive_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = Server::start_at(dir.path(), &[]);
+        let mut c = s.conn();
+        let _: () = cmd("QCREATE")
+            .arg("e")
+            .arg("EXPIRE")
+            .arg(600_000)
+            .query(&mut c)
+            .unwrap();
+        let _: () = cmd("QSHUTDOWN").arg("e").query(&mut c).unwrap();
+        let _: () = cmd("QREOPEN").arg("e").query(&mut c).unwrap();
+        let _: () = cmd("QSHUTDOWN").arg("closed").query(&mut c).unwrap();
+        s.signal_and_wait("-KILL");
+    }
+    let s = Server::start_at(dir.path(), &[]);
+    let mut c = s.conn();
+    assert_eq!(common::qinfo(&mut c, "e", "expire"), 600_000);
+    let _: u64 = cmd("QPUT").arg("e").arg("accepted").query(&mut c).unwrap();
+    let refused: redis::RedisResult<u64> = cmd("QPUT").arg("closed").arg("x").query(&mut c);
+    assert_eq!(refused.unwrap_err().code(), Some("SHUTDOWN"));
+}

@@ -27,6 +27,9 @@ struct Link {
     /// The broker's id for this connection (CLIENT ID): what CLIENT
     /// UNBLOCK names to end a wait this client gives up on.
     id: u64,
+    /// The broker's largest payload (CONFIG GET proto-max-bulk-len), if
+    /// it says.
+    max_payload: Option<usize>,
 }
 
 impl Link {
@@ -45,6 +48,7 @@ impl Link {
             decoder: Decoder::new(Limits::client()),
             out: BytesMut::new(),
             id: 0,
+            max_payload: None,
         });
         if let Some(p) = &url.password {
             match link.call(&[b"AUTH", p.as_bytes()]).await {
@@ -55,10 +59,29 @@ impl Link {
                 Err(e) => return Err(e),
             }
         }
-        link.id = match link.call(&[b"CLIENT", b"ID"]).await? {
-            Value::Int(id) => id as u64,
+        // Who this connection is, and how large a payload may be: one
+        // round trip.
+        let mut replies = link
+            .pipeline(&[
+                vec![&b"CLIENT"[..], b"ID"],
+                vec![&b"CONFIG"[..], b"GET", b"proto-max-bulk-len"],
+            ])
+            .await?
+            .into_iter();
+        link.id = match replies.next() {
+            Some(Ok(Value::Int(id))) => id as u64,
+            Some(Err(e)) => return Err(e),
             other => return Err(Error::Protocol(format!("CLIENT ID replied {other:?}"))),
         };
+        link.max_payload = match replies.next() {
+            Some(Ok(Value::Map(pairs))) => pairs.into_iter().next().map(|(_, v)| v),
+            Some(Ok(Value::Array(flat))) => flat.into_iter().nth(1),
+            _ => None,
+        }
+        .and_then(|v| match v {
+            Value::Bulk(b) => std::str::from_utf8(&b).ok()?.parse().ok(),
+            _ => None,
+        });
         Ok(link)
     }
 
@@ -394,12 +417,28 @@ impl AsyncClient {
         result
     }
 
+    /// The largest payload the broker takes, as it said at connect
+    /// (`None`: it did not say).
+    pub async fn max_payload(&mut self) -> Result<Option<usize>, Error> {
+        Ok(self.link().await?.max_payload)
+    }
+
+    /// Refuses a payload over the broker's limit before sending it (the
+    /// broker would close the connection on it).
+    async fn check_size(&mut self, size: usize) -> Result<(), Error> {
+        match self.max_payload().await? {
+            Some(max) if size > max => Err(Error::TooBig { size, max }),
+            _ => Ok(()),
+        }
+    }
+
     async fn put_with(
         &mut self,
         queue: &str,
         payload: &[u8],
         wait: &[&[u8]],
     ) -> Result<u64, Error> {
+        self.check_size(payload.len()).await?;
         let key = self.dedup_key();
         let mut args: Vec<&[u8]> =
             vec![b"QPUT", queue.as_bytes(), payload, b"DEDUP", key.as_bytes()];
@@ -466,6 +505,8 @@ impl AsyncClient {
     /// # Ok(()) }
     /// ```
     pub async fn put_many(&mut self, queue: &str, payloads: &[&[u8]]) -> Result<Vec<u64>, Error> {
+        let largest = payloads.iter().map(|p| p.len()).max().unwrap_or(0);
+        self.check_size(largest).await?;
         let mut args: Vec<&[u8]> =
             vec![b"QPUTMANY", queue.as_bytes(), b"TIMEOUT", b"0", b"PAYLOADS"];
         args.extend_from_slice(payloads);

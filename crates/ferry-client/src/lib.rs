@@ -135,6 +135,15 @@ pub enum Error {
     /// `task_done` did not and cannot finish it.
     #[error("the lease was lost with its connection; the message will be delivered again")]
     LeaseLost,
+    /// A payload over the broker's `--max-payload`, refused before it was
+    /// sent.
+    #[error("a payload of {size} bytes is over the broker's limit of {max} bytes (--max-payload)")]
+    TooBig {
+        /// The payload's size.
+        size: usize,
+        /// The broker's limit.
+        max: usize,
+    },
     /// Authentication was refused or is required.
     #[error("authentication failed: {0}")]
     Auth(String),
@@ -534,6 +543,18 @@ impl Client {
         cancel: impl std::future::Future<Output = ()>,
     ) -> Result<(Value, bool), Error> {
         self.rt.block_on(self.inner.call_cancellable(args, cancel))
+    }
+
+    /// The largest payload the broker takes, as it said at connect
+    /// (`None`: it did not say).
+    ///
+    /// ```no_run
+    /// # let mut c = ferry_client::Client::connect("ferry://127.0.0.1:7878")?;
+    /// let limit = c.max_payload()?;
+    /// # Ok::<(), ferry_client::Error>(())
+    /// ```
+    pub fn max_payload(&mut self) -> Result<Option<usize>, Error> {
+        self.rt.block_on(self.inner.max_payload())
     }
 
     /// One of QINFO's counters (`qsize`, `leased`, `waiting_getters`, ...

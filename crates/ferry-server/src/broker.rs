@@ -33,9 +33,35 @@ pub(crate) struct QueueState {
     pub(crate) explicit: bool,
     /// Removed by QDROP; its timer task exits.
     dropped: bool,
+    /// The type of the order keys of the messages it holds (QPUT ...
+    /// KEYTYPE): set by the first put into the queue while it holds
+    /// nothing; a put of another type is refused until it is empty again.
+    pub(crate) keytype: Option<Bytes>,
 }
 
 impl QueueState {
+    /// Checks a put's key type against the messages the queue holds, and
+    /// adopts it (logged) when the queue holds none: the stdlib compares
+    /// only items present, so an empty queue takes any type.
+    pub(crate) fn check_keytype(
+        &mut self,
+        queue: &[u8],
+        keytype: &Bytes,
+        store: Option<&Store>,
+    ) -> Result<(), Bytes> {
+        match &self.keytype {
+            Some(t) if t == keytype => Ok(()),
+            Some(t) if self.q.held_weight() > 0 => Err(t.clone()),
+            _ => {
+                if let Some(store) = store {
+                    store.keytype(queue, keytype);
+                }
+                self.keytype = Some(keytype.clone());
+                Ok(())
+            }
+        }
+    }
+
     /// Registers the task to wake when the engine settles `waiter`.
     pub(crate) fn watch(&mut self, waiter: WaiterId, notify: &Arc<Notify>) {
         self.wakers.insert(waiter, Arc::clone(notify));
@@ -85,9 +111,10 @@ impl QueueState {
     /// it — settings, next id, every stored message (one at a time: a
     /// packed backlog is never unpacked whole), shutdown state, DEDUP keys
     /// — between a Reset and a SnapshotEnd (called under the queue's lock).
-    fn snapshot(&self, store: &Store, queue: &[u8], now: Millis) {
+    fn snapshot(&self, store: &Store, cell: &QueueCell, now: Millis) {
+        let queue = &cell.name[..];
         store.reset(queue);
-        store.settings(queue, self.explicit, self.q.config());
+        store.settings(queue, self.explicit, self.q.config(), cell.expire());
         store.next_id(queue, self.q.next_id());
         let mut journal = store.journal(queue);
         self.q.for_each_stored(|m, due, out| {
@@ -99,6 +126,9 @@ impl QueueState {
         journal.flush();
         if let Some(mode) = self.q.shutdown_state() {
             store.shutdown(queue, mode == engine::Shutdown::Immediate);
+        }
+        if let Some(t) = &self.keytype {
+            store.keytype(queue, t);
         }
         for (key, &(id, until)) in &self.dedup {
             if until > now {
@@ -127,6 +157,11 @@ pub(crate) struct QueueCell {
     armed: AtomicU64,
     /// Set by QDROP, so that connections caching this cell look again.
     removed: AtomicBool,
+    /// When a command last named the queue (broker ms).
+    last_used: AtomicU64,
+    /// Dropped once unused this long, with no client waiting in it or
+    /// holding its messages (ms; u64::MAX: never). QCREATE ... EXPIRE.
+    expire: AtomicU64,
 }
 
 /// The broker: all queues, all locks.
@@ -196,6 +231,7 @@ impl Broker {
             tokio::spawn(compactor(Arc::clone(&broker)));
             tokio::spawn(disk_watcher(Arc::clone(&broker)));
         }
+        tokio::spawn(idle_sweeper(Arc::clone(&broker)));
         Ok((broker, recovery))
     }
 
@@ -212,7 +248,7 @@ impl Broker {
                 // A queue dropped since the segment started logged its Drop
                 // already; a snapshot after it would bring it back.
                 if !st.dropped {
-                    st.snapshot(&store, &cell.name, now);
+                    st.snapshot(&store, &cell, now);
                 }
             });
         }
@@ -228,7 +264,7 @@ impl Broker {
 
     /// Rebuilds one queue from the log, then journals it from here on.
     fn restore_queue(self: &Arc<Self>, name: Bytes, rec: Recovered) {
-        let (cell, _) = self.create_cell(&name, rec.config, rec.explicit, false);
+        let (cell, _) = self.create_cell(&name, rec.config, rec.explicit, rec.expire, false);
         cell.with(self, |st, now| {
             st.q.set_next_id(rec.next_id);
             for (id, m) in rec.msgs {
@@ -244,6 +280,7 @@ impl Broker {
             if let Some(immediate) = rec.shutdown {
                 st.q.shutdown(immediate, now);
             }
+            st.keytype = rec.keytype;
             if let Some(store) = &self.store {
                 for (key, (id, until)) in rec.dedup {
                     let until = store.to_broker_ms(until);
@@ -367,7 +404,7 @@ impl Broker {
         if let Some(cell) = self.queue(name) {
             return cell;
         }
-        self.create(name, engine::Config::default(), false).0
+        self.create(name, engine::Config::default(), false, None).0
     }
 
     /// Creates a queue unless one exists; replies it and whether it is new.
@@ -376,14 +413,15 @@ impl Broker {
         name: &Bytes,
         config: engine::Config,
         explicit: bool,
+        expire: Option<Millis>,
     ) -> (Arc<QueueCell>, bool) {
-        self.create_cell(name, config, explicit, true)
+        self.create_cell(name, config, explicit, expire, true)
     }
 
     /// Logs a queue's current settings.
-    pub(crate) fn log_settings(&self, name: &[u8], st: &QueueState) {
+    pub(crate) fn log_settings(&self, cell: &QueueCell, st: &QueueState) {
         if let Some(store) = &self.store {
-            store.settings(name, st.explicit, st.q.config());
+            store.settings(&cell.name, st.explicit, st.q.config(), cell.expire());
         }
     }
 
@@ -392,6 +430,7 @@ impl Broker {
         name: &Bytes,
         config: engine::Config,
         explicit: bool,
+        expire: Option<Millis>,
         journal: bool,
     ) -> (Arc<QueueCell>, bool) {
         let mut queues = self.queues.write();
@@ -410,17 +449,20 @@ impl Broker {
                 dedup: HashMap::new(),
                 explicit,
                 dropped: false,
+                keytype: None,
             }),
             timer: Notify::new(),
             armed: AtomicU64::new(u64::MAX),
             removed: AtomicBool::new(false),
+            last_used: AtomicU64::new(self.now()),
+            expire: AtomicU64::new(expire.unwrap_or(u64::MAX)),
         });
         queues.insert(name.clone(), Arc::clone(&cell));
         if journal {
             // Logged under the registry lock, so that a drop and a re-create
             // of the same name reach the log in the order they happened.
             if let Some(store) = &self.store {
-                store.settings(name, explicit, cell.state.lock().q.config());
+                store.settings(name, explicit, cell.state.lock().q.config(), expire);
             }
         }
         drop(queues);
@@ -462,6 +504,21 @@ impl QueueCell {
     /// True once QDROP removed this queue from the registry.
     pub(crate) fn removed(&self) -> bool {
         self.removed.load(Ordering::Acquire)
+    }
+
+    /// A command named the queue at `now`.
+    pub(crate) fn used(&self, now: Millis) {
+        self.last_used.store(now, Ordering::Relaxed);
+    }
+
+    /// The idle expiry, if any (QCREATE ... EXPIRE).
+    pub(crate) fn expire(&self) -> Option<Millis> {
+        Some(self.expire.load(Ordering::Relaxed)).filter(|&e| e != u64::MAX)
+    }
+
+    pub(crate) fn set_expire(&self, expire: Option<Millis>) {
+        self.expire
+            .store(expire.unwrap_or(u64::MAX), Ordering::Relaxed);
     }
 
     /// Runs `f` on the queue under its lock, then does what every engine
@@ -562,6 +619,38 @@ async fn compactor(broker: Arc<Broker>) {
             Err(e) => {
                 tracing::error!(error = %e, "log compaction failed");
                 return;
+            }
+        }
+    }
+}
+
+/// Drops the queues with an idle expiry that nobody used for that long,
+/// nobody waits in, and nobody holds messages of: the leftovers of
+/// programs that ended without cleaning up (a private queue whose program
+/// was killed). Looks once a second.
+async fn idle_sweeper(broker: Arc<Broker>) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = broker.now();
+        let due: Vec<Arc<QueueCell>> = broker
+            .queues
+            .read()
+            .values()
+            .filter(|c| {
+                c.expire()
+                    .is_some_and(|e| now.saturating_sub(c.last_used.load(Ordering::Relaxed)) >= e)
+            })
+            .cloned()
+            .collect();
+        for cell in due {
+            let idle = {
+                let st = cell.state.lock();
+                let q = &st.q;
+                q.waiting_getters() + q.waiting_putters() + q.waiting_joiners() == 0
+                    && q.leased() + q.taken() == 0
+            };
+            if idle && broker.drop_queue(&cell.name) {
+                tracing::info!(queue = %String::from_utf8_lossy(&cell.name), "dropped a queue nobody used within its EXPIRE");
             }
         }
     }

@@ -15,7 +15,7 @@ use ferry_proto::{Decoder, Limits};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
 use tokio::sync::{Notify, watch};
-use tracing::debug;
+use tracing::{debug, warn};
 
 use crate::broker::{Broker, Unblock};
 use crate::cmd::{self, Flow, Outcome, Woke};
@@ -73,6 +73,8 @@ impl AsyncWrite for Stream {
 
 pub(crate) struct Conn {
     stream: Stream,
+    /// Who the client is, for the log: its address, or `unix`.
+    peer: String,
     session: Session,
     inbuf: BytesMut,
     decoder: Decoder,
@@ -89,8 +91,15 @@ impl Conn {
             max_bulk: broker.config.max_payload,
             ..Limits::default()
         });
+        let peer = match &stream {
+            Stream::Tcp(s) => s
+                .peer_addr()
+                .map_or_else(|_| "tcp".into(), |a| a.to_string()),
+            Stream::Unix(_) => "unix".into(),
+        };
         Conn {
             stream,
+            peer,
             session: Session::new(broker),
             inbuf: BytesMut::with_capacity(16 << 10),
             decoder,
@@ -126,6 +135,10 @@ impl Conn {
                     }
                     Ok(None) => break,
                     Err(e) => {
+                        // Said in the log as well as to the client: a client
+                        // that does not read its error sees only a closed
+                        // connection.
+                        warn!(client = self.session.id, peer = %self.peer, error = %e, "refused a request; closing the connection");
                         self.session.reply().error(e.code(), &e.to_string());
                         return self.flush().await;
                     }

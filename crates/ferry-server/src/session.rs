@@ -90,9 +90,11 @@ impl Session {
             && cell.name == *name
             && !cell.removed()
         {
+            cell.used(self.broker.now());
             return Some(Arc::clone(cell));
         }
         let cell = self.broker.queue(name)?;
+        cell.used(self.broker.now());
         self.last = Some(Arc::clone(&cell));
         Some(cell)
     }

@@ -1049,6 +1049,11 @@ impl<T: Item, F: FifoStore<T>> Queue<T, F> {
         self.dispatch();
     }
 
+    /// Undoes a shutdown: puts are accepted, and gets wait, again.
+    pub fn reopen(&mut self) {
+        self.shutdown = None;
+    }
+
     /// Drops every ready and delayed message, each counted as finished;
     /// replies how many.
     pub fn purge(&mut self, now: Millis) -> u64 {

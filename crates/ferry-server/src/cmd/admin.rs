@@ -6,7 +6,7 @@ use ferry_core::engine::{self, Kind, Message};
 
 use super::get::entries;
 use super::{Args, CmdError, Res, check_queue_name, done, err, is};
-use crate::broker::QueueState;
+use crate::broker::{QueueCell, QueueState};
 use crate::payload::Payload;
 use crate::session::Session;
 
@@ -18,6 +18,7 @@ struct Settings {
     lease: Option<Option<u64>>,
     max_attempts: Option<Option<u32>>,
     dead_letter: Option<Option<String>>,
+    expire: Option<Option<u64>>,
 }
 
 impl Settings {
@@ -44,6 +45,8 @@ impl Settings {
                 let n = u32::try_from(a.u64_value(&opt)?)
                     .map_err(|_| err("ERR", "MAXATTEMPTS is out of range"))?;
                 s.max_attempts = Some(Some(n).filter(|&n| n > 0));
+            } else if is(&opt, "EXPIRE") {
+                s.expire = Some(Some(a.u64_value(&opt)?).filter(|&ms| ms > 0));
             } else if is(&opt, "DEADLETTER") {
                 let q = a.value(&opt)?;
                 check_queue_name(&q)?;
@@ -75,7 +78,7 @@ impl Settings {
 
     /// The settings named here that differ from `c`, as "maxsize 100,
     /// not 5" (the queue's value first); empty when all match.
-    fn differences(&self, c: &engine::Config) -> Vec<String> {
+    fn differences(&self, c: &engine::Config, expire: Option<u64>) -> Vec<String> {
         fn opt<T: std::fmt::Display>(v: &Option<T>) -> String {
             v.as_ref().map_or_else(|| "none".to_string(), T::to_string)
         }
@@ -103,12 +106,18 @@ impl Settings {
                 opt(v)
             ));
         }
+        if let Some(v) = self.expire.filter(|v| *v != expire) {
+            out.push(format!("expire {}, not {}", opt(&expire), opt(&v)));
+        }
         out
     }
 
     /// Applies the settings to a live queue. The kind is never changed
     /// here.
-    fn apply_live(&self, st: &mut QueueState) {
+    fn apply_live(&self, cell: &QueueCell, st: &mut QueueState) {
+        if let Some(v) = self.expire {
+            cell.set_expire(v);
+        }
         if let Some(v) = self.maxsize {
             st.q.set_maxsize(v);
         }
@@ -153,21 +162,22 @@ impl Create {
         let Named { queue, settings } = self.0;
         let mut config = engine::Config::default();
         settings.apply(&mut config);
-        let (cell, created) = s.broker.create(&queue, config, true);
+        let expire = settings.expire.flatten();
+        let (cell, created) = s.broker.create(&queue, config, true, expire);
         if !created {
             let broker = std::sync::Arc::clone(&s.broker);
             let differences = cell.with(&s.broker, |st, _| {
                 if st.explicit {
-                    return settings.differences(st.q.config());
+                    return settings.differences(st.q.config(), cell.expire());
                 }
                 // Made by first use: QCREATE applies its settings, except a
                 // kind, which cannot change once messages are ordered.
                 if settings.kind.is_some_and(|k| !st.q.set_kind(k)) {
-                    return settings.differences(st.q.config());
+                    return settings.differences(st.q.config(), cell.expire());
                 }
                 st.explicit = true;
-                settings.apply_live(st);
-                broker.log_settings(&queue, st);
+                settings.apply_live(&cell, st);
+                broker.log_settings(&cell, st);
                 Vec::new()
             });
             if !differences.is_empty() {
@@ -196,8 +206,8 @@ impl ConfigQueue {
         let cell = s.find_or_create(&queue);
         let broker = std::sync::Arc::clone(&s.broker);
         cell.with(&s.broker, |st, _| {
-            settings.apply_live(st);
-            broker.log_settings(&queue, st);
+            settings.apply_live(&cell, st);
+            broker.log_settings(&cell, st);
         });
         s.reply().simple("OK");
         done()
@@ -274,6 +284,7 @@ fn info(s: &mut Session, name: &Bytes) -> Result<(), CmdError> {
     let cell = s
         .find(name)
         .ok_or_else(|| err("NOQUEUE", "no such queue"))?;
+    let expire = cell.expire();
     let (config, counters, stats, shutdown) = cell.with(&s.broker, |st, _| {
         let q = &st.q;
         (
@@ -294,7 +305,7 @@ fn info(s: &mut Session, name: &Bytes) -> Result<(), CmdError> {
     });
     let qsize = counters[0].1;
     let mut r = s.reply();
-    r.map(26);
+    r.map(27);
     r.bulk(b"name");
     r.bulk(name);
     r.bulk(b"kind");
@@ -324,6 +335,8 @@ fn info(s: &mut Session, name: &Bytes) -> Result<(), CmdError> {
         Some(q) => r.bulk(q.as_bytes()),
         None => r.null(),
     }
+    r.bulk(b"expire");
+    r.int(expire.map_or(-1, |v| v as i64));
     for (label, v) in [
         ("put", stats.put),
         ("delivered", stats.delivered),
@@ -345,6 +358,7 @@ fn info(s: &mut Session, name: &Bytes) -> Result<(), CmdError> {
 pub(crate) enum Manage {
     Purge(Bytes),
     Drop(Bytes),
+    Reopen(Bytes),
     Shutdown { queue: Bytes, immediate: bool },
 }
 
@@ -354,6 +368,7 @@ impl Manage {
         let cmd = match a.command {
             "QPURGE" => Manage::Purge(queue),
             "QDROP" => Manage::Drop(queue),
+            "QREOPEN" => Manage::Reopen(queue),
             _ => {
                 let immediate = match a.next() {
                     None => false,
@@ -380,6 +395,19 @@ impl Manage {
                 let dropped = s.broker.drop_queue(&queue);
                 s.holds.remove(&queue);
                 s.reply().int(i64::from(dropped));
+            }
+            Manage::Reopen(queue) => {
+                let cell = s
+                    .find(&queue)
+                    .ok_or_else(|| err("NOQUEUE", "no such queue"))?;
+                let store = s.broker.store.clone();
+                cell.with(&s.broker, |st, _| {
+                    st.q.reopen();
+                    if let Some(store) = &store {
+                        store.reopened(&queue);
+                    }
+                });
+                s.reply().simple("OK");
             }
             Manage::Shutdown { queue, immediate } => {
                 let cell = s.find_or_create(&queue);

@@ -11,7 +11,7 @@
 //!
 //! One module per family: `put` (QPUT, QPUTMANY), `get` (QGET), `ack`
 //! (QDONE, QNACK, QTOUCH, QJOIN), `admin` (QCREATE, QCONFIG, QLEN, QINFO,
-//! QLIST, QPEEK, QPURGE, QDROP, QSHUTDOWN), `locks` (LOCK, UNLOCK) and
+//! QLIST, QPEEK, QPURGE, QDROP, QREOPEN, QSHUTDOWN), `locks` (LOCK, UNLOCK) and
 //! `server` (PING, ECHO, HELLO, AUTH, CLIENT, SELECT, INFO, COMMAND,
 //! CONFIG, QUIT).
 
@@ -292,7 +292,7 @@ pub(crate) enum Command {
 }
 
 /// Every command name, upper case.
-pub(crate) const NAMES: [&str; 28] = [
+pub(crate) const NAMES: [&str; 29] = [
     "QPUT",
     "QGET",
     "QDONE",
@@ -308,6 +308,7 @@ pub(crate) const NAMES: [&str; 28] = [
     "QCONFIG",
     "QPURGE",
     "QDROP",
+    "QREOPEN",
     "QSHUTDOWN",
     "LOCK",
     "UNLOCK",
@@ -363,7 +364,9 @@ impl Command {
             "QTOUCH" => Command::Touch(ack::Touch::parse(a)?),
             "QJOIN" => Command::Join(ack::Join::parse(a)?),
             "QLEN" | "QINFO" | "QLIST" | "QPEEK" => Command::Inspect(admin::Inspect::parse(a)?),
-            "QPURGE" | "QDROP" | "QSHUTDOWN" => Command::Manage(admin::Manage::parse(a)?),
+            "QPURGE" | "QDROP" | "QREOPEN" | "QSHUTDOWN" => {
+                Command::Manage(admin::Manage::parse(a)?)
+            }
             _ => Command::Server(server::Server::parse(a)?),
         })
     }

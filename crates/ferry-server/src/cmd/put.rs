@@ -20,6 +20,10 @@ use crate::store::MAX_KEY;
 /// Put options shared by QPUT and QPUTMANY.
 struct PutOpts {
     key: Bytes,
+    /// The type of the key, for clients whose keys are typed (a Python
+    /// PriorityQueue): puts of another type than the queue holds are
+    /// refused.
+    keytype: Option<Bytes>,
     delay: Option<u64>,
     wait: Wait,
 }
@@ -28,6 +32,7 @@ impl Default for PutOpts {
     fn default() -> Self {
         PutOpts {
             key: Bytes::from_static(DEFAULT_KEY),
+            keytype: None,
             delay: None,
             wait: Wait::Until(None),
         }
@@ -50,6 +55,8 @@ impl PutOpts {
                     ),
                 ));
             }
+        } else if is(opt, "KEYTYPE") {
+            self.keytype = Some(a.value(opt)?);
         } else if is(opt, "DELAY") {
             self.delay = Some(a.u64_value(opt)?);
         } else if is(opt, "TIMEOUT") {
@@ -74,6 +81,18 @@ pub(crate) struct PutMany {
     queue: Bytes,
     data: Vec<Bytes>,
     opts: PutOpts,
+}
+
+/// A put whose key type differs from that of the messages the queue holds.
+fn keytype_error(held: &[u8], put: &[u8]) -> CmdError {
+    err(
+        "KEYTYPE",
+        format!(
+            "the queue holds items ordered as {}; this one is {}",
+            String::from_utf8_lossy(held),
+            String::from_utf8_lossy(put)
+        ),
+    )
 }
 
 fn full() -> CmdError {
@@ -141,14 +160,19 @@ impl Put {
         };
         let first = cell.with(&s.broker, |st, now| {
             if let Some(id) = dedup.as_ref().and_then(|k| st.dedup(k, now)) {
-                return Ok(id);
+                return Ok(Ok(id));
+            }
+            if let Some(t) = &opts.keytype
+                && let Err(held) = st.check_keytype(&queue, t, store.as_deref())
+            {
+                return Err(keytype_error(&held, t));
             }
             let r = st.q.put(item, opts.delay, now);
             if let (Ok(id), Some(k)) = (&r, &dedup) {
                 st.remember(&queue, k.clone(), *id, now, window, store.as_deref());
             }
-            r
-        });
+            Ok(r)
+        })?;
         match first {
             Ok(id) => {
                 s.reply().uint(id);
@@ -196,7 +220,15 @@ impl PutMany {
             })
             .collect();
         let cell = s.find_or_create(&queue);
-        match cell.with(&s.broker, |st, now| st.q.put_many(items, opts.delay, now)) {
+        let store = s.broker.store.clone();
+        let put = cell.with(&s.broker, |st, now| {
+            if let Some(t) = &opts.keytype {
+                st.check_keytype(&queue, t, store.as_deref())
+                    .map_err(|held| keytype_error(&held, t))?;
+            }
+            Ok(st.q.put_many(items, opts.delay, now))
+        })?;
+        match put {
             Ok(ids) => {
                 reply_ids(s, ids, true);
                 done()

@@ -35,7 +35,7 @@ pub(crate) enum Server {
     CommandCount,
     CommandDocs,
     CommandTable,
-    ConfigGet,
+    ConfigGet(Vec<Bytes>),
 }
 
 impl Server {
@@ -138,8 +138,8 @@ impl Server {
                 });
             }
             _ => {
-                // CONFIG GET answers with no parameters (redis-benchmark
-                // asks for some at start); settings are fixed at start-up.
+                // CONFIG GET answers the few settings a client acts on,
+                // under Redis's names; settings are fixed at start-up.
                 let sub = a.require()?;
                 if !is(&sub, "GET") {
                     return Err(err(
@@ -147,7 +147,14 @@ impl Server {
                         "CONFIG supports only GET; settings are fixed at start-up",
                     ));
                 }
-                return Ok(Server::ConfigGet);
+                let mut patterns = Vec::new();
+                while let Some(p) = a.next() {
+                    patterns.push(p);
+                }
+                if patterns.is_empty() {
+                    return Err(a.arity());
+                }
+                return Ok(Server::ConfigGet(patterns));
             }
         };
         a.end()?;
@@ -193,10 +200,86 @@ impl Server {
             Server::Select(_) => return Err(err("ERR", "DB index is out of range")),
             Server::Info => info(s),
             Server::CommandCount => s.reply().int(0),
-            Server::CommandDocs | Server::ConfigGet => s.reply().map(0),
+            Server::CommandDocs => s.reply().map(0),
+            Server::ConfigGet(patterns) => config_get(s, &patterns),
             Server::CommandTable => s.reply().array(0),
         }
         done()
+    }
+}
+
+/// CONFIG GET: the settings whose names match a pattern (`*` for any
+/// run of characters), as Redis names them.
+fn config_get(s: &mut Session, patterns: &[Bytes]) {
+    let c = &s.broker.config;
+    let all = [
+        ("proto-max-bulk-len", c.max_payload.to_string()),
+        ("maxclients", c.max_clients.to_string()),
+        ("maxmemory", c.max_memory.to_string()),
+        (
+            "appendonly",
+            (c.durability != crate::config::Durability::Memory).to_string(),
+        ),
+        (
+            "appendfsync",
+            match c.durability {
+                crate::config::Durability::Sync => "always",
+                _ => "everysec",
+            }
+            .to_string(),
+        ),
+    ];
+    let matching: Vec<&(&str, String)> = all
+        .iter()
+        .filter(|(name, _)| patterns.iter().any(|p| glob(p, name.as_bytes())))
+        .collect();
+    let mut r = s.reply();
+    r.map(matching.len());
+    for (name, value) in matching {
+        r.bulk(name.as_bytes());
+        r.bulk(value.as_bytes());
+    }
+}
+
+/// Does `name` match `pattern`, where `*` stands for any run of
+/// characters (case-insensitive)? The two-cursor matcher: at most
+/// len(pattern) × len(name) steps, whatever the pattern.
+fn glob(pattern: &[u8], name: &[u8]) -> bool {
+    let (mut p, mut n) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while n < name.len() {
+        if p < pattern.len() && pattern[p] == b'*' {
+            star = Some((p, n));
+            p += 1;
+        } else if p < pattern.len() && pattern[p].eq_ignore_ascii_case(&name[n]) {
+            p += 1;
+            n += 1;
+        } else if let Some((sp, sn)) = star {
+            p = sp + 1;
+            n = sn + 1;
+            star = Some((sp, sn + 1));
+        } else {
+            return false;
+        }
+    }
+    pattern[p..].iter().all(|&c| c == b'*')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::glob;
+
+    #[test]
+    fn globs_match_as_redis_config_get_does() {
+        assert!(glob(b"*", b"maxclients"));
+        assert!(glob(b"proto-*", b"proto-max-bulk-len"));
+        assert!(glob(b"MAXCLIENTS", b"maxclients"));
+        assert!(glob(b"*max*len", b"proto-max-bulk-len"));
+        assert!(!glob(b"max", b"maxclients"));
+        assert!(!glob(b"save", b"maxclients"));
+        // A hostile pattern costs no more than its length times the name's.
+        let hostile = [b'*'; 10_000];
+        assert!(!glob(&[&hostile[..], b"x"].concat(), b"proto-max-bulk-len"));
     }
 }
 

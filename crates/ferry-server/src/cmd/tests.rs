@@ -229,3 +229,44 @@ async fn an_unblocked_wait_ends_as_a_timeout_or_an_error() {
         "the put did not happen"
     );
 }
+
+#[tokio::test]
+async fn a_put_of_another_key_type_than_the_queue_holds_is_refused() {
+    let b = broker(Config::default());
+    let mut s = Session::new(b);
+    run(&mut s, &["QCREATE", "p", "KIND", "priority"]);
+    assert_eq!(
+        run(
+            &mut s,
+            &["QPUT", "p", "a", "PRIOKEY", "k1", "KEYTYPE", "(ns)"]
+        ),
+        ":1\r\n"
+    );
+    let refused = run(
+        &mut s,
+        &["QPUT", "p", "b", "PRIOKEY", "k2", "KEYTYPE", "(ss)"],
+    );
+    assert_eq!(
+        refused,
+        "-KEYTYPE the queue holds items ordered as (ns); this one is (ss)\r\n"
+    );
+    let refused = run(
+        &mut s,
+        &["QPUTMANY", "p", "KEYTYPE", "(ss)", "PAYLOADS", "c"],
+    );
+    assert!(refused.starts_with("-KEYTYPE"), "{refused}");
+    assert_eq!(
+        run(&mut s, &["QLEN", "p"]),
+        ":1\r\n",
+        "nothing else went in"
+    );
+    // Leased, it is still held: still refused.
+    run(&mut s, &["QGET", "p"]);
+    assert!(run(&mut s, &["QPUT", "p", "b", "KEYTYPE", "(ss)"]).starts_with("-KEYTYPE"));
+    // Empty, the queue takes any type again, as the stdlib's does.
+    run(&mut s, &["QDONE", "p", "1"]);
+    assert_eq!(
+        run(&mut s, &["QPUT", "p", "b", "KEYTYPE", "(ss)"]),
+        ":2\r\n"
+    );
+}

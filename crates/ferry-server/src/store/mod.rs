@@ -34,7 +34,10 @@ use ferry_core::engine::{self, Millis};
 use ferry_log::{Log, LogError, Options, Recovery};
 use tokio::sync::watch;
 
-use records::{CHECKPOINT, DROP, FINISH, NEXT_ID, RESET, SHUTDOWN, SNAPSHOT_ABORT, SNAPSHOT_END};
+use records::{
+    CHECKPOINT, DROP, FINISH, KEYTYPE, NEXT_ID, REOPEN, RESET, SHUTDOWN, SNAPSHOT_ABORT,
+    SNAPSHOT_END,
+};
 use replay::Replay;
 
 /// Unix time in ms.
@@ -158,8 +161,25 @@ impl Store {
     // ----- one writer per record ------------------------------------------
 
     /// A queue's settings (on creation and every change).
-    pub(crate) fn settings(&self, queue: &[u8], explicit: bool, c: &engine::Config) {
-        self.append(|b| records::settings(b, queue, explicit, c));
+    pub(crate) fn settings(
+        &self,
+        queue: &[u8],
+        explicit: bool,
+        c: &engine::Config,
+        expire: Option<u64>,
+    ) {
+        self.append(|b| records::settings(b, queue, explicit, c, expire));
+    }
+
+    pub(crate) fn keytype(&self, queue: &[u8], keytype: &[u8]) {
+        self.append(|b| {
+            records::head(b, KEYTYPE, queue);
+            b.extend_from_slice(keytype);
+        });
+    }
+
+    pub(crate) fn reopened(&self, queue: &[u8]) {
+        self.marker(REOPEN, queue);
     }
 
     pub(crate) fn shutdown(&self, queue: &[u8], immediate: bool) {

@@ -9,7 +9,7 @@
 //! | 2 | Finish | queue, id u64 |
 //! | 3 | Return | queue, id u64, attempts u32 |
 //! | 4 | Lease | queue, id u64 |
-//! | 5 | Settings | queue, explicit u8, kind u8, maxsize u64, lease i64, max_attempts i64, dead-letter queue |
+//! | 5 | Settings | queue, explicit u8, kind u8, maxsize u64, lease i64, max_attempts i64, dead-letter queue, idle expiry ms i64 (absent in older logs: none) |
 //! | 6 | Shutdown | queue, immediate u8 |
 //! | 7 | Drop | queue |
 //! | 8 | Checkpoint | (empty queue name) — marks the end of a snapshot |
@@ -19,6 +19,8 @@
 //! | 12 | SnapshotAbort | queue — the snapshot since its Reset was cut by a crash; forget it |
 //! | 13 | Dedup | queue, id u64, until (Unix ms) u64, key (the rest) |
 //! | 14 | FinishMany | queue, id u64 × n (n ≥ 2): one operation's finishes — a QDONE of many ids, a QGET COUNT with NOACK or TAKE |
+//! | 16 | Reopen | queue — a shutdown undone |
+//! | 17 | KeyType | queue, key type (the rest) — the type of the order keys of the messages the queue holds |
 //! | 15 | PutMany | queue, then n ≥ 2 × (id u64, attempts u32, due u64, key (u16 length + bytes), payload (u32 length + bytes)): one operation's puts (QPUTMANY, a snapshot), at most ~64 kB a record unless one message is larger |
 
 use bytes::{Buf, Bytes};
@@ -39,6 +41,8 @@ pub(crate) const SNAPSHOT_ABORT: u8 = 12;
 pub(crate) const DEDUP: u8 = 13;
 pub(crate) const FINISH_MANY: u8 = 14;
 pub(crate) const PUT_MANY: u8 = 15;
+pub(crate) const REOPEN: u8 = 16;
+pub(crate) const KEYTYPE: u8 = 17;
 
 /// The longest priority key a put may carry: its length is logged in a
 /// u16. Longer keys are refused, never cut (a cut key would order the
@@ -97,7 +101,13 @@ fn kind_of(code: u8) -> Option<Kind> {
     Kind::ALL.into_iter().find(|&k| kind_code(k) == code)
 }
 
-pub(crate) fn settings(b: &mut Vec<u8>, queue: &[u8], explicit: bool, c: &engine::Config) {
+pub(crate) fn settings(
+    b: &mut Vec<u8>,
+    queue: &[u8],
+    explicit: bool,
+    c: &engine::Config,
+    expire: Option<u64>,
+) {
     head(b, SETTINGS, queue);
     b.push(u8::from(explicit));
     b.push(kind_code(c.kind));
@@ -105,6 +115,7 @@ pub(crate) fn settings(b: &mut Vec<u8>, queue: &[u8], explicit: bool, c: &engine
     b.extend_from_slice(&c.lease_timeout.map_or(-1i64, |v| v as i64).to_le_bytes());
     b.extend_from_slice(&c.max_attempts.map_or(-1i64, i64::from).to_le_bytes());
     name(b, c.dead_letter.as_deref().unwrap_or("").as_bytes());
+    b.extend_from_slice(&expire.map_or(-1i64, |v| v as i64).to_le_bytes());
 }
 
 pub(crate) fn dedup(b: &mut Vec<u8>, queue: &[u8], key: &[u8], id: u64, until: u64) {
@@ -165,8 +176,8 @@ impl Fields {
     }
 
     /// The settings of a Settings record, after its queue: whether the
-    /// queue was made explicitly, and its config.
-    pub(crate) fn settings(&mut self) -> Result<(bool, engine::Config), String> {
+    /// queue was made explicitly, its config, and its idle expiry.
+    pub(crate) fn settings(&mut self) -> Result<(bool, engine::Config, Option<u64>), String> {
         let explicit = self.u8()? != 0;
         let kind = kind_of(self.u8()?).ok_or("unknown queue kind")?;
         let maxsize = self.u64()?;
@@ -175,6 +186,12 @@ impl Fields {
             .ok()
             .and_then(|v| u32::try_from(v).ok());
         let dl = self.name()?;
+        // Logs written before idle expiry end here.
+        let expire = if self.is_empty() {
+            None
+        } else {
+            u64::try_from(self.u64()? as i64).ok()
+        };
         Ok((
             explicit,
             engine::Config {
@@ -184,6 +201,7 @@ impl Fields {
                 max_attempts,
                 dead_letter: (!dl.is_empty()).then(|| String::from_utf8_lossy(&dl).into_owned()),
             },
+            expire,
         ))
     }
 }
@@ -202,13 +220,23 @@ mod tests {
                 max_attempts: Some(3),
                 dead_letter: Some("dead".into()),
             };
+            for expire in [None, Some(60_000)] {
+                let mut b = Vec::new();
+                settings(&mut b, b"q", true, &config, expire);
+                let mut f = Fields(Bytes::from(b));
+                assert_eq!(f.u8(), Ok(SETTINGS));
+                assert_eq!(f.name().unwrap(), "q");
+                assert_eq!(f.settings(), Ok((true, config.clone(), expire)));
+                assert!(f.is_empty());
+            }
+            // A record written before idle expiry existed.
             let mut b = Vec::new();
-            settings(&mut b, b"q", true, &config);
+            settings(&mut b, b"q", false, &config, None);
+            b.truncate(b.len() - 8);
             let mut f = Fields(Bytes::from(b));
-            assert_eq!(f.u8(), Ok(SETTINGS));
-            assert_eq!(f.name().unwrap(), "q");
-            assert_eq!(f.settings(), Ok((true, config)));
-            assert!(f.is_empty());
+            f.u8().unwrap();
+            f.name().unwrap();
+            assert_eq!(f.settings(), Ok((false, config, None)));
         }
     }
 }

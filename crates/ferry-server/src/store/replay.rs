@@ -23,6 +23,10 @@ use super::records::{self, Fields};
 pub(crate) struct Recovered {
     pub(crate) config: engine::Config,
     pub(crate) explicit: bool,
+    /// Dropped after this many ms unused (see `idle_sweeper`).
+    pub(crate) expire: Option<u64>,
+    /// The type of the order keys of the messages it holds.
+    pub(crate) keytype: Option<Bytes>,
     pub(crate) shutdown: Option<bool>,
     pub(crate) next_id: u64,
     pub(crate) msgs: BTreeMap<u64, RecoveredMsg>,
@@ -170,10 +174,11 @@ fn apply(
             }
         }
         records::SETTINGS => {
-            let (explicit, config) = f.settings()?;
+            let (explicit, config, expire) = f.settings()?;
             let q = state.entry(name).or_default();
             q.explicit = explicit;
             q.config = config;
+            q.expire = expire;
         }
         records::SHUTDOWN => {
             let immediate = f.u8()? != 0;
@@ -182,6 +187,12 @@ fn apply(
         }
         records::DROP => {
             state.remove(&name);
+        }
+        records::KEYTYPE => {
+            state.entry(name).or_default().keytype = Some(f.rest());
+        }
+        records::REOPEN => {
+            state.entry(name).or_default().shutdown = None;
         }
         records::CHECKPOINT => {}
         records::DEDUP => {
