@@ -265,24 +265,6 @@ fn glob(pattern: &[u8], name: &[u8]) -> bool {
     pattern[p..].iter().all(|&c| c == b'*')
 }
 
-#[cfg(test)]
-mod tests {
-    use super::glob;
-
-    #[test]
-    fn globs_match_as_redis_config_get_does() {
-        assert!(glob(b"*", b"maxclients"));
-        assert!(glob(b"proto-*", b"proto-max-bulk-len"));
-        assert!(glob(b"MAXCLIENTS", b"maxclients"));
-        assert!(glob(b"*max*len", b"proto-max-bulk-len"));
-        assert!(!glob(b"max", b"maxclients"));
-        assert!(!glob(b"save", b"maxclients"));
-        // A hostile pattern costs no more than its length times the name's.
-        let hostile = [b'*'; 10_000];
-        assert!(!glob(&[&hostile[..], b"x"].concat(), b"proto-max-bulk-len"));
-    }
-}
-
 fn check_password(s: &Session, user: Option<&[u8]>, pass: &[u8]) -> Result<(), CmdError> {
     let Some(want) = &s.broker.config.requirepass else {
         return Err(err(
@@ -368,4 +350,22 @@ fn info(s: &mut Session) {
         lock_waiters,
     );
     s.reply().bulk(text.as_bytes());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::glob;
+
+    #[test]
+    fn globs_match_as_redis_config_get_does() {
+        assert!(glob(b"*", b"maxclients"));
+        assert!(glob(b"proto-*", b"proto-max-bulk-len"));
+        assert!(glob(b"MAXCLIENTS", b"maxclients"));
+        assert!(glob(b"*max*len", b"proto-max-bulk-len"));
+        assert!(!glob(b"max", b"maxclients"));
+        assert!(!glob(b"save", b"maxclients"));
+        // A hostile pattern costs no more than its length times the name's.
+        let hostile = [b'*'; 10_000];
+        assert!(!glob(&[&hostile[..], b"x"].concat(), b"proto-max-bulk-len"));
+    }
 }
