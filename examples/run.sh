@@ -18,10 +18,19 @@ trap 'kill $broker 2>/dev/null; wait $broker 2>/dev/null; rm -rf "$work"' EXIT
 for _ in $(seq 500); do [[ -s "$work/out" ]] && break; sleep 0.01; done
 export FERRY_URL="ferry://$(head -1 "$work/out" | awk '{print $2}')"
 failed=0
+# The Python examples run under fork (Linux's default) and under spawn
+# (macOS's and Windows'), which imports the main module in every child.
+spawn() { "$python" -c 'import multiprocessing, runpy, sys
+multiprocessing.set_start_method("spawn")
+runpy.run_path(sys.argv[1], run_name="__main__")' "$1"; }
 for ex in ipc producer_consumer lock_counter crash_redelivery; do
-    for kind in python rust; do
-        if [[ $kind == python ]]; then cmd=("$python" "examples/python/$ex.py"); else cmd=("target/debug/$ex"); fi
-        if out=$(timeout 120 "${cmd[@]}" 2>&1); then
+    for kind in python python-spawn rust; do
+        case $kind in
+            python) cmd=("$python" "examples/python/$ex.py") ;;
+            python-spawn) cmd=(spawn "examples/python/$ex.py") ;;
+            rust) cmd=("target/debug/$ex") ;;
+        esac
+        if out=$(export -f spawn; export python; timeout 120 bash -c '"$@"' _ "${cmd[@]}" 2>&1); then
             echo "example $kind/$ex: ok"
         else
             echo "example $kind/$ex: FAILED"; echo "$out" | sed 's/^/    /'; failed=1
