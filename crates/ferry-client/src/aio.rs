@@ -33,7 +33,9 @@ struct Link {
 }
 
 impl Link {
-    async fn open(url: &Url) -> Result<Box<Link>, Error> {
+    /// Connects, authenticates, joins `holder`'s group if given, and asks
+    /// the broker who this connection is and how large a payload may be.
+    async fn open(url: &Url, holder: Option<&str>) -> Result<Box<Link>, Error> {
         let stream: Box<dyn Io> = match &url.address {
             Address::Tcp(host, port) => {
                 let s = TcpStream::connect((host.as_str(), *port)).await?;
@@ -60,14 +62,15 @@ impl Link {
             }
         }
         // Who this connection is, and how large a payload may be: one
-        // round trip.
-        let mut replies = link
-            .pipeline(&[
-                vec![&b"CLIENT"[..], b"ID"],
-                vec![&b"CONFIG"[..], b"GET", b"proto-max-bulk-len"],
-            ])
-            .await?
-            .into_iter();
+        // round trip (with the group joined in it).
+        let mut commands = vec![
+            vec![&b"CLIENT"[..], b"ID"],
+            vec![&b"CONFIG"[..], b"GET", b"proto-max-bulk-len"],
+        ];
+        if let Some(h) = holder {
+            commands.push(vec![&b"CLIENT"[..], b"HOLDER", h.as_bytes()]);
+        }
+        let mut replies = link.pipeline(&commands).await?.into_iter();
         link.id = match replies.next() {
             Some(Ok(Value::Int(id))) => id as u64,
             Some(Err(e)) => return Err(e),
@@ -82,6 +85,9 @@ impl Link {
             Value::Bulk(b) => std::str::from_utf8(&b).ok()?.parse().ok(),
             _ => None,
         });
+        if let Some(Err(e)) = replies.next() {
+            return Err(e);
+        }
         Ok(link)
     }
 
@@ -200,7 +206,7 @@ fn closed() -> Error {
 /// CLIENT UNBLOCK `id` from a connection of its own: whether it was
 /// blocked.
 async fn unblock(url: &Url, id: u64) -> Result<bool, Error> {
-    let mut control = Link::open(url).await?;
+    let mut control = Link::open(url, None).await?;
     let id = id.to_string();
     let r = control
         .call(&[b"CLIENT", b"UNBLOCK", id.as_bytes(), b"TIMEOUT"])
@@ -254,6 +260,8 @@ pub struct AsyncClient {
     /// Makes DEDUP keys unique: this client's identity and a counter.
     dedup_prefix: String,
     dedup_next: u64,
+    /// The holder group this client's connections join (CLIENT HOLDER).
+    holder: Option<String>,
 }
 
 impl std::fmt::Debug for AsyncClient {
@@ -275,7 +283,7 @@ impl AsyncClient {
     /// ```
     pub async fn connect(url: &str) -> Result<AsyncClient, Error> {
         let url: Url = url.parse()?;
-        let link = Link::open(&url).await?;
+        let link = Link::open(&url, None).await?;
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());
@@ -287,7 +295,29 @@ impl AsyncClient {
             reconnect: Reconnect::default(),
             dedup_prefix: format!("ferry-{:x}-{:x}-", std::process::id(), nanos),
             dedup_next: 0,
+            holder: None,
         })
+    }
+
+    /// Makes this client's connections (this one, and every one it opens
+    /// after a loss) members of the holder group `token` (CLIENT HOLDER,
+    /// at least 16 bytes): what any member gets, any member may finish,
+    /// and it is released when the group's last connection closes — how
+    /// one process's many connections act as one consumer. Call it before
+    /// getting anything.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), ferry_client::Error> {
+    /// # let mut c = ferry_client::AsyncClient::connect("ferry://127.0.0.1:7878").await?;
+    /// c.set_holder("a-random-token-of-this-process").await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn set_holder(&mut self, token: &str) -> Result<(), Error> {
+        self.holder = Some(token.to_string());
+        if let Some(link) = &mut self.link {
+            link.call(&[b"CLIENT", b"HOLDER", token.as_bytes()]).await?;
+        }
+        Ok(())
     }
 
     /// Sets how hard to try to reconnect (`within: 0` never reconnects).
@@ -308,7 +338,7 @@ impl AsyncClient {
             let deadline = tokio::time::Instant::now() + self.reconnect.within;
             let mut pause = self.reconnect.first_backoff;
             let link = loop {
-                match Link::open(&self.url).await {
+                match Link::open(&self.url, self.holder.as_deref()).await {
                     Ok(link) => break link,
                     Err(Error::Io(e)) => {
                         if tokio::time::Instant::now() + pause > deadline {

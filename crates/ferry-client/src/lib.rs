@@ -545,6 +545,18 @@ impl Client {
         self.rt.block_on(self.inner.call_cancellable(args, cancel))
     }
 
+    /// [`AsyncClient::set_holder`]: this client's connections join the
+    /// holder group `token`.
+    ///
+    /// ```no_run
+    /// # let mut c = ferry_client::Client::connect("ferry://127.0.0.1:7878")?;
+    /// c.set_holder("a-random-token-of-this-process")?;
+    /// # Ok::<(), ferry_client::Error>(())
+    /// ```
+    pub fn set_holder(&mut self, token: &str) -> Result<(), Error> {
+        self.rt.block_on(self.inner.set_holder(token))
+    }
+
     /// The largest payload the broker takes, as it said at connect
     /// (`None`: it did not say).
     ///

@@ -139,6 +139,20 @@ impl QueueState {
     }
 }
 
+/// Connections that hold leases and takes together (CLIENT HOLDER): any of
+/// them may finish what another got, and what they hold is released when
+/// the last of them closes — one process's many connections (a pool, an
+/// asyncio program's) acting as one consumer.
+pub(crate) struct HolderGroup {
+    token: Bytes,
+    /// The holder id their gets use (from the client id sequence, so it is
+    /// no connection's own).
+    pub(crate) id: u64,
+    members: AtomicUsize,
+    /// Queues in which the group holds something.
+    pub(crate) holds: Mutex<HashMap<Bytes, Arc<QueueCell>>>,
+}
+
 /// How CLIENT UNBLOCK reaches a blocked client.
 #[derive(Default)]
 pub(crate) struct Unblock {
@@ -174,6 +188,8 @@ pub(crate) struct Broker {
     pub(crate) clients: AtomicUsize,
     /// Clients blocked in a command, by id: CLIENT UNBLOCK ends their wait.
     blocked: Mutex<HashMap<u64, Arc<Unblock>>>,
+    /// Holder groups (CLIENT HOLDER), by their clients' token.
+    groups: Mutex<HashMap<Bytes, Arc<HolderGroup>>>,
     pub(crate) commands: AtomicU64,
     /// Checkpoints completed since start.
     pub(crate) compactions: AtomicU64,
@@ -305,6 +321,7 @@ impl Broker {
             next_client: AtomicU64::new(1),
             clients: AtomicUsize::new(0),
             blocked: Mutex::new(HashMap::new()),
+            groups: Mutex::new(HashMap::new()),
             commands: AtomicU64::new(0),
             compactions: AtomicU64::new(0),
             memory: AtomicU64::new(0),
@@ -380,6 +397,32 @@ impl Broker {
     /// Client `id` is no longer blocked.
     pub(crate) fn unblocked(&self, id: u64) {
         self.blocked.lock().remove(&id);
+    }
+
+    /// Joins the holder group of `token` (made if need be).
+    pub(crate) fn join_group(&self, token: &Bytes) -> Arc<HolderGroup> {
+        let mut groups = self.groups.lock();
+        let group = groups.entry(token.clone()).or_insert_with(|| {
+            Arc::new(HolderGroup {
+                token: token.clone(),
+                id: self.next_client_id(),
+                members: AtomicUsize::new(0),
+                holds: Mutex::new(HashMap::new()),
+            })
+        });
+        group.members.fetch_add(1, Ordering::AcqRel);
+        Arc::clone(group)
+    }
+
+    /// A member of `group` left; true when it was the last (the group is
+    /// gone, and what it held must be released).
+    pub(crate) fn leave_group(&self, group: &HolderGroup) -> bool {
+        let mut groups = self.groups.lock();
+        if group.members.fetch_sub(1, Ordering::AcqRel) != 1 {
+            return false;
+        }
+        groups.remove(&group.token);
+        true
     }
 
     /// CLIENT UNBLOCK: ends client `id`'s wait as a timeout (or, with

@@ -10,7 +10,7 @@ use bytes::{Bytes, BytesMut};
 use ferry_core::engine::Message;
 use ferry_proto::Reply;
 
-use crate::broker::{Broker, QueueCell};
+use crate::broker::{Broker, HolderGroup, QueueCell};
 use crate::payload::Payload;
 
 /// One client's state.
@@ -25,6 +25,9 @@ pub(crate) struct Session {
     /// Queues in which this client holds bound leases or taken messages:
     /// released when it goes.
     pub(crate) holds: HashMap<Bytes, Arc<QueueCell>>,
+    /// The holder group it joined (CLIENT HOLDER): then its gets are held
+    /// by the group, released when the group's last connection goes.
+    pub(crate) group: Option<Arc<HolderGroup>>,
     /// Locks this client holds, by name, with their tokens.
     pub(crate) locks: Vec<(Bytes, u64)>,
     /// The queue this client used last: most clients use one, and this
@@ -72,6 +75,7 @@ impl Session {
             // for replies it has not sent.
             out: BytesMut::new(),
             holds: HashMap::new(),
+            group: None,
             locks: Vec::new(),
             last: None,
             scratch: GetScratch::default(),
@@ -109,10 +113,36 @@ impl Session {
         cell
     }
 
-    /// Remembers that this client holds something in `cell`.
+    /// Who holds what this client gets: its holder group, or itself.
+    pub(crate) fn holder(&self) -> u64 {
+        self.group.as_ref().map_or(self.id, |g| g.id)
+    }
+
+    /// Remembers that this client (or its group) holds something in `cell`.
     pub(crate) fn hold(&mut self, cell: &Arc<QueueCell>) {
-        if !self.holds.contains_key(&cell.name) {
-            self.holds.insert(cell.name.clone(), Arc::clone(cell));
+        let mut group_holds;
+        let holds = match &self.group {
+            Some(g) => {
+                group_holds = g.holds.lock();
+                &mut *group_holds
+            }
+            None => &mut self.holds,
+        };
+        if !holds.contains_key(&cell.name) {
+            holds.insert(cell.name.clone(), Arc::clone(cell));
+        }
+    }
+
+    /// Leaves its holder group; the last member to leave releases what the
+    /// group held.
+    pub(crate) fn leave_group(&mut self) {
+        if let Some(group) = self.group.take()
+            && self.broker.leave_group(&group)
+        {
+            let holds = std::mem::take(&mut *group.holds.lock());
+            for cell in holds.into_values() {
+                cell.with(&self.broker, |st, now| st.q.release_holder(group.id, now));
+            }
         }
     }
 
@@ -124,6 +154,7 @@ impl Session {
         for cell in std::mem::take(&mut self.holds).into_values() {
             cell.with(&self.broker, |st, now| st.q.release_holder(id, now));
         }
+        self.leave_group();
         for (name, token) in std::mem::take(&mut self.locks) {
             self.broker.locks.release(&name, token, Some(id));
         }

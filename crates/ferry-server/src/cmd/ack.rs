@@ -73,7 +73,7 @@ impl Done {
     }
 
     pub(super) fn apply(self, s: &mut Session) -> Res {
-        let holder = Some(s.id);
+        let holder = Some(s.holder());
         let n = match s.find(&self.queue) {
             Some(cell) => cell.with(&s.broker, |st, _| st.q.done(&self.ids, holder)),
             None => 0,
@@ -90,7 +90,7 @@ impl Nack {
     }
 
     pub(super) fn apply(self, s: &mut Session) -> Res {
-        let holder = Some(s.id);
+        let holder = Some(s.holder());
         let cell = existing(s, &self.queue)?;
         if !cell.with(&s.broker, |st, now| {
             st.q.nack(self.id, holder, self.delay, now)
@@ -113,7 +113,7 @@ impl Touch {
     }
 
     pub(super) fn apply(self, s: &mut Session) -> Res {
-        let holder = Some(s.id);
+        let holder = Some(s.holder());
         let cell = existing(s, &self.queue)?;
         match cell.with(&s.broker, |st, now| {
             st.q.touch(self.id, holder, self.lease, now)

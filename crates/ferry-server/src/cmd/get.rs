@@ -82,7 +82,7 @@ impl Get {
     }
 
     pub(super) fn apply(self, s: &mut Session) -> Res {
-        let holder = s.id;
+        let holder = s.holder();
         let spec: GetSpec<Payload> = match self.mode {
             Mode::Bound => GetSpec::lease(Lease::Bound(holder)),
             Mode::Timed(ms) => GetSpec::lease(Lease::Timed(ms)),

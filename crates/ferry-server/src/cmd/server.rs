@@ -30,6 +30,7 @@ pub(crate) enum Server {
         id: u64,
         error: bool,
     },
+    ClientHolder(Bytes),
     Select(u64),
     Info,
     CommandCount,
@@ -106,6 +107,15 @@ impl Server {
                     Server::ClientGetName
                 } else if is(&sub, "ID") {
                     Server::ClientId
+                } else if is(&sub, "HOLDER") {
+                    let token = a.require()?;
+                    if token.len() < 16 {
+                        return Err(err(
+                            "ERR",
+                            "a holder token must be at least 16 bytes (an unguessable one)",
+                        ));
+                    }
+                    Server::ClientHolder(token)
                 } else if is(&sub, "UNBLOCK") {
                     let id = parse_u64(&a.require()?)?;
                     let error = match a.next() {
@@ -192,6 +202,17 @@ impl Server {
                 s.reply().uint(id);
             }
             Server::ClientSetInfo => s.reply().simple("OK"),
+            Server::ClientHolder(token) => {
+                if !s.holds.is_empty() {
+                    return Err(err(
+                        "ERR",
+                        "CLIENT HOLDER must come before this connection holds any message",
+                    ));
+                }
+                s.leave_group();
+                s.group = Some(s.broker.join_group(&token));
+                s.reply().simple("OK");
+            }
             Server::ClientUnblock { id, error } => {
                 let unblocked = s.broker.unblock(id, error);
                 s.reply().int(i64::from(unblocked));

@@ -270,3 +270,34 @@ async fn a_put_of_another_key_type_than_the_queue_holds_is_refused() {
         ":2\r\n"
     );
 }
+
+#[tokio::test]
+async fn a_holder_group_holds_for_all_its_connections_until_the_last_goes() {
+    let b = broker(Config::default());
+    let token = "0123456789abcdef-group";
+    let (mut a, mut c, mut other) = (
+        Session::new(Arc::clone(&b)),
+        Session::new(Arc::clone(&b)),
+        Session::new(b),
+    );
+    for s in [&mut a, &mut c] {
+        assert_eq!(run(s, &["CLIENT", "HOLDER", token]), "+OK\r\n");
+    }
+    assert!(run(&mut other, &["CLIENT", "HOLDER", "short"]).starts_with("-ERR"));
+    run(&mut other, &["QPUTMANY", "q", "PAYLOADS", "1", "2"]);
+    // Got on one connection of the group, finished on another.
+    run(&mut a, &["QGET", "q"]);
+    assert_eq!(run(&mut c, &["QDONE", "q", "1"]), ":1\r\n");
+    assert_eq!(
+        run(&mut other, &["QDONE", "q", "2"]),
+        ":0\r\n",
+        "not a member"
+    );
+    run(&mut a, &["QGET", "q"]);
+    // The member that got it leaves: the group still holds it.
+    a.release_all();
+    assert_eq!(run(&mut other, &["QLEN", "q"]), ":0\r\n");
+    // The last leaves: it comes back.
+    c.release_all();
+    assert_eq!(run(&mut other, &["QLEN", "q"]), ":1\r\n");
+}
