@@ -270,26 +270,8 @@ class Queue:
         self._box: list = [None]
         self._feeder_generation = -1
         self._finalizer_generation = -1
-        bound = None if self._maxsize is None else max(self._maxsize, 0)
-        expire = PRIVATE_EXPIRE_MS if name is None else None
-        self._handle.conn().create(self._name, bound, self._kind, expire)
-        self._track_private(name is None)
-        if self._maxsize is None:
-            self._maxsize = dict(self._handle.conn().info(self._name)).get("maxsize", 0)
-
-    def _track_private(self, made_here: bool) -> None:
-        """Counts this handle if its queue is one this process made
-        without a name; the last such handle to go drops the queue. Runs
-        after multiprocessing joins this process's children at exit
-        (exitpriority -1), so children are done with it by then."""
-        key = (self._handle._url, self._name)
-        with _private_lock:
-            if made_here:
-                _private[key] = 0
-            elif key not in _private:
-                return
-            _private[key] += 1
-        _mp_util.Finalize(self, _release_private, args=(os.getpid(), key), exitpriority=-1)
+        self._maxsize = _open_queue(self, self._handle.conn(), self._handle._url, self._name,
+                                    self._maxsize, self._kind, private=name is None)
 
     def _arm_finalizer(self) -> None:
         """Makes sure buffered work is sent when this handle is collected
@@ -632,6 +614,33 @@ def _finish(name, take, fetched, dones, lock, box) -> None:
                 conn.nack(name, msg_id)
     except FerryError:
         pass  # the broker is gone; leased items come back by themselves
+
+
+def _open_queue(owner, conn, url: str, name: str, maxsize: int | None, kind: str, private: bool) -> int:
+    """Makes queue `name` (or attaches to it: maxsize None) and replies its
+    maxsize. A private queue is made with PRIVATE_EXPIRE_MS, and `owner`
+    is counted as a handle of it (see _track_private)."""
+    bound = None if maxsize is None else max(maxsize, 0)
+    conn.create(name, bound, kind, PRIVATE_EXPIRE_MS if private else None)
+    _track_private(owner, url, name, private)
+    if maxsize is None:
+        maxsize = dict(conn.info(name)).get("maxsize", 0)
+    return maxsize
+
+
+def _track_private(owner, url: str, name: str, made_here: bool) -> None:
+    """Counts `owner` if its queue is one this process made without a
+    name; the last such handle to go drops the queue. Runs after
+    multiprocessing joins this process's children at exit (exitpriority
+    -1), so children are done with it by then."""
+    key = (url, name)
+    with _private_lock:
+        if made_here:
+            _private[key] = 0
+        elif key not in _private:
+            return
+        _private[key] += 1
+    _mp_util.Finalize(owner, _release_private, args=(os.getpid(), key), exitpriority=-1)
 
 
 def _release_private(pid: int, key) -> None:

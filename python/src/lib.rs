@@ -5,6 +5,8 @@
 //! Python exceptions the stdlib uses: `queue.Empty`, `queue.Full`, and
 //! ferry's `ShutDown`, `NotLeased`, `LeaseLost`, `FerryError`.
 
+mod aio;
+
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -60,7 +62,7 @@ pyo3::create_exception!(
 );
 
 /// Maps a client error to the Python exception stdlib code expects.
-fn to_py(py: Python<'_>, e: Error) -> PyErr {
+pub(crate) fn to_py(py: Python<'_>, e: Error) -> PyErr {
     let queue = py.import("queue");
     // As the stdlib raises them: `raise Empty`, no arguments.
     let stdlib = |name: &str| match queue.as_ref().ok().and_then(|q| q.getattr(name).ok()) {
@@ -254,6 +256,14 @@ impl Connection {
     /// interrupted as the get returned.
     fn take_pending(&self) -> Vec<(u64, Py<PyBytes>)> {
         std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Joins the holder group `token` (CLIENT HOLDER), on this connection
+    /// and any it reconnects: what it gets may be finished by the group's
+    /// other connections (`ferry.aio` joins its process's group).
+    fn set_holder(&self, py: Python<'_>, token: &str) -> PyResult<()> {
+        let token = token.to_string();
+        self.with(py, move |c| c.set_holder(&token))
     }
 
     /// The largest payload the broker takes (None: it did not say).
@@ -593,7 +603,7 @@ impl Connection {
 }
 
 /// A reply as Python values.
-fn to_object(py: Python<'_>, v: Value) -> PyResult<Bound<'_, PyAny>> {
+pub(crate) fn to_object(py: Python<'_>, v: Value) -> PyResult<Bound<'_, PyAny>> {
     use pyo3::IntoPyObjectExt;
     Ok(match v {
         Value::Simple(s) => s.into_bound_py_any(py)?,
@@ -658,6 +668,8 @@ fn serve(py: Python<'_>, argv: Vec<String>) -> i32 {
 #[pymodule]
 fn _ferry(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Connection>()?;
+    m.add_class::<aio::AsyncPool>()?;
+    m.add_class::<aio::Inbox>()?;
     m.add_function(pyo3::wrap_pyfunction!(serve, m)?)?;
     m.add("FerryError", m.py().get_type::<FerryError>())?;
     m.add("ShutDown", shutdown_type(m.py())?)?;

@@ -1,0 +1,705 @@
+"""ferry.aio: asyncio's queues and lock, across processes and machines.
+
+    >>> import asyncio, ferry.aio
+    >>> async def main():
+    ...     q = ferry.aio.JoinableQueue(name="jobs")
+    ...     await q.put({"url": "https://example.org"})
+    ...     item = await q.get()          # leased: back to the queue if this process dies
+    ...     q.task_done()
+    ...     await q.join()
+    >>> asyncio.run(main())
+
+The classes have asyncio.Queue's API — `await put/get/join`, `put_nowait`,
+`get_nowait` (asyncio.QueueFull / QueueEmpty), `task_done()`, `qsize()`,
+`empty()`, `full()`, `maxsize`, `shutdown()` — and the blocking classes'
+options (name=, url=, serializer=, prefetch=). A blocking `ferry` queue and
+a `ferry.aio` one of the same name are one queue.
+
+How it runs: one `AsyncPool` per process and broker, in Rust on one tokio
+thread. Commands that never wait (a put with room, a get that finds an
+item, task_done, qsize) share one connection and go out together, so many
+coroutines cost one round trip; a coroutine that must wait (an empty
+queue, a full one, join, a lock) waits on a connection of its own, taken
+from the pool's idle ones. All of a process's connections are one holder
+(CLIENT HOLDER): a message got on one is finished on any, and what the
+process holds comes back when it dies. See docs/asyncio.md.
+
+Cancellation loses nothing. A get cancelled while it waits ends its wait
+at the broker (CLIENT UNBLOCK); if the broker had already sent a message,
+the message goes back — a leased one with QNACK (to the head of the
+queue), a taken one put again — and was never handed to the cancelled
+coroutine. A cancelled put happened once or not at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import os
+import threading
+import uuid
+
+import ferry
+from ferry import FerryError, LeaseLost, NotLeased, _check_timeout, _SERIALIZERS, order_key_and_type
+from ferry._ferry import AsyncPool, Connection, Inbox
+
+__all__ = [
+    "Queue",
+    "JoinableQueue",
+    "LifoQueue",
+    "PriorityQueue",
+    "Lock",
+    "ShutDown",
+    "QueueEmpty",
+    "QueueFull",
+    "FerryError",
+    "LeaseLost",
+    "NotLeased",
+]
+
+QueueEmpty = asyncio.QueueEmpty
+QueueFull = asyncio.QueueFull
+
+if hasattr(asyncio, "QueueShutDown"):
+    class ShutDown(ferry.ShutDown, asyncio.QueueShutDown):
+        """The queue was shut down: asyncio.QueueShutDown (3.13+), and
+        ferry.ShutDown."""
+else:
+    ShutDown = ferry.ShutDown
+
+
+class _Process:
+    """This process's way to one broker: its holder token, its AsyncPool,
+    and a blocking connection per thread for the calls asyncio makes
+    synchronous (put_nowait, get_nowait, qsize, ...), all one holder."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.holder = f"py-{os.getpid()}-{uuid.uuid4().hex}"
+        self.pool = AsyncPool(url, self.holder)
+        self.local = threading.local()
+
+    def conn(self) -> Connection:
+        c = getattr(self.local, "conn", None)
+        if c is None:
+            c = Connection(self.url)
+            c.set_holder(self.holder)
+            self.local.conn = c
+        return c
+
+
+_processes: dict = {}
+_processes_lock = threading.Lock()
+
+
+def _process(url: str) -> _Process:
+    key = (os.getpid(), url)  # a forked child makes its own
+    p = _processes.get(key)
+    if p is None:
+        with _processes_lock:
+            p = _processes.get(key)
+            if p is None:
+                if not any(k[0] == key[0] for k in _processes):
+                    # Run at exit by multiprocessing's exit function, which
+                    # its children run too (atexit does not run in a forked
+                    # child), after the queues' own (10), before private
+                    # queues are dropped (-1).
+                    ferry._mp_util.Finalize(None, _at_exit, args=(key[0],), exitpriority=1)
+                p = _processes[key] = _Process(url)
+    return p
+
+
+def _translate(e: BaseException) -> BaseException:
+    """The exception asyncio code expects for a broker's."""
+    if isinstance(e, ferry.ShutDown) and not isinstance(e, ShutDown):
+        return ShutDown("queue is shut down")
+    if isinstance(e, ferry.Full):
+        return QueueFull()
+    if isinstance(e, ferry.Empty):
+        return QueueEmpty()
+    return e
+
+
+def _settle(fut: asyncio.Future, orphan, value, error) -> None:
+    if not fut.cancelled():
+        try:
+            if error is not None:
+                fut.set_exception(_translate(error))
+            else:
+                fut.set_result(value)
+            return
+        except RuntimeError:
+            pass  # its loop is closed
+    # Nobody awaits it: what the broker handed over goes back.
+    if orphan is not None and error is None:
+        orphan(value)
+
+
+class _Loop:
+    """One event loop's inbox for replies (see AsyncPool): the loop
+    watches its socket and settles what came."""
+
+    __slots__ = ("loop", "inbox", "__weakref__")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.inbox = Inbox()
+        loop.add_reader(self.inbox.fileno(), self.drain)
+
+    def drain(self) -> None:
+        for fut, orphan, value, error in self.inbox.take():
+            _settle(fut, orphan, value, error)
+
+
+# This process's loops' inboxes, by loop (ended loops' too, until their
+# last replies are settled).
+_loops: dict = {}
+_last_loop: list = [None, None]
+
+
+def _inbox(loop: asyncio.AbstractEventLoop) -> Inbox:
+    if _last_loop[0] is loop:
+        return _last_loop[1]
+    entry = _loops.get(loop)
+    if entry is None:
+        _settle_ended_loops()
+        entry = _loops[loop] = _Loop(loop)
+    _last_loop[0], _last_loop[1] = loop, entry.inbox
+    return entry.inbox
+
+
+def _settle_ended_loops(timeout: float = 0.0, at_exit: bool = False) -> None:
+    """Settles the replies that came for loops that have ended (their
+    futures are cancelled: what they hold goes back), and forgets those
+    loops once nothing more can come for them."""
+    for loop, entry in list(_loops.items()):
+        if loop.is_closed() or (at_exit and not loop.is_running()):
+            idle = entry.inbox.wait_idle(timeout)
+            entry.drain()
+            if idle:
+                del _loops[loop]
+                if _last_loop[0] is loop:
+                    _last_loop[0] = _last_loop[1] = None
+
+
+def _submit(pool: AsyncPool, args: list, wait: bool, orphan=None) -> tuple:
+    """Sends a command: its future and ticket."""
+    loop = asyncio.get_running_loop()
+    fut = loop.create_future()
+    return fut, pool.submit(args, wait, _inbox(loop), fut, orphan)
+
+
+async def _call(pool: AsyncPool, args: list, wait: bool = False, orphan=None):
+    """Sends a command and awaits its reply. `wait`: it may wait at the
+    broker, so it gets a connection of its own and a cancel ends the wait.
+    `orphan(value)` takes a successful reply nobody awaits any more (the
+    awaiting task was cancelled as it came)."""
+    fut, ticket = _submit(pool, args, wait, orphan)
+    try:
+        return await fut
+    except asyncio.CancelledError:
+        if wait:
+            pool.cancel(ticket)
+        _orphan_result(fut, orphan)
+        raise
+
+
+def _orphan_result(fut: asyncio.Future, orphan) -> None:
+    """A future settled with a reply whose task was cancelled before it
+    ran: the reply goes to `orphan`."""
+    if orphan is not None and fut.done() and not fut.cancelled() and fut.exception() is None:
+        orphan(fut.result())
+
+
+def _at_exit(pid: int) -> None:
+    """The process is ending: waits still under way are ended, what they
+    delivered goes back, and what is being given back is sent (at most a
+    second or so), before the connections close."""
+    if pid != os.getpid():
+        return
+    for p in list(_processes.values()):
+        p.pool.cancel_all()
+    _settle_ended_loops(timeout=1.0, at_exit=True)
+    for p in list(_processes.values()):
+        p.pool.wait_sent(1.0)
+
+
+class Queue:
+    """asyncio.Queue across processes and machines. Gets TAKE (nothing is
+    delivered twice); task_done() and join() work as asyncio's do.
+
+    Queue(maxsize=0, *, name=None, url=None, serializer="pickle",
+    prefetch=0): as ferry.Queue — without a name the queue is private to
+    this program (it travels with the handle when pickled); with a name
+    and no maxsize the handle attaches to the queue as it is.
+    prefetch=n: a get that finds nothing fetched here fetches up to n
+    items in one round trip (fifo queues only).
+    """
+
+    _kind = "fifo"
+    _take = True
+
+    def __init__(self, maxsize: int | None = None, *, name: str | None = None, url: str | None = None,
+                 serializer: str = "pickle", prefetch: int = 0) -> None:
+        if serializer not in _SERIALIZERS:
+            raise ValueError(f"serializer must be one of {sorted(_SERIALIZERS)}")
+        if prefetch < 0:
+            raise ValueError("prefetch must be non-negative")
+        if prefetch and self._kind != "fifo":
+            raise ValueError(f"prefetch keeps fifo order only; a {type(self).__name__} cannot prefetch")
+        self._name = name or f"py-{uuid.uuid4().hex}"
+        self._qname = self._name.encode()
+        if maxsize is None and name is None:
+            maxsize = 0
+        self._url = ferry._url(url)
+        self._given_url = url
+        self._serializer = serializer
+        self._dumps, self._loads = _SERIALIZERS[serializer]
+        self._prefetch = int(prefetch)
+        self._get_args = [b"QGET", self._qname, b"NOWAIT"] + ([b"TAKE"] if self._take else [])
+        if self._prefetch:
+            self._get_args[2:2] = [b"COUNT", str(self._prefetch).encode()]
+        # Got and not yet task_done(): (task, id).
+        self._held: collections.deque = collections.deque()
+        # Fetched ahead (prefetch), not yet handed out: (id, payload).
+        self._fetched: collections.deque = collections.deque()
+        self._dones: list = []
+        # Gets waiting in line here (futures), served by one broker wait.
+        self._waiters: collections.deque = collections.deque()
+        self._fetcher: asyncio.Task | None = None
+        self._fetch_ticket: int | None = None
+        self._dones_sending: set = set()
+        self._done_error: BaseException | None = None
+        p = self._p()
+        self._maxsize = ferry._open_queue(self, p.conn(), self._url, self._name, maxsize, self._kind,
+                                          private=name is None)
+        if self._prefetch:
+            ferry._mp_util.Finalize(self, _give_back_fetched,
+                                    args=(os.getpid(), self._url, self._qname, self._take, self._fetched),
+                                    exitpriority=10)
+
+    def _p(self) -> _Process:
+        return _process(self._url)
+
+    def __reduce__(self):
+        return (_rebuild, (type(self), self._name, self._given_url, self._serializer, self._prefetch))
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} name={self._name!r} maxsize={self._maxsize!r}>"
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def maxsize(self) -> int:
+        return self._maxsize
+
+    @maxsize.setter
+    def maxsize(self, value: int) -> None:
+        self._p().conn().set_maxsize(self._name, max(int(value), 0))
+        self._maxsize = int(value)
+
+    def qsize(self) -> int:
+        return self._p().conn().qsize(self._name) + len(self._fetched)
+
+    def empty(self) -> bool:
+        return self.qsize() == 0
+
+    def full(self) -> bool:
+        return self._maxsize > 0 and self._p().conn().full(self._name)
+
+    # Puts.
+
+    def _key(self, item) -> tuple:
+        return (None, None)
+
+    def _put_args(self, item) -> list:
+        args = [b"QPUT", self._qname, self._dumps(item)]
+        key, keytype = self._key(item)
+        if key is not None:
+            args += [b"PRIOKEY", key, b"KEYTYPE", keytype]
+        return args
+
+    async def put(self, item) -> None:
+        """Puts an item, waiting while the queue is full."""
+        args = self._put_args(item)
+        pool = self._p().pool
+        try:
+            await _call(pool, args + [b"NOWAIT"])
+        except QueueFull:
+            # Cancelled while waiting: the broker ends the wait, and the
+            # put happened (its reply came first) or did not.
+            await _call(pool, args + [b"TIMEOUT", b"0"], wait=True)
+
+    def put_nowait(self, item) -> None:
+        """Puts an item if there is room now, else asyncio.QueueFull."""
+        key = self._key(item)
+        try:
+            self._p().conn().put(self._name, self._dumps(item), False, None, *key)
+        except (ferry.Full, ferry.ShutDown) as e:
+            raise _translate(e) from None
+
+    async def put_many(self, items) -> None:
+        """Puts every item, all or nothing, in one round trip (QPUTMANY);
+        waits for room for all."""
+        if self._kind != "fifo":
+            for item in items:
+                await self.put(item)
+            return
+        args = [b"QPUTMANY", self._qname, b"PAYLOADS"] + [self._dumps(i) for i in items]
+        if len(args) > 3:
+            await _call(self._p().pool, args, wait=True)
+
+    # Gets.
+
+    def _hand_out(self, msg_id: int, payload: bytes):
+        self._held.append((asyncio.current_task(), msg_id))
+        return self._loads(payload)
+
+    def _orphaned(self, entries) -> None:
+        """Messages the broker handed to a get whose coroutine was
+        cancelled meanwhile: handed to another waiting get, else given
+        back — never lost, never handed out twice."""
+        if entries:
+            self._deliver([(e[1], e[2]) for e in entries])
+
+    def _deliver(self, items: list) -> None:
+        """Hands (id, payload) items to the waiting gets, oldest first;
+        what is left is kept (prefetch) or given back."""
+        if not _running():
+            # The loop is gone (this runs on the pool's thread): nobody waits.
+            self._waiters.clear()
+        i = 0
+        while i < len(items) and self._waiters:
+            w = self._waiters.popleft()
+            if not w.done():
+                w.set_result(items[i])
+                i += 1
+        if i < len(items):
+            rest = items[i:]
+            if self._prefetch and _running():
+                self._fetched.extend(rest)
+            else:
+                _give_back(self._p().pool, self._qname, self._take, rest, self._restore_key)
+
+    def _restore_key(self, payload: bytes) -> tuple:
+        return (None, None)
+
+    async def get(self):
+        """Removes and returns an item, waiting while the queue is empty."""
+        if self._fetched:
+            return self._hand_out(*self._fetched.popleft())
+        if not self._waiters:
+            # Nobody here waits: ask (on the shared connection).
+            entries = await _call(self._p().pool, self._get_args, orphan=self._orphaned)
+            if entries:
+                return self._take_entries(entries)
+            if self._fetched:
+                return self._hand_out(*self._fetched.popleft())
+        # Wait in line here; one broker wait (self._fetch) serves the line.
+        loop = asyncio.get_running_loop()
+        waiter = loop.create_future()
+        self._waiters.append(waiter)
+        if self._fetcher is None or self._fetcher.done():
+            self._fetcher = loop.create_task(self._fetch())
+        try:
+            msg_id, payload = await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                # Handed an item as it was cancelled: to the next in line.
+                self._deliver([waiter.result()])
+            elif not any(not w.done() for w in self._waiters) and self._fetch_ticket is not None:
+                # Nobody is left in line: end the broker wait.
+                self._p().pool.cancel(self._fetch_ticket)
+            raise
+        return self._hand_out(msg_id, payload)
+
+    async def _fetch(self) -> None:
+        """The one broker wait of this handle's waiting gets: QGET COUNT
+        (as many as wait), handed out in line order."""
+        pool = self._p().pool
+        while True:
+            if any(w.done() for w in self._waiters):
+                self._waiters = collections.deque(w for w in self._waiters if not w.done())
+            if not self._waiters:
+                return
+            n = str(max(len(self._waiters), self._prefetch)).encode()
+            args = [b"QGET", self._qname, b"COUNT", n, b"TIMEOUT", b"0"]
+            if self._take:
+                args.append(b"TAKE")
+            fut, self._fetch_ticket = _submit(pool, args, True, self._orphaned)
+            try:
+                entries = await fut
+            except asyncio.CancelledError:
+                pool.cancel(self._fetch_ticket)
+                _orphan_result(fut, self._orphaned)
+                raise
+            except BaseException as e:
+                # ShutDown, a lost broker: every waiting get raises it.
+                waiters, self._waiters = self._waiters, collections.deque()
+                for w in waiters:
+                    if not w.done():
+                        w.set_exception(e)
+                return
+            finally:
+                self._fetch_ticket = None
+            if entries:
+                self._deliver([(e[1], e[2]) for e in entries])
+
+    def _take_entries(self, entries):
+        first, rest = entries[0], entries[1:]
+        if rest:
+            self._fetched.extend((e[1], e[2]) for e in rest)
+        return self._hand_out(first[1], first[2])
+
+    def get_nowait(self):
+        """Removes and returns an item if one is ready, else
+        asyncio.QueueEmpty."""
+        if self._fetched:
+            return self._hand_out(*self._fetched.popleft())
+        try:
+            msg_id, payload = self._p().conn().get(self._name, False, None, self._take)
+        except (ferry.Empty, ferry.ShutDown) as e:
+            raise _translate(e) from None
+        return self._hand_out(msg_id, payload)
+
+    async def get_many(self, n: int, timeout: float | None = None) -> list:
+        """Up to n items in one round trip, waiting at most `timeout`
+        (None: forever) for the first; asyncio.QueueEmpty if none came."""
+        _check_timeout(True, timeout)
+        if n < 1:
+            raise ValueError("n must be at least 1")
+        items = []
+        while self._fetched and len(items) < n:
+            items.append(self._hand_out(*self._fetched.popleft()))
+        if items:
+            return items
+        ms = 0 if timeout is None else max(1, int(timeout * 1000 + 0.999))
+        args = [b"QGET", self._qname, b"COUNT", str(n).encode(), b"TIMEOUT", str(ms).encode()]
+        if self._take:
+            args.append(b"TAKE")
+        entries = await _call(self._p().pool, args, wait=True, orphan=self._orphaned)
+        if not entries:
+            raise QueueEmpty()
+        return [self._hand_out(e[1], e[2]) for e in entries]
+
+    # Finishing.
+
+    def task_done(self) -> None:
+        """Finishes the oldest item the calling task got, else the oldest
+        this handle got; ValueError when it holds none. Sent with others
+        of this moment in one QDONE; join() waits for it to land, and
+        raises what went wrong (LeaseLost)."""
+        me = asyncio.current_task() if _running() else None
+        pick = next((h for h in self._held if h[0] is me), None) if me is not None else None
+        if pick is None:
+            if not self._held:
+                raise ValueError("task_done() called too many times")
+            pick = self._held[0]
+        self._held.remove(pick)
+        if not _running():
+            self._finish([pick[1]], self._p().conn())
+            return
+        if not self._dones:
+            asyncio.get_running_loop().call_soon(self._send_dones)
+        self._dones.append(pick[1])
+
+    def _finish(self, ids: list, conn) -> None:
+        finished = conn.done_many(self._name, ids)
+        if finished < len(ids):
+            raise LeaseLost(f"{len(ids) - finished} of {len(ids)} task_done() came after the lease was lost; "
+                            "the item will be delivered again")
+
+    def _send_dones(self) -> None:
+        ids, self._dones = self._dones, []
+        if ids:
+            task = asyncio.get_running_loop().create_task(self._send(ids))
+            self._dones_sending.add(task)
+            task.add_done_callback(self._dones_sending.discard)
+
+    async def _send(self, ids: list) -> None:
+        try:
+            finished = await _call(self._p().pool, [b"QDONE", self._qname] + [str(i).encode() for i in ids])
+            if finished < len(ids):
+                self._done_error = LeaseLost(
+                    f"{len(ids) - finished} of {len(ids)} task_done() came after the lease was lost; "
+                    "the item will be delivered again")
+        except BaseException as e:
+            self._done_error = e
+
+    async def join(self) -> None:
+        """Waits until every item put in the queue (by anyone) was got and
+        task_done()."""
+        self._send_dones()
+        while self._dones_sending:
+            await asyncio.gather(*self._dones_sending, return_exceptions=True)
+        if self._done_error is not None:
+            e, self._done_error = self._done_error, None
+            raise e
+        await _call(self._p().pool, [b"QJOIN", self._qname], wait=True)
+
+    def shutdown(self, immediate: bool = False) -> None:
+        """Python 3.13's shutdown: puts raise ShutDown; gets raise it once
+        the queue is empty (at once with immediate=True, which drops what
+        is left)."""
+        self._p().conn().shutdown(self._name, bool(immediate))
+
+    @property
+    def is_shutdown(self) -> bool:
+        return dict(self._p().conn().info(self._name)).get("shutdown", 0) == 1
+
+    def drop(self) -> None:
+        """Deletes the queue and everything in it, for everyone."""
+        self._p().conn().call([b"QDROP", self._qname])
+
+    def purge(self) -> int:
+        """Removes every ready item; replies how many."""
+        return self._p().conn().call([b"QPURGE", self._qname])
+
+    async def aclose(self) -> None:
+        """Finishes this handle's pending task_done()s and gives back the
+        items it fetched ahead (prefetch) and did not hand out."""
+        if _running():
+            self._send_dones()
+            while self._dones_sending:
+                await asyncio.gather(*self._dones_sending, return_exceptions=True)
+        left = list(self._fetched)
+        self._fetched.clear()
+        if left:
+            _give_back(self._p().pool, self._qname, self._take, left, self._restore_key)
+
+
+def _running() -> bool:
+    try:
+        asyncio.get_running_loop()
+        return True
+    except RuntimeError:
+        return False
+
+
+def _give_back(pool: AsyncPool, qname: bytes, take: bool, items: list, restore_key) -> None:
+    """Returns messages got but never handed out: a leased one with QNACK
+    (to the head of the queue, as if not delivered but for its attempt
+    count), a taken one put again and its take finished. Safe from any
+    thread; nothing awaits the replies."""
+    for msg_id, payload in items:
+        if take:
+            args = [b"QPUT", qname, payload]
+            key, keytype = restore_key(payload)
+            if key is not None:
+                args += [b"PRIOKEY", key, b"KEYTYPE", keytype]
+            # Waits for room if need be, on a connection of its own; the
+            # take is finished only once the put is in.
+            pool.send(args + [b"TIMEOUT", b"0"], True, [b"QDONE", qname, str(msg_id).encode()])
+        else:
+            pool.send([b"QNACK", qname, str(msg_id).encode()])
+
+
+def _give_back_fetched(pid: int, url: str, qname: bytes, take: bool, fetched) -> None:
+    """At exit or collection: a prefetching handle's items not handed out
+    go back (blocking, so they are back before the process ends)."""
+    if pid != os.getpid() or not fetched:
+        return
+    try:
+        conn = _process(url).conn()
+        name = qname.decode()
+        while fetched:
+            msg_id, payload = fetched.popleft()
+            if take:
+                conn.put(name, payload, True, None)
+                conn.done(name, msg_id)
+            else:
+                conn.nack(name, msg_id)
+    except FerryError:
+        pass  # the broker is gone; leased items come back by themselves
+
+
+def _rebuild(cls, name, url, serializer, prefetch=0):
+    return cls(None, name=name, url=url, serializer=serializer, prefetch=prefetch)
+
+
+class JoinableQueue(Queue):
+    """A Queue whose gets are leased: an item whose process dies before
+    task_done() is delivered again, so join() never hangs on a dead
+    consumer. (Every asyncio queue has task_done and join; this one also
+    survives its consumers.)"""
+
+    _take = False
+
+
+class LifoQueue(Queue):
+    """asyncio.LifoQueue: the newest item first."""
+
+    _kind = "lifo"
+
+
+class PriorityQueue(Queue):
+    """asyncio.PriorityQueue: the least item first, ordered as
+    ferry.PriorityQueue orders them (numbers exactly, str, bytes, tuples,
+    @dataclass(order=True)); TypeError for an item the queue's items could
+    not be compared with."""
+
+    _kind = "priority"
+
+    def _key(self, item) -> tuple:
+        return order_key_and_type(item)
+
+    def _restore_key(self, payload: bytes) -> tuple:
+        return order_key_and_type(self._loads(payload))
+
+
+class Lock:
+    """asyncio.Lock across processes and machines: `async with lock:`,
+    `await acquire()`, `release()`. Fair (first come, first served), and
+    released by the broker if the holding process dies. `locked()` says
+    whether this handle holds it."""
+
+    def __init__(self, *, name: str | None = None, url: str | None = None) -> None:
+        self._name = name or f"py-lock-{uuid.uuid4().hex}"
+        self._bname = self._name.encode()
+        self._given_url = url
+        self._url = ferry._url(url)
+        self._token: int | None = None
+
+    def __reduce__(self):
+        return (_rebuild_lock, (self._name, self._given_url))
+
+    def __repr__(self) -> str:
+        state = "locked" if self._token is not None else "unlocked"
+        return f"<ferry.aio.Lock name={self._name!r} [{state} here]>"
+
+    def _orphaned(self, token) -> None:
+        # Granted as the acquirer was cancelled: not half-taken.
+        if isinstance(token, int):
+            _process(self._url).pool.send([b"UNLOCK", self._bname, str(token).encode()])
+
+    async def acquire(self) -> bool:
+        pool = _process(self._url).pool
+        token = await _call(pool, [b"LOCK", self._bname, b"NOWAIT"], orphan=self._orphaned)
+        while token is None:
+            token = await _call(pool, [b"LOCK", self._bname, b"TIMEOUT", b"0"], wait=True,
+                                orphan=self._orphaned)
+        self._token = token
+        return True
+
+    def release(self) -> None:
+        if self._token is None:
+            raise RuntimeError("Lock is not acquired.")
+        token, self._token = self._token, None
+        # Sent on the shared connection, so it goes before any later
+        # acquire of this process.
+        _process(self._url).pool.send([b"UNLOCK", self._bname, str(token).encode()])
+
+    def locked(self) -> bool:
+        return self._token is not None
+
+    async def __aenter__(self) -> None:
+        await self.acquire()
+
+    async def __aexit__(self, *exc) -> None:
+        self.release()
+
+
+def _rebuild_lock(name, url):
+    return Lock(name=name, url=url)
