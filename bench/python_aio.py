@@ -225,15 +225,17 @@ def main():
                     time.sleep(0.01)
             loop = "uvloop" if args.uvloop else "asyncio"
             rows = (
-                ("ferry.aio JoinableQueue", lambda: bench_ferry(url, n, args.uvloop)),
-                ("redis.asyncio streams", lambda: bench_redis(port, n, args.uvloop)),
-                ("asyncio.Queue, one process", lambda: bench_asyncio_queue(n, args.uvloop)),
+                ("ferry.aio JoinableQueue", "ferry", lambda: bench_ferry(url, n, args.uvloop)),
+                ("redis.asyncio streams", "redis-stream", lambda: bench_redis(port, n, args.uvloop)),
+                ("asyncio.Queue, one process", "asyncio-queue-ceiling",
+                 lambda: bench_asyncio_queue(n, args.uvloop)),
             )
-            results = {label: f() for label, f in rows}
+            results = {label: f() for label, _, f in rows}
             if args.json:
-                for label, value in results.items():
-                    print(json.dumps({"workload": f"python: asyncio ({loop})", "label": label,
-                                      "value": value, "unit": "msg/s"}), flush=True)
+                for label, target, _ in rows:
+                    print(json.dumps({"workload": f"python: asyncio, 3 processes x {COROUTINES} coroutines ({loop})",
+                                      "label": f"{target} memory", "value": results[label], "unit": "msg/s"}),
+                          flush=True)
             else:
                 f = results["ferry.aio JoinableQueue"]
                 print(f"{n} items of 16 B; 1 producer + {CONSUMERS} consumer processes x {COROUTINES} coroutines; "

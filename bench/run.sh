@@ -34,13 +34,13 @@ if ((quick)); then
     profile=debug
     cargo build -q -p ferry-cli -p ferry-loadgen
     n1=2000; n100=4000; nsync1=1000; nsync100=4000; n64=640
-    lat_rate=2000; lat_n=500; idle=200; blocked=50; filln=20000; queues=100; per=10; pyn=5000
+    lat_rate=2000; lat_n=500; idle=200; blocked=50; filln=20000; queues=100; per=10; pyn=5000; pyaio=2000
     md=target/bench-quick/BENCHMARKS.md; charts=target/bench-quick/charts
 else
     profile=release
     cargo build --release -q -p ferry-cli -p ferry-loadgen
     n1=100000; n100=400000; nsync1=20000; nsync100=200000; n64=64000
-    lat_rate=5000; lat_n=25000; idle=10000; blocked=1000; filln=1000000; queues=10000; per=100; pyn=200000
+    lat_rate=5000; lat_n=25000; idle=10000; blocked=1000; filln=1000000; queues=10000; per=100; pyn=200000; pyaio=200000
     md=BENCHMARKS.md; charts=bench/charts
 fi
 ferry_bin=target/$profile/ferry
@@ -154,6 +154,10 @@ done
 echo "== Python: ferry.JoinableQueue against multiprocessing.JoinableQueue" >&2
 if [[ -x .venv/bin/python ]] && .venv/bin/python -c 'import ferry' 2>/dev/null; then
     FERRY_BIN="$ferry_bin" .venv/bin/python bench/python_mp.py -n "$pyn" --json >>"$results" || failed=1
+    echo "== Python asyncio: ferry.aio against redis.asyncio streams, asyncio.Queue as the ceiling" >&2
+    for loop in "" --uvloop; do
+        FERRY_BIN="$ferry_bin" .venv/bin/python bench/python_aio.py -n "$pyaio" $loop --json >>"$results" || failed=1
+    done
 else
     echo "  skipped: build the package first (scripts/test.sh does)" >&2
     failed=1

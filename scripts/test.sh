@@ -24,7 +24,8 @@ cargo test -p ferry-core --bench inprocess
 if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
 fi
-.venv/bin/pip install -q --disable-pip-version-check maturin pytest matplotlib
+# redis: the asyncio benchmark's peer (redis.asyncio); uvloop: ferry.aio runs on it.
+.venv/bin/pip install -q --disable-pip-version-check maturin pytest matplotlib redis uvloop
 cargo build -q -p ferry-cli
 (cd python && ../.venv/bin/maturin develop --release -q && ../.venv/bin/python -m pytest -p no:cacheprovider)
 

@@ -18,26 +18,32 @@ a `ferry.aio` one of the same name are one queue.
 How it runs: one `AsyncPool` per process and broker, in Rust on one tokio
 thread. Commands that never wait (a put with room, a get that finds an
 item, task_done, qsize) share one connection and go out together, so many
-coroutines cost one round trip; a coroutine that must wait (an empty
-queue, a full one, join, a lock) waits on a connection of its own, taken
-from the pool's idle ones. All of a process's connections are one holder
-(CLIENT HOLDER): a message got on one is finished on any, and what the
-process holds comes back when it dies. See docs/asyncio.md.
+coroutines cost one round trip. Gets that must wait line up in their
+handle, and one broker wait (QGET COUNT <as many as wait>) serves the
+line; a put that waits for room, a join and a lock wait each on a
+connection of their own, from the pool's idle ones. All of a process's
+connections are one holder (CLIENT HOLDER): a message got on one is
+finished on any, and what the process holds comes back when it dies.
+Replies reach the loop through a socket it watches; the pool's thread
+never takes the GIL. See docs/asyncio.md.
 
-Cancellation loses nothing. A get cancelled while it waits ends its wait
-at the broker (CLIENT UNBLOCK); if the broker had already sent a message,
-the message goes back — a leased one with QNACK (to the head of the
-queue), a taken one put again — and was never handed to the cancelled
-coroutine. A cancelled put happened once or not at all.
+Cancellation loses nothing. A get cancelled while it waits leaves the
+line; when nobody is left in it the broker wait ends (CLIENT UNBLOCK). An
+item the broker delivered in that moment goes to the next get in line;
+with none, a leased one goes back at once (QNACK, to the head of the
+queue) and a taken one waits RETURN_AFTER for this handle's next get,
+then is put back. A cancelled put happened once or not at all.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import math
 import os
 import threading
 import uuid
+from types import GenericAlias
 
 import ferry
 from ferry import FerryError, LeaseLost, NotLeased, _check_timeout, _SERIALIZERS, order_key_and_type
@@ -56,6 +62,10 @@ __all__ = [
     "LeaseLost",
     "NotLeased",
 ]
+
+#: How long (s) an item whose get was cancelled as the broker delivered it
+#: waits here for this handle's next get before it is put back.
+RETURN_AFTER = 0.05
 
 QueueEmpty = asyncio.QueueEmpty
 QueueFull = asyncio.QueueFull
@@ -139,7 +149,7 @@ class _Loop:
     """One event loop's inbox for replies (see AsyncPool): the loop
     watches its socket and settles what came."""
 
-    __slots__ = ("loop", "inbox", "__weakref__")
+    __slots__ = ("loop", "inbox", "loop_adopted", "__weakref__")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
@@ -149,6 +159,18 @@ class _Loop:
     def drain(self) -> None:
         for fut, orphan, value, error in self.inbox.take():
             _settle(fut, orphan, value, error)
+
+    def adopt(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Its loop ended with replies still to come: `loop` watches for
+        them instead, until the last has come."""
+        def drain() -> None:
+            idle = self.inbox.wait_idle(0)
+            self.drain()
+            if idle:
+                loop.remove_reader(self.inbox.fileno())
+                _loops.pop(self.loop, None)
+        self.loop_adopted = loop
+        loop.add_reader(self.inbox.fileno(), drain)
 
 
 # This process's loops' inboxes, by loop (ended loops' too, until their
@@ -170,16 +192,23 @@ def _inbox(loop: asyncio.AbstractEventLoop) -> Inbox:
 
 def _settle_ended_loops(timeout: float = 0.0, at_exit: bool = False) -> None:
     """Settles the replies that came for loops that have ended (their
-    futures are cancelled: what they hold goes back), and forgets those
-    loops once nothing more can come for them."""
+    futures are cancelled: what they hold goes back). Replies still to
+    come are watched for by the running loop, if there is one."""
+    try:
+        running = asyncio.get_running_loop()
+    except RuntimeError:
+        running = None
     for loop, entry in list(_loops.items()):
-        if loop.is_closed() or (at_exit and not loop.is_running()):
-            idle = entry.inbox.wait_idle(timeout)
-            entry.drain()
-            if idle:
-                del _loops[loop]
-                if _last_loop[0] is loop:
-                    _last_loop[0] = _last_loop[1] = None
+        if not (loop.is_closed() or (at_exit and not loop.is_running())):
+            continue
+        idle = entry.inbox.wait_idle(timeout)
+        entry.drain()
+        if idle:
+            del _loops[loop]
+            if _last_loop[0] is loop:
+                _last_loop[0] = _last_loop[1] = None
+        elif running is not None and entry.loop is not running:
+            entry.adopt(running)
 
 
 def _submit(pool: AsyncPool, args: list, wait: bool, orphan=None) -> tuple:
@@ -264,6 +293,8 @@ class Queue:
         # Fetched ahead (prefetch), not yet handed out: (id, payload).
         self._fetched: collections.deque = collections.deque()
         self._dones: list = []
+        # Puts waiting for room (tasks), each at the broker.
+        self._putters: list = []
         # Gets waiting in line here (futures), served by one broker wait.
         self._waiters: collections.deque = collections.deque()
         self._fetcher: asyncio.Task | None = None
@@ -271,8 +302,13 @@ class Queue:
         self._dones_sending: set = set()
         self._done_error: BaseException | None = None
         p = self._p()
-        self._maxsize = ferry._open_queue(self, p.conn(), self._url, self._name, maxsize, self._kind,
+        # asyncio takes a float maxsize (room while qsize() < maxsize): the
+        # broker's is the whole count that means.
+        whole = None if maxsize is None else math.ceil(maxsize)
+        self._maxsize = ferry._open_queue(self, p.conn(), self._url, self._name, whole, self._kind,
                                           private=name is None)
+        if maxsize is not None:
+            self._maxsize = maxsize
         if self._prefetch:
             ferry._mp_util.Finalize(self, _give_back_fetched,
                                     args=(os.getpid(), self._url, self._qname, self._take, self._fetched),
@@ -284,8 +320,40 @@ class Queue:
     def __reduce__(self):
         return (_rebuild, (type(self), self._name, self._given_url, self._serializer, self._prefetch))
 
+    __class_getitem__ = classmethod(GenericAlias)
+
     def __repr__(self) -> str:
-        return f"<{type(self).__name__} name={self._name!r} maxsize={self._maxsize!r}>"
+        return f"<{type(self).__name__} at {id(self):#x} {self._format()}>"
+
+    def __str__(self) -> str:
+        return f"<{type(self).__name__} {self._format()}>"
+
+    def _format(self) -> str:
+        """As asyncio's: maxsize, this handle's waiting gets and puts, the
+        queue's unfinished items (everyone's, from the broker), shutdown;
+        and the queue's name."""
+        info = dict(self._p().conn().info(self._name))
+        result = f"maxsize={self._maxsize!r}"
+        if self._getters:
+            result += f" _getters[{len(self._getters)}]"
+        if self._putters:
+            result += f" _putters[{len(self._putters)}]"
+        if info.get("unfinished"):
+            result += f" tasks={info['unfinished']}"
+        if info.get("shutdown"):
+            result += " shutdown"
+        return result + f" name={self._name!r}"
+
+    @property
+    def _getters(self) -> list:
+        """This handle's gets waiting in line (asyncio.Queue's _getters)."""
+        return [w for w in self._waiters if not w.done()]
+
+    @property
+    def _unfinished_tasks(self) -> int:
+        """Items got and not yet task_done(), by anyone (asyncio.Queue's
+        _unfinished_tasks; the broker's count)."""
+        return dict(self._p().conn().info(self._name)).get("unfinished", 0)
 
     @property
     def name(self) -> str:
@@ -330,7 +398,12 @@ class Queue:
         except QueueFull:
             # Cancelled while waiting: the broker ends the wait, and the
             # put happened (its reply came first) or did not.
-            await _call(pool, args + [b"TIMEOUT", b"0"], wait=True)
+            putter = asyncio.current_task()
+            self._putters.append(putter)
+            try:
+                await _call(pool, args + [b"TIMEOUT", b"0"], wait=True)
+            finally:
+                self._putters.remove(putter)
 
     def put_nowait(self, item) -> None:
         """Puts an item if there is room now, else asyncio.QueueFull."""
@@ -354,7 +427,7 @@ class Queue:
     # Gets.
 
     def _hand_out(self, msg_id: int, payload: bytes):
-        self._held.append((asyncio.current_task(), msg_id))
+        self._held.append((_current_task(), msg_id))
         return self._loads(payload)
 
     def _orphaned(self, entries) -> None:
@@ -364,11 +437,15 @@ class Queue:
         if entries:
             self._deliver([(e[1], e[2]) for e in entries])
 
-    def _deliver(self, items: list) -> None:
-        """Hands (id, payload) items to the waiting gets, oldest first;
-        what is left is kept (prefetch) or given back."""
-        if not _running():
-            # The loop is gone (this runs on the pool's thread): nobody waits.
+    def _deliver(self, items: list, keep: bool = True) -> None:
+        """Hands (id, payload) items to the waiting gets, oldest first.
+        What is left (their gets were cancelled): kept for the next gets
+        with prefetch; else a leased one goes back now (QNACK: to the head
+        of the queue), and a taken one is kept for the next get here for
+        a moment (RETURN_AFTER), then put back."""
+        running = _running()
+        if not running:
+            # The loop is gone (this runs at exit): nobody waits.
             self._waiters.clear()
         i = 0
         while i < len(items) and self._waiters:
@@ -376,12 +453,23 @@ class Queue:
             if not w.done():
                 w.set_result(items[i])
                 i += 1
-        if i < len(items):
-            rest = items[i:]
-            if self._prefetch and _running():
-                self._fetched.extend(rest)
-            else:
-                _give_back(self._p().pool, self._qname, self._take, rest, self._restore_key)
+        if i == len(items):
+            return
+        rest = items[i:]
+        if keep and running and (self._prefetch or self._take):
+            self._fetched.extend(rest)
+            if not self._prefetch:
+                asyncio.get_running_loop().call_later(RETURN_AFTER, self._return_kept)
+        else:
+            _give_back(self._p().pool, self._qname, self._take, rest, self._restore_key)
+
+    def _return_kept(self) -> None:
+        """Puts back the items a cancelled get left here, if no get took
+        them meanwhile: other processes may be waiting for them."""
+        if self._fetched and not self._prefetch:
+            rest = list(self._fetched)
+            self._fetched.clear()
+            _give_back(self._p().pool, self._qname, self._take, rest, self._restore_key)
 
     def _restore_key(self, payload: bytes) -> tuple:
         return (None, None)
@@ -390,7 +478,7 @@ class Queue:
         """Removes and returns an item, waiting while the queue is empty."""
         if self._fetched:
             return self._hand_out(*self._fetched.popleft())
-        if not self._waiters:
+        if self._fetcher is None or self._fetcher.done():
             # Nobody here waits: ask (on the shared connection).
             entries = await _call(self._p().pool, self._get_args, orphan=self._orphaned)
             if entries:
@@ -428,12 +516,21 @@ class Queue:
             args = [b"QGET", self._qname, b"COUNT", n, b"TIMEOUT", b"0"]
             if self._take:
                 args.append(b"TAKE")
+            # The orphan handler only takes a reply that came after the
+            # loop closed: this task settles every other one itself.
             fut, self._fetch_ticket = _submit(pool, args, True, self._orphaned)
             try:
-                entries = await fut
+                # Shielded: a cancel of this task (the loop ending) ends the
+                # broker wait, and the reply is still awaited and settled.
+                entries = await asyncio.shield(fut)
             except asyncio.CancelledError:
                 pool.cancel(self._fetch_ticket)
-                _orphan_result(fut, self._orphaned)
+                try:
+                    entries = await fut
+                except BaseException:
+                    entries = None
+                if entries:
+                    self._deliver([(e[1], e[2]) for e in entries], keep=False)
                 raise
             except BaseException as e:
                 # ShutDown, a lost broker: every waiting get raises it.
@@ -491,7 +588,7 @@ class Queue:
         this handle got; ValueError when it holds none. Sent with others
         of this moment in one QDONE; join() waits for it to land, and
         raises what went wrong (LeaseLost)."""
-        me = asyncio.current_task() if _running() else None
+        me = _current_task()
         pick = next((h for h in self._held if h[0] is me), None) if me is not None else None
         if pick is None:
             if not self._held:
@@ -568,6 +665,13 @@ class Queue:
         self._fetched.clear()
         if left:
             _give_back(self._p().pool, self._qname, self._take, left, self._restore_key)
+
+
+def _current_task():
+    try:
+        return asyncio.current_task()
+    except RuntimeError:
+        return None  # called outside a loop
 
 
 def _running() -> bool:

@@ -53,3 +53,18 @@ def test_under_python_3_13_except_queue_shutdown_catches_it():
     env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(ferry.__file__)))
     out = subprocess.run([PY313, "-c", script], capture_output=True, text=True, env=env, timeout=60)
     assert out.stdout.strip() == "caught FerryError True", (out.stdout, out.stderr)
+
+
+@pytest.mark.skipif(PY313 is None, reason="no python3.13 interpreter on this machine")
+def test_under_python_3_13_the_asyncio_port_passes_with_asyncio_queue_shutdown():
+    # test_aio_cpython.py is plain unittest: under 3.13 its shutdown tests
+    # expect asyncio.QueueShutDown itself.
+    tests = os.path.dirname(os.path.abspath(__file__))
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(ferry.__file__)))
+    out = subprocess.run([PY313, "-m", "unittest", "-q", "test_aio_cpython"], cwd=tests, capture_output=True,
+                         text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "Ran 156 tests" in out.stderr, out.stderr[-3000:]
+    check = "import asyncio, ferry.aio; print(issubclass(ferry.aio.ShutDown, asyncio.QueueShutDown))"
+    out = subprocess.run([PY313, "-c", check], capture_output=True, text=True, env=env, timeout=60)
+    assert out.stdout.strip() == "True", out.stderr
