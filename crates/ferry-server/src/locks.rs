@@ -145,6 +145,15 @@ impl Locks {
         held
     }
 
+    /// Whether `token` still holds lock `name`.
+    pub(crate) fn holds(&self, name: &Bytes, token: u64) -> bool {
+        let t = self.table.lock();
+        t.locks
+            .get(name)
+            .and_then(|l| l.holder.as_ref())
+            .is_some_and(|h| h.token == token)
+    }
+
     /// Locks held or waited for, and clients waiting in line, for INFO.
     pub(crate) fn counts(&self) -> (usize, usize) {
         let t = self.table.lock();

@@ -71,6 +71,13 @@ impl Lock {
 }
 
 fn granted(s: &mut Session, name: Bytes, token: u64) {
+    // A lock may be released from another connection (UNLOCK takes the
+    // token from anyone, and ferry.aio releases on its shared one): forget
+    // the ones released so, now and then, so the list stays short.
+    if s.locks.len() >= 8 && s.locks.len().is_power_of_two() {
+        let locks = &s.broker.locks;
+        s.locks.retain(|(n, t)| locks.holds(n, *t));
+    }
     s.locks.push((name, token));
     s.reply().uint(token);
 }

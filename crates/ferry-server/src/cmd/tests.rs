@@ -301,3 +301,19 @@ async fn a_holder_group_holds_for_all_its_connections_until_the_last_goes() {
     c.release_all();
     assert_eq!(run(&mut other, &["QLEN", "q"]), ":1\r\n");
 }
+
+#[tokio::test]
+async fn locks_released_from_another_connection_are_forgotten_by_the_holder() {
+    let b = broker(Config::default());
+    let (mut a, mut other) = (Session::new(Arc::clone(&b)), Session::new(b));
+    for _ in 0..100 {
+        let token = run(&mut a, &["LOCK", "l", "NOWAIT"]);
+        let token = token.trim_start_matches(':').trim_end();
+        assert_eq!(run(&mut other, &["UNLOCK", "l", token]), ":1\r\n");
+    }
+    assert!(a.locks.len() < 16, "{} stale entries", a.locks.len());
+    // What it still holds is still released with it.
+    run(&mut a, &["LOCK", "kept", "NOWAIT"]);
+    a.release_all();
+    assert!(run(&mut other, &["LOCK", "kept", "NOWAIT"]).starts_with(':'));
+}
