@@ -23,8 +23,10 @@ failed=0
 spawn() { "$python" -c 'import multiprocessing, runpy, sys
 multiprocessing.set_start_method("spawn")
 runpy.run_path(sys.argv[1], run_name="__main__")' "$1"; }
-for ex in ipc producer_consumer lock_counter crash_redelivery; do
-    for kind in python python-spawn rust; do
+for ex in ipc producer_consumer lock_counter crash_redelivery crawler; do
+    kinds=(python python-spawn rust)
+    [[ $ex == crawler ]] && kinds=(python python-spawn)   # asyncio's: Python only
+    for kind in "${kinds[@]}"; do
         case $kind in
             python) cmd=("$python" "examples/python/$ex.py") ;;
             python-spawn) cmd=(spawn "examples/python/$ex.py") ;;

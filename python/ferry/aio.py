@@ -389,9 +389,14 @@ class Queue:
             args += [b"PRIOKEY", key, b"KEYTYPE", keytype]
         return args
 
-    async def put(self, item) -> None:
-        """Puts an item, waiting while the queue is full."""
+    async def put(self, item, *, dedup: str | bytes | None = None) -> None:
+        """Puts an item, waiting while the queue is full. With `dedup`, a
+        put whose key was used on this queue in the last 10 minutes adds
+        nothing (the broker's DEDUP): a crawler's "seen" set, shared by
+        every process."""
         args = self._put_args(item)
+        if dedup is not None:
+            args += [b"DEDUP", dedup.encode() if isinstance(dedup, str) else bytes(dedup)]
         pool = self._p().pool
         try:
             await _call(pool, args + [b"NOWAIT"])

@@ -26,8 +26,8 @@ use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::Duration;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use ferry_client::{AsyncClient, Error, Value};
 use pyo3::prelude::*;
@@ -270,7 +270,10 @@ impl Inbox {
                     Ok(v) => (v, none()),
                     Err(e) => (none(), e.into_value(py).into_bound(py).into_any()),
                 };
-                pyo3::types::PyTuple::new(py, [fut.into_bound(py), orphan.into_bound(py), value, error])
+                pyo3::types::PyTuple::new(
+                    py,
+                    [fut.into_bound(py), orphan.into_bound(py), value, error],
+                )
             })
             .collect()
     }

@@ -343,3 +343,16 @@ def test_errors_are_asyncios():
         p.drop()
 
     asyncio.run(main())
+
+
+def test_the_stubs_list_every_public_method():
+    import ast
+    import pathlib
+
+    stub = ast.parse(pathlib.Path(ferry.aio.__file__).with_suffix(".pyi").read_text())
+    stubbed = {node.name: {f.name for f in node.body if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))}
+               for node in stub.body if isinstance(node, ast.ClassDef)}
+    for name in ("Queue", "Lock"):
+        cls = getattr(ferry.aio, name)
+        public = {m for m in vars(cls) if not m.startswith("_")}
+        assert public <= stubbed[name], f"{name}: not in aio.pyi: {public - stubbed[name]}"
