@@ -97,46 +97,58 @@ def test_gets_and_puts_cancelled_at_random_moments_lose_nothing_and_deliver_once
     asyncio.run(main())
 
 
-def _consumer(name, results, kill_on):
-    """A process of 100 coroutines; the one that gets `kill_on` (first
-    time) kills the whole process before task_done."""
+def _consumer(name, results, kill_after, note):
+    """A process of 100 coroutines; with `kill_after`, the coroutine that
+    gets the process's kill_after-th item notes it and kills the whole
+    process before task_done."""
     async def main():
         q = ferry.aio.JoinableQueue(name=name)
         out = ferry.aio.Queue(name=results)
+        got = 0
 
         async def work():
+            nonlocal got
             while True:
                 item = await q.get()
                 if item is None:
                     q.task_done()
                     return
-                if item == kill_on and kill_on is not None:
+                got += 1
+                if got == kill_after:
+                    with open(note, "w") as f:
+                        f.write(str(item))
                     os.kill(os.getpid(), signal.SIGKILL)
+                await asyncio.sleep(0.001)  # the work: items are in flight in every process
                 await out.put((os.getpid(), item))
                 q.task_done()
         await asyncio.gather(*(work() for _ in range(100)))
-        await q.join()
     asyncio.run(main())
 
 
-def test_four_processes_of_100_coroutines_and_one_killed_mid_task():
+def test_four_processes_of_100_coroutines_and_one_killed_mid_task(tmp_path):
     name, results = f"aio-kill-{os.getpid()}", f"aio-kill-out-{os.getpid()}"
     q = ferry.JoinableQueue(name=name)     # the blocking class, same queue
     ferry.Queue(name=results)
-    n = 2000
+    n = 4000
+    note = tmp_path / "killed-on"
     ctx = mp.get_context("spawn")
-    # The victim gets its items first, and dies on item 7.
-    victim = ctx.Process(target=_consumer, args=(name, results, 7))
-    victim.start()
+    ps = [ctx.Process(target=_consumer, args=(name, results, 300 if i == 0 else None, str(note)))
+          for i in range(4)]
+    for p in ps:
+        p.start()
+    # Every process waits in the queue (one broker wait each) before the
+    # items come, so each gets its share.
+    deadline = time.monotonic() + 120
+    while info(name)["waiting_getters"] < 4:
+        assert time.monotonic() < deadline, "the consumers did not start"
+        time.sleep(0.01)
     for i in range(n):
         q.put(i)
-    victim.join(120)
-    assert victim.exitcode == -signal.SIGKILL
-    others = [ctx.Process(target=_consumer, args=(name, results, None)) for _ in range(3)]
-    for p in others:
-        p.start()
     # join() returns: the dead process's leased items came back.
     q.join()
+    victim, others = ps[0], ps[1:]
+    victim.join(120)
+    assert victim.exitcode == -signal.SIGKILL
     for _ in range(300):
         q.put(None)
     for p in others:
@@ -149,16 +161,18 @@ def test_four_processes_of_100_coroutines_and_one_killed_mid_task():
             seen.append(done.get_nowait())
         except ferry.Empty:
             break
+    killed_on = int(note.read_text())
     by_victim = [i for pid, i in seen if pid == victim.pid]
-    by_live = sorted(i for pid, i in seen if pid != victim.pid)
+    by_live = [i for pid, i in seen if pid != victim.pid]
     # What the victim had not finished when it died came back: each item
     # was finished once by the live processes, unless the victim finished
     # it (it may also have done work whose task_done it had not sent).
     assert len(by_live) == len(set(by_live)), "a live process got an item twice"
     assert set(by_live) | set(by_victim) == set(range(n))
-    assert 7 in by_live and 7 not in by_victim
-    print(f"the victim finished {len(by_victim)} items before SIGKILL; the others {len(by_live)}")
+    assert killed_on in by_live and killed_on not in by_victim
     assert info(name)["unfinished"] == 0
+    print(f"the victim finished {len(by_victim)} items before SIGKILL (on item {killed_on}); "
+          f"the others {len(by_live)}")
     q.drop()
     done.drop()
 
@@ -356,3 +370,37 @@ def test_the_stubs_list_every_public_method():
         cls = getattr(ferry.aio, name)
         public = {m for m in vars(cls) if not m.startswith("_")}
         assert public <= stubbed[name], f"{name}: not in aio.pyi: {public - stubbed[name]}"
+
+
+def test_unix_socket_and_password_urls(tmp_path):
+    # The URLs the blocking classes accept: a Unix socket, a password.
+    import pathlib
+    import subprocess
+
+    binary = os.environ.get("FERRY_BIN") or str(pathlib.Path(__file__).resolve().parents[2] / "target" / "debug" / "ferry")
+    sock = tmp_path / "ferry.sock"
+    proc = subprocess.Popen([binary, "serve", "--port", "0", "--durability", "memory", "--data-dir", str(tmp_path),
+                             "--unix", str(sock), "--requirepass", "s3cret"],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        port = proc.stdout.readline().rsplit(":", 1)[1].strip()
+        urls = [f"unix://{sock}?password=s3cret", f"ferry://:s3cret@127.0.0.1:{port}"]
+
+        async def main():
+            for url in urls:
+                q = ferry.aio.JoinableQueue(url=url)
+                waiting_get = asyncio.ensure_future(q.get())
+                await q.put("over " + url.split(":")[0])
+                assert await waiting_get == "over " + url.split(":")[0]
+                q.task_done()
+                await q.join()
+                async with ferry.aio.Lock(url=url):
+                    pass
+            with pytest.raises(ferry.FerryError):
+                ferry.aio.Queue(url=f"ferry://127.0.0.1:{port}")   # no password
+
+        asyncio.run(main())
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        proc.stdout.close()
