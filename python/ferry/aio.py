@@ -179,6 +179,17 @@ _loops: dict = {}
 _last_loop: list = [None, None]
 
 
+def _forget_parents_loops() -> None:
+    # A forked child must not read its parent's inbox sockets (it would
+    # take the parent's wakeups); its own loops get their own.
+    _loops.clear()
+    _last_loop[0] = _last_loop[1] = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_parents_loops)
+
+
 def _inbox(loop: asyncio.AbstractEventLoop) -> Inbox:
     if _last_loop[0] is loop:
         return _last_loop[1]

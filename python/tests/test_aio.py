@@ -404,3 +404,33 @@ def test_unix_socket_and_password_urls(tmp_path):
         proc.terminate()
         proc.wait(timeout=10)
         proc.stdout.close()
+
+
+def _forked_child(q, out):
+    async def main():
+        item = await q.get()
+        q.task_done()
+        await out.put(item * 10)
+    asyncio.run(main())
+
+
+def test_a_child_forked_from_inside_a_running_loop_leaves_the_parents_alone():
+    async def main():
+        q, out = ferry.aio.JoinableQueue(), ferry.aio.Queue()
+        parent_get = asyncio.ensure_future(out.get())     # the parent waits meanwhile
+        await until(lambda: info(out.name)["waiting_getters"] == 1)
+        child = mp.get_context("fork").Process(target=_forked_child, args=(q, out))
+        child.start()
+        await q.put(7)
+        # The parent's loop is woken by its own replies, not robbed of them.
+        assert await asyncio.wait_for(parent_get, 60) == 70
+        await asyncio.get_running_loop().run_in_executor(None, child.join, 60)
+        assert child.exitcode == 0
+        await q.join()
+        for i in range(50):
+            await out.put(i)
+            assert await asyncio.wait_for(out.get(), 10) == i
+        q.drop()
+        out.drop()
+
+    asyncio.run(main())
