@@ -11,6 +11,12 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="session", autouse=True)
 def broker(tmp_path_factory):
+    # FERRY_TEST_URL runs the suites on another engine (redis://...):
+    # scripts/test.sh starts it.
+    if os.environ.get("FERRY_TEST_URL"):
+        os.environ["FERRY_URL"] = os.environ["FERRY_TEST_URL"]
+        yield os.environ["FERRY_URL"]
+        return
     binary = os.environ.get("FERRY_BIN") or str(ROOT / "target" / "debug" / "ferry")
     data = tmp_path_factory.mktemp("ferry-data")
     proc = subprocess.Popen(

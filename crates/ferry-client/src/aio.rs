@@ -10,6 +10,7 @@ use ferry_proto::{Decoder, Limits, Value, encode_command};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 
+use crate::redis::RedisLink;
 use crate::{Address, Error, Message, Reconnect, Url};
 
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -43,6 +44,9 @@ impl Link {
                 Box::new(s)
             }
             Address::Unix(path) => Box::new(UnixStream::connect(path).await?),
+            Address::Redis(_) => {
+                return Err(Error::Url("a redis:// URL is not a ferry broker".into()));
+            }
         };
         let mut link = Box::new(Link {
             stream,
@@ -196,6 +200,59 @@ impl Link {
     }
 }
 
+/// A connection to the engine behind the URL: ferry's broker, or Redis
+/// answering ferry's commands (crate::redis). Nothing above it knows
+/// which.
+enum Conn {
+    Ferry(Box<Link>),
+    Redis(Box<RedisLink>),
+}
+
+impl Conn {
+    async fn open(url: &Url, holder: Option<&str>) -> Result<Conn, Error> {
+        Ok(match &url.address {
+            Address::Redis(target) => Conn::Redis(RedisLink::open(target, holder).await?),
+            _ => Conn::Ferry(Link::open(url, holder).await?),
+        })
+    }
+
+    fn max_payload(&self) -> Option<usize> {
+        match self {
+            Conn::Ferry(l) => l.max_payload,
+            Conn::Redis(r) => r.max_payload,
+        }
+    }
+
+    async fn call(&mut self, args: &[&[u8]]) -> Result<Value, Error> {
+        match self {
+            Conn::Ferry(l) => l.call(args).await,
+            Conn::Redis(r) => r.call(args).await,
+        }
+    }
+
+    async fn pipeline(
+        &mut self,
+        commands: &[Vec<&[u8]>],
+    ) -> Result<Vec<Result<Value, Error>>, Error> {
+        match self {
+            Conn::Ferry(l) => l.pipeline(commands).await,
+            Conn::Redis(r) => r.pipeline(commands).await,
+        }
+    }
+
+    async fn call_cancellable(
+        &mut self,
+        url: &Url,
+        args: &[&[u8]],
+        cancel: impl Future<Output = ()>,
+    ) -> Result<(Value, bool), Error> {
+        match self {
+            Conn::Ferry(l) => l.call_cancellable(url, args, cancel).await,
+            Conn::Redis(r) => r.call_cancellable(args, cancel).await,
+        }
+    }
+}
+
 fn closed() -> Error {
     Error::Io(std::io::Error::new(
         std::io::ErrorKind::UnexpectedEof,
@@ -215,7 +272,7 @@ async fn unblock(url: &Url, id: u64) -> Result<bool, Error> {
 }
 
 /// A reply as the caller sees it: an error reply becomes its [`Error`].
-fn reply_value(value: Value) -> Result<Value, Error> {
+pub(crate) fn reply_value(value: Value) -> Result<Value, Error> {
     match value {
         Value::Error { code, message } => Err(match code.as_str() {
             "FULL" => Error::Full,
@@ -249,8 +306,8 @@ pub(crate) fn millis(d: Duration) -> String {
 /// ```
 pub struct AsyncClient {
     url: Url,
-    /// Boxed: an idle client stays small.
-    link: Option<Box<Link>>,
+    /// Boxed inside: an idle client stays small.
+    link: Option<Conn>,
     /// Bumped on every new connection; leases remember theirs.
     generation: u64,
     /// Messages got and not yet done: the connection generation that
@@ -283,7 +340,7 @@ impl AsyncClient {
     /// ```
     pub async fn connect(url: &str) -> Result<AsyncClient, Error> {
         let url: Url = url.parse()?;
-        let link = Link::open(&url, None).await?;
+        let link = Conn::open(&url, None).await?;
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());
@@ -333,12 +390,12 @@ impl AsyncClient {
     }
 
     /// The live connection, reopened (with backoff) if it was lost.
-    async fn link(&mut self) -> Result<&mut Link, Error> {
+    async fn link(&mut self) -> Result<&mut Conn, Error> {
         if self.link.is_none() {
             let deadline = tokio::time::Instant::now() + self.reconnect.within;
             let mut pause = self.reconnect.first_backoff;
             let link = loop {
-                match Link::open(&self.url, self.holder.as_deref()).await {
+                match Conn::open(&self.url, self.holder.as_deref()).await {
                     Ok(link) => break link,
                     Err(Error::Io(e)) => {
                         if tokio::time::Instant::now() + pause > deadline {
@@ -450,7 +507,7 @@ impl AsyncClient {
     /// The largest payload the broker takes, as it said at connect
     /// (`None`: it did not say).
     pub async fn max_payload(&mut self) -> Result<Option<usize>, Error> {
-        Ok(self.link().await?.max_payload)
+        Ok(self.link().await?.max_payload())
     }
 
     /// Refuses a payload over the broker's limit before sending it (the

@@ -34,6 +34,7 @@
 //! pipelining is not offered yet.
 
 mod aio;
+mod redis;
 
 use std::io;
 use std::path::PathBuf;
@@ -58,7 +59,11 @@ pub enum Address {
     Tcp(String, u16),
     /// A Unix socket.
     Unix(PathBuf),
+    /// A Redis server (`redis://`): ferry's semantics in Lua scripts.
+    Redis(RedisTarget),
 }
+
+pub use redis::Target as RedisTarget;
 
 /// The default broker: `ferry://127.0.0.1:7878`.
 pub const DEFAULT_URL: &str = "ferry://127.0.0.1:7878";
@@ -68,6 +73,17 @@ impl std::str::FromStr for Url {
 
     fn from_str(s: &str) -> Result<Url, Error> {
         let bad = |why: &str| Error::Url(format!("{s:?}: {why}"));
+        if s.starts_with("redis://") {
+            return Ok(Url {
+                address: Address::Redis(RedisTarget::parse(s)?),
+                password: None,
+            });
+        }
+        if s.starts_with("redis+cluster://") {
+            return Err(bad(
+                "Redis Cluster is not supported yet: use redis:// (one server)",
+            ));
+        }
         if let Some(rest) = s.strip_prefix("unix://") {
             let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
             if path.is_empty() {
@@ -84,7 +100,7 @@ impl std::str::FromStr for Url {
         }
         let rest = s
             .strip_prefix("ferry://")
-            .ok_or_else(|| bad("the scheme must be ferry:// or unix://"))?;
+            .ok_or_else(|| bad("the scheme must be ferry://, unix:// or redis://"))?;
         let rest = rest.trim_end_matches('/');
         let (auth, hostport) = match rest.rsplit_once('@') {
             Some((auth, hp)) => (Some(auth), hp),
@@ -691,7 +707,24 @@ mod tests {
             (u.address, u.password.as_deref()),
             (Address::Unix("/run/f.sock".into()), Some("x"))
         );
-        for bad in ["redis://h", "ferry://", "ferry://h:99999", "unix://"] {
+        let r = url("redis://:pw@h:6390/2?wait=1&lease=5000");
+        let Address::Redis(t) = r.address else {
+            panic!("not redis: {r:?}")
+        };
+        assert_eq!(
+            (t.url.as_str(), t.wait, t.lease),
+            ("redis://:pw@h:6390/2", 1, Duration::from_millis(5000))
+        );
+        for bad in [
+            "http://h",
+            "ferry://",
+            "ferry://h:99999",
+            "unix://",
+            "redis://h?lease=5",
+            "redis://h?wait=x",
+            "redis://h?what=1",
+            "redis+cluster://h:1",
+        ] {
             assert!(bad.parse::<Url>().is_err(), "{bad}");
         }
     }

@@ -1,0 +1,1032 @@
+//! The Redis backend: ferry's commands, answered by a Redis server.
+//!
+//! The client speaks ferry's protocol to the rest of the program; this
+//! module answers each command as ferry's broker would, with one atomic
+//! Lua script per operation (`queue.lua`, `lock.lua`) over keys that share
+//! the queue's hash tag. What Redis cannot do the way the broker does is
+//! done here:
+//!
+//! - Leases: Redis cannot see a connection close, so every lease is timed
+//!   (`?lease=ms`, 30 s by default) and the process renews the leases and
+//!   locks it holds in the background (`renew.rs`); a process that dies
+//!   stops renewing, and its messages come back after the lease time. A
+//!   client that is dropped gives back what it holds at once.
+//! - Waiting: a get, put, join or lock that must wait registers as a
+//!   waiter in the same script that found it must, then blocks on the
+//!   queue's wake-up list (BLPOP, on a connection of its own), which the
+//!   scripts that change the state push to — no wake-up is lost, and no
+//!   loop polls; it tries again at the latest when time alone changes
+//!   something (a delay comes due, a lease expires) or after a second.
+//! - `?wait=N`: after a change, WAIT for N replicas.
+
+mod renew;
+
+use std::sync::LazyLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use ferry_proto::Value;
+use redis::Script;
+use redis::aio::MultiplexedConnection;
+use tokio::time::Instant;
+
+use crate::Error;
+
+static QUEUE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("queue.lua")));
+static LOCK: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lock.lua")));
+
+/// A default lease on this backend: how long a dead process's messages
+/// stay out before they come back.
+pub(crate) const DEFAULT_LEASE: Duration = Duration::from_secs(30);
+
+/// A Redis server and how to use it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Target {
+    /// The URL the `redis` crate connects to (`redis://[:pw@]host:port/db`).
+    pub url: String,
+    /// Replicas a change must reach before it is acknowledged (WAIT).
+    pub wait: u32,
+    /// The lease of a message got here, renewed while its holder lives.
+    pub lease: Duration,
+}
+
+impl Target {
+    /// Parses `redis://[:password@]host[:port][/db][?wait=N&lease=ms]`.
+    pub(crate) fn parse(s: &str) -> Result<Target, Error> {
+        let bad = |why: &str| Error::Url(format!("{s:?}: {why}"));
+        let (base, query) = s.split_once('?').unwrap_or((s, ""));
+        let mut target = Target {
+            url: base.to_string(),
+            wait: 0,
+            lease: DEFAULT_LEASE,
+        };
+        for kv in query.split('&').filter(|kv| !kv.is_empty()) {
+            match kv.split_once('=') {
+                Some(("wait", n)) => {
+                    target.wait = n
+                        .parse()
+                        .map_err(|_| bad("wait must be a number of replicas"))?
+                }
+                Some(("lease", ms)) => {
+                    let ms: u64 = ms.parse().map_err(|_| bad("lease must be milliseconds"))?;
+                    if ms < 100 {
+                        return Err(bad("lease must be at least 100 ms"));
+                    }
+                    target.lease = Duration::from_millis(ms);
+                }
+                _ => return Err(bad("the options are wait=N and lease=ms")),
+            }
+        }
+        redis::Client::open(target.url.as_str()).map_err(|e| bad(&e.to_string()))?;
+        Ok(target)
+    }
+}
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// One client's use of a Redis server.
+pub(crate) struct RedisLink {
+    target: Target,
+    client: redis::Client,
+    conn: MultiplexedConnection,
+    /// For BLPOP: a blocking command holds its connection.
+    blocking: Option<MultiplexedConnection>,
+    /// Who holds what this client gets (its own token, or its group's).
+    holder: String,
+    /// This client's number (CLIENT ID's answer here).
+    pub(crate) id: u64,
+    next_waiter: u64,
+    pub(crate) max_payload: Option<usize>,
+}
+
+impl Drop for RedisLink {
+    fn drop(&mut self) {
+        renew::detach(&self.target, &self.holder);
+    }
+}
+
+/// A step of a command that may wait.
+enum Step {
+    Done(Value),
+    Wait(u64),
+}
+
+/// A command that may wait, as the scripts take it.
+struct Waiting {
+    script: &'static Script,
+    keys: Vec<Vec<u8>>,
+    /// Its arguments; the waiter and its wait (ms) go in at 1 and 2.
+    args: Vec<Vec<u8>>,
+    /// The wake-up lists it blocks on.
+    wake: Vec<Vec<u8>>,
+    /// What a caller who stops waiting must undo ("unwait").
+    unwait: Vec<(Vec<Vec<u8>>, &'static Script)>,
+}
+
+fn queue_keys(q: &str, own: &[u8]) -> Vec<Vec<u8>> {
+    let p = format!("ferry:{{{q}}}:");
+    let mut keys: Vec<Vec<u8>> = [
+        "m", "ready", "msg", "att", "sk", "out", "holder", "delayed", "dead", "wg", "wp", "wj",
+        "getters", "putters", "joiners",
+    ]
+    .iter()
+    .map(|k| format!("{p}{k}").into_bytes())
+    .collect();
+    let mut o = p.into_bytes();
+    o.extend_from_slice(own);
+    keys.push(o);
+    keys
+}
+
+fn holder_key(holder: &str) -> Vec<u8> {
+    format!("h:{holder}").into_bytes()
+}
+
+fn lock_keys(name: &str) -> Vec<Vec<u8>> {
+    let p = format!("ferry:lock:{{{name}}}");
+    ["", ":seq", ":line", ":until", ":wake"]
+        .iter()
+        .map(|s| format!("{p}{s}").into_bytes())
+        .collect()
+}
+
+/// A queue or lock name as the protocol allows it: it also cannot escape
+/// its hash tag.
+fn check_name(name: &[u8]) -> Result<&str, Error> {
+    let ok = !name.is_empty()
+        && name.len() <= 200
+        && name
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.:-".contains(b));
+    if !ok {
+        return Err(server(
+            "ERR",
+            "a queue name is 1-200 bytes of A-Z a-z 0-9 _ . : -",
+        ));
+    }
+    std::str::from_utf8(name).map_err(|_| server("ERR", "bad name"))
+}
+
+fn server(code: &str, message: &str) -> Error {
+    Error::Server {
+        code: code.into(),
+        message: message.into(),
+    }
+}
+
+fn io(e: redis::RedisError) -> Error {
+    if e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error() {
+        return Error::Io(std::io::Error::other(e.to_string()));
+    }
+    match e.code() {
+        Some(code) => error_value(code, e.detail().unwrap_or("")),
+        None => Error::Protocol(e.to_string()),
+    }
+}
+
+/// An error reply as the broker's client maps it.
+fn error_value(code: &str, message: &str) -> Error {
+    match crate::aio::reply_value(Value::Error {
+        code: code.to_string(),
+        message: message.to_string(),
+    }) {
+        Err(e) => e,
+        Ok(_) => Error::Protocol("an error reply was not an error".into()),
+    }
+}
+
+/// A Redis reply as ferry's; an error reply as the broker's error.
+fn from_redis(v: redis::Value) -> Result<Value, Error> {
+    Ok(match v {
+        redis::Value::Nil => Value::Nil,
+        redis::Value::Int(n) => Value::Int(n),
+        redis::Value::BulkString(b) => Value::Bulk(b.into()),
+        redis::Value::Array(items) | redis::Value::Set(items) => Value::Array(
+            items
+                .into_iter()
+                .map(from_redis)
+                .collect::<Result<_, _>>()?,
+        ),
+        redis::Value::SimpleString(s) => Value::Simple(s),
+        redis::Value::Okay => Value::Simple("OK".into()),
+        redis::Value::Map(pairs) => Value::Map(
+            pairs
+                .into_iter()
+                .map(|(k, v)| Ok((from_redis(k)?, from_redis(v)?)))
+                .collect::<Result<_, Error>>()?,
+        ),
+        redis::Value::Boolean(b) => Value::Bool(b),
+        redis::Value::Double(d) => Value::Bulk(d.to_string().into_bytes().into()),
+        redis::Value::ServerError(e) => {
+            return Err(error_value(e.code(), e.details().unwrap_or("")));
+        }
+        other => return Err(Error::Protocol(format!("unexpected reply {other:?}"))),
+    })
+}
+
+/// A script's {"WAIT", ms}.
+fn wait_hint(v: &redis::Value) -> Option<u64> {
+    if let redis::Value::Array(items) = v
+        && let [redis::Value::BulkString(w), redis::Value::Int(ms)] = items.as_slice()
+        && w == b"WAIT"
+    {
+        return Some((*ms).max(1) as u64);
+    }
+    None
+}
+
+/// Arguments, read left to right with keywords case-insensitive.
+struct Args<'a> {
+    rest: std::slice::Iter<'a, &'a [u8]>,
+}
+
+impl<'a> Args<'a> {
+    fn next(&mut self) -> Option<&'a [u8]> {
+        self.rest.next().copied()
+    }
+    fn require(&mut self, what: &str) -> Result<&'a [u8], Error> {
+        self.next()
+            .ok_or_else(|| server("ERR", &format!("missing {what}")))
+    }
+    fn number(&mut self, what: &str) -> Result<u64, Error> {
+        let v = self.require(what)?;
+        std::str::from_utf8(v)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| server("ERR", &format!("{what} must be a whole number")))
+    }
+}
+
+fn is(word: &[u8], kw: &str) -> bool {
+    word.eq_ignore_ascii_case(kw.as_bytes())
+}
+
+fn unknown(opt: &[u8], cmd: &str) -> Error {
+    server(
+        "ERR",
+        &format!(
+            "unknown option '{}' for {cmd} (docs/protocol.md lists them)",
+            String::from_utf8_lossy(opt)
+        ),
+    )
+}
+
+/// How long a command may wait: `None` forever, `Some(0)` not at all.
+fn wait_option(word: &[u8], a: &mut Args<'_>, wait: &mut Option<Duration>) -> Result<bool, Error> {
+    if is(word, "TIMEOUT") {
+        let ms = a.number("TIMEOUT")?;
+        *wait = if ms == 0 {
+            None
+        } else {
+            Some(Duration::from_millis(ms))
+        };
+        Ok(true)
+    } else if is(word, "NOWAIT") {
+        *wait = Some(Duration::ZERO);
+        Ok(true)
+    } else {
+        Ok(false)
+    }
+}
+
+/// A PRIORITY n as an order key: bytes that sort as the numbers do.
+fn priority_key(n: i64) -> Vec<u8> {
+    ((n as u64) ^ (1 << 63)).to_be_bytes().to_vec()
+}
+
+impl RedisLink {
+    pub(crate) async fn open(
+        target: &Target,
+        holder: Option<&str>,
+    ) -> Result<Box<RedisLink>, Error> {
+        let client =
+            redis::Client::open(target.url.as_str()).map_err(|e| Error::Url(e.to_string()))?;
+        let mut conn = client
+            .get_multiplexed_async_connection()
+            .await
+            .map_err(|e| match e.kind() {
+                redis::ErrorKind::AuthenticationFailed => Error::Auth(e.to_string()),
+                _ => io(e),
+            })?;
+        let max_payload: Option<usize> = redis::cmd("CONFIG")
+            .arg("GET")
+            .arg("proto-max-bulk-len")
+            .query_async::<Vec<String>>(&mut conn)
+            .await
+            .ok()
+            .and_then(|v| v.get(1).and_then(|n| n.parse().ok()));
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        let holder = match holder {
+            Some(h) => h.to_string(),
+            None => own_token(id),
+        };
+        renew::attach(target, &holder);
+        Ok(Box::new(RedisLink {
+            target: target.clone(),
+            client,
+            conn,
+            blocking: None,
+            holder,
+            id,
+            next_waiter: 0,
+            max_payload,
+        }))
+    }
+
+    /// Joins a holder group: what this client gets from now on, the
+    /// group holds.
+    fn set_holder(&mut self, token: &[u8]) -> Result<Value, Error> {
+        let token = std::str::from_utf8(token).map_err(|_| server("ERR", "bad token"))?;
+        if token.len() < 16 {
+            return Err(server(
+                "ERR",
+                "a holder token must be at least 16 bytes (an unguessable one)",
+            ));
+        }
+        renew::attach(&self.target, token);
+        renew::detach(&self.target, &self.holder);
+        self.holder = token.to_string();
+        Ok(Value::Simple("OK".into()))
+    }
+
+    async fn script(
+        &mut self,
+        script: &Script,
+        keys: &[Vec<u8>],
+        args: &[Vec<u8>],
+    ) -> Result<redis::Value, Error> {
+        let mut inv = script.prepare_invoke();
+        for k in keys {
+            inv.key(k.as_slice());
+        }
+        for a in args {
+            inv.arg(a.as_slice());
+        }
+        inv.invoke_async(&mut self.conn).await.map_err(io)
+    }
+
+    /// A change, then (with `?wait=N`) WAIT for N replicas.
+    async fn change(
+        &mut self,
+        script: &Script,
+        keys: &[Vec<u8>],
+        args: &[Vec<u8>],
+    ) -> Result<Value, Error> {
+        let v = self.script(script, keys, args).await?;
+        self.replicate().await?;
+        from_redis(v)
+    }
+
+    async fn replicate(&mut self) -> Result<(), Error> {
+        if self.target.wait == 0 {
+            return Ok(());
+        }
+        let reached: i64 = redis::cmd("WAIT")
+            .arg(self.target.wait)
+            .arg(5000)
+            .query_async(&mut self.conn)
+            .await
+            .map_err(io)?;
+        if reached < i64::from(self.target.wait) {
+            return Err(server(
+                "NOREPLICAS",
+                &format!(
+                    "the change reached {reached} of the {} replicas asked for (?wait) in 5 s; it may be lost in a failover",
+                    self.target.wait
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn call(&mut self, args: &[&[u8]]) -> Result<Value, Error> {
+        let never = std::future::pending::<()>();
+        self.call_cancellable(args, never).await.map(|(v, _)| v)
+    }
+
+    pub(crate) async fn pipeline(
+        &mut self,
+        commands: &[Vec<&[u8]>],
+    ) -> Result<Vec<Result<Value, Error>>, Error> {
+        let mut replies = Vec::with_capacity(commands.len());
+        for c in commands {
+            match self.call(c).await {
+                Err(Error::Io(e)) => return Err(Error::Io(e)),
+                r => replies.push(r),
+            }
+        }
+        Ok(replies)
+    }
+
+    /// Answers one ferry command; a command that waits gives up when
+    /// `cancel` resolves, as a timeout would (nothing it got is lost: every
+    /// try is one whole script).
+    pub(crate) async fn call_cancellable(
+        &mut self,
+        args: &[&[u8]],
+        cancel: impl std::future::Future<Output = ()>,
+    ) -> Result<(Value, bool), Error> {
+        let Some((name, rest)) = args.split_first() else {
+            return Err(server("ERR", "empty command"));
+        };
+        let mut a = Args { rest: rest.iter() };
+        let cmd = String::from_utf8_lossy(name).to_ascii_uppercase();
+        let done = |v: Value| Ok((v, false));
+        match cmd.as_str() {
+            "PING" => done(match a.next() {
+                Some(m) => Value::Bulk(m.to_vec().into()),
+                None => Value::Simple("PONG".into()),
+            }),
+            "ECHO" => done(Value::Bulk(a.require("message")?.to_vec().into())),
+            "SELECT" | "AUTH" => done(Value::Simple("OK".into())),
+            "CLIENT" => {
+                let sub = a.require("subcommand")?;
+                if is(sub, "ID") {
+                    done(Value::Int(self.id as i64))
+                } else if is(sub, "HOLDER") {
+                    let token = a.require("token")?;
+                    done(self.set_holder(token)?)
+                } else if is(sub, "UNBLOCK") {
+                    // Waits here end from the waiting side (cancel).
+                    done(Value::Int(0))
+                } else {
+                    done(Value::Simple("OK".into()))
+                }
+            }
+            "CONFIG" => done(Value::Array(vec![
+                Value::Bulk(b"proto-max-bulk-len".to_vec().into()),
+                Value::Bulk(
+                    self.max_payload
+                        .unwrap_or(512 << 20)
+                        .to_string()
+                        .into_bytes()
+                        .into(),
+                ),
+            ])),
+            "INFO" => {
+                let info: String = redis::cmd("INFO")
+                    .arg("server")
+                    .query_async(&mut self.conn)
+                    .await
+                    .map_err(io)?;
+                let queues = self.scan("ferry:{*}:m").await?.len();
+                let lines = self.scan("ferry:lock:{*}:line").await?;
+                let locks = self.scan("ferry:lock:{*}").await?.len();
+                let mut waiters = 0i64;
+                for line in &lines {
+                    let n: i64 = redis::cmd("ZCARD")
+                        .arg(line)
+                        .query_async(&mut self.conn)
+                        .await
+                        .map_err(io)?;
+                    waiters += n;
+                }
+                done(Value::Bulk(
+                    format!(
+                        "# ferry\r\nbackend:redis\r\nqueues:{queues}\r\nlocks:{locks}\r\nlock_waiters:{waiters}\r\n{info}"
+                    )
+                    .into_bytes()
+                    .into(),
+                ))
+            }
+            "QCREATE" | "QCONFIG" => {
+                let q = check_name(a.require("queue")?)?.to_string();
+                let mut sargs: Vec<Vec<u8>> = if cmd == "QCREATE" {
+                    vec![b"create".to_vec(), b"1".to_vec(), q.as_bytes().to_vec()]
+                } else {
+                    vec![b"config".to_vec()]
+                };
+                while let Some(opt) = a.next() {
+                    let field = if is(opt, "MAXSIZE") {
+                        "maxsize"
+                    } else if is(opt, "KIND") && cmd == "QCREATE" {
+                        "kind"
+                    } else if is(opt, "LEASE") {
+                        "lease_timeout"
+                    } else if is(opt, "MAXATTEMPTS") {
+                        "max_attempts"
+                    } else if is(opt, "DEADLETTER") {
+                        "dead_letter"
+                    } else if is(opt, "EXPIRE") {
+                        "expire"
+                    } else {
+                        return Err(unknown(opt, &cmd));
+                    };
+                    let value = a.require(field)?.to_vec();
+                    if field == "kind"
+                        && !matches!(value.as_slice(), b"fifo" | b"lifo" | b"priority")
+                    {
+                        return Err(server("ERR", "KIND is fifo, lifo or priority"));
+                    }
+                    sargs.push(field.as_bytes().to_vec());
+                    sargs.push(value);
+                }
+                let keys = queue_keys(&q, b"-");
+                done(self.change(&QUEUE, &keys, &sargs).await?)
+            }
+            "QPUT" | "QPUTMANY" => self.put(&cmd, &mut a, cancel).await,
+            "QGET" => self.get(&mut a, cancel).await,
+            "QDONE" => {
+                let q = check_name(a.require("queue")?)?.to_string();
+                let mut sargs = vec![b"done".to_vec(), self.holder.as_bytes().to_vec()];
+                while let Some(id) = a.next() {
+                    sargs.push(id.to_vec());
+                }
+                let keys = queue_keys(&q, &holder_key(&self.holder));
+                done(self.change(&QUEUE, &keys, &sargs).await?)
+            }
+            "QNACK" | "QTOUCH" => {
+                let q = check_name(a.require("queue")?)?.to_string();
+                let id = a.number("id")?;
+                let mut ms = if cmd == "QTOUCH" {
+                    self.target.lease.as_millis() as u64
+                } else {
+                    0
+                };
+                while let Some(opt) = a.next() {
+                    if (is(opt, "DELAY") && cmd == "QNACK") || (is(opt, "LEASE") && cmd == "QTOUCH")
+                    {
+                        ms = a.number("ms")?;
+                    } else {
+                        return Err(unknown(opt, &cmd));
+                    }
+                }
+                let op: &[u8] = if cmd == "QNACK" { b"nack" } else { b"touch" };
+                let sargs = vec![
+                    op.to_vec(),
+                    self.holder.as_bytes().to_vec(),
+                    id.to_string().into_bytes(),
+                    ms.to_string().into_bytes(),
+                ];
+                let keys = queue_keys(&q, &holder_key(&self.holder));
+                done(self.change(&QUEUE, &keys, &sargs).await?)
+            }
+            "QJOIN" => {
+                let q = check_name(a.require("queue")?)?.to_string();
+                let mut wait = None;
+                while let Some(opt) = a.next() {
+                    if !wait_option(opt, &mut a, &mut wait)? {
+                        return Err(unknown(opt, &cmd));
+                    }
+                }
+                let keys = queue_keys(&q, b"-");
+                let w = Waiting {
+                    script: &QUEUE,
+                    wake: vec![keys[11].clone()],
+                    unwait: vec![(keys.clone(), &QUEUE)],
+                    keys,
+                    args: vec![b"join".to_vec()],
+                };
+                self.wait(w, wait, cancel).await
+            }
+            "QLEN" | "QINFO" | "QPURGE" | "QDROP" | "QREOPEN" | "QSHUTDOWN" | "QPEEK" => {
+                let q = check_name(a.require("queue")?)?.to_string();
+                let mut sargs: Vec<Vec<u8>> = vec![match cmd.as_str() {
+                    "QLEN" => b"len".to_vec(),
+                    "QINFO" => b"info".to_vec(),
+                    "QPURGE" => b"purge".to_vec(),
+                    "QDROP" => b"drop".to_vec(),
+                    "QREOPEN" => b"reopen".to_vec(),
+                    "QPEEK" => b"peek".to_vec(),
+                    _ => b"shutdown".to_vec(),
+                }];
+                match cmd.as_str() {
+                    "QSHUTDOWN" => {
+                        let immediate = match a.next() {
+                            None => false,
+                            Some(w) if is(w, "IMMEDIATE") => true,
+                            Some(w) => return Err(unknown(w, &cmd)),
+                        };
+                        sargs.push(if immediate {
+                            b"1".to_vec()
+                        } else {
+                            b"0".to_vec()
+                        });
+                    }
+                    "QPEEK" => {
+                        let mut count = 1;
+                        while let Some(opt) = a.next() {
+                            if is(opt, "COUNT") {
+                                count = a.number("COUNT")?;
+                            } else {
+                                return Err(unknown(opt, &cmd));
+                            }
+                        }
+                        sargs.push(count.to_string().into_bytes());
+                        sargs.push(q.as_bytes().to_vec());
+                    }
+                    "QINFO" => sargs.push(q.as_bytes().to_vec()),
+                    _ => {}
+                }
+                let keys = queue_keys(&q, b"-");
+                let v = self.change(&QUEUE, &keys, &sargs).await?;
+                done(match (cmd.as_str(), v) {
+                    ("QINFO", Value::Array(flat)) => info_map(flat),
+                    (_, v) => v,
+                })
+            }
+            "QLIST" => {
+                let mut names: Vec<String> = self
+                    .scan("ferry:{*}:m")
+                    .await?
+                    .iter()
+                    .filter_map(|k| {
+                        k.strip_prefix("ferry:{")?
+                            .strip_suffix("}:m")
+                            .map(str::to_string)
+                    })
+                    .collect();
+                names.sort();
+                done(Value::Array(
+                    names
+                        .into_iter()
+                        .map(|n| Value::Bulk(n.into_bytes().into()))
+                        .collect(),
+                ))
+            }
+            "LOCK" => {
+                let name = check_name(a.require("lock name")?)?.to_string();
+                let mut ttl = None;
+                let mut wait = None;
+                while let Some(opt) = a.next() {
+                    if is(opt, "TTL") {
+                        ttl = Some(a.number("TTL")?).filter(|&t| t > 0);
+                    } else if !wait_option(opt, &mut a, &mut wait)? {
+                        return Err(unknown(opt, &cmd));
+                    }
+                }
+                let keys = lock_keys(&name);
+                let bound = ttl.is_none();
+                let ttl = ttl.unwrap_or(self.target.lease.as_millis() as u64);
+                let w = Waiting {
+                    script: &LOCK,
+                    wake: vec![keys[4].clone()],
+                    unwait: vec![(keys.clone(), &LOCK)],
+                    keys,
+                    args: vec![
+                        b"acquire".to_vec(),
+                        self.holder.as_bytes().to_vec(),
+                        ttl.to_string().into_bytes(),
+                    ],
+                };
+                let (v, cancelled) = self.wait(w, wait, cancel).await?;
+                if bound && let Value::Int(token) = v {
+                    renew::hold_lock(&self.target, &self.holder, &name, token as u64);
+                }
+                Ok((v, cancelled))
+            }
+            "UNLOCK" => {
+                let name = check_name(a.require("lock name")?)?.to_string();
+                let token = a.number("token")?;
+                let keys = lock_keys(&name);
+                renew::drop_lock(&self.target, &self.holder, &name, token);
+                let sargs = vec![b"release".to_vec(), token.to_string().into_bytes()];
+                done(self.change(&LOCK, &keys, &sargs).await?)
+            }
+            _ => Err(server(
+                "ERR",
+                &format!("unknown command '{cmd}' on the Redis backend"),
+            )),
+        }
+    }
+
+    /// Every key matching `pattern` (SCAN; braces are not special in
+    /// its glob).
+    async fn scan(&mut self, pattern: &str) -> Result<Vec<String>, Error> {
+        let mut out = Vec::new();
+        let mut cursor = 0u64;
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut self.conn)
+                .await
+                .map_err(io)?;
+            out.extend(keys);
+            if next == 0 {
+                return Ok(out);
+            }
+            cursor = next;
+        }
+    }
+
+    async fn put(
+        &mut self,
+        cmd: &str,
+        a: &mut Args<'_>,
+        cancel: impl std::future::Future<Output = ()>,
+    ) -> Result<(Value, bool), Error> {
+        let q = check_name(a.require("queue")?)?.to_string();
+        let mut payloads: Vec<Vec<u8>> = Vec::new();
+        if cmd == "QPUT" {
+            payloads.push(a.require("payload")?.to_vec());
+        }
+        let (mut key, mut keytype, mut delay, mut wait, mut dedup) =
+            (Vec::new(), Vec::new(), 0u64, None, None);
+        while let Some(opt) = a.next() {
+            if is(opt, "PRIORITY") {
+                let v = a.require("PRIORITY")?;
+                let n: i64 = std::str::from_utf8(v)
+                    .ok()
+                    .and_then(|s| s.parse().ok())
+                    .ok_or_else(|| server("ERR", "PRIORITY must be an integer"))?;
+                key = priority_key(n);
+            } else if is(opt, "PRIOKEY") {
+                key = a.require("PRIOKEY")?.to_vec();
+            } else if is(opt, "KEYTYPE") {
+                keytype = a.require("KEYTYPE")?.to_vec();
+            } else if is(opt, "DELAY") {
+                delay = a.number("DELAY")?;
+            } else if is(opt, "DEDUP") && cmd == "QPUT" {
+                dedup = Some(a.require("DEDUP")?.to_vec());
+            } else if is(opt, "PAYLOADS") && cmd == "QPUTMANY" {
+                while let Some(p) = a.next() {
+                    payloads.push(p.to_vec());
+                }
+            } else if !wait_option(opt, a, &mut wait)? {
+                return Err(unknown(opt, cmd));
+            }
+        }
+        if payloads.is_empty() {
+            return Err(server("ERR", "no payloads"));
+        }
+        let own = match &dedup {
+            Some(k) => {
+                let mut o = b"dd:".to_vec();
+                o.extend_from_slice(k);
+                o
+            }
+            None => b"-".to_vec(),
+        };
+        let keys = queue_keys(&q, &own);
+        let mut args = vec![
+            b"put".to_vec(),
+            key,
+            keytype,
+            delay.to_string().into_bytes(),
+            if dedup.is_some() {
+                b"1".to_vec()
+            } else {
+                b"0".to_vec()
+            },
+        ];
+        args.extend(payloads);
+        let w = Waiting {
+            script: &QUEUE,
+            wake: vec![keys[10].clone()],
+            unwait: vec![(keys.clone(), &QUEUE)],
+            keys,
+            args,
+        };
+        let (v, cancelled) = self.wait(w, wait, cancel).await?;
+        // QPUT replies one id; QPUTMANY the array.
+        let v = match (cmd, v) {
+            ("QPUT", Value::Array(mut ids)) if ids.len() == 1 => ids.remove(0),
+            (_, v) => v,
+        };
+        Ok((v, cancelled))
+    }
+
+    async fn get(
+        &mut self,
+        a: &mut Args<'_>,
+        cancel: impl std::future::Future<Output = ()>,
+    ) -> Result<(Value, bool), Error> {
+        let mut queues = vec![check_name(a.require("queue")?)?.to_string()];
+        let (mut count, mut wait, mut mode, mut lease) =
+            (1u64, None, "lease", self.target.lease.as_millis() as u64);
+        while let Some(opt) = a.next() {
+            if is(opt, "OR") {
+                queues.push(check_name(a.require("queue")?)?.to_string());
+            } else if is(opt, "COUNT") {
+                count = a.number("COUNT")?.max(1);
+            } else if is(opt, "LEASE") {
+                mode = "timed";
+                lease = a.number("LEASE")?;
+            } else if is(opt, "TAKE") {
+                mode = "take";
+            } else if is(opt, "NOACK") {
+                mode = "noack";
+            } else if !wait_option(opt, a, &mut wait)? {
+                return Err(unknown(opt, "QGET"));
+            }
+        }
+        if queues.len() > 1 {
+            return self.get_any(queues, count, mode, lease, wait, cancel).await;
+        }
+        let q = queues.remove(0);
+        if matches!(mode, "lease" | "take") {
+            renew::hold_queue(&self.target, &self.holder, &q);
+        }
+        let keys = queue_keys(&q, &holder_key(&self.holder));
+        let w = Waiting {
+            script: &QUEUE,
+            wake: vec![keys[9].clone()],
+            unwait: vec![(keys.clone(), &QUEUE)],
+            keys,
+            args: vec![
+                b"get".to_vec(),
+                count.to_string().into_bytes(),
+                mode.as_bytes().to_vec(),
+                self.holder.as_bytes().to_vec(),
+                lease.to_string().into_bytes(),
+                q.into_bytes(),
+            ],
+        };
+        self.wait(w, wait, cancel).await
+    }
+
+    /// QGET a OR b ...: each queue in turn; waits on all their wake-ups
+    /// (one server: a cluster would need the queues on one shard).
+    async fn get_any(
+        &mut self,
+        queues: Vec<String>,
+        count: u64,
+        mode: &str,
+        lease: u64,
+        wait: Option<Duration>,
+        cancel: impl std::future::Future<Output = ()>,
+    ) -> Result<(Value, bool), Error> {
+        let deadline = wait.map(|w| Instant::now() + w);
+        tokio::pin!(cancel);
+        let mut cancelled = false;
+        loop {
+            let mut shut = 0;
+            for q in &queues {
+                if matches!(mode, "lease" | "take") {
+                    renew::hold_queue(&self.target, &self.holder, q);
+                }
+                let keys = queue_keys(q, &holder_key(&self.holder));
+                let args = vec![
+                    b"get".to_vec(),
+                    Vec::new(),
+                    b"0".to_vec(),
+                    count.to_string().into_bytes(),
+                    mode.as_bytes().to_vec(),
+                    self.holder.as_bytes().to_vec(),
+                    lease.to_string().into_bytes(),
+                    q.as_bytes().to_vec(),
+                ];
+                match self.script(&QUEUE, &keys, &args).await.and_then(from_redis) {
+                    Ok(Value::Nil) => {}
+                    Err(Error::ShutDown) => shut += 1,
+                    other => return other.map(|v| (v, cancelled)),
+                }
+            }
+            if shut == queues.len() {
+                return Err(Error::ShutDown);
+            }
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            if cancelled || left == Some(Duration::ZERO) {
+                return Ok((Value::Nil, cancelled));
+            }
+            let nap = left
+                .unwrap_or(Duration::from_secs(1))
+                .min(Duration::from_millis(100));
+            let wake: Vec<Vec<u8>> = queues
+                .iter()
+                .map(|q| queue_keys(q, b"-")[9].clone())
+                .collect();
+            tokio::select! {
+                r = self.blpop(&wake, nap) => r?,
+                _ = &mut cancel, if !cancelled => {
+                    cancelled = true;
+                    self.blocking = None;
+                }
+            }
+        }
+    }
+
+    async fn blpop(&mut self, lists: &[Vec<u8>], timeout: Duration) -> Result<(), Error> {
+        if self.blocking.is_none() {
+            self.blocking = Some(
+                self.client
+                    .get_multiplexed_async_connection()
+                    .await
+                    .map_err(io)?,
+            );
+        }
+        let Some(conn) = self.blocking.as_mut() else {
+            return Ok(());
+        };
+        let secs = timeout.as_secs_f64().max(0.001);
+        let r: Result<redis::Value, _> = redis::cmd("BLPOP")
+            .arg(lists)
+            .arg(format!("{secs:.3}"))
+            .query_async(conn)
+            .await;
+        if let Err(e) = r {
+            self.blocking = None;
+            return Err(io(e));
+        }
+        Ok(())
+    }
+
+    fn waiter(&mut self) -> Vec<u8> {
+        self.next_waiter += 1;
+        format!("{}:{}", self.holder, self.next_waiter).into_bytes()
+    }
+
+    /// One try of a waiting command: `waiter` empty means no wait.
+    async fn try_once(&mut self, w: &Waiting, waiter: &[u8], wait_ms: u64) -> Result<Step, Error> {
+        let mut args = w.args.clone();
+        args.insert(1, waiter.to_vec());
+        args.insert(2, wait_ms.to_string().into_bytes());
+        let v = self.script(w.script, &w.keys, &args).await?;
+        if let Some(hint) = wait_hint(&v) {
+            return Ok(Step::Wait(hint));
+        }
+        if !matches!(v, redis::Value::Nil) && args[0] != b"join" {
+            self.replicate().await?;
+        }
+        Ok(Step::Done(from_redis(v)?))
+    }
+
+    /// A command that may wait, to its end: done, timed out (`wait`
+    /// passed; `None` waits forever), or cancelled.
+    async fn wait(
+        &mut self,
+        w: Waiting,
+        wait: Option<Duration>,
+        cancel: impl std::future::Future<Output = ()>,
+    ) -> Result<(Value, bool), Error> {
+        if wait == Some(Duration::ZERO) {
+            return match self.try_once(&w, b"", 0).await? {
+                Step::Done(v) => Ok((v, false)),
+                Step::Wait(_) => Ok((Value::Nil, false)),
+            };
+        }
+        let waiter = self.waiter();
+        let deadline = wait.map(|w| Instant::now() + w);
+        tokio::pin!(cancel);
+        let mut cancelled = false;
+        loop {
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            if cancelled || left == Some(Duration::ZERO) {
+                // The end of the wait: one last try, then leave the line.
+                let last = self.try_once(&w, b"", 0).await;
+                self.unwait(&w, &waiter).await;
+                return match last? {
+                    Step::Done(v) => Ok((v, cancelled)),
+                    Step::Wait(_) => Ok((Value::Nil, cancelled)),
+                };
+            }
+            let nap = left
+                .unwrap_or(Duration::from_secs(1))
+                .min(Duration::from_secs(1));
+            let registered = (nap.as_millis() as u64).max(1);
+            match self.try_once(&w, &waiter, registered).await {
+                Ok(Step::Done(v)) => return Ok((v, cancelled)),
+                Ok(Step::Wait(hint)) => {
+                    let nap = nap.min(Duration::from_millis(hint));
+                    tokio::select! {
+                        r = self.blpop(&w.wake, nap) => r?,
+                        _ = &mut cancel, if !cancelled => {
+                            cancelled = true;
+                            // The BLPOP under way is abandoned with its connection.
+                            self.blocking = None;
+                        }
+                    }
+                }
+                Err(e) => {
+                    self.unwait(&w, &waiter).await;
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    async fn unwait(&mut self, w: &Waiting, waiter: &[u8]) {
+        for (keys, script) in &w.unwait {
+            let args = vec![b"unwait".to_vec(), waiter.to_vec()];
+            let _ = self.script(script, keys, &args).await;
+        }
+    }
+}
+
+/// This client's own holder token: unguessable enough, and unique.
+fn own_token(id: u64) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("c-{:x}-{:x}-{id:x}", std::process::id(), nanos)
+}
+
+/// QINFO's flat array as the broker's map.
+fn info_map(flat: Vec<Value>) -> Value {
+    let mut pairs = Vec::with_capacity(flat.len() / 2);
+    let mut it = flat.into_iter();
+    while let (Some(k), Some(v)) = (it.next(), it.next()) {
+        let v = match (&k, v) {
+            (Value::Bulk(k), Value::Int(n)) if &k[..] == b"full" || &k[..] == b"empty" => {
+                Value::Bool(n != 0)
+            }
+            (_, v) => v,
+        };
+        pairs.push((k, v));
+    }
+    Value::Map(pairs)
+}
