@@ -25,9 +25,22 @@ if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
 fi
 # redis: the asyncio benchmark's peer (redis.asyncio); uvloop: ferry.aio runs on it.
-.venv/bin/pip install -q --disable-pip-version-check maturin pytest matplotlib redis uvloop
+.venv/bin/pip install -q --disable-pip-version-check maturin pytest pytest-timeout matplotlib redis uvloop
 cargo build -q -p ferry-cli
 (cd python && ../.venv/bin/maturin develop --release -q && ../.venv/bin/python -m pytest -p no:cacheprovider)
+
+# The same Python suites on the Redis backend (redis://): a redis-server
+# of its own on a free loopback port, without persistence, stopped by PID.
+# Leases of 2 s, so that a killed consumer's messages come back quickly.
+redis_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+redis_dir=$(mktemp -d)
+redis-server --bind 127.0.0.1 --port "$redis_port" --save '' --appendonly no --dir "$redis_dir" \
+    --daemonize no >"$redis_dir/log" 2>&1 &
+redis_pid=$!
+trap 'kill $redis_pid 2>/dev/null || true; rm -rf "$redis_dir"' EXIT
+for _ in $(seq 500); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break; sleep 0.01; done
+(cd python && FERRY_TEST_URL="redis://127.0.0.1:$redis_port?lease=2000" ../.venv/bin/python -m pytest -p no:cacheprovider)
+kill "$redis_pid"; wait "$redis_pid" 2>/dev/null || true
 
 # examples/: the classic multiprocessing lessons as Python and Rust
 # programs, each run against a broker started by the script.

@@ -1,15 +1,19 @@
 -- ferry's locks on Redis: one atomic script per operation on one lock.
 -- KEYS: 1 the lock (hash: token, holder, expires), 2 its token sequence,
--- 3 its waiters in line (zset ticket -> arrival ms), 4 their deadlines
--- (hash ticket -> until ms), 5 its wake-up list.
+-- 3 its line of waiters (list of tickets, first come first served), 4
+-- their requests (hash ticket -> "until|holder|ttl"), 5 unused.
+-- A release hands the lock to the first live waiter in the same script,
+-- and mails it the token (<lock>:w:<ticket>), as the queue script does.
 -- Tokens never repeat: each is above the last and at least the server's
 -- time in microseconds, so a failover that lost the last grants still
 -- hands out larger ones.
 
-local LOCK, SEQ, LINE, UNTIL, WAKE = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local LOCK, SEQ, LINE, REQ = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local op = ARGV[1]
+
+local function inbox(ticket) return LOCK .. ':w:' .. ticket end
 
 local function held()
   local h = redis.call('HMGET', LOCK, 'token', 'holder', 'expires')
@@ -21,48 +25,7 @@ local function held()
   return h
 end
 
-local function wake()
-  local n = redis.call('ZCARD', LINE)
-  if n == 0 then return end
-  for _ = 1, n do redis.call('RPUSH', WAKE, '1') end
-  redis.call('LTRIM', WAKE, -2 * n, -1)
-end
-
--- Waiters whose caller stopped waiting (died, gave up) leave the line.
-local function prune()
-  local all = redis.call('HGETALL', UNTIL)
-  for i = 1, #all, 2 do
-    if tonumber(all[i + 1]) < now then
-      redis.call('ZREM', LINE, all[i])
-      redis.call('HDEL', UNTIL, all[i])
-    end
-  end
-end
-
-if op == 'acquire' then
-  -- ARGV: ticket ('': no wait), wait ms, holder, ttl ms
-  local ticket, wait_ms, holder, ttl = ARGV[2], tonumber(ARGV[3]), ARGV[4], tonumber(ARGV[5])
-  prune()
-  local h = held()
-  local first = redis.call('ZRANGE', LINE, 0, 0)[1]
-  if h or (first and first ~= ticket) then
-    if ticket == '' then return false end
-    if not redis.call('ZSCORE', LINE, ticket) then
-      redis.call('ZADD', LINE, now, ticket)
-    end
-    redis.call('HSET', UNTIL, ticket, now + wait_ms + 5000)
-    local hint = 1000
-    if h then
-      local left = tonumber(h[3]) - now
-      if left < hint then hint = left end
-    end
-    if hint < 1 then hint = 1 end
-    return {'WAIT', hint}
-  end
-  if ticket ~= '' then
-    redis.call('ZREM', LINE, ticket)
-    redis.call('HDEL', UNTIL, ticket)
-  end
+local function grant(holder, ttl)
   local token = redis.call('INCR', SEQ)
   if token < now * 1000 then
     token = now * 1000
@@ -72,12 +35,65 @@ if op == 'acquire' then
   return token
 end
 
+-- A free lock goes to the first live waiter in line.
+local function serve()
+  while not held() do
+    local w = redis.call('LPOP', LINE)
+    if not w then return end
+    local req = redis.call('HGET', REQ, w)
+    redis.call('HDEL', REQ, w)
+    if req then
+      local u, holder, ttl = string.match(req, '^(%d+)|(.*)|(%d+)$')
+      if tonumber(u) >= now then
+        local token = grant(holder, tonumber(ttl))
+        redis.call('RPUSH', inbox(w), 'T' .. string.format('%.0f', token))
+        redis.call('PEXPIRE', inbox(w), 600000)
+      end
+    end
+  end
+end
+
+local function collect(ticket)
+  if ticket == '' then return nil end
+  local m = redis.call('LPOP', inbox(ticket))
+  if m then
+    redis.call('DEL', inbox(ticket))
+    return {'MAIL', m}
+  end
+  return nil
+end
+
+if op == 'acquire' then
+  -- ARGV: ticket ('': no wait), wait ms, holder, ttl ms
+  local ticket, wait_ms, holder, ttl = ARGV[2], tonumber(ARGV[3]), ARGV[4], tonumber(ARGV[5])
+  local mailed = collect(ticket)
+  if mailed then return mailed end
+  serve()
+  mailed = collect(ticket)
+  if mailed then return mailed end
+  local h = held()
+  local hint = 10000
+  if h then
+    hint = tonumber(h[3]) - now
+    if hint < 1 then hint = 1 end
+  end
+  if ticket ~= '' and redis.call('HEXISTS', REQ, ticket) == 1 then
+    redis.call('HSET', REQ, ticket, (now + wait_ms + 5000) .. '|' .. holder .. '|' .. ttl)
+    return {'WAIT', hint}
+  end
+  if not h then return grant(holder, ttl) end
+  if ticket == '' then return false end
+  redis.call('HSET', REQ, ticket, (now + wait_ms + 5000) .. '|' .. holder .. '|' .. ttl)
+  redis.call('RPUSH', LINE, ticket)
+  return {'WAIT', hint}
+end
+
 if op == 'release' then
   -- ARGV: token
   local h = held()
   if h and h[1] == ARGV[2] then
     redis.call('DEL', LOCK)
-    wake()
+    serve()
     return 1
   end
   return 0
@@ -90,14 +106,27 @@ if op == 'renew' then
     redis.call('HSET', LOCK, 'expires', now + tonumber(ARGV[3]))
     return 1
   end
+  serve()
   return 0
 end
 
 if op == 'unwait' then
-  redis.call('ZREM', LINE, ARGV[2])
-  redis.call('HDEL', UNTIL, ARGV[2])
-  wake()
-  return 0
+  -- ARGV: ticket. Out of the line; its token if it was granted first.
+  redis.call('LREM', LINE, 0, ARGV[2])
+  redis.call('HDEL', REQ, ARGV[2])
+  local mailed = collect(ARGV[2])
+  if mailed then return mailed end
+  redis.call('RPUSH', inbox(ARGV[2]), 'X')
+  redis.call('PEXPIRE', inbox(ARGV[2]), 600000)
+  return false
+end
+
+if op == 'waiters' then
+  local n = 0
+  for _, v in ipairs(redis.call('HVALS', REQ)) do
+    if tonumber(string.match(v, '^(%d+)')) >= now then n = n + 1 end
+  end
+  return n
 end
 
 return redis.error_reply('ERR unknown lock operation ' .. tostring(op))

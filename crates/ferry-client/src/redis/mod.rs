@@ -109,25 +109,114 @@ impl Drop for RedisLink {
 enum Step {
     Done(Value),
     Wait(u64),
+    /// What a waiter was handed while in line.
+    Mail(Vec<u8>),
+}
+
+/// What waits: how its mail reads, and what its timeout replies.
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    Get,
+    Put,
+    Join,
+    Lock,
 }
 
 /// A command that may wait, as the scripts take it.
 struct Waiting {
+    kind: Kind,
     script: &'static Script,
     keys: Vec<Vec<u8>>,
     /// Its arguments; the waiter and its wait (ms) go in at 1 and 2.
     args: Vec<Vec<u8>>,
-    /// The wake-up lists it blocks on.
-    wake: Vec<Vec<u8>>,
-    /// What a caller who stops waiting must undo ("unwait").
-    unwait: Vec<(Vec<Vec<u8>>, &'static Script)>,
+    /// Its waiters' mail lists are this and the waiter's name.
+    inbox: Vec<u8>,
+    /// The queue named in a get's entries.
+    queue: String,
+}
+
+impl Waiting {
+    /// What a wait that ended empty-handed replies.
+    fn timed_out(&self) -> Result<Value, Error> {
+        match self.kind {
+            Kind::Put => Err(Error::Full),
+            _ => Ok(Value::Nil),
+        }
+    }
+
+    /// A waiter's mail as the command's reply (`None`: it left the line
+    /// before anything came).
+    fn read_mail(&self, m: &[u8]) -> Option<Result<Value, Error>> {
+        let bad = || Error::Protocol("malformed mail".into());
+        let (&tag, body) = m.split_first()?;
+        Some(match (tag, self.kind) {
+            (b'X', _) => return None,
+            (b'S', _) => Err(Error::ShutDown),
+            (b'J', _) => Ok(Value::Simple("OK".into())),
+            (b'T', _) => std::str::from_utf8(body)
+                .ok()
+                .and_then(|t| t.parse::<i64>().ok())
+                .map(Value::Int)
+                .ok_or_else(bad),
+            (b'I', _) => body
+                .split(|&b| b == b',')
+                .map(|id| {
+                    std::str::from_utf8(id)
+                        .ok()
+                        .and_then(|s| s.parse::<i64>().ok())
+                        .map(Value::Int)
+                        .ok_or_else(bad)
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map(Value::Array),
+            (b'E', _) => read_entries(&self.queue, body).ok_or_else(bad),
+            _ => Err(bad()),
+        })
+    }
+}
+
+/// 'E' mail's entries: "<id>,<attempts>,<len>:<payload>" each.
+fn read_entries(queue: &str, mut body: &[u8]) -> Option<Value> {
+    let mut entries = Vec::new();
+    let number = |s: &[u8]| std::str::from_utf8(s).ok()?.parse::<i64>().ok();
+    while !body.is_empty() {
+        let c1 = body.iter().position(|&b| b == b',')?;
+        let id = number(&body[..c1])?;
+        body = &body[c1 + 1..];
+        let c2 = body.iter().position(|&b| b == b',')?;
+        let att = number(&body[..c2])?;
+        body = &body[c2 + 1..];
+        let colon = body.iter().position(|&b| b == b':')?;
+        let len = usize::try_from(number(&body[..colon])?).ok()?;
+        body = &body[colon + 1..];
+        let payload = body.get(..len)?;
+        body = &body[len..];
+        entries.push(Value::Array(vec![
+            Value::Bulk(queue.as_bytes().to_vec().into()),
+            Value::Int(id),
+            Value::Bulk(payload.to_vec().into()),
+            Value::Int(att),
+        ]));
+    }
+    Some(Value::Array(entries))
+}
+
+/// A script's {"MAIL", mail}.
+fn mail_of(v: &redis::Value) -> Option<Vec<u8>> {
+    if let redis::Value::Array(items) = v
+        && let [redis::Value::BulkString(tag), redis::Value::BulkString(m)] = items.as_slice()
+        && tag == b"MAIL"
+    {
+        return Some(m.clone());
+    }
+    None
 }
 
 fn queue_keys(q: &str, own: &[u8]) -> Vec<Vec<u8>> {
     let p = format!("ferry:{{{q}}}:");
     let mut keys: Vec<Vec<u8>> = [
-        "m", "ready", "msg", "att", "sk", "out", "holder", "delayed", "dead", "wg", "wp", "wj",
-        "getters", "putters", "joiners",
+        "m", "ready", "msg", "att", "sk", "out", "holder", "delayed", "dead", "gline", "pline",
+        "joiners", "greq", "preq", "x",
     ]
     .iter()
     .map(|k| format!("{p}{k}").into_bytes())
@@ -144,7 +233,7 @@ fn holder_key(holder: &str) -> Vec<u8> {
 
 fn lock_keys(name: &str) -> Vec<Vec<u8>> {
     let p = format!("ferry:lock:{{{name}}}");
-    ["", ":seq", ":line", ":until", ":wake"]
+    ["", ":seq", ":line", ":req", ":x"]
         .iter()
         .map(|s| format!("{p}{s}").into_bytes())
         .collect()
@@ -470,16 +559,22 @@ impl RedisLink {
                     .await
                     .map_err(io)?;
                 let queues = self.scan("ferry:{*}:m").await?.len();
-                let lines = self.scan("ferry:lock:{*}:line").await?;
+                let lines = self.scan("ferry:lock:{*}:req").await?;
                 let locks = self.scan("ferry:lock:{*}").await?.len();
                 let mut waiters = 0i64;
                 for line in &lines {
-                    let n: i64 = redis::cmd("ZCARD")
-                        .arg(line)
-                        .query_async(&mut self.conn)
-                        .await
-                        .map_err(io)?;
-                    waiters += n;
+                    let Some(name) = line
+                        .strip_prefix("ferry:lock:{")
+                        .and_then(|r| r.strip_suffix("}:req"))
+                    else {
+                        continue;
+                    };
+                    let keys = lock_keys(name);
+                    if let redis::Value::Int(n) =
+                        self.script(&LOCK, &keys, &[b"waiters".to_vec()]).await?
+                    {
+                        waiters += n;
+                    }
                 }
                 done(Value::Bulk(
                     format!(
@@ -571,9 +666,10 @@ impl RedisLink {
                 }
                 let keys = queue_keys(&q, b"-");
                 let w = Waiting {
+                    kind: Kind::Join,
                     script: &QUEUE,
-                    wake: vec![keys[11].clone()],
-                    unwait: vec![(keys.clone(), &QUEUE)],
+                    inbox: format!("ferry:{{{q}}}:w:").into_bytes(),
+                    queue: q,
                     keys,
                     args: vec![b"join".to_vec()],
                 };
@@ -659,9 +755,10 @@ impl RedisLink {
                 let bound = ttl.is_none();
                 let ttl = ttl.unwrap_or(self.target.lease.as_millis() as u64);
                 let w = Waiting {
+                    kind: Kind::Lock,
                     script: &LOCK,
-                    wake: vec![keys[4].clone()],
-                    unwait: vec![(keys.clone(), &LOCK)],
+                    inbox: format!("ferry:lock:{{{name}}}:w:").into_bytes(),
+                    queue: String::new(),
                     keys,
                     args: vec![
                         b"acquire".to_vec(),
@@ -775,9 +872,10 @@ impl RedisLink {
         ];
         args.extend(payloads);
         let w = Waiting {
+            kind: Kind::Put,
             script: &QUEUE,
-            wake: vec![keys[10].clone()],
-            unwait: vec![(keys.clone(), &QUEUE)],
+            inbox: format!("ferry:{{{q}}}:w:").into_bytes(),
+            queue: q,
             keys,
             args,
         };
@@ -823,9 +921,9 @@ impl RedisLink {
         }
         let keys = queue_keys(&q, &holder_key(&self.holder));
         let w = Waiting {
+            kind: Kind::Get,
             script: &QUEUE,
-            wake: vec![keys[9].clone()],
-            unwait: vec![(keys.clone(), &QUEUE)],
+            inbox: format!("ferry:{{{q}}}:w:").into_bytes(),
             keys,
             args: vec![
                 b"get".to_vec(),
@@ -833,8 +931,9 @@ impl RedisLink {
                 mode.as_bytes().to_vec(),
                 self.holder.as_bytes().to_vec(),
                 lease.to_string().into_bytes(),
-                q.into_bytes(),
+                q.as_bytes().to_vec(),
             ],
+            queue: q,
         };
         self.wait(w, wait, cancel).await
     }
@@ -883,46 +982,16 @@ impl RedisLink {
             if cancelled || left == Some(Duration::ZERO) {
                 return Ok((Value::Nil, cancelled));
             }
+            // Several queues: tried again every 50 ms (a waiter in several
+            // lines could be handed several messages).
             let nap = left
                 .unwrap_or(Duration::from_secs(1))
-                .min(Duration::from_millis(100));
-            let wake: Vec<Vec<u8>> = queues
-                .iter()
-                .map(|q| queue_keys(q, b"-")[9].clone())
-                .collect();
+                .min(Duration::from_millis(50));
             tokio::select! {
-                r = self.blpop(&wake, nap) => r?,
-                _ = &mut cancel, if !cancelled => {
-                    cancelled = true;
-                    self.blocking = None;
-                }
+                _ = tokio::time::sleep(nap) => {}
+                _ = &mut cancel, if !cancelled => cancelled = true,
             }
         }
-    }
-
-    async fn blpop(&mut self, lists: &[Vec<u8>], timeout: Duration) -> Result<(), Error> {
-        if self.blocking.is_none() {
-            self.blocking = Some(
-                self.client
-                    .get_multiplexed_async_connection()
-                    .await
-                    .map_err(io)?,
-            );
-        }
-        let Some(conn) = self.blocking.as_mut() else {
-            return Ok(());
-        };
-        let secs = timeout.as_secs_f64().max(0.001);
-        let r: Result<redis::Value, _> = redis::cmd("BLPOP")
-            .arg(lists)
-            .arg(format!("{secs:.3}"))
-            .query_async(conn)
-            .await;
-        if let Err(e) = r {
-            self.blocking = None;
-            return Err(io(e));
-        }
-        Ok(())
     }
 
     fn waiter(&mut self) -> Vec<u8> {
@@ -939,14 +1008,40 @@ impl RedisLink {
         if let Some(hint) = wait_hint(&v) {
             return Ok(Step::Wait(hint));
         }
-        if !matches!(v, redis::Value::Nil) && args[0] != b"join" {
+        if let Some(m) = mail_of(&v) {
+            return Ok(Step::Mail(m));
+        }
+        if !matches!(v, redis::Value::Nil) && w.kind != Kind::Join {
             self.replicate().await?;
         }
         Ok(Step::Done(from_redis(v)?))
     }
 
+    /// Leaves the line: the mail that came first, if any.
+    async fn leave(&mut self, w: &Waiting, waiter: &[u8]) -> Result<Option<Vec<u8>>, Error> {
+        let args = vec![b"unwait".to_vec(), waiter.to_vec()];
+        let v = self.script(w.script, &w.keys, &args).await?;
+        Ok(mail_of(&v))
+    }
+
+    /// Mail as the reply; the 'X' a leaving waiter left behind as its
+    /// timeout's.
+    fn reply_from(
+        &self,
+        w: &Waiting,
+        m: Option<&[u8]>,
+        cancelled: bool,
+    ) -> Result<(Value, bool), Error> {
+        match m.and_then(|m| w.read_mail(m)) {
+            Some(r) => r.map(|v| (v, cancelled)),
+            None => w.timed_out().map(|v| (v, cancelled)),
+        }
+    }
+
     /// A command that may wait, to its end: done, timed out (`wait`
-    /// passed; `None` waits forever), or cancelled.
+    /// passed; `None` waits forever), or cancelled. While it waits it is
+    /// in the line, blocked on its own list (BLPOP); whatever is handed to
+    /// it there is its reply, even when it is leaving.
     async fn wait(
         &mut self,
         w: Waiting,
@@ -956,55 +1051,113 @@ impl RedisLink {
         if wait == Some(Duration::ZERO) {
             return match self.try_once(&w, b"", 0).await? {
                 Step::Done(v) => Ok((v, false)),
-                Step::Wait(_) => Ok((Value::Nil, false)),
+                Step::Mail(m) => self.reply_from(&w, Some(&m), false),
+                Step::Wait(_) => w.timed_out().map(|v| (v, false)),
             };
         }
         let waiter = self.waiter();
+        let mut inbox = w.inbox.clone();
+        inbox.extend_from_slice(&waiter);
         let deadline = wait.map(|w| Instant::now() + w);
         tokio::pin!(cancel);
-        let mut cancelled = false;
         loop {
             let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-            if cancelled || left == Some(Duration::ZERO) {
-                // The end of the wait: one last try, then leave the line.
-                let last = self.try_once(&w, b"", 0).await;
-                self.unwait(&w, &waiter).await;
-                return match last? {
-                    Step::Done(v) => Ok((v, cancelled)),
-                    Step::Wait(_) => Ok((Value::Nil, cancelled)),
-                };
+            if left == Some(Duration::ZERO) {
+                let m = self.leave(&w, &waiter).await?;
+                self.forget_inbox(&inbox).await;
+                return self.reply_from(&w, m.as_deref(), false);
             }
+            // Registered for a little longer than this nap: a waiter that
+            // died leaves the line by itself.
             let nap = left
-                .unwrap_or(Duration::from_secs(1))
-                .min(Duration::from_secs(1));
-            let registered = (nap.as_millis() as u64).max(1);
-            match self.try_once(&w, &waiter, registered).await {
-                Ok(Step::Done(v)) => return Ok((v, cancelled)),
-                Ok(Step::Wait(hint)) => {
-                    let nap = nap.min(Duration::from_millis(hint));
-                    tokio::select! {
-                        r = self.blpop(&w.wake, nap) => r?,
-                        _ = &mut cancel, if !cancelled => {
-                            cancelled = true;
-                            // The BLPOP under way is abandoned with its connection.
-                            self.blocking = None;
-                        }
+                .unwrap_or(Duration::from_secs(10))
+                .min(Duration::from_secs(10));
+            let step = match self.try_once(&w, &waiter, nap.as_millis() as u64).await {
+                Ok(step) => step,
+                Err(e) => {
+                    let _ = self.leave(&w, &waiter).await;
+                    self.forget_inbox(&inbox).await;
+                    return Err(e);
+                }
+            };
+            let hint = match step {
+                Step::Done(v) => return Ok((v, false)),
+                Step::Mail(m) => return self.reply_from(&w, Some(&m), false),
+                Step::Wait(hint) => hint,
+            };
+            let nap = nap.min(Duration::from_millis(hint));
+            let blocking = match self.blocking.take() {
+                Some(c) => c,
+                None => self
+                    .client
+                    .get_multiplexed_async_connection()
+                    .await
+                    .map_err(io)?,
+            };
+            let mut pop = Box::pin(blpop(blocking.clone(), inbox.clone(), nap));
+            let popped = tokio::select! {
+                r = &mut pop => Ok(r),
+                _ = &mut cancel => Err(pop),
+            };
+            match popped {
+                Ok(r) => {
+                    let m = r?;
+                    self.blocking = Some(blocking);
+                    if let Some(m) = m {
+                        return self.reply_from(&w, Some(&m), false);
                     }
                 }
-                Err(e) => {
-                    self.unwait(&w, &waiter).await;
-                    return Err(e);
+                Err(pop) => {
+                    // Cancelled: leave the line. Mail that came first is
+                    // the reply; else the BLPOP under way ends with the
+                    // 'X' the leaving put there (or with mail that beat
+                    // it).
+                    let args = vec![b"unwait".to_vec(), waiter.clone()];
+                    let mut inv = w.script.prepare_invoke();
+                    for k in &w.keys {
+                        inv.key(k.as_slice());
+                    }
+                    for a in &args {
+                        inv.arg(a.as_slice());
+                    }
+                    let left_with: redis::Value =
+                        inv.invoke_async(&mut self.conn).await.map_err(io)?;
+                    if let Some(m) = mail_of(&left_with) {
+                        // The BLPOP is left behind, with its connection.
+                        self.forget_inbox(&inbox).await;
+                        return self.reply_from(&w, Some(&m), true);
+                    }
+                    let m = pop.await?;
+                    self.blocking = Some(blocking);
+                    self.forget_inbox(&inbox).await;
+                    return self.reply_from(&w, m.as_deref(), true);
                 }
             }
         }
     }
 
-    async fn unwait(&mut self, w: &Waiting, waiter: &[u8]) {
-        for (keys, script) in &w.unwait {
-            let args = vec![b"unwait".to_vec(), waiter.to_vec()];
-            let _ = self.script(script, keys, &args).await;
-        }
+    async fn forget_inbox(&mut self, inbox: &[u8]) {
+        let _: Result<i64, _> = redis::cmd("DEL")
+            .arg(inbox)
+            .query_async(&mut self.conn)
+            .await;
     }
+}
+
+/// BLPOP on one list for at most `timeout`: its element, if one came.
+async fn blpop(
+    mut conn: MultiplexedConnection,
+    list: Vec<u8>,
+    timeout: Duration,
+) -> Result<Option<Vec<u8>>, Error> {
+    let secs = timeout.as_secs_f64().max(0.001);
+    let r: Option<(Vec<u8>, Vec<u8>)> = redis::cmd("BLPOP")
+        .arg(list)
+        .arg(format!("{secs:.3}"))
+        .query_async(&mut conn)
+        .await
+        .map_err(io)?;
+    Ok(r.map(|(_, v)| v))
 }
 
 /// This client's own holder token: unguessable enough, and unique.

@@ -3,22 +3,36 @@
 -- queue lives on one shard of a cluster and many queues spread over it.
 --
 -- KEYS: 1 meta (hash: settings, counters, id sequence), 2 ready (zset,
--- every score 0: members order the queue byte by byte), 3 msg (hash
--- id -> payload), 4 att (hash id -> attempts), 5 sk (hash id -> ready
--- member), 6 out (zset id -> deadline ms: leased and taken), 7 holder
--- (hash id -> "L<holder>" leased, "T<holder>" taken; an empty holder is a
--- timed lease anyone may finish), 8 delayed (zset id -> due ms), 9 dead
--- (list of dead letters, cmsgpack {id, attempts, payload}), 10-12 the
--- wake-up lists of getters, putters and joiners, 13-15 the waiters of
--- each (zset waiter -> until ms), 16 the operation's own key: a put's
--- DEDUP key, or the holder's set of ids.
+-- every score 0: members order the queue byte by byte, and end with the
+-- message's id), 3 msg (hash id -> payload), 4 att (hash id -> attempts),
+-- 5 sk (hash id -> its ready member), 6 out (zset id -> deadline ms:
+-- leased and taken), 7 holder (hash id -> "L<holder>" leased, "T<holder>"
+-- taken; an empty holder is a timed lease anyone may finish), 8 delayed
+-- (zset id -> due ms), 9 dead (list of dead letters), 10 the getters'
+-- line (list of waiters, first come first served), 11 the putters' line,
+-- 12 joiners (zset waiter -> until ms), 13 getters' requests (hash), 14
+-- putters' requests (hash), 15 unused, 16 the operation's own key: a
+-- put's DEDUP key, or the holder's set of ids.
 --
--- ARGV[1] is the operation; replies are ferry's (see docs/protocol.md),
--- with {"WAIT", ms} where the caller must wait on a wake-up list and try
--- again (it is then registered as a waiter, so no wake-up is lost).
+-- Waiting is hand-off, as in the broker: a caller that must wait joins a
+-- line and blocks on a list of its own (<prefix>w:<waiter>); whatever
+-- makes its wait end — a message for a getter, room for a putter, nothing
+-- unfinished for a joiner, a shutdown — is decided in the script that
+-- causes it, and pushed to that list as its reply ("mail"). A waiter
+-- leaves the line in one script (unwait), which replies the mail that
+-- came first, if any: nothing handed over is lost, and a put that left
+-- the line before its room came never happened.
+--
+-- Mail: 'E' entries ("<id>,<attempts>,<len>:<payload>" each), 'I' ids
+-- ("1,2,3"), 'S' shut down, 'J' joined, 'X' left the line.
+--
+-- ARGV[1] is the operation. Replies are ferry's (docs/protocol.md), or
+-- {"WAIT", ms}: wait on your list at most ms (then try again: time alone
+-- may change something), or {"MAIL", mail}.
 
 local META, READY, MSG, ATT, SK, OUT, HOLDER, DELAYED, DEAD = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
-local WGET, WPUT, WJOIN, GETTERS, PUTTERS, JOINERS, OWN = KEYS[10], KEYS[11], KEYS[12], KEYS[13], KEYS[14], KEYS[15], KEYS[16]
+local GLINE, PLINE, JOINERS, GREQ, PREQ, OWN = KEYS[10], KEYS[11], KEYS[12], KEYS[13], KEYS[14], KEYS[16]
+local PREFIX = string.sub(META, 1, -2)
 
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -41,13 +55,39 @@ local function incr(field, by)
   return redis.call('HINCRBY', META, field, by or 1)
 end
 
+local function inbox(waiter) return PREFIX .. 'w:' .. waiter end
+local function owned(holder) return PREFIX .. 'h:' .. holder end
+
+local function mail(waiter, m)
+  local k = inbox(waiter)
+  redis.call('RPUSH', k, m)
+  redis.call('PEXPIRE', k, 600000)
+end
+
+-- Length-prefixed strings, for requests kept in a hash.
+local function pack(list)
+  local out = {}
+  for i, s in ipairs(list) do out[i] = #s .. ':' .. s end
+  return table.concat(out)
+end
+
+local function unpack_strings(s)
+  local out, pos = {}, 1
+  while pos <= #s do
+    local colon = string.find(s, ':', pos, true)
+    local len = tonumber(string.sub(s, pos, colon - 1))
+    table.insert(out, string.sub(s, colon + 1, colon + len))
+    pos = colon + len + 1
+  end
+  return out
+end
+
 -- The order key as a member prefix: 0x00 escaped as 0x00 0xff, ended by
 -- 0x00 0x00, so that key .. id orders as (key, id).
 local function escape(key)
   return (string.gsub(key, '%z', '\0\255')) .. '\0\0'
 end
 
--- A ready member: what orders it, then the id (its last 8 bytes).
 local function fresh_member(kind, id, key)
   if kind == 'priority' then return '\1' .. escape(key or '') .. be64(id) end
   if kind == 'lifo' then return '\1' .. be64(2 ^ 52 - id) .. be64(id) end
@@ -69,28 +109,35 @@ local function returned_member(kind, id)
   return '\0' .. be64(2 ^ 52 + seq) .. be64(id)
 end
 
-local function wake(list, waiters, n)
-  local w = redis.call('ZCOUNT', waiters, now, '+inf')
-  if w == 0 then return end
-  if n > w then n = w end
-  for _ = 1, n do redis.call('RPUSH', list, '1') end
-  redis.call('LTRIM', list, -2 * w, -1)
+local function qsize() return redis.call('ZCARD', READY) end
+
+local function settings()
+  local m = redis.call('HMGET', META, 'kind', 'maxsize', 'shutdown')
+  return m[1] or 'fifo', num(m[2], 0), m[3] or 'no'
 end
 
-local function wake_all()
-  wake(WGET, GETTERS, 1000000)
-  wake(WPUT, PUTTERS, 1000000)
-  wake(WJOIN, JOINERS, 1000000)
-end
+local function exists() return redis.call('EXISTS', META) == 1 end
 
-local function finish_one()
-  if incr('unfinished', -1) == 0 then wake(WJOIN, JOINERS, 1000000) end
+local function ensure()
+  if not exists() then
+    redis.call('HSET', META, 'kind', 'fifo', 'maxsize', 0, 'shutdown', 'no', 'seq', 0, 'retseq', 0, 'unfinished', 0)
+  end
 end
 
 local function forget(id)
   redis.call('HDEL', MSG, id)
   redis.call('HDEL', ATT, id)
   redis.call('HDEL', SK, id)
+end
+
+-- Joiners are told once nothing is unfinished.
+local function tell_joiners()
+  for _, w in ipairs(redis.call('ZRANGEBYSCORE', JOINERS, now, '+inf')) do mail(w, 'J') end
+  redis.call('DEL', JOINERS)
+end
+
+local function finish_one()
+  if incr('unfinished', -1) == 0 then tell_joiners() end
 end
 
 -- A message is no longer out: its holder record goes, and its count.
@@ -100,9 +147,121 @@ local function unout(id)
   if not h then return nil end
   redis.call('ZREM', OUT, id)
   redis.call('HDEL', HOLDER, id)
-  local kind = string.sub(h, 1, 1)
-  if kind == 'T' then incr('ntaken', -1) else incr('nleased', -1) end
-  return kind
+  local k = string.sub(h, 1, 1)
+  if k == 'T' then incr('ntaken', -1) else incr('nleased', -1) end
+  return k
+end
+
+-- Hands ready members out: leased (bound or timed), taken or finished.
+-- Replies the mail of their entries, and the entries.
+local function deliver(members, mode, holder, lease, name)
+  redis.call('ZREM', READY, unpack(members))
+  local entries, parts = {}, {'E'}
+  for i, member in ipairs(members) do
+    local id = member_id(member)
+    local payload = redis.call('HGET', MSG, id)
+    local att = num(redis.call('HGET', ATT, id), 0)
+    entries[i] = {name, id, payload, att}
+    parts[i + 1] = id .. ',' .. att .. ',' .. #payload .. ':' .. payload
+    if mode == 'noack' then
+      forget(id)
+      incr('done')
+      finish_one()
+    elseif mode == 'take' then
+      redis.call('HDEL', MSG, id)
+      incr('ntaken')
+      redis.call('HSET', HOLDER, id, 'T' .. holder)
+      redis.call('ZADD', OUT, now + lease, id)
+      redis.call('SADD', owned(holder), id)
+    else
+      local h = holder
+      if mode == 'timed' then h = '' end
+      incr('nleased')
+      redis.call('HSET', HOLDER, id, 'L' .. h)
+      redis.call('ZADD', OUT, now + lease, id)
+      if h ~= '' then redis.call('SADD', owned(h), id) end
+    end
+  end
+  incr('delivered', #members)
+  return table.concat(parts), entries
+end
+
+-- The getters in line take what is ready, first come first served.
+local function serve_getters()
+  while qsize() > 0 do
+    local w = redis.call('LINDEX', GLINE, 0)
+    if not w then return end
+    local req = redis.call('HGET', GREQ, w)
+    redis.call('LPOP', GLINE)
+    if req then
+      -- until, count, mode, holder, lease, name
+      local r = unpack_strings(req)
+      if tonumber(r[1]) >= now then
+        redis.call('HDEL', GREQ, w)
+        local members = redis.call('ZRANGE', READY, 0, tonumber(r[2]) - 1)
+        local m = deliver(members, r[3], r[4], tonumber(r[5]), r[6])
+        mail(w, m)
+      else
+        redis.call('HDEL', GREQ, w)
+      end
+    end
+  end
+end
+
+-- Adds messages; replies their ids.
+local function admit(kind, payloads, key, delay)
+  local ids = {}
+  for i, payload in ipairs(payloads) do
+    local id = incr('seq')
+    local member = fresh_member(kind, id, key)
+    redis.call('HSET', MSG, id, payload)
+    redis.call('HSET', ATT, id, 0)
+    redis.call('HSET', SK, id, member)
+    if delay > 0 then
+      redis.call('ZADD', DELAYED, now + delay, id)
+    else
+      redis.call('ZADD', READY, 0, member)
+    end
+    ids[i] = id
+  end
+  incr('put', #payloads)
+  incr('unfinished', #payloads)
+  return ids
+end
+
+-- The putters in line go in while there is room, first come first
+-- served; at a shutdown they are all told.
+local function serve_putters(kind, maxsize, shutdown)
+  while true do
+    local w = redis.call('LINDEX', PLINE, 0)
+    if not w then return end
+    local req = redis.call('HGET', PREQ, w)
+    if not req then
+      redis.call('LPOP', PLINE)
+    else
+      -- until, key, keytype, delay, dedup key ('' none), payloads...
+      local r = unpack_strings(req)
+      if tonumber(r[1]) < now then
+        redis.call('LPOP', PLINE)
+        redis.call('HDEL', PREQ, w)
+      elseif shutdown ~= 'no' then
+        redis.call('LPOP', PLINE)
+        redis.call('HDEL', PREQ, w)
+        mail(w, 'S')
+      else
+        local payloads = {}
+        for i = 6, #r do table.insert(payloads, r[i]) end
+        if maxsize > 0 and qsize() + #payloads > maxsize then return end
+        redis.call('LPOP', PLINE)
+        redis.call('HDEL', PREQ, w)
+        local ids = admit(kind, payloads, r[2], tonumber(r[4]))
+        if r[3] ~= '' then redis.call('HSET', META, 'keytype', r[3]) end
+        if r[5] ~= '' then redis.call('SET', PREFIX .. r[5], ids[1], 'PX', 600000) end
+        mail(w, 'I' .. table.concat(ids, ','))
+        serve_getters()
+      end
+    end
+  end
 end
 
 -- A leased message comes back: one more attempt, then ready at the head
@@ -112,7 +271,7 @@ local function give_back(kind, id, delay)
   local maxatt = num(redis.call('HGET', META, 'max_attempts'), -1)
   if maxatt > 0 and att >= maxatt then
     local payload = redis.call('HGET', MSG, id)
-    redis.call('RPUSH', DEAD, cmsgpack.pack({tonumber(id), att, payload}))
+    redis.call('RPUSH', DEAD, pack({tostring(id), tostring(att), payload}))
     forget(id)
     incr('dead_lettered')
     finish_one()
@@ -130,18 +289,27 @@ local function give_back(kind, id, delay)
     redis.call('ZADD', DELAYED, now + delay, id)
   else
     redis.call('ZADD', READY, 0, member)
-    wake(WGET, GETTERS, 1)
   end
 end
 
--- Time passes: delayed messages come due, leases and takes expire.
-local function advance(kind)
+-- Getters still in line once the queue is shut down and drained are told.
+local function tell_getters_shutdown()
+  if qsize() > 0 then return end
+  for _, w in ipairs(redis.call('LRANGE', GLINE, 0, -1)) do
+    if redis.call('HGET', GREQ, w) then mail(w, 'S') end
+  end
+  redis.call('DEL', GLINE, GREQ)
+end
+
+-- Time passes: delayed messages come due, leases and takes expire; then
+-- whoever waits is served.
+local function advance()
+  local kind, maxsize, shutdown = settings()
   local due = redis.call('ZRANGEBYSCORE', DELAYED, '-inf', now, 'LIMIT', 0, 1000)
   for _, id in ipairs(due) do
     redis.call('ZREM', DELAYED, id)
     redis.call('ZADD', READY, 0, redis.call('HGET', SK, id))
   end
-  if #due > 0 then wake(WGET, GETTERS, #due) end
   local expired = redis.call('ZRANGEBYSCORE', OUT, '-inf', now, 'LIMIT', 0, 1000)
   for _, id in ipairs(expired) do
     if unout(id) == 'T' then
@@ -153,11 +321,15 @@ local function advance(kind)
       give_back(kind, id, 0)
     end
   end
+  serve_getters()
+  serve_putters(kind, maxsize, shutdown)
+  if shutdown ~= 'no' then tell_getters_shutdown() end
+  return kind, maxsize, shutdown
 end
 
 -- How long a waiter may sleep before time alone changes something.
 local function next_deadline()
-  local hint = 1000
+  local hint = 10000
   for _, z in ipairs({DELAYED, OUT}) do
     local first = redis.call('ZRANGE', z, 0, 0, 'WITHSCORES')
     if first[2] then
@@ -169,29 +341,23 @@ local function next_deadline()
   return hint
 end
 
-local function qsize() return redis.call('ZCARD', READY) end
-
-local function settings()
-  local m = redis.call('HMGET', META, 'kind', 'maxsize', 'shutdown')
-  return m[1] or 'fifo', num(m[2], 0), m[3] or 'no'
-end
-
-local function exists() return redis.call('EXISTS', META) == 1 end
-
-local function ensure()
-  if not exists() then
-    redis.call('HSET', META, 'kind', 'fifo', 'maxsize', 0, 'shutdown', 'no', 'seq', 0, 'retseq', 0, 'unfinished', 0)
+-- A waiter's mail, if some came: {"MAIL", mail}.
+local function collect(waiter)
+  if waiter == '' then return nil end
+  local m = redis.call('LPOP', inbox(waiter))
+  if m then
+    redis.call('DEL', inbox(waiter))
+    return {'MAIL', m}
   end
+  return nil
 end
 
-local function register(waiters, waiter, wait_ms)
-  if waiter ~= '' then
-    redis.call('ZADD', waiters, now + wait_ms + 5000, waiter)
+local function live_count(req)
+  local n = 0
+  for _, v in ipairs(redis.call('HVALS', req)) do
+    if tonumber(unpack_strings(v)[1]) >= now then n = n + 1 end
   end
-end
-
-local function unregister(waiters, waiter)
-  if waiter ~= '' then redis.call('ZREM', waiters, waiter) end
+  return n
 end
 
 local op = ARGV[1]
@@ -208,7 +374,9 @@ if op == 'create' then
       if named[k] ~= nil then
         local have = redis.call('HGET', META, k) or ''
         local want = named[k]
-        if k ~= 'kind' and k ~= 'dead_letter' then
+        if k == 'kind' then
+          if have == '' then have = 'fifo' end
+        elseif k ~= 'dead_letter' then
           have = tostring(num(have, 0)); want = tostring(num(want, 0))
         end
         if have ~= want then table.insert(diffs, k .. ' ' .. have .. ', not ' .. want) end
@@ -225,14 +393,14 @@ if op == 'create' then
   end
   for k, v in pairs(named) do redis.call('HSET', META, k, v) end
   if explicit then redis.call('HSET', META, 'explicit', '1') end
-  wake(WPUT, PUTTERS, 1000000)
+  advance()
   return redis.status_reply('OK')
 end
 
 if op == 'config' then
   ensure()
   for i = 2, #ARGV, 2 do redis.call('HSET', META, ARGV[i], ARGV[i + 1]) end
-  wake(WPUT, PUTTERS, 1000000)
+  advance()
   return redis.status_reply('OK')
 end
 
@@ -240,60 +408,52 @@ if op == 'put' then
   -- ARGV: waiter, wait_ms, key (or ''), keytype (or ''), delay ms, dedup
   -- (1/0), then the payloads.
   local waiter, wait_ms, key, keytype, delay, dedup = ARGV[2], num(ARGV[3], 0), ARGV[4], ARGV[5], num(ARGV[6], 0), ARGV[7] == '1'
-  local n = #ARGV - 7
+  local mailed = collect(waiter)
+  if mailed then return mailed end
   ensure()
-  local kind, maxsize, shutdown = settings()
-  advance(kind)
-  if shutdown ~= 'no' then
-    unregister(PUTTERS, waiter)
-    return redis.error_reply('SHUTDOWN queue is shut down')
+  local kind, maxsize, shutdown = advance()
+  if waiter ~= '' and redis.call('HEXISTS', PREQ, waiter) == 1 then
+    -- Still in line: keep the place, renew the request's life.
+    local r = unpack_strings(redis.call('HGET', PREQ, waiter))
+    r[1] = tostring(now + wait_ms + 5000)
+    redis.call('HSET', PREQ, waiter, pack(r))
+    return {'WAIT', next_deadline()}
   end
+  if shutdown ~= 'no' then return redis.error_reply('SHUTDOWN queue is shut down') end
   if dedup then
     local first = redis.call('GET', OWN)
-    if first then
-      unregister(PUTTERS, waiter)
-      return {tonumber(first)}
-    end
+    if first then return {tonumber(first)} end
   end
+  local payloads = {}
+  for i = 8, #ARGV do table.insert(payloads, ARGV[i]) end
   if keytype ~= '' then
     local have = redis.call('HGET', META, 'keytype')
     -- Taken messages are the takers' now: only what may be served again
     -- must compare with the new item.
     local holds = qsize() + redis.call('ZCARD', DELAYED) + num(redis.call('HGET', META, 'nleased'), 0) > 0
     if have and have ~= keytype and holds then
-      unregister(PUTTERS, waiter)
       return redis.error_reply('KEYTYPE the queue holds items ordered as ' .. have .. '; this one is ' .. keytype)
     end
-    redis.call('HSET', META, 'keytype', keytype)
   end
-  if maxsize > 0 and n > maxsize then
-    unregister(PUTTERS, waiter)
+  if maxsize > 0 and #payloads > maxsize then
     return redis.error_reply('ERR more payloads than the queue\'s maxsize')
   end
-  if maxsize > 0 and qsize() + n > maxsize then
+  -- Room, and nobody in line before this put.
+  local line = redis.call('LLEN', PLINE)
+  if maxsize > 0 and (qsize() + #payloads > maxsize or line > 0) then
     if waiter == '' then return redis.error_reply('FULL queue is full') end
-    register(PUTTERS, waiter, wait_ms)
+    local dk = ''
+    if dedup then dk = string.sub(OWN, #PREFIX + 1) end
+    local req = {tostring(now + wait_ms + 5000), key, keytype, tostring(delay), dk}
+    for _, p in ipairs(payloads) do table.insert(req, p) end
+    redis.call('HSET', PREQ, waiter, pack(req))
+    redis.call('RPUSH', PLINE, waiter)
     return {'WAIT', next_deadline()}
   end
-  unregister(PUTTERS, waiter)
-  local ids = {}
-  for i = 1, n do
-    local id = incr('seq')
-    local member = fresh_member(kind, id, key)
-    redis.call('HSET', MSG, id, ARGV[7 + i])
-    redis.call('HSET', ATT, id, 0)
-    redis.call('HSET', SK, id, member)
-    if delay > 0 then
-      redis.call('ZADD', DELAYED, now + delay, id)
-    else
-      redis.call('ZADD', READY, 0, member)
-    end
-    ids[i] = id
-  end
-  incr('put', n)
-  incr('unfinished', n)
+  if keytype ~= '' then redis.call('HSET', META, 'keytype', keytype) end
+  local ids = admit(kind, payloads, key, delay)
   if dedup then redis.call('SET', OWN, ids[1], 'PX', 600000) end
-  if delay == 0 then wake(WGET, GETTERS, n) end
+  serve_getters()
   return ids
 end
 
@@ -301,49 +461,62 @@ if op == 'get' then
   -- ARGV: waiter, wait_ms, count, mode (lease/timed/take/noack), holder,
   -- lease ms, queue name (for the entries).
   local waiter, wait_ms, count, mode, holder, lease, name = ARGV[2], num(ARGV[3], 0), num(ARGV[4], 1), ARGV[5], ARGV[6], num(ARGV[7], 0), ARGV[8]
-  if not exists() then ensure() end
-  local kind, maxsize, shutdown = settings()
-  advance(kind)
-  local members = redis.call('ZRANGE', READY, 0, count - 1)
-  if #members == 0 then
-    if shutdown ~= 'no' then
-      unregister(GETTERS, waiter)
-      return redis.error_reply('SHUTDOWN queue is shut down')
-    end
-    if waiter == '' then return false end
-    register(GETTERS, waiter, wait_ms)
+  local mailed = collect(waiter)
+  if mailed then return mailed end
+  ensure()
+  local kind, maxsize, shutdown = advance()
+  mailed = collect(waiter)
+  if mailed then return mailed end
+  if waiter ~= '' and redis.call('HEXISTS', GREQ, waiter) == 1 then
+    local r = unpack_strings(redis.call('HGET', GREQ, waiter))
+    r[1] = tostring(now + wait_ms + 5000)
+    redis.call('HSET', GREQ, waiter, pack(r))
     return {'WAIT', next_deadline()}
   end
-  unregister(GETTERS, waiter)
-  redis.call('ZREM', READY, unpack(members))
-  local entries = {}
-  for i, member in ipairs(members) do
-    local id = member_id(member)
-    local payload = redis.call('HGET', MSG, id)
-    local att = num(redis.call('HGET', ATT, id), 0)
-    entries[i] = {name, id, payload, att}
-    if mode == 'noack' then
-      forget(id)
-      incr('done')
-      finish_one()
-    elseif mode == 'take' then
-      redis.call('HDEL', MSG, id)
-      incr('ntaken')
-      redis.call('HSET', HOLDER, id, 'T' .. holder)
-      redis.call('ZADD', OUT, now + lease, id)
-      redis.call('SADD', OWN, id)
-    else
-      local h = holder
-      if mode == 'timed' then h = '' end
-      incr('nleased')
-      redis.call('HSET', HOLDER, id, 'L' .. h)
-      redis.call('ZADD', OUT, now + lease, id)
-      if h ~= '' then redis.call('SADD', OWN, id) end
-    end
+  local members = redis.call('ZRANGE', READY, 0, count - 1)
+  if #members == 0 then
+    if shutdown ~= 'no' then return redis.error_reply('SHUTDOWN queue is shut down') end
+    if waiter == '' then return false end
+    redis.call('HSET', GREQ, waiter, pack({tostring(now + wait_ms + 5000), tostring(count), mode, holder, tostring(lease), name}))
+    redis.call('RPUSH', GLINE, waiter)
+    return {'WAIT', next_deadline()}
   end
-  incr('delivered', #entries)
-  if maxsize > 0 then wake(WPUT, PUTTERS, #entries) end
+  local _, entries = deliver(members, mode, holder, lease, name)
+  serve_putters(kind, maxsize, shutdown)
   return entries
+end
+
+if op == 'join' then
+  -- ARGV: waiter, wait_ms
+  local waiter, wait_ms = ARGV[2], num(ARGV[3], 0)
+  local mailed = collect(waiter)
+  if mailed then return redis.status_reply('OK') end
+  if not exists() then return redis.status_reply('OK') end
+  advance()
+  if num(redis.call('HGET', META, 'unfinished'), 0) == 0 then
+    if waiter ~= '' then redis.call('ZREM', JOINERS, waiter) end
+    return redis.status_reply('OK')
+  end
+  if waiter == '' then return false end
+  redis.call('ZADD', JOINERS, now + wait_ms + 5000, waiter)
+  return {'WAIT', next_deadline()}
+end
+
+if op == 'unwait' then
+  -- ARGV: waiter. It stops waiting (a timeout, a cancel): out of every
+  -- line; its mail if some came first (then it did not stop in time:
+  -- what the mail says happened), else 'X' on its list, for a wait
+  -- still under way to end with.
+  local waiter = ARGV[2]
+  redis.call('LREM', GLINE, 0, waiter)
+  redis.call('HDEL', GREQ, waiter)
+  redis.call('LREM', PLINE, 0, waiter)
+  redis.call('HDEL', PREQ, waiter)
+  redis.call('ZREM', JOINERS, waiter)
+  local mailed = collect(waiter)
+  if mailed then return mailed end
+  mail(waiter, 'X')
+  return false
 end
 
 -- Finishing, giving back, extending: the holder's own, or a timed lease.
@@ -358,8 +531,8 @@ end
 if op == 'done' then
   -- ARGV: holder, ids...
   local holder = ARGV[2]
-  local kind = settings()
-  advance(kind)
+  if not exists() then return 0 end
+  advance()
   local finished = 0
   for i = 3, #ARGV do
     local id = ARGV[i]
@@ -379,13 +552,13 @@ if op == 'nack' then
   -- ARGV: holder, id, delay ms
   local holder, id, delay = ARGV[2], ARGV[3], num(ARGV[4], 0)
   if not exists() then return redis.error_reply('NOQUEUE no such queue') end
-  local kind = settings()
-  advance(kind)
+  local kind = advance()
   if held_by(id, holder) ~= 'L' then return redis.error_reply('NOTLEASED this client holds no such lease') end
   unout(id)
   redis.call('SREM', OWN, id)
   incr('nacked')
   give_back(kind, id, delay)
+  advance()
   return redis.status_reply('OK')
 end
 
@@ -393,8 +566,7 @@ if op == 'touch' then
   -- ARGV: holder, id, lease ms
   local holder, id, lease = ARGV[2], ARGV[3], num(ARGV[4], 0)
   if not exists() then return redis.error_reply('NOQUEUE no such queue') end
-  local kind = settings()
-  advance(kind)
+  advance()
   if not held_by(id, holder) then return redis.error_reply('NOTLEASED this client holds no such lease') end
   redis.call('ZADD', OUT, now + lease, id)
   return lease
@@ -445,49 +617,28 @@ if op == 'release' then
     end
   end
   redis.call('DEL', OWN)
+  advance()
   return n
-end
-
-if op == 'join' then
-  -- ARGV: waiter, wait_ms
-  local waiter, wait_ms = ARGV[2], num(ARGV[3], 0)
-  if not exists() then return redis.status_reply('OK') end
-  advance(settings())
-  if num(redis.call('HGET', META, 'unfinished'), 0) == 0 then
-    unregister(JOINERS, waiter)
-    return redis.status_reply('OK')
-  end
-  if waiter == '' then return false end
-  register(JOINERS, waiter, wait_ms)
-  return {'WAIT', next_deadline()}
-end
-
-if op == 'unwait' then
-  -- ARGV: waiter. It gave up (a timeout, a cancel).
-  for _, z in ipairs({GETTERS, PUTTERS, JOINERS}) do redis.call('ZREM', z, ARGV[2]) end
-  return 0
 end
 
 if op == 'len' then
   if not exists() then return 0 end
-  advance(settings())
+  advance()
   return qsize()
 end
 
 if op == 'info' then
   if not exists() then return redis.error_reply('NOQUEUE no such queue') end
-  local kind, maxsize, shutdown = settings()
-  advance(kind)
+  local kind, maxsize, shutdown = advance()
   local m = redis.call('HGETALL', META)
   local h = {}
   for i = 1, #m, 2 do h[m[i]] = m[i + 1] end
-  local leased, taken = num(h.nleased, 0), num(h.ntaken, 0)
   local q = qsize()
   local r = {'name', ARGV[2], 'kind', kind, 'maxsize', maxsize,
-    'qsize', q, 'unfinished', num(h.unfinished, 0), 'leased', leased, 'taken', taken,
+    'qsize', q, 'unfinished', num(h.unfinished, 0), 'leased', num(h.nleased, 0), 'taken', num(h.ntaken, 0),
     'delayed', redis.call('ZCARD', DELAYED),
-    'waiting_getters', redis.call('ZCOUNT', GETTERS, now, '+inf'),
-    'waiting_putters', redis.call('ZCOUNT', PUTTERS, now, '+inf'),
+    'waiting_getters', live_count(GREQ),
+    'waiting_putters', live_count(PREQ),
     'waiting_joiners', redis.call('ZCOUNT', JOINERS, now, '+inf'),
     'full', (maxsize > 0 and q >= maxsize) and 1 or 0, 'empty', q == 0 and 1 or 0,
     'shutdown', shutdown,
@@ -503,7 +654,7 @@ end
 if op == 'peek' then
   -- ARGV: count, name
   if not exists() then return {} end
-  advance(settings())
+  advance()
   local members = redis.call('ZRANGE', READY, 0, num(ARGV[2], 1) - 1)
   local entries = {}
   for i, member in ipairs(members) do
@@ -527,17 +678,15 @@ if op == 'purge' then
   redis.call('DEL', READY, DELAYED)
   if n > 0 then
     incr('dropped', n)
-    if incr('unfinished', -n) == 0 then wake(WJOIN, JOINERS, 1000000) end
+    if incr('unfinished', -n) == 0 then tell_joiners() end
   end
-  wake(WPUT, PUTTERS, 1000000)
+  advance()
   return n
 end
 
 if op == 'shutdown' then
   -- ARGV: immediate (1/0)
   ensure()
-  local kind = settings()
-  advance(kind)
   local immediate = ARGV[2] == '1'
   if immediate then
     redis.call('HSET', META, 'shutdown', 'immediate')
@@ -557,10 +706,10 @@ if op == 'shutdown' then
     redis.call('DEL', READY)
     if n > 0 then
       incr('dropped', n)
-      incr('unfinished', -n)
+      if incr('unfinished', -n) == 0 then tell_joiners() end
     end
   end
-  wake_all()
+  advance()
   return redis.status_reply('OK')
 end
 
@@ -572,10 +721,12 @@ end
 
 if op == 'drop' then
   if not exists() then return 0 end
-  -- Waiters see the queue gone as a shutdown.
-  redis.call('HSET', META, 'shutdown', 'immediate')
-  wake_all()
-  redis.call('DEL', META, READY, MSG, ATT, SK, OUT, HOLDER, DELAYED, DEAD)
+  -- Whoever waits sees the queue gone as a shutdown.
+  for _, line in ipairs({GLINE, PLINE}) do
+    for _, w in ipairs(redis.call('LRANGE', line, 0, -1)) do mail(w, 'S') end
+  end
+  for _, w in ipairs(redis.call('ZRANGE', JOINERS, 0, -1)) do mail(w, 'J') end
+  redis.call('DEL', META, READY, MSG, ATT, SK, OUT, HOLDER, DELAYED, DEAD, GLINE, PLINE, JOINERS, GREQ, PREQ)
   return 1
 end
 
