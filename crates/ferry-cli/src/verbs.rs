@@ -22,7 +22,7 @@ pub(crate) const TIMED_OUT: i32 = 4;
 /// Where the broker is.
 #[derive(Args, Debug)]
 pub(crate) struct Conn {
-    /// ferry://[:password@]host[:port] or unix:///path[?password=...]
+    /// ferry://[:password@]host[:port], unix:///path[?password=...], or redis://[:password@]host:port[/db][?wait=N&lease=ms] (a Redis server: see docs/backends.md)
     #[arg(long, env = "FERRY_URL", default_value = ferry_client::DEFAULT_URL)]
     url: String,
 }

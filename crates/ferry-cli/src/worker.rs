@@ -39,7 +39,7 @@ use crate::verbs::Outcome;
 
 #[derive(Args, Debug)]
 pub(crate) struct WorkerArgs {
-    /// ferry://[:password@]host[:port] or unix:///path[?password=...]
+    /// ferry://[:password@]host[:port], unix:///path[?password=...], or redis://[:password@]host:port[/db][?wait=N&lease=ms] (a Redis server: see docs/backends.md)
     #[arg(long, env = "FERRY_URL", default_value = ferry_client::DEFAULT_URL)]
     url: String,
     /// The queue to work on.

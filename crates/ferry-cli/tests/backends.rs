@@ -1,0 +1,452 @@
+//! The same semantics on every engine: each test runs once against
+//! ferry's broker and once against a redis-server (the `redis://`
+//! backend), both started here on loopback ports, the URL the only
+//! difference. The Rust client, the CLI verbs and `ferry worker`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::io::Read;
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::Server;
+use ferry_client::{Client, Error};
+
+/// A redis-server of its own, without persistence; killed when dropped.
+struct Redis {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Redis {
+    fn start() -> Redis {
+        let dir = tempfile::tempdir().unwrap();
+        let port = common::free_port();
+        let child = Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--save", "", "--appendonly", "no", "--dir"])
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server (Debian: redis-server) must be installed");
+        common::wait_until("redis-server to listen", || {
+            TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        Redis {
+            child,
+            port,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An engine and its URL.
+enum Engine {
+    Ferry(Server),
+    Redis(Redis),
+}
+
+impl Engine {
+    fn url(&self) -> String {
+        match self {
+            Engine::Ferry(s) => format!("ferry://127.0.0.1:{}", s.port),
+            // Short leases: a dead consumer's messages come back in a second.
+            Engine::Redis(r) => format!("redis://127.0.0.1:{}?lease=1000", r.port),
+        }
+    }
+
+    fn client(&self) -> Client {
+        Client::connect(&self.url()).unwrap()
+    }
+
+    /// A QINFO counter (0 while the queue does not exist).
+    fn info(&self, queue: &str, field: &str) -> i64 {
+        let mut c = self.client();
+        let pairs = match c.call(&[b"QINFO", queue.as_bytes()]) {
+            Ok(ferry_client::Value::Map(pairs)) => pairs,
+            Ok(ferry_client::Value::Array(flat)) => flat
+                .chunks(2)
+                .map(|kv| (kv[0].clone(), kv[1].clone()))
+                .collect(),
+            Err(Error::Server { code, .. }) if code == "NOQUEUE" => return 0,
+            other => panic!("QINFO replied {other:?}"),
+        };
+        for (k, v) in pairs {
+            if k == ferry_client::Value::Bulk(field.as_bytes().to_vec().into()) {
+                return match v {
+                    ferry_client::Value::Int(n) => n,
+                    ferry_client::Value::Bool(b) => i64::from(b),
+                    other => panic!("{field} is {other:?}"),
+                };
+            }
+        }
+        panic!("QINFO has no {field}")
+    }
+}
+
+/// Each test, once per engine.
+macro_rules! on_every_engine {
+    ($($name:ident),* $(,)?) => {
+        mod on_ferry {
+            $(#[test] fn $name() { super::$name(&super::Engine::Ferry(super::Server::start())); })*
+        }
+        mod on_redis {
+            $(#[test] fn $name() { super::$name(&super::Engine::Redis(super::Redis::start())); })*
+        }
+    };
+}
+
+on_every_engine!(
+    put_get_task_done_as_python_counts,
+    a_dropped_consumer_s_message_comes_back_with_one_more_attempt,
+    a_waiting_get_is_handed_the_next_put_first_come_first_served,
+    a_waiting_put_goes_in_when_room_comes,
+    join_waits_for_another_client_s_task_done,
+    shutdown_as_python_3_13,
+    kinds_order_exactly,
+    delays_nacks_touches_and_dead_letters,
+    take_noack_and_dedup,
+    locks_hand_over_with_larger_tokens,
+    the_cli_verbs_work,
+    ferry_worker_does_every_task_once,
+);
+
+fn put_get_task_done_as_python_counts(e: &Engine) {
+    let mut c = e.client();
+    c.call(&[b"QCREATE", b"jobs", b"MAXSIZE", b"2"]).unwrap();
+    assert!(c.empty("jobs").unwrap());
+    let a = c.put("jobs", b"a").unwrap();
+    c.put_nowait("jobs", b"b").unwrap();
+    assert!(c.full("jobs").unwrap());
+    assert!(matches!(c.put_nowait("jobs", b"c"), Err(Error::Full)));
+    let t = Instant::now();
+    assert!(matches!(
+        c.put_timeout("jobs", b"c", Duration::from_millis(50)),
+        Err(Error::Full)
+    ));
+    assert!(t.elapsed() >= Duration::from_millis(50), "never early");
+    assert_eq!(c.qsize("jobs").unwrap(), 2);
+    let m = c.get("jobs").unwrap();
+    assert_eq!(
+        (m.queue.as_str(), m.id, m.payload.as_slice(), m.attempts),
+        ("jobs", a, &b"a"[..], 0)
+    );
+    c.task_done("jobs", m.id).unwrap();
+    assert!(matches!(c.task_done("jobs", m.id), Err(Error::NotLeased)));
+    assert_eq!(c.unfinished("jobs").unwrap(), 1);
+    let m = c.get_nowait("jobs").unwrap();
+    c.task_done("jobs", m.id).unwrap();
+    assert!(matches!(c.get_nowait("jobs"), Err(Error::Empty)));
+    let t = Instant::now();
+    assert!(matches!(
+        c.get_timeout("jobs", Duration::from_millis(60)),
+        Err(Error::Empty)
+    ));
+    assert!(t.elapsed() >= Duration::from_millis(60), "never early");
+    c.join("jobs").unwrap();
+    // QCREATE names what differs.
+    match c.call(&[b"QCREATE", b"jobs", b"MAXSIZE", b"5"]) {
+        Err(Error::Server { code, message }) => {
+            assert_eq!(code, "EXISTS");
+            assert!(message.contains("maxsize 2, not 5"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+fn a_dropped_consumer_s_message_comes_back_with_one_more_attempt(e: &Engine) {
+    let mut producer = e.client();
+    let id = producer.put("w", b"job").unwrap();
+    {
+        let mut dying = e.client();
+        assert_eq!(dying.get("w").unwrap().id, id);
+    }
+    let mut other = e.client();
+    let m = other.get_timeout("w", Duration::from_secs(10)).unwrap();
+    assert_eq!((m.id, m.attempts), (id, 1));
+    assert!(matches!(producer.task_done("w", id), Err(Error::NotLeased)));
+    other.task_done("w", id).unwrap();
+    assert_eq!(e.info("w", "released") + e.info("w", "expired"), 1);
+}
+
+fn a_waiting_get_is_handed_the_next_put_first_come_first_served(e: &Engine) {
+    let url = e.url();
+    let mut getters = Vec::new();
+    for i in 0..3 {
+        let url = url.clone();
+        getters.push(thread::spawn(move || {
+            let mut c = Client::connect(&url).unwrap();
+            let m = c.get_timeout("line", Duration::from_secs(30)).unwrap();
+            c.task_done("line", m.id).unwrap();
+            (i, m.payload)
+        }));
+        // In line one after the other.
+        common::wait_until("the getter in line", || {
+            e.info("line", "waiting_getters") == i + 1
+        });
+    }
+    let mut p = e.client();
+    for payload in [b"first", b"secon", b"third"] {
+        p.put("line", payload).unwrap();
+    }
+    let got: Vec<(i64, Vec<u8>)> = getters.into_iter().map(|g| g.join().unwrap()).collect();
+    assert_eq!(
+        got,
+        vec![
+            (0, b"first".to_vec()),
+            (1, b"secon".to_vec()),
+            (2, b"third".to_vec())
+        ],
+        "the first in line gets the first message"
+    );
+    p.join("line").unwrap();
+}
+
+fn a_waiting_put_goes_in_when_room_comes(e: &Engine) {
+    let mut c = e.client();
+    c.call(&[b"QCREATE", b"room", b"MAXSIZE", b"1"]).unwrap();
+    c.put("room", b"1").unwrap();
+    let url = e.url();
+    let putter = thread::spawn(move || Client::connect(&url).unwrap().put("room", b"2").unwrap());
+    common::wait_until("the put waiting", || e.info("room", "waiting_putters") == 1);
+    let m = c.get("room").unwrap();
+    c.task_done("room", m.id).unwrap();
+    // The get made room, and the waiting put took it in the same step.
+    let id = putter.join().unwrap();
+    assert_eq!(c.get_nowait("room").unwrap().id, id);
+}
+
+fn join_waits_for_another_client_s_task_done(e: &Engine) {
+    let mut c = e.client();
+    c.put_many("j", &[&b"1"[..], b"2", b"3"]).unwrap();
+    let url = e.url();
+    let (got, finish) = (std::sync::mpsc::channel(), std::sync::mpsc::channel::<()>());
+    let worker = thread::spawn(move || {
+        let mut w = Client::connect(&url).unwrap();
+        let batch = w.get_many("j", 10, Some(Duration::from_secs(5))).unwrap();
+        got.0.send(batch.len()).unwrap();
+        finish.1.recv().unwrap();
+        for m in &batch {
+            w.task_done("j", m.id).unwrap();
+        }
+    });
+    assert_eq!(got.1.recv().unwrap(), 3);
+    assert!(!c.join_timeout("j", Duration::from_millis(20)).unwrap());
+    assert_eq!(c.unfinished("j").unwrap(), 3);
+    finish.0.send(()).unwrap();
+    c.join("j").unwrap();
+    worker.join().unwrap();
+}
+
+fn shutdown_as_python_3_13(e: &Engine) {
+    let mut c = e.client();
+    c.put("q", b"last").unwrap();
+    let url = e.url();
+    let waiting = thread::spawn(move || {
+        let mut w = Client::connect(&url).unwrap();
+        let first = w.get("q2");
+        (first.map(|m| m.id), w)
+    });
+    common::wait_until("a getter waiting", || e.info("q2", "waiting_getters") == 1);
+    c.shutdown("q2", false).unwrap();
+    let (r, _w) = waiting.join().unwrap();
+    assert!(matches!(r, Err(Error::ShutDown)), "a waiting get is told");
+    c.shutdown("q", false).unwrap();
+    assert!(matches!(c.put("q", b"late"), Err(Error::ShutDown)));
+    let m = c.get("q").unwrap();
+    assert_eq!(m.payload, b"last");
+    assert!(matches!(c.get("q"), Err(Error::ShutDown)));
+    c.task_done("q", m.id).unwrap();
+    c.call(&[b"QREOPEN", b"q"]).unwrap();
+    c.put("q", b"again").unwrap();
+}
+
+fn kinds_order_exactly(e: &Engine) {
+    let mut c = e.client();
+    c.call(&[b"QCREATE", b"pq", b"KIND", b"priority"]).unwrap();
+    c.call(&[b"QCREATE", b"lq", b"KIND", b"lifo"]).unwrap();
+    // Keys that differ only past a zero byte, and a prefix of another.
+    let keys: [&[u8]; 5] = [b"b", b"a\x00\x01", b"a", b"a\x00", b"ab"];
+    for (i, k) in keys.iter().enumerate() {
+        c.call(&[b"QPUT", b"pq", format!("{i}").as_bytes(), b"PRIOKEY", k])
+            .unwrap();
+        c.put("lq", format!("{i}").as_bytes()).unwrap();
+    }
+    // Equal keys: first in, first out.
+    c.call(&[b"QPUT", b"pq", b"5", b"PRIOKEY", b"a"]).unwrap();
+    let mut order = Vec::new();
+    for _ in 0..6 {
+        let m = c.get_nowait("pq").unwrap();
+        order.push(String::from_utf8(m.payload).unwrap());
+        c.task_done("pq", m.id).unwrap();
+    }
+    assert_eq!(order, ["2", "5", "3", "1", "4", "0"]);
+    let mut order = Vec::new();
+    for _ in 0..5 {
+        let m = c.get_nowait("lq").unwrap();
+        order.push(String::from_utf8(m.payload).unwrap());
+        c.task_done("lq", m.id).unwrap();
+    }
+    assert_eq!(order, ["4", "3", "2", "1", "0"]);
+}
+
+fn delays_nacks_touches_and_dead_letters(e: &Engine) {
+    let mut c = e.client();
+    // A delay: not before it, and not counted in qsize.
+    c.call(&[b"QPUT", b"d", b"later", b"DELAY", b"200"])
+        .unwrap();
+    assert!(matches!(c.get_nowait("d"), Err(Error::Empty)));
+    assert_eq!(e.info("d", "delayed"), 1);
+    let t = Instant::now();
+    let m = c.get_timeout("d", Duration::from_secs(5)).unwrap();
+    assert!(t.elapsed() >= Duration::from_millis(150));
+    // A nack: back first, one attempt more.
+    c.put("d", b"behind").unwrap();
+    c.nack("d", m.id).unwrap();
+    let again = c.get_nowait("d").unwrap();
+    assert_eq!((again.id, again.attempts), (m.id, 1));
+    assert!(
+        c.touch("d", again.id, Some(Duration::from_secs(60)))
+            .is_ok()
+    );
+    c.task_done("d", again.id).unwrap();
+    let other = c.get_nowait("d").unwrap();
+    c.task_done("d", other.id).unwrap();
+    // At max_attempts, a message is dead-lettered and counts as finished.
+    c.call(&[b"QCREATE", b"dl", b"MAXATTEMPTS", b"2"]).unwrap();
+    let id = c.put("dl", b"poison").unwrap();
+    for _ in 0..2 {
+        let m = c.get_nowait("dl").unwrap();
+        assert_eq!(m.id, id);
+        c.nack("dl", m.id).unwrap();
+    }
+    assert!(matches!(c.get_nowait("dl"), Err(Error::Empty)));
+    assert_eq!(e.info("dl", "dead_lettered"), 1);
+    c.join("dl").unwrap();
+}
+
+fn take_noack_and_dedup(e: &Engine) {
+    let mut c = e.client();
+    c.put_many("t", &[&b"1"[..], b"2"]).unwrap();
+    let taken = c.call(&[b"QGET", b"t", b"TAKE"]).unwrap();
+    assert_eq!(e.info("t", "taken"), 1);
+    assert_eq!(e.info("t", "unfinished"), 2);
+    c.call(&[b"QGET", b"t", b"NOACK"]).unwrap();
+    assert_eq!(e.info("t", "unfinished"), 1, "NOACK finishes at once");
+    let id = ferry_client::Message::from_reply(taken).unwrap()[0].id;
+    c.task_done("t", id).unwrap();
+    c.join("t").unwrap();
+    let a = c.call(&[b"QPUT", b"dd", b"x", b"DEDUP", b"k1"]).unwrap();
+    let b = c.call(&[b"QPUT", b"dd", b"x", b"DEDUP", b"k1"]).unwrap();
+    assert_eq!(a, b, "a retried put adds nothing");
+    assert_eq!(c.qsize("dd").unwrap(), 1);
+}
+
+fn locks_hand_over_with_larger_tokens(e: &Engine) {
+    let (mut a, mut b) = (e.client(), e.client());
+    let t1 = a.lock("ledger", None, None).unwrap().unwrap();
+    assert_eq!(b.lock("ledger", Some(Duration::ZERO), None).unwrap(), None);
+    let t = Instant::now();
+    assert_eq!(
+        b.lock("ledger", Some(Duration::from_millis(100)), None)
+            .unwrap(),
+        None
+    );
+    assert!(t.elapsed() >= Duration::from_millis(100), "never early");
+    let waiter = thread::spawn(move || (b.lock("ledger", None, None).unwrap(), b));
+    let mut probe = e.client();
+    common::wait_until("the waiter in line", || {
+        let info = probe.call(&[b"INFO"]).unwrap();
+        let ferry_client::Value::Bulk(text) = info else {
+            return false;
+        };
+        String::from_utf8_lossy(&text).contains("lock_waiters:1")
+    });
+    assert!(a.unlock("ledger", t1).unwrap());
+    assert!(
+        !a.unlock("ledger", t1).unwrap(),
+        "a stale token releases nothing"
+    );
+    let (t2, mut b) = waiter.join().unwrap();
+    let t2 = t2.unwrap();
+    assert!(t2 > t1);
+    assert!(b.unlock("ledger", t2).unwrap());
+    // A TTL frees the lock though its holder lives.
+    let t3 = b
+        .lock("ledger", None, Some(Duration::from_millis(100)))
+        .unwrap()
+        .unwrap();
+    let t4 = a
+        .lock("ledger", Some(Duration::from_secs(5)), None)
+        .unwrap()
+        .unwrap();
+    assert!(t4 > t3);
+}
+
+fn ferry(url: &str, args: &[&str]) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(args)
+        .env("FERRY_URL", url)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+fn the_cli_verbs_work(e: &Engine) {
+    let url = e.url();
+    assert_eq!(ferry(&url, &["put", "cli", "one"]).0, 0);
+    assert_eq!(ferry(&url, &["put", "cli", "two"]).0, 0);
+    let (code, out) = ferry(&url, &["get", "cli", "--count", "2"]);
+    assert_eq!((code, out.as_str()), (0, "one\ntwo\n"));
+    let (code, _) = ferry(&url, &["get", "cli", "--timeout", "0.05"]);
+    assert_eq!(code, 4, "none came in time");
+    let (code, out) = ferry(&url, &["info", "cli"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("delivered: 2"), "{out}");
+    assert_eq!(ferry(&url, &["join", "cli", "--timeout", "5"]).0, 0);
+    let (code, out) = ferry(&url, &["lock", "cli-lock", "--", "echo", "held"]);
+    assert_eq!((code, out.as_str()), (0, "held\n"));
+}
+
+fn ferry_worker_does_every_task_once(e: &Engine) {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.txt");
+    let mut c = e.client();
+    for i in 0..50 {
+        c.put("wjobs", format!("m{i}").as_bytes()).unwrap();
+    }
+    let script = format!("x=$(cat); echo \"$x\" >> {}", out.display());
+    let mut w = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["worker", "wjobs", "-j", "4", "--", "sh", "-c", &script])
+        .env("FERRY_URL", e.url())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    common::wait_until("all 50 done", || c.unfinished("wjobs").unwrap() == 0);
+    let _ = Command::new("kill").arg(w.id().to_string()).status();
+    let _ = w.wait();
+    let mut text = String::new();
+    std::fs::File::open(&out)
+        .unwrap()
+        .read_to_string(&mut text)
+        .unwrap();
+    let mut lines: Vec<&str> = text.lines().collect();
+    lines.sort_unstable();
+    let mut want: Vec<String> = (0..50).map(|i| format!("m{i}")).collect();
+    want.sort_unstable();
+    assert_eq!(lines, want, "every task ran exactly once");
+}
