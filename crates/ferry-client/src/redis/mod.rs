@@ -994,9 +994,11 @@ impl RedisLink {
         }
     }
 
+    /// A name for one wait, unique: the holder (a group's token is shared
+    /// by its clients, so this client's number too) and a count.
     fn waiter(&mut self) -> Vec<u8> {
         self.next_waiter += 1;
-        format!("{}:{}", self.holder, self.next_waiter).into_bytes()
+        format!("{}:{}:{}", self.holder, self.id, self.next_waiter).into_bytes()
     }
 
     /// One try of a waiting command: `waiter` empty means no wait.
