@@ -120,6 +120,7 @@ on_every_engine!(
     locks_hand_over_with_larger_tokens,
     the_cli_verbs_work,
     ferry_worker_does_every_task_once,
+    an_idle_queue_with_expire_goes,
 );
 
 fn put_get_task_done_as_python_counts(e: &Engine) {
@@ -449,4 +450,23 @@ fn ferry_worker_does_every_task_once(e: &Engine) {
     let mut want: Vec<String> = (0..50).map(|i| format!("m{i}")).collect();
     want.sort_unstable();
     assert_eq!(lines, want, "every task ran exactly once");
+}
+
+fn an_idle_queue_with_expire_goes(e: &Engine) {
+    let mut c = e.client();
+    c.call(&[b"QCREATE", b"private", b"EXPIRE", b"300"])
+        .unwrap();
+    c.put("private", b"left behind").unwrap();
+    assert_eq!(e.info("private", "expire"), 300);
+    let t = Instant::now();
+    // QLIST, which names no queue (a QINFO would keep it alive).
+    common::wait_until("the idle queue to go", || {
+        let list = c.call(&[b"QLIST"]).unwrap();
+        !matches!(list, ferry_client::Value::Array(names)
+            if names.contains(&ferry_client::Value::Bulk(b"private".to_vec().into())))
+    });
+    assert!(
+        t.elapsed() >= Duration::from_millis(300),
+        "not before its time"
+    );
 }

@@ -124,6 +124,16 @@ local function ensure()
   end
 end
 
+-- EXPIRE: the queue goes once nobody has named it for that long. Waiters
+-- renew their place, and holders their leases, well within it, so a queue
+-- someone waits in or holds messages of stays.
+local function keep_alive()
+  local expire = num(redis.call('HGET', META, 'expire'), 0)
+  if expire > 0 then
+    for i = 1, 14 do redis.call('PEXPIRE', KEYS[i], expire) end
+  end
+end
+
 local function forget(id)
   redis.call('HDEL', MSG, id)
   redis.call('HDEL', ATT, id)
@@ -183,6 +193,7 @@ local function deliver(members, mode, holder, lease, name)
     end
   end
   incr('delivered', #members)
+  keep_alive()
   return table.concat(parts), entries
 end
 
@@ -226,6 +237,7 @@ local function admit(kind, payloads, key, delay)
   end
   incr('put', #payloads)
   incr('unfinished', #payloads)
+  keep_alive()
   return ids
 end
 
@@ -324,6 +336,7 @@ local function advance()
   serve_getters()
   serve_putters(kind, maxsize, shutdown)
   if shutdown ~= 'no' then tell_getters_shutdown() end
+  keep_alive()
   return kind, maxsize, shutdown
 end
 
@@ -589,6 +602,7 @@ if op == 'renew' then
       redis.call('SREM', OWN, id)
     end
   end
+  keep_alive()
   return renewed
 end
 
