@@ -324,8 +324,17 @@ fn delays_nacks_touches_and_dead_letters(e: &Engine) {
     c.task_done("d", again.id).unwrap();
     let other = c.get_nowait("d").unwrap();
     c.task_done("d", other.id).unwrap();
-    // At max_attempts, a message is dead-lettered and counts as finished.
-    c.call(&[b"QCREATE", b"dl", b"MAXATTEMPTS", b"2"]).unwrap();
+    // At max_attempts, a message is dead-lettered (moved to its queue,
+    // with its attempts) and counts as finished.
+    c.call(&[
+        b"QCREATE",
+        b"dl",
+        b"MAXATTEMPTS",
+        b"2",
+        b"DEADLETTER",
+        b"graveyard",
+    ])
+    .unwrap();
     let id = c.put("dl", b"poison").unwrap();
     for _ in 0..2 {
         let m = c.get_nowait("dl").unwrap();
@@ -335,6 +344,18 @@ fn delays_nacks_touches_and_dead_letters(e: &Engine) {
     assert!(matches!(c.get_nowait("dl"), Err(Error::Empty)));
     assert_eq!(e.info("dl", "dead_lettered"), 1);
     c.join("dl").unwrap();
+    let dead = c.get_timeout("graveyard", Duration::from_secs(10)).unwrap();
+    assert_eq!(
+        (dead.payload.as_slice(), dead.attempts),
+        (&b"poison"[..], 2)
+    );
+    // Without a dead-letter queue, dropped and counted.
+    c.call(&[b"QCREATE", b"dl2", b"MAXATTEMPTS", b"1"]).unwrap();
+    c.put("dl2", b"gone").unwrap();
+    let m = c.get_nowait("dl2").unwrap();
+    c.nack("dl2", m.id).unwrap();
+    assert_eq!(e.info("dl2", "dead_lettered"), 1);
+    c.join("dl2").unwrap();
 }
 
 fn take_noack_and_dedup(e: &Engine) {

@@ -654,7 +654,11 @@ impl RedisLink {
                     ms.to_string().into_bytes(),
                 ];
                 let keys = queue_keys(&q, &holder_key(&self.holder));
-                done(self.change(&QUEUE, &keys, &sargs).await?)
+                let v = self.change(&QUEUE, &keys, &sargs).await?;
+                if cmd == "QNACK" {
+                    move_dead_letters(&mut self.conn, &q).await.map_err(io)?;
+                }
+                done(v)
             }
             "QJOIN" => {
                 let q = check_name(a.require("queue")?)?.to_string();
@@ -1143,6 +1147,48 @@ impl RedisLink {
             .arg(inbox)
             .query_async(&mut self.conn)
             .await;
+    }
+}
+
+/// Moves queue `q`'s dead letters into its dead-letter queue (another
+/// queue, maybe on another shard: two scripts, made safe to repeat by a
+/// DEDUP key per letter). Run after a nack, and by the renewer for the
+/// queues its process holds messages of (for leases that ran out).
+pub(crate) async fn move_dead_letters(
+    conn: &mut MultiplexedConnection,
+    q: &str,
+) -> Result<(), redis::RedisError> {
+    loop {
+        let mut inv = QUEUE.prepare_invoke();
+        for k in queue_keys(q, b"-") {
+            inv.key(k);
+        }
+        inv.arg("dead_pop").arg(100);
+        let popped: Vec<Vec<u8>> = inv.invoke_async(conn).await?;
+        let Some((dlq, rest)) = popped.split_first() else {
+            return Ok(());
+        };
+        if rest.is_empty() {
+            return Ok(());
+        }
+        let dlq = String::from_utf8_lossy(dlq).into_owned();
+        for letter in rest.chunks(3) {
+            let [id, attempts, payload] = letter else {
+                continue;
+            };
+            let mut own = b"dd:dl:".to_vec();
+            own.extend_from_slice(q.as_bytes());
+            own.push(b':');
+            own.extend_from_slice(id);
+            let mut inv = QUEUE.prepare_invoke();
+            for k in queue_keys(&dlq, &own) {
+                inv.key(k);
+            }
+            inv.arg("put_dead")
+                .arg(attempts.as_slice())
+                .arg(payload.as_slice());
+            inv.invoke_async::<i64>(conn).await?;
+        }
     }
 }
 

@@ -282,8 +282,12 @@ local function give_back(kind, id, delay)
   local att = redis.call('HINCRBY', ATT, id, 1)
   local maxatt = num(redis.call('HGET', META, 'max_attempts'), -1)
   if maxatt > 0 and att >= maxatt then
-    local payload = redis.call('HGET', MSG, id)
-    redis.call('RPUSH', DEAD, pack({tostring(id), tostring(att), payload}))
+    -- To the dead-letter queue (another queue, maybe on another shard:
+    -- the client moves it, see dead_pop), or dropped, counted.
+    if redis.call('HGET', META, 'dead_letter') then
+      local payload = redis.call('HGET', MSG, id)
+      redis.call('RPUSH', DEAD, pack({tostring(id), tostring(att), payload}))
+    end
     forget(id)
     incr('dead_lettered')
     finish_one()
@@ -633,6 +637,31 @@ if op == 'release' then
   redis.call('DEL', OWN)
   advance()
   return n
+end
+
+if op == 'dead_pop' then
+  -- ARGV: at most n. The dead letters waiting to move: {dead-letter
+  -- queue, id, attempts, payload, id, attempts, payload, ...}.
+  local dlq = redis.call('HGET', META, 'dead_letter')
+  if not dlq then return {} end
+  local out = {dlq}
+  for _, d in ipairs(redis.call('LPOP', DEAD, num(ARGV[2], 100)) or {}) do
+    for _, part in ipairs(unpack_strings(d)) do table.insert(out, part) end
+  end
+  return out
+end
+
+if op == 'put_dead' then
+  -- ARGV: attempts, payload. A dead letter moving in: past the bound and
+  -- a shutdown, with its attempts; once (OWN is its DEDUP key).
+  if redis.call('EXISTS', OWN) == 1 then return 0 end
+  ensure()
+  local kind = advance()
+  local ids = admit(kind, {ARGV[3]}, '', 0)
+  redis.call('HSET', ATT, ids[1], ARGV[2])
+  redis.call('SET', OWN, ids[1], 'PX', 600000)
+  serve_getters()
+  return ids[1]
 end
 
 if op == 'len' then

@@ -13,7 +13,7 @@ use std::sync::Mutex;
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::time::{Duration, Instant};
 
-use super::{LOCK, QUEUE, Target, holder_key, lock_keys, queue_keys};
+use super::{LOCK, QUEUE, Target, holder_key, lock_keys, move_dead_letters, queue_keys};
 
 enum Cmd {
     Attach(Target, String),
@@ -211,6 +211,8 @@ impl Renewer {
                     }
                     inv.arg("renew").arg(&h).arg(&lease);
                     inv.invoke_async::<i64>(&mut c).await?;
+                    // Leases that ran out may have made dead letters.
+                    move_dead_letters(&mut c, q).await?;
                 }
                 for (name, token) in &locks {
                     let mut inv = LOCK.prepare_invoke();
