@@ -284,3 +284,64 @@ fn lock_is_multiprocessing_lock_with_fencing_tokens() {
         .unwrap();
     assert!(t4 > t3);
 }
+
+#[test]
+fn a_broker_restart_is_invisible_to_waiting_calls() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = common::free_port().to_string();
+    let flags = ["--port", port.as_str()];
+    let s = Server::start_at(dir.path(), &flags);
+    let url = format!("ferry://127.0.0.1:{port}");
+    let mut c = Client::connect(&url).unwrap();
+    c.put("r", b"unfinished").unwrap();
+    // A get, a join and a lock wait while the broker goes away and comes back.
+    let waiting_get = {
+        let url = url.clone();
+        thread::spawn(move || {
+            let mut w = Client::connect(&url).unwrap();
+            let m = w.get_timeout("r2", Duration::from_secs(60)).unwrap();
+            w.task_done("r2", m.id).unwrap();
+            m.payload
+        })
+    };
+    let waiting_join = {
+        let url = url.clone();
+        thread::spawn(move || {
+            Client::connect(&url)
+                .unwrap()
+                .join_timeout("r", Duration::from_secs(60))
+                .unwrap()
+        })
+    };
+    let mut probe = s.conn();
+    common::wait_for_waiters(&mut probe, "r2", "waiting_getters", 1);
+    common::wait_for_waiters(&mut probe, "r", "waiting_joiners", 1);
+    drop(probe);
+    assert!(s.signal_and_wait("-TERM").success());
+    let s = Server::start_at(dir.path(), &flags);
+    // The producer's put (with its DEDUP key) goes in once.
+    let mut p = Client::connect(&url).unwrap();
+    p.put("r2", b"after the restart").unwrap();
+    assert_eq!(waiting_get.join().unwrap(), b"after the restart");
+    let m = p.get("r").unwrap();
+    p.task_done("r", m.id).unwrap();
+    assert!(waiting_join.join().unwrap(), "the join saw the done");
+    // The client that was connected before the restart goes on.
+    c.put("r3", b"x").unwrap();
+    assert_eq!(c.qsize("r3").unwrap(), 1);
+    // A waited get that runs out while the broker is away times out, not
+    // errs.
+    let mut w = Client::connect(&url).unwrap();
+    let short = thread::spawn(move || w.get_timeout("r4", Duration::from_millis(1500)));
+    let mut probe = s.conn();
+    common::wait_for_waiters(&mut probe, "r4", "waiting_getters", 1);
+    drop(probe);
+    let stopped = Instant::now();
+    assert!(s.signal_and_wait("-TERM").success());
+    // Down past the get's deadline, then back.
+    while stopped.elapsed() < Duration::from_millis(1600) {
+        thread::sleep(Duration::from_millis(50));
+    }
+    let _s = Server::start_at(dir.path(), &flags);
+    assert!(matches!(short.join().unwrap(), Err(Error::Empty)));
+}

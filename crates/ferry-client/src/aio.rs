@@ -271,6 +271,43 @@ async fn unblock(url: &Url, id: u64) -> Result<bool, Error> {
     Ok(r == Value::Int(1))
 }
 
+/// Whether a command may be sent again on a new connection after its own
+/// was lost — `None` if it may not (it may have happened, and twice would
+/// differ: a done, a nack, a put without a DEDUP key) — and where its
+/// TIMEOUT's value is, so that only what remains of the wait is asked for.
+/// Waits are safe: a lost get's messages were leased (they come back) or
+/// taken (gone either way); a lost lock is released with its connection.
+fn repeatable(args: &[&[u8]]) -> Option<Option<usize>> {
+    let name = args.first()?;
+    let is = |w: &[u8], k: &str| w.eq_ignore_ascii_case(k.as_bytes());
+    // Options start after the name and its operands (a QPUT's payload
+    // could spell TIMEOUT).
+    let timeout_after = |from: usize| {
+        (from..args.len())
+            .find(|&i| is(args[i], "TIMEOUT"))
+            .map(|i| i + 1)
+            .filter(|&i| i < args.len())
+    };
+    if is(name, "QGET") || is(name, "QJOIN") || is(name, "LOCK") {
+        return Some(timeout_after(2));
+    }
+    if is(name, "QPUT") && args.iter().skip(3).any(|w| is(w, "DEDUP")) {
+        return Some(timeout_after(3));
+    }
+    let reads = [
+        "PING", "ECHO", "QLEN", "QINFO", "QPEEK", "QLIST", "INFO", "CONFIG",
+    ];
+    reads.iter().any(|r| is(name, r)).then_some(None)
+}
+
+/// What a wait replies when it runs out: null, or FULL for a put.
+fn timed_out(args: &[&[u8]]) -> Result<Value, Error> {
+    match args.first() {
+        Some(name) if name.eq_ignore_ascii_case(b"QPUT") => Err(Error::Full),
+        _ => Ok(Value::Nil),
+    }
+}
+
 /// A reply as the caller sees it: an error reply becomes its [`Error`].
 pub(crate) fn reply_value(value: Value) -> Result<Value, Error> {
     match value {
@@ -439,7 +476,8 @@ impl AsyncClient {
     }
 
     /// Sends any command and returns its reply; an error reply becomes the
-    /// matching [`Error`]. Never retried.
+    /// matching [`Error`]. After a lost connection it is sent again on a
+    /// new one only if that is safe (see [`AsyncClient::call_cancellable`]).
     ///
     /// ```no_run
     /// # async fn demo() -> Result<(), ferry_client::Error> {
@@ -448,7 +486,9 @@ impl AsyncClient {
     /// # Ok(()) }
     /// ```
     pub async fn call(&mut self, args: &[&[u8]]) -> Result<Value, Error> {
-        self.call_retrying(args, false).await
+        self.call_cancellable(args, std::future::pending())
+            .await
+            .map(|(v, _)| v)
     }
 
     /// Sends a command that may block (QGET, QPUT, QJOIN, LOCK, ...) and
@@ -456,7 +496,16 @@ impl AsyncClient {
     /// a timeout (CLIENT UNBLOCK, sent from a connection of its own), and
     /// the reply is read to its end, so nothing the broker delivered in the
     /// meantime is lost — a get that raced the cancel replies its messages.
-    /// Replies the reply and whether `cancel` fired. Never retried.
+    /// Replies the reply and whether `cancel` fired.
+    ///
+    /// A broker that restarts (or a failover) while a command waits is
+    /// invisible to it when the command is safe to send again: the client
+    /// reconnects with backoff and asks again for what remains of the
+    /// wait — gets (their lost messages were leased, or taken and gone
+    /// either way), joins, locks (a lost one is released with its
+    /// connection), puts that carry a DEDUP key, and reads. Anything else
+    /// (a done, a nack, a put without DEDUP) fails with [`Error::Io`]: it
+    /// may have happened.
     ///
     /// ```no_run
     /// # async fn demo() -> Result<(), ferry_client::Error> {
@@ -471,15 +520,60 @@ impl AsyncClient {
         cancel: impl Future<Output = ()>,
     ) -> Result<(Value, bool), Error> {
         let url = self.url.clone();
-        let result = self
-            .link()
-            .await?
-            .call_cancellable(&url, args, cancel)
-            .await;
-        if let Err(Error::Io(_)) = &result {
-            self.link = None;
+        let policy = repeatable(args);
+        let start = tokio::time::Instant::now();
+        // The caller's own wait, if it named one (TIMEOUT 0 is forever).
+        let total = policy
+            .flatten()
+            .and_then(|i| std::str::from_utf8(args[i]).ok()?.parse::<u64>().ok())
+            .filter(|&ms| ms > 0)
+            .map(Duration::from_millis);
+        let mut again: Option<Vec<Vec<u8>>> = None;
+        tokio::pin!(cancel);
+        loop {
+            let owned: Vec<&[u8]>;
+            let current = match &again {
+                Some(a) => {
+                    owned = a.iter().map(Vec::as_slice).collect();
+                    &owned[..]
+                }
+                None => args,
+            };
+            let link = match self.link().await {
+                Ok(link) => link,
+                // Still unreachable after the reconnect window: within the
+                // caller's own wait, keep trying.
+                Err(Error::Io(_))
+                    if again.is_some() && total.is_some_and(|t| start.elapsed() < t) =>
+                {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            match link.call_cancellable(&url, current, cancel.as_mut()).await {
+                Err(Error::Io(e)) => {
+                    self.link = None;
+                    let Some(timeout_at) = policy else {
+                        return Err(Error::Io(e));
+                    };
+                    if self.reconnect.within.is_zero() {
+                        return Err(Error::Io(e));
+                    }
+                    let mut next: Vec<Vec<u8>> = current.iter().map(|a| a.to_vec()).collect();
+                    if let (Some(total), Some(i)) = (total, timeout_at) {
+                        let left = total.saturating_sub(start.elapsed());
+                        if left.is_zero() {
+                            // The wait ran out while the broker was away.
+                            return timed_out(args).map(|v| (v, false));
+                        }
+                        next[i] = millis(left).into_bytes();
+                    }
+                    again = Some(next);
+                }
+                other => return other,
+            }
         }
-        result
     }
 
     /// Sends several commands in one write and reads their replies, in
