@@ -20,6 +20,8 @@
 #           storage (nats-server 2.9 fsyncs that every 2 minutes)
 #   sync    ferry --durability sync, Redis appendfsync always, beanstalkd
 #           binlog fsynced on every write (-f 0)
+# And ferry's own client on a Redis server (ferry-redis: the redis://
+# backend), at the memory class, beside raw Redis streams.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -63,7 +65,7 @@ start() {
             "$ferry_bin" serve --bind 127.0.0.1 --port "$port" --durability "$class" --data-dir "$dir" \
                 --unix "$dir/ferry.sock" --max-clients 20000 >"$dir/out" 2>"$dir/err" &
             ;;
-        redis-list|redis-stream)
+        redis-list|redis-stream|ferry-redis)
             local aof=(--appendonly no)
             [[ $class == async ]] && aof=(--appendonly yes --appendfsync everysec)
             [[ $class == sync ]] && aof=(--appendonly yes --appendfsync always)
@@ -135,6 +137,10 @@ for class in memory async sync; do
         run "$t" "$class" "throughput B=100" throughput -n "$b100" --batch 100
     done
 done
+
+echo "== ferry's client on Redis (the redis:// backend), beside raw Redis streams above" >&2
+run ferry-redis memory "throughput B=1" throughput -n "$n1" --batch 1
+run ferry-redis memory "throughput B=100" throughput -n "$n100" --batch 100
 
 echo "== memory: latency, connections, queued messages, 64 producers, many queues" >&2
 for t in "${targets_memory[@]}"; do

@@ -21,6 +21,9 @@ pub enum Target {
     /// ferry with NOACK gets (delivered and finished at once): the same
     /// contract as a Redis list's BRPOP, for the comparison with it.
     FerryNoack,
+    /// ferry's client on a Redis server (the `redis://` backend: ferry's
+    /// semantics in Lua scripts), at `host:port`.
+    FerryRedis,
     /// Redis lists: LPUSH / BRPOP, nothing to acknowledge.
     RedisList,
     /// Redis streams: XADD / XREADGROUP / XACK.
@@ -86,6 +89,7 @@ impl Conn {
                 };
                 Conn::ferry(&url, target == Target::FerryNoack).await
             }
+            Target::FerryRedis => Conn::ferry(&format!("redis://{addr}"), false).await,
             #[cfg(feature = "peers")]
             Target::RedisList | Target::RedisStream => Ok(Conn(Link::Redis(
                 Redis::connect(addr, target == Target::RedisStream).await?,

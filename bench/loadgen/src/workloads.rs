@@ -290,7 +290,11 @@ async fn open_raw(t: Target, addr: &str) -> Result<BufReader<TcpStream>> {
     let s = TcpStream::connect(addr).await?;
     let mut io = BufReader::new(s);
     match t {
-        Target::Ferry | Target::FerryNoack | Target::RedisList | Target::RedisStream => {
+        Target::Ferry
+        | Target::FerryNoack
+        | Target::FerryRedis
+        | Target::RedisList
+        | Target::RedisStream => {
             io.get_mut().write_all(b"PING\r\n").await?;
             read_until(&mut io, "PONG").await?;
         }
@@ -327,6 +331,8 @@ pub async fn conns(at: &Endpoint, idle: usize, blocked: usize, pid: u32) -> Resu
         let mut io = open_raw(t, addr).await?;
         let cmd = match t {
             Target::Ferry | Target::FerryNoack => format!("QGET {queue} TIMEOUT 0\r\n"),
+            // The backend's waiting get: BLPOP on the waiter's own list.
+            Target::FerryRedis => format!("BLPOP ferry:{{{queue}}}:w:c{i} 0\r\n"),
             Target::RedisList => format!("BRPOP {queue} 0\r\n"),
             Target::RedisStream => {
                 format!("XREADGROUP GROUP workers c{i} COUNT 1 BLOCK 0 STREAMS {queue} >\r\n")
