@@ -40,7 +40,16 @@ redis_pid=$!
 trap 'kill $redis_pid 2>/dev/null || true; rm -rf "$redis_dir"' EXIT
 for _ in $(seq 500); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break; sleep 0.01; done
 (cd python && FERRY_TEST_URL="redis://127.0.0.1:$redis_port?lease=2000" ../.venv/bin/python -m pytest -p no:cacheprovider)
+examples/run.sh target/debug/ferry .venv/bin/python "redis://127.0.0.1:$redis_port?lease=2000"
 kill "$redis_pid"; wait "$redis_pid" 2>/dev/null || true
+
+# And on a Redis Cluster (redis+cluster://): 3 primaries, 3 replicas, on
+# free loopback ports, stopped by PID (scripts/redis-cluster.sh).
+cluster_dir=$(mktemp -d)
+trap 'kill $redis_pid 2>/dev/null || true; scripts/redis-cluster.sh stop "$cluster_dir"; rm -rf "$redis_dir" "$cluster_dir"' EXIT
+cluster_url=$(scripts/redis-cluster.sh start "$cluster_dir")
+(cd python && FERRY_TEST_URL="$cluster_url?lease=2000" ../.venv/bin/python -m pytest -p no:cacheprovider)
+examples/run.sh target/debug/ferry .venv/bin/python "$cluster_url?lease=2000"
 
 # examples/: the classic multiprocessing lessons as Python and Rust
 # programs, each run against a broker started by the script.

@@ -1,60 +1,24 @@
-//! The same semantics on every engine: each test runs once against
-//! ferry's broker and once against a redis-server (the `redis://`
-//! backend), both started here on loopback ports, the URL the only
-//! difference. The Rust client, the CLI verbs and `ferry worker`.
+//! The same semantics on every engine: each test runs against ferry's
+//! broker, a redis-server (the `redis://` backend) and a Redis Cluster of
+//! three primaries (`redis+cluster://`), each started here on loopback
+//! ports, the URL the only difference. The Rust client, the CLI verbs and `ferry worker`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
 use std::io::Read;
-use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::Server;
+use common::{RedisCluster, RedisServer, Server};
 use ferry_client::{Client, Error};
-
-/// A redis-server of its own, without persistence; killed when dropped.
-struct Redis {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Redis {
-    fn start() -> Redis {
-        let dir = tempfile::tempdir().unwrap();
-        let port = common::free_port();
-        let child = Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
-            .args(["--save", "", "--appendonly", "no", "--dir"])
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server (Debian: redis-server) must be installed");
-        common::wait_until("redis-server to listen", || {
-            TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
-        Redis {
-            child,
-            port,
-            _dir: dir,
-        }
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// An engine and its URL.
 enum Engine {
     Ferry(Server),
-    Redis(Redis),
+    Redis(RedisServer),
+    Cluster(RedisCluster),
 }
 
 impl Engine {
@@ -63,6 +27,7 @@ impl Engine {
             Engine::Ferry(s) => format!("ferry://127.0.0.1:{}", s.port),
             // Short leases: a dead consumer's messages come back in a second.
             Engine::Redis(r) => format!("redis://127.0.0.1:{}?lease=1000", r.port),
+            Engine::Cluster(c) => format!("{}?lease=1000", c.url()),
         }
     }
 
@@ -102,7 +67,10 @@ macro_rules! on_every_engine {
             $(#[test] fn $name() { super::$name(&super::Engine::Ferry(super::Server::start())); })*
         }
         mod on_redis {
-            $(#[test] fn $name() { super::$name(&super::Engine::Redis(super::Redis::start())); })*
+            $(#[test] fn $name() { super::$name(&super::Engine::Redis(super::RedisServer::start())); })*
+        }
+        mod on_cluster {
+            $(#[test] fn $name() { super::$name(&super::Engine::Cluster(super::RedisCluster::start(3, 0))); })*
         }
     };
 }

@@ -73,16 +73,11 @@ impl std::str::FromStr for Url {
 
     fn from_str(s: &str) -> Result<Url, Error> {
         let bad = |why: &str| Error::Url(format!("{s:?}: {why}"));
-        if s.starts_with("redis://") {
+        if s.starts_with("redis://") || s.starts_with("redis+cluster://") {
             return Ok(Url {
                 address: Address::Redis(RedisTarget::parse(s)?),
                 password: None,
             });
-        }
-        if s.starts_with("redis+cluster://") {
-            return Err(bad(
-                "Redis Cluster is not supported yet: use redis:// (one server)",
-            ));
         }
         if let Some(rest) = s.strip_prefix("unix://") {
             let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
@@ -715,6 +710,19 @@ mod tests {
             (t.url.as_str(), t.wait, t.lease),
             ("redis://:pw@h:6390/2", 1, Duration::from_millis(5000))
         );
+        assert_eq!(t.nodes, None);
+        let r = url("redis+cluster://:pw@a:7001,b:7002/?wait=1");
+        let Address::Redis(t) = r.address else {
+            panic!("not redis: {r:?}")
+        };
+        assert_eq!(
+            t.nodes,
+            Some(vec![
+                "redis://:pw@a:7001".into(),
+                "redis://:pw@b:7002".into()
+            ])
+        );
+        assert_eq!(t.wait, 1);
         for bad in [
             "http://h",
             "ferry://",
@@ -723,7 +731,9 @@ mod tests {
             "redis://h?lease=5",
             "redis://h?wait=x",
             "redis://h?what=1",
-            "redis+cluster://h:1",
+            "redis+cluster://",
+            "redis+cluster://h:1/2",
+            "redis+cluster://h:1,?wait=1",
         ] {
             assert!(bad.parse::<Url>().is_err(), "{bad}");
         }

@@ -216,13 +216,16 @@ pub fn resolve(args: ServeArgs) -> Result<Config, SettingsError> {
     Ok(config)
 }
 
-/// Sets up logging to stderr (`RUST_LOG`, default `info`), in colour only
-/// when stderr is a terminal. Does nothing if logging is already set up.
+/// Sets up logging to stderr (`RUST_LOG`, default `info`; the `redis`
+/// crate's own warnings, which the caller's error already says, only
+/// when asked for), in colour only when stderr is a terminal. Does
+/// nothing if logging is already set up.
 pub fn init_logging() {
     use std::io::IsTerminal;
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,redis=error".into()),
         )
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)

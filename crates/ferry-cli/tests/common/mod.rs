@@ -234,3 +234,185 @@ pub fn info_field(c: &mut redis::Connection, field: &str) -> u64 {
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or_else(|| panic!("INFO has no {field}"))
 }
+
+/// A redis-server of its own on loopback, without persistence; killed
+/// (SIGKILL) when dropped.
+pub struct RedisServer {
+    child: Option<Child>,
+    pub port: u16,
+    extra: Vec<String>,
+    dir: tempfile::TempDir,
+}
+
+impl RedisServer {
+    pub fn start() -> RedisServer {
+        RedisServer::start_with(&[])
+    }
+
+    pub fn start_with(extra: &[&str]) -> RedisServer {
+        let mut server = RedisServer {
+            child: None,
+            port: free_port(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            dir: tempfile::tempdir().unwrap(),
+        };
+        server.restart();
+        server
+    }
+
+    /// Starts it (again, after [`RedisServer::kill9`]: same port, same
+    /// directory, so a cluster node comes back as itself).
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        let port = self.port;
+        let child = Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--save", "", "--appendonly", "no", "--dir"])
+            .arg(self.dir.path())
+            .args(&self.extra)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server (Debian: redis-server) must be installed");
+        self.child = Some(child);
+        wait_until("redis-server to listen", || {
+            TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+    }
+
+    pub fn conn(&self) -> redis::Connection {
+        redis::Client::open(format!("redis://127.0.0.1:{}", self.port))
+            .unwrap()
+            .get_connection()
+            .unwrap()
+    }
+
+    /// kill -9, and reaped.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn alive(&self) -> bool {
+        self.child.is_some()
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A Redis Cluster of its own: `primaries` primaries with `replicas`
+/// replicas each, made by `redis-cli --cluster create`, on loopback.
+pub struct RedisCluster {
+    pub nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    pub fn start(primaries: usize, replicas: usize) -> RedisCluster {
+        let nodes: Vec<RedisServer> = (0..primaries * (1 + replicas))
+            .map(|_| {
+                let bus = free_port().to_string();
+                RedisServer::start_with(&[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-port",
+                    &bus,
+                    "--cluster-node-timeout",
+                    "1000",
+                    // Replicas in sync at once (not after 5 s), so that
+                    // a primary killed early has a replica to fail over to.
+                    "--repl-diskless-sync-delay",
+                    "0",
+                ])
+            })
+            .collect();
+        let out = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)))
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
+            .output()
+            .expect("redis-cli (Debian: redis-tools) must be installed");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let cluster = RedisCluster { nodes };
+        cluster.wait_ok();
+        cluster
+    }
+
+    /// Waits until every live node sees all slots served, and every
+    /// live replica is in sync with its primary.
+    pub fn wait_ok(&self) {
+        wait_until("the cluster to serve every slot", || {
+            self.nodes.iter().filter(|n| n.alive()).all(|n| {
+                let mut c = n.conn();
+                let info: String = redis::cmd("CLUSTER")
+                    .arg("INFO")
+                    .query(&mut c)
+                    .unwrap_or_default();
+                let repl: String = redis::cmd("INFO")
+                    .arg("replication")
+                    .query(&mut c)
+                    .unwrap_or_default();
+                info.contains("cluster_state:ok")
+                    && info.contains("cluster_slots_ok:16384")
+                    && (repl.contains("role:master") || repl.contains("master_link_status:up"))
+            })
+        });
+    }
+
+    /// Seeds: the first three nodes.
+    pub fn url(&self) -> String {
+        let seeds: Vec<String> = self
+            .nodes
+            .iter()
+            .take(3)
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        format!("redis+cluster://{}", seeds.join(","))
+    }
+
+    /// The node that serves `key`'s slot as primary now.
+    pub fn primary_of(&self, key: &str) -> usize {
+        let live = self.nodes.iter().find(|n| n.alive()).unwrap();
+        let slot: i64 = redis::cmd("CLUSTER")
+            .arg("KEYSLOT")
+            .arg(key)
+            .query(&mut live.conn())
+            .unwrap();
+        // Each: from, to, the primary [ip, port, id], its replicas.
+        let slots: Vec<Vec<redis::Value>> = redis::cmd("CLUSTER")
+            .arg("SLOTS")
+            .query(&mut live.conn())
+            .unwrap();
+        for range in slots {
+            let [
+                redis::Value::Int(from),
+                redis::Value::Int(to),
+                redis::Value::Array(primary),
+                ..,
+            ] = range.as_slice()
+            else {
+                panic!("CLUSTER SLOTS: {range:?}")
+            };
+            if (*from..=*to).contains(&slot) {
+                let Some(redis::Value::Int(port)) = primary.get(1) else {
+                    panic!("CLUSTER SLOTS: {primary:?}")
+                };
+                return self
+                    .nodes
+                    .iter()
+                    .position(|n| i64::from(n.port) == *port)
+                    .unwrap();
+            }
+        }
+        panic!("no primary serves slot {slot}")
+    }
+}

@@ -1,3 +1,4 @@
+#!lua name=ferry_lock
 -- ferry's locks on Redis: one atomic script per operation on one lock.
 -- KEYS: 1 the lock (hash: token, holder, expires), 2 its token sequence,
 -- 3 its line of waiters (list of tickets, first come first served), 4
@@ -8,10 +9,9 @@
 -- time in microseconds, so a failover that lost the last grants still
 -- hands out larger ones.
 
-local LOCK, SEQ, LINE, REQ = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local op = ARGV[1]
+-- A function library (FCALL ferry_lock); each call sets these first.
+local ARGV, now
+local LOCK, SEQ, LINE, REQ
 
 local function inbox(ticket) return LOCK .. ':w:' .. ticket end
 
@@ -63,70 +63,80 @@ local function collect(ticket)
   return nil
 end
 
-if op == 'acquire' then
-  -- ARGV: ticket ('': no wait), wait ms, holder, ttl ms
-  local ticket, wait_ms, holder, ttl = ARGV[2], tonumber(ARGV[3]), ARGV[4], tonumber(ARGV[5])
-  local mailed = collect(ticket)
-  if mailed then return mailed end
-  serve()
-  mailed = collect(ticket)
-  if mailed then return mailed end
-  local h = held()
-  local hint = 10000
-  if h then
-    hint = tonumber(h[3]) - now
-    if hint < 1 then hint = 1 end
-  end
-  if ticket ~= '' and redis.call('HEXISTS', REQ, ticket) == 1 then
+local function lock(keys, args)
+  ARGV = args
+  LOCK, SEQ, LINE, REQ = keys[1], keys[2], keys[3], keys[4]
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local op = ARGV[1]
+
+  if op == 'acquire' then
+    -- ARGV: ticket ('': no wait), wait ms, holder, ttl ms
+    local ticket, wait_ms, holder, ttl = ARGV[2], tonumber(ARGV[3]), ARGV[4], tonumber(ARGV[5])
+    local mailed = collect(ticket)
+    if mailed then return mailed end
+    serve()
+    mailed = collect(ticket)
+    if mailed then return mailed end
+    local h = held()
+    local hint = 10000
+    if h then
+      hint = tonumber(h[3]) - now
+      if hint < 1 then hint = 1 end
+    end
+    if ticket ~= '' and redis.call('HEXISTS', REQ, ticket) == 1 then
+      redis.call('HSET', REQ, ticket, (now + wait_ms + 5000) .. '|' .. holder .. '|' .. ttl)
+      return {'WAIT', hint}
+    end
+    if not h then return grant(holder, ttl) end
+    if ticket == '' then return false end
     redis.call('HSET', REQ, ticket, (now + wait_ms + 5000) .. '|' .. holder .. '|' .. ttl)
+    redis.call('RPUSH', LINE, ticket)
     return {'WAIT', hint}
   end
-  if not h then return grant(holder, ttl) end
-  if ticket == '' then return false end
-  redis.call('HSET', REQ, ticket, (now + wait_ms + 5000) .. '|' .. holder .. '|' .. ttl)
-  redis.call('RPUSH', LINE, ticket)
-  return {'WAIT', hint}
-end
 
-if op == 'release' then
-  -- ARGV: token
-  local h = held()
-  if h and h[1] == ARGV[2] then
-    redis.call('DEL', LOCK)
+  if op == 'release' then
+    -- ARGV: token
+    local h = held()
+    if h and h[1] == ARGV[2] then
+      redis.call('DEL', LOCK)
+      serve()
+      return 1
+    end
+    return 0
+  end
+
+  if op == 'renew' then
+    -- ARGV: token, ttl ms
+    local h = held()
+    if h and h[1] == ARGV[2] then
+      redis.call('HSET', LOCK, 'expires', now + tonumber(ARGV[3]))
+      return 1
+    end
     serve()
-    return 1
+    return 0
   end
-  return 0
-end
 
-if op == 'renew' then
-  -- ARGV: token, ttl ms
-  local h = held()
-  if h and h[1] == ARGV[2] then
-    redis.call('HSET', LOCK, 'expires', now + tonumber(ARGV[3]))
-    return 1
+  if op == 'unwait' then
+    -- ARGV: ticket. Out of the line; its token if it was granted first.
+    redis.call('LREM', LINE, 0, ARGV[2])
+    redis.call('HDEL', REQ, ARGV[2])
+    local mailed = collect(ARGV[2])
+    if mailed then return mailed end
+    redis.call('RPUSH', inbox(ARGV[2]), 'X')
+    redis.call('PEXPIRE', inbox(ARGV[2]), 600000)
+    return false
   end
-  serve()
-  return 0
-end
 
-if op == 'unwait' then
-  -- ARGV: ticket. Out of the line; its token if it was granted first.
-  redis.call('LREM', LINE, 0, ARGV[2])
-  redis.call('HDEL', REQ, ARGV[2])
-  local mailed = collect(ARGV[2])
-  if mailed then return mailed end
-  redis.call('RPUSH', inbox(ARGV[2]), 'X')
-  redis.call('PEXPIRE', inbox(ARGV[2]), 600000)
-  return false
-end
-
-if op == 'waiters' then
-  local n = 0
-  for _, v in ipairs(redis.call('HVALS', REQ)) do
-    if tonumber(string.match(v, '^(%d+)')) >= now then n = n + 1 end
+  if op == 'waiters' then
+    local n = 0
+    for _, v in ipairs(redis.call('HVALS', REQ)) do
+      if tonumber(string.match(v, '^(%d+)')) >= now then n = n + 1 end
+    end
+    return n
   end
-  return n
+
+  return redis.error_reply('ERR unknown lock operation ' .. tostring(op))
 end
 
-return redis.error_reply('ERR unknown lock operation ' .. tostring(op))
+redis.register_function('ferry_lock', lock)

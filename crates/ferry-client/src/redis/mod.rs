@@ -19,6 +19,7 @@
 //!   something (a delay comes due, a lease expires) or after a second.
 //! - `?wait=N`: after a change, WAIT for N replicas.
 
+mod conn;
 mod renew;
 
 use std::sync::LazyLock;
@@ -26,14 +27,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use ferry_proto::Value;
-use redis::Script;
-use redis::aio::MultiplexedConnection;
 use tokio::time::Instant;
 
+use self::conn::{Engine, Lib, RConn};
 use crate::Error;
 
-static QUEUE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("queue.lua")));
-static LOCK: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lock.lua")));
+static QUEUE: LazyLock<Lib> = LazyLock::new(|| Lib::new("ferry_queue", include_str!("queue.lua")));
+static LOCK: LazyLock<Lib> = LazyLock::new(|| Lib::new("ferry_lock", include_str!("lock.lua")));
 
 /// A default lease on this backend: how long a dead process's messages
 /// stay out before they come back.
@@ -42,8 +42,12 @@ pub(crate) const DEFAULT_LEASE: Duration = Duration::from_secs(30);
 /// A Redis server and how to use it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Target {
-    /// The URL the `redis` crate connects to (`redis://[:pw@]host:port/db`).
+    /// The URL as given, without its options (`redis://[:pw@]host:port/db`
+    /// or `redis+cluster://[:pw@]host:port,host:port`).
     pub url: String,
+    /// A cluster's seed nodes (`redis://[:pw@]host:port` each); `None` for
+    /// one server.
+    pub nodes: Option<Vec<String>>,
     /// Replicas a change must reach before it is acknowledged (WAIT).
     pub wait: u32,
     /// The lease of a message got here, renewed while its holder lives.
@@ -51,12 +55,40 @@ pub struct Target {
 }
 
 impl Target {
-    /// Parses `redis://[:password@]host[:port][/db][?wait=N&lease=ms]`.
+    /// Parses `redis://[:password@]host[:port][/db][?wait=N&lease=ms]` and
+    /// `redis+cluster://[:password@]host:port[,host:port...][?wait=N&lease=ms]`.
     pub(crate) fn parse(s: &str) -> Result<Target, Error> {
         let bad = |why: &str| Error::Url(format!("{s:?}: {why}"));
         let (base, query) = s.split_once('?').unwrap_or((s, ""));
+        let nodes = match base.strip_prefix("redis+cluster://") {
+            None => {
+                redis::Client::open(base).map_err(|e| bad(&e.to_string()))?;
+                None
+            }
+            Some(rest) => {
+                let rest = rest.strip_suffix('/').unwrap_or(rest);
+                if rest.contains('/') {
+                    return Err(bad("a cluster has one database (0): no /db"));
+                }
+                let (auth, hosts) = match rest.rsplit_once('@') {
+                    Some((auth, hosts)) => (format!("{auth}@"), hosts),
+                    None => (String::new(), rest),
+                };
+                let mut nodes = Vec::new();
+                for host in hosts.split(',') {
+                    if host.is_empty() {
+                        return Err(bad("a cluster URL names host:port[,host:port...]"));
+                    }
+                    let node = format!("redis://{auth}{host}");
+                    redis::Client::open(node.as_str()).map_err(|e| bad(&e.to_string()))?;
+                    nodes.push(node);
+                }
+                Some(nodes)
+            }
+        };
         let mut target = Target {
             url: base.to_string(),
+            nodes,
             wait: 0,
             lease: DEFAULT_LEASE,
         };
@@ -77,7 +109,6 @@ impl Target {
                 _ => return Err(bad("the options are wait=N and lease=ms")),
             }
         }
-        redis::Client::open(target.url.as_str()).map_err(|e| bad(&e.to_string()))?;
         Ok(target)
     }
 }
@@ -87,10 +118,10 @@ static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 /// One client's use of a Redis server.
 pub(crate) struct RedisLink {
     target: Target,
-    client: redis::Client,
-    conn: MultiplexedConnection,
+    engine: Engine,
+    conn: RConn,
     /// For BLPOP: a blocking command holds its connection.
-    blocking: Option<MultiplexedConnection>,
+    blocking: Option<RConn>,
     /// Who holds what this client gets (its own token, or its group's).
     holder: String,
     /// This client's number (CLIENT ID's answer here).
@@ -125,7 +156,7 @@ enum Kind {
 /// A command that may wait, as the scripts take it.
 struct Waiting {
     kind: Kind,
-    script: &'static Script,
+    script: &'static Lib,
     keys: Vec<Vec<u8>>,
     /// Its arguments; the waiter and its wait (ms) go in at 1 and 2.
     args: Vec<Vec<u8>>,
@@ -388,15 +419,11 @@ impl RedisLink {
         target: &Target,
         holder: Option<&str>,
     ) -> Result<Box<RedisLink>, Error> {
-        let client =
-            redis::Client::open(target.url.as_str()).map_err(|e| Error::Url(e.to_string()))?;
-        let mut conn = client
-            .get_multiplexed_async_connection()
-            .await
-            .map_err(|e| match e.kind() {
-                redis::ErrorKind::AuthenticationFailed => Error::Auth(e.to_string()),
-                _ => io(e),
-            })?;
+        let engine = Engine::new(target).map_err(|e| Error::Url(e.to_string()))?;
+        let mut conn = engine.connect().await.map_err(|e| match e.kind() {
+            redis::ErrorKind::AuthenticationFailed => Error::Auth(e.to_string()),
+            _ => io(e),
+        })?;
         let max_payload: Option<usize> = redis::cmd("CONFIG")
             .arg("GET")
             .arg("proto-max-bulk-len")
@@ -412,7 +439,7 @@ impl RedisLink {
         renew::attach(target, &holder);
         Ok(Box::new(RedisLink {
             target: target.clone(),
-            client,
+            engine,
             conn,
             blocking: None,
             holder,
@@ -440,40 +467,33 @@ impl RedisLink {
 
     async fn script(
         &mut self,
-        script: &Script,
+        script: &Lib,
         keys: &[Vec<u8>],
         args: &[Vec<u8>],
     ) -> Result<redis::Value, Error> {
-        let mut inv = script.prepare_invoke();
-        for k in keys {
-            inv.key(k.as_slice());
-        }
-        for a in args {
-            inv.arg(a.as_slice());
-        }
-        inv.invoke_async(&mut self.conn).await.map_err(io)
+        script.call(&mut self.conn, keys, args).await.map_err(io)
     }
 
     /// A change, then (with `?wait=N`) WAIT for N replicas.
     async fn change(
         &mut self,
-        script: &Script,
+        script: &Lib,
         keys: &[Vec<u8>],
         args: &[Vec<u8>],
     ) -> Result<Value, Error> {
         let v = self.script(script, keys, args).await?;
-        self.replicate().await?;
+        self.replicate(&keys[0]).await?;
         from_redis(v)
     }
 
-    async fn replicate(&mut self) -> Result<(), Error> {
+    /// With `?wait=N`: WAIT for N replicas of the primary that holds `key`.
+    async fn replicate(&mut self, key: &[u8]) -> Result<(), Error> {
         if self.target.wait == 0 {
             return Ok(());
         }
-        let reached: i64 = redis::cmd("WAIT")
-            .arg(self.target.wait)
-            .arg(5000)
-            .query_async(&mut self.conn)
+        let reached = self
+            .conn
+            .wait_replicas(key, self.target.wait)
             .await
             .map_err(io)?;
         if reached < i64::from(self.target.wait) {
@@ -553,11 +573,7 @@ impl RedisLink {
                 ),
             ])),
             "INFO" => {
-                let info: String = redis::cmd("INFO")
-                    .arg("server")
-                    .query_async(&mut self.conn)
-                    .await
-                    .map_err(io)?;
+                let info = self.conn.info("server").await.map_err(io)?;
                 let queues = self.scan("ferry:{*}:m").await?.len();
                 let lines = self.scan("ferry:lock:{*}:req").await?;
                 let locks = self.scan("ferry:lock:{*}").await?.len();
@@ -578,7 +594,12 @@ impl RedisLink {
                 }
                 done(Value::Bulk(
                     format!(
-                        "# ferry\r\nbackend:redis\r\nqueues:{queues}\r\nlocks:{locks}\r\nlock_waiters:{waiters}\r\n{info}"
+                        "# ferry\r\nbackend:{}\r\nqueues:{queues}\r\nlocks:{locks}\r\nlock_waiters:{waiters}\r\n{info}",
+                        if self.target.nodes.is_some() {
+                            "redis-cluster"
+                        } else {
+                            "redis"
+                        }
                     )
                     .into_bytes()
                     .into(),
@@ -794,24 +815,7 @@ impl RedisLink {
     /// Every key matching `pattern` (SCAN; braces are not special in
     /// its glob).
     async fn scan(&mut self, pattern: &str) -> Result<Vec<String>, Error> {
-        let mut out = Vec::new();
-        let mut cursor = 0u64;
-        loop {
-            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(pattern)
-                .arg("COUNT")
-                .arg(1000)
-                .query_async(&mut self.conn)
-                .await
-                .map_err(io)?;
-            out.extend(keys);
-            if next == 0 {
-                return Ok(out);
-            }
-            cursor = next;
-        }
+        self.conn.scan(pattern).await.map_err(io)
     }
 
     async fn put(
@@ -1018,7 +1022,7 @@ impl RedisLink {
             return Ok(Step::Mail(m));
         }
         if !matches!(v, redis::Value::Nil) && w.kind != Kind::Join {
-            self.replicate().await?;
+            self.replicate(&w.keys[0]).await?;
         }
         Ok(Step::Done(from_redis(v)?))
     }
@@ -1094,11 +1098,7 @@ impl RedisLink {
             let nap = nap.min(Duration::from_millis(hint));
             let blocking = match self.blocking.take() {
                 Some(c) => c,
-                None => self
-                    .client
-                    .get_multiplexed_async_connection()
-                    .await
-                    .map_err(io)?,
+                None => self.engine.connect().await.map_err(io)?,
             };
             let mut pop = Box::pin(blpop(blocking.clone(), inbox.clone(), nap));
             let popped = tokio::select! {
@@ -1119,15 +1119,11 @@ impl RedisLink {
                     // 'X' the leaving put there (or with mail that beat
                     // it).
                     let args = vec![b"unwait".to_vec(), waiter.clone()];
-                    let mut inv = w.script.prepare_invoke();
-                    for k in &w.keys {
-                        inv.key(k.as_slice());
-                    }
-                    for a in &args {
-                        inv.arg(a.as_slice());
-                    }
-                    let left_with: redis::Value =
-                        inv.invoke_async(&mut self.conn).await.map_err(io)?;
+                    let left_with: redis::Value = w
+                        .script
+                        .call(&mut self.conn, &w.keys, &args)
+                        .await
+                        .map_err(io)?;
                     if let Some(m) = mail_of(&left_with) {
                         // The BLPOP is left behind, with its connection.
                         self.forget_inbox(&inbox).await;
@@ -1154,17 +1150,15 @@ impl RedisLink {
 /// queue, maybe on another shard: two scripts, made safe to repeat by a
 /// DEDUP key per letter). Run after a nack, and by the renewer for the
 /// queues its process holds messages of (for leases that ran out).
-pub(crate) async fn move_dead_letters(
-    conn: &mut MultiplexedConnection,
-    q: &str,
-) -> Result<(), redis::RedisError> {
+pub(crate) async fn move_dead_letters(conn: &mut RConn, q: &str) -> Result<(), redis::RedisError> {
     loop {
-        let mut inv = QUEUE.prepare_invoke();
-        for k in queue_keys(q, b"-") {
-            inv.key(k);
-        }
-        inv.arg("dead_pop").arg(100);
-        let popped: Vec<Vec<u8>> = inv.invoke_async(conn).await?;
+        let popped: Vec<Vec<u8>> = QUEUE
+            .call(
+                conn,
+                &queue_keys(q, b"-"),
+                &[b"dead_pop".to_vec(), b"100".to_vec()],
+            )
+            .await?;
         let Some((dlq, rest)) = popped.split_first() else {
             return Ok(());
         };
@@ -1180,31 +1174,27 @@ pub(crate) async fn move_dead_letters(
             own.extend_from_slice(q.as_bytes());
             own.push(b':');
             own.extend_from_slice(id);
-            let mut inv = QUEUE.prepare_invoke();
-            for k in queue_keys(&dlq, &own) {
-                inv.key(k);
-            }
-            inv.arg("put_dead")
-                .arg(attempts.as_slice())
-                .arg(payload.as_slice());
-            inv.invoke_async::<i64>(conn).await?;
+            QUEUE
+                .call::<i64>(
+                    conn,
+                    &queue_keys(&dlq, &own),
+                    &[b"put_dead".to_vec(), attempts.clone(), payload.clone()],
+                )
+                .await?;
         }
     }
 }
 
 /// BLPOP on one list for at most `timeout`: its element, if one came.
 async fn blpop(
-    mut conn: MultiplexedConnection,
+    mut conn: RConn,
     list: Vec<u8>,
     timeout: Duration,
 ) -> Result<Option<Vec<u8>>, Error> {
     let secs = timeout.as_secs_f64().max(0.001);
-    let r: Option<(Vec<u8>, Vec<u8>)> = redis::cmd("BLPOP")
-        .arg(list)
-        .arg(format!("{secs:.3}"))
-        .query_async(&mut conn)
-        .await
-        .map_err(io)?;
+    let mut pop = redis::cmd("BLPOP");
+    pop.arg(list).arg(format!("{secs:.3}"));
+    let r: Option<(Vec<u8>, Vec<u8>)> = conn.run(&pop).await.map_err(io)?;
     Ok(r.map(|(_, v)| v))
 }
 

@@ -1,3 +1,4 @@
+#!lua name=ferry_queue
 -- ferry's queue semantics on Redis: one atomic script for every
 -- operation on one queue. Every key shares the queue's hash tag, so a
 -- queue lives on one shard of a cluster and many queues spread over it.
@@ -30,12 +31,11 @@
 -- {"WAIT", ms}: wait on your list at most ms (then try again: time alone
 -- may change something), or {"MAIL", mail}.
 
-local META, READY, MSG, ATT, SK, OUT, HOLDER, DELAYED, DEAD = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
-local GLINE, PLINE, JOINERS, GREQ, PREQ, OWN = KEYS[10], KEYS[11], KEYS[12], KEYS[13], KEYS[14], KEYS[16]
-local PREFIX = string.sub(META, 1, -2)
-
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+-- A function library (FUNCTION LOAD, FCALL ferry_queue): its helpers are
+-- made once, at load, not at every call. Each call sets these first.
+local KEYS, ARGV, now
+local META, READY, MSG, ATT, SK, OUT, HOLDER, DELAYED, DEAD
+local GLINE, PLINE, JOINERS, GREQ, PREQ, OWN, PREFIX
 
 local function num(v, default)
   if v == false or v == nil or v == '' then return default end
@@ -109,11 +109,25 @@ local function returned_member(kind, id)
   return '\0' .. be64(2 ^ 52 + seq) .. be64(id)
 end
 
+-- A message's ready member: kept for priority messages and returned ones
+-- (sk), made from the id for the others.
+local function member_of(kind, id)
+  return redis.call('HGET', SK, id) or fresh_member(kind, tonumber(id), nil)
+end
+
 local function qsize() return redis.call('ZCARD', READY) end
 
 local function settings()
-  local m = redis.call('HMGET', META, 'kind', 'maxsize', 'shutdown')
-  return m[1] or 'fifo', num(m[2], 0), m[3] or 'no'
+  local m = redis.call('HMGET', META, 'kind', 'maxsize', 'shutdown', 'expire', 'nextdue')
+  return m[1] or 'fifo', num(m[2], 0), m[3] or 'no', num(m[4], 0), num(m[5], 0)
+end
+
+-- Something comes due at `at` (a delay, a lease): advance looks again then.
+-- (Deadlines that move later leave it early: advance then finds nothing,
+-- and sets it from the sets again.)
+local function due_at(at)
+  local next = num(redis.call('HGET', META, 'nextdue'), nil)
+  if next == nil or at < next then redis.call('HSET', META, 'nextdue', at) end
 end
 
 local function exists() return redis.call('EXISTS', META) == 1 end
@@ -127,8 +141,8 @@ end
 -- EXPIRE: the queue goes once nobody has named it for that long. Waiters
 -- renew their place, and holders their leases, well within it, so a queue
 -- someone waits in or holds messages of stays.
-local function keep_alive()
-  local expire = num(redis.call('HGET', META, 'expire'), 0)
+local function keep_alive(expire)
+  if expire == nil then expire = num(redis.call('HGET', META, 'expire'), 0) end
   if expire > 0 then
     for i = 1, 14 do redis.call('PEXPIRE', KEYS[i], expire) end
   end
@@ -163,45 +177,60 @@ local function unout(id)
 end
 
 -- Hands ready members out: leased (bound or timed), taken or finished.
--- Replies the mail of their entries, and the entries.
+-- Replies the mail of their entries, and the entries. Batched: a few
+-- commands for the whole batch.
 local function deliver(members, mode, holder, lease, name)
+  local n = #members
   redis.call('ZREM', READY, unpack(members))
+  local ids = {}
+  for i, member in ipairs(members) do ids[i] = member_id(member) end
+  local payloads = redis.call('HMGET', MSG, unpack(ids))
+  local atts = redis.call('HMGET', ATT, unpack(ids))
   local entries, parts = {}, {'E'}
-  for i, member in ipairs(members) do
-    local id = member_id(member)
-    local payload = redis.call('HGET', MSG, id)
-    local att = num(redis.call('HGET', ATT, id), 0)
+  for i, id in ipairs(ids) do
+    local att = num(atts[i], 0)
+    local payload = payloads[i]
     entries[i] = {name, id, payload, att}
     parts[i + 1] = id .. ',' .. att .. ',' .. #payload .. ':' .. payload
-    if mode == 'noack' then
-      forget(id)
-      incr('done')
-      finish_one()
-    elseif mode == 'take' then
-      redis.call('HDEL', MSG, id)
-      incr('ntaken')
-      redis.call('HSET', HOLDER, id, 'T' .. holder)
-      redis.call('ZADD', OUT, now + lease, id)
-      redis.call('SADD', owned(holder), id)
-    else
-      local h = holder
-      if mode == 'timed' then h = '' end
-      incr('nleased')
-      redis.call('HSET', HOLDER, id, 'L' .. h)
-      redis.call('ZADD', OUT, now + lease, id)
-      if h ~= '' then redis.call('SADD', owned(h), id) end
-    end
   end
-  incr('delivered', #members)
+  if mode == 'noack' then
+    redis.call('HDEL', MSG, unpack(ids))
+    redis.call('HDEL', ATT, unpack(ids))
+    redis.call('HDEL', SK, unpack(ids))
+    incr('done', n)
+    if incr('unfinished', -n) == 0 then tell_joiners() end
+  else
+    local h, tag = holder, 'L'
+    if mode == 'take' then
+      tag = 'T'
+      redis.call('HDEL', MSG, unpack(ids))
+      incr('ntaken', n)
+    else
+      if mode == 'timed' then h = '' end
+      incr('nleased', n)
+    end
+    local hargs, oargs = {}, {}
+    for i, id in ipairs(ids) do
+      hargs[2 * i - 1] = id
+      hargs[2 * i] = tag .. h
+      oargs[2 * i - 1] = now + lease
+      oargs[2 * i] = id
+    end
+    redis.call('HSET', HOLDER, unpack(hargs))
+    redis.call('ZADD', OUT, unpack(oargs))
+    due_at(now + lease)
+    if h ~= '' then redis.call('SADD', owned(h), unpack(ids)) end
+  end
+  incr('delivered', n)
   keep_alive()
   return table.concat(parts), entries
 end
 
 -- The getters in line take what is ready, first come first served.
 local function serve_getters()
-  while qsize() > 0 do
+  while true do
     local w = redis.call('LINDEX', GLINE, 0)
-    if not w then return end
+    if not w or qsize() == 0 then return end
     local req = redis.call('HGET', GREQ, w)
     redis.call('LPOP', GLINE)
     if req then
@@ -219,24 +248,39 @@ local function serve_getters()
   end
 end
 
--- Adds messages; replies their ids.
+-- Adds messages; replies their ids. Batched: a few commands for all.
 local function admit(kind, payloads, key, delay)
-  local ids = {}
+  local n = #payloads
+  local first = incr('seq', n) - n + 1
+  local ids, margs, rargs, sargs = {}, {}, {}, {}
   for i, payload in ipairs(payloads) do
-    local id = incr('seq')
+    local id = first + i - 1
     local member = fresh_member(kind, id, key)
-    redis.call('HSET', MSG, id, payload)
-    redis.call('HSET', ATT, id, 0)
-    redis.call('HSET', SK, id, member)
-    if delay > 0 then
-      redis.call('ZADD', DELAYED, now + delay, id)
-    else
-      redis.call('ZADD', READY, 0, member)
-    end
     ids[i] = id
+    margs[2 * i - 1] = id
+    margs[2 * i] = payload
+    if delay > 0 then
+      rargs[2 * i - 1] = now + delay
+      rargs[2 * i] = id
+    else
+      rargs[2 * i - 1] = 0
+      rargs[2 * i] = member
+    end
+    if kind == 'priority' then
+      sargs[2 * i - 1] = id
+      sargs[2 * i] = member
+    end
   end
-  incr('put', #payloads)
-  incr('unfinished', #payloads)
+  redis.call('HSET', MSG, unpack(margs))
+  if kind == 'priority' then redis.call('HSET', SK, unpack(sargs)) end
+  if delay > 0 then
+    redis.call('ZADD', DELAYED, unpack(rargs))
+    due_at(now + delay)
+  else
+    redis.call('ZADD', READY, unpack(rargs))
+  end
+  incr('put', n)
+  incr('unfinished', n)
   keep_alive()
   return ids
 end
@@ -303,6 +347,7 @@ local function give_back(kind, id, delay)
   redis.call('HSET', SK, id, member)
   if delay and delay > 0 then
     redis.call('ZADD', DELAYED, now + delay, id)
+    due_at(now + delay)
   else
     redis.call('ZADD', READY, 0, member)
   end
@@ -320,27 +365,36 @@ end
 -- Time passes: delayed messages come due, leases and takes expire; then
 -- whoever waits is served.
 local function advance()
-  local kind, maxsize, shutdown = settings()
-  local due = redis.call('ZRANGEBYSCORE', DELAYED, '-inf', now, 'LIMIT', 0, 1000)
-  for _, id in ipairs(due) do
-    redis.call('ZREM', DELAYED, id)
-    redis.call('ZADD', READY, 0, redis.call('HGET', SK, id))
-  end
-  local expired = redis.call('ZRANGEBYSCORE', OUT, '-inf', now, 'LIMIT', 0, 1000)
-  for _, id in ipairs(expired) do
-    if unout(id) == 'T' then
-      forget(id)
-      incr('lost')
-      finish_one()
-    else
-      incr('expired')
-      give_back(kind, id, 0)
+  local kind, maxsize, shutdown, expire, nextdue = settings()
+  if now >= nextdue then
+    local due = redis.call('ZRANGEBYSCORE', DELAYED, '-inf', now, 'LIMIT', 0, 1000)
+    for _, id in ipairs(due) do
+      redis.call('ZREM', DELAYED, id)
+      redis.call('ZADD', READY, 0, member_of(kind, id))
     end
+    local expired = redis.call('ZRANGEBYSCORE', OUT, '-inf', now, 'LIMIT', 0, 1000)
+    for _, id in ipairs(expired) do
+      if unout(id) == 'T' then
+        forget(id)
+        incr('lost')
+        finish_one()
+      else
+        incr('expired')
+        give_back(kind, id, 0)
+      end
+    end
+    -- The next time anything comes due, from the sets themselves.
+    local next = now + 3600000
+    for _, z in ipairs({DELAYED, OUT}) do
+      local first = redis.call('ZRANGE', z, 0, 0, 'WITHSCORES')
+      if first[2] and tonumber(first[2]) < next then next = tonumber(first[2]) end
+    end
+    redis.call('HSET', META, 'nextdue', next)
   end
   serve_getters()
   serve_putters(kind, maxsize, shutdown)
   if shutdown ~= 'no' then tell_getters_shutdown() end
-  keep_alive()
+  keep_alive(expire)
   return kind, maxsize, shutdown
 end
 
@@ -377,400 +431,428 @@ local function live_count(req)
   return n
 end
 
-local op = ARGV[1]
+local function queue(keys, args)
+  KEYS, ARGV = keys, args
+  META, READY, MSG, ATT, SK, OUT, HOLDER, DELAYED, DEAD = keys[1], keys[2], keys[3], keys[4], keys[5], keys[6], keys[7], keys[8], keys[9]
+  GLINE, PLINE, JOINERS, GREQ, PREQ, OWN = keys[10], keys[11], keys[12], keys[13], keys[14], keys[16]
+  PREFIX = string.sub(META, 1, -2)
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local op = ARGV[1]
 
-if op == 'create' then
-  -- ARGV: explicit, the queue's name, then name/value pairs of the
-  -- settings named.
-  local explicit, name = ARGV[2] == '1', ARGV[3]
-  local named = {}
-  for i = 4, #ARGV, 2 do named[ARGV[i]] = ARGV[i + 1] end
-  if exists() and redis.call('HGET', META, 'explicit') == '1' then
-    local diffs = {}
-    for _, k in ipairs({'maxsize', 'kind', 'lease_timeout', 'max_attempts', 'dead_letter', 'expire'}) do
-      if named[k] ~= nil then
-        local have = redis.call('HGET', META, k) or ''
-        local want = named[k]
-        if k == 'kind' then
-          if have == '' then have = 'fifo' end
-        elseif k ~= 'dead_letter' then
-          have = tostring(num(have, 0)); want = tostring(num(want, 0))
+  if op == 'create' then
+    -- ARGV: explicit, the queue's name, then name/value pairs of the
+    -- settings named.
+    local explicit, name = ARGV[2] == '1', ARGV[3]
+    local named = {}
+    for i = 4, #ARGV, 2 do named[ARGV[i]] = ARGV[i + 1] end
+    if exists() and redis.call('HGET', META, 'explicit') == '1' then
+      local diffs = {}
+      for _, k in ipairs({'maxsize', 'kind', 'lease_timeout', 'max_attempts', 'dead_letter', 'expire'}) do
+        if named[k] ~= nil then
+          local have = redis.call('HGET', META, k) or ''
+          local want = named[k]
+          if k == 'kind' then
+            if have == '' then have = 'fifo' end
+          elseif k ~= 'dead_letter' then
+            have = tostring(num(have, 0)); want = tostring(num(want, 0))
+          end
+          if have ~= want then table.insert(diffs, k .. ' ' .. have .. ', not ' .. want) end
         end
-        if have ~= want then table.insert(diffs, k .. ' ' .. have .. ', not ' .. want) end
       end
+      if #diffs > 0 then
+        return redis.error_reply('EXISTS queue ' .. name .. ' exists with ' .. table.concat(diffs, ', '))
+      end
+      return redis.status_reply('OK')
     end
-    if #diffs > 0 then
-      return redis.error_reply('EXISTS queue ' .. name .. ' exists with ' .. table.concat(diffs, ', '))
+    ensure()
+    if named['kind'] and named['kind'] ~= (redis.call('HGET', META, 'kind') or 'fifo') and qsize() > 0 then
+      return redis.error_reply('ERR KIND can change only while the queue is empty')
     end
+    for k, v in pairs(named) do redis.call('HSET', META, k, v) end
+    if explicit then redis.call('HSET', META, 'explicit', '1') end
+    advance()
     return redis.status_reply('OK')
   end
-  ensure()
-  if named['kind'] and named['kind'] ~= (redis.call('HGET', META, 'kind') or 'fifo') and qsize() > 0 then
-    return redis.error_reply('ERR KIND can change only while the queue is empty')
-  end
-  for k, v in pairs(named) do redis.call('HSET', META, k, v) end
-  if explicit then redis.call('HSET', META, 'explicit', '1') end
-  advance()
-  return redis.status_reply('OK')
-end
 
-if op == 'config' then
-  ensure()
-  for i = 2, #ARGV, 2 do redis.call('HSET', META, ARGV[i], ARGV[i + 1]) end
-  advance()
-  return redis.status_reply('OK')
-end
+  if op == 'config' then
+    ensure()
+    for i = 2, #ARGV, 2 do redis.call('HSET', META, ARGV[i], ARGV[i + 1]) end
+    advance()
+    return redis.status_reply('OK')
+  end
 
-if op == 'put' then
-  -- ARGV: waiter, wait_ms, key (or ''), keytype (or ''), delay ms, dedup
-  -- (1/0), then the payloads.
-  local waiter, wait_ms, key, keytype, delay, dedup = ARGV[2], num(ARGV[3], 0), ARGV[4], ARGV[5], num(ARGV[6], 0), ARGV[7] == '1'
-  local mailed = collect(waiter)
-  if mailed then return mailed end
-  ensure()
-  local kind, maxsize, shutdown = advance()
-  if waiter ~= '' and redis.call('HEXISTS', PREQ, waiter) == 1 then
-    -- Still in line: keep the place, renew the request's life.
-    local r = unpack_strings(redis.call('HGET', PREQ, waiter))
-    r[1] = tostring(now + wait_ms + 5000)
-    redis.call('HSET', PREQ, waiter, pack(r))
-    return {'WAIT', next_deadline()}
-  end
-  if shutdown ~= 'no' then return redis.error_reply('SHUTDOWN queue is shut down') end
-  if dedup then
-    local first = redis.call('GET', OWN)
-    if first then return {tonumber(first)} end
-  end
-  local payloads = {}
-  for i = 8, #ARGV do table.insert(payloads, ARGV[i]) end
-  if keytype ~= '' then
-    local have = redis.call('HGET', META, 'keytype')
-    -- Taken messages are the takers' now: only what may be served again
-    -- must compare with the new item.
-    local holds = qsize() + redis.call('ZCARD', DELAYED) + num(redis.call('HGET', META, 'nleased'), 0) > 0
-    if have and have ~= keytype and holds then
-      return redis.error_reply('KEYTYPE the queue holds items ordered as ' .. have .. '; this one is ' .. keytype)
+  if op == 'put' then
+    -- ARGV: waiter, wait_ms, key (or ''), keytype (or ''), delay ms, dedup
+    -- (1/0), then the payloads.
+    local waiter, wait_ms, key, keytype, delay, dedup = ARGV[2], num(ARGV[3], 0), ARGV[4], ARGV[5], num(ARGV[6], 0), ARGV[7] == '1'
+    local mailed = collect(waiter)
+    if mailed then return mailed end
+    ensure()
+    local kind, maxsize, shutdown = advance()
+    if waiter ~= '' and redis.call('HEXISTS', PREQ, waiter) == 1 then
+      -- Still in line: keep the place, renew the request's life.
+      local r = unpack_strings(redis.call('HGET', PREQ, waiter))
+      r[1] = tostring(now + wait_ms + 5000)
+      redis.call('HSET', PREQ, waiter, pack(r))
+      return {'WAIT', next_deadline()}
     end
-  end
-  if maxsize > 0 and #payloads > maxsize then
-    return redis.error_reply('ERR more payloads than the queue\'s maxsize')
-  end
-  -- Room, and nobody in line before this put.
-  local line = redis.call('LLEN', PLINE)
-  if maxsize > 0 and (qsize() + #payloads > maxsize or line > 0) then
-    if waiter == '' then return redis.error_reply('FULL queue is full') end
-    local dk = ''
-    if dedup then dk = string.sub(OWN, #PREFIX + 1) end
-    local req = {tostring(now + wait_ms + 5000), key, keytype, tostring(delay), dk}
-    for _, p in ipairs(payloads) do table.insert(req, p) end
-    redis.call('HSET', PREQ, waiter, pack(req))
-    redis.call('RPUSH', PLINE, waiter)
-    return {'WAIT', next_deadline()}
-  end
-  if keytype ~= '' then redis.call('HSET', META, 'keytype', keytype) end
-  local ids = admit(kind, payloads, key, delay)
-  if dedup then redis.call('SET', OWN, ids[1], 'PX', 600000) end
-  serve_getters()
-  return ids
-end
-
-if op == 'get' then
-  -- ARGV: waiter, wait_ms, count, mode (lease/timed/take/noack), holder,
-  -- lease ms, queue name (for the entries).
-  local waiter, wait_ms, count, mode, holder, lease, name = ARGV[2], num(ARGV[3], 0), num(ARGV[4], 1), ARGV[5], ARGV[6], num(ARGV[7], 0), ARGV[8]
-  local mailed = collect(waiter)
-  if mailed then return mailed end
-  ensure()
-  local kind, maxsize, shutdown = advance()
-  mailed = collect(waiter)
-  if mailed then return mailed end
-  if waiter ~= '' and redis.call('HEXISTS', GREQ, waiter) == 1 then
-    local r = unpack_strings(redis.call('HGET', GREQ, waiter))
-    r[1] = tostring(now + wait_ms + 5000)
-    redis.call('HSET', GREQ, waiter, pack(r))
-    return {'WAIT', next_deadline()}
-  end
-  local members = redis.call('ZRANGE', READY, 0, count - 1)
-  if #members == 0 then
     if shutdown ~= 'no' then return redis.error_reply('SHUTDOWN queue is shut down') end
+    if dedup then
+      local first = redis.call('GET', OWN)
+      if first then return {tonumber(first)} end
+    end
+    local payloads = {}
+    for i = 8, #ARGV do table.insert(payloads, ARGV[i]) end
+    if keytype ~= '' then
+      local have = redis.call('HGET', META, 'keytype')
+      -- Taken messages are the takers' now: only what may be served again
+      -- must compare with the new item.
+      local holds = qsize() + redis.call('ZCARD', DELAYED) + num(redis.call('HGET', META, 'nleased'), 0) > 0
+      if have and have ~= keytype and holds then
+        return redis.error_reply('KEYTYPE the queue holds items ordered as ' .. have .. '; this one is ' .. keytype)
+      end
+    end
+    if maxsize > 0 and #payloads > maxsize then
+      return redis.error_reply('ERR more payloads than the queue\'s maxsize')
+    end
+    -- Room, and nobody in line before this put.
+    local line = redis.call('LLEN', PLINE)
+    if maxsize > 0 and (qsize() + #payloads > maxsize or line > 0) then
+      if waiter == '' then return redis.error_reply('FULL queue is full') end
+      local dk = ''
+      if dedup then dk = string.sub(OWN, #PREFIX + 1) end
+      local req = {tostring(now + wait_ms + 5000), key, keytype, tostring(delay), dk}
+      for _, p in ipairs(payloads) do table.insert(req, p) end
+      redis.call('HSET', PREQ, waiter, pack(req))
+      redis.call('RPUSH', PLINE, waiter)
+      return {'WAIT', next_deadline()}
+    end
+    if keytype ~= '' then redis.call('HSET', META, 'keytype', keytype) end
+    local ids = admit(kind, payloads, key, delay)
+    if dedup then redis.call('SET', OWN, ids[1], 'PX', 600000) end
+    serve_getters()
+    return ids
+  end
+
+  if op == 'get' then
+    -- ARGV: waiter, wait_ms, count, mode (lease/timed/take/noack), holder,
+    -- lease ms, queue name (for the entries).
+    local waiter, wait_ms, count, mode, holder, lease, name = ARGV[2], num(ARGV[3], 0), num(ARGV[4], 1), ARGV[5], ARGV[6], num(ARGV[7], 0), ARGV[8]
+    local mailed = collect(waiter)
+    if mailed then return mailed end
+    ensure()
+    local kind, maxsize, shutdown = advance()
+    mailed = collect(waiter)
+    if mailed then return mailed end
+    if waiter ~= '' and redis.call('HEXISTS', GREQ, waiter) == 1 then
+      local r = unpack_strings(redis.call('HGET', GREQ, waiter))
+      r[1] = tostring(now + wait_ms + 5000)
+      redis.call('HSET', GREQ, waiter, pack(r))
+      return {'WAIT', next_deadline()}
+    end
+    local members = redis.call('ZRANGE', READY, 0, count - 1)
+    if #members == 0 then
+      if shutdown ~= 'no' then return redis.error_reply('SHUTDOWN queue is shut down') end
+      if waiter == '' then return false end
+      redis.call('HSET', GREQ, waiter, pack({tostring(now + wait_ms + 5000), tostring(count), mode, holder, tostring(lease), name}))
+      redis.call('RPUSH', GLINE, waiter)
+      return {'WAIT', next_deadline()}
+    end
+    local _, entries = deliver(members, mode, holder, lease, name)
+    serve_putters(kind, maxsize, shutdown)
+    return entries
+  end
+
+  if op == 'join' then
+    -- ARGV: waiter, wait_ms
+    local waiter, wait_ms = ARGV[2], num(ARGV[3], 0)
+    local mailed = collect(waiter)
+    if mailed then return redis.status_reply('OK') end
+    if not exists() then return redis.status_reply('OK') end
+    advance()
+    if num(redis.call('HGET', META, 'unfinished'), 0) == 0 then
+      if waiter ~= '' then redis.call('ZREM', JOINERS, waiter) end
+      return redis.status_reply('OK')
+    end
     if waiter == '' then return false end
-    redis.call('HSET', GREQ, waiter, pack({tostring(now + wait_ms + 5000), tostring(count), mode, holder, tostring(lease), name}))
-    redis.call('RPUSH', GLINE, waiter)
+    redis.call('ZADD', JOINERS, now + wait_ms + 5000, waiter)
     return {'WAIT', next_deadline()}
   end
-  local _, entries = deliver(members, mode, holder, lease, name)
-  serve_putters(kind, maxsize, shutdown)
-  return entries
-end
 
-if op == 'join' then
-  -- ARGV: waiter, wait_ms
-  local waiter, wait_ms = ARGV[2], num(ARGV[3], 0)
-  local mailed = collect(waiter)
-  if mailed then return redis.status_reply('OK') end
-  if not exists() then return redis.status_reply('OK') end
-  advance()
-  if num(redis.call('HGET', META, 'unfinished'), 0) == 0 then
-    if waiter ~= '' then redis.call('ZREM', JOINERS, waiter) end
+  if op == 'unwait' then
+    -- ARGV: waiter. It stops waiting (a timeout, a cancel): out of every
+    -- line; its mail if some came first (then it did not stop in time:
+    -- what the mail says happened), else 'X' on its list, for a wait
+    -- still under way to end with.
+    local waiter = ARGV[2]
+    redis.call('LREM', GLINE, 0, waiter)
+    redis.call('HDEL', GREQ, waiter)
+    redis.call('LREM', PLINE, 0, waiter)
+    redis.call('HDEL', PREQ, waiter)
+    redis.call('ZREM', JOINERS, waiter)
+    local mailed = collect(waiter)
+    if mailed then return mailed end
+    mail(waiter, 'X')
+    return false
+  end
+
+  -- Finishing, giving back, extending: the holder's own, or a timed lease.
+  local function held_by(id, holder)
+    local h = redis.call('HGET', HOLDER, id)
+    if not h then return nil end
+    local who = string.sub(h, 2)
+    if who == '' or who == holder then return string.sub(h, 1, 1) end
+    return nil
+  end
+
+  if op == 'done' then
+    -- ARGV: holder, ids...
+    local holder = ARGV[2]
+    if not exists() then return 0 end
+    advance()
+    local ids = {}
+    for i = 3, #ARGV do ids[#ids + 1] = ARGV[i] end
+    if #ids == 0 then return 0 end
+    local hs = redis.call('HMGET', HOLDER, unpack(ids))
+    local mine, taken, seen = {}, 0, {}
+    for i, h in ipairs(hs) do
+      local id = ids[i]
+      if h and not seen[id] then
+        local who = string.sub(h, 2)
+        if who == '' or who == holder then
+          seen[id] = true
+          mine[#mine + 1] = id
+          if string.sub(h, 1, 1) == 'T' then taken = taken + 1 end
+        end
+      end
+    end
+    local n = #mine
+    if n == 0 then return 0 end
+    redis.call('ZREM', OUT, unpack(mine))
+    redis.call('HDEL', HOLDER, unpack(mine))
+    redis.call('SREM', OWN, unpack(mine))
+    redis.call('HDEL', MSG, unpack(mine))
+    redis.call('HDEL', ATT, unpack(mine))
+    redis.call('HDEL', SK, unpack(mine))
+    if taken > 0 then incr('ntaken', -taken) end
+    if n > taken then incr('nleased', taken - n) end
+    incr('done', n)
+    if incr('unfinished', -n) == 0 then tell_joiners() end
+    return n
+  end
+
+  if op == 'nack' then
+    -- ARGV: holder, id, delay ms
+    local holder, id, delay = ARGV[2], ARGV[3], num(ARGV[4], 0)
+    if not exists() then return redis.error_reply('NOQUEUE no such queue') end
+    local kind = advance()
+    if held_by(id, holder) ~= 'L' then return redis.error_reply('NOTLEASED this client holds no such lease') end
+    unout(id)
+    redis.call('SREM', OWN, id)
+    incr('nacked')
+    give_back(kind, id, delay)
+    advance()
     return redis.status_reply('OK')
   end
-  if waiter == '' then return false end
-  redis.call('ZADD', JOINERS, now + wait_ms + 5000, waiter)
-  return {'WAIT', next_deadline()}
-end
 
-if op == 'unwait' then
-  -- ARGV: waiter. It stops waiting (a timeout, a cancel): out of every
-  -- line; its mail if some came first (then it did not stop in time:
-  -- what the mail says happened), else 'X' on its list, for a wait
-  -- still under way to end with.
-  local waiter = ARGV[2]
-  redis.call('LREM', GLINE, 0, waiter)
-  redis.call('HDEL', GREQ, waiter)
-  redis.call('LREM', PLINE, 0, waiter)
-  redis.call('HDEL', PREQ, waiter)
-  redis.call('ZREM', JOINERS, waiter)
-  local mailed = collect(waiter)
-  if mailed then return mailed end
-  mail(waiter, 'X')
-  return false
-end
-
--- Finishing, giving back, extending: the holder's own, or a timed lease.
-local function held_by(id, holder)
-  local h = redis.call('HGET', HOLDER, id)
-  if not h then return nil end
-  local who = string.sub(h, 2)
-  if who == '' or who == holder then return string.sub(h, 1, 1) end
-  return nil
-end
-
-if op == 'done' then
-  -- ARGV: holder, ids...
-  local holder = ARGV[2]
-  if not exists() then return 0 end
-  advance()
-  local finished = 0
-  for i = 3, #ARGV do
-    local id = ARGV[i]
-    if held_by(id, holder) then
-      unout(id)
-      redis.call('SREM', OWN, id)
-      forget(id)
-      incr('done')
-      finish_one()
-      finished = finished + 1
-    end
+  if op == 'touch' then
+    -- ARGV: holder, id, lease ms
+    local holder, id, lease = ARGV[2], ARGV[3], num(ARGV[4], 0)
+    if not exists() then return redis.error_reply('NOQUEUE no such queue') end
+    advance()
+    if not held_by(id, holder) then return redis.error_reply('NOTLEASED this client holds no such lease') end
+    redis.call('ZADD', OUT, now + lease, id)
+    due_at(now + lease)
+    return lease
   end
-  return finished
-end
 
-if op == 'nack' then
-  -- ARGV: holder, id, delay ms
-  local holder, id, delay = ARGV[2], ARGV[3], num(ARGV[4], 0)
-  if not exists() then return redis.error_reply('NOQUEUE no such queue') end
-  local kind = advance()
-  if held_by(id, holder) ~= 'L' then return redis.error_reply('NOTLEASED this client holds no such lease') end
-  unout(id)
-  redis.call('SREM', OWN, id)
-  incr('nacked')
-  give_back(kind, id, delay)
-  advance()
-  return redis.status_reply('OK')
-end
-
-if op == 'touch' then
-  -- ARGV: holder, id, lease ms
-  local holder, id, lease = ARGV[2], ARGV[3], num(ARGV[4], 0)
-  if not exists() then return redis.error_reply('NOQUEUE no such queue') end
-  advance()
-  if not held_by(id, holder) then return redis.error_reply('NOTLEASED this client holds no such lease') end
-  redis.call('ZADD', OUT, now + lease, id)
-  return lease
-end
-
-if op == 'renew' then
-  -- ARGV: holder, lease ms. Every lease and take of the holder (OWN is
-  -- its set of ids) is extended; ids no longer its own are forgotten.
-  local holder, lease = ARGV[2], num(ARGV[3], 0)
-  -- A queue with its own lease timeout keeps it: unless touched, a lease
-  -- ends then, as on the broker.
-  if num(redis.call('HGET', META, 'lease_timeout'), 0) > 0 then return 0 end
-  local renewed = 0
-  for _, id in ipairs(redis.call('SMEMBERS', OWN)) do
-    local h = redis.call('HGET', HOLDER, id)
-    if h and string.sub(h, 2) == holder then
-      redis.call('ZADD', OUT, 'XX', now + lease, id)
-      renewed = renewed + 1
-    else
-      redis.call('SREM', OWN, id)
-    end
-  end
-  keep_alive()
-  return renewed
-end
-
-if op == 'release' then
-  -- ARGV: holder. The holder went away: its leases come back, its takes
-  -- count as finished and lost.
-  local holder = ARGV[2]
-  if not exists() then redis.call('DEL', OWN) return 0 end
-  local kind = settings()
-  local ids = redis.call('SMEMBERS', OWN)
-  table.sort(ids, function(a, b) return tonumber(a) > tonumber(b) end)
-  local n = 0
-  for _, id in ipairs(ids) do
-    local h = redis.call('HGET', HOLDER, id)
-    if h and string.sub(h, 2) == holder then
-      unout(id)
-      if string.sub(h, 1, 1) == 'T' then
-        forget(id)
-        incr('lost')
-        finish_one()
+  if op == 'renew' then
+    -- ARGV: holder, lease ms. Every lease and take of the holder (OWN is
+    -- its set of ids) is extended; ids no longer its own are forgotten.
+    local holder, lease = ARGV[2], num(ARGV[3], 0)
+    -- A queue with its own lease timeout keeps it: unless touched, a lease
+    -- ends then, as on the broker.
+    if num(redis.call('HGET', META, 'lease_timeout'), 0) > 0 then return 0 end
+    local renewed = 0
+    for _, id in ipairs(redis.call('SMEMBERS', OWN)) do
+      local h = redis.call('HGET', HOLDER, id)
+      if h and string.sub(h, 2) == holder then
+        redis.call('ZADD', OUT, 'XX', now + lease, id)
+        renewed = renewed + 1
       else
-        incr('released')
-        give_back(kind, id, 0)
+        redis.call('SREM', OWN, id)
       end
-      n = n + 1
     end
+    keep_alive()
+    return renewed
   end
-  redis.call('DEL', OWN)
-  advance()
-  return n
-end
 
-if op == 'dead_pop' then
-  -- ARGV: at most n. The dead letters waiting to move: {dead-letter
-  -- queue, id, attempts, payload, id, attempts, payload, ...}.
-  local dlq = redis.call('HGET', META, 'dead_letter')
-  if not dlq then return {} end
-  local out = {dlq}
-  for _, d in ipairs(redis.call('LPOP', DEAD, num(ARGV[2], 100)) or {}) do
-    for _, part in ipairs(unpack_strings(d)) do table.insert(out, part) end
+  if op == 'release' then
+    -- ARGV: holder. The holder went away: its leases come back, its takes
+    -- count as finished and lost.
+    local holder = ARGV[2]
+    if not exists() then redis.call('DEL', OWN) return 0 end
+    local kind = settings()
+    local ids = redis.call('SMEMBERS', OWN)
+    table.sort(ids, function(a, b) return tonumber(a) > tonumber(b) end)
+    local n = 0
+    for _, id in ipairs(ids) do
+      local h = redis.call('HGET', HOLDER, id)
+      if h and string.sub(h, 2) == holder then
+        unout(id)
+        if string.sub(h, 1, 1) == 'T' then
+          forget(id)
+          incr('lost')
+          finish_one()
+        else
+          incr('released')
+          give_back(kind, id, 0)
+        end
+        n = n + 1
+      end
+    end
+    redis.call('DEL', OWN)
+    advance()
+    return n
   end
-  return out
-end
 
-if op == 'put_dead' then
-  -- ARGV: attempts, payload. A dead letter moving in: past the bound and
-  -- a shutdown, with its attempts; once (OWN is its DEDUP key).
-  if redis.call('EXISTS', OWN) == 1 then return 0 end
-  ensure()
-  local kind = advance()
-  local ids = admit(kind, {ARGV[3]}, '', 0)
-  redis.call('HSET', ATT, ids[1], ARGV[2])
-  redis.call('SET', OWN, ids[1], 'PX', 600000)
-  serve_getters()
-  return ids[1]
-end
+  if op == 'dead_pop' then
+    -- ARGV: at most n. The dead letters waiting to move: {dead-letter
+    -- queue, id, attempts, payload, id, attempts, payload, ...}.
+    local dlq = redis.call('HGET', META, 'dead_letter')
+    if not dlq then return {} end
+    local out = {dlq}
+    for _, d in ipairs(redis.call('LPOP', DEAD, num(ARGV[2], 100)) or {}) do
+      for _, part in ipairs(unpack_strings(d)) do table.insert(out, part) end
+    end
+    return out
+  end
 
-if op == 'len' then
-  if not exists() then return 0 end
-  advance()
-  return qsize()
-end
+  if op == 'put_dead' then
+    -- ARGV: attempts, payload. A dead letter moving in: past the bound and
+    -- a shutdown, with its attempts; once (OWN is its DEDUP key).
+    if redis.call('EXISTS', OWN) == 1 then return 0 end
+    ensure()
+    local kind = advance()
+    local ids = admit(kind, {ARGV[3]}, '', 0)
+    redis.call('HSET', ATT, ids[1], ARGV[2])
+    redis.call('SET', OWN, ids[1], 'PX', 600000)
+    serve_getters()
+    return ids[1]
+  end
 
-if op == 'info' then
-  if not exists() then return redis.error_reply('NOQUEUE no such queue') end
-  local kind, maxsize, shutdown = advance()
-  local m = redis.call('HGETALL', META)
-  local h = {}
-  for i = 1, #m, 2 do h[m[i]] = m[i + 1] end
-  local q = qsize()
-  local r = {'name', ARGV[2], 'kind', kind, 'maxsize', maxsize,
-    'qsize', q, 'unfinished', num(h.unfinished, 0), 'leased', num(h.nleased, 0), 'taken', num(h.ntaken, 0),
-    'delayed', redis.call('ZCARD', DELAYED),
-    'waiting_getters', live_count(GREQ),
-    'waiting_putters', live_count(PREQ),
-    'waiting_joiners', redis.call('ZCOUNT', JOINERS, now, '+inf'),
-    'full', (maxsize > 0 and q >= maxsize) and 1 or 0, 'empty', q == 0 and 1 or 0,
-    'shutdown', shutdown,
-    'lease_timeout', num(h.lease_timeout, -1), 'max_attempts', num(h.max_attempts, -1),
-    'dead_letter', h.dead_letter or false, 'expire', num(h.expire, -1)}
-  for _, k in ipairs({'put', 'delivered', 'done', 'nacked', 'expired', 'released', 'dead_lettered', 'lost', 'dropped'}) do
-    table.insert(r, k)
-    table.insert(r, num(h[k], 0))
+  if op == 'len' then
+    if not exists() then return 0 end
+    advance()
+    return qsize()
   end
-  return r
-end
 
-if op == 'peek' then
-  -- ARGV: count, name
-  if not exists() then return {} end
-  advance()
-  local members = redis.call('ZRANGE', READY, 0, num(ARGV[2], 1) - 1)
-  local entries = {}
-  for i, member in ipairs(members) do
-    local id = member_id(member)
-    entries[i] = {ARGV[3], id, redis.call('HGET', MSG, id), num(redis.call('HGET', ATT, id), 0)}
+  if op == 'info' then
+    if not exists() then return redis.error_reply('NOQUEUE no such queue') end
+    local kind, maxsize, shutdown = advance()
+    local m = redis.call('HGETALL', META)
+    local h = {}
+    for i = 1, #m, 2 do h[m[i]] = m[i + 1] end
+    local q = qsize()
+    local r = {'name', ARGV[2], 'kind', kind, 'maxsize', maxsize,
+      'qsize', q, 'unfinished', num(h.unfinished, 0), 'leased', num(h.nleased, 0), 'taken', num(h.ntaken, 0),
+      'delayed', redis.call('ZCARD', DELAYED),
+      'waiting_getters', live_count(GREQ),
+      'waiting_putters', live_count(PREQ),
+      'waiting_joiners', redis.call('ZCOUNT', JOINERS, now, '+inf'),
+      'full', (maxsize > 0 and q >= maxsize) and 1 or 0, 'empty', q == 0 and 1 or 0,
+      'shutdown', shutdown,
+      'lease_timeout', num(h.lease_timeout, -1), 'max_attempts', num(h.max_attempts, -1),
+      'dead_letter', h.dead_letter or false, 'expire', num(h.expire, -1)}
+    for _, k in ipairs({'put', 'delivered', 'done', 'nacked', 'expired', 'released', 'dead_lettered', 'lost', 'dropped'}) do
+      table.insert(r, k)
+      table.insert(r, num(h[k], 0))
+    end
+    return r
   end
-  return entries
-end
 
-if op == 'purge' then
-  if not exists() then return 0 end
-  local n = 0
-  for _, member in ipairs(redis.call('ZRANGE', READY, 0, -1)) do
-    forget(member_id(member))
-    n = n + 1
+  if op == 'peek' then
+    -- ARGV: count, name
+    if not exists() then return {} end
+    advance()
+    local members = redis.call('ZRANGE', READY, 0, num(ARGV[2], 1) - 1)
+    local entries = {}
+    for i, member in ipairs(members) do
+      local id = member_id(member)
+      entries[i] = {ARGV[3], id, redis.call('HGET', MSG, id), num(redis.call('HGET', ATT, id), 0)}
+    end
+    return entries
   end
-  for _, id in ipairs(redis.call('ZRANGE', DELAYED, 0, -1)) do
-    forget(id)
-    n = n + 1
-  end
-  redis.call('DEL', READY, DELAYED)
-  if n > 0 then
-    incr('dropped', n)
-    if incr('unfinished', -n) == 0 then tell_joiners() end
-  end
-  advance()
-  return n
-end
 
-if op == 'shutdown' then
-  -- ARGV: immediate (1/0)
-  ensure()
-  local immediate = ARGV[2] == '1'
-  if immediate then
-    redis.call('HSET', META, 'shutdown', 'immediate')
-  elseif redis.call('HGET', META, 'shutdown') == 'no' then
-    redis.call('HSET', META, 'shutdown', 'graceful')
-  end
-  for _, id in ipairs(redis.call('ZRANGE', DELAYED, 0, -1)) do
-    redis.call('ZADD', READY, 0, redis.call('HGET', SK, id))
-  end
-  redis.call('DEL', DELAYED)
-  if immediate then
+  if op == 'purge' then
+    if not exists() then return 0 end
     local n = 0
     for _, member in ipairs(redis.call('ZRANGE', READY, 0, -1)) do
       forget(member_id(member))
       n = n + 1
     end
-    redis.call('DEL', READY)
+    for _, id in ipairs(redis.call('ZRANGE', DELAYED, 0, -1)) do
+      forget(id)
+      n = n + 1
+    end
+    redis.call('DEL', READY, DELAYED)
     if n > 0 then
       incr('dropped', n)
       if incr('unfinished', -n) == 0 then tell_joiners() end
     end
+    advance()
+    return n
   end
-  advance()
-  return redis.status_reply('OK')
-end
 
-if op == 'reopen' then
-  if not exists() then return redis.error_reply('NOQUEUE no such queue') end
-  redis.call('HSET', META, 'shutdown', 'no')
-  return redis.status_reply('OK')
-end
-
-if op == 'drop' then
-  if not exists() then return 0 end
-  -- Whoever waits sees the queue gone as a shutdown.
-  for _, line in ipairs({GLINE, PLINE}) do
-    for _, w in ipairs(redis.call('LRANGE', line, 0, -1)) do mail(w, 'S') end
+  if op == 'shutdown' then
+    -- ARGV: immediate (1/0)
+    ensure()
+    local immediate = ARGV[2] == '1'
+    if immediate then
+      redis.call('HSET', META, 'shutdown', 'immediate')
+    elseif redis.call('HGET', META, 'shutdown') == 'no' then
+      redis.call('HSET', META, 'shutdown', 'graceful')
+    end
+    local kind0 = settings()
+    for _, id in ipairs(redis.call('ZRANGE', DELAYED, 0, -1)) do
+      redis.call('ZADD', READY, 0, member_of(kind0, id))
+    end
+    redis.call('DEL', DELAYED)
+    if immediate then
+      local n = 0
+      for _, member in ipairs(redis.call('ZRANGE', READY, 0, -1)) do
+        forget(member_id(member))
+        n = n + 1
+      end
+      redis.call('DEL', READY)
+      if n > 0 then
+        incr('dropped', n)
+        if incr('unfinished', -n) == 0 then tell_joiners() end
+      end
+    end
+    advance()
+    return redis.status_reply('OK')
   end
-  for _, w in ipairs(redis.call('ZRANGE', JOINERS, 0, -1)) do mail(w, 'J') end
-  redis.call('DEL', META, READY, MSG, ATT, SK, OUT, HOLDER, DELAYED, DEAD, GLINE, PLINE, JOINERS, GREQ, PREQ)
-  return 1
+
+  if op == 'reopen' then
+    if not exists() then return redis.error_reply('NOQUEUE no such queue') end
+    redis.call('HSET', META, 'shutdown', 'no')
+    return redis.status_reply('OK')
+  end
+
+  if op == 'drop' then
+    if not exists() then return 0 end
+    -- Whoever waits sees the queue gone as a shutdown.
+    for _, line in ipairs({GLINE, PLINE}) do
+      for _, w in ipairs(redis.call('LRANGE', line, 0, -1)) do mail(w, 'S') end
+    end
+    for _, w in ipairs(redis.call('ZRANGE', JOINERS, 0, -1)) do mail(w, 'J') end
+    redis.call('DEL', META, READY, MSG, ATT, SK, OUT, HOLDER, DELAYED, DEAD, GLINE, PLINE, JOINERS, GREQ, PREQ)
+    return 1
+  end
+
+  return redis.error_reply('ERR unknown queue operation ' .. tostring(op))
 end
 
-return redis.error_reply('ERR unknown queue operation ' .. tostring(op))
+redis.register_function('ferry_queue', queue)

@@ -13,6 +13,7 @@ use std::sync::Mutex;
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::time::{Duration, Instant};
 
+use super::conn::{Engine, RConn};
 use super::{LOCK, QUEUE, Target, holder_key, lock_keys, move_dead_letters, queue_keys};
 
 enum Cmd {
@@ -92,7 +93,7 @@ pub(super) fn drop_lock(target: &Target, holder: &str, name: &str, token: u64) {
 struct Renewer {
     rt: tokio::runtime::Runtime,
     holdings: HashMap<(Target, String), Holding>,
-    conns: HashMap<String, redis::aio::MultiplexedConnection>,
+    conns: HashMap<String, RConn>,
 }
 
 fn run(rx: Receiver<Cmd>) {
@@ -165,19 +166,15 @@ impl Renewer {
         }
     }
 
-    fn conn(&mut self, t: &Target) -> Option<redis::aio::MultiplexedConnection> {
+    fn conn(&mut self, t: &Target) -> Option<RConn> {
         if let Some(c) = self.conns.get(&t.url) {
             return Some(c.clone());
         }
-        let client = redis::Client::open(t.url.as_str()).ok()?;
+        let engine = Engine::new(t).ok()?;
         let c = self
             .rt
             .block_on(async {
-                tokio::time::timeout(
-                    Duration::from_secs(5),
-                    client.get_multiplexed_async_connection(),
-                )
-                .await
+                tokio::time::timeout(Duration::from_secs(5), engine.connect()).await
             })
             .ok()?
             .ok()?;
@@ -205,22 +202,24 @@ impl Renewer {
             let lease = t.lease.as_millis().to_string();
             let ok = self.rt.block_on(async {
                 for q in &queues {
-                    let mut inv = QUEUE.prepare_invoke();
-                    for k in queue_keys(q, &holder_key(&h)) {
-                        inv.key(k);
-                    }
-                    inv.arg("renew").arg(&h).arg(&lease);
-                    inv.invoke_async::<i64>(&mut c).await?;
+                    let args = [
+                        b"renew".to_vec(),
+                        h.clone().into_bytes(),
+                        lease.clone().into_bytes(),
+                    ];
+                    QUEUE
+                        .call::<i64>(&mut c, &queue_keys(q, &holder_key(&h)), &args)
+                        .await?;
                     // Leases that ran out may have made dead letters.
                     move_dead_letters(&mut c, q).await?;
                 }
                 for (name, token) in &locks {
-                    let mut inv = LOCK.prepare_invoke();
-                    for k in lock_keys(name) {
-                        inv.key(k);
-                    }
-                    inv.arg("renew").arg(token.to_string()).arg(&lease);
-                    inv.invoke_async::<i64>(&mut c).await?;
+                    let args = [
+                        b"renew".to_vec(),
+                        token.to_string().into_bytes(),
+                        lease.clone().into_bytes(),
+                    ];
+                    LOCK.call::<i64>(&mut c, &lock_keys(name), &args).await?;
                 }
                 Ok::<(), redis::RedisError>(())
             });
@@ -235,20 +234,14 @@ impl Renewer {
         let Some(mut c) = self.conn(t) else { return };
         let _ = self.rt.block_on(async {
             for q in &held.queues {
-                let mut inv = QUEUE.prepare_invoke();
-                for k in queue_keys(q, &holder_key(h)) {
-                    inv.key(k);
-                }
-                inv.arg("release").arg(h);
-                inv.invoke_async::<i64>(&mut c).await?;
+                let args = [b"release".to_vec(), h.as_bytes().to_vec()];
+                QUEUE
+                    .call::<i64>(&mut c, &queue_keys(q, &holder_key(h)), &args)
+                    .await?;
             }
             for (name, token) in &held.locks {
-                let mut inv = LOCK.prepare_invoke();
-                for k in lock_keys(name) {
-                    inv.key(k);
-                }
-                inv.arg("release").arg(token.to_string());
-                inv.invoke_async::<i64>(&mut c).await?;
+                let args = [b"release".to_vec(), token.to_string().into_bytes()];
+                LOCK.call::<i64>(&mut c, &lock_keys(name), &args).await?;
             }
             Ok::<(), redis::RedisError>(())
         });

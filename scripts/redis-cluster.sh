@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# A Redis Cluster of 3 primaries and 3 replicas on free loopback ports,
+# from Debian's redis-server, for the tests and benchmarks.
+#
+#   scripts/redis-cluster.sh start DIR   # prints the redis+cluster:// URL
+#   scripts/redis-cluster.sh stop DIR    # stops every node by PID
+#
+# DIR holds each node's directory, log and PID file; `start` waits until
+# every slot is served and every replica is in sync.
+set -euo pipefail
+
+cmd=${1:?start or stop}
+dir=${2:?a directory}
+
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+case "$cmd" in
+start)
+    mkdir -p "$dir"
+    nodes=()
+    for i in 1 2 3 4 5 6; do
+        port=$(free_port)
+        bus=$(free_port)
+        mkdir -p "$dir/$port"
+        redis-server --bind 127.0.0.1 --port "$port" --cluster-enabled yes --cluster-port "$bus" \
+            --cluster-node-timeout 2000 --repl-diskless-sync-delay 0 \
+            --save '' --appendonly no --dir "$dir/$port" \
+            --daemonize yes --pidfile "$dir/$port/pid" --logfile "$dir/$port/log"
+        nodes+=("127.0.0.1:$port")
+    done
+    for n in "${nodes[@]}"; do
+        for _ in $(seq 500); do redis-cli -p "${n#*:}" ping >/dev/null 2>&1 && break; sleep 0.01; done
+    done
+    redis-cli --cluster create "${nodes[@]}" --cluster-replicas 1 --cluster-yes >"$dir/create.log"
+    for n in "${nodes[@]}"; do
+        for _ in $(seq 3000); do
+            info=$(redis-cli -p "${n#*:}" cluster info)
+            repl=$(redis-cli -p "${n#*:}" info replication)
+            if grep -q cluster_state:ok <<<"$info" && grep -q cluster_slots_ok:16384 <<<"$info" \
+                && grep -Eq 'role:master|master_link_status:up' <<<"$repl"; then
+                break
+            fi
+            sleep 0.02
+        done
+    done
+    echo "redis+cluster://${nodes[0]},${nodes[1]},${nodes[2]}"
+    ;;
+stop)
+    for pidfile in "$dir"/*/pid; do
+        [ -f "$pidfile" ] && kill "$(cat "$pidfile")" 2>/dev/null || true
+    done
+    ;;
+*)
+    echo "usage: $0 start|stop DIR" >&2
+    exit 2
+    ;;
+esac
