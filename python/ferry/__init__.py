@@ -19,6 +19,7 @@ import pickle
 import queue as _stdlib_queue
 import threading
 import uuid
+import warnings
 
 from ferry._ferry import Connection, FerryError, LeaseLost, NotLeased, ShutDown
 
@@ -32,6 +33,7 @@ __all__ = [
     "ShutDown",
     "FerryError",
     "LeaseLost",
+    "LeaseLostWarning",
     "NotLeased",
     "Empty",
     "Full",
@@ -40,6 +42,11 @@ __all__ = [
 ]
 
 DEFAULT_URL = "ferry://127.0.0.1:7878"
+
+
+class LeaseLostWarning(RuntimeWarning):
+    """task_done() of an item whose connection was lost (a broker restart):
+    the item is delivered again and finished by whoever gets it."""
 
 #: A private (unnamed) queue is dropped when its program is done with it —
 #: its last handle in the process that made it is collected, or that
@@ -461,6 +468,11 @@ class Queue:
             conn.done(self._name, msg_id)
         except NotLeased:
             raise ValueError("task_done() called too many times") from None
+        except LeaseLost as e:
+            # The connection that got it was lost (a broker restart): the
+            # item is delivered again and finished by whoever gets it, so
+            # join() stays exact. Not the caller's error: a warning.
+            warnings.warn(str(e), LeaseLostWarning, stacklevel=2)
 
     def task_done_many(self, n: int) -> None:
         """task_done() n times in one round trip: finishes the n oldest

@@ -116,6 +116,11 @@ struct Connection {
     pending: Mutex<Vec<(u64, Py<PyBytes>)>>,
     /// The process that opened it.
     pid: u32,
+    /// Every put carries a DEDUP key made of this and a count, so that a
+    /// put whose connection was lost (a broker restart, a failover) is
+    /// sent again safely: it goes in once.
+    dedup_prefix: String,
+    puts: std::sync::atomic::AtomicU64,
 }
 
 impl Drop for Connection {
@@ -239,16 +244,24 @@ impl Connection {
         let client = py
             .detach(move || Client::connect(&target))
             .map_err(|e| match e {
+                Error::Io(e) if url.starts_with("redis") => {
+                    PyConnectionError::new_err(format!("cannot reach Redis at {url}: {e}"))
+                }
                 Error::Io(e) => PyConnectionError::new_err(format!(
                     "cannot reach the ferry broker at {url}: {e}. Start one with `ferry serve` \
                      (or `python -m ferry serve`), or point FERRY_URL (or url=) at yours"
                 )),
                 e => to_py(py, e),
             })?;
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
         Ok(Connection {
             client: Mutex::new(Some(client)),
             pending: Mutex::new(Vec::new()),
             pid: std::process::id(),
+            dedup_prefix: format!("py-{:x}-{nanos:x}-", std::process::id()),
+            puts: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -346,7 +359,10 @@ impl Connection {
     ) -> PyResult<u64> {
         let t = timeout_arg(block, timeout)?;
         self.check_size(py, payload.len())?;
+        let n = self.puts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let key = format!("{}{n}", self.dedup_prefix);
         let mut args: Vec<&[u8]> = vec![b"QPUT", queue.as_bytes(), &payload];
+        args.extend_from_slice(&[b"DEDUP", key.as_bytes()]);
         if let Some(k) = &priority {
             args.extend_from_slice(&[b"PRIOKEY", k]);
         }
