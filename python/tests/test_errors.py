@@ -18,6 +18,17 @@ def test_no_broker_names_the_url_and_how_to_start_one():
     assert "ferry serve" in msg and "FERRY_URL" in msg
 
 
+@pytest.mark.parametrize("url", ["redis://127.0.0.1:1", "redis+cluster://127.0.0.1:1,127.0.0.1:2"])
+def test_an_unreachable_redis_or_cluster_is_a_connection_error_at_once(url):
+    import time
+
+    t = time.monotonic()
+    with pytest.raises(ConnectionError) as e:
+        ferry.JoinableQueue(name="jobs", url=url)
+    assert time.monotonic() - t < 30, "bounded, not a hang"
+    assert "cannot reach Redis" in str(e.value) and url in str(e.value)
+
+
 def test_an_item_over_max_payload_is_a_value_error_before_it_is_sent(tmp_path):
     proc = subprocess.Popen(
         [sys.executable, "-m", "ferry", "serve", "--port", "0", "--durability", "memory",
