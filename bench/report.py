@@ -161,6 +161,44 @@ def goals(by):
     return out
 
 
+BACKENDS = ["ferry-redis", "ferry-redis-cluster"]
+
+
+def backend_goal(by):
+    cells = by.get("memory", {}).get("throughput B=100", {})
+    f, r = cells.get("ferry-redis", (None,))[0], cells.get("redis-stream", (None,))[0]
+    if f is None or r is None:
+        return []
+    return [f"- on a single Redis, ferry's client (its Lua functions) at B=100 at least raw Redis streams "
+            f"with acks: ferry {f:,.0f} msg/s, streams {r:,.0f} msg/s ({f / r:.2f}×) — "
+            + ("**met**" if f >= r else "**not met**")]
+
+
+def backends(by, versions):
+    """ferry's client on Redis (redis://) and on a Redis Cluster
+    (redis+cluster://) against raw Redis streams on one redis-server."""
+    workloads = by.get("memory", {})
+    rows = [(w, c) for w, c in workloads.items() if any(t in c for t in BACKENDS)]
+    if not rows:
+        return []
+    md = ["## ferry's client on Redis and Redis Cluster / raw Redis streams", "",
+          "The same workloads through ferry's client on a redis-server (`ferry-redis`) and on a Redis "
+          "Cluster of 3 primaries and 3 replicas (`ferry-redis-cluster`, scripts/redis-cluster.sh), "
+          "without persistence, against Redis streams (XADD / XREADGROUP / XACK) on one redis-server. "
+          f"The cluster's 6 servers, the streams' one and the load generator share the machine's "
+          f"{versions['cores']} cores: the cluster row measures the protocol's cost here, not what "
+          "3 primaries on their own machines would do.", "",
+          "| workload | " + " | ".join(BACKENDS) + " | redis-stream | ratios (ferry-redis, ferry-redis-cluster / streams) |",
+          "|---|" + "---|" * (len(BACKENDS) + 2)]
+    for w, c in rows:
+        vals = [fmt_value(*c[t]) if t in c else "–" for t in BACKENDS + ["redis-stream"]]
+        ref = c.get("redis-stream", (None,))[0]
+        ratios = [fmt_ratio(c[t][0] / ref) if t in c and c[t][0] and ref else "–" for t in BACKENDS]
+        md.append(f"| {w} | " + " | ".join(vals) + " | " + ", ".join(ratios) + " |")
+    md.append("")
+    return md
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--results", required=True)
@@ -202,7 +240,9 @@ def main():
     md.append("## Goals")
     md.append("")
     md.extend(goals(by))
+    md.extend(backend_goal(by))
     md.append("")
+    md.extend(backends(by, versions))
 
     for cls, workloads in by.items():
         if not workloads:

@@ -21,7 +21,10 @@
 #   sync    ferry --durability sync, Redis appendfsync always, beanstalkd
 #           binlog fsynced on every write (-f 0)
 # And ferry's own client on a Redis server (ferry-redis: the redis://
-# backend), at the memory class, beside raw Redis streams.
+# backend) and on a Redis Cluster of 3 primaries and 3 replicas
+# (ferry-redis-cluster, scripts/redis-cluster.sh), at the memory class,
+# beside raw Redis streams. The cluster's 6 servers share this machine's
+# cores with the load generator.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -81,6 +84,15 @@ start() {
         nats-memory|nats-file)
             nats-server -a 127.0.0.1 -p "$port" -js -sd "$dir" >"$dir/log" 2>&1 &
             ;;
+        ferry-redis-cluster)
+            # 3 primaries + 3 replicas, without persistence: stopped by PID.
+            local url
+            url=$(scripts/redis-cluster.sh start "$dir")
+            for f in "$dir"/*/pid; do pids+=("$(cat "$f")"); done
+            addr=${url#redis+cluster://}
+            pid=
+            return 0
+            ;;
     esac
     pid=$!
     pids+=("$pid")
@@ -138,9 +150,12 @@ for class in memory async sync; do
     done
 done
 
-echo "== ferry's client on Redis (the redis:// backend), beside raw Redis streams above" >&2
-run ferry-redis memory "throughput B=1" throughput -n "$n1" --batch 1
-run ferry-redis memory "throughput B=100" throughput -n "$n100" --batch 100
+echo "== ferry's client on Redis and on a Redis Cluster, beside raw Redis streams" >&2
+for t in ferry-redis ferry-redis-cluster; do
+    run "$t" memory "throughput B=1" throughput -n "$n1" --batch 1
+    run "$t" memory "throughput B=100" throughput -n "$n100" --batch 100
+    run "$t" memory "$queues queues x $per" --limit 120 queues --queues "$queues" --per "$per"
+done
 
 echo "== memory: latency, connections, queued messages, 64 producers, many queues" >&2
 for t in "${targets_memory[@]}"; do

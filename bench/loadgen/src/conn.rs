@@ -24,6 +24,9 @@ pub enum Target {
     /// ferry's client on a Redis server (the `redis://` backend: ferry's
     /// semantics in Lua scripts), at `host:port`.
     FerryRedis,
+    /// ferry's client on a Redis Cluster (`redis+cluster://`), at
+    /// `host:port[,host:port...]` (its seed nodes).
+    FerryRedisCluster,
     /// Redis lists: LPUSH / BRPOP, nothing to acknowledge.
     RedisList,
     /// Redis streams: XADD / XREADGROUP / XACK.
@@ -90,6 +93,9 @@ impl Conn {
                 Conn::ferry(&url, target == Target::FerryNoack).await
             }
             Target::FerryRedis => Conn::ferry(&format!("redis://{addr}"), false).await,
+            Target::FerryRedisCluster => {
+                Conn::ferry(&format!("redis+cluster://{addr}"), false).await
+            }
             #[cfg(feature = "peers")]
             Target::RedisList | Target::RedisStream => Ok(Conn(Link::Redis(
                 Redis::connect(addr, target == Target::RedisStream).await?,
