@@ -408,6 +408,10 @@ fn the_cli_verbs_work(e: &Engine) {
     assert_eq!(code, 0);
     assert!(out.contains("delivered: 2"), "{out}");
     assert_eq!(ferry(&url, &["join", "cli", "--timeout", "5"]).0, 0);
+    let (code, out) = ferry(&url, &["top", "--iterations", "1", "--interval", "0.1"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("ferry top — 1 queue(s)"), "{out}");
+    assert!(out.lines().any(|l| l.starts_with("cli ")), "{out}");
     let (code, out) = ferry(&url, &["lock", "cli-lock", "--", "echo", "held"]);
     assert_eq!((code, out.as_str()), (0, "held\n"));
 }

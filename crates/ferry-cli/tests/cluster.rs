@@ -254,6 +254,44 @@ fn without_wait_a_failover_completes_and_its_loss_is_measured() {
 }
 
 #[test]
+fn a_waiting_get_carries_on_through_a_manual_failover() {
+    let cluster = RedisCluster::start(3, 1);
+    let url = format!("{}?lease=2000", cluster.url());
+    let q = "handover";
+    let home = cluster.primary_of(&format!("ferry:{{{q}}}:m"));
+    let mut c = client(&url);
+    c.call(&[b"QCREATE", q.as_bytes()]).unwrap();
+    let getter = {
+        let url = url.clone();
+        thread::spawn(move || client(&url).get_timeout(q, Duration::from_secs(60)))
+    };
+    common::wait_until("the getter in line", || {
+        c.counter(q, "waiting_getters").unwrap() == 1
+    });
+    // Its replica takes over (CLUSTER FAILOVER): the primary's blocked
+    // clients are UNBLOCKED, and it becomes a replica (MOVED).
+    let replica = cluster
+        .nodes
+        .iter()
+        .position(|n| {
+            let role: Vec<redis::Value> = redis::cmd("ROLE").query(&mut n.conn()).unwrap();
+            matches!(role.get(2), Some(redis::Value::Int(p)) if *p == i64::from(cluster.nodes[home].port))
+        })
+        .unwrap();
+    let _: () = redis::cmd("CLUSTER")
+        .arg("FAILOVER")
+        .query(&mut cluster.nodes[replica].conn())
+        .unwrap();
+    common::wait_until("the replica to take over", || {
+        cluster.primary_of(&format!("ferry:{{{q}}}:m")) == replica
+    });
+    cluster.wait_ok();
+    c.put(q, b"after the failover").unwrap();
+    let m = getter.join().unwrap().unwrap();
+    assert_eq!(&m.payload[..], b"after the failover");
+}
+
+#[test]
 fn a_consumer_killed_mid_task_gives_its_message_back_after_the_lease() {
     let cluster = RedisCluster::start(3, 0);
     let url = format!("{}?lease=1000", cluster.url());

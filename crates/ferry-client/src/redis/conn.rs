@@ -100,6 +100,8 @@ fn not_run(e: &RedisError) -> bool {
             | ErrorKind::BusyLoadingError
             | ErrorKind::ClusterConnectionNotFound
     ) || e.is_connection_refusal()
+        // A blocked command on a primary that became a replica.
+        || e.code() == Some("UNBLOCKED")
 }
 
 impl RConn {
