@@ -12,7 +12,9 @@
 -- (zset id -> due ms), 9 dead (list of dead letters), 10 the getters'
 -- line (list of waiters, first come first served), 11 the putters' line,
 -- 12 joiners (zset waiter -> until ms), 13 getters' requests (hash), 14
--- putters' requests (hash), 15 unused, 16 the operation's own key: a
+-- putters' requests (hash), 15 fresh (list of the ids of fifo and lifo
+-- messages put and never given back, in put order), 16 the operation's
+-- own key: a
 -- put's DEDUP key, or the holder's set of ids.
 --
 -- Waiting is hand-off, as in the broker: a caller that must wait joins a
@@ -35,21 +37,15 @@
 -- made once, at load, not at every call. Each call sets these first.
 local KEYS, ARGV, now
 local META, READY, MSG, ATT, SK, OUT, HOLDER, DELAYED, DEAD
-local GLINE, PLINE, JOINERS, GREQ, PREQ, OWN, PREFIX
+local GLINE, PLINE, JOINERS, GREQ, PREQ, FRESH, OWN, PREFIX
 
 local function num(v, default)
   if v == false or v == nil or v == '' then return default end
   return tonumber(v)
 end
 
-local function be64(n)
-  local b = {}
-  for i = 8, 1, -1 do
-    b[i] = string.char(n % 256)
-    n = math.floor(n / 256)
-  end
-  return table.concat(b)
-end
+-- 8 bytes, big-endian: numbers below 2^53 order as their bytes do.
+local function be64(n) return struct.pack('>I8', n) end
 
 local function incr(field, by)
   return redis.call('HINCRBY', META, field, by or 1)
@@ -95,10 +91,7 @@ local function fresh_member(kind, id, key)
 end
 
 local function member_id(member)
-  local b = {string.byte(member, -8, -1)}
-  local id = 0
-  for j = 1, 8 do id = id * 256 + b[j] end
-  return id
+  return (struct.unpack('>I8', member, #member - 7))
 end
 
 -- Where a returned message goes: served next (fifo, lifo; the latest
@@ -115,7 +108,83 @@ local function member_of(kind, id)
   return redis.call('HGET', SK, id) or fresh_member(kind, tonumber(id), nil)
 end
 
-local function qsize() return redis.call('ZCARD', READY) end
+-- Ready messages: READY orders members byte by byte (priority messages,
+-- and every message given back or come due after a delay); FRESH holds
+-- the ids of fifo and lifo messages put and not yet served, in put order
+-- (a list: O(1) for the usual put and get). A take merges the two:
+-- given-back members first, then by id (lifo: the newest first).
+local function qsize() return redis.call('ZCARD', READY) + redis.call('LLEN', FRESH) end
+
+-- The first n ready ids in serving order (as strings: numbers would be
+-- formatted again at every call that names them); taken out of the queue
+-- if `remove`.
+local function ready_ids(kind, n, remove)
+  local ids = {}
+  if n <= 0 then return ids end
+  local lifo = kind == 'lifo'
+  if redis.call('ZCARD', READY) == 0 then
+    -- The usual case: nothing given back, nothing come due.
+    if kind == 'priority' then return ids end
+    local got
+    if remove then
+      got = redis.call(lifo and 'RPOP' or 'LPOP', FRESH, n)
+    else
+      got = redis.call('LRANGE', FRESH, lifo and -n or 0, lifo and -1 or n - 1)
+      if lifo then
+        local r = {}
+        for i = #got, 1, -1 do r[#r + 1] = got[i] end
+        got = r
+      end
+    end
+    return got or ids
+  end
+  local zs = redis.call('ZRANGE', READY, 0, n - 1)
+  local ls = {}
+  if kind ~= 'priority' then
+    local got = redis.call('LRANGE', FRESH, lifo and -n or 0, lifo and -1 or n - 1)
+    if lifo then
+      for i = #got, 1, -1 do ls[#ls + 1] = tonumber(got[i]) end
+    else
+      for i, id in ipairs(got) do ls[i] = tonumber(id) end
+    end
+  end
+  local zi, li, zused = 1, 1, {}
+  while #ids < n do
+    local zm, lid = zs[zi], ls[li]
+    if not zm and not lid then break end
+    local use_z = not lid
+    if zm and lid then
+      if string.byte(zm, 1) == 0 then
+        use_z = true
+      else
+        local zid = member_id(zm)
+        if lifo then use_z = zid > lid else use_z = zid < lid end
+      end
+    end
+    if use_z then
+      ids[#ids + 1] = tostring(member_id(zm))
+      zused[#zused + 1] = zm
+      zi = zi + 1
+    else
+      ids[#ids + 1] = tostring(lid)
+      li = li + 1
+    end
+  end
+  if remove then
+    if #zused > 0 then redis.call('ZREM', READY, unpack(zused)) end
+    if li > 1 then redis.call(lifo and 'RPOP' or 'LPOP', FRESH, li - 1) end
+  end
+  return ids
+end
+
+-- Every ready id (for purge and an immediate shutdown), and none left.
+local function drain_ready()
+  local ids = {}
+  for _, member in ipairs(redis.call('ZRANGE', READY, 0, -1)) do ids[#ids + 1] = member_id(member) end
+  for _, id in ipairs(redis.call('LRANGE', FRESH, 0, -1)) do ids[#ids + 1] = id end
+  redis.call('DEL', READY, FRESH)
+  return ids
+end
 
 local function settings()
   local m = redis.call('HMGET', META, 'kind', 'maxsize', 'shutdown', 'expire', 'nextdue')
@@ -132,9 +201,20 @@ end
 
 local function exists() return redis.call('EXISTS', META) == 1 end
 
+-- A sentinel too long for a listpack keeps MSG, HOLDER and OUT in their
+-- hash-table and skiplist encodings for the queue's life (they never
+-- empty, so never shrink back): a batch of 100 into a small listpack
+-- costs O(n) per item, ~100 µs a batch (measured), and the queue's
+-- working sets are usually that small. The field '' and the member
+-- BIG are no message; OUT's sentinel is due after every lease.
+local BIG = '~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~'
+
 local function ensure()
   if not exists() then
     redis.call('HSET', META, 'kind', 'fifo', 'maxsize', 0, 'shutdown', 'no', 'seq', 0, 'retseq', 0, 'unfinished', 0)
+    redis.call('HSET', MSG, '', BIG)
+    redis.call('HSET', HOLDER, '', BIG)
+    redis.call('ZADD', OUT, '9e15', BIG)
   end
 end
 
@@ -144,7 +224,7 @@ end
 local function keep_alive(expire)
   if expire == nil then expire = num(redis.call('HGET', META, 'expire'), 0) end
   if expire > 0 then
-    for i = 1, 14 do redis.call('PEXPIRE', KEYS[i], expire) end
+    for i = 1, 15 do redis.call('PEXPIRE', KEYS[i], expire) end
   end
 end
 
@@ -179,19 +259,21 @@ end
 -- Hands ready members out: leased (bound or timed), taken or finished.
 -- Replies the mail of their entries, and the entries. Batched: a few
 -- commands for the whole batch.
-local function deliver(members, mode, holder, lease, name)
-  local n = #members
-  redis.call('ZREM', READY, unpack(members))
-  local ids = {}
-  for i, member in ipairs(members) do ids[i] = member_id(member) end
+local function deliver(ids, mode, holder, lease, name, as_mail)
+  local n = #ids
   local payloads = redis.call('HMGET', MSG, unpack(ids))
-  local atts = redis.call('HMGET', ATT, unpack(ids))
+  -- Attempts are kept only for messages given back: usually none.
+  local atts = {}
+  if redis.call('EXISTS', ATT) == 1 then atts = redis.call('HMGET', ATT, unpack(ids)) end
   local entries, parts = {}, {'E'}
   for i, id in ipairs(ids) do
-    local att = num(atts[i], 0)
+    local att = tonumber(atts[i]) or 0
     local payload = payloads[i]
-    entries[i] = {name, id, payload, att}
-    parts[i + 1] = id .. ',' .. att .. ',' .. #payload .. ':' .. payload
+    if as_mail then
+      parts[i + 1] = id .. ',' .. att .. ',' .. #payload .. ':' .. payload
+    else
+      entries[i] = {name, tonumber(id), payload, att}
+    end
   end
   if mode == 'noack' then
     redis.call('HDEL', MSG, unpack(ids))
@@ -209,11 +291,11 @@ local function deliver(members, mode, holder, lease, name)
       if mode == 'timed' then h = '' end
       incr('nleased', n)
     end
-    local hargs, oargs = {}, {}
+    local hargs, oargs, who, deadline = {}, {}, tag .. h, tostring(now + lease)
     for i, id in ipairs(ids) do
       hargs[2 * i - 1] = id
-      hargs[2 * i] = tag .. h
-      oargs[2 * i - 1] = now + lease
+      hargs[2 * i] = who
+      oargs[2 * i - 1] = deadline
       oargs[2 * i] = id
     end
     redis.call('HSET', HOLDER, unpack(hargs))
@@ -227,7 +309,8 @@ local function deliver(members, mode, holder, lease, name)
 end
 
 -- The getters in line take what is ready, first come first served.
-local function serve_getters()
+local function serve_getters(kind)
+  kind = kind or settings()
   while true do
     local w = redis.call('LINDEX', GLINE, 0)
     if not w or qsize() == 0 then return end
@@ -238,8 +321,8 @@ local function serve_getters()
       local r = unpack_strings(req)
       if tonumber(r[1]) >= now then
         redis.call('HDEL', GREQ, w)
-        local members = redis.call('ZRANGE', READY, 0, tonumber(r[2]) - 1)
-        local m = deliver(members, r[3], r[4], tonumber(r[5]), r[6])
+        local ids = ready_ids(kind, tonumber(r[2]), true)
+        local m = deliver(ids, r[3], r[4], tonumber(r[5]), r[6], true)
         mail(w, m)
       else
         redis.call('HDEL', GREQ, w)
@@ -252,32 +335,36 @@ end
 local function admit(kind, payloads, key, delay)
   local n = #payloads
   local first = incr('seq', n) - n + 1
-  local ids, margs, rargs, sargs = {}, {}, {}, {}
+  local ids, sids, margs, rargs, sargs = {}, {}, {}, {}, {}
+  local priority = kind == 'priority'
   for i, payload in ipairs(payloads) do
     local id = first + i - 1
-    local member = fresh_member(kind, id, key)
+    local sid = tostring(id)
     ids[i] = id
-    margs[2 * i - 1] = id
+    sids[i] = sid
+    margs[2 * i - 1] = sid
     margs[2 * i] = payload
     if delay > 0 then
       rargs[2 * i - 1] = now + delay
       rargs[2 * i] = id
-    else
+    elseif priority then
       rargs[2 * i - 1] = 0
-      rargs[2 * i] = member
+      rargs[2 * i] = fresh_member(kind, id, key)
     end
-    if kind == 'priority' then
+    if priority then
       sargs[2 * i - 1] = id
-      sargs[2 * i] = member
+      sargs[2 * i] = fresh_member(kind, id, key)
     end
   end
   redis.call('HSET', MSG, unpack(margs))
-  if kind == 'priority' then redis.call('HSET', SK, unpack(sargs)) end
+  if priority then redis.call('HSET', SK, unpack(sargs)) end
   if delay > 0 then
     redis.call('ZADD', DELAYED, unpack(rargs))
     due_at(now + delay)
-  else
+  elseif priority then
     redis.call('ZADD', READY, unpack(rargs))
+  else
+    redis.call('RPUSH', FRESH, unpack(sids))
   end
   incr('put', n)
   incr('unfinished', n)
@@ -314,7 +401,7 @@ local function serve_putters(kind, maxsize, shutdown)
         if r[3] ~= '' then redis.call('HSET', META, 'keytype', r[3]) end
         if r[5] ~= '' then redis.call('SET', PREFIX .. r[5], ids[1], 'PX', 600000) end
         mail(w, 'I' .. table.concat(ids, ','))
-        serve_getters()
+        serve_getters(kind)
       end
     end
   end
@@ -391,7 +478,7 @@ local function advance()
     end
     redis.call('HSET', META, 'nextdue', next)
   end
-  serve_getters()
+  serve_getters(kind)
   serve_putters(kind, maxsize, shutdown)
   if shutdown ~= 'no' then tell_getters_shutdown() end
   keep_alive(expire)
@@ -434,7 +521,7 @@ end
 local function queue(keys, args)
   KEYS, ARGV = keys, args
   META, READY, MSG, ATT, SK, OUT, HOLDER, DELAYED, DEAD = keys[1], keys[2], keys[3], keys[4], keys[5], keys[6], keys[7], keys[8], keys[9]
-  GLINE, PLINE, JOINERS, GREQ, PREQ, OWN = keys[10], keys[11], keys[12], keys[13], keys[14], keys[16]
+  GLINE, PLINE, JOINERS, GREQ, PREQ, FRESH, OWN = keys[10], keys[11], keys[12], keys[13], keys[14], keys[15], keys[16]
   PREFIX = string.sub(META, 1, -2)
   local t = redis.call('TIME')
   now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -531,7 +618,7 @@ local function queue(keys, args)
     if keytype ~= '' then redis.call('HSET', META, 'keytype', keytype) end
     local ids = admit(kind, payloads, key, delay)
     if dedup then redis.call('SET', OWN, ids[1], 'PX', 600000) end
-    serve_getters()
+    serve_getters(kind)
     return ids
   end
 
@@ -551,15 +638,15 @@ local function queue(keys, args)
       redis.call('HSET', GREQ, waiter, pack(r))
       return {'WAIT', next_deadline()}
     end
-    local members = redis.call('ZRANGE', READY, 0, count - 1)
-    if #members == 0 then
+    local ids = ready_ids(kind, count, true)
+    if #ids == 0 then
       if shutdown ~= 'no' then return redis.error_reply('SHUTDOWN queue is shut down') end
       if waiter == '' then return false end
       redis.call('HSET', GREQ, waiter, pack({tostring(now + wait_ms + 5000), tostring(count), mode, holder, tostring(lease), name}))
       redis.call('RPUSH', GLINE, waiter)
       return {'WAIT', next_deadline()}
     end
-    local _, entries = deliver(members, mode, holder, lease, name)
+    local _, entries = deliver(ids, mode, holder, lease, name)
     serve_putters(kind, maxsize, shutdown)
     return entries
   end
@@ -615,16 +702,15 @@ local function queue(keys, args)
     for i = 3, #ARGV do ids[#ids + 1] = ARGV[i] end
     if #ids == 0 then return 0 end
     local hs = redis.call('HMGET', HOLDER, unpack(ids))
-    local mine, taken, seen = {}, 0, {}
+    -- Compared whole (no substring per id): 'L'/'T' and the holder, or
+    -- a timed lease's bare 'L' anyone may finish.
+    local mine, taken, seen, lh, th = {}, 0, {}, 'L' .. holder, 'T' .. holder
     for i, h in ipairs(hs) do
       local id = ids[i]
-      if h and not seen[id] then
-        local who = string.sub(h, 2)
-        if who == '' or who == holder then
-          seen[id] = true
-          mine[#mine + 1] = id
-          if string.sub(h, 1, 1) == 'T' then taken = taken + 1 end
-        end
+      if h and not seen[id] and (h == lh or h == th or h == 'L' or h == 'T') then
+        seen[id] = true
+        mine[#mine + 1] = id
+        if h == th or h == 'T' then taken = taken + 1 end
       end
     end
     local n = #mine
@@ -633,8 +719,9 @@ local function queue(keys, args)
     redis.call('HDEL', HOLDER, unpack(mine))
     redis.call('SREM', OWN, unpack(mine))
     redis.call('HDEL', MSG, unpack(mine))
-    redis.call('HDEL', ATT, unpack(mine))
-    redis.call('HDEL', SK, unpack(mine))
+    -- Attempts and order keys: only for messages given back (or priority).
+    if redis.call('EXISTS', ATT) == 1 then redis.call('HDEL', ATT, unpack(mine)) end
+    if redis.call('EXISTS', SK) == 1 then redis.call('HDEL', SK, unpack(mine)) end
     if taken > 0 then incr('ntaken', -taken) end
     if n > taken then incr('nleased', taken - n) end
     incr('done', n)
@@ -738,7 +825,7 @@ local function queue(keys, args)
     local ids = admit(kind, {ARGV[3]}, '', 0)
     redis.call('HSET', ATT, ids[1], ARGV[2])
     redis.call('SET', OWN, ids[1], 'PX', 600000)
-    serve_getters()
+    serve_getters(kind)
     return ids[1]
   end
 
@@ -775,12 +862,10 @@ local function queue(keys, args)
   if op == 'peek' then
     -- ARGV: count, name
     if not exists() then return {} end
-    advance()
-    local members = redis.call('ZRANGE', READY, 0, num(ARGV[2], 1) - 1)
+    local kind = advance()
     local entries = {}
-    for i, member in ipairs(members) do
-      local id = member_id(member)
-      entries[i] = {ARGV[3], id, redis.call('HGET', MSG, id), num(redis.call('HGET', ATT, id), 0)}
+    for i, id in ipairs(ready_ids(kind, num(ARGV[2], 1), false)) do
+      entries[i] = {ARGV[3], tonumber(id), redis.call('HGET', MSG, id), num(redis.call('HGET', ATT, id), 0)}
     end
     return entries
   end
@@ -788,15 +873,15 @@ local function queue(keys, args)
   if op == 'purge' then
     if not exists() then return 0 end
     local n = 0
-    for _, member in ipairs(redis.call('ZRANGE', READY, 0, -1)) do
-      forget(member_id(member))
+    for _, id in ipairs(drain_ready()) do
+      forget(id)
       n = n + 1
     end
     for _, id in ipairs(redis.call('ZRANGE', DELAYED, 0, -1)) do
       forget(id)
       n = n + 1
     end
-    redis.call('DEL', READY, DELAYED)
+    redis.call('DEL', DELAYED)
     if n > 0 then
       incr('dropped', n)
       if incr('unfinished', -n) == 0 then tell_joiners() end
@@ -821,11 +906,10 @@ local function queue(keys, args)
     redis.call('DEL', DELAYED)
     if immediate then
       local n = 0
-      for _, member in ipairs(redis.call('ZRANGE', READY, 0, -1)) do
-        forget(member_id(member))
+      for _, id in ipairs(drain_ready()) do
+        forget(id)
         n = n + 1
       end
-      redis.call('DEL', READY)
       if n > 0 then
         incr('dropped', n)
         if incr('unfinished', -n) == 0 then tell_joiners() end
@@ -848,7 +932,7 @@ local function queue(keys, args)
       for _, w in ipairs(redis.call('LRANGE', line, 0, -1)) do mail(w, 'S') end
     end
     for _, w in ipairs(redis.call('ZRANGE', JOINERS, 0, -1)) do mail(w, 'J') end
-    redis.call('DEL', META, READY, MSG, ATT, SK, OUT, HOLDER, DELAYED, DEAD, GLINE, PLINE, JOINERS, GREQ, PREQ)
+    redis.call('DEL', META, READY, MSG, ATT, SK, OUT, HOLDER, DELAYED, DEAD, GLINE, PLINE, JOINERS, GREQ, PREQ, FRESH)
     return 1
   end
 
