@@ -362,7 +362,11 @@ impl Connection {
         let n = self.puts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let key = format!("{}{n}", self.dedup_prefix);
         let mut args: Vec<&[u8]> = vec![b"QPUT", queue.as_bytes(), &payload];
-        args.extend_from_slice(&[b"DEDUP", key.as_bytes()]);
+        // `t` is the validated wait (whole ms; "0" forever, None no wait).
+        let waits = t.as_deref().and_then(|ms| ms.parse::<u64>().ok());
+        let window =
+            ferry_client::resend_dedup_window(waits.map(Duration::from_millis)).to_string();
+        args.extend_from_slice(&[b"DEDUP", key.as_bytes(), b"DEDUPFOR", window.as_bytes()]);
         if let Some(k) = &priority {
             args.extend_from_slice(&[b"PRIOKEY", k]);
         }

@@ -341,6 +341,32 @@ fn take_noack_and_dedup(e: &Engine) {
     let b = c.call(&[b"QPUT", b"dd", b"x", b"DEDUP", b"k1"]).unwrap();
     assert_eq!(a, b, "a retried put adds nothing");
     assert_eq!(c.qsize("dd").unwrap(), 1);
+    // DEDUPFOR: a key's own, shorter window (the client's own puts).
+    let put = |c: &mut Client| {
+        c.call(&[b"QPUT", b"dd", b"y", b"DEDUP", b"k2", b"DEDUPFOR", b"200"])
+            .unwrap()
+    };
+    let t = Instant::now();
+    let first = put(&mut c);
+    assert_eq!(put(&mut c), first, "within its window");
+    let mut again = put(&mut c);
+    while again == first {
+        again = put(&mut c);
+    }
+    // (Engines count whole milliseconds.)
+    assert!(
+        t.elapsed() >= Duration::from_millis(199),
+        "not before: {:?}",
+        t.elapsed()
+    );
+    assert!(matches!(
+        c.call(&[b"QPUT", b"dd", b"z", b"DEDUPFOR", b"200"]),
+        Err(Error::Server { .. })
+    ));
+    // Every put of the client carries a key of its own, with a window.
+    let n = c.qsize("dd").unwrap();
+    c.put("dd", b"w").unwrap();
+    assert_eq!(c.qsize("dd").unwrap(), n + 1);
 }
 
 fn locks_hand_over_with_larger_tokens(e: &Engine) {

@@ -621,8 +621,23 @@ impl AsyncClient {
     ) -> Result<u64, Error> {
         self.check_size(payload.len()).await?;
         let key = self.dedup_key();
-        let mut args: Vec<&[u8]> =
-            vec![b"QPUT", queue.as_bytes(), payload, b"DEDUP", key.as_bytes()];
+        let timeout = match wait {
+            [_, ms] => std::str::from_utf8(ms)
+                .ok()
+                .and_then(|ms| ms.parse().ok())
+                .map(Duration::from_millis),
+            _ => None,
+        };
+        let window = crate::resend_dedup_window(timeout).to_string();
+        let mut args: Vec<&[u8]> = vec![
+            b"QPUT",
+            queue.as_bytes(),
+            payload,
+            b"DEDUP",
+            key.as_bytes(),
+            b"DEDUPFOR",
+            window.as_bytes(),
+        ];
         args.extend_from_slice(wait);
         match self.call_retrying(&args, true).await? {
             Value::Int(id) => u64::try_from(id).map_err(|_| Error::Protocol("negative id".into())),

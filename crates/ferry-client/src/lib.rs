@@ -68,6 +68,17 @@ pub use redis::Target as RedisTarget;
 /// The default broker: `ferry://127.0.0.1:7878`.
 pub const DEFAULT_URL: &str = "ferry://127.0.0.1:7878";
 
+/// How long the DEDUP key a client puts on its own puts must count
+/// (`DEDUPFOR`), for a put that waits at most `timeout` (`None`: not at
+/// all, or forever): a put is sent again only within the reconnect
+/// window after its connection was lost, or within its own wait, so two
+/// minutes past the wait is ample — where the broker's 10 minutes would
+/// keep ~6 million keys for a program that puts 10,000 a second.
+pub fn resend_dedup_window(timeout: Option<std::time::Duration>) -> u64 {
+    let wait = timeout.map_or(0, |t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX));
+    wait.saturating_add(120_000)
+}
+
 impl std::str::FromStr for Url {
     type Err = Error;
 

@@ -35,6 +35,9 @@ use crate::Error;
 static QUEUE: LazyLock<Lib> = LazyLock::new(|| Lib::new("ferry_queue", include_str!("queue.lua")));
 static LOCK: LazyLock<Lib> = LazyLock::new(|| Lib::new("ferry_lock", include_str!("lock.lua")));
 
+/// How long a DEDUP key counts, as on the broker (`DEDUPFOR` shortens it).
+const DEDUP_WINDOW_MS: u64 = 600_000;
+
 /// A default lease on this backend: how long a dead process's messages
 /// stay out before they come back.
 pub(crate) const DEFAULT_LEASE: Duration = Duration::from_secs(30);
@@ -831,6 +834,8 @@ impl RedisLink {
         }
         let (mut key, mut keytype, mut delay, mut wait, mut dedup) =
             (Vec::new(), Vec::new(), 0u64, None, None);
+        // A key's own window, shorter than the broker's.
+        let mut dedup_for = None;
         while let Some(opt) = a.next() {
             if is(opt, "PRIORITY") {
                 let v = a.require("PRIORITY")?;
@@ -847,6 +852,8 @@ impl RedisLink {
                 delay = a.number("DELAY")?;
             } else if is(opt, "DEDUP") && cmd == "QPUT" {
                 dedup = Some(a.require("DEDUP")?.to_vec());
+            } else if is(opt, "DEDUPFOR") && cmd == "QPUT" {
+                dedup_for = Some(a.number("DEDUPFOR")?.clamp(1, DEDUP_WINDOW_MS));
             } else if is(opt, "PAYLOADS") && cmd == "QPUTMANY" {
                 while let Some(p) = a.next() {
                     payloads.push(p.to_vec());
@@ -857,6 +864,9 @@ impl RedisLink {
         }
         if payloads.is_empty() {
             return Err(server("ERR", "no payloads"));
+        }
+        if dedup_for.is_some() && dedup.is_none() {
+            return Err(server("ERR", "DEDUPFOR needs a DEDUP key"));
         }
         let own = match &dedup {
             Some(k) => {
@@ -873,7 +883,10 @@ impl RedisLink {
             keytype,
             delay.to_string().into_bytes(),
             if dedup.is_some() {
-                b"1".to_vec()
+                dedup_for
+                    .unwrap_or(DEDUP_WINDOW_MS)
+                    .to_string()
+                    .into_bytes()
             } else {
                 b"0".to_vec()
             },

@@ -382,7 +382,8 @@ local function serve_putters(kind, maxsize, shutdown)
     if not req then
       redis.call('LPOP', PLINE)
     else
-      -- until, key, keytype, delay, dedup key ('' none), payloads...
+      -- until, key, keytype, delay, dedup key ('' none), its window ms,
+      -- payloads...
       local r = unpack_strings(req)
       if tonumber(r[1]) < now then
         redis.call('LPOP', PLINE)
@@ -393,13 +394,13 @@ local function serve_putters(kind, maxsize, shutdown)
         mail(w, 'S')
       else
         local payloads = {}
-        for i = 6, #r do table.insert(payloads, r[i]) end
+        for i = 7, #r do table.insert(payloads, r[i]) end
         if maxsize > 0 and qsize() + #payloads > maxsize then return end
         redis.call('LPOP', PLINE)
         redis.call('HDEL', PREQ, w)
         local ids = admit(kind, payloads, r[2], tonumber(r[4]))
         if r[3] ~= '' then redis.call('HSET', META, 'keytype', r[3]) end
-        if r[5] ~= '' then redis.call('SET', PREFIX .. r[5], ids[1], 'PX', 600000) end
+        if r[5] ~= '' then redis.call('SET', PREFIX .. r[5], ids[1], 'PX', r[6]) end
         mail(w, 'I' .. table.concat(ids, ','))
         serve_getters(kind)
       end
@@ -570,9 +571,10 @@ local function queue(keys, args)
   end
 
   if op == 'put' then
-    -- ARGV: waiter, wait_ms, key (or ''), keytype (or ''), delay ms, dedup
-    -- (1/0), then the payloads.
-    local waiter, wait_ms, key, keytype, delay, dedup = ARGV[2], num(ARGV[3], 0), ARGV[4], ARGV[5], num(ARGV[6], 0), ARGV[7] == '1'
+    -- ARGV: waiter, wait_ms, key (or ''), keytype (or ''), delay ms, the
+    -- DEDUP key's window ms (0: no key; OWN is the key), then the
+    -- payloads.
+    local waiter, wait_ms, key, keytype, delay, dedup = ARGV[2], num(ARGV[3], 0), ARGV[4], ARGV[5], num(ARGV[6], 0), num(ARGV[7], 0)
     local mailed = collect(waiter)
     if mailed then return mailed end
     ensure()
@@ -585,7 +587,7 @@ local function queue(keys, args)
       return {'WAIT', next_deadline()}
     end
     if shutdown ~= 'no' then return redis.error_reply('SHUTDOWN queue is shut down') end
-    if dedup then
+    if dedup > 0 then
       local first = redis.call('GET', OWN)
       if first then return {tonumber(first)} end
     end
@@ -608,8 +610,8 @@ local function queue(keys, args)
     if maxsize > 0 and (qsize() + #payloads > maxsize or line > 0) then
       if waiter == '' then return redis.error_reply('FULL queue is full') end
       local dk = ''
-      if dedup then dk = string.sub(OWN, #PREFIX + 1) end
-      local req = {tostring(now + wait_ms + 5000), key, keytype, tostring(delay), dk}
+      if dedup > 0 then dk = string.sub(OWN, #PREFIX + 1) end
+      local req = {tostring(now + wait_ms + 5000), key, keytype, tostring(delay), dk, tostring(dedup)}
       for _, p in ipairs(payloads) do table.insert(req, p) end
       redis.call('HSET', PREQ, waiter, pack(req))
       redis.call('RPUSH', PLINE, waiter)
@@ -617,7 +619,7 @@ local function queue(keys, args)
     end
     if keytype ~= '' then redis.call('HSET', META, 'keytype', keytype) end
     local ids = admit(kind, payloads, key, delay)
-    if dedup then redis.call('SET', OWN, ids[1], 'PX', 600000) end
+    if dedup > 0 then redis.call('SET', OWN, ids[1], 'PX', dedup) end
     serve_getters(kind)
     return ids
   end

@@ -75,6 +75,8 @@ pub(crate) struct Put {
     data: Bytes,
     opts: PutOpts,
     dedup: Option<Bytes>,
+    /// DEDUPFOR ms: this key's window, if shorter than the broker's.
+    dedup_for: Option<u64>,
 }
 
 pub(crate) struct PutMany {
@@ -124,22 +126,28 @@ impl Put {
     pub(super) fn parse(a: &mut Args) -> Result<Self, CmdError> {
         let queue = a.queue()?;
         let data = a.require()?;
-        let (mut opts, mut dedup) = (PutOpts::default(), None);
+        let (mut opts, mut dedup, mut dedup_for) = (PutOpts::default(), None, None);
         while let Some(opt) = a.next() {
             if opts.parse(&opt, a)? {
                 continue;
             }
             if is(&opt, "DEDUP") {
                 dedup = Some(a.value(&opt)?);
+            } else if is(&opt, "DEDUPFOR") {
+                dedup_for = Some(a.u64_value(&opt)?);
             } else {
                 return Err(a.unknown(&opt));
             }
+        }
+        if dedup_for.is_some() && dedup.is_none() {
+            return Err(err("ERR", "DEDUPFOR needs a DEDUP key"));
         }
         Ok(Put {
             queue,
             data,
             opts,
             dedup,
+            dedup_for,
         })
     }
 
@@ -150,9 +158,12 @@ impl Put {
             data,
             opts,
             dedup,
+            dedup_for,
         } = self;
         let cell = s.find_or_create(&queue);
+        // A key's own window may be shorter than the broker's, not longer.
         let window = s.broker.config.dedup_window_ms;
+        let window = dedup_for.map_or(window, |w| w.clamp(1, window));
         let store = s.broker.store.clone();
         let item = Payload {
             data,
@@ -179,9 +190,13 @@ impl Put {
                 done()
             }
             Err(PutError::ShutDown(_)) => Err(shut_down()),
-            Err(PutError::Full(item) | PutError::TooMany(item)) => {
-                wait(s, cell, Batch::One(item), &opts, dedup.map(|k| (queue, k)))
-            }
+            Err(PutError::Full(item) | PutError::TooMany(item)) => wait(
+                s,
+                cell,
+                Batch::One(item),
+                &opts,
+                dedup.map(|k| (queue, k, window)),
+            ),
         }
     }
 }
@@ -260,7 +275,7 @@ fn wait(
     cell: Arc<QueueCell>,
     batch: Batch<Payload>,
     opts: &PutOpts,
-    dedup: Option<(Bytes, Bytes)>,
+    dedup: Option<(Bytes, Bytes, u64)>,
 ) -> Res {
     let Wait::Until(until) = opts.wait else {
         return Err(full());
@@ -289,8 +304,9 @@ pub(crate) struct PutWait {
     pub(super) notify: Arc<Notify>,
     pub(super) until: Option<Instant>,
     many: bool,
-    /// A QPUT's DEDUP key, remembered once the put is admitted.
-    dedup: Option<(Bytes, Bytes)>,
+    /// A QPUT's queue, DEDUP key and its window, remembered once the put
+    /// is admitted.
+    dedup: Option<(Bytes, Bytes, u64)>,
 }
 
 impl PutWait {
@@ -329,8 +345,7 @@ impl PutWait {
         };
         Some(match outcome {
             Ok(ids) => {
-                if let Some((queue, key)) = self.dedup.take() {
-                    let window = s.broker.config.dedup_window_ms;
+                if let Some((queue, key, window)) = self.dedup.take() {
                     let store = s.broker.store.clone();
                     self.cell.with(&s.broker, |st, now| {
                         st.remember(&queue, key, ids.start, now, window, store.as_deref())
