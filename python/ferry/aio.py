@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
 import math
 import os
 import threading
@@ -88,6 +89,15 @@ class _Process:
         self.holder = f"py-{os.getpid()}-{uuid.uuid4().hex}"
         self.pool = AsyncPool(url, self.holder)
         self.local = threading.local()
+        # Each put carries a DEDUP key of its own (unless the caller gave
+        # one), so that one whose connection was lost — a broker restart,
+        # a failover — is sent again safely and goes in once.
+        self.puts = itertools.count()
+
+    def resend_key(self) -> list:
+        """DEDUP and DEDUPFOR for a put's own key: it counts two minutes
+        (a resend comes within the reconnect window), not ten."""
+        return [b"DEDUP", f"{self.holder}-{next(self.puts)}".encode(), b"DEDUPFOR", b"120000"]
 
     def conn(self) -> Connection:
         c = getattr(self.local, "conn", None)
@@ -408,6 +418,8 @@ class Queue:
         args = self._put_args(item)
         if dedup is not None:
             args += [b"DEDUP", dedup.encode() if isinstance(dedup, str) else bytes(dedup)]
+        else:
+            args += self._p().resend_key()
         pool = self._p().pool
         try:
             await _call(pool, args + [b"NOWAIT"])

@@ -191,10 +191,18 @@ async fn mux(pool: Arc<Pool>, mut rx: mpsc::UnboundedReceiver<Job>) {
                 }
             }
             Err(e) => {
-                // The connection is gone; the client opens another next time.
+                // The connection is gone (a broker restart): what is safe
+                // to send again is, one by one on a new connection (the
+                // client reconnects with backoff); the rest fails.
                 let msg = e.to_string();
-                for (_, reply) in batch.drain(..) {
-                    let _ = reply.send(Err(io_error(&msg)));
+                for (args, reply) in batch.drain(..) {
+                    let refs: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
+                    let r = if ferry_client::resendable(&refs) {
+                        c.call(&refs).await
+                    } else {
+                        Err(io_error(&msg))
+                    };
+                    let _ = reply.send(r);
                 }
             }
         }

@@ -172,3 +172,37 @@ def test_five_restarts_under_producer_consumer_load(tmp_path):
             worker.wait(30)
             assert worker.returncode == 0, "the worker saw an error"
         stop(broker)
+
+
+def test_asyncio_gets_puts_and_joins_survive_broker_restarts(tmp_path):
+    """ferry.aio: a waiting get and join, and puts, across two restarts."""
+    import asyncio
+
+    import ferry.aio
+
+    port = free_port()
+    url = f"ferry://127.0.0.1:{port}"
+    broker = serve(port, tmp_path)
+
+    async def main():
+        nonlocal broker
+        q = ferry.aio.JoinableQueue(name="aio-restart", url=url)
+        getter = asyncio.ensure_future(q.get())
+        await q.put("before")
+        assert await getter == "before"
+        q.task_done()
+        getter = asyncio.ensure_future(q.get())
+        await asyncio.to_thread(until, lambda: waiting(url, "aio-restart", "waiting_getters") == 1,
+                                "the get")
+        for _ in range(2):
+            await asyncio.to_thread(stop, broker)
+            broker = await asyncio.to_thread(serve, port, tmp_path)
+        await q.put("after two restarts")
+        assert await asyncio.wait_for(getter, 60) == "after two restarts"
+        q.task_done()
+        await asyncio.wait_for(q.join(), 60)
+
+    try:
+        asyncio.run(main())
+    finally:
+        stop(broker)

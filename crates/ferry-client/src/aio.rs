@@ -300,6 +300,13 @@ fn repeatable(args: &[&[u8]]) -> Option<Option<usize>> {
     reads.iter().any(|r| is(name, r)).then_some(None)
 }
 
+/// Whether a command may be sent again after its connection was lost (see
+/// [`AsyncClient::call`]): for a caller that pipelined it and lost the
+/// pipeline.
+pub fn resendable(args: &[&[u8]]) -> bool {
+    repeatable(args).is_some()
+}
+
 /// What a wait replies when it runs out: null, or FULL for a put.
 fn timed_out(args: &[&[u8]]) -> Result<Value, Error> {
     match args.first() {

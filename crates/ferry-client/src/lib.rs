@@ -40,7 +40,7 @@ use std::io;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use aio::AsyncClient;
+pub use aio::{AsyncClient, resendable};
 pub use ferry_proto::Value;
 
 /// Where the broker is, and how to authenticate.
