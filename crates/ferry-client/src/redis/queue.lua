@@ -500,6 +500,16 @@ local function next_deadline()
   return hint
 end
 
+-- A waiter still in line (in `reqs`) keeps its place: its request's life
+-- is renewed, and it waits again. nil if it is not in line.
+local function still_in_line(reqs, waiter, wait_ms)
+  if waiter == '' or redis.call('HEXISTS', reqs, waiter) == 0 then return nil end
+  local r = unpack_strings(redis.call('HGET', reqs, waiter))
+  r[1] = tostring(now + wait_ms + 5000)
+  redis.call('HSET', reqs, waiter, pack(r))
+  return {'WAIT', next_deadline()}
+end
+
 -- A waiter's mail, if some came: {"MAIL", mail}.
 local function collect(waiter)
   if waiter == '' then return nil end
@@ -579,13 +589,8 @@ local function queue(keys, args)
     if mailed then return mailed end
     ensure()
     local kind, maxsize, shutdown = advance()
-    if waiter ~= '' and redis.call('HEXISTS', PREQ, waiter) == 1 then
-      -- Still in line: keep the place, renew the request's life.
-      local r = unpack_strings(redis.call('HGET', PREQ, waiter))
-      r[1] = tostring(now + wait_ms + 5000)
-      redis.call('HSET', PREQ, waiter, pack(r))
-      return {'WAIT', next_deadline()}
-    end
+    local again = still_in_line(PREQ, waiter, wait_ms)
+    if again then return again end
     if shutdown ~= 'no' then return redis.error_reply('SHUTDOWN queue is shut down') end
     if dedup > 0 then
       local first = redis.call('GET', OWN)
@@ -634,12 +639,8 @@ local function queue(keys, args)
     local kind, maxsize, shutdown = advance()
     mailed = collect(waiter)
     if mailed then return mailed end
-    if waiter ~= '' and redis.call('HEXISTS', GREQ, waiter) == 1 then
-      local r = unpack_strings(redis.call('HGET', GREQ, waiter))
-      r[1] = tostring(now + wait_ms + 5000)
-      redis.call('HSET', GREQ, waiter, pack(r))
-      return {'WAIT', next_deadline()}
-    end
+    local again = still_in_line(GREQ, waiter, wait_ms)
+    if again then return again end
     local ids = ready_ids(kind, count, true)
     if #ids == 0 then
       if shutdown ~= 'no' then return redis.error_reply('SHUTDOWN queue is shut down') end
