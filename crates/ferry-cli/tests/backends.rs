@@ -4,6 +4,7 @@
 //! ports, the URL the only difference. The Rust client, the CLI verbs and `ferry worker`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[macro_use]
 mod common;
 
 use std::io::Read;
@@ -11,69 +12,8 @@ use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{RedisCluster, RedisServer, Server};
+use common::Engine;
 use ferry_client::{Client, Error};
-
-/// An engine and its URL.
-enum Engine {
-    Ferry(Server),
-    Redis(RedisServer),
-    Cluster(RedisCluster),
-}
-
-impl Engine {
-    fn url(&self) -> String {
-        match self {
-            Engine::Ferry(s) => format!("ferry://127.0.0.1:{}", s.port),
-            // Short leases: a dead consumer's messages come back in a second.
-            Engine::Redis(r) => format!("redis://127.0.0.1:{}?lease=1000", r.port),
-            Engine::Cluster(c) => format!("{}?lease=1000", c.url()),
-        }
-    }
-
-    fn client(&self) -> Client {
-        Client::connect(&self.url()).unwrap()
-    }
-
-    /// A QINFO counter (0 while the queue does not exist).
-    fn info(&self, queue: &str, field: &str) -> i64 {
-        let mut c = self.client();
-        let pairs = match c.call(&[b"QINFO", queue.as_bytes()]) {
-            Ok(ferry_client::Value::Map(pairs)) => pairs,
-            Ok(ferry_client::Value::Array(flat)) => flat
-                .chunks(2)
-                .map(|kv| (kv[0].clone(), kv[1].clone()))
-                .collect(),
-            Err(Error::Server { code, .. }) if code == "NOQUEUE" => return 0,
-            other => panic!("QINFO replied {other:?}"),
-        };
-        for (k, v) in pairs {
-            if k == ferry_client::Value::Bulk(field.as_bytes().to_vec().into()) {
-                return match v {
-                    ferry_client::Value::Int(n) => n,
-                    ferry_client::Value::Bool(b) => i64::from(b),
-                    other => panic!("{field} is {other:?}"),
-                };
-            }
-        }
-        panic!("QINFO has no {field}")
-    }
-}
-
-/// Each test, once per engine.
-macro_rules! on_every_engine {
-    ($($name:ident),* $(,)?) => {
-        mod on_ferry {
-            $(#[test] fn $name() { super::$name(&super::Engine::Ferry(super::Server::start())); })*
-        }
-        mod on_redis {
-            $(#[test] fn $name() { super::$name(&super::Engine::Redis(super::RedisServer::start())); })*
-        }
-        mod on_cluster {
-            $(#[test] fn $name() { super::$name(&super::Engine::Cluster(super::RedisCluster::start(3, 0))); })*
-        }
-    };
-}
 
 on_every_engine!(
     put_get_task_done_as_python_counts,

@@ -1,8 +1,9 @@
-//! `ferry worker` against the real broker: every task done once, retries
-//! and dead letters, timeouts, kill -9 of the supervisor, and no zombie or
-//! orphan at any point.
+//! `ferry worker` on every engine (ferry's broker, Redis, a Redis
+//! Cluster): every task done once, retries and dead letters, timeouts,
+//! kill -9 of the supervisor, and no zombie or orphan at any point.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[macro_use]
 mod common;
 
 use std::collections::HashMap;
@@ -12,25 +13,21 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::Server;
+use common::Engine;
 
-fn url(s: &Server) -> String {
-    s.url().replace("redis://", "ferry://")
-}
-
-fn worker(s: &Server, args: &[&str]) -> Child {
+fn worker(s: &Engine, args: &[&str]) -> Child {
     Command::new(env!("CARGO_BIN_EXE_ferry"))
         .arg("worker")
         .args(args)
-        .env("FERRY_URL", url(s))
+        .env("FERRY_URL", s.url())
         // One log line per task: kept out of the test output.
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap()
 }
 
-fn client(s: &Server) -> ferry_client::Client {
-    ferry_client::Client::connect(&url(s)).unwrap()
+fn client(s: &Engine) -> ferry_client::Client {
+    s.client()
 }
 
 fn stat(pid: u32) -> Option<(char, u32)> {
@@ -122,18 +119,24 @@ fn stop(mut w: Child) {
     );
 }
 
-#[test]
-fn two_hundred_tasks_through_four_workers_each_done_once() {
-    let s = Server::start();
+on_every_engine!(
+    two_hundred_tasks_through_four_workers_each_done_once,
+    failing_tasks_are_retried_then_dead_lettered_with_their_attempts,
+    a_hung_task_is_killed_with_everything_it_started,
+    kill_9_of_the_supervisor_leaves_no_orphan_and_a_second_finishes,
+    persistent_children_take_one_message_at_a_time_and_are_restarted,
+);
+
+fn two_hundred_tasks_through_four_workers_each_done_once(s: &Engine) {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out.txt");
-    let mut c = client(&s);
+    let mut c = client(s);
     for i in 0..200 {
         c.put("jobs", format!("m{i}").as_bytes()).unwrap();
     }
     // One write per line, so that concurrent tasks cannot interleave.
     let script = format!("x=$(cat); echo \"$x\" >> {}", out.display());
-    let w = worker(&s, &["jobs", "-j", "4", "--", "sh", "-c", &script]);
+    let w = worker(s, &["jobs", "-j", "4", "--", "sh", "-c", &script]);
     let zombies = ZombieWatch::start(w.id());
     common::wait_until("all 200 done", || c.unfinished("jobs").unwrap() == 0);
     stop(w);
@@ -146,10 +149,8 @@ fn two_hundred_tasks_through_four_workers_each_done_once() {
     assert_eq!(lines, want, "every task ran exactly once");
 }
 
-#[test]
-fn failing_tasks_are_retried_then_dead_lettered_with_their_attempts() {
-    let s = Server::start();
-    let mut c = client(&s);
+fn failing_tasks_are_retried_then_dead_lettered_with_their_attempts(s: &Engine) {
+    let mut c = client(s);
     c.call(&[
         b"QCREATE",
         b"flaky",
@@ -162,7 +163,7 @@ fn failing_tasks_are_retried_then_dead_lettered_with_their_attempts() {
     c.put("flaky", b"good").unwrap();
     c.put("flaky", b"bad").unwrap();
     let w = worker(
-        &s,
+        s,
         &[
             "flaky",
             "-j",
@@ -184,10 +185,8 @@ fn failing_tasks_are_retried_then_dead_lettered_with_their_attempts() {
     assert_eq!((dead.payload.as_slice(), dead.attempts), (&b"bad"[..], 3));
 }
 
-#[test]
-fn a_hung_task_is_killed_with_everything_it_started() {
-    let s = Server::start();
-    let mut c = client(&s);
+fn a_hung_task_is_killed_with_everything_it_started(s: &Engine) {
+    let mut c = client(s);
     // One attempt only: the killed task is not started again, so its
     // processes must vanish and stay gone.
     c.call(&[b"QCREATE", b"hung", b"MAXATTEMPTS", b"1"])
@@ -197,7 +196,7 @@ fn a_hung_task_is_killed_with_everything_it_started() {
     let script = format!("sleep {marker} & sleep {marker}; wait");
     let t = Instant::now();
     let w = worker(
-        &s,
+        s,
         &[
             "hung",
             "--timeout",
@@ -233,22 +232,20 @@ fn a_hung_task_is_killed_with_everything_it_started() {
     zombies.check();
 }
 
-#[test]
-fn kill_9_of_the_supervisor_leaves_no_orphan_and_a_second_finishes() {
-    let s = Server::start();
-    let mut c = client(&s);
+fn kill_9_of_the_supervisor_leaves_no_orphan_and_a_second_finishes(s: &Engine) {
+    let mut c = client(s);
     for i in 0..8 {
         c.put("k9", format!("{i}").as_bytes()).unwrap();
     }
     let marker = format!("30.{}", std::process::id());
     let script = format!("cat > /dev/null; sleep {marker} & wait");
-    let mut w = worker(&s, &["k9", "-j", "4", "--", "sh", "-c", &script]);
+    let mut w = worker(s, &["k9", "-j", "4", "--", "sh", "-c", &script]);
     common::wait_until("four tasks running", || with_marker(&marker).len() >= 4);
     w.kill().unwrap(); // SIGKILL
     w.wait().unwrap();
     common::wait_until("no orphan left", || with_marker(&marker).is_empty());
     // The dead supervisor's leases came back: a second one finishes all.
-    let w = worker(&s, &["k9", "-j", "4", "--", "sh", "-c", "cat > /dev/null"]);
+    let w = worker(s, &["k9", "-j", "4", "--", "sh", "-c", "cat > /dev/null"]);
     let zombies = ZombieWatch::start(w.id());
     common::wait_until("all finished by the second supervisor", || {
         c.unfinished("k9").unwrap() == 0
@@ -257,12 +254,10 @@ fn kill_9_of_the_supervisor_leaves_no_orphan_and_a_second_finishes() {
     zombies.check();
 }
 
-#[test]
-fn persistent_children_take_one_message_at_a_time_and_are_restarted() {
-    let s = Server::start();
+fn persistent_children_take_one_message_at_a_time_and_are_restarted(s: &Engine) {
     let dir = tempfile::tempdir().unwrap();
     let pids = dir.path().join("pids");
-    let mut c = client(&s);
+    let mut c = client(s);
     for i in 0..50 {
         c.put("p", format!("line {i}").as_bytes()).unwrap();
     }
@@ -273,7 +268,7 @@ fn persistent_children_take_one_message_at_a_time_and_are_restarted() {
         pids.display()
     );
     let w = worker(
-        &s,
+        s,
         &["p", "-j", "2", "--persistent", "--", "sh", "-c", &script],
     );
     let zombies = ZombieWatch::start(w.id());
@@ -291,7 +286,7 @@ fn persistent_children_take_one_message_at_a_time_and_are_restarted() {
     stop(w);
     zombies.check();
     let w = worker(
-        &s,
+        s,
         &[
             "crash",
             "--persistent",

@@ -416,3 +416,72 @@ impl RedisCluster {
         panic!("no primary serves slot {slot}")
     }
 }
+
+/// An engine and its URL.
+pub enum Engine {
+    Ferry(Server),
+    Redis(RedisServer),
+    Cluster(RedisCluster),
+}
+
+impl Engine {
+    pub fn url(&self) -> String {
+        match self {
+            Engine::Ferry(s) => format!("ferry://127.0.0.1:{}", s.port),
+            // Short leases: a dead consumer's messages come back in a second.
+            Engine::Redis(r) => format!("redis://127.0.0.1:{}?lease=1000", r.port),
+            Engine::Cluster(c) => format!("{}?lease=1000", c.url()),
+        }
+    }
+
+    pub fn client(&self) -> ferry_client::Client {
+        ferry_client::Client::connect(&self.url()).unwrap()
+    }
+
+    /// A QINFO counter (0 while the queue does not exist).
+    pub fn info(&self, queue: &str, field: &str) -> i64 {
+        let mut c = self.client();
+        let pairs = match c.call(&[b"QINFO", queue.as_bytes()]) {
+            Ok(ferry_client::Value::Map(pairs)) => pairs,
+            Ok(ferry_client::Value::Array(flat)) => flat
+                .chunks(2)
+                .map(|kv| (kv[0].clone(), kv[1].clone()))
+                .collect(),
+            Err(ferry_client::Error::Server { code, .. }) if code == "NOQUEUE" => return 0,
+            other => panic!("QINFO replied {other:?}"),
+        };
+        for (k, v) in pairs {
+            if k == ferry_client::Value::Bulk(field.as_bytes().to_vec().into()) {
+                return match v {
+                    ferry_client::Value::Int(n) => n,
+                    ferry_client::Value::Bool(b) => i64::from(b),
+                    other => panic!("{field} is {other:?}"),
+                };
+            }
+        }
+        panic!("QINFO has no {field}")
+    }
+}
+
+/// Each test, once per engine: ferry's broker, a redis-server and a Redis
+/// Cluster of three primaries, each its own, the URL the only difference.
+#[macro_export]
+macro_rules! on_every_engine {
+    ($($name:ident),* $(,)?) => {
+        mod on_ferry {
+            $(#[test] fn $name() {
+                super::$name(&$crate::common::Engine::Ferry($crate::common::Server::start()));
+            })*
+        }
+        mod on_redis {
+            $(#[test] fn $name() {
+                super::$name(&$crate::common::Engine::Redis($crate::common::RedisServer::start()));
+            })*
+        }
+        mod on_cluster {
+            $(#[test] fn $name() {
+                super::$name(&$crate::common::Engine::Cluster($crate::common::RedisCluster::start(3, 0)));
+            })*
+        }
+    };
+}
