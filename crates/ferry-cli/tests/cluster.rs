@@ -323,6 +323,14 @@ fn a_consumer_killed_mid_task_gives_its_message_back_after_the_lease() {
     assert!(back < Duration::from_secs(3), "back in {back:?}");
     c.task_done("sigkill", m.id).unwrap();
     assert!(c.join_timeout("sigkill", Duration::from_secs(5)).unwrap());
+    // The dead worker's set of held ids went with its lease.
+    for node in &cluster.nodes {
+        let left: Vec<String> = redis::cmd("KEYS")
+            .arg("ferry:{sigkill}:h:*")
+            .query(&mut node.conn())
+            .unwrap();
+        assert!(left.is_empty(), "{left:?}");
+    }
     let _ = Command::new("pkill")
         .args(["-f", &started.display().to_string()])
         .status();

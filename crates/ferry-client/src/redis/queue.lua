@@ -251,6 +251,9 @@ local function unout(id)
   if not h then return nil end
   redis.call('ZREM', OUT, id)
   redis.call('HDEL', HOLDER, id)
+  -- Out of its holder's set too: a holder that died leaves no set behind.
+  local who = string.sub(h, 2)
+  if who ~= '' then redis.call('SREM', owned(who), id) end
   local k = string.sub(h, 1, 1)
   if k == 'T' then incr('ntaken', -1) else incr('nleased', -1) end
   return k
