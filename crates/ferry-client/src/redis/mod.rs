@@ -139,6 +139,9 @@ impl Drop for RedisLink {
     }
 }
 
+/// A function call's keys and arguments.
+type Call = (Vec<Vec<u8>>, Vec<Vec<u8>>);
+
 /// A step of a command that may wait.
 enum Step {
     Done(Value),
@@ -516,16 +519,56 @@ impl RedisLink {
         self.call_cancellable(args, never).await.map(|(v, _)| v)
     }
 
+    /// QDONE's keys and arguments (`rest`: the queue, then the ids).
+    fn done_call(&self, rest: &[&[u8]]) -> Result<Call, Error> {
+        let (q, ids) = rest
+            .split_first()
+            .ok_or_else(|| server("ERR", "missing queue"))?;
+        let q = check_name(q)?;
+        let mut sargs = vec![b"done".to_vec(), self.holder.as_bytes().to_vec()];
+        sargs.extend(ids.iter().map(|id| id.to_vec()));
+        Ok((queue_keys(q, &holder_key(&self.holder)), sargs))
+    }
+
+    /// Commands one after the other, each answered as `call` would; a QDONE
+    /// followed by another command goes out with it (a consumer's done and
+    /// next get: one round trip, as on the broker). Sent on one connection
+    /// in order, they run in order.
     pub(crate) async fn pipeline(
         &mut self,
         commands: &[Vec<&[u8]>],
     ) -> Result<Vec<Result<Value, Error>>, Error> {
         let mut replies = Vec::with_capacity(commands.len());
-        for c in commands {
+        let mut i = 0;
+        while i < commands.len() {
+            let c = &commands[i];
+            let done_first = i + 1 < commands.len()
+                && self.target.wait == 0
+                && c.first().is_some_and(|n| is(n, "QDONE"));
+            if done_first && let Ok((keys, sargs)) = self.done_call(&c[1..]) {
+                let mut conn = self.conn.clone();
+                let done = async move {
+                    QUEUE
+                        .call::<redis::Value>(&mut conn, &keys, &sargs)
+                        .await
+                        .map_err(io)
+                        .and_then(from_redis)
+                };
+                let (d, next) = tokio::join!(done, self.call(&commands[i + 1]));
+                for r in [d, next] {
+                    match r {
+                        Err(Error::Io(e)) => return Err(Error::Io(e)),
+                        r => replies.push(r),
+                    }
+                }
+                i += 2;
+                continue;
+            }
             match self.call(c).await {
                 Err(Error::Io(e)) => return Err(Error::Io(e)),
                 r => replies.push(r),
             }
+            i += 1;
         }
         Ok(replies)
     }
@@ -646,12 +689,7 @@ impl RedisLink {
             "QPUT" | "QPUTMANY" => self.put(&cmd, &mut a, cancel).await,
             "QGET" => self.get(&mut a, cancel).await,
             "QDONE" => {
-                let q = check_name(a.require("queue")?)?.to_string();
-                let mut sargs = vec![b"done".to_vec(), self.holder.as_bytes().to_vec()];
-                while let Some(id) = a.next() {
-                    sargs.push(id.to_vec());
-                }
-                let keys = queue_keys(&q, &holder_key(&self.holder));
+                let (keys, sargs) = self.done_call(rest)?;
                 done(self.change(&QUEUE, &keys, &sargs).await?)
             }
             "QNACK" | "QTOUCH" => {
