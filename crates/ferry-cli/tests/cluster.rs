@@ -253,6 +253,107 @@ fn without_wait_a_failover_completes_and_its_loss_is_measured() {
     assert!(run.lost < run.acknowledged);
 }
 
+/// A node's cluster id (CLUSTER MYID).
+fn node_id(cluster: &RedisCluster, i: usize) -> String {
+    redis::cmd("CLUSTER")
+        .arg("MYID")
+        .query(&mut cluster.nodes[i].conn())
+        .unwrap()
+}
+
+#[test]
+fn a_queue_whose_slot_moves_to_another_primary_keeps_working() {
+    // The slot is moved by hand, as redis-cli --cluster reshard does it
+    // (IMPORTING, MIGRATING, MIGRATE key by key, then the new owner), while
+    // a producer and a consumer run: clients meet ASK and TRYAGAIN during
+    // the move and MOVED after it.
+    let cluster = RedisCluster::start(3, 0);
+    let url = format!("{}?lease=2000", cluster.url());
+    let q = "moving";
+    let key = format!("ferry:{{{q}}}:m");
+    let from = cluster.primary_of(&key);
+    let to = (from + 1) % 3;
+    let slot: i64 = redis::cmd("CLUSTER")
+        .arg("KEYSLOT")
+        .arg(&key)
+        .query(&mut cluster.nodes[from].conn())
+        .unwrap();
+    let n = 2000;
+    let produced = Arc::new(AtomicUsize::new(0));
+    let producer = {
+        let (url, produced) = (url.clone(), produced.clone());
+        thread::spawn(move || {
+            let mut c = client(&url);
+            for i in 0..n {
+                c.put(q, format!("{i}").as_bytes()).unwrap();
+                produced.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+    };
+    let consumer = {
+        let url = url.clone();
+        thread::spawn(move || {
+            let mut c = client(&url);
+            let mut seen = BTreeSet::new();
+            while seen.len() < n {
+                let m = c.get_timeout(q, Duration::from_secs(30)).unwrap();
+                seen.insert(String::from_utf8(m.payload.to_vec()).unwrap());
+                c.task_done(q, m.id).unwrap();
+            }
+            seen
+        })
+    };
+    common::wait_until("a third put", || produced.load(Ordering::Relaxed) >= n / 3);
+    let (from_id, to_id) = (node_id(&cluster, from), node_id(&cluster, to));
+    let setslot = |i: usize, how: &str, id: &str| {
+        let _: () = redis::cmd("CLUSTER")
+            .arg("SETSLOT")
+            .arg(slot)
+            .arg(how)
+            .arg(id)
+            .query(&mut cluster.nodes[i].conn())
+            .unwrap();
+    };
+    setslot(to, "IMPORTING", &from_id);
+    setslot(from, "MIGRATING", &to_id);
+    loop {
+        let keys: Vec<String> = redis::cmd("CLUSTER")
+            .arg("GETKEYSINSLOT")
+            .arg(slot)
+            .arg(5)
+            .query(&mut cluster.nodes[from].conn())
+            .unwrap();
+        if keys.is_empty() {
+            break;
+        }
+        let _: () = redis::cmd("MIGRATE")
+            .arg("127.0.0.1")
+            .arg(cluster.nodes[to].port)
+            .arg("")
+            .arg(0)
+            .arg(5000)
+            .arg("KEYS")
+            .arg(&keys)
+            .query(&mut cluster.nodes[from].conn())
+            .unwrap();
+    }
+    for i in 0..3 {
+        setslot(i, "NODE", &to_id);
+    }
+    common::wait_until("every node to see the slot moved", || {
+        cluster.primary_of(&key) == to
+    });
+    let at_move = produced.load(Ordering::Relaxed);
+    eprintln!("the slot moved with {at_move} of {n} put");
+    assert!(at_move < n, "the move came while the producer ran");
+    producer.join().unwrap();
+    let seen = consumer.join().unwrap();
+    assert_eq!(seen.len(), n, "every message, once at least");
+    let mut c = client(&url);
+    assert!(c.join_timeout(q, Duration::from_secs(30)).unwrap());
+    assert_eq!(c.counter(q, "done").unwrap(), n as u64);
+}
+
 #[test]
 fn a_waiting_get_carries_on_through_a_manual_failover() {
     let cluster = RedisCluster::start(3, 1);
