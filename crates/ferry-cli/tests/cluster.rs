@@ -438,6 +438,25 @@ fn a_consumer_killed_mid_task_gives_its_message_back_after_the_lease() {
 }
 
 #[test]
+fn a_cluster_with_a_password_takes_it_in_the_url() {
+    let cluster = RedisCluster::start_with(3, 0, Some("s3cret-pw"));
+    let seeds = cluster.url();
+    let with = seeds.replace("redis+cluster://", "redis+cluster://:s3cret-pw@");
+    let mut c = client(&with);
+    c.put("guarded", b"in").unwrap();
+    let m = c.get("guarded").unwrap();
+    c.task_done("guarded", m.id).unwrap();
+    assert!(c.join_timeout("guarded", Duration::from_secs(5)).unwrap());
+    // Without it: a clear error, not a hang.
+    let t = Instant::now();
+    match Client::connect(&seeds) {
+        Err(Error::Auth(why)) => eprintln!("without the password: {why}"),
+        other => panic!("without the password: {:?}", other.err()),
+    }
+    assert!(t.elapsed() < Duration::from_secs(30));
+}
+
+#[test]
 fn an_unreachable_cluster_is_a_clear_error_in_bounded_time() {
     let (a, b) = (common::free_port(), common::free_port());
     let url = format!("redis+cluster://127.0.0.1:{a},127.0.0.1:{b}");

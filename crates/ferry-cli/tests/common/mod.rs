@@ -280,7 +280,14 @@ impl RedisServer {
     }
 
     pub fn conn(&self) -> redis::Connection {
-        redis::Client::open(format!("redis://127.0.0.1:{}", self.port))
+        // Its --requirepass, if it has one.
+        let auth = self
+            .extra
+            .iter()
+            .position(|a| a == "--requirepass")
+            .and_then(|i| self.extra.get(i + 1))
+            .map_or(String::new(), |pw| format!(":{pw}@"));
+        redis::Client::open(format!("redis://{auth}127.0.0.1:{}", self.port))
             .unwrap()
             .get_connection()
             .unwrap()
@@ -313,10 +320,15 @@ pub struct RedisCluster {
 
 impl RedisCluster {
     pub fn start(primaries: usize, replicas: usize) -> RedisCluster {
+        RedisCluster::start_with(primaries, replicas, None)
+    }
+
+    /// With a password: every node's requirepass and masterauth.
+    pub fn start_with(primaries: usize, replicas: usize, password: Option<&str>) -> RedisCluster {
         let nodes: Vec<RedisServer> = (0..primaries * (1 + replicas))
             .map(|_| {
                 let bus = free_port().to_string();
-                RedisServer::start_with(&[
+                let mut args = vec![
                     "--cluster-enabled",
                     "yes",
                     "--cluster-port",
@@ -327,10 +339,18 @@ impl RedisCluster {
                     // a primary killed early has a replica to fail over to.
                     "--repl-diskless-sync-delay",
                     "0",
-                ])
+                ];
+                if let Some(pw) = password {
+                    args.extend(["--requirepass", pw, "--masterauth", pw]);
+                }
+                RedisServer::start_with(&args)
             })
             .collect();
-        let out = Command::new("redis-cli")
+        let mut create = Command::new("redis-cli");
+        if let Some(pw) = password {
+            create.args(["--no-auth-warning", "-a", pw]);
+        }
+        let out = create
             .arg("--cluster")
             .arg("create")
             .args(nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)))
