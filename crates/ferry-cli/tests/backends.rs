@@ -23,6 +23,7 @@ on_every_engine!(
     join_waits_for_another_client_s_task_done,
     shutdown_as_python_3_13,
     kinds_order_exactly,
+    given_back_due_and_fresh_serve_in_order,
     delays_nacks_touches_and_dead_letters,
     take_noack_and_dedup,
     locks_hand_over_with_larger_tokens,
@@ -208,6 +209,74 @@ fn kinds_order_exactly(e: &Engine) {
         c.task_done("lq", m.id).unwrap();
     }
     assert_eq!(order, ["4", "3", "2", "1", "0"]);
+}
+
+/// Given back, come due and fresh messages in one fifo and one lifo
+/// queue: the order they are served in, as ferry-core's Ready orders
+/// them.
+fn given_back_due_and_fresh_serve_in_order(e: &Engine) {
+    let mut c = e.client();
+    let mut orders = Vec::new();
+    for kind in ["fifo", "lifo"] {
+        let q = format!("mix-{kind}");
+        c.call(&[b"QCREATE", q.as_bytes(), b"KIND", kind.as_bytes()])
+            .unwrap();
+        for p in ["1", "2", "3"] {
+            c.put(&q, p.as_bytes()).unwrap();
+        }
+        c.call(&[b"QPUT", q.as_bytes(), b"4", b"DELAY", b"100"])
+            .unwrap();
+        let first = c.get_nowait(&q).unwrap();
+        c.nack(&q, first.id).unwrap();
+        common::wait_until("the delayed one due", || e.info(&q, "delayed") == 0);
+        c.put(&q, b"5").unwrap();
+        let peeked = match c.call(&[b"QPEEK", q.as_bytes(), b"COUNT", b"10"]).unwrap() {
+            ferry_client::Value::Array(entries) => entries.len(),
+            other => panic!("QPEEK replied {other:?}"),
+        };
+        assert_eq!(peeked, 5);
+        let mut order = vec![String::from_utf8(first.payload).unwrap()];
+        for _ in 0..5 {
+            let m = c.get_nowait(&q).unwrap();
+            order.push(String::from_utf8(m.payload).unwrap());
+            c.task_done(&q, m.id).unwrap();
+        }
+        orders.push(order.join(""));
+    }
+    // As the broker's Ready: fifo serves one given back first, and a
+    // message that became ready (a put, a delay run out) at the back;
+    // lifo pushes both on the top of the stack.
+    assert_eq!(orders, ["112345", "354321"]);
+    // Delayed messages that come due together: in id order (ids 9 to 12,
+    // whose text orders "10" < "9").
+    c.call(&[b"QCREATE", b"mix-due", b"KIND", b"fifo"]).unwrap();
+    for _ in 0..8 {
+        c.put("mix-due", b"-").unwrap();
+    }
+    for _ in 0..8 {
+        let m = c.get_nowait("mix-due").unwrap();
+        c.task_done("mix-due", m.id).unwrap();
+    }
+    c.call(&[
+        b"QPUTMANY",
+        b"mix-due",
+        b"DELAY",
+        b"50",
+        b"PAYLOADS",
+        b"a",
+        b"b",
+        b"c",
+        b"d",
+    ])
+    .unwrap();
+    common::wait_until("all due", || e.info("mix-due", "delayed") == 0);
+    let mut order = String::new();
+    for _ in 0..4 {
+        let m = c.get_nowait("mix-due").unwrap();
+        order.push_str(std::str::from_utf8(&m.payload).unwrap());
+        c.task_done("mix-due", m.id).unwrap();
+    }
+    assert_eq!(order, "abcd");
 }
 
 fn delays_nacks_touches_and_dead_letters(e: &Engine) {

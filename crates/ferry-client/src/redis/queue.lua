@@ -84,35 +84,32 @@ local function escape(key)
   return (string.gsub(key, '%z', '\0\255')) .. '\0\0'
 end
 
-local function fresh_member(kind, id, key)
-  if kind == 'priority' then return '\1' .. escape(key or '') .. be64(id) end
-  if kind == 'lifo' then return '\1' .. be64(2 ^ 52 - id) .. be64(id) end
-  return '\1' .. be64(id)
+-- A priority message's member: its key, then its id.
+local function priority_member(id, key)
+  return '\1' .. escape(key or '') .. be64(id)
 end
 
 local function member_id(member)
   return (struct.unpack('>I8', member, #member - 7))
 end
 
--- Where a returned message goes: served next (fifo, lifo; the latest
--- returned first), or by its key (priority).
-local function returned_member(kind, id)
-  if kind == 'priority' then return redis.call('HGET', SK, id) end
+-- A fifo message given back: before every other, the latest first.
+local function returned_member(id)
   local seq = incr('retseq', -1)
   return '\0' .. be64(2 ^ 52 + seq) .. be64(id)
 end
 
--- A message's ready member: kept for priority messages and returned ones
--- (sk), made from the id for the others.
-local function member_of(kind, id)
-  return redis.call('HGET', SK, id) or fresh_member(kind, tonumber(id), nil)
+-- A priority message's member, kept in SK from its put.
+local function member_of(id)
+  return redis.call('HGET', SK, id) or priority_member(tonumber(id), '')
 end
 
--- Ready messages: READY orders members byte by byte (priority messages,
--- and every message given back or come due after a delay); FRESH holds
--- the ids of fifo and lifo messages put and not yet served, in put order
--- (a list: O(1) for the usual put and get). A take merges the two:
--- given-back members first, then by id (lifo: the newest first).
+-- Ready messages, in the broker's order (ferry-core's Ready): FRESH, a
+-- list, holds fifo and lifo messages in the order they became ready (a
+-- put, a delay that ran out; for lifo also one given back: the top of the
+-- stack), served from its head (fifo) or its tail (lifo); READY, a sorted
+-- set, holds priority messages ordered byte by byte (key, then id) and
+-- fifo messages given back, served before FRESH, the latest first.
 local function qsize() return redis.call('ZCARD', READY) + redis.call('LLEN', FRESH) end
 
 -- The first n ready ids in serving order (as strings: numbers would be
@@ -121,59 +118,48 @@ local function qsize() return redis.call('ZCARD', READY) + redis.call('LLEN', FR
 local function ready_ids(kind, n, remove)
   local ids = {}
   if n <= 0 then return ids end
+  if redis.call('ZCARD', READY) > 0 then
+    local zs = redis.call('ZRANGE', READY, 0, n - 1)
+    for i, member in ipairs(zs) do ids[i] = tostring(member_id(member)) end
+    if remove and #zs > 0 then redis.call('ZREM', READY, unpack(zs)) end
+  end
+  local want = n - #ids
+  if want <= 0 or kind == 'priority' then return ids end
   local lifo = kind == 'lifo'
-  if redis.call('ZCARD', READY) == 0 then
-    -- The usual case: nothing given back, nothing come due.
-    if kind == 'priority' then return ids end
-    local got
-    if remove then
-      got = redis.call(lifo and 'RPOP' or 'LPOP', FRESH, n)
-    else
-      got = redis.call('LRANGE', FRESH, lifo and -n or 0, lifo and -1 or n - 1)
-      if lifo then
-        local r = {}
-        for i = #got, 1, -1 do r[#r + 1] = got[i] end
-        got = r
-      end
-    end
-    return got or ids
-  end
-  local zs = redis.call('ZRANGE', READY, 0, n - 1)
-  local ls = {}
-  if kind ~= 'priority' then
-    local got = redis.call('LRANGE', FRESH, lifo and -n or 0, lifo and -1 or n - 1)
-    if lifo then
-      for i = #got, 1, -1 do ls[#ls + 1] = tonumber(got[i]) end
-    else
-      for i, id in ipairs(got) do ls[i] = tonumber(id) end
-    end
-  end
-  local zi, li, zused = 1, 1, {}
-  while #ids < n do
-    local zm, lid = zs[zi], ls[li]
-    if not zm and not lid then break end
-    local use_z = not lid
-    if zm and lid then
-      if string.byte(zm, 1) == 0 then
-        use_z = true
-      else
-        local zid = member_id(zm)
-        if lifo then use_z = zid > lid else use_z = zid < lid end
-      end
-    end
-    if use_z then
-      ids[#ids + 1] = tostring(member_id(zm))
-      zused[#zused + 1] = zm
-      zi = zi + 1
-    else
-      ids[#ids + 1] = tostring(lid)
-      li = li + 1
-    end
-  end
+  local got
   if remove then
-    if #zused > 0 then redis.call('ZREM', READY, unpack(zused)) end
-    if li > 1 then redis.call(lifo and 'RPOP' or 'LPOP', FRESH, li - 1) end
+    got = redis.call(lifo and 'RPOP' or 'LPOP', FRESH, want) or {}
+  else
+    got = redis.call('LRANGE', FRESH, lifo and -want or 0, lifo and -1 or want - 1)
+    if lifo then
+      local r = {}
+      for k = #got, 1, -1 do r[#r + 1] = got[k] end
+      got = r
+    end
   end
+  for _, id in ipairs(got) do ids[#ids + 1] = id end
+  return ids
+end
+
+-- Messages that become ready (a delay ran out, a shutdown), in order: the
+-- back of a fifo queue, the top of a lifo one; by key in a priority one.
+local function make_ready(kind, ids)
+  if #ids == 0 then return end
+  if kind == 'priority' then
+    for _, id in ipairs(ids) do redis.call('ZADD', READY, 0, member_of(id)) end
+  else
+    redis.call('RPUSH', FRESH, unpack(ids))
+  end
+end
+
+-- Delayed ids in the order they come due: by due time, then by id (the
+-- set orders equal times by the ids' text, where "10" < "9").
+local function by_due(flat)
+  local due = {}
+  for k = 1, #flat, 2 do due[#due + 1] = {tonumber(flat[k + 1]), tonumber(flat[k]), flat[k]} end
+  table.sort(due, function(a, b) return a[1] < b[1] or (a[1] == b[1] and a[2] < b[2]) end)
+  local ids = {}
+  for k, d in ipairs(due) do ids[k] = d[3] end
   return ids
 end
 
@@ -352,11 +338,11 @@ local function admit(kind, payloads, key, delay)
       rargs[2 * i] = id
     elseif priority then
       rargs[2 * i - 1] = 0
-      rargs[2 * i] = fresh_member(kind, id, key)
+      rargs[2 * i] = priority_member(id, key)
     end
     if priority then
       sargs[2 * i - 1] = id
-      sargs[2 * i] = fresh_member(kind, id, key)
+      sargs[2 * i] = priority_member(id, key)
     end
   end
   redis.call('HSET', MSG, unpack(margs))
@@ -434,13 +420,16 @@ local function give_back(kind, id, delay)
     finish_one()
     return
   end
-  local member = returned_member(kind, id)
-  redis.call('HSET', SK, id, member)
   if delay and delay > 0 then
+    -- Ready again when due, as a delay that ran out (make_ready).
     redis.call('ZADD', DELAYED, now + delay, id)
     due_at(now + delay)
+  elseif kind == 'lifo' then
+    redis.call('RPUSH', FRESH, id)
+  elseif kind == 'fifo' then
+    redis.call('ZADD', READY, 0, returned_member(id))
   else
-    redis.call('ZADD', READY, 0, member)
+    redis.call('ZADD', READY, 0, member_of(id))
   end
 end
 
@@ -458,10 +447,10 @@ end
 local function advance()
   local kind, maxsize, shutdown, expire, nextdue = settings()
   if now >= nextdue then
-    local due = redis.call('ZRANGEBYSCORE', DELAYED, '-inf', now, 'LIMIT', 0, 1000)
-    for _, id in ipairs(due) do
-      redis.call('ZREM', DELAYED, id)
-      redis.call('ZADD', READY, 0, member_of(kind, id))
+    local due = by_due(redis.call('ZRANGEBYSCORE', DELAYED, '-inf', now, 'WITHSCORES', 'LIMIT', 0, 1000))
+    if #due > 0 then
+      redis.call('ZREM', DELAYED, unpack(due))
+      make_ready(kind, due)
     end
     local expired = redis.call('ZRANGEBYSCORE', OUT, '-inf', now, 'LIMIT', 0, 1000)
     for _, id in ipairs(expired) do
@@ -906,9 +895,7 @@ local function queue(keys, args)
       redis.call('HSET', META, 'shutdown', 'graceful')
     end
     local kind0 = settings()
-    for _, id in ipairs(redis.call('ZRANGE', DELAYED, 0, -1)) do
-      redis.call('ZADD', READY, 0, member_of(kind0, id))
-    end
+    make_ready(kind0, by_due(redis.call('ZRANGE', DELAYED, 0, -1, 'WITHSCORES')))
     redis.call('DEL', DELAYED)
     if immediate then
       local n = 0
