@@ -24,6 +24,7 @@ on_every_engine!(
     shutdown_as_python_3_13,
     kinds_order_exactly,
     given_back_due_and_fresh_serve_in_order,
+    a_get_on_several_queues_waits_without_polling,
     delays_nacks_touches_and_dead_letters,
     take_noack_and_dedup,
     locks_hand_over_with_larger_tokens,
@@ -277,6 +278,62 @@ fn given_back_due_and_fresh_serve_in_order(e: &Engine) {
         c.task_done("mix-due", m.id).unwrap();
     }
     assert_eq!(order, "abcd");
+}
+
+/// FCALLs the Redis servers behind an engine have run (None: the broker).
+fn fcalls(e: &Engine) -> Option<u64> {
+    let nodes: Vec<&common::RedisServer> = match e {
+        Engine::Ferry(_) => return None,
+        Engine::Redis(r) => vec![r],
+        Engine::Cluster(c) => c.nodes.iter().collect(),
+    };
+    let mut n = 0;
+    for node in nodes {
+        let stats: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query(&mut node.conn())
+            .unwrap();
+        n += stats
+            .lines()
+            .find_map(|l| l.strip_prefix("cmdstat_fcall:calls="))
+            .and_then(|rest| rest.split(',').next()?.parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    Some(n)
+}
+
+/// QGET a OR b: waits on both, is woken by a put into either, and does
+/// not poll while it waits (Redis: a handful of calls in a 1.5 s wait).
+fn a_get_on_several_queues_waits_without_polling(e: &Engine) {
+    let mut c = e.client();
+    for q in ["or-a", "or-b"] {
+        c.call(&[b"QCREATE", q.as_bytes()]).unwrap();
+    }
+    let before = fcalls(e);
+    let t = Instant::now();
+    let r = c
+        .call(&[b"QGET", b"or-a", b"OR", b"or-b", b"TIMEOUT", b"1500"])
+        .unwrap();
+    assert_eq!(r, ferry_client::Value::Nil);
+    assert!(t.elapsed() >= Duration::from_millis(1500), "never early");
+    if let (Some(before), Some(after)) = (before, fcalls(e)) {
+        assert!(after - before <= 12, "{} calls in one wait", after - before);
+    }
+    let url = e.url();
+    let getter = thread::spawn(move || {
+        Client::connect(&url)
+            .unwrap()
+            .call(&[b"QGET", b"or-a", b"OR", b"or-b", b"TIMEOUT", b"30000"])
+            .unwrap()
+    });
+    // The put may come before the getter waits, or while it does: either
+    // way it gets it.
+    c.put("or-b", b"to b").unwrap();
+    let got = ferry_client::Message::from_reply(getter.join().unwrap()).unwrap();
+    assert_eq!(
+        (got[0].queue.as_str(), &got[0].payload[..]),
+        ("or-b", &b"to b"[..])
+    );
 }
 
 fn delays_nacks_touches_and_dead_letters(e: &Engine) {

@@ -44,6 +44,29 @@ impl Engine {
         })
     }
 
+    /// A pub/sub connection (on a cluster: to the first seed that answers;
+    /// PUBLISH reaches every node).
+    pub(crate) async fn pubsub(&self, target: &Target) -> RedisResult<redis::aio::PubSub> {
+        match (self, &target.nodes) {
+            (Engine::One(c), _) => c.get_async_pubsub().await,
+            (Engine::Cluster(_), Some(nodes)) => {
+                let mut last = None;
+                for node in nodes {
+                    match redis::Client::open(node.as_str())?.get_async_pubsub().await {
+                        Ok(p) => return Ok(p),
+                        Err(e) => last = Some(e),
+                    }
+                }
+                Err(last
+                    .unwrap_or_else(|| RedisError::from((ErrorKind::ClientError, "no seed node"))))
+            }
+            (Engine::Cluster(_), None) => Err(RedisError::from((
+                ErrorKind::ClientError,
+                "a cluster without seed nodes",
+            ))),
+        }
+    }
+
     pub(crate) async fn connect(&self) -> RedisResult<RConn> {
         Ok(match self {
             Engine::One(c) => RConn::One(c.get_multiplexed_async_connection().await?),

@@ -997,8 +997,11 @@ impl RedisLink {
         self.wait(w, wait, cancel).await
     }
 
-    /// QGET a OR b ...: each queue in turn; waits on all their wake-ups
-    /// (one server: a cluster would need the queues on one shard).
+    /// QGET a OR b ...: each queue in turn, first to last. To wait it
+    /// watches every queue (not in their lines: it could be handed two
+    /// messages) and sleeps until one publishes a wake-up (something became
+    /// ready, or a shutdown), until time alone may change something, or
+    /// until its wait ends; then it tries again.
     async fn get_any(
         &mut self,
         queues: Vec<String>,
@@ -1008,11 +1011,44 @@ impl RedisLink {
         wait: Option<Duration>,
         cancel: impl std::future::Future<Output = ()>,
     ) -> Result<(Value, bool), Error> {
+        use futures_util::StreamExt;
         let deadline = wait.map(|w| Instant::now() + w);
         tokio::pin!(cancel);
         let mut cancelled = false;
-        loop {
+        let waiter = self.waiter();
+        let mut sub: Option<redis::aio::PubSub> = None;
+        let result = loop {
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            let may_wait = !cancelled && left != Some(Duration::ZERO);
+            let nap = left
+                .unwrap_or(Duration::from_secs(10))
+                .min(Duration::from_secs(10));
+            // Subscribed and watching before the tries: a put between a try
+            // and the sleep still wakes it.
+            let mut hint = u64::MAX;
+            if may_wait {
+                if sub.is_none() {
+                    let mut p = self.engine.pubsub(&self.target).await.map_err(io)?;
+                    p.subscribe(format!("ferry:wake:{}", String::from_utf8_lossy(&waiter)))
+                        .await
+                        .map_err(io)?;
+                    sub = Some(p);
+                }
+                for q in &queues {
+                    let args = [
+                        b"watch".to_vec(),
+                        waiter.clone(),
+                        nap.as_millis().to_string().into_bytes(),
+                    ];
+                    if let redis::Value::Int(ms) =
+                        self.script(&QUEUE, &queue_keys(q, b"-"), &args).await?
+                    {
+                        hint = hint.min(ms.max(1) as u64);
+                    }
+                }
+            }
             let mut shut = 0;
+            let mut got = None;
             for q in &queues {
                 if matches!(mode, "lease" | "take") {
                     renew::hold_queue(&self.target, &self.holder, q);
@@ -1031,26 +1067,36 @@ impl RedisLink {
                 match self.script(&QUEUE, &keys, &args).await.and_then(from_redis) {
                     Ok(Value::Nil) => {}
                     Err(Error::ShutDown) => shut += 1,
-                    other => return other.map(|v| (v, cancelled)),
+                    other => {
+                        got = Some(other);
+                        break;
+                    }
                 }
             }
+            if let Some(r) = got {
+                break r.map(|v| (v, cancelled));
+            }
             if shut == queues.len() {
-                return Err(Error::ShutDown);
+                break Err(Error::ShutDown);
             }
-            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-            if cancelled || left == Some(Duration::ZERO) {
-                return Ok((Value::Nil, cancelled));
-            }
-            // Several queues: tried again every 50 ms (a waiter in several
-            // lines could be handed several messages).
-            let nap = left
-                .unwrap_or(Duration::from_secs(1))
-                .min(Duration::from_millis(50));
+            let Some(p) = sub.as_mut().filter(|_| may_wait) else {
+                break Ok((Value::Nil, cancelled));
+            };
+            let sleep = nap.min(Duration::from_millis(hint));
+            let mut wakes = p.on_message();
             tokio::select! {
-                _ = tokio::time::sleep(nap) => {}
+                _ = wakes.next() => {}
+                _ = tokio::time::sleep(sleep) => {}
                 _ = &mut cancel, if !cancelled => cancelled = true,
             }
+        };
+        if sub.is_some() {
+            for q in &queues {
+                let args = [b"unwatch".to_vec(), waiter.clone()];
+                let _ = self.script(&QUEUE, &queue_keys(q, b"-"), &args).await;
+            }
         }
+        result
     }
 
     /// A name for one wait, unique: the holder (a group's token is shared

@@ -141,10 +141,25 @@ local function ready_ids(kind, n, remove)
   return ids
 end
 
+-- A get that waits on several queues (QGET a OR b) watches each: it is
+-- not in their lines (it could be handed two messages), it is woken —
+-- PUBLISH ferry:wake:<waiter>, which reaches a cluster's every node — when
+-- something becomes ready or the queue shuts down, and tries again.
+-- One wake-up per watch.
+local function wake_watchers()
+  local key = PREFIX .. 'watch'
+  if redis.call('EXISTS', key) == 0 then return end
+  for _, w in ipairs(redis.call('ZRANGEBYSCORE', key, now, '+inf')) do
+    redis.call('PUBLISH', 'ferry:wake:' .. w, '1')
+  end
+  redis.call('DEL', key)
+end
+
 -- Messages that become ready (a delay ran out, a shutdown), in order: the
 -- back of a fifo queue, the top of a lifo one; by key in a priority one.
 local function make_ready(kind, ids)
   if #ids == 0 then return end
+  wake_watchers()
   if kind == 'priority' then
     for _, id in ipairs(ids) do redis.call('ZADD', READY, 0, member_of(id)) end
   else
@@ -357,6 +372,7 @@ local function admit(kind, payloads, key, delay)
   end
   incr('put', n)
   incr('unfinished', n)
+  if delay <= 0 then wake_watchers() end
   keep_alive()
   return ids
 end
@@ -431,6 +447,7 @@ local function give_back(kind, id, delay)
   else
     redis.call('ZADD', READY, 0, member_of(id))
   end
+  wake_watchers()
 end
 
 -- Getters still in line once the queue is shut down and drained are told.
@@ -660,6 +677,17 @@ local function queue(keys, args)
     if waiter == '' then return false end
     redis.call('ZADD', JOINERS, now + wait_ms + 5000, waiter)
     return {'WAIT', next_deadline()}
+  end
+
+  if op == 'watch' then
+    -- ARGV: waiter, wait_ms. Replies how long it may sleep at most.
+    redis.call('ZADD', PREFIX .. 'watch', now + num(ARGV[3], 0) + 5000, ARGV[2])
+    return next_deadline()
+  end
+
+  if op == 'unwatch' then
+    redis.call('ZREM', PREFIX .. 'watch', ARGV[2])
+    return 0
   end
 
   if op == 'unwait' then
@@ -894,6 +922,7 @@ local function queue(keys, args)
     elseif redis.call('HGET', META, 'shutdown') == 'no' then
       redis.call('HSET', META, 'shutdown', 'graceful')
     end
+    wake_watchers()
     local kind0 = settings()
     make_ready(kind0, by_due(redis.call('ZRANGE', DELAYED, 0, -1, 'WITHSCORES')))
     redis.call('DEL', DELAYED)
@@ -920,6 +949,7 @@ local function queue(keys, args)
 
   if op == 'drop' then
     if not exists() then return 0 end
+    wake_watchers()
     -- Whoever waits sees the queue gone as a shutdown.
     for _, line in ipairs({GLINE, PLINE}) do
       for _, w in ipairs(redis.call('LRANGE', line, 0, -1)) do mail(w, 'S') end
