@@ -680,8 +680,12 @@ local function queue(keys, args)
   end
 
   if op == 'watch' then
-    -- ARGV: waiter, wait_ms. Replies how long it may sleep at most.
-    redis.call('ZADD', PREFIX .. 'watch', now + num(ARGV[3], 0) + 5000, ARGV[2])
+    -- ARGV: waiter, wait_ms. Replies how long it may sleep at most. The
+    -- set lives as long as its longest watch (a watcher that died leaves
+    -- nothing behind).
+    local key, life = PREFIX .. 'watch', num(ARGV[3], 0) + 5000
+    redis.call('ZADD', key, now + life, ARGV[2])
+    if redis.call('PTTL', key) < life then redis.call('PEXPIRE', key, life) end
     return next_deadline()
   end
 
