@@ -336,7 +336,7 @@ pub async fn conns(at: &Endpoint, idle: usize, blocked: usize, pid: u32) -> Resu
             Target::Ferry | Target::FerryNoack => format!("QGET {queue} TIMEOUT 0\r\n"),
             // The backend's waiting get: BLPOP on the waiter's own list.
             Target::FerryRedis => format!("BLPOP ferry:{{{queue}}}:w:c{i} 0\r\n"),
-            Target::FerryRedisCluster => unreachable!("open_raw refused it"),
+            Target::FerryRedisCluster => bail!("not measured on a cluster"),
             Target::RedisList => format!("BRPOP {queue} 0\r\n"),
             Target::RedisStream => {
                 format!("XREADGROUP GROUP workers c{i} COUNT 1 BLOCK 0 STREAMS {queue} >\r\n")
