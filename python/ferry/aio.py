@@ -48,7 +48,7 @@ from types import GenericAlias
 
 import ferry
 from ferry import FerryError, LeaseLost, NotLeased, _check_timeout, _SERIALIZERS, order_key_and_type
-from ferry._ferry import AsyncPool, Connection, Inbox
+from ferry._ferry import RESEND_WINDOW_MS, AsyncPool, Connection, Inbox
 
 __all__ = [
     "Queue",
@@ -97,7 +97,12 @@ class _Process:
     def resend_key(self) -> list:
         """DEDUP and DEDUPFOR for a put's own key: it counts two minutes
         (a resend comes within the reconnect window), not ten."""
-        return [b"DEDUP", f"{self.holder}-{next(self.puts)}".encode(), b"DEDUPFOR", b"120000"]
+        return [
+            b"DEDUP",
+            f"{self.holder}-{next(self.puts)}".encode(),
+            b"DEDUPFOR",
+            str(RESEND_WINDOW_MS).encode(),
+        ]
 
     def conn(self) -> Connection:
         c = getattr(self.local, "conn", None)

@@ -116,11 +116,10 @@ struct Connection {
     pending: Mutex<Vec<(u64, Py<PyBytes>)>>,
     /// The process that opened it.
     pid: u32,
-    /// Every put carries a DEDUP key made of this and a count, so that a
-    /// put whose connection was lost (a broker restart, a failover) is
-    /// sent again safely: it goes in once.
-    dedup_prefix: String,
-    puts: std::sync::atomic::AtomicU64,
+    /// Every put carries a DEDUP key of its own, so that a put whose
+    /// connection was lost (a broker restart, a failover) is sent again
+    /// safely: it goes in once.
+    dedup_keys: ferry_client::ResendKeys,
 }
 
 impl Drop for Connection {
@@ -253,15 +252,11 @@ impl Connection {
                 )),
                 e => to_py(py, e),
             })?;
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
         Ok(Connection {
             client: Mutex::new(Some(client)),
             pending: Mutex::new(Vec::new()),
             pid: std::process::id(),
-            dedup_prefix: format!("py-{:x}-{nanos:x}-", std::process::id()),
-            puts: std::sync::atomic::AtomicU64::new(0),
+            dedup_keys: ferry_client::ResendKeys::new("py"),
         })
     }
 
@@ -359,8 +354,7 @@ impl Connection {
     ) -> PyResult<u64> {
         let t = timeout_arg(block, timeout)?;
         self.check_size(py, payload.len())?;
-        let n = self.puts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let key = format!("{}{n}", self.dedup_prefix);
+        let key = self.dedup_keys.next();
         let mut args: Vec<&[u8]> = vec![b"QPUT", queue.as_bytes(), &payload];
         // `t` is the validated wait (whole ms; "0" forever, None no wait).
         let waits = t.as_deref().and_then(|ms| ms.parse::<u64>().ok());
@@ -692,6 +686,9 @@ fn _ferry(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<aio::Inbox>()?;
     m.add_function(pyo3::wrap_pyfunction!(serve, m)?)?;
     m.add("FerryError", m.py().get_type::<FerryError>())?;
+    // How long a put's own DEDUP key counts when it waits for room forever
+    // (ferry.aio's puts): the Rust clients' window.
+    m.add("RESEND_WINDOW_MS", ferry_client::resend_dedup_window(None))?;
     m.add("ShutDown", shutdown_type(m.py())?)?;
     m.add("NotLeased", m.py().get_type::<NotLeased>())?;
     m.add("LeaseLost", m.py().get_type::<LeaseLost>())?;

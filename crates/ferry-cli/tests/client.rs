@@ -245,47 +245,6 @@ fn touch_extends_a_lease() {
 }
 
 #[test]
-fn lock_is_multiprocessing_lock_with_fencing_tokens() {
-    let s = Server::start();
-    let (mut a, mut b) = (client(&s), client(&s));
-    let t1 = a.lock("ledger", None, None).unwrap().unwrap();
-    // Held: no wait fails at once, a timeout fails after it.
-    assert_eq!(b.lock("ledger", Some(Duration::ZERO), None).unwrap(), None);
-    let t = Instant::now();
-    assert_eq!(
-        b.lock("ledger", Some(Duration::from_millis(100)), None)
-            .unwrap(),
-        None
-    );
-    assert!(t.elapsed() >= Duration::from_millis(100));
-    // A waiter is granted the lock when it is released, with a larger token.
-    let waiter = thread::spawn(move || (b.lock("ledger", None, None).unwrap(), b));
-    let mut probe = s.conn();
-    common::wait_until("the waiter in line", || {
-        common::info_field(&mut probe, "lock_waiters") == 1
-    });
-    assert!(a.unlock("ledger", t1).unwrap());
-    assert!(
-        !a.unlock("ledger", t1).unwrap(),
-        "a stale token releases nothing"
-    );
-    let (t2, mut b) = waiter.join().unwrap();
-    let t2 = t2.unwrap();
-    assert!(t2 > t1);
-    // A TTL frees the lock even though its holder stays connected.
-    assert!(b.unlock("ledger", t2).unwrap());
-    let t3 = b
-        .lock("ledger", None, Some(Duration::from_millis(100)))
-        .unwrap()
-        .unwrap();
-    let t4 = a
-        .lock("ledger", Some(Duration::from_secs(5)), None)
-        .unwrap()
-        .unwrap();
-    assert!(t4 > t3);
-}
-
-#[test]
 fn a_broker_restart_is_invisible_to_waiting_calls() {
     let dir = tempfile::tempdir().unwrap();
     let port = common::free_port().to_string();

@@ -358,9 +358,8 @@ pub struct AsyncClient {
     /// holds their lease.
     held: HashMap<(String, u64), u64>,
     reconnect: Reconnect,
-    /// Makes DEDUP keys unique: this client's identity and a counter.
-    dedup_prefix: String,
-    dedup_next: u64,
+    /// The DEDUP keys of its own puts.
+    dedup_keys: crate::ResendKeys,
     /// The holder group this client's connections join (CLIENT HOLDER).
     holder: Option<String>,
 }
@@ -385,17 +384,13 @@ impl AsyncClient {
     pub async fn connect(url: &str) -> Result<AsyncClient, Error> {
         let url: Url = url.parse()?;
         let link = Conn::open(&url, None).await?;
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
         Ok(AsyncClient {
             url,
             link: Some(link),
             generation: 1,
             held: HashMap::new(),
             reconnect: Reconnect::default(),
-            dedup_prefix: format!("ferry-{:x}-{:x}-", std::process::id(), nanos),
-            dedup_next: 0,
+            dedup_keys: crate::ResendKeys::new("ferry"),
             holder: None,
         })
     }
@@ -475,11 +470,6 @@ impl AsyncClient {
                 other => return other,
             }
         }
-    }
-
-    fn dedup_key(&mut self) -> String {
-        self.dedup_next += 1;
-        format!("{}{}", self.dedup_prefix, self.dedup_next)
     }
 
     /// Sends any command and returns its reply; an error reply becomes the
@@ -627,7 +617,7 @@ impl AsyncClient {
         wait: &[&[u8]],
     ) -> Result<u64, Error> {
         self.check_size(payload.len()).await?;
-        let key = self.dedup_key();
+        let key = self.dedup_keys.next();
         let timeout = match wait {
             [_, ms] => std::str::from_utf8(ms)
                 .ok()

@@ -79,6 +79,34 @@ pub fn resend_dedup_window(timeout: Option<std::time::Duration>) -> u64 {
     wait.saturating_add(120_000)
 }
 
+/// The DEDUP keys a client puts on its own puts, so that one whose
+/// connection was lost is sent again safely: this process, the moment the
+/// keys were made, and a count — unique across processes and clients.
+#[derive(Debug)]
+pub struct ResendKeys {
+    prefix: String,
+    next: std::sync::atomic::AtomicU64,
+}
+
+impl ResendKeys {
+    /// Keys starting with `tag` (which client made them).
+    pub fn new(tag: &str) -> ResendKeys {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        ResendKeys {
+            prefix: format!("{tag}-{:x}-{nanos:x}-", std::process::id()),
+            next: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// The next key.
+    pub fn next(&self) -> String {
+        let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        format!("{}{n}", self.prefix)
+    }
+}
+
 impl std::str::FromStr for Url {
     type Err = Error;
 

@@ -327,8 +327,8 @@ impl Lib {
 }
 
 fn missing_function(e: &RedisError) -> bool {
-    e.detail().is_some_and(|d| d.contains("Function not found"))
-        || e.to_string().contains("Function not found")
+    // The reply's text (its detail is part of it).
+    e.to_string().contains("Function not found")
 }
 
 #[cfg(test)]

@@ -173,6 +173,18 @@ struct Waiting {
 }
 
 impl Waiting {
+    /// A wait on queue `q` (its mail lists share the queue's hash tag).
+    fn on_queue(kind: Kind, q: String, keys: Vec<Vec<u8>>, args: Vec<Vec<u8>>) -> Waiting {
+        Waiting {
+            kind,
+            script: &QUEUE,
+            inbox: format!("ferry:{{{q}}}:w:").into_bytes(),
+            queue: q,
+            keys,
+            args,
+        }
+    }
+
     /// What a wait that ended empty-handed replies.
     fn timed_out(&self) -> Result<Value, Error> {
         match self.kind {
@@ -731,14 +743,7 @@ impl RedisLink {
                     }
                 }
                 let keys = queue_keys(&q, b"-");
-                let w = Waiting {
-                    kind: Kind::Join,
-                    script: &QUEUE,
-                    inbox: format!("ferry:{{{q}}}:w:").into_bytes(),
-                    queue: q,
-                    keys,
-                    args: vec![b"join".to_vec()],
-                };
+                let w = Waiting::on_queue(Kind::Join, q, keys, vec![b"join".to_vec()]);
                 self.wait(w, wait, cancel).await
             }
             "QLEN" | "QINFO" | "QPURGE" | "QDROP" | "QREOPEN" | "QSHUTDOWN" | "QPEEK" => {
@@ -930,14 +935,7 @@ impl RedisLink {
             },
         ];
         args.extend(payloads);
-        let w = Waiting {
-            kind: Kind::Put,
-            script: &QUEUE,
-            inbox: format!("ferry:{{{q}}}:w:").into_bytes(),
-            queue: q,
-            keys,
-            args,
-        };
+        let w = Waiting::on_queue(Kind::Put, q, keys, args);
         let (v, cancelled) = self.wait(w, wait, cancel).await?;
         // QPUT replies one id; QPUTMANY the array.
         let v = match (cmd, v) {
@@ -979,21 +977,15 @@ impl RedisLink {
             renew::hold_queue(&self.target, &self.holder, &q);
         }
         let keys = queue_keys(&q, &holder_key(&self.holder));
-        let w = Waiting {
-            kind: Kind::Get,
-            script: &QUEUE,
-            inbox: format!("ferry:{{{q}}}:w:").into_bytes(),
-            keys,
-            args: vec![
-                b"get".to_vec(),
-                count.to_string().into_bytes(),
-                mode.as_bytes().to_vec(),
-                self.holder.as_bytes().to_vec(),
-                lease.to_string().into_bytes(),
-                q.as_bytes().to_vec(),
-            ],
-            queue: q,
-        };
+        let args = vec![
+            b"get".to_vec(),
+            count.to_string().into_bytes(),
+            mode.as_bytes().to_vec(),
+            self.holder.as_bytes().to_vec(),
+            lease.to_string().into_bytes(),
+            q.as_bytes().to_vec(),
+        ];
+        let w = Waiting::on_queue(Kind::Get, q, keys, args);
         self.wait(w, wait, cancel).await
     }
 

@@ -450,6 +450,19 @@ local function give_back(kind, id, delay)
   wake_watchers()
 end
 
+-- A message out ends unfinished (its lease ran out: `why` 'expired'; its
+-- holder went: 'released'): taken, it is lost; leased, it comes back.
+local function end_out(kind, id, why)
+  if unout(id) == 'T' then
+    forget(id)
+    incr('lost')
+    finish_one()
+  else
+    incr(why)
+    give_back(kind, id, 0)
+  end
+end
+
 -- Getters still in line once the queue is shut down and drained are told.
 local function tell_getters_shutdown()
   if qsize() > 0 then return end
@@ -470,16 +483,7 @@ local function advance()
       make_ready(kind, due)
     end
     local expired = redis.call('ZRANGEBYSCORE', OUT, '-inf', now, 'LIMIT', 0, 1000)
-    for _, id in ipairs(expired) do
-      if unout(id) == 'T' then
-        forget(id)
-        incr('lost')
-        finish_one()
-      else
-        incr('expired')
-        give_back(kind, id, 0)
-      end
-    end
+    for _, id in ipairs(expired) do end_out(kind, id, 'expired') end
     -- The next time anything comes due, from the sets themselves.
     local next = now + 3600000
     for _, z in ipairs({DELAYED, OUT}) do
@@ -814,15 +818,7 @@ local function queue(keys, args)
     for _, id in ipairs(ids) do
       local h = redis.call('HGET', HOLDER, id)
       if h and string.sub(h, 2) == holder then
-        unout(id)
-        if string.sub(h, 1, 1) == 'T' then
-          forget(id)
-          incr('lost')
-          finish_one()
-        else
-          incr('released')
-          give_back(kind, id, 0)
-        end
+        end_out(kind, id, 'released')
         n = n + 1
       end
     end
