@@ -27,6 +27,7 @@ on_every_engine!(
     a_get_on_several_queues_waits_without_polling,
     delays_nacks_touches_and_dead_letters,
     take_noack_and_dedup,
+    a_batch_behaves_as_its_messages,
     locks_hand_over_with_larger_tokens,
     the_cli_verbs_work,
     ferry_worker_does_every_task_once,
@@ -430,6 +431,168 @@ fn take_noack_and_dedup(e: &Engine) {
     let n = c.qsize("dd").unwrap();
     c.put("dd", b"w").unwrap();
     assert_eq!(c.qsize("dd").unwrap(), n + 1);
+}
+
+/// (id, payload, attempts) of each message a QGET replied.
+fn got(c: &mut Client, args: &[&[u8]]) -> Vec<(u64, String, u32)> {
+    let reply = c.call(args).unwrap();
+    ferry_client::Message::from_reply(reply)
+        .unwrap()
+        .into_iter()
+        .map(|m| (m.id, String::from_utf8(m.payload).unwrap(), m.attempts))
+        .collect()
+}
+
+fn payloads(ms: &[(u64, String, u32)]) -> String {
+    ms.iter().map(|m| m.1.as_str()).collect()
+}
+
+/// A batch put (which queue.lua keeps as one unit while it can) split by
+/// smaller gets, finished in part, nacked, touched, expired, released,
+/// taken, peeked, purged and shut down: every message as if put alone.
+fn a_batch_behaves_as_its_messages(e: &Engine) {
+    let mut c = e.client();
+    let q = "runs";
+    let ten: Vec<Vec<u8>> = (0..10).map(|i| i.to_string().into_bytes()).collect();
+    let ten: Vec<&[u8]> = ten.iter().map(Vec::as_slice).collect();
+    let ids = c.put_many(q, &ten).unwrap();
+    assert_eq!(ids.len(), 10);
+    assert_eq!((c.qsize(q).unwrap(), e.info(q, "unfinished")), (10, 10));
+    // Split by smaller gets, peeked across the split.
+    let a = got(&mut c, &[b"QGET", q.as_bytes(), b"COUNT", b"3"]);
+    assert_eq!(payloads(&a), "012");
+    assert_eq!(a[0].0, ids[0]);
+    assert_eq!(c.qsize(q).unwrap(), 7);
+    assert_eq!(
+        payloads(&got(&mut c, &[b"QPEEK", q.as_bytes(), b"COUNT", b"4"])),
+        "3456"
+    );
+    let b = got(&mut c, &[b"QGET", q.as_bytes(), b"COUNT", b"4"]);
+    assert_eq!(payloads(&b), "3456");
+    assert_eq!(e.info(q, "leased"), 7);
+    // One finished alone, one nacked, one touched, then the rest at once.
+    c.task_done(q, b[1].0).unwrap();
+    assert!(matches!(c.task_done(q, b[1].0), Err(Error::NotLeased)));
+    c.nack(q, b[2].0).unwrap();
+    c.call(&[b"QTOUCH", q.as_bytes(), b[3].0.to_string().as_bytes()])
+        .unwrap();
+    let done = c
+        .call(&[
+            b"QDONE",
+            q.as_bytes(),
+            b[0].0.to_string().as_bytes(),
+            b[3].0.to_string().as_bytes(),
+            b[3].0.to_string().as_bytes(),
+        ])
+        .unwrap();
+    assert_eq!(done, ferry_client::Value::Int(2));
+    assert_eq!((e.info(q, "unfinished"), e.info(q, "leased")), (7, 3));
+    // The nacked one first, with its attempt; then the rest of the batch.
+    let back = got(&mut c, &[b"QGET", q.as_bytes()]);
+    assert_eq!(back, vec![(b[2].0, "5".to_string(), 1)]);
+    c.task_done(q, back[0].0).unwrap();
+    // The first three in one QDONE; the rest of the batch and a second
+    // batch in one get.
+    let mut cmd: Vec<Vec<u8>> = vec![b"QDONE".to_vec(), q.as_bytes().to_vec()];
+    cmd.extend(a.iter().map(|m| m.0.to_string().into_bytes()));
+    let cmd: Vec<&[u8]> = cmd.iter().map(Vec::as_slice).collect();
+    assert_eq!(c.call(&cmd).unwrap(), ferry_client::Value::Int(3));
+    c.put_many(q, &[&b"a"[..], b"b", b"c"]).unwrap();
+    let rest = got(&mut c, &[b"QGET", q.as_bytes(), b"COUNT", b"100"]);
+    assert_eq!(payloads(&rest), "789abc");
+    let mut cmd: Vec<Vec<u8>> = vec![b"QDONE".to_vec(), q.as_bytes().to_vec()];
+    cmd.extend(rest.iter().map(|m| m.0.to_string().into_bytes()));
+    let cmd: Vec<&[u8]> = cmd.iter().map(Vec::as_slice).collect();
+    assert_eq!(c.call(&cmd).unwrap(), ferry_client::Value::Int(6));
+    assert_eq!(e.info(q, "unfinished"), 0);
+    c.join(q).unwrap();
+
+    // A timed lease on a batch runs out: every message back, attempts 1.
+    c.put_many(q, &[&b"d"[..], b"e", b"f"]).unwrap();
+    let t = got(
+        &mut c,
+        &[b"QGET", q.as_bytes(), b"COUNT", b"3", b"LEASE", b"50"],
+    );
+    assert_eq!(payloads(&t), "def");
+    common::wait_until("the lease to run out", || e.info(q, "expired") == 3);
+    // Each given back to the head in turn, as the broker does: the
+    // last one first.
+    let back = got(&mut c, &[b"QGET", q.as_bytes(), b"COUNT", b"3"]);
+    assert_eq!(
+        back,
+        t.iter()
+            .rev()
+            .map(|m| (m.0, m.1.clone(), 1))
+            .collect::<Vec<_>>()
+    );
+    for m in &back {
+        c.task_done(q, m.0).unwrap();
+    }
+    // A holder that goes gives its batch back.
+    c.put_many(q, &[&b"g"[..], b"h"]).unwrap();
+    {
+        let mut dying = e.client();
+        assert_eq!(
+            payloads(&got(&mut dying, &[b"QGET", q.as_bytes(), b"COUNT", b"2"])),
+            "gh"
+        );
+    }
+    let mut back = Vec::new();
+    while back.len() < 2 {
+        back.extend(got(
+            &mut c,
+            &[b"QGET", q.as_bytes(), b"COUNT", b"2", b"TIMEOUT", b"10"],
+        ));
+    }
+    assert_eq!(payloads(&back), "gh");
+    assert!(back.iter().all(|m| m.2 == 1), "{back:?}");
+    for m in &back {
+        c.task_done(q, m.0).unwrap();
+    }
+    // Taken and NOACK batches.
+    c.put_many(q, &[&b"i"[..], b"j", b"k", b"l"]).unwrap();
+    let taken = got(&mut c, &[b"QGET", q.as_bytes(), b"COUNT", b"2", b"TAKE"]);
+    assert_eq!((payloads(&taken).as_str(), e.info(q, "taken")), ("ij", 2));
+    let gone = got(&mut c, &[b"QGET", q.as_bytes(), b"COUNT", b"2", b"NOACK"]);
+    assert_eq!(
+        (payloads(&gone).as_str(), e.info(q, "unfinished")),
+        ("kl", 2)
+    );
+    for m in &taken {
+        c.task_done(q, m.0).unwrap();
+    }
+    c.join(q).unwrap();
+    // Purged and shut down.
+    c.put_many(q, &[&b"m"[..], b"n", b"o"]).unwrap();
+    let m = got(&mut c, &[b"QGET", q.as_bytes()]);
+    assert_eq!(
+        c.call(&[b"QPURGE", q.as_bytes()]).unwrap(),
+        ferry_client::Value::Int(2)
+    );
+    assert_eq!((c.qsize(q).unwrap(), e.info(q, "unfinished")), (0, 1));
+    c.task_done(q, m[0].0).unwrap();
+    c.put_many(q, &[&b"p"[..], b"q"]).unwrap();
+    c.call(&[b"QSHUTDOWN", q.as_bytes(), b"IMMEDIATE"]).unwrap();
+    assert_eq!((c.qsize(q).unwrap(), e.info(q, "unfinished")), (0, 0));
+    c.join(q).unwrap();
+    // Room counts every message of a batch.
+    c.call(&[b"QCREATE", b"runs-small", b"MAXSIZE", b"5"])
+        .unwrap();
+    c.put_many("runs-small", &[&b"1"[..], b"2", b"3", b"4"])
+        .unwrap();
+    assert!(matches!(
+        c.call(&[
+            b"QPUTMANY",
+            b"runs-small",
+            b"NOWAIT",
+            b"PAYLOADS",
+            b"5",
+            b"6"
+        ]),
+        Err(Error::Full)
+    ));
+    c.put("runs-small", b"5").unwrap();
+    assert!(c.full("runs-small").unwrap());
 }
 
 fn locks_hand_over_with_larger_tokens(e: &Engine) {

@@ -224,41 +224,84 @@ impl Waiting {
     }
 }
 
-/// 'E' mail's entries: "<id>,<attempts>,<len>:<payload>" each.
+/// 'E' mail's entries: "<id>,<attempts>,<len>:<payload>" each, or a
+/// run's "R<first id>,<count>,<len>:<payloads>" (its payloads
+/// "<len>:<payload>" each, their attempts 0; see queue.lua).
 fn read_entries(queue: &str, mut body: &[u8]) -> Option<Value> {
     let mut entries = Vec::new();
-    let number = |s: &[u8]| std::str::from_utf8(s).ok()?.parse::<i64>().ok();
-    while !body.is_empty() {
-        let c1 = body.iter().position(|&b| b == b',')?;
-        let id = number(&body[..c1])?;
-        body = &body[c1 + 1..];
-        let c2 = body.iter().position(|&b| b == b',')?;
-        let att = number(&body[..c2])?;
-        body = &body[c2 + 1..];
-        let colon = body.iter().position(|&b| b == b':')?;
-        let len = usize::try_from(number(&body[..colon])?).ok()?;
-        body = &body[colon + 1..];
-        let payload = body.get(..len)?;
-        body = &body[len..];
-        entries.push(Value::Array(vec![
+    let entry = |id: i64, payload: &[u8], att: i64| {
+        Value::Array(vec![
             Value::Bulk(queue.as_bytes().to_vec().into()),
             Value::Int(id),
             Value::Bulk(payload.to_vec().into()),
             Value::Int(att),
-        ]));
+        ])
+    };
+    while !body.is_empty() {
+        let run = body[0] == b'R';
+        if run {
+            body = &body[1..];
+        }
+        let (id, rest) = field(body, b',')?;
+        let (n, rest) = field(rest, b',')?;
+        let (payload, rest) = sized(rest)?;
+        body = rest;
+        if run {
+            let mut packed = payload;
+            for k in 0..n {
+                let (p, rest) = sized(packed)?;
+                entries.push(entry(id + k, p, 0));
+                packed = rest;
+            }
+            if !packed.is_empty() {
+                return None;
+            }
+        } else {
+            entries.push(entry(id, payload, n));
+        }
     }
     Some(Value::Array(entries))
 }
 
+/// A number ended by `end`, and what follows.
+fn field(s: &[u8], end: u8) -> Option<(i64, &[u8])> {
+    let at = s.iter().position(|&b| b == end)?;
+    let n = std::str::from_utf8(&s[..at]).ok()?.parse::<i64>().ok()?;
+    Some((n, &s[at + 1..]))
+}
+
+/// "<len>:<bytes>": the bytes, and what follows.
+fn sized(s: &[u8]) -> Option<(&[u8], &[u8])> {
+    let (len, rest) = field(s, b':')?;
+    let len = usize::try_from(len).ok()?;
+    Some((rest.get(..len)?, rest.get(len..)?))
+}
+
 /// A script's {"MAIL", mail}.
 fn mail_of(v: &redis::Value) -> Option<Vec<u8>> {
+    tagged(v, b"MAIL").map(<[u8]>::to_vec)
+}
+
+/// A script's {tag, bytes}.
+fn tagged<'a>(v: &'a redis::Value, tag: &[u8]) -> Option<&'a [u8]> {
     if let redis::Value::Array(items) = v
-        && let [redis::Value::BulkString(tag), redis::Value::BulkString(m)] = items.as_slice()
-        && tag == b"MAIL"
+        && let [redis::Value::BulkString(t), redis::Value::BulkString(m)] = items.as_slice()
+        && t == tag
     {
-        return Some(m.clone());
+        return Some(m);
     }
     None
+}
+
+/// A get's reply: {"ENTRIES", 'E' mail} as the protocol's entries.
+fn get_reply(queue: &str, v: redis::Value) -> Result<Value, Error> {
+    match tagged(&v, b"ENTRIES") {
+        Some(m) => m
+            .strip_prefix(b"E")
+            .and_then(|body| read_entries(queue, body))
+            .ok_or_else(|| Error::Protocol("malformed entries".into())),
+        None => from_redis(v),
+    }
 }
 
 fn queue_keys(q: &str, own: &[u8]) -> Vec<Vec<u8>> {
@@ -1056,7 +1099,11 @@ impl RedisLink {
                     lease.to_string().into_bytes(),
                     q.as_bytes().to_vec(),
                 ];
-                match self.script(&QUEUE, &keys, &args).await.and_then(from_redis) {
+                match self
+                    .script(&QUEUE, &keys, &args)
+                    .await
+                    .and_then(|v| get_reply(q, v))
+                {
                     Ok(Value::Nil) => {}
                     Err(Error::ShutDown) => shut += 1,
                     other => {
@@ -1113,7 +1160,7 @@ impl RedisLink {
         if !matches!(v, redis::Value::Nil) && w.kind != Kind::Join {
             self.replicate(&w.keys[0]).await?;
         }
-        Ok(Step::Done(from_redis(v)?))
+        Ok(Step::Done(get_reply(&w.queue, v)?))
     }
 
     /// Leaves the line: the mail that came first, if any.

@@ -26,8 +26,21 @@
 -- came first, if any: nothing handed over is lost, and a put that left
 -- the line before its room came never happened.
 --
--- Mail: 'E' entries ("<id>,<attempts>,<len>:<payload>" each), 'I' ids
--- ("1,2,3"), 'S' shut down, 'J' joined, 'X' left the line.
+-- Runs: a fifo batch put (QPUTMANY, two payloads or more, no delay) is
+-- one unit, named "r<first id>.<count>", wherever a message would be
+-- named: one MSG field (its payloads, "<len>:<payload>" each), one FRESH
+-- entry, and once out one HOLDER field, one OUT member, one member of its
+-- holder's set, and one member of RUNS (a zset scored by the first id, to
+-- find the run an id belongs to). A batch is so put, got, leased and
+-- finished at the cost of one message. A run has attempts 0, is fresh or
+-- out, never given back: whatever touches part of it (a get of fewer
+-- messages splits it; a nack, touch, partial done, expiry or release
+-- breaks it into its messages first, see explode) sees plain messages.
+-- META's runextra is the ready runs' messages beyond one each (qsize).
+--
+-- Mail: 'E' entries ("<id>,<attempts>,<len>:<payload>" each, or a run's
+-- "R<first>,<count>,<len>:<payloads>"), 'I' ids ("1,2,3"), 'S' shut down,
+-- 'J' joined, 'X' left the line.
 --
 -- ARGV[1] is the operation. Replies are ferry's (docs/protocol.md), or
 -- {"WAIT", ms}: wait on your list at most ms (then try again: time alone
@@ -37,11 +50,29 @@
 -- made once, at load, not at every call. Each call sets these first.
 local KEYS, ARGV, now
 local META, READY, MSG, ATT, SK, OUT, HOLDER, DELAYED, DEAD
-local GLINE, PLINE, JOINERS, GREQ, PREQ, FRESH, OWN, PREFIX
+local GLINE, PLINE, JOINERS, GREQ, PREQ, FRESH, OWN, PREFIX, RUNS
 
 local function num(v, default)
   if v == false or v == nil or v == '' then return default end
   return tonumber(v)
+end
+
+-- redis.call(cmd, key, list...) in slices: Lua's unpack gives at most
+-- ~8000 values, and a batch may be larger. Slices are even, so a
+-- field/value pair is never cut. Replies the slices' replies joined (for
+-- HMGET).
+local SLICE = 4000
+local function call_many(cmd, key, list)
+  local n = #list
+  if n <= SLICE then return redis.call(cmd, key, unpack(list)) end
+  local out = {}
+  for i = 1, n, SLICE do
+    local r = redis.call(cmd, key, unpack(list, i, math.min(i + SLICE - 1, n)))
+    if type(r) == 'table' then
+      for _, v in ipairs(r) do out[#out + 1] = v end
+    end
+  end
+  return out
 end
 
 -- 8 bytes, big-endian: numbers below 2^53 order as their bytes do.
@@ -110,24 +141,92 @@ end
 -- stack), served from its head (fifo) or its tail (lifo); READY, a sorted
 -- set, holds priority messages ordered byte by byte (key, then id) and
 -- fifo messages given back, served before FRESH, the latest first.
-local function qsize() return redis.call('ZCARD', READY) + redis.call('LLEN', FRESH) end
+local function qsize()
+  return redis.call('ZCARD', READY) + redis.call('LLEN', FRESH) + num(redis.call('HGET', META, 'runextra'), 0)
+end
 
--- The first n ready ids in serving order (as strings: numbers would be
--- formatted again at every call that names them); taken out of the queue
--- if `remove`.
+local function is_run(unit) return string.byte(unit, 1) == 114 end -- 'r'
+
+-- A run's first id and count.
+local function run_of(name)
+  local dot = string.find(name, '.', 2, true)
+  return tonumber(string.sub(name, 2, dot - 1)), tonumber(string.sub(name, dot + 1))
+end
+
+-- Stores `c` messages from `first` (their payloads packed): a run, or a
+-- plain message if one. Replies its unit.
+local function store(first, c, packed)
+  if c == 1 then
+    local colon = string.find(packed, ':', 1, true)
+    local id = tostring(first)
+    redis.call('HSET', MSG, id, string.sub(packed, colon + 1))
+    return id
+  end
+  local name = 'r' .. first .. '.' .. c
+  redis.call('HSET', MSG, name, packed)
+  return name
+end
+
+-- A ready run split after its first m messages: the two units.
+local function split_run(name, m)
+  local first, c = run_of(name)
+  local packed = redis.call('HGET', MSG, name)
+  local pos = 1
+  for _ = 1, m do
+    local colon = string.find(packed, ':', pos, true)
+    pos = colon + 1 + tonumber(string.sub(packed, pos, colon - 1))
+  end
+  redis.call('HDEL', MSG, name)
+  return store(first, m, string.sub(packed, 1, pos - 1)), store(first + m, c - m, string.sub(packed, pos))
+end
+
+-- The first n ready units in serving order (ids as strings: numbers
+-- would be formatted again at every call that names them); taken out of
+-- the queue if `remove` (a run split if only part of it is wanted), else
+-- runs whole (more than n messages, maybe).
 local function ready_ids(kind, n, remove)
   local ids = {}
   if n <= 0 then return ids end
   if redis.call('ZCARD', READY) > 0 then
     local zs = redis.call('ZRANGE', READY, 0, n - 1)
     for i, member in ipairs(zs) do ids[i] = tostring(member_id(member)) end
-    if remove and #zs > 0 then redis.call('ZREM', READY, unpack(zs)) end
+    if remove and #zs > 0 then call_many('ZREM', READY, zs) end
   end
   local want = n - #ids
   if want <= 0 or kind == 'priority' then return ids end
   local lifo = kind == 'lifo'
+  local extra = lifo and 0 or num(redis.call('HGET', META, 'runextra'), 0)
   local got
-  if remove then
+  if extra > 0 then
+    -- Runs in line: at most `want` units hold the messages wanted.
+    got = {}
+    local units, k, have, delta, rest = redis.call('LRANGE', FRESH, 0, want - 1), 0, 0, 0, nil
+    for _, u in ipairs(units) do
+      if have >= want then break end
+      k = k + 1
+      local c = 1
+      if is_run(u) then
+        local _, rc = run_of(u)
+        c = rc
+      end
+      if remove and have + c > want then
+        local head
+        head, rest = split_run(u, want - have)
+        delta = delta - (c - 1)
+        if is_run(rest) then delta = delta + select(2, run_of(rest)) - 1 end
+        u, c = head, want - have
+      elseif c > 1 then
+        delta = delta - (c - 1)
+      end
+      got[#got + 1] = u
+      have = have + c
+    end
+    if remove then
+      redis.call('LPOP', FRESH, k)
+      if rest then redis.call('LPUSH', FRESH, rest) end
+      incr('runextra', delta)
+    end
+  elseif remove then
     got = redis.call(lifo and 'RPOP' or 'LPOP', FRESH, want) or {}
   else
     got = redis.call('LRANGE', FRESH, lifo and -want or 0, lifo and -1 or want - 1)
@@ -163,7 +262,7 @@ local function make_ready(kind, ids)
   if kind == 'priority' then
     for _, id in ipairs(ids) do redis.call('ZADD', READY, 0, member_of(id)) end
   else
-    redis.call('RPUSH', FRESH, unpack(ids))
+    call_many('RPUSH', FRESH, ids)
   end
 end
 
@@ -178,12 +277,22 @@ local function by_due(flat)
   return ids
 end
 
--- Every ready id (for purge and an immediate shutdown), and none left.
+-- Every ready id (for purge and an immediate shutdown), and none left
+-- (a run's payloads go here: its ids have no fields of their own).
 local function drain_ready()
   local ids = {}
   for _, member in ipairs(redis.call('ZRANGE', READY, 0, -1)) do ids[#ids + 1] = member_id(member) end
-  for _, id in ipairs(redis.call('LRANGE', FRESH, 0, -1)) do ids[#ids + 1] = id end
+  for _, u in ipairs(redis.call('LRANGE', FRESH, 0, -1)) do
+    if is_run(u) then
+      local first, c = run_of(u)
+      for k = 0, c - 1 do ids[#ids + 1] = tostring(first + k) end
+      redis.call('HDEL', MSG, u)
+    else
+      ids[#ids + 1] = u
+    end
+  end
   redis.call('DEL', READY, FRESH)
+  redis.call('HDEL', META, 'runextra')
   return ids
 end
 
@@ -226,6 +335,7 @@ local function keep_alive(expire)
   if expire == nil then expire = num(redis.call('HGET', META, 'expire'), 0) end
   if expire > 0 then
     for i = 1, 15 do redis.call('PEXPIRE', KEYS[i], expire) end
+    redis.call('PEXPIRE', RUNS, expire)
   end
 end
 
@@ -260,36 +370,94 @@ local function unout(id)
   return k
 end
 
--- Hands ready members out: leased (bound or timed), taken or finished.
--- Replies the mail of their entries, and the entries. Batched: a few
--- commands for the whole batch.
-local function deliver(ids, mode, holder, lease, name, as_mail)
-  local n = #ids
-  local payloads = redis.call('HMGET', MSG, unpack(ids))
+-- An out run broken into its messages, each out as the run was: its ids.
+local function explode(name)
+  local first, c = run_of(name)
+  local ids = {}
+  for k = 1, c do ids[k] = tostring(first + k - 1) end
+  local packed = redis.call('HGET', MSG, name)
+  if packed then
+    local margs = {}
+    for k, p in ipairs(unpack_strings(packed)) do
+      margs[2 * k - 1] = ids[k]
+      margs[2 * k] = p
+    end
+    call_many('HSET', MSG, margs)
+    redis.call('HDEL', MSG, name)
+  end
+  local tag = redis.call('HGET', HOLDER, name)
+  local deadline = redis.call('ZSCORE', OUT, name)
+  if tag and deadline then
+    local hargs, oargs = {}, {}
+    for k, id in ipairs(ids) do
+      hargs[2 * k - 1] = id
+      hargs[2 * k] = tag
+      oargs[2 * k - 1] = deadline
+      oargs[2 * k] = id
+    end
+    call_many('HSET', HOLDER, hargs)
+    call_many('ZADD', OUT, oargs)
+    local who = string.sub(tag, 2)
+    if who ~= '' then
+      call_many('SADD', owned(who), ids)
+      redis.call('SREM', owned(who), name)
+    end
+  end
+  redis.call('HDEL', HOLDER, name)
+  redis.call('ZREM', OUT, name)
+  redis.call('ZREM', RUNS, name)
+  return ids
+end
+
+-- The out run holding message `id`, if any (and the run's count).
+local function run_holding(id)
+  if redis.call('EXISTS', RUNS) == 0 then return nil end
+  local r = redis.call('ZREVRANGEBYSCORE', RUNS, id, '-inf', 'LIMIT', 0, 1)[1]
+  if not r then return nil end
+  local first, c = run_of(r)
+  if tonumber(id) < first + c then return r, first, c end
+  return nil
+end
+
+-- Message `id` as a plain message, if it was in an out run.
+local function unrun(id)
+  local r = run_holding(id)
+  if r then explode(r) end
+end
+
+-- Hands ready units out: leased (bound or timed), taken or finished.
+-- Replies their mail ('E' entries). Batched: a few commands for the
+-- whole batch, and a run is one unit.
+local function deliver(ids, mode, holder, lease)
+  local payloads = call_many('HMGET', MSG, ids)
   -- Attempts are kept only for messages given back: usually none.
   local atts = {}
-  if redis.call('EXISTS', ATT) == 1 then atts = redis.call('HMGET', ATT, unpack(ids)) end
-  local entries, parts = {}, {'E'}
+  if redis.call('EXISTS', ATT) == 1 then atts = call_many('HMGET', ATT, ids) end
+  local parts, n, runs = {'E'}, 0, {}
   for i, id in ipairs(ids) do
-    local att = tonumber(atts[i]) or 0
     local payload = payloads[i]
-    if as_mail then
-      parts[i + 1] = id .. ',' .. att .. ',' .. #payload .. ':' .. payload
+    if is_run(id) then
+      local first, c = run_of(id)
+      n = n + c
+      parts[i + 1] = 'R' .. first .. ',' .. c .. ',' .. #payload .. ':' .. payload
+      runs[#runs + 1] = first
+      runs[#runs + 1] = id
     else
-      entries[i] = {name, tonumber(id), payload, att}
+      n = n + 1
+      parts[i + 1] = id .. ',' .. (tonumber(atts[i]) or 0) .. ',' .. #payload .. ':' .. payload
     end
   end
   if mode == 'noack' then
-    redis.call('HDEL', MSG, unpack(ids))
-    redis.call('HDEL', ATT, unpack(ids))
-    redis.call('HDEL', SK, unpack(ids))
+    call_many('HDEL', MSG, ids)
+    call_many('HDEL', ATT, ids)
+    call_many('HDEL', SK, ids)
     incr('done', n)
     if incr('unfinished', -n) == 0 then tell_joiners() end
   else
     local h, tag = holder, 'L'
     if mode == 'take' then
       tag = 'T'
-      redis.call('HDEL', MSG, unpack(ids))
+      call_many('HDEL', MSG, ids)
       incr('ntaken', n)
     else
       if mode == 'timed' then h = '' end
@@ -302,14 +470,15 @@ local function deliver(ids, mode, holder, lease, name, as_mail)
       oargs[2 * i - 1] = deadline
       oargs[2 * i] = id
     end
-    redis.call('HSET', HOLDER, unpack(hargs))
-    redis.call('ZADD', OUT, unpack(oargs))
+    call_many('HSET', HOLDER, hargs)
+    call_many('ZADD', OUT, oargs)
     due_at(now + lease)
-    if h ~= '' then redis.call('SADD', owned(h), unpack(ids)) end
+    if h ~= '' then call_many('SADD', owned(h), ids) end
+    if #runs > 0 then call_many('ZADD', RUNS, runs) end
   end
   incr('delivered', n)
   keep_alive()
-  return table.concat(parts), entries
+  return table.concat(parts)
 end
 
 -- The getters in line take what is ready, first come first served.
@@ -326,8 +495,7 @@ local function serve_getters(kind)
       if tonumber(r[1]) >= now then
         redis.call('HDEL', GREQ, w)
         local ids = ready_ids(kind, tonumber(r[2]), true)
-        local m = deliver(ids, r[3], r[4], tonumber(r[5]), r[6], true)
-        mail(w, m)
+        mail(w, deliver(ids, r[3], r[4], tonumber(r[5])))
       else
         redis.call('HDEL', GREQ, w)
       end
@@ -339,6 +507,21 @@ end
 local function admit(kind, payloads, key, delay)
   local n = #payloads
   local first = incr('seq', n) - n + 1
+  if kind == 'fifo' and delay <= 0 and n > 1 then
+    -- One run (see the header).
+    local ids, parts = {}, {}
+    for i, p in ipairs(payloads) do
+      ids[i] = first + i - 1
+      parts[i] = #p .. ':' .. p
+    end
+    redis.call('RPUSH', FRESH, store(first, n, table.concat(parts)))
+    incr('runextra', n - 1)
+    incr('put', n)
+    incr('unfinished', n)
+    wake_watchers()
+    keep_alive()
+    return ids
+  end
   local ids, sids, margs, rargs, sargs = {}, {}, {}, {}, {}
   local priority = kind == 'priority'
   for i, payload in ipairs(payloads) do
@@ -360,15 +543,15 @@ local function admit(kind, payloads, key, delay)
       sargs[2 * i] = priority_member(id, key)
     end
   end
-  redis.call('HSET', MSG, unpack(margs))
-  if priority then redis.call('HSET', SK, unpack(sargs)) end
+  call_many('HSET', MSG, margs)
+  if priority then call_many('HSET', SK, sargs) end
   if delay > 0 then
-    redis.call('ZADD', DELAYED, unpack(rargs))
+    call_many('ZADD', DELAYED, rargs)
     due_at(now + delay)
   elseif priority then
-    redis.call('ZADD', READY, unpack(rargs))
+    call_many('ZADD', READY, rargs)
   else
-    redis.call('RPUSH', FRESH, unpack(sids))
+    call_many('RPUSH', FRESH, sids)
   end
   incr('put', n)
   incr('unfinished', n)
@@ -479,11 +662,17 @@ local function advance()
   if now >= nextdue then
     local due = by_due(redis.call('ZRANGEBYSCORE', DELAYED, '-inf', now, 'WITHSCORES', 'LIMIT', 0, 1000))
     if #due > 0 then
-      redis.call('ZREM', DELAYED, unpack(due))
+      call_many('ZREM', DELAYED, due)
       make_ready(kind, due)
     end
     local expired = redis.call('ZRANGEBYSCORE', OUT, '-inf', now, 'LIMIT', 0, 1000)
-    for _, id in ipairs(expired) do end_out(kind, id, 'expired') end
+    for _, id in ipairs(expired) do
+      if is_run(id) then
+        for _, x in ipairs(explode(id)) do end_out(kind, x, 'expired') end
+      else
+        end_out(kind, id, 'expired')
+      end
+    end
     -- The next time anything comes due, from the sets themselves.
     local next = now + 3600000
     for _, z in ipairs({DELAYED, OUT}) do
@@ -547,6 +736,7 @@ local function queue(keys, args)
   META, READY, MSG, ATT, SK, OUT, HOLDER, DELAYED, DEAD = keys[1], keys[2], keys[3], keys[4], keys[5], keys[6], keys[7], keys[8], keys[9]
   GLINE, PLINE, JOINERS, GREQ, PREQ, FRESH, OWN = keys[10], keys[11], keys[12], keys[13], keys[14], keys[15], keys[16]
   PREFIX = string.sub(META, 1, -2)
+  RUNS = PREFIX .. 'runs'
   local t = redis.call('TIME')
   now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
   local op = ARGV[1]
@@ -662,9 +852,9 @@ local function queue(keys, args)
       redis.call('RPUSH', GLINE, waiter)
       return {'WAIT', next_deadline()}
     end
-    local _, entries = deliver(ids, mode, holder, lease, name)
+    local m = deliver(ids, mode, holder, lease)
     serve_putters(kind, maxsize, shutdown)
-    return entries
+    return {'ENTRIES', m}
   end
 
   if op == 'join' then
@@ -732,27 +922,72 @@ local function queue(keys, args)
     local ids = {}
     for i = 3, #ARGV do ids[#ids + 1] = ARGV[i] end
     if #ids == 0 then return 0 end
-    local hs = redis.call('HMGET', HOLDER, unpack(ids))
     -- Compared whole (no substring per id): 'L'/'T' and the holder, or
     -- a timed lease's bare 'L' anyone may finish.
-    local mine, taken, seen, lh, th = {}, 0, {}, 'L' .. holder, 'T' .. holder
-    for i, h in ipairs(hs) do
-      local id = ids[i]
-      if h and not seen[id] and (h == lh or h == th or h == 'L' or h == 'T') then
-        seen[id] = true
-        mine[#mine + 1] = id
-        if h == th or h == 'T' then taken = taken + 1 end
+    local lh, th = 'L' .. holder, 'T' .. holder
+    local function ours(h) return h and (h == lh or h == th or h == 'L' or h == 'T') end
+    -- mine: the units finished (runs and ids); n, taken: their messages.
+    local mine, n, taken, runs = {}, 0, 0, {}
+    if redis.call('EXISTS', RUNS) == 1 then
+      -- Ids in out runs: a run finished whole goes as one; one finished
+      -- in part is broken into its messages first. The rest are plain.
+      local nums, seen, plain = {}, {}, {}
+      for _, id in ipairs(ids) do
+        local v = tonumber(id)
+        if v and not seen[v] then
+          seen[v] = true
+          nums[#nums + 1] = v
+        end
+      end
+      table.sort(nums)
+      local i = 1
+      while i <= #nums do
+        local r, first, c = run_holding(nums[i])
+        if not r then
+          plain[#plain + 1] = tostring(nums[i])
+          i = i + 1
+        else
+          local j = i
+          while j <= #nums and nums[j] < first + c do j = j + 1 end
+          local h = redis.call('HGET', HOLDER, r)
+          if ours(h) then
+            if j - i == c then
+              mine[#mine + 1] = r
+              runs[#runs + 1] = r
+              n = n + c
+              if h == th or h == 'T' then taken = taken + c end
+            else
+              explode(r)
+              for k = i, j - 1 do plain[#plain + 1] = tostring(nums[k]) end
+            end
+          end
+          i = j
+        end
+      end
+      ids = plain
+    end
+    if #ids > 0 then
+      local hs = call_many('HMGET', HOLDER, ids)
+      local seen = {}
+      for i, h in ipairs(hs) do
+        local id = ids[i]
+        if not seen[id] and ours(h) then
+          seen[id] = true
+          mine[#mine + 1] = id
+          n = n + 1
+          if h == th or h == 'T' then taken = taken + 1 end
+        end
       end
     end
-    local n = #mine
     if n == 0 then return 0 end
-    redis.call('ZREM', OUT, unpack(mine))
-    redis.call('HDEL', HOLDER, unpack(mine))
-    redis.call('SREM', OWN, unpack(mine))
-    redis.call('HDEL', MSG, unpack(mine))
+    if #runs > 0 then call_many('ZREM', RUNS, runs) end
+    call_many('ZREM', OUT, mine)
+    call_many('HDEL', HOLDER, mine)
+    call_many('SREM', OWN, mine)
+    call_many('HDEL', MSG, mine)
     -- Attempts and order keys: only for messages given back (or priority).
-    if redis.call('EXISTS', ATT) == 1 then redis.call('HDEL', ATT, unpack(mine)) end
-    if redis.call('EXISTS', SK) == 1 then redis.call('HDEL', SK, unpack(mine)) end
+    if redis.call('EXISTS', ATT) == 1 then call_many('HDEL', ATT, mine) end
+    if redis.call('EXISTS', SK) == 1 then call_many('HDEL', SK, mine) end
     if taken > 0 then incr('ntaken', -taken) end
     if n > taken then incr('nleased', taken - n) end
     incr('done', n)
@@ -765,6 +1000,7 @@ local function queue(keys, args)
     local holder, id, delay = ARGV[2], ARGV[3], num(ARGV[4], 0)
     if not exists() then return redis.error_reply('NOQUEUE no such queue') end
     local kind = advance()
+    unrun(id)
     if held_by(id, holder) ~= 'L' then return redis.error_reply('NOTLEASED this client holds no such lease') end
     unout(id)
     redis.call('SREM', OWN, id)
@@ -779,6 +1015,7 @@ local function queue(keys, args)
     local holder, id, lease = ARGV[2], ARGV[3], num(ARGV[4], 0)
     if not exists() then return redis.error_reply('NOQUEUE no such queue') end
     advance()
+    unrun(id)
     if not held_by(id, holder) then return redis.error_reply('NOTLEASED this client holds no such lease') end
     redis.call('ZADD', OUT, now + lease, id)
     due_at(now + lease)
@@ -812,7 +1049,14 @@ local function queue(keys, args)
     local holder = ARGV[2]
     if not exists() then redis.call('DEL', OWN) return 0 end
     local kind = settings()
-    local ids = redis.call('SMEMBERS', OWN)
+    local ids = {}
+    for _, u in ipairs(redis.call('SMEMBERS', OWN)) do
+      if not is_run(u) then
+        ids[#ids + 1] = u
+      elseif redis.call('HEXISTS', HOLDER, u) == 1 then
+        for _, id in ipairs(explode(u)) do ids[#ids + 1] = id end
+      end
+    end
     table.sort(ids, function(a, b) return tonumber(a) > tonumber(b) end)
     local n = 0
     for _, id in ipairs(ids) do
@@ -886,9 +1130,17 @@ local function queue(keys, args)
     -- ARGV: count, name
     if not exists() then return {} end
     local kind = advance()
-    local entries = {}
-    for i, id in ipairs(ready_ids(kind, num(ARGV[2], 1), false)) do
-      entries[i] = {ARGV[3], tonumber(id), redis.call('HGET', MSG, id), num(redis.call('HGET', ATT, id), 0)}
+    local count, entries = num(ARGV[2], 1), {}
+    for _, u in ipairs(ready_ids(kind, count, false)) do
+      if is_run(u) then
+        local first = run_of(u)
+        for k, p in ipairs(unpack_strings(redis.call('HGET', MSG, u))) do
+          if #entries >= count then break end
+          entries[#entries + 1] = {ARGV[3], first + k - 1, p, 0}
+        end
+      elseif #entries < count then
+        entries[#entries + 1] = {ARGV[3], tonumber(u), redis.call('HGET', MSG, u), num(redis.call('HGET', ATT, u), 0)}
+      end
     end
     return entries
   end
@@ -955,7 +1207,7 @@ local function queue(keys, args)
       for _, w in ipairs(redis.call('LRANGE', line, 0, -1)) do mail(w, 'S') end
     end
     for _, w in ipairs(redis.call('ZRANGE', JOINERS, 0, -1)) do mail(w, 'J') end
-    redis.call('DEL', META, READY, MSG, ATT, SK, OUT, HOLDER, DELAYED, DEAD, GLINE, PLINE, JOINERS, GREQ, PREQ, FRESH)
+    redis.call('DEL', META, READY, MSG, ATT, SK, OUT, HOLDER, DELAYED, DEAD, GLINE, PLINE, JOINERS, GREQ, PREQ, FRESH, RUNS)
     return 1
   end
 
