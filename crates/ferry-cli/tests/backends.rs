@@ -541,7 +541,7 @@ fn a_batch_behaves_as_its_messages(e: &Engine) {
     while back.len() < 2 {
         back.extend(got(
             &mut c,
-            &[b"QGET", q.as_bytes(), b"COUNT", b"2", b"TIMEOUT", b"10"],
+            &[b"QGET", q.as_bytes(), b"COUNT", b"2", b"TIMEOUT", b"10000"],
         ));
     }
     assert_eq!(payloads(&back), "gh");
