@@ -25,7 +25,7 @@ if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
 fi
 # redis: the asyncio benchmark's peer (redis.asyncio); uvloop: ferry.aio runs on it.
-.venv/bin/pip install -q --disable-pip-version-check maturin pytest pytest-timeout matplotlib redis uvloop
+.venv/bin/pip install -q --disable-pip-version-check maturin pytest pytest-timeout matplotlib redis uvloop prometheus_client
 cargo build -q -p ferry-cli
 (cd python && ../.venv/bin/maturin develop --release -q && ../.venv/bin/python -m pytest -p no:cacheprovider)
 

@@ -199,6 +199,8 @@ pub(crate) struct Broker {
     pub(crate) store: Option<Arc<Store>>,
     /// The data directory's disk is below `min_free_disk`: puts are refused.
     nospace: AtomicBool,
+    /// Where the HTTP admin port listens, once bound.
+    http: std::sync::OnceLock<std::net::SocketAddr>,
 }
 
 /// Why a queue cannot be named.
@@ -326,6 +328,7 @@ impl Broker {
             compactions: AtomicU64::new(0),
             memory: AtomicU64::new(0),
             nospace: AtomicBool::new(false),
+            http: std::sync::OnceLock::new(),
         })
     }
 
@@ -340,6 +343,15 @@ impl Broker {
 
     pub(crate) fn instant_at(&self, at: Millis) -> tokio::time::Instant {
         tokio::time::Instant::from_std(self.started + Duration::from_millis(at))
+    }
+
+    /// Where the HTTP admin port listens, if it does.
+    pub(crate) fn http_addr(&self) -> Option<std::net::SocketAddr> {
+        self.http.get().copied()
+    }
+
+    pub(crate) fn set_http_addr(&self, addr: std::net::SocketAddr) {
+        let _ = self.http.set(addr);
     }
 
     /// Bytes held by queued messages (payloads plus per-message overhead).

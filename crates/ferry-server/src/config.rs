@@ -1,7 +1,7 @@
 //! The broker's settings, resolved once (file, then environment, then
 //! flags) by the binary and validated here.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
 use crate::serve::SettingsError;
@@ -21,6 +21,32 @@ pub enum Durability {
     Sync,
     /// Nothing touches the disk; a restart loses everything.
     Memory,
+}
+
+/// Where the HTTP admin port (/metrics, /api, the dashboard) listens.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Http {
+    /// On loopback, at the RESP port + 1 (127.0.0.1:7879 beside the
+    /// default 7878; a free port when the RESP port is 0).
+    #[default]
+    Default,
+    /// At this address.
+    At(SocketAddr),
+    /// No HTTP port.
+    Off,
+}
+
+impl std::str::FromStr for Http {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Http, String> {
+        if s.eq_ignore_ascii_case("off") {
+            return Ok(Http::Off);
+        }
+        s.parse().map(Http::At).map_err(|_| {
+            format!("--http takes host:port (such as 127.0.0.1:7879) or off, not {s:?}")
+        })
+    }
 }
 
 /// Where the log's files go through: the file system, or (in tests) a
@@ -43,6 +69,8 @@ pub struct Config {
     pub port: u16,
     /// Also listen on this Unix socket.
     pub unix: Option<PathBuf>,
+    /// The HTTP admin port.
+    pub http: Http,
     /// Where the embedded store keeps its files.
     pub data_dir: PathBuf,
     /// Durability of changes.
@@ -80,6 +108,7 @@ impl Default for Config {
             bind: IpAddr::from([127, 0, 0, 1]),
             port: 7878,
             unix: None,
+            http: Http::Default,
             data_dir: PathBuf::from("ferry-data"),
             durability: Durability::Async,
             salvage: false,
@@ -97,6 +126,21 @@ impl Default for Config {
 }
 
 impl Config {
+    /// The HTTP admin port's address, if it has one.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        match self.http {
+            Http::Off => None,
+            Http::At(a) => Some(a),
+            Http::Default => Some(SocketAddr::from((
+                [127, 0, 0, 1],
+                self.port
+                    .checked_add(1)
+                    .filter(|_| self.port != 0)
+                    .unwrap_or(0),
+            ))),
+        }
+    }
+
     /// Refuses settings the broker cannot keep its promises with, naming
     /// the setting: above all a payload larger than one log record can
     /// hold, which would be acknowledged and then never logged.

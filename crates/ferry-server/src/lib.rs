@@ -35,12 +35,14 @@ mod broker;
 mod cmd;
 mod config;
 mod conn;
+mod http;
 mod locks;
 mod payload;
 pub mod serve;
 mod server;
 mod session;
 mod store;
+mod view;
 
 pub use config::{Config, Durability, LogStorage};
 pub use ferry_log::{Faults, Storage};

@@ -154,6 +154,25 @@ impl Locks {
             .is_some_and(|h| h.token == token)
     }
 
+    /// Every lock held or waited for: its name, its holder's token (if
+    /// held) and how many wait, by name.
+    pub(crate) fn list(&self) -> Vec<(Bytes, Option<u64>, usize)> {
+        let t = self.table.lock();
+        let mut v: Vec<_> = t
+            .locks
+            .iter()
+            .map(|(n, l)| {
+                (
+                    n.clone(),
+                    l.holder.as_ref().map(|h| h.token),
+                    l.waiters.len(),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
     /// Locks held or waited for, and clients waiting in line, for INFO.
     pub(crate) fn counts(&self) -> (usize, usize) {
         let t = self.table.lock();

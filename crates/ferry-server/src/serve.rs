@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use clap::{Args, FromArgMatches};
 use serde::Deserialize;
 
-use crate::config::{Config, Durability};
+use crate::config::{Config, Durability, Http};
 use crate::server::{Server, StartError, Stopped};
 
 /// `ferry serve` flags. Each may also come from its FERRY_* environment
@@ -38,6 +38,10 @@ pub struct ServeArgs {
     /// Also listen on this Unix socket.
     #[arg(long, env = "FERRY_UNIX")]
     pub unix: Option<PathBuf>,
+    /// The HTTP admin port (/metrics, /api, the dashboard): host:port, or
+    /// off [default: 127.0.0.1 at the RESP port + 1, so 7879]
+    #[arg(long, env = "FERRY_HTTP")]
+    pub http: Option<Http>,
     /// Directory of the embedded store [default: ./ferry-data]
     #[arg(long, env = "FERRY_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
@@ -124,6 +128,7 @@ struct FileConfig {
     bind: Option<IpAddr>,
     port: Option<u16>,
     unix: Option<PathBuf>,
+    http: Option<String>,
     data_dir: Option<PathBuf>,
     durability: Option<String>,
     salvage: Option<bool>,
@@ -183,6 +188,11 @@ pub fn resolve(args: ServeArgs) -> Result<Config, SettingsError> {
         bind: args.bind.or(file.bind).unwrap_or(d.bind),
         port: args.port.or(file.port).unwrap_or(d.port),
         unix: args.unix.or(file.unix),
+        http: match (args.http, file.http) {
+            (Some(h), _) => h,
+            (None, Some(h)) => h.parse().map_err(SettingsError)?,
+            (None, None) => d.http,
+        },
         data_dir: args.data_dir.or(file.data_dir).unwrap_or(d.data_dir),
         durability,
         salvage: args.salvage || file.salvage.unwrap_or(false),
@@ -301,8 +311,11 @@ async fn serve(config: Config) -> Result<Stopped, StartError> {
     if let Some(path) = &bound.unix {
         println!("listening unix:{}", path.display());
     }
+    if let Some(addr) = &bound.http {
+        println!("http http://{addr}");
+    }
     use std::io::Write;
     let _ = std::io::stdout().flush();
-    tracing::info!(tcp = %bound.tcp, unix = ?bound.unix, ?durability, "ferry serving");
+    tracing::info!(tcp = %bound.tcp, unix = ?bound.unix, http = ?bound.http, ?durability, "ferry serving");
     Ok(server.run(stop).await)
 }

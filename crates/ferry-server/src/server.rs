@@ -21,6 +21,7 @@ pub struct Server {
     broker: Arc<Broker>,
     tcp: TcpListener,
     unix: Option<(UnixListener, PathBuf)>,
+    http: Option<TcpListener>,
     bound: Bound,
 }
 
@@ -60,6 +61,8 @@ pub struct Bound {
     pub tcp: std::net::SocketAddr,
     /// The Unix socket, if any.
     pub unix: Option<PathBuf>,
+    /// The HTTP admin port, if any, with the real port.
+    pub http: Option<std::net::SocketAddr>,
 }
 
 impl Server {
@@ -99,14 +102,27 @@ impl Server {
             }
             None => None,
         };
+        let http = match config.http_addr() {
+            Some(addr) => {
+                let address = format!("http://{addr}");
+                let l = TcpListener::bind(addr)
+                    .await
+                    .map_err(listen_err(address.clone()))?;
+                broker.set_http_addr(l.local_addr().map_err(listen_err(address))?);
+                Some(l)
+            }
+            None => None,
+        };
         let bound = Bound {
             tcp: tcp.local_addr().map_err(listen_err(tcp_addr))?,
             unix: unix.as_ref().map(|(_, p)| p.clone()),
+            http: broker.http_addr(),
         };
         Ok(Server {
             broker,
             tcp,
             unix,
+            http,
             bound,
         })
     }
@@ -143,6 +159,21 @@ impl Server {
                 None => std::future::pending().await,
             }
         };
+        if let Some(listener) = self.http {
+            let mut stop = stop_rx.clone();
+            let app = crate::http::router(Arc::clone(&self.broker));
+            tokio::spawn(async move {
+                let stopped = async move {
+                    let _ = stop.wait_for(|&s| s).await;
+                };
+                if let Err(e) = axum::serve(listener, app)
+                    .with_graceful_shutdown(stopped)
+                    .await
+                {
+                    warn!(error = %e, "the HTTP admin port stopped");
+                }
+            });
+        }
         let failure = self.broker.store.as_ref().map(|s| Arc::clone(&s.failure));
         let failed = async {
             match failure {

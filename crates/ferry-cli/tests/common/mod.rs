@@ -14,6 +14,9 @@ pub struct Server {
     /// The temp directory this server made, if it made one.
     pub dir: Option<tempfile::TempDir>,
     pub unix: Option<std::path::PathBuf>,
+    /// The HTTP admin port's base URL (`http://127.0.0.1:port`), unless
+    /// started with `--http off`.
+    pub http: Option<String>,
 }
 
 impl Server {
@@ -38,9 +41,17 @@ impl Server {
         } else {
             &["--port", "0"]
         };
+        // The HTTP port on a free port too (its default, the RESP port + 1,
+        // may be another test's).
+        let http0: &[&str] = if extra.contains(&"--http") {
+            &[]
+        } else {
+            &["--http", "127.0.0.1:0"]
+        };
         let mut child = Command::new(env!("CARGO_BIN_EXE_ferry"))
             .arg("serve")
             .args(port0)
+            .args(http0)
             .arg("--data-dir")
             .arg(data_dir)
             .args(extra)
@@ -61,6 +72,13 @@ impl Server {
         } else {
             None
         };
+        let http_off = extra.windows(2).any(|w| w[0] == "--http" && w[1] == "off");
+        let http = if http_off {
+            None
+        } else {
+            let line = lines.next().unwrap().unwrap();
+            Some(line.strip_prefix("http ").unwrap().to_string())
+        };
         // Keep draining stdout so the server never blocks on it.
         std::thread::spawn(move || for _ in lines {});
         Server {
@@ -69,6 +87,7 @@ impl Server {
             port,
             dir: None,
             unix,
+            http,
         }
     }
 

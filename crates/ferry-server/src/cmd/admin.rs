@@ -284,72 +284,47 @@ fn info(s: &mut Session, name: &Bytes) -> Result<(), CmdError> {
     let cell = s
         .find(name)
         .ok_or_else(|| err("NOQUEUE", "no such queue"))?;
-    let expire = cell.expire();
-    let (config, counters, stats, shutdown) = cell.with(&s.broker, |st, _| {
-        let q = &st.q;
-        (
-            q.config().clone(),
-            [
-                ("qsize", q.qsize()),
-                ("unfinished", q.unfinished()),
-                ("leased", q.leased()),
-                ("taken", q.taken()),
-                ("delayed", q.delayed()),
-                ("waiting_getters", q.waiting_getters() as u64),
-                ("waiting_putters", q.waiting_putters() as u64),
-                ("waiting_joiners", q.waiting_joiners() as u64),
-            ],
-            q.stats().clone(),
-            q.shutdown_state(),
-        )
-    });
-    let qsize = counters[0].1;
+    let v = cell.view(&s.broker);
     let mut r = s.reply();
     r.map(27);
     r.bulk(b"name");
     r.bulk(name);
     r.bulk(b"kind");
-    r.bulk(config.kind.name().as_bytes());
-    r.bulk(b"maxsize");
-    r.uint(config.maxsize);
-    for (label, v) in counters {
+    r.bulk(v.kind.as_bytes());
+    for (label, n) in [
+        ("maxsize", v.maxsize),
+        ("qsize", v.qsize),
+        ("unfinished", v.unfinished),
+        ("leased", v.leased),
+        ("taken", v.taken),
+        ("delayed", v.delayed),
+        ("waiting_getters", v.waiting_getters),
+        ("waiting_putters", v.waiting_putters),
+        ("waiting_joiners", v.waiting_joiners),
+    ] {
         r.bulk(label.as_bytes());
-        r.uint(v);
+        r.uint(n);
     }
     r.bulk(b"full");
-    r.boolean(config.maxsize > 0 && qsize >= config.maxsize);
+    r.boolean(v.full());
     r.bulk(b"empty");
-    r.boolean(qsize == 0);
+    r.boolean(v.qsize == 0);
     r.bulk(b"shutdown");
-    r.bulk(match shutdown {
-        None => b"no",
-        Some(engine::Shutdown::Graceful) => b"graceful",
-        Some(engine::Shutdown::Immediate) => b"immediate",
-    });
+    r.bulk(v.shutdown.as_bytes());
     r.bulk(b"lease_timeout");
-    r.int(config.lease_timeout.map_or(-1, |v| v as i64));
+    r.int(v.lease_timeout.map_or(-1, |n| n as i64));
     r.bulk(b"max_attempts");
-    r.int(config.max_attempts.map_or(-1, i64::from));
+    r.int(v.max_attempts.map_or(-1, i64::from));
     r.bulk(b"dead_letter");
-    match &config.dead_letter {
+    match &v.dead_letter {
         Some(q) => r.bulk(q.as_bytes()),
         None => r.null(),
     }
     r.bulk(b"expire");
-    r.int(expire.map_or(-1, |v| v as i64));
-    for (label, v) in [
-        ("put", stats.put),
-        ("delivered", stats.delivered),
-        ("done", stats.done),
-        ("nacked", stats.nacked),
-        ("expired", stats.expired),
-        ("released", stats.released),
-        ("dead_lettered", stats.dead_lettered),
-        ("lost", stats.lost),
-        ("dropped", stats.dropped),
-    ] {
+    r.int(v.expire.map_or(-1, |n| n as i64));
+    for (label, n) in v.counters() {
         r.bulk(label.as_bytes());
-        r.uint(v);
+        r.uint(n);
     }
     Ok(())
 }

@@ -2,8 +2,6 @@
 //! expect — PING, ECHO, QUIT, HELLO, AUTH, CLIENT, SELECT, INFO, COMMAND,
 //! CONFIG.
 
-use std::sync::atomic::Ordering;
-
 use bytes::Bytes;
 
 use super::{Args, CmdError, Flow, Outcome, Res, done, err, is, parse_u64};
@@ -344,31 +342,31 @@ fn hello(
 }
 
 fn info(s: &mut Session) {
-    let b = &s.broker;
-    let (locks, lock_waiters) = b.locks.counts();
-    let (records, syncs, bytes) = b.store.as_ref().map_or((0, 0, 0), |st| {
-        let log = st.log();
-        (log.appended(), log.syncs(), log.bytes())
-    });
+    let v = s.broker.view();
+    let http = s
+        .broker
+        .http_addr()
+        .map_or_else(String::new, |a| a.to_string());
     let text = format!(
-        "# Server\r\nferry_version:{}\r\nredis_version:7.0.0\r\nprocess_id:{}\r\nuptime_in_seconds:{}\r\nthreads:{}\r\ndurability:{}\r\n\r\n# Persistence\r\nlog_records:{}\r\nlog_syncs:{}\r\nlog_bytes:{}\r\nlog_compactions:{}\r\n\r\n# Clients\r\nconnected_clients:{}\r\nmaxclients:{}\r\n\r\n# Stats\r\ntotal_commands_processed:{}\r\n\r\n# Memory\r\nqueued_memory:{}\r\nmax_memory:{}\r\n\r\n# Queues\r\nqueues:{}\r\nlocks:{}\r\nlock_waiters:{}\r\n",
-        env!("CARGO_PKG_VERSION"),
-        std::process::id(),
-        b.uptime().as_secs(),
-        b.config.threads.unwrap_or(0),
-        format!("{:?}", b.config.durability).to_lowercase(),
-        records,
-        syncs,
-        bytes,
-        b.compactions.load(Ordering::Relaxed),
-        b.clients.load(Ordering::Relaxed),
-        b.config.max_clients,
-        b.commands.load(Ordering::Relaxed),
-        b.memory(),
-        b.config.max_memory,
-        b.queue_count(),
-        locks,
-        lock_waiters,
+        "# Server\r\nferry_version:{}\r\nredis_version:7.0.0\r\nprocess_id:{}\r\nuptime_in_seconds:{}\r\nthreads:{}\r\ndurability:{}\r\nhttp_addr:{}\r\n\r\n# Persistence\r\nlog_records:{}\r\nlog_syncs:{}\r\nlog_bytes:{}\r\nlog_compactions:{}\r\n\r\n# Clients\r\nconnected_clients:{}\r\nmaxclients:{}\r\n\r\n# Stats\r\ntotal_commands_processed:{}\r\n\r\n# Memory\r\nqueued_memory:{}\r\nmax_memory:{}\r\n\r\n# Queues\r\nqueues:{}\r\nlocks:{}\r\nlock_waiters:{}\r\n",
+        v.version,
+        v.process_id,
+        v.uptime_seconds,
+        v.threads,
+        v.durability,
+        http,
+        v.log_records,
+        v.log_syncs,
+        v.log_bytes,
+        v.log_compactions,
+        v.connected_clients,
+        v.max_clients,
+        v.commands_processed,
+        v.queued_memory,
+        v.max_memory,
+        v.queues,
+        v.locks,
+        v.lock_waiters,
     );
     s.reply().bulk(text.as_bytes());
 }

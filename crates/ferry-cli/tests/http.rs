@@ -1,0 +1,238 @@
+//! The HTTP admin port (`--http`): /metrics and the JSON API against a
+//! real broker under load, its password, and its refusals.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::HashSet;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::Server;
+use ferry_client::Client;
+
+fn get(url: &str) -> (u16, String) {
+    let agent = ureq::Agent::new_with_config(
+        ureq::config::Config::builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(10)))
+            .build(),
+    );
+    let mut r = agent.get(url).call().unwrap();
+    (r.status().as_u16(), r.body_mut().read_to_string().unwrap())
+}
+
+fn post(url: &str, headers: &[(&str, &str)]) -> (u16, String) {
+    let agent = ureq::Agent::new_with_config(
+        ureq::config::Config::builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(10)))
+            .build(),
+    );
+    let mut req = agent.post(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let mut r = req.send_empty().unwrap();
+    (r.status().as_u16(), r.body_mut().read_to_string().unwrap())
+}
+
+/// A sample's value in OpenMetrics text: `name{queue="q"} value`.
+fn sample(text: &str, name: &str, queue: Option<&str>) -> Option<u64> {
+    let prefix = match queue {
+        Some(q) => format!("{name}{{queue=\"{q}\"}} "),
+        None => format!("{name} "),
+    };
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .map(|v| v.trim().parse().unwrap())
+}
+
+#[test]
+fn metrics_and_the_api_move_with_the_load() {
+    let s = Server::start();
+    let http = s.http.clone().unwrap();
+    let url = format!("ferry://127.0.0.1:{}", s.port);
+    let (status, text) = get(&format!("{http}/metrics"));
+    assert_eq!(status, 200);
+    assert_eq!(sample(&text, "ferry_queues", None), Some(0));
+    assert!(
+        text.ends_with("# EOF\n"),
+        "OpenMetrics text ends with # EOF"
+    );
+
+    // A producer and a consumer, bounded in count.
+    let n = 2_000;
+    let producer = {
+        let url = url.clone();
+        thread::spawn(move || {
+            let mut c = Client::connect(&url).unwrap();
+            for i in 0..n {
+                c.put("work", format!("job {i}").as_bytes()).unwrap();
+            }
+        })
+    };
+    let mut seen = Vec::new();
+    let give_up = Instant::now() + Duration::from_secs(60);
+    loop {
+        let text = get(&format!("{http}/metrics")).1;
+        let puts = sample(&text, "ferry_queue_puts_total", Some("work")).unwrap_or(0);
+        seen.push(puts);
+        if puts == n || Instant::now() > give_up {
+            break;
+        }
+        thread::sleep(Duration::from_millis(5));
+    }
+    producer.join().unwrap();
+    assert_eq!(*seen.last().unwrap(), n, "puts reach {n}");
+    assert!(
+        seen.windows(2).all(|w| w[0] <= w[1]),
+        "a counter never goes down"
+    );
+
+    let mut c = Client::connect(&url).unwrap();
+    for _ in 0..10 {
+        let m = c.get("work").unwrap();
+        c.task_done("work", m.id).unwrap();
+    }
+    let _held = c.get("work").unwrap();
+    let text = get(&format!("{http}/metrics")).1;
+    assert_eq!(
+        sample(&text, "ferry_queue_dones_total", Some("work")),
+        Some(10)
+    );
+    assert_eq!(
+        sample(&text, "ferry_queue_leased_messages", Some("work")),
+        Some(1)
+    );
+    assert_eq!(
+        sample(&text, "ferry_queue_ready_messages", Some("work")),
+        Some(n - 11)
+    );
+    assert_eq!(
+        sample(&text, "ferry_queue_unfinished_messages", Some("work")),
+        Some(n - 10)
+    );
+    assert!(sample(&text, "ferry_connected_clients", None).unwrap() >= 1);
+    assert!(sample(&text, "ferry_log_records_total", None).unwrap() > 0);
+    // Every family is described once.
+    let mut names = HashSet::new();
+    for l in text.lines().filter(|l| l.starts_with("# TYPE ")) {
+        let name = l.split(' ').nth(2).unwrap();
+        assert!(names.insert(name.to_string()), "{name} twice");
+    }
+
+    // The JSON API says the same.
+    let (status, body) = get(&format!("{http}/api/queues/work?peek=3"));
+    assert_eq!(status, 200);
+    let q: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(q["qsize"], n - 11);
+    assert_eq!(q["leased"], 1);
+    assert_eq!(q["done"], 10);
+    let next: Vec<&str> = q["next"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["preview"].as_str().unwrap())
+        .collect();
+    assert_eq!(next, ["job 11", "job 12", "job 13"]);
+    let list: serde_json::Value =
+        serde_json::from_str(&get(&format!("{http}/api/queues")).1).unwrap();
+    assert_eq!(list[0]["name"], "work");
+    let server: serde_json::Value =
+        serde_json::from_str(&get(&format!("{http}/api/server")).1).unwrap();
+    assert_eq!(server["queues"], 1);
+    assert_eq!(get(&format!("{http}/api/queues/nope")).0, 404);
+
+    // A lock shows with its token.
+    let token = c.lock("nightly", None, None).unwrap().unwrap();
+    let locks: serde_json::Value =
+        serde_json::from_str(&get(&format!("{http}/api/locks")).1).unwrap();
+    assert_eq!(locks[0]["name"], "nightly");
+    assert_eq!(locks[0]["token"], token);
+
+    // Purge through the API: the ready messages go, the leased one stays.
+    let (status, body) = post(&format!("{http}/api/queues/work/purge"), &[]);
+    assert_eq!(
+        (status, body.as_str()),
+        (200, format!("{{\"purged\":{}}}", n - 11).as_str())
+    );
+    assert_eq!(c.qsize("work").unwrap(), 0);
+    assert_eq!(c.unfinished("work").unwrap(), 1);
+}
+
+#[test]
+fn a_change_from_another_origin_is_refused() {
+    let s = Server::start();
+    let http = s.http.clone().unwrap();
+    let mut c = Client::connect(&format!("ferry://127.0.0.1:{}", s.port)).unwrap();
+    c.put("keep", b"x").unwrap();
+    let (status, _) = post(
+        &format!("{http}/api/queues/keep/purge"),
+        &[("Origin", "http://evil.example")],
+    );
+    assert_eq!(status, 403);
+    assert_eq!(c.qsize("keep").unwrap(), 1);
+    let own = http.clone();
+    let (status, _) = post(
+        &format!("{http}/api/queues/keep/purge"),
+        &[("Origin", &own)],
+    );
+    assert_eq!(status, 200);
+    assert_eq!(c.qsize("keep").unwrap(), 0);
+}
+
+#[test]
+fn the_http_port_wants_the_password_when_one_is_set() {
+    let s = Server::start_with(&["--requirepass", "s3cret"]);
+    let http = s.http.clone().unwrap();
+    let agent = ureq::Agent::new_with_config(
+        ureq::config::Config::builder()
+            .http_status_as_error(false)
+            .build(),
+    );
+    for path in ["/metrics", "/api/server", "/api/queues", "/api/locks"] {
+        let r = agent.get(&format!("{http}{path}")).call().unwrap();
+        assert_eq!(r.status().as_u16(), 401, "{path}");
+        assert!(r.headers().get("www-authenticate").is_some());
+        let wrong = agent
+            .get(&format!("{http}{path}"))
+            .header("Authorization", "Bearer nope")
+            .call()
+            .unwrap();
+        assert_eq!(wrong.status().as_u16(), 401, "{path}");
+    }
+    let r = agent
+        .post(&format!("{http}/api/queues/q/purge"))
+        .send_empty()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    let bearer = agent
+        .get(&format!("{http}/metrics"))
+        .header("Authorization", "Bearer s3cret")
+        .call()
+        .unwrap();
+    assert_eq!(bearer.status().as_u16(), 200);
+    // Basic, any user name: "admin:s3cret".
+    let basic = agent
+        .get(&format!("{http}/api/server"))
+        .header("Authorization", "Basic YWRtaW46czNjcmV0")
+        .call()
+        .unwrap();
+    assert_eq!(basic.status().as_u16(), 200);
+}
+
+#[test]
+fn http_off_serves_no_port_and_info_says_where_it_is() {
+    let s = Server::start_with(&["--http", "off"]);
+    assert!(s.http.is_none());
+    let mut c = Client::connect(&format!("ferry://127.0.0.1:{}", s.port)).unwrap();
+    let info = c.call(&[b"INFO"]).unwrap();
+    assert!(format!("{info:?}").contains("http_addr:\\r\\n"), "{info:?}");
+    let s = Server::start();
+    let mut c = Client::connect(&format!("ferry://127.0.0.1:{}", s.port)).unwrap();
+    let info = format!("{:?}", c.call(&[b"INFO"]).unwrap());
+    let http = s.http.clone().unwrap();
+    let addr = http.strip_prefix("http://").unwrap();
+    assert!(info.contains(&format!("http_addr:{addr}")), "{info}");
+}

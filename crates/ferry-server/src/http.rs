@@ -1,0 +1,420 @@
+//! The HTTP admin port: `/metrics` (Prometheus, OpenMetrics text) and
+//! the JSON API under `/api` (docs/http-api.md), served by axum on the
+//! broker's runtime. Every answer is read from the same views QINFO and
+//! INFO report (view.rs); with `--requirepass`, every request must carry
+//! the password (HTTP Basic, any user name, or a Bearer token).
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Json, Response};
+use axum::routing::{get, post};
+use base64::Engine as _;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+use serde::{Deserialize, Serialize};
+
+use crate::broker::Broker;
+use crate::view::{QueueView, ServerView};
+
+/// The admin port's routes over `broker`.
+pub(crate) fn router(broker: Arc<Broker>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/api/server", get(server))
+        .route("/api/queues", get(queues))
+        .route("/api/queues/{name}", get(queue))
+        .route("/api/queues/{name}/purge", post(purge))
+        .route("/api/locks", get(locks))
+        .layer(middleware::from_fn_with_state(Arc::clone(&broker), guard))
+        .with_state(broker)
+}
+
+/// Refuses a request without the password, when one is set; and a
+/// change (POST) sent by a page of another origin — a web page the
+/// operator has open must not purge queues through their browser.
+async fn guard(State(b): State<Arc<Broker>>, req: Request, next: Next) -> Response {
+    if let Some(pw) = &b.config.requirepass
+        && !authorized(req.headers(), pw)
+    {
+        return (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, r#"Basic realm="ferry""#)],
+            "NOAUTH the password is required (HTTP Basic with any user name, or Bearer)\n",
+        )
+            .into_response();
+    }
+    if req.method() != axum::http::Method::GET && !same_origin(req.headers()) {
+        return (
+            StatusCode::FORBIDDEN,
+            "NOPERM a change must come from this server's own pages or a client that sends no Origin\n",
+        )
+            .into_response();
+    }
+    next.run(req).await
+}
+
+/// No Origin (not a browser), or the Host's own.
+fn same_origin(headers: &HeaderMap) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return true;
+    };
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    let origin = origin.to_str().ok();
+    matches!((origin, host), (Some(o), Some(h)) if o.strip_prefix("http://") == Some(h))
+}
+
+fn authorized(headers: &HeaderMap, password: &str) -> bool {
+    let Some(value) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let given = if let Some(token) = value.strip_prefix("Bearer ") {
+        token.as_bytes().to_vec()
+    } else if let Some(b64) = value.strip_prefix("Basic ") {
+        let Ok(pair) = base64::engine::general_purpose::STANDARD.decode(b64.trim()) else {
+            return false;
+        };
+        match pair.iter().position(|&c| c == b':') {
+            Some(at) => pair[at + 1..].to_vec(),
+            None => return false,
+        }
+    } else {
+        return false;
+    };
+    constant_time_eq(&given, password.as_bytes())
+}
+
+/// Compares without leaving the time it took as a hint of where they
+/// differ.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn server(State(b): State<Arc<Broker>>) -> Json<ServerView> {
+    Json(b.view())
+}
+
+async fn queues(State(b): State<Arc<Broker>>) -> Json<Vec<QueueView>> {
+    Json(b.queue_views())
+}
+
+#[derive(Deserialize)]
+struct PeekQuery {
+    peek: Option<usize>,
+}
+
+/// A message as `/api/queues/{name}` shows it.
+#[derive(Serialize)]
+struct MessageView {
+    id: u64,
+    attempts: u32,
+    bytes: usize,
+    /// The payload as text (bytes that are not UTF-8 shown as U+FFFD),
+    /// at most 256 bytes of it.
+    preview: String,
+}
+
+#[derive(Serialize)]
+struct QueueDetail {
+    #[serde(flatten)]
+    queue: QueueView,
+    next: Vec<MessageView>,
+}
+
+fn no_queue(name: &str) -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        Json(serde_json::json!({"error": format!("NOQUEUE no such queue {name:?}")})),
+    )
+        .into_response()
+}
+
+async fn queue(
+    State(b): State<Arc<Broker>>,
+    Path(name): Path<String>,
+    Query(q): Query<PeekQuery>,
+) -> Response {
+    let Some(cell) = b.queue(name.as_bytes()) else {
+        return no_queue(&name);
+    };
+    let count = q.peek.unwrap_or(10).min(1000);
+    let next = cell.with(&b, |st, _| {
+        st.q.peek(count)
+            .into_iter()
+            .map(|m| MessageView {
+                id: m.id,
+                attempts: m.attempts,
+                bytes: m.item.data.len(),
+                preview: String::from_utf8_lossy(&m.item.data[..m.item.data.len().min(256)])
+                    .into_owned(),
+            })
+            .collect()
+    });
+    Json(QueueDetail {
+        queue: cell.view(&b),
+        next,
+    })
+    .into_response()
+}
+
+async fn purge(State(b): State<Arc<Broker>>, Path(name): Path<String>) -> Response {
+    let Some(cell) = b.queue(name.as_bytes()) else {
+        return no_queue(&name);
+    };
+    let purged = cell.with(&b, |st, now| st.q.purge(now));
+    Json(serde_json::json!({ "purged": purged })).into_response()
+}
+
+#[derive(Serialize)]
+struct LockView {
+    name: String,
+    /// The holder's fencing token; none while only waited for.
+    token: Option<u64>,
+    waiters: usize,
+}
+
+async fn locks(State(b): State<Arc<Broker>>) -> Json<Vec<LockView>> {
+    Json(
+        b.locks
+            .list()
+            .into_iter()
+            .map(|(name, token, waiters)| LockView {
+                name: String::from_utf8_lossy(&name).into_owned(),
+                token,
+                waiters,
+            })
+            .collect(),
+    )
+}
+
+async fn metrics(State(b): State<Arc<Broker>>) -> Response {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(Scrape {
+        server: b.view(),
+        queues: b.queue_views(),
+    }));
+    let mut text = String::new();
+    if prometheus_client::encoding::text::encode(&mut text, &registry).is_err() {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+        )],
+        text,
+    )
+        .into_response()
+}
+
+/// One scrape's values, read before encoding.
+#[derive(Debug)]
+struct Scrape {
+    server: ServerView,
+    queues: Vec<QueueView>,
+}
+
+type QueueValue = fn(&QueueView) -> u64;
+
+/// Per-queue gauges: name, help, value.
+const QUEUE_GAUGES: [(&str, &str, QueueValue); 9] = [
+    (
+        "ferry_queue_ready_messages",
+        "Messages ready to be got.",
+        |q| q.qsize,
+    ),
+    (
+        "ferry_queue_leased_messages",
+        "Messages leased and not yet done.",
+        |q| q.leased,
+    ),
+    (
+        "ferry_queue_taken_messages",
+        "Messages got with TAKE and not yet done.",
+        |q| q.taken,
+    ),
+    (
+        "ferry_queue_delayed_messages",
+        "Messages waiting for their delay to run out.",
+        |q| q.delayed,
+    ),
+    (
+        "ferry_queue_unfinished_messages",
+        "Messages put and not yet done (what join waits for).",
+        |q| q.unfinished,
+    ),
+    (
+        "ferry_queue_waiting_getters",
+        "Clients blocked in a get.",
+        |q| q.waiting_getters,
+    ),
+    (
+        "ferry_queue_waiting_putters",
+        "Clients blocked in a put (the queue is full).",
+        |q| q.waiting_putters,
+    ),
+    (
+        "ferry_queue_waiting_joiners",
+        "Clients blocked in a join.",
+        |q| q.waiting_joiners,
+    ),
+    (
+        "ferry_queue_maxsize_messages",
+        "The queue's bound (0: none).",
+        |q| q.maxsize,
+    ),
+];
+
+/// Per-queue counters (OpenMetrics adds `_total`).
+const QUEUE_COUNTERS: [(&str, &str, QueueValue); 9] = [
+    ("ferry_queue_puts", "Messages put.", |q| q.stats.put),
+    (
+        "ferry_queue_deliveries",
+        "Deliveries, redeliveries included.",
+        |q| q.stats.delivered,
+    ),
+    (
+        "ferry_queue_dones",
+        "Messages finished (done, or a NOACK delivery).",
+        |q| q.stats.done,
+    ),
+    (
+        "ferry_queue_nacks",
+        "Leased messages given back by nack.",
+        |q| q.stats.nacked,
+    ),
+    (
+        "ferry_queue_expired_leases",
+        "Leases that ran out (the message comes back).",
+        |q| q.stats.expired,
+    ),
+    (
+        "ferry_queue_released_leases",
+        "Leases given back because their holder went away.",
+        |q| q.stats.released,
+    ),
+    (
+        "ferry_queue_dead_letters",
+        "Messages moved out after max_attempts.",
+        |q| q.stats.dead_lettered,
+    ),
+    (
+        "ferry_queue_lost_messages",
+        "Taken messages whose holder went away before done.",
+        |q| q.stats.lost,
+    ),
+    (
+        "ferry_queue_dropped_messages",
+        "Messages dropped by a purge or an immediate shutdown.",
+        |q| q.stats.dropped,
+    ),
+];
+
+impl Collector for Scrape {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        for (name, help, value) in QUEUE_GAUGES {
+            let mut family =
+                encoder.encode_descriptor(name, help, None, ConstGauge::new(0i64).metric_type())?;
+            for q in &self.queues {
+                let labels = [("queue", String::from_utf8_lossy(&q.name).into_owned())];
+                let v = i64::try_from(value(q)).unwrap_or(i64::MAX);
+                ConstGauge::new(v).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        for (name, help, value) in QUEUE_COUNTERS {
+            let mut family = encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                ConstCounter::new(0u64).metric_type(),
+            )?;
+            for q in &self.queues {
+                let labels = [("queue", String::from_utf8_lossy(&q.name).into_owned())];
+                ConstCounter::new(value(q)).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        let s = &self.server;
+        let as_i64 = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        let gauges: [(&str, &str, i64); 9] = [
+            (
+                "ferry_connected_clients",
+                "Client connections open.",
+                s.connected_clients as i64,
+            ),
+            (
+                "ferry_max_clients",
+                "The most client connections served at once.",
+                s.max_clients as i64,
+            ),
+            (
+                "ferry_queued_memory_bytes",
+                "Bytes held by queued messages (payloads and overhead).",
+                as_i64(s.queued_memory),
+            ),
+            (
+                "ferry_max_memory_bytes",
+                "Puts are refused over this (0: no limit).",
+                as_i64(s.max_memory),
+            ),
+            (
+                "ferry_log_bytes",
+                "Bytes in the log's segments.",
+                as_i64(s.log_bytes),
+            ),
+            ("ferry_queues", "Queues.", s.queues as i64),
+            ("ferry_locks", "Locks held or waited for.", s.locks as i64),
+            (
+                "ferry_lock_waiters",
+                "Clients waiting for a lock.",
+                s.lock_waiters as i64,
+            ),
+            (
+                "ferry_uptime_seconds",
+                "Seconds since the broker started.",
+                as_i64(s.uptime_seconds),
+            ),
+        ];
+        for (name, help, v) in gauges {
+            let family =
+                encoder.encode_descriptor(name, help, None, ConstGauge::new(0i64).metric_type())?;
+            ConstGauge::new(v).encode(family)?;
+        }
+        let counters: [(&str, &str, u64); 4] = [
+            (
+                "ferry_commands",
+                "Commands processed.",
+                s.commands_processed,
+            ),
+            (
+                "ferry_log_records",
+                "Records appended to the log.",
+                s.log_records,
+            ),
+            ("ferry_log_fsyncs", "fsyncs of the log.", s.log_syncs),
+            (
+                "ferry_log_compactions",
+                "Compactions (checkpoints) of the log.",
+                s.log_compactions,
+            ),
+        ];
+        for (name, help, v) in counters {
+            let family = encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                ConstCounter::new(0u64).metric_type(),
+            )?;
+            ConstCounter::new(v).encode(family)?;
+        }
+        Ok(())
+    }
+}

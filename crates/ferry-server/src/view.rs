@@ -1,0 +1,176 @@
+//! What a queue, the lock table and the server look like from outside:
+//! read once, under the queue's lock, for QINFO, `/metrics` and `/api`.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use ferry_core::engine::{self, Millis, Stats};
+use serde::Serialize;
+
+use crate::broker::{Broker, QueueCell};
+
+/// One queue's settings and counters, as QINFO reports them.
+#[derive(Clone, Debug, Serialize)]
+pub(crate) struct QueueView {
+    #[serde(serialize_with = "lossy")]
+    pub(crate) name: Bytes,
+    pub(crate) kind: &'static str,
+    pub(crate) maxsize: u64,
+    pub(crate) qsize: u64,
+    pub(crate) unfinished: u64,
+    pub(crate) leased: u64,
+    pub(crate) taken: u64,
+    pub(crate) delayed: u64,
+    pub(crate) waiting_getters: u64,
+    pub(crate) waiting_putters: u64,
+    pub(crate) waiting_joiners: u64,
+    pub(crate) shutdown: &'static str,
+    pub(crate) lease_timeout: Option<Millis>,
+    pub(crate) max_attempts: Option<u32>,
+    pub(crate) dead_letter: Option<String>,
+    pub(crate) expire: Option<Millis>,
+    #[serde(flatten, serialize_with = "stats")]
+    pub(crate) stats: Stats,
+}
+
+impl QueueView {
+    pub(crate) fn full(&self) -> bool {
+        self.maxsize > 0 && self.qsize >= self.maxsize
+    }
+
+    /// Its lifetime counters by name, in QINFO's order.
+    pub(crate) fn counters(&self) -> [(&'static str, u64); 9] {
+        let s = &self.stats;
+        [
+            ("put", s.put),
+            ("delivered", s.delivered),
+            ("done", s.done),
+            ("nacked", s.nacked),
+            ("expired", s.expired),
+            ("released", s.released),
+            ("dead_lettered", s.dead_lettered),
+            ("lost", s.lost),
+            ("dropped", s.dropped),
+        ]
+    }
+}
+
+fn lossy<S: serde::Serializer>(b: &Bytes, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&String::from_utf8_lossy(b))
+}
+
+fn stats<S: serde::Serializer>(st: &Stats, s: S) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeMap;
+    let mut m = s.serialize_map(Some(9))?;
+    for (k, v) in [
+        ("put", st.put),
+        ("delivered", st.delivered),
+        ("done", st.done),
+        ("nacked", st.nacked),
+        ("expired", st.expired),
+        ("released", st.released),
+        ("dead_lettered", st.dead_lettered),
+        ("lost", st.lost),
+        ("dropped", st.dropped),
+    ] {
+        m.serialize_entry(k, &v)?;
+    }
+    m.end()
+}
+
+impl QueueCell {
+    /// The queue as it is now.
+    pub(crate) fn view(&self, broker: &Arc<Broker>) -> QueueView {
+        let expire = self.expire();
+        let name = self.name.clone();
+        self.with(broker, |st, _| {
+            let q = &st.q;
+            let config = q.config();
+            QueueView {
+                name,
+                kind: config.kind.name(),
+                maxsize: config.maxsize,
+                qsize: q.qsize(),
+                unfinished: q.unfinished(),
+                leased: q.leased(),
+                taken: q.taken(),
+                delayed: q.delayed(),
+                waiting_getters: q.waiting_getters() as u64,
+                waiting_putters: q.waiting_putters() as u64,
+                waiting_joiners: q.waiting_joiners() as u64,
+                shutdown: match q.shutdown_state() {
+                    None => "no",
+                    Some(engine::Shutdown::Graceful) => "graceful",
+                    Some(engine::Shutdown::Immediate) => "immediate",
+                },
+                lease_timeout: config.lease_timeout,
+                max_attempts: config.max_attempts,
+                dead_letter: config.dead_letter.clone(),
+                expire,
+                stats: q.stats().clone(),
+            }
+        })
+    }
+}
+
+/// The server as INFO and `/api/server` report it.
+#[derive(Clone, Debug, Serialize)]
+pub(crate) struct ServerView {
+    pub(crate) version: &'static str,
+    pub(crate) process_id: u32,
+    pub(crate) uptime_seconds: u64,
+    pub(crate) threads: usize,
+    pub(crate) durability: String,
+    pub(crate) log_records: u64,
+    pub(crate) log_syncs: u64,
+    pub(crate) log_bytes: u64,
+    pub(crate) log_compactions: u64,
+    pub(crate) connected_clients: usize,
+    pub(crate) max_clients: usize,
+    pub(crate) commands_processed: u64,
+    pub(crate) queued_memory: u64,
+    pub(crate) max_memory: u64,
+    pub(crate) queues: usize,
+    pub(crate) locks: usize,
+    pub(crate) lock_waiters: usize,
+}
+
+impl Broker {
+    /// The server as it is now.
+    pub(crate) fn view(&self) -> ServerView {
+        let (locks, lock_waiters) = self.locks.counts();
+        let (log_records, log_syncs, log_bytes) = self.store.as_ref().map_or((0, 0, 0), |st| {
+            let log = st.log();
+            (log.appended(), log.syncs(), log.bytes())
+        });
+        ServerView {
+            version: env!("CARGO_PKG_VERSION"),
+            process_id: std::process::id(),
+            uptime_seconds: self.uptime().as_secs(),
+            threads: self.config.threads.unwrap_or(0),
+            durability: format!("{:?}", self.config.durability).to_lowercase(),
+            log_records,
+            log_syncs,
+            log_bytes,
+            log_compactions: self.compactions.load(Ordering::Relaxed),
+            connected_clients: self.clients.load(Ordering::Relaxed),
+            max_clients: self.config.max_clients,
+            commands_processed: self.commands.load(Ordering::Relaxed),
+            queued_memory: self.memory(),
+            max_memory: self.config.max_memory,
+            queues: self.queue_count(),
+            locks,
+            lock_waiters,
+        }
+    }
+
+    /// Every queue as it is now, by name.
+    pub(crate) fn queue_views(self: &Arc<Self>) -> Vec<QueueView> {
+        self.names()
+            .iter()
+            .filter_map(|n| self.queue(n))
+            .map(|cell| cell.view(self))
+            .collect()
+    }
+}

@@ -1,0 +1,60 @@
+"""The broker's HTTP admin port read by Prometheus's own parser."""
+
+import os
+import subprocess
+import urllib.request
+
+import pytest
+
+import ferry
+from conftest import ROOT
+
+pytestmark = pytest.mark.skipif(
+    bool(os.environ.get("FERRY_TEST_URL")),
+    reason="the HTTP admin port is the broker's own (docs/http-api.md); Redis has none",
+)
+
+parser = pytest.importorskip("prometheus_client.openmetrics.parser")
+
+
+@pytest.fixture
+def broker(tmp_path):
+    binary = os.environ.get("FERRY_BIN") or str(ROOT / "target" / "debug" / "ferry")
+    proc = subprocess.Popen(
+        [binary, "serve", "--port", "0", "--http", "127.0.0.1:0", "--durability", "memory",
+         "--data-dir", str(tmp_path)],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    port = proc.stdout.readline().rsplit(":", 1)[1].strip()
+    http = proc.stdout.readline().split(" ", 1)[1].strip()
+    yield f"ferry://127.0.0.1:{port}", http
+    proc.terminate()
+    proc.wait(timeout=10)
+    proc.stdout.close()
+
+
+def scrape(http):
+    with urllib.request.urlopen(http + "/metrics", timeout=10) as r:
+        assert r.headers["Content-Type"].startswith("application/openmetrics-text")
+        text = r.read().decode()
+    families = list(parser.text_string_to_metric_families(text))
+    names = [f.name for f in families]
+    assert len(names) == len(set(names)), "a family named twice"
+    return {(s.name, s.labels.get("queue")): s.value for f in families for s in f.samples}
+
+
+def test_metrics_parse_and_follow_the_lesson_s_loop(broker):
+    url, http = broker
+    before = scrape(http)
+    assert before[("ferry_queues", None)] == 0
+    q = ferry.JoinableQueue(name="lesson", url=url)
+    for i in range(50):
+        q.put(i)
+    for _ in range(20):
+        q.get()
+        q.task_done()
+    after = scrape(http)
+    assert after[("ferry_queue_puts_total", "lesson")] == 50
+    assert after[("ferry_queue_dones_total", "lesson")] == 20
+    assert after[("ferry_queue_unfinished_messages", "lesson")] == 30
+    assert after[("ferry_queue_ready_messages", "lesson")] == 30
+    assert after[("ferry_connected_clients", None)] >= 1
