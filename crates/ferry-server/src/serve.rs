@@ -306,16 +306,20 @@ async fn serve(config: Config) -> Result<Stopped, StartError> {
     // Signal handlers go in before the first line, so that a SIGTERM sent
     // as soon as a script reads it stops the broker cleanly.
     let stop = crate::shutdown_signal();
-    // The first line on stdout: tests and scripts wait for it.
-    println!("listening {}", bound.tcp);
+    // The first line on stdout: tests and scripts wait for it. All lines
+    // go in one write, and a reader that closed the pipe after the first
+    // (it has what it waited for) stops nothing.
+    let mut lines = format!("listening {}\n", bound.tcp);
     if let Some(path) = &bound.unix {
-        println!("listening unix:{}", path.display());
+        lines.push_str(&format!("listening unix:{}\n", path.display()));
     }
     if let Some(addr) = &bound.http {
-        println!("http http://{addr}");
+        lines.push_str(&format!("http http://{addr}\n"));
     }
     use std::io::Write;
-    let _ = std::io::stdout().flush();
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(lines.as_bytes()).and_then(|()| out.flush());
+    drop(out);
     tracing::info!(tcp = %bound.tcp, unix = ?bound.unix, http = ?bound.http, ?durability, "ferry serving");
     Ok(server.run(stop).await)
 }
