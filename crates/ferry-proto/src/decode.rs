@@ -391,7 +391,11 @@ impl Decoder {
         let Some(nl) = line(buf, self.limits.max_inline, "reply line too long")? else {
             return Ok(None);
         };
-        let body = &buf[1..nl - 1];
+        // A bare "\r\n" has no type byte: a reply, unlike a request, is
+        // never empty.
+        let body = buf
+            .get(1..nl.saturating_sub(1))
+            .ok_or(ProtoError::Invalid("empty reply line"))?;
         let piece = match kind {
             b'+' => Piece::Value(Value::Simple(text(body)?)),
             b'-' => {
@@ -493,6 +497,14 @@ mod tests {
         assert_eq!(request(b"  QPUT  q  x \n"), Ok(args(&["QPUT", "q", "x"])));
         assert_eq!(request(b"\r\n\r\nPING\r\n"), Ok(args(&["PING"])));
         assert_eq!(request(b"\r\n"), Ok(None));
+    }
+
+    /// Found by codec_props' random bytes: "\r\n" as a reply sliced
+    /// [1..0] and panicked.
+    #[test]
+    fn an_empty_reply_line_is_an_error() {
+        assert!(value(b"\r\n").is_err());
+        assert!(value(b"\r\n+OK\r\n").is_err());
     }
 
     #[test]
