@@ -20,7 +20,10 @@ def free_port():
 
 def serve(port, data):
     binary = os.environ.get("FERRY_BIN") or str(ROOT / "target" / "debug" / "ferry")
-    proc = subprocess.Popen([binary, "serve", "--port", str(port), "--data-dir", str(data)],
+    # The HTTP port on a free port: its default, the RESP port + 1, may be
+    # taken (by a cluster node, say).
+    proc = subprocess.Popen([binary, "serve", "--port", str(port), "--http", "127.0.0.1:0",
+                             "--data-dir", str(data)],
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     assert proc.stdout.readline().startswith("listening ")
     return proc
