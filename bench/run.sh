@@ -65,7 +65,7 @@ start() {
     port=$(free_port)
     case $target in
         ferry|ferry-unix|ferry-noack)
-            "$ferry_bin" serve --bind 127.0.0.1 --port "$port" --durability "$class" --data-dir "$dir" \
+            "$ferry_bin" serve --bind 127.0.0.1 --port "$port" --http off --durability "$class" --data-dir "$dir" \
                 --unix "$dir/ferry.sock" --max-clients 20000 >"$dir/out" 2>"$dir/err" &
             ;;
         redis-list|redis-stream|ferry-redis)
