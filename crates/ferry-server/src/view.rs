@@ -41,19 +41,22 @@ impl QueueView {
 
     /// Its lifetime counters by name, in QINFO's order.
     pub(crate) fn counters(&self) -> [(&'static str, u64); 9] {
-        let s = &self.stats;
-        [
-            ("put", s.put),
-            ("delivered", s.delivered),
-            ("done", s.done),
-            ("nacked", s.nacked),
-            ("expired", s.expired),
-            ("released", s.released),
-            ("dead_lettered", s.dead_lettered),
-            ("lost", s.lost),
-            ("dropped", s.dropped),
-        ]
+        named(&self.stats)
     }
+}
+
+fn named(s: &Stats) -> [(&'static str, u64); 9] {
+    [
+        ("put", s.put),
+        ("delivered", s.delivered),
+        ("done", s.done),
+        ("nacked", s.nacked),
+        ("expired", s.expired),
+        ("released", s.released),
+        ("dead_lettered", s.dead_lettered),
+        ("lost", s.lost),
+        ("dropped", s.dropped),
+    ]
 }
 
 fn lossy<S: serde::Serializer>(b: &Bytes, s: S) -> Result<S::Ok, S::Error> {
@@ -63,17 +66,7 @@ fn lossy<S: serde::Serializer>(b: &Bytes, s: S) -> Result<S::Ok, S::Error> {
 fn stats<S: serde::Serializer>(st: &Stats, s: S) -> Result<S::Ok, S::Error> {
     use serde::ser::SerializeMap;
     let mut m = s.serialize_map(Some(9))?;
-    for (k, v) in [
-        ("put", st.put),
-        ("delivered", st.delivered),
-        ("done", st.done),
-        ("nacked", st.nacked),
-        ("expired", st.expired),
-        ("released", st.released),
-        ("dead_lettered", st.dead_lettered),
-        ("lost", st.lost),
-        ("dropped", st.dropped),
-    ] {
+    for (k, v) in named(st) {
         m.serialize_entry(k, &v)?;
     }
     m.end()
