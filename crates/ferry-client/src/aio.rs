@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -110,9 +111,11 @@ impl Link {
         self.send().await?;
         tokio::pin!(cancel);
         let id = self.id;
-        let unblocker = async move {
-            // The command may not have reached its wait yet (0): again.
-            loop {
+        let replied = AtomicBool::new(false);
+        let unblocker = async {
+            // The command may not have reached its wait yet (0): again,
+            // until it replies.
+            while !replied.load(Ordering::Relaxed) {
                 if let Ok(true) = unblock(url, id).await {
                     return;
                 }
@@ -123,6 +126,14 @@ impl Link {
         let (mut cancelled, mut unblocked) = (false, false);
         loop {
             if let Some(v) = self.decoded()? {
+                if cancelled && !unblocked {
+                    // A CLIENT UNBLOCK still on its way would end the wait
+                    // of the next command this connection sends: it lands
+                    // (or is known to have missed) before the connection
+                    // is used again.
+                    replied.store(true, Ordering::Relaxed);
+                    unblocker.as_mut().await;
+                }
                 return Ok((reply_value(v)?, cancelled));
             }
             self.reserve();
