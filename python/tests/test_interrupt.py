@@ -17,7 +17,11 @@ import ferry
 
 CHILD = textwrap.dedent(
     """
-    import sys, time, ferry
+    import signal, sys, time, ferry
+    # Python leaves SIGINT ignored if it started ignored (a test run
+    # launched in the background by a non-interactive shell): Ctrl-C's
+    # handler, as an interactive program has it.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     action, name = sys.argv[1], sys.argv[2]
     if action == "get":
         q = ferry.Queue(name=name)
