@@ -4,12 +4,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# The broker's tests drive it with redis-cli, and bench/ compares it with
-# redis-server, beanstalkd and nats-server: all from Debian's packages.
+# The broker's tests drive it with redis-cli, bench/ compares it with
+# redis-server, beanstalkd and nats-server, and the dashboard's test opens
+# it in a headless chromium: all from Debian's packages.
 if ! command -v redis-cli >/dev/null || ! command -v redis-server >/dev/null || ! command -v redis-benchmark >/dev/null \
-    || ! command -v beanstalkd >/dev/null || ! command -v nats-server >/dev/null; then
+    || ! command -v beanstalkd >/dev/null || ! command -v nats-server >/dev/null || ! command -v chromium >/dev/null; then
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server redis-tools beanstalkd nats-server >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server redis-tools beanstalkd nats-server chromium >/dev/null
 fi
 
 # Unit, integration and doc tests of every crate.
@@ -24,8 +25,11 @@ cargo test -p ferry-core --bench inprocess
 if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
 fi
-# redis: the asyncio benchmark's peer (redis.asyncio); uvloop: ferry.aio runs on it.
-.venv/bin/pip install -q --disable-pip-version-check maturin pytest pytest-timeout matplotlib redis uvloop prometheus_client
+# redis: the asyncio benchmark's peer (redis.asyncio); uvloop: ferry.aio runs on it;
+# prometheus_client parses /metrics; playwright drives Debian's chromium
+# (its executable path: no browser download) and pillow reads its screenshot.
+.venv/bin/pip install -q --disable-pip-version-check maturin pytest pytest-timeout matplotlib redis uvloop \
+    prometheus_client playwright pillow
 cargo build -q -p ferry-cli
 (cd python && ../.venv/bin/maturin develop --release -q && ../.venv/bin/python -m pytest -p no:cacheprovider)
 

@@ -236,3 +236,231 @@ fn http_off_serves_no_port_and_info_says_where_it_is() {
     let addr = http.strip_prefix("http://").unwrap();
     assert!(info.contains(&format!("http_addr:{addr}")), "{info}");
 }
+
+/// A QGET's entries as (payload, attempts).
+fn entries(v: redis::Value) -> Vec<(String, i64)> {
+    let redis::Value::Array(entries) = v else {
+        return Vec::new();
+    };
+    entries
+        .into_iter()
+        .map(|e| {
+            let (_, _, payload, attempts): (String, u64, String, i64) =
+                redis::from_redis_value(&e).unwrap();
+            (payload, attempts)
+        })
+        .collect()
+}
+
+#[test]
+fn deliveries_pause_resume_and_stay_paused_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start_at(dir.path(), &[]);
+    let http = s.http.clone().unwrap();
+    let mut r = s.conn();
+    let _: () = redis::cmd("QPUT")
+        .arg("jobs")
+        .arg("one")
+        .query(&mut r)
+        .unwrap();
+    assert_eq!(post(&format!("{http}/api/queues/nope/pause"), &[]).0, 404);
+    let (status, body) = post(&format!("{http}/api/queues/jobs/pause"), &[]);
+    assert_eq!((status, body.as_str()), (200, r#"{"paused":true}"#));
+    assert_eq!(common::qinfo(&mut r, "jobs", "paused"), 1);
+
+    // Nothing is delivered: a get without waiting finds nothing, a blocked
+    // get waits (puts still go in), until deliveries resume.
+    let none: redis::Value = redis::cmd("QGET")
+        .arg("jobs")
+        .arg("NOWAIT")
+        .query(&mut r)
+        .unwrap();
+    assert_eq!(none, redis::Value::Nil);
+    let getter = {
+        let mut g = s.conn();
+        thread::spawn(move || {
+            entries(
+                redis::cmd("QGET")
+                    .arg("jobs")
+                    .arg("TIMEOUT")
+                    .arg("10000")
+                    .arg("TAKE")
+                    .query(&mut g)
+                    .unwrap(),
+            )
+        })
+    };
+    common::wait_for_waiters(&mut r, "jobs", "waiting_getters", 1);
+    let _: () = redis::cmd("QPUT")
+        .arg("jobs")
+        .arg("two")
+        .query(&mut r)
+        .unwrap();
+    assert_eq!(common::qinfo(&mut r, "jobs", "qsize"), 2);
+    assert_eq!(common::qinfo(&mut r, "jobs", "waiting_getters"), 1);
+    let listed: serde_json::Value =
+        serde_json::from_str(&get(&format!("{http}/api/queues/jobs")).1).unwrap();
+    assert_eq!(listed["paused"], true);
+    let (status, body) = post(&format!("{http}/api/queues/jobs/resume"), &[]);
+    assert_eq!((status, body.as_str()), (200, r#"{"paused":false}"#));
+    assert_eq!(getter.join().unwrap(), [("one".to_string(), 0)]);
+
+    // QCONFIG pauses too, and a pause is logged: it outlives a restart.
+    let _: () = redis::cmd("QCONFIG")
+        .arg("jobs")
+        .arg("PAUSED")
+        .arg("yes")
+        .query(&mut r)
+        .unwrap();
+    let bad: redis::RedisResult<()> = redis::cmd("QCONFIG")
+        .arg("jobs")
+        .arg("PAUSED")
+        .arg("maybe")
+        .query(&mut r);
+    assert!(format!("{:?}", bad.unwrap_err()).contains("PAUSED must be yes or no"));
+    drop(r);
+    assert!(s.signal_and_wait("-TERM").success());
+    let s = Server::start_at(dir.path(), &[]);
+    let mut r = s.conn();
+    assert_eq!(common::qinfo(&mut r, "jobs", "paused"), 1);
+    let none: redis::Value = redis::cmd("QGET")
+        .arg("jobs")
+        .arg("NOWAIT")
+        .query(&mut r)
+        .unwrap();
+    assert_eq!(none, redis::Value::Nil);
+    let _: () = redis::cmd("QCONFIG")
+        .arg("jobs")
+        .arg("PAUSED")
+        .arg("no")
+        .query(&mut r)
+        .unwrap();
+    let got = entries(
+        redis::cmd("QGET")
+            .arg("jobs")
+            .arg("NOWAIT")
+            .query(&mut r)
+            .unwrap(),
+    );
+    assert_eq!(got, [("two".to_string(), 0)]);
+}
+
+#[test]
+fn dead_letters_are_redriven_back_to_their_queue() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start_at(dir.path(), &[]);
+    let http = s.http.clone().unwrap();
+    let mut r = s.conn();
+    let _: () = redis::cmd("QCREATE")
+        .arg("orders")
+        .arg("MAXATTEMPTS")
+        .arg("1")
+        .arg("DEADLETTER")
+        .arg("orders.dead")
+        .query(&mut r)
+        .unwrap();
+    for p in ["a", "b", "c"] {
+        let _: () = redis::cmd("QPUT")
+            .arg("orders")
+            .arg(p)
+            .query(&mut r)
+            .unwrap();
+    }
+    let got: redis::Value = redis::cmd("QGET")
+        .arg("orders")
+        .arg("COUNT")
+        .arg("3")
+        .query(&mut r)
+        .unwrap();
+    let redis::Value::Array(got) = got else {
+        panic!("{got:?}")
+    };
+    for e in got {
+        let (_, id, _, _): (String, u64, String, i64) = redis::from_redis_value(&e).unwrap();
+        let _: () = redis::cmd("QNACK")
+            .arg("orders")
+            .arg(id)
+            .query(&mut r)
+            .unwrap();
+    }
+    assert_eq!(common::qinfo(&mut r, "orders.dead", "qsize"), 3);
+
+    // Two of them back; they start over at attempt 0.
+    let (status, body) = post(
+        &format!("{http}/api/queues/orders.dead/redrive?count=2"),
+        &[],
+    );
+    assert_eq!(
+        (status, body.as_str()),
+        (200, r#"{"redriven":2,"to":"orders"}"#)
+    );
+    assert_eq!(common::qinfo(&mut r, "orders.dead", "qsize"), 1);
+    assert_eq!(common::qinfo(&mut r, "orders.dead", "unfinished"), 1);
+    let back = entries(
+        redis::cmd("QGET")
+            .arg("orders")
+            .arg("COUNT")
+            .arg("5")
+            .arg("TAKE")
+            .query(&mut r)
+            .unwrap(),
+    );
+    assert_eq!(back, [("a".to_string(), 0), ("b".to_string(), 0)]);
+
+    // With two queues sending their dead letters there, the target must
+    // be named; a wrong one is refused.
+    let _: () = redis::cmd("QCONFIG")
+        .arg("refunds")
+        .arg("DEADLETTER")
+        .arg("orders.dead")
+        .query(&mut r)
+        .unwrap();
+    let (status, body) = post(&format!("{http}/api/queues/orders.dead/redrive"), &[]);
+    assert_eq!(status, 409, "{body}");
+    assert!(body.contains("orders, refunds"), "{body}");
+    let redrive_to = |to: &str| {
+        post(
+            &format!("{http}/api/queues/orders.dead/redrive?to={to}"),
+            &[],
+        )
+    };
+    assert_eq!(redrive_to("nope").0, 404);
+    assert_eq!(redrive_to("orders.dead").0, 400);
+    assert_eq!(common::qinfo(&mut r, "orders.dead", "qsize"), 1);
+    let (status, body) = redrive_to("orders");
+    assert_eq!(
+        (status, body.as_str()),
+        (200, r#"{"redriven":1,"to":"orders"}"#)
+    );
+
+    // The move is logged: after a restart "c" is in orders, once.
+    drop(r);
+    assert!(s.signal_and_wait("-TERM").success());
+    let s = Server::start_at(dir.path(), &[]);
+    let mut r = s.conn();
+    assert_eq!(common::qinfo(&mut r, "orders.dead", "qsize"), 0);
+    assert_eq!(common::qinfo(&mut r, "orders.dead", "unfinished"), 0);
+    let left = entries(
+        redis::cmd("QGET")
+            .arg("orders")
+            .arg("COUNT")
+            .arg("5")
+            .arg("NOWAIT")
+            .query(&mut r)
+            .unwrap(),
+    );
+    assert_eq!(left, [("c".to_string(), 0)]);
+}
+
+#[test]
+fn the_dashboard_is_served_from_the_binary() {
+    let s = Server::start();
+    let http = s.http.clone().unwrap();
+    let (status, page) = get(&format!("{http}/"));
+    assert_eq!(status, 200);
+    assert!(page.contains("<title>ferry</title>"));
+    // It reads the API it documents.
+    for path in ["/api/server", "/api/queues", "/redrive", "/pause"] {
+        assert!(page.contains(path), "{path}");
+    }
+}

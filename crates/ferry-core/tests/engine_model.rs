@@ -186,6 +186,7 @@ fn config() -> impl Strategy<Value = Config> {
             lease_timeout,
             max_attempts,
             dead_letter: None,
+            paused: false,
         })
 }
 

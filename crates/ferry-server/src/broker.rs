@@ -18,7 +18,7 @@ use tokio::sync::Notify;
 
 use crate::config::{Config, Durability};
 use crate::locks::Locks;
-use crate::payload::{EngineQueue, Payload};
+use crate::payload::{DEFAULT_KEY, EngineQueue, Payload};
 use crate::store::{LogJournal, Recovered, Store};
 
 /// What a queue holds besides its engine.
@@ -636,15 +636,39 @@ impl Broker {
             let cell = self.queue_or_create(&name);
             cell.with(self, |st, now| {
                 for msg in dead {
-                    st.q.put_dead_letter(msg.item, msg.attempts, now);
+                    st.q.put_moved(msg.item, msg.attempts, now);
                 }
             });
         }
-        // Only now, with the dead-letter queue's put logged before it, is
-        // the message finished in its source: a crash in between leaves a
-        // copy in both, never in neither.
+        self.moved_out(source, &ids);
+    }
+
+    /// Moves up to `max` ready messages of `from` (a dead-letter queue) to
+    /// `to`, past its bound, each starting over at attempt 0; replies how
+    /// many. A message that lost its priority in a fifo queue comes back
+    /// at priority 0.
+    pub(crate) fn redrive(self: &Arc<Self>, from: &QueueCell, to: &QueueCell, max: usize) -> usize {
+        let moved = from.with(self, |st, now| st.q.take_out(max, now));
+        let ids: Vec<u64> = moved.iter().map(|m| m.id).collect();
+        to.with(self, |st, now| {
+            for msg in moved {
+                let mut item = msg.item;
+                if item.key.is_empty() {
+                    item.key = Bytes::from_static(DEFAULT_KEY);
+                }
+                st.q.put_moved(item, 0, now);
+            }
+        });
+        self.moved_out(&from.name, &ids);
+        ids.len()
+    }
+
+    /// Only once their put in another queue is logged are moved messages
+    /// finished in the queue they left: a crash in between leaves a copy in
+    /// both, never in neither.
+    fn moved_out(&self, source: &Bytes, ids: &[u64]) {
         if let Some(store) = &self.store {
-            for id in ids {
+            for &id in ids {
                 store.finish(source, id);
             }
         }

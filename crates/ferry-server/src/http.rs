@@ -26,11 +26,15 @@ use crate::view::{QueueView, ServerView};
 /// The admin port's routes over `broker`.
 pub(crate) fn router(broker: Arc<Broker>) -> Router {
     Router::new()
+        .route("/", get(dashboard))
         .route("/metrics", get(metrics))
         .route("/api/server", get(server))
         .route("/api/queues", get(queues))
         .route("/api/queues/{name}", get(queue))
         .route("/api/queues/{name}/purge", post(purge))
+        .route("/api/queues/{name}/pause", post(pause))
+        .route("/api/queues/{name}/resume", post(resume))
+        .route("/api/queues/{name}/redrive", post(redrive))
         .route("/api/locks", get(locks))
         .layer(middleware::from_fn_with_state(Arc::clone(&broker), guard))
         .with_state(broker)
@@ -131,11 +135,14 @@ struct QueueDetail {
 }
 
 fn no_queue(name: &str) -> Response {
-    (
+    error(
         StatusCode::NOT_FOUND,
-        Json(serde_json::json!({"error": format!("NOQUEUE no such queue {name:?}")})),
+        format!("NOQUEUE no such queue {name:?}"),
     )
-        .into_response()
+}
+
+fn error(status: StatusCode, message: String) -> Response {
+    (status, Json(serde_json::json!({ "error": message }))).into_response()
 }
 
 async fn queue(
@@ -172,6 +179,94 @@ async fn purge(State(b): State<Arc<Broker>>, Path(name): Path<String>) -> Respon
     };
     let purged = cell.with(&b, |st, now| st.q.purge(now));
     Json(serde_json::json!({ "purged": purged })).into_response()
+}
+
+async fn pause(State(b): State<Arc<Broker>>, Path(name): Path<String>) -> Response {
+    set_paused(&b, &name, true)
+}
+
+async fn resume(State(b): State<Arc<Broker>>, Path(name): Path<String>) -> Response {
+    set_paused(&b, &name, false)
+}
+
+/// Pauses or resumes a queue's deliveries, as `QCONFIG q PAUSED yes|no`
+/// (logged: it lasts across a restart).
+fn set_paused(b: &Arc<Broker>, name: &str, paused: bool) -> Response {
+    let Some(cell) = b.queue(name.as_bytes()) else {
+        return no_queue(name);
+    };
+    cell.with(b, |st, _| {
+        st.q.set_paused(paused);
+        b.log_settings(&cell, st);
+    });
+    Json(serde_json::json!({ "paused": paused })).into_response()
+}
+
+#[derive(Deserialize)]
+struct RedriveQuery {
+    to: Option<String>,
+    count: Option<usize>,
+}
+
+/// Moves a dead-letter queue's ready messages back to `to` — by default
+/// the one queue whose dead letters go to it.
+async fn redrive(
+    State(b): State<Arc<Broker>>,
+    Path(name): Path<String>,
+    Query(q): Query<RedriveQuery>,
+) -> Response {
+    let Some(from) = b.queue(name.as_bytes()) else {
+        return no_queue(&name);
+    };
+    let to = match q.to {
+        Some(to) => to,
+        None => {
+            let sources: Vec<String> = b
+                .queue_views()
+                .into_iter()
+                .filter(|v| v.dead_letter.as_deref() == Some(name.as_str()))
+                .map(|v| String::from_utf8_lossy(&v.name).into_owned())
+                .collect();
+            match <[String; 1]>::try_from(sources) {
+                Ok([only]) => only,
+                Err(sources) => {
+                    let msg = format!(
+                        "ERR {} queues send their dead letters to {name:?}{}: name one with ?to=",
+                        sources.len(),
+                        if sources.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" ({})", sources.join(", "))
+                        }
+                    );
+                    return error(StatusCode::CONFLICT, msg);
+                }
+            }
+        }
+    };
+    if to == name {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "ERR a queue cannot be redriven into itself".into(),
+        );
+    }
+    let Some(target) = b.queue(to.as_bytes()) else {
+        return no_queue(&to);
+    };
+    let moved = b.redrive(&from, &target, q.count.unwrap_or(usize::MAX));
+    Json(serde_json::json!({ "redriven": moved, "to": to })).into_response()
+}
+
+/// The dashboard: one page, its script inside it.
+async fn dashboard() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        include_str!("dashboard.html"),
+    )
+        .into_response()
 }
 
 #[derive(Serialize)]

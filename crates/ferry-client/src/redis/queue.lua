@@ -1116,7 +1116,7 @@ local function queue(keys, args)
       'waiting_putters', live_count(PREQ),
       'waiting_joiners', redis.call('ZCOUNT', JOINERS, now, '+inf'),
       'full', (maxsize > 0 and q >= maxsize) and 1 or 0, 'empty', q == 0 and 1 or 0,
-      'shutdown', shutdown,
+      'shutdown', shutdown, 'paused', 0,
       'lease_timeout', num(h.lease_timeout, -1), 'max_attempts', num(h.max_attempts, -1),
       'dead_letter', h.dead_letter or false, 'expire', num(h.expire, -1)}
     for _, k in ipairs({'put', 'delivered', 'done', 'nacked', 'expired', 'released', 'dead_lettered', 'lost', 'dropped'}) do

@@ -104,6 +104,9 @@ pub struct Config {
     pub max_attempts: Option<u32>,
     /// Where dead-lettered messages go; `None` discards them (counted).
     pub dead_letter: Option<String>,
+    /// Deliveries are paused: puts are admitted, gets find nothing ready
+    /// and waiting gets wait, until resumed.
+    pub paused: bool,
 }
 
 /// What the engine needs to know of an item.
@@ -471,6 +474,13 @@ impl<T: Item, F: FifoStore<T>> Queue<T, F> {
         self.config.dead_letter = dead_letter;
     }
 
+    /// Pauses deliveries, or resumes them (waiting gets are served at
+    /// once).
+    pub fn set_paused(&mut self, paused: bool) {
+        self.config.paused = paused;
+        self.dispatch();
+    }
+
     /// Ready messages (Python's `qsize()`); delayed ones are not counted.
     pub fn qsize(&self) -> u64 {
         self.ready.len() as u64
@@ -645,9 +655,9 @@ impl<T: Item, F: FifoStore<T>> Queue<T, F> {
     }
 
     /// Admits a message that was already admitted elsewhere — a dead letter
-    /// moving in from its source queue — past maxsize and shutdown, keeping
-    /// its attempt count. Replies its new id.
-    pub fn put_dead_letter(&mut self, item: T, attempts: u32, now: Millis) -> u64 {
+    /// moving in from its source queue, or a redriven one moving back —
+    /// past maxsize and shutdown, with `attempts`. Replies its new id.
+    pub fn put_moved(&mut self, item: T, attempts: u32, now: Millis) -> u64 {
         self.advance(now);
         let id = self.next_id;
         self.next_id += 1;
@@ -749,13 +759,13 @@ impl<T: Item, F: FifoStore<T>> Queue<T, F> {
     /// `Err(ShutDown)` when nothing is ready and the queue was shut down.
     pub fn get(&mut self, spec: GetSpec<T>, now: Millis) -> Result<Option<Message<T>>, ShutDown> {
         self.advance(now);
-        match self.ready.pop() {
+        match self.pop_deliverable() {
             Some(msg) => {
                 let msg = self.deliver(msg, spec);
                 self.dispatch();
                 Ok(Some(msg))
             }
-            None if self.shutdown.is_some() => Err(ShutDown),
+            None if self.shutdown.is_some() && self.ready.is_empty() => Err(ShutDown),
             None => Ok(None),
         }
     }
@@ -773,12 +783,14 @@ impl<T: Item, F: FifoStore<T>> Queue<T, F> {
         self.advance(now);
         let mut n = 0;
         while n < max {
-            let Some(msg) = self.ready.pop() else { break };
+            let Some(msg) = self.pop_deliverable() else {
+                break;
+            };
             let msg = self.deliver(msg, spec);
             out.push(msg);
             n += 1;
         }
-        if n == 0 && self.shutdown.is_some() {
+        if n == 0 && self.shutdown.is_some() && self.ready.is_empty() {
             return Err(ShutDown);
         }
         self.dispatch();
@@ -842,6 +854,14 @@ impl<T: Item, F: FifoStore<T>> Queue<T, F> {
             }
             self.dispatch();
         }
+    }
+
+    /// The next ready message, unless deliveries are paused.
+    fn pop_deliverable(&mut self) -> Option<Message<T>> {
+        if self.config.paused {
+            return None;
+        }
+        self.ready.pop()
     }
 
     fn deliver(&mut self, msg: Message<T>, spec: GetSpec<T>) -> Message<T> {
@@ -1054,6 +1074,25 @@ impl<T: Item, F: FifoStore<T>> Queue<T, F> {
         self.shutdown = None;
     }
 
+    /// Takes up to `max` ready messages out to move them to another queue
+    /// (a redrive), paused or not; each counts as done here. Their finish
+    /// is not journaled: the caller logs it after their put in the other
+    /// queue, so that a crash in between leaves a copy in both, never in
+    /// neither.
+    pub fn take_out(&mut self, max: usize, now: Millis) -> Vec<Message<T>> {
+        self.advance(now);
+        let mut out = Vec::new();
+        while out.len() < max {
+            let Some(msg) = self.ready.pop() else { break };
+            self.unhold(&msg.item);
+            self.finish_one();
+            self.stats.done += 1;
+            out.push(msg);
+        }
+        self.dispatch();
+        out
+    }
+
     /// Drops every ready and delayed message, each counted as finished;
     /// replies how many.
     pub fn purge(&mut self, now: Millis) -> u64 {
@@ -1128,7 +1167,7 @@ impl<T: Item, F: FifoStore<T>> Queue<T, F> {
     }
 
     fn serve_getters(&mut self) {
-        while !self.ready.is_empty() {
+        while !self.config.paused && !self.ready.is_empty() {
             let Some(id) = self.waiters.getters.pop_front() else {
                 return;
             };
@@ -1142,7 +1181,7 @@ impl<T: Item, F: FifoStore<T>> Queue<T, F> {
                 self.waiters.woken.push(id);
             }
         }
-        if self.shutdown.is_some() {
+        if self.shutdown.is_some() && self.ready.is_empty() {
             for id in self.waiters.getters.drain(..) {
                 if let Some(Waiter::Get { state, .. }) = self.waiters.table.get_mut(&id) {
                     *state = GetState::ShutDown;

@@ -149,7 +149,7 @@ fn max_attempts_dead_letters_and_counts_finished() {
     assert_eq!(dead.len(), 1);
     assert_eq!((dead[0].id, dead[0].attempts), (id, 2));
     let mut dlq = q2();
-    let new_id = dlq.put_dead_letter(dead[0].item.clone(), dead[0].attempts, 0);
+    let new_id = dlq.put_moved(dead[0].item.clone(), dead[0].attempts, 0);
     assert_eq!(dlq.get(take(), 0).unwrap().unwrap().attempts, 2);
     assert_eq!(new_id, 1);
 }
@@ -461,4 +461,42 @@ fn a_snapshot_visit_unpacks_one_message_at_a_time() {
         "{} unpacked at once",
         MOST_LIVE.load(SeqCst)
     );
+}
+
+#[test]
+fn a_paused_queue_admits_puts_and_delivers_nothing_until_resumed() {
+    let mut q = q(Kind::Fifo, 0);
+    q.put(P(1), None, 0).unwrap();
+    q.set_paused(true);
+    q.put(P(2), None, 0).unwrap();
+    assert_eq!(q.get(take(), 0), Ok(None));
+    let mut out = Vec::new();
+    assert_eq!(q.get_many(take(), 5, 0, &mut out), Ok(0));
+    let g = q.wait_get(take(), 5, 0);
+    assert_eq!(q.poll_get(g, 0), None);
+    // A graceful shutdown does not end a wait while messages are held
+    // back: they are there, only paused.
+    q.shutdown(false, 0);
+    assert_eq!(q.poll_get(g, 0), None);
+    assert_eq!(q.qsize(), 2);
+    q.set_paused(false);
+    assert_eq!(q.drain_woken().collect::<Vec<_>>(), vec![g]);
+    let got = q.poll_get(g, 0).unwrap().unwrap();
+    assert_eq!(got.iter().map(|m| m.item.0).collect::<Vec<_>>(), [1, 2]);
+    assert_eq!(q.get(take(), 0), Err(ShutDown));
+}
+
+#[test]
+fn taking_out_to_move_finishes_here_whatever_the_pause() {
+    let mut q = q(Kind::Fifo, 2);
+    q.put(P(1), None, 0).unwrap();
+    q.put(P(2), None, 0).unwrap();
+    q.set_paused(true);
+    let putter = q.wait_put(Batch::One(P(3)), None, 0);
+    let moved = q.take_out(1, 0);
+    assert_eq!(moved.len(), 1);
+    assert_eq!(moved[0].item, P(1));
+    // Room made: the waiting put goes in.
+    assert!(matches!(q.poll_put(putter), Some(Ok(_))));
+    assert_eq!((q.qsize(), q.unfinished(), q.stats().done), (2, 2, 1));
 }

@@ -19,6 +19,7 @@ struct Settings {
     max_attempts: Option<Option<u32>>,
     dead_letter: Option<Option<String>>,
     expire: Option<Option<u64>>,
+    paused: Option<bool>,
 }
 
 impl Settings {
@@ -47,6 +48,15 @@ impl Settings {
                 s.max_attempts = Some(Some(n).filter(|&n| n > 0));
             } else if is(&opt, "EXPIRE") {
                 s.expire = Some(Some(a.u64_value(&opt)?).filter(|&ms| ms > 0));
+            } else if is(&opt, "PAUSED") {
+                let v = a.value(&opt)?;
+                s.paused = Some(if is(&v, "yes") || &v[..] == b"1" {
+                    true
+                } else if is(&v, "no") || &v[..] == b"0" {
+                    false
+                } else {
+                    return Err(err("ERR", "PAUSED must be yes or no"));
+                });
             } else if is(&opt, "DEADLETTER") {
                 let q = a.value(&opt)?;
                 check_queue_name(&q)?;
@@ -73,6 +83,9 @@ impl Settings {
         }
         if let Some(v) = &self.dead_letter {
             c.dead_letter = v.clone();
+        }
+        if let Some(v) = self.paused {
+            c.paused = v;
         }
     }
 
@@ -106,6 +119,10 @@ impl Settings {
                 opt(v)
             ));
         }
+        if let Some(v) = self.paused.filter(|&v| v != c.paused) {
+            let yes_no = |b: bool| if b { "yes" } else { "no" };
+            out.push(format!("paused {}, not {}", yes_no(c.paused), yes_no(v)));
+        }
         if let Some(v) = self.expire.filter(|v| *v != expire) {
             out.push(format!("expire {}, not {}", opt(&expire), opt(&v)));
         }
@@ -129,6 +146,9 @@ impl Settings {
         }
         if let Some(v) = &self.dead_letter {
             st.q.set_dead_letter(v.clone());
+        }
+        if let Some(v) = self.paused {
+            st.q.set_paused(v);
         }
     }
 }
@@ -286,7 +306,7 @@ fn info(s: &mut Session, name: &Bytes) -> Result<(), CmdError> {
         .ok_or_else(|| err("NOQUEUE", "no such queue"))?;
     let v = cell.view(&s.broker);
     let mut r = s.reply();
-    r.map(27);
+    r.map(28);
     r.bulk(b"name");
     r.bulk(name);
     r.bulk(b"kind");
@@ -311,6 +331,8 @@ fn info(s: &mut Session, name: &Bytes) -> Result<(), CmdError> {
     r.boolean(v.qsize == 0);
     r.bulk(b"shutdown");
     r.bulk(v.shutdown.as_bytes());
+    r.bulk(b"paused");
+    r.boolean(v.paused);
     r.bulk(b"lease_timeout");
     r.int(v.lease_timeout.map_or(-1, |n| n as i64));
     r.bulk(b"max_attempts");

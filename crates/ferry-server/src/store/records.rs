@@ -116,6 +116,7 @@ pub(crate) fn settings(
     b.extend_from_slice(&c.max_attempts.map_or(-1i64, i64::from).to_le_bytes());
     name(b, c.dead_letter.as_deref().unwrap_or("").as_bytes());
     b.extend_from_slice(&expire.map_or(-1i64, |v| v as i64).to_le_bytes());
+    b.push(u8::from(c.paused));
 }
 
 pub(crate) fn dedup(b: &mut Vec<u8>, queue: &[u8], key: &[u8], id: u64, until: u64) {
@@ -192,6 +193,8 @@ impl Fields {
         } else {
             u64::try_from(self.u64()? as i64).ok()
         };
+        // And before pausing here.
+        let paused = !self.is_empty() && self.u8()? != 0;
         Ok((
             explicit,
             engine::Config {
@@ -200,6 +203,7 @@ impl Fields {
                 lease_timeout: lease,
                 max_attempts,
                 dead_letter: (!dl.is_empty()).then(|| String::from_utf8_lossy(&dl).into_owned()),
+                paused,
             },
             expire,
         ))
@@ -212,13 +216,14 @@ mod tests {
 
     #[test]
     fn settings_read_back_as_written() {
-        for kind in Kind::ALL {
+        for (kind, paused) in Kind::ALL.into_iter().zip([true, false, true]) {
             let config = engine::Config {
                 kind,
                 maxsize: 7,
                 lease_timeout: Some(1500),
                 max_attempts: Some(3),
                 dead_letter: Some("dead".into()),
+                paused,
             };
             for expire in [None, Some(60_000)] {
                 let mut b = Vec::new();
@@ -229,14 +234,23 @@ mod tests {
                 assert_eq!(f.settings(), Ok((true, config.clone(), expire)));
                 assert!(f.is_empty());
             }
-            // A record written before idle expiry existed.
+            // Records written before pausing, and before idle expiry.
+            let unpaused = engine::Config {
+                paused: false,
+                ..config.clone()
+            };
             let mut b = Vec::new();
-            settings(&mut b, b"q", false, &config, None);
+            settings(&mut b, b"q", false, &config, Some(5));
+            b.truncate(b.len() - 1);
+            let mut f = Fields(Bytes::from(b.clone()));
+            f.u8().unwrap();
+            f.name().unwrap();
+            assert_eq!(f.settings(), Ok((false, unpaused.clone(), Some(5))));
             b.truncate(b.len() - 8);
             let mut f = Fields(Bytes::from(b));
             f.u8().unwrap();
             f.name().unwrap();
-            assert_eq!(f.settings(), Ok((false, config, None)));
+            assert_eq!(f.settings(), Ok((false, unpaused, None)));
         }
     }
 }

@@ -1,0 +1,126 @@
+"""The dashboard at `/`, in a real headless Chromium (Debian's package,
+driven by Playwright with its executable path) against a real broker."""
+
+import os
+import shutil
+import subprocess
+
+import pytest
+import redis
+
+import ferry
+from conftest import ROOT
+
+pytestmark = pytest.mark.skipif(
+    bool(os.environ.get("FERRY_TEST_URL")),
+    reason="the dashboard is the broker's own HTTP port (docs/http-api.md); Redis has none",
+)
+
+sync_api = pytest.importorskip("playwright.sync_api")
+Image = pytest.importorskip("PIL.Image")
+
+#: The chart's colours (dashboard.html): put and ready.
+PUT, READY = (0x2F, 0x6F, 0xDE), (0xD9, 0x82, 0x2B)
+
+
+@pytest.fixture
+def broker(tmp_path):
+    binary = os.environ.get("FERRY_BIN") or str(ROOT / "target" / "debug" / "ferry")
+    proc = subprocess.Popen(
+        [binary, "serve", "--port", "0", "--http", "127.0.0.1:0", "--durability", "memory",
+         "--data-dir", str(tmp_path)],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    port = proc.stdout.readline().rsplit(":", 1)[1].strip()
+    http = proc.stdout.readline().split(" ", 1)[1].strip()
+    yield int(port), http
+    proc.terminate()
+    proc.wait(timeout=10)
+    proc.stdout.close()
+
+
+@pytest.fixture
+def page():
+    chromium = shutil.which("chromium")
+    assert chromium, "Debian's chromium is needed (scripts/test.sh installs it)"
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1280, "height": 1000})
+        page.set_default_timeout(10_000)
+        yield page
+        browser.close()
+
+
+def colour_pixels(png, box, colour, tolerance=40):
+    """How many pixels of `box` (a Playwright bounding box) in the
+    screenshot `png` are close to `colour`."""
+    img = Image.open(png).convert("RGB")
+    left, top = int(box["x"]), int(box["y"])
+    region = img.crop((left, top, left + int(box["width"]), top + int(box["height"])))
+    raw = region.tobytes()
+    pixels = (raw[i:i + 3] for i in range(0, len(raw), 3))
+    return sum(1 for p in pixels if all(abs(a - b) <= tolerance for a, b in zip(p, colour)))
+
+
+def test_the_dashboard_follows_a_queue_and_redrives_its_dead_letters(broker, page, tmp_path):
+    port, http = broker
+    expect = sync_api.expect
+    page.goto(http + "/")
+    expect(page.locator("#no-queues")).to_be_visible()
+    expect(page.locator("#version")).not_to_have_text("–")
+
+    # A client makes a queue: it appears, with its depth.
+    q = ferry.JoinableQueue(name="orders", url=f"ferry://127.0.0.1:{port}")
+    for i in range(30):
+        q.put(f"order {i}")
+    row = page.locator('tr[data-queue="orders"]')
+    expect(row.locator("td.ready")).to_have_text("30")
+
+    # The depth moves as the consumer works.
+    for _ in range(12):
+        q.get()
+        q.task_done()
+    expect(row.locator("td.ready")).to_have_text("18")
+
+    # Five messages die: one attempt allowed, and each is given back once.
+    r = redis.Redis(port=port)
+    r.execute_command("QCONFIG", "orders", "MAXATTEMPTS", "1", "DEADLETTER", "orders.dead")
+    got = r.execute_command("QGET", "orders", "COUNT", "5", "NOWAIT")
+    for entry in got:
+        r.execute_command("QNACK", "orders", entry[1])
+    assert r.execute_command("QLEN", "orders.dead") == 5
+    expect(page.locator('tr[data-queue="orders.dead"] td.ready')).to_have_text("5")
+
+    # The queue's page shows its next messages and its dead letters, and
+    # redrives them after a confirmation.
+    page.locator('tr[data-queue="orders"] td.name a').click()
+    expect(page.locator("#q-name")).to_have_text("orders")
+    expect(page.locator("#q-next tr")).to_have_count(13)
+    expect(page.locator("#dead-next tr")).to_have_count(5)
+    page.locator("#redrive").click()
+    expect(page.locator("#confirm")).to_be_visible()
+    expect(page.locator("#confirm-text")).to_contain_text('from "orders.dead" back to "orders"')
+    page.locator("#confirm-yes").click()
+    expect(page.locator("#dead-none")).to_be_visible()
+    expect(page.locator("#q-next tr")).to_have_count(18)
+    assert r.execute_command("QLEN", "orders.dead") == 0
+    assert r.execute_command("QLEN", "orders") == 18
+    # Redriven messages start over: attempt 0, so they are not dead again
+    # at their first return.
+    assert page.locator("#q-next tr td:nth-child(2)").all_inner_texts().count("1") == 0
+
+    # Back to the overview, with a little more traffic for the charts,
+    # then a screenshot: the queue's name is on it, the charts are drawn.
+    for i in range(40):
+        q.put(f"more {i}")
+    page.goto(http + "/#")
+    expect(row.locator("td.ready")).to_have_text("58")
+    expect(page.locator("#chart-depth polyline.series").first).to_be_attached()
+    shot = tmp_path / "dashboard.png"
+    page.screenshot(path=str(shot))
+    name = row.locator("td.name a")
+    assert name.inner_text() == "orders"
+    box = name.bounding_box()
+    assert box and 0 <= box["y"] and box["y"] + box["height"] <= 1000, box
+    depth_chart = page.locator("#chart-depth").bounding_box()
+    assert colour_pixels(shot, depth_chart, READY) > 50, "the depth chart is empty"
+    q.close()
