@@ -63,6 +63,7 @@ examples/run.sh target/debug/ferry .venv/bin/python
 # per peer, debug builds), so that it keeps working; bench/run.sh without
 # --quick is the full run that regenerates BENCHMARKS.md.
 bench/run.sh --quick
+bench/metrics.sh --quick
 
 # The blocking in-process tier under shuttle's scheduler (fixed seed,
 # bounded iterations). The feature swaps the tier's primitives, so it runs

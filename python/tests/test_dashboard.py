@@ -74,6 +74,7 @@ def test_the_dashboard_follows_a_queue_and_redrives_its_dead_letters(broker, pag
         q.put(f"order {i}")
     row = page.locator('tr[data-queue="orders"]')
     expect(row.locator("td.ready")).to_have_text("30")
+    expect(page.locator("#clients-list tr")).not_to_have_count(0)
 
     # The depth moves as the consumer works.
     for _ in range(12):

@@ -21,7 +21,7 @@ parser = pytest.importorskip("prometheus_client.openmetrics.parser")
 def broker(tmp_path):
     binary = os.environ.get("FERRY_BIN") or str(ROOT / "target" / "debug" / "ferry")
     proc = subprocess.Popen(
-        [binary, "serve", "--port", "0", "--http", "127.0.0.1:0", "--durability", "memory",
+        [binary, "serve", "--port", "0", "--http", "127.0.0.1:0", "--durability", "sync",
          "--data-dir", str(tmp_path)],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     port = proc.stdout.readline().rsplit(":", 1)[1].strip()
@@ -39,7 +39,8 @@ def scrape(http):
     families = list(parser.text_string_to_metric_families(text))
     names = [f.name for f in families]
     assert len(names) == len(set(names)), "a family named twice"
-    return {(s.name, s.labels.get("queue")): s.value for f in families for s in f.samples}
+    return {(s.name, s.labels.get("queue") or s.labels.get("le")): s.value
+            for f in families for s in f.samples}
 
 
 def test_metrics_parse_and_follow_the_lesson_s_loop(broker):
@@ -58,3 +59,14 @@ def test_metrics_parse_and_follow_the_lesson_s_loop(broker):
     assert after[("ferry_queue_unfinished_messages", "lesson")] == 30
     assert after[("ferry_queue_ready_messages", "lesson")] == 30
     assert after[("ferry_connected_clients", None)] >= 1
+    # The lesson's loop in a queue's counters: one delivery each, none again.
+    assert after[("ferry_queue_deliveries_total", "lesson")] == 20
+    assert after[("ferry_queue_redeliveries_total", "lesson")] == 0
+    assert after[("ferry_queue_oldest_message_age_seconds", "lesson")] >= 0
+    # The log's histograms (the parser checks their buckets are cumulative
+    # and end at +Inf): every fsync timed, every record in one write.
+    fsyncs = after[("ferry_log_fsyncs_total", None)]
+    assert fsyncs > 0
+    assert after[("ferry_log_fsync_seconds_count", None)] == fsyncs
+    assert after[("ferry_log_fsync_seconds_bucket", "+Inf")] == fsyncs
+    assert after[("ferry_log_write_batch_records_sum", None)] == after[("ferry_log_records_total", None)]

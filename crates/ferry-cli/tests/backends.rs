@@ -352,6 +352,10 @@ fn delays_nacks_touches_and_dead_letters(e: &Engine) {
     c.nack("d", m.id).unwrap();
     let again = c.get_nowait("d").unwrap();
     assert_eq!((again.id, again.attempts), (m.id, 1));
+    assert_eq!(
+        (e.info("d", "delivered"), e.info("d", "redelivered")),
+        (2, 1)
+    );
     assert!(
         c.touch("d", again.id, Some(Duration::from_secs(60)))
             .is_ok()

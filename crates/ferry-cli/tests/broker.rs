@@ -145,7 +145,7 @@ fn commands_and_errors() {
     c.cmd(&["QPUT", "info", "x", "PRIORITY", "3"]);
     let info = c.cmd(&["QINFO", "info"]);
     assert!(
-        info.starts_with("*56\r\n$4\r\nname\r\n$4\r\ninfo\r\n$4\r\nkind\r\n$4\r\nfifo\r\n"),
+        info.starts_with("*58\r\n$4\r\nname\r\n$4\r\ninfo\r\n$4\r\nkind\r\n$4\r\nfifo\r\n"),
         "{info}"
     );
     assert!(info.contains("$10\r\nunfinished\r\n:1\r\n"), "{info}");
@@ -155,7 +155,7 @@ fn commands_and_errors() {
         "{hello}"
     );
     assert_eq!(c.cmd(&["QGET", "empty", "NOWAIT"]), "_\r\n", "RESP3 null");
-    assert!(c.cmd(&["QINFO", "info"]).starts_with("%28\r\n"));
+    assert!(c.cmd(&["QINFO", "info"]).starts_with("%29\r\n"));
     assert_eq!(c.cmd(&["QUIT"]), "+OK\r\n");
     assert!(c.closed());
 }

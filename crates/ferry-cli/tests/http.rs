@@ -162,6 +162,146 @@ fn metrics_and_the_api_move_with_the_load() {
 }
 
 #[test]
+fn the_oldest_message_s_age_grows_until_it_is_done() {
+    let s = Server::start();
+    let http = s.http.clone().unwrap();
+    let mut c = Client::connect(&format!("ferry://127.0.0.1:{}", s.port)).unwrap();
+    let age = || {
+        let q: serde_json::Value =
+            serde_json::from_str(&get(&format!("{http}/api/queues/aging")).1).unwrap();
+        q["oldest_age_seconds"].as_u64()
+    };
+    c.put("aging", b"old").unwrap();
+    assert!(age().unwrap() <= 1);
+    common::wait_until("the oldest message to be 2 s old", || age().unwrap() >= 2);
+    let text = get(&format!("{http}/metrics")).1;
+    assert!(
+        sample(
+            &text,
+            "ferry_queue_oldest_message_age_seconds",
+            Some("aging")
+        )
+        .unwrap()
+            >= 2
+    );
+    // A leased message is still held; a newer one does not make it younger.
+    let m = c.get("aging").unwrap();
+    c.put("aging", b"new").unwrap();
+    assert!(age().unwrap() >= 2);
+    c.task_done("aging", m.id).unwrap();
+    assert!(age().unwrap() <= 1);
+    let n = c.get("aging").unwrap();
+    c.task_done("aging", n.id).unwrap();
+    assert_eq!(age(), None);
+}
+
+#[test]
+fn the_log_s_fsyncs_and_group_commits_are_histograms() {
+    let s = Server::start_with(&["--durability", "sync"]);
+    let http = s.http.clone().unwrap();
+    let url = format!("ferry://127.0.0.1:{}", s.port);
+    // Four producers at once, so that commits group records.
+    let producers: Vec<_> = (0..4)
+        .map(|p| {
+            let url = url.clone();
+            thread::spawn(move || {
+                let mut c = Client::connect(&url).unwrap();
+                for i in 0..50 {
+                    c.put("logged", format!("{p}-{i}").as_bytes()).unwrap();
+                }
+            })
+        })
+        .collect();
+    for p in producers {
+        p.join().unwrap();
+    }
+    let text = get(&format!("{http}/metrics")).1;
+    let fsyncs = sample(&text, "ferry_log_fsyncs_total", None).unwrap();
+    let records = sample(&text, "ferry_log_records_total", None).unwrap();
+    assert!(fsyncs > 0 && records >= 200, "{fsyncs} {records}");
+    assert_eq!(
+        sample(&text, "ferry_log_fsync_seconds_count", None),
+        Some(fsyncs)
+    );
+    let inf = |name: &str| {
+        let prefix = format!("{name}_bucket{{le=\"+Inf\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .map(|v| v.trim().parse::<u64>().unwrap())
+    };
+    assert_eq!(inf("ferry_log_fsync_seconds"), Some(fsyncs));
+    // Every record was in exactly one write.
+    let batch_sum: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("ferry_log_write_batch_records_sum "))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(batch_sum as u64, records);
+    assert!(sample(&text, "ferry_log_segments", None).unwrap() >= 1);
+}
+
+#[test]
+fn clients_show_who_they_are_what_they_did_and_who_waits() {
+    let s = Server::start();
+    let http = s.http.clone().unwrap();
+    let clients = || -> Vec<serde_json::Value> {
+        serde_json::from_str(&get(&format!("{http}/api/clients")).1).unwrap()
+    };
+    let mut named = s.conn();
+    let _: () = redis::cmd("CLIENT")
+        .arg("SETNAME")
+        .arg("producer-1")
+        .query(&mut named)
+        .unwrap();
+    let _: () = redis::cmd("QPUT")
+        .arg("jobs")
+        .arg("x")
+        .query(&mut named)
+        .unwrap();
+    // A consumer with the message in hand, and another waiting for more.
+    let mut holder = s.conn();
+    let _: redis::Value = redis::cmd("QGET").arg("jobs").query(&mut holder).unwrap();
+    let waiter = {
+        let mut w = s.conn();
+        thread::spawn(move || {
+            let _: redis::Value = redis::cmd("QGET")
+                .arg("jobs")
+                .arg("TIMEOUT")
+                .arg("20000")
+                .query(&mut w)
+                .unwrap();
+        })
+    };
+    common::wait_for_waiters(&mut named, "jobs", "waiting_getters", 1);
+    let q: serde_json::Value =
+        serde_json::from_str(&get(&format!("{http}/api/queues/jobs")).1).unwrap();
+    assert_eq!(
+        (q["holders"].as_u64(), q["waiting_getters"].as_u64()),
+        (Some(1), Some(1))
+    );
+    let all = clients();
+    assert_eq!(all.len(), 3, "{all:?}");
+    let producer = all.iter().find(|c| c["name"] == "producer-1").unwrap();
+    assert!(producer["commands"].as_u64().unwrap() >= 2, "{producer}");
+    assert!(producer["addr"].as_str().unwrap().starts_with("127.0.0.1:"));
+    assert_eq!(all.iter().filter(|c| c["blocked"] == true).count(), 1);
+    // The waiter gets its message; a client that leaves is gone.
+    let _: () = redis::cmd("QPUT")
+        .arg("jobs")
+        .arg("y")
+        .query(&mut named)
+        .unwrap();
+    waiter.join().unwrap();
+    drop(holder);
+    common::wait_until("the departed clients to go from the list", || {
+        clients().len() == 1
+    });
+    assert_eq!(clients()[0]["name"], "producer-1");
+}
+
+#[test]
 fn a_change_from_another_origin_is_refused() {
     let s = Server::start();
     let http = s.http.clone().unwrap();

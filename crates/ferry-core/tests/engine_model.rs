@@ -794,6 +794,14 @@ fn check<F: FifoStore<It>>(cfg: Config, ops: &[Op]) -> Result<(), TestCaseError>
             step,
             op
         );
+        // The same messages are counted by the second they were put.
+        prop_assert_eq!(
+            (q.held_count(), q.oldest_put().is_some()),
+            (held as u64, held > 0),
+            "held count after step {} ({:?})",
+            step,
+            op
+        );
         // The journal remembers exactly the messages still stored: ready,
         // delayed, leased, or handed to a waiter not yet picked up (untracked
         // and tracked takes are finished on delivery, never redelivered).

@@ -49,6 +49,7 @@
 // tail, ready the segment to append to), `writer` (the pending batch, the
 // writer thread, group commit, rotation), `storage` (the I/O seam and its
 // fault injector).
+pub mod histogram;
 mod recovery;
 mod segment;
 mod storage;
@@ -68,6 +69,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
+use histogram::Histogram;
 use recovery::recover;
 use segment::{FRAME, sync_dir};
 use writer::{Inner, Pending, Segment, Writer};
@@ -241,11 +243,14 @@ impl Log {
                 next_sync: Instant::now() + Duration::from_secs(1),
                 next_rotate: Instant::now(),
                 spare: Vec::with_capacity(64 << 10),
+                written: 0,
             }),
             wake: Condvar::new(),
             durable: AtomicU64::new(0),
             failed: AtomicBool::new(false),
             syncs: AtomicU64::new(0),
+            fsync_micros: Histogram::new(histogram::FSYNC_MICROS),
+            batch_records: Histogram::new(histogram::BATCH_RECORDS),
             bytes: AtomicU64::new(resumed.sealed + resumed.len),
             started: AtomicU64::new(0),
             short: AtomicBool::new(resumed.short),
@@ -389,6 +394,22 @@ impl Log {
     /// fsyncs done since open.
     pub fn syncs(&self) -> u64 {
         self.inner.syncs.load(Ordering::Relaxed)
+    }
+
+    /// How long fsyncs took, in µs, since open.
+    pub fn fsync_latency(&self) -> histogram::Snapshot {
+        self.inner.fsync_micros.snapshot()
+    }
+
+    /// Records per write since open (in sync mode, per fsync: the group
+    /// commit's size).
+    pub fn batch_sizes(&self) -> histogram::Snapshot {
+        self.inner.batch_records.snapshot()
+    }
+
+    /// Segment files in the log's directory.
+    pub fn segment_count(&self) -> io::Result<usize> {
+        segments(&self.dir).map(|s| s.len())
     }
 
     /// True while the disk is too full for a new segment: the log goes on

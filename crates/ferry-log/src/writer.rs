@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use parking_lot::{Condvar, Mutex};
 use tracing::{info, warn};
 
+use crate::histogram::Histogram;
 use crate::segment::{HEADER, create_segment};
 use crate::{Durability, LogError, LogFile, Lsn, OnDurable, OnError, Options, Storage};
 
@@ -36,6 +37,10 @@ pub(crate) struct Inner {
     pub(crate) durable: AtomicU64,
     pub(crate) failed: AtomicBool,
     pub(crate) syncs: AtomicU64,
+    /// How long each fsync took, in µs.
+    pub(crate) fsync_micros: Histogram,
+    /// Records per write (in sync mode, per fsync: the group commit).
+    pub(crate) batch_records: Histogram,
     /// Bytes in all segments.
     pub(crate) bytes: AtomicU64,
     /// Sequence number of the segment begun by the last `start_segment`.
@@ -62,6 +67,8 @@ pub(crate) struct Segment {
     pub(crate) next_rotate: Instant,
     /// The pending buffer of the last batch, kept for reuse.
     pub(crate) spare: Vec<u8>,
+    /// The last record written.
+    pub(crate) written: Lsn,
 }
 
 impl Inner {
@@ -89,6 +96,10 @@ impl Inner {
                 .and_then(|()| seg.write(self, &batch[at..], closing)),
             None => seg.write(self, &batch, closing),
         };
+        if upto > seg.written {
+            self.batch_records.observe(upto - seg.written);
+            seg.written = upto;
+        }
         let mut batch = batch;
         batch.clear();
         seg.spare = batch;
@@ -200,7 +211,12 @@ impl Segment {
             Durability::Async => self.dirty && (closing || Instant::now() >= self.next_sync),
         };
         if sync_now {
+            let start = Instant::now();
             self.file.sync_data()?;
+            let took = start.elapsed().as_micros();
+            inner
+                .fsync_micros
+                .observe(u64::try_from(took).unwrap_or(u64::MAX));
             inner.syncs.fetch_add(1, Ordering::Relaxed);
             self.dirty = false;
             self.next_sync = Instant::now() + Duration::from_secs(1);

@@ -16,6 +16,7 @@ use ferry_core::engine::{self, Journal, Millis, WaiterId};
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::Notify;
 
+use crate::clients::{ClientView, Clients};
 use crate::config::{Config, Durability};
 use crate::locks::Locks;
 use crate::payload::{DEFAULT_KEY, EngineQueue, Payload};
@@ -186,6 +187,8 @@ pub(crate) struct Broker {
     pub(crate) locks: Locks,
     next_client: AtomicU64,
     pub(crate) clients: AtomicUsize,
+    /// Every connection, for `/api/clients`.
+    pub(crate) connections: Clients,
     /// Clients blocked in a command, by id: CLIENT UNBLOCK ends their wait.
     blocked: Mutex<HashMap<u64, Arc<Unblock>>>,
     /// Holder groups (CLIENT HOLDER), by their clients' token.
@@ -322,6 +325,7 @@ impl Broker {
             locks: Locks::default(),
             next_client: AtomicU64::new(1),
             clients: AtomicUsize::new(0),
+            connections: Clients::default(),
             blocked: Mutex::new(HashMap::new()),
             groups: Mutex::new(HashMap::new()),
             commands: AtomicU64::new(0),
@@ -404,6 +408,13 @@ impl Broker {
         let u = Arc::new(Unblock::default());
         self.blocked.lock().insert(id, Arc::clone(&u));
         u
+    }
+
+    /// Every connection as it is now.
+    pub(crate) fn client_views(&self) -> Vec<ClientView> {
+        let blocked = self.blocked.lock();
+        self.connections
+            .views(self.now(), |id| blocked.contains_key(&id))
     }
 
     /// Client `id` is no longer blocked.

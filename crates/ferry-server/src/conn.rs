@@ -99,8 +99,8 @@ impl Conn {
         };
         Conn {
             stream,
+            session: Session::new(broker, peer.clone()),
             peer,
-            session: Session::new(broker),
             inbuf: BytesMut::with_capacity(16 << 10),
             decoder,
             shutdown,
@@ -133,7 +133,10 @@ impl Conn {
                             return self.flush().await;
                         }
                     }
-                    Ok(None) => break,
+                    Ok(None) => {
+                        self.session.seen_active();
+                        break;
+                    }
                     Err(e) => {
                         // Said in the log as well as to the client: a client
                         // that does not read its error sees only a closed
@@ -166,6 +169,7 @@ impl Conn {
             Outcome::Done(flow) => return flow,
             Outcome::Wait(blocked) => blocked,
         };
+        self.session.seen_active();
         let (broker, id) = (Arc::clone(&self.session.broker), self.session.id);
         let unblock = broker.block(id);
         let mut woke = Woke::Notified;

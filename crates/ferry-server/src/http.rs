@@ -13,14 +13,17 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::{get, post};
 use base64::Engine as _;
+use ferry_log::histogram::Snapshot;
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
 
 use crate::broker::Broker;
+use crate::clients::ClientView;
 use crate::view::{QueueView, ServerView};
 
 /// The admin port's routes over `broker`.
@@ -36,6 +39,7 @@ pub(crate) fn router(broker: Arc<Broker>) -> Router {
         .route("/api/queues/{name}/resume", post(resume))
         .route("/api/queues/{name}/redrive", post(redrive))
         .route("/api/locks", get(locks))
+        .route("/api/clients", get(clients))
         .layer(middleware::from_fn_with_state(Arc::clone(&broker), guard))
         .with_state(broker)
 }
@@ -105,6 +109,10 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 async fn server(State(b): State<Arc<Broker>>) -> Json<ServerView> {
     Json(b.view())
+}
+
+async fn clients(State(b): State<Arc<Broker>>) -> Json<Vec<ClientView>> {
+    Json(b.client_views())
 }
 
 async fn queues(State(b): State<Arc<Broker>>) -> Json<Vec<QueueView>> {
@@ -321,7 +329,7 @@ struct Scrape {
 type QueueValue = fn(&QueueView) -> u64;
 
 /// Per-queue gauges: name, help, value.
-const QUEUE_GAUGES: [(&str, &str, QueueValue); 9] = [
+const QUEUE_GAUGES: [(&str, &str, QueueValue); 11] = [
     (
         "ferry_queue_ready_messages",
         "Messages ready to be got.",
@@ -348,6 +356,11 @@ const QUEUE_GAUGES: [(&str, &str, QueueValue); 9] = [
         |q| q.unfinished,
     ),
     (
+        "ferry_queue_holders",
+        "Connections (or holder groups) with leased or taken messages in hand.",
+        |q| q.holders,
+    ),
+    (
         "ferry_queue_waiting_getters",
         "Clients blocked in a get.",
         |q| q.waiting_getters,
@@ -363,6 +376,11 @@ const QUEUE_GAUGES: [(&str, &str, QueueValue); 9] = [
         |q| q.waiting_joiners,
     ),
     (
+        "ferry_queue_oldest_message_age_seconds",
+        "How long ago the oldest message held (ready, delayed or leased) was put, to the second; 0 when none.",
+        |q| q.oldest_age_seconds.unwrap_or(0),
+    ),
+    (
         "ferry_queue_maxsize_messages",
         "The queue's bound (0: none).",
         |q| q.maxsize,
@@ -370,12 +388,17 @@ const QUEUE_GAUGES: [(&str, &str, QueueValue); 9] = [
 ];
 
 /// Per-queue counters (OpenMetrics adds `_total`).
-const QUEUE_COUNTERS: [(&str, &str, QueueValue); 9] = [
+const QUEUE_COUNTERS: [(&str, &str, QueueValue); 10] = [
     ("ferry_queue_puts", "Messages put.", |q| q.stats.put),
     (
         "ferry_queue_deliveries",
         "Deliveries, redeliveries included.",
         |q| q.stats.delivered,
+    ),
+    (
+        "ferry_queue_redeliveries",
+        "Deliveries of a message delivered before (nacked, expired or released).",
+        |q| q.stats.redelivered,
     ),
     (
         "ferry_queue_dones",
@@ -439,7 +462,7 @@ impl Collector for Scrape {
         }
         let s = &self.server;
         let as_i64 = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
-        let gauges: [(&str, &str, i64); 9] = [
+        let gauges: [(&str, &str, i64); 10] = [
             (
                 "ferry_connected_clients",
                 "Client connections open.",
@@ -464,6 +487,11 @@ impl Collector for Scrape {
                 "ferry_log_bytes",
                 "Bytes in the log's segments.",
                 as_i64(s.log_bytes),
+            ),
+            (
+                "ferry_log_segments",
+                "Segment files of the log.",
+                s.log_segments as i64,
             ),
             ("ferry_queues", "Queues.", s.queues as i64),
             ("ferry_locks", "Locks held or waited for.", s.locks as i64),
@@ -510,6 +538,48 @@ impl Collector for Scrape {
             )?;
             ConstCounter::new(v).encode(family)?;
         }
+        if let Some((fsync, batches)) = &s.log_histograms {
+            histogram(
+                &mut encoder,
+                "ferry_log_fsync_seconds",
+                "How long each fsync of the log took.",
+                fsync,
+                1e6,
+            )?;
+            histogram(
+                &mut encoder,
+                "ferry_log_write_batch_records",
+                "Records per write of the log (in sync mode, per fsync: the group commit).",
+                batches,
+                1.0,
+            )?;
+        }
         Ok(())
     }
+}
+
+/// A histogram of the log's, its values and bounds divided by `unit`
+/// (1e6: microseconds to seconds).
+fn histogram(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    h: &Snapshot,
+    unit: f64,
+) -> Result<(), std::fmt::Error> {
+    let buckets: Vec<(f64, u64)> = h
+        .buckets
+        .iter()
+        .map(|&(bound, n)| {
+            let bound = if bound == u64::MAX {
+                f64::MAX
+            } else {
+                bound as f64 / unit
+            };
+            (bound, n)
+        })
+        .collect();
+    encoder
+        .encode_descriptor(name, help, None, MetricType::Histogram)?
+        .encode_histogram::<NoLabelSet>(h.sum as f64 / unit, h.count, &buckets, None)
 }

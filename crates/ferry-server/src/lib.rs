@@ -32,6 +32,7 @@
 //! ```
 
 mod broker;
+mod clients;
 mod cmd;
 mod config;
 mod conn;

@@ -11,6 +11,7 @@ use ferry_core::engine::Message;
 use ferry_proto::Reply;
 
 use crate::broker::{Broker, HolderGroup, QueueCell};
+use crate::clients::Client;
 use crate::payload::Payload;
 
 /// One client's state.
@@ -39,6 +40,9 @@ pub(crate) struct Session {
     /// A command since the last flush changed what the log records: the
     /// replies wait until the log is durable.
     pub(crate) logged: bool,
+    /// Commands run, and what others see of this connection.
+    pub(crate) commands: u64,
+    pub(crate) seen: Arc<Client>,
 }
 
 /// QGET's working buffers.
@@ -61,10 +65,11 @@ impl GetScratch {
 }
 
 impl Session {
-    /// A new client of `broker`.
-    pub(crate) fn new(broker: Arc<Broker>) -> Self {
+    /// A new client of `broker`, connected from `addr`.
+    pub(crate) fn new(broker: Arc<Broker>, addr: String) -> Self {
         let id = broker.next_client_id();
         let authed = broker.config.requirepass.is_none();
+        let seen = broker.connections.register(id, addr, broker.now());
         Session {
             broker,
             id,
@@ -80,7 +85,14 @@ impl Session {
             last: None,
             scratch: GetScratch::default(),
             logged: false,
+            commands: 0,
+            seen,
         }
+    }
+
+    /// Shows others the requests it ran since the last call.
+    pub(crate) fn seen_active(&self) {
+        self.seen.active(self.commands, self.broker.now());
     }
 
     /// A writer for the next reply.
@@ -158,5 +170,11 @@ impl Session {
         for (name, token) in std::mem::take(&mut self.locks) {
             self.broker.locks.release(&name, token, Some(id));
         }
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.broker.connections.forget(self.id);
     }
 }

@@ -6,6 +6,7 @@ use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 use ferry_core::engine::{self, Millis, Stats};
+use ferry_log::histogram::Snapshot;
 use serde::Serialize;
 
 use crate::broker::{Broker, QueueCell};
@@ -22,11 +23,16 @@ pub(crate) struct QueueView {
     pub(crate) leased: u64,
     pub(crate) taken: u64,
     pub(crate) delayed: u64,
+    /// Connections (or holder groups) with messages in hand.
+    pub(crate) holders: u64,
     pub(crate) waiting_getters: u64,
     pub(crate) waiting_putters: u64,
     pub(crate) waiting_joiners: u64,
     pub(crate) shutdown: &'static str,
     pub(crate) paused: bool,
+    /// How long ago the oldest message it holds (ready, delayed or leased)
+    /// was put, in whole seconds; none when it holds none.
+    pub(crate) oldest_age_seconds: Option<u64>,
     pub(crate) lease_timeout: Option<Millis>,
     pub(crate) max_attempts: Option<u32>,
     pub(crate) dead_letter: Option<String>,
@@ -41,15 +47,16 @@ impl QueueView {
     }
 
     /// Its lifetime counters by name, in QINFO's order.
-    pub(crate) fn counters(&self) -> [(&'static str, u64); 9] {
+    pub(crate) fn counters(&self) -> [(&'static str, u64); 10] {
         named(&self.stats)
     }
 }
 
-fn named(s: &Stats) -> [(&'static str, u64); 9] {
+fn named(s: &Stats) -> [(&'static str, u64); 10] {
     [
         ("put", s.put),
         ("delivered", s.delivered),
+        ("redelivered", s.redelivered),
         ("done", s.done),
         ("nacked", s.nacked),
         ("expired", s.expired),
@@ -66,7 +73,7 @@ fn lossy<S: serde::Serializer>(b: &Bytes, s: S) -> Result<S::Ok, S::Error> {
 
 fn stats<S: serde::Serializer>(st: &Stats, s: S) -> Result<S::Ok, S::Error> {
     use serde::ser::SerializeMap;
-    let mut m = s.serialize_map(Some(9))?;
+    let mut m = s.serialize_map(Some(10))?;
     for (k, v) in named(st) {
         m.serialize_entry(k, &v)?;
     }
@@ -78,7 +85,7 @@ impl QueueCell {
     pub(crate) fn view(&self, broker: &Arc<Broker>) -> QueueView {
         let expire = self.expire();
         let name = self.name.clone();
-        self.with(broker, |st, _| {
+        self.with(broker, |st, now| {
             let q = &st.q;
             let config = q.config();
             QueueView {
@@ -90,6 +97,7 @@ impl QueueCell {
                 leased: q.leased(),
                 taken: q.taken(),
                 delayed: q.delayed(),
+                holders: q.holders() as u64,
                 waiting_getters: q.waiting_getters() as u64,
                 waiting_putters: q.waiting_putters() as u64,
                 waiting_joiners: q.waiting_joiners() as u64,
@@ -99,6 +107,7 @@ impl QueueCell {
                     Some(engine::Shutdown::Immediate) => "immediate",
                 },
                 paused: config.paused,
+                oldest_age_seconds: q.oldest_put().map(|at| now.saturating_sub(at) / 1000),
                 lease_timeout: config.lease_timeout,
                 max_attempts: config.max_attempts,
                 dead_letter: config.dead_letter.clone(),
@@ -120,6 +129,10 @@ pub(crate) struct ServerView {
     pub(crate) log_records: u64,
     pub(crate) log_syncs: u64,
     pub(crate) log_bytes: u64,
+    pub(crate) log_segments: usize,
+    /// fsync latency (µs) and records per write; none without a log.
+    #[serde(skip)]
+    pub(crate) log_histograms: Option<(Snapshot, Snapshot)>,
     pub(crate) log_compactions: u64,
     pub(crate) connected_clients: usize,
     pub(crate) max_clients: usize,
@@ -148,6 +161,15 @@ impl Broker {
             log_records,
             log_syncs,
             log_bytes,
+            log_segments: self
+                .store
+                .as_ref()
+                .and_then(|st| st.log().segment_count().ok())
+                .unwrap_or(0),
+            log_histograms: self.store.as_ref().map(|st| {
+                let log = st.log();
+                (log.fsync_latency(), log.batch_sizes())
+            }),
             log_compactions: self.compactions.load(Ordering::Relaxed),
             connected_clients: self.clients.load(Ordering::Relaxed),
             max_clients: self.config.max_clients,

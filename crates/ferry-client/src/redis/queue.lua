@@ -433,7 +433,7 @@ local function deliver(ids, mode, holder, lease)
   -- Attempts are kept only for messages given back: usually none.
   local atts = {}
   if redis.call('EXISTS', ATT) == 1 then atts = call_many('HMGET', ATT, ids) end
-  local parts, n, runs = {'E'}, 0, {}
+  local parts, n, runs, again = {'E'}, 0, {}, 0
   for i, id in ipairs(ids) do
     local payload = payloads[i]
     if is_run(id) then
@@ -444,9 +444,12 @@ local function deliver(ids, mode, holder, lease)
       runs[#runs + 1] = id
     else
       n = n + 1
-      parts[i + 1] = id .. ',' .. (tonumber(atts[i]) or 0) .. ',' .. #payload .. ':' .. payload
+      local att = tonumber(atts[i]) or 0
+      if att > 0 then again = again + 1 end
+      parts[i + 1] = id .. ',' .. att .. ',' .. #payload .. ':' .. payload
     end
   end
+  if again > 0 then incr('redelivered', again) end
   if mode == 'noack' then
     call_many('HDEL', MSG, ids)
     call_many('HDEL', ATT, ids)
@@ -1119,7 +1122,7 @@ local function queue(keys, args)
       'shutdown', shutdown, 'paused', 0,
       'lease_timeout', num(h.lease_timeout, -1), 'max_attempts', num(h.max_attempts, -1),
       'dead_letter', h.dead_letter or false, 'expire', num(h.expire, -1)}
-    for _, k in ipairs({'put', 'delivered', 'done', 'nacked', 'expired', 'released', 'dead_lettered', 'lost', 'dropped'}) do
+    for _, k in ipairs({'put', 'delivered', 'redelivered', 'done', 'nacked', 'expired', 'released', 'dead_lettered', 'lost', 'dropped'}) do
       table.insert(r, k)
       table.insert(r, num(h[k], 0))
     end

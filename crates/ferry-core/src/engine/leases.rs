@@ -63,6 +63,11 @@ impl<T> Leases<T> {
         self.taken.len()
     }
 
+    /// Holders with something out.
+    pub(super) fn holder_count(&self) -> usize {
+        self.holders.len()
+    }
+
     pub(super) fn is_empty(&self) -> bool {
         self.leased.is_empty() && self.taken.is_empty()
     }

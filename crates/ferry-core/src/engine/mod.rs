@@ -35,6 +35,7 @@
 //! - `waiters`: waiting getters, putters and joiners, and what each is
 //!   owed.
 
+mod ages;
 mod leases;
 mod ready;
 mod store;
@@ -44,6 +45,7 @@ use std::cmp::Ordering;
 use std::collections::{BTreeMap, VecDeque};
 use std::ops::Range;
 
+use ages::Ages;
 use leases::{Leases, Released};
 use ready::Ready;
 pub use store::{FifoStore, Pack, PackedFifo};
@@ -293,6 +295,8 @@ pub struct Stats {
     pub put: u64,
     /// Deliveries, redeliveries included.
     pub delivered: u64,
+    /// Deliveries of a message delivered before (attempts > 0).
+    pub redelivered: u64,
     /// Messages finished by done (or by a NOACK delivery).
     pub done: u64,
     /// Leased messages returned by nack.
@@ -332,6 +336,8 @@ pub struct Queue<T, F = VecDeque<Message<T>>> {
     /// reserved for a waiter, or leased (taken and no-ack deliveries hand
     /// their item out).
     held: u64,
+    /// When the held messages were put, by the second.
+    ages: Ages,
     journal: Option<Box<dyn Journal<T>>>,
 }
 
@@ -351,6 +357,7 @@ impl<T: Item, F: FifoStore<T>> Queue<T, F> {
             dead: Vec::new(),
             stats: Stats::default(),
             held: 0,
+            ages: Ages::default(),
             journal: None,
         }
     }
@@ -366,7 +373,7 @@ impl<T: Item, F: FifoStore<T>> Queue<T, F> {
     pub fn restore(&mut self, id: u64, attempts: u32, item: T, due: Option<Millis>) {
         self.next_id = self.next_id.max(id + 1);
         self.unfinished += 1;
-        self.held += item.weight();
+        self.hold(id, &item);
         let msg = Message { id, attempts, item };
         match due {
             Some(at) if at > self.now => {
@@ -413,6 +420,18 @@ impl<T: Item, F: FifoStore<T>> Queue<T, F> {
         self.held
     }
 
+    /// When the oldest message it holds (ready, delayed, leased or handed
+    /// to a waiter; not taken) was put, to the second; restored messages
+    /// count from their restore.
+    pub fn oldest_put(&self) -> Option<Millis> {
+        self.ages.oldest()
+    }
+
+    /// How many messages it holds, as [`Queue::oldest_put`] counts them.
+    pub fn held_count(&self) -> u64 {
+        self.ages.held()
+    }
+
     /// Ends an operation for the journal (see [`Journal::flush`]).
     pub fn flush_journal(&mut self) {
         if let Some(j) = &mut self.journal {
@@ -426,7 +445,13 @@ impl<T: Item, F: FifoStore<T>> Queue<T, F> {
         }
     }
 
-    fn unhold(&mut self, item: &T) {
+    fn hold(&mut self, id: u64, item: &T) {
+        self.held += item.weight();
+        self.ages.hold(id, self.now);
+    }
+
+    fn unhold(&mut self, id: u64, item: &T) {
+        self.ages.release(id);
         self.held = self.held.saturating_sub(item.weight());
     }
 
@@ -514,6 +539,12 @@ impl<T: Item, F: FifoStore<T>> Queue<T, F> {
     /// Messages waiting for their delay to pass.
     pub fn delayed(&self) -> u64 {
         self.delayed.len() as u64
+    }
+
+    /// Holders (connections or holder groups) with leased or taken
+    /// messages out; timed leases have no holder.
+    pub fn holders(&self) -> usize {
+        self.out.holder_count()
     }
 
     /// Getters waiting for a message.
@@ -663,7 +694,7 @@ impl<T: Item, F: FifoStore<T>> Queue<T, F> {
         self.next_id += 1;
         self.unfinished += 1;
         self.stats.put += 1;
-        self.held += item.weight();
+        self.hold(id, &item);
         if let Some(j) = &mut self.journal {
             j.put(id, attempts, &item, None);
         }
@@ -677,7 +708,7 @@ impl<T: Item, F: FifoStore<T>> Queue<T, F> {
         self.next_id += 1;
         self.unfinished += 1;
         self.stats.put += 1;
-        self.held += item.weight();
+        self.hold(id, &item);
         let due = delay.filter(|&d| d > 0).map(|d| self.now.saturating_add(d));
         if let Some(j) = &mut self.journal {
             j.put(id, 0, &item, due);
@@ -866,21 +897,22 @@ impl<T: Item, F: FifoStore<T>> Queue<T, F> {
 
     fn deliver(&mut self, msg: Message<T>, spec: GetSpec<T>) -> Message<T> {
         self.stats.delivered += 1;
+        self.stats.redelivered += u64::from(msg.attempts > 0);
         match spec {
             GetSpec::NoAck => {
-                self.unhold(&msg.item);
+                self.unhold(msg.id, &msg.item);
                 self.journal_finished(msg.id);
                 self.finish_one();
                 self.stats.done += 1;
                 msg
             }
             GetSpec::Take { holder: None } => {
-                self.unhold(&msg.item);
+                self.unhold(msg.id, &msg.item);
                 self.journal_finished(msg.id);
                 msg
             }
             GetSpec::Take { holder: Some(h) } => {
-                self.unhold(&msg.item);
+                self.unhold(msg.id, &msg.item);
                 self.journal_finished(msg.id);
                 self.out.take(msg.id, h);
                 msg
@@ -920,7 +952,7 @@ impl<T: Item, F: FifoStore<T>> Queue<T, F> {
         let mut n = 0;
         for &id in ids {
             if let Some(lease) = self.out.remove_for(id, holder) {
-                self.unhold(&lease.msg.item);
+                self.unhold(lease.msg.id, &lease.msg.item);
                 self.journal_finished(id);
                 n += 1;
             } else if self.out.finish_taken(id, holder) {
@@ -1016,7 +1048,7 @@ impl<T: Item, F: FifoStore<T>> Queue<T, F> {
         {
             self.stats.dead_lettered += 1;
             self.finish_one();
-            self.unhold(&msg.item);
+            self.unhold(msg.id, &msg.item);
             if let Some(j) = &mut self.journal {
                 j.dead_lettered(msg.id);
             }
@@ -1026,7 +1058,7 @@ impl<T: Item, F: FifoStore<T>> Queue<T, F> {
         if self.shutdown == Some(Shutdown::Immediate) {
             self.stats.dropped += 1;
             self.finish_one();
-            self.unhold(&msg.item);
+            self.unhold(msg.id, &msg.item);
             self.journal_finished(msg.id);
             return;
         }
@@ -1061,7 +1093,7 @@ impl<T: Item, F: FifoStore<T>> Queue<T, F> {
             let dropped = self.ready.drain();
             self.stats.dropped += dropped.len() as u64;
             for msg in dropped {
-                self.unhold(&msg.item);
+                self.unhold(msg.id, &msg.item);
                 self.journal_finished(msg.id);
                 self.finish_one();
             }
@@ -1084,7 +1116,7 @@ impl<T: Item, F: FifoStore<T>> Queue<T, F> {
         let mut out = Vec::new();
         while out.len() < max {
             let Some(msg) = self.ready.pop() else { break };
-            self.unhold(&msg.item);
+            self.unhold(msg.id, &msg.item);
             self.finish_one();
             self.stats.done += 1;
             out.push(msg);
@@ -1099,12 +1131,12 @@ impl<T: Item, F: FifoStore<T>> Queue<T, F> {
         self.advance(now);
         let mut n = 0;
         for msg in self.ready.drain() {
-            self.unhold(&msg.item);
+            self.unhold(msg.id, &msg.item);
             self.journal_finished(msg.id);
             n += 1;
         }
         while let Some((_, msg)) = self.delayed.pop_first() {
-            self.unhold(&msg.item);
+            self.unhold(msg.id, &msg.item);
             self.journal_finished(msg.id);
             n += 1;
         }

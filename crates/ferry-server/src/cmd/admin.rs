@@ -306,7 +306,7 @@ fn info(s: &mut Session, name: &Bytes) -> Result<(), CmdError> {
         .ok_or_else(|| err("NOQUEUE", "no such queue"))?;
     let v = cell.view(&s.broker);
     let mut r = s.reply();
-    r.map(28);
+    r.map(29);
     r.bulk(b"name");
     r.bulk(name);
     r.bulk(b"kind");

@@ -421,6 +421,7 @@ impl Session {
 /// Its reply (or error) is in the session's output unless it waits.
 pub(crate) fn execute(s: &mut Session, req: Request) -> Outcome {
     s.broker.commands.fetch_add(1, Ordering::Relaxed);
+    s.commands += 1;
     // Before anything else is read of it: a client that has not
     // authenticated may only authenticate, or leave.
     if !s.authed && !matches!(command_name(&req[0]), Some("AUTH" | "HELLO" | "QUIT")) {

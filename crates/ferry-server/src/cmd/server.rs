@@ -189,6 +189,7 @@ impl Server {
             }
             Server::ClientSetName(name) => {
                 s.name = (!name.is_empty()).then_some(name);
+                s.seen.name.lock().clone_from(&s.name);
                 s.reply().simple("OK");
             }
             Server::ClientGetName => match s.name.clone() {

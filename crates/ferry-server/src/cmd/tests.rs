@@ -50,7 +50,7 @@ fn take(s: &mut Session) -> String {
 #[tokio::test]
 async fn a_put_and_a_get_reply_as_documented() {
     let b = broker(Config::default());
-    let mut s = Session::new(b);
+    let mut s = Session::new(b, "test".into());
     assert_eq!(run(&mut s, &["QPUT", "q", "hello"]), ":1\r\n");
     assert_eq!(
         run(&mut s, &["qget", "q", "NOACK"]),
@@ -62,7 +62,7 @@ async fn a_put_and_a_get_reply_as_documented() {
 #[tokio::test]
 async fn unknown_options_and_commands_are_errors_that_name_them() {
     let b = broker(Config::default());
-    let mut s = Session::new(Arc::clone(&b));
+    let mut s = Session::new(Arc::clone(&b), "test".into());
     let reply = run(&mut s, &["QGET", "jobs", "NOWAIIT"]);
     assert!(
         reply.starts_with("-ERR unknown option 'NOWAIIT' for QGET"),
@@ -85,7 +85,7 @@ async fn unknown_options_and_commands_are_errors_that_name_them() {
 async fn every_command_without_arguments_answers_without_panicking() {
     let b = broker(Config::default());
     for name in NAMES {
-        let mut s = Session::new(Arc::clone(&b));
+        let mut s = Session::new(Arc::clone(&b), "test".into());
         match execute(&mut s, request(&[name])) {
             Outcome::Done(_) => assert!(!s.out.is_empty(), "{name} wrote nothing"),
             Outcome::Wait(_) => panic!("{name} waits with no arguments"),
@@ -96,7 +96,10 @@ async fn every_command_without_arguments_answers_without_panicking() {
 #[tokio::test]
 async fn a_blocked_get_is_served_by_a_later_put() {
     let b = broker(Config::default());
-    let (mut getter, mut putter) = (Session::new(Arc::clone(&b)), Session::new(b));
+    let (mut getter, mut putter) = (
+        Session::new(Arc::clone(&b), "test".into()),
+        Session::new(b, "test".into()),
+    );
     let mut wait = blocked(&mut getter, &["QGET", "q", "OR", "r", "TIMEOUT", "5000"]);
     assert_eq!(
         wait.resume(&mut getter, Woke::Notified),
@@ -121,7 +124,10 @@ async fn a_blocked_get_is_served_by_a_later_put() {
 #[tokio::test]
 async fn a_blocked_get_times_out_or_leaves_with_nothing_lost() {
     let b = broker(Config::default());
-    let (mut getter, mut putter) = (Session::new(Arc::clone(&b)), Session::new(b));
+    let (mut getter, mut putter) = (
+        Session::new(Arc::clone(&b), "test".into()),
+        Session::new(b, "test".into()),
+    );
     let mut wait = blocked(&mut getter, &["QGET", "q", "TIMEOUT", "5000"]);
     assert_eq!(
         wait.resume(&mut getter, Woke::TimedOut),
@@ -143,7 +149,10 @@ async fn a_blocked_get_times_out_or_leaves_with_nothing_lost() {
 #[tokio::test]
 async fn a_blocked_put_waits_for_room_and_a_join_for_the_work() {
     let b = broker(Config::default());
-    let (mut a, mut c) = (Session::new(Arc::clone(&b)), Session::new(b));
+    let (mut a, mut c) = (
+        Session::new(Arc::clone(&b), "test".into()),
+        Session::new(b, "test".into()),
+    );
     run(&mut a, &["QCREATE", "q", "MAXSIZE", "1"]);
     run(&mut a, &["QPUT", "q", "1"]);
     let mut put = blocked(&mut a, &["QPUT", "q", "2"]);
@@ -169,7 +178,7 @@ async fn only_auth_hello_and_quit_before_authenticating() {
         requirepass: Some("secret".into()),
         ..Config::default()
     });
-    let mut s = Session::new(b);
+    let mut s = Session::new(b, "test".into());
     for name in NAMES {
         if matches!(name, "AUTH" | "HELLO" | "QUIT") {
             continue;
@@ -185,7 +194,10 @@ async fn only_auth_hello_and_quit_before_authenticating() {
 #[tokio::test]
 async fn a_contended_lock_is_granted_in_line() {
     let b = broker(Config::default());
-    let (mut a, mut c) = (Session::new(Arc::clone(&b)), Session::new(b));
+    let (mut a, mut c) = (
+        Session::new(Arc::clone(&b), "test".into()),
+        Session::new(b, "test".into()),
+    );
     assert_eq!(run(&mut a, &["LOCK", "L"]), ":1\r\n");
     assert_eq!(run(&mut c, &["LOCK", "L", "NOWAIT"]), "$-1\r\n");
     let mut wait = blocked(&mut c, &["LOCK", "L", "TIMEOUT", "5000"]);
@@ -198,7 +210,7 @@ async fn a_contended_lock_is_granted_in_line() {
 #[tokio::test]
 async fn an_unblocked_wait_ends_as_a_timeout_or_an_error() {
     let b = broker(Config::default());
-    let mut s = Session::new(b);
+    let mut s = Session::new(b, "test".into());
     let mut get = blocked(&mut s, &["QGET", "q"]);
     assert_eq!(
         get.resume(&mut s, Woke::Unblocked(false)),
@@ -233,7 +245,7 @@ async fn an_unblocked_wait_ends_as_a_timeout_or_an_error() {
 #[tokio::test]
 async fn a_put_of_another_key_type_than_the_queue_holds_is_refused() {
     let b = broker(Config::default());
-    let mut s = Session::new(b);
+    let mut s = Session::new(b, "test".into());
     run(&mut s, &["QCREATE", "p", "KIND", "priority"]);
     assert_eq!(
         run(
@@ -276,9 +288,9 @@ async fn a_holder_group_holds_for_all_its_connections_until_the_last_goes() {
     let b = broker(Config::default());
     let token = "0123456789abcdef-group";
     let (mut a, mut c, mut other) = (
-        Session::new(Arc::clone(&b)),
-        Session::new(Arc::clone(&b)),
-        Session::new(b),
+        Session::new(Arc::clone(&b), "test".into()),
+        Session::new(Arc::clone(&b), "test".into()),
+        Session::new(b, "test".into()),
     );
     for s in [&mut a, &mut c] {
         assert_eq!(run(s, &["CLIENT", "HOLDER", token]), "+OK\r\n");
@@ -305,7 +317,10 @@ async fn a_holder_group_holds_for_all_its_connections_until_the_last_goes() {
 #[tokio::test]
 async fn locks_released_from_another_connection_are_forgotten_by_the_holder() {
     let b = broker(Config::default());
-    let (mut a, mut other) = (Session::new(Arc::clone(&b)), Session::new(b));
+    let (mut a, mut other) = (
+        Session::new(Arc::clone(&b), "test".into()),
+        Session::new(b, "test".into()),
+    );
     for _ in 0..100 {
         let token = run(&mut a, &["LOCK", "l", "NOWAIT"]);
         let token = token.trim_start_matches(':').trim_end();

@@ -1,0 +1,92 @@
+//! Who is connected, for `/api/clients`: one entry per connection, which
+//! the connection keeps current (once per batch of requests, not per
+//! command) and the admin port reads.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use ferry_core::engine::Millis;
+use parking_lot::Mutex;
+use serde::Serialize;
+
+/// One connection, as others may see it.
+pub(crate) struct Client {
+    pub(crate) id: u64,
+    addr: String,
+    /// When it connected (broker ms).
+    since: Millis,
+    pub(crate) name: Mutex<Option<Bytes>>,
+    /// When it last sent a request (broker ms).
+    last: AtomicU64,
+    commands: AtomicU64,
+}
+
+impl Client {
+    /// It sent requests: `commands` in all, the last at `now`.
+    pub(crate) fn active(&self, commands: u64, now: Millis) {
+        self.commands.store(commands, Ordering::Relaxed);
+        self.last.store(now, Ordering::Relaxed);
+    }
+}
+
+/// A connection as `/api/clients` shows it.
+#[derive(Serialize)]
+pub(crate) struct ClientView {
+    id: u64,
+    addr: String,
+    name: Option<String>,
+    age_seconds: u64,
+    idle_seconds: u64,
+    commands: u64,
+    /// Waiting in a blocking command (a get, put, join or lock).
+    blocked: bool,
+}
+
+/// Every connection, by id.
+#[derive(Default)]
+pub(crate) struct Clients(Mutex<HashMap<u64, Arc<Client>>>);
+
+impl Clients {
+    pub(crate) fn register(&self, id: u64, addr: String, now: Millis) -> Arc<Client> {
+        let c = Arc::new(Client {
+            id,
+            addr,
+            since: now,
+            name: Mutex::new(None),
+            last: AtomicU64::new(now),
+            commands: AtomicU64::new(0),
+        });
+        self.0.lock().insert(id, Arc::clone(&c));
+        c
+    }
+
+    pub(crate) fn forget(&self, id: u64) {
+        self.0.lock().remove(&id);
+    }
+
+    /// Every connection as it is now, oldest first; `blocked` tells which
+    /// wait in a command.
+    pub(crate) fn views(&self, now: Millis, blocked: impl Fn(u64) -> bool) -> Vec<ClientView> {
+        let all: Vec<Arc<Client>> = self.0.lock().values().cloned().collect();
+        let mut views: Vec<ClientView> = all
+            .iter()
+            .map(|c| ClientView {
+                id: c.id,
+                addr: c.addr.clone(),
+                name: c
+                    .name
+                    .lock()
+                    .as_ref()
+                    .map(|n| String::from_utf8_lossy(n).into_owned()),
+                age_seconds: now.saturating_sub(c.since) / 1000,
+                idle_seconds: now.saturating_sub(c.last.load(Ordering::Relaxed)) / 1000,
+                commands: c.commands.load(Ordering::Relaxed),
+                blocked: blocked(c.id),
+            })
+            .collect();
+        views.sort_unstable_by_key(|v| v.id);
+        views
+    }
+}
