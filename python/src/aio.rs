@@ -69,6 +69,7 @@ fn runtime() -> std::io::Result<&'static tokio::runtime::Runtime> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .thread_name("ferry-aio")
+        .on_thread_start(ferry_client::leave_signals_to_the_program)
         .enable_all()
         .build()?;
     let rt: &'static tokio::runtime::Runtime = Box::leak(Box::new(rt));

@@ -50,6 +50,13 @@ CHILD = textwrap.dedent(
         elif action == "lock":
             lock.acquire()
         print("returned", flush=True)
+        if action.startswith("get"):
+            # The get won its race with the test's SIGINT, which is on its
+            # way: taken here, not between two lines below. (Short sleeps:
+            # Python runs a handler only on its main thread, and notices a
+            # signal another thread received at its next check.)
+            for _ in range(600):
+                time.sleep(0.1)
     except KeyboardInterrupt:
         print("interrupted", flush=True)
     if action.startswith("get"):

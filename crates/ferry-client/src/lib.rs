@@ -336,6 +336,7 @@ impl Client {
     pub fn connect(url: &str) -> Result<Client, Error> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
+            .on_thread_start(leave_signals_to_the_program)
             .build()?;
         let inner = rt.block_on(AsyncClient::connect(url))?;
         Ok(Client { rt, inner })
@@ -710,6 +711,35 @@ impl Client {
     pub fn unlock(&mut self, name: &str, token: u64) -> Result<bool, Error> {
         self.rt.block_on(self.inner.unlock(name, token))
     }
+}
+
+/// Blocks, in the calling thread, the signals a program handles itself
+/// (Ctrl-C's SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1/2, SIGCHLD,
+/// SIGALRM, SIGWINCH), so that the kernel delivers them to the program's
+/// own threads. Every thread ferry starts calls it first: Python, for one,
+/// runs its signal handlers only on its main thread, and notices a signal
+/// that landed on another thread only at its next check — a Ctrl-C could
+/// wait out a `time.sleep` (tokio's blocking pool, which resolves host
+/// names, lingers for seconds after a connect).
+pub fn leave_signals_to_the_program() {
+    use nix::sys::signal::{SigSet, SigmaskHow, Signal, pthread_sigmask};
+    let mut set = SigSet::empty();
+    for s in [
+        Signal::SIGINT,
+        Signal::SIGTERM,
+        Signal::SIGHUP,
+        Signal::SIGQUIT,
+        Signal::SIGUSR1,
+        Signal::SIGUSR2,
+        Signal::SIGCHLD,
+        Signal::SIGALRM,
+        Signal::SIGWINCH,
+    ] {
+        set.add(s);
+    }
+    // Cannot fail with a valid `how`; a thread that kept them would only
+    // make a signal's delivery slower, as before.
+    let _ = pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), None);
 }
 
 #[cfg(test)]

@@ -42,7 +42,10 @@ fn send(cmd: Cmd) {
         let (tx, rx) = channel();
         let started = std::thread::Builder::new()
             .name("ferry-redis-renew".into())
-            .spawn(move || run(rx));
+            .spawn(move || {
+                crate::leave_signals_to_the_program();
+                run(rx)
+            });
         if started.is_err() {
             // No thread: leases are not renewed, and come back after
             // their lease time (they are still finished in time by a
