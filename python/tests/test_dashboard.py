@@ -4,6 +4,8 @@ driven by Playwright with its executable path) against a real broker."""
 import os
 import shutil
 import subprocess
+import urllib.error
+import urllib.request
 
 import pytest
 import redis
@@ -23,31 +25,41 @@ Image = pytest.importorskip("PIL.Image")
 PUT, READY = (0x2F, 0x6F, 0xDE), (0xD9, 0x82, 0x2B)
 
 
-@pytest.fixture
-def broker(tmp_path):
+def serve(tmp_path, *flags):
     binary = os.environ.get("FERRY_BIN") or str(ROOT / "target" / "debug" / "ferry")
     proc = subprocess.Popen(
         [binary, "serve", "--port", "0", "--http", "127.0.0.1:0", "--durability", "memory",
-         "--data-dir", str(tmp_path)],
+         "--data-dir", str(tmp_path), *flags],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     port = proc.stdout.readline().rsplit(":", 1)[1].strip()
     http = proc.stdout.readline().split(" ", 1)[1].strip()
-    yield int(port), http
+    return proc, int(port), http
+
+
+@pytest.fixture
+def broker(tmp_path):
+    proc, port, http = serve(tmp_path)
+    yield port, http
     proc.terminate()
     proc.wait(timeout=10)
     proc.stdout.close()
 
 
 @pytest.fixture
-def page():
+def browser():
     chromium = shutil.which("chromium")
     assert chromium, "Debian's chromium is needed (scripts/test.sh installs it)"
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
-        page = browser.new_page(viewport={"width": 1280, "height": 1000})
-        page.set_default_timeout(10_000)
-        yield page
+        yield browser
         browser.close()
+
+
+@pytest.fixture
+def page(browser):
+    page = browser.new_page(viewport={"width": 1280, "height": 1000})
+    page.set_default_timeout(10_000)
+    return page
 
 
 def colour_pixels(png, box, colour, tolerance=40):
@@ -125,3 +137,24 @@ def test_the_dashboard_follows_a_queue_and_redrives_its_dead_letters(broker, pag
     depth_chart = page.locator("#chart-depth").bounding_box()
     assert colour_pixels(shot, depth_chart, READY) > 50, "the depth chart is empty"
     q.close()
+
+
+def test_the_dashboard_wants_the_password_and_works_with_it(browser, tmp_path):
+    proc, port, http = serve(tmp_path, "--requirepass", "s3cret")
+    try:
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(http + "/", timeout=10)
+        assert refused.value.code == 401
+        # A browser asks once (HTTP Basic, any user name); the page's own
+        # requests then carry it.
+        page = browser.new_page(http_credentials={"username": "ops", "password": "s3cret"})
+        page.set_default_timeout(10_000)
+        assert page.goto(http + "/").status == 200
+        r = redis.Redis(port=port, password="s3cret")
+        r.execute_command("QPUT", "secured", "x")
+        sync_api.expect(page.locator('tr[data-queue="secured"] td.ready')).to_have_text("1")
+        sync_api.expect(page.locator("#error")).to_be_hidden()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        proc.stdout.close()

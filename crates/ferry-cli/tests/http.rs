@@ -331,7 +331,15 @@ fn the_http_port_wants_the_password_when_one_is_set() {
             .http_status_as_error(false)
             .build(),
     );
-    for path in ["/metrics", "/api/server", "/api/queues", "/api/locks"] {
+    for path in [
+        "/",
+        "/metrics",
+        "/api/server",
+        "/api/queues",
+        "/api/queues/q",
+        "/api/locks",
+        "/api/clients",
+    ] {
         let r = agent.get(&format!("{http}{path}")).call().unwrap();
         assert_eq!(r.status().as_u16(), 401, "{path}");
         assert!(r.headers().get("www-authenticate").is_some());
@@ -342,11 +350,13 @@ fn the_http_port_wants_the_password_when_one_is_set() {
             .unwrap();
         assert_eq!(wrong.status().as_u16(), 401, "{path}");
     }
-    let r = agent
-        .post(&format!("{http}/api/queues/q/purge"))
-        .send_empty()
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 401);
+    for change in ["purge", "pause", "resume", "redrive"] {
+        let r = agent
+            .post(&format!("{http}/api/queues/q/{change}"))
+            .send_empty()
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 401, "{change}");
+    }
     let bearer = agent
         .get(&format!("{http}/metrics"))
         .header("Authorization", "Bearer s3cret")
