@@ -891,3 +891,32 @@ fn idle_queues_expire_and_shut_down_queues_reopen() {
     let missing: redis::RedisResult<()> = cmd("QREOPEN").arg("nope").query(&mut c);
     assert_eq!(missing.unwrap_err().code(), Some("NOQUEUE"));
 }
+
+#[test]
+fn protected_mode_refuses_to_listen_beyond_loopback_without_a_password() {
+    // Refused before anything listens: nothing binds beyond loopback here.
+    for flags in [
+        &["--bind", "0.0.0.0"][..],
+        &["--bind", "::"],
+        &["--http", "0.0.0.0:0"],
+        &["--bind", "0.0.0.0", "--requirepass", ""],
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let o = Command::new(env!("CARGO_BIN_EXE_ferry"))
+            .args(["serve", "--port", "0", "--data-dir"])
+            .arg(dir.path())
+            .args(flags)
+            .env_remove("FERRY_REQUIREPASS")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{flags:?}: {err}");
+        assert!(err.contains("protected mode"), "{err}");
+        assert!(err.contains("--requirepass"), "{err}");
+        assert!(o.stdout.is_empty(), "nothing listened");
+        assert!(
+            std::fs::read_dir(dir.path()).unwrap().next().is_none(),
+            "the data directory is untouched"
+        );
+    }
+}

@@ -81,6 +81,9 @@ pub struct Config {
     pub log_storage: Option<LogStorage>,
     /// Password every connection must AUTH with, if set.
     pub requirepass: Option<String>,
+    /// Without a password, listen on loopback only (Redis's protected
+    /// mode): a setting that would listen elsewhere is refused at start.
+    pub protected_mode: bool,
     /// Most connections at once; more are refused with an error.
     pub max_clients: usize,
     /// Largest payload (and largest argument) in bytes.
@@ -114,6 +117,7 @@ impl Default for Config {
             salvage: false,
             log_storage: None,
             requirepass: None,
+            protected_mode: true,
             max_clients: 10_000,
             max_payload: 16 << 20,
             max_memory: 0,
@@ -164,6 +168,62 @@ impl Config {
         if self.checkpoint_bytes == 0 {
             return bad("--checkpoint-bytes must be at least 1 byte".into());
         }
+        if self.protected_mode && self.requirepass.is_none() {
+            let open = [
+                ("--bind", Some(self.bind)),
+                ("--http", self.http_addr().map(|a| a.ip())),
+            ]
+            .into_iter()
+            .find_map(|(flag, ip)| ip.filter(|ip| !ip.is_loopback()).map(|ip| (flag, ip)));
+            if let Some((flag, ip)) = open {
+                return bad(format!(
+                    "{flag} {ip} without a password would serve anyone who can reach this machine \
+                     (protected mode): set a password with --requirepass (or FERRY_REQUIREPASS, \
+                     or requirepass in the config file), listen on 127.0.0.1, or, on a network \
+                     you trust, --protected-mode no"
+                ));
+            }
+        }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn protected_mode_allows_beyond_loopback_with_a_password_or_when_off() {
+        let open = Config {
+            bind: IpAddr::from([0, 0, 0, 0]),
+            ..Config::default()
+        };
+        assert!(open.validate().is_err());
+        assert!(
+            Config {
+                requirepass: Some("s3cret".into()),
+                ..open.clone()
+            }
+            .validate()
+            .is_ok()
+        );
+        assert!(
+            Config {
+                protected_mode: false,
+                ..open.clone()
+            }
+            .validate()
+            .is_ok()
+        );
+        // Loopback, IPv4 or IPv6, needs nothing.
+        assert!(Config::default().validate().is_ok());
+        assert!(
+            Config {
+                bind: "::1".parse().unwrap(),
+                ..Config::default()
+            }
+            .validate()
+            .is_ok()
+        );
     }
 }

@@ -57,6 +57,11 @@ pub struct ServeArgs {
     /// Password clients must AUTH with.
     #[arg(long, env = "FERRY_REQUIREPASS")]
     pub requirepass: Option<String>,
+    /// yes: without a password, listen on loopback only (a start that
+    /// would listen elsewhere is refused); no: listen where told, password
+    /// or not [default: yes]
+    #[arg(long, env = "FERRY_PROTECTED_MODE", value_parser = parse_yes_no)]
+    pub protected_mode: Option<bool>,
     /// Most clients at once [default: 10000]
     #[arg(long, env = "FERRY_MAX_CLIENTS")]
     pub max_clients: Option<usize>,
@@ -84,6 +89,15 @@ pub struct ServeArgs {
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct SettingsError(pub String);
+
+/// `yes` or `no` (as Redis's settings read).
+pub fn parse_yes_no(s: &str) -> Result<bool, String> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "yes" => Ok(true),
+        "no" => Ok(false),
+        _ => Err(format!("{s:?}: yes or no")),
+    }
+}
 
 /// `1048576`, `1024kb`, `1mb`, `1gb` (powers of 1024, as Redis reads them).
 pub fn parse_size(s: &str) -> Result<u64, String> {
@@ -133,6 +147,7 @@ struct FileConfig {
     durability: Option<String>,
     salvage: Option<bool>,
     requirepass: Option<String>,
+    protected_mode: Option<bool>,
     max_clients: Option<usize>,
     max_payload: Option<Size>,
     max_memory: Option<Size>,
@@ -201,6 +216,10 @@ pub fn resolve(args: ServeArgs) -> Result<Config, SettingsError> {
             .requirepass
             .or(file.requirepass)
             .filter(|p| !p.is_empty()),
+        protected_mode: args
+            .protected_mode
+            .or(file.protected_mode)
+            .unwrap_or(d.protected_mode),
         max_clients: args
             .max_clients
             .or(file.max_clients)
