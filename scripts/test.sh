@@ -69,3 +69,7 @@ bench/metrics.sh --quick
 # bounded iterations). The feature swaps the tier's primitives, so it runs
 # alone.
 cargo test -p ferry-core --features shuttle --test shuttle
+
+# The fuzz targets (fuzz/: request and reply parsers, every command, the
+# log as recovery reads it), 15 s each on nightly; a crash fails the run.
+scripts/fuzz.sh 15

@@ -454,5 +454,34 @@ impl Drop for Log {
     }
 }
 
+/// Entry points for the fuzz targets under `fuzz/` (feature `fuzzing`):
+/// not an API.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzz {
+    use crate::segment::{HEADER, MAGIC, VERSION, scan};
+
+    /// Frames a record as the writer does.
+    pub fn frame(record: &[u8], out: &mut Vec<u8>) {
+        let len = u32::try_from(record.len()).unwrap_or(u32::MAX);
+        out.extend_from_slice(&len.to_le_bytes());
+        out.extend_from_slice(&crc32fast::hash(record).to_le_bytes());
+        out.extend_from_slice(record);
+    }
+
+    /// Checks `body` as recovery checks a segment's bytes after a good
+    /// header; replies the records it accepts, in order.
+    pub fn records(body: &[u8]) -> Vec<Vec<u8>> {
+        let mut seg = Vec::with_capacity(HEADER + body.len());
+        seg.extend_from_slice(MAGIC);
+        seg.extend_from_slice(&VERSION.to_le_bytes());
+        seg.extend_from_slice(&7u64.to_le_bytes());
+        seg.extend_from_slice(body);
+        let s = scan(&seg, 7);
+        assert!(s.keep() <= seg.len() && s.end <= seg.len());
+        s.records.iter().map(|&(a, b)| seg[a..b].to_vec()).collect()
+    }
+}
+
 #[cfg(test)]
 mod tests;

@@ -36,6 +36,9 @@ mod clients;
 mod cmd;
 mod config;
 mod conn;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzz;
 mod http;
 mod locks;
 mod payload;

@@ -17,7 +17,7 @@
 mod check;
 mod journal;
 mod records;
-mod replay;
+pub(crate) mod replay;
 
 pub use check::{CheckReport, QueueReport, check};
 pub(crate) use journal::LogJournal;

@@ -167,9 +167,20 @@ impl Fields {
         self.0.is_empty()
     }
 
+    /// A message id, or a queue's next one: below 2^63, which no queue
+    /// reaches by puts (an id beyond is damage, and the next one after it
+    /// would not fit).
+    pub(crate) fn id(&mut self) -> Result<u64, String> {
+        let id = self.u64()?;
+        if id >= 1 << 63 {
+            return Err(format!("message id {id} is out of range"));
+        }
+        Ok(id)
+    }
+
     /// A put's head: id, attempts, due and key (see [`put_head`]).
     pub(crate) fn put_head(&mut self) -> Result<(u64, u32, u64, Bytes), String> {
-        let id = self.u64()?;
+        let id = self.id()?;
         let attempts = self.u32()?;
         let due = self.u64()?;
         let klen = self.0.try_get_u16_le().map_err(|_| CUT.to_string())?;

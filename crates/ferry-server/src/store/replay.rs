@@ -205,7 +205,7 @@ fn apply(
                 .insert(f.rest(), (id, until));
         }
         records::NEXT_ID => {
-            let next = f.u64()?;
+            let next = f.id()?;
             let q = state.entry(name).or_default();
             q.next_id = q.next_id.max(next);
         }
@@ -220,6 +220,23 @@ mod tests {
     use crate::store::records::{
         FINISH, FINISH_MANY, PUT, PUT_MANY, RESET, SNAPSHOT_ABORT, SNAPSHOT_END, head, put_head,
     };
+
+    #[test]
+    fn an_id_out_of_range_is_refused_not_overflowed() {
+        // Found by fuzz/ (log_record): a put of id u64::MAX overflowed
+        // the next id.
+        let mut r = Replay::default();
+        assert!(
+            r.apply(&put(b"q", u64::MAX))
+                .unwrap_err()
+                .contains("out of range")
+        );
+        assert!(r.apply(&put(b"q", 1 << 63)).is_err());
+        let mut next = marker(records::NEXT_ID, b"q");
+        next.extend_from_slice(&u64::MAX.to_le_bytes());
+        assert!(r.apply(&next).is_err());
+        r.apply(&put(b"q", (1 << 63) - 1)).unwrap();
+    }
 
     #[test]
     fn truncated_and_unknown_records_are_refused_not_panicked_on() {
