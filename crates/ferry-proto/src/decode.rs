@@ -33,6 +33,8 @@ pub struct Limits {
     pub max_inline: usize,
     /// Deepest nesting of arrays and maps in a reply.
     pub max_depth: usize,
+    /// Most bytes one request's arguments may hold in all.
+    pub max_request: usize,
 }
 
 impl Default for Limits {
@@ -43,6 +45,7 @@ impl Default for Limits {
             max_args: 1 << 20,
             max_inline: 64 << 10,
             max_depth: 32,
+            max_request: 256 << 20,
         }
     }
 }
@@ -56,6 +59,20 @@ impl Limits {
             max_args: u32::MAX as usize,
             max_inline: 1 << 20,
             max_depth: 32,
+            max_request: usize::MAX,
+        }
+    }
+
+    /// The broker's bounds on a client that has not authenticated yet
+    /// (as Redis's): enough for AUTH and HELLO, so that a stranger cannot
+    /// make it buffer much.
+    pub fn unauthenticated() -> Self {
+        Limits {
+            max_bulk: 16 << 10,
+            max_args: 10,
+            max_inline: 16 << 10,
+            max_depth: 32,
+            max_request: 64 << 10,
         }
     }
 }
@@ -75,6 +92,14 @@ pub enum ProtoError {
         /// The limit.
         max: usize,
     },
+    /// A request whose arguments hold more than [`Limits::max_request`].
+    #[error("request of {len} bytes or more is over the limit of {max}")]
+    RequestTooBig {
+        /// Its arguments' bytes so far, with the one that went over.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
 }
 
 impl ProtoError {
@@ -82,7 +107,7 @@ impl ProtoError {
     pub fn code(&self) -> &'static str {
         match self {
             ProtoError::Invalid(_) => "ERR",
-            ProtoError::TooBig { .. } => "TOOBIG",
+            ProtoError::TooBig { .. } | ProtoError::RequestTooBig { .. } => "TOOBIG",
         }
     }
 }
@@ -135,8 +160,9 @@ pub struct Decoder {
     /// A bulk string whose header was consumed: its length, while its body
     /// is awaited.
     bulk: Option<usize>,
-    /// A request's declared argument count and the arguments so far.
-    request: Option<(usize, Request)>,
+    /// A request's declared argument count, the arguments so far, and
+    /// their bytes.
+    request: Option<(usize, Request, usize)>,
     /// A reply's open aggregates, outermost first.
     stack: Vec<Open>,
 }
@@ -194,6 +220,12 @@ impl Decoder {
             limits,
             ..Decoder::default()
         }
+    }
+
+    /// Holds the frames that follow to other limits (a client that
+    /// authenticated gets the full ones).
+    pub fn set_limits(&mut self, limits: Limits) {
+        self.limits = limits;
     }
 
     /// Bytes the frame being decoded still needs, at least, before the
@@ -267,19 +299,19 @@ impl Decoder {
                 return Ok(Some(Request::new()));
             }
             let n = n as usize;
-            self.request = Some((n, Request::with_capacity(n.min(64))));
+            self.request = Some((n, Request::with_capacity(n.min(64)), 0));
         }
-        while let Some((want, args)) = &self.request
+        while let Some((want, args, _)) = &self.request
             && args.len() < *want
         {
             let Some(arg) = self.request_arg(buf)? else {
                 return Ok(None);
             };
-            if let Some((_, args)) = &mut self.request {
+            if let Some((_, args, _)) = &mut self.request {
                 args.push(arg);
             }
         }
-        Ok(self.request.take().map(|(_, args)| args))
+        Ok(self.request.take().map(|(_, args, _)| args))
     }
 
     /// One argument of a request: a bulk string.
@@ -298,6 +330,16 @@ impl Decoder {
         let len = self.bulk_len(buf, nl)?;
         if len < 0 {
             return Err(ProtoError::Invalid("invalid bulk length"));
+        }
+        if let Some((_, _, total)) = &mut self.request {
+            // Counted as declared, before its bytes are awaited.
+            *total = total.saturating_add(len as usize);
+            if *total > self.limits.max_request {
+                return Err(ProtoError::RequestTooBig {
+                    len: *total,
+                    max: self.limits.max_request,
+                });
+            }
         }
         buf.advance(nl + 1);
         self.bulk = Some(len as usize);
@@ -324,6 +366,12 @@ impl Decoder {
             .collect::<Request>();
         if args.len() > self.limits.max_args {
             return Err(ProtoError::Invalid("too many arguments"));
+        }
+        if text.len() > self.limits.max_request {
+            return Err(ProtoError::RequestTooBig {
+                len: text.len(),
+                max: self.limits.max_request,
+            });
         }
         Ok(Some(args))
     }
@@ -468,6 +516,39 @@ mod tests {
             Ok(args(&["QLEN", "q"]))
         );
         assert_eq!(request(b"*1\r\n$0\r\n\r\n"), Ok(args(&[""])));
+    }
+
+    #[test]
+    fn a_request_over_its_total_is_refused_as_its_header_arrives() {
+        let mut d = Decoder::new(Limits {
+            max_request: 10,
+            ..Limits::default()
+        });
+        // The third argument's header is enough: its body never has to come.
+        let mut buf = BytesMut::from(&b"*3\r\n$4\r\nQPUT\r\n$1\r\nq\r\n$6\r\n"[..]);
+        assert_eq!(
+            d.request(&mut buf),
+            Err(ProtoError::RequestTooBig { len: 11, max: 10 })
+        );
+        let inline = b"QPUT q 123456\r\n";
+        let mut d = Decoder::new(Limits {
+            max_request: 10,
+            ..Limits::default()
+        });
+        assert!(matches!(
+            d.request(&mut BytesMut::from(&inline[..])),
+            Err(ProtoError::RequestTooBig { .. })
+        ));
+        // Before AUTH: ten arguments and 16 KiB each at most.
+        let mut d = Decoder::new(Limits::unauthenticated());
+        let mut huge = BytesMut::from(&b"*1048576\r\n"[..]);
+        assert!(d.request(&mut huge).is_err());
+        d.set_limits(Limits::default());
+        assert!(
+            d.request(&mut BytesMut::from(&b"*11\r\n"[..]))
+                .unwrap()
+                .is_none()
+        );
     }
 
     #[test]

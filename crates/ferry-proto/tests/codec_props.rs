@@ -13,6 +13,7 @@ fn limits() -> Limits {
         max_args: 64,
         max_inline: 1 << 10,
         max_depth: 8,
+        max_request: 1 << 12,
     }
 }
 

@@ -194,6 +194,11 @@ pub(crate) struct Broker {
     /// Holder groups (CLIENT HOLDER), by their clients' token.
     groups: Mutex<HashMap<Bytes, Arc<HolderGroup>>>,
     pub(crate) commands: AtomicU64,
+    /// Connections closed for a request over the limits, idle past
+    /// --idle-timeout, or not reading their replies within --write-timeout.
+    pub(crate) refused_requests: AtomicU64,
+    pub(crate) idle_closed: AtomicU64,
+    pub(crate) slow_closed: AtomicU64,
     /// Checkpoints completed since start.
     pub(crate) compactions: AtomicU64,
     /// Sum of every queue's held weight: what `--max-memory` limits.
@@ -329,6 +334,9 @@ impl Broker {
             blocked: Mutex::new(HashMap::new()),
             groups: Mutex::new(HashMap::new()),
             commands: AtomicU64::new(0),
+            refused_requests: AtomicU64::new(0),
+            idle_closed: AtomicU64::new(0),
+            slow_closed: AtomicU64::new(0),
             compactions: AtomicU64::new(0),
             memory: AtomicU64::new(0),
             nospace: AtomicBool::new(false),

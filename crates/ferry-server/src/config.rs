@@ -3,6 +3,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::time::Duration;
 
 use crate::serve::SettingsError;
 use crate::store::MAX_PAYLOAD;
@@ -88,6 +89,15 @@ pub struct Config {
     pub max_clients: usize,
     /// Largest payload (and largest argument) in bytes.
     pub max_payload: usize,
+    /// Most bytes one request's arguments may hold in all (a QPUTMANY's
+    /// payloads together). Before AUTH, far less (`Limits::unauthenticated`).
+    pub max_request: usize,
+    /// Close a connection that sends nothing for this long while not
+    /// waiting in a command; `None`: never.
+    pub idle_timeout: Option<Duration>,
+    /// Close a connection that has not taken its replies for this long (it
+    /// stopped reading); `None`: never.
+    pub write_timeout: Option<Duration>,
     /// Puts are refused with -OOM while queued messages hold this many
     /// bytes or more (payloads plus per-message overhead); 0: no limit.
     pub max_memory: u64,
@@ -120,6 +130,9 @@ impl Default for Config {
             protected_mode: true,
             max_clients: 10_000,
             max_payload: 16 << 20,
+            max_request: 256 << 20,
+            idle_timeout: None,
+            write_timeout: Some(Duration::from_secs(60)),
             max_memory: 0,
             checkpoint_bytes: 64 << 20,
             min_free_disk: 128 << 20,
@@ -157,6 +170,12 @@ impl Config {
             return bad(format!(
                 "--max-payload of {} bytes is more than one log record holds: it must be at most {MAX_PAYLOAD} bytes",
                 self.max_payload
+            ));
+        }
+        if self.max_request < self.max_payload {
+            return bad(format!(
+                "--max-request ({} bytes) must be at least --max-payload ({} bytes)",
+                self.max_request, self.max_payload
             ));
         }
         if self.max_clients == 0 {

@@ -8,6 +8,7 @@
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 
 use bytes::BytesMut;
@@ -24,11 +25,25 @@ use crate::session::Session;
 /// Input a blocked client may pile up before the connection stops reading.
 const MAX_PENDING_INPUT: usize = 64 << 20;
 
+/// Replies a connection gathers before it sends them, at most (beyond
+/// one reply larger than this).
+const OUT_HIGH_WATER: usize = 1 << 20;
+
 /// A client's socket: TCP or Unix. One type, so that the connection's code
 /// is compiled once.
 pub(crate) enum Stream {
     Tcp(TcpStream),
     Unix(UnixStream),
+}
+
+impl Stream {
+    /// Writes what the socket takes now, without waiting.
+    fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.try_write(buf),
+            Stream::Unix(s) => s.try_write(buf),
+        }
+    }
 }
 
 impl AsyncRead for Stream {
@@ -78,6 +93,9 @@ pub(crate) struct Conn {
     session: Session,
     inbuf: BytesMut,
     decoder: Decoder,
+    /// The decoder holds requests to the full limits (the client may run
+    /// commands), not those of a stranger.
+    full_limits: bool,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -87,10 +105,7 @@ impl Conn {
         broker: Arc<Broker>,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
-        let decoder = Decoder::new(Limits {
-            max_bulk: broker.config.max_payload,
-            ..Limits::default()
-        });
+        let decoder = Decoder::new(Limits::unauthenticated());
         let peer = match &stream {
             Stream::Tcp(s) => s
                 .peer_addr()
@@ -103,6 +118,7 @@ impl Conn {
             peer,
             inbuf: BytesMut::with_capacity(16 << 10),
             decoder,
+            full_limits: false,
             shutdown,
         }
     }
@@ -123,9 +139,29 @@ impl Conn {
             .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
     }
 
+    /// The limits the next request is held to: a stranger's until the
+    /// client authenticates (at once when no password is set).
+    fn limit_requests(&mut self) {
+        if self.session.authed && !self.full_limits {
+            let config = &self.session.broker.config;
+            self.decoder.set_limits(Limits {
+                max_bulk: config.max_payload,
+                max_request: config.max_request,
+                ..Limits::default()
+            });
+            self.full_limits = true;
+        }
+    }
+
     async fn serve(&mut self) -> io::Result<()> {
         loop {
             loop {
+                self.limit_requests();
+                // Replies due beyond a page go out before more requests
+                // are run: a client's unsent replies stay bounded.
+                if self.session.out.len() > OUT_HIGH_WATER {
+                    self.flush().await?;
+                }
                 match self.decoder.request(&mut self.inbuf) {
                     Ok(Some(req)) if req.is_empty() => {}
                     Ok(Some(req)) => {
@@ -141,6 +177,10 @@ impl Conn {
                         // Said in the log as well as to the client: a client
                         // that does not read its error sees only a closed
                         // connection.
+                        self.session
+                            .broker
+                            .refused_requests
+                            .fetch_add(1, Ordering::Relaxed);
                         warn!(client = self.session.id, peer = %self.peer, error = %e, "refused a request; closing the connection");
                         self.session.reply().error(e.code(), &e.to_string());
                         return self.flush().await;
@@ -152,11 +192,23 @@ impl Conn {
                 return Ok(());
             }
             self.reserve_input();
+            let idle = self.session.broker.config.idle_timeout;
+            let idle_out = async {
+                match idle {
+                    Some(d) => tokio::time::sleep(d).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 n = self.stream.read_buf(&mut self.inbuf) => {
                     if n? == 0 {
                         return Ok(());
                     }
+                }
+                _ = idle_out => {
+                    self.session.broker.idle_closed.fetch_add(1, Ordering::Relaxed);
+                    debug!(client = self.session.id, peer = %self.peer, "idle past --idle-timeout; closing");
+                    return Ok(());
                 }
                 _ = self.shutdown.changed() => return Ok(()),
             }
@@ -209,7 +261,30 @@ impl Conn {
             }
         }
         if !s.out.is_empty() {
-            self.stream.write_all(&s.out).await?;
+            // At once if the socket takes it all (no timer on the usual
+            // path); else the rest, within --write-timeout.
+            let sent = match self.stream.try_write(&s.out) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+                Err(e) => return Err(e),
+            };
+            if sent < s.out.len() {
+                let rest = self.stream.write_all(&s.out[sent..]);
+                match s.broker.config.write_timeout {
+                    None => rest.await?,
+                    Some(limit) => match tokio::time::timeout(limit, rest).await {
+                        Ok(written) => written?,
+                        Err(_) => {
+                            s.broker.slow_closed.fetch_add(1, Ordering::Relaxed);
+                            warn!(client = s.id, peer = %self.peer, "replies not read within --write-timeout; closing the connection");
+                            return Err(io::Error::new(
+                                io::ErrorKind::TimedOut,
+                                "replies not read within --write-timeout",
+                            ));
+                        }
+                    },
+                }
+            }
             s.out.clear();
         }
         Ok(())

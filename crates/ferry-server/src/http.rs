@@ -511,7 +511,7 @@ impl Collector for Scrape {
                 encoder.encode_descriptor(name, help, None, ConstGauge::new(0i64).metric_type())?;
             ConstGauge::new(v).encode(family)?;
         }
-        let counters: [(&str, &str, u64); 4] = [
+        let counters: [(&str, &str, u64); 7] = [
             (
                 "ferry_commands",
                 "Commands processed.",
@@ -523,6 +523,21 @@ impl Collector for Scrape {
                 s.log_records,
             ),
             ("ferry_log_fsyncs", "fsyncs of the log.", s.log_syncs),
+            (
+                "ferry_refused_requests",
+                "Connections closed for a request over the limits.",
+                s.refused_requests,
+            ),
+            (
+                "ferry_idle_closed",
+                "Connections closed idle past --idle-timeout.",
+                s.idle_closed,
+            ),
+            (
+                "ferry_slow_closed",
+                "Connections closed for not reading their replies within --write-timeout.",
+                s.slow_closed,
+            ),
             (
                 "ferry_log_compactions",
                 "Compactions (checkpoints) of the log.",

@@ -6,6 +6,7 @@
 
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, FromArgMatches};
 use serde::Deserialize;
@@ -68,6 +69,19 @@ pub struct ServeArgs {
     /// Largest payload: bytes, or with a kb/mb/gb suffix [default: 16mb]
     #[arg(long, env = "FERRY_MAX_PAYLOAD", value_parser = parse_size)]
     pub max_payload: Option<u64>,
+    /// Most bytes one request's arguments may hold in all (a QPUTMANY's
+    /// payloads together; before AUTH, 64kb): bytes, or with a kb/mb/gb
+    /// suffix [default: 256mb]
+    #[arg(long, env = "FERRY_MAX_REQUEST", value_parser = parse_size)]
+    pub max_request: Option<u64>,
+    /// Close a connection idle this many seconds (not waiting in a
+    /// command); 0: never [default: 0]
+    #[arg(long, env = "FERRY_IDLE_TIMEOUT")]
+    pub idle_timeout: Option<u64>,
+    /// Close a connection that has not read its replies for this many
+    /// seconds; 0: never [default: 60]
+    #[arg(long, env = "FERRY_WRITE_TIMEOUT")]
+    pub write_timeout: Option<u64>,
     /// Refuse puts with -OOM while queued messages hold this much memory:
     /// bytes, or with a kb/mb/gb suffix; 0 for no limit [default: 0]
     #[arg(long, env = "FERRY_MAX_MEMORY", value_parser = parse_size)]
@@ -150,6 +164,9 @@ struct FileConfig {
     protected_mode: Option<bool>,
     max_clients: Option<usize>,
     max_payload: Option<Size>,
+    max_request: Option<Size>,
+    idle_timeout: Option<u64>,
+    write_timeout: Option<u64>,
     max_memory: Option<Size>,
     threads: Option<usize>,
     checkpoint_bytes: Option<Size>,
@@ -167,6 +184,16 @@ fn size(
         (Some(n), _) => Ok(n),
         (None, Some(s)) => s.bytes(key),
         (None, None) => Ok(default),
+    }
+}
+
+/// Seconds from the flag (or environment) or file, 0 meaning never, else
+/// the default.
+fn seconds(given: Option<u64>, default: Option<Duration>) -> Option<Duration> {
+    match given {
+        Some(0) => None,
+        Some(s) => Some(Duration::from_secs(s)),
+        None => default,
     }
 }
 
@@ -225,6 +252,15 @@ pub fn resolve(args: ServeArgs) -> Result<Config, SettingsError> {
             .or(file.max_clients)
             .unwrap_or(d.max_clients),
         max_payload: usize::try_from(max_payload).unwrap_or(usize::MAX),
+        max_request: usize::try_from(size(
+            args.max_request,
+            file.max_request,
+            "max_request",
+            d.max_request as u64,
+        )?)
+        .unwrap_or(usize::MAX),
+        idle_timeout: seconds(args.idle_timeout.or(file.idle_timeout), d.idle_timeout),
+        write_timeout: seconds(args.write_timeout.or(file.write_timeout), d.write_timeout),
         max_memory: size(args.max_memory, file.max_memory, "max_memory", d.max_memory)?,
         checkpoint_bytes: size(
             args.checkpoint_bytes,

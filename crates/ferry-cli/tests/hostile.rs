@@ -1,0 +1,203 @@
+//! Clients that are careless or hostile, on loopback, bounded in count and
+//! time: through all of them a normal client's put → get keeps working,
+//! its latency is reported, and the broker's memory stays under a stated
+//! bound (measured from its RSS, printed).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::{Raw, Server};
+
+const PASSWORD: &str = "hostile-test-pw";
+
+/// The broker's resident memory, in bytes.
+fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .unwrap()
+        .trim()
+        .trim_end_matches(" kB")
+        .trim()
+        .parse()
+        .unwrap();
+    kb * 1024
+}
+
+fn info(raw: &mut Raw, field: &str) -> u64 {
+    let text = raw.cmd(&["INFO"]);
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .unwrap_or_else(|| panic!("no {field} in INFO"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+fn connect(port: u16) -> TcpStream {
+    let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s
+}
+
+#[test]
+fn a_normal_client_is_served_through_idle_slow_huge_and_unread_clients() {
+    let s = Server::start_with(&["--requirepass", PASSWORD, "--write-timeout", "2"]);
+    let pid = s.pid();
+    let mut admin = Raw(connect(s.port));
+    assert_eq!(admin.cmd(&["AUTH", PASSWORD]), "+OK\r\n");
+    let before = rss(pid);
+
+    // 1,000 idle connections.
+    let idle: Vec<TcpStream> = (0..1000).map(|_| connect(s.port)).collect();
+    common::wait_until("1,000 idle clients to be counted", || {
+        info(&mut admin, "connected_clients") >= 1001
+    });
+
+    // One stranger declares a huge array and streams it before AUTH: cut
+    // off at the header, with the reason.
+    let mut huge = Raw(connect(s.port));
+    huge.send(b"*1048576\r\n");
+    let refused = huge.reply();
+    assert!(refused.starts_with("-ERR Protocol error"), "{refused}");
+    let mut flood = vec![b'x'; 1 << 20];
+    flood[..10].copy_from_slice(b"$16777216\r");
+    let _ = huge.0.write_all(&flood); // may fail: the broker closed it
+    assert!(huge.closed());
+    // And one whose single argument is over the stranger's 16 KiB.
+    let mut big_arg = Raw(connect(s.port));
+    big_arg.send(b"*2\r\n$4\r\nAUTH\r\n$100000\r\n");
+    assert!(big_arg.reply().starts_with("-TOOBIG"));
+
+    let stop = Arc::new(AtomicBool::new(false));
+    // 200 clients sending one byte a second (an AUTH that never ends).
+    let slow = {
+        let (stop, port) = (Arc::clone(&stop), s.port);
+        thread::spawn(move || {
+            let mut conns: Vec<TcpStream> = (0..200).map(|_| connect(port)).collect();
+            let drip = b"*2\r\n$4\r\nAUTH\r\n$15\r\nhostile-test-pw\r\n";
+            let started = Instant::now();
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) && started.elapsed() < Duration::from_secs(30) {
+                for c in &mut conns {
+                    let _ = c.write_all(&drip[i % (drip.len() - 1)..][..1]);
+                }
+                i += 1;
+                thread::sleep(Duration::from_secs(1));
+            }
+            conns.len()
+        })
+    };
+    // One client pipelining without reading its replies.
+    let unread = {
+        let port = s.port;
+        thread::spawn(move || {
+            let mut c = connect(port);
+            c.write_all(
+                format!("*2\r\n$4\r\nAUTH\r\n${}\r\n{PASSWORD}\r\n", PASSWORD.len()).as_bytes(),
+            )
+            .unwrap();
+            let ping = b"*2\r\n$4\r\nECHO\r\n$1000\r\n".to_vec();
+            let mut batch = Vec::new();
+            for _ in 0..1000 {
+                batch.extend_from_slice(&ping);
+                batch.extend_from_slice(&[b'e'; 1000]);
+                batch.extend_from_slice(b"\r\n");
+            }
+            // Until the broker gives up on it (bounded: 2,000 batches).
+            let mut sent = 0;
+            for _ in 0..2000 {
+                if c.write_all(&batch).is_err() {
+                    break;
+                }
+                sent += 1;
+            }
+            sent
+        })
+    };
+
+    // Meanwhile, the lesson's loop: put, get, done.
+    let mut normal = Raw(connect(s.port));
+    assert_eq!(normal.cmd(&["AUTH", PASSWORD]), "+OK\r\n");
+    let mut latencies = Vec::new();
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(4) {
+        let t = Instant::now();
+        assert!(normal.cmd(&["QPUT", "work", "job"]).starts_with(':'));
+        let got = normal.cmd(&["QGET", "work", "NOWAIT"]);
+        assert!(got.contains("job"), "{got}");
+        let id = got
+            .split("\r\n")
+            .nth(4)
+            .unwrap()
+            .trim_start_matches(':')
+            .to_string();
+        assert_eq!(normal.cmd(&["QDONE", "work", &id]), ":1\r\n");
+        latencies.push(t.elapsed());
+    }
+    common::wait_until("the client that never reads to be dropped", || {
+        info(&mut admin, "slow_closed") >= 1
+    });
+    let batches = unread.join().unwrap();
+    let peak = rss(pid);
+    stop.store(true, Ordering::Relaxed);
+    assert_eq!(slow.join().unwrap(), 200);
+
+    latencies.sort();
+    let pct = |p: f64| latencies[((latencies.len() - 1) as f64 * p) as usize];
+    println!(
+        "normal client under abuse: {} put → get → done round trips, p50 {:?}, p99 {:?}, max {:?}",
+        latencies.len(),
+        pct(0.5),
+        pct(0.99),
+        latencies.last().unwrap()
+    );
+    println!(
+        "broker RSS {:.1} MiB before, {:.1} MiB with 1,000 idle + 200 dripping clients \
+         (+{:.1} MiB); the unread client sent {batches} batches of 1 MB before it was dropped",
+        before as f64 / 1048576.0,
+        peak as f64 / 1048576.0,
+        (peak - before) as f64 / 1048576.0,
+    );
+    assert!(latencies.len() > 100, "the normal client was starved");
+    assert!(
+        pct(0.99) < Duration::from_millis(500),
+        "p99 {:?}",
+        pct(0.99)
+    );
+    // The stated bound: 1,200 connections cost under 32 MiB (8 MiB
+    // measured).
+    assert!(peak - before < 32 << 20, "RSS grew {} bytes", peak - before);
+    assert!(info(&mut admin, "refused_requests") >= 2);
+    drop(idle);
+
+    // After the abuse, an ordinary client is served as ever.
+    let mut after = Raw(connect(s.port));
+    assert_eq!(after.cmd(&["AUTH", PASSWORD]), "+OK\r\n");
+    assert_eq!(after.cmd(&["PING"]), "+PONG\r\n");
+}
+
+#[test]
+fn idle_clients_are_closed_and_waiting_ones_are_not() {
+    let s = Server::start_with(&["--idle-timeout", "1"]);
+    let mut idle = Raw(connect(s.port));
+    assert_eq!(idle.cmd(&["PING"]), "+PONG\r\n");
+    // A get that waits longer than the idle timeout is not idle.
+    let mut waiting = Raw(connect(s.port));
+    let t = Instant::now();
+    assert_eq!(waiting.cmd(&["QGET", "none", "TIMEOUT", "2500"]), "*-1\r\n");
+    assert!(t.elapsed() >= Duration::from_millis(2400));
+    // Closed by the broker (the read ends) within the read timeout.
+    assert!(idle.closed());
+    let mut admin = Raw(connect(s.port));
+    assert!(info(&mut admin, "idle_closed") >= 1);
+    assert_eq!(info(&mut admin, "idle_timeout"), 1);
+}
