@@ -45,6 +45,7 @@ impl Link {
                 Box::new(s)
             }
             Address::Unix(path) => Box::new(UnixStream::connect(path).await?),
+            Address::Tls(target) => Box::new(crate::tls::connect(target).await?),
             Address::Redis(_) => {
                 return Err(Error::Url("a redis:// URL is not a ferry broker".into()));
             }

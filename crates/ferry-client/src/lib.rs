@@ -16,8 +16,9 @@
 //!
 //! # Layout
 //!
-//! - [`Url`]: `ferry://[:password@]host[:port]` and
-//!   `unix:///path[?password=...]`.
+//! - [`Url`]: `ferry://[:password@]host[:port]`,
+//!   `ferrys://[:password@]host[:port][?ca=&cert=&key=]` (TLS, `tls.rs`),
+//!   and `unix:///path[?password=...]`.
 //! - [`AsyncClient`] (`aio.rs`): the one implementation of every
 //!   operation, on tokio.
 //! - [`Client`]: the blocking API — the async client run on a
@@ -35,6 +36,7 @@
 
 mod aio;
 mod redis;
+mod tls;
 
 use std::io;
 use std::path::PathBuf;
@@ -61,6 +63,26 @@ pub enum Address {
     Unix(PathBuf),
     /// A Redis server (`redis://`): ferry's semantics in Lua scripts.
     Redis(RedisTarget),
+    /// A broker that speaks TLS (`ferrys://`).
+    Tls(TlsTarget),
+}
+
+/// A TLS broker: `ferrys://[:password@]host[:port][?ca=PEM&cert=PEM&key=PEM]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsTarget {
+    /// The host, also the name its certificate must carry (a DNS name or
+    /// an IP address).
+    pub host: String,
+    /// The port.
+    pub port: u16,
+    /// The CA that signed the broker's certificate (PEM); without it, the
+    /// public CAs of the Mozilla list.
+    pub ca: Option<PathBuf>,
+    /// This client's certificate and key (PEM), for a broker that requires
+    /// them (`--tls-ca`).
+    pub cert: Option<PathBuf>,
+    /// The key of `cert`.
+    pub key: Option<PathBuf>,
 }
 
 pub use redis::Target as RedisTarget;
@@ -132,9 +154,16 @@ impl std::str::FromStr for Url {
                 password,
             });
         }
-        let rest = s
-            .strip_prefix("ferry://")
-            .ok_or_else(|| bad("the scheme must be ferry://, unix:// or redis://"))?;
+        let (rest, tls) = match (s.strip_prefix("ferry://"), s.strip_prefix("ferrys://")) {
+            (Some(rest), _) => (rest, false),
+            (None, Some(rest)) => (rest, true),
+            (None, None) => {
+                return Err(bad(
+                    "the scheme must be ferry://, ferrys://, unix://, redis:// or redis+cluster://",
+                ));
+            }
+        };
+        let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
         let rest = rest.trim_end_matches('/');
         let (auth, hostport) = match rest.rsplit_once('@') {
             Some((auth, hp)) => (Some(auth), hp),
@@ -156,8 +185,35 @@ impl std::str::FromStr for Url {
             .trim_start_matches('[')
             .trim_end_matches(']')
             .to_string();
+        let mut files = [("ca", None), ("cert", None), ("key", None)];
+        for kv in query.split('&').filter(|kv| !kv.is_empty()) {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            match files.iter_mut().find(|(name, _)| *name == k) {
+                Some((_, slot)) if tls && !v.is_empty() => *slot = Some(PathBuf::from(v)),
+                _ => {
+                    return Err(bad(&format!(
+                        "unknown option {k:?} (ferrys:// takes ca, cert and key)"
+                    )));
+                }
+            }
+        }
+        let [(_, ca), (_, cert), (_, key)] = files;
+        if cert.is_some() != key.is_some() {
+            return Err(bad("cert and key go together"));
+        }
+        let address = if tls {
+            Address::Tls(TlsTarget {
+                host,
+                port,
+                ca,
+                cert,
+                key,
+            })
+        } else {
+            Address::Tcp(host, port)
+        };
         Ok(Url {
-            address: Address::Tcp(host, port),
+            address,
             password: password.filter(|p| !p.is_empty()),
         })
     }
@@ -766,6 +822,24 @@ mod tests {
             url("ferry://[::1]:9").address,
             Address::Tcp("::1".into(), 9)
         );
+        assert_eq!(
+            url("ferrys://:pw@h:9?ca=/c.pem&cert=/a.pem&key=/a.key").address,
+            Address::Tls(TlsTarget {
+                host: "h".into(),
+                port: 9,
+                ca: Some("/c.pem".into()),
+                cert: Some("/a.pem".into()),
+                key: Some("/a.key".into()),
+            })
+        );
+        for bad in [
+            "ferrys://h?cert=/a.pem",
+            "ferrys://h?pem=/x",
+            "ferry://h?ca=/c.pem",
+            "ferrys://h?ca=",
+        ] {
+            assert!(bad.parse::<Url>().is_err(), "{bad}");
+        }
         let u = url("unix:///run/f.sock?password=x");
         assert_eq!(
             (u.address, u.password.as_deref()),

@@ -85,6 +85,13 @@ pub struct Config {
     /// Without a password, listen on loopback only (Redis's protected
     /// mode): a setting that would listen elsewhere is refused at start.
     pub protected_mode: bool,
+    /// TLS on the TCP and HTTP ports: this certificate chain and key
+    /// (PEM). The Unix socket stays plain.
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of `tls_cert` (PEM).
+    pub tls_key: Option<PathBuf>,
+    /// Require of every TLS client a certificate this CA signed (PEM).
+    pub tls_ca: Option<PathBuf>,
     /// Most connections at once; more are refused with an error.
     pub max_clients: usize,
     /// Largest payload (and largest argument) in bytes.
@@ -128,6 +135,9 @@ impl Default for Config {
             log_storage: None,
             requirepass: None,
             protected_mode: true,
+            tls_cert: None,
+            tls_key: None,
+            tls_ca: None,
             max_clients: 10_000,
             max_payload: 16 << 20,
             max_request: 256 << 20,
@@ -187,7 +197,14 @@ impl Config {
         if self.checkpoint_bytes == 0 {
             return bad("--checkpoint-bytes must be at least 1 byte".into());
         }
-        if self.protected_mode && self.requirepass.is_none() {
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return bad("--tls-cert and --tls-key go together".into());
+        }
+        if self.tls_ca.is_some() && self.tls_cert.is_none() {
+            return bad("--tls-ca needs --tls-cert and --tls-key".into());
+        }
+        // Client certificates authenticate as a password does.
+        if self.protected_mode && self.requirepass.is_none() && self.tls_ca.is_none() {
             let open = [
                 ("--bind", Some(self.bind)),
                 ("--http", self.http_addr().map(|a| a.ip())),
@@ -198,8 +215,9 @@ impl Config {
                 return bad(format!(
                     "{flag} {ip} without a password would serve anyone who can reach this machine \
                      (protected mode): set a password with --requirepass (or FERRY_REQUIREPASS, \
-                     or requirepass in the config file), listen on 127.0.0.1, or, on a network \
-                     you trust, --protected-mode no"
+                     or requirepass in the config file), require client certificates with \
+                     --tls-ca, listen on 127.0.0.1, or, on a network you trust, \
+                     --protected-mode no"
                 ));
             }
         }

@@ -34,6 +34,7 @@ const OUT_HIGH_WATER: usize = 1 << 20;
 pub(crate) enum Stream {
     Tcp(TcpStream),
     Unix(UnixStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
 }
 
 impl Stream {
@@ -42,6 +43,8 @@ impl Stream {
         match self {
             Stream::Tcp(s) => s.try_write(buf),
             Stream::Unix(s) => s.try_write(buf),
+            // Encrypted first: the timed path writes it all.
+            Stream::Tls(_) => Ok(0),
         }
     }
 }
@@ -55,6 +58,7 @@ impl AsyncRead for Stream {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
             Stream::Unix(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
 }
@@ -68,6 +72,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
             Stream::Unix(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
 
@@ -75,6 +80,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_flush(cx),
             Stream::Unix(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
 
@@ -82,6 +88,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
             Stream::Unix(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 }
@@ -111,6 +118,11 @@ impl Conn {
                 .peer_addr()
                 .map_or_else(|_| "tcp".into(), |a| a.to_string()),
             Stream::Unix(_) => "unix".into(),
+            Stream::Tls(s) => s
+                .get_ref()
+                .0
+                .peer_addr()
+                .map_or_else(|_| "tls".into(), |a| a.to_string()),
         };
         Conn {
             stream,
@@ -269,7 +281,12 @@ impl Conn {
                 Err(e) => return Err(e),
             };
             if sent < s.out.len() {
-                let rest = self.stream.write_all(&s.out[sent..]);
+                // Flushed too: TLS keeps what the socket did not take.
+                let stream = &mut self.stream;
+                let rest = async {
+                    stream.write_all(&s.out[sent..]).await?;
+                    stream.flush().await
+                };
                 match s.broker.config.write_timeout {
                     None => rest.await?,
                     Some(limit) => match tokio::time::timeout(limit, rest).await {

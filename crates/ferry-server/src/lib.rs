@@ -46,6 +46,7 @@ pub mod serve;
 mod server;
 mod session;
 mod store;
+mod tls;
 mod view;
 
 pub use config::{Config, Durability, LogStorage};

@@ -63,6 +63,17 @@ pub struct ServeArgs {
     /// or not [default: yes]
     #[arg(long, env = "FERRY_PROTECTED_MODE", value_parser = parse_yes_no)]
     pub protected_mode: Option<bool>,
+    /// TLS on the TCP and HTTP ports with this certificate chain (PEM);
+    /// needs --tls-key. The Unix socket stays plain.
+    #[arg(long, env = "FERRY_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, env = "FERRY_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// Require a client certificate signed by this CA (PEM) of every TLS
+    /// client.
+    #[arg(long, env = "FERRY_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
     /// Most clients at once [default: 10000]
     #[arg(long, env = "FERRY_MAX_CLIENTS")]
     pub max_clients: Option<usize>,
@@ -162,6 +173,9 @@ struct FileConfig {
     salvage: Option<bool>,
     requirepass: Option<String>,
     protected_mode: Option<bool>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    tls_ca: Option<PathBuf>,
     max_clients: Option<usize>,
     max_payload: Option<Size>,
     max_request: Option<Size>,
@@ -247,6 +261,9 @@ pub fn resolve(args: ServeArgs) -> Result<Config, SettingsError> {
             .protected_mode
             .or(file.protected_mode)
             .unwrap_or(d.protected_mode),
+        tls_cert: args.tls_cert.or(file.tls_cert),
+        tls_key: args.tls_key.or(file.tls_key),
+        tls_ca: args.tls_ca.or(file.tls_ca),
         max_clients: args
             .max_clients
             .or(file.max_clients)
@@ -356,6 +373,11 @@ pub fn main_from(prog: &'static str, argv: impl IntoIterator<Item = String>) -> 
 
 async fn serve(config: Config) -> Result<Stopped, StartError> {
     let durability = config.durability;
+    let scheme = if config.tls_cert.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let server = Server::bind(config).await?;
     let bound = server.bound();
     // Signal handlers go in before the first line, so that a SIGTERM sent
@@ -369,7 +391,7 @@ async fn serve(config: Config) -> Result<Stopped, StartError> {
         lines.push_str(&format!("listening unix:{}\n", path.display()));
     }
     if let Some(addr) = &bound.http {
-        lines.push_str(&format!("http http://{addr}\n"));
+        lines.push_str(&format!("http {scheme}://{addr}\n"));
     }
     use std::io::Write;
     let mut out = std::io::stdout().lock();

@@ -9,12 +9,14 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::watch;
-use tracing::{info, warn};
+use tokio_rustls::TlsAcceptor;
+use tracing::{debug, info, warn};
 
 use crate::broker::Broker;
 use crate::config::Config;
 use crate::conn::{Conn, Stream};
 use crate::serve::SettingsError;
+use crate::tls::HANDSHAKE_TIMEOUT;
 
 /// A broker bound to its addresses, ready to serve.
 pub struct Server {
@@ -22,6 +24,8 @@ pub struct Server {
     tcp: TcpListener,
     unix: Option<(UnixListener, PathBuf)>,
     http: Option<TcpListener>,
+    /// TLS on the TCP and HTTP ports, if asked.
+    tls: Option<TlsAcceptor>,
     bound: Bound,
 }
 
@@ -73,6 +77,9 @@ impl Server {
     /// earlier run is replaced; one a live broker answers on is not.
     pub async fn bind(config: Config) -> Result<Server, StartError> {
         config.validate()?;
+        // Its files read before the store is touched: a bad one stops
+        // the start with its name.
+        let tls = crate::tls::acceptor(&config)?;
         let listen_err = |address: String| move |source| StartError::Listen { address, source };
         let (broker, recovery) = Broker::open(config)?;
         if let Some(r) = recovery {
@@ -123,6 +130,7 @@ impl Server {
             tcp,
             unix,
             http,
+            tls,
             bound,
         })
     }
@@ -141,6 +149,7 @@ impl Server {
         let tasks = tokio_util_tracker();
         let tcp = accept_tcp(
             self.tcp,
+            self.tls.clone(),
             Arc::clone(&self.broker),
             stop_rx.clone(),
             tasks.clone(),
@@ -162,14 +171,25 @@ impl Server {
         if let Some(listener) = self.http {
             let mut stop = stop_rx.clone();
             let app = crate::http::router(Arc::clone(&self.broker));
+            let tls = self.tls.clone();
             tokio::spawn(async move {
                 let stopped = async move {
                     let _ = stop.wait_for(|&s| s).await;
                 };
-                if let Err(e) = axum::serve(listener, app)
-                    .with_graceful_shutdown(stopped)
-                    .await
-                {
+                let served = match tls {
+                    None => {
+                        axum::serve(listener, app)
+                            .with_graceful_shutdown(stopped)
+                            .await
+                    }
+                    Some(acceptor) => {
+                        let listener = crate::tls::HttpsListener::new(listener, acceptor);
+                        axum::serve(listener, app)
+                            .with_graceful_shutdown(stopped)
+                            .await
+                    }
+                };
+                if let Err(e) = served {
                     warn!(error = %e, "the HTTP admin port stopped");
                 }
             });
@@ -213,9 +233,11 @@ fn tokio_util_tracker() -> Tracker {
     Arc::new(std::sync::atomic::AtomicUsize::new(0))
 }
 
-/// Starts a connection's task, or refuses it when the server is full.
+/// Starts a connection's task (which first completes a TLS handshake, if
+/// `tls`), or refuses it when the server is full.
 fn spawn_conn(
     mut stream: Stream,
+    tls: Option<TlsAcceptor>,
     broker: &Arc<Broker>,
     stop: &watch::Receiver<bool>,
     tasks: &Tracker,
@@ -233,13 +255,35 @@ fn spawn_conn(
     tasks.fetch_add(1, Ordering::AcqRel);
     let (broker, stop, tasks) = (Arc::clone(broker), stop.clone(), Arc::clone(tasks));
     tokio::spawn(async move {
-        Conn::new(stream, broker, stop).run().await;
+        let stream = match (stream, tls) {
+            (Stream::Tcp(tcp), Some(acceptor)) => {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(tls)) => Some(Stream::Tls(Box::new(tls))),
+                    Ok(Err(e)) => {
+                        debug!(error = %e, "TLS handshake failed");
+                        None
+                    }
+                    Err(_) => {
+                        debug!("TLS handshake took too long");
+                        None
+                    }
+                }
+            }
+            (stream, _) => Some(stream),
+        };
+        match stream {
+            Some(stream) => Conn::new(stream, broker, stop).run().await,
+            None => {
+                broker.clients.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
         tasks.fetch_sub(1, Ordering::AcqRel);
     });
 }
 
 async fn accept_tcp(
     listener: TcpListener,
+    tls: Option<TlsAcceptor>,
     broker: Arc<Broker>,
     stop: watch::Receiver<bool>,
     tasks: Tracker,
@@ -258,7 +302,7 @@ async fn accept_tcp(
                 if let Err(e) = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive) {
                     warn!(error = %e, "could not set TCP keepalive");
                 }
-                spawn_conn(Stream::Tcp(stream), &broker, &stop, &tasks);
+                spawn_conn(Stream::Tcp(stream), tls.clone(), &broker, &stop, &tasks);
             }
             Err(e) => {
                 // Out of file descriptors and the like: wait, don't spin.
@@ -277,7 +321,7 @@ async fn accept_unix(
 ) {
     loop {
         match listener.accept().await {
-            Ok((stream, _)) => spawn_conn(Stream::Unix(stream), &broker, &stop, &tasks),
+            Ok((stream, _)) => spawn_conn(Stream::Unix(stream), None, &broker, &stop, &tasks),
             Err(e) => {
                 warn!(error = %e, "accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;

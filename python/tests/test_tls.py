@@ -1,0 +1,76 @@
+"""ferrys:// from Python (the blocking and asyncio classes) against a
+broker serving TLS, with certificates openssl makes for the test."""
+
+import asyncio
+import os
+import subprocess
+
+import pytest
+
+import ferry
+import ferry.aio
+from conftest import ROOT
+
+pytestmark = pytest.mark.skipif(
+    bool(os.environ.get("FERRY_TEST_URL")),
+    reason="ferrys:// is TLS to ferry's broker (--tls-cert); this suite runs on another engine",
+)
+
+
+def openssl(*args, cwd):
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+@pytest.fixture
+def tls_broker(tmp_path):
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "1",
+            "-subj", "/CN=ferry test CA", cwd=tmp_path)
+    openssl("req", *ec, "-keyout", "broker.key", "-out", "broker.csr",
+            "-subj", "/CN=127.0.0.1", cwd=tmp_path)
+    (tmp_path / "san.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    openssl("x509", "-req", "-in", "broker.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+            "-CAcreateserial", "-out", "broker.pem", "-days", "1", "-extfile", "san.ext",
+            cwd=tmp_path)
+    binary = os.environ.get("FERRY_BIN") or str(ROOT / "target" / "debug" / "ferry")
+    proc = subprocess.Popen(
+        [binary, "serve", "--port", "0", "--http", "off", "--durability", "memory",
+         "--data-dir", str(tmp_path / "data"), "--tls-cert", str(tmp_path / "broker.pem"),
+         "--tls-key", str(tmp_path / "broker.key")],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    port = proc.stdout.readline().rsplit(":", 1)[1].strip()
+    yield f"ferrys://127.0.0.1:{port}?ca={tmp_path / 'ca.pem'}", port
+    proc.terminate()
+    proc.wait(timeout=10)
+    proc.stdout.close()
+
+
+def test_the_lesson_s_queue_over_tls(tls_broker):
+    url, port = tls_broker
+    q = ferry.JoinableQueue(name="tls", url=url)
+    for i in range(10):
+        q.put(i)
+    assert [q.get() for _ in range(10)] == list(range(10))
+    for _ in range(10):
+        q.task_done()
+    q.join()
+    lock = ferry.Lock(name="tls-lock", url=url)
+    with lock:
+        pass
+    # Without the CA, the broker's certificate is not trusted.
+    with pytest.raises(Exception, match="(?i)certificate"):
+        ferry.Queue(name="tls", url=f"ferrys://127.0.0.1:{port}").put(1)
+
+
+def test_asyncio_over_tls(tls_broker):
+    url, _ = tls_broker
+
+    async def main():
+        q = ferry.aio.JoinableQueue(name="tls-aio", url=url)
+        await q.put("a")
+        assert await q.get() == "a"
+        q.task_done()
+        await q.join()
+        await q.aclose()
+
+    asyncio.run(main())
