@@ -16,9 +16,9 @@
 //!
 //! # Layout
 //!
-//! - [`Url`]: `ferry://[:password@]host[:port]`,
-//!   `ferrys://[:password@]host[:port][?ca=&cert=&key=]` (TLS, `tls.rs`),
-//!   and `unix:///path[?password=...]`.
+//! - [`Url`], parsed from `ferry://[:password@]host[:port]`,
+//!   `ferrys://[:password@]host[:port][?ca=&cert=&key=]` (TLS, `tls.rs`)
+//!   or `unix:///path[?password=...]`.
 //! - [`AsyncClient`] (`aio.rs`): the one implementation of every
 //!   operation, on tokio.
 //! - [`Client`]: the blocking API — the async client run on a
