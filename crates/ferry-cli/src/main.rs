@@ -30,6 +30,9 @@ enum Command {
     /// nothing. Exit 0: sound (a torn tail the next start would cut is
     /// reported); 1: damaged, or not readable.
     Check(CheckArgs),
+    /// Read a password from stdin (one line) and print its argon2id hash,
+    /// for a user's `password_hash` in the --acl-file.
+    HashPassword,
     /// Put messages; prints each id. Exit 4 if the queue stayed full.
     Put(verbs::PutArgs),
     /// Get messages and print their payloads; finished after printing
@@ -134,6 +137,16 @@ fn main() -> anyhow::Result<()> {
     ferry_server::serve::init_logging();
     match cli.command {
         Command::Check(args) => check(&args),
+        Command::HashPassword => {
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line)?;
+            let password = line.trim_end_matches(['\r', '\n']);
+            anyhow::ensure!(!password.is_empty(), "no password on stdin");
+            let hash =
+                ferry_server::hash_password(password.as_bytes()).map_err(anyhow::Error::msg)?;
+            println!("{hash}");
+            Ok(())
+        }
         Command::Put(a) => finish(verbs::put(&a).map(|()| 0)),
         Command::Get(a) => finish(verbs::get(&a).map(|()| 0)),
         Command::Done(a) => finish(verbs::done(&a).map(|()| 0)),

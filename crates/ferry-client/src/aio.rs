@@ -59,7 +59,11 @@ impl Link {
             max_payload: None,
         });
         if let Some(p) = &url.password {
-            match link.call(&[b"AUTH", p.as_bytes()]).await {
+            let auth: Vec<&[u8]> = match &url.user {
+                Some(u) => vec![b"AUTH", u.as_bytes(), p.as_bytes()],
+                None => vec![b"AUTH", p.as_bytes()],
+            };
+            match link.call(&auth).await {
                 Ok(_) => {}
                 Err(Error::Server { code, message }) => {
                     return Err(Error::Auth(format!("{code} {message}")));

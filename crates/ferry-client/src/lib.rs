@@ -52,6 +52,9 @@ pub struct Url {
     pub address: Address,
     /// The password to AUTH with, if any.
     pub password: Option<String>,
+    /// The user it belongs to (`ferry://user:password@host`, for a broker
+    /// with an ACL file); none: the default user.
+    pub user: Option<String>,
 }
 
 /// A broker's address.
@@ -138,6 +141,7 @@ impl std::str::FromStr for Url {
             return Ok(Url {
                 address: Address::Redis(RedisTarget::parse(s)?),
                 password: None,
+                user: None,
             });
         }
         if let Some(rest) = s.strip_prefix("unix://") {
@@ -149,9 +153,14 @@ impl std::str::FromStr for Url {
                 .split('&')
                 .find_map(|kv| kv.strip_prefix("password="))
                 .map(str::to_string);
+            let user = query
+                .split('&')
+                .find_map(|kv| kv.strip_prefix("user="))
+                .map(str::to_string);
             return Ok(Url {
                 address: Address::Unix(PathBuf::from(path)),
                 password,
+                user,
             });
         }
         let (rest, tls) = match (s.strip_prefix("ferry://"), s.strip_prefix("ferrys://")) {
@@ -170,6 +179,10 @@ impl std::str::FromStr for Url {
             None => (None, rest),
         };
         let password = auth.map(|a| a.split_once(':').map_or(a, |(_, p)| p).to_string());
+        let user = auth
+            .and_then(|a| a.split_once(':'))
+            .map(|(u, _)| u.to_string())
+            .filter(|u| !u.is_empty());
         let (host, port) = match hostport.rsplit_once(':') {
             Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => (
                 h,
@@ -215,6 +228,7 @@ impl std::str::FromStr for Url {
         Ok(Url {
             address,
             password: password.filter(|p| !p.is_empty()),
+            user,
         })
     }
 }
@@ -817,7 +831,12 @@ mod tests {
             Address::Tcp("example.org".into(), 7878)
         );
         assert_eq!(url("ferry://:pw@h:1/").password.as_deref(), Some("pw"));
-        assert_eq!(url("ferry://user:pw@h:1").password.as_deref(), Some("pw"));
+        let u = url("ferry://user:pw@h:1");
+        assert_eq!(
+            (u.user.as_deref(), u.password.as_deref()),
+            (Some("user"), Some("pw"))
+        );
+        assert_eq!(url("ferry://:pw@h:1").user, None);
         assert_eq!(
             url("ferry://[::1]:9").address,
             Address::Tcp("::1".into(), 9)

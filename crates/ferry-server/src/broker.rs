@@ -16,6 +16,7 @@ use ferry_core::engine::{self, Journal, Millis, WaiterId};
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::Notify;
 
+use crate::acl::Acl;
 use crate::clients::{ClientView, Clients};
 use crate::config::{Config, Durability};
 use crate::locks::Locks;
@@ -187,6 +188,8 @@ pub(crate) struct Broker {
     pub(crate) locks: Locks,
     next_client: AtomicU64,
     pub(crate) clients: AtomicUsize,
+    /// Users and rights (`--acl-file`), read at start.
+    pub(crate) acl: std::sync::OnceLock<Acl>,
     /// Every connection, for `/api/clients`.
     pub(crate) connections: Clients,
     /// Clients blocked in a command, by id: CLIENT UNBLOCK ends their wait.
@@ -330,6 +333,7 @@ impl Broker {
             locks: Locks::default(),
             next_client: AtomicU64::new(1),
             clients: AtomicUsize::new(0),
+            acl: std::sync::OnceLock::new(),
             connections: Clients::default(),
             blocked: Mutex::new(HashMap::new()),
             groups: Mutex::new(HashMap::new()),

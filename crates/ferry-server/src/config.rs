@@ -82,6 +82,9 @@ pub struct Config {
     pub log_storage: Option<LogStorage>,
     /// Password every connection must AUTH with, if set.
     pub requirepass: Option<String>,
+    /// Users, their hashed passwords and rights (TOML; `acl.rs`): every
+    /// connection must AUTH as one of them.
+    pub acl_file: Option<PathBuf>,
     /// Without a password, listen on loopback only (Redis's protected
     /// mode): a setting that would listen elsewhere is refused at start.
     pub protected_mode: bool,
@@ -134,6 +137,7 @@ impl Default for Config {
             salvage: false,
             log_storage: None,
             requirepass: None,
+            acl_file: None,
             protected_mode: true,
             tls_cert: None,
             tls_key: None,
@@ -197,6 +201,11 @@ impl Config {
         if self.checkpoint_bytes == 0 {
             return bad("--checkpoint-bytes must be at least 1 byte".into());
         }
+        if self.acl_file.is_some() && self.requirepass.is_some() {
+            return bad(
+                "--requirepass and --acl-file are two ways to set passwords: use one (the ACL file's `default` user is who AUTH <password> logs in as)".into(),
+            );
+        }
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             return bad("--tls-cert and --tls-key go together".into());
         }
@@ -204,7 +213,11 @@ impl Config {
             return bad("--tls-ca needs --tls-cert and --tls-key".into());
         }
         // Client certificates authenticate as a password does.
-        if self.protected_mode && self.requirepass.is_none() && self.tls_ca.is_none() {
+        if self.protected_mode
+            && self.requirepass.is_none()
+            && self.acl_file.is_none()
+            && self.tls_ca.is_none()
+        {
             let open = [
                 ("--bind", Some(self.bind)),
                 ("--http", self.http_addr().map(|a| a.ip())),

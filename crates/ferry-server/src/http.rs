@@ -48,15 +48,41 @@ pub(crate) fn router(broker: Arc<Broker>) -> Router {
 /// change (POST) sent by a page of another origin — a web page the
 /// operator has open must not purge queues through their browser.
 async fn guard(State(b): State<Arc<Broker>>, req: Request, next: Next) -> Response {
-    if let Some(pw) = &b.config.requirepass
-        && !authorized(req.headers(), pw)
-    {
-        return (
+    let refused = || {
+        (
             StatusCode::UNAUTHORIZED,
             [(header::WWW_AUTHENTICATE, r#"Basic realm="ferry""#)],
-            "NOAUTH the password is required (HTTP Basic with any user name, or Bearer)\n",
+            "NOAUTH the password is required (HTTP Basic, or Bearer)\n",
         )
-            .into_response();
+            .into_response()
+    };
+    match (b.acl.get(), &b.config.requirepass) {
+        // Under an ACL file, operators only: admin on every queue.
+        (Some(acl), _) => {
+            let Some(user) = credentials(req.headers()).and_then(|(user, pass)| {
+                acl.authenticate(user.as_deref().unwrap_or(b"default"), &pass)
+            }) else {
+                return refused();
+            };
+            if !user.operator() {
+                return (
+                    StatusCode::FORBIDDEN,
+                    format!(
+                        "NOPERM user '{}' is not an operator: the HTTP port needs admin = [\"*\"]\n",
+                        user.name
+                    ),
+                )
+                    .into_response();
+            }
+        }
+        (None, Some(pw)) => {
+            if !credentials(req.headers())
+                .is_some_and(|(_, pass)| crate::acl::constant_time_eq(&pass, pw.as_bytes()))
+            {
+                return refused();
+            }
+        }
+        (None, None) => {}
     }
     if req.method() != axum::http::Method::GET && !same_origin(req.headers()) {
         return (
@@ -78,33 +104,19 @@ fn same_origin(headers: &HeaderMap) -> bool {
     matches!((origin, host), (Some(o), Some(h)) if o.strip_prefix("http://") == Some(h))
 }
 
-fn authorized(headers: &HeaderMap, password: &str) -> bool {
-    let Some(value) = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-    else {
-        return false;
-    };
-    let given = if let Some(token) = value.strip_prefix("Bearer ") {
-        token.as_bytes().to_vec()
-    } else if let Some(b64) = value.strip_prefix("Basic ") {
-        let Ok(pair) = base64::engine::general_purpose::STANDARD.decode(b64.trim()) else {
-            return false;
-        };
-        match pair.iter().position(|&c| c == b':') {
-            Some(at) => pair[at + 1..].to_vec(),
-            None => return false,
-        }
-    } else {
-        return false;
-    };
-    constant_time_eq(&given, password.as_bytes())
-}
-
-/// Compares without leaving the time it took as a hint of where they
-/// differ.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// The request's credentials: HTTP Basic's user (none if empty) and
+/// password, or a Bearer token as the default user's password.
+fn credentials(headers: &HeaderMap) -> Option<(Option<Vec<u8>>, Vec<u8>)> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    if let Some(token) = value.strip_prefix("Bearer ") {
+        return Some((None, token.as_bytes().to_vec()));
+    }
+    let pair = base64::engine::general_purpose::STANDARD
+        .decode(value.strip_prefix("Basic ")?.trim())
+        .ok()?;
+    let at = pair.iter().position(|&c| c == b':')?;
+    let user = Some(pair[..at].to_vec()).filter(|u| !u.is_empty());
+    Some((user, pair[at + 1..].to_vec()))
 }
 
 async fn server(State(b): State<Arc<Broker>>) -> Json<ServerView> {

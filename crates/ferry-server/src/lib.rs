@@ -31,6 +31,7 @@
 //! # Ok(()) }
 //! ```
 
+mod acl;
 mod broker;
 mod clients;
 mod cmd;
@@ -49,6 +50,7 @@ mod store;
 mod tls;
 mod view;
 
+pub use acl::hash_password;
 pub use config::{Config, Durability, LogStorage};
 pub use ferry_log::{Faults, Storage};
 pub use server::{Bound, Server, StartError, Stopped};

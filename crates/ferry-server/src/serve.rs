@@ -58,6 +58,10 @@ pub struct ServeArgs {
     /// Password clients must AUTH with.
     #[arg(long, env = "FERRY_REQUIREPASS")]
     pub requirepass: Option<String>,
+    /// Users, their hashed passwords and what each may do (TOML; see
+    /// docs/protocol.md); instead of --requirepass.
+    #[arg(long, env = "FERRY_ACL_FILE")]
+    pub acl_file: Option<PathBuf>,
     /// yes: without a password, listen on loopback only (a start that
     /// would listen elsewhere is refused); no: listen where told, password
     /// or not [default: yes]
@@ -172,6 +176,7 @@ struct FileConfig {
     durability: Option<String>,
     salvage: Option<bool>,
     requirepass: Option<String>,
+    acl_file: Option<PathBuf>,
     protected_mode: Option<bool>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
@@ -257,6 +262,7 @@ pub fn resolve(args: ServeArgs) -> Result<Config, SettingsError> {
             .requirepass
             .or(file.requirepass)
             .filter(|p| !p.is_empty()),
+        acl_file: args.acl_file.or(file.acl_file),
         protected_mode: args
             .protected_mode
             .or(file.protected_mode)

@@ -80,10 +80,17 @@ impl Server {
         // Its files read before the store is touched: a bad one stops
         // the start with its name.
         let tls = crate::tls::acceptor(&config)?;
+        let acl = match &config.acl_file {
+            Some(path) => Some(crate::acl::Acl::load(path)?),
+            None => None,
+        };
         let listen_err = |address: String| move |source| StartError::Listen { address, source };
         let (broker, recovery) = Broker::open(config)?;
         if let Some(r) = recovery {
             info!(records = r.records, segments = r.segments, truncated = ?r.truncated, "store recovered");
+        }
+        if let Some(acl) = acl {
+            let _ = broker.acl.set(acl);
         }
         let config = &broker.config;
         let tcp_addr = format!("{}:{}", config.bind, config.port);

@@ -10,6 +10,7 @@ use bytes::{Bytes, BytesMut};
 use ferry_core::engine::Message;
 use ferry_proto::Reply;
 
+use crate::acl::User;
 use crate::broker::{Broker, HolderGroup, QueueCell};
 use crate::clients::Client;
 use crate::payload::Payload;
@@ -20,6 +21,8 @@ pub(crate) struct Session {
     pub(crate) id: u64,
     pub(crate) name: Option<Bytes>,
     pub(crate) authed: bool,
+    /// Who it authenticated as, under an ACL file; `None`: may do all.
+    pub(crate) user: Option<Arc<User>>,
     pub(crate) resp3: bool,
     /// Replies written and not yet sent.
     pub(crate) out: BytesMut,
@@ -68,13 +71,14 @@ impl Session {
     /// A new client of `broker`, connected from `addr`.
     pub(crate) fn new(broker: Arc<Broker>, addr: String) -> Self {
         let id = broker.next_client_id();
-        let authed = broker.config.requirepass.is_none();
+        let authed = broker.config.requirepass.is_none() && broker.config.acl_file.is_none();
         let seen = broker.connections.register(id, addr, broker.now());
         Session {
             broker,
             id,
             name: None,
             authed,
+            user: None,
             resp3: false,
             // Grown by the first reply: an idle connection holds no page
             // for replies it has not sent.

@@ -15,24 +15,24 @@ use crate::broker::QueueCell;
 use crate::session::Session;
 
 pub(crate) struct Done {
-    queue: Bytes,
+    pub(super) queue: Bytes,
     ids: Vec<u64>,
 }
 
 pub(crate) struct Nack {
-    queue: Bytes,
+    pub(super) queue: Bytes,
     id: u64,
     delay: Option<u64>,
 }
 
 pub(crate) struct Touch {
-    queue: Bytes,
+    pub(super) queue: Bytes,
     id: u64,
     lease: Option<u64>,
 }
 
 pub(crate) struct Join {
-    queue: Bytes,
+    pub(super) queue: Bytes,
     until: Option<Instant>,
 }
 

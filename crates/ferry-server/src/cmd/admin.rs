@@ -174,6 +174,10 @@ pub(crate) struct Create(Named);
 pub(crate) struct ConfigQueue(Named);
 
 impl Create {
+    pub(super) fn queue(&self) -> &Bytes {
+        &self.0.queue
+    }
+
     pub(super) fn parse(a: &mut Args) -> Result<Self, CmdError> {
         Named::parse(a, true).map(Create)
     }
@@ -217,6 +221,10 @@ impl Create {
 }
 
 impl ConfigQueue {
+    pub(super) fn queue(&self) -> &Bytes {
+        &self.0.queue
+    }
+
     pub(super) fn parse(a: &mut Args) -> Result<Self, CmdError> {
         Named::parse(a, false).map(ConfigQueue)
     }
@@ -276,7 +284,10 @@ impl Inspect {
             }
             Inspect::Info(queue) => info(s, &queue)?,
             Inspect::List => {
-                let names = s.broker.names();
+                let mut names = s.broker.names();
+                if let Some(user) = &s.user {
+                    names.retain(|n| user.may(crate::acl::Right::See, n));
+                }
                 let mut r = s.reply();
                 r.array(names.len());
                 for n in names {

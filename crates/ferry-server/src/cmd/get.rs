@@ -28,9 +28,9 @@ enum Mode {
 }
 
 pub(crate) struct Get {
-    first: Bytes,
+    pub(super) first: Bytes,
     /// Queues named with OR, in order.
-    more: Vec<Bytes>,
+    pub(super) more: Vec<Bytes>,
     count: usize,
     wait: Wait,
     mode: Mode,

@@ -14,13 +14,13 @@ use super::{
 use crate::session::Session;
 
 pub(crate) struct Lock {
-    name: Bytes,
+    pub(super) name: Bytes,
     ttl: Option<Millis>,
     wait: Wait,
 }
 
 pub(crate) struct Unlock {
-    name: Bytes,
+    pub(super) name: Bytes,
     token: u64,
 }
 

@@ -30,6 +30,7 @@ use bytes::Bytes;
 use ferry_proto::Request;
 use tokio::sync::Notify;
 
+use crate::acl::{Right, User};
 use crate::broker::valid_name;
 use crate::session::Session;
 
@@ -292,7 +293,7 @@ pub(crate) enum Command {
 }
 
 /// Every command name, upper case.
-pub(crate) const NAMES: [&str; 29] = [
+pub(crate) const NAMES: [&str; 30] = [
     "QPUT",
     "QGET",
     "QDONE",
@@ -322,6 +323,7 @@ pub(crate) const NAMES: [&str; 29] = [
     "INFO",
     "COMMAND",
     "CONFIG",
+    "ACL",
 ];
 
 /// The command's name as [`NAMES`] spells it, in any case.
@@ -369,6 +371,65 @@ impl Command {
             }
             _ => Command::Server(server::Server::parse(a)?),
         })
+    }
+
+    /// What it needs of its user: a right on each queue (or lock) it
+    /// names. Connection and server commands need none. Exhaustive: a new
+    /// command must say.
+    fn needs(&self) -> Vec<(Right, &[u8])> {
+        match self {
+            Command::Put(c) => vec![(Right::Put, &c.queue)],
+            Command::PutMany(c) => vec![(Right::Put, &c.queue)],
+            Command::Get(c) => std::iter::once(&c.first)
+                .chain(&c.more)
+                .map(|q| (Right::Get, &q[..]))
+                .collect(),
+            Command::Done(c) => vec![(Right::Get, &c.queue)],
+            Command::Nack(c) => vec![(Right::Get, &c.queue)],
+            Command::Touch(c) => vec![(Right::Get, &c.queue)],
+            Command::Join(c) => vec![(Right::See, &c.queue)],
+            Command::Create(c) => vec![(Right::Admin, c.queue())],
+            Command::Config(c) => vec![(Right::Admin, c.queue())],
+            Command::Inspect(admin::Inspect::Len(q) | admin::Inspect::Info(q)) => {
+                vec![(Right::See, q)]
+            }
+            Command::Inspect(admin::Inspect::Peek(q, _)) => vec![(Right::See, q)],
+            // Lists only what the user may see.
+            Command::Inspect(admin::Inspect::List) => Vec::new(),
+            Command::Manage(
+                admin::Manage::Purge(q)
+                | admin::Manage::Drop(q)
+                | admin::Manage::Reopen(q)
+                | admin::Manage::Shutdown { queue: q, .. },
+            ) => vec![(Right::Admin, q)],
+            Command::Lock(c) => vec![(Right::Lock, &c.name)],
+            Command::Unlock(c) => vec![(Right::Lock, &c.name)],
+            Command::Server(_) => Vec::new(),
+        }
+    }
+
+    /// Refuses, with -NOPERM naming the command, the right and the queue,
+    /// what `user` may not do.
+    fn permitted(&self, user: &User, command: &str) -> Result<(), CmdError> {
+        for (right, name) in self.needs() {
+            if !user.may(right, name) {
+                let what = if right == Right::Lock {
+                    "lock"
+                } else {
+                    "queue"
+                };
+                return Err(err(
+                    "NOPERM",
+                    format!(
+                        "user '{}' has no '{}' right on {what} '{}' ({command})",
+                        user.name,
+                        right.name(),
+                        String::from_utf8_lossy(name)
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// True when it may change what the log records: its reply then
@@ -427,7 +488,11 @@ pub(crate) fn execute(s: &mut Session, req: Request) -> Outcome {
     if !s.authed && !matches!(command_name(&req[0]), Some("AUTH" | "HELLO" | "QUIT")) {
         return Outcome::Done(s.settle(Err(err("NOAUTH", "Authentication required."))));
     }
+    let name = command_name(&req[0]).unwrap_or("?");
     let outcome = Command::parse(req).and_then(|cmd| {
+        if let Some(user) = &s.user {
+            cmd.permitted(user, name)?;
+        }
         if cmd.changes_log() {
             s.logged = true;
         }

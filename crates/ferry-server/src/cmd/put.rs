@@ -71,7 +71,7 @@ impl PutOpts {
 }
 
 pub(crate) struct Put {
-    queue: Bytes,
+    pub(super) queue: Bytes,
     data: Bytes,
     opts: PutOpts,
     dedup: Option<Bytes>,
@@ -80,7 +80,7 @@ pub(crate) struct Put {
 }
 
 pub(crate) struct PutMany {
-    queue: Bytes,
+    pub(super) queue: Bytes,
     data: Vec<Bytes>,
     opts: PutOpts,
 }

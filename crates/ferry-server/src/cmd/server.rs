@@ -35,6 +35,8 @@ pub(crate) enum Server {
     CommandDocs,
     CommandTable,
     ConfigGet(Vec<Bytes>),
+    AclWhoami,
+    AclList,
 }
 
 impl Server {
@@ -134,6 +136,22 @@ impl Server {
                 }
             }
             "SELECT" => Server::Select(parse_u64(&a.require()?)?),
+            "ACL" => {
+                let sub = a.require()?;
+                if is(&sub, "WHOAMI") {
+                    Server::AclWhoami
+                } else if is(&sub, "LIST") {
+                    Server::AclList
+                } else {
+                    return Err(err(
+                        "ERR",
+                        format!(
+                            "unknown subcommand '{}': ACL takes WHOAMI or LIST (users live in --acl-file)",
+                            String::from_utf8_lossy(&sub)
+                        ),
+                    ));
+                }
+            }
             // Sections are not told apart: INFO answers everything.
             "INFO" => return Ok(Server::Info),
             "COMMAND" => {
@@ -222,6 +240,32 @@ impl Server {
             Server::CommandCount => s.reply().int(0),
             Server::CommandDocs => s.reply().map(0),
             Server::ConfigGet(patterns) => config_get(s, &patterns),
+            Server::AclWhoami => {
+                let name = s
+                    .user
+                    .as_ref()
+                    .map_or_else(|| "default".to_string(), |u| u.name.clone());
+                s.reply().bulk(name.as_bytes());
+            }
+            Server::AclList => {
+                let lines: Vec<String> = match s.broker.acl.get() {
+                    None => vec!["user default on all".to_string()],
+                    Some(acl) => {
+                        if !s.user.as_ref().is_some_and(|u| u.operator()) {
+                            return Err(err(
+                                "NOPERM",
+                                "ACL LIST needs the 'admin' right on every queue (admin = [\"*\"])",
+                            ));
+                        }
+                        acl.users().iter().map(|u| u.describe()).collect()
+                    }
+                };
+                let mut r = s.reply();
+                r.array(lines.len());
+                for l in lines {
+                    r.bulk(l.as_bytes());
+                }
+            }
             Server::CommandTable => s.reply().array(0),
         }
         done()
@@ -251,7 +295,11 @@ fn config_get(s: &mut Session, patterns: &[Bytes]) {
     ];
     let matching: Vec<&(&str, String)> = all
         .iter()
-        .filter(|(name, _)| patterns.iter().any(|p| glob(p, name.as_bytes())))
+        .filter(|(name, _)| {
+            patterns
+                .iter()
+                .any(|p| crate::acl::glob(p, name.as_bytes(), true))
+        })
         .collect();
     let mut r = s.reply();
     r.map(matching.len());
@@ -261,42 +309,35 @@ fn config_get(s: &mut Session, patterns: &[Bytes]) {
     }
 }
 
-/// Does `name` match `pattern`, where `*` stands for any run of
-/// characters (case-insensitive)? The two-cursor matcher: at most
-/// len(pattern) × len(name) steps, whatever the pattern.
-fn glob(pattern: &[u8], name: &[u8]) -> bool {
-    let (mut p, mut n) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while n < name.len() {
-        if p < pattern.len() && pattern[p] == b'*' {
-            star = Some((p, n));
-            p += 1;
-        } else if p < pattern.len() && pattern[p].eq_ignore_ascii_case(&name[n]) {
-            p += 1;
-            n += 1;
-        } else if let Some((sp, sn)) = star {
-            p = sp + 1;
-            n = sn + 1;
-            star = Some((sp, sn + 1));
-        } else {
-            return false;
-        }
+/// Checks credentials: against the ACL file's users when there is one
+/// (a password alone is the `default` user's), else `--requirepass` (any
+/// user name).
+/// Logs the session in as the user.
+fn check_password(s: &mut Session, user: Option<&[u8]>, pass: &[u8]) -> Result<(), CmdError> {
+    let wrong = || {
+        err(
+            "WRONGPASS",
+            "invalid username-password pair or user is disabled.",
+        )
+    };
+    if let Some(acl) = s.broker.acl.get() {
+        let u = acl
+            .authenticate(user.unwrap_or(b"default"), pass)
+            .ok_or_else(wrong)?;
+        s.user = Some(u);
+        return Ok(());
     }
-    pattern[p..].iter().all(|&c| c == b'*')
-}
-
-fn check_password(s: &Session, user: Option<&[u8]>, pass: &[u8]) -> Result<(), CmdError> {
     let Some(want) = &s.broker.config.requirepass else {
         return Err(err(
             "ERR",
             "AUTH <password> called without any password configured for the default user",
         ));
     };
-    if user.is_some_and(|u| u != b"default") || pass != want.as_bytes() {
-        return Err(err(
-            "WRONGPASS",
-            "invalid username-password pair or user is disabled.",
-        ));
+    // One password, whoever is named (as the HTTP port takes any user
+    // name): `ferry://name:password@host` works with --requirepass too.
+    let _ = user;
+    if !crate::acl::constant_time_eq(pass, want.as_bytes()) {
+        return Err(wrong());
     }
     Ok(())
 }
@@ -381,18 +422,22 @@ fn info(s: &mut Session) {
 
 #[cfg(test)]
 mod tests {
-    use super::glob;
+    use crate::acl::glob;
 
     #[test]
     fn globs_match_as_redis_config_get_does() {
-        assert!(glob(b"*", b"maxclients"));
-        assert!(glob(b"proto-*", b"proto-max-bulk-len"));
-        assert!(glob(b"MAXCLIENTS", b"maxclients"));
-        assert!(glob(b"*max*len", b"proto-max-bulk-len"));
-        assert!(!glob(b"max", b"maxclients"));
-        assert!(!glob(b"save", b"maxclients"));
+        assert!(glob(b"*", b"maxclients", true));
+        assert!(glob(b"proto-*", b"proto-max-bulk-len", true));
+        assert!(glob(b"MAXCLIENTS", b"maxclients", true));
+        assert!(glob(b"*max*len", b"proto-max-bulk-len", true));
+        assert!(!glob(b"max", b"maxclients", true));
+        assert!(!glob(b"save", b"maxclients", true));
         // A hostile pattern costs no more than its length times the name's.
         let hostile = [b'*'; 10_000];
-        assert!(!glob(&[&hostile[..], b"x"].concat(), b"proto-max-bulk-len"));
+        assert!(!glob(
+            &[&hostile[..], b"x"].concat(),
+            b"proto-max-bulk-len",
+            true
+        ));
     }
 }

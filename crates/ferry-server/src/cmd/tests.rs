@@ -332,3 +332,128 @@ async fn locks_released_from_another_connection_are_forgotten_by_the_holder() {
     a.release_all();
     assert!(run(&mut other, &["LOCK", "kept", "NOWAIT"]).starts_with(':'));
 }
+
+/// What a command must refuse a user without rights on its queue or lock.
+#[derive(Clone, Copy, PartialEq)]
+enum Needs {
+    /// A right on the queue or lock it names: -NOPERM without it.
+    Right,
+    /// Nothing: a connection or server command.
+    Nothing,
+    /// An operator (admin on every queue).
+    Operator,
+}
+
+/// Runs a command; one that waits is ended as if its client left.
+fn reply_of(s: &mut Session, args: &[String]) -> String {
+    let req = args.iter().map(|a| Bytes::from(a.clone())).collect();
+    if let Outcome::Wait(mut b) = execute(s, req) {
+        let _ = b.resume(s, Woke::Gone);
+    }
+    take(s)
+}
+
+#[tokio::test]
+async fn every_command_checks_its_user_s_rights() {
+    let hash = crate::acl::hash_password(b"pw").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("acl.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[users.narrow]\npassword_hash = \"{hash}\"\nput = [\"jobs*\"]\nget = [\"jobs*\"]\n\
+             admin = [\"jobs*\"]\nlocks = [\"jobs*\"]\n"
+        ),
+    )
+    .unwrap();
+    let b = broker(Config {
+        acl_file: Some(path.clone()),
+        ..Config::default()
+    });
+    assert!(b.acl.set(crate::acl::Acl::load(&path).unwrap()).is_ok());
+    use Needs::*;
+    // Every command, with `{q}` for the queue or lock it names. A command
+    // added to NAMES without a row here fails this test: say what it needs.
+    let table: &[(&str, &[&str], Needs)] = &[
+        ("QPUT", &["QPUT", "{q}", "x", "NOWAIT"], Right),
+        ("QGET", &["QGET", "jobs0", "OR", "{q}", "NOWAIT"], Right),
+        ("QDONE", &["QDONE", "{q}", "1"], Right),
+        (
+            "QPUTMANY",
+            &["QPUTMANY", "{q}", "PAYLOADS", "a", "b"],
+            Right,
+        ),
+        ("QNACK", &["QNACK", "{q}", "1"], Right),
+        ("QTOUCH", &["QTOUCH", "{q}", "1"], Right),
+        ("QJOIN", &["QJOIN", "{q}", "TIMEOUT", "1"], Right),
+        ("QLEN", &["QLEN", "{q}"], Right),
+        ("QINFO", &["QINFO", "{q}"], Right),
+        ("QLIST", &["QLIST"], Nothing),
+        ("QPEEK", &["QPEEK", "{q}"], Right),
+        ("QCREATE", &["QCREATE", "{q}"], Right),
+        ("QCONFIG", &["QCONFIG", "{q}", "MAXSIZE", "5"], Right),
+        ("QPURGE", &["QPURGE", "{q}"], Right),
+        ("QREOPEN", &["QREOPEN", "{q}"], Right),
+        ("QSHUTDOWN", &["QSHUTDOWN", "{q}"], Right),
+        ("QDROP", &["QDROP", "{q}"], Right),
+        ("LOCK", &["LOCK", "{q}", "NOWAIT"], Right),
+        ("UNLOCK", &["UNLOCK", "{q}", "1"], Right),
+        ("PING", &["PING"], Nothing),
+        ("ECHO", &["ECHO", "e"], Nothing),
+        ("HELLO", &["HELLO", "2"], Nothing),
+        ("AUTH", &["AUTH", "narrow", "pw"], Nothing),
+        ("CLIENT", &["CLIENT", "ID"], Nothing),
+        ("SELECT", &["SELECT", "0"], Nothing),
+        ("INFO", &["INFO"], Nothing),
+        ("COMMAND", &["COMMAND", "COUNT"], Nothing),
+        ("CONFIG", &["CONFIG", "GET", "maxclients"], Nothing),
+        ("ACL", &["ACL", "LIST"], Operator),
+        ("QUIT", &["QUIT"], Nothing),
+    ];
+    for name in NAMES {
+        assert!(
+            table.iter().any(|(n, ..)| *n == name),
+            "{name} has no row: say which right it needs"
+        );
+    }
+    let mut s = Session::new(Arc::clone(&b), "test".into());
+    assert!(run(&mut s, &["QLEN", "jobs1"]).starts_with("-NOAUTH"));
+    assert_eq!(run(&mut s, &["AUTH", "narrow", "pw"]), "+OK\r\n");
+    assert_eq!(run(&mut s, &["ACL", "WHOAMI"]), "$6\r\nnarrow\r\n");
+    for (name, args, needs) in table {
+        let on = |q: &str| -> Vec<String> { args.iter().map(|a| a.replace("{q}", q)).collect() };
+        let allowed = reply_of(&mut s, &on("jobs1"));
+        let denied = reply_of(&mut s, &on("other"));
+        match needs {
+            Right => {
+                assert!(
+                    !allowed.starts_with("-NOPERM"),
+                    "{name} on jobs1: {allowed}"
+                );
+                assert!(
+                    denied.starts_with("-NOPERM")
+                        && denied.contains(name)
+                        && denied.contains("'other'"),
+                    "{name} on other: {denied}"
+                );
+            }
+            Nothing => {
+                assert!(!allowed.starts_with("-NOPERM"), "{name}: {allowed}");
+                assert!(!denied.starts_with("-NOPERM"), "{name}: {denied}");
+            }
+            Operator => {
+                assert!(allowed.starts_with("-NOPERM"), "{name}: {allowed}");
+            }
+        }
+    }
+    // QLIST shows only what the user may see.
+    run(&mut s, &["QPUT", "jobs9", "x"]);
+    let mut ops = Session::new(Arc::clone(&b), "test".into());
+    assert!(run(&mut ops, &["AUTH", "narrow", "wrong"]).starts_with("-WRONGPASS"));
+    assert!(run(&mut ops, &["AUTH", "nobody", "pw"]).starts_with("-WRONGPASS"));
+    let listed = run(&mut s, &["QLIST"]);
+    assert!(
+        listed.contains("jobs9") && !listed.contains("other"),
+        "{listed}"
+    );
+}
