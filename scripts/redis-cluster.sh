@@ -48,8 +48,16 @@ start)
     echo "redis+cluster://${nodes[0]},${nodes[1]},${nodes[2]}"
     ;;
 stop)
+    pids=()
     for pidfile in "$dir"/*/pid; do
-        [ -f "$pidfile" ] && kill "$(cat "$pidfile")" 2>/dev/null || true
+        [ -f "$pidfile" ] || continue
+        pid=$(cat "$pidfile")
+        kill "$pid" 2>/dev/null && pids+=("$pid")
+    done
+    # Until they are gone (at most 10 s): a node still writing its last
+    # log lines would race the caller's removal of DIR.
+    for pid in "${pids[@]}"; do
+        for _ in $(seq 1000); do kill -0 "$pid" 2>/dev/null || break; sleep 0.01; done
     done
     ;;
 *)
