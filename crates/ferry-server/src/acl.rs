@@ -34,9 +34,10 @@ pub(crate) enum Right {
     /// Get from a queue and settle what was got (QGET, QDONE, QNACK,
     /// QTOUCH).
     Get,
-    /// Look at a queue (QLEN, QINFO, QPEEK, QJOIN): any right on it.
+    /// Look at or make a queue (QLEN, QINFO, QPEEK, QJOIN, QCREATE): any
+    /// right on it.
     See,
-    /// Make, configure, purge, drop or shut down a queue.
+    /// Configure, purge, drop or shut down a queue.
     Admin,
     /// Take and release a lock.
     Lock,

@@ -388,7 +388,9 @@ impl Command {
             Command::Nack(c) => vec![(Right::Get, &c.queue)],
             Command::Touch(c) => vec![(Right::Get, &c.queue)],
             Command::Join(c) => vec![(Right::See, &c.queue)],
-            Command::Create(c) => vec![(Right::Admin, c.queue())],
+            // Making a queue is a first use, as a put's or a get's is (and
+            // Python's classes QCREATE to attach): any right on it.
+            Command::Create(c) => vec![(Right::See, c.queue())],
             Command::Config(c) => vec![(Right::Admin, c.queue())],
             Command::Inspect(admin::Inspect::Len(q) | admin::Inspect::Info(q)) => {
                 vec![(Right::See, q)]

@@ -1,5 +1,6 @@
-"""ferrys:// from Python (the blocking and asyncio classes) against a
-broker serving TLS, with certificates openssl makes for the test."""
+"""ferry's security from Python: ferrys:// (blocking and asyncio classes)
+against a broker serving TLS, with certificates openssl makes for the
+test; and a user's credentials from the URL against an --acl-file."""
 
 import asyncio
 import os
@@ -13,7 +14,7 @@ from conftest import ROOT
 
 pytestmark = pytest.mark.skipif(
     bool(os.environ.get("FERRY_TEST_URL")),
-    reason="ferrys:// is TLS to ferry's broker (--tls-cert); this suite runs on another engine",
+    reason="TLS (--tls-cert) and users (--acl-file) are ferry's broker's; this suite runs on another engine",
 )
 
 
@@ -74,3 +75,28 @@ def test_asyncio_over_tls(tls_broker):
         await q.aclose()
 
     asyncio.run(main())
+
+
+def test_a_user_from_the_url_gets_its_rights(tmp_path):
+    binary = os.environ.get("FERRY_BIN") or str(ROOT / "target" / "debug" / "ferry")
+    hashed = subprocess.run([binary, "hash-password"], input="worker-pw\n", text=True,
+                            capture_output=True, check=True).stdout.strip()
+    acl = tmp_path / "acl.toml"
+    acl.write_text(f'[users.worker]\npassword_hash = "{hashed}"\nput = ["jobs.*"]\nget = ["jobs.*"]\n')
+    proc = subprocess.Popen(
+        [binary, "serve", "--port", "0", "--http", "off", "--durability", "memory",
+         "--data-dir", str(tmp_path / "data"), "--acl-file", str(acl)],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        port = proc.stdout.readline().rsplit(":", 1)[1].strip()
+        url = f"ferry://worker:worker-pw@127.0.0.1:{port}"
+        q = ferry.JoinableQueue(name="jobs.py", url=url)
+        q.put("x")
+        assert q.get() == "x"
+        q.task_done()
+        with pytest.raises(ferry.FerryError, match="NOPERM"):
+            ferry.Queue(name="billing", url=url).put("no")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        proc.stdout.close()
