@@ -3,7 +3,6 @@ driven by Playwright with its executable path) against a real broker."""
 
 import os
 import shutil
-import subprocess
 import urllib.error
 import urllib.request
 
@@ -11,7 +10,7 @@ import pytest
 import redis
 
 import ferry
-from conftest import ROOT
+from conftest import serve
 
 pytestmark = pytest.mark.skipif(
     bool(os.environ.get("FERRY_TEST_URL")),
@@ -25,24 +24,10 @@ Image = pytest.importorskip("PIL.Image")
 PUT, READY = (0x2F, 0x6F, 0xDE), (0xD9, 0x82, 0x2B)
 
 
-def serve(tmp_path, *flags):
-    binary = os.environ.get("FERRY_BIN") or str(ROOT / "target" / "debug" / "ferry")
-    proc = subprocess.Popen(
-        [binary, "serve", "--port", "0", "--http", "127.0.0.1:0", "--durability", "memory",
-         "--data-dir", str(tmp_path), *flags],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    port = proc.stdout.readline().rsplit(":", 1)[1].strip()
-    http = proc.stdout.readline().split(" ", 1)[1].strip()
-    return proc, int(port), http
-
-
 @pytest.fixture
 def broker(tmp_path):
-    proc, port, http = serve(tmp_path)
-    yield port, http
-    proc.terminate()
-    proc.wait(timeout=10)
-    proc.stdout.close()
+    with serve(tmp_path, "--durability", "memory") as running:
+        yield running
 
 
 @pytest.fixture
@@ -137,11 +122,11 @@ def test_the_dashboard_follows_a_queue_and_redrives_its_dead_letters(broker, pag
     depth_chart = page.locator("#chart-depth").bounding_box()
     assert colour_pixels(shot, depth_chart, READY) > 50, "the depth chart is empty"
     q.close()
+    r.close()
 
 
 def test_the_dashboard_wants_the_password_and_works_with_it(browser, tmp_path):
-    proc, port, http = serve(tmp_path, "--requirepass", "s3cret")
-    try:
+    with serve(tmp_path, "--durability", "memory", "--requirepass", "s3cret") as (port, http):
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(http + "/", timeout=10)
         assert refused.value.code == 401
@@ -154,7 +139,4 @@ def test_the_dashboard_wants_the_password_and_works_with_it(browser, tmp_path):
         r.execute_command("QPUT", "secured", "x")
         sync_api.expect(page.locator('tr[data-queue="secured"] td.ready')).to_have_text("1")
         sync_api.expect(page.locator("#error")).to_be_hidden()
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-        proc.stdout.close()
+        r.close()

@@ -1,13 +1,12 @@
 """The broker's HTTP admin port read by Prometheus's own parser."""
 
 import os
-import subprocess
 import urllib.request
 
 import pytest
 
 import ferry
-from conftest import ROOT
+from conftest import serve
 
 pytestmark = pytest.mark.skipif(
     bool(os.environ.get("FERRY_TEST_URL")),
@@ -19,17 +18,8 @@ parser = pytest.importorskip("prometheus_client.openmetrics.parser")
 
 @pytest.fixture
 def broker(tmp_path):
-    binary = os.environ.get("FERRY_BIN") or str(ROOT / "target" / "debug" / "ferry")
-    proc = subprocess.Popen(
-        [binary, "serve", "--port", "0", "--http", "127.0.0.1:0", "--durability", "sync",
-         "--data-dir", str(tmp_path)],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    port = proc.stdout.readline().rsplit(":", 1)[1].strip()
-    http = proc.stdout.readline().split(" ", 1)[1].strip()
-    yield f"ferry://127.0.0.1:{port}", http
-    proc.terminate()
-    proc.wait(timeout=10)
-    proc.stdout.close()
+    with serve(tmp_path, "--durability", "sync") as (port, http):
+        yield f"ferry://127.0.0.1:{port}", http
 
 
 def scrape(http):

@@ -10,7 +10,7 @@ import pytest
 
 import ferry
 import ferry.aio
-from conftest import ROOT
+from conftest import BINARY, serve
 
 pytestmark = pytest.mark.skipif(
     bool(os.environ.get("FERRY_TEST_URL")),
@@ -33,17 +33,10 @@ def tls_broker(tmp_path):
     openssl("x509", "-req", "-in", "broker.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
             "-CAcreateserial", "-out", "broker.pem", "-days", "1", "-extfile", "san.ext",
             cwd=tmp_path)
-    binary = os.environ.get("FERRY_BIN") or str(ROOT / "target" / "debug" / "ferry")
-    proc = subprocess.Popen(
-        [binary, "serve", "--port", "0", "--http", "off", "--durability", "memory",
-         "--data-dir", str(tmp_path / "data"), "--tls-cert", str(tmp_path / "broker.pem"),
-         "--tls-key", str(tmp_path / "broker.key")],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    port = proc.stdout.readline().rsplit(":", 1)[1].strip()
-    yield f"ferrys://127.0.0.1:{port}?ca={tmp_path / 'ca.pem'}", port
-    proc.terminate()
-    proc.wait(timeout=10)
-    proc.stdout.close()
+    with serve(tmp_path / "data", "--durability", "memory",
+               "--tls-cert", str(tmp_path / "broker.pem"), "--tls-key", str(tmp_path / "broker.key"),
+               http=False) as (port, _):
+        yield f"ferrys://127.0.0.1:{port}?ca={tmp_path / 'ca.pem'}", port
 
 
 def test_the_lesson_s_queue_over_tls(tls_broker):
@@ -78,17 +71,12 @@ def test_asyncio_over_tls(tls_broker):
 
 
 def test_a_user_from_the_url_gets_its_rights(tmp_path):
-    binary = os.environ.get("FERRY_BIN") or str(ROOT / "target" / "debug" / "ferry")
-    hashed = subprocess.run([binary, "hash-password"], input="worker-pw\n", text=True,
+    hashed = subprocess.run([BINARY, "hash-password"], input="worker-pw\n", text=True,
                             capture_output=True, check=True).stdout.strip()
     acl = tmp_path / "acl.toml"
     acl.write_text(f'[users.worker]\npassword_hash = "{hashed}"\nput = ["jobs.*"]\nget = ["jobs.*"]\n')
-    proc = subprocess.Popen(
-        [binary, "serve", "--port", "0", "--http", "off", "--durability", "memory",
-         "--data-dir", str(tmp_path / "data"), "--acl-file", str(acl)],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    try:
-        port = proc.stdout.readline().rsplit(":", 1)[1].strip()
+    with serve(tmp_path / "data", "--durability", "memory", "--acl-file", str(acl),
+               http=False) as (port, _):
         url = f"ferry://worker:worker-pw@127.0.0.1:{port}"
         q = ferry.JoinableQueue(name="jobs.py", url=url)
         q.put("x")
@@ -96,7 +84,3 @@ def test_a_user_from_the_url_gets_its_rights(tmp_path):
         q.task_done()
         with pytest.raises(ferry.FerryError, match="NOPERM"):
             ferry.Queue(name="billing", url=url).put("no")
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-        proc.stdout.close()
