@@ -259,6 +259,8 @@ pub fn info_field(c: &mut redis::Connection, field: &str) -> u64 {
 pub struct RedisServer {
     child: Option<Child>,
     pub port: u16,
+    /// Its cluster bus port, when it is a cluster node.
+    bus: Option<u16>,
     extra: Vec<String>,
     dir: tempfile::TempDir,
 }
@@ -269,33 +271,77 @@ impl RedisServer {
     }
 
     pub fn start_with(extra: &[&str]) -> RedisServer {
+        RedisServer::start_on(extra, false)
+    }
+
+    /// A free port is only free until someone takes it (another test's
+    /// server, or any connection's ephemeral port): a server that could
+    /// not bind exits, and is started again on new ports.
+    fn start_on(extra: &[&str], cluster_node: bool) -> RedisServer {
         let mut server = RedisServer {
             child: None,
-            port: free_port(),
+            port: 0,
+            bus: None,
             extra: extra.iter().map(|s| s.to_string()).collect(),
             dir: tempfile::tempdir().unwrap(),
         };
-        server.restart();
-        server
+        for _ in 0..10 {
+            server.port = free_port();
+            server.bus = cluster_node.then(free_port);
+            if server.spawn() {
+                return server;
+            }
+        }
+        panic!("redis-server would not start: {}", server.log())
     }
 
-    /// Starts it (again, after [`RedisServer::kill9`]: same port, same
-    /// directory, so a cluster node comes back as itself).
+    /// Starts it again after [`RedisServer::kill9`]: same port, same
+    /// directory, so a cluster node comes back as itself.
     pub fn restart(&mut self) {
+        assert!(
+            self.spawn(),
+            "redis-server would not start again: {}",
+            self.log()
+        );
+    }
+
+    /// Starts it and waits until it listens; false if it exited first.
+    fn spawn(&mut self) -> bool {
         assert!(self.child.is_none(), "already running");
         let port = self.port;
-        let child = Command::new("redis-server")
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("redis.log"))
+            .unwrap();
+        let mut command = Command::new("redis-server");
+        command
             .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
             .args(["--save", "", "--appendonly", "no", "--dir"])
-            .arg(self.dir.path())
+            .arg(self.dir.path());
+        if let Some(bus) = self.bus {
+            command.args(["--cluster-port", &bus.to_string()]);
+        }
+        let mut child = command
             .args(&self.extra)
-            .stdout(Stdio::null())
+            .stdout(log)
             .spawn()
             .expect("redis-server (Debian: redis-server) must be installed");
-        self.child = Some(child);
+        let mut exited = false;
         wait_until("redis-server to listen", || {
-            TcpStream::connect(("127.0.0.1", port)).is_ok()
+            exited = matches!(child.try_wait(), Ok(Some(_)));
+            exited || TcpStream::connect(("127.0.0.1", port)).is_ok()
         });
+        if exited {
+            return false;
+        }
+        self.child = Some(child);
+        true
+    }
+
+    /// What it printed.
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("redis.log")).unwrap_or_default()
     }
 
     pub fn conn(&self) -> redis::Connection {
@@ -346,12 +392,9 @@ impl RedisCluster {
     pub fn start_with(primaries: usize, replicas: usize, password: Option<&str>) -> RedisCluster {
         let nodes: Vec<RedisServer> = (0..primaries * (1 + replicas))
             .map(|_| {
-                let bus = free_port().to_string();
                 let mut args = vec![
                     "--cluster-enabled",
                     "yes",
-                    "--cluster-port",
-                    &bus,
                     "--cluster-node-timeout",
                     "1000",
                     // Replicas in sync at once (not after 5 s), so that
@@ -362,7 +405,7 @@ impl RedisCluster {
                 if let Some(pw) = password {
                     args.extend(["--requirepass", pw, "--masterauth", pw]);
                 }
-                RedisServer::start_with(&args)
+                RedisServer::start_on(&args, true)
             })
             .collect();
         let mut create = Command::new("redis-cli");
