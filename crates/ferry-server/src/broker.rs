@@ -19,6 +19,7 @@ use tokio::sync::Notify;
 use crate::acl::Acl;
 use crate::clients::{ClientView, Clients};
 use crate::config::{Config, Durability};
+use crate::counter::Counter;
 use crate::locks::Locks;
 use crate::payload::{DEFAULT_KEY, EngineQueue, Payload};
 use crate::store::{LogJournal, Recovered, Store};
@@ -196,7 +197,8 @@ pub(crate) struct Broker {
     blocked: Mutex<HashMap<u64, Arc<Unblock>>>,
     /// Holder groups (CLIENT HOLDER), by their clients' token.
     groups: Mutex<HashMap<Bytes, Arc<HolderGroup>>>,
-    pub(crate) commands: AtomicU64,
+    /// Commands run since start (INFO total_commands_processed).
+    pub(crate) commands: Counter,
     /// Connections closed for a request over the limits, idle past
     /// --idle-timeout, or not reading their replies within --write-timeout.
     pub(crate) refused_requests: AtomicU64,
@@ -205,7 +207,7 @@ pub(crate) struct Broker {
     /// Checkpoints completed since start.
     pub(crate) compactions: AtomicU64,
     /// Sum of every queue's held weight: what `--max-memory` limits.
-    memory: AtomicU64,
+    memory: Counter,
     /// The embedded store; `None` with `--durability memory`.
     pub(crate) store: Option<Arc<Store>>,
     /// The data directory's disk is below `min_free_disk`: puts are refused.
@@ -337,12 +339,12 @@ impl Broker {
             connections: Clients::default(),
             blocked: Mutex::new(HashMap::new()),
             groups: Mutex::new(HashMap::new()),
-            commands: AtomicU64::new(0),
+            commands: Counter::default(),
             refused_requests: AtomicU64::new(0),
             idle_closed: AtomicU64::new(0),
             slow_closed: AtomicU64::new(0),
             compactions: AtomicU64::new(0),
-            memory: AtomicU64::new(0),
+            memory: Counter::default(),
             nospace: AtomicBool::new(false),
             http: std::sync::OnceLock::new(),
         })
@@ -372,7 +374,7 @@ impl Broker {
 
     /// Bytes held by queued messages (payloads plus per-message overhead).
     pub(crate) fn memory(&self) -> u64 {
-        self.memory.load(Ordering::Relaxed)
+        self.memory.get()
     }
 
     /// True when puts must be refused with -NOSPACE: free space is under
@@ -586,7 +588,11 @@ impl QueueCell {
 
     /// A command named the queue at `now`.
     pub(crate) fn used(&self, now: Millis) {
-        self.last_used.store(now, Ordering::Relaxed);
+        // Written only when it changed: every client of the queue reads
+        // it, and a store per command would take the line from the others.
+        if self.last_used.load(Ordering::Relaxed) != now {
+            self.last_used.store(now, Ordering::Relaxed);
+        }
     }
 
     /// The idle expiry, if any (QCREATE ... EXPIRE).
@@ -608,7 +614,17 @@ impl QueueCell {
         broker: &Arc<Broker>,
         f: impl FnOnce(&mut QueueState, Millis) -> R,
     ) -> R {
-        let now = broker.now();
+        self.with_at(broker, broker.now(), f)
+    }
+
+    /// [`QueueCell::with`] at a broker time the caller read: a command
+    /// passes its session's ([`crate::session::Session::now`]).
+    pub(crate) fn with_at<R>(
+        &self,
+        broker: &Arc<Broker>,
+        now: Millis,
+        f: impl FnOnce(&mut QueueState, Millis) -> R,
+    ) -> R {
         let mut st = self.state.lock();
         let before = st.q.held_weight();
         let r = f(&mut st, now);
@@ -618,9 +634,9 @@ impl QueueCell {
         let QueueState { q, wakers, .. } = &mut *st;
         let after = q.held_weight();
         if after > before {
-            broker.memory.fetch_add(after - before, Ordering::Relaxed);
+            broker.memory.add(after - before);
         } else if after < before {
-            broker.memory.fetch_sub(before - after, Ordering::Relaxed);
+            broker.memory.sub(before - after);
         }
         for id in q.drain_woken() {
             if let Some(n) = wakers.get(&id) {

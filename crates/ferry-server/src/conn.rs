@@ -167,6 +167,8 @@ impl Conn {
 
     async fn serve(&mut self) -> io::Result<()> {
         loop {
+            // A new batch: the clock is read again.
+            self.session.tick();
             loop {
                 self.limit_requests();
                 // Replies due beyond a page go out before more requests
@@ -211,7 +213,11 @@ impl Conn {
                     None => std::future::pending().await,
                 }
             };
+            // The read first: while a client is busy it is usually ready,
+            // and then the other branches are never polled (a shutdown
+            // watch registers a waiter under a shared lock when polled).
             tokio::select! {
+                biased;
                 n = self.stream.read_buf(&mut self.inbuf) => {
                     if n? == 0 {
                         return Ok(());
@@ -244,6 +250,7 @@ impl Conn {
             woke = self
                 .wait(blocked.notify(), blocked.wake_at(), &unblock)
                 .await;
+            self.session.tick();
         };
         broker.unblocked(id);
         flow

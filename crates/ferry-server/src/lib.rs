@@ -18,6 +18,7 @@
 //! - `broker`: the registry of queues (each an engine behind its own
 //!   mutex, with a timer task for delays and lease expiry), dead-letter
 //!   routing, DEDUP keys, checkpoints.
+//! - `counter`: counters many threads add to, sharded per thread.
 //! - `payload`: what a queue holds, and how the engine weighs, orders and
 //!   packs it.
 //! - `locks`: the lock table (fencing tokens, FIFO waiters).
@@ -37,6 +38,7 @@ mod clients;
 mod cmd;
 mod config;
 mod conn;
+mod counter;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzz;

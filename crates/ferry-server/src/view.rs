@@ -186,7 +186,7 @@ impl Broker {
             refused_requests: self.refused_requests.load(Ordering::Relaxed),
             idle_closed: self.idle_closed.load(Ordering::Relaxed),
             slow_closed: self.slow_closed.load(Ordering::Relaxed),
-            commands_processed: self.commands.load(Ordering::Relaxed),
+            commands_processed: self.commands.get(),
             queued_memory: self.memory(),
             max_memory: self.config.max_memory,
             queues: self.queue_count(),

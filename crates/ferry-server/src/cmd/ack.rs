@@ -74,8 +74,13 @@ impl Done {
 
     pub(super) fn apply(self, s: &mut Session) -> Res {
         let holder = Some(s.holder());
-        let n = match s.find(&self.queue) {
-            Some(cell) => cell.with(&s.broker, |st, _| st.q.done(&self.ids, holder)),
+        let n = match s.take_existing(&self.queue) {
+            Some(cell) => {
+                let now = s.now();
+                let n = cell.with_at(&s.broker, now, |st, _| st.q.done(&self.ids, holder));
+                s.keep_queue(cell);
+                n
+            }
             None => 0,
         };
         s.reply().uint(n as u64);

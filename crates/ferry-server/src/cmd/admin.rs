@@ -295,16 +295,11 @@ impl Inspect {
                 }
             }
             Inspect::Peek(queue, count) => {
-                let got: Vec<(Bytes, Message<Payload>)> = match s.find(&queue) {
-                    Some(cell) => cell.with(&s.broker, |st, _| {
-                        st.q.peek(count)
-                            .into_iter()
-                            .map(|m| (queue.clone(), m))
-                            .collect()
-                    }),
+                let got: Vec<Message<Payload>> = match s.find(&queue) {
+                    Some(cell) => cell.with(&s.broker, |st, _| st.q.peek(count)),
                     None => Vec::new(),
                 };
-                entries(s, &got);
+                entries(s, got.len(), got.iter().map(|m| (&queue[..], m)));
             }
         }
         done()

@@ -102,30 +102,41 @@ impl Get {
             got,
             buf,
         } = &mut scratch;
-        for n in std::iter::once(&self.first).chain(&self.more) {
+        // The first queue is the session's current one, taken out of it
+        // and given back after: no reference count is touched (a shared
+        // count is a cache line two cores fight over).
+        cells.push(s.take_queue(&self.first));
+        for n in &self.more {
             cells.push(s.find_or_create(n));
         }
         // First, whatever is ready now, queue by queue in the order named.
-        for cell in cells.iter() {
+        for (i, cell) in cells.iter().enumerate() {
             let want = count - got.len();
             if want == 0 {
-                open.push(Arc::clone(cell));
+                open.push(i);
                 continue;
             }
-            let ready = cell.with(&s.broker, |st, now| st.q.get_many(spec, want, now, buf));
+            let now = s.now();
+            let ready = cell.with_at(&s.broker, now, |st, now| {
+                st.q.get_many(spec, want, now, buf)
+            });
             // A queue shut down and drained is left out of the wait.
             if ready.is_ok() {
-                open.push(Arc::clone(cell));
+                open.push(i);
             }
             if !buf.is_empty() {
                 if holds {
                     s.hold(cell);
                 }
-                got.extend(buf.drain(..).map(|m| (cell.name.clone(), m)));
+                got.extend(buf.drain(..).map(|m| (i, m)));
             }
         }
         let result = if !got.is_empty() {
-            entries(s, got);
+            entries(
+                s,
+                got.len(),
+                got.iter().map(|(i, m)| (&cells[*i].name[..], m)),
+            );
             done()
         } else if open.is_empty() {
             Err(shut_down())
@@ -133,6 +144,7 @@ impl Get {
             let notify = Arc::new(Notify::new());
             let waiting = open
                 .drain(..)
+                .map(|i| Arc::clone(&cells[i]))
                 .map(|cell| {
                     let w = cell.with(&s.broker, |st, now| {
                         let w = st.q.wait_get(spec, count, now);
@@ -152,16 +164,26 @@ impl Get {
             s.reply().null_array();
             done()
         };
+        got.clear();
+        let mut cells = std::mem::take(cells);
+        if !cells.is_empty() {
+            s.keep_queue(cells.swap_remove(0));
+        }
+        scratch.cells = cells;
         scratch.clear();
         s.scratch = scratch;
         result
     }
 }
 
-/// Writes messages as entries: `[queue, id, payload, attempts]` each.
-pub(super) fn entries(s: &mut Session, entries: &[(Bytes, Message<Payload>)]) {
+/// Writes `n` messages as entries: `[queue, id, payload, attempts]` each.
+pub(super) fn entries<'a>(
+    s: &mut Session,
+    n: usize,
+    entries: impl Iterator<Item = (&'a [u8], &'a Message<Payload>)>,
+) {
     let mut r = s.reply();
-    r.array(entries.len());
+    r.array(n);
     for (queue, m) in entries {
         r.array(4);
         r.bulk(queue);
@@ -223,8 +245,7 @@ impl GetWait {
                 if self.holds {
                     s.hold(&cell);
                 }
-                let got: Vec<_> = msgs.into_iter().map(|m| (cell.name.clone(), m)).collect();
-                entries(s, &got);
+                entries(s, msgs.len(), msgs.iter().map(|m| (&cell.name[..], m)));
                 Ok(Flow::Continue)
             }
             (Woke::TimedOut | Woke::Unblocked(_), None) => woke.empty_handed(|| {

@@ -24,8 +24,6 @@ mod server;
 #[cfg(test)]
 mod tests;
 
-use std::sync::atomic::Ordering;
-
 use bytes::Bytes;
 use ferry_proto::Request;
 use tokio::sync::Notify;
@@ -339,12 +337,12 @@ fn command_name(name: &[u8]) -> Option<&'static str> {
 
 impl Command {
     /// Parses a request (not empty) into a command, or the error to reply.
-    pub(crate) fn parse(req: Request) -> Result<Command, CmdError> {
-        let name = &req[0];
-        let Some(command) = command_name(name) else {
+    /// `command` is its name as [`command_name`] found it.
+    pub(crate) fn parse(command: Option<&'static str>, req: Request) -> Result<Command, CmdError> {
+        let Some(command) = command else {
             return Err(err(
                 "ERR",
-                format!("unknown command '{}'", String::from_utf8_lossy(name)),
+                format!("unknown command '{}'", String::from_utf8_lossy(&req[0])),
             ));
         };
         let mut a = Args {
@@ -483,17 +481,17 @@ impl Session {
 /// Runs one request: parses it, checks the client may run it, applies it.
 /// Its reply (or error) is in the session's output unless it waits.
 pub(crate) fn execute(s: &mut Session, req: Request) -> Outcome {
-    s.broker.commands.fetch_add(1, Ordering::Relaxed);
+    s.broker.commands.add(1);
     s.commands += 1;
     // Before anything else is read of it: a client that has not
     // authenticated may only authenticate, or leave.
-    if !s.authed && !matches!(command_name(&req[0]), Some("AUTH" | "HELLO" | "QUIT")) {
+    let command = command_name(&req[0]);
+    if !s.authed && !matches!(command, Some("AUTH" | "HELLO" | "QUIT")) {
         return Outcome::Done(s.settle(Err(err("NOAUTH", "Authentication required."))));
     }
-    let name = command_name(&req[0]).unwrap_or("?");
-    let outcome = Command::parse(req).and_then(|cmd| {
+    let outcome = Command::parse(command, req).and_then(|cmd| {
         if let Some(user) = &s.user {
-            cmd.permitted(user, name)?;
+            cmd.permitted(user, command.unwrap_or("?"))?;
         }
         if cmd.changes_log() {
             s.logged = true;

@@ -160,43 +160,55 @@ impl Put {
             dedup,
             dedup_for,
         } = self;
-        let cell = s.find_or_create(&queue);
+        let cell = s.take_queue(&queue);
         // A key's own window may be shorter than the broker's, not longer.
         let window = s.broker.config.dedup_window_ms;
         let window = dedup_for.map_or(window, |w| w.clamp(1, window));
-        let store = s.broker.store.clone();
+        let now = s.now();
+        let store = s.broker.store.as_deref();
         let item = Payload {
             data,
             key: opts.key.clone(),
         };
-        let first = cell.with(&s.broker, |st, now| {
+        let first = cell.with_at(&s.broker, now, |st, now| {
             if let Some(id) = dedup.as_ref().and_then(|k| st.dedup(k, now)) {
                 return Ok(Ok(id));
             }
             if let Some(t) = &opts.keytype
-                && let Err(held) = st.check_keytype(&queue, t, store.as_deref())
+                && let Err(held) = st.check_keytype(&queue, t, store)
             {
                 return Err(keytype_error(&held, t));
             }
             let r = st.q.put(item, opts.delay, now);
             if let (Ok(id), Some(k)) = (&r, &dedup) {
-                st.remember(&queue, k.clone(), *id, now, window, store.as_deref());
+                st.remember(&queue, k.clone(), *id, now, window, store);
             }
             Ok(r)
-        })?;
+        });
         match first {
-            Ok(id) => {
+            Ok(Ok(id)) => {
+                s.keep_queue(cell);
                 s.reply().uint(id);
                 done()
             }
-            Err(PutError::ShutDown(_)) => Err(shut_down()),
-            Err(PutError::Full(item) | PutError::TooMany(item)) => wait(
-                s,
-                cell,
-                Batch::One(item),
-                &opts,
-                dedup.map(|k| (queue, k, window)),
-            ),
+            Err(e) => {
+                s.keep_queue(cell);
+                Err(e)
+            }
+            Ok(Err(PutError::ShutDown(_))) => {
+                s.keep_queue(cell);
+                Err(shut_down())
+            }
+            Ok(Err(PutError::Full(item) | PutError::TooMany(item))) => {
+                s.keep_queue(Arc::clone(&cell));
+                wait(
+                    s,
+                    cell,
+                    Batch::One(item),
+                    &opts,
+                    dedup.map(|k| (queue, k, window)),
+                )
+            }
         }
     }
 }
@@ -235,10 +247,11 @@ impl PutMany {
             })
             .collect();
         let cell = s.find_or_create(&queue);
-        let store = s.broker.store.clone();
-        let put = cell.with(&s.broker, |st, now| {
+        let now = s.now();
+        let store = s.broker.store.as_deref();
+        let put = cell.with_at(&s.broker, now, |st, now| {
             if let Some(t) = &opts.keytype {
-                st.check_keytype(&queue, t, store.as_deref())
+                st.check_keytype(&queue, t, store)
                     .map_err(|held| keytype_error(&held, t))?;
             }
             Ok(st.q.put_many(items, opts.delay, now))

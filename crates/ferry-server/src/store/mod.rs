@@ -32,13 +32,43 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use ferry_core::engine::{self, Millis};
 use ferry_log::{Log, LogError, Options, Recovery};
-use tokio::sync::watch;
+use std::task::{Poll, Waker};
 
 use records::{
     CHECKPOINT, DROP, FINISH, KEYTYPE, NEXT_ID, REOPEN, RESET, SHUTDOWN, SNAPSHOT_ABORT,
     SNAPSHOT_END,
 };
 use replay::Replay;
+
+/// Tasks waiting for the log to be durable up to a sequence number. The
+/// writer wakes only those it reached: a watch channel woke every waiter
+/// on every fsync, most of them to find their records not synced yet.
+#[derive(Default)]
+struct Waiters {
+    list: parking_lot::Mutex<Vec<(u64, Waker)>>,
+}
+
+impl Waiters {
+    /// The log is durable up to `upto` (`u64::MAX`: it failed; wake all).
+    fn reached(&self, upto: u64) {
+        let mut woken = Vec::new();
+        {
+            let mut list = self.list.lock();
+            let mut i = 0;
+            while i < list.len() {
+                if list[i].0 <= upto {
+                    woken.push(list.swap_remove(i).1);
+                } else {
+                    i += 1;
+                }
+            }
+        }
+        // Woken after the lock is let go: a woken task may poll at once.
+        for w in woken {
+            w.wake();
+        }
+    }
+}
 
 /// Unix time in ms.
 fn unix_ms() -> u64 {
@@ -47,10 +77,10 @@ fn unix_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// The log, and a watch on how far it is durable.
+/// The log, and who waits for it to be durable.
 pub(crate) struct Store {
     log: Log,
-    durable: watch::Receiver<u64>,
+    waiters: Arc<Waiters>,
     /// Told once if the log fails: the server then stops.
     pub(crate) failure: Arc<tokio::sync::Notify>,
     /// Unix ms when the broker's clock read 0: delays and DEDUP windows are
@@ -66,31 +96,29 @@ impl Store {
         options: Options,
     ) -> Result<(Store, HashMap<Bytes, Recovered>, Recovery), LogError> {
         let mut replay = Replay::default();
-        let (tx, rx) = watch::channel(0u64);
-        let tx = Arc::new(tx);
+        let waiters = Arc::new(Waiters::default());
         let failure = Arc::new(tokio::sync::Notify::new());
-        let (on_durable, on_error) = (Arc::clone(&tx), Arc::clone(&failure));
+        let (on_durable, on_error) = (Arc::clone(&waiters), Arc::clone(&failure));
+        let failed = Arc::clone(&waiters);
         let (log, recovery) = Log::open(
             dir,
             options,
             |r| replay.apply(r),
-            Box::new(move |lsn| {
-                on_durable.send_replace(lsn);
-            }),
+            Box::new(move |lsn| on_durable.reached(lsn)),
             Box::new(move |e| {
                 // SPEC §3: a write or fsync error stops the broker rather
                 // than acknowledging anything it could not make durable.
                 // Waiters wake to find the log failed and withhold their
                 // replies; the server stops (see `Server::run`).
                 tracing::error!(error = %e, "the log failed; stopping");
-                tx.send_modify(|_| {});
+                failed.reached(u64::MAX);
                 on_error.notify_one();
             }),
         )?;
         let (state, cut) = replay.finish();
         let store = Store {
             log,
-            durable: rx,
+            waiters,
             failure,
             base: unix_ms(),
         };
@@ -120,18 +148,27 @@ impl Store {
         if !self.log.write_now() {
             return false;
         }
-        let mut rx = self.durable.clone();
-        loop {
-            if self.log.failed() {
-                return false;
+        std::future::poll_fn(|cx| {
+            let settled = || {
+                if self.log.failed() {
+                    Some(false)
+                } else {
+                    (self.log.durable() >= lsn).then_some(true)
+                }
+            };
+            if let Some(r) = settled() {
+                return Poll::Ready(r);
             }
-            if *rx.borrow_and_update() >= lsn {
-                return true;
+            let mut list = self.waiters.list.lock();
+            // Looked at again under the lock: the writer publishes how far
+            // it got before it takes the lock to wake anyone.
+            if let Some(r) = settled() {
+                return Poll::Ready(r);
             }
-            if rx.changed().await.is_err() {
-                return false;
-            }
-        }
+            list.push((lsn, cx.waker().clone()));
+            Poll::Pending
+        })
+        .await
     }
 
     /// Broker time (ms since start) of a wall-clock moment.
