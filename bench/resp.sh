@@ -78,31 +78,43 @@ rps() {
 syncs() { redis-cli -p "$1" INFO | tr -d '\r' | awk -F: '/^log_syncs:/ {print $2}'; }
 ratio() { python3 -c "print(f'{$1/$2:.2f}')"; }
 rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
+# CPU time a process used so far (user + system), in clock ticks
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
 echo "ferry $(./target/release/ferry --version | awk '{print $2}'), $(redis-server --version | awk '{print $1, $2, $3}'); $clients clients, 16-byte payloads" >&2
-printf '%-34s %12s %12s %7s %10s %13s\n' workload "ferry ops/s" "redis ops/s" ratio "fsyncs/s" "replies/fsync"
+# cpu µs/req: the server's CPU time (user + system, all its threads) per
+# request — steadier than requests/s on a shared machine, where the
+# benchmark client competes for the same cores.
+echo "(cpu µs/req: server CPU time per request, ferry / redis)" >&2
+printf '%-34s %12s %12s %7s %14s %10s %13s\n' workload "ferry ops/s" "redis ops/s" ratio "cpu µs/req" "fsyncs/s" "replies/fsync"
 
 row() { # label ferry_port redis_port pipeline requests ferry_cmd... -- redis_cmd...
     local label=$1 fp=$2 rp=$3 pl=$4 req=$5; shift 5
     local fcmd=() rcmd=()
     while [[ $1 != -- ]]; do fcmd+=("$1"); shift; done; shift
     rcmd=("$@")
-    local s0 t0 f r s1 t1
-    s0=$(syncs "$fp"); t0=$(date +%s.%N)
+    local s0 t0 f r s1 t1 fc0 fc1 rc0 rc1
+    s0=$(syncs "$fp"); t0=$(date +%s.%N); fc0=$(cpu_ticks "$ferry_pid")
     f=$(rps "$fp" "$pl" "$req" "${fcmd[@]}")
-    t1=$(date +%s.%N); s1=$(syncs "$fp")
+    fc1=$(cpu_ticks "$ferry_pid"); t1=$(date +%s.%N); s1=$(syncs "$fp")
+    rc0=$(cpu_ticks "$redis_pid")
     r=$(rps "$rp" "$pl" "$req" "${rcmd[@]}")
+    rc1=$(cpu_ticks "$redis_pid")
+    local tick; tick=$(getconf CLK_TCK)
+    local cpu; cpu=$(python3 -c "print(f'{($fc1-$fc0)*1e6/$tick/$req:.2f} / {($rc1-$rc0)*1e6/$tick/$req:.2f}')")
     local fsyncs="-" per="-"
     if (( s1 > s0 )); then
         fsyncs=$(python3 -c "print(f'{($s1-$s0)/($t1-$t0):.0f}')")
         per=$(python3 -c "print(f'{$req/($s1-$s0):.1f}')")
     fi
-    printf '%-34s %12.0f %12.0f %7s %10s %13s\n' "$label" "$f" "$r" "$(ratio "$f" "$r")" "$fsyncs" "$per"
+    printf '%-34s %12.0f %12.0f %7s %14s %10s %13s\n' "$label" "$f" "$r" "$(ratio "$f" "$r")" "$cpu" "$fsyncs" "$per"
 }
 
 # --- memory -----------------------------------------------------------------
 start_ferry memory "$work/f-mem"; start_redis "$work/r-mem" --appendonly no
 for pl in 1 16; do
+    # The protocol's ceiling: no queue work at all.
+    row "memory PING_MBULK -P $pl" "$ferry_port" "$redis_port" "$pl" "$n" PING -- PING
     row "memory put -P $pl" "$ferry_port" "$redis_port" "$pl" "$n" QPUT q "$payload" -- LPUSH q "$payload"
     row "memory get -P $pl" "$ferry_port" "$redis_port" "$pl" "$n" QGET q NOWAIT NOACK -- RPOP q
 done

@@ -47,13 +47,13 @@ fn existing(s: &mut Session, name: &Bytes) -> Result<Arc<QueueCell>, CmdError> {
 /// A queue, an id, and at most one option with a value.
 fn id_and_option(a: &mut Args, option: &str) -> Result<(Bytes, u64, Option<u64>), CmdError> {
     let queue = a.queue()?;
-    let id = parse_u64(&a.require()?)?;
+    let id = parse_u64(a.require_ref()?)?;
     let mut value = None;
-    while let Some(opt) = a.next() {
-        if is(&opt, option) {
-            value = Some(a.u64_value(&opt)?);
+    while let Some(opt) = a.next_ref() {
+        if is(opt, option) {
+            value = Some(a.u64_value(opt)?);
         } else {
-            return Err(a.unknown(&opt));
+            return Err(a.unknown(opt));
         }
     }
     Ok((queue, id, value))
@@ -63,8 +63,8 @@ impl Done {
     pub(super) fn parse(a: &mut Args) -> Result<Self, CmdError> {
         let queue = a.queue()?;
         let mut ids = Vec::with_capacity(a.remaining());
-        while let Some(id) = a.next() {
-            ids.push(parse_u64(&id)?);
+        while let Some(id) = a.next_ref() {
+            ids.push(parse_u64(id)?);
         }
         if ids.is_empty() {
             return Err(a.arity());

@@ -47,32 +47,32 @@ impl Get {
             mode: Mode::Bound,
         };
         let mut modes = 0;
-        while let Some(opt) = a.next() {
-            if is(&opt, "COUNT") {
-                g.count = usize::try_from(a.u64_value(&opt)?)
+        while let Some(opt) = a.next_ref() {
+            if is(opt, "COUNT") {
+                g.count = usize::try_from(a.u64_value(opt)?)
                     .unwrap_or(usize::MAX)
                     .max(1);
-            } else if is(&opt, "TIMEOUT") {
-                g.wait = Wait::Until(deadline(a.u64_value(&opt)?));
-            } else if is(&opt, "NOWAIT") {
+            } else if is(opt, "TIMEOUT") {
+                g.wait = Wait::Until(deadline(a.u64_value(opt)?));
+            } else if is(opt, "NOWAIT") {
                 g.wait = Wait::No;
-            } else if is(&opt, "OR") {
+            } else if is(opt, "OR") {
                 g.more.push(a.queue()?);
-            } else if is(&opt, "LEASE") {
-                let ms = a.u64_value(&opt)?;
+            } else if is(opt, "LEASE") {
+                let ms = a.u64_value(opt)?;
                 if ms == 0 {
                     return Err(err("ERR", "LEASE must be a positive number of ms"));
                 }
                 g.mode = Mode::Timed(ms);
                 modes += 1;
-            } else if is(&opt, "TAKE") {
+            } else if is(opt, "TAKE") {
                 g.mode = Mode::Take;
                 modes += 1;
-            } else if is(&opt, "NOACK") {
+            } else if is(opt, "NOACK") {
                 g.mode = Mode::NoAck;
                 modes += 1;
             } else {
-                return Err(a.unknown(&opt));
+                return Err(a.unknown(opt));
             }
         }
         if modes > 1 {

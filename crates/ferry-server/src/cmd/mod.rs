@@ -160,14 +160,14 @@ pub(crate) enum Wait {
 
 /// A request's arguments, consumed front to back, with the errors every
 /// command gives for what it does not expect.
-pub(crate) struct Args {
-    args: Request,
+pub(crate) struct Args<'r> {
+    args: &'r Request,
     pos: usize,
     /// The command's name, upper case, for error messages.
     command: &'static str,
 }
 
-impl Args {
+impl<'r> Args<'r> {
     fn arity(&self) -> CmdError {
         err(
             "ERR",
@@ -182,10 +182,21 @@ impl Args {
         self.args.len() - self.pos
     }
 
+    /// The next argument, as a share of the request's frame: for what a
+    /// command keeps (a queue name, a payload).
     fn next(&mut self) -> Option<Bytes> {
-        // Taken, not cloned: a clone would touch the shared read buffer's
-        // reference count once more per argument.
-        let arg = self.args.get_mut(self.pos).map(std::mem::take);
+        let arg = self.args.bytes(self.pos);
+        if arg.is_some() {
+            self.pos += 1;
+        }
+        arg
+    }
+
+    /// The next argument, borrowed: for options and numbers, which are
+    /// read and dropped (no share of the frame taken).
+    fn next_ref(&mut self) -> Option<&'r [u8]> {
+        let args: &'r Request = self.args;
+        let arg = args.get(self.pos);
         if arg.is_some() {
             self.pos += 1;
         }
@@ -197,22 +208,34 @@ impl Args {
         self.next().ok_or_else(|| self.arity())
     }
 
+    /// The next argument, borrowed, or the arity error.
+    fn require_ref(&mut self) -> Result<&'r [u8], CmdError> {
+        self.next_ref().ok_or_else(|| self.arity())
+    }
+
     /// The value after option `opt`.
     fn value(&mut self, opt: &[u8]) -> Result<Bytes, CmdError> {
-        self.next().ok_or_else(|| {
-            err(
-                "ERR",
-                format!(
-                    "option '{}' of {} needs a value",
-                    String::from_utf8_lossy(opt),
-                    self.command
-                ),
-            )
-        })
+        self.next().ok_or_else(|| self.needs_value(opt))
+    }
+
+    /// The value after option `opt`, borrowed.
+    fn value_ref(&mut self, opt: &[u8]) -> Result<&'r [u8], CmdError> {
+        self.next_ref().ok_or_else(|| self.needs_value(opt))
+    }
+
+    fn needs_value(&self, opt: &[u8]) -> CmdError {
+        err(
+            "ERR",
+            format!(
+                "option '{}' of {} needs a value",
+                String::from_utf8_lossy(opt),
+                self.command
+            ),
+        )
     }
 
     fn u64_value(&mut self, opt: &[u8]) -> Result<u64, CmdError> {
-        parse_u64(&self.value(opt)?)
+        parse_u64(self.value_ref(opt)?)
     }
 
     /// A queue name: the next argument, checked.
@@ -236,9 +259,9 @@ impl Args {
 
     /// Nothing may follow.
     fn end(&mut self) -> Result<(), CmdError> {
-        match self.next() {
+        match self.next_ref() {
             None => Ok(()),
-            Some(extra) => Err(self.unknown(&extra)),
+            Some(extra) => Err(self.unknown(extra)),
         }
     }
 }
@@ -338,7 +361,7 @@ fn command_name(name: &[u8]) -> Option<&'static str> {
 impl Command {
     /// Parses a request (not empty) into a command, or the error to reply.
     /// `command` is its name as [`command_name`] found it.
-    pub(crate) fn parse(command: Option<&'static str>, req: Request) -> Result<Command, CmdError> {
+    pub(crate) fn parse(command: Option<&'static str>, req: &Request) -> Result<Command, CmdError> {
         let Some(command) = command else {
             return Err(err(
                 "ERR",
@@ -489,7 +512,7 @@ pub(crate) fn execute(s: &mut Session, req: Request) -> Outcome {
     if !s.authed && !matches!(command, Some("AUTH" | "HELLO" | "QUIT")) {
         return Outcome::Done(s.settle(Err(err("NOAUTH", "Authentication required."))));
     }
-    let outcome = Command::parse(command, req).and_then(|cmd| {
+    let outcome = Command::parse(command, &req).and_then(|cmd| {
         if let Some(user) = &s.user {
             cmd.permitted(user, command.unwrap_or("?"))?;
         }

@@ -41,9 +41,9 @@ impl Default for PutOpts {
 
 impl PutOpts {
     /// Takes `opt` (and its value) if it is a put option; false if not.
-    fn parse(&mut self, opt: &Bytes, a: &mut Args) -> Result<bool, CmdError> {
+    fn parse(&mut self, opt: &[u8], a: &mut Args) -> Result<bool, CmdError> {
         if is(opt, "PRIORITY") {
-            self.key = priority_key(parse_i64(&a.value(opt)?)?);
+            self.key = priority_key(parse_i64(a.value_ref(opt)?)?);
         } else if is(opt, "PRIOKEY") {
             self.key = a.value(opt)?;
             if self.key.len() > MAX_KEY {
@@ -127,16 +127,16 @@ impl Put {
         let queue = a.queue()?;
         let data = a.require()?;
         let (mut opts, mut dedup, mut dedup_for) = (PutOpts::default(), None, None);
-        while let Some(opt) = a.next() {
-            if opts.parse(&opt, a)? {
+        while let Some(opt) = a.next_ref() {
+            if opts.parse(opt, a)? {
                 continue;
             }
-            if is(&opt, "DEDUP") {
-                dedup = Some(a.value(&opt)?);
-            } else if is(&opt, "DEDUPFOR") {
-                dedup_for = Some(a.u64_value(&opt)?);
+            if is(opt, "DEDUP") {
+                dedup = Some(a.value(opt)?);
+            } else if is(opt, "DEDUPFOR") {
+                dedup_for = Some(a.u64_value(opt)?);
             } else {
-                return Err(a.unknown(&opt));
+                return Err(a.unknown(opt));
             }
         }
         if dedup_for.is_some() && dedup.is_none() {
@@ -218,12 +218,12 @@ impl PutMany {
         let queue = a.queue()?;
         let mut opts = PutOpts::default();
         loop {
-            let opt = a.next().ok_or_else(|| a.arity())?;
-            if is(&opt, "PAYLOADS") {
+            let opt = a.require_ref()?;
+            if is(opt, "PAYLOADS") {
                 break;
             }
-            if !opts.parse(&opt, a)? {
-                return Err(a.unknown(&opt));
+            if !opts.parse(opt, a)? {
+                return Err(a.unknown(opt));
             }
         }
         let mut data = Vec::with_capacity(a.remaining());

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
+use ferry_proto::Request;
 
 use super::{Blocked, Flow, NAMES, Outcome, Woke, execute};
 use crate::broker::Broker;
@@ -19,10 +19,8 @@ fn broker(config: Config) -> Arc<Broker> {
     broker
 }
 
-fn request(args: &[&str]) -> Vec<Bytes> {
-    args.iter()
-        .map(|a| Bytes::copy_from_slice(a.as_bytes()))
-        .collect()
+fn request(args: &[&str]) -> Request {
+    Request::from_args(args)
 }
 
 /// Runs a command that does not wait; replies what it wrote.
@@ -346,8 +344,7 @@ enum Needs {
 
 /// Runs a command; one that waits is ended as if its client left.
 fn reply_of(s: &mut Session, args: &[String]) -> String {
-    let req = args.iter().map(|a| Bytes::from(a.clone())).collect();
-    if let Outcome::Wait(mut b) = execute(s, req) {
+    if let Outcome::Wait(mut b) = execute(s, Request::from_args(args)) {
         let _ = b.resume(s, Woke::Gone);
     }
     take(s)
