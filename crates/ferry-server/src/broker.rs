@@ -641,6 +641,7 @@ impl QueueCell {
         for id in q.drain_woken() {
             if let Some(n) = wakers.get(&id) {
                 n.notify_one();
+                WOKE.set(true);
             }
         }
         if let Some(d) = q.next_deadline()
@@ -657,6 +658,17 @@ impl QueueCell {
         broker.bury(&self.name, target, dead);
         r
     }
+}
+
+thread_local! {
+    /// A queue operation on this thread woke a waiting client.
+    static WOKE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether a queue operation on this thread woke a waiting client since
+/// the last call.
+pub(crate) fn take_woke() -> bool {
+    WOKE.replace(false)
 }
 
 impl Broker {

@@ -201,6 +201,12 @@ impl Conn {
                     }
                 }
             }
+            if crate::broker::take_woke() {
+                // The batch handed messages to waiting clients: let their
+                // tasks (queued on this thread) write first, so a getter's
+                // reply does not wait behind this client's.
+                tokio::task::yield_now().await;
+            }
             self.flush().await?;
             if *self.shutdown.borrow() {
                 return Ok(());
