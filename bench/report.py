@@ -131,6 +131,12 @@ def goals(by):
         "- ferry ahead of every peer on every throughput row at equal durability: "
         + ("**met**" if not losses else f"**not met** on {len(losses)} rows — " + "; ".join(losses))
     )
+    for w, cells in by.get("async", {}).items():
+        if w.startswith("4p4c") and "ferry" in cells and "redis-stream" in cells:
+            r = ratio(cells["ferry"][0], cells["redis-stream"][0], "msg/s")
+            if r is not None:
+                out.append(f"- {w}, acknowledged, at least 3× Redis streams (async): {r:.2f}× — "
+                           + ("**met**" if r >= 3 else "**not met**"))
     mem = by.get("memory", {})
     lat = next((c for w, c in mem.items() if w.endswith(" p99")), None)
     if lat and "ferry" in lat and "redis-list" in lat:

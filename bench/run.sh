@@ -38,12 +38,14 @@ done
 if ((quick)); then
     profile=debug
     cargo build -q -p ferry-cli -p ferry-loadgen
+    b4=4000
     n1=2000; n100=4000; nsync1=1000; nsync100=4000; n64=640
     lat_rate=2000; lat_n=500; idle=200; blocked=50; filln=20000; queues=100; per=10; pyn=5000; pyaio=2000
     md=target/bench-quick/BENCHMARKS.md; charts=target/bench-quick/charts
 else
     profile=release
     cargo build --release -q -p ferry-cli -p ferry-loadgen
+    b4=400000
     n1=100000; n100=400000; nsync1=20000; nsync100=200000; n64=64000
     lat_rate=5000; lat_n=25000; idle=10000; blocked=1000; filln=1000000; queues=10000; per=100; pyn=200000; pyaio=200000
     md=BENCHMARKS.md; charts=bench/charts
@@ -148,6 +150,14 @@ for class in memory async sync; do
         run "$t" "$class" "throughput B=1" throughput -n "$b1" --batch 1
         run "$t" "$class" "throughput B=100" throughput -n "$b100" --batch 100
     done
+done
+
+echo "== async: 4 producers, 4 consumers, batches of 100, acknowledged (ferry and Redis streams)" >&2
+for t in ferry redis-stream; do
+    run "$t" async "4p4c B=100" throughput -n "$b4" --batch 100 --producers 4 --consumers 4
+    # Each batch put as pipelined single puts: the shape Redis streams
+    # have (XADD per message), without ferry's QPUTMANY.
+    run "$t" async "4p4c B=100, single puts" throughput -n "$b4" --batch 100 --producers 4 --consumers 4 --single-puts
 done
 
 echo "== ferry's client on Redis and on a Redis Cluster, beside raw Redis streams" >&2

@@ -126,9 +126,22 @@ impl Conn {
         }
     }
 
-    /// Puts a batch of messages (one message: the plain put).
-    pub async fn put(&mut self, queue: &str, payloads: &[Vec<u8>]) -> Result<()> {
+    /// Puts a batch of messages (one message: the plain put); `single`:
+    /// as pipelined single puts where the peer has a batch put.
+    pub async fn put(&mut self, queue: &str, payloads: &[Vec<u8>], single: bool) -> Result<()> {
         match &mut self.0 {
+            Link::Ferry(c, _) if single && payloads.len() > 1 => {
+                let puts: Vec<Vec<&[u8]>> = payloads
+                    .iter()
+                    .map(|p| vec![&b"QPUT"[..], queue.as_bytes(), p])
+                    .collect();
+                for reply in c.pipeline(&puts).await? {
+                    if let Value::Error { code, message } = reply? {
+                        bail!("ferry: {code} {message}");
+                    }
+                }
+                Ok(())
+            }
             Link::Ferry(c, _) => {
                 let reply = if let [one] = payloads {
                     c.call(&[b"QPUT", queue.as_bytes(), one]).await?

@@ -52,6 +52,10 @@ enum Workload {
         size: usize,
         #[arg(long, default_value_t = 1)]
         batch: usize,
+        /// Put each batch as pipelined single puts (ferry: QPUTs, not one
+        /// QPUTMANY; Redis streams always put so).
+        #[arg(long)]
+        single_puts: bool,
     },
     /// One producer at a fixed rate, one consumer (the throughput workload,
     /// paced): put → get latency percentiles, in microseconds.
@@ -137,6 +141,7 @@ async fn run(cli: &Cli) -> Result<()> {
             n,
             size,
             batch,
+            single_puts,
         } => {
             let queue = format!("tp-{}", std::process::id());
             let load = Load {
@@ -146,6 +151,7 @@ async fn run(cli: &Cli) -> Result<()> {
                 size,
                 batch,
                 rate: None,
+                single_puts,
             };
             let report = throughput(&at, &queue, load).await?;
             emit(cli, "", report.rate(), "msg/s")?;
@@ -159,6 +165,7 @@ async fn run(cli: &Cli) -> Result<()> {
                 size,
                 batch: 1,
                 rate: Some(rate as f64),
+                single_puts: false,
             };
             let report = throughput(&at, &queue, load).await?;
             for p in [50.0, 99.0, 99.9] {

@@ -59,6 +59,9 @@ pub struct Load {
     /// Messages per second in all, paced evenly; `None`: as fast as the
     /// broker takes them. Latency means something only below saturation.
     pub rate: Option<f64>,
+    /// Each batch put as pipelined single puts (ferry: QPUTs, not one
+    /// QPUTMANY), the shape a Redis stream's XADDs have.
+    pub single_puts: bool,
 }
 
 /// What a throughput run measured.
@@ -115,6 +118,7 @@ pub async fn throughput(at: &Endpoint, queue: &str, load: Load) -> Result<Report
         size,
         batch,
         rate,
+        single_puts,
     } = load;
     let (producers, consumers, batch) = (producers.max(1), consumers.max(1), batch.max(1));
     at.connect().await?.setup(queue).await?;
@@ -223,7 +227,7 @@ pub async fn throughput(at: &Endpoint, queue: &str, load: Load) -> Result<Report
                 let m = (batch as u64).min(to - i);
                 let stamp = t0.elapsed().as_nanos() as u64;
                 let ps: Vec<Vec<u8>> = (0..m).map(|_| stamped(size, stamp)).collect();
-                c.put(&queue, &ps).await?;
+                c.put(&queue, &ps, single_puts).await?;
                 i += m;
             }
             anyhow::Ok(())
@@ -377,7 +381,7 @@ pub async fn fill(at: &Endpoint, n: u64, size: usize, pid: u32) -> Result<f64> {
     while i < n {
         let m = 100.min(n - i);
         let ps: Vec<Vec<u8>> = (i..i + m).map(|j| payload(size, j)).collect();
-        c.put(&queue, &ps).await?;
+        c.put(&queue, &ps, false).await?;
         i += m;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -404,7 +408,7 @@ pub async fn many_queues(at: &Endpoint, queues: usize, per: usize, size: usize) 
         tasks.spawn(async move {
             for q in &names[range] {
                 let ps: Vec<Vec<u8>> = (0..per as u64).map(|j| payload(size, j)).collect();
-                c.put(q, &ps).await?;
+                c.put(q, &ps, false).await?;
             }
             anyhow::Ok(())
         });

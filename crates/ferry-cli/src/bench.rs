@@ -49,6 +49,7 @@ pub(crate) fn bench(a: &BenchArgs) -> Outcome {
         size: a.size.max(8),
         batch: a.batch.max(1),
         rate: a.rate.filter(|r| *r > 0.0),
+        single_puts: false,
     };
     let queue = a.queue.clone().unwrap_or_else(|| {
         let nanos = std::time::SystemTime::now()
