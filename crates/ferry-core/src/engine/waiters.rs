@@ -1,6 +1,9 @@
 //! Waiting getters, putters and joiners of one queue, and what each is owed.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+// Waiter ids are the engine's own: a fast hash without a random key is safe.
+use rustc_hash::FxHashMap as HashMap;
 use std::ops::Range;
 
 use super::{Batch, GetSpec, Message, Millis, WaiterId};
@@ -53,7 +56,7 @@ impl<T> Waiters<T> {
     pub(super) fn new() -> Self {
         Waiters {
             next: 1,
-            table: HashMap::new(),
+            table: HashMap::default(),
             getters: VecDeque::new(),
             putters: VecDeque::new(),
             joiners: Vec::new(),
