@@ -154,13 +154,13 @@ fn every_flag_can_come_from_the_config_file() {
     let file = dir.path().join("ferry.toml");
     std::fs::write(
         &file,
-        "threads = 1\nmax_payload = \"1kb\"\ndurability = \"memory\"\n",
+        "threads = 7\nmax_payload = \"1kb\"\ndurability = \"memory\"\n",
     )
     .unwrap();
     let s = Server::start_with(&["--config", file.to_str().unwrap()]);
     let mut c = s.conn();
     let info: String = cmd("INFO").query(&mut c).unwrap();
-    assert!(info.contains("threads:1\r\n"), "{info}");
+    assert!(info.contains("threads:7\r\n"), "{info}");
     assert!(info.contains("durability:memory\r\n"), "{info}");
     let big = vec![b'x'; 2048];
     let refused: redis::RedisResult<u64> = cmd("QPUT").arg("q").arg(&big[..]).query(&mut c);

@@ -120,7 +120,7 @@ pub struct Config {
     /// How long a DEDUP key keeps returning the first put's id, in ms.
     pub dedup_window_ms: u64,
     /// Worker threads of the runtime `ferry serve` builds (`None`: one per
-    /// core). Reported by INFO; a caller that builds its own runtime sets
+    /// core but one). Reported by INFO; a caller that builds its own runtime sets
     /// it to what it built.
     pub threads: Option<usize>,
 }
