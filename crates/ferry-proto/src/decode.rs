@@ -644,6 +644,23 @@ mod tests {
     }
 
     #[test]
+    fn a_request_is_its_arguments_however_its_frame_is_laid_out() {
+        let mut buf = BytesMut::from(&b"*3\r\n$4\r\nQPUT\r\n$1\r\nq\r\n$2\r\nhi\r\n"[..]);
+        let wire = Decoder::default().request(&mut buf).unwrap().unwrap();
+        let made = Request::from_args(["QPUT", "q", "hi"]);
+        assert_eq!(wire, made);
+        assert_eq!(
+            (wire.len(), &wire[0], wire.get(2)),
+            (3, &b"QPUT"[..], Some(&b"hi"[..]))
+        );
+        assert_eq!(wire.get(3), None);
+        assert_eq!(wire.bytes(1).as_deref(), Some(&b"q"[..]));
+        assert_eq!(wire.bytes(3), None);
+        assert_ne!(wire, Request::from_args(["QPUT", "q"]));
+        assert!(Request::default().is_empty());
+    }
+
+    #[test]
     fn arrays_of_bulk_strings() {
         assert_eq!(
             request(b"*2\r\n$4\r\nQLEN\r\n$1\r\nq\r\n"),

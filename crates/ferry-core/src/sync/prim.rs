@@ -1,4 +1,4 @@
-//! The synchronisation primitives of the in-process tier, behind three
+//! The synchronisation primitives of the in-process tier, behind four
 //! functions: parking_lot's, or shuttle's under the `shuttle` feature so
 //! that its scheduler can explore the interleavings of the blocking core
 //! (`tests/shuttle.rs`).
@@ -16,6 +16,9 @@ use std::time::Duration;
 pub(super) use parking_lot::{Condvar, Mutex, MutexGuard};
 #[cfg(not(feature = "shuttle"))]
 pub(super) use std::sync::Arc;
+
+#[cfg(not(feature = "shuttle"))]
+pub(super) use std::thread::yield_now;
 
 #[cfg(not(feature = "shuttle"))]
 pub(super) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -40,6 +43,8 @@ pub(super) fn wait_timeout<'a, T>(
 
 #[cfg(feature = "shuttle")]
 pub(super) use shuttle::sync::{Arc, Condvar, Mutex, MutexGuard};
+#[cfg(feature = "shuttle")]
+pub(super) use shuttle::thread::yield_now;
 
 #[cfg(feature = "shuttle")]
 pub(super) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {

@@ -283,4 +283,38 @@ mod tests {
         );
         store.close();
     }
+
+    /// Counts its wake-ups.
+    struct Count(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn the_writer_wakes_only_the_waiters_its_write_reached() {
+        let waiters = Waiters::default();
+        let counts: Vec<Arc<Count>> = (0..3)
+            .map(|_| Arc::new(Count(std::sync::atomic::AtomicUsize::new(0))))
+            .collect();
+        for (lsn, c) in [5u64, 10, 15].into_iter().zip(&counts) {
+            waiters.list.lock().push((lsn, Waker::from(Arc::clone(c))));
+        }
+        let woken = || -> Vec<usize> {
+            counts
+                .iter()
+                .map(|c| c.0.load(std::sync::atomic::Ordering::SeqCst))
+                .collect()
+        };
+        waiters.reached(9);
+        assert_eq!(woken(), [1, 0, 0]);
+        waiters.reached(10);
+        assert_eq!(woken(), [1, 1, 0]);
+        // A failed log wakes everyone left.
+        waiters.reached(u64::MAX);
+        assert_eq!(woken(), [1, 1, 1]);
+        assert!(waiters.list.lock().is_empty());
+    }
 }
