@@ -255,8 +255,8 @@ enum Piece {
 #[derive(Debug, Default)]
 pub struct Decoder {
     limits: Limits,
-    /// A bulk string whose header was consumed: its length, while its body
-    /// is awaited.
+    /// A reply's bulk string whose header was consumed: its length, while
+    /// its body is awaited (a request's is in [`Partial`]).
     bulk: Option<usize>,
     /// The request being decoded, if one is begun.
     request: Option<Partial>,

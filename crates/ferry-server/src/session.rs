@@ -141,26 +141,19 @@ impl Session {
         Reply::new(&mut self.out, self.resp3)
     }
 
-    /// The queue of that name, if it exists.
+    /// The queue of that name, if it exists (a share of it; the session
+    /// keeps it as the queue used last).
     pub(crate) fn find(&mut self, name: &Bytes) -> Option<Arc<QueueCell>> {
-        if let Some(cell) = &self.last
-            && cell.name == *name
-            && !cell.removed()
-        {
-            let cell = Arc::clone(cell);
-            cell.used(self.now());
-            return Some(cell);
-        }
-        let cell = self.broker.queue(name)?;
-        cell.used(self.now());
-        self.last = Some(Arc::clone(&cell));
+        let cell = self.take_existing(name)?;
+        self.keep_queue(Arc::clone(&cell));
         Some(cell)
     }
 
     /// The queue of that name (created by first use if need be), taken
     /// out of the session's last-used slot when it is that one: give it
     /// back with [`Session::keep_queue`]. No reference count changes on
-    /// the usual path, where [`Session::find_or_create`] adds one.
+    /// the usual path, where [`Session::find_or_create`] adds one. The
+    /// other lookups are built on this one.
     pub(crate) fn take_queue(&mut self, name: &Bytes) -> Arc<QueueCell> {
         match self.take_existing(name) {
             Some(cell) => cell,
@@ -184,13 +177,11 @@ impl Session {
         self.last = Some(cell);
     }
 
-    /// The queue of that name, created by first use if need be.
+    /// The queue of that name, created by first use if need be (a share
+    /// of it; the session keeps it as the queue used last).
     pub(crate) fn find_or_create(&mut self, name: &Bytes) -> Arc<QueueCell> {
-        if let Some(cell) = self.find(name) {
-            return cell;
-        }
-        let cell = self.broker.queue_or_create(name);
-        self.last = Some(Arc::clone(&cell));
+        let cell = self.take_queue(name);
+        self.keep_queue(Arc::clone(&cell));
         cell
     }
 
