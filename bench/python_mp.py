@@ -2,11 +2,12 @@
 """ferry.JoinableQueue against multiprocessing.JoinableQueue, in one run:
 1 producer process and 2 consumer processes move N 16-byte items through
 put / get / task_done, and the main process joins. Prints items per second
-and the ferry/multiprocessing ratio: per item with plain calls, per item
-with prefetching gets and write-behind puts and task_done (prefetch=100,
-write_behind=100), and with put_many / get_many / task_done_many in
-batches of 100 (then with write_behind, so that each batch's task_done
-travels with the next get_many).
+and the ferry/multiprocessing ratio: per item with the defaults (written
+behind puts, adaptive prefetch), per item with every call a round trip
+(prefetch=0, write_behind=0), per item with fixed windows (prefetch=100,
+write_behind=100, task_done riding on gets), and with put_many / get_many /
+task_done_many in batches of 100 (then with write_behind, so that each
+batch's task_done travels with the next get_many).
 multiprocessing has no batch calls: every row compares with its per-item
 figure, measured again in each row.
 
@@ -104,6 +105,7 @@ def main():
                 print(f"{'mode':<34} {'ferry items/s':>14} {'mp items/s':>12} {'ratio':>7}")
             rows = (
                 ("per item", 1, {}),
+                ("per item, every call a round trip", 1, {"prefetch": 0, "write_behind": 0}),
                 ("per item, prefetch + write-behind", 1, {"prefetch": 100, "write_behind": 100}),
                 ("batches of 100", 100, {}),
                 ("batches of 100, write-behind", 100, {"write_behind": 100}),

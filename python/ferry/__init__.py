@@ -18,6 +18,7 @@ import os
 import pickle
 import queue as _stdlib_queue
 import threading
+import time
 import uuid
 import warnings
 
@@ -58,6 +59,9 @@ PRIVATE_EXPIRE_MS = 60 * 60 * 1000
 # handles it has of each. The last one to go drops the queue.
 _private: dict = {}
 _private_lock = threading.Lock()
+# This process's write-behind feeders, by (url, name): a call that reads
+# a queue waits for every handle's earlier puts to it.
+_feeders: dict = {}
 Empty = _stdlib_queue.Empty
 Full = _stdlib_queue.Full
 
@@ -84,19 +88,171 @@ def connect(url: str | None = None) -> Connection:
     return Connection(_url(url))
 
 
+#: What a queue made without prefetch= or write_behind= does (see Queue).
+#: Write-behind: puts of up to AUTO_WRITE_BEHIND_ITEM bytes to an
+#: unbounded queue wait in the feeder, at most AUTO_WRITE_BEHIND of them
+#: and AUTO_WRITE_BEHIND_BYTES in all.
+AUTO_WRITE_BEHIND = 1000
+AUTO_WRITE_BEHIND_BYTES = 1 << 20
+AUTO_WRITE_BEHIND_ITEM = 64 << 10
+#: Prefetch (a JoinableQueue's): the window doubles, up to AUTO_PREFETCH,
+#: while the caller comes back for the next item within FAST_GET seconds,
+#: and drops to one item when it does not; items it fetched ahead and did
+#: not come back for within IDLE_GIVE_BACK seconds are given back.
+AUTO_PREFETCH = 64
+FAST_GET = 0.001
+IDLE_GIVE_BACK = 0.02
+
+
+class _Lane:
+    """One thread's connection for one queue handle, with what it fetched
+    ahead and has not handed out — (id, payload, order key), oldest first
+    — and the ids of its task_done()s not sent yet. `lock` guards both
+    (the reaper thread gives them back); it is never held across a call
+    to the broker by the owning thread."""
+
+    __slots__ = ("conn", "thread", "generation", "lock", "fetched", "dones", "window", "last", "max_payload")
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.thread = threading.current_thread()
+        self.generation = _generation
+        self.lock = threading.Lock()
+        self.fetched: collections.deque = collections.deque()
+        self.dones: list = []
+        self.window = 1  # the adaptive prefetch's next fetch
+        self.last = 0.0  # when the last get returned (time.monotonic)
+        self.max_payload = -1  # the broker's limit, once asked (None: none)
+
+
 class _Handle:
-    """A connection per thread (and per process), opened lazily."""
+    """A connection per thread (and per process), opened lazily: each a
+    lane, and the handle knows every lane of this process (to send what
+    they hold at close or exit)."""
 
     def __init__(self, url: str | None) -> None:
         self._url = _url(url)
         self._local = threading.local()
+        self._lanes: list = []
+        self._lanes_lock = threading.Lock()
+
+    def lane(self) -> _Lane:
+        lane = getattr(self._local, "lane", None)
+        if lane is None or lane.generation != _generation:
+            lane = _Lane(Connection(self._url))
+            self._local.lane = lane
+            with self._lanes_lock:
+                # Forget lanes of a parent process, and of threads that
+                # ended with nothing left to send.
+                self._lanes = [
+                    other for other in self._lanes
+                    if other.generation == _generation and (other.thread.is_alive() or other.fetched or other.dones)
+                ]
+                self._lanes.append(lane)
+        return lane
 
     def conn(self) -> Connection:
-        local = self._local
-        if getattr(local, "generation", None) != _generation:
-            local.conn = Connection(self._url)
-            local.generation = _generation
-        return local.conn
+        return self.lane().conn
+
+    def lanes(self) -> list:
+        with self._lanes_lock:
+            return [lane for lane in self._lanes if lane.generation == _generation]
+
+
+class _Reaper:
+    """One thread per process that gives back what an auto-prefetching
+    handle fetched ahead when its thread stops coming back for it
+    (IDLE_GIVE_BACK), with that lane's pending task_done()s — so another
+    consumer gets those items and join() does not wait on a consumer that
+    went on to other work. It sleeps while no lane holds anything."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._watched: dict = {}  # lane -> queue name
+        self._thread: threading.Thread | None = None
+        self._pid = os.getpid()
+
+    def watch(self, lane: _Lane, name: str) -> None:
+        with self._cond:
+            if lane in self._watched:
+                return
+            self._watched[lane] = name
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="ferry-prefetch-reaper", daemon=True)
+                self._thread.start()
+            self._cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._watched:
+                    self._cond.wait()
+                self._cond.wait(IDLE_GIVE_BACK / 2)
+                watched = list(self._watched.items())
+            now = time.monotonic()
+            for lane, name in watched:
+                if lane.fetched and now - lane.last >= IDLE_GIVE_BACK:
+                    try:
+                        _settle(lane, name, False, wait=False)
+                    except Exception:
+                        pass  # the broker is gone: leased items come back by themselves
+                if not lane.fetched:  # its dones go with its next task_done() or get
+                    with self._cond:
+                        self._watched.pop(lane, None)
+
+
+_reapers: dict = {}
+
+
+def _may_wait(lane: _Lane) -> bool:
+    """Whether a call may wait for a lane's connection: its own thread's,
+    or an ended thread's. Another live thread may be in a blocking get on
+    it; what that lane holds goes with its own next call instead."""
+    return lane.thread is threading.current_thread() or not lane.thread.is_alive()
+
+
+def _send_dones(lane: _Lane, name: str, wait: bool) -> None:
+    """Sends a lane's pending task_done()s (kept if wait is False and its
+    connection is busy)."""
+    if not lane.dones:
+        return
+    with lane.lock:
+        dones, lane.dones = lane.dones, []
+    if dones and not lane.conn.settle(name, dones, [], wait):
+        with lane.lock:
+            lane.dones[:0] = dones
+
+
+def _reaper() -> _Reaper:
+    pid = os.getpid()
+    reaper = _reapers.get(pid)
+    if reaper is None:
+        _reapers.clear()  # a forked child starts without its parent's thread
+        reaper = _reapers[pid] = _Reaper()
+    return reaper
+
+
+def _settle(lane: _Lane, name: str, take: bool, wait: bool = True) -> bool:
+    """Sends a lane's pending task_done()s and gives back what it fetched
+    ahead — leased items back to the queue (nack), taken ones put back at
+    the tail. With wait False, only if its connection is idle (else False,
+    and it keeps them)."""
+    with lane.lock:
+        if not lane.fetched and not lane.dones:
+            return True
+        if take:
+            dones, left, back = lane.dones, list(lane.fetched), []
+        else:
+            dones, left, back = lane.dones, [], [msg_id for msg_id, _, _ in lane.fetched]
+        if not lane.conn.settle(name, dones, back, wait):
+            return False
+        lane.dones = []
+        lane.fetched.clear()
+        lane.window = 1
+    for msg_id, payload, key in left:
+        lane.conn.put(name, payload, True, None, *key)
+        lane.conn.done(name, msg_id)
+    return True
 
 
 def _raw_dumps(o) -> bytes:
@@ -134,6 +290,7 @@ class _Feeder:
         self._url, self._name, self._kind = url, name, kind
         self._limit, self._chunk = limit, chunk
         self._buf: collections.deque = collections.deque()
+        self._bytes = 0  # buffered, at most AUTO_WRITE_BEHIND_BYTES (beyond one item)
         self._cond = threading.Condition()
         self._inflight = 0
         self._error: BaseException | None = None
@@ -147,10 +304,11 @@ class _Feeder:
             self._raise_error()
             if self._closed:
                 raise ValueError(f"Queue {self._name} is closed")
-            while len(self._buf) >= self._limit:
+            while self._buf and (len(self._buf) >= self._limit or self._bytes + len(payload) > AUTO_WRITE_BEHIND_BYTES):
                 self._cond.wait()
                 self._raise_error()
             self._buf.append((payload, key))
+            self._bytes += len(payload)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name=f"ferry-feeder-{self._name}", daemon=True)
                 self._thread.start()
@@ -170,6 +328,7 @@ class _Feeder:
                         return
                     self._cond.wait()
                 batch = [self._buf.popleft() for _ in range(min(len(self._buf), self._chunk))]
+                self._bytes -= sum(len(payload) for payload, _ in batch)
                 self._inflight = len(batch)
                 self._cond.notify_all()
             try:
@@ -186,6 +345,9 @@ class _Feeder:
             with self._cond:
                 self._inflight = 0
                 self._cond.notify_all()
+
+    def pending(self) -> bool:
+        return bool(self._buf or self._inflight or self._error is not None)
 
     def flush(self) -> None:
         """Waits until every buffered put has reached the broker."""
@@ -207,6 +369,12 @@ class _Feeder:
                 self.flush()
             except BaseException:
                 pass
+        with _private_lock:
+            feeders = _feeders.get((self._url, self._name), [])
+            if self in feeders:
+                feeders.remove(self)
+            if not feeders:
+                _feeders.pop((self._url, self._name), None)
 
 
 class Queue:
@@ -214,40 +382,61 @@ class Queue:
     stdlib's signatures. Gets TAKE (nothing is ever delivered twice).
 
     Queue(maxsize=0, *, name=None, url=None, serializer="pickle",
-    prefetch=0, write_behind=0). Without a name the queue gets a private
-    unique one, which travels with it when it is pickled (e.g. to a
-    multiprocessing.Process). With a name and no maxsize, the handle
+    prefetch=None, write_behind=None). Without a name the queue gets a
+    private unique one, which travels with it when it is pickled (e.g. to
+    a multiprocessing.Process). With a name and no maxsize, the handle
     attaches to the queue as it is (its maxsize is the queue's); a maxsize
     given that differs from an existing queue's is a ValueError naming
     both. maxsize <= 0 is unbounded, as in the stdlib.
 
-    Two opt-in speed-ups trade a little of the broker's bookkeeping for
-    round trips (see docs/from-multiprocessing.md):
+    Round trips are what a network queue pays per item, so by default
+    (prefetch and write_behind left None) a handle saves them where
+    multiprocessing's own semantics allow (docs/from-multiprocessing.md):
+
+    - write-behind puts: a put() to an unbounded queue hands the item to a
+      feeder thread and returns, as multiprocessing.Queue's put does; the
+      feeder sends what gathers in one QPUTMANY. An error is raised by the
+      next call. This process's own get(), qsize(), join() ... wait for
+      its earlier puts first; another process may see an item a moment
+      after put() returned (multiprocessing's caveat too). A put to a
+      bounded queue, or of an item over AUTO_WRITE_BEHIND_ITEM bytes, goes
+      straight to the broker. At exit the buffer is sent unless
+      cancel_join_thread() was called; a process killed (kill -9) loses
+      what it buffered, as multiprocessing's does.
+    - adaptive prefetch, a JoinableQueue's gets only (leased: a consumer
+      that dies holding them has them redelivered): a thread that comes
+      back for items quickly gets them a window at a time, the window
+      doubling up to AUTO_PREFETCH; one that is slow gets one per get. A
+      thread that stops getting gives back what it fetched ahead within
+      IDLE_GIVE_BACK. Its task_done()s travel together while it still
+      holds items fetched ahead, else at once: join() waits for no more
+      than that.
+
+    prefetch=n and write_behind=n fix these instead (0 turns them off:
+    every call is one round trip, and a returned put() is in the broker):
 
     - prefetch=n: a get() that finds nothing fetched fetches up to n items
       in one round trip and serves the next gets from them. For a
-      JoinableQueue they are leased, so a process that dies holding them
-      has them redelivered; close() gives back the ones not yet handed
-      out. For a Queue or SimpleQueue they are taken: close() puts them
-      back (at the tail), and a process killed holding them loses them, as
-      a multiprocessing.Queue loses what is in its pipe. LifoQueue and
-      PriorityQueue cannot prefetch (it would break their order).
-    - write_behind=n: put() hands the item to a feeder thread (as
-      multiprocessing.Queue does) and returns; up to n items wait in this
-      process, beyond maxsize. An error is raised by the next put(). And
-      task_done() is sent with this thread's next get(), or by join(),
-      flush() or close(). join() and shutdown() send everything first; at
-      exit the buffer is sent unless cancel_join_thread() was called.
+      JoinableQueue they are leased; close() gives back the ones not yet
+      handed out. For a Queue or SimpleQueue they are taken: close() puts
+      them back (at the tail), and a process killed holding them loses
+      them, as a multiprocessing.Queue loses what is in its pipe.
+      LifoQueue and PriorityQueue cannot prefetch (it would break their
+      order).
+    - write_behind=n: puts are written behind whatever the maxsize, up to
+      n items waiting in this process. And task_done() is sent with this
+      thread's next get(), or by join(), flush() or close(). join() and
+      shutdown() send everything first.
     """
 
     _kind = "fifo"
     _take = True
 
     def __init__(self, maxsize: int | None = None, *, name: str | None = None, url: str | None = None,
-                 serializer: str = "pickle", prefetch: int = 0, write_behind: int = 0) -> None:
+                 serializer: str = "pickle", prefetch: int | None = None, write_behind: int | None = None) -> None:
         if serializer not in _SERIALIZERS:
             raise ValueError(f"serializer must be one of {sorted(_SERIALIZERS)}")
-        if prefetch < 0 or write_behind < 0:
+        if (prefetch or 0) < 0 or (write_behind or 0) < 0:
             raise ValueError("prefetch and write_behind must be non-negative")
         if prefetch and self._kind != "fifo":
             # Items fetched ahead would be served in the order they had then,
@@ -263,15 +452,19 @@ class Queue:
         self._serializer = serializer
         self._dumps, self._loads = _SERIALIZERS[serializer]
         self._handle = _Handle(url)
+        # Items handed out and not finished: (thread ident, lane, id).
         self._held: collections.deque = collections.deque()
         self._held_lock = threading.Lock()
-        self._prefetch = int(prefetch)
-        self._write_behind = int(write_behind)
-        # Fetched, not yet handed out: (conn, id, payload, order key) —
-        # prefetched, or delivered to a get that was interrupted.
-        self._fetched: collections.deque = collections.deque()
-        # task_done()s not yet sent, per connection: id(conn) -> (conn, [ids]).
-        self._dones: dict = {}
+        self._prefetch_option, self._write_behind_option = prefetch, write_behind
+        self._auto_prefetch = prefetch is None and self._kind == "fifo" and not self._take
+        # A PriorityQueue refuses an item of another shape at put(), as the
+        # stdlib would fail to compare it: not on a later call.
+        self._auto_write_behind = write_behind is None and self._kind != "priority"
+        # Shut down by this handle: its puts are refused at once, as the
+        # stdlib's are (another process's shutdown is seen a call later).
+        self._shut = False
+        self._prefetch = int(prefetch or 0)
+        self._write_behind = int(write_behind or 0)
         # This process's feeder, in a box the finalizer shares (it must not
         # hold the queue itself).
         self._box: list = [None]
@@ -286,52 +479,48 @@ class Queue:
         as multiprocessing.Queue does (a forked child starts with none)."""
         if self._finalizer_generation != _generation:
             self._finalizer_generation = _generation
-            _mp_util.Finalize(self, _finish, args=(self._name, self._take, self._fetched, self._dones,
-                                                   self._held_lock, self._box), exitpriority=10)
+            _mp_util.Finalize(self, _finish, args=(self._name, self._take, self._handle, self._box), exitpriority=10)
 
     # Pickling: the name and options travel, connections and buffers do not.
     def __reduce__(self):
         # The other side attaches to the queue as it is then (maxsize is
         # assignable: the value known here may be out of date).
         return (_rebuild, (type(self), self._name, None, self._url, self._serializer,
-                           self._prefetch, self._write_behind))
+                           self._prefetch_option, self._write_behind_option))
 
     def _feeder(self) -> _Feeder:
         if self._box[0] is None or self._feeder_generation != _generation:
-            limit = self._write_behind
+            limit = self._write_behind or AUTO_WRITE_BEHIND
             chunk = min(limit, self._maxsize) if self._maxsize > 0 else limit
             self._box[0] = _Feeder(self._handle._url, self._name, self._kind, limit, max(chunk, 1))
             self._feeder_generation = _generation
+            with _private_lock:
+                _feeders.setdefault((self._handle._url, self._name), []).append(self._box[0])
             self._arm_finalizer()
         return self._box[0]
 
+    def _sync(self) -> None:
+        """Before a call that reads or changes the queue: this process's
+        earlier puts to it, through any handle, are in the broker first
+        (read your writes)."""
+        feeders = _feeders.get((self._handle._url, self._name))
+        if feeders:
+            for feeder in list(feeders):
+                if feeder.pid == os.getpid() and feeder.pending():
+                    feeder.flush()
+
     def flush(self) -> None:
         """Sends every write-behind put and pending task_done() now."""
-        if self._write_behind:
-            if self._box[0] is not None and self._feeder_generation == _generation:
-                self._box[0].flush()
-            self._send_dones(None)
+        self._sync()
+        for lane in self._handle.lanes():
+            _send_dones(lane, self._name, _may_wait(lane))
 
-    def _take_dones(self, conn) -> list:
-        """Removes and replies the pending task_done() ids of one
-        connection, for its next get to carry."""
-        if not self._dones:
-            return []
-        with self._held_lock:
-            batch = self._dones.pop(id(conn), None)
-        return batch[1] if batch else []
-
-    def _send_dones(self, only) -> None:
-        """Sends the pending task_done()s of one connection (None: all)."""
-        with self._held_lock:
-            if only is None:
-                batches = list(self._dones.values())
-                self._dones.clear()
-            else:
-                batch = self._dones.pop(id(only), None)
-                batches = [batch] if batch else []
-        for conn, ids in batches:
-            conn.done_many(self._name, ids)
+    def _settle_all(self) -> None:
+        """Before a call that waits on the queue's state (join, shutdown):
+        everything buffered is sent, and items fetched ahead go back."""
+        self.flush()
+        for lane in self._handle.lanes():
+            _settle(lane, self._name, self._take, _may_wait(lane))
 
     @property
     def name(self) -> str:
@@ -343,11 +532,13 @@ class Queue:
 
     @maxsize.setter
     def maxsize(self, value: int) -> None:
+        self._sync()
         self._handle.conn().set_maxsize(self._name, max(int(value), 0))
         self._maxsize = int(value)
 
     @property
     def is_shutdown(self) -> bool:
+        self._sync()
         return dict(self._handle.conn().info(self._name)).get("shutdown", 0) == 1
 
     def _key(self, item) -> tuple:
@@ -358,16 +549,21 @@ class Queue:
     def put(self, item, block: bool = True, timeout: float | None = None) -> None:
         _check_timeout(block, timeout)
         key = self._key(item)
-        if self._write_behind:
-            payload = self._dumps(item)
+        payload = self._dumps(item)
+        if self._write_behind or (
+            self._auto_write_behind and self._maxsize == 0 and not self._shut and len(payload) <= AUTO_WRITE_BEHIND_ITEM
+        ):
             # Refused here, as a plain put would be: the feeder could only
-            # report it on a later put.
-            limit = self._handle.conn().max_payload()
-            if limit is not None and len(payload) > limit:
-                raise ValueError(f"a payload of {len(payload)} bytes is over the broker's limit of {limit} bytes (--max-payload)")
+            # report it on a later call.
+            lane = self._handle.lane()
+            if lane.max_payload == -1:
+                lane.max_payload = lane.conn.max_payload()
+            if lane.max_payload is not None and len(payload) > lane.max_payload:
+                raise ValueError(f"a payload of {len(payload)} bytes is over the broker's limit of {lane.max_payload} bytes (--max-payload)")
             self._feeder().put(payload, key)
             return
-        self._handle.conn().put(self._name, self._dumps(item), bool(block), timeout, *key)
+        self._sync()  # after the puts written behind before it
+        self._handle.conn().put(self._name, payload, bool(block), timeout, *key)
 
     def put_nowait(self, item) -> None:
         self.put(item, block=False)
@@ -375,10 +571,13 @@ class Queue:
     def get(self, block: bool = True, timeout: float | None = None):
         _check_timeout(block, timeout)
         block = bool(block)  # as the stdlib: any truth value
-        if self._prefetch or self._fetched:
-            return self._get_prefetched(block, timeout)
-        conn = self._handle.conn()
-        dones = self._take_dones(conn)
+        if _feeders:
+            self._sync()
+        lane = self._handle.lane()
+        if lane.fetched or self._prefetch or self._auto_prefetch:
+            return self._get_prefetched(lane, block, timeout)
+        conn = lane.conn
+        dones = self._take_dones(lane)
         # Ctrl-C may land in the call or as it returns: until the item is
         # recorded and unpickled, an interrupt keeps it for the next get.
         try:
@@ -388,54 +587,77 @@ class Queue:
             else:
                 msg_id, payload = conn.get(self._name, block, timeout, self._take)
             with self._held_lock:
-                self._held.append((threading.get_ident(), conn, msg_id))
+                self._held.append((threading.get_ident(), lane, msg_id))
             item = self._loads(payload)
         except BaseException as e:
-            self._keep_interrupted(conn, e)
+            self._keep_interrupted(lane, e)
             raise
         return item
 
-    def _keep_interrupted(self, conn, e: BaseException) -> None:
+    @staticmethod
+    def _take_dones(lane: _Lane) -> list:
+        """Removes and replies a lane's pending task_done() ids, for its
+        next get to carry."""
+        if not lane.dones:
+            return []
+        with lane.lock:
+            dones, lane.dones = lane.dones, []
+        return dones
+
+    def _keep_interrupted(self, lane: _Lane, e: BaseException) -> None:
         """A get interrupted (Ctrl-C) just as the broker delivered — in the
         call, or as it returned — keeps what it got for the next get;
         close() and exit give it back."""
-        items = getattr(e, "ferry_items", None) or conn.take_pending()
+        items = getattr(e, "ferry_items", None) or lane.conn.take_pending()
         if not items:
             return
         ids = {msg_id for msg_id, _ in items}
         with self._held_lock:
-            already = {f[1] for f in self._fetched if f[0] is conn}
-            items = [(msg_id, p) for msg_id, p in items if msg_id not in already]
             # Recorded as handed out just before the interrupt: it was not.
-            kept = [h for h in self._held if not (h[1] is conn and h[2] in ids)]
+            kept = [h for h in self._held if not (h[1] is lane and h[2] in ids)]
             if len(kept) != len(self._held):
                 self._held = collections.deque(kept)
-            self._fetched.extend((conn, msg_id, p, self._stored_key(p)) for msg_id, p in items)
+        with lane.lock:
+            already = {f[0] for f in lane.fetched}
+            lane.fetched.extend((msg_id, p, self._stored_key(p)) for msg_id, p in items if msg_id not in already)
         self._arm_finalizer()
 
     def _stored_key(self, payload: bytes) -> tuple:
         """The order key (and type) a payload was put with, to put it back."""
         return (None, None)
 
-    def _get_prefetched(self, block: bool, timeout: float | None):
-        me = threading.get_ident()
+    def _get_prefetched(self, lane: _Lane, block: bool, timeout: float | None):
+        auto = self._auto_prefetch
+        if auto:
+            # How long the caller worked since its last get returned: a
+            # quick one gets a growing window, a slow one an item at a time.
+            fast = time.monotonic() - lane.last <= FAST_GET
+            if not fast:
+                lane.window = 1
         while True:
-            with self._held_lock:
-                if self._fetched:
-                    conn, msg_id, payload, _ = self._fetched.popleft()
-                    self._held.append((me, conn, msg_id))
+            with lane.lock:
+                if lane.fetched:
+                    msg_id, payload, _ = lane.fetched.popleft()
                     break
-            conn = self._handle.conn()
-            wait = timeout if block else 0.0
+            if auto:
+                n = lane.window = min(lane.window * 2, AUTO_PREFETCH) if fast else 1
+            else:
+                n = self._prefetch or 1
             self._arm_finalizer()
             try:
-                got = conn.get_many(self._name, self._prefetch or 1, wait, self._take, self._take_dones(conn))
-                with self._held_lock:
-                    self._fetched.extend((conn, msg_id, p, (None, None)) for msg_id, p in got)
-                conn.take_pending()  # now in _fetched
+                got = lane.conn.get_many(self._name, n, timeout if block else 0.0, self._take, self._take_dones(lane))
+                with lane.lock:
+                    lane.fetched.extend((msg_id, p, (None, None)) for msg_id, p in got)
+                lane.conn.take_pending()  # now in lane.fetched
             except BaseException as e:
-                self._keep_interrupted(conn, e)
+                self._keep_interrupted(lane, e)
                 raise
+            if auto and len(got) > 1:
+                _reaper().watch(lane, self._name)
+        with self._held_lock:
+            self._held.append((threading.get_ident(), lane, msg_id))
+        if auto:
+            lane.last = time.monotonic()
         return self._loads(payload)
 
     def get_nowait(self):
@@ -454,18 +676,26 @@ class Queue:
             if pick is None:
                 raise ValueError("task_done() called too many times")
             self._held.remove(pick)
-            _, conn, msg_id = pick
-            if self._write_behind:
+        _, lane, msg_id = pick
+        if self._write_behind or (self._auto_prefetch and lane.fetched):
+            # Sent with the lane's next get; or, by default, as soon as it
+            # holds nothing fetched ahead (by the task_done() that finds
+            # it so, or with the reaper's give-back).
+            with lane.lock:
+                lane.dones.append(msg_id)
+                hold = len(lane.dones) < self._write_behind if self._write_behind else bool(lane.fetched)
+            if hold:
                 self._arm_finalizer()
-                pending = self._dones.setdefault(id(conn), (conn, []))[1]
-                pending.append(msg_id)
-                if len(pending) < self._write_behind:
-                    return
-        if self._write_behind:
-            self._send_dones(conn)
+            else:
+                _send_dones(lane, self._name, True)
             return
+        dones = self._take_dones(lane)
         try:
-            conn.done(self._name, msg_id)
+            if dones:
+                if lane.conn.done_many(self._name, dones + [msg_id]) <= len(dones):
+                    raise LeaseLost("the items' leases were lost: they are delivered again")
+            else:
+                lane.conn.done(self._name, msg_id)
         except NotLeased:
             raise ValueError("task_done() called too many times") from None
         except LeaseLost as e:
@@ -478,7 +708,7 @@ class Queue:
         """task_done() n times in one round trip: finishes the n oldest
         items the calling thread got (then the oldest this handle got).
         ValueError, finishing nothing, when it holds fewer than n. With
-        write_behind they are sent with this thread's next get."""
+        write_behind=n they are sent with this thread's next get."""
         if n <= 0:
             return
         me = threading.get_ident()
@@ -495,62 +725,68 @@ class Queue:
             else:
                 for h in mine:
                     held.remove(h)
-        by_conn: dict = {}
-        for _, conn, msg_id in mine:
-            by_conn.setdefault(id(conn), (conn, []))[1].append(msg_id)
+        by_lane: dict = {}
+        for _, lane, msg_id in mine:
+            by_lane.setdefault(id(lane), (lane, []))[1].append(msg_id)
         if self._write_behind:
             self._arm_finalizer()
-            with self._held_lock:
-                for key, (conn, ids) in by_conn.items():
-                    self._dones.setdefault(key, (conn, []))[1].extend(ids)
+            for lane, ids in by_lane.values():
+                with lane.lock:
+                    lane.dones.extend(ids)
             return
-        finished = sum(conn.done_many(self._name, ids) for conn, ids in by_conn.values())
+        finished = sum(lane.conn.done_many(self._name, self._take_dones(lane) + ids) for lane, ids in by_lane.values())
         if finished < n:
             raise ValueError("task_done() called too many times")
 
     def join(self) -> None:
-        self.flush()
+        self._settle_all()
         self._handle.conn().join(self._name)
 
     def qsize(self) -> int:
-        """Ready items, including those prefetched by this handle."""
-        return self._handle.conn().qsize(self._name) + len(self._fetched)
+        """Ready items, including those this handle fetched ahead."""
+        self._sync()
+        return self._handle.conn().qsize(self._name) + sum(len(lane.fetched) for lane in self._handle.lanes())
 
     def empty(self) -> bool:
         return self.qsize() == 0
 
     def full(self) -> bool:
+        self._sync()
         return self._handle.conn().full(self._name)
 
     def shutdown(self, immediate: bool = False) -> None:
-        self.flush()
+        self._settle_all()
         self._handle.conn().shutdown(self._name, immediate)
+        self._shut = True
 
     # Beyond the stdlib: managing the queue in the broker.
     def drop(self) -> None:
         """Removes the queue and everything in it from the broker (waiting
         callers get ShutDown). Naming it again later starts afresh."""
+        self._sync()
         self._handle.conn().call([b"QDROP", self._name.encode()])
 
     def purge(self) -> int:
         """Drops the ready and delayed items (each counted as done);
         replies how many."""
+        self._sync()
         return self._handle.conn().call([b"QPURGE", self._name.encode()])
 
     def reopen(self) -> None:
         """Undoes shutdown(): puts are accepted again. (A shut-down queue
         stays shut down for every later program until reopened.)"""
+        self._sync()
         self._handle.conn().call([b"QREOPEN", self._name.encode()])
+        self._shut = False
 
-    # multiprocessing.Queue's close / join_thread / cancel_join_thread: with
-    # write-behind or prefetch they mean what they mean there; otherwise
-    # there is nothing to close and they do nothing.
+    # multiprocessing.Queue's close / join_thread / cancel_join_thread:
+    # about the write-behind buffer and items fetched ahead, as there.
     def close(self) -> None:
         """No more puts from this handle; sends pending task_done()s and
-        gives back prefetched items not handed out."""
+        gives back items fetched ahead and not handed out."""
         if self._box[0] is not None:
             self._box[0].close()
-        _finish(self._name, self._take, self._fetched, self._dones, self._held_lock, [None])
+        _finish(self._name, self._take, self._handle, [None])
 
     def join_thread(self) -> None:
         """After close(): waits until the write-behind puts are sent."""
@@ -570,10 +806,10 @@ class Queue:
         items = list(items)
         if not items:
             return
-        self.flush()
+        self._sync()
         if self._kind == "priority":
             for item in items:
-                self.put(item)
+                self._handle.conn().put(self._name, self._dumps(item), True, None, *self._key(item))
             return
         self._handle.conn().put_many(self._name, [self._dumps(i) for i in items])
 
@@ -582,48 +818,42 @@ class Queue:
         forever) for the first; each needs its own task_done()."""
         if timeout is not None and timeout < 0:
             raise ValueError("'timeout' must be a non-negative number")
+        self._sync()
         me = threading.get_ident()
-        with self._held_lock:
-            if self._fetched:
-                served = [self._fetched.popleft() for _ in range(min(n, len(self._fetched)))]
-                self._held.extend((me, conn, msg_id) for conn, msg_id, _, _ in served)
-                return [self._loads(p) for _, _, p, _ in served]
-        conn = self._handle.conn()
-        try:
-            got = conn.get_many(self._name, n, timeout, self._take, self._take_dones(conn))
+        lane = self._handle.lane()
+        served = None
+        with lane.lock:
+            if lane.fetched:
+                served = [lane.fetched.popleft() for _ in range(min(n, len(lane.fetched)))]
+                lane.last = time.monotonic()
+        if served is not None:
             with self._held_lock:
-                self._held.extend((me, conn, msg_id) for msg_id, _ in got)
+                self._held.extend((me, lane, msg_id) for msg_id, _, _ in served)
+            return [self._loads(p) for _, p, _ in served]
+        try:
+            got = lane.conn.get_many(self._name, n, timeout, self._take, self._take_dones(lane))
+            with self._held_lock:
+                self._held.extend((me, lane, msg_id) for msg_id, _ in got)
             items = [self._loads(p) for _, p in got]
         except BaseException as e:
-            self._keep_interrupted(conn, e)
+            self._keep_interrupted(lane, e)
             raise
         return items
 
 
-def _finish(name, take, fetched, dones, lock, box) -> None:
+def _finish(name, take, handle, box) -> None:
     """Sends a queue handle's pending work, at close(), when the handle is
     collected, or at exit: write-behind puts (unless cancelled), pending
-    task_done()s, and prefetched items not handed out — leased ones given
-    back (nack), taken ones put back."""
+    task_done()s, and items fetched ahead not handed out — leased ones
+    given back (nack), taken ones put back."""
     feeder = box[0]
     if feeder is not None:
         if feeder.pid != os.getpid():
             return  # inherited by a forked child: the parent sends it
         feeder.finish()
-    with lock:
-        batches = list(dones.values())
-        dones.clear()
-        left = list(fetched)
-        fetched.clear()
     try:
-        for conn, ids in batches:
-            conn.done_many(name, ids)
-        for conn, msg_id, payload, key in left:
-            if take:
-                conn.put(name, payload, True, None, *key)
-                conn.done(name, msg_id)
-            else:
-                conn.nack(name, msg_id)
+        for lane in handle.lanes():
+            _settle(lane, name, take, _may_wait(lane))
     except FerryError:
         pass  # the broker is gone; leased items come back by themselves
 
@@ -671,7 +901,7 @@ def _release_private(pid: int, key) -> None:
         pass  # the broker is gone: its idle expiry drops the queue
 
 
-def _rebuild(cls, name, maxsize, url, serializer, prefetch=0, write_behind=0):
+def _rebuild(cls, name, maxsize, url, serializer, prefetch=None, write_behind=None):
     return cls(maxsize, name=name, url=url, serializer=serializer, prefetch=prefetch, write_behind=write_behind)
 
 

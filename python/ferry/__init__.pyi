@@ -31,8 +31,8 @@ class Queue(Generic[T]):
         name: str | None = ...,
         url: str | None = ...,
         serializer: str = ...,
-        prefetch: int = ...,
-        write_behind: int = ...,
+        prefetch: int | None = ...,
+        write_behind: int | None = ...,
     ) -> None: ...
     @property
     def name(self) -> str: ...

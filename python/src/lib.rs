@@ -498,7 +498,7 @@ impl Connection {
     }
 
     /// QDONE queue id id ...: finishes many in one round trip; replies how
-    /// many it finished.
+    /// many it finished (LeaseLost if the connection was lost).
     fn done_many(&self, py: Python<'_>, queue: &str, ids: Vec<u64>) -> PyResult<u64> {
         if ids.is_empty() {
             return Ok(0);
@@ -508,11 +508,85 @@ impl Connection {
             let ids: Vec<String> = ids.iter().map(u64::to_string).collect();
             let mut args: Vec<&[u8]> = vec![b"QDONE", q.as_bytes()];
             args.extend(ids.iter().map(|i| i.as_bytes()));
-            match c.call(&args)? {
-                Value::Int(n) => Ok(n.max(0) as u64),
-                other => Err(Error::Protocol(format!("QDONE replied {other:?}"))),
+            match c.call(&args) {
+                Ok(Value::Int(n)) => Ok(n.max(0) as u64),
+                Ok(other) => Err(Error::Protocol(format!("QDONE replied {other:?}"))),
+                // The leases died with the connection, whether or not the
+                // done got there first: the items are delivered again.
+                Err(Error::Io(_)) => Err(Error::LeaseLost),
+                Err(e) => Err(e),
             }
         })
+    }
+
+    /// Finishes `done` (QDONE) and gives `back` back unstarted (a QNACK
+    /// UNSTARTED each: items fetched ahead and never handed out), in one
+    /// write. With `wait` false it runs only if the connection is
+    /// idle, and replies False, doing nothing, if another call holds it:
+    /// the prefetch reaper must never queue behind a blocking get. Ids no
+    /// longer leased (a lost connection: redelivered anyway) are skipped.
+    #[pyo3(signature = (queue, done, back, wait=true))]
+    fn settle(
+        &self,
+        py: Python<'_>,
+        queue: &str,
+        done: Vec<u64>,
+        back: Vec<u64>,
+        wait: bool,
+    ) -> PyResult<bool> {
+        if std::process::id() != self.pid {
+            return Err(FerryError::new_err(
+                "this connection belongs to the parent process",
+            ));
+        }
+        let ids: Vec<String> = done.iter().chain(&back).map(u64::to_string).collect();
+        let (done_ids, back_ids) = ids.split_at(done.len());
+        let mut commands: Vec<Vec<&[u8]>> = Vec::new();
+        if !done_ids.is_empty() {
+            let mut finish: Vec<&[u8]> = vec![b"QDONE", queue.as_bytes()];
+            finish.extend(done_ids.iter().map(|i| i.as_bytes()));
+            commands.push(finish);
+        }
+        for id in back_ids {
+            // Never handed out: no attempt counted (nor a dead letter).
+            commands.push(vec![
+                b"QNACK",
+                queue.as_bytes(),
+                id.as_bytes(),
+                b"UNSTARTED",
+            ]);
+        }
+        if commands.is_empty() {
+            return Ok(true);
+        }
+        let result = py.detach(|| {
+            let mut guard = match self.client.try_lock() {
+                Ok(guard) => guard,
+                Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) if !wait => return Ok(false),
+                Err(std::sync::TryLockError::WouldBlock) => {
+                    self.client.lock().unwrap_or_else(|e| e.into_inner())
+                }
+            };
+            let Some(c) = guard.as_mut() else {
+                return Err(Error::Protocol("closed".into()));
+            };
+            let replies = match c.pipeline(&commands) {
+                Ok(replies) => replies,
+                // Lost with the connection: the broker gives them back itself.
+                Err(Error::Io(_)) => return Ok(true),
+                Err(e) => return Err(e),
+            };
+            for reply in replies {
+                match reply {
+                    Ok(_) | Err(Error::NotLeased | Error::LeaseLost) => {}
+                    Err(Error::Server { code, .. }) if code == "NOTLEASED" => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(true)
+        });
+        result.map_err(|e| to_py(py, e))
     }
 
     /// QNACK queue id: gives a leased item back for another try.

@@ -37,7 +37,9 @@ def test_metrics_parse_and_follow_the_lesson_s_loop(broker):
     url, http = broker
     before = scrape(http)
     assert before[("ferry_queues", None)] == 0
-    q = ferry.JoinableQueue(name="lesson", url=url)
+    # prefetch=0: one delivery per get, so the counters are the loop's own
+    # (by default a quick consumer leases a window ahead).
+    q = ferry.JoinableQueue(name="lesson", url=url, prefetch=0)
     for i in range(50):
         q.put(i)
     for _ in range(20):

@@ -388,6 +388,34 @@ fn delays_nacks_touches_and_dead_letters(e: &Engine) {
         (dead.payload.as_slice(), dead.attempts),
         (&b"poison"[..], 2)
     );
+    // A prefetched item given back unused (UNSTARTED) counts no attempt,
+    // so it is never dead-lettered for it.
+    c.call(&[b"QCREATE", b"dl3", b"MAXATTEMPTS", b"1"]).unwrap();
+    let id = c.put("dl3", b"kept").unwrap();
+    for _ in 0..3 {
+        let m = c.get_nowait("dl3").unwrap();
+        assert_eq!((m.id, m.attempts), (id, 0));
+        let id_s = m.id.to_string();
+        c.call(&[b"QNACK", b"dl3", id_s.as_bytes(), b"UNSTARTED"])
+            .unwrap();
+    }
+    assert_eq!(e.info("dl3", "dead_lettered"), 0);
+    let m = c.get_nowait("dl3").unwrap();
+    let id_s = m.id.to_string();
+    let both = c.call(&[
+        b"QNACK",
+        b"dl3",
+        id_s.as_bytes(),
+        b"UNSTARTED",
+        b"DELAY",
+        b"5",
+    ]);
+    assert!(
+        matches!(&both, Err(Error::Server { message, .. }) if message.contains("not both")),
+        "{both:?}"
+    );
+    c.task_done("dl3", m.id).unwrap();
+    c.join("dl3").unwrap();
     // Without a dead-letter queue, dropped and counted.
     c.call(&[b"QCREATE", b"dl2", b"MAXATTEMPTS", b"1"]).unwrap();
     c.put("dl2", b"gone").unwrap();

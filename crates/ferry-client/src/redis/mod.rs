@@ -755,21 +755,30 @@ impl RedisLink {
                 } else {
                     0
                 };
+                let mut unstarted = false;
                 while let Some(opt) = a.next() {
                     if (is(opt, "DELAY") && cmd == "QNACK") || (is(opt, "LEASE") && cmd == "QTOUCH")
                     {
                         ms = a.number("ms")?;
+                    } else if is(opt, "UNSTARTED") && cmd == "QNACK" {
+                        unstarted = true;
                     } else {
                         return Err(unknown(opt, &cmd));
                     }
                 }
+                if unstarted && ms > 0 {
+                    return Err(server("ERR", "QNACK takes UNSTARTED or DELAY, not both"));
+                }
                 let op: &[u8] = if cmd == "QNACK" { b"nack" } else { b"touch" };
-                let sargs = vec![
+                let mut sargs = vec![
                     op.to_vec(),
                     self.holder.as_bytes().to_vec(),
                     id.to_string().into_bytes(),
                     ms.to_string().into_bytes(),
                 ];
+                if unstarted {
+                    sargs.push(b"unstarted".to_vec());
+                }
                 let keys = queue_keys(&q, &holder_key(&self.holder));
                 let v = self.change(&QUEUE, &keys, &sargs).await?;
                 if cmd == "QNACK" {

@@ -600,11 +600,12 @@ local function serve_putters(kind, maxsize, shutdown)
 end
 
 -- A leased message comes back: one more attempt, then ready at the head
--- (or dead at max_attempts).
-local function give_back(kind, id, delay)
-  local att = redis.call('HINCRBY', ATT, id, 1)
+-- (or dead at max_attempts). `unstarted`: its holder never began it (a
+-- prefetch returned unused), so no attempt is counted.
+local function give_back(kind, id, delay, unstarted)
+  local att = unstarted and 0 or redis.call('HINCRBY', ATT, id, 1)
   local maxatt = num(redis.call('HGET', META, 'max_attempts'), -1)
-  if maxatt > 0 and att >= maxatt then
+  if not unstarted and maxatt > 0 and att >= maxatt then
     -- To the dead-letter queue (another queue, maybe on another shard:
     -- the client moves it, see dead_pop), or dropped, counted.
     if redis.call('HGET', META, 'dead_letter') then
@@ -999,8 +1000,9 @@ local function queue(keys, args)
   end
 
   if op == 'nack' then
-    -- ARGV: holder, id, delay ms
+    -- ARGV: holder, id, delay ms[, 'unstarted']
     local holder, id, delay = ARGV[2], ARGV[3], num(ARGV[4], 0)
+    local unstarted = ARGV[5] == 'unstarted'
     if not exists() then return redis.error_reply('NOQUEUE no such queue') end
     local kind = advance()
     unrun(id)
@@ -1008,7 +1010,7 @@ local function queue(keys, args)
     unout(id)
     redis.call('SREM', OWN, id)
     incr('nacked')
-    give_back(kind, id, delay)
+    give_back(kind, id, delay, unstarted)
     advance()
     return redis.status_reply('OK')
   end

@@ -1000,6 +1000,22 @@ impl<T: Item, F: FifoStore<T>> Queue<T, F> {
         allowed
     }
 
+    /// Gives back a leased message its holder never started (a client's
+    /// prefetch, returned unused): ready again at once, with no attempt
+    /// counted, so it never moves to the dead-letter queue for it. False
+    /// when `holder` does not hold such a lease.
+    pub fn return_unstarted(&mut self, id: u64, holder: Option<HolderId>, now: Millis) -> bool {
+        self.advance(now);
+        let lease = self.out.remove_for(id, holder);
+        let allowed = lease.is_some();
+        if let Some(lease) = lease {
+            self.stats.nacked += 1;
+            self.come_back(lease.msg, None, false);
+        }
+        self.dispatch();
+        allowed
+    }
+
     /// Extends a lease to `now + lease` (or its own length again); replies
     /// the new deadline, `Some(None)` for a lease without one, and `None`
     /// when `holder` does not hold such a lease.
@@ -1039,12 +1055,21 @@ impl<T: Item, F: FifoStore<T>> Queue<T, F> {
     /// A message comes back from a consumer: one more attempt, then the
     /// dead-letter queue, a drop (after an immediate shutdown), a delay, or
     /// the head of the queue.
-    fn give_back(&mut self, mut msg: Message<T>, delay: Option<Millis>) {
-        msg.attempts = msg.attempts.saturating_add(1);
-        if self
-            .config
-            .max_attempts
-            .is_some_and(|max| msg.attempts >= max)
+    fn give_back(&mut self, msg: Message<T>, delay: Option<Millis>) {
+        self.come_back(msg, delay, true);
+    }
+
+    /// `give_back`, or with `attempted` false the same without counting an
+    /// attempt (and so never dead-lettered for it).
+    fn come_back(&mut self, mut msg: Message<T>, delay: Option<Millis>, attempted: bool) {
+        if attempted {
+            msg.attempts = msg.attempts.saturating_add(1);
+        }
+        if attempted
+            && self
+                .config
+                .max_attempts
+                .is_some_and(|max| msg.attempts >= max)
         {
             self.stats.dead_lettered += 1;
             self.finish_one();

@@ -154,6 +154,29 @@ fn max_attempts_dead_letters_and_counts_finished() {
     assert_eq!(new_id, 1);
 }
 
+#[test]
+fn an_unstarted_return_counts_no_attempt_and_is_served_next() {
+    let mut q: Queue<P> = Queue::new(Config {
+        max_attempts: Some(1),
+        dead_letter: Some("dlq".into()),
+        ..Config::default()
+    });
+    let a = q.put(P(1), None, 0).unwrap();
+    q.put(P(2), None, 0).unwrap();
+    for _ in 0..3 {
+        let m = q.get(GetSpec::lease(Lease::Bound(1)), 0).unwrap().unwrap();
+        assert_eq!((m.id, m.attempts), (a, 0));
+        assert!(
+            !q.return_unstarted(a, Some(2), 0),
+            "only its holder returns it"
+        );
+        assert!(q.return_unstarted(a, Some(1), 0));
+    }
+    assert_eq!(q.drain_dead_letters().count(), 0);
+    assert_eq!((q.qsize(), q.unfinished()), (2, 2));
+    assert_eq!(drain(&mut q), vec![1, 2]);
+}
+
 fn q2() -> Queue<P> {
     q(Kind::Fifo, 1)
 }

@@ -23,6 +23,9 @@ pub(crate) struct Nack {
     pub(super) queue: Bytes,
     id: u64,
     delay: Option<u64>,
+    /// UNSTARTED: the client never began it (prefetched, unused): no
+    /// attempt is counted.
+    unstarted: bool,
 }
 
 pub(crate) struct Touch {
@@ -90,15 +93,38 @@ impl Done {
 
 impl Nack {
     pub(super) fn parse(a: &mut Args) -> Result<Self, CmdError> {
-        let (queue, id, delay) = id_and_option(a, "DELAY")?;
-        Ok(Nack { queue, id, delay })
+        let queue = a.queue()?;
+        let id = parse_u64(a.require_ref()?)?;
+        let (mut delay, mut unstarted) = (None, false);
+        while let Some(opt) = a.next_ref() {
+            if is(opt, "DELAY") {
+                delay = Some(a.u64_value(opt)?);
+            } else if is(opt, "UNSTARTED") {
+                unstarted = true;
+            } else {
+                return Err(a.unknown(opt));
+            }
+        }
+        if unstarted && delay.is_some() {
+            return Err(err("ERR", "QNACK takes UNSTARTED or DELAY, not both"));
+        }
+        Ok(Nack {
+            queue,
+            id,
+            delay,
+            unstarted,
+        })
     }
 
     pub(super) fn apply(self, s: &mut Session) -> Res {
         let holder = Some(s.holder());
         let cell = existing(s, &self.queue)?;
         if !cell.with(&s.broker, |st, now| {
-            st.q.nack(self.id, holder, self.delay, now)
+            if self.unstarted {
+                st.q.return_unstarted(self.id, holder, now)
+            } else {
+                st.q.nack(self.id, holder, self.delay, now)
+            }
         }) {
             return Err(not_leased());
         }
