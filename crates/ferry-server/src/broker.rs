@@ -273,17 +273,25 @@ impl Broker {
             return Ok(0);
         };
         store.log().start_segment();
-        let cells: Vec<Arc<QueueCell>> = self.queues.read().values().cloned().collect();
-        for cell in cells {
-            cell.with(self, |st, now| {
-                // A queue dropped since the segment started logged its Drop
-                // already; a snapshot after it would bring it back.
-                if !st.dropped {
-                    st.snapshot(&store, &cell, now);
-                }
-            });
-        }
-        store.checkpoint_marker();
+        // Off the runtime's workers: snapshots of a large backlog take long
+        // (a 3M-message queue: ~0.4 s), and on a worker they would stall
+        // every connection it serves, not only the queue being written.
+        let (broker, snapshots) = (Arc::clone(self), Arc::clone(&store));
+        tokio::task::spawn_blocking(move || {
+            let cells: Vec<Arc<QueueCell>> = broker.queues.read().values().cloned().collect();
+            for cell in cells {
+                cell.with(&broker, |st, now| {
+                    // A queue dropped since the segment started logged its
+                    // Drop already; a snapshot after it would bring it back.
+                    if !st.dropped {
+                        st.snapshot(&snapshots, &cell, now);
+                    }
+                });
+            }
+            snapshots.checkpoint_marker();
+        })
+        .await
+        .map_err(|_| ferry_log::LogError::Failed)?;
         if !store.wait_durable(store.log().appended()).await {
             return Err(ferry_log::LogError::Failed);
         }

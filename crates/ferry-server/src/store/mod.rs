@@ -148,6 +148,9 @@ impl Store {
         if !self.log.write_now() {
             return false;
         }
+        // The waker this wait registered: a poll that comes before the
+        // writer's wake-up (a select! around it) must not add another.
+        let mut registered: Option<Waker> = None;
         std::future::poll_fn(|cx| {
             let settled = || {
                 if self.log.failed() {
@@ -165,7 +168,10 @@ impl Store {
             if let Some(r) = settled() {
                 return Poll::Ready(r);
             }
-            list.push((lsn, cx.waker().clone()));
+            if !registered.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                list.push((lsn, cx.waker().clone()));
+                registered = Some(cx.waker().clone());
+            }
             Poll::Pending
         })
         .await
