@@ -1,6 +1,7 @@
-"""Opt-in prefetching gets and write-behind puts (and task_done): the same
-answers as the plain calls, fewer round trips, nothing lost at close, exit
-or a consumer's death."""
+"""Fixed windows, prefetch=n and write_behind=n (gets fetched ahead, puts
+and task_done written behind): the same answers as the plain calls, fewer
+round trips, nothing lost at close, exit or a consumer's death. The
+defaults (adaptive) are test_defaults.py's."""
 
 import multiprocessing
 import os
