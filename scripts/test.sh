@@ -64,6 +64,7 @@ examples/run.sh target/debug/ferry .venv/bin/python
 # --quick is the full run that regenerates BENCHMARKS.md.
 bench/run.sh --quick
 bench/metrics.sh --quick
+FERRY_BIN=target/debug/ferry .venv/bin/python bench/checkpoint_stall.py --quick
 
 # The blocking in-process tier under shuttle's scheduler (fixed seed,
 # bounded iterations). The feature swaps the tier's primitives, so it runs
