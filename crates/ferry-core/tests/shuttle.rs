@@ -124,3 +124,35 @@ fn immediate_shutdown_and_join() {
         assert_eq!(q.unfinished(), 0);
     });
 }
+
+/// task_done() from many threads at once, one more than there are items
+/// (the lock-free path racing the locked one): exactly one fails, and a
+/// joiner waiting meanwhile returns.
+#[test]
+fn racing_task_done_counts_exactly() {
+    check(|| {
+        let q = Queue::new(0);
+        for i in 0..3u32 {
+            q.put(i).unwrap();
+        }
+        let joiner = {
+            let q = q.clone();
+            thread::spawn(move || q.join())
+        };
+        let doers: Vec<_> = (0..4)
+            .map(|_| {
+                let q = q.clone();
+                thread::spawn(move || q.task_done().is_ok())
+            })
+            .collect();
+        let ok = doers
+            .into_iter()
+            .map(|t| t.join().unwrap())
+            .filter(|&ok| ok)
+            .count();
+        assert_eq!(ok, 3);
+        joiner.join().unwrap();
+        assert_eq!(q.unfinished(), 0);
+        assert!(q.task_done().is_err());
+    });
+}
