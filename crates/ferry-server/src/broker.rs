@@ -120,10 +120,20 @@ impl QueueState {
         store.settings(queue, self.explicit, self.q.config(), cell.expire());
         store.next_id(queue, self.q.next_id());
         let mut journal = store.journal(queue);
+        // Written as it goes (async mode), on this thread: left pending, a
+        // large backlog's records would be written by the next connection
+        // that flushes, on its runtime worker (100 MB: a stall of all of
+        // that worker's clients).
+        let mut unwritten = 0;
         self.q.for_each_stored(|m, due, out| {
             journal.put(m.id, m.attempts, &m.item, due.filter(|&d| d > now));
             if out {
                 journal.leased(m.id);
+            }
+            unwritten += m.item.data.len() + 32;
+            if unwritten >= SNAPSHOT_WRITE_BYTES {
+                unwritten = 0;
+                store.log().write_now();
             }
         });
         journal.flush();
@@ -179,6 +189,9 @@ pub(crate) struct QueueCell {
     /// Dropped once unused this long, with no client waiting in it or
     /// holding its messages (ms; u64::MAX: never). QCREATE ... EXPIRE.
     expire: AtomicU64,
+    /// Set while a checkpoint writes this queue's snapshot (it holds the
+    /// lock for as long as a large backlog takes: see `lock`).
+    snapshotting: AtomicBool,
 }
 
 /// The broker: all queues, all locks.
@@ -280,6 +293,7 @@ impl Broker {
         tokio::task::spawn_blocking(move || {
             let cells: Vec<Arc<QueueCell>> = broker.queues.read().values().cloned().collect();
             for cell in cells {
+                cell.snapshotting.store(true, Ordering::Release);
                 cell.with(&broker, |st, now| {
                     // A queue dropped since the segment started logged its
                     // Drop already; a snapshot after it would bring it back.
@@ -287,6 +301,10 @@ impl Broker {
                         st.snapshot(&snapshots, &cell, now);
                     }
                 });
+                cell.snapshotting.store(false, Ordering::Release);
+                // Its records written here, not by a connection (see
+                // `QueueState::snapshot`).
+                snapshots.log().write_now();
             }
             snapshots.checkpoint_marker();
         })
@@ -297,7 +315,10 @@ impl Broker {
         }
         match store.log().started_segment() {
             0 => Ok(0),
-            seq => store.log().delete_before(seq),
+            // Unlinking segments and syncing the directory: off the workers.
+            seq => tokio::task::spawn_blocking(move || store.log().delete_before(seq))
+                .await
+                .map_err(|_| ferry_log::LogError::Failed)?,
         }
     }
 
@@ -542,6 +563,7 @@ impl Broker {
             timer: Notify::new(),
             armed: AtomicU64::new(u64::MAX),
             removed: AtomicBool::new(false),
+            snapshotting: AtomicBool::new(false),
             last_used: AtomicU64::new(self.now()),
             expire: AtomicU64::new(expire.unwrap_or(u64::MAX)),
         });
@@ -550,7 +572,7 @@ impl Broker {
             // Logged under the registry lock, so that a drop and a re-create
             // of the same name reach the log in the order they happened.
             if let Some(store) = &self.store {
-                store.settings(name, explicit, cell.state.lock().q.config(), expire);
+                store.settings(name, explicit, cell.lock().q.config(), expire);
             }
         }
         drop(queues);
@@ -588,7 +610,29 @@ impl Broker {
     }
 }
 
+/// A snapshot writes its records out every this many bytes (see
+/// `QueueState::snapshot`).
+const SNAPSHOT_WRITE_BYTES: usize = 1 << 20;
+
 impl QueueCell {
+    /// The queue's state, locked. A checkpoint may hold it for as long as
+    /// a large backlog's snapshot takes (~0.35 s for 3 M messages): a
+    /// runtime worker that must wait for that first hands the other
+    /// connections it serves to another thread (`block_in_place`), so
+    /// that only the clients of this queue wait.
+    pub(crate) fn lock(&self) -> parking_lot::MutexGuard<'_, QueueState> {
+        if let Some(st) = self.state.try_lock() {
+            return st;
+        }
+        if self.snapshotting.load(Ordering::Acquire)
+            && tokio::runtime::Handle::try_current()
+                .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
+        {
+            return tokio::task::block_in_place(|| self.state.lock());
+        }
+        self.state.lock()
+    }
+
     /// True once QDROP removed this queue from the registry.
     pub(crate) fn removed(&self) -> bool {
         self.removed.load(Ordering::Acquire)
@@ -633,7 +677,7 @@ impl QueueCell {
         now: Millis,
         f: impl FnOnce(&mut QueueState, Millis) -> R,
     ) -> R {
-        let mut st = self.state.lock();
+        let mut st = self.lock();
         let before = st.q.held_weight();
         let r = f(&mut st, now);
         // Under the lock, before any reply can wait for the log: the
@@ -782,7 +826,7 @@ async fn idle_sweeper(broker: Arc<Broker>) {
             .collect();
         for cell in due {
             let idle = {
-                let st = cell.state.lock();
+                let st = cell.lock();
                 let q = &st.q;
                 q.waiting_getters() + q.waiting_putters() + q.waiting_joiners() == 0
                     && q.leased() + q.taken() == 0
@@ -807,7 +851,7 @@ async fn disk_watcher(broker: Arc<Broker>) {
 async fn timer(broker: Arc<Broker>, cell: Arc<QueueCell>) {
     loop {
         let deadline = {
-            let st = cell.state.lock();
+            let st = cell.lock();
             if st.dropped {
                 return;
             }
