@@ -21,6 +21,7 @@ import threading
 import time
 import uuid
 import warnings
+import weakref
 
 from ferry._ferry import Connection, FerryError, LeaseLost, NotLeased, ShutDown
 
@@ -125,13 +126,24 @@ class _Lane:
         self.max_payload = -1  # the broker's limit, once asked (None: none)
 
 
+class _LaneOwner:
+    """Kept in a thread's local storage beside its lane: it goes when the
+    thread ends, and its finalizer retires the lane."""
+
+    __slots__ = ("__weakref__",)
+
+
 class _Handle:
     """A connection per thread (and per process), opened lazily: each a
-    lane, and the handle knows every lane of this process (to send what
-    they hold at close or exit)."""
+    lane. The handle knows every lane of this process (to send what they
+    hold at close or exit); a lane whose thread ended is retired — its
+    task_done()s sent, what it fetched ahead given back — and dropped, so
+    that its connection closes and the broker delivers again what the
+    thread got and did not finish, as when it was the thread's alone."""
 
-    def __init__(self, url: str | None) -> None:
+    def __init__(self, url: str | None, name: str = "", take: bool = False) -> None:
         self._url = _url(url)
+        self._name, self._take = name, take
         self._local = threading.local()
         self._lanes: list = []
         self._lanes_lock = threading.Lock()
@@ -140,16 +152,24 @@ class _Handle:
         lane = getattr(self._local, "lane", None)
         if lane is None or lane.generation != _generation:
             lane = _Lane(Connection(self._url))
-            self._local.lane = lane
+            owner = _LaneOwner()
+            self._local.lane, self._local.owner = lane, owner
+            weakref.finalize(owner, _retire, weakref.ref(self), lane)
             with self._lanes_lock:
-                # Forget lanes of a parent process, and of threads that
-                # ended with nothing left to send.
-                self._lanes = [
-                    other for other in self._lanes
-                    if other.generation == _generation and (other.thread.is_alive() or other.fetched or other.dones)
-                ]
+                # A parent process's lanes are not this process's.
+                self._lanes = [other for other in self._lanes if other.generation == _generation]
                 self._lanes.append(lane)
         return lane
+
+    def retire(self, lane: _Lane) -> None:
+        if lane.generation == _generation and self._name:
+            try:
+                _settle(lane, self._name, self._take)
+            except Exception:
+                pass  # the broker is gone: what the lane held comes back by itself
+        with self._lanes_lock:
+            if lane in self._lanes:
+                self._lanes.remove(lane)
 
     def conn(self) -> Connection:
         return self.lane().conn
@@ -170,7 +190,6 @@ class _Reaper:
         self._cond = threading.Condition()
         self._watched: dict = {}  # lane -> queue name
         self._thread: threading.Thread | None = None
-        self._pid = os.getpid()
 
     def watch(self, lane: _Lane, name: str) -> None:
         with self._cond:
@@ -221,6 +240,13 @@ def _send_dones(lane: _Lane, name: str, wait: bool) -> None:
     if dones and not lane.conn.settle(name, dones, [], wait):
         with lane.lock:
             lane.dones[:0] = dones
+
+
+def _retire(handle_ref, lane: _Lane) -> None:
+    """A lane's thread ended (its local storage went): see _Handle."""
+    handle = handle_ref()
+    if handle is not None:
+        handle.retire(lane)
 
 
 def _reaper() -> _Reaper:
@@ -451,7 +477,7 @@ class Queue:
         self._url = url
         self._serializer = serializer
         self._dumps, self._loads = _SERIALIZERS[serializer]
-        self._handle = _Handle(url)
+        self._handle = _Handle(url, self._name, self._take)
         # Items handed out and not finished: (thread ident, lane, id).
         self._held: collections.deque = collections.deque()
         self._held_lock = threading.Lock()
@@ -648,6 +674,7 @@ class Queue:
                 got = lane.conn.get_many(self._name, n, timeout if block else 0.0, self._take, self._take_dones(lane))
                 with lane.lock:
                     lane.fetched.extend((msg_id, p, (None, None)) for msg_id, p in got)
+                    lane.last = time.monotonic()  # not idle: the reaper waits
                 lane.conn.take_pending()  # now in lane.fetched
             except BaseException as e:
                 self._keep_interrupted(lane, e)

@@ -177,3 +177,51 @@ def test_task_done_without_an_item_still_raises():
     with pytest.raises(ValueError):
         q.task_done()
     assert joins_within(q, 30)
+
+
+def test_a_thread_that_ends_gives_back_what_it_fetched_ahead():
+    q = ferry.JoinableQueue()
+    q.put_many(range(3000))
+    held, done = [], []
+
+    def quick_then_end():
+        n = 0
+        while n < 2000:
+            q.get(timeout=30)
+            q.task_done()
+            n += 1
+            if len(q._handle.lane().fetched) >= 8:
+                break
+        held.append(len(q._handle.lane().fetched))
+        done.append(n)
+
+    t = threading.Thread(target=quick_then_end)
+    t.start()
+    t.join()
+    assert held[0] >= 8, "a quick consumer fetches ahead"
+    # Its window and its task_done()s were settled when it ended.
+    assert len(q._handle.lanes()) <= 1
+    for _ in range(3000 - done[0]):
+        q.get(timeout=30)
+        q.task_done()
+    assert joins_within(q, 30)
+
+
+def _finish_in_threads(q, n):
+    def work():
+        for _ in range(n):
+            q.get(timeout=30)
+            q.task_done()
+
+    threads = [threading.Thread(target=work) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
+def test_task_done_s_of_threads_that_ended_are_sent():
+    q = ferry.JoinableQueue()
+    q.put_many(range(400))
+    _finish_in_threads(q, 200)
+    assert joins_within(q, 30)
