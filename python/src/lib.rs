@@ -580,7 +580,10 @@ impl Connection {
             for reply in replies {
                 match reply {
                     Ok(_) | Err(Error::NotLeased | Error::LeaseLost) => {}
-                    Err(Error::Server { code, .. }) if code == "NOTLEASED" => {}
+                    // No longer leased here, or the queue was dropped
+                    // meanwhile: nothing is left to finish or give back.
+                    Err(Error::Server { code, .. }) if code == "NOTLEASED" || code == "NOQUEUE" => {
+                    }
                     Err(e) => return Err(e),
                 }
             }
