@@ -230,13 +230,20 @@ def _may_wait(lane: _Lane) -> bool:
     return lane.thread is threading.current_thread() or not lane.thread.is_alive()
 
 
+def _take_dones(lane: _Lane) -> list:
+    """Removes and replies a lane's pending task_done() ids, for its next
+    call to the broker to carry."""
+    if not lane.dones:
+        return []
+    with lane.lock:
+        dones, lane.dones = lane.dones, []
+    return dones
+
+
 def _send_dones(lane: _Lane, name: str, wait: bool) -> None:
     """Sends a lane's pending task_done()s (kept if wait is False and its
     connection is busy)."""
-    if not lane.dones:
-        return
-    with lane.lock:
-        dones, lane.dones = lane.dones, []
+    dones = _take_dones(lane)
     if dones and not lane.conn.settle(name, dones, [], wait):
         with lane.lock:
             lane.dones[:0] = dones
@@ -603,7 +610,7 @@ class Queue:
         if lane.fetched or self._prefetch or self._auto_prefetch:
             return self._get_prefetched(lane, block, timeout)
         conn = lane.conn
-        dones = self._take_dones(lane)
+        dones = _take_dones(lane)
         # Ctrl-C may land in the call or as it returns: until the item is
         # recorded and unpickled, an interrupt keeps it for the next get.
         try:
@@ -619,16 +626,6 @@ class Queue:
             self._keep_interrupted(lane, e)
             raise
         return item
-
-    @staticmethod
-    def _take_dones(lane: _Lane) -> list:
-        """Removes and replies a lane's pending task_done() ids, for its
-        next get to carry."""
-        if not lane.dones:
-            return []
-        with lane.lock:
-            dones, lane.dones = lane.dones, []
-        return dones
 
     def _keep_interrupted(self, lane: _Lane, e: BaseException) -> None:
         """A get interrupted (Ctrl-C) just as the broker delivered — in the
@@ -671,7 +668,7 @@ class Queue:
                 n = self._prefetch or 1
             self._arm_finalizer()
             try:
-                got = lane.conn.get_many(self._name, n, timeout if block else 0.0, self._take, self._take_dones(lane))
+                got = lane.conn.get_many(self._name, n, timeout if block else 0.0, self._take, _take_dones(lane))
                 with lane.lock:
                     lane.fetched.extend((msg_id, p, (None, None)) for msg_id, p in got)
                     lane.last = time.monotonic()  # not idle: the reaper waits
@@ -716,7 +713,7 @@ class Queue:
             else:
                 _send_dones(lane, self._name, True)
             return
-        dones = self._take_dones(lane)
+        dones = _take_dones(lane)
         try:
             if dones:
                 if lane.conn.done_many(self._name, dones + [msg_id]) <= len(dones):
@@ -761,7 +758,7 @@ class Queue:
                 with lane.lock:
                     lane.dones.extend(ids)
             return
-        finished = sum(lane.conn.done_many(self._name, self._take_dones(lane) + ids) for lane, ids in by_lane.values())
+        finished = sum(lane.conn.done_many(self._name, _take_dones(lane) + ids) for lane, ids in by_lane.values())
         if finished < n:
             raise ValueError("task_done() called too many times")
 
@@ -858,7 +855,7 @@ class Queue:
                 self._held.extend((me, lane, msg_id) for msg_id, _, _ in served)
             return [self._loads(p) for _, p, _ in served]
         try:
-            got = lane.conn.get_many(self._name, n, timeout, self._take, self._take_dones(lane))
+            got = lane.conn.get_many(self._name, n, timeout, self._take, _take_dones(lane))
             with self._held_lock:
                 self._held.extend((me, lane, msg_id) for msg_id, _ in got)
             items = [self._loads(p) for _, p in got]

@@ -592,12 +592,6 @@ impl Connection {
         result.map_err(|e| to_py(py, e))
     }
 
-    /// QNACK queue id: gives a leased item back for another try.
-    fn nack(&self, py: Python<'_>, queue: &str, id: u64) -> PyResult<()> {
-        let q = queue.to_string();
-        self.with(py, move |c| c.nack(&q, id))
-    }
-
     /// Ready items.
     fn qsize(&self, py: Python<'_>, queue: &str) -> PyResult<u64> {
         let q = queue.to_string();

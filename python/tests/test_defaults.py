@@ -80,15 +80,21 @@ def test_a_child_s_written_behind_puts_are_sent_when_it_exits(method):
     assert joins_within(q, 30)
 
 
-def _quick_then_stall(q, report, release):
+def _consume_until_fetched_ahead(q, most):
+    """Gets and finishes items quickly, at most `most`, until this thread
+    holds 8 or more fetched ahead; replies (items finished, items held)."""
     done = 0
-    while done < 5000:
+    while done < most:
         q.get(timeout=30)
         q.task_done()
         done += 1
         if len(q._handle.lane().fetched) >= 8:
             break
-    report.put((done, len(q._handle.lane().fetched)))
+    return done, len(q._handle.lane().fetched)
+
+
+def _quick_then_stall(q, report, release):
+    report.put(_consume_until_fetched_ahead(q, 5000))
     release.wait(60)
 
 
@@ -182,26 +188,15 @@ def test_task_done_without_an_item_still_raises():
 def test_a_thread_that_ends_gives_back_what_it_fetched_ahead():
     q = ferry.JoinableQueue()
     q.put_many(range(3000))
-    held, done = [], []
-
-    def quick_then_end():
-        n = 0
-        while n < 2000:
-            q.get(timeout=30)
-            q.task_done()
-            n += 1
-            if len(q._handle.lane().fetched) >= 8:
-                break
-        held.append(len(q._handle.lane().fetched))
-        done.append(n)
-
-    t = threading.Thread(target=quick_then_end)
+    result = []
+    t = threading.Thread(target=lambda: result.append(_consume_until_fetched_ahead(q, 2000)))
     t.start()
     t.join()
-    assert held[0] >= 8, "a quick consumer fetches ahead"
+    (done, held), = result
+    assert held >= 8, "a quick consumer fetches ahead"
     # Its window and its task_done()s were settled when it ended.
     assert len(q._handle.lanes()) <= 1
-    for _ in range(3000 - done[0]):
+    for _ in range(3000 - done):
         q.get(timeout=30)
         q.task_done()
     assert joins_within(q, 30)
