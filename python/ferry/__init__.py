@@ -17,6 +17,7 @@ import multiprocessing.util as _mp_util
 import os
 import pickle
 import queue as _stdlib_queue
+import sys
 import threading
 import time
 import uuid
@@ -314,7 +315,8 @@ def _check_timeout(block: bool, timeout: float | None) -> None:
 class _Feeder:
     """Write-behind puts, as multiprocessing.Queue's feeder thread does
     them: put() appends to a bounded buffer and returns; one thread per
-    process sends what has gathered in one QPUTMANY while the caller goes
+    process sends what has gathered in one write (QPUTs with DEDUP keys, so
+    that a broker restart sends them again safely) while the caller goes
     on, so batches form by themselves. An error is kept and raised by the
     next put() or flush(). It holds no reference to its queue, so a
     finalizer can flush it when the queue goes away or the process exits."""
@@ -371,7 +373,7 @@ class _Feeder:
                     for payload, key in batch:
                         conn.put(self._name, payload, True, None, *key)
                 else:
-                    conn.put_many(self._name, [payload for payload, _ in batch])
+                    conn.put_behind(self._name, [payload for payload, _ in batch])
             except BaseException as e:  # kept for the producer: this thread has no caller
                 with self._cond:
                     self._error = e
@@ -395,13 +397,15 @@ class _Feeder:
             self._cond.notify_all()
 
     def finish(self) -> None:
-        """At exit or when the queue is collected: send what is buffered."""
+        """At exit or when the queue is collected: send what is buffered.
+        What cannot be sent is reported on stderr (nothing can raise here),
+        as multiprocessing's feeder reports its errors."""
         self.close()
         if self.wait_at_exit:
             try:
                 self.flush()
-            except BaseException:
-                pass
+            except BaseException as e:
+                print(f"ferry: write-behind puts to {self._name!r} were not sent: {e!r}", file=sys.stderr)
         with _private_lock:
             feeders = _feeders.get((self._url, self._name), [])
             if self in feeders:

@@ -424,6 +424,45 @@ impl Connection {
         Ok((id, payload))
     }
 
+    /// Write-behind puts (a feeder's batch): a QPUT each, with a DEDUP key
+    /// of its own, waiting for room, all in one write. A connection lost
+    /// meanwhile (a broker restart) sends them all again on a new one,
+    /// where the keys make each go in once — as `put` is sent again.
+    /// Raises the first refusal (a queue shut down, ...).
+    fn put_behind(&self, py: Python<'_>, queue: &str, payloads: Vec<Vec<u8>>) -> PyResult<()> {
+        let keys: Vec<String> = payloads.iter().map(|_| self.dedup_keys.next()).collect();
+        let window = ferry_client::resend_dedup_window(None).to_string();
+        let q = queue.to_string();
+        self.with(py, move |c| {
+            let commands: Vec<Vec<&[u8]>> = payloads
+                .iter()
+                .zip(&keys)
+                .map(|(p, k)| {
+                    vec![
+                        &b"QPUT"[..],
+                        q.as_bytes(),
+                        p,
+                        b"DEDUP",
+                        k.as_bytes(),
+                        b"DEDUPFOR",
+                        window.as_bytes(),
+                        b"TIMEOUT",
+                        b"0",
+                    ]
+                })
+                .collect();
+            // Each try reconnects with the client's backoff first.
+            let mut tries = 0;
+            loop {
+                match c.pipeline(&commands) {
+                    Err(Error::Io(_)) if tries < 5 => tries += 1,
+                    Err(e) => return Err(e),
+                    Ok(replies) => return replies.into_iter().try_for_each(|r| r.map(drop)),
+                }
+            }
+        })
+    }
+
     /// QPUTMANY: all or nothing, waiting for room for all.
     fn put_many(&self, py: Python<'_>, queue: &str, payloads: Vec<Vec<u8>>) -> PyResult<Vec<u64>> {
         let q = queue.to_string();
