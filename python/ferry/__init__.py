@@ -432,8 +432,9 @@ class Queue:
 
     - write-behind puts: a put() to an unbounded queue hands the item to a
       feeder thread and returns, as multiprocessing.Queue's put does; the
-      feeder sends what gathers in one QPUTMANY. An error is raised by the
-      next call. This process's own get(), qsize(), join() ... wait for
+      feeder sends what gathers in one write, each put with a DEDUP key
+      (sent again safely after a broker restart). An error is raised by
+      the next call. This process's own get(), qsize(), join() ... wait for
       its earlier puts first; another process may see an item a moment
       after put() returned (multiprocessing's caveat too). A put to a
       bounded queue, or of an item over AUTO_WRITE_BEHIND_ITEM bytes, goes
