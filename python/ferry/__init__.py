@@ -61,9 +61,24 @@ PRIVATE_EXPIRE_MS = 60 * 60 * 1000
 # handles it has of each. The last one to go drops the queue.
 _private: dict = {}
 _private_lock = threading.Lock()
-# This process's write-behind feeders, by (url, name): a call that reads
-# a queue waits for every handle's earlier puts to it.
+# This process's write-behind feeders, by (url, name).
 _feeders: dict = {}
+
+
+def _sync_puts() -> None:
+    """Before a call that reads a queue or that another process may see
+    (a task_done, a put that is not written behind, a lock...): this
+    process's earlier write-behind puts, to any queue, are in the broker
+    first — program order, as one process's calls have it. So a consumer
+    that puts a result, then calls task_done(), never lets join() return
+    before the result can be got."""
+    if not _feeders:
+        return
+    with _private_lock:
+        feeders = [f for group in _feeders.values() for f in group]
+    for feeder in feeders:
+        if feeder.pid == os.getpid() and feeder.pending():
+            feeder.flush()
 Empty = _stdlib_queue.Empty
 Full = _stdlib_queue.Full
 
@@ -538,14 +553,7 @@ class Queue:
         return self._box[0]
 
     def _sync(self) -> None:
-        """Before a call that reads or changes the queue: this process's
-        earlier puts to it, through any handle, are in the broker first
-        (read your writes)."""
-        feeders = _feeders.get((self._handle._url, self._name))
-        if feeders:
-            for feeder in list(feeders):
-                if feeder.pid == os.getpid() and feeder.pending():
-                    feeder.flush()
+        _sync_puts()
 
     def flush(self) -> None:
         """Sends every write-behind put and pending task_done() now."""
@@ -609,8 +617,7 @@ class Queue:
     def get(self, block: bool = True, timeout: float | None = None):
         _check_timeout(block, timeout)
         block = bool(block)  # as the stdlib: any truth value
-        if _feeders:
-            self._sync()
+        _sync_puts()
         lane = self._handle.lane()
         if lane.fetched or self._prefetch or self._auto_prefetch:
             return self._get_prefetched(lane, block, timeout)
@@ -697,6 +704,7 @@ class Queue:
         this handle got; ValueError when it holds none. (Python counts
         task_done calls instead: a network queue cannot finish an item
         nobody took.)"""
+        _sync_puts()
         me = threading.get_ident()
         with self._held_lock:
             pick = next((h for h in self._held if h[0] == me), None)
@@ -740,6 +748,7 @@ class Queue:
         write_behind=n they are sent with this thread's next get."""
         if n <= 0:
             return
+        _sync_puts()
         me = threading.get_ident()
         held = self._held
         with self._held_lock:
@@ -1129,6 +1138,7 @@ class Lock:
     def acquire(self, block: bool = True, timeout: float | None = None) -> bool:
         if timeout is not None and timeout < 0:
             timeout = 0  # multiprocessing.Lock: a negative timeout tries once
+        _sync_puts()
         token = self._handle.conn().lock(self._name, bool(block), timeout)
         if token is None:
             return False
@@ -1136,6 +1146,7 @@ class Lock:
         return True
 
     def release(self) -> None:
+        _sync_puts()
         if self._token is None or not self._handle.conn().unlock(self._name, self._token):
             raise ValueError("release() of an unlocked lock")
         self._token = None

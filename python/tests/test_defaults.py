@@ -220,3 +220,22 @@ def test_task_done_s_of_threads_that_ended_are_sent():
     q.put_many(range(400))
     _finish_in_threads(q, 200)
     assert joins_within(q, 30)
+
+
+def _square(jobs, results, n):
+    for _ in range(n):
+        x = jobs.get(timeout=30)
+        results.put(x * x)  # written behind ...
+        jobs.task_done()  # ... and in the broker before this is
+
+
+def test_a_put_is_in_the_broker_before_the_task_done_after_it():
+    ctx = multiprocessing.get_context("spawn")
+    jobs, results = ferry.JoinableQueue(), ferry.Queue()
+    jobs.put_many(range(100))
+    p = ctx.Process(target=_square, args=(jobs, results, 100))
+    p.start()
+    assert joins_within(jobs, 60)
+    assert sorted(results.get_nowait() for _ in range(100)) == [i * i for i in range(100)]
+    p.join(30)
+    assert p.exitcode == 0
