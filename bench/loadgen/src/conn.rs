@@ -240,21 +240,38 @@ impl Conn {
     /// servers, which the harness starts fresh per row) once the run's
     /// consumers have left it (at most 5 s): a get still waiting there
     /// when its connection closes would make it again by first use.
-    pub async fn drop_queue(&mut self, queue: &str) -> Result<()> {
+    /// The clients connected to the broker, when it says (ferry's INFO).
+    pub async fn clients(&mut self) -> Option<i64> {
+        match &mut self.0 {
+            Link::Ferry(c, _) => match c.call(&[b"INFO", b"clients"]).await.ok()? {
+                Value::Bulk(text) => std::str::from_utf8(&text)
+                    .ok()?
+                    .lines()
+                    .find_map(|l| l.strip_prefix("connected_clients:"))?
+                    .trim()
+                    .parse()
+                    .ok(),
+                _ => None,
+            },
+            #[cfg(feature = "peers")]
+            _ => None,
+        }
+    }
+
+    /// Drops a queue once the run's other connections are gone: at most
+    /// `clients` (counted before the run) remain connected, so no get the
+    /// run sent can arrive after the drop and create the queue again.
+    pub async fn drop_queue(&mut self, queue: &str, clients: Option<i64>) -> Result<()> {
+        if let Some(before) = clients {
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+            while tokio::time::Instant::now() < deadline
+                && self.clients().await.is_some_and(|now| now > before)
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        }
         match &mut self.0 {
             Link::Ferry(c, _) => {
-                let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
-                while tokio::time::Instant::now() < deadline {
-                    let info = c.call(&[b"QINFO", queue.as_bytes()]).await.ok();
-                    if info
-                        .and_then(|v| int_field(&v, b"waiting_getters"))
-                        .unwrap_or(0)
-                        == 0
-                    {
-                        break;
-                    }
-                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-                }
                 c.call(&[b"QDROP", queue.as_bytes()]).await?;
             }
             #[cfg(feature = "peers")]
@@ -293,22 +310,6 @@ fn ferry_done<'a>(queue: &'a str, ids: &'a [String]) -> Vec<&'a [u8]> {
     let mut args: Vec<&[u8]> = vec![b"QDONE", queue.as_bytes()];
     args.extend(ids.iter().map(|i| i.as_bytes()));
     args
-}
-
-/// An integer field of a map reply (RESP3) or its flat array (RESP2).
-fn int_field(v: &Value, name: &[u8]) -> Option<i64> {
-    let pairs: Vec<(&Value, &Value)> = match v {
-        Value::Map(pairs) => pairs.iter().map(|(k, v)| (k, v)).collect(),
-        Value::Array(flat) => flat
-            .chunks(2)
-            .filter_map(|p| Some((p.first()?, p.get(1)?)))
-            .collect(),
-        _ => return None,
-    };
-    pairs.into_iter().find_map(|(k, v)| match (k, v) {
-        (Value::Bulk(k), Value::Int(n)) if &k[..] == name => Some(*n),
-        _ => None,
-    })
 }
 
 fn done_reply(reply: Value, want: usize) -> Result<()> {

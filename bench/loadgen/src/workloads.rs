@@ -250,7 +250,9 @@ pub async fn throughput(at: &Endpoint, queue: &str, load: Load) -> Result<Report
     if got < n {
         bail!("only {got} of {n} messages acknowledged");
     }
+    // Stopped, and awaited: their connections are closed when this returns.
     tasks.abort_all();
+    while tasks.join_next().await.is_some() {}
     let mut latency = histogram()?;
     for h in latencies {
         let h = h.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;

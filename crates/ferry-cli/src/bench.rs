@@ -64,9 +64,10 @@ pub(crate) fn bench(a: &BenchArgs) -> Outcome {
         .map_err(|e| (1, format!("starting the runtime: {e}")))?;
     let report = runtime.block_on(async {
         let mut control = at.connect().await.map_err(unreachable)?;
+        let clients = control.clients().await;
         let report = throughput(&at, &queue, load).await.map_err(failed);
         if a.queue.is_none() {
-            let _ = control.drop_queue(&queue).await;
+            let _ = control.drop_queue(&queue, clients).await;
         }
         report
     })?;
