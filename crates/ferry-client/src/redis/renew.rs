@@ -3,15 +3,18 @@
 //! One thread per process (made again in a forked child), with a runtime
 //! of its own: the blocking client's runtime runs only inside its calls,
 //! so it could not renew while the program works on a message. Every
-//! third of the lease it renews, per holder, the leases it holds in each
-//! queue it got from and the locks it holds; when a holder's last client
+//! third of its lease time it renews, per holder, the leases it holds in
+//! each queue it got from and the locks it holds; when a holder's last client
 //! is dropped, what it holds is given back at once (without that, it
-//! would come back when its lease runs out).
+//! would come back when its lease runs out). Each holder is renewed on its
+//! own schedule and each renewal is a task of its own, with a time limit:
+//! a server that is slow or gone delays nothing but its own holders.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Mutex;
-use std::sync::mpsc::{Receiver, Sender, channel};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
 use super::conn::{Engine, RConn};
 use super::{LOCK, QUEUE, Target, holder_key, lock_keys, move_dead_letters, queue_keys};
@@ -30,16 +33,18 @@ struct Holding {
     clients: usize,
     queues: HashSet<String>,
     locks: HashSet<(String, u64)>,
+    /// When it is renewed next.
+    due: Option<Instant>,
 }
 
-static RENEWER: Mutex<Option<(u32, Sender<Cmd>)>> = Mutex::new(None);
+static RENEWER: Mutex<Option<(u32, UnboundedSender<Cmd>)>> = Mutex::new(None);
 
 fn send(cmd: Cmd) {
     let mut slot = RENEWER.lock().unwrap_or_else(|e| e.into_inner());
     let pid = std::process::id();
     let alive = matches!(&*slot, Some((p, _)) if *p == pid);
     if !alive {
-        let (tx, rx) = channel();
+        let (tx, rx) = unbounded_channel();
         let started = std::thread::Builder::new()
             .name("ferry-redis-renew".into())
             .spawn(move || {
@@ -93,51 +98,65 @@ pub(super) fn drop_lock(target: &Target, holder: &str, name: &str, token: u64) {
     ));
 }
 
+/// One server's connection, made when first needed and again after an
+/// error; shared by the renewals of every holder on that server.
+type Slot = Arc<tokio::sync::Mutex<Option<RConn>>>;
+
+#[derive(Default)]
 struct Renewer {
-    rt: tokio::runtime::Runtime,
     holdings: HashMap<(Target, String), Holding>,
-    conns: HashMap<String, RConn>,
+    conns: HashMap<String, Slot>,
 }
 
-fn run(rx: Receiver<Cmd>) {
+fn run(rx: UnboundedReceiver<Cmd>) {
     let Ok(rt) = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     else {
         return;
     };
-    let mut r = Renewer {
-        rt,
-        holdings: HashMap::new(),
-        conns: HashMap::new(),
-    };
-    let mut next = Instant::now();
-    loop {
-        let period = r
-            .holdings
-            .keys()
-            .map(|(t, _)| t.lease / 3)
-            .min()
-            .unwrap_or(Duration::from_secs(10));
-        match rx.recv_timeout(next.saturating_duration_since(Instant::now())) {
-            Ok(cmd) => r.apply(cmd),
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                r.renew_all();
-                next = Instant::now() + period;
-            }
-            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
-        }
-        if Instant::now() >= next {
-            r.renew_all();
-            next = Instant::now() + period;
-        }
-    }
+    rt.block_on(Renewer::default().serve(rx));
+}
+
+/// How often a holder's leases and locks are renewed.
+fn period(t: &Target) -> Duration {
+    (t.lease / 3).max(Duration::from_millis(1))
 }
 
 impl Renewer {
+    async fn serve(mut self, mut rx: UnboundedReceiver<Cmd>) {
+        loop {
+            let wait = self
+                .holdings
+                .values()
+                .filter_map(|h| h.due)
+                .min()
+                .map_or(Duration::from_secs(10), |due| {
+                    due.saturating_duration_since(Instant::now())
+                });
+            tokio::select! {
+                cmd = rx.recv() => match cmd {
+                    Some(cmd) => self.apply(cmd),
+                    None => return,
+                },
+                () = tokio::time::sleep(wait) => {}
+            }
+            self.renew_due();
+        }
+    }
+
+    /// What `h` holds on `t`; a new holding is renewed a period from now
+    /// (what it holds was just taken, for a whole lease).
+    fn holding(&mut self, t: Target, h: String) -> &mut Holding {
+        let due = Instant::now() + period(&t);
+        let held = self.holdings.entry((t, h)).or_default();
+        held.due.get_or_insert(due);
+        held
+    }
+
     fn apply(&mut self, cmd: Cmd) {
         match cmd {
-            Cmd::Attach(t, h) => self.holdings.entry((t, h)).or_default().clients += 1,
+            Cmd::Attach(t, h) => self.holding(t, h).clients += 1,
             Cmd::Detach(t, h) => {
                 let key = (t, h);
                 let last = match self.holdings.get_mut(&key) {
@@ -148,18 +167,19 @@ impl Renewer {
                     None => false,
                 };
                 if last && let Some(held) = self.holdings.remove(&key) {
-                    self.release(&key.0, &key.1, held);
+                    let (t, h) = key;
+                    let slot = self.slot(&t);
+                    tokio::spawn(async move {
+                        let lease = t.lease;
+                        let _ = tokio::time::timeout(lease, release(slot, t, h, held)).await;
+                    });
                 }
             }
             Cmd::Queue(t, h, q) => {
-                self.holdings.entry((t, h)).or_default().queues.insert(q);
+                self.holding(t, h).queues.insert(q);
             }
             Cmd::Lock(t, h, name, token) => {
-                self.holdings
-                    .entry((t, h))
-                    .or_default()
-                    .locks
-                    .insert((name, token));
+                self.holding(t, h).locks.insert((name, token));
             }
             Cmd::Unlock(t, h, name, token) => {
                 if let Some(held) = self.holdings.get_mut(&(t, h)) {
@@ -169,84 +189,96 @@ impl Renewer {
         }
     }
 
-    fn conn(&mut self, t: &Target) -> Option<RConn> {
-        if let Some(c) = self.conns.get(&t.url) {
-            return Some(c.clone());
-        }
-        let engine = Engine::new(t).ok()?;
-        let c = self
-            .rt
-            .block_on(async {
-                tokio::time::timeout(Duration::from_secs(5), engine.connect()).await
-            })
-            .ok()?
-            .ok()?;
-        self.conns.insert(t.url.clone(), c.clone());
-        Some(c)
+    fn slot(&mut self, t: &Target) -> Slot {
+        Arc::clone(self.conns.entry(t.url.clone()).or_default())
     }
 
-    fn renew_all(&mut self) {
-        let work: Vec<((Target, String), Holding)> = self
-            .holdings
-            .iter()
-            .map(|(key, held)| {
-                (
-                    key.clone(),
-                    Holding {
-                        clients: held.clients,
-                        queues: held.queues.clone(),
-                        locks: held.locks.clone(),
-                    },
-                )
-            })
-            .collect();
-        for ((t, h), Holding { queues, locks, .. }) in work {
-            let Some(mut c) = self.conn(&t) else { continue };
-            let lease = t.lease.as_millis().to_string();
-            let ok = self.rt.block_on(async {
-                for q in &queues {
-                    let args = [
-                        b"renew".to_vec(),
-                        h.clone().into_bytes(),
-                        lease.clone().into_bytes(),
-                    ];
-                    QUEUE
-                        .call::<i64>(&mut c, &queue_keys(q, &holder_key(&h)), &args)
-                        .await?;
-                    // Leases that ran out may have made dead letters.
-                    move_dead_letters(&mut c, q).await?;
+    /// Starts the renewal of every holding whose time has come; each is
+    /// given at most a lease time (after that, renewing is moot).
+    fn renew_due(&mut self) {
+        let now = Instant::now();
+        let mut work = Vec::new();
+        for ((t, h), held) in &mut self.holdings {
+            if held.due.is_some_and(|due| due <= now) {
+                held.due = Some(now + period(t));
+                work.push((
+                    t.clone(),
+                    h.clone(),
+                    held.queues.clone(),
+                    held.locks.clone(),
+                ));
+            }
+        }
+        for (t, h, queues, locks) in work {
+            let slot = self.slot(&t);
+            tokio::spawn(async move {
+                let lease = t.lease;
+                let renewed =
+                    tokio::time::timeout(lease, renew(&slot, &t, &h, &queues, &locks)).await;
+                if !matches!(renewed, Ok(Ok(()))) {
+                    // Connect again next time.
+                    *slot.lock().await = None;
                 }
-                for (name, token) in &locks {
-                    let args = [
-                        b"renew".to_vec(),
-                        token.to_string().into_bytes(),
-                        lease.clone().into_bytes(),
-                    ];
-                    LOCK.call::<i64>(&mut c, &lock_keys(name), &args).await?;
-                }
-                Ok::<(), redis::RedisError>(())
             });
-            if ok.is_err() {
-                // Reconnect next time.
-                self.conns.remove(&t.url);
-            }
         }
     }
+}
 
-    fn release(&mut self, t: &Target, h: &str, held: Holding) {
-        let Some(mut c) = self.conn(t) else { return };
-        let _ = self.rt.block_on(async {
-            for q in &held.queues {
-                let args = [b"release".to_vec(), h.as_bytes().to_vec()];
-                QUEUE
-                    .call::<i64>(&mut c, &queue_keys(q, &holder_key(h)), &args)
-                    .await?;
-            }
-            for (name, token) in &held.locks {
-                let args = [b"release".to_vec(), token.to_string().into_bytes()];
-                LOCK.call::<i64>(&mut c, &lock_keys(name), &args).await?;
-            }
-            Ok::<(), redis::RedisError>(())
-        });
+/// The server's connection: the one made before, or a new one.
+async fn connected(slot: &Slot, t: &Target) -> Result<RConn, redis::RedisError> {
+    let mut c = slot.lock().await;
+    if let Some(c) = &*c {
+        return Ok(c.clone());
     }
+    let made = Engine::new(t)?.connect().await?;
+    *c = Some(made.clone());
+    Ok(made)
+}
+
+async fn renew(
+    slot: &Slot,
+    t: &Target,
+    h: &str,
+    queues: &HashSet<String>,
+    locks: &HashSet<(String, u64)>,
+) -> Result<(), redis::RedisError> {
+    let mut c = connected(slot, t).await?;
+    let lease = t.lease.as_millis().to_string();
+    for q in queues {
+        let args = [
+            b"renew".to_vec(),
+            h.as_bytes().to_vec(),
+            lease.clone().into_bytes(),
+        ];
+        QUEUE
+            .call::<i64>(&mut c, &queue_keys(q, &holder_key(h)), &args)
+            .await?;
+        // Leases that ran out may have made dead letters.
+        move_dead_letters(&mut c, q).await?;
+    }
+    for (name, token) in locks {
+        let args = [
+            b"renew".to_vec(),
+            token.to_string().into_bytes(),
+            lease.clone().into_bytes(),
+        ];
+        LOCK.call::<i64>(&mut c, &lock_keys(name), &args).await?;
+    }
+    Ok(())
+}
+
+/// Gives back what a holder whose last client went held.
+async fn release(slot: Slot, t: Target, h: String, held: Holding) -> Result<(), redis::RedisError> {
+    let mut c = connected(&slot, &t).await?;
+    for q in &held.queues {
+        let args = [b"release".to_vec(), h.as_bytes().to_vec()];
+        QUEUE
+            .call::<i64>(&mut c, &queue_keys(q, &holder_key(&h)), &args)
+            .await?;
+    }
+    for (name, token) in &held.locks {
+        let args = [b"release".to_vec(), token.to_string().into_bytes()];
+        LOCK.call::<i64>(&mut c, &lock_keys(name), &args).await?;
+    }
+    Ok(())
 }
