@@ -60,9 +60,35 @@ PRIVATE_EXPIRE_MS = 60 * 60 * 1000
 # The private queues this process made, by (url, name): how many live
 # handles it has of each. The last one to go drops the queue.
 _private: dict = {}
-_private_lock = threading.Lock()
+# Guards _private and _feeders. Reentrant, and never waited on by a
+# finalizer in a section of its own thread: the garbage collector may run
+# a handle's finalizer inside any allocation, so also inside a section;
+# that finalizer's work is left for the section's end (_after_registry).
+_private_lock = threading.RLock()
+_deferred: list = []
 # This process's write-behind feeders, by (url, name).
 _feeders: dict = {}
+
+
+def _finalizer(fn, *args) -> None:
+    """Runs a finalizer's work, or, when the garbage collector ran the
+    finalizer inside this thread's own _private_lock section, right after
+    that section (waiting for the lock there would wait forever)."""
+    if _private_lock._is_owned():
+        _deferred.append((fn, args))
+    else:
+        fn(*args)
+
+
+def _after_registry() -> None:
+    """Called after each _private_lock section: runs what finalizers left
+    for its end."""
+    while _deferred and not _private_lock._is_owned():
+        try:
+            fn, args = _deferred.pop()
+        except IndexError:
+            return
+        fn(*args)
 
 
 def _sync_puts() -> None:
@@ -76,6 +102,7 @@ def _sync_puts() -> None:
         return
     with _private_lock:
         feeders = [f for group in _feeders.values() for f in group]
+    _after_registry()
     for feeder in feeders:
         if feeder.pid == os.getpid() and feeder.pending():
             feeder.flush()
@@ -427,6 +454,7 @@ class _Feeder:
                 feeders.remove(self)
             if not feeders:
                 _feeders.pop((self._url, self._name), None)
+        _after_registry()
 
 
 class Queue:
@@ -532,7 +560,8 @@ class Queue:
         as multiprocessing.Queue does (a forked child starts with none)."""
         if self._finalizer_generation != _generation:
             self._finalizer_generation = _generation
-            _mp_util.Finalize(self, _finish, args=(self._name, self._take, self._handle, self._box), exitpriority=10)
+            _mp_util.Finalize(self, _finalizer, args=(_finish, self._name, self._take, self._handle, self._box),
+                              exitpriority=10)
 
     # Pickling: the name and options travel, connections and buffers do not.
     def __reduce__(self):
@@ -549,6 +578,7 @@ class Queue:
             self._feeder_generation = _generation
             with _private_lock:
                 _feeders.setdefault((self._handle._url, self._name), []).append(self._box[0])
+            _after_registry()
             self._arm_finalizer()
         return self._box[0]
 
@@ -915,12 +945,12 @@ def _track_private(owner, url: str, name: str, made_here: bool) -> None:
     -1), so children are done with it by then."""
     key = (url, name)
     with _private_lock:
-        if made_here:
-            _private[key] = 0
-        elif key not in _private:
-            return
-        _private[key] += 1
-    _mp_util.Finalize(owner, _release_private, args=(os.getpid(), key), exitpriority=-1)
+        counted = made_here or key in _private
+        if counted:
+            _private[key] = 1 if made_here else _private[key] + 1
+    _after_registry()
+    if counted:
+        _mp_util.Finalize(owner, _finalizer, args=(_release_private, os.getpid(), key), exitpriority=-1)
 
 
 def _release_private(pid: int, key) -> None:
@@ -929,9 +959,12 @@ def _release_private(pid: int, key) -> None:
         return  # a forked child's inherited handle: the maker decides
     with _private_lock:
         _private[key] -= 1
-        if _private[key] > 0:
-            return
-        del _private[key]
+        last = _private[key] == 0
+        if last:
+            del _private[key]
+    _after_registry()
+    if not last:
+        return
     url, name = key
     try:
         Connection(url).call([b"QDROP", name.encode()])

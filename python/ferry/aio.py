@@ -318,7 +318,10 @@ class Queue:
         self._held: collections.deque = collections.deque()
         # Fetched ahead (prefetch), not yet handed out: (id, payload).
         self._fetched: collections.deque = collections.deque()
+        # task_done()s not sent yet, and sent with no reply yet (the same
+        # objects all along: the exit finalizer sends what is left).
         self._dones: list = []
+        self._dones_unanswered: set = set()
         # Puts waiting for room (tasks), each at the broker.
         self._putters: list = []
         # Gets waiting in line here (futures), served by one broker wait.
@@ -335,10 +338,10 @@ class Queue:
                                           private=name is None)
         if maxsize is not None:
             self._maxsize = maxsize
-        if self._prefetch:
-            ferry._mp_util.Finalize(self, _give_back_fetched,
-                                    args=(os.getpid(), self._url, self._qname, self._take, self._fetched),
-                                    exitpriority=10)
+        ferry._mp_util.Finalize(self, _settle_at_exit,
+                                args=(os.getpid(), self._url, self._qname, self._take, self._fetched,
+                                      self._dones, self._dones_unanswered),
+                                exitpriority=10)
 
     def _p(self) -> _Process:
         return _process(self._url)
@@ -642,7 +645,12 @@ class Queue:
                             "the item will be delivered again")
 
     def _send_dones(self) -> None:
-        ids, self._dones = self._dones, []
+        ids = self._dones[:]
+        # Until its reply: a loop that ends first (asyncio.run returning
+        # after a last task_done(), cancelling the task before it starts)
+        # leaves them to the exit finalizer.
+        self._dones_unanswered.update(ids)
+        self._dones.clear()
         if ids:
             task = asyncio.get_running_loop().create_task(self._send(ids))
             self._dones_sending.add(task)
@@ -651,6 +659,7 @@ class Queue:
     async def _send(self, ids: list) -> None:
         try:
             finished = await _call(self._p().pool, [b"QDONE", self._qname] + [str(i).encode() for i in ids])
+            self._dones_unanswered.difference_update(ids)
             if finished < len(ids):
                 self._done_error = LeaseLost(
                     f"{len(ids) - finished} of {len(ids)} task_done() came after the lease was lost; "
@@ -717,8 +726,8 @@ def _running() -> bool:
 
 def _give_back(pool: AsyncPool, qname: bytes, take: bool, items: list, restore_key) -> None:
     """Returns messages got but never handed out: a leased one with QNACK
-    (to the head of the queue, as if not delivered but for its attempt
-    count), a taken one put again and its take finished. Safe from any
+    UNSTARTED (to the head of the queue, as if never delivered: no attempt
+    counted), a taken one put again and its take finished. Safe from any
     thread; nothing awaits the replies."""
     for msg_id, payload in items:
         if take:
@@ -730,24 +739,33 @@ def _give_back(pool: AsyncPool, qname: bytes, take: bool, items: list, restore_k
             # take is finished only once the put is in.
             pool.send(args + [b"TIMEOUT", b"0"], True, [b"QDONE", qname, str(msg_id).encode()])
         else:
-            pool.send([b"QNACK", qname, str(msg_id).encode()])
+            pool.send([b"QNACK", qname, str(msg_id).encode(), b"UNSTARTED"])
 
 
-def _give_back_fetched(pid: int, url: str, qname: bytes, take: bool, fetched) -> None:
-    """At exit or collection: a prefetching handle's items not handed out
-    go back (blocking, so they are back before the process ends)."""
-    if pid != os.getpid() or not fetched:
+def _settle_at_exit(pid: int, url: str, qname: bytes, take: bool, fetched, dones: list, unanswered: set) -> None:
+    """At exit or collection: a handle's task_done()s its loop did not get
+    to send (or to see answered: one sent twice is ignored) are sent, and
+    the items it fetched ahead and did not hand out go back as _give_back
+    returns them — blocking, so that it is done before the process ends
+    (only fifo queues prefetch: no priority key to restore)."""
+    if pid != os.getpid():
+        return
+    finished = list(unanswered) + dones
+    unanswered.clear()
+    dones.clear()
+    items = list(fetched)
+    fetched.clear()
+    if not finished and not items:
         return
     try:
         conn = _process(url).conn()
         name = qname.decode()
-        while fetched:
-            msg_id, payload = fetched.popleft()
-            if take:
+        if take:
+            for msg_id, payload in items:
                 conn.put(name, payload, True, None)
-                conn.done(name, msg_id)
-            else:
-                conn.nack(name, msg_id)
+                finished.append(msg_id)
+            items = []
+        conn.settle(name, finished, [msg_id for msg_id, _ in items])
     except FerryError:
         pass  # the broker is gone; leased items come back by themselves
 

@@ -436,3 +436,32 @@ def test_a_child_forked_from_inside_a_running_loop_leaves_the_parents_alone():
         out.drop()
 
     asyncio.run(main())
+
+
+def _exit_holding_a_prefetched_window(name):
+    async def main():
+        q = ferry.aio.JoinableQueue(name=name, prefetch=10)
+        await q.get()
+        q.task_done()
+        assert len(q._fetched) == 9
+
+    asyncio.run(main())
+    # Exits without aclose(): its finalizer gives the window back.
+
+
+def test_a_prefetched_window_left_at_exit_goes_back_unstarted():
+    # Items fetched ahead and never handed out were never begun: they go
+    # back with no attempt counted, so MAXATTEMPTS 1 does not dead-letter
+    # them. The task_done() the loop ended before sending is sent too.
+    name = f"aio-exit-{os.getpid()}"
+    ferry.connect().call([b"QCREATE", name.encode(), b"MAXATTEMPTS", b"1"])
+    producer = ferry.JoinableQueue(name=name, write_behind=0)
+    for i in range(10):
+        producer.put(i)
+    p = mp.get_context("spawn").Process(target=_exit_holding_a_prefetched_window, args=(name,))
+    p.start()
+    p.join(60)
+    assert p.exitcode == 0
+    counts = info(name)
+    assert (counts["qsize"], counts["done"], counts["dead_lettered"], counts["unfinished"]) == (9, 1, 0, 9), counts
+    producer.drop()

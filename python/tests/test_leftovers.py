@@ -97,3 +97,28 @@ def test_named_queues_stay_and_can_be_purged_dropped_and_reopened():
     assert not q.is_shutdown
     q.drop()
     assert name not in names()
+
+
+def test_a_handle_collected_inside_the_registry_is_finished_after_it(tmp_path):
+    # The garbage collector may run a collected handle's finalizer inside
+    # any allocation, so also inside this process's own registry section
+    # (a get syncing write-behind puts, a queue being made...). The
+    # finalizer must not wait for the section's lock there (it waited
+    # forever); its work runs when the section ends.
+    out = run("""
+        import gc
+        import ferry
+        q = ferry.Queue()
+        q.put("x")
+        name = q.name
+        cycle = [q]
+        cycle.append(cycle)  # only the collector frees it
+        del q, cycle
+        with ferry._private_lock:
+            gc.collect()  # the finalizer runs here
+            still = name in {n.decode() for n in ferry.connect().call([b"QLIST"])}
+        other = ferry.Queue()  # a section: the deferred finalizer runs after it
+        gone = name not in {n.decode() for n in ferry.connect().call([b"QLIST"])}
+        print(still, gone)
+    """, tmp_path)
+    assert out == "True True"
