@@ -9,7 +9,8 @@
 //!   the same engine and passes time in.
 //! - [`sync`]: the in-process tier for threads — [`Queue`], [`LifoQueue`],
 //!   [`PriorityQueue`] and [`JoinableQueue`], with Python's `queue` API and
-//!   meaning, built on the engine with a mutex and a condition variable per
+//!   meaning: the fifo queue lock-free until a thread must wait, the others
+//!   built on the engine with a mutex and a condition variable per
 //!   sleeping thread.
 //!
 //! # Example

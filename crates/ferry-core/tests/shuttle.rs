@@ -8,7 +8,9 @@
 #![cfg(feature = "shuttle")]
 #![allow(clippy::unwrap_used)]
 
-use ferry_core::{GetError, PutError, Queue};
+use std::time::Duration;
+
+use ferry_core::{GetError, LifoQueue, PutError, Queue};
 use shuttle::sync::{Arc, Mutex};
 use shuttle::thread;
 
@@ -20,39 +22,135 @@ fn check(f: impl Fn() + Send + Sync + 'static) {
 }
 
 /// Two producers and two consumers through a one-slot queue, then join:
-/// every item is got exactly once and join returns.
-#[test]
-fn producers_consumers_join() {
-    check(|| {
-        let q = Queue::new(1);
+/// every item is got exactly once and join returns. The fifo queue (its
+/// lock-free core) and the lifo queue (the engine's).
+macro_rules! producers_consumers_join {
+    ($name:ident, $queue:ident) => {
+        #[test]
+        fn $name() {
+            producers_consumers_join_on(
+                || $queue::new(1),
+                |q| q.clone(),
+                |q, x| q.put(x).unwrap(),
+                |q| q.get().unwrap(),
+                |q| q.task_done().unwrap(),
+                |q| q.join(),
+                |q| q.unfinished(),
+            );
+        }
+    };
+}
+producers_consumers_join!(producers_consumers_join, Queue);
+producers_consumers_join!(producers_consumers_join_lifo, LifoQueue);
+
+#[allow(clippy::too_many_arguments)]
+fn producers_consumers_join_on<Q: Send + 'static>(
+    new: fn() -> Q,
+    clone: fn(&Q) -> Q,
+    put: fn(&Q, u32),
+    get: fn(&Q) -> u32,
+    done: fn(&Q),
+    join: fn(&Q),
+    unfinished: fn(&Q) -> usize,
+) {
+    check(move || {
+        let q = new();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let mut threads = Vec::new();
         for p in 0..2u32 {
-            let q = q.clone();
+            let q = clone(&q);
             threads.push(thread::spawn(move || {
                 for i in 0..3 {
-                    q.put(p * 10 + i).unwrap();
+                    put(&q, p * 10 + i);
                 }
             }));
         }
         for _ in 0..2 {
-            let (q, seen) = (q.clone(), Arc::clone(&seen));
+            let (q, seen) = (clone(&q), Arc::clone(&seen));
             threads.push(thread::spawn(move || {
                 for _ in 0..3 {
-                    let x = q.get().unwrap();
+                    let x = get(&q);
                     seen.lock().unwrap().push(x);
-                    q.task_done().unwrap();
+                    done(&q);
                 }
             }));
         }
-        q.join();
+        join(&q);
         for t in threads {
             t.join().unwrap();
         }
         let mut seen = seen.lock().unwrap().clone();
         seen.sort_unstable();
         assert_eq!(seen, vec![0, 1, 2, 10, 11, 12]);
-        assert_eq!(q.unfinished(), 0);
+        assert_eq!(unfinished(&q), 0);
+    });
+}
+
+/// A get waiting on an empty queue while a put races a shutdown: if the
+/// get says the queue is shut down and drained, the put did not happen
+/// (it was refused, not left in a queue nobody will read).
+#[test]
+fn a_put_racing_shutdown_is_got_or_refused() {
+    check(|| {
+        let q = Queue::new(1);
+        let getter = {
+            let q = q.clone();
+            thread::spawn(move || q.get())
+        };
+        let putter = {
+            let q = q.clone();
+            thread::spawn(move || q.put(7u32))
+        };
+        q.shutdown(false);
+        let got = getter.join().unwrap();
+        let put = putter.join().unwrap();
+        let left = q.get_nowait();
+        let held = usize::from(got.is_ok());
+        match (got, put) {
+            (Ok(7), Ok(())) => assert_eq!(left, Err(GetError::ShutDown)),
+            (Err(GetError::ShutDown), Err(PutError::ShutDown(7))) => {
+                assert_eq!(left, Err(GetError::ShutDown))
+            }
+            (got, put) => panic!("got {got:?}, put {put:?}, left {left:?}"),
+        }
+        assert_eq!(q.unfinished(), held);
+    });
+}
+
+/// A get that times out while a put races it: the item is then still
+/// queued — never lost between the two.
+#[test]
+fn a_get_timing_out_leaves_the_racing_item_queued() {
+    check(|| {
+        let q = Queue::new(0);
+        let putter = {
+            let q = q.clone();
+            thread::spawn(move || q.put(7u32).unwrap())
+        };
+        let got = q.get_timeout(Duration::from_millis(1));
+        putter.join().unwrap();
+        match got {
+            Ok(7) => assert_eq!(q.qsize(), 0),
+            Err(GetError::Empty) => assert_eq!(q.get_nowait(), Ok(7)),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(q.unfinished(), 1);
+    });
+}
+
+/// A put waiting for room is let in by a larger bound.
+#[test]
+fn a_larger_maxsize_lets_a_waiting_put_in() {
+    check(|| {
+        let q = Queue::new(1);
+        q.put(1u32).unwrap();
+        let putter = {
+            let q = q.clone();
+            thread::spawn(move || q.put(2))
+        };
+        q.set_maxsize(2);
+        putter.join().unwrap().unwrap();
+        assert_eq!((q.get(), q.get()), (Ok(1), Ok(2)));
     });
 }
 

@@ -11,17 +11,20 @@
 //! `task_done` with none left is an error. Errors hand back the item that
 //! was not put, as `crossbeam_channel::TrySendError::Full(T)` does.
 //!
-//! Each queue is an [`crate::engine::Queue`] behind a mutex
-//! (parking_lot's; see `prim.rs` for why).
-//! A thread that must wait registers a waiter with the engine and sleeps on
-//! a condition variable of its own; the engine hands it the item (or admits
-//! its put) first come, first served, and only that thread is woken.
+//! The fifo queue is lock-free until a thread must wait (`fifo.rs`). The
+//! lifo and priority queues are an [`crate::engine::Queue`] behind a mutex
+//! (parking_lot's; see `prim.rs` for why): a thread that must wait
+//! registers a waiter with the engine and sleeps on a condition variable
+//! of its own; the engine hands it the item (or admits its put) first
+//! come, first served, and only that thread is woken.
 
+mod fifo;
 mod prim;
 
 use std::time::{Duration, Instant};
 
 use crate::engine::{self, Batch, Config, GetSpec, Item, Kind, WaiterId};
+use fifo::Fifo;
 use prim::{Arc, Condvar, Mutex, MutexGuard};
 // Waiter ids are the engine's own: a fast hash without a random key is safe.
 use rustc_hash::FxHashMap as HashMap;
@@ -167,17 +170,9 @@ impl<S: Slot> State<S> {
     }
 }
 
-/// What every queue type here shares; the public types wrap it.
+/// The lifo and priority queues: the engine behind a mutex.
 struct Core<S> {
-    state: Arc<Mutex<State<S>>>,
-}
-
-impl<S> Clone for Core<S> {
-    fn clone(&self) -> Self {
-        Core {
-            state: Arc::clone(&self.state),
-        }
-    }
+    state: Mutex<State<S>>,
 }
 
 /// How many times a put that finds no room, or a get that finds nothing,
@@ -227,11 +222,11 @@ impl<S: Slot> Core<S> {
             ..Config::default()
         };
         Core {
-            state: Arc::new(Mutex::new(State {
+            state: Mutex::new(State {
                 queue: engine::Queue::new(config),
                 signals: HashMap::default(),
                 spare: Vec::new(),
-            })),
+            }),
         }
     }
 
@@ -367,6 +362,30 @@ impl<S: Slot> Core<S> {
         st.queue.set_maxsize(maxsize as u64);
         st.wake();
     }
+
+    fn qsize(&self) -> usize {
+        self.lock().queue.qsize() as usize
+    }
+
+    fn empty(&self) -> bool {
+        self.lock().queue.empty()
+    }
+
+    fn full(&self) -> bool {
+        self.lock().queue.full()
+    }
+
+    fn maxsize(&self) -> usize {
+        self.lock().queue.config().maxsize as usize
+    }
+
+    fn unfinished(&self) -> usize {
+        self.lock().queue.unfinished() as usize
+    }
+
+    fn is_shutdown(&self) -> bool {
+        self.lock().queue.shutdown_state().is_some()
+    }
 }
 
 fn unbatch<S: Slot>(batch: Batch<S>) -> S::Item {
@@ -383,17 +402,17 @@ fn unbatch<S: Slot>(batch: Batch<S>) -> S::Item {
 macro_rules! queue_type {
     (
         $(#[$doc:meta])*
-        $name:ident, $slot:ident, $kind:expr, [$($bound:tt)*], $example:literal
+        $name:ident, $core:ty, $new:expr, [$($bound:tt)*], $example:literal
     ) => {
         $(#[$doc])*
         pub struct $name<T> {
-            core: Core<$slot<T>>,
+            core: Arc<$core>,
         }
 
         impl<T> Clone for $name<T> {
             /// Another handle to the same queue.
             fn clone(&self) -> Self {
-                $name { core: self.core.clone() }
+                $name { core: Arc::clone(&self.core) }
             }
         }
 
@@ -415,7 +434,7 @@ macro_rules! queue_type {
             #[doc = $example]
             /// ```
             pub fn new(maxsize: usize) -> Self {
-                $name { core: Core::new($kind, maxsize) }
+                $name { core: Arc::new($new(maxsize)) }
             }
 
             /// Puts an item, waiting for room as long as it takes. Fails only
@@ -469,22 +488,22 @@ macro_rules! queue_type {
 
             /// Items ready to get.
             pub fn qsize(&self) -> usize {
-                self.core.lock().queue.qsize() as usize
+                self.core.qsize()
             }
 
             /// True when no item is ready.
             pub fn empty(&self) -> bool {
-                self.core.lock().queue.empty()
+                self.core.empty()
             }
 
             /// True when `maxsize > 0` and `qsize() >= maxsize`.
             pub fn full(&self) -> bool {
-                self.core.lock().queue.full()
+                self.core.full()
             }
 
             /// The bound on items; 0 means none.
             pub fn maxsize(&self) -> usize {
-                self.core.lock().queue.config().maxsize as usize
+                self.core.maxsize()
             }
 
             /// Changes the bound. A larger one lets waiting puts in at once.
@@ -494,7 +513,7 @@ macro_rules! queue_type {
 
             /// Items put and not yet marked done.
             pub fn unfinished(&self) -> usize {
-                self.core.lock().queue.unfinished() as usize
+                self.core.unfinished()
             }
 
             /// Marks one task done (Python's count). Fails when called more
@@ -532,7 +551,7 @@ macro_rules! queue_type {
 
             /// True once `shutdown` was called.
             pub fn is_shutdown(&self) -> bool {
-                self.core.lock().queue.shutdown_state().is_some()
+                self.core.is_shutdown()
             }
         }
     };
@@ -540,20 +559,20 @@ macro_rules! queue_type {
 
 queue_type! {
     /// A first-in, first-out queue (Python's `queue.Queue`).
-    Queue, Plain, Kind::Fifo, [],
+    Queue, Fifo<T>, Fifo::new, [],
     "let q = ferry_core::Queue::new(2);\nq.put(1).unwrap();\nq.put(2).unwrap();\nassert!(q.full());\nassert_eq!(q.get(), Ok(1));"
 }
 
 queue_type! {
     /// A last-in, first-out queue (Python's `queue.LifoQueue`).
-    LifoQueue, Plain, Kind::Lifo, [],
+    LifoQueue, Core<Plain<T>>, |maxsize| Core::new(Kind::Lifo, maxsize), [],
     "let q = ferry_core::LifoQueue::new(0);\nq.put(1).unwrap();\nq.put(2).unwrap();\nassert_eq!(q.get(), Ok(2));"
 }
 
 queue_type! {
     /// A queue that serves its least item first, and equal items in the
     /// order they were put (Python's `queue.PriorityQueue`).
-    PriorityQueue, Ordered, Kind::Priority, [: Ord],
+    PriorityQueue, Core<Ordered<T>>, |maxsize| Core::new(Kind::Priority, maxsize), [: Ord],
     "let q = ferry_core::PriorityQueue::new(0);\nq.put((2, \"b\")).unwrap();\nq.put((1, \"a\")).unwrap();\nassert_eq!(q.get(), Ok((1, \"a\")));"
 }
 

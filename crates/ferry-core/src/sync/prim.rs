@@ -1,7 +1,9 @@
 //! The synchronisation primitives of the in-process tier, behind four
-//! functions: parking_lot's, or shuttle's under the `shuttle` feature so
-//! that its scheduler can explore the interleavings of the blocking core
-//! (`tests/shuttle.rs`).
+//! functions and the atomics: parking_lot's and std's, or shuttle's under
+//! the `shuttle` feature so that its scheduler can explore the
+//! interleavings of the blocking core (`tests/shuttle.rs`). The fifo
+//! queue's lock-free list (crossbeam's `SegQueue`) is not instrumented:
+//! under shuttle each push and pop is one step.
 //!
 //! parking_lot rather than std: measured with `cargo bench --bench
 //! inprocess`, its adaptive spinning more than tripled throughput with four
@@ -17,6 +19,8 @@ pub(super) use parking_lot::{Condvar, Mutex, MutexGuard};
 #[cfg(not(feature = "shuttle"))]
 pub(super) use std::sync::Arc;
 
+#[cfg(not(feature = "shuttle"))]
+pub(super) use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 #[cfg(not(feature = "shuttle"))]
 pub(super) use std::thread::yield_now;
 
@@ -41,6 +45,8 @@ pub(super) fn wait_timeout<'a, T>(
     guard
 }
 
+#[cfg(feature = "shuttle")]
+pub(super) use shuttle::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 #[cfg(feature = "shuttle")]
 pub(super) use shuttle::sync::{Arc, Condvar, Mutex, MutexGuard};
 #[cfg(feature = "shuttle")]

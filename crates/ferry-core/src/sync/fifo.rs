@@ -1,0 +1,275 @@
+//! The fifo queue ([`super::Queue`], [`super::JoinableQueue`]): a
+//! lock-free list and atomic counts, with a lock only to sleep.
+//!
+//! A put, a get and a task_done that need not wait touch no lock: the
+//! items are crossbeam's `SegQueue` (unbounded, lock-free, fifo), the bound
+//! is kept by `len` (a put is admitted by raising it below `maxsize`, then
+//! pushes), Python's count by `unfinished`. A thread that must wait counts
+//! itself in its role's sleepers, looks once more, and sleeps on its
+//! role's condition variable under `lock`; a put, get, task_done or
+//! shutdown that may have made its wait end reads the sleepers after its
+//! own change — both sides SeqCst read-modify-writes then SeqCst loads of
+//! the other's word (`len` for items and room, `unfinished`, `maxsize`,
+//! `shut`), so one of the two sees the other — and, if any sleeps,
+//! notifies under the lock: no wake-up is lost, and none is paid for
+//! while nobody sleeps. (A getter therefore looks at `len`, which a put
+//! raises before it pushes: it may find the item a moment before it can
+//! pop it, and looks again.) Measured against the engine
+//! behind a mutex (three contended lock acquisitions per item):
+//! docs/performance.md.
+//!
+//! As Python's `queue.Queue` (a condition variable), a woken thread may
+//! find that another one took the item or the room first and waits again:
+//! waiters are not served in strict arrival order, unlike the broker's
+//! queues and this tier's lifo and priority queues.
+
+use crossbeam_queue::SegQueue;
+
+use super::prim::{self, AtomicU8, AtomicUsize, Condvar, Mutex, Ordering};
+use super::{GetError, PutError, TaskDoneError, Wait, YIELDS};
+
+const OPEN: u8 = 0;
+const SHUT: u8 = 1;
+const SHUT_NOW: u8 = 2;
+
+const SC: Ordering = Ordering::SeqCst;
+
+pub(super) struct Fifo<T> {
+    items: SegQueue<T>,
+    /// Items in `items`, and puts admitted that are pushing theirs: what
+    /// the bound counts. It and `unfinished` share a cache line with the
+    /// words every call reads (measured: a line each was slower).
+    len: AtomicUsize,
+    unfinished: AtomicUsize,
+    maxsize: AtomicUsize,
+    /// OPEN, SHUT (`shutdown(false)`) or SHUT_NOW (`shutdown(true)`).
+    shut: AtomicU8,
+    /// Threads asleep, or about to look once more and sleep, by role.
+    getters: AtomicUsize,
+    putters: AtomicUsize,
+    joiners: AtomicUsize,
+    lock: Mutex<()>,
+    /// Getters sleep on it: an item came, or the queue shut down.
+    item: Condvar,
+    /// Putters: room came (a get, a larger bound), or the queue shut down.
+    room: Condvar,
+    /// Joiners: nothing is unfinished.
+    done: Condvar,
+}
+
+impl<T> Fifo<T> {
+    pub(super) fn new(maxsize: usize) -> Self {
+        Fifo {
+            items: SegQueue::new(),
+            len: AtomicUsize::new(0),
+            unfinished: AtomicUsize::new(0),
+            maxsize: AtomicUsize::new(maxsize),
+            shut: AtomicU8::new(OPEN),
+            getters: AtomicUsize::new(0),
+            putters: AtomicUsize::new(0),
+            joiners: AtomicUsize::new(0),
+            lock: Mutex::new(()),
+            item: Condvar::new(),
+            room: Condvar::new(),
+            done: Condvar::new(),
+        }
+    }
+
+    fn has_room(&self) -> bool {
+        let max = self.maxsize.load(SC);
+        max == 0 || self.len.load(SC) < max
+    }
+
+    /// Takes a place under the bound, if there is one.
+    fn admit(&self) -> bool {
+        let max = self.maxsize.load(SC);
+        self.len
+            .fetch_update(SC, SC, |len| (max == 0 || len < max).then_some(len + 1))
+            .is_ok()
+    }
+
+    /// After a change that may end the waits of `sleepers`: wakes one of
+    /// them (or all), if any sleeps.
+    fn wake(&self, sleepers: &AtomicUsize, signal: &Condvar, all: bool) {
+        if sleepers.load(SC) > 0 {
+            let _guard = prim::lock(&self.lock);
+            if all {
+                signal.notify_all();
+            } else {
+                signal.notify_one();
+            }
+        }
+    }
+
+    /// Sleeps on `signal` unless `ready` already holds, counted in
+    /// `sleepers`; false when `wait` has run out. When it is ready at once
+    /// (an item admitted and not yet pushed, room another thread may
+    /// take) it yields instead: the caller looks again.
+    fn sleep(
+        &self,
+        sleepers: &AtomicUsize,
+        signal: &Condvar,
+        wait: Wait,
+        ready: impl Fn() -> bool,
+    ) -> bool {
+        let guard = prim::lock(&self.lock);
+        sleepers.fetch_add(1, SC);
+        if ready() {
+            drop(guard);
+            sleepers.fetch_sub(1, SC);
+            prim::yield_now();
+            return !wait.passed();
+        }
+        let (guard, slept) = super::sleep(signal, guard, wait);
+        drop(guard);
+        sleepers.fetch_sub(1, SC);
+        slept
+    }
+
+    pub(super) fn put(&self, item: T, wait: Wait) -> Result<(), PutError<T>> {
+        let mut round = 0;
+        let mut late = false;
+        loop {
+            if self.shut.load(SC) != OPEN {
+                return Err(PutError::ShutDown(item));
+            }
+            if self.admit() {
+                // Shut down meanwhile: a get may have found the queue
+                // drained after the shutdown (it reads `len` after `shut`,
+                // this reads `shut` after `len`); the put did not happen.
+                if self.shut.load(SC) != OPEN {
+                    self.len.fetch_sub(1, SC);
+                    self.wake(&self.putters, &self.room, false);
+                    return Err(PutError::ShutDown(item));
+                }
+                // Counted before it can be got and done.
+                self.unfinished.fetch_add(1, SC);
+                self.items.push(item);
+                self.wake(&self.getters, &self.item, false);
+                return Ok(());
+            }
+            if late || matches!(wait, Wait::No) {
+                return Err(PutError::Full(item));
+            }
+            if round < YIELDS && !wait.passed() {
+                round += 1;
+                prim::yield_now();
+                continue;
+            }
+            late = !self.sleep(&self.putters, &self.room, wait, || {
+                self.shut.load(SC) != OPEN || self.has_room()
+            });
+        }
+    }
+
+    pub(super) fn get(&self, wait: Wait) -> Result<T, GetError> {
+        let mut round = 0;
+        let mut late = false;
+        loop {
+            let shut = self.shut.load(SC);
+            if shut == SHUT_NOW {
+                // What a racing put pushed after the drain goes too.
+                self.drain();
+                return Err(GetError::ShutDown);
+            }
+            if let Some(item) = self.items.pop() {
+                self.len.fetch_sub(1, SC);
+                self.wake(&self.putters, &self.room, false);
+                return Ok(item);
+            }
+            if shut == SHUT {
+                if self.len.load(SC) == 0 {
+                    return Err(GetError::ShutDown);
+                }
+                // A put admitted before the shutdown is pushing its item.
+                prim::yield_now();
+                continue;
+            }
+            if late || matches!(wait, Wait::No) {
+                return Err(GetError::Empty);
+            }
+            if round < YIELDS && !wait.passed() {
+                round += 1;
+                prim::yield_now();
+                continue;
+            }
+            // `len`, not the list: the put's own write (see the module).
+            late = !self.sleep(&self.getters, &self.item, wait, || {
+                self.shut.load(SC) != OPEN || self.len.load(SC) > 0
+            });
+        }
+    }
+
+    pub(super) fn task_done(&self) -> Result<(), TaskDoneError> {
+        let before = self
+            .unfinished
+            .fetch_update(SC, SC, |n| n.checked_sub(1))
+            .map_err(|_| crate::engine::TooManyTaskDone)?;
+        if before == 1 {
+            self.wake(&self.joiners, &self.done, true);
+        }
+        Ok(())
+    }
+
+    pub(super) fn join(&self, wait: Wait) -> bool {
+        loop {
+            if self.unfinished.load(SC) == 0 {
+                return true;
+            }
+            if !self.sleep(&self.joiners, &self.done, wait, || {
+                self.unfinished.load(SC) == 0
+            }) {
+                return self.unfinished.load(SC) == 0;
+            }
+        }
+    }
+
+    /// Drops what is queued, each counted as done (`shutdown(true)`).
+    fn drain(&self) {
+        while self.items.pop().is_some() {
+            self.len.fetch_sub(1, SC);
+            // Each was counted by its put before it was pushed.
+            let _ = self.task_done();
+        }
+    }
+
+    pub(super) fn shutdown(&self, immediate: bool) {
+        if immediate {
+            self.shut.store(SHUT_NOW, SC);
+            self.drain();
+        } else {
+            let _ = self.shut.compare_exchange(OPEN, SHUT, SC, SC);
+        }
+        self.wake(&self.getters, &self.item, true);
+        self.wake(&self.putters, &self.room, true);
+    }
+
+    pub(super) fn set_maxsize(&self, maxsize: usize) {
+        self.maxsize.store(maxsize, SC);
+        self.wake(&self.putters, &self.room, true);
+    }
+
+    pub(super) fn qsize(&self) -> usize {
+        self.len.load(SC)
+    }
+
+    pub(super) fn empty(&self) -> bool {
+        self.qsize() == 0
+    }
+
+    pub(super) fn full(&self) -> bool {
+        !self.has_room()
+    }
+
+    pub(super) fn maxsize(&self) -> usize {
+        self.maxsize.load(SC)
+    }
+
+    pub(super) fn unfinished(&self) -> usize {
+        self.unfinished.load(SC)
+    }
+
+    pub(super) fn is_shutdown(&self) -> bool {
+        self.shut.load(SC) != OPEN
+    }
+}
