@@ -13,6 +13,7 @@ The broker is found at FERRY_URL, else ferry://127.0.0.1:7878.
 from __future__ import annotations
 
 import collections
+import gc
 import multiprocessing.util as _mp_util
 import os
 import pickle
@@ -60,34 +61,91 @@ PRIVATE_EXPIRE_MS = 60 * 60 * 1000
 # The private queues this process made, by (url, name): how many live
 # handles it has of each. The last one to go drops the queue.
 _private: dict = {}
-# Guards _private and _feeders. Reentrant, and never waited on by a
-# finalizer in a section of its own thread: the garbage collector may run
-# a handle's finalizer inside any allocation, so also inside a section;
-# that finalizer's work is left for the section's end (_after_registry).
+# Guards _private and _feeders.
 _private_lock = threading.RLock()
-_deferred: list = []
 # This process's write-behind feeders, by (url, name).
 _feeders: dict = {}
 
+# Whether the garbage collector is collecting (set by its callback).
+_collecting = False
+
+
+def _gc_phase(phase: str, info: dict) -> None:
+    global _collecting
+    _collecting = phase == "start"
+
+
+gc.callbacks.append(_gc_phase)
+
+
+class _Finisher:
+    """One thread per process that runs the finalizers the garbage
+    collector set off. The collector runs a finalizer inside whatever
+    allocation triggered it — also inside one of this package's locked
+    sections (a lane's, the registry's), whose lock the finalizer's work
+    needs: run there, it would wait for itself forever. Here it waits for
+    that section's end instead. Finalizers run at exit, by close() or when
+    a handle's last reference goes run in place."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._work: collections.deque = collections.deque()
+        self._busy = 0
+        self._pid = 0
+
+    def submit(self, fn, args) -> None:
+        with self._cond:
+            self._work.append((fn, args))
+            if self._pid != os.getpid():
+                try:
+                    threading.Thread(target=self._run, name="ferry-finisher", daemon=True).start()
+                except RuntimeError:  # the interpreter is shutting down: drain() runs it
+                    return
+                self._pid = os.getpid()
+            self._cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._work:
+                    self._cond.wait()
+                fn, args = self._work.popleft()
+                self._busy += 1
+            try:
+                fn(*args)
+            except Exception as e:  # a finalizer has no caller to raise to
+                print(f"ferry: a finalizer failed: {e!r}", file=sys.stderr)
+            finally:
+                with self._cond:
+                    self._busy -= 1
+                    self._cond.notify_all()
+
+    def drain(self) -> None:
+        """At exit: waits for what was handed over (or runs it here if this
+        process has no finisher thread)."""
+        while True:
+            with self._cond:
+                if self._pid != os.getpid():
+                    work, self._work = list(self._work), collections.deque()
+                    break
+                if not self._work and not self._busy:
+                    return
+                self._cond.wait(0.1)
+        for fn, args in work:
+            fn(*args)
+
+
+_finisher = _Finisher()
+# Before the queues' own exit finalizers (10) and private queues' drops (-1).
+_mp_util.Finalize(None, _finisher.drain, exitpriority=100)
+
 
 def _finalizer(fn, *args) -> None:
-    """Runs a finalizer's work, or, when the garbage collector ran the
-    finalizer inside this thread's own _private_lock section, right after
-    that section (waiting for the lock there would wait forever)."""
-    if _private_lock._is_owned():
-        _deferred.append((fn, args))
+    """Runs a finalizer's work in place, or on the finisher thread when the
+    garbage collector set it off (see _Finisher)."""
+    if _collecting or _private_lock._is_owned():
+        _finisher.submit(fn, args)
     else:
-        fn(*args)
-
-
-def _after_registry() -> None:
-    """Called after each _private_lock section: runs what finalizers left
-    for its end."""
-    while _deferred and not _private_lock._is_owned():
-        try:
-            fn, args = _deferred.pop()
-        except IndexError:
-            return
         fn(*args)
 
 
@@ -102,7 +160,6 @@ def _sync_puts() -> None:
         return
     with _private_lock:
         feeders = [f for group in _feeders.values() for f in group]
-    _after_registry()
     for feeder in feeders:
         if feeder.pid == os.getpid() and feeder.pending():
             feeder.flush()
@@ -197,7 +254,7 @@ class _Handle:
             lane = _Lane(Connection(self._url))
             owner = _LaneOwner()
             self._local.lane, self._local.owner = lane, owner
-            weakref.finalize(owner, _retire, weakref.ref(self), lane)
+            weakref.finalize(owner, _finalizer, _retire, weakref.ref(self), lane)
             with self._lanes_lock:
                 # A parent process's lanes are not this process's.
                 self._lanes = [other for other in self._lanes if other.generation == _generation]
@@ -454,7 +511,6 @@ class _Feeder:
                 feeders.remove(self)
             if not feeders:
                 _feeders.pop((self._url, self._name), None)
-        _after_registry()
 
 
 class Queue:
@@ -578,7 +634,6 @@ class Queue:
             self._feeder_generation = _generation
             with _private_lock:
                 _feeders.setdefault((self._handle._url, self._name), []).append(self._box[0])
-            _after_registry()
             self._arm_finalizer()
         return self._box[0]
 
@@ -948,7 +1003,6 @@ def _track_private(owner, url: str, name: str, made_here: bool) -> None:
         counted = made_here or key in _private
         if counted:
             _private[key] = 1 if made_here else _private[key] + 1
-    _after_registry()
     if counted:
         _mp_util.Finalize(owner, _finalizer, args=(_release_private, os.getpid(), key), exitpriority=-1)
 
@@ -962,7 +1016,6 @@ def _release_private(pid: int, key) -> None:
         last = _private[key] == 0
         if last:
             del _private[key]
-    _after_registry()
     if not last:
         return
     url, name = key

@@ -338,9 +338,9 @@ class Queue:
                                           private=name is None)
         if maxsize is not None:
             self._maxsize = maxsize
-        ferry._mp_util.Finalize(self, _settle_at_exit,
-                                args=(os.getpid(), self._url, self._qname, self._take, self._fetched,
-                                      self._dones, self._dones_unanswered),
+        ferry._mp_util.Finalize(self, ferry._finalizer,
+                                args=(_settle_at_exit, os.getpid(), self._url, self._qname, self._take,
+                                      self._fetched, self._dones, self._dones_unanswered),
                                 exitpriority=10)
 
     def _p(self) -> _Process:

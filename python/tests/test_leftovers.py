@@ -99,26 +99,53 @@ def test_named_queues_stay_and_can_be_purged_dropped_and_reopened():
     assert name not in names()
 
 
-def test_a_handle_collected_inside_the_registry_is_finished_after_it(tmp_path):
+def test_a_handle_collected_inside_a_locked_section_is_finished_after_it(tmp_path):
     # The garbage collector may run a collected handle's finalizer inside
-    # any allocation, so also inside this process's own registry section
-    # (a get syncing write-behind puts, a queue being made...). The
-    # finalizer must not wait for the section's lock there (it waited
-    # forever); its work runs when the section ends.
+    # any allocation, so also inside one of the package's own locked
+    # sections (the registry's, a lane's: the prefetch reaper settles
+    # lanes under their lock). The finalizer must not wait for that lock
+    # there (it waited forever): its work runs once the section ends.
     out = run("""
-        import gc
+        import gc, time
         import ferry
+
+        def queues():
+            return {n.decode() for n in ferry.connect().call([b"QLIST"])}
+
+        def until(cond):
+            deadline = time.monotonic() + 30
+            while not cond():
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+
+        # The registry's lock: a private queue's handle, in a cycle.
         q = ferry.Queue()
-        q.put("x")
         name = q.name
         cycle = [q]
-        cycle.append(cycle)  # only the collector frees it
+        cycle.append(cycle)
         del q, cycle
         with ferry._private_lock:
-            gc.collect()  # the finalizer runs here
-            still = name in {n.decode() for n in ferry.connect().call([b"QLIST"])}
-        other = ferry.Queue()  # a section: the deferred finalizer runs after it
-        gone = name not in {n.decode() for n in ferry.connect().call([b"QLIST"])}
-        print(still, gone)
+            gc.collect()
+            still = name in queues()
+        until(lambda: name not in queues())
+
+        # A lane's lock: a prefetching consumer's handle, in a cycle, holding
+        # items fetched ahead; collected while its lane is locked.
+        producer = ferry.JoinableQueue(name="lane-" + name, write_behind=0)
+        for i in range(20):
+            producer.put(i)
+        consumer = ferry.JoinableQueue(name="lane-" + name, prefetch=10)
+        consumer.get()
+        consumer.task_done()
+        lane = consumer._handle.lane()
+        held = len(lane.fetched)
+        cycle = [consumer]
+        cycle.append(cycle)
+        del consumer, cycle
+        with lane.lock:
+            gc.collect()
+        until(lambda: producer.qsize() == 19)
+        producer.drop()
+        print(still, held)
     """, tmp_path)
-    assert out == "True True"
+    assert out == "True 9"
