@@ -2,9 +2,10 @@
 //! lock-free list and atomic counts, with a lock only to sleep.
 //!
 //! A put, a get and a task_done that need not wait touch no lock: the
-//! items are crossbeam's `SegQueue` (unbounded, lock-free, fifo), the bound
-//! is kept by `len` (a put is admitted by raising it below `maxsize`, then
-//! pushes), Python's count by `unfinished`. A thread that must wait counts
+//! items are in crossbeam's lock-free `ArrayQueue` (sized to the bound) and
+//! `SegQueue` (beyond it: see `Items`), the bound is kept by `len` (a put is
+//! admitted by raising it below `maxsize`, then pushes), Python's count by
+//! `unfinished`. A thread that must wait counts
 //! itself in its role's sleepers, looks once more, and sleeps on its
 //! role's condition variable under `lock`; a put, get, task_done or
 //! shutdown that may have made its wait end reads the sleepers after its
@@ -23,7 +24,7 @@
 //! waiters are not served in strict arrival order, unlike the broker's
 //! queues and this tier's lifo and priority queues.
 
-use crossbeam_queue::SegQueue;
+use crossbeam_queue::{ArrayQueue, SegQueue};
 
 use super::prim::{self, AtomicU8, AtomicUsize, Condvar, Mutex, Ordering};
 use super::{GetError, PutError, TaskDoneError, Wait, YIELDS};
@@ -34,8 +35,48 @@ const SHUT_NOW: u8 = 2;
 
 const SC: Ordering = Ordering::SeqCst;
 
+/// The items, oldest first: a bounded queue's in an array sized to its
+/// bound (no allocation per item), and beyond it — an unbounded queue, or
+/// a bound raised past the array — in a linked list. Gets take from the
+/// array first: every item there was pushed before the list was first
+/// used, or by a put racing the one that first used it.
+struct Items<T> {
+    array: Option<ArrayQueue<T>>,
+    list: SegQueue<T>,
+}
+
+impl<T> Items<T> {
+    fn new(maxsize: usize) -> Self {
+        Items {
+            array: (maxsize > 0).then(|| ArrayQueue::new(maxsize)),
+            list: SegQueue::new(),
+        }
+    }
+
+    fn push(&self, item: T) {
+        // Once the list holds an item, later puts go behind it.
+        let item = match &self.array {
+            Some(array) if self.list.is_empty() => match array.push(item) {
+                Ok(()) => return,
+                Err(item) => item,
+            },
+            _ => item,
+        };
+        self.list.push(item);
+    }
+
+    fn pop(&self) -> Option<T> {
+        if let Some(array) = &self.array
+            && let Some(item) = array.pop()
+        {
+            return Some(item);
+        }
+        self.list.pop()
+    }
+}
+
 pub(super) struct Fifo<T> {
-    items: SegQueue<T>,
+    items: Items<T>,
     /// Items in `items`, and puts admitted that are pushing theirs: what
     /// the bound counts. It and `unfinished` share a cache line with the
     /// words every call reads (measured: a line each was slower).
@@ -60,7 +101,7 @@ pub(super) struct Fifo<T> {
 impl<T> Fifo<T> {
     pub(super) fn new(maxsize: usize) -> Self {
         Fifo {
-            items: SegQueue::new(),
+            items: Items::new(maxsize),
             len: AtomicUsize::new(0),
             unfinished: AtomicUsize::new(0),
             maxsize: AtomicUsize::new(maxsize),
@@ -271,5 +312,40 @@ impl<T> Fifo<T> {
 
     pub(super) fn is_shutdown(&self) -> bool {
         self.shut.load(SC) != OPEN
+    }
+}
+
+#[cfg(all(test, not(feature = "shuttle")))]
+mod tests {
+    use crate::Queue;
+
+    /// A bound raised past the array: the items beyond it wait in the
+    /// list, behind the array's, and the order holds throughout.
+    #[test]
+    fn a_raised_bound_keeps_the_order() {
+        let q = Queue::new(2);
+        q.put(1).unwrap();
+        q.put(2).unwrap();
+        q.set_maxsize(4);
+        q.put(3).unwrap();
+        q.put(4).unwrap();
+        assert!(q.full());
+        assert_eq!(q.get(), Ok(1));
+        // Room in the array now, but the list holds older items.
+        q.put(5).unwrap();
+        assert_eq!(
+            (q.get(), q.get(), q.get(), q.get()),
+            (Ok(2), Ok(3), Ok(4), Ok(5))
+        );
+        q.put(6).unwrap();
+        q.set_maxsize(0);
+        for i in 7..100 {
+            q.put(i).unwrap();
+        }
+        for i in 6..100 {
+            assert_eq!(q.get(), Ok(i));
+        }
+        assert_eq!(q.qsize(), 0);
+        assert_eq!(q.unfinished(), 99);
     }
 }

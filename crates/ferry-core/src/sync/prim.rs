@@ -2,8 +2,8 @@
 //! functions and the atomics: parking_lot's and std's, or shuttle's under
 //! the `shuttle` feature so that its scheduler can explore the
 //! interleavings of the blocking core (`tests/shuttle.rs`). The fifo
-//! queue's lock-free list (crossbeam's `SegQueue`) is not instrumented:
-//! under shuttle each push and pop is one step.
+//! queue's lock-free containers (crossbeam's) are not instrumented: under
+//! shuttle each push and pop is one step.
 //!
 //! parking_lot rather than std: measured with `cargo bench --bench
 //! inprocess`, its adaptive spinning more than tripled throughput with four
