@@ -3,20 +3,20 @@
 //!
 //! A put, a get and a task_done that need not wait touch no lock: the
 //! items are in crossbeam's lock-free `ArrayQueue` (sized to the bound) and
-//! `SegQueue` (beyond it: see `Items`), the bound is kept by `len` (a put is
-//! admitted by raising it below `maxsize`, then pushes), Python's count by
-//! `unfinished`. A thread that must wait counts
-//! itself in its role's sleepers, looks once more, and sleeps on its
-//! role's condition variable under `lock`; a put, get, task_done or
-//! shutdown that may have made its wait end reads the sleepers after its
-//! own change — both sides SeqCst read-modify-writes then SeqCst loads of
-//! the other's word (`len` for items and room, `unfinished`, `maxsize`,
-//! `shut`), so one of the two sees the other — and, if any sleeps,
-//! notifies under the lock: no wake-up is lost, and none is paid for
-//! while nobody sleeps. (A getter therefore looks at `len`, which a put
-//! raises before it pushes: it may find the item a moment before it can
-//! pop it, and looks again.) Measured against the engine
-//! behind a mutex (three contended lock acquisitions per item):
+//! `SegQueue` (beyond it: see `Items`); one atomic word holds the two
+//! counts, `len` (the bound: a put is admitted by raising it below
+//! `maxsize`, then pushes) and Python's `unfinished` (raised by the same
+//! write). A thread that must wait counts itself in its role's sleepers,
+//! looks once more, and sleeps on its role's condition variable under
+//! `lock`; a put, get, task_done or shutdown that may have made its wait
+//! end reads the sleepers after its own change — both sides SeqCst
+//! read-modify-writes then SeqCst loads of the other's word (`counts`,
+//! `maxsize`, `shut`), so one of the two sees the other — and, if any
+//! sleeps, notifies under the lock: no wake-up is lost, and none is paid
+//! for while nobody sleeps. (A getter therefore looks at `len`, which a
+//! put raises before it pushes: it may find the item a moment before it
+//! can pop it, and looks again.) Measured against the engine behind a
+//! mutex (three contended lock acquisitions per item):
 //! docs/performance.md.
 //!
 //! As Python's `queue.Queue` (a condition variable), a woken thread may
@@ -26,7 +26,7 @@
 
 use crossbeam_queue::{ArrayQueue, SegQueue};
 
-use super::prim::{self, AtomicU8, AtomicUsize, Condvar, Mutex, Ordering};
+use super::prim::{self, AtomicU8, AtomicU64, AtomicUsize, Condvar, Mutex, Ordering};
 use super::{GetError, PutError, TaskDoneError, Wait, YIELDS};
 
 const OPEN: u8 = 0;
@@ -34,6 +34,19 @@ const SHUT: u8 = 1;
 const SHUT_NOW: u8 = 2;
 
 const SC: Ordering = Ordering::SeqCst;
+
+/// The halves of `Fifo::counts`.
+const LEN: u64 = u32::MAX as u64;
+const ONE_ITEM: u64 = 1;
+const ONE_UNFINISHED: u64 = 1 << 32;
+
+/// Whether counts `c` leave room for one more item under `max` (0: no
+/// bound but the halves' own).
+fn room(c: u64, max: usize) -> bool {
+    let len = c & LEN;
+    let under = max == 0 || len < max as u64;
+    under && len < LEN && c >> 32 < LEN
+}
 
 /// The items, oldest first: a bounded queue's in an array sized to its
 /// bound (no allocation per item), and beyond it — an unbounded queue, or
@@ -77,11 +90,11 @@ impl<T> Items<T> {
 
 pub(super) struct Fifo<T> {
     items: Items<T>,
-    /// Items in `items`, and puts admitted that are pushing theirs: what
-    /// the bound counts. It and `unfinished` share a cache line with the
-    /// words every call reads (measured: a line each was slower).
-    len: AtomicUsize,
-    unfinished: AtomicUsize,
+    /// Two counts in one word, so that a put raises both at once: the low
+    /// half `len` (items in `items`, and puts admitted that are pushing
+    /// theirs: what the bound counts), the high half `unfinished`
+    /// (Python's count). Each is at most `u32::MAX`.
+    counts: AtomicU64,
     maxsize: AtomicUsize,
     /// OPEN, SHUT (`shutdown(false)`) or SHUT_NOW (`shutdown(true)`).
     shut: AtomicU8,
@@ -102,8 +115,7 @@ impl<T> Fifo<T> {
     pub(super) fn new(maxsize: usize) -> Self {
         Fifo {
             items: Items::new(maxsize),
-            len: AtomicUsize::new(0),
-            unfinished: AtomicUsize::new(0),
+            counts: AtomicU64::new(0),
             maxsize: AtomicUsize::new(maxsize),
             shut: AtomicU8::new(OPEN),
             getters: AtomicUsize::new(0),
@@ -116,17 +128,32 @@ impl<T> Fifo<T> {
         }
     }
 
-    fn has_room(&self) -> bool {
-        let max = self.maxsize.load(SC);
-        max == 0 || self.len.load(SC) < max
+    fn len(&self) -> u64 {
+        self.counts.load(SC) & LEN
     }
 
-    /// Takes a place under the bound, if there is one.
+    fn has_room(&self) -> bool {
+        room(self.counts.load(SC), self.maxsize.load(SC))
+    }
+
+    /// Takes a place under the bound, if there is one, and counts the
+    /// item unfinished: before it can be got and done.
     fn admit(&self) -> bool {
         let max = self.maxsize.load(SC);
-        self.len
-            .fetch_update(SC, SC, |len| (max == 0 || len < max).then_some(len + 1))
+        self.counts
+            .fetch_update(SC, SC, |c| {
+                room(c, max).then_some(c + ONE_ITEM + ONE_UNFINISHED)
+            })
             .is_ok()
+    }
+
+    /// Takes back what `admit` counted, or an immediate shutdown's
+    /// dropped item: one fewer queued and unfinished.
+    fn uncount(&self) {
+        let before = self.counts.fetch_sub(ONE_ITEM + ONE_UNFINISHED, SC);
+        if before >> 32 == 1 {
+            self.wake(&self.joiners, &self.done, true);
+        }
     }
 
     /// After a change that may end the waits of `sleepers`: wakes one of
@@ -179,12 +206,10 @@ impl<T> Fifo<T> {
                 // drained after the shutdown (it reads `len` after `shut`,
                 // this reads `shut` after `len`); the put did not happen.
                 if self.shut.load(SC) != OPEN {
-                    self.len.fetch_sub(1, SC);
+                    self.uncount();
                     self.wake(&self.putters, &self.room, false);
                     return Err(PutError::ShutDown(item));
                 }
-                // Counted before it can be got and done.
-                self.unfinished.fetch_add(1, SC);
                 self.items.push(item);
                 self.wake(&self.getters, &self.item, false);
                 return Ok(());
@@ -214,12 +239,12 @@ impl<T> Fifo<T> {
                 return Err(GetError::ShutDown);
             }
             if let Some(item) = self.items.pop() {
-                self.len.fetch_sub(1, SC);
+                self.counts.fetch_sub(ONE_ITEM, SC);
                 self.wake(&self.putters, &self.room, false);
                 return Ok(item);
             }
             if shut == SHUT {
-                if self.len.load(SC) == 0 {
+                if self.len() == 0 {
                     return Err(GetError::ShutDown);
                 }
                 // A put admitted before the shutdown is pushing its item.
@@ -236,17 +261,17 @@ impl<T> Fifo<T> {
             }
             // `len`, not the list: the put's own write (see the module).
             late = !self.sleep(&self.getters, &self.item, wait, || {
-                self.shut.load(SC) != OPEN || self.len.load(SC) > 0
+                self.shut.load(SC) != OPEN || self.len() > 0
             });
         }
     }
 
     pub(super) fn task_done(&self) -> Result<(), TaskDoneError> {
         let before = self
-            .unfinished
-            .fetch_update(SC, SC, |n| n.checked_sub(1))
+            .counts
+            .fetch_update(SC, SC, |c| (c >> 32 > 0).then(|| c - ONE_UNFINISHED))
             .map_err(|_| crate::engine::TooManyTaskDone)?;
-        if before == 1 {
+        if before >> 32 == 1 {
             self.wake(&self.joiners, &self.done, true);
         }
         Ok(())
@@ -254,13 +279,11 @@ impl<T> Fifo<T> {
 
     pub(super) fn join(&self, wait: Wait) -> bool {
         loop {
-            if self.unfinished.load(SC) == 0 {
+            if self.unfinished() == 0 {
                 return true;
             }
-            if !self.sleep(&self.joiners, &self.done, wait, || {
-                self.unfinished.load(SC) == 0
-            }) {
-                return self.unfinished.load(SC) == 0;
+            if !self.sleep(&self.joiners, &self.done, wait, || self.unfinished() == 0) {
+                return self.unfinished() == 0;
             }
         }
     }
@@ -268,9 +291,7 @@ impl<T> Fifo<T> {
     /// Drops what is queued, each counted as done (`shutdown(true)`).
     fn drain(&self) {
         while self.items.pop().is_some() {
-            self.len.fetch_sub(1, SC);
-            // Each was counted by its put before it was pushed.
-            let _ = self.task_done();
+            self.uncount();
         }
     }
 
@@ -291,7 +312,7 @@ impl<T> Fifo<T> {
     }
 
     pub(super) fn qsize(&self) -> usize {
-        self.len.load(SC)
+        self.len() as usize
     }
 
     pub(super) fn empty(&self) -> bool {
@@ -307,7 +328,7 @@ impl<T> Fifo<T> {
     }
 
     pub(super) fn unfinished(&self) -> usize {
-        self.unfinished.load(SC)
+        (self.counts.load(SC) >> 32) as usize
     }
 
     pub(super) fn is_shutdown(&self) -> bool {

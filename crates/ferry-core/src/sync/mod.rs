@@ -428,7 +428,9 @@ macro_rules! queue_type {
         }
 
         impl<T $($bound)*> $name<T> {
-            /// A queue that holds at most `maxsize` items; 0 means no bound.
+            /// A queue that holds at most `maxsize` items; 0 means no bound (but
+            /// the fifo queue's counts: at most `u32::MAX` items queued, and as
+            /// many unfinished).
             ///
             /// ```
             #[doc = $example]

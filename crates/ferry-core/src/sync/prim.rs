@@ -20,7 +20,7 @@ pub(super) use parking_lot::{Condvar, Mutex, MutexGuard};
 pub(super) use std::sync::Arc;
 
 #[cfg(not(feature = "shuttle"))]
-pub(super) use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+pub(super) use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 #[cfg(not(feature = "shuttle"))]
 pub(super) use std::thread::yield_now;
 
@@ -46,7 +46,7 @@ pub(super) fn wait_timeout<'a, T>(
 }
 
 #[cfg(feature = "shuttle")]
-pub(super) use shuttle::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+pub(super) use shuttle::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 #[cfg(feature = "shuttle")]
 pub(super) use shuttle::sync::{Arc, Condvar, Mutex, MutexGuard};
 #[cfg(feature = "shuttle")]
