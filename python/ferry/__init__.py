@@ -61,7 +61,8 @@ PRIVATE_EXPIRE_MS = 60 * 60 * 1000
 # The private queues this process made, by (url, name): how many live
 # handles it has of each. The last one to go drops the queue.
 _private: dict = {}
-# Guards _private and _feeders.
+# Guards _private and _feeders. Reentrant so that _finalizer can ask
+# whether this thread holds it.
 _private_lock = threading.RLock()
 # This process's write-behind feeders, by (url, name).
 _feeders: dict = {}

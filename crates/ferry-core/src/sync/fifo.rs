@@ -1,5 +1,5 @@
 //! The fifo queue ([`super::Queue`], [`super::JoinableQueue`]): a
-//! lock-free list and atomic counts, with a lock only to sleep.
+//! lock-free array (or list) and atomic counts, with a lock only to sleep.
 //!
 //! A put, a get and a task_done that need not wait touch no lock: the
 //! items are in crossbeam's lock-free `ArrayQueue` (sized to the bound) and
