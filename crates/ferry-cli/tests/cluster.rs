@@ -364,7 +364,7 @@ fn a_waiting_get_carries_on_through_a_manual_failover() {
     c.call(&[b"QCREATE", q.as_bytes()]).unwrap();
     let getter = {
         let url = url.clone();
-        thread::spawn(move || client(&url).get_timeout(q, Duration::from_secs(60)))
+        thread::spawn(move || client(&url).get_timeout(q, Duration::from_secs(300)))
     };
     common::wait_until("the getter in line", || {
         c.counter(q, "waiting_getters").unwrap() == 1
@@ -379,13 +379,7 @@ fn a_waiting_get_carries_on_through_a_manual_failover() {
             matches!(role.get(2), Some(redis::Value::Int(p)) if *p == i64::from(cluster.nodes[home].port))
         })
         .unwrap();
-    let _: () = redis::cmd("CLUSTER")
-        .arg("FAILOVER")
-        .query(&mut cluster.nodes[replica].conn())
-        .unwrap();
-    common::wait_until("the replica to take over", || {
-        cluster.primary_of(&format!("ferry:{{{q}}}:m")) == replica
-    });
+    cluster.failover(replica, &format!("ferry:{{{q}}}:m"));
     cluster.wait_ok();
     c.put(q, b"after the failover").unwrap();
     let m = getter.join().unwrap().unwrap();

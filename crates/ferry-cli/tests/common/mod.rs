@@ -450,6 +450,43 @@ impl RedisCluster {
         });
     }
 
+    /// `replica` takes over from its primary (CLUSTER FAILOVER), and the
+    /// cluster sees it serve `key`. Redis drops a manual failover that has
+    /// not completed in 5 s (a vote not in time on a loaded machine): it is
+    /// asked again, and a failure shows both nodes' logs.
+    pub fn failover(&self, replica: usize, key: &str) {
+        let primary = self.primary_of(key);
+        let is_primary = || {
+            let role: Vec<redis::Value> = redis::cmd("ROLE")
+                .query(&mut self.nodes[replica].conn())
+                .unwrap_or_default();
+            matches!(role.first(), Some(redis::Value::BulkString(r)) if r == b"master")
+        };
+        for attempt in 1.. {
+            let _: () = redis::cmd("CLUSTER")
+                .arg("FAILOVER")
+                .query(&mut self.nodes[replica].conn())
+                .unwrap();
+            let asked = std::time::Instant::now();
+            while !is_primary() && asked.elapsed() < Duration::from_secs(10) {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if is_primary() {
+                break;
+            }
+            assert!(
+                attempt < 6,
+                "the replica did not take over.\nreplica's log:\n{}\nprimary's log:\n{}",
+                self.nodes[replica].log(),
+                self.nodes[primary].log()
+            );
+            eprintln!("the failover did not complete in 10 s: asked again");
+        }
+        wait_until("the cluster to see the replica take over", || {
+            self.primary_of(key) == replica
+        });
+    }
+
     /// Seeds: the first three nodes.
     pub fn url(&self) -> String {
         let seeds: Vec<String> = self
