@@ -4,6 +4,7 @@
 # payloads, 50 clients, with no pipelining and with 16 commands in flight.
 #
 #   memory   ferry --durability memory   vs  redis, persistence off
+#            (and PING_MBULK on both: the protocol's ceiling)
 #   sync     ferry --durability sync     vs  redis appendonly yes, appendfsync always
 #   async    ferry --durability async    vs  redis appendonly yes, appendfsync everysec
 #
@@ -127,6 +128,7 @@ for mode in sync async; do
     req=$n; [[ $mode == sync ]] && req=$n_sync
     for pl in 1 16; do
         row "$mode put -P $pl (redis $fsync)" "$ferry_port" "$redis_port" "$pl" "$req" QPUT q "$payload" -- LPUSH q "$payload"
+        row "$mode get -P $pl (redis $fsync)" "$ferry_port" "$redis_port" "$pl" "$req" QGET q NOWAIT NOACK -- RPOP q
     done
     stop_all
 done

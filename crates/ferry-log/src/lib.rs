@@ -27,13 +27,16 @@
 //! # Writing
 //!
 //! [`Log::append`] copies a record into the pending batch and returns its
-//! log sequence number at once; it never touches the disk. The writer
-//! thread takes the whole batch, writes it with one `write`, and — in
-//! [`Durability::Sync`] — calls `fdatasync` once for all of it (group
-//! commit), then reports the highest durable sequence number through the
-//! `on_durable` hook. In [`Durability::Async`] it reports after the write
-//! and syncs at least once a second. A write or sync error is fatal: the
-//! `on_error` hook is told, and every later append fails.
+//! log sequence number at once; it never touches the disk. In
+//! [`Durability::Sync`] a caller that waits for its record takes the whole
+//! batch on its own thread ([`Log::lead`]), writes it with one `write` and
+//! calls `fdatasync` once for all of it (group commit); the writer thread
+//! does the same for records nobody leads within 2 ms, and for every batch
+//! while fsyncs take over 1 ms. Either reports the highest durable
+//! sequence number through the `on_durable` hook. In [`Durability::Async`]
+//! callers write their own records ([`Log::write_now`]) and the writer
+//! thread syncs at least once a second. A write or sync error is fatal:
+//! the `on_error` hook is told, and every later append fails.
 //!
 //! # Recovery
 //!
@@ -188,7 +191,8 @@ pub type OnDurable = Box<dyn Fn(Lsn) + Send + Sync>;
 /// Called once if a write or sync fails.
 pub type OnError = Box<dyn Fn(&io::Error) + Send + Sync>;
 
-/// An open log. Appends from any thread; one writer thread does the I/O.
+/// An open log. Appends from any thread; the callers that wait for their
+/// records and a writer thread do the I/O.
 pub struct Log {
     inner: Arc<Inner>,
     writer: Mutex<Option<JoinHandle<()>>>,
@@ -231,6 +235,8 @@ impl Log {
                 last: 0,
                 closing: false,
                 rotate_at: None,
+                idle: false,
+                handed: false,
             }),
             segment: Mutex::new(Segment {
                 dir: dir.to_path_buf(),
@@ -250,6 +256,7 @@ impl Log {
             failed: AtomicBool::new(false),
             syncs: AtomicU64::new(0),
             fsync_micros: Histogram::new(histogram::FSYNC_MICROS),
+            last_fsync_micros: AtomicU64::new(0),
             batch_records: Histogram::new(histogram::BATCH_RECORDS),
             bytes: AtomicU64::new(resumed.sealed + resumed.len),
             started: AtomicU64::new(0),
@@ -284,7 +291,6 @@ impl Log {
             return Err(LogError::Failed);
         }
         let mut p = self.inner.pending.lock();
-        let was_empty = p.buf.is_empty();
         let at = p.buf.len();
         p.buf.extend_from_slice(&[0u8; FRAME]);
         write(&mut p.buf);
@@ -302,14 +308,15 @@ impl Log {
         p.buf[at + 4..at + 8].copy_from_slice(&crc.to_le_bytes());
         p.last += 1;
         let lsn = p.last;
-        drop(p);
         // In async mode whoever waits for the record writes it
         // ([`Log::write_now`]) and the writer thread comes by every second;
         // waking it per batch cost a context switch each (measured: 40 %
         // of the broker's time went to task switches at 1 M msg/s).
-        if was_empty && self.durability == Durability::Sync {
+        if self.durability == Durability::Sync && p.idle {
+            p.idle = false;
             self.inner.wake.notify_one();
         }
+        drop(p);
         Ok(lsn)
     }
 
@@ -320,9 +327,8 @@ impl Log {
 
     /// In async mode, writes what is pending on the calling thread right
     /// away (no fsync: the writer thread does that every second), so that a
-    /// reply waits for no other thread. In sync mode it does nothing: the
-    /// fsync belongs on the writer thread, off the caller's. False if the
-    /// log failed.
+    /// reply waits for no other thread. In sync mode it does nothing (see
+    /// [`Log::lead`]). False if the log failed.
     pub fn write_now(&self) -> bool {
         if self.durability != Durability::Async {
             return !self.failed();
@@ -334,7 +340,35 @@ impl Log {
         if self.inner.pending.lock().buf.is_empty() {
             return true;
         }
-        self.inner.flush(&mut seg)
+        let flushed = self.inner.flush(&mut seg);
+        drop(seg);
+        self.inner.report(flushed)
+    }
+
+    /// In sync mode, writes and fsyncs what is pending on the calling
+    /// thread (group commit without a thread hand-off), unless another
+    /// thread is at it or the disk is slow (the last fsync took over
+    /// 1 ms: the writer thread is asked to, so as not to hold up the
+    /// caller's thread). `None` then: `on_durable` reports after that
+    /// thread lets the log go, so a waiter it does not cover can lead the
+    /// next batch. Otherwise false if the log failed. In async mode it
+    /// does nothing (`Some`).
+    pub fn lead(&self) -> Option<bool> {
+        if self.durability != Durability::Sync {
+            return Some(!self.failed());
+        }
+        if self.failed() {
+            return Some(false);
+        }
+        if self.inner.last_fsync_micros.load(Ordering::Relaxed) > writer::LEAD_FSYNC_MAX_MICROS {
+            self.inner.pending.lock().handed = true;
+            self.inner.wake.notify_one();
+            return None;
+        }
+        let mut seg = self.inner.segment.try_lock()?;
+        let flushed = self.inner.flush(&mut seg);
+        drop(seg);
+        Some(self.inner.report(flushed))
     }
 
     /// The highest sequence number that is durable (written, in async mode).

@@ -137,6 +137,8 @@ struct FaultState {
     fail_sync_at: Option<u64>,
     /// The next preallocation reports a full disk.
     disk_full: bool,
+    /// Each fsync takes at least this long.
+    slow_sync: std::time::Duration,
     dead: bool,
 }
 
@@ -183,6 +185,7 @@ impl LogFile for FaultyFile {
             return Err(injected("sync"));
         }
         self.inner.sync_data()?;
+        std::thread::sleep(s.slow_sync);
         let written = s.written.get(&self.path).copied().unwrap_or(0);
         s.synced.insert(self.path.clone(), written);
         Ok(())
@@ -233,6 +236,11 @@ impl Faults {
     pub fn fail_sync_after(&self, n: u64) {
         let mut s = self.state.lock();
         s.fail_sync_at = Some(s.syncs + n);
+    }
+
+    /// Makes every fsync from now on take at least `d`, as a slow disk's.
+    pub fn slow_syncs(&self, d: std::time::Duration) {
+        self.state.lock().slow_sync = d;
     }
 
     /// Makes the next preallocation fail as a full disk does (`ENOSPC`).

@@ -519,3 +519,74 @@ fn an_empty_record_is_refused() {
     let lsn = log.append(b"x").unwrap();
     wait_durable(&log, lsn);
 }
+
+/// Sync mode: a caller that leads syncs the batch on its own thread, and
+/// once fsyncs are slow leaves them to the writer thread.
+#[test]
+fn a_caller_leads_the_sync_until_the_disk_is_slow() {
+    let dir = tempfile::tempdir().unwrap();
+    let faults = Faults::new();
+    let options = Options {
+        durability: Durability::Sync,
+        storage: Arc::new(faults.clone()),
+        ..Options::default()
+    };
+    let (log, _, _) = open(dir.path(), options).unwrap();
+    // No fsync yet: led here, durable when it returns (the writer waits
+    // 2 ms for a leader before it syncs what nobody led).
+    let lsn = log.append(b"one").unwrap();
+    assert_eq!(log.lead(), Some(true));
+    assert!(log.durable() >= lsn);
+
+    faults.slow_syncs(Duration::from_millis(5));
+    // At most one more is led (if the last real fsync took under 1 ms);
+    // after a 5 ms one, the writer is asked, at once.
+    let mut declined = None;
+    for _ in 0..3 {
+        let lsn = log.append(b"slow").unwrap();
+        let asked = Instant::now();
+        match log.lead() {
+            Some(true) => assert!(log.durable() >= lsn),
+            None => {
+                declined = Some(lsn);
+                wait_durable(&log, lsn);
+                assert!(asked.elapsed() < Duration::from_secs(1));
+                break;
+            }
+            Some(false) => panic!("the log failed"),
+        }
+    }
+    assert!(
+        declined.is_some(),
+        "a slow disk's fsyncs stay on the writer"
+    );
+
+    // Fast again (the writer's next fsync shows it): callers lead again.
+    faults.slow_syncs(Duration::ZERO);
+    let led = (0..100).any(|_| {
+        let lsn = log.append(b"fast").unwrap();
+        wait_durable(&log, lsn);
+        let lsn = log.append(b"fast").unwrap();
+        let led = log.lead() == Some(true);
+        wait_durable(&log, lsn);
+        led
+    });
+    assert!(led, "callers lead again once fsyncs are fast");
+}
+
+/// Sync mode: records nobody leads (a lease expiring on a timer) are
+/// synced by the writer thread.
+#[test]
+fn records_nobody_leads_are_synced_by_the_writer() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = Options {
+        durability: Durability::Sync,
+        ..Options::default()
+    };
+    let (log, _, _) = open(dir.path(), options).unwrap();
+    for _ in 0..3 {
+        let lsn = log.append(b"orphan").unwrap();
+        wait_durable(&log, lsn);
+    }
+    assert_eq!(log.syncs(), 3);
+}

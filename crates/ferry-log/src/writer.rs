@@ -1,9 +1,10 @@
-//! The writing side: appends gather in a pending batch; the writer thread
-//! (or, in async mode, a caller of `Log::write_now`) writes each batch with
-//! one `write`, fsyncs it (sync mode: every batch, group commit; async
-//! mode: at least every second), moves on to a new preallocated segment
-//! when one is full, and publishes how far the log is durable. A failed
-//! write or fsync is fatal and never retried.
+//! The writing side: appends gather in a pending batch; a caller that
+//! waits for its records (`Log::lead` in sync mode, `Log::write_now` in
+//! async mode) or the writer thread writes each batch with one `write`,
+//! fsyncs it (sync mode: every batch, group commit; async mode: at least
+//! every second), moves on to a new preallocated segment when one is
+//! full, and publishes how far the log is durable. A failed write or fsync
+//! is fatal and never retried.
 
 use std::fs::File;
 use std::io;
@@ -12,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use parking_lot::{Condvar, Mutex};
+use parking_lot::{Condvar, Mutex, MutexGuard};
 use tracing::{info, warn};
 
 use crate::histogram::Histogram;
@@ -27,6 +28,11 @@ pub(crate) struct Pending {
     /// A new segment must start at this offset of `buf` (see
     /// [`Log::start_segment`]).
     pub(crate) rotate_at: Option<usize>,
+    /// Sync mode: the writer thread sleeps until an append wakes it.
+    pub(crate) idle: bool,
+    /// Sync mode: a caller left its batch to the writer thread (the disk
+    /// is slow), which syncs it at once.
+    pub(crate) handed: bool,
 }
 
 /// What `Log` shares with its writer thread.
@@ -39,6 +45,8 @@ pub(crate) struct Inner {
     pub(crate) syncs: AtomicU64,
     /// How long each fsync took, in µs.
     pub(crate) fsync_micros: Histogram,
+    /// How long the last one took, in µs.
+    pub(crate) last_fsync_micros: AtomicU64,
     /// Records per write (in sync mode, per fsync: the group commit).
     pub(crate) batch_records: Histogram,
     /// Bytes in all segments.
@@ -74,8 +82,10 @@ pub(crate) struct Segment {
 impl Inner {
     /// Writes whatever is pending (and, in sync mode or when the second is
     /// up in async mode, fsyncs), then publishes how far the log is
-    /// durable. Any thread may call it; batches go out in order.
-    pub(crate) fn flush(&self, seg: &mut Segment) -> bool {
+    /// durable. Any thread may call it; batches go out in order. The
+    /// `on_durable` hook is told by [`Inner::report`], once the caller
+    /// has let the segment go: a task it wakes may sync the next batch.
+    pub(crate) fn flush(&self, seg: &mut Segment) -> Flushed {
         let (batch, upto, closing, rotate_at) = {
             let mut p = self.pending.lock();
             let spare = std::mem::take(&mut seg.spare);
@@ -105,11 +115,14 @@ impl Inner {
         seg.spare = batch;
         match result {
             Ok(()) => {
-                if upto > self.durable.load(Ordering::Acquire) {
+                let published = upto > self.durable.load(Ordering::Acquire);
+                if published {
                     self.durable.store(upto, Ordering::Release);
-                    (self.on_durable)(upto);
                 }
-                true
+                Flushed {
+                    ok: true,
+                    durable: published.then_some(upto),
+                }
             }
             Err(e) => {
                 // Never retried: after a failed fsync the kernel may have
@@ -118,10 +131,29 @@ impl Inner {
                 if !self.failed.swap(true, Ordering::AcqRel) {
                     (self.on_error)(&e);
                 }
-                false
+                Flushed {
+                    ok: false,
+                    durable: None,
+                }
             }
         }
     }
+
+    /// Tells `on_durable` what a flush made durable; call it after letting
+    /// the segment go. False if the log failed.
+    pub(crate) fn report(&self, flushed: Flushed) -> bool {
+        if let Some(upto) = flushed.durable {
+            (self.on_durable)(upto);
+        }
+        flushed.ok
+    }
+}
+
+/// What [`Inner::flush`] did.
+#[must_use]
+pub(crate) struct Flushed {
+    ok: bool,
+    durable: Option<Lsn>,
 }
 
 pub(crate) struct Writer {
@@ -130,46 +162,26 @@ pub(crate) struct Writer {
     pub(crate) _lock: File,
 }
 
+/// Sync mode: how long records may wait for a task to sync them
+/// ([`Log::lead`]) before the writer thread does.
+const ORPHAN: Duration = Duration::from_millis(2);
+
+/// Sync mode: after an fsync slower than this (µs), callers leave the
+/// next ones to the writer thread ([`Log::lead`]): a caller that syncs
+/// holds up its own thread — a tokio worker and all its connections —
+/// for as long as the fsync takes.
+pub(crate) const LEAD_FSYNC_MAX_MICROS: u64 = 1000;
+
 impl Writer {
     pub(crate) fn run(self) {
         let inner = &self.inner;
-        let async_mode = inner.segment.lock().options.durability == Durability::Async;
+        let durability = inner.segment.lock().options.durability;
         loop {
             let closing = {
                 let mut p = inner.pending.lock();
-                loop {
-                    if !p.buf.is_empty() || p.closing || p.rotate_at.is_some() {
-                        break;
-                    }
-                    // In async mode, wake when the second is up for the fsync
-                    // of what callers wrote themselves.
-                    let due = {
-                        drop(p);
-                        let seg = inner.segment.lock();
-                        let due = seg.dirty.then_some(seg.next_sync);
-                        drop(seg);
-                        p = inner.pending.lock();
-                        due
-                    };
-                    if !p.buf.is_empty() || p.closing || p.rotate_at.is_some() {
-                        break;
-                    }
-                    match due {
-                        Some(at) => {
-                            let now = Instant::now();
-                            if now >= at {
-                                break;
-                            }
-                            inner.wake.wait_for(&mut p, at - now);
-                        }
-                        // Async appends do not wake this thread: look for
-                        // records nobody wrote (a lease expiring on a timer)
-                        // once a second.
-                        None if async_mode => {
-                            inner.wake.wait_for(&mut p, Duration::from_secs(1));
-                        }
-                        None => inner.wake.wait(&mut p),
-                    }
+                match durability {
+                    Durability::Sync => inner.await_orphans(&mut p),
+                    Durability::Async => inner.await_async(&mut p),
                 }
                 p.closing
             };
@@ -177,16 +189,75 @@ impl Writer {
                 return;
             }
             let mut seg = inner.segment.lock();
-            if !inner.flush(&mut seg) {
-                return;
-            }
-            if closing && inner.pending.lock().buf.is_empty() {
+            let flushed = inner.flush(&mut seg);
+            let stop = closing && inner.pending.lock().buf.is_empty();
+            if stop {
                 // A clean stop leaves the segment cut to its data.
                 let len = seg.len;
                 if let Err(e) = seg.file.truncate(len) {
                     warn!(error = %e, "cannot cut the last segment's preallocated space");
                 }
+            }
+            drop(seg);
+            if !inner.report(flushed) || stop {
                 return;
+            }
+        }
+    }
+}
+
+impl Inner {
+    /// Sync mode: the tasks that wait for their records sync them, on
+    /// their own thread; this one returns when records have waited
+    /// [`ORPHAN`] with nobody syncing (a lease expiring on a timer, whose
+    /// record no reply waits for), or to close or rotate.
+    fn await_orphans(&self, p: &mut MutexGuard<'_, Pending>) {
+        loop {
+            if p.closing || p.rotate_at.is_some() || std::mem::take(&mut p.handed) {
+                return;
+            }
+            if p.buf.is_empty() {
+                // The next append wakes it.
+                p.idle = true;
+                self.wake.wait(p);
+                p.idle = false;
+                continue;
+            }
+            let seen = p.last;
+            self.wake.wait_for(p, ORPHAN);
+            if self.durable.load(Ordering::Acquire) < seen {
+                return;
+            }
+        }
+    }
+
+    /// Async mode: callers write their own records ([`Log::write_now`]);
+    /// this thread returns for records nobody wrote, to fsync once the
+    /// second is up, or to close or rotate.
+    fn await_async(&self, p: &mut MutexGuard<'_, Pending>) {
+        loop {
+            if !p.buf.is_empty() || p.closing || p.rotate_at.is_some() {
+                return;
+            }
+            let due = MutexGuard::unlocked(p, || {
+                let seg = self.segment.lock();
+                seg.dirty.then_some(seg.next_sync)
+            });
+            if !p.buf.is_empty() || p.closing || p.rotate_at.is_some() {
+                return;
+            }
+            match due {
+                Some(at) => {
+                    let now = Instant::now();
+                    if now >= at {
+                        return;
+                    }
+                    self.wake.wait_for(p, at - now);
+                }
+                // Look for records nobody wrote once a second.
+                None => {
+                    self.wake.wait_for(p, Duration::from_secs(1));
+                }
             }
         }
     }
@@ -213,10 +284,9 @@ impl Segment {
         if sync_now {
             let start = Instant::now();
             self.file.sync_data()?;
-            let took = start.elapsed().as_micros();
-            inner
-                .fsync_micros
-                .observe(u64::try_from(took).unwrap_or(u64::MAX));
+            let took = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX);
+            inner.fsync_micros.observe(took);
+            inner.last_fsync_micros.store(took, Ordering::Relaxed);
             inner.syncs.fetch_add(1, Ordering::Relaxed);
             self.dirty = false;
             self.next_sync = Instant::now() + Duration::from_secs(1);
