@@ -12,9 +12,10 @@
 # (RSS growth, memory mode), disk bytes per message (sync: log vs AOF), and
 # recovery time (restart until the server answers).
 #
-# Prints ferry/redis ratios: above 1.0, ferry is faster (or, for memory and
-# disk, uses less — those ratios are redis/ferry). For sync and async it
-# also prints ferry's fsyncs per second and replies per fsync.
+# Each row runs twice on each server (ferry, redis, redis, ferry) and
+# prints the means, as ferry/redis ratios: above 1.0, ferry is faster (or,
+# for memory and disk, uses less — those ratios are redis/ferry). For sync
+# and async it also prints ferry's fsyncs per second and replies per fsync.
 #
 #   bench/resp.sh            full run (several minutes)
 #   bench/resp.sh --quick    a smoke test with few requests
@@ -89,26 +90,41 @@ echo "ferry $(./target/release/ferry --version | awk '{print $2}'), $(redis-serv
 echo "(cpu µs/req: server CPU time per request, ferry / redis)" >&2
 printf '%-34s %12s %12s %7s %14s %10s %13s\n' workload "ferry ops/s" "redis ops/s" ratio "cpu µs/req" "fsyncs/s" "replies/fsync"
 
+# one PORT PID PIPELINE REQUESTS CMD...: "ops/s cpu-ticks syncs seconds" of one run
+one() {
+    local port=$1 pid=$2 pl=$3 req=$4; shift 4
+    local c0 c1 s0 s1 t0 t1 r
+    s0=$(syncs "$port"); c0=$(cpu_ticks "$pid"); t0=$(date +%s.%N)
+    r=$(rps "$port" "$pl" "$req" "$@")
+    t1=$(date +%s.%N); c1=$(cpu_ticks "$pid"); s1=$(syncs "$port")
+    echo "$r $((c1 - c0)) $(( ${s1:-0} - ${s0:-0} )) $(python3 -c "print($t1-$t0)")"
+}
+
+# Each server runs each row twice, in the order ferry, redis, redis, ferry,
+# so that drift on this shared machine falls on both alike; the figures are
+# the means of the two runs.
 row() { # label ferry_port redis_port pipeline requests ferry_cmd... -- redis_cmd...
     local label=$1 fp=$2 rp=$3 pl=$4 req=$5; shift 5
     local fcmd=() rcmd=()
     while [[ $1 != -- ]]; do fcmd+=("$1"); shift; done; shift
     rcmd=("$@")
-    local s0 t0 f r s1 t1 fc0 fc1 rc0 rc1
-    s0=$(syncs "$fp"); t0=$(date +%s.%N); fc0=$(cpu_ticks "$ferry_pid")
-    f=$(rps "$fp" "$pl" "$req" "${fcmd[@]}")
-    fc1=$(cpu_ticks "$ferry_pid"); t1=$(date +%s.%N); s1=$(syncs "$fp")
-    rc0=$(cpu_ticks "$redis_pid")
-    r=$(rps "$rp" "$pl" "$req" "${rcmd[@]}")
-    rc1=$(cpu_ticks "$redis_pid")
-    local tick; tick=$(getconf CLK_TCK)
-    local cpu; cpu=$(python3 -c "print(f'{($fc1-$fc0)*1e6/$tick/$req:.2f} / {($rc1-$rc0)*1e6/$tick/$req:.2f}')")
-    local fsyncs="-" per="-"
-    if (( s1 > s0 )); then
-        fsyncs=$(python3 -c "print(f'{($s1-$s0)/($t1-$t0):.0f}')")
-        per=$(python3 -c "print(f'{$req/($s1-$s0):.1f}')")
-    fi
-    printf '%-34s %12.0f %12.0f %7s %14s %10s %13s\n' "$label" "$f" "$r" "$(ratio "$f" "$r")" "$cpu" "$fsyncs" "$per"
+    local f1 r1 r2 f2
+    f1=$(one "$fp" "$ferry_pid" "$pl" "$req" "${fcmd[@]}")
+    r1=$(one "$rp" "$redis_pid" "$pl" "$req" "${rcmd[@]}")
+    r2=$(one "$rp" "$redis_pid" "$pl" "$req" "${rcmd[@]}")
+    f2=$(one "$fp" "$ferry_pid" "$pl" "$req" "${fcmd[@]}")
+    python3 - "$label" "$req" "$(getconf CLK_TCK)" "$f1" "$f2" "$r1" "$r2" <<'PY'
+import sys
+label, req, tick = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+f = [list(map(float, a.split())) for a in sys.argv[4:6]]
+r = [list(map(float, a.split())) for a in sys.argv[6:8]]
+fo, ro = sum(x[0] for x in f) / 2, sum(x[0] for x in r) / 2
+cpu = lambda runs: sum(x[1] for x in runs) * 1e6 / tick / (2 * req)
+syncs, secs = sum(x[2] for x in f), sum(x[3] for x in f)
+per_s = f"{syncs / secs:.0f}" if syncs > 0 else "-"
+per = f"{2 * req / syncs:.1f}" if syncs > 0 else "-"
+print(f"{label:<34} {fo:12.0f} {ro:12.0f} {fo / ro:7.2f} {cpu(f):6.2f} / {cpu(r):<5.2f} {per_s:>10} {per:>13}")
+PY
 }
 
 # --- memory -----------------------------------------------------------------
