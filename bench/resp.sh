@@ -88,16 +88,21 @@ echo "ferry $(./target/release/ferry --version | awk '{print $2}'), $(redis-serv
 # request — steadier than requests/s on a shared machine, where the
 # benchmark client competes for the same cores.
 echo "(cpu µs/req: server CPU time per request, ferry / redis)" >&2
-printf '%-34s %12s %12s %7s %14s %10s %13s\n' workload "ferry ops/s" "redis ops/s" ratio "cpu µs/req" "fsyncs/s" "replies/fsync"
+echo "(client cpu: redis-benchmark's CPU time over its run time, against ferry / redis; near 1.00 the client's one thread is the bound)" >&2
+printf '%-34s %12s %12s %7s %14s %10s %13s %14s\n' workload "ferry ops/s" "redis ops/s" ratio "cpu µs/req" "fsyncs/s" "replies/fsync" "client cpu"
 
-# one PORT PID PIPELINE REQUESTS CMD...: "ops/s cpu-ticks syncs seconds" of one run
+# one PORT PID PIPELINE REQUESTS CMD...: "ops/s cpu-ticks syncs seconds
+# client-cpu-share" of one run (the share: redis-benchmark's own CPU time
+# over its run time; near 1.0, its one thread is the bound, not the server)
 one() {
     local port=$1 pid=$2 pl=$3 req=$4; shift 4
-    local c0 c1 s0 s1 t0 t1 r
+    local c0 c1 s0 s1 t0 t1 r client
     s0=$(syncs "$port"); c0=$(cpu_ticks "$pid"); t0=$(date +%s.%N)
-    r=$(rps "$port" "$pl" "$req" "$@")
+    local TIMEFORMAT='%U %S %R'
+    r=$( { time rps "$port" "$pl" "$req" "$@" 2>/dev/null; } 2>"$work/time")
     t1=$(date +%s.%N); c1=$(cpu_ticks "$pid"); s1=$(syncs "$port")
-    echo "$r $((c1 - c0)) $(( ${s1:-0} - ${s0:-0} )) $(python3 -c "print($t1-$t0)")"
+    client=$(awk '{printf "%.2f", ($1 + $2) / $3}' "$work/time")
+    echo "$r $((c1 - c0)) $(( ${s1:-0} - ${s0:-0} )) $(python3 -c "print($t1-$t0)") $client"
 }
 
 # Each server runs each row twice, in the order ferry, redis, redis, ferry,
@@ -123,7 +128,8 @@ cpu = lambda runs: sum(x[1] for x in runs) * 1e6 / tick / (2 * req)
 syncs, secs = sum(x[2] for x in f), sum(x[3] for x in f)
 per_s = f"{syncs / secs:.0f}" if syncs > 0 else "-"
 per = f"{2 * req / syncs:.1f}" if syncs > 0 else "-"
-print(f"{label:<34} {fo:12.0f} {ro:12.0f} {fo / ro:7.2f} {cpu(f):6.2f} / {cpu(r):<5.2f} {per_s:>10} {per:>13}")
+client = lambda runs: sum(x[4] for x in runs) / 2
+print(f"{label:<34} {fo:12.0f} {ro:12.0f} {fo / ro:7.2f} {cpu(f):6.2f} / {cpu(r):<5.2f} {per_s:>10} {per:>13} {client(f):6.2f} / {client(r):.2f}")
 PY
 }
 
