@@ -107,12 +107,20 @@ fn check(args: &CheckArgs) -> anyhow::Result<()> {
         report.records,
         report.queues.len()
     );
-    if let Some((path, offset, bytes)) = &report.torn_tail {
+    if let Some(c) = &report.cut {
         println!(
-            "torn tail: {} bytes at offset {offset} of {} (the next start cuts them; they were never acknowledged)",
-            bytes,
-            path.display()
+            "end to cut: {} bytes at offset {} of {} (the next start cuts them, keeping them in {}/): torn by a crash, or a damaged last record — the two leave the same bytes",
+            c.bytes,
+            c.offset,
+            c.path.display(),
+            ferry_server::DAMAGED_DIR,
         );
+        if c.records > 0 {
+            println!(
+                "  {} whole record(s) after a sector of zeros go with them (a write the disk did not finish)",
+                c.records
+            );
+        }
     }
     println!(
         "{:<30} {:<9} {:>8} {:>10} {:>8} {:>8} {:>12} shutdown",

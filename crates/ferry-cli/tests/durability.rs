@@ -408,7 +408,7 @@ fn ferry_check_describes_a_data_directory_and_finds_damage() {
     drop(f);
     let out = check();
     assert!(out.status.success());
-    assert!(String::from_utf8_lossy(&out.stdout).contains("torn tail: 11 bytes"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("end to cut: 11 bytes"));
 
     let mut bytes = std::fs::read(&segment).unwrap();
     bytes[0] ^= 0xff;
@@ -416,7 +416,7 @@ fn ferry_check_describes_a_data_directory_and_finds_damage() {
     let out = check();
     assert!(!out.status.success());
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("corrupt log"),
+        String::from_utf8_lossy(&out.stderr).contains("damaged log"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
@@ -431,6 +431,84 @@ fn ferry_check_describes_a_data_directory_and_finds_damage() {
         bytes,
         "a refused start changes nothing"
     );
+}
+
+/// One flipped byte in the middle of the log is damage, not a torn end:
+/// `ferry check` and `ferry serve` refuse, naming the place and the whole
+/// records after it, and change nothing; `--salvage` skips that record
+/// alone, keeps the segment aside, and the next plain start needs nothing.
+#[test]
+fn a_flipped_byte_mid_log_is_refused_and_salvage_loses_only_its_record() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = Server::start_at(dir.path(), &[]);
+        let mut c = s.conn();
+        for i in 1..=100 {
+            let _: u64 = cmd("QPUT")
+                .arg("cq")
+                .arg(format!("m{i}"))
+                .query(&mut c)
+                .unwrap();
+        }
+        s.signal_and_wait("-KILL");
+    }
+    let segment = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "log"))
+        .unwrap();
+    let mut bytes = std::fs::read(&segment).unwrap();
+    let data_end = bytes.iter().rposition(|&b| b != 0).unwrap() + 1;
+    let at = data_end * 2 / 3;
+    bytes[at] ^= 0xff;
+    std::fs::write(&segment, &bytes).unwrap();
+
+    let ferry = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+            .args(args)
+            .arg("--data-dir")
+            .arg(dir.path())
+            .env("RUST_BACKTRACE", "0")
+            .output()
+            .unwrap()
+    };
+    for args in [
+        &["check"][..],
+        &["serve", "--port", "0", "--http", "off"][..],
+    ] {
+        let out = ferry(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} accepted a damaged log");
+        assert!(
+            stderr.contains("damaged log") && stderr.contains("whole record(s) follow it"),
+            "{args:?}: {stderr}"
+        );
+        assert!(stderr.contains(&segment.display().to_string()), "{stderr}");
+        assert_eq!(
+            std::fs::read(&segment).unwrap(),
+            bytes,
+            "{args:?} changed the log"
+        );
+    }
+
+    let s = Server::start_at(dir.path(), &["--salvage"]);
+    let mut c = s.conn();
+    let ready = ready_payloads(&mut c, "cq");
+    assert_eq!(ready.len(), 99, "only the damaged record is lost");
+    let kept = dir
+        .path()
+        .join("damaged")
+        .join(segment.file_name().unwrap());
+    assert_eq!(
+        std::fs::read(&kept).unwrap(),
+        bytes,
+        "the damaged segment is kept whole"
+    );
+    assert!(s.signal_and_wait("-KILL").code().is_none());
+    // The salvage wrote a checkpoint: a plain start finds a whole log.
+    let s = Server::start_at(dir.path(), &[]);
+    let mut c = s.conn();
+    assert_eq!(ready_payloads(&mut c, "cq"), ready);
 }
 
 #[test]

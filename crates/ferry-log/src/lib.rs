@@ -6,13 +6,15 @@
 //! A data directory holds a `LOCK` file (locked while a log is open, so
 //! two brokers cannot share a directory) and segments named by a
 //! zero-padded sequence number, `00000000000000000001.log`, … Each segment
-//! opens with a 20-byte header — the magic `FERRYLOG`, a little-endian u32
-//! format version, the u64 sequence number — followed by records:
+//! opens with a header — the magic `FERRYLOG`, the format version, the
+//! sequence number, a salt, where the previous segment's data ended, and
+//! the header's own checksum — followed by records:
 //!
 //! ```text
-//! len: u32 LE | crc32(payload): u32 LE | payload: len bytes
+//! len: u32 LE | crc(payload): u32 LE | crc(len, crc): u32 LE | payload: len bytes
 //! ```
 //!
+//! (the `segment` module has the details, and the older formats it reads).
 //! Records are never empty, so an all-zero frame cannot be one: it marks
 //! the end of the data. A segment is **preallocated** to its full size when
 //! it is created (`fallocate`), so that a record lands in blocks the disk
@@ -40,12 +42,14 @@
 //!
 //! # Recovery
 //!
-//! [`Log::open`] replays every record, oldest first. A record that is
-//! short or fails its checksum in the **last** segment is a torn tail: the
-//! segment is cut back to the last good record, synced, and the cut is
-//! reported (a crash mid-write leaves exactly that). The same in an earlier
-//! segment is corruption: opening fails and nothing is changed, unless
-//! `salvage` is set, in which case the rest of that segment is skipped.
+//! [`Log::open`] replays every whole record, oldest first. Only the end of
+//! the **last** segment can be torn by a crash: a bad stretch there with
+//! nothing whole after it (or a sector of zeros: a write the disk did not
+//! finish) is cut off and reported — a damaged last record looks the same
+//! and is cut too, its bytes kept in `damaged/`. Anything else is damage:
+//! opening fails and nothing is changed, unless `salvage` is set, which
+//! skips only the damaged stretches and keeps the damaged segments aside
+//! (the `recovery` module has the rules).
 
 // Layout: `segment` (file names, header, preallocation, the check of a
 // segment's bytes), `recovery` (read, check and replay at open, cut a torn
@@ -58,7 +62,7 @@ mod segment;
 mod storage;
 mod writer;
 
-pub use recovery::inspect;
+pub use recovery::{DAMAGED_DIR, inspect};
 pub use segment::segments;
 pub use storage::{Faults, LogFile, RealStorage, Storage};
 
@@ -74,7 +78,7 @@ use parking_lot::{Condvar, Mutex};
 
 use histogram::Histogram;
 use recovery::recover;
-use segment::{FRAME, sync_dir};
+use segment::{FRAME, frame_record, sync_dir};
 use writer::{Inner, Pending, Segment, Writer};
 
 /// A log sequence number: the count of records appended since open.
@@ -99,8 +103,8 @@ pub struct Options {
     pub durability: Durability,
     /// A new segment starts once the current one is this large.
     pub segment_bytes: u64,
-    /// Skip corrupt stretches of earlier segments instead of refusing to
-    /// open.
+    /// Skip damaged stretches (keeping the damaged segments aside)
+    /// instead of refusing to open.
     pub salvage: bool,
     /// How files are reached: the real file system, or a fault injector.
     pub storage: Arc<dyn Storage>,
@@ -133,15 +137,19 @@ pub enum LogError {
     /// Another process holds the directory's lock.
     #[error("data directory {0} is in use by another process")]
     Locked(PathBuf),
-    /// A record in the middle of the log is damaged.
-    #[error("corrupt log: {path} at byte {offset}: {reason} (start with --salvage to skip it)")]
+    /// The log is damaged: not an end a crash can tear.
+    #[error(
+        "damaged log: {path} at byte {offset}: {reason}; {following} whole record(s) follow it, so it is not a torn end (start with --salvage to skip only the damage and keep every whole record; salvage keeps the damaged segment in damaged/)"
+    )]
     Corrupt {
         /// The segment.
         path: PathBuf,
-        /// Where the bad record starts.
+        /// Where the damage starts.
         offset: u64,
         /// What is wrong.
-        reason: &'static str,
+        reason: String,
+        /// Whole records after it, in this segment and the later ones.
+        following: u64,
     },
     /// The replay callback refused a record.
     #[error("cannot replay {path} at byte {offset}: {reason}")]
@@ -179,11 +187,54 @@ pub struct Recovery {
     pub records: u64,
     /// Segments read.
     pub segments: usize,
-    /// A torn tail cut off: the segment, the offset it was cut at, and how
-    /// many bytes were dropped.
-    pub truncated: Option<(PathBuf, u64, u64)>,
-    /// Stretches skipped by salvage: segment and offset.
-    pub skipped: Vec<(PathBuf, u64)>,
+    /// The last segment's end, cut off.
+    pub cut: Option<Cut>,
+    /// Damage salvage skipped.
+    pub skipped: Vec<Skipped>,
+    /// Where salvage kept the damaged segments (under `damaged/`).
+    pub kept: Vec<PathBuf>,
+}
+
+impl Recovery {
+    /// Salvage skipped damage: the caller should write a checkpoint, so
+    /// that the damaged segments leave the log.
+    pub fn salvaged(&self) -> bool {
+        !self.skipped.is_empty()
+    }
+}
+
+/// The end of the last segment, cut off at open: torn by a crash, or a
+/// damaged last record — the two leave the same bytes.
+#[derive(Clone, Debug)]
+pub struct Cut {
+    /// The segment.
+    pub path: PathBuf,
+    /// Where it was cut.
+    pub offset: u64,
+    /// Bytes cut off.
+    pub bytes: u64,
+    /// Whole records cut with them: they followed a sector of zeros, a
+    /// write the disk did not finish (none was synced).
+    pub records: u64,
+    /// Where the cut bytes were kept (`None` if they could not be, or the
+    /// log was only inspected).
+    pub kept: Option<PathBuf>,
+}
+
+/// A damaged stretch salvage skipped.
+#[derive(Clone, Debug)]
+pub struct Skipped {
+    /// The segment.
+    pub path: PathBuf,
+    /// Where the stretch starts.
+    pub offset: u64,
+    /// Its length (0: damage between segments, such as one missing).
+    pub len: u64,
+    /// What is wrong.
+    pub reason: String,
+    /// The damaged record's first bytes after its frame (at most 4 KiB),
+    /// for a caller that can tell what it held.
+    pub record: Vec<u8>,
 }
 
 /// Called with the highest durable sequence number after each batch.
@@ -261,6 +312,7 @@ impl Log {
             bytes: AtomicU64::new(resumed.sealed + resumed.len),
             started: AtomicU64::new(0),
             short: AtomicBool::new(resumed.short),
+            salt: resumed.salt,
             on_durable,
             on_error,
         });
@@ -303,9 +355,7 @@ impl Log {
                 LogError::TooLarge(len)
             });
         }
-        let crc = crc32fast::hash(&p.buf[at + FRAME..]);
-        p.buf[at..at + 4].copy_from_slice(&(len as u32).to_le_bytes());
-        p.buf[at + 4..at + 8].copy_from_slice(&crc.to_le_bytes());
+        frame_record(&mut p.buf, at, self.inner.salt);
         p.last += 1;
         let lsn = p.last;
         // In async mode whoever waits for the record writes it
@@ -397,7 +447,9 @@ impl Log {
     }
 
     /// Deletes every segment numbered below `seq` (never the one being
-    /// written), then syncs the directory. Replies the bytes freed.
+    /// written), oldest first, syncing the directory after each: a crash
+    /// part way leaves the log without its oldest segments, never with a
+    /// gap (which recovery takes for damage). Replies the bytes freed.
     pub fn delete_before(&self, seq: u64) -> Result<u64, LogError> {
         let mut freed = 0;
         for (s, path) in
@@ -410,9 +462,9 @@ impl Log {
             self.storage
                 .remove(&path)
                 .map_err(io_err(format!("removing {}", path.display())))?;
+            sync_dir(&*self.storage, &self.dir)?;
             freed += len;
         }
-        sync_dir(&*self.storage, &self.dir)?;
         self.inner.bytes.fetch_sub(
             freed.min(self.inner.bytes.load(Ordering::Acquire)),
             Ordering::AcqRel,
@@ -493,26 +545,30 @@ impl Drop for Log {
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzz {
-    use crate::segment::{HEADER, MAGIC, VERSION, scan};
+    use crate::segment::{FRAME, HEADER, encode_header, frame_record, scan};
+
+    /// The salt of the fuzzed segment.
+    const SALT: u32 = 0x5eed_f00d;
 
     /// Frames a record as the writer does.
     pub fn frame(record: &[u8], out: &mut Vec<u8>) {
-        let len = u32::try_from(record.len()).unwrap_or(u32::MAX);
-        out.extend_from_slice(&len.to_le_bytes());
-        out.extend_from_slice(&crc32fast::hash(record).to_le_bytes());
+        let at = out.len();
+        out.extend_from_slice(&[0; FRAME]);
         out.extend_from_slice(record);
+        frame_record(out, at, SALT);
     }
 
     /// Checks `body` as recovery checks a segment's bytes after a good
     /// header; replies the records it accepts, in order.
     pub fn records(body: &[u8]) -> Vec<Vec<u8>> {
         let mut seg = Vec::with_capacity(HEADER + body.len());
-        seg.extend_from_slice(MAGIC);
-        seg.extend_from_slice(&VERSION.to_le_bytes());
-        seg.extend_from_slice(&7u64.to_le_bytes());
+        seg.extend_from_slice(&encode_header(7, SALT, 0));
         seg.extend_from_slice(body);
         let s = scan(&seg, 7);
         assert!(s.keep() <= seg.len() && s.end <= seg.len());
+        for pair in s.bad.windows(2) {
+            assert!(pair[0].to <= pair[1].at, "bad stretches overlap");
+        }
         s.records.iter().map(|&(a, b)| seg[a..b].to_vec()).collect()
     }
 }

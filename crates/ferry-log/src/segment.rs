@@ -1,12 +1,27 @@
 //! Segment files: their names, their header, preallocation, creation, and
-//! the check of a segment's bytes (which records are good, where the first
-//! bad one starts).
+//! the check of a segment's bytes — which records are whole, which
+//! stretches are bad, and whether whole records follow a bad one.
 //!
-//! A segment opens with a 20-byte header — the magic `FERRYLOG`, a
-//! little-endian u32 format version, the u64 sequence number — followed by
-//! records framed as `len: u32 LE | crc32(payload): u32 LE | payload`.
-//! Records are never empty, so an all-zero frame marks the end of the data
-//! (the rest is preallocated space).
+//! Format 3, the one written: a 36-byte header — the magic `FERRYLOG`, a
+//! little-endian u32 format version, the u64 sequence number, a u32 salt,
+//! the u64 offset where the previous segment's data ended when this one
+//! began (0: none), and a crc32 of those 32 bytes — then records framed as
+//!
+//! ```text
+//! len: u32 LE | crc(payload): u32 LE | crc(len, crc): u32 LE | payload
+//! ```
+//!
+//! both checksums crc32 seeded with the salt. The frame's own checksum
+//! lets a reader look past a damaged record cheaply: at every later offset
+//! 8 bytes tell whether a frame starts there (1 in 2^32 by chance). The
+//! salt, chosen at random for a data directory and never sent anywhere,
+//! means that a client cannot put a payload which reads as a frame: after
+//! damage, no forged record can be taken for a real one. Formats 1 and 2
+//! (read, never appended to) have a 20-byte header (magic, version,
+//! sequence number) and frames `len | crc32(payload)`.
+//!
+//! Records are never empty, so zeros cannot start a frame: zeros after the
+//! last record are preallocated space.
 
 use std::fs;
 use std::io;
@@ -17,11 +32,18 @@ use tracing::warn;
 use crate::{LogError, LogFile, MAX_RECORD, Storage, io_err};
 
 pub(crate) const MAGIC: &[u8; 8] = b"FERRYLOG";
-/// The segment format written. Version 1 (before preallocation) had no
-/// zero tails; it reads the same.
-pub(crate) const VERSION: u32 = 2;
-pub(crate) const HEADER: usize = 20;
-pub(crate) const FRAME: usize = 8;
+/// The segment format written.
+pub(crate) const VERSION: u32 = 3;
+/// Format 3's header and frame.
+pub(crate) const HEADER: usize = 36;
+pub(crate) const FRAME: usize = 12;
+/// Formats 1 and 2 (version 1 had no preallocated zero tails; it reads
+/// the same): header and frame.
+pub(crate) const HEADER_V2: usize = 20;
+pub(crate) const FRAME_V2: usize = 8;
+/// A disk writes whole sectors: a write the disk never completed leaves
+/// them zero, at this granularity at least.
+const SECTOR: usize = 512;
 
 pub(crate) fn segment_name(seq: u64) -> String {
     format!("{seq:020}.log")
@@ -52,6 +74,118 @@ pub(crate) fn sync_dir(storage: &dyn Storage, dir: &Path) -> Result<(), LogError
         .map_err(io_err(format!("syncing directory {}", dir.display())))
 }
 
+/// crc32 seeded with a segment's salt.
+pub(crate) fn salted(salt: u32, bytes: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new_with_initial(salt);
+    h.update(bytes);
+    h.finalize()
+}
+
+fn u32_at(bytes: &[u8], at: usize) -> u32 {
+    let mut b = [0u8; 4];
+    b.copy_from_slice(&bytes[at..at + 4]);
+    u32::from_le_bytes(b)
+}
+
+fn u64_at(bytes: &[u8], at: usize) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&bytes[at..at + 8]);
+    u64::from_le_bytes(b)
+}
+
+/// Frames the record written after `FRAME` reserved bytes at `buf[at..]`
+/// (format 3).
+pub(crate) fn frame_record(buf: &mut [u8], at: usize, salt: u32) {
+    let len = buf.len() - at - FRAME;
+    let crc = salted(salt, &buf[at + FRAME..]);
+    buf[at..at + 4].copy_from_slice(&(len as u32).to_le_bytes());
+    buf[at + 4..at + 8].copy_from_slice(&crc.to_le_bytes());
+    let check = salted(salt, &buf[at..at + 8]);
+    buf[at + 8..at + 12].copy_from_slice(&check.to_le_bytes());
+}
+
+/// A segment's header, as read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Header {
+    /// Format 3's salt; `None` for formats 1 and 2 (plain checksums).
+    pub(crate) salt: Option<u32>,
+    /// Format 3: where the previous segment's data ended when this one
+    /// began (0: there was none).
+    pub(crate) prev_end: u64,
+}
+
+impl Header {
+    pub(crate) fn len(&self) -> usize {
+        if self.salt.is_some() {
+            HEADER
+        } else {
+            HEADER_V2
+        }
+    }
+
+    pub(crate) fn frame(&self) -> usize {
+        if self.salt.is_some() { FRAME } else { FRAME_V2 }
+    }
+}
+
+/// A format 3 header.
+pub(crate) fn encode_header(seq: u64, salt: u32, prev_end: u64) -> [u8; HEADER] {
+    let mut h = [0u8; HEADER];
+    h[..8].copy_from_slice(MAGIC);
+    h[8..12].copy_from_slice(&VERSION.to_le_bytes());
+    h[12..20].copy_from_slice(&seq.to_le_bytes());
+    h[20..24].copy_from_slice(&salt.to_le_bytes());
+    h[24..32].copy_from_slice(&prev_end.to_le_bytes());
+    let crc = crc32fast::hash(&h[..32]);
+    h[32..].copy_from_slice(&crc.to_le_bytes());
+    h
+}
+
+fn parse_header(bytes: &[u8], seq: u64) -> Result<Header, &'static str> {
+    if bytes.len() < HEADER_V2 {
+        return Err("segment header is cut short");
+    }
+    if &bytes[..8] != MAGIC {
+        return Err("not a ferry log segment (bad magic)");
+    }
+    let header = match u32_at(bytes, 8) {
+        // A format 3 header whose version was damaged would read as an
+        // older format, and its records all as one bad stretch — which,
+        // in the last segment, looks like a torn end.
+        1 | 2
+            if bytes.len() >= HEADER && {
+                let mut h = [0u8; 32];
+                h.copy_from_slice(&bytes[..32]);
+                h[8..12].copy_from_slice(&VERSION.to_le_bytes());
+                crc32fast::hash(&h) == u32_at(bytes, 32)
+            } =>
+        {
+            return Err("segment header's version is damaged");
+        }
+        1 | 2 => Header {
+            salt: None,
+            prev_end: 0,
+        },
+        3 => {
+            if bytes.len() < HEADER {
+                return Err("segment header is cut short");
+            }
+            if crc32fast::hash(&bytes[..32]) != u32_at(bytes, 32) {
+                return Err("segment header checksum does not match");
+            }
+            Header {
+                salt: Some(u32_at(bytes, 20)),
+                prev_end: u64_at(bytes, 24),
+            }
+        }
+        _ => return Err("unknown segment format version"),
+    };
+    if u64_at(bytes, 12) != seq {
+        return Err("segment header names another sequence number");
+    }
+    Ok(header)
+}
+
 /// Reserves `len` bytes for a segment. Replies false if the disk is full;
 /// a file system that cannot preallocate is let be (the log works without).
 pub(crate) fn preallocate(f: &mut dyn LogFile, len: u64, path: &Path) -> Result<bool, LogError> {
@@ -67,23 +201,28 @@ pub(crate) fn preallocate(f: &mut dyn LogFile, len: u64, path: &Path) -> Result<
     }
 }
 
-/// Creates segment `seq`, header written and synced, preallocated to
-/// `len` bytes. `None` if the disk has no room for it (nothing is left
-/// behind).
+/// What a new segment's header says.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct NewSegment {
+    pub(crate) seq: u64,
+    pub(crate) salt: u32,
+    /// Where the previous segment's data ends (0: none).
+    pub(crate) prev_end: u64,
+}
+
+/// Creates a segment, header written and synced, preallocated to `len`
+/// bytes. `None` if the disk has no room for it (nothing is left behind).
 pub(crate) fn create_segment(
     storage: &dyn Storage,
     dir: &Path,
-    seq: u64,
+    new: NewSegment,
     len: u64,
 ) -> Result<Option<Box<dyn LogFile>>, LogError> {
-    let path = dir.join(segment_name(seq));
+    let path = dir.join(segment_name(new.seq));
     let mut f = storage
         .create(&path)
         .map_err(io_err(format!("creating {}", path.display())))?;
-    let mut header = Vec::with_capacity(HEADER);
-    header.extend_from_slice(MAGIC);
-    header.extend_from_slice(&VERSION.to_le_bytes());
-    header.extend_from_slice(&seq.to_le_bytes());
+    let header = encode_header(new.seq, new.salt, new.prev_end);
     f.write_all(&header)
         .and_then(|()| f.sync_data())
         .map_err(io_err(format!("writing {}", path.display())))?;
@@ -98,103 +237,195 @@ pub(crate) fn create_segment(
     Ok(Some(f))
 }
 
-/// Creates segment `seq`, preallocated if the disk has room.
+/// Creates a segment, preallocated if the disk has room.
 pub(crate) fn create_first_segment(
     storage: &dyn Storage,
     dir: &Path,
-    seq: u64,
+    new: NewSegment,
     len: u64,
     short: &mut bool,
 ) -> Result<Box<dyn LogFile>, LogError> {
-    if let Some(f) = create_segment(storage, dir, seq, len)? {
+    if let Some(f) = create_segment(storage, dir, new, len)? {
         return Ok(f);
     }
     *short = true;
-    create_segment(storage, dir, seq, 0)?.ok_or_else(|| {
+    create_segment(storage, dir, new, 0)?.ok_or_else(|| {
         LogError::Io(
-            format!("creating segment {seq}"),
+            format!("creating segment {}", new.seq),
             io::Error::from_raw_os_error(rustix::io::Errno::NOSPC.raw_os_error()),
         )
     })
 }
 
-/// A check of one segment's bytes: the good records' payload ranges, and
-/// where (and why) the first bad one starts, if any.
+/// Whether whole records follow a bad stretch in its segment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Followed {
+    /// A whole record starts where the stretch ends.
+    Yes,
+    /// Nothing whole: the stretch runs to the end of the data.
+    No,
+    /// Too costly to tell (a format 2 segment of large records; each
+    /// candidate costs a checksum of its length): taken as damage.
+    Unknown,
+}
+
+/// A stretch of a segment that holds no whole record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Bad {
+    /// Where it starts (a frame that does not check).
+    pub(crate) at: usize,
+    /// Where it ends: the next whole record, or the end of the data.
+    pub(crate) to: usize,
+    pub(crate) reason: &'static str,
+    /// How many of the segment's whole records come before it.
+    pub(crate) records_before: usize,
+    pub(crate) followed: Followed,
+    /// It holds a whole sector of zeros, as a write the disk never
+    /// completed leaves (damage seldom does).
+    pub(crate) zero_sector: bool,
+}
+
+/// A check of one segment's bytes.
+#[derive(Debug)]
 pub(crate) struct Scan {
+    /// The header, or why it is bad (then nothing else was read).
+    pub(crate) header: Result<Header, &'static str>,
+    /// The whole records' payload ranges, in order.
     pub(crate) records: Vec<(usize, usize)>,
-    pub(crate) bad: Option<(usize, &'static str)>,
-    /// Where the good records end (any zeros after them are preallocated
-    /// space).
+    /// The bad stretches, in order.
+    pub(crate) bad: Vec<Bad>,
+    /// Where the data ends: after the last whole record or bad stretch
+    /// (zeros after it are preallocated space).
     pub(crate) end: usize,
 }
 
 impl Scan {
-    /// The bytes worth keeping: up to the first bad record, else the data.
+    /// The bytes worth keeping: up to the first bad stretch, else the data.
     pub(crate) fn keep(&self) -> usize {
-        self.bad.map_or(self.end, |(o, _)| o)
+        self.bad.first().map_or(self.end, |b| b.at)
     }
 }
 
+/// Checks the frame at `pos`; replies where its payload starts and ends.
+fn frame_at(bytes: &[u8], pos: usize, h: &Header) -> Result<(usize, usize), &'static str> {
+    let frame = h.frame();
+    if bytes.len() - pos < frame {
+        return Err("record frame is cut short");
+    }
+    let len = u32_at(bytes, pos) as usize;
+    let crc = u32_at(bytes, pos + 4);
+    if let Some(salt) = h.salt
+        && salted(salt, &bytes[pos..pos + 8]) != u32_at(bytes, pos + 8)
+    {
+        return Err("record frame checksum does not match");
+    }
+    if len == 0 || len > MAX_RECORD {
+        return Err("record length is impossible");
+    }
+    let start = pos + frame;
+    if bytes.len() - start < len {
+        return Err("record is cut short");
+    }
+    let sum = match h.salt {
+        Some(salt) => salted(salt, &bytes[start..start + len]),
+        None => crc32fast::hash(&bytes[start..start + len]),
+    };
+    if sum != crc {
+        return Err("record checksum does not match");
+    }
+    Ok((start, start + len))
+}
+
+/// The first offset after `from` (and before `data_end`) where a whole
+/// record starts.
+fn resync(bytes: &[u8], from: usize, data_end: usize, h: &Header) -> Result<Option<usize>, ()> {
+    // Format 2 frames carry no checksum of their own: each candidate
+    // costs a checksum of the length it claims. Bounded; past it, unknown.
+    let mut budget = 16 * bytes.len() + (64 << 20);
+    for q in from + 1..data_end {
+        if bytes.len() - q < h.frame() {
+            break;
+        }
+        let len = u32_at(bytes, q) as usize;
+        if len == 0 || len > bytes.len() - q - h.frame() {
+            continue;
+        }
+        if h.salt.is_none() {
+            if budget < len {
+                return Err(());
+            }
+            budget -= len;
+        }
+        if frame_at(bytes, q, h).is_ok() {
+            return Ok(Some(q));
+        }
+    }
+    Ok(None)
+}
+
+/// Does `bytes[at..to]` hold a whole sector of zeros (sectors counted
+/// from the start of the file)?
+fn holds_zero_sector(bytes: &[u8], at: usize, to: usize) -> bool {
+    let mut s = at.next_multiple_of(SECTOR);
+    while s + SECTOR <= to {
+        if bytes[s..s + SECTOR].iter().all(|&b| b == 0) {
+            return true;
+        }
+        s += SECTOR;
+    }
+    false
+}
+
+/// Checks a segment's bytes: every whole record, and every bad stretch
+/// with what follows it.
 pub(crate) fn scan(bytes: &[u8], seq: u64) -> Scan {
+    let header = parse_header(bytes, seq);
     let mut s = Scan {
+        header,
         records: Vec::new(),
-        bad: None,
+        bad: Vec::new(),
         end: 0,
     };
-    if bytes.len() < HEADER {
-        s.bad = Some((0, "segment header is cut short"));
+    let Ok(h) = header else {
         return s;
-    }
-    if &bytes[..8] != MAGIC {
-        s.bad = Some((0, "not a ferry log segment (bad magic)"));
-        return s;
-    }
-    let version = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);
-    if !(1..=VERSION).contains(&version) {
-        s.bad = Some((0, "unknown segment format version"));
-        return s;
-    }
-    let mut seq_bytes = [0u8; 8];
-    seq_bytes.copy_from_slice(&bytes[12..20]);
-    if u64::from_le_bytes(seq_bytes) != seq {
-        s.bad = Some((0, "segment header names another sequence number"));
-        return s;
-    }
-    let mut pos = HEADER;
+    };
+    // Zeros cannot start a frame: the data ends at the last byte that is
+    // not zero (a record's own trailing zeros are read past it).
+    let data_end = bytes
+        .iter()
+        .rposition(|&b| b != 0)
+        .map_or(0, |p| p + 1)
+        .max(h.len());
+    let mut pos = h.len();
     s.end = pos;
-    while pos < bytes.len() {
-        if bytes[pos..].iter().all(|&b| b == 0) {
-            // Preallocated space: the data ends here.
-            return s;
+    while pos < data_end {
+        match frame_at(bytes, pos, &h) {
+            Ok((start, end)) => {
+                s.records.push((start, end));
+                pos = end;
+                s.end = end;
+            }
+            Err(reason) => {
+                let (to, followed) = match resync(bytes, pos, data_end, &h) {
+                    Ok(Some(q)) => (q, Followed::Yes),
+                    Ok(None) => (data_end, Followed::No),
+                    Err(()) => (data_end, Followed::Unknown),
+                };
+                s.bad.push(Bad {
+                    at: pos,
+                    to,
+                    reason,
+                    records_before: s.records.len(),
+                    followed,
+                    zero_sector: holds_zero_sector(bytes, pos, to),
+                });
+                pos = to;
+                s.end = to;
+                if followed != Followed::Yes {
+                    break;
+                }
+            }
         }
-        if bytes.len() - pos < FRAME {
-            s.bad = Some((pos, "record frame is cut short"));
-            return s;
-        }
-        let len = u32::from_le_bytes([bytes[pos], bytes[pos + 1], bytes[pos + 2], bytes[pos + 3]])
-            as usize;
-        let crc = u32::from_le_bytes([
-            bytes[pos + 4],
-            bytes[pos + 5],
-            bytes[pos + 6],
-            bytes[pos + 7],
-        ]);
-        if len == 0 || len > MAX_RECORD {
-            s.bad = Some((pos, "record length is impossible"));
-            return s;
-        }
-        let start = pos + FRAME;
-        if bytes.len() - start < len {
-            s.bad = Some((pos, "record is cut short"));
-            return s;
-        }
-        if crc32fast::hash(&bytes[start..start + len]) != crc {
-            s.bad = Some((pos, "record checksum does not match"));
-            return s;
-        }
-        s.records.push((start, start + len));
-        pos = start + len;
-        s.end = pos;
     }
     s
 }

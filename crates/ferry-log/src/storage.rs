@@ -44,6 +44,11 @@ pub trait Storage: Send + Sync {
     fn remove(&self, path: &Path) -> io::Result<()>;
     /// Makes the directory's entries durable (files created or removed).
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+    /// Makes `to` (new) hold what `from` holds, durably: a hard link where
+    /// the file system allows, else a copy.
+    fn keep_copy(&self, from: &Path, to: &Path) -> io::Result<()>;
+    /// Writes `bytes` to a new file `to`, durably.
+    fn save(&self, to: &Path, bytes: &[u8]) -> io::Result<()>;
 }
 
 /// The real file system.
@@ -118,6 +123,20 @@ impl Storage for RealStorage {
 
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         File::open(dir)?.sync_all()
+    }
+
+    fn keep_copy(&self, from: &Path, to: &Path) -> io::Result<()> {
+        if fs::hard_link(from, to).is_ok() {
+            return Ok(());
+        }
+        fs::copy(from, to)?;
+        File::open(to)?.sync_all()
+    }
+
+    fn save(&self, to: &Path, bytes: &[u8]) -> io::Result<()> {
+        let mut f = open_new(to)?;
+        f.0.write_all(bytes)?;
+        f.0.sync_all()
     }
 }
 
@@ -329,6 +348,16 @@ impl Storage for Faults {
         s.size.remove(path);
         s.unlinked.remove(path);
         Ok(())
+    }
+
+    fn keep_copy(&self, from: &Path, to: &Path) -> io::Result<()> {
+        self.alive("copy")?;
+        RealStorage.keep_copy(from, to)
+    }
+
+    fn save(&self, to: &Path, bytes: &[u8]) -> io::Result<()> {
+        self.alive("save")?;
+        RealStorage.save(to, bytes)
     }
 
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {

@@ -17,7 +17,7 @@ use parking_lot::{Condvar, Mutex, MutexGuard};
 use tracing::{info, warn};
 
 use crate::histogram::Histogram;
-use crate::segment::{HEADER, create_segment};
+use crate::segment::{HEADER, NewSegment, create_segment};
 use crate::{Durability, LogError, LogFile, Lsn, OnDurable, OnError, Options, Storage};
 
 /// Records appended and not yet written.
@@ -55,6 +55,8 @@ pub(crate) struct Inner {
     pub(crate) started: AtomicU64,
     /// The last new segment could not be preallocated: the disk is full.
     pub(crate) short: AtomicBool,
+    /// The data directory's salt: every frame's checksums are seeded with it.
+    pub(crate) salt: u32,
     pub(crate) on_durable: OnDurable,
     pub(crate) on_error: OnError,
 }
@@ -299,12 +301,23 @@ impl Segment {
     /// false), reports [`Log::short_of_space`] and tries again a second
     /// later.
     fn rotate(&mut self, inner: &Inner) -> io::Result<bool> {
+        // The segment is synced before the next one exists: only the last
+        // segment's end can be torn by a crash, and recovery takes a bad
+        // end of any other for damage.
+        if self.dirty {
+            self.file.sync_data()?;
+            self.dirty = false;
+        }
         let size = self.options.segment_bytes;
-        let next =
-            create_segment(&*self.storage, &self.dir, self.seq + 1, size).map_err(|e| match e {
-                LogError::Io(_, e) => e,
-                other => io::Error::other(other.to_string()),
-            })?;
+        let new = NewSegment {
+            seq: self.seq + 1,
+            salt: inner.salt,
+            prev_end: self.len,
+        };
+        let next = create_segment(&*self.storage, &self.dir, new, size).map_err(|e| match e {
+            LogError::Io(_, e) => e,
+            other => io::Error::other(other.to_string()),
+        })?;
         let Some(next) = next else {
             if !inner.short.swap(true, Ordering::AcqRel) {
                 warn!(dir = %self.dir.display(), "the disk is too full for a new log segment");

@@ -54,7 +54,7 @@ mod view;
 
 pub use acl::hash_password;
 pub use config::{Config, Durability, LogStorage};
-pub use ferry_log::{Faults, Storage};
+pub use ferry_log::{Cut, DAMAGED_DIR, Faults, Storage};
 pub use server::{Bound, Server, StartError, Stopped};
 pub use store::{CheckReport, MAX_PAYLOAD, QueueReport, check};
 

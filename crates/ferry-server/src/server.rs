@@ -87,7 +87,20 @@ impl Server {
         let listen_err = |address: String| move |source| StartError::Listen { address, source };
         let (broker, recovery) = Broker::open(config)?;
         if let Some(r) = recovery {
-            info!(records = r.records, segments = r.segments, truncated = ?r.truncated, "store recovered");
+            info!(
+                records = r.records,
+                segments = r.segments,
+                "store recovered"
+            );
+            if r.salvaged() {
+                // The damaged segments leave the log (they are kept aside),
+                // so that the next start needs no --salvage.
+                let freed = broker.checkpoint().await?;
+                warn!(
+                    freed,
+                    "salvage: wrote a checkpoint; the log no longer holds the damaged segments"
+                );
+            }
         }
         if let Some(acl) = acl {
             let _ = broker.acl.set(acl);

@@ -36,14 +36,16 @@ pub struct CheckReport {
     pub segments: usize,
     /// Records replayed.
     pub records: u64,
-    /// A torn tail the next start would cut: segment, offset, bytes.
-    pub torn_tail: Option<(std::path::PathBuf, u64, u64)>,
+    /// The end the next start would cut: torn by a crash, or a damaged
+    /// last record.
+    pub cut: Option<ferry_log::Cut>,
     /// Every queue, by name.
     pub queues: Vec<QueueReport>,
 }
 
 /// Verifies a data directory offline and describes what it holds, without
-/// changing it. Corruption before the last segment is an error.
+/// changing it. Damage (anything but a torn end of the last segment) is an
+/// error.
 pub fn check(dir: &std::path::Path) -> Result<CheckReport, LogError> {
     let mut replay = Replay::default();
     let recovery = ferry_log::inspect(dir, |r| replay.apply(r))?;
@@ -68,7 +70,7 @@ pub fn check(dir: &std::path::Path) -> Result<CheckReport, LogError> {
     Ok(CheckReport {
         segments: recovery.segments,
         records: recovery.records,
-        torn_tail: recovery.truncated,
+        cut: recovery.cut,
         queues,
     })
 }

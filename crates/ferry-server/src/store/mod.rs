@@ -91,6 +91,47 @@ fn unix_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// Logs what recovery cut or skipped, and where it kept the bytes.
+fn report(recovery: &Recovery) {
+    if let Some(c) = &recovery.cut {
+        let kept = c
+            .kept
+            .as_ref()
+            .map_or_else(|| "not kept".into(), |p| p.display().to_string());
+        tracing::warn!(
+            segment = %c.path.display(),
+            offset = c.offset,
+            bytes = c.bytes,
+            whole_records_after_zeros = c.records,
+            kept = %kept,
+            "cut the end of the log: torn by a crash, or its last record damaged (the two leave the same bytes); a record there was never replayed"
+        );
+    }
+    for s in &recovery.skipped {
+        tracing::warn!(
+            segment = %s.path.display(),
+            offset = s.offset,
+            len = s.len,
+            reason = %s.reason,
+            held = %records::describe(&s.record),
+            "salvage: skipped damaged bytes"
+        );
+    }
+    if recovery.salvaged() {
+        let kept: Vec<String> = recovery
+            .kept
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        tracing::warn!(
+            stretches = recovery.skipped.len(),
+            records = recovery.records,
+            kept = %kept.join(", "),
+            "salvage: skipped the damaged stretches above and replayed every whole record; the damaged segments are kept aside unchanged"
+        );
+    }
+}
+
 /// The log, and who waits for it to be durable.
 pub(crate) struct Store {
     log: Log,
@@ -129,6 +170,7 @@ impl Store {
                 on_error.notify_one();
             }),
         )?;
+        report(&recovery);
         let (state, cut) = replay.finish();
         let store = Store {
             log,

@@ -128,6 +128,50 @@ pub(crate) fn dedup(b: &mut Vec<u8>, queue: &[u8], key: &[u8], id: u64, until: u
 
 const CUT: &str = "record is cut short";
 
+/// What a damaged record seems to hold, as far as its bytes read: its
+/// kind, queue and ids. For the line salvage logs; nothing here is
+/// trusted or applied.
+pub(crate) fn describe(record: &[u8]) -> String {
+    let kind = match record.first() {
+        Some(&PUT) => "a put",
+        Some(&FINISH) => "a finish",
+        Some(&RETURN) => "a return",
+        Some(&LEASE) => "a lease",
+        Some(&SETTINGS) => "settings",
+        Some(&SHUTDOWN) => "a shutdown",
+        Some(&DROP) => "a drop",
+        Some(&CHECKPOINT) => "a checkpoint marker",
+        Some(&RESET) => "a snapshot's start",
+        Some(&NEXT_ID) => "a next id",
+        Some(&SNAPSHOT_END) => "a snapshot's end",
+        Some(&SNAPSHOT_ABORT) => "a snapshot abort",
+        Some(&DEDUP) => "a dedup key",
+        Some(&FINISH_MANY) => "finishes",
+        Some(&PUT_MANY) => "puts",
+        Some(&REOPEN) => "a reopen",
+        Some(&KEYTYPE) => "a key type",
+        _ => return "unreadable".into(),
+    };
+    let mut f = Fields(Bytes::copy_from_slice(&record[1..]));
+    let Ok(name) = f.name() else {
+        return kind.into();
+    };
+    if !crate::broker::valid_name(&name) {
+        return kind.into();
+    }
+    let mut out = format!("{kind} of queue {}", String::from_utf8_lossy(&name));
+    let ids: Vec<u64> = match record[0] {
+        PUT | FINISH | RETURN | LEASE | DEDUP | PUT_MANY => f.u64().ok().into_iter().collect(),
+        FINISH_MANY => std::iter::from_fn(|| f.u64().ok()).take(16).collect(),
+        _ => Vec::new(),
+    };
+    if !ids.is_empty() {
+        let ids: Vec<String> = ids.iter().map(u64::to_string).collect();
+        out.push_str(&format!(", id {}", ids.join(" ")));
+    }
+    out
+}
+
 /// Takes a record apart, field by field; every field may be missing.
 pub(crate) struct Fields(pub(crate) Bytes);
 
@@ -224,6 +268,16 @@ impl Fields {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_damaged_record_is_described_as_far_as_it_reads() {
+        let mut b = Vec::new();
+        id(&mut b, FINISH, b"jobs", 42, None);
+        assert_eq!(describe(&b), "a finish of queue jobs, id 42");
+        assert_eq!(describe(&b[..3]), "a finish");
+        assert_eq!(describe(&[0xee, 1, 2]), "unreadable");
+        assert_eq!(describe(&[]), "unreadable");
+    }
 
     #[test]
     fn settings_read_back_as_written() {
