@@ -59,11 +59,13 @@
 pub mod histogram;
 mod recovery;
 mod segment;
+mod space;
 mod storage;
 mod writer;
 
 pub use recovery::{DAMAGED_DIR, inspect};
 pub use segment::segments;
+pub use space::RESERVE_FILE;
 pub use storage::{Faults, LogFile, RealStorage, Storage};
 
 use std::fs::{self, OpenOptions};
@@ -108,6 +110,10 @@ pub struct Options {
     pub salvage: bool,
     /// How files are reached: the real file system, or a fault injector.
     pub storage: Arc<dyn Storage>,
+    /// Room kept in a preallocated file ([`RESERVE_FILE`]) for the day the
+    /// disk fills: released then, so that dones and compaction go on
+    /// (0: none).
+    pub reserve_bytes: u64,
 }
 
 impl std::fmt::Debug for Options {
@@ -116,6 +122,7 @@ impl std::fmt::Debug for Options {
             .field("durability", &self.durability)
             .field("segment_bytes", &self.segment_bytes)
             .field("salvage", &self.salvage)
+            .field("reserve_bytes", &self.reserve_bytes)
             .finish_non_exhaustive()
     }
 }
@@ -127,6 +134,7 @@ impl Default for Options {
             segment_bytes: 64 << 20,
             salvage: false,
             storage: Arc::new(RealStorage),
+            reserve_bytes: 16 << 20,
         }
     }
 }
@@ -250,6 +258,7 @@ pub struct Log {
     dir: PathBuf,
     storage: Arc<dyn Storage>,
     durability: Durability,
+    reserve: space::Reserve,
 }
 
 impl Log {
@@ -277,7 +286,14 @@ impl Log {
                 return Err(io_err(format!("locking {}", lock_path.display()))(e));
             }
         }
+        // Released first if the disk is full: recovery may need room.
+        let reserve = space::Reserve::open(&*options.storage, dir, options.reserve_bytes);
         let resumed = recover(dir, &options, &mut replay)?;
+        if !resumed.short
+            && space::free_space(dir).is_ok_and(|free| free >= 3 * options.reserve_bytes)
+        {
+            reserve.make(&*options.storage, false);
+        }
         let storage = Arc::clone(&options.storage);
         let durability = options.durability;
         let inner = Arc::new(Inner {
@@ -331,6 +347,7 @@ impl Log {
                 dir: dir.to_path_buf(),
                 storage,
                 durability,
+                reserve,
             },
             resumed.recovery,
         ))
@@ -503,6 +520,39 @@ impl Log {
     /// work. Cleared when a new segment is preallocated again.
     pub fn short_of_space(&self) -> bool {
         self.inner.short.load(Ordering::Acquire)
+    }
+
+    /// Free space on the log's disk, counting the reserve while it is
+    /// held (it is released before the log runs out).
+    pub fn room(&self) -> u64 {
+        let free = space::free_space(&self.dir).unwrap_or(u64::MAX);
+        let reserve = if self.reserve.held() {
+            self.reserve.size()
+        } else {
+            0
+        };
+        free.saturating_add(reserve)
+    }
+
+    /// Looks after the disk (call it every second or so; it may touch the
+    /// disk): releases the reserve when free space falls below its size and
+    /// makes it again once there is room, and while the log is
+    /// [short of space](Log::short_of_space) tries again to preallocate
+    /// its segment, so that normal service comes back once space frees.
+    pub fn tend_space(&self) {
+        let Ok(free) = space::free_space(&self.dir) else {
+            return;
+        };
+        space::tend(&*self.storage, &self.reserve, free, self.short_of_space());
+        if self.short_of_space() && !self.failed() {
+            // Never waits for a writer: the next call tries again.
+            if let Some(mut seg) = self.inner.segment.try_lock()
+                && let Err(e) = seg.regain(&self.inner)
+            {
+                drop(seg);
+                self.fail(e);
+            }
+        }
     }
 
     /// Stops the log as a failed write does: `on_error` is told (once),

@@ -475,6 +475,11 @@ pub(crate) fn recover(
                     .map_err(io_err(format!("truncating {}", c.path.display())))?;
                 if c.scan.header.ok().and_then(|h| h.salt) == Some(salt) {
                     short = !preallocate(&mut *f, size.max(keep), &c.path)?;
+                    // Full already, with no room for the next one: short
+                    // from the start, so that puts are refused at once.
+                    if keep >= size && crate::space::free_space(dir).is_ok_and(|free| free < size) {
+                        short = true;
+                    }
                     (c.seq, f, keep)
                 } else {
                     // An older format is never appended to: it stays cut

@@ -211,7 +211,8 @@ pub(crate) struct NewSegment {
 }
 
 /// Creates a segment, header written and synced, preallocated to `len`
-/// bytes. `None` if the disk has no room for it (nothing is left behind).
+/// bytes. `None` if the disk has no room for it, or even for its header
+/// (nothing is left behind).
 pub(crate) fn create_segment(
     storage: &dyn Storage,
     dir: &Path,
@@ -223,10 +224,12 @@ pub(crate) fn create_segment(
         .create(&path)
         .map_err(io_err(format!("creating {}", path.display())))?;
     let header = encode_header(new.seq, new.salt, new.prev_end);
-    f.write_all(&header)
-        .and_then(|()| f.sync_data())
-        .map_err(io_err(format!("writing {}", path.display())))?;
-    if !preallocate(&mut *f, len, &path)? {
+    let written = f.write_all(&header).and_then(|()| f.sync_data());
+    let full = matches!(&written, Err(e) if e.raw_os_error() == Some(rustix::io::Errno::NOSPC.raw_os_error()));
+    if !full {
+        written.map_err(io_err(format!("writing {}", path.display())))?;
+    }
+    if full || !preallocate(&mut *f, len, &path)? {
         drop(f);
         storage
             .remove(&path)

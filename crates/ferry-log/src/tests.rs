@@ -589,3 +589,45 @@ fn records_nobody_leads_are_synced_by_the_writer() {
     }
     assert_eq!(log.syncs(), 3);
 }
+
+/// A checkpoint on a full disk still begins a segment (unpreallocated),
+/// so that the segments before it can go; once the disk has room,
+/// `tend_space` preallocates it and the log is no longer short.
+#[test]
+fn a_checkpoint_on_a_full_disk_begins_a_segment_and_space_comes_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let faults = Faults::new();
+    let (log, _) = Log::open(
+        dir.path(),
+        Options {
+            segment_bytes: 64 << 10,
+            storage: Arc::new(faults.clone()),
+            ..Options::default()
+        },
+        |_| Ok(()),
+        Box::new(|_| {}),
+        Box::new(|_| {}),
+    )
+    .unwrap();
+    assert!(
+        dir.path().join(RESERVE_FILE).exists(),
+        "the reserve is made"
+    );
+    let lsn = log.append(b"before").unwrap();
+    wait_durable(&log, lsn);
+    faults.fill_disk();
+    log.start_segment();
+    let lsn = log.append(b"snapshot").unwrap();
+    wait_durable(&log, lsn);
+    assert_eq!(log.started_segment(), 2, "the checkpoint's segment began");
+    assert!(log.short_of_space());
+    let second = dir.path().join(segment_name(2));
+    assert!(file_len(&second) < 64 << 10, "not preallocated");
+    log.delete_before(2).unwrap();
+    log.tend_space();
+    assert!(!log.short_of_space(), "room again: preallocated");
+    assert_eq!(file_len(&second), 64 << 10);
+    log.close();
+    let (_, _, seen) = open(dir.path(), Options::default()).unwrap();
+    assert_eq!(seen, vec![b"snapshot".to_vec()]);
+}

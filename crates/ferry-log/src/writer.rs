@@ -97,7 +97,7 @@ impl Inner {
         let result = match rotate_at {
             Some(at) => seg
                 .write(self, &batch[..at], closing)
-                .and_then(|()| seg.rotate(self))
+                .and_then(|()| seg.rotate(self, true))
                 .map(|rotated| {
                     // Without a new segment (a full disk) nothing before the
                     // snapshot may be deleted.
@@ -272,7 +272,7 @@ impl Segment {
                 && self.len + batch.len() as u64 > self.options.segment_bytes
                 && Instant::now() >= self.next_rotate
             {
-                self.rotate(inner)?;
+                self.rotate(inner, false)?;
             }
             self.file.write_all(batch)?;
             self.len += batch.len() as u64;
@@ -297,10 +297,12 @@ impl Segment {
     }
 
     /// Moves on to a new, preallocated segment and cuts the old one to its
-    /// data. If the disk has no room for the new one, stays (replying
-    /// false), reports [`Log::short_of_space`] and tries again a second
-    /// later.
-    fn rotate(&mut self, inner: &Inner) -> io::Result<bool> {
+    /// data. If the disk has no room for one, a segment that must begin
+    /// (a checkpoint's: the segments before it can go only then) begins
+    /// unpreallocated; otherwise the log stays (replying false). Either way
+    /// it reports [`Log::short_of_space`](crate::Log::short_of_space) until
+    /// a segment is preallocated again (see [`Segment::regain`]).
+    fn rotate(&mut self, inner: &Inner, must: bool) -> io::Result<bool> {
         // The segment is synced before the next one exists: only the last
         // segment's end can be torn by a crash, and recovery takes a bad
         // end of any other for damage.
@@ -314,19 +316,26 @@ impl Segment {
             salt: inner.salt,
             prev_end: self.len,
         };
-        let next = create_segment(&*self.storage, &self.dir, new, size).map_err(|e| match e {
-            LogError::Io(_, e) => e,
-            other => io::Error::other(other.to_string()),
-        })?;
+        let create = |len| {
+            create_segment(&*self.storage, &self.dir, new, len).map_err(|e| match e {
+                LogError::Io(_, e) => e,
+                other => io::Error::other(other.to_string()),
+            })
+        };
+        let (next, short) = match create(size)? {
+            Some(f) => (Some(f), false),
+            None if must => (create(0)?, true),
+            None => (None, true),
+        };
+        if short && !inner.short.swap(true, Ordering::AcqRel) {
+            warn!(dir = %self.dir.display(), "the disk is too full to preallocate a log segment");
+        }
         let Some(next) = next else {
-            if !inner.short.swap(true, Ordering::AcqRel) {
-                warn!(dir = %self.dir.display(), "the disk is too full for a new log segment");
-            }
             self.next_rotate = Instant::now() + Duration::from_secs(1);
             return Ok(false);
         };
-        if inner.short.swap(false, Ordering::AcqRel) {
-            info!(dir = %self.dir.display(), "the log has room for new segments again");
+        if !short && inner.short.swap(false, Ordering::AcqRel) {
+            info!(dir = %self.dir.display(), "the log has room for its segments again");
         }
         let len = self.len;
         self.file.truncate(len)?;
@@ -336,5 +345,35 @@ impl Segment {
         self.dirty = false;
         inner.bytes.fetch_add(HEADER as u64, Ordering::AcqRel);
         Ok(true)
+    }
+
+    /// While the log is short of space: preallocates the segment being
+    /// written, or (if it is already past its size) moves on to a new
+    /// preallocated one, if the disk has room now.
+    pub(crate) fn regain(&mut self, inner: &Inner) -> io::Result<()> {
+        let size = self.options.segment_bytes;
+        let room = crate::space::free_space(&self.dir).unwrap_or(u64::MAX);
+        let needed = if self.len >= size {
+            size
+        } else {
+            size - self.len
+        };
+        if room < needed {
+            return Ok(());
+        }
+        if self.len >= size {
+            self.rotate(inner, false)?;
+            return Ok(());
+        }
+        let path = self.dir.join(crate::segment::segment_name(self.seq));
+        let room =
+            crate::segment::preallocate(&mut *self.file, size, &path).map_err(|e| match e {
+                LogError::Io(_, e) => e,
+                other => io::Error::other(other.to_string()),
+            })?;
+        if room && inner.short.swap(false, Ordering::AcqRel) {
+            info!(dir = %self.dir.display(), "the log has room for its segments again");
+        }
+        Ok(())
     }
 }

@@ -247,6 +247,7 @@ impl Broker {
             let mut o = ferry_log::Options {
                 durability,
                 salvage: config.salvage,
+                reserve_bytes: config.disk_reserve,
                 ..ferry_log::Options::default()
             };
             if let Some(storage) = &config.log_storage {
@@ -786,12 +787,30 @@ async fn compactor(broker: Arc<Broker>) {
         return;
     };
     let mut floor = 0u64;
+    let mut waiting = false;
     loop {
         tokio::time::sleep(Duration::from_millis(200)).await;
         let bytes = store.log().bytes();
         if bytes < broker.config.checkpoint_bytes || bytes < 2 * floor {
             continue;
         }
+        // A snapshot needs room for every live message: on a disk that
+        // cannot hold it, compaction waits for consumers to drain (it would
+        // fill the disk and stop the log, freeing nothing).
+        let live = broker.memory();
+        let room = store.log().room();
+        if room < live + live / 4 + (1 << 20) {
+            if !waiting {
+                tracing::warn!(
+                    room,
+                    live,
+                    "log compaction waits: the disk has no room for a snapshot of the live messages"
+                );
+                waiting = true;
+            }
+            continue;
+        }
+        waiting = false;
         match broker.checkpoint().await {
             Ok(freed) => {
                 broker.compactions.fetch_add(1, Ordering::Relaxed);
@@ -838,10 +857,15 @@ async fn idle_sweeper(broker: Arc<Broker>) {
     }
 }
 
-/// Re-measures free disk space twice a second.
+/// Twice a second: lets the log look after its disk (its reserve, and a
+/// segment it could not preallocate), then re-measures free space.
 async fn disk_watcher(broker: Arc<Broker>) {
     loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
+        if let Some(store) = broker.store.clone() {
+            // It may fallocate: off the runtime's workers.
+            let _ = tokio::task::spawn_blocking(move || store.log().tend_space()).await;
+        }
         broker.check_disk();
     }
 }

@@ -114,6 +114,9 @@ pub struct Config {
     /// Puts are refused with -NOSPACE while the data directory's file
     /// system has less free space than this (gets and dones go on).
     pub min_free_disk: u64,
+    /// Room the log keeps in a preallocated file for the day the disk
+    /// fills, released then so that dones and compaction go on (0: none).
+    pub disk_reserve: u64,
     /// Compact the log once it holds this many bytes (and twice what the
     /// last compaction left).
     pub checkpoint_bytes: u64,
@@ -150,6 +153,7 @@ impl Default for Config {
             max_memory: 0,
             checkpoint_bytes: 64 << 20,
             min_free_disk: 128 << 20,
+            disk_reserve: 16 << 20,
             dedup_window_ms: 10 * 60 * 1000,
             threads: None,
         }

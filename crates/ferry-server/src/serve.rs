@@ -109,6 +109,11 @@ pub struct ServeArgs {
     /// free space than this [default: 128mb]
     #[arg(long, env = "FERRY_MIN_FREE_DISK", value_parser = parse_size)]
     pub min_free_disk: Option<u64>,
+    /// Room kept in a preallocated file (DATA_DIR/reserve) for the day the
+    /// disk fills: released then, so that gets, dones and compaction go on
+    /// while puts get -NOSPACE; 0 for none [default: 16mb]
+    #[arg(long, env = "FERRY_DISK_RESERVE", value_parser = parse_size)]
+    pub disk_reserve: Option<u64>,
     /// Compact the log once it holds this much (and twice what the last
     /// compaction left) [default: 64mb]
     #[arg(long, env = "FERRY_CHECKPOINT_BYTES", value_parser = parse_size)]
@@ -191,6 +196,7 @@ struct FileConfig {
     threads: Option<usize>,
     checkpoint_bytes: Option<Size>,
     min_free_disk: Option<Size>,
+    disk_reserve: Option<Size>,
 }
 
 /// A size from the flag (or environment), else the file, else the default.
@@ -297,6 +303,12 @@ pub fn resolve(args: ServeArgs) -> Result<Config, SettingsError> {
             file.min_free_disk,
             "min_free_disk",
             d.min_free_disk,
+        )?,
+        disk_reserve: size(
+            args.disk_reserve,
+            file.disk_reserve,
+            "disk_reserve",
+            d.disk_reserve,
         )?,
         threads: args.threads.or(file.threads),
         dedup_window_ms: d.dedup_window_ms,

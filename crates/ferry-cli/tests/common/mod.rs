@@ -604,3 +604,49 @@ macro_rules! on_every_engine {
         }
     };
 }
+
+/// A small file system of the test's own (a tmpfs mounted on a temp
+/// directory, unmounted when dropped), so that a disk can be filled for
+/// real. `None` where this process may not mount one.
+pub struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    pub fn mount(megabytes: u64) -> Option<SmallDisk> {
+        let dir = tempfile::tempdir().unwrap();
+        let mounted = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={megabytes}m"), "tmpfs"])
+            .arg(dir.path())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        mounted.then_some(SmallDisk { dir })
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    /// Writes a file until the disk has no room left; replies its size.
+    pub fn fill(&self) -> u64 {
+        let mut f = std::fs::File::create(self.path().join("filler")).unwrap();
+        let chunk = vec![0xa5u8; 1 << 20];
+        let mut written = 0;
+        loop {
+            match f.write(&chunk) {
+                Ok(0) | Err(_) => return written,
+                Ok(n) => written += n as u64,
+            }
+        }
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
