@@ -1,7 +1,8 @@
 //! Users and their rights (`--acl-file`) through the real binary: hashes
 //! made by `ferry hash-password`, credentials from the URL in the Rust
-//! client and the CLI, redis-cli's --user, and the HTTP port's operators.
-//! (Every command's check, one by one: ferry-server's cmd/tests.rs.)
+//! client and the CLI, redis-cli's --user, and the HTTP port's operators;
+//! and docs/protocol.md's rights table, walked row by row. (Every
+//! command's check against a name it may use: ferry-server's cmd/tests.rs.)
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -152,4 +153,210 @@ fn an_acl_file_is_checked_at_start() {
         assert_eq!(o.status.code(), Some(1), "{err}");
         assert!(err.contains(says), "{err}");
     }
+}
+
+/// The rights table of docs/protocol.md ("### Rights"): each row's
+/// command names and refused examples.
+fn rights_table() -> Vec<(String, Vec<String>)> {
+    let doc = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../docs/protocol.md"
+    ))
+    .unwrap();
+    let section = doc
+        .split("### Rights")
+        .nth(1)
+        .expect("docs/protocol.md has a Rights table");
+    section
+        .lines()
+        .skip_while(|l| !l.starts_with("| command"))
+        .skip(2)
+        .take_while(|l| l.starts_with('|'))
+        .map(|row| {
+            let cells: Vec<&str> = row.trim_matches('|').split(" | ").collect();
+            assert_eq!(cells.len(), 4, "a row of four cells: {row}");
+            let examples = cells[3]
+                .split('`')
+                .skip(1)
+                .step_by(2)
+                .map(str::to_string)
+                .collect();
+            (cells[0].to_string(), examples)
+        })
+        .collect()
+}
+
+/// Everything a refused command must leave as it was: every queue's
+/// settings, counters and waiters, its messages, and the lock table.
+fn snapshot(ops: &mut redis::Connection, http: &str, auth: &str) -> String {
+    let mut names: Vec<String> = redis::cmd("QLIST").query(ops).unwrap();
+    names.sort();
+    let mut out = String::new();
+    for q in names {
+        let info: Vec<redis::Value> = redis::cmd("QINFO").arg(&q).query(ops).unwrap();
+        let fields: Vec<String> = info
+            .chunks(2)
+            .map(|kv| format!("{:?}={:?}", kv[0], kv[1]))
+            .filter(|f| !f.contains("oldest_age_seconds"))
+            .collect();
+        let peek: Vec<common::Entry> = redis::cmd("QPEEK")
+            .arg(&q)
+            .arg("COUNT")
+            .arg(100)
+            .query(ops)
+            .unwrap();
+        out.push_str(&format!("{q}: {fields:?} {peek:?}\n"));
+    }
+    let agent = ureq::Agent::new_with_config(
+        ureq::config::Config::builder()
+            .http_status_as_error(false)
+            .build(),
+    );
+    let locks = agent
+        .get(&format!("{http}/api/locks"))
+        .header("Authorization", auth)
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    out + &locks
+}
+
+/// Walks the rights table of docs/protocol.md against the real binary:
+/// every refused example, run as the table's user, gets -NOPERM (403 on
+/// the HTTP port) and changes nothing.
+#[test]
+fn every_row_of_the_rights_table_is_refused_and_changes_nothing() {
+    let table = rights_table();
+    let commands: String = table.iter().map(|(c, _)| c.as_str()).collect();
+    for name in [
+        "QPUT",
+        "QGET",
+        "QDONE",
+        "QPUTMANY",
+        "QNACK",
+        "QTOUCH",
+        "QJOIN",
+        "QLEN",
+        "QINFO",
+        "QLIST",
+        "QPEEK",
+        "QCREATE",
+        "QCONFIG",
+        "QPURGE",
+        "QDROP",
+        "QREOPEN",
+        "QSHUTDOWN",
+        "LOCK",
+        "UNLOCK",
+        "PING",
+        "ECHO",
+        "QUIT",
+        "HELLO",
+        "AUTH",
+        "CLIENT",
+        "SELECT",
+        "INFO",
+        "COMMAND",
+        "CONFIG",
+        "ACL",
+    ] {
+        assert!(
+            commands.contains(&format!("`{name}")),
+            "{name} has no row in the rights table"
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let acl = dir.path().join("acl.toml");
+    std::fs::write(
+        &acl,
+        format!(
+            "[users.ops]\npassword_hash = \"{}\"\nput = [\"*\"]\nget = [\"*\"]\nadmin = [\"*\"]\nlocks = [\"*\"]\n\n\
+             [users.limited]\npassword_hash = \"{}\"\nput = [\"pub.*\", \"drop.*\"]\nget = [\"pub.*\"]\n\
+             locks = [\"pub.*\"]\nadmin = [\"own.*\"]\n",
+            hash("ops-pw"),
+            hash("limited-pw")
+        ),
+    )
+    .unwrap();
+    let s = Server::start_with(&["--acl-file", acl.to_str().unwrap()]);
+    let http = s.http.clone().unwrap();
+    let basic = |user: &str, pw: &str| {
+        use base64::Engine as _;
+        let pair = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pw}"));
+        format!("Basic {pair}")
+    };
+    let login = |user: &str, pw: &str| {
+        let mut c = s.conn();
+        let _: () = redis::cmd("AUTH").arg(user).arg(pw).query(&mut c).unwrap();
+        c
+    };
+    let mut ops = login("ops", "ops-pw");
+    for q in ["vault", "pub.made", "drop.box"] {
+        let _: u64 = redis::cmd("QPUT").arg(q).arg("m1").query(&mut ops).unwrap();
+    }
+    let _: () = redis::cmd("QCREATE").arg("own.q").query(&mut ops).unwrap();
+    let _: u64 = redis::cmd("LOCK").arg("vault").query(&mut ops).unwrap();
+    // Another user's client, waiting.
+    let mut waiter = s.raw();
+    waiter.cmd(&["AUTH", "ops", "ops-pw"]);
+    let blocked = waiter.cmd(&["CLIENT", "ID"]);
+    let blocked = blocked.trim().trim_start_matches(':').to_string();
+    waiter.send(b"*4\r\n$4\r\nQGET\r\n$6\r\nwaitq1\r\n$7\r\nTIMEOUT\r\n$1\r\n0\r\n");
+    common::wait_for_waiters(&mut ops, "waitq1", "waiting_getters", 1);
+
+    let mut limited = login("limited", "limited-pw");
+    let agent = ureq::Agent::new_with_config(
+        ureq::config::Config::builder()
+            .http_status_as_error(false)
+            .build(),
+    );
+    let ops_auth = basic("ops", "ops-pw");
+    let mut walked = 0;
+    for (command, examples) in &table {
+        for example in examples {
+            let before = snapshot(&mut ops, &http, &ops_auth);
+            let example = example.replace("{blocked}", &blocked);
+            let words: Vec<&str> = example.split_whitespace().collect();
+            match words[0] {
+                "GET" | "POST" => {
+                    let url = format!("{http}{}", words[1]);
+                    let auth = basic("limited", "limited-pw");
+                    let status = if words[0] == "GET" {
+                        agent.get(&url).header("Authorization", &auth).call()
+                    } else {
+                        agent.post(&url).header("Authorization", &auth).send_empty()
+                    }
+                    .unwrap()
+                    .status()
+                    .as_u16();
+                    assert_eq!(status, 403, "{command}: {example}");
+                }
+                _ => {
+                    let r: redis::RedisResult<redis::Value> =
+                        redis::cmd(words[0]).arg(&words[1..]).query(&mut limited);
+                    let e = r.expect_err(&format!("{command}: {example} was not refused"));
+                    assert_eq!(e.code(), Some("NOPERM"), "{command}: {example}: {e}");
+                }
+            }
+            assert_eq!(
+                snapshot(&mut ops, &http, &ops_auth),
+                before,
+                "{command}: {example} changed something"
+            );
+            walked += 1;
+        }
+    }
+    assert!(walked >= 25, "{walked} examples");
+    // The same user may unblock its own client, and an operator anyone's.
+    let id: u64 = redis::cmd("CLIENT").arg("ID").query(&mut limited).unwrap();
+    assert!(id > 0);
+    let unblocked: i64 = redis::cmd("CLIENT")
+        .arg("UNBLOCK")
+        .arg(&blocked)
+        .query(&mut ops)
+        .unwrap();
+    assert_eq!(unblocked, 1);
+    assert_eq!(waiter.reply().trim(), "*-1");
 }

@@ -167,11 +167,13 @@ pub(crate) struct HolderGroup {
 }
 
 /// How CLIENT UNBLOCK reaches a blocked client.
-#[derive(Default)]
 pub(crate) struct Unblock {
     pub(crate) notify: Notify,
     /// End with -UNBLOCKED rather than as a timeout.
     pub(crate) error: AtomicBool,
+    /// The user the blocked client is logged in as (under an ACL file):
+    /// only that user, or an operator, may end its wait.
+    pub(crate) user: Option<String>,
 }
 
 /// One queue: its state behind a mutex, and the timer that lets time pass
@@ -446,10 +448,14 @@ impl Broker {
         self.next_client.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Registers client `id` as blocked; its wait also ends when
-    /// [`Broker::unblock`] fires the returned signal.
-    pub(crate) fn block(&self, id: u64) -> Arc<Unblock> {
-        let u = Arc::new(Unblock::default());
+    /// Registers client `id` (logged in as `user`) as blocked; its wait
+    /// also ends when [`Broker::unblock`] fires the returned signal.
+    pub(crate) fn block(&self, id: u64, user: Option<String>) -> Arc<Unblock> {
+        let u = Arc::new(Unblock {
+            notify: Notify::new(),
+            error: AtomicBool::new(false),
+            user,
+        });
         self.blocked.lock().insert(id, Arc::clone(&u));
         u
     }
@@ -466,7 +472,9 @@ impl Broker {
         self.blocked.lock().remove(&id);
     }
 
-    /// Joins the holder group of `token` (made if need be).
+    /// Joins the holder group of `token` (made if need be). Under an ACL
+    /// file the token is the caller's to qualify with its user name: one
+    /// user's clients never share a group with another's.
     pub(crate) fn join_group(&self, token: &Bytes) -> Arc<HolderGroup> {
         let mut groups = self.groups.lock();
         let group = groups.entry(token.clone()).or_insert_with(|| {
@@ -493,14 +501,35 @@ impl Broker {
     }
 
     /// CLIENT UNBLOCK: ends client `id`'s wait as a timeout (or, with
-    /// `error`, with -UNBLOCKED); false if it is not blocked.
-    pub(crate) fn unblock(&self, id: u64, error: bool) -> bool {
-        let Some(u) = self.blocked.lock().remove(&id) else {
-            return false;
+    /// `error`, with -UNBLOCKED); false if it is not blocked. Under an ACL
+    /// file (`by`: the caller's user), only for the same user or an
+    /// operator; the error says why not.
+    pub(crate) fn unblock(
+        &self,
+        id: u64,
+        error: bool,
+        by: Option<&crate::acl::User>,
+    ) -> Result<bool, String> {
+        let mut blocked = self.blocked.lock();
+        let Some(u) = blocked.get(&id) else {
+            return Ok(false);
         };
+        if let Some(by) = by
+            && !by.operator()
+            && u.user.as_deref() != Some(by.name.as_str())
+        {
+            return Err(format!(
+                "user '{}' may end only its own clients' waits (client {id} is another user's; an operator, admin on \"*\", may end any)",
+                by.name
+            ));
+        }
+        let Some(u) = blocked.remove(&id) else {
+            return Ok(false);
+        };
+        drop(blocked);
         u.error.store(error, Ordering::Release);
         u.notify.notify_one();
-        true
+        Ok(true)
     }
 
     /// The queue of that name, if it exists.

@@ -247,7 +247,8 @@ impl Conn {
         };
         self.session.seen_active();
         let (broker, id) = (Arc::clone(&self.session.broker), self.session.id);
-        let unblock = broker.block(id);
+        let user = self.session.user.as_ref().map(|u| u.name.clone());
+        let unblock = broker.block(id, user);
         let mut woke = Woke::Notified;
         let flow = loop {
             if let Some(flow) = blocked.resume(&mut self.session, woke) {

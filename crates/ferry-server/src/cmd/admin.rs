@@ -160,6 +160,16 @@ struct Named {
 }
 
 impl Named {
+    /// The dead-letter queue it names, if any: naming one needs the put
+    /// right on it (its messages will be put there).
+    fn dead_letter(&self) -> Option<&[u8]> {
+        self.settings
+            .dead_letter
+            .as_ref()
+            .and_then(|d| d.as_deref())
+            .map(str::as_bytes)
+    }
+
     fn parse(a: &mut Args, allow_kind: bool) -> Result<Named, CmdError> {
         let queue = a.queue()?;
         let settings = Settings::parse(a, allow_kind)?;
@@ -178,6 +188,10 @@ impl Create {
         &self.0.queue
     }
 
+    pub(super) fn dead_letter(&self) -> Option<&[u8]> {
+        self.0.dead_letter()
+    }
+
     pub(super) fn parse(a: &mut Args) -> Result<Self, CmdError> {
         Named::parse(a, true).map(Create)
     }
@@ -190,20 +204,40 @@ impl Create {
         let (cell, created) = s.broker.create(&queue, config, true, expire);
         if !created {
             let broker = std::sync::Arc::clone(&s.broker);
+            // Changing a queue's settings is an admin's (as QCONFIG is):
+            // the right to make a queue is not the right to change one.
+            let admin = s
+                .user
+                .as_ref()
+                .is_none_or(|u| u.may(crate::acl::Right::Admin, &queue));
             let differences = cell.with(&s.broker, |st, _| {
+                let differences = settings.differences(st.q.config(), cell.expire());
                 if st.explicit {
-                    return settings.differences(st.q.config(), cell.expire());
+                    return Ok(differences);
+                }
+                if !differences.is_empty() && !admin {
+                    return Err(());
                 }
                 // Made by first use: QCREATE applies its settings, except a
                 // kind, which cannot change once messages are ordered.
                 if settings.kind.is_some_and(|k| !st.q.set_kind(k)) {
-                    return settings.differences(st.q.config(), cell.expire());
+                    return Ok(settings.differences(st.q.config(), cell.expire()));
                 }
                 st.explicit = true;
                 settings.apply_live(&cell, st);
                 broker.log_settings(&cell, st);
-                Vec::new()
+                Ok(Vec::new())
             });
+            let differences = differences.map_err(|()| {
+                err(
+                    "NOPERM",
+                    format!(
+                        "user '{}' has no 'admin' right on queue '{}' (QCREATE of a queue that exists, with other settings, changes them)",
+                        s.user.as_ref().map_or("", |u| u.name.as_str()),
+                        String::from_utf8_lossy(&queue)
+                    ),
+                )
+            })?;
             if !differences.is_empty() {
                 return Err(err(
                     "EXISTS",
@@ -223,6 +257,10 @@ impl Create {
 impl ConfigQueue {
     pub(super) fn queue(&self) -> &Bytes {
         &self.0.queue
+    }
+
+    pub(super) fn dead_letter(&self) -> Option<&[u8]> {
+        self.0.dead_letter()
     }
 
     pub(super) fn parse(a: &mut Args) -> Result<Self, CmdError> {

@@ -410,13 +410,21 @@ impl Command {
             Command::Touch(c) => vec![(Right::Get, &c.queue)],
             Command::Join(c) => vec![(Right::See, &c.queue)],
             // Making a queue is a first use, as a put's or a get's is (and
-            // Python's classes QCREATE to attach): any right on it.
-            Command::Create(c) => vec![(Right::See, c.queue())],
-            Command::Config(c) => vec![(Right::Admin, c.queue())],
+            // Python's classes QCREATE to attach): any right on it. Changing
+            // the settings of one that exists needs admin (checked as it
+            // applies: only then is it known). A dead-letter target will be
+            // put to: the put right on it.
+            Command::Create(c) => std::iter::once((Right::See, &c.queue()[..]))
+                .chain(c.dead_letter().map(|d| (Right::Put, d)))
+                .collect(),
+            Command::Config(c) => std::iter::once((Right::Admin, &c.queue()[..]))
+                .chain(c.dead_letter().map(|d| (Right::Put, d)))
+                .collect(),
             Command::Inspect(admin::Inspect::Len(q) | admin::Inspect::Info(q)) => {
                 vec![(Right::See, q)]
             }
-            Command::Inspect(admin::Inspect::Peek(q, _)) => vec![(Right::See, q)],
+            // Payloads: for those who may get them.
+            Command::Inspect(admin::Inspect::Peek(q, _)) => vec![(Right::Get, q)],
             // Lists only what the user may see.
             Command::Inspect(admin::Inspect::List) => Vec::new(),
             Command::Manage(

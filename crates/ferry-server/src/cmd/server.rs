@@ -227,11 +227,24 @@ impl Server {
                     ));
                 }
                 s.leave_group();
+                // One user's token never names another user's group.
+                let token = match &s.user {
+                    Some(u) => {
+                        let mut t = bytes::BytesMut::from(u.name.as_bytes());
+                        t.extend_from_slice(b"\0");
+                        t.extend_from_slice(&token);
+                        t.freeze()
+                    }
+                    None => token,
+                };
                 s.group = Some(s.broker.join_group(&token));
                 s.reply().simple("OK");
             }
             Server::ClientUnblock { id, error } => {
-                let unblocked = s.broker.unblock(id, error);
+                let unblocked = s
+                    .broker
+                    .unblock(id, error, s.user.as_deref())
+                    .map_err(|why| err("NOPERM", why))?;
                 s.reply().int(i64::from(unblocked));
             }
             Server::Select(0) => s.reply().simple("OK"),
