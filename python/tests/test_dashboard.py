@@ -2,6 +2,7 @@
 driven by Playwright with its executable path) against a real broker."""
 
 import os
+import subprocess
 import shutil
 import urllib.error
 import urllib.request
@@ -139,4 +140,58 @@ def test_the_dashboard_wants_the_password_and_works_with_it(browser, tmp_path):
         r.execute_command("QPUT", "secured", "x")
         sync_api.expect(page.locator('tr[data-queue="secured"] td.ready')).to_have_text("1")
         sync_api.expect(page.locator("#error")).to_be_hidden()
+        r.close()
+
+
+def self_signed(tmp_path):
+    """A certificate for 127.0.0.1 and its key (openssl), for --tls-cert."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+         "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
+        check=True, capture_output=True)
+    return cert, key
+
+
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_the_dashboard_s_buttons_change_the_queue_over_http_and_https(browser, tmp_path, scheme):
+    flags = ["--durability", "memory"]
+    if scheme == "https":
+        cert, key = self_signed(tmp_path)
+        flags += ["--tls-cert", str(cert), "--tls-key", str(key)]
+    with serve(tmp_path / "data", *flags) as (port, http):
+        assert http.startswith(scheme + "://"), http
+        r = redis.Redis(port=port, **({"ssl": True, "ssl_cert_reqs": "none"} if scheme == "https" else {}))
+        for i in range(10):
+            r.execute_command("QPUT", "orders", f"order {i}")
+        r.execute_command("QCONFIG", "orders", "MAXATTEMPTS", "1", "DEADLETTER", "orders.dead")
+        for entry in r.execute_command("QGET", "orders", "COUNT", "3", "NOWAIT"):
+            r.execute_command("QNACK", "orders", entry[1])
+        assert r.execute_command("QLEN", "orders.dead") == 3
+
+        page = browser.new_page(ignore_https_errors=True)
+        page.set_default_timeout(10_000)
+        expect = sync_api.expect
+        page.goto(http + "/#queue/orders")
+        expect(page.locator("#q-name")).to_have_text("orders")
+        info = lambda: dict(zip(*[iter(r.execute_command("QINFO", "orders"))] * 2))
+
+        page.locator("#q-pause").click()
+        expect(page.locator("#q-pause")).to_have_text("Resume deliveries")
+        assert info()[b"paused"] == 1
+        page.locator("#q-pause").click()
+        expect(page.locator("#q-pause")).to_have_text("Pause deliveries")
+        assert info()[b"paused"] == 0
+
+        page.locator("#redrive").click()
+        page.locator("#confirm-yes").click()
+        expect(page.locator("#dead-none")).to_be_visible()
+        assert r.execute_command("QLEN", "orders") == 10
+
+        page.locator("#q-purge").click()
+        page.locator("#confirm-yes").click()
+        expect(page.locator("#q-next-empty")).to_be_visible()
+        assert r.execute_command("QLEN", "orders") == 0
+        expect(page.locator("#error")).to_be_hidden()
         r.close()

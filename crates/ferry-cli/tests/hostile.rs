@@ -50,7 +50,16 @@ fn connect(port: u16) -> TcpStream {
 
 #[test]
 fn a_normal_client_is_served_through_idle_slow_huge_and_unread_clients() {
-    let s = Server::start_with(&["--requirepass", PASSWORD, "--write-timeout", "2"]);
+    // Strangers are not timed out here (the next test does): this one
+    // measures what 1,200 connections cost.
+    let s = Server::start_with(&[
+        "--requirepass",
+        PASSWORD,
+        "--write-timeout",
+        "2",
+        "--auth-timeout",
+        "600",
+    ]);
     let pid = s.pid();
     let mut admin = Raw(connect(s.port));
     assert_eq!(admin.cmd(&["AUTH", PASSWORD]), "+OK\r\n");
@@ -200,4 +209,103 @@ fn idle_clients_are_closed_and_waiting_ones_are_not() {
     let mut admin = Raw(connect(s.port));
     assert!(info(&mut admin, "idle_closed") >= 1);
     assert_eq!(info(&mut admin, "idle_timeout"), 1);
+}
+
+/// Connects, authenticates and pings; `None` if the broker refused or
+/// closed the connection first.
+fn try_login(port: u16) -> Option<Duration> {
+    let t = Instant::now();
+    let mut c = Raw(TcpStream::connect(("127.0.0.1", port)).ok()?);
+    c.0.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    let auth = format!(
+        "*2\r\n$4\r\nAUTH\r\n${}\r\n{PASSWORD}\r\n*1\r\n$4\r\nPING\r\n",
+        PASSWORD.len()
+    );
+    c.0.write_all(auth.as_bytes()).ok()?;
+    let mut got = String::new();
+    let mut buf = [0u8; 256];
+    while !got.contains("+PONG") {
+        let n = std::io::Read::read(&mut c.0, &mut buf).ok()?;
+        if n == 0 {
+            return None;
+        }
+        got.push_str(&String::from_utf8_lossy(&buf[..n]));
+        if got.starts_with('-') {
+            return None;
+        }
+    }
+    Some(t.elapsed())
+}
+
+/// Connections that never authenticate cannot keep a client out: with
+/// `--max-clients 50`, 60 idle strangers and then 500 dripping an AUTH
+/// one byte a second, a real client gets in (a newcomer takes the oldest
+/// stranger's place), and every stranger is gone once `--auth-timeout`
+/// has passed. Authenticated clients are never displaced.
+#[test]
+fn strangers_never_keep_a_client_out() {
+    let s = Server::start_with(&[
+        "--requirepass",
+        PASSWORD,
+        "--max-clients",
+        "50",
+        "--auth-timeout",
+        "3",
+    ]);
+    let mut admin = Raw(connect(s.port));
+    assert_eq!(admin.cmd(&["AUTH", PASSWORD]), "+OK\r\n");
+    // 60 idle sockets that never AUTH: the broker stays at 50.
+    let idle: Vec<TcpStream> = (0..60).map(|_| connect(s.port)).collect();
+    common::wait_until("the strangers to fill the broker", || {
+        info(&mut admin, "connected_clients") == 50
+    });
+    // A real client: in at once, in the oldest stranger's place.
+    let first = try_login(s.port).expect("a real client was kept out by idle strangers");
+    // 500 strangers dripping an AUTH, a byte a second, while real clients
+    // come and go: each gets in (a client library's reconnect: a newer
+    // stranger may take a place before its AUTH is read, so it may try
+    // again; bounded).
+    let stop = Arc::new(AtomicBool::new(false));
+    let drip = {
+        let (stop, port) = (Arc::clone(&stop), s.port);
+        thread::spawn(move || {
+            let mut conns: Vec<TcpStream> = (0..500)
+                .filter_map(|_| TcpStream::connect(("127.0.0.1", port)).ok())
+                .collect();
+            let drip = b"*2\r\n$4\r\nAUTH\r\n";
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) && i < 30 {
+                conns.retain_mut(|c| c.write_all(&drip[i % drip.len()..][..1]).is_ok());
+                i += 1;
+                thread::sleep(Duration::from_secs(1));
+            }
+        })
+    };
+    let mut logins = Vec::new();
+    let mut tries = 0;
+    for _ in 0..5 {
+        let started = Instant::now();
+        loop {
+            tries += 1;
+            assert!(tries < 200, "real clients were kept out ({tries} tries)");
+            if try_login(s.port).is_some() {
+                break;
+            }
+        }
+        logins.push(started.elapsed());
+    }
+    // Every stranger is closed by its deadline (or displaced): only the
+    // authenticated remain.
+    common::wait_until("every stranger to be closed", || {
+        info(&mut admin, "connected_clients") == 1
+    });
+    stop.store(true, Ordering::Relaxed);
+    drip.join().unwrap();
+    let closed = info(&mut admin, "unauthenticated_closed");
+    assert!(closed >= 60, "{closed} strangers closed");
+    println!(
+        "with max-clients 50, 60 idle + 500 dripping strangers: a real client got in at once ({first:?}); \
+         5 more logins took {logins:?} ({tries} tries); {closed} strangers closed"
+    );
+    drop(idle);
 }

@@ -614,3 +614,77 @@ fn the_dashboard_is_served_from_the_binary() {
         assert!(page.contains(path), "{path}");
     }
 }
+
+/// An HTTP/1.1 request over a raw socket, with the Host and headers given
+/// (a client library sets its own Host); replies the status.
+fn raw_http(addr: &str, method: &str, path: &str, host: &str, headers: &[(&str, &str)]) -> u16 {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: 0\r\n"
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// DNS rebinding: a page whose own name now resolves to 127.0.0.1 sends
+/// its Host (and, for a change, its Origin to match). Refused with 421,
+/// reading nothing and changing nothing; loopback names, IP addresses and
+/// `--http-host` names are served.
+#[test]
+fn a_host_the_port_does_not_answer_to_is_refused() {
+    let s = Server::start_with(&["--http-host", "ferry.internal"]);
+    let http = s.http.clone().unwrap();
+    let addr = http.strip_prefix("http://").unwrap().to_string();
+    let port = addr.rsplit(':').next().unwrap();
+    let mut c = Client::connect(&format!("ferry://127.0.0.1:{}", s.port)).unwrap();
+    c.put("victim", b"secret").unwrap();
+    let evil = format!("rebind.evil.example:{port}");
+    let origin = format!("http://{evil}");
+    assert_eq!(
+        raw_http(&addr, "GET", "/api/queues/victim?peek=10", &evil, &[]),
+        421
+    );
+    assert_eq!(
+        raw_http(
+            &addr,
+            "POST",
+            "/api/queues/victim/purge",
+            &evil,
+            &[("Origin", &origin)]
+        ),
+        421
+    );
+    assert_eq!(c.qsize("victim").unwrap(), 1, "nothing purged");
+    for host in [
+        addr.clone(),
+        format!("localhost:{port}"),
+        format!("[::1]:{port}"),
+        format!("ferry.internal:{port}"),
+        "FERRY.INTERNAL".to_string(),
+    ] {
+        assert_eq!(
+            raw_http(&addr, "GET", "/api/queues/victim", &host, &[]),
+            200,
+            "{host}"
+        );
+    }
+    let own = format!("http://localhost:{port}");
+    assert_eq!(
+        raw_http(
+            &addr,
+            "POST",
+            "/api/queues/victim/pause",
+            &format!("localhost:{port}"),
+            &[("Origin", &own)]
+        ),
+        200
+    );
+}

@@ -134,6 +134,29 @@ fn tls_round_trips_with_the_client_the_cli_redis_cli_and_https() {
     assert!(http.starts_with("https://"), "{http}");
     let (ok, body) = curl(&format!("{http}/api/server"), &pki.path("ca.pem"));
     assert!(ok && body.contains("\"version\""), "{body}");
+    // A change from the dashboard's own page carries an https Origin:
+    // served; one from a plain-http page of the same host is not.
+    let status = |origin: &str| {
+        let o = Command::new("curl")
+            .args([
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--max-time",
+                "10",
+                "--cacert",
+            ])
+            .arg(pki.path("ca.pem"))
+            .args(["-X", "POST", "-H", &format!("Origin: {origin}")])
+            .arg(format!("{http}/api/queues/secret/pause"))
+            .output()
+            .expect("curl");
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    assert_eq!(status(&http), "200");
+    assert_eq!(status(&http.replacen("https://", "http://", 1)), "403");
 
     // A client that does not trust the CA, or speaks plain RESP, is not
     // served.

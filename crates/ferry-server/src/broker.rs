@@ -218,6 +218,9 @@ pub(crate) struct Broker {
     /// --idle-timeout, or not reading their replies within --write-timeout.
     pub(crate) refused_requests: AtomicU64,
     pub(crate) idle_closed: AtomicU64,
+    /// Connections closed before they authenticated: past --auth-timeout,
+    /// or to make room for a newcomer.
+    pub(crate) unauthenticated_closed: AtomicU64,
     pub(crate) slow_closed: AtomicU64,
     /// Checkpoints completed since start.
     pub(crate) compactions: AtomicU64,
@@ -374,6 +377,7 @@ impl Broker {
             commands: Counter::default(),
             refused_requests: AtomicU64::new(0),
             idle_closed: AtomicU64::new(0),
+            unauthenticated_closed: AtomicU64::new(0),
             slow_closed: AtomicU64::new(0),
             compactions: AtomicU64::new(0),
             memory: Counter::default(),

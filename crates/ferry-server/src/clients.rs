@@ -4,12 +4,13 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 
 use bytes::Bytes;
 use ferry_core::engine::Millis;
 use parking_lot::Mutex;
 use serde::Serialize;
+use tokio::sync::Notify;
 
 /// One connection, as others may see it.
 pub(crate) struct Client {
@@ -21,9 +22,31 @@ pub(crate) struct Client {
     /// When it last sent a request (broker ms).
     last: AtomicU64,
     commands: AtomicU64,
+    /// [`MEMBER`], [`STRANGER`] (not yet authenticated, while a password
+    /// is required: a newcomer may take its place when the broker is
+    /// full) or [`EVICTED`] (told to leave to make that room).
+    standing: AtomicU8,
+    /// Wakes it when it is evicted.
+    pub(crate) evict: Notify,
 }
 
+const MEMBER: u8 = 0;
+const STRANGER: u8 = 1;
+const EVICTED: u8 = 2;
+
 impl Client {
+    /// It authenticated: it is no stranger any more. False if it was
+    /// told to leave first (its place is taken).
+    pub(crate) fn authenticated(&self) -> bool {
+        match self
+            .standing
+            .compare_exchange(STRANGER, MEMBER, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) | Err(MEMBER) => true,
+            Err(_) => false,
+        }
+    }
+
     /// It sent requests: `commands` in all, the last at `now`.
     pub(crate) fn active(&self, commands: u64, now: Millis) {
         self.commands.store(commands, Ordering::Relaxed);
@@ -49,7 +72,13 @@ pub(crate) struct ClientView {
 pub(crate) struct Clients(Mutex<HashMap<u64, Arc<Client>>>);
 
 impl Clients {
-    pub(crate) fn register(&self, id: u64, addr: String, now: Millis) -> Arc<Client> {
+    pub(crate) fn register(
+        &self,
+        id: u64,
+        addr: String,
+        now: Millis,
+        stranger: bool,
+    ) -> Arc<Client> {
         let c = Arc::new(Client {
             id,
             addr,
@@ -57,9 +86,33 @@ impl Clients {
             name: Mutex::new(None),
             last: AtomicU64::new(now),
             commands: AtomicU64::new(0),
+            standing: AtomicU8::new(if stranger { STRANGER } else { MEMBER }),
+            evict: Notify::new(),
         });
         self.0.lock().insert(id, Arc::clone(&c));
         c
+    }
+
+    /// Tells the oldest connection that has not authenticated to leave;
+    /// false if there is none.
+    pub(crate) fn evict_oldest_stranger(&self) -> bool {
+        let all = self.0.lock();
+        let mut strangers: Vec<&Arc<Client>> = all
+            .values()
+            .filter(|c| c.standing.load(Ordering::Acquire) == STRANGER)
+            .collect();
+        strangers.sort_unstable_by_key(|c| c.id);
+        for c in strangers {
+            // Claimed here, or by its own AUTH: never both.
+            if c.standing
+                .compare_exchange(STRANGER, EVICTED, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                c.evict.notify_one();
+                return true;
+            }
+        }
+        false
     }
 
     pub(crate) fn forget(&self, id: u64) {

@@ -72,6 +72,9 @@ pub struct Config {
     pub unix: Option<PathBuf>,
     /// The HTTP admin port.
     pub http: Http,
+    /// Host names the HTTP port answers to besides loopback names and IP
+    /// addresses.
+    pub http_hosts: Vec<String>,
     /// Where the embedded store keeps its files.
     pub data_dir: PathBuf,
     /// Durability of changes.
@@ -108,6 +111,9 @@ pub struct Config {
     /// Close a connection that has not taken its replies for this long (it
     /// stopped reading); `None`: never.
     pub write_timeout: Option<Duration>,
+    /// Close a connection that has not authenticated this long after it
+    /// connected, while a password is required; `None`: never.
+    pub auth_timeout: Option<Duration>,
     /// Puts are refused with -OOM while queued messages hold this many
     /// bytes or more (payloads plus per-message overhead); 0: no limit.
     pub max_memory: u64,
@@ -135,6 +141,7 @@ impl Default for Config {
             port: 7878,
             unix: None,
             http: Http::Default,
+            http_hosts: Vec::new(),
             data_dir: PathBuf::from("ferry-data"),
             durability: Durability::Async,
             salvage: false,
@@ -150,6 +157,7 @@ impl Default for Config {
             max_request: 256 << 20,
             idle_timeout: None,
             write_timeout: Some(Duration::from_secs(60)),
+            auth_timeout: Some(Duration::from_secs(10)),
             max_memory: 0,
             checkpoint_bytes: 64 << 20,
             min_free_disk: 128 << 20,

@@ -103,6 +103,8 @@ pub(crate) struct Conn {
     /// The decoder holds requests to the full limits (the client may run
     /// commands), not those of a stranger.
     full_limits: bool,
+    /// When it must have authenticated (`--auth-timeout`), if it must.
+    auth_deadline: Option<tokio::time::Instant>,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -124,9 +126,15 @@ impl Conn {
                 .peer_addr()
                 .map_or_else(|_| "tls".into(), |a| a.to_string()),
         };
+        let session = Session::new(broker, peer.clone());
+        let auth_deadline = match session.broker.config.auth_timeout {
+            Some(d) if !session.authed => Some(tokio::time::Instant::now() + d),
+            _ => None,
+        };
         Conn {
             stream,
-            session: Session::new(broker, peer.clone()),
+            auth_deadline,
+            session,
             peer,
             inbuf: BytesMut::with_capacity(16 << 10),
             decoder,
@@ -219,6 +227,22 @@ impl Conn {
                     None => std::future::pending().await,
                 }
             };
+            // A stranger (not yet authenticated) leaves at its deadline,
+            // or when a newcomer takes its place in a full broker.
+            let stranger = !self.session.authed;
+            let seen = Arc::clone(&self.session.seen);
+            let deadline = self.auth_deadline;
+            let stranger_out = async {
+                tokio::select! {
+                    () = async {
+                        match deadline {
+                            Some(at) => tokio::time::sleep_until(at).await,
+                            None => std::future::pending().await,
+                        }
+                    } => "did not authenticate within --auth-timeout",
+                    () = seen.evict.notified() => "made room, not yet authenticated, for a newcomer to a full broker",
+                }
+            };
             // The read first: while a client is busy it is usually ready,
             // and then the other branches are never polled (a shutdown
             // watch registers a waiter under a shared lock when polled).
@@ -232,6 +256,11 @@ impl Conn {
                 _ = idle_out => {
                     self.session.broker.idle_closed.fetch_add(1, Ordering::Relaxed);
                     debug!(client = self.session.id, peer = %self.peer, "idle past --idle-timeout; closing");
+                    return Ok(());
+                }
+                why = stranger_out, if stranger => {
+                    self.session.broker.unauthenticated_closed.fetch_add(1, Ordering::Relaxed);
+                    debug!(client = self.session.id, peer = %self.peer, why, "closing a connection that never authenticated");
                     return Ok(());
                 }
                 _ = self.shutdown.changed() => return Ok(()),

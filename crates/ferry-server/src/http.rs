@@ -48,6 +48,18 @@ pub(crate) fn router(broker: Arc<Broker>) -> Router {
 /// change (POST) sent by a page of another origin — a web page the
 /// operator has open must not purge queues through their browser.
 async fn guard(State(b): State<Arc<Broker>>, req: Request, next: Next) -> Response {
+    let host = request_host(&req);
+    if let Some(host) = &host
+        && !known_host(host, &b.config.http_hosts)
+    {
+        return (
+            StatusCode::MISDIRECTED_REQUEST,
+            format!(
+                "this port answers only to loopback names, IP addresses and --http-host names, not Host {host:?}\n"
+            ),
+        )
+            .into_response();
+    }
     let refused = || {
         (
             StatusCode::UNAUTHORIZED,
@@ -84,7 +96,9 @@ async fn guard(State(b): State<Arc<Broker>>, req: Request, next: Next) -> Respon
         }
         (None, None) => {}
     }
-    if req.method() != axum::http::Method::GET && !same_origin(req.headers()) {
+    let tls = b.config.tls_cert.is_some();
+    if req.method() != axum::http::Method::GET && !same_origin(req.headers(), host.as_deref(), tls)
+    {
         return (
             StatusCode::FORBIDDEN,
             "NOPERM a change must come from this server's own pages or a client that sends no Origin\n",
@@ -94,14 +108,54 @@ async fn guard(State(b): State<Arc<Broker>>, req: Request, next: Next) -> Respon
     next.run(req).await
 }
 
-/// No Origin (not a browser), or the Host's own.
-fn same_origin(headers: &HeaderMap) -> bool {
+/// Is `host` (a Host header: name or address, maybe a port) one this
+/// port answers to? Loopback names, IP addresses (a page cannot rebind
+/// those: DNS rebinding needs a name) and the names given with
+/// `--http-host`.
+fn known_host(host: &str, extra: &[String]) -> bool {
+    let name = match host.strip_prefix('[') {
+        // [v6]:port
+        Some(v6) => {
+            return v6
+                .split(']')
+                .next()
+                .is_some_and(|a| a.parse::<std::net::Ipv6Addr>().is_ok());
+        }
+        None => host.rsplit_once(':').map_or(host, |(name, port)| {
+            if port.bytes().all(|b| b.is_ascii_digit()) {
+                name
+            } else {
+                host
+            }
+        }),
+    };
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    name.parse::<std::net::Ipv4Addr>().is_ok()
+        || name == "localhost"
+        || name.ends_with(".localhost")
+        || extra
+            .iter()
+            .any(|h| h.trim_end_matches('.').eq_ignore_ascii_case(&name))
+}
+
+/// No Origin (not a browser), or the Host's own, in the port's scheme
+/// (https under TLS).
+fn same_origin(headers: &HeaderMap, host: Option<&str>, tls: bool) -> bool {
     let Some(origin) = headers.get(header::ORIGIN) else {
         return true;
     };
-    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    let scheme = if tls { "https://" } else { "http://" };
     let origin = origin.to_str().ok();
-    matches!((origin, host), (Some(o), Some(h)) if o.strip_prefix("http://") == Some(h))
+    matches!((origin, host), (Some(o), Some(h)) if o.strip_prefix(scheme) == Some(h))
+}
+
+/// The host the request was sent to: its Host header, or (HTTP/2) the
+/// authority of its URI. A Host that is not text reads as "" (refused).
+fn request_host(req: &Request) -> Option<String> {
+    match req.headers().get(header::HOST) {
+        Some(h) => Some(h.to_str().unwrap_or("").to_string()),
+        None => req.uri().authority().map(|a| a.as_str().to_string()),
+    }
 }
 
 /// The request's credentials: HTTP Basic's user (none if empty) and
@@ -523,7 +577,7 @@ impl Collector for Scrape {
                 encoder.encode_descriptor(name, help, None, ConstGauge::new(0i64).metric_type())?;
             ConstGauge::new(v).encode(family)?;
         }
-        let counters: [(&str, &str, u64); 7] = [
+        let counters: [(&str, &str, u64); 8] = [
             (
                 "ferry_commands",
                 "Commands processed.",
@@ -549,6 +603,11 @@ impl Collector for Scrape {
                 "ferry_slow_closed",
                 "Connections closed for not reading their replies within --write-timeout.",
                 s.slow_closed,
+            ),
+            (
+                "ferry_unauthenticated_closed",
+                "Connections closed before they authenticated: past --auth-timeout, or to make room in a full broker.",
+                s.unauthenticated_closed,
             ),
             (
                 "ferry_log_compactions",

@@ -43,6 +43,12 @@ pub struct ServeArgs {
     /// off [default: 127.0.0.1 at the RESP port + 1, so 7879]
     #[arg(long, env = "FERRY_HTTP")]
     pub http: Option<Http>,
+    /// A host name the HTTP port answers to besides loopback names and IP
+    /// addresses (the name it is reached by through a proxy or DNS);
+    /// repeat for more. Any other Host is refused (421), so that a web
+    /// page cannot reach the port by rebinding its own name to it.
+    #[arg(long = "http-host", env = "FERRY_HTTP_HOSTS", value_delimiter = ',')]
+    pub http_hosts: Vec<String>,
     /// Directory of the embedded store [default: ./ferry-data]
     #[arg(long, env = "FERRY_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
@@ -97,6 +103,12 @@ pub struct ServeArgs {
     /// seconds; 0: never [default: 60]
     #[arg(long, env = "FERRY_WRITE_TIMEOUT")]
     pub write_timeout: Option<u64>,
+    /// With a password: close a connection that has not authenticated
+    /// this many seconds after connecting (when the broker is full, the
+    /// oldest such connection also makes room for a newcomer); 0: never
+    /// [default: 10]
+    #[arg(long, env = "FERRY_AUTH_TIMEOUT")]
+    pub auth_timeout: Option<u64>,
     /// Refuse puts with -OOM while queued messages hold this much memory:
     /// bytes, or with a kb/mb/gb suffix; 0 for no limit [default: 0]
     #[arg(long, env = "FERRY_MAX_MEMORY", value_parser = parse_size)]
@@ -178,6 +190,7 @@ struct FileConfig {
     port: Option<u16>,
     unix: Option<PathBuf>,
     http: Option<String>,
+    http_hosts: Option<Vec<String>>,
     data_dir: Option<PathBuf>,
     durability: Option<String>,
     salvage: Option<bool>,
@@ -192,6 +205,7 @@ struct FileConfig {
     max_request: Option<Size>,
     idle_timeout: Option<u64>,
     write_timeout: Option<u64>,
+    auth_timeout: Option<u64>,
     max_memory: Option<Size>,
     threads: Option<usize>,
     checkpoint_bytes: Option<Size>,
@@ -261,6 +275,11 @@ pub fn resolve(args: ServeArgs) -> Result<Config, SettingsError> {
             (None, Some(h)) => h.parse().map_err(SettingsError)?,
             (None, None) => d.http,
         },
+        http_hosts: if args.http_hosts.is_empty() {
+            file.http_hosts.unwrap_or_default()
+        } else {
+            args.http_hosts
+        },
         data_dir: args.data_dir.or(file.data_dir).unwrap_or(d.data_dir),
         durability,
         salvage: args.salvage || file.salvage.unwrap_or(false),
@@ -291,6 +310,7 @@ pub fn resolve(args: ServeArgs) -> Result<Config, SettingsError> {
         .unwrap_or(usize::MAX),
         idle_timeout: seconds(args.idle_timeout.or(file.idle_timeout), d.idle_timeout),
         write_timeout: seconds(args.write_timeout.or(file.write_timeout), d.write_timeout),
+        auth_timeout: seconds(args.auth_timeout.or(file.auth_timeout), d.auth_timeout),
         max_memory: size(args.max_memory, file.max_memory, "max_memory", d.max_memory)?,
         checkpoint_bytes: size(
             args.checkpoint_bytes,

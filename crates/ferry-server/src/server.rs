@@ -263,7 +263,10 @@ fn spawn_conn(
     tasks: &Tracker,
 ) {
     let clients = broker.clients.fetch_add(1, Ordering::AcqRel) + 1;
-    if clients > broker.config.max_clients {
+    // A full broker makes room by closing the oldest connection that has
+    // not authenticated: strangers never keep a client out, and never
+    // take an authenticated one's place.
+    if clients > broker.config.max_clients && !broker.connections.evict_oldest_stranger() {
         broker.clients.fetch_sub(1, Ordering::AcqRel);
         tokio::spawn(async move {
             let _ = stream

@@ -82,7 +82,7 @@ impl Session {
     pub(crate) fn new(broker: Arc<Broker>, addr: String) -> Self {
         let id = broker.next_client_id();
         let authed = broker.config.requirepass.is_none() && broker.config.acl_file.is_none();
-        let seen = broker.connections.register(id, addr, broker.now());
+        let seen = broker.connections.register(id, addr, broker.now(), !authed);
         Session {
             broker,
             id,

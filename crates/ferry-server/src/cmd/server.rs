@@ -202,7 +202,6 @@ impl Server {
             } => hello(s, proto, auth, setname)?,
             Server::Auth { user, pass } => {
                 check_password(s, user.as_deref(), &pass)?;
-                s.authed = true;
                 s.reply().simple("OK");
             }
             Server::ClientSetName(name) => {
@@ -324,9 +323,30 @@ fn config_get(s: &mut Session, patterns: &[Bytes]) {
 
 /// Checks credentials: against the ACL file's users when there is one
 /// (a password alone is the `default` user's), else `--requirepass` (any
-/// user name).
-/// Logs the session in as the user.
+/// user name). Logs the session in as the user — unless, while it was a
+/// stranger, a newcomer was given its place (the broker was full).
 fn check_password(s: &mut Session, user: Option<&[u8]>, pass: &[u8]) -> Result<(), CmdError> {
+    let u = credentials(s, user, pass)?;
+    if !s.seen.authenticated() {
+        return Err(err(
+            "ERR",
+            "max number of clients reached (this connection did not authenticate in time to keep its place)",
+        ));
+    }
+    if u.is_some() {
+        s.user = u;
+    }
+    s.authed = true;
+    Ok(())
+}
+
+/// The user these credentials name (`None` without an ACL file), or the
+/// refusal.
+fn credentials(
+    s: &Session,
+    user: Option<&[u8]>,
+    pass: &[u8],
+) -> Result<Option<std::sync::Arc<crate::acl::User>>, CmdError> {
     let wrong = || {
         err(
             "WRONGPASS",
@@ -337,8 +357,7 @@ fn check_password(s: &mut Session, user: Option<&[u8]>, pass: &[u8]) -> Result<(
         let u = acl
             .authenticate(user.unwrap_or(b"default"), pass)
             .ok_or_else(wrong)?;
-        s.user = Some(u);
-        return Ok(());
+        return Ok(Some(u));
     }
     let Some(want) = &s.broker.config.requirepass else {
         return Err(err(
@@ -352,7 +371,7 @@ fn check_password(s: &mut Session, user: Option<&[u8]>, pass: &[u8]) -> Result<(
     if !crate::acl::constant_time_eq(pass, want.as_bytes()) {
         return Err(wrong());
     }
-    Ok(())
+    Ok(None)
 }
 
 fn hello(
@@ -363,7 +382,6 @@ fn hello(
 ) -> Result<(), CmdError> {
     if let Some((user, pass)) = auth {
         check_password(s, Some(&user), &pass)?;
-        s.authed = true;
     }
     if !s.authed {
         return Err(err(
@@ -403,7 +421,7 @@ fn info(s: &mut Session) {
         .http_addr()
         .map_or_else(String::new, |a| a.to_string());
     let text = format!(
-        "# Server\r\nferry_version:{}\r\nredis_version:7.0.0\r\nprocess_id:{}\r\nuptime_in_seconds:{}\r\nthreads:{}\r\ndurability:{}\r\nhttp_addr:{}\r\n\r\n# Persistence\r\nlog_records:{}\r\nlog_syncs:{}\r\nlog_bytes:{}\r\nlog_compactions:{}\r\n\r\n# Clients\r\nconnected_clients:{}\r\nmaxclients:{}\r\n\r\n# Limits\r\nmax_payload:{}\r\nmax_request:{}\r\nidle_timeout:{}\r\nwrite_timeout:{}\r\nrefused_requests:{}\r\nidle_closed:{}\r\nslow_closed:{}\r\n\r\n# Stats\r\ntotal_commands_processed:{}\r\n\r\n# Memory\r\nqueued_memory:{}\r\nmax_memory:{}\r\n\r\n# Queues\r\nqueues:{}\r\nlocks:{}\r\nlock_waiters:{}\r\n",
+        "# Server\r\nferry_version:{}\r\nredis_version:7.0.0\r\nprocess_id:{}\r\nuptime_in_seconds:{}\r\nthreads:{}\r\ndurability:{}\r\nhttp_addr:{}\r\n\r\n# Persistence\r\nlog_records:{}\r\nlog_syncs:{}\r\nlog_bytes:{}\r\nlog_compactions:{}\r\n\r\n# Clients\r\nconnected_clients:{}\r\nmaxclients:{}\r\n\r\n# Limits\r\nmax_payload:{}\r\nmax_request:{}\r\nidle_timeout:{}\r\nwrite_timeout:{}\r\nrefused_requests:{}\r\nidle_closed:{}\r\nslow_closed:{}\r\nunauthenticated_closed:{}\r\n\r\n# Stats\r\ntotal_commands_processed:{}\r\n\r\n# Memory\r\nqueued_memory:{}\r\nmax_memory:{}\r\n\r\n# Queues\r\nqueues:{}\r\nlocks:{}\r\nlock_waiters:{}\r\n",
         v.version,
         v.process_id,
         v.uptime_seconds,
@@ -423,6 +441,7 @@ fn info(s: &mut Session) {
         v.refused_requests,
         v.idle_closed,
         v.slow_closed,
+        v.unauthenticated_closed,
         v.commands_processed,
         v.queued_memory,
         v.max_memory,
