@@ -175,14 +175,16 @@ def test_the_dashboard_s_buttons_change_the_queue_over_http_and_https(browser, t
         expect = sync_api.expect
         page.goto(http + "/#queue/orders")
         expect(page.locator("#q-name")).to_have_text("orders")
-        info = lambda: dict(zip(*[iter(r.execute_command("QINFO", "orders"))] * 2))
+
+        def paused() -> int:
+            return r.execute_command("QINFO", "orders")[b"paused"]
 
         page.locator("#q-pause").click()
         expect(page.locator("#q-pause")).to_have_text("Resume deliveries")
-        assert info()[b"paused"] == 1
+        assert paused() == 1
         page.locator("#q-pause").click()
         expect(page.locator("#q-pause")).to_have_text("Pause deliveries")
-        assert info()[b"paused"] == 0
+        assert paused() == 0
 
         page.locator("#redrive").click()
         page.locator("#confirm-yes").click()

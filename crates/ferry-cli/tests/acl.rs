@@ -360,3 +360,96 @@ fn every_row_of_the_rights_table_is_refused_and_changes_nothing() {
     assert_eq!(unblocked, 1);
     assert_eq!(waiter.reply().trim(), "*-1");
 }
+
+/// Per-user limits (`max_bytes`, `max_queues`): a user that fills the
+/// queues it may put to is refused with -OOM until they drain, while an
+/// operator's puts go on; a user at its queue count may make no more
+/// until one is dropped; both hold across a restart.
+#[test]
+fn a_user_s_limits_hold_its_bytes_and_its_queues() {
+    let dir = tempfile::tempdir().unwrap();
+    let acl = dir.path().join("acl.toml");
+    std::fs::write(
+        &acl,
+        format!(
+            "[users.ops]\npassword_hash = \"{}\"\nput = [\"*\"]\nget = [\"*\"]\nadmin = [\"*\"]\n\n\
+             [users.public]\npassword_hash = \"{}\"\nput = [\"pub.*\"]\nget = [\"pub.*\"]\n\
+             max_bytes = \"1mb\"\nmax_queues = 3\n",
+            hash("ops-pw"),
+            hash("public-pw")
+        ),
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    let flags = ["--acl-file", acl.to_str().unwrap()];
+    let s = Server::start_at(&data, &flags);
+    let at = |user: &str, pw: &str, port: u16| format!("ferry://{user}:{pw}@127.0.0.1:{port}");
+    let mut public = Client::connect(&at("public", "public-pw", s.port)).unwrap();
+    let mut ops = Client::connect(&at("ops", "ops-pw", s.port)).unwrap();
+    let chunk = vec![b'x'; 100 << 10];
+    let mut accepted = 0;
+    let refusal = loop {
+        match public.put("pub.a", &chunk) {
+            Ok(_) => accepted += 1,
+            Err(e) => break e,
+        }
+        assert!(accepted < 100, "max_bytes never refused a put");
+    };
+    assert!(
+        (9..=11).contains(&accepted),
+        "{accepted} puts of 100 KiB under 1 MiB"
+    );
+    match refusal {
+        Error::Server { code, message } => {
+            assert_eq!(code, "OOM");
+            assert!(message.contains("max_bytes"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+    ops.put("pub.a", b"an operator is not held to public's limit")
+        .unwrap();
+    // Drained, it may put again.
+    for _ in 0..3 {
+        let m = public.get("pub.a").unwrap();
+        public.task_done("pub.a", m.id).unwrap();
+    }
+    public.put("pub.a", &chunk).unwrap();
+
+    public.put("pub.b", b"x").unwrap();
+    public.put("pub.c", b"x").unwrap();
+    match public.put("pub.d", b"x") {
+        Err(Error::Server { code, message }) => {
+            assert_eq!(code, "OOM");
+            assert!(message.contains("max_queues"), "{message}");
+        }
+        other => panic!("a fourth queue was made: {other:?}"),
+    }
+    assert_eq!(ops.qsize("pub.d").unwrap(), 0);
+    // Full again, then a restart.
+    while public.put("pub.a", &chunk).is_ok() {}
+    drop((public, ops));
+    assert!(s.signal_and_wait("-KILL").code().is_none());
+
+    // After a restart, the queues restored still count.
+    let s = Server::start_at(&data, &flags);
+    let mut public = Client::connect(&at("public", "public-pw", s.port)).unwrap();
+    let mut ops = Client::connect(&at("ops", "ops-pw", s.port)).unwrap();
+    assert!(
+        public.put("pub.d", b"x").is_err(),
+        "max_queues forgotten at restart"
+    );
+    assert!(
+        public.put("pub.a", &chunk).is_err(),
+        "max_bytes forgotten at restart"
+    );
+    for verb in ["drop pub.c", "purge pub.a"] {
+        let o = Command::new(env!("CARGO_BIN_EXE_ferry"))
+            .args(verb.split(' '))
+            .env("FERRY_URL", at("ops", "ops-pw", s.port))
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    public.put("pub.d", b"x").unwrap();
+    let _ = ops.qsize("pub.d").unwrap();
+}

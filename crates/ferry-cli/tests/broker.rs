@@ -769,6 +769,32 @@ fn puts_over_max_memory_get_oom_while_gets_and_dones_work() {
     assert_eq!(len, admitted - 10 + 1);
 }
 
+/// A queue costs memory too: under `--max-memory`, a client cannot make
+/// queues without end (200,000 QCREATEs of long names took 360 MB); the
+/// ones made go on working, and a drop makes room.
+#[test]
+fn queues_count_toward_max_memory() {
+    let s = Server::start_with(&["--max-memory", "64kb"]);
+    let mut c = s.conn();
+    let mut made = 0u64;
+    let err = loop {
+        match cmd("QCREATE").arg(format!("q{made}")).query::<()>(&mut c) {
+            Ok(()) => made += 1,
+            Err(e) => break e,
+        }
+        assert!(made < 1000, "the limit never applied");
+    };
+    assert_eq!(err.code(), Some("OOM"), "{err}");
+    assert!((20..=32).contains(&made), "{made} queues under 64 kB");
+    let refused: redis::RedisResult<Option<Vec<Entry>>> =
+        cmd("QGET").arg("another").arg("NOWAIT").query(&mut c);
+    assert_eq!(refused.unwrap_err().code(), Some("OOM"));
+    let len: u64 = cmd("QLEN").arg("q0").query(&mut c).unwrap();
+    assert_eq!(len, 0);
+    let _: () = cmd("QDROP").arg("q0").query(&mut c).unwrap();
+    let _: () = cmd("QCREATE").arg("another").query(&mut c).unwrap();
+}
+
 #[test]
 fn settings_come_from_flags_then_environment_then_file() {
     let dir = tempfile::tempdir().unwrap();

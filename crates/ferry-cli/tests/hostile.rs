@@ -309,3 +309,38 @@ fn strangers_never_keep_a_client_out() {
     );
     drop(idle);
 }
+
+/// Memory a large drop frees goes back to the system (jemalloc's decay:
+/// about 10 s), not only to the broker's allocator: a user that filled
+/// the broker and dropped its queue leaves no resident gigabytes behind.
+#[test]
+fn memory_a_large_drop_frees_goes_back_to_the_system() {
+    let s = Server::start_with(&["--max-memory", "0"]);
+    let pid = s.pid();
+    let mut c = Raw(connect(s.port));
+    let before = rss(pid);
+    let payload = vec![b'p'; 4 << 20];
+    let mut put = format!("*3\r\n$4\r\nQPUT\r\n$3\r\nbig\r\n${}\r\n", payload.len()).into_bytes();
+    put.extend_from_slice(&payload);
+    put.extend_from_slice(b"\r\n");
+    for _ in 0..100 {
+        c.send(&put);
+        assert!(c.reply().starts_with(':'));
+    }
+    let full = rss(pid);
+    assert!(
+        full > before + (300 << 20),
+        "{full} bytes resident with 400 MiB queued"
+    );
+    assert_eq!(c.cmd(&["QDROP", "big"]), ":1\r\n");
+    common::wait_until(
+        "the dropped queue's memory to go back to the system",
+        || rss(pid) < before + (64 << 20),
+    );
+    println!(
+        "RSS {:.0} MiB before, {:.0} MiB with 400 MiB queued, {:.0} MiB after QDROP",
+        before as f64 / 1048576.0,
+        full as f64 / 1048576.0,
+        rss(pid) as f64 / 1048576.0
+    );
+}

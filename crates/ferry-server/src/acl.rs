@@ -14,17 +14,24 @@
 //! [users.worker]
 //! password_hash = "$argon2id$..."
 //! get = ["jobs.*"]
+//!
+//! [users.public]
+//! password_hash = "$argon2id$..."
+//! put = ["pub.*"]
+//! max_bytes = "1gb"          # the queues it may put to hold at most this
+//! max_queues = 100           # it may see (and so make) at most this many
 //! ```
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use argon2::{Argon2, PasswordHash, PasswordVerifier};
 use parking_lot::Mutex;
 use serde::Deserialize;
 
-use crate::serve::SettingsError;
+use crate::serve::{SettingsError, Size};
 
 /// What a command needs of its user.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -67,6 +74,8 @@ struct UserFile {
     admin: Vec<String>,
     #[serde(default)]
     locks: Vec<String>,
+    max_bytes: Option<Size>,
+    max_queues: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -84,9 +93,88 @@ pub(crate) struct User {
     get: Vec<String>,
     admin: Vec<String>,
     locks: Vec<String>,
+    /// The queues it may put to may hold at most this many bytes
+    /// together; its puts beyond are refused (`-OOM`).
+    max_bytes: Option<u64>,
+    /// It may see at most this many queues; a queue it would make beyond
+    /// is refused.
+    max_queues: Option<u64>,
+    /// Bytes held in the queues it may put to (kept while it has a
+    /// `max_bytes`).
+    bytes: AtomicU64,
+    /// Queues it may see (kept while it has a `max_queues`).
+    queues: AtomicU64,
+}
+
+/// How a queue counts toward a user's limits.
+pub(crate) struct Charge {
+    pub(crate) user: Arc<User>,
+    /// Its bytes count toward the user's `max_bytes`.
+    bytes: bool,
+    /// It counts toward the user's `max_queues`.
+    queue: bool,
+}
+
+impl Charge {
+    /// The queue's held bytes changed by `delta`.
+    pub(crate) fn add_bytes(&self, delta: i64) {
+        if self.bytes {
+            if delta >= 0 {
+                self.user.bytes.fetch_add(delta as u64, Ordering::Relaxed);
+            } else {
+                let _ = self
+                    .user
+                    .bytes
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
+                        Some(b.saturating_sub(delta.unsigned_abs()))
+                    });
+            }
+        }
+    }
+
+    /// The queue was made (`true`) or dropped.
+    pub(crate) fn count_queue(&self, made: bool) {
+        if self.queue {
+            if made {
+                self.user.queues.fetch_add(1, Ordering::Relaxed);
+            } else {
+                let _ = self
+                    .user
+                    .queues
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                        Some(n.saturating_sub(1))
+                    });
+            }
+        }
+    }
 }
 
 impl User {
+    /// Why a put of its must be refused, if it must: the queues it may put
+    /// to hold its `max_bytes`.
+    pub(crate) fn over_bytes(&self) -> Option<String> {
+        let max = self.max_bytes?;
+        let held = self.bytes.load(Ordering::Relaxed);
+        (held >= max).then(|| {
+            format!(
+                "user '{}' is at its max_bytes: the queues it may put to hold {held} bytes (max {max}); puts are refused until they drain",
+                self.name
+            )
+        })
+    }
+
+    /// Why it may not make another queue, if it may not.
+    pub(crate) fn over_queues(&self) -> Option<String> {
+        let max = self.max_queues?;
+        let n = self.queues.load(Ordering::Relaxed);
+        (n >= max).then(|| {
+            format!(
+                "user '{}' is at its max_queues: it may see {n} queues (max {max}); drop some first",
+                self.name
+            )
+        })
+    }
+
     /// May it do `right` to the queue (or lock) `name`?
     pub(crate) fn may(&self, right: Right, name: &[u8]) -> bool {
         let any = |patterns: &[String]| patterns.iter().any(|p| glob(p.as_bytes(), name, false));
@@ -117,6 +205,18 @@ impl User {
                 line.push_str(&format!(" {right}:{p}"));
             }
         }
+        if let Some(max) = self.max_bytes {
+            line.push_str(&format!(
+                " max_bytes:{max} (holds {})",
+                self.bytes.load(Ordering::Relaxed)
+            ));
+        }
+        if let Some(max) = self.max_queues {
+            line.push_str(&format!(
+                " max_queues:{max} (sees {})",
+                self.queues.load(Ordering::Relaxed)
+            ));
+        }
         line
     }
 }
@@ -144,6 +244,12 @@ impl Acl {
                     path.display()
                 )));
             }
+            let max_bytes = match &u.max_bytes {
+                Some(size) => {
+                    Some(size.bytes(&format!("{}: user {name}: max_bytes", path.display()))?)
+                }
+                None => None,
+            };
             users.insert(
                 name.clone(),
                 Arc::new(User {
@@ -153,6 +259,10 @@ impl Acl {
                     get: u.get,
                     admin: u.admin,
                     locks: u.locks,
+                    max_bytes,
+                    max_queues: u.max_queues,
+                    bytes: AtomicU64::new(0),
+                    queues: AtomicU64::new(0),
                 }),
             );
         }
@@ -177,6 +287,22 @@ impl Acl {
             .lock()
             .insert(name.to_string(), password.to_vec());
         Some(Arc::clone(u))
+    }
+
+    /// The users with limits that queue `name` counts toward.
+    pub(crate) fn charges(&self, name: &[u8]) -> Vec<Charge> {
+        self.users
+            .values()
+            .filter_map(|u| {
+                let bytes = u.max_bytes.is_some() && u.may(Right::Put, name);
+                let queue = u.max_queues.is_some() && u.may(Right::See, name);
+                (bytes || queue).then(|| Charge {
+                    user: Arc::clone(u),
+                    bytes,
+                    queue,
+                })
+            })
+            .collect()
     }
 
     /// Every user, by name.

@@ -180,6 +180,9 @@ pub(crate) struct Unblock {
 /// for it (delays running out, leases expiring).
 pub(crate) struct QueueCell {
     pub(crate) name: Bytes,
+    /// The users with limits it counts toward (`--acl-file`'s max_bytes,
+    /// max_queues).
+    charges: Vec<crate::acl::Charge>,
     state: Mutex<QueueState>,
     timer: Notify,
     /// The deadline the timer task currently sleeps until (u64::MAX: none).
@@ -234,6 +237,14 @@ pub(crate) struct Broker {
     http: std::sync::OnceLock<std::net::SocketAddr>,
 }
 
+/// What a queue costs besides its messages, roughly (its cell, engine,
+/// timer task and registry entry: 200,000 queues took 360 MB), counted in
+/// `--max-memory` so that queues cannot grow past it either.
+pub(crate) const QUEUE_OVERHEAD: u64 = 2048;
+
+/// The refusal of a put or a new queue over `--max-memory`.
+pub(crate) const OVER_MEMORY: &str = "command not allowed when used memory > 'max-memory'";
+
 /// Why a queue cannot be named.
 pub(crate) fn valid_name(name: &[u8]) -> bool {
     (1..=200).contains(&name.len())
@@ -244,9 +255,11 @@ pub(crate) fn valid_name(name: &[u8]) -> bool {
 
 impl Broker {
     /// Opens the broker: with a store, replays its log and rebuilds every
-    /// queue. Needs a tokio runtime (each queue gets a timer task).
+    /// queue (counted toward the limits of `acl`'s users). Needs a tokio
+    /// runtime (each queue gets a timer task).
     pub(crate) fn open(
         config: Config,
+        acl: Option<Acl>,
     ) -> Result<(Arc<Self>, Option<ferry_log::Recovery>), ferry_log::LogError> {
         let options = |durability| {
             let mut o = ferry_log::Options {
@@ -273,6 +286,9 @@ impl Broker {
             }
         };
         let broker = Broker::new(config, store);
+        if let Some(acl) = acl {
+            let _ = broker.acl.set(acl);
+        }
         for (name, rec) in recovered {
             broker.restore_queue(name, rec);
         }
@@ -443,7 +459,7 @@ impl Broker {
         }
     }
 
-    /// True when puts must be refused with -OOM.
+    /// True when puts (and new queues) must be refused with -OOM.
     pub(crate) fn over_memory(&self) -> bool {
         self.config.max_memory > 0 && self.memory() >= self.config.max_memory
     }
@@ -542,23 +558,38 @@ impl Broker {
     }
 
     /// The queue of that name, created with default settings if it does not
-    /// exist (as Redis does with keys and beanstalkd with tubes).
+    /// exist (as Redis does with keys and beanstalkd with tubes), for the
+    /// broker's own use (a dead letter's move): never refused.
     pub(crate) fn queue_or_create(self: &Arc<Self>, name: &Bytes) -> Arc<QueueCell> {
         if let Some(cell) = self.queue(name) {
             return cell;
         }
-        self.create(name, engine::Config::default(), false, None).0
+        self.create_cell(name, engine::Config::default(), false, None, true)
+            .0
     }
 
-    /// Creates a queue unless one exists; replies it and whether it is new.
+    /// Creates a queue for a client unless one exists; replies it and
+    /// whether it is new. A new queue is refused (the reason said) while
+    /// the broker is over `--max-memory` (a queue costs memory too) or
+    /// `user` is at its `max_queues`.
     pub(crate) fn create(
         self: &Arc<Self>,
         name: &Bytes,
         config: engine::Config,
         explicit: bool,
         expire: Option<Millis>,
-    ) -> (Arc<QueueCell>, bool) {
-        self.create_cell(name, config, explicit, expire, true)
+        user: Option<&crate::acl::User>,
+    ) -> Result<(Arc<QueueCell>, bool), String> {
+        if let Some(cell) = self.queue(name) {
+            return Ok((cell, false));
+        }
+        if self.over_memory() {
+            return Err(OVER_MEMORY.into());
+        }
+        if let Some(why) = user.and_then(crate::acl::User::over_queues) {
+            return Err(why);
+        }
+        Ok(self.create_cell(name, config, explicit, expire, true))
     }
 
     /// Logs a queue's current settings.
@@ -580,12 +611,18 @@ impl Broker {
         if let Some(cell) = queues.get(name) {
             return (Arc::clone(cell), false);
         }
+        let charges = self.acl.get().map(|a| a.charges(name)).unwrap_or_default();
+        for c in &charges {
+            c.count_queue(true);
+        }
+        self.memory.add(QUEUE_OVERHEAD);
         let mut q = EngineQueue::new(config);
         if let (Some(store), true) = (&self.store, journal) {
             q.set_journal(Box::new(LogJournal::new(Arc::clone(store), name.clone())));
         }
         let cell = Arc::new(QueueCell {
             name: name.clone(),
+            charges,
             state: Mutex::new(QueueState {
                 q,
                 wakers: HashMap::new(),
@@ -632,6 +669,10 @@ impl Broker {
             return false;
         };
         cell.removed.store(true, Ordering::Release);
+        self.memory.sub(QUEUE_OVERHEAD);
+        for c in &cell.charges {
+            c.count_queue(false);
+        }
         cell.with(self, |st, now| {
             st.q.shutdown(true, now);
             st.dropped = true;
@@ -719,6 +760,12 @@ impl QueueCell {
         st.q.flush_journal();
         let QueueState { q, wakers, .. } = &mut *st;
         let after = q.held_weight();
+        if after != before {
+            let delta = after as i64 - before as i64;
+            for c in &self.charges {
+                c.add_bytes(delta);
+            }
+        }
         if after > before {
             broker.memory.add(after - before);
         } else if after < before {

@@ -114,8 +114,9 @@ pub struct Config {
     /// Close a connection that has not authenticated this long after it
     /// connected, while a password is required; `None`: never.
     pub auth_timeout: Option<Duration>,
-    /// Puts are refused with -OOM while queued messages hold this many
-    /// bytes or more (payloads plus per-message overhead); 0: no limit.
+    /// Puts (and new queues) are refused with -OOM while queued messages
+    /// and queues hold this many bytes or more (payloads plus
+    /// per-message and per-queue overhead); 0: no limit.
     pub max_memory: u64,
     /// Puts are refused with -NOSPACE while the data directory's file
     /// system has less free space than this (gets and dones go on).
@@ -158,7 +159,7 @@ impl Default for Config {
             idle_timeout: None,
             write_timeout: Some(Duration::from_secs(60)),
             auth_timeout: Some(Duration::from_secs(10)),
-            max_memory: 0,
+            max_memory: half_the_memory(),
             checkpoint_bytes: 64 << 20,
             min_free_disk: 128 << 20,
             disk_reserve: 16 << 20,
@@ -247,6 +248,28 @@ impl Config {
             }
         }
         Ok(())
+    }
+}
+
+/// Half the memory this process may use: the machine's (`MemTotal`), or
+/// its cgroup's limit if lower; 0 (no limit) where neither can be read.
+/// `--max-memory`'s default: queued messages alone then cannot take a
+/// machine's memory.
+pub(crate) fn half_the_memory() -> u64 {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok().and_then(|t| {
+        t.lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map(|kb| kb * 1024)
+    });
+    let cgroup = std::fs::read_to_string("/sys/fs/cgroup/memory.max")
+        .ok()
+        .and_then(|t| t.trim().parse::<u64>().ok());
+    match (meminfo, cgroup) {
+        (Some(m), Some(c)) => m.min(c) / 2,
+        (Some(m), None) => m / 2,
+        (None, Some(c)) => c / 2,
+        (None, None) => 0,
     }
 }
 

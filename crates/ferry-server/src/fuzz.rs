@@ -26,10 +26,13 @@ pub fn commands(bytes: &[u8]) {
         return;
     };
     let _entered = rt.enter();
-    let Ok((broker, _)) = Broker::open(Config {
-        durability: Durability::Memory,
-        ..Config::default()
-    }) else {
+    let Ok((broker, _)) = Broker::open(
+        Config {
+            durability: Durability::Memory,
+            ..Config::default()
+        },
+        None,
+    ) else {
         return;
     };
     let mut s = Session::new(broker, "fuzz".into());

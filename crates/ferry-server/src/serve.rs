@@ -109,8 +109,10 @@ pub struct ServeArgs {
     /// [default: 10]
     #[arg(long, env = "FERRY_AUTH_TIMEOUT")]
     pub auth_timeout: Option<u64>,
-    /// Refuse puts with -OOM while queued messages hold this much memory:
-    /// bytes, or with a kb/mb/gb suffix; 0 for no limit [default: 0]
+    /// Refuse puts (and new queues) with -OOM while queued messages and
+    /// queues hold this much memory: bytes, or with a kb/mb/gb suffix; 0
+    /// for no limit [default: half of this machine's memory, or of its
+    /// cgroup's limit]
     #[arg(long, env = "FERRY_MAX_MEMORY", value_parser = parse_size)]
     pub max_memory: Option<u64>,
     /// Worker threads serving connections [default: one per core but
@@ -168,13 +170,13 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 /// A size in the TOML file: a number of bytes, or a string with a unit.
 #[derive(Deserialize, Clone)]
 #[serde(untagged)]
-enum Size {
+pub(crate) enum Size {
     Bytes(u64),
     Text(String),
 }
 
 impl Size {
-    fn bytes(&self, key: &str) -> Result<u64, SettingsError> {
+    pub(crate) fn bytes(&self, key: &str) -> Result<u64, SettingsError> {
         match self {
             Size::Bytes(n) => Ok(*n),
             Size::Text(s) => parse_size(s).map_err(|e| SettingsError(format!("{key}: {e}"))),

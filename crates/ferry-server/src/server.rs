@@ -85,7 +85,7 @@ impl Server {
             None => None,
         };
         let listen_err = |address: String| move |source| StartError::Listen { address, source };
-        let (broker, recovery) = Broker::open(config)?;
+        let (broker, recovery) = Broker::open(config, acl)?;
         if let Some(r) = recovery {
             info!(
                 records = r.records,
@@ -101,9 +101,6 @@ impl Server {
                     "salvage: wrote a checkpoint; the log no longer holds the damaged segments"
                 );
             }
-        }
-        if let Some(acl) = acl {
-            let _ = broker.acl.set(acl);
         }
         let config = &broker.config;
         let tcp_addr = format!("{}:{}", config.bind, config.port);

@@ -13,6 +13,7 @@ use ferry_proto::Reply;
 use crate::acl::User;
 use crate::broker::{Broker, HolderGroup, QueueCell};
 use crate::clients::Client;
+use crate::cmd::{CmdError, err};
 use crate::payload::Payload;
 
 /// One client's state.
@@ -154,11 +155,18 @@ impl Session {
     /// back with [`Session::keep_queue`]. No reference count changes on
     /// the usual path, where [`Session::find_or_create`] adds one. The
     /// other lookups are built on this one.
-    pub(crate) fn take_queue(&mut self, name: &Bytes) -> Arc<QueueCell> {
-        match self.take_existing(name) {
-            Some(cell) => cell,
-            None => self.broker.queue_or_create(name),
+    pub(crate) fn take_queue(&mut self, name: &Bytes) -> Result<Arc<QueueCell>, CmdError> {
+        if let Some(cell) = self.take_existing(name) {
+            return Ok(cell);
         }
+        let made = self.broker.create(
+            name,
+            ferry_core::engine::Config::default(),
+            false,
+            None,
+            self.user.as_deref(),
+        );
+        made.map(|(cell, _)| cell).map_err(|why| err("OOM", why))
     }
 
     /// [`Session::take_queue`] of a queue that exists, if it does.
@@ -179,10 +187,10 @@ impl Session {
 
     /// The queue of that name, created by first use if need be (a share
     /// of it; the session keeps it as the queue used last).
-    pub(crate) fn find_or_create(&mut self, name: &Bytes) -> Arc<QueueCell> {
-        let cell = self.take_queue(name);
+    pub(crate) fn find_or_create(&mut self, name: &Bytes) -> Result<Arc<QueueCell>, CmdError> {
+        let cell = self.take_queue(name)?;
         self.keep_queue(Arc::clone(&cell));
-        cell
+        Ok(cell)
     }
 
     /// Who holds what this client gets: its holder group, or itself.

@@ -201,7 +201,10 @@ impl Create {
         let mut config = engine::Config::default();
         settings.apply(&mut config);
         let expire = settings.expire.flatten();
-        let (cell, created) = s.broker.create(&queue, config, true, expire);
+        let (cell, created) = s
+            .broker
+            .create(&queue, config, true, expire, s.user.as_deref())
+            .map_err(|why| err("OOM", why))?;
         if !created {
             let broker = std::sync::Arc::clone(&s.broker);
             // Changing a queue's settings is an admin's (as QCONFIG is):
@@ -269,7 +272,7 @@ impl ConfigQueue {
 
     pub(super) fn apply(self, s: &mut Session) -> Res {
         let Named { queue, settings } = self.0;
-        let cell = s.find_or_create(&queue);
+        let cell = s.find_or_create(&queue)?;
         let broker = std::sync::Arc::clone(&s.broker);
         cell.with(&s.broker, |st, _| {
             settings.apply_live(&cell, st);
@@ -451,7 +454,7 @@ impl Manage {
                 s.reply().simple("OK");
             }
             Manage::Shutdown { queue, immediate } => {
-                let cell = s.find_or_create(&queue);
+                let cell = s.find_or_create(&queue)?;
                 let store = s.broker.store.clone();
                 cell.with(&s.broker, |st, now| {
                     st.q.shutdown(immediate, now);

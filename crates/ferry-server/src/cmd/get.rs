@@ -105,9 +105,9 @@ impl Get {
         // The first queue is the session's current one, taken out of it
         // and given back after: no reference count is touched (a shared
         // count is a cache line two cores fight over).
-        cells.push(s.take_queue(&self.first));
+        cells.push(s.take_queue(&self.first)?);
         for n in &self.more {
-            cells.push(s.find_or_create(n));
+            cells.push(s.find_or_create(n)?);
         }
         // First, whatever is ready now, queue by queue in the order named.
         for (i, cell) in cells.iter().enumerate() {

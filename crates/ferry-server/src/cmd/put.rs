@@ -108,10 +108,10 @@ pub(super) fn shut_down() -> CmdError {
 /// Puts are refused while memory or disk is short; gets and dones go on.
 fn admit(s: &Session) -> Result<(), CmdError> {
     if s.broker.over_memory() {
-        return Err(err(
-            "OOM",
-            "command not allowed when used memory > 'max-memory'",
-        ));
+        return Err(err("OOM", crate::broker::OVER_MEMORY));
+    }
+    if let Some(why) = s.user.as_ref().and_then(|u| u.over_bytes()) {
+        return Err(err("OOM", why));
     }
     if s.broker.low_on_disk() {
         return Err(err(
@@ -160,7 +160,7 @@ impl Put {
             dedup,
             dedup_for,
         } = self;
-        let cell = s.take_queue(&queue);
+        let cell = s.take_queue(&queue)?;
         // A key's own window may be shorter than the broker's, not longer.
         let window = s.broker.config.dedup_window_ms;
         let window = dedup_for.map_or(window, |w| w.clamp(1, window));
@@ -246,7 +246,7 @@ impl PutMany {
                 key: opts.key.clone(),
             })
             .collect();
-        let cell = s.find_or_create(&queue);
+        let cell = s.find_or_create(&queue)?;
         let now = s.now();
         let store = s.broker.store.as_deref();
         let put = cell.with_at(&s.broker, now, |st, now| {

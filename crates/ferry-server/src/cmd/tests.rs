@@ -11,10 +11,13 @@ use crate::config::{Config, Durability};
 use crate::session::Session;
 
 fn broker(config: Config) -> Arc<Broker> {
-    let (broker, _) = Broker::open(Config {
-        durability: Durability::Memory,
-        ..config
-    })
+    let (broker, _) = Broker::open(
+        Config {
+            durability: Durability::Memory,
+            ..config
+        },
+        None,
+    )
     .unwrap();
     broker
 }
