@@ -344,3 +344,29 @@ fn memory_a_large_drop_frees_goes_back_to_the_system() {
         rss(pid) as f64 / 1048576.0
     );
 }
+
+/// A stranger that pipelines commands it may not run is closed after a
+/// few refusals: a flood of them would cost the broker a reply each.
+#[test]
+fn a_stranger_pipelining_refused_commands_is_closed() {
+    let s = Server::start_with(&["--requirepass", PASSWORD]);
+    let mut stranger = Raw(connect(s.port));
+    stranger.send(&b"*1\r\n$4\r\nPING\r\n".repeat(1000));
+    let mut refused = 0;
+    loop {
+        let r = stranger.reply();
+        if r.is_empty() {
+            break;
+        }
+        assert!(r.starts_with("-NOAUTH"), "{r}");
+        refused += 1;
+        if r.contains("closing") {
+            break;
+        }
+    }
+    assert_eq!(refused, 17, "16 refusals, then the closing one");
+    assert!(stranger.closed());
+    let mut admin = Raw(connect(s.port));
+    assert_eq!(admin.cmd(&["AUTH", PASSWORD]), "+OK\r\n");
+    assert!(info(&mut admin, "unauthenticated_closed") >= 1);
+}

@@ -62,6 +62,9 @@ impl Pack for It {
     fn unpack(bytes: &[u8]) -> Self {
         It(bytes[0])
     }
+    fn packed_weight(_: &[u8]) -> u64 {
+        1
+    }
 }
 
 #[derive(Clone, Copy, Debug)]

@@ -49,6 +49,10 @@ impl Pack for Payload {
             key: Bytes::new(),
         }
     }
+
+    fn packed_weight(bytes: &[u8]) -> u64 {
+        bytes.len() as u64 + MESSAGE_OVERHEAD
+    }
 }
 
 /// One queue's engine, as the broker stores it.
@@ -70,5 +74,19 @@ mod tests {
         let keys: Vec<Bytes> = ps.iter().map(|&p| priority_key(p)).collect();
         assert!(keys.windows(2).all(|w| w[0] < w[1]));
         assert_eq!(&priority_key(0)[..], DEFAULT_KEY);
+    }
+
+    #[test]
+    fn a_packed_payload_weighs_what_its_unpacked_copy_does() {
+        let p = Payload {
+            data: Bytes::from_static(b"sixteen bytes!!!"),
+            key: DEFAULT_KEY.into(),
+        };
+        let mut packed = Vec::new();
+        p.pack(&mut packed);
+        assert_eq!(
+            Payload::packed_weight(&packed),
+            Payload::unpack(&packed).weight()
+        );
     }
 }

@@ -22,6 +22,8 @@ pub(crate) struct Session {
     pub(crate) id: u64,
     pub(crate) name: Option<Bytes>,
     pub(crate) authed: bool,
+    /// Commands refused with -NOAUTH so far (see `cmd::STRANGER_REFUSALS`).
+    pub(crate) refused_strangers: u32,
     /// Who it authenticated as, under an ACL file; `None`: may do all.
     pub(crate) user: Option<Arc<User>>,
     pub(crate) resp3: bool,
@@ -89,6 +91,7 @@ impl Session {
             id,
             name: None,
             authed,
+            refused_strangers: 0,
             user: None,
             resp3: false,
             // Grown by the first reply: an idle connection holds no page

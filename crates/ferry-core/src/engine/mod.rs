@@ -451,8 +451,13 @@ impl<T: Item, F: FifoStore<T>> Queue<T, F> {
     }
 
     fn unhold(&mut self, id: u64, item: &T) {
+        self.unhold_weighed(id, item.weight());
+    }
+
+    /// [`Queue::unhold`] of a message known by its id and weight.
+    fn unhold_weighed(&mut self, id: u64, weight: u64) {
         self.ages.release(id);
-        self.held = self.held.saturating_sub(item.weight());
+        self.held = self.held.saturating_sub(weight);
     }
 
     // ----- settings and counters -------------------------------------------
@@ -1115,11 +1120,12 @@ impl<T: Item, F: FifoStore<T>> Queue<T, F> {
             self.ready.push(msg);
         }
         if immediate {
-            let dropped = self.ready.drain();
+            let mut dropped = Vec::new();
+            self.ready.drop_all(|id, weight| dropped.push((id, weight)));
             self.stats.dropped += dropped.len() as u64;
-            for msg in dropped {
-                self.unhold(msg.id, &msg.item);
-                self.journal_finished(msg.id);
+            for (id, weight) in dropped {
+                self.unhold_weighed(id, weight);
+                self.journal_finished(id);
                 self.finish_one();
             }
         }
@@ -1154,10 +1160,12 @@ impl<T: Item, F: FifoStore<T>> Queue<T, F> {
     /// replies how many.
     pub fn purge(&mut self, now: Millis) -> u64 {
         self.advance(now);
+        let mut dropped = Vec::new();
+        self.ready.drop_all(|id, weight| dropped.push((id, weight)));
         let mut n = 0;
-        for msg in self.ready.drain() {
-            self.unhold(msg.id, &msg.item);
-            self.journal_finished(msg.id);
+        for (id, weight) in dropped {
+            self.unhold_weighed(id, weight);
+            self.journal_finished(id);
             n += 1;
         }
         while let Some((_, msg)) = self.delayed.pop_first() {

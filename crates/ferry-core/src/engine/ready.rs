@@ -76,16 +76,18 @@ impl<T: Item, F: FifoStore<T>> Ready<T, F> {
         }
     }
 
-    /// Takes every ready message out, in no particular order.
-    pub(super) fn drain(&mut self) -> Vec<Message<T>> {
+    /// Drops every ready message, telling `f` each one's id and weight,
+    /// in no particular order (a packed store's items are never rebuilt).
+    pub(super) fn drop_all(&mut self, mut f: impl FnMut(u64, u64)) {
         match self {
             Ready::Fifo { returned, main } => {
-                let mut all: Vec<Message<T>> = returned.drain(..).collect();
-                all.extend(main.drain_all());
-                all
+                for m in returned.drain(..) {
+                    f(m.id, m.item.weight());
+                }
+                main.drop_all(&mut f);
             }
-            Ready::Lifo(q) => q.drain(..).collect(),
-            Ready::Priority(h) => h.drain().map(|e| e.0).collect(),
+            Ready::Lifo(q) => q.drain(..).for_each(|m| f(m.id, m.item.weight())),
+            Ready::Priority(h) => h.drain().for_each(|e| f(e.0.id, e.0.item.weight())),
         }
     }
 

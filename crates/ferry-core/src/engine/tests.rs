@@ -402,6 +402,9 @@ impl Pack for P {
     fn unpack(bytes: &[u8]) -> Self {
         P(bytes.first().copied().unwrap_or(0))
     }
+    fn packed_weight(_: &[u8]) -> u64 {
+        0
+    }
 }
 
 #[test]
@@ -442,6 +445,9 @@ impl Pack for Counted {
     fn pack(&self, _: &mut Vec<u8>) {}
     fn unpack(_: &[u8]) -> Self {
         Counted::new()
+    }
+    fn packed_weight(_: &[u8]) -> u64 {
+        0
     }
 }
 

@@ -509,6 +509,10 @@ impl Session {
     }
 }
 
+/// Commands a connection that has not authenticated may send (each
+/// answered -NOAUTH) before it is closed.
+pub(crate) const STRANGER_REFUSALS: u32 = 16;
+
 /// Runs one request: parses it, checks the client may run it, applies it.
 /// Its reply (or error) is in the session's output unless it waits.
 pub(crate) fn execute(s: &mut Session, req: Request) -> Outcome {
@@ -518,6 +522,19 @@ pub(crate) fn execute(s: &mut Session, req: Request) -> Outcome {
     // authenticated may only authenticate, or leave.
     let command = command_name(&req[0]);
     if !s.authed && !matches!(command, Some("AUTH" | "HELLO" | "QUIT")) {
+        // A stranger that keeps sending commands it may not run is closed:
+        // a pipeline of them would cost the broker a reply each.
+        s.refused_strangers += 1;
+        if s.refused_strangers > STRANGER_REFUSALS {
+            s.reply().error(
+                "NOAUTH",
+                "Authentication required; closing after too many commands without it.",
+            );
+            s.broker
+                .unauthenticated_closed
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return Outcome::Done(Flow::Close);
+        }
         return Outcome::Done(s.settle(Err(err("NOAUTH", "Authentication required."))));
     }
     let outcome = Command::parse(command, &req).and_then(|cmd| {
