@@ -65,6 +65,7 @@ examples/run.sh target/debug/ferry .venv/bin/python
 bench/run.sh --quick
 bench/metrics.sh --quick
 FERRY_BIN=target/debug/ferry .venv/bin/python bench/checkpoint_stall.py --quick
+FERRY_BIN=target/debug/ferry .venv/bin/python bench/hostile.py --quick
 
 # The blocking in-process tier under shuttle's scheduler (fixed seed,
 # bounded iterations). The feature swaps the tier's primitives, so it runs
