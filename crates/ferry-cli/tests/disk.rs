@@ -5,24 +5,10 @@
 
 mod common;
 
-use common::{Entry, Server, wait_until};
+use common::{Entry, Server, ready_payloads, wait_until};
 
 fn cmd(name: &str) -> redis::Cmd {
     redis::cmd(name)
-}
-
-/// Every payload ready in `q`, by peeking (after a restart, all are ready).
-fn ready_payloads(con: &mut redis::Connection, q: &str) -> Vec<String> {
-    let entries: Vec<Entry> = cmd("QPEEK")
-        .arg(q)
-        .arg("COUNT")
-        .arg(1_000_000)
-        .query(con)
-        .unwrap();
-    entries
-        .into_iter()
-        .map(|e| String::from_utf8(e.2).unwrap())
-        .collect()
 }
 
 #[test]

@@ -8,7 +8,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::thread;
 
-use common::{Entry, Server};
+use common::{Entry, Server, ready_payloads};
 use rand::{Rng, SeedableRng};
 use redis::Value;
 
@@ -25,20 +25,6 @@ fn int(v: &Value) -> i64 {
         Value::Int(n) => *n,
         other => panic!("not an integer: {other:?}"),
     }
-}
-
-/// Every payload ready in `q`, by peeking (after a restart, all are ready).
-fn ready_payloads(con: &mut redis::Connection, q: &str) -> Vec<String> {
-    let entries: Vec<Entry> = cmd("QPEEK")
-        .arg(q)
-        .arg("COUNT")
-        .arg(1_000_000)
-        .query(con)
-        .unwrap();
-    entries
-        .into_iter()
-        .map(|e| String::from_utf8(e.2).unwrap())
-        .collect()
 }
 
 #[test]

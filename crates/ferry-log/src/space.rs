@@ -42,7 +42,11 @@ impl Reserve {
     /// less room than it holds, so that recovery has that much.
     pub(crate) fn open(storage: &dyn Storage, dir: &Path, size: u64) -> Reserve {
         let path = dir.join(RESERVE_FILE);
-        let held = std::fs::metadata(&path).is_ok_and(|m| m.len() >= size);
+        if size == 0 {
+            // None is kept: one an earlier run made goes.
+            let _ = storage.remove(&path);
+        }
+        let held = size > 0 && std::fs::metadata(&path).is_ok_and(|m| m.len() >= size);
         let r = Reserve {
             path,
             size,

@@ -199,6 +199,20 @@ impl Raw {
 /// A QGET entry: queue, id, payload, attempts.
 pub type Entry = (String, u64, Vec<u8>, u32);
 
+/// Every payload ready in `q`, by peeking (after a restart, all are ready).
+pub fn ready_payloads(con: &mut redis::Connection, q: &str) -> Vec<String> {
+    let entries: Vec<Entry> = redis::cmd("QPEEK")
+        .arg(q)
+        .arg("COUNT")
+        .arg(1_000_000)
+        .query(con)
+        .unwrap();
+    entries
+        .into_iter()
+        .map(|e| String::from_utf8(e.2).unwrap())
+        .collect()
+}
+
 /// A port that was free a moment ago, for a server that must come back on
 /// the same address.
 pub fn free_port() -> u16 {
