@@ -348,7 +348,17 @@ fn power_loss_keeps_every_durable_record() {
                 })
             })
             .collect();
-        std::thread::sleep(Duration::from_millis(5 + seed * 7));
+        // The cut lands after a different number of acknowledgements each
+        // round (waited for, not slept for: a loaded machine acknowledges
+        // late), with appends in flight.
+        let t = Instant::now();
+        while acked.lock().len() < (1 + seed * 15) as usize {
+            assert!(
+                t.elapsed() < Duration::from_secs(30),
+                "seed {seed}: no acks"
+            );
+            std::thread::yield_now();
+        }
         faults.power_cut().unwrap();
         stop.store(true, Ordering::Relaxed);
         for w in writers {
