@@ -793,6 +793,25 @@ fn queues_count_toward_max_memory() {
     assert_eq!(len, 0);
     let _: () = cmd("QDROP").arg("q0").query(&mut c).unwrap();
     let _: () = cmd("QCREATE").arg("another").query(&mut c).unwrap();
+
+    // Without the flag, half the machine's memory (or its cgroup's).
+    let total: u64 = std::fs::read_to_string("/proc/meminfo")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .unwrap()
+        * 1024;
+    let cgroup = std::fs::read_to_string("/sys/fs/cgroup/memory.max")
+        .ok()
+        .and_then(|t| t.trim().parse::<u64>().ok())
+        .unwrap_or(u64::MAX);
+    let d = Server::start();
+    let mut c = d.conn();
+    assert_eq!(
+        common::info_field(&mut c, "max_memory"),
+        total.min(cgroup) / 2
+    );
 }
 
 #[test]
