@@ -5,6 +5,7 @@ client's PING latency alongside, for each mix in turn —
 - idle: connections that never authenticate;
 - slowloris: connections that drip an AUTH one byte a second;
 - pre-auth pipelines: connections that pipeline commands before AUTH;
+- wrong passwords: connections that send three wrong ones each;
 - a user filling its quota: 16 MiB puts by a user with max_bytes, until
   refused; then an operator's QDROP, and the memory after it.
 
@@ -169,6 +170,16 @@ def main():
             row(f"{n_pipe} pre-auth pipelines", f"{sent / 1e6:.0f} MB sent")
             for s in pipes:
                 s.close()
+
+            # Wrong passwords: each costs an argon2 check (tens of ms by
+            # design), off the broker's workers.
+            guessers = [socket.create_connection(("127.0.0.1", port)) for _ in range(n_pipe)]
+            for i, g in enumerate(guessers):
+                g.sendall(b"".join(resp("AUTH", "ops", f"guess-{i}-{k}") for k in range(3)))
+            time.sleep(hold)
+            row(f"{n_pipe} x 3 wrong passwords", "")
+            for g in guessers:
+                g.close()
 
             public = Conn(port)
             assert public.cmd("AUTH", "public", "public-pw") == b"+OK\r\n"

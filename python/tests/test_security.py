@@ -7,6 +7,7 @@ import os
 import subprocess
 
 import pytest
+import redis
 
 import ferry
 import ferry.aio
@@ -84,3 +85,25 @@ def test_a_user_from_the_url_gets_its_rights(tmp_path):
         q.task_done()
         with pytest.raises(ferry.FerryError, match="NOPERM"):
             ferry.Queue(name="billing", url=url).put("no")
+
+
+def test_a_user_without_admin_makes_private_queues(tmp_path):
+    # An idle expiry is an admin's to set (a user naming a shared queue
+    # first could make others' messages vanish with it): a private queue of
+    # a user without admin on its name is made without one, and works.
+    hashed = subprocess.run([BINARY, "hash-password"], input="worker-pw\n", text=True,
+                            capture_output=True, check=True).stdout.strip()
+    acl = tmp_path / "acl.toml"
+    acl.write_text(f'[users.worker]\npassword_hash = "{hashed}"\nput = ["*"]\nget = ["*"]\n')
+    with serve(tmp_path / "data", "--durability", "memory", "--acl-file", str(acl),
+               http=False) as (port, _):
+        url = f"ferry://worker:worker-pw@127.0.0.1:{port}"
+        q = ferry.JoinableQueue(url=url)
+        q.put("private")
+        assert q.get() == "private"
+        q.task_done()
+        q.join()
+        r = redis.Redis(port=port, username="worker", password="worker-pw")
+        with pytest.raises(redis.exceptions.ResponseError, match="no 'admin' right"):
+            r.execute_command("QCREATE", "shared", "EXPIRE", "1000")
+        r.close()

@@ -298,6 +298,7 @@ fn every_row_of_the_rights_table_is_refused_and_changes_nothing() {
     }
     let _: () = redis::cmd("QCREATE").arg("own.q").query(&mut ops).unwrap();
     let _: u64 = redis::cmd("LOCK").arg("vault").query(&mut ops).unwrap();
+    let token: u64 = redis::cmd("LOCK").arg("pub.held").query(&mut ops).unwrap();
     // Another user's client, waiting.
     let mut waiter = s.raw();
     waiter.cmd(&["AUTH", "ops", "ops-pw"]);
@@ -317,7 +318,9 @@ fn every_row_of_the_rights_table_is_refused_and_changes_nothing() {
     for (command, examples) in &table {
         for example in examples {
             let before = snapshot(&mut ops, &http, &ops_auth);
-            let example = example.replace("{blocked}", &blocked);
+            let example = example
+                .replace("{blocked}", &blocked)
+                .replace("{token}", &token.to_string());
             let words: Vec<&str> = example.split_whitespace().collect();
             match words[0] {
                 "GET" | "POST" => {
@@ -374,9 +377,12 @@ fn a_user_s_limits_hold_its_bytes_and_its_queues() {
         format!(
             "[users.ops]\npassword_hash = \"{}\"\nput = [\"*\"]\nget = [\"*\"]\nadmin = [\"*\"]\n\n\
              [users.public]\npassword_hash = \"{}\"\nput = [\"pub.*\"]\nget = [\"pub.*\"]\n\
-             max_bytes = \"1mb\"\nmax_queues = 3\n",
+             max_bytes = \"1mb\"\nmax_queues = 3\n\n\
+             [users.tenant]\npassword_hash = \"{}\"\nput = [\"t.*\"]\nget = [\"t.*\"]\nadmin = [\"t.*\"]\n\
+             max_queues = 3\n",
             hash("ops-pw"),
-            hash("public-pw")
+            hash("public-pw"),
+            hash("tenant-pw")
         ),
     )
     .unwrap();
@@ -414,6 +420,12 @@ fn a_user_s_limits_hold_its_bytes_and_its_queues() {
         public.task_done("pub.a", m.id).unwrap();
     }
     public.put("pub.a", &chunk).unwrap();
+    // One request may not overshoot what is left (about 300 KB).
+    let many: Vec<&[u8]> = vec![&chunk[..]; 5];
+    assert!(matches!(
+        public.put_many("pub.a", &many),
+        Err(Error::Server { code, .. }) if code == "OOM"
+    ));
 
     public.put("pub.b", b"x").unwrap();
     public.put("pub.c", b"x").unwrap();
@@ -425,6 +437,15 @@ fn a_user_s_limits_hold_its_bytes_and_its_queues() {
         other => panic!("a fourth queue was made: {other:?}"),
     }
     assert_eq!(ops.qsize("pub.d").unwrap(), 0);
+    // A dead-letter queue is made when it is named, within the limit too
+    // (a dead letter's move later makes one unchecked).
+    let mut tenant = Client::connect(&at("tenant", "tenant-pw", s.port)).unwrap();
+    tenant.call(&[b"QCREATE", b"t.src"]).unwrap();
+    for (dl, ok) in [("t.dl1", true), ("t.dl2", true), ("t.dl3", false)] {
+        let r = tenant.call(&[b"QCONFIG", b"t.src", b"DEADLETTER", dl.as_bytes()]);
+        assert_eq!(r.is_ok(), ok, "{dl}: {r:?}");
+    }
+    drop(tenant);
     // Full again, then a restart.
     while public.put("pub.a", &chunk).is_ok() {}
     drop((public, ops));

@@ -769,6 +769,111 @@ fn puts_over_max_memory_get_oom_while_gets_and_dones_work() {
     assert_eq!(len, admitted - 10 + 1);
 }
 
+/// What a put counts toward `--max-memory` its get counts out again,
+/// whatever order key it carries: a fifo keeps none (the count once
+/// climbed by the key's length with every message, up to 64 KiB each).
+#[test]
+fn the_memory_count_comes_back_after_puts_and_gets() {
+    let s = Server::start();
+    let mut c = s.conn();
+    let _: () = cmd("QCREATE").arg("f").query(&mut c).unwrap();
+    let _: () = cmd("QCREATE")
+        .arg("p")
+        .arg("KIND")
+        .arg("priority")
+        .query(&mut c)
+        .unwrap();
+    let before = common::info_field(&mut c, "queued_memory");
+    let key = vec![b'k'; 60_000];
+    for q in ["f", "p"] {
+        for i in 0..50 {
+            let _: u64 = cmd("QPUT")
+                .arg(q)
+                .arg("x")
+                .arg("PRIOKEY")
+                .arg(&key)
+                .query(&mut c)
+                .unwrap();
+            let _: u64 = cmd("QPUT").arg(q).arg(i).query(&mut c).unwrap();
+        }
+        let _: Vec<Entry> = cmd("QGET")
+            .arg(q)
+            .arg("COUNT")
+            .arg(100)
+            .arg("NOACK")
+            .query(&mut c)
+            .unwrap();
+        assert_eq!(common::qinfo(&mut c, q, "qsize"), 0);
+    }
+    assert_eq!(common::info_field(&mut c, "queued_memory"), before);
+}
+
+/// DEDUP keys and puts waiting for room are memory too: a DEDUP key is at
+/// most 256 bytes and counts while it is kept, a waiting put counts while
+/// it waits, and a put is checked with its own size.
+#[test]
+fn dedup_keys_and_waiting_puts_count_toward_max_memory() {
+    let s = Server::start_with(&["--max-memory", "256kb"]);
+    let mut c = s.conn();
+    let long: redis::RedisResult<u64> = cmd("QPUT")
+        .arg("d")
+        .arg("x")
+        .arg("DEDUP")
+        .arg(vec![b'k'; 257])
+        .query(&mut c);
+    assert!(long.unwrap_err().to_string().contains("at most 256"));
+    let _: () = cmd("QCREATE").arg("d").query(&mut c).unwrap();
+    let _: () = cmd("QCREATE")
+        .arg("w")
+        .arg("MAXSIZE")
+        .arg(1)
+        .query(&mut c)
+        .unwrap();
+    let before = common::info_field(&mut c, "queued_memory");
+    let _: u64 = cmd("QPUT")
+        .arg("d")
+        .arg("x")
+        .arg("DEDUP")
+        .arg(vec![b'k'; 200])
+        .query(&mut c)
+        .unwrap();
+    let _: Vec<Entry> = cmd("QGET").arg("d").arg("NOACK").query(&mut c).unwrap();
+    let kept = common::info_field(&mut c, "queued_memory");
+    assert!(
+        kept >= before + 200,
+        "a DEDUP key counts while kept: {before} -> {kept}"
+    );
+
+    // A put waits for room in `w`; its 100 KB count while it waits.
+    let _: u64 = cmd("QPUT").arg("w").arg("first").query(&mut c).unwrap();
+    let mut waiter = s.raw();
+    let mut put = b"*3\r\n$4\r\nQPUT\r\n$1\r\nw\r\n$100000\r\n".to_vec();
+    put.extend_from_slice(&[b'p'; 100_000]);
+    put.extend_from_slice(b"\r\n");
+    waiter.send(&put);
+    common::wait_for_waiters(&mut c, "w", "waiting_putters", 1);
+    assert!(common::info_field(&mut c, "queued_memory") >= kept + 100_000);
+    // 160 KB more would pass 256 KB with the waiting put's 100 KB; and
+    // one request cannot overshoot the limit by its own size.
+    let refused: redis::RedisResult<u64> =
+        cmd("QPUT").arg("d").arg(vec![b'p'; 160_000]).query(&mut c);
+    assert_eq!(refused.unwrap_err().code(), Some("OOM"));
+    let _: Vec<Entry> = cmd("QGET").arg("w").arg("NOACK").query(&mut c).unwrap();
+    assert!(waiter.reply().starts_with(':'));
+    let _: Vec<Entry> = cmd("QGET").arg("w").arg("NOACK").query(&mut c).unwrap();
+    let big: redis::RedisResult<u64> = cmd("QPUT").arg("d").arg(vec![b'p'; 300_000]).query(&mut c);
+    assert_eq!(
+        big.unwrap_err().code(),
+        Some("OOM"),
+        "one put past the limit"
+    );
+    let _: u64 = cmd("QPUT")
+        .arg("d")
+        .arg(vec![b'p'; 100_000])
+        .query(&mut c)
+        .unwrap();
+}
+
 /// A queue costs memory too: under `--max-memory`, a client cannot make
 /// queues without end (200,000 QCREATEs of long names took 360 MB); the
 /// ones made go on working, and a drop makes room.

@@ -258,7 +258,7 @@ fn a_full_disk_restarts_serves_gets_and_dones_and_recovers() {
             .arg(8)
             .arg("NOWAIT")
             .query(&mut c)
-            .unwrap();
+            .unwrap_or_else(|e| panic!("a get on the full disk failed: {e}"));
         let Some(got) = got else { break };
         let ids: Vec<u64> = got.iter().map(|e| e.1).collect();
         for e in &got {

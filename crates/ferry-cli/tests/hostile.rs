@@ -370,3 +370,34 @@ fn a_stranger_pipelining_refused_commands_is_closed() {
     assert_eq!(admin.cmd(&["AUTH", PASSWORD]), "+OK\r\n");
     assert!(info(&mut admin, "unauthenticated_closed") >= 1);
 }
+
+/// AUTH and HELLO count among a stranger's commands (a flood of them is
+/// closed as any other), and three wrong passwords close a connection.
+#[test]
+fn hellos_and_wrong_passwords_do_not_keep_a_connection_open() {
+    let s = Server::start_with(&["--requirepass", PASSWORD]);
+    let mut flood = Raw(connect(s.port));
+    flood.send(&b"*1\r\n$5\r\nHELLO\r\n*1\r\n$4\r\nAUTH\r\n".repeat(500));
+    let mut replies = 0;
+    loop {
+        let r = flood.reply();
+        assert!(r.starts_with('-'), "{r}");
+        replies += 1;
+        if r.contains("closing") {
+            break;
+        }
+    }
+    assert_eq!(replies, 17, "16 commands answered, then closed");
+    assert!(flood.closed());
+
+    let mut guesser = Raw(connect(s.port));
+    for i in 0..3 {
+        let r = guesser.cmd(&["AUTH", &format!("guess{i}")]);
+        assert!(r.starts_with("-WRONGPASS"), "{r}");
+    }
+    assert!(guesser.cmd(&["AUTH", PASSWORD]).contains("closing"));
+    assert!(guesser.closed());
+    let mut admin = Raw(connect(s.port));
+    assert_eq!(admin.cmd(&["AUTH", PASSWORD]), "+OK\r\n");
+    assert!(info(&mut admin, "unauthenticated_closed") >= 2);
+}

@@ -239,3 +239,20 @@ fn bad_tls_settings_stop_the_start_naming_the_file() {
         assert!(err.contains(&says), "{flags:?}: {err}");
     }
 }
+
+/// Handshakes that never speak do not keep a TLS client out: with
+/// `--max-clients 10` and ten connections that send nothing, a real client
+/// is served at once (it cuts the oldest handshake short).
+#[test]
+fn silent_handshakes_do_not_keep_a_client_out() {
+    let pki = Pki::new();
+    let s = pki.serve(&["--max-clients", "10"]);
+    let silent: Vec<std::net::TcpStream> = (0..10)
+        .map(|_| std::net::TcpStream::connect(("127.0.0.1", s.port)).unwrap())
+        .collect();
+    let ca = pki.p("ca.pem");
+    let mut c = Client::connect(&format!("ferrys://127.0.0.1:{}?ca={ca}", s.port)).unwrap();
+    c.put("in", b"at once").unwrap();
+    assert_eq!(c.qsize("in").unwrap(), 1);
+    drop(silent);
+}

@@ -150,14 +150,14 @@ impl Charge {
 }
 
 impl User {
-    /// Why a put of its must be refused, if it must: the queues it may put
-    /// to hold its `max_bytes`.
-    pub(crate) fn over_bytes(&self) -> Option<String> {
+    /// Why a put of its that would hold `adds` bytes more must be refused,
+    /// if it must: the queues it may put to would pass its `max_bytes`.
+    pub(crate) fn over_bytes(&self, adds: u64) -> Option<String> {
         let max = self.max_bytes?;
         let held = self.bytes.load(Ordering::Relaxed);
-        (held >= max).then(|| {
+        (held >= max || held.saturating_add(adds) > max).then(|| {
             format!(
-                "user '{}' is at its max_bytes: the queues it may put to hold {held} bytes (max {max}); puts are refused until they drain",
+                "user '{}' is at its max_bytes: the queues it may put to hold {held} bytes (max {max}), and this put would add {adds}; puts are refused until they drain",
                 self.name
             )
         })
@@ -221,12 +221,30 @@ impl User {
     }
 }
 
-/// Every user, and the passwords already checked (an argon2 check costs
+/// Every user, and the credentials already checked. An argon2 check costs
 /// tens of milliseconds by design: once per user and password, not once
-/// per connection).
+/// per connection, and off the runtime's workers (`Broker::check_password`).
 pub(crate) struct Acl {
     users: HashMap<String, Arc<User>>,
+    /// The password found right for each user (the last one).
     checked: Mutex<HashMap<String, Vec<u8>>>,
+    /// Credentials found wrong lately, newest last (at most
+    /// [`REMEMBERED_WRONG`]): answered again without argon2.
+    wrong: Mutex<std::collections::VecDeque<(Vec<u8>, Vec<u8>)>>,
+    /// A hash an unknown user's password is checked against, so that the
+    /// time an answer takes does not tell which user names exist.
+    decoy: String,
+}
+
+/// Wrong credentials remembered.
+const REMEMBERED_WRONG: usize = 256;
+
+/// What is known of credentials without checking them.
+pub(crate) enum Known {
+    Right(Arc<User>),
+    Wrong,
+    /// Not checked yet: argon2 must say.
+    Unchecked,
 }
 
 impl Acl {
@@ -266,27 +284,73 @@ impl Acl {
                 }),
             );
         }
+        let decoy = hash_password(b"no user has this password")
+            .map_err(|e| SettingsError(format!("making a decoy hash: {e}")))?;
         Ok(Acl {
             users,
             checked: Mutex::new(HashMap::new()),
+            wrong: Mutex::new(std::collections::VecDeque::new()),
+            decoy,
         })
     }
 
-    /// The user these credentials name, if the password is theirs.
-    pub(crate) fn authenticate(&self, user: &[u8], password: &[u8]) -> Option<Arc<User>> {
-        let name = std::str::from_utf8(user).ok()?;
-        let u = self.users.get(name)?;
-        if let Some(known) = self.checked.lock().get(name)
-            && constant_time_eq(known, password)
+    /// What the caches know of these credentials: no argon2.
+    pub(crate) fn known(&self, user: &[u8], password: &[u8]) -> Known {
+        let name = std::str::from_utf8(user).ok();
+        let u = name.and_then(|n| self.users.get(n));
+        if let (Some(name), Some(u)) = (name, u)
+            && let Some(right) = self.checked.lock().get(name)
+            && constant_time_eq(right, password)
         {
-            return Some(Arc::clone(u));
+            return Known::Right(Arc::clone(u));
         }
-        let hash = PasswordHash::new(&u.hash).ok()?;
-        Argon2::default().verify_password(password, &hash).ok()?;
-        self.checked
-            .lock()
-            .insert(name.to_string(), password.to_vec());
-        Some(Arc::clone(u))
+        let wrong = self.wrong.lock();
+        if wrong
+            .iter()
+            .any(|(u, p)| u == user && constant_time_eq(p, password))
+        {
+            return Known::Wrong;
+        }
+        Known::Unchecked
+    }
+
+    /// Checks credentials with argon2 (slow by design: call it off the
+    /// runtime's workers) and remembers the answer. An unknown user's
+    /// password is checked against a decoy, taking the same time.
+    pub(crate) fn verify(&self, user: &[u8], password: &[u8]) -> Option<Arc<User>> {
+        let u = std::str::from_utf8(user)
+            .ok()
+            .and_then(|n| self.users.get(n));
+        let hash = u.map_or(self.decoy.as_str(), |u| u.hash.as_str());
+        let right = PasswordHash::new(hash)
+            .ok()
+            .is_some_and(|h| Argon2::default().verify_password(password, &h).is_ok());
+        match u {
+            Some(u) if right => {
+                self.checked
+                    .lock()
+                    .insert(u.name.clone(), password.to_vec());
+                Some(Arc::clone(u))
+            }
+            _ => {
+                let mut wrong = self.wrong.lock();
+                if wrong.len() >= REMEMBERED_WRONG {
+                    wrong.pop_front();
+                }
+                wrong.push_back((user.to_vec(), password.to_vec()));
+                None
+            }
+        }
+    }
+
+    /// The user these credentials name, if the password is theirs: from
+    /// the caches, else checked here.
+    pub(crate) fn authenticate(&self, user: &[u8], password: &[u8]) -> Option<Arc<User>> {
+        match self.known(user, password) {
+            Known::Right(u) => Some(u),
+            Known::Wrong => None,
+            Known::Unchecked => self.verify(user, password),
+        }
     }
 
     /// The users with limits that queue `name` counts toward.

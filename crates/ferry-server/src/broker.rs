@@ -31,6 +31,9 @@ pub(crate) struct QueueState {
     wakers: HashMap<WaiterId, Arc<Notify>>,
     /// DEDUP keys: the id their put got, and until when they count.
     dedup: HashMap<Bytes, (u64, Millis)>,
+    /// What the DEDUP keys weigh: counted with the messages toward
+    /// `--max-memory` and the users' `max_bytes`.
+    dedup_bytes: u64,
     /// Made by QCREATE (settings compared on a later QCREATE), rather than
     /// by first use.
     pub(crate) explicit: bool,
@@ -75,15 +78,30 @@ impl QueueState {
         self.wakers.remove(&waiter);
     }
 
+    /// What the queue holds, as `--max-memory` counts it: its messages,
+    /// the puts waiting for room in it, and its DEDUP keys.
+    fn held(&self) -> u64 {
+        self.q.held_weight() + self.q.waiting_put_weight() + self.dedup_bytes
+    }
+
     /// The id an earlier put with this DEDUP key got, if it still counts.
     pub(crate) fn dedup(&mut self, key: &Bytes, now: Millis) -> Option<u64> {
         match self.dedup.get(key) {
             Some(&(id, until)) if until > now => Some(id),
             Some(_) => {
                 self.dedup.remove(key);
+                self.dedup_bytes -= dedup_weight(key);
                 None
             }
             None => None,
+        }
+    }
+
+    /// Keeps a DEDUP key (replacing any it had).
+    fn keep_dedup(&mut self, key: Bytes, id: u64, until: Millis) {
+        let weight = dedup_weight(&key);
+        if self.dedup.insert(key, (id, until)).is_none() {
+            self.dedup_bytes += weight;
         }
     }
 
@@ -102,12 +120,13 @@ impl QueueState {
     ) {
         if self.dedup.len() >= 1024 && self.dedup.len().is_power_of_two() {
             self.dedup.retain(|_, &mut (_, until)| until > now);
+            self.dedup_bytes = self.dedup.keys().map(|k| dedup_weight(k)).sum();
         }
         let until = now.saturating_add(window);
         if let Some(store) = store {
             store.dedup(queue, &key, id, until);
         }
-        self.dedup.insert(key, (id, until));
+        self.keep_dedup(key, id, until);
     }
 
     /// Writes the queue's snapshot: everything a replay needs to rebuild
@@ -209,8 +228,14 @@ pub(crate) struct Broker {
     pub(crate) clients: AtomicUsize,
     /// Users and rights (`--acl-file`), read at start.
     pub(crate) acl: std::sync::OnceLock<Acl>,
+    /// Password checks (argon2) run one at a time, off the workers.
+    argon: tokio::sync::Semaphore,
+    /// Password checks waiting or running.
+    password_checks: AtomicUsize,
     /// Every connection, for `/api/clients`.
     pub(crate) connections: Clients,
+    /// TLS handshakes under way.
+    pub(crate) handshakes: crate::clients::Handshakes,
     /// Clients blocked in a command, by id: CLIENT UNBLOCK ends their wait.
     blocked: Mutex<HashMap<u64, Arc<Unblock>>>,
     /// Holder groups (CLIENT HOLDER), by their clients' token.
@@ -241,6 +266,19 @@ pub(crate) struct Broker {
 /// timer task and registry entry: 200,000 queues took 360 MB), counted in
 /// `--max-memory` so that queues cannot grow past it either.
 pub(crate) const QUEUE_OVERHEAD: u64 = 2048;
+
+/// What a DEDUP key weighs: its bytes and its entry, roughly.
+fn dedup_weight(key: &[u8]) -> u64 {
+    key.len() as u64 + 64
+}
+
+/// The longest DEDUP key a put may carry (a client's own are about 40
+/// bytes): keys are kept for minutes and logged.
+pub(crate) const MAX_DEDUP_KEY: usize = 256;
+
+/// Password checks that may wait at once; beyond, AUTH answers "try
+/// again" at once.
+pub(crate) const MAX_PASSWORD_CHECKS: usize = 64;
 
 /// The refusal of a put or a new queue over `--max-memory`.
 pub(crate) const OVER_MEMORY: &str = "command not allowed when used memory > 'max-memory'";
@@ -367,7 +405,7 @@ impl Broker {
                 for (key, (id, until)) in rec.dedup {
                     let until = store.to_broker_ms(until);
                     if until > now {
-                        st.dedup.insert(key, (id, until));
+                        st.keep_dedup(key, id, until);
                     }
                 }
             }
@@ -387,7 +425,10 @@ impl Broker {
             next_client: AtomicU64::new(1),
             clients: AtomicUsize::new(0),
             acl: std::sync::OnceLock::new(),
+            argon: tokio::sync::Semaphore::new(1),
+            password_checks: AtomicUsize::new(0),
             connections: Clients::default(),
+            handshakes: crate::clients::Handshakes::default(),
             blocked: Mutex::new(HashMap::new()),
             groups: Mutex::new(HashMap::new()),
             commands: Counter::default(),
@@ -459,9 +500,54 @@ impl Broker {
         }
     }
 
+    /// Checks these credentials with argon2 unless they were checked
+    /// before: one check at a time, on a blocking thread, so that a flood
+    /// of wrong passwords holds up no worker (each check costs tens of
+    /// milliseconds by design). The answer goes to the ACL's caches, where
+    /// AUTH finds it. False (check nothing; ask again later) while
+    /// [`MAX_PASSWORD_CHECKS`] are waiting already.
+    pub(crate) async fn check_password(self: &Arc<Self>, user: &[u8], password: &[u8]) -> bool {
+        let Some(acl) = self.acl.get() else {
+            return true;
+        };
+        if !matches!(acl.known(user, password), crate::acl::Known::Unchecked) {
+            return true;
+        }
+        if self.password_checks.fetch_add(1, Ordering::AcqRel) >= MAX_PASSWORD_CHECKS {
+            self.password_checks.fetch_sub(1, Ordering::AcqRel);
+            return false;
+        }
+        /// Counts the check out however it ends (its caller may be dropped).
+        struct Waiting<'a>(&'a AtomicUsize);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+        let _waiting = Waiting(&self.password_checks);
+        let Ok(_permit) = self.argon.acquire().await else {
+            return false;
+        };
+        let (broker, user, password) = (Arc::clone(self), user.to_vec(), password.to_vec());
+        let _ = tokio::task::spawn_blocking(move || {
+            if let Some(acl) = broker.acl.get() {
+                acl.verify(&user, &password);
+            }
+        })
+        .await;
+        true
+    }
+
     /// True when puts (and new queues) must be refused with -OOM.
     pub(crate) fn over_memory(&self) -> bool {
-        self.config.max_memory > 0 && self.memory() >= self.config.max_memory
+        self.over_memory_with(0)
+    }
+
+    /// True when holding `adds` bytes more would pass `--max-memory` (or
+    /// it is reached already).
+    pub(crate) fn over_memory_with(&self, adds: u64) -> bool {
+        let max = self.config.max_memory;
+        max > 0 && (self.memory() >= max || self.memory().saturating_add(adds) > max)
     }
 
     pub(crate) fn next_client_id(&self) -> u64 {
@@ -627,6 +713,7 @@ impl Broker {
                 q,
                 wakers: HashMap::new(),
                 dedup: HashMap::new(),
+                dedup_bytes: 0,
                 explicit,
                 dropped: false,
                 keytype: None,
@@ -676,6 +763,8 @@ impl Broker {
         cell.with(self, |st, now| {
             st.q.shutdown(true, now);
             st.dropped = true;
+            st.dedup.clear();
+            st.dedup_bytes = 0;
             if let Some(store) = &self.store {
                 store.dropped(name);
             }
@@ -753,13 +842,13 @@ impl QueueCell {
         f: impl FnOnce(&mut QueueState, Millis) -> R,
     ) -> R {
         let mut st = self.lock();
-        let before = st.q.held_weight();
+        let before = st.held();
         let r = f(&mut st, now);
         // Under the lock, before any reply can wait for the log: the
         // operation's gathered records (a batch's finishes) go in now.
         st.q.flush_journal();
+        let after = st.held();
         let QueueState { q, wakers, .. } = &mut *st;
-        let after = q.held_weight();
         if after != before {
             let delta = after as i64 - before as i64;
             for c in &self.charges {

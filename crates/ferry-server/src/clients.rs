@@ -143,3 +143,33 @@ impl Clients {
         views
     }
 }
+
+/// TLS handshakes under way: each can be cut short, oldest first, to make
+/// room for a newcomer.
+#[derive(Default)]
+pub(crate) struct Handshakes {
+    pending: Mutex<std::collections::VecDeque<(u64, Arc<Notify>)>>,
+    next: AtomicU64,
+}
+
+impl Handshakes {
+    /// A handshake begins: its id, and what cuts it short. When `max` are
+    /// under way already, the oldest is told to stop.
+    pub(crate) fn begin(&self, max: usize) -> (u64, Arc<Notify>) {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let cut = Arc::new(Notify::new());
+        let mut pending = self.pending.lock();
+        if pending.len() >= max.max(1)
+            && let Some((_, oldest)) = pending.pop_front()
+        {
+            oldest.notify_one();
+        }
+        pending.push_back((id, Arc::clone(&cut)));
+        (id, cut)
+    }
+
+    /// The handshake `id` ended (done, failed or cut short).
+    pub(crate) fn end(&self, id: u64) {
+        self.pending.lock().retain(|(i, _)| *i != id);
+    }
+}

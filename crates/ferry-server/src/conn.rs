@@ -270,6 +270,17 @@ impl Conn {
 
     /// Runs one command; if it waits, waits on its behalf until it settles.
     async fn run_command(&mut self, req: ferry_proto::Request) -> Flow {
+        // A password argon2 must check is checked before the command runs,
+        // off this worker; the command finds the answer in the ACL's cache.
+        if let Some((user, password)) = cmd::credentials_in(&req) {
+            let broker = Arc::clone(&self.session.broker);
+            if !broker.check_password(user, password).await {
+                self.session
+                    .reply()
+                    .error("ERR", "too many password checks are waiting; try again");
+                return Flow::Continue;
+            }
+        }
         let mut blocked = match cmd::execute(&mut self.session, req) {
             Outcome::Done(flow) => return flow,
             Outcome::Wait(blocked) => blocked,

@@ -71,9 +71,19 @@ async fn guard(State(b): State<Arc<Broker>>, req: Request, next: Next) -> Respon
     match (b.acl.get(), &b.config.requirepass) {
         // Under an ACL file, operators only: admin on every queue.
         (Some(acl), _) => {
-            let Some(user) = credentials(req.headers()).and_then(|(user, pass)| {
-                acl.authenticate(user.as_deref().unwrap_or(b"default"), &pass)
-            }) else {
+            let Some((user, pass)) = credentials(req.headers()) else {
+                return refused();
+            };
+            let user = user.unwrap_or_else(|| b"default".to_vec());
+            // Checked off the runtime's workers (argon2 is slow by design).
+            if !b.check_password(&user, &pass).await {
+                return (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "too many password checks are waiting; try again\n",
+                )
+                    .into_response();
+            }
+            let Some(user) = acl.authenticate(&user, &pass) else {
                 return refused();
             };
             if !user.operator() {

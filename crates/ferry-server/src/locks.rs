@@ -16,6 +16,10 @@ use tokio::sync::Notify;
 
 struct Holder {
     conn: u64,
+    /// The user it is logged in as (under an ACL file): only that user, or
+    /// an operator, may UNLOCK it by token — tokens are a counter, and
+    /// the next one is easy to guess.
+    user: Option<Arc<str>>,
     token: u64,
     expires: Option<Millis>,
 }
@@ -31,6 +35,17 @@ struct Table {
     locks: HashMap<Bytes, LockState>,
     next_token: u64,
     next_ticket: u64,
+}
+
+/// Who releases a lock.
+#[derive(Clone, Copy)]
+pub(crate) enum Releaser<'a> {
+    /// Its holding connection, going away.
+    Holder(u64),
+    /// Any connection (no ACL file).
+    Anyone,
+    /// A connection of this user.
+    User(&'a crate::acl::User),
 }
 
 /// The lock table.
@@ -67,6 +82,7 @@ impl Locks {
         &self,
         name: &Bytes,
         conn: u64,
+        user: Option<&str>,
         ttl: Option<Millis>,
         ticket: Option<u64>,
         now: Millis,
@@ -91,6 +107,7 @@ impl Locks {
         let token = *next_token;
         lock.holder = Some(Holder {
             conn,
+            user: user.map(Arc::from),
             token,
             expires: ttl.map(|ms| now.saturating_add(ms)),
         });
@@ -124,25 +141,38 @@ impl Locks {
         }
     }
 
-    /// Releases the lock if `token` is the current grant (and, when given,
-    /// `conn` holds it); true if it did.
-    pub(crate) fn release(&self, name: &Bytes, token: u64, conn: Option<u64>) -> bool {
+    /// Releases the lock if `token` is the current grant and `by` may
+    /// release it: its holding connection, or (UNLOCK) a connection of the
+    /// same user or an operator. `Ok(true)` if it did, `Ok(false)` if the
+    /// token is not the grant, `Err(())` if it is, but another user's.
+    pub(crate) fn release(&self, name: &Bytes, token: u64, by: Releaser<'_>) -> Result<bool, ()> {
         let mut t = self.table.lock();
         let Some(lock) = t.locks.get_mut(name) else {
-            return false;
+            return Ok(false);
         };
-        let held = lock
-            .holder
-            .as_ref()
-            .is_some_and(|h| h.token == token && conn.is_none_or(|c| c == h.conn));
-        if held {
+        let Some(h) = lock.holder.as_ref().filter(|h| h.token == token) else {
+            return Ok(false);
+        };
+        let held = match by {
+            Releaser::Holder(conn) => conn == h.conn,
+            Releaser::Anyone => true,
+            Releaser::User(u) => u.operator() || h.user.as_deref() == Some(u.name.as_str()),
+        };
+        if !held {
+            return if matches!(by, Releaser::User(_)) {
+                Err(())
+            } else {
+                Ok(false)
+            };
+        }
+        {
             lock.holder = None;
             lock.wake_front();
             if lock.waiters.is_empty() {
                 t.locks.remove(name);
             }
         }
-        held
+        Ok(true)
     }
 
     /// Whether `token` still holds lock `name`.

@@ -17,6 +17,12 @@ pub(crate) struct Payload {
 /// the two `Bytes` handles, roughly.
 const MESSAGE_OVERHEAD: u64 = 96;
 
+/// What a message of this payload and order key weighs (at most: a fifo
+/// keeps no key), for `--max-memory` and the users' `max_bytes`.
+pub(crate) fn weight(data: &[u8], key: &[u8]) -> u64 {
+    (data.len() + key.len()) as u64 + MESSAGE_OVERHEAD
+}
+
 /// The order key of a put that names no priority: priority 0.
 pub(crate) const DEFAULT_KEY: &[u8] = &[0x80, 0, 0, 0, 0, 0, 0, 0];
 
@@ -26,7 +32,15 @@ impl Item for Payload {
     }
 
     fn weight(&self) -> u64 {
-        (self.data.len() + self.key.len()) as u64 + MESSAGE_OVERHEAD
+        weight(&self.data, &self.key)
+    }
+
+    /// A fifo never orders by the key, and a packed one keeps none: a key
+    /// counted in at a put and not out at its get made the memory count
+    /// climb by its length with every message (8 bytes by default, up to
+    /// 64 KiB with PRIOKEY) until puts were refused with nothing queued.
+    fn forget_order(&mut self) {
+        self.key = Bytes::new();
     }
 }
 

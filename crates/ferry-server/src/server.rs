@@ -253,52 +253,71 @@ fn tokio_util_tracker() -> Tracker {
 /// Starts a connection's task (which first completes a TLS handshake, if
 /// `tls`), or refuses it when the server is full.
 fn spawn_conn(
-    mut stream: Stream,
+    stream: Stream,
     tls: Option<TlsAcceptor>,
     broker: &Arc<Broker>,
     stop: &watch::Receiver<bool>,
     tasks: &Tracker,
 ) {
-    let clients = broker.clients.fetch_add(1, Ordering::AcqRel) + 1;
-    // A full broker makes room by closing the oldest connection that has
-    // not authenticated: strangers never keep a client out, and never
-    // take an authenticated one's place.
-    if clients > broker.config.max_clients && !broker.connections.evict_oldest_stranger() {
-        broker.clients.fetch_sub(1, Ordering::AcqRel);
-        tokio::spawn(async move {
-            let _ = stream
-                .write_all(b"-ERR max number of clients reached\r\n")
-                .await;
-        });
-        return;
-    }
     tasks.fetch_add(1, Ordering::AcqRel);
     let (broker, stop, tasks) = (Arc::clone(broker), stop.clone(), Arc::clone(tasks));
-    tokio::spawn(async move {
-        let stream = match (stream, tls) {
-            (Stream::Tcp(tcp), Some(acceptor)) => {
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                    Ok(Ok(tls)) => Some(Stream::Tls(Box::new(tls))),
-                    Ok(Err(e)) => {
-                        debug!(error = %e, "TLS handshake failed");
+    match (stream, tls) {
+        (Stream::Tcp(tcp), Some(acceptor)) => {
+            // A handshake is not a client yet: it is counted among the
+            // handshakes, whose oldest a newcomer cuts short when there
+            // are as many as clients may be (one that never speaks holds
+            // nobody out), and within HANDSHAKE_TIMEOUT in any case.
+            let (id, cut) = broker.handshakes.begin(broker.config.max_clients);
+            tokio::spawn(async move {
+                let stream = tokio::select! {
+                    r = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)) => match r {
+                        Ok(Ok(tls)) => Some(Stream::Tls(Box::new(tls))),
+                        Ok(Err(e)) => {
+                            debug!(error = %e, "TLS handshake failed");
+                            None
+                        }
+                        Err(_) => {
+                            debug!("TLS handshake took too long");
+                            None
+                        }
+                    },
+                    () = cut.notified() => {
+                        debug!("TLS handshake cut short for a newcomer");
                         None
                     }
-                    Err(_) => {
-                        debug!("TLS handshake took too long");
-                        None
-                    }
+                };
+                broker.handshakes.end(id);
+                if let Some(stream) = stream {
+                    serve_conn(stream, broker, stop).await;
                 }
-            }
-            (stream, _) => Some(stream),
-        };
-        match stream {
-            Some(stream) => Conn::new(stream, broker, stop).run().await,
-            None => {
-                broker.clients.fetch_sub(1, Ordering::AcqRel);
-            }
+                tasks.fetch_sub(1, Ordering::AcqRel);
+            });
         }
-        tasks.fetch_sub(1, Ordering::AcqRel);
-    });
+        (stream, _) => {
+            tokio::spawn(async move {
+                serve_conn(stream, broker, stop).await;
+                tasks.fetch_sub(1, Ordering::AcqRel);
+            });
+        }
+    }
+}
+
+/// Serves a connection, or refuses it when the server is full. A full
+/// broker makes room by closing the oldest connection that has not
+/// authenticated: strangers never keep a client out, and never take an
+/// authenticated one's place.
+async fn serve_conn(mut stream: Stream, broker: Arc<Broker>, stop: watch::Receiver<bool>) {
+    let clients = broker.clients.fetch_add(1, Ordering::AcqRel) + 1;
+    if clients > broker.config.max_clients && !broker.connections.evict_oldest_stranger() {
+        broker.clients.fetch_sub(1, Ordering::AcqRel);
+        let _ = tokio::time::timeout(
+            HANDSHAKE_TIMEOUT,
+            stream.write_all(b"-ERR max number of clients reached\r\n"),
+        )
+        .await;
+        return;
+    }
+    Conn::new(stream, broker, stop).run().await;
 }
 
 async fn accept_tcp(

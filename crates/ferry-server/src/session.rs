@@ -22,8 +22,10 @@ pub(crate) struct Session {
     pub(crate) id: u64,
     pub(crate) name: Option<Bytes>,
     pub(crate) authed: bool,
-    /// Commands refused with -NOAUTH so far (see `cmd::STRANGER_REFUSALS`).
-    pub(crate) refused_strangers: u32,
+    /// Commands run before it authenticated (see `cmd::STRANGER_COMMANDS`).
+    pub(crate) stranger_commands: u32,
+    /// Passwords refused (see `cmd::WRONG_PASSWORDS`).
+    pub(crate) wrong_passwords: u32,
     /// Who it authenticated as, under an ACL file; `None`: may do all.
     pub(crate) user: Option<Arc<User>>,
     pub(crate) resp3: bool,
@@ -91,7 +93,8 @@ impl Session {
             id,
             name: None,
             authed,
-            refused_strangers: 0,
+            stranger_commands: 0,
+            wrong_passwords: 0,
             user: None,
             resp3: false,
             // Grown by the first reply: an idle connection holds no page
@@ -239,7 +242,10 @@ impl Session {
         }
         self.leave_group();
         for (name, token) in std::mem::take(&mut self.locks) {
-            self.broker.locks.release(&name, token, Some(id));
+            let _ = self
+                .broker
+                .locks
+                .release(&name, token, crate::locks::Releaser::Holder(id));
         }
     }
 }

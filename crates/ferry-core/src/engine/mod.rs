@@ -122,6 +122,12 @@ pub trait Item {
     fn weight(&self) -> u64 {
         0
     }
+
+    /// The item is entering a fifo queue, which never orders by it: drop
+    /// whatever only ordering needs, so that [`Item::weight`] counts what
+    /// the queue keeps (a packed fifo store keeps no more). Nothing, by
+    /// default.
+    fn forget_order(&mut self) {}
 }
 
 /// A message: an item with its id and the count of earlier deliveries
@@ -231,6 +237,16 @@ pub enum Batch<T> {
     Many(Vec<T>),
 }
 
+impl<T: Item> Batch<T> {
+    /// Their total [`Item::weight`].
+    fn weight(&self) -> u64 {
+        match self {
+            Batch::One(t) => t.weight(),
+            Batch::Many(v) => v.iter().map(Item::weight).sum(),
+        }
+    }
+}
+
 impl<T> Batch<T> {
     /// How many items.
     pub fn len(&self) -> usize {
@@ -336,6 +352,8 @@ pub struct Queue<T, F = VecDeque<Message<T>>> {
     /// reserved for a waiter, or leased (taken and no-ack deliveries hand
     /// their item out).
     held: u64,
+    /// Total weight of the items of puts waiting for room.
+    waiting: u64,
     /// When the held messages were put, by the second.
     ages: Ages,
     journal: Option<Box<dyn Journal<T>>>,
@@ -357,6 +375,7 @@ impl<T: Item, F: FifoStore<T>> Queue<T, F> {
             dead: Vec::new(),
             stats: Stats::default(),
             held: 0,
+            waiting: 0,
             ages: Ages::default(),
             journal: None,
         }
@@ -370,10 +389,10 @@ impl<T: Item, F: FifoStore<T>> Queue<T, F> {
     /// Puts back a message recovered from a log — with its id, attempts and
     /// item as they were, delayed until `due` if given — past maxsize and
     /// shutdown, without journaling it. Ids must come in increasing order.
-    pub fn restore(&mut self, id: u64, attempts: u32, item: T, due: Option<Millis>) {
+    pub fn restore(&mut self, id: u64, attempts: u32, mut item: T, due: Option<Millis>) {
         self.next_id = self.next_id.max(id + 1);
         self.unfinished += 1;
-        self.hold(id, &item);
+        self.hold(id, &mut item);
         let msg = Message { id, attempts, item };
         match due {
             Some(at) if at > self.now => {
@@ -420,6 +439,12 @@ impl<T: Item, F: FifoStore<T>> Queue<T, F> {
         self.held
     }
 
+    /// Total [`Item::weight`] of the items of puts waiting for room: not
+    /// messages yet, but memory all the same.
+    pub fn waiting_put_weight(&self) -> u64 {
+        self.waiting
+    }
+
     /// When the oldest message it holds (ready, delayed, leased or handed
     /// to a waiter; not taken) was put, to the second; restored messages
     /// count from their restore.
@@ -445,7 +470,13 @@ impl<T: Item, F: FifoStore<T>> Queue<T, F> {
         }
     }
 
-    fn hold(&mut self, id: u64, item: &T) {
+    /// Counts a message entering the queue (a fifo first drops what only
+    /// ordering needs: the weight added here is the weight taken off
+    /// when it leaves, whichever store it passed through).
+    fn hold(&mut self, id: u64, item: &mut T) {
+        if self.config.kind == Kind::Fifo {
+            item.forget_order();
+        }
         self.held += item.weight();
         self.ages.hold(id, self.now);
     }
@@ -693,13 +724,13 @@ impl<T: Item, F: FifoStore<T>> Queue<T, F> {
     /// Admits a message that was already admitted elsewhere — a dead letter
     /// moving in from its source queue, or a redriven one moving back —
     /// past maxsize and shutdown, with `attempts`. Replies its new id.
-    pub fn put_moved(&mut self, item: T, attempts: u32, now: Millis) -> u64 {
+    pub fn put_moved(&mut self, mut item: T, attempts: u32, now: Millis) -> u64 {
         self.advance(now);
         let id = self.next_id;
         self.next_id += 1;
         self.unfinished += 1;
         self.stats.put += 1;
-        self.hold(id, &item);
+        self.hold(id, &mut item);
         if let Some(j) = &mut self.journal {
             j.put(id, attempts, &item, None);
         }
@@ -708,12 +739,12 @@ impl<T: Item, F: FifoStore<T>> Queue<T, F> {
         id
     }
 
-    fn admit_one(&mut self, item: T, delay: Option<Millis>) -> u64 {
+    fn admit_one(&mut self, mut item: T, delay: Option<Millis>) -> u64 {
         let id = self.next_id;
         self.next_id += 1;
         self.unfinished += 1;
         self.stats.put += 1;
-        self.hold(id, &item);
+        self.hold(id, &mut item);
         let due = delay.filter(|&d| d > 0).map(|d| self.now.saturating_add(d));
         if let Some(j) = &mut self.journal {
             j.put(id, 0, &item, due);
@@ -751,6 +782,7 @@ impl<T: Item, F: FifoStore<T>> Queue<T, F> {
     /// admitted, whole, when it is the oldest putter and fits.
     pub fn wait_put(&mut self, batch: Batch<T>, delay: Option<Millis>, now: Millis) -> WaiterId {
         self.advance(now);
+        self.waiting += batch.weight();
         let id = self
             .waiters
             .add(Waiter::Put(PutState::Waiting { batch, delay }));
@@ -781,7 +813,11 @@ impl<T: Item, F: FifoStore<T>> Queue<T, F> {
             return None;
         }
         let batch = match self.waiters.remove(waiter)? {
-            Waiter::Put(PutState::Waiting { batch, .. } | PutState::ShutDown(batch)) => Some(batch),
+            Waiter::Put(PutState::Waiting { batch, .. }) => {
+                self.waiting = self.waiting.saturating_sub(batch.weight());
+                Some(batch)
+            }
+            Waiter::Put(PutState::ShutDown(batch)) => Some(batch),
             _ => None,
         };
         // The putter may have been holding up smaller ones behind it.
@@ -1279,6 +1315,7 @@ impl<T: Item, F: FifoStore<T>> Queue<T, F> {
             else {
                 continue;
             };
+            self.waiting = self.waiting.saturating_sub(batch.weight());
             let outcome = if self.shutdown.is_some() {
                 PutState::ShutDown(batch)
             } else {

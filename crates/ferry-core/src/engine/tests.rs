@@ -529,3 +529,39 @@ fn taking_out_to_move_finishes_here_whatever_the_pause() {
     assert!(matches!(q.poll_put(putter), Some(Ok(_))));
     assert_eq!((q.qsize(), q.unfinished(), q.stats().done), (2, 2, 1));
 }
+
+/// An item that weighs its number.
+#[derive(Debug, PartialEq, Eq)]
+struct W(u64);
+
+impl Item for W {
+    fn priority_cmp(&self, _: &Self) -> Ordering {
+        Ordering::Equal
+    }
+    fn weight(&self) -> u64 {
+        self.0
+    }
+}
+
+#[test]
+fn puts_waiting_for_room_are_weighed_until_they_are_in_or_gone() {
+    let mut q: Queue<W> = Queue::new(Config {
+        maxsize: 1,
+        ..Config::default()
+    });
+    q.put(W(5), None, 0).unwrap();
+    let admitted = q.wait_put(Batch::Many(vec![W(7), W(8)]), None, 0);
+    let cancelled = q.wait_put(Batch::One(W(100)), None, 0);
+    assert_eq!((q.held_weight(), q.waiting_put_weight()), (5, 115));
+    assert_eq!(q.cancel_put(cancelled), Some(Batch::One(W(100))));
+    assert_eq!(q.waiting_put_weight(), 15);
+    q.set_maxsize(10);
+    assert!(matches!(q.poll_put(admitted), Some(Ok(_))));
+    assert_eq!((q.held_weight(), q.waiting_put_weight()), (20, 0));
+    q.set_maxsize(1);
+    let shut = q.wait_put(Batch::One(W(9)), None, 0);
+    assert_eq!(q.waiting_put_weight(), 9);
+    q.shutdown(false, 0);
+    assert_eq!(q.waiting_put_weight(), 0);
+    assert!(matches!(q.poll_put(shut), Some(Err(PutError::ShutDown(_)))));
+}

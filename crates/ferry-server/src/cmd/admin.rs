@@ -160,6 +160,20 @@ struct Named {
 }
 
 impl Named {
+    /// Does it name a setting that decides what becomes of the queue's
+    /// messages — LEASE, MAXATTEMPTS, DEADLETTER, EXPIRE, PAUSED? Only an
+    /// admin may, even on a queue it makes: whoever names a queue first
+    /// would otherwise choose where others' messages go (a dead-letter
+    /// queue of its own, with a lease of 1 ms) or when they vanish.
+    fn controls(&self) -> bool {
+        let s = &self.settings;
+        s.lease.is_some()
+            || s.max_attempts.is_some()
+            || s.dead_letter.is_some()
+            || s.expire.is_some()
+            || s.paused.is_some()
+    }
+
     /// The dead-letter queue it names, if any: naming one needs the put
     /// right on it (its messages will be put there).
     fn dead_letter(&self) -> Option<&[u8]> {
@@ -168,6 +182,27 @@ impl Named {
             .as_ref()
             .and_then(|d| d.as_deref())
             .map(str::as_bytes)
+    }
+
+    /// Makes the dead-letter queue it names, if it does not exist: now,
+    /// so that the limits that hold for making a queue (`--max-memory`,
+    /// the user's `max_queues`) hold for it too — a dead letter's move
+    /// later makes it unchecked (its messages must go somewhere).
+    fn make_dead_letter(&self, s: &Session) -> Result<(), CmdError> {
+        let Some(dl) = self.dead_letter() else {
+            return Ok(());
+        };
+        let name = Bytes::copy_from_slice(dl);
+        s.broker
+            .create(
+                &name,
+                engine::Config::default(),
+                false,
+                None,
+                s.user.as_deref(),
+            )
+            .map(drop)
+            .map_err(|why| err("OOM", why))
     }
 
     fn parse(a: &mut Args, allow_kind: bool) -> Result<Named, CmdError> {
@@ -192,11 +227,17 @@ impl Create {
         self.0.dead_letter()
     }
 
+    /// It names a setting only an admin may (see [`Named::controls`]).
+    pub(super) fn controls(&self) -> bool {
+        self.0.controls()
+    }
+
     pub(super) fn parse(a: &mut Args) -> Result<Self, CmdError> {
         Named::parse(a, true).map(Create)
     }
 
     pub(super) fn apply(self, s: &mut Session) -> Res {
+        self.0.make_dead_letter(s)?;
         let Named { queue, settings } = self.0;
         let mut config = engine::Config::default();
         settings.apply(&mut config);
@@ -271,6 +312,7 @@ impl ConfigQueue {
     }
 
     pub(super) fn apply(self, s: &mut Session) -> Res {
+        self.0.make_dead_letter(s)?;
         let Named { queue, settings } = self.0;
         let cell = s.find_or_create(&queue)?;
         let broker = std::sync::Arc::clone(&s.broker);

@@ -9,8 +9,9 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::{
-    Args, Blocked, CmdError, Flow, Outcome, Res, Wait, Woke, deadline, done, is, parse_u64,
+    Args, Blocked, CmdError, Flow, Outcome, Res, Wait, Woke, deadline, done, err, is, parse_u64,
 };
+use crate::locks::Releaser;
 use crate::session::Session;
 
 pub(crate) struct Lock {
@@ -47,7 +48,7 @@ impl Lock {
         match s
             .broker
             .locks
-            .try_acquire(&self.name, s.id, self.ttl, None, now)
+            .try_acquire(&self.name, s.id, user_name(s), self.ttl, None, now)
         {
             Ok(token) => granted(s, self.name, token),
             Err(_) => match self.wait {
@@ -68,6 +69,11 @@ impl Lock {
         }
         done()
     }
+}
+
+/// The user a session is logged in as, under an ACL file.
+fn user_name(s: &Session) -> Option<&str> {
+    s.user.as_deref().map(|u| u.name.as_str())
 }
 
 fn granted(s: &mut Session, name: Bytes, token: u64) {
@@ -101,7 +107,14 @@ impl LockWait {
             return Some(Ok(Flow::Close));
         }
         let now = s.broker.now();
-        match locks.try_acquire(&self.name, s.id, self.ttl, Some(self.ticket), now) {
+        match locks.try_acquire(
+            &self.name,
+            s.id,
+            user_name(s),
+            self.ttl,
+            Some(self.ticket),
+            now,
+        ) {
             Ok(token) => {
                 granted(s, self.name.clone(), token);
                 Some(Ok(Flow::Continue))
@@ -138,7 +151,23 @@ impl Unlock {
     }
 
     pub(super) fn apply(self, s: &mut Session) -> Res {
-        let released = s.broker.locks.release(&self.name, self.token, None);
+        let by = match s.user.as_deref() {
+            Some(u) => Releaser::User(u),
+            None => Releaser::Anyone,
+        };
+        let released = s
+            .broker
+            .locks
+            .release(&self.name, self.token, by)
+            .map_err(|()| {
+                err(
+                    "NOPERM",
+                    format!(
+                        "lock '{}' is held by another user (only that user, or an operator, may UNLOCK it)",
+                        String::from_utf8_lossy(&self.name)
+                    ),
+                )
+            })?;
         s.locks
             .retain(|(n, t)| !(n == &self.name && *t == self.token));
         s.reply().int(i64::from(released));

@@ -21,6 +21,8 @@ mod get;
 mod locks;
 mod put;
 mod server;
+
+pub(crate) use server::credentials_in;
 #[cfg(test)]
 mod tests;
 
@@ -410,11 +412,14 @@ impl Command {
             Command::Touch(c) => vec![(Right::Get, &c.queue)],
             Command::Join(c) => vec![(Right::See, &c.queue)],
             // Making a queue is a first use, as a put's or a get's is (and
-            // Python's classes QCREATE to attach): any right on it. Changing
-            // the settings of one that exists needs admin (checked as it
-            // applies: only then is it known). A dead-letter target will be
-            // put to: the put right on it.
+            // Python's classes QCREATE to attach): any right on it, with a
+            // KIND and a MAXSIZE. Settings that decide what becomes of its
+            // messages need admin, new queue or not; changing the settings
+            // of one that exists needs admin too (checked as it applies:
+            // only then is it known). A dead-letter target will be put to:
+            // the put right on it.
             Command::Create(c) => std::iter::once((Right::See, &c.queue()[..]))
+                .chain(c.controls().then(|| (Right::Admin, &c.queue()[..])))
                 .chain(c.dead_letter().map(|d| (Right::Put, d)))
                 .collect(),
             Command::Config(c) => std::iter::once((Right::Admin, &c.queue()[..]))
@@ -509,9 +514,25 @@ impl Session {
     }
 }
 
-/// Commands a connection that has not authenticated may send (each
-/// answered -NOAUTH) before it is closed.
-pub(crate) const STRANGER_REFUSALS: u32 = 16;
+/// Commands a connection may send before it authenticates (each but
+/// AUTH, HELLO and QUIT answered -NOAUTH); the next closes it.
+pub(crate) const STRANGER_COMMANDS: u32 = 16;
+
+/// Wrong passwords a connection may send; the next command closes it.
+pub(crate) const WRONG_PASSWORDS: u32 = 3;
+
+/// Answers, then closes, a connection that sent too much without
+/// authenticating (or too many wrong passwords).
+fn close_stranger(s: &mut Session, why: &str) -> Outcome {
+    s.reply().error(
+        "NOAUTH",
+        &format!("Authentication required; closing: {why}."),
+    );
+    s.broker
+        .unauthenticated_closed
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    Outcome::Done(Flow::Close)
+}
 
 /// Runs one request: parses it, checks the client may run it, applies it.
 /// Its reply (or error) is in the session's output unless it waits.
@@ -521,21 +542,18 @@ pub(crate) fn execute(s: &mut Session, req: Request) -> Outcome {
     // Before anything else is read of it: a client that has not
     // authenticated may only authenticate, or leave.
     let command = command_name(&req[0]);
-    if !s.authed && !matches!(command, Some("AUTH" | "HELLO" | "QUIT")) {
-        // A stranger that keeps sending commands it may not run is closed:
-        // a pipeline of them would cost the broker a reply each.
-        s.refused_strangers += 1;
-        if s.refused_strangers > STRANGER_REFUSALS {
-            s.reply().error(
-                "NOAUTH",
-                "Authentication required; closing after too many commands without it.",
-            );
-            s.broker
-                .unauthenticated_closed
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            return Outcome::Done(Flow::Close);
+    if !s.authed {
+        // A stranger that keeps sending commands without authenticating
+        // is closed: a pipeline of them would cost the broker a reply each.
+        s.stranger_commands += 1;
+        if s.stranger_commands > STRANGER_COMMANDS || s.wrong_passwords >= WRONG_PASSWORDS {
+            return close_stranger(s, "too many commands without authenticating");
         }
-        return Outcome::Done(s.settle(Err(err("NOAUTH", "Authentication required."))));
+        if !matches!(command, Some("AUTH" | "HELLO" | "QUIT")) {
+            return Outcome::Done(s.settle(Err(err("NOAUTH", "Authentication required."))));
+        }
+    } else if s.wrong_passwords >= WRONG_PASSWORDS {
+        return close_stranger(s, "too many wrong passwords");
     }
     let outcome = Command::parse(command, &req).and_then(|cmd| {
         if let Some(user) = &s.user {

@@ -106,11 +106,13 @@ pub(super) fn shut_down() -> CmdError {
 }
 
 /// Puts are refused while memory or disk is short; gets and dones go on.
-fn admit(s: &Session) -> Result<(), CmdError> {
-    if s.broker.over_memory() {
+/// `adds`: what the put would hold (payloads, keys, overhead), checked
+/// with it, so that one large request cannot overshoot a limit.
+fn admit(s: &Session, adds: u64) -> Result<(), CmdError> {
+    if s.broker.over_memory_with(adds) {
         return Err(err("OOM", crate::broker::OVER_MEMORY));
     }
-    if let Some(why) = s.user.as_ref().and_then(|u| u.over_bytes()) {
+    if let Some(why) = s.user.as_ref().and_then(|u| u.over_bytes(adds)) {
         return Err(err("OOM", why));
     }
     if s.broker.low_on_disk() {
@@ -132,7 +134,18 @@ impl Put {
                 continue;
             }
             if is(opt, "DEDUP") {
-                dedup = Some(a.value(opt)?);
+                let key = a.value(opt)?;
+                if key.len() > crate::broker::MAX_DEDUP_KEY {
+                    return Err(err(
+                        "ERR",
+                        format!(
+                            "a DEDUP key may hold at most {} bytes, not {}",
+                            crate::broker::MAX_DEDUP_KEY,
+                            key.len()
+                        ),
+                    ));
+                }
+                dedup = Some(key);
             } else if is(opt, "DEDUPFOR") {
                 dedup_for = Some(a.u64_value(opt)?);
             } else {
@@ -152,7 +165,7 @@ impl Put {
     }
 
     pub(super) fn apply(self, s: &mut Session) -> Res {
-        admit(s)?;
+        admit(s, crate::payload::weight(&self.data, &self.opts.key))?;
         let Put {
             queue,
             data,
@@ -237,7 +250,12 @@ impl PutMany {
     }
 
     pub(super) fn apply(self, s: &mut Session) -> Res {
-        admit(s)?;
+        let adds = self
+            .data
+            .iter()
+            .map(|d| crate::payload::weight(d, &self.opts.key))
+            .sum();
+        admit(s, adds)?;
         let PutMany { queue, data, opts } = self;
         let items: Vec<Payload> = data
             .into_iter()

@@ -284,6 +284,27 @@ impl Server {
     }
 }
 
+/// The credentials an AUTH or a HELLO ... AUTH request carries (user,
+/// password; `default` when AUTH names none), read before the request is
+/// run so that their check can be done off the workers.
+pub(crate) fn credentials_in(req: &ferry_proto::Request) -> Option<(&[u8], &[u8])> {
+    let name = &req[0];
+    if name.eq_ignore_ascii_case(b"AUTH") {
+        return match req.len() {
+            2 => Some((b"default", &req[1])),
+            3 => Some((&req[1], &req[2])),
+            _ => None,
+        };
+    }
+    if name.eq_ignore_ascii_case(b"HELLO") {
+        let at = (1..req.len()).find(|&i| req[i].eq_ignore_ascii_case(b"AUTH"))?;
+        if at + 2 < req.len() {
+            return Some((&req[at + 1], &req[at + 2]));
+        }
+    }
+    None
+}
+
 /// CONFIG GET: the settings whose names match a pattern (`*` for any
 /// run of characters), as Redis names them.
 fn config_get(s: &mut Session, patterns: &[Bytes]) {
@@ -326,7 +347,7 @@ fn config_get(s: &mut Session, patterns: &[Bytes]) {
 /// user name). Logs the session in as the user — unless, while it was a
 /// stranger, a newcomer was given its place (the broker was full).
 fn check_password(s: &mut Session, user: Option<&[u8]>, pass: &[u8]) -> Result<(), CmdError> {
-    let u = credentials(s, user, pass)?;
+    let u = credentials(s, user, pass).inspect_err(|_| s.wrong_passwords += 1)?;
     if !s.seen.authenticated() {
         return Err(err(
             "ERR",
