@@ -929,6 +929,8 @@ fn settings_come_from_flags_then_environment_then_file() {
             .args(["serve", "--port", "0", "--config", file.to_str().unwrap()])
             .args(extra)
             .envs(env.iter().copied())
+            // Its default data directory, ./ferry-data, in the temp dir.
+            .current_dir(dir.path())
             .stdout(std::process::Stdio::piped())
             .spawn()
             .unwrap();
