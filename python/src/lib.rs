@@ -313,21 +313,10 @@ impl Connection {
             if let Some(m) = &m {
                 args.extend_from_slice(&[b"MAXSIZE", m.as_bytes()]);
             }
-            let plain = args.len();
             if let Some(e) = &e {
                 args.extend_from_slice(&[b"EXPIRE", e.as_bytes()]);
             }
-            match c.call(&args) {
-                // Under an ACL an idle expiry is an admin's to set: a user
-                // without admin on its private queue's name makes it
-                // without (the process drops it at exit all the same).
-                Err(ferry_client::Error::Server { code, .. })
-                    if code == "NOPERM" && e.is_some() =>
-                {
-                    c.call(&args[..plain]).map(drop)
-                }
-                other => other.map(drop),
-            }
+            c.call(&args).map(drop)
         });
         match r {
             Err(e) if e.is_instance_of::<FerryError>(py) && e.to_string().contains("EXISTS") => {

@@ -88,9 +88,9 @@ def test_a_user_from_the_url_gets_its_rights(tmp_path):
 
 
 def test_a_user_without_admin_makes_private_queues(tmp_path):
-    # An idle expiry is an admin's to set (a user naming a shared queue
-    # first could make others' messages vanish with it): a private queue of
-    # a user without admin on its name is made without one, and works.
+    # A user without admin may make a private queue with an idle expiry
+    # (it then expires only while empty: a shared name made so never
+    # vanishes with others' messages), but not choose where its messages go.
     hashed = subprocess.run([BINARY, "hash-password"], input="worker-pw\n", text=True,
                             capture_output=True, check=True).stdout.strip()
     acl = tmp_path / "acl.toml"
@@ -104,6 +104,7 @@ def test_a_user_without_admin_makes_private_queues(tmp_path):
         q.task_done()
         q.join()
         r = redis.Redis(port=port, username="worker", password="worker-pw")
+        assert r.execute_command("QINFO", q._name)[b"expire"] == ferry.PRIVATE_EXPIRE_MS
         with pytest.raises(redis.exceptions.ResponseError, match="no 'admin' right"):
-            r.execute_command("QCREATE", "shared", "EXPIRE", "1000")
+            r.execute_command("QCREATE", "shared", "LEASE", "1")
         r.close()

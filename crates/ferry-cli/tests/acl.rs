@@ -474,3 +474,46 @@ fn a_user_s_limits_hold_its_bytes_and_its_queues() {
     public.put("pub.d", b"x").unwrap();
     let _ = ops.qsize("pub.d").unwrap();
 }
+
+/// EXPIRE on a queue a user without admin makes: the queue expires only
+/// while it holds nothing, so a shared name made so never vanishes with
+/// the messages others put to it (an admin's EXPIRE drops it regardless).
+#[test]
+fn a_non_admin_s_expiry_never_drops_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let acl = dir.path().join("acl.toml");
+    std::fs::write(
+        &acl,
+        format!(
+            "[users.ops]\npassword_hash = \"{}\"\nput = [\"*\"]\nget = [\"*\"]\nadmin = [\"*\"]\n\n\
+             [users.public]\npassword_hash = \"{}\"\nput = [\"pub.*\"]\nget = [\"pub.*\"]\n",
+            hash("ops-pw"),
+            hash("public-pw")
+        ),
+    )
+    .unwrap();
+    let s = Server::start_with(&["--acl-file", acl.to_str().unwrap()]);
+    let at = |user: &str, pw: &str| format!("ferry://{user}:{pw}@127.0.0.1:{}", s.port);
+    let mut public = Client::connect(&at("public", "public-pw")).unwrap();
+    let mut ops = Client::connect(&at("ops", "ops-pw")).unwrap();
+    // The held one last used first: it is due at the sweep that drops
+    // the empty one.
+    public
+        .call(&[b"QCREATE", b"pub.held", b"EXPIRE", b"300"])
+        .unwrap();
+    ops.put("pub.held", b"someone else's message").unwrap();
+    public
+        .call(&[b"QCREATE", b"pub.empty", b"EXPIRE", b"300"])
+        .unwrap();
+    common::wait_until("the empty queue to expire", || {
+        ops.call(&[b"QLIST"])
+            .is_ok_and(|v| !format!("{v:?}").contains("pub.empty"))
+    });
+    assert_eq!(
+        ops.qsize("pub.held").unwrap(),
+        1,
+        "a queue with a message stays"
+    );
+    let m = ops.get("pub.held").unwrap();
+    assert_eq!(m.payload, b"someone else's message");
+}

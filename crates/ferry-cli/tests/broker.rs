@@ -1072,3 +1072,30 @@ fn protected_mode_refuses_to_listen_beyond_loopback_without_a_password() {
         );
     }
 }
+
+/// A dropped queue's memory is let go of at once, even for messages still
+/// out on timed leases (no QDONE can reach them by name any more).
+#[test]
+fn a_drop_lets_go_of_timed_leases_memory() {
+    let s = Server::start();
+    let mut c = s.conn();
+    let before = common::info_field(&mut c, "queued_memory");
+    for i in 0..10 {
+        let _: u64 = cmd("QPUT")
+            .arg("gone")
+            .arg(vec![b'x'; 10_000 + i])
+            .query(&mut c)
+            .unwrap();
+    }
+    let _: Vec<Entry> = cmd("QGET")
+        .arg("gone")
+        .arg("COUNT")
+        .arg(5)
+        .arg("LEASE")
+        .arg(60_000)
+        .query(&mut c)
+        .unwrap();
+    assert!(common::info_field(&mut c, "queued_memory") > before + 100_000);
+    let _: () = cmd("QDROP").arg("gone").query(&mut c).unwrap();
+    assert_eq!(common::info_field(&mut c, "queued_memory"), before);
+}

@@ -44,9 +44,9 @@
 //!
 //! [`Log::open`] replays every whole record, oldest first. Only the end of
 //! the **last** segment can be torn by a crash: a bad stretch there with
-//! nothing whole after it (or a sector of zeros: a write the disk did not
-//! finish) is cut off and reported — a damaged last record looks the same
-//! and is cut too, its bytes kept in `damaged/`. Anything else is damage:
+//! nothing whole after it (or zeros where a frame must be: a write the
+//! disk did not finish) is cut off and reported — a damaged last record
+//! looks the same and is cut too, its bytes kept in `damaged/`. Anything else is damage:
 //! opening fails and nothing is changed, unless `salvage` is set, which
 //! skips only the damaged stretches and keeps the damaged segments aside
 //! (the `recovery` module has the rules).
@@ -221,8 +221,8 @@ pub struct Cut {
     pub offset: u64,
     /// Bytes cut off.
     pub bytes: u64,
-    /// Whole records cut with them: they followed a sector of zeros, a
-    /// write the disk did not finish (none was synced).
+    /// Whole records cut with them: they followed zeros where a frame must
+    /// be, a write the disk did not finish (none was synced).
     pub records: u64,
     /// Where the cut bytes were kept (`None` if they could not be, or the
     /// log was only inspected).

@@ -8,9 +8,10 @@
 //!   the end of a write a crash interrupted — or a damaged last record:
 //!   the two leave the same bytes, so it is cut off, reported as such, and
 //!   its bytes kept in `damaged/`. A bad stretch with whole records after
-//!   it that holds a whole sector of zeros is a write the disk did not
-//!   finish (its pages landed out of order); it is cut the same way,
-//!   records after it included, since none of them was synced.
+//!   it whose frame, or the frame after its record, is zeros from a
+//!   sector boundary on (never data: a frame is never zero) is a write the
+//!   disk did not finish (its pages landed out of order); it is cut the
+//!   same way, records after it included, since none of them was synced.
 //! - Anything else — a bad stretch followed by whole records, a bad end
 //!   of a segment the log had moved past (it was synced then), a header
 //!   that does not check, a missing segment, a segment shorter than when
@@ -96,9 +97,7 @@ fn judge(s: &Scan, bytes: &[u8], last: bool, salvage: bool) -> Verdict {
     match first.followed {
         Followed::No => cut(0),
         // With salvage, whole records are kept wherever they are.
-        Followed::Yes if first.zero_sector && !salvage => {
-            cut(s.records.len() - first.records_before)
-        }
+        Followed::Yes if first.torn && !salvage => cut(s.records.len() - first.records_before),
         Followed::Yes | Followed::Unknown => Verdict::Damaged,
     }
 }

@@ -222,9 +222,15 @@ pub(crate) fn create_segment(
     len: u64,
 ) -> Result<Option<Box<dyn LogFile>>, LogError> {
     let path = dir.join(segment_name(new.seq));
-    let mut f = storage
-        .create(&path)
-        .map_err(io_err(format!("creating {}", path.display())))?;
+    let mut f = match storage.create(&path) {
+        Ok(f) => f,
+        // No room even for the file: as for its preallocation.
+        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::NOSPC.raw_os_error()) => {
+            let _ = storage.remove(&path);
+            return Ok(None);
+        }
+        Err(e) => return Err(io_err(format!("creating {}", path.display()))(e)),
+    };
     let header = encode_header(new.seq, new.salt, new.prev_end);
     let written = f.write_all(&header).and_then(|()| f.sync_data());
     let full = matches!(&written, Err(e) if e.raw_os_error() == Some(rustix::io::Errno::NOSPC.raw_os_error()));
@@ -285,9 +291,9 @@ pub(crate) struct Bad {
     /// How many of the segment's whole records come before it.
     pub(crate) records_before: usize,
     pub(crate) followed: Followed,
-    /// It holds a whole sector of zeros, as a write the disk never
-    /// completed leaves (damage seldom does).
-    pub(crate) zero_sector: bool,
+    /// It looks like a write the disk never finished (see
+    /// [`looks_torn`]), not like damage.
+    pub(crate) torn: bool,
 }
 
 /// A check of one segment's bytes.
@@ -343,10 +349,16 @@ fn frame_at(bytes: &[u8], pos: usize, h: &Header) -> Result<(usize, usize), &'st
 
 /// The first offset after `from` (and before `data_end`) where a whole
 /// record starts.
-fn resync(bytes: &[u8], from: usize, data_end: usize, h: &Header) -> Result<Option<usize>, ()> {
+fn resync(
+    bytes: &[u8],
+    from: usize,
+    data_end: usize,
+    h: &Header,
+    budget: &mut usize,
+) -> Result<Option<usize>, ()> {
     // Format 2 frames carry no checksum of their own: each candidate
-    // costs a checksum of the length it claims. Bounded; past it, unknown.
-    let mut budget = 16 * bytes.len() + (64 << 20);
+    // costs a checksum of the length it claims. Bounded per segment; past
+    // the bound, unknown.
     for q in from + 1..data_end {
         if bytes.len() - q < h.frame() {
             break;
@@ -356,10 +368,10 @@ fn resync(bytes: &[u8], from: usize, data_end: usize, h: &Header) -> Result<Opti
             continue;
         }
         if h.salt.is_none() {
-            if budget < len {
+            if *budget < len {
                 return Err(());
             }
-            budget -= len;
+            *budget -= len;
         }
         if frame_at(bytes, q, h).is_ok() {
             return Ok(Some(q));
@@ -368,17 +380,39 @@ fn resync(bytes: &[u8], from: usize, data_end: usize, h: &Header) -> Result<Opti
     Ok(None)
 }
 
-/// Does `bytes[at..to]` hold a whole sector of zeros (sectors counted
-/// from the start of the file)?
-fn holds_zero_sector(bytes: &[u8], at: usize, to: usize) -> bool {
-    let mut s = at.next_multiple_of(SECTOR);
-    while s + SECTOR <= to {
-        if bytes[s..s + SECTOR].iter().all(|&b| b == 0) {
-            return true;
+/// Does the bad stretch at `at` look like a write the disk never
+/// finished? Such a write leaves zeros where data should be, sector by
+/// sector. Zeros inside a record's payload may be its data and prove
+/// nothing; but a frame is never zero (records are never empty), so zeros
+/// where a frame must be — the stretch's own, or, if that frame checks
+/// and only its payload does not, the next one after the record — all of
+/// it, or its end from a sector boundary on, are an unfinished write's.
+/// A byte damaged amid whole data leaves no such thing.
+fn looks_torn(bytes: &[u8], at: usize, h: &Header) -> bool {
+    let zeroed = |pos: usize| {
+        let end = (pos + h.frame()).min(bytes.len());
+        if pos >= end {
+            return false;
         }
-        s += SECTOR;
+        let from = if pos.is_multiple_of(SECTOR) {
+            pos
+        } else {
+            pos.next_multiple_of(SECTOR)
+        };
+        bytes[pos..end].iter().all(|&b| b == 0)
+            || (from < end && bytes[from..end].iter().all(|&b| b == 0))
+    };
+    if zeroed(at) {
+        return true;
     }
-    false
+    // The frame checks (its length is the writer's): is the next one
+    // zeros?
+    let Some(salt) = h.salt else { return false };
+    if bytes.len() - at < h.frame() || salted(salt, &bytes[at..at + 8]) != u32_at(bytes, at + 8) {
+        return false;
+    }
+    let next = at + h.frame() + u32_at(bytes, at) as usize;
+    next < bytes.len() && zeroed(next)
 }
 
 /// Checks a segment's bytes: every whole record, and every bad stretch
@@ -403,6 +437,7 @@ pub(crate) fn scan(bytes: &[u8], seq: u64) -> Scan {
         .max(h.len());
     let mut pos = h.len();
     s.end = pos;
+    let mut budget = 16 * bytes.len() + (64 << 20);
     while pos < data_end {
         match frame_at(bytes, pos, &h) {
             Ok((start, end)) => {
@@ -411,7 +446,7 @@ pub(crate) fn scan(bytes: &[u8], seq: u64) -> Scan {
                 s.end = end;
             }
             Err(reason) => {
-                let (to, followed) = match resync(bytes, pos, data_end, &h) {
+                let (to, followed) = match resync(bytes, pos, data_end, &h, &mut budget) {
                     Ok(Some(q)) => (q, Followed::Yes),
                     Ok(None) => (data_end, Followed::No),
                     Err(()) => (data_end, Followed::Unknown),
@@ -422,7 +457,7 @@ pub(crate) fn scan(bytes: &[u8], seq: u64) -> Scan {
                     reason,
                     records_before: s.records.len(),
                     followed,
-                    zero_sector: holds_zero_sector(bytes, pos, to),
+                    torn: looks_torn(bytes, pos, &h),
                 });
                 pos = to;
                 s.end = to;

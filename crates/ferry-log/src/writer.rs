@@ -316,12 +316,7 @@ impl Segment {
             salt: inner.salt,
             prev_end: self.len,
         };
-        let create = |len| {
-            create_segment(&*self.storage, &self.dir, new, len).map_err(|e| match e {
-                LogError::Io(_, e) => e,
-                other => io::Error::other(other.to_string()),
-            })
-        };
+        let create = |len| create_segment(&*self.storage, &self.dir, new, len).map_err(to_io);
         let (next, short) = match create(size)? {
             Some(f) => (Some(f), false),
             None if must => (create(0)?, true),
@@ -366,14 +361,18 @@ impl Segment {
             return Ok(());
         }
         let path = self.dir.join(crate::segment::segment_name(self.seq));
-        let room =
-            crate::segment::preallocate(&mut *self.file, size, &path).map_err(|e| match e {
-                LogError::Io(_, e) => e,
-                other => io::Error::other(other.to_string()),
-            })?;
+        let room = crate::segment::preallocate(&mut *self.file, size, &path).map_err(to_io)?;
         if room && inner.short.swap(false, Ordering::AcqRel) {
             info!(dir = %self.dir.display(), "the log has room for its segments again");
         }
         Ok(())
+    }
+}
+
+/// The I/O error a log error stands for (the writer reports those).
+fn to_io(e: LogError) -> io::Error {
+    match e {
+        LogError::Io(_, e) => e,
+        other => io::Error::other(other.to_string()),
     }
 }

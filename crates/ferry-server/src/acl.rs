@@ -239,6 +239,12 @@ pub(crate) struct Acl {
 /// Wrong credentials remembered.
 const REMEMBERED_WRONG: usize = 256;
 
+/// The longest user name and password checked: anything longer is wrong
+/// without a check, and never remembered (the cache of wrong ones would
+/// otherwise keep whatever a client sends).
+const MAX_USER: usize = 256;
+const MAX_PASSWORD: usize = 1024;
+
 /// What is known of credentials without checking them.
 pub(crate) enum Known {
     Right(Arc<User>),
@@ -294,8 +300,12 @@ impl Acl {
         })
     }
 
-    /// What the caches know of these credentials: no argon2.
+    /// What the caches know of these credentials: no argon2. Credentials
+    /// longer than any a user has are wrong at once (and never kept).
     pub(crate) fn known(&self, user: &[u8], password: &[u8]) -> Known {
+        if user.len() > MAX_USER || password.len() > MAX_PASSWORD {
+            return Known::Wrong;
+        }
         let name = std::str::from_utf8(user).ok();
         let u = name.and_then(|n| self.users.get(n));
         if let (Some(name), Some(u)) = (name, u)
@@ -318,6 +328,9 @@ impl Acl {
     /// runtime's workers) and remembers the answer. An unknown user's
     /// password is checked against a decoy, taking the same time.
     pub(crate) fn verify(&self, user: &[u8], password: &[u8]) -> Option<Arc<User>> {
+        if user.len() > MAX_USER || password.len() > MAX_PASSWORD {
+            return None;
+        }
         let u = std::str::from_utf8(user)
             .ok()
             .and_then(|n| self.users.get(n));

@@ -97,12 +97,16 @@ impl Clients {
     /// false if there is none.
     pub(crate) fn evict_oldest_stranger(&self) -> bool {
         let all = self.0.lock();
-        let mut strangers: Vec<&Arc<Client>> = all
-            .values()
-            .filter(|c| c.standing.load(Ordering::Acquire) == STRANGER)
-            .collect();
-        strangers.sort_unstable_by_key(|c| c.id);
-        for c in strangers {
+        // The oldest first; one that authenticates meanwhile is passed by.
+        // (One pass over the connections per newcomer to a full broker.)
+        loop {
+            let Some(c) = all
+                .values()
+                .filter(|c| c.standing.load(Ordering::Acquire) == STRANGER)
+                .min_by_key(|c| c.id)
+            else {
+                return false;
+            };
             // Claimed here, or by its own AUTH: never both.
             if c.standing
                 .compare_exchange(STRANGER, EVICTED, Ordering::AcqRel, Ordering::Acquire)
@@ -112,7 +116,6 @@ impl Clients {
                 return true;
             }
         }
-        false
     }
 
     pub(crate) fn forget(&self, id: u64) {

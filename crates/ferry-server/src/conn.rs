@@ -272,9 +272,15 @@ impl Conn {
     async fn run_command(&mut self, req: ferry_proto::Request) -> Flow {
         // A password argon2 must check is checked before the command runs,
         // off this worker; the command finds the answer in the ACL's cache.
-        if let Some((user, password)) = cmd::credentials_in(&req) {
+        // (Not for a connection at its limits: the command closes it.)
+        if let Some((user, password)) = cmd::credentials_in(&req)
+            && !cmd::at_limits(&self.session)
+        {
             let broker = Arc::clone(&self.session.broker);
             if !broker.check_password(user, password).await {
+                if !self.session.authed {
+                    self.session.stranger_commands += 1;
+                }
                 self.session
                     .reply()
                     .error("ERR", "too many password checks are waiting; try again");

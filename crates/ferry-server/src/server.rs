@@ -96,10 +96,20 @@ impl Server {
                 // The damaged segments leave the log (they are kept aside),
                 // so that the next start needs no --salvage.
                 let freed = broker.checkpoint().await?;
-                warn!(
-                    freed,
-                    "salvage: wrote a checkpoint; the log no longer holds the damaged segments"
-                );
+                if broker
+                    .store
+                    .as_ref()
+                    .is_some_and(|s| s.log().started_segment() > 0)
+                {
+                    warn!(
+                        freed,
+                        "salvage: wrote a checkpoint; the log no longer holds the damaged segments"
+                    );
+                } else {
+                    warn!(
+                        "salvage: the disk has no room for a checkpoint; the damaged segments stay in the log, and the next start needs --salvage too"
+                    );
+                }
             }
         }
         let config = &broker.config;

@@ -574,7 +574,18 @@ impl Engine {
     /// A QINFO counter (0 while the queue does not exist).
     pub fn info(&self, queue: &str, field: &str) -> i64 {
         let mut c = self.client();
-        let pairs = match c.call(&[b"QINFO", queue.as_bytes()]) {
+        // A cluster that says it is down for a moment (a node slow to
+        // answer its peers on a loaded machine) is waited for, not failed.
+        let mut reply = c.call(&[b"QINFO", queue.as_bytes()]);
+        let give_up = std::time::Instant::now() + Duration::from_secs(60);
+        while matches!(&reply, Err(ferry_client::Error::Server { code, .. })
+            if matches!(code.as_str(), "CLUSTERDOWN" | "TRYAGAIN" | "LOADING"))
+            && std::time::Instant::now() < give_up
+        {
+            std::thread::sleep(Duration::from_millis(50));
+            reply = c.call(&[b"QINFO", queue.as_bytes()]);
+        }
+        let pairs = match reply {
             Ok(ferry_client::Value::Map(pairs)) => pairs,
             Ok(ferry_client::Value::Array(flat)) => flat
                 .chunks(2)

@@ -16,6 +16,8 @@ fn shapes() -> Vec<Vec<u8>> {
             1 => r.extend(std::iter::repeat_n(0u8, 40)),
             2 => r.resize(256, b'y'),
             3 => r.extend((0..=255u8).cycle().take(300)),
+            // A payload with sectors of zeros in it: data, not a torn write.
+            4 if i == 9 => r.extend(std::iter::repeat_n(0u8, 1500)),
             _ => {}
         }
         out.push(r);
@@ -70,6 +72,10 @@ fn every_flipped_byte_is_refused_or_loses_only_its_own_record() {
     let want = shapes();
     let paths = write_small_log(dir.path(), &want);
     assert!(paths.len() >= 3, "{} segments", paths.len());
+    assert!(
+        want.iter()
+            .any(|r| r.windows(1024).any(|w| w.iter().all(|&b| b == 0)))
+    );
     let spans = spans(&paths);
     // As a kill -9 leaves it: the last segment's preallocated zeros.
     let last = paths.len() - 1;
@@ -317,4 +323,37 @@ fn an_older_format_reads_back_and_is_never_appended_to() {
     assert_eq!(segs.len(), 2);
     let (_, _, seen) = open(dir.path(), Options::default()).unwrap();
     assert_eq!(seen.len(), want.len() + 1);
+}
+
+/// Zeros inside a payload are data: a byte damaged in a record that holds
+/// sectors of zeros, with whole records after it in the last segment, is
+/// damage — refused — and not taken for a torn write.
+#[test]
+fn a_damaged_record_full_of_zeros_is_not_a_torn_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut big = b"big ".to_vec();
+    big.extend(std::iter::repeat_n(0u8, 3000));
+    let want = vec![
+        b"first".to_vec(),
+        big,
+        b"after 1".to_vec(),
+        b"after 2".to_vec(),
+    ];
+    let (log, _, _) = open(dir.path(), Options::default()).unwrap();
+    for r in &want {
+        log.append(r).unwrap();
+    }
+    wait_durable(&log, want.len() as u64);
+    log.close();
+    let (_, path) = segments(dir.path()).unwrap().pop().unwrap();
+    let mut bytes = fs::read(&path).unwrap();
+    let big_at = HEADER + FRAME + want[0].len();
+    bytes[big_at + FRAME + 2000] ^= 1;
+    fs::write(&path, &bytes).unwrap();
+    match replayed(dir.path()) {
+        Err(LogError::Corrupt {
+            offset, following, ..
+        }) => assert_eq!((offset, following), (big_at as u64, 2)),
+        other => panic!("not refused: {:?}", other.map(|(r, s)| (r, s.len()))),
+    }
 }

@@ -66,6 +66,10 @@ pub(crate) struct Broker {
     pub(crate) acl: std::sync::OnceLock<Acl>,
     /// Password checks (argon2) run one at a time, off the workers.
     argon: tokio::sync::Semaphore,
+    /// Checkpoints run one at a time (a salvage start's and the
+    /// compactor's could overlap: each deletes the segments before the one
+    /// it began, which must not be the other's).
+    checkpointing: tokio::sync::Mutex<()>,
     /// Password checks waiting or running.
     password_checks: AtomicUsize,
     /// Every connection, for `/api/clients`.
@@ -181,6 +185,7 @@ impl Broker {
         let Some(store) = self.store.clone() else {
             return Ok(0);
         };
+        let _one = self.checkpointing.lock().await;
         store.log().start_segment();
         // Off the runtime's workers: snapshots of a large backlog take long
         // (a 3M-message queue: ~0.4 s), and on a worker they would stall
@@ -220,7 +225,8 @@ impl Broker {
 
     /// Rebuilds one queue from the log, then journals it from here on.
     fn restore_queue(self: &Arc<Self>, name: Bytes, rec: Recovered) {
-        let (cell, _) = self.create_cell(&name, rec.config, rec.explicit, rec.expire, false);
+        let expire = (rec.expire, rec.expire_if_empty);
+        let (cell, _) = self.create_cell(&name, rec.config, rec.explicit, expire, false);
         cell.with(self, |st, now| {
             st.q.set_next_id(rec.next_id);
             for (id, m) in rec.msgs {
@@ -262,6 +268,7 @@ impl Broker {
             clients: AtomicUsize::new(0),
             acl: std::sync::OnceLock::new(),
             argon: tokio::sync::Semaphore::new(1),
+            checkpointing: tokio::sync::Mutex::new(()),
             password_checks: AtomicUsize::new(0),
             connections: Clients::default(),
             handshakes: crate::clients::Handshakes::default(),
@@ -364,6 +371,11 @@ impl Broker {
         let Ok(_permit) = self.argon.acquire().await else {
             return false;
         };
+        // Checked while this one waited (a reconnecting pool sends the
+        // same password on every connection)?
+        if !matches!(acl.known(user, password), crate::acl::Known::Unchecked) {
+            return true;
+        }
         let (broker, user, password) = (Arc::clone(self), user.to_vec(), password.to_vec());
         let _ = tokio::task::spawn_blocking(move || {
             if let Some(acl) = broker.acl.get() {
@@ -486,7 +498,7 @@ impl Broker {
         if let Some(cell) = self.queue(name) {
             return cell;
         }
-        self.create_cell(name, engine::Config::default(), false, None, true)
+        self.create_cell(name, engine::Config::default(), false, (None, false), true)
             .0
     }
 
@@ -511,13 +523,22 @@ impl Broker {
         if let Some(why) = user.and_then(crate::acl::User::over_queues) {
             return Err(why);
         }
-        Ok(self.create_cell(name, config, explicit, expire, true))
+        // An expiry set by a user without admin drops the queue only while
+        // it holds nothing.
+        let admin = user.is_none_or(|u| u.may(crate::acl::Right::Admin, name));
+        Ok(self.create_cell(name, config, explicit, (expire, !admin), true))
     }
 
     /// Logs a queue's current settings.
     pub(crate) fn log_settings(&self, cell: &QueueCell, st: &QueueState) {
         if let Some(store) = &self.store {
-            store.settings(&cell.name, st.explicit, st.q.config(), cell.expire());
+            store.settings(
+                &cell.name,
+                st.explicit,
+                st.q.config(),
+                cell.expire(),
+                cell.expire_if_empty(),
+            );
         }
     }
 
@@ -526,7 +547,7 @@ impl Broker {
         name: &Bytes,
         config: engine::Config,
         explicit: bool,
-        expire: Option<Millis>,
+        (expire, expire_if_empty): (Option<Millis>, bool),
         journal: bool,
     ) -> (Arc<QueueCell>, bool) {
         let mut queues = self.queues.write();
@@ -557,16 +578,19 @@ impl Broker {
             timer: Notify::new(),
             armed: AtomicU64::new(u64::MAX),
             removed: AtomicBool::new(false),
+            discharged: AtomicBool::new(false),
             snapshotting: AtomicBool::new(false),
             last_used: AtomicU64::new(self.now()),
             expire: AtomicU64::new(expire.unwrap_or(u64::MAX)),
+            expire_if_empty: AtomicBool::new(expire.is_some() && expire_if_empty),
         });
         queues.insert(name.clone(), Arc::clone(&cell));
         if journal {
             // Logged under the registry lock, so that a drop and a re-create
             // of the same name reach the log in the order they happened.
             if let Some(store) = &self.store {
-                store.settings(name, explicit, cell.lock().q.config(), expire);
+                let if_empty = cell.expire_if_empty();
+                store.settings(name, explicit, cell.lock().q.config(), expire, if_empty);
             }
         }
         drop(queues);

@@ -128,7 +128,13 @@ impl QueueState {
     pub(super) fn snapshot(&self, store: &Store, cell: &QueueCell, now: Millis) {
         let queue = &cell.name[..];
         store.reset(queue);
-        store.settings(queue, self.explicit, self.q.config(), cell.expire());
+        store.settings(
+            queue,
+            self.explicit,
+            self.q.config(),
+            cell.expire(),
+            cell.expire_if_empty(),
+        );
         store.next_id(queue, self.q.next_id());
         let mut journal = store.journal(queue);
         // Written as it goes (async mode), on this thread: left pending, a
@@ -176,11 +182,15 @@ pub(crate) struct QueueCell {
     pub(super) armed: AtomicU64,
     /// Set by QDROP, so that connections caching this cell look again.
     pub(super) removed: AtomicBool,
+    /// Its memory was let go of after the drop (see [`QueueCell::with`]).
+    pub(super) discharged: AtomicBool,
     /// When a command last named the queue (broker ms).
     pub(super) last_used: AtomicU64,
     /// Dropped once unused this long, with no client waiting in it or
     /// holding its messages (ms; u64::MAX: never). QCREATE ... EXPIRE.
     pub(super) expire: AtomicU64,
+    /// ... and, set so, only while it holds no message at all.
+    pub(super) expire_if_empty: AtomicBool,
     /// Set while a checkpoint writes this queue's snapshot (it holds the
     /// lock for as long as a large backlog takes: see `lock`).
     pub(super) snapshotting: AtomicBool,
@@ -228,9 +238,18 @@ impl QueueCell {
         Some(self.expire.load(Ordering::Relaxed)).filter(|&e| e != u64::MAX)
     }
 
+    /// Sets the idle expiry (an admin's: unconditional).
     pub(crate) fn set_expire(&self, expire: Option<Millis>) {
         self.expire
             .store(expire.unwrap_or(u64::MAX), Ordering::Relaxed);
+        self.expire_if_empty.store(false, Ordering::Relaxed);
+    }
+
+    /// Its idle expiry drops it only while it holds nothing (it was set by
+    /// a user without admin, making the queue: a queue others may have
+    /// put to never vanishes with their messages).
+    pub(crate) fn expire_if_empty(&self) -> bool {
+        self.expire_if_empty.load(Ordering::Relaxed)
     }
 
     /// Runs `f` on the queue under its lock, then does what every engine
@@ -261,6 +280,16 @@ impl QueueCell {
         st.q.flush_journal();
         let after = st.held();
         let QueueState { q, wakers, .. } = &mut *st;
+        // A dropped queue counts no more: what it still holds (leases no
+        // QDONE can reach by name) is let go of at once, as the drop
+        // promised, and nothing after.
+        let (before, after) = if !self.removed() {
+            (before, after)
+        } else if !self.discharged.swap(true, Ordering::AcqRel) {
+            (before, 0)
+        } else {
+            (0, 0)
+        };
         if after != before {
             let delta = after as i64 - before as i64;
             for c in &self.charges {

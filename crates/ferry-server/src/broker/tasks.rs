@@ -77,6 +77,7 @@ pub(super) async fn idle_sweeper(broker: Arc<Broker>) {
                 let q = &st.q;
                 q.waiting_getters() + q.waiting_putters() + q.waiting_joiners() == 0
                     && q.leased() + q.taken() == 0
+                    && (!cell.expire_if_empty() || q.unfinished() == 0)
             };
             if idle && broker.drop_queue(&cell.name) {
                 tracing::info!(queue = %String::from_utf8_lossy(&cell.name), "dropped a queue nobody used within its EXPIRE");

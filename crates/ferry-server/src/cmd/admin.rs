@@ -161,16 +161,16 @@ struct Named {
 
 impl Named {
     /// Does it name a setting that decides what becomes of the queue's
-    /// messages — LEASE, MAXATTEMPTS, DEADLETTER, EXPIRE, PAUSED? Only an
-    /// admin may, even on a queue it makes: whoever names a queue first
-    /// would otherwise choose where others' messages go (a dead-letter
-    /// queue of its own, with a lease of 1 ms) or when they vanish.
+    /// messages — LEASE, MAXATTEMPTS, DEADLETTER, PAUSED? Only an admin
+    /// may, even on a queue it makes: whoever names a queue first would
+    /// otherwise choose where others' messages go (a dead-letter queue of
+    /// its own, with a lease of 1 ms). (EXPIRE on a queue it makes is
+    /// anyone's, but then drops the queue only while it holds nothing.)
     fn controls(&self) -> bool {
         let s = &self.settings;
         s.lease.is_some()
             || s.max_attempts.is_some()
             || s.dead_letter.is_some()
-            || s.expire.is_some()
             || s.paused.is_some()
     }
 

@@ -521,6 +521,12 @@ pub(crate) const STRANGER_COMMANDS: u32 = 16;
 /// Wrong passwords a connection may send; the next command closes it.
 pub(crate) const WRONG_PASSWORDS: u32 = 3;
 
+/// True when the connection's next command closes it: too many commands
+/// before it authenticated, or too many wrong passwords.
+pub(crate) fn at_limits(s: &Session) -> bool {
+    (!s.authed && s.stranger_commands >= STRANGER_COMMANDS) || s.wrong_passwords >= WRONG_PASSWORDS
+}
+
 /// Answers, then closes, a connection that sent too much without
 /// authenticating (or too many wrong passwords).
 fn close_stranger(s: &mut Session, why: &str) -> Outcome {

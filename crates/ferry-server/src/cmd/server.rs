@@ -297,10 +297,21 @@ pub(crate) fn credentials_in(req: &ferry_proto::Request) -> Option<(&[u8], &[u8]
         };
     }
     if name.eq_ignore_ascii_case(b"HELLO") {
-        let at = (1..req.len()).find(|&i| req[i].eq_ignore_ascii_case(b"AUTH"))?;
-        if at + 2 < req.len() {
-            return Some((&req[at + 1], &req[at + 2]));
+        // As `Server::parse` reads it: the protocol, then options; the
+        // last AUTH counts, SETNAME takes a value, anything else is an
+        // error (and no password is checked).
+        let (mut i, mut found) = (2, None);
+        while i < req.len() {
+            if req[i].eq_ignore_ascii_case(b"AUTH") && i + 2 < req.len() {
+                found = Some((&req[i + 1], &req[i + 2]));
+                i += 3;
+            } else if req[i].eq_ignore_ascii_case(b"SETNAME") && i + 1 < req.len() {
+                i += 2;
+            } else {
+                return None;
+            }
         }
+        return found;
     }
     None
 }
@@ -347,7 +358,11 @@ fn config_get(s: &mut Session, patterns: &[Bytes]) {
 /// user name). Logs the session in as the user — unless, while it was a
 /// stranger, a newcomer was given its place (the broker was full).
 fn check_password(s: &mut Session, user: Option<&[u8]>, pass: &[u8]) -> Result<(), CmdError> {
-    let u = credentials(s, user, pass).inspect_err(|_| s.wrong_passwords += 1)?;
+    let u = credentials(s, user, pass).inspect_err(|e| {
+        if e.code == "WRONGPASS" {
+            s.wrong_passwords += 1;
+        }
+    })?;
     if !s.seen.authenticated() {
         return Err(err(
             "ERR",
@@ -475,7 +490,31 @@ fn info(s: &mut Session) {
 
 #[cfg(test)]
 mod tests {
+    use super::credentials_in;
     use crate::acl::glob;
+
+    #[test]
+    fn the_credentials_checked_first_are_the_ones_the_command_uses() {
+        let req = |args: &[&str]| ferry_proto::Request::from_args(args);
+        let got = |args: &[&str]| credentials_in(&req(args)).map(|(u, p)| (u.to_vec(), p.to_vec()));
+        let pair = |u: &str, p: &str| Some((u.as_bytes().to_vec(), p.as_bytes().to_vec()));
+        assert_eq!(got(&["AUTH", "pw"]), pair("default", "pw"));
+        assert_eq!(got(&["auth", "u", "pw"]), pair("u", "pw"));
+        assert_eq!(got(&["AUTH", "a", "b", "c"]), None);
+        // HELLO: the last AUTH counts, SETNAME takes a value (even "AUTH"),
+        // and anything the parser refuses checks nothing.
+        assert_eq!(
+            got(&["HELLO", "3", "AUTH", "a", "b", "AUTH", "u", "g"]),
+            pair("u", "g")
+        );
+        assert_eq!(
+            got(&["HELLO", "3", "SETNAME", "AUTH", "AUTH", "u", "g"]),
+            pair("u", "g")
+        );
+        assert_eq!(got(&["HELLO", "3", "AUTH", "u"]), None);
+        assert_eq!(got(&["HELLO", "3", "BOGUS", "AUTH", "u", "g"]), None);
+        assert_eq!(got(&["HELLO", "3"]), None);
+    }
 
     #[test]
     fn globs_match_as_redis_config_get_does() {

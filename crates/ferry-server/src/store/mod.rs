@@ -294,8 +294,9 @@ impl Store {
         explicit: bool,
         c: &engine::Config,
         expire: Option<u64>,
+        expire_if_empty: bool,
     ) {
-        self.append(|b| records::settings(b, queue, explicit, c, expire));
+        self.append(|b| records::settings(b, queue, explicit, c, expire, expire_if_empty));
     }
 
     pub(crate) fn keytype(&self, queue: &[u8], keytype: &[u8]) {

@@ -107,6 +107,7 @@ pub(crate) fn settings(
     explicit: bool,
     c: &engine::Config,
     expire: Option<u64>,
+    expire_if_empty: bool,
 ) {
     head(b, SETTINGS, queue);
     b.push(u8::from(explicit));
@@ -117,6 +118,7 @@ pub(crate) fn settings(
     name(b, c.dead_letter.as_deref().unwrap_or("").as_bytes());
     b.extend_from_slice(&expire.map_or(-1i64, |v| v as i64).to_le_bytes());
     b.push(u8::from(c.paused));
+    b.push(u8::from(expire_if_empty));
 }
 
 pub(crate) fn dedup(b: &mut Vec<u8>, queue: &[u8], key: &[u8], id: u64, until: u64) {
@@ -232,8 +234,9 @@ impl Fields {
     }
 
     /// The settings of a Settings record, after its queue: whether the
-    /// queue was made explicitly, its config, and its idle expiry.
-    pub(crate) fn settings(&mut self) -> Result<(bool, engine::Config, Option<u64>), String> {
+    /// queue was made explicitly, its config, its idle expiry, and whether
+    /// that expiry drops it only when it holds nothing.
+    pub(crate) fn settings(&mut self) -> Result<(bool, engine::Config, Option<u64>, bool), String> {
         let explicit = self.u8()? != 0;
         let kind = kind_of(self.u8()?).ok_or("unknown queue kind")?;
         let maxsize = self.u64()?;
@@ -250,6 +253,8 @@ impl Fields {
         };
         // And before pausing here.
         let paused = !self.is_empty() && self.u8()? != 0;
+        // And before expiries only when empty here.
+        let expire_if_empty = !self.is_empty() && self.u8()? != 0;
         Ok((
             explicit,
             engine::Config {
@@ -261,6 +266,7 @@ impl Fields {
                 paused,
             },
             expire,
+            expire_if_empty,
         ))
     }
 }
@@ -290,13 +296,13 @@ mod tests {
                 dead_letter: Some("dead".into()),
                 paused,
             };
-            for expire in [None, Some(60_000)] {
+            for (expire, if_empty) in [(None, false), (Some(60_000), false), (Some(5), true)] {
                 let mut b = Vec::new();
-                settings(&mut b, b"q", true, &config, expire);
+                settings(&mut b, b"q", true, &config, expire, if_empty);
                 let mut f = Fields(Bytes::from(b));
                 assert_eq!(f.u8(), Ok(SETTINGS));
                 assert_eq!(f.name().unwrap(), "q");
-                assert_eq!(f.settings(), Ok((true, config.clone(), expire)));
+                assert_eq!(f.settings(), Ok((true, config.clone(), expire, if_empty)));
                 assert!(f.is_empty());
             }
             // Records written before pausing, and before idle expiry.
@@ -305,17 +311,22 @@ mod tests {
                 ..config.clone()
             };
             let mut b = Vec::new();
-            settings(&mut b, b"q", false, &config, Some(5));
+            settings(&mut b, b"q", false, &config, Some(5), false);
             b.truncate(b.len() - 1);
             let mut f = Fields(Bytes::from(b.clone()));
             f.u8().unwrap();
             f.name().unwrap();
-            assert_eq!(f.settings(), Ok((false, unpaused.clone(), Some(5))));
+            assert_eq!(f.settings(), Ok((false, config.clone(), Some(5), false)));
+            b.truncate(b.len() - 1);
+            let mut f = Fields(Bytes::from(b.clone()));
+            f.u8().unwrap();
+            f.name().unwrap();
+            assert_eq!(f.settings(), Ok((false, unpaused.clone(), Some(5), false)));
             b.truncate(b.len() - 8);
             let mut f = Fields(Bytes::from(b));
             f.u8().unwrap();
             f.name().unwrap();
-            assert_eq!(f.settings(), Ok((false, unpaused, None)));
+            assert_eq!(f.settings(), Ok((false, unpaused, None, false)));
         }
     }
 }

@@ -25,6 +25,9 @@ pub(crate) struct Recovered {
     pub(crate) explicit: bool,
     /// Dropped after this many ms unused (see `idle_sweeper`).
     pub(crate) expire: Option<u64>,
+    /// ... but only while it holds nothing (an expiry a user without
+    /// admin set, making the queue).
+    pub(crate) expire_if_empty: bool,
     /// The type of the order keys of the messages it holds.
     pub(crate) keytype: Option<Bytes>,
     pub(crate) shutdown: Option<bool>,
@@ -174,11 +177,12 @@ fn apply(
             }
         }
         records::SETTINGS => {
-            let (explicit, config, expire) = f.settings()?;
+            let (explicit, config, expire, expire_if_empty) = f.settings()?;
             let q = state.entry(name).or_default();
             q.explicit = explicit;
             q.config = config;
             q.expire = expire;
+            q.expire_if_empty = expire_if_empty;
         }
         records::SHUTDOWN => {
             let immediate = f.u8()? != 0;
