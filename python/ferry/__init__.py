@@ -143,8 +143,11 @@ _mp_util.Finalize(None, _finisher.drain, exitpriority=100)
 
 def _finalizer(fn, *args) -> None:
     """Runs a finalizer's work in place, or on the finisher thread when the
-    garbage collector set it off (see _Finisher)."""
-    if _collecting or _private_lock._is_owned():
+    garbage collector set it off (see _Finisher). At exit it always runs in
+    place: the finisher was drained already, and a collection under way in
+    another thread (which sets _collecting for every thread) must not send
+    this process's last puts to a thread nobody waits for."""
+    if (_collecting or _private_lock._is_owned()) and not _mp_util._exiting:
         _finisher.submit(fn, args)
     else:
         fn(*args)

@@ -117,16 +117,25 @@ def _write_and_exit(q):
     # No flush: the exit must send the buffer.
 
 
+def _write_and_exit_while_collecting(q):
+    for i in range(500):
+        q.put(i)
+    # A collection under way in another thread at exit (its flag is the
+    # process's): the exit still sends the buffer, in place.
+    ferry._collecting = True
+
+
 def _write_and_cancel(q):
     q.put("maybe")
     q.cancel_join_thread()
 
 
 @pytest.mark.parametrize("method", ["spawn", "fork"])
-def test_a_child_that_exits_sends_its_buffered_puts(method):
+@pytest.mark.parametrize("target", [_write_and_exit, _write_and_exit_while_collecting])
+def test_a_child_that_exits_sends_its_buffered_puts(method, target):
     ctx = multiprocessing.get_context(method)
     q = ferry.JoinableQueue(write_behind=1000)
-    p = ctx.Process(target=_write_and_exit, args=(q,))
+    p = ctx.Process(target=target, args=(q,))
     p.start()
     p.join(30)
     assert p.exitcode == 0

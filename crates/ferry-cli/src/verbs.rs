@@ -111,8 +111,22 @@ pub(crate) fn put(a: &PutArgs) -> Outcome {
     let delay = ms(a.delay);
     let timeout = ms(a.timeout);
     let mut out = std::io::stdout().lock();
+    // Each put carries a DEDUP key of its own, as the client's puts do: one
+    // whose connection broke (a broker restart, a failover) is sent again
+    // and goes in once.
+    let keys = ferry_client::ResendKeys::new("cli");
+    let window = ferry_client::resend_dedup_window(a.timeout.map(duration)).to_string();
     for p in &payloads {
-        let mut args: Vec<&[u8]> = vec![b"QPUT", a.queue.as_bytes(), p];
+        let key = keys.next();
+        let mut args: Vec<&[u8]> = vec![
+            b"QPUT",
+            a.queue.as_bytes(),
+            p,
+            b"DEDUP",
+            key.as_bytes(),
+            b"DEDUPFOR",
+            window.as_bytes(),
+        ];
         if let Some(pr) = &priority {
             args.extend_from_slice(&[b"PRIORITY", pr.as_bytes()]);
         }

@@ -304,3 +304,46 @@ fn a_broker_restart_is_invisible_to_waiting_calls() {
     let _s = Server::start_at(dir.path(), &flags);
     assert!(matches!(short.join().unwrap(), Err(Error::Empty)));
 }
+
+/// `ferry put` carries a DEDUP key of its own, as the client's puts do:
+/// one waiting for room while the broker restarts is sent again when it
+/// comes back, and goes in once (a plain QPUT would fail: it may have
+/// happened).
+#[test]
+fn a_cli_put_waiting_across_a_restart_goes_in_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = common::free_port().to_string();
+    let flags = ["--port", port.as_str()];
+    let s = Server::start_at(dir.path(), &flags);
+    let url = format!("ferry://127.0.0.1:{port}");
+    let mut c = Client::connect(&url).unwrap();
+    c.call(&[b"QCREATE", b"full", b"MAXSIZE", b"1"]).unwrap();
+    c.put("full", b"first").unwrap();
+    let put = {
+        let url = url.clone();
+        thread::spawn(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+                .args(["put", "full", "second", "--url", &url])
+                .output()
+        })
+    };
+    let mut probe = s.conn();
+    common::wait_for_waiters(&mut probe, "full", "waiting_putters", 1);
+    drop(probe);
+    assert!(s.signal_and_wait("-TERM").success());
+    let s = Server::start_at(dir.path(), &flags);
+    let m = c.get("full").unwrap();
+    assert_eq!(m.payload, b"first");
+    c.task_done("full", m.id).unwrap();
+    let out = put.join().unwrap().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let m = c.get("full").unwrap();
+    assert_eq!(m.payload, b"second");
+    c.task_done("full", m.id).unwrap();
+    assert_eq!(c.qsize("full").unwrap(), 0, "it went in once");
+    drop(s);
+}

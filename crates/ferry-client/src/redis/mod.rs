@@ -17,7 +17,10 @@
 //!   scripts that change the state push to — no wake-up is lost, and no
 //!   loop polls; it tries again at the latest when time alone changes
 //!   something (a delay comes due, a lease expires) or after a second.
-//! - `?wait=N`: after a change, WAIT for N replicas.
+//! - `?wait=N`: after a put or a lock's grant, WAIT for N replicas (and
+//!   a put whose primary became a replica meanwhile is sent again, its
+//!   DEDUP key making it go in once). Nothing else waits: a lost get,
+//!   done or nack is a redelivery, which at-least-once allows.
 
 mod conn;
 mod renew;
@@ -148,6 +151,9 @@ enum Step {
     Wait(u64),
     /// What a waiter was handed while in line.
     Mail(Vec<u8>),
+    /// A put whose primary turned replica before WAIT confirmed it: sent
+    /// again (its DEDUP key makes it go in once).
+    Again,
 }
 
 /// What waits: how its mail reads, and what its timeout replies.
@@ -170,6 +176,8 @@ struct Waiting {
     inbox: Vec<u8>,
     /// The queue named in a get's entries.
     queue: String,
+    /// A put with a DEDUP key: safe to send again.
+    resendable: bool,
 }
 
 impl Waiting {
@@ -182,7 +190,14 @@ impl Waiting {
             queue: q,
             keys,
             args,
+            resendable: false,
         }
+    }
+
+    /// Whether what it was handed must reach `?wait=N` replicas before it
+    /// is acknowledged: a put, a lock's grant.
+    fn confirmed(&self) -> bool {
+        matches!(self.kind, Kind::Put | Kind::Lock)
     }
 
     /// What a wait that ended empty-handed replies.
@@ -535,7 +550,8 @@ impl RedisLink {
         script.call(&mut self.conn, keys, args).await.map_err(io)
     }
 
-    /// A change, then (with `?wait=N`) WAIT for N replicas.
+    /// A command that changes nothing `?wait=N` protects: a done, a nack,
+    /// a queue's settings, a read.
     async fn change(
         &mut self,
         script: &Lib,
@@ -543,17 +559,16 @@ impl RedisLink {
         args: &[Vec<u8>],
     ) -> Result<Value, Error> {
         let v = self.script(script, keys, args).await?;
-        self.replicate(&keys[0]).await?;
         from_redis(v)
     }
 
-    /// With `?wait=N`: WAIT for N replicas of the primary that holds `key`.
-    async fn replicate(&mut self, key: &[u8]) -> Result<(), Error> {
+    /// With `?wait=N`: WAIT for N replicas of the primary that holds `key`,
+    /// of what `conn` (this client's, or its blocking one) wrote there.
+    async fn replicate(&self, conn: &mut RConn, key: &[u8]) -> Result<(), Error> {
         if self.target.wait == 0 {
             return Ok(());
         }
-        let reached = self
-            .conn
+        let reached = conn
             .wait_replicas(key, self.target.wait)
             .await
             .map_err(io)?;
@@ -597,9 +612,7 @@ impl RedisLink {
         let mut i = 0;
         while i < commands.len() {
             let c = &commands[i];
-            let done_first = i + 1 < commands.len()
-                && self.target.wait == 0
-                && c.first().is_some_and(|n| is(n, "QDONE"));
+            let done_first = i + 1 < commands.len() && c.first().is_some_and(|n| is(n, "QDONE"));
             if done_first && let Ok((keys, sargs)) = self.done_call(&c[1..]) {
                 let mut conn = self.conn.clone();
                 let done = async move {
@@ -882,6 +895,7 @@ impl RedisLink {
                     script: &LOCK,
                     inbox: format!("ferry:lock:{{{name}}}:w:").into_bytes(),
                     queue: String::new(),
+                    resendable: false,
                     keys,
                     args: vec![
                         b"acquire".to_vec(),
@@ -987,7 +1001,8 @@ impl RedisLink {
             },
         ];
         args.extend(payloads);
-        let w = Waiting::on_queue(Kind::Put, q, keys, args);
+        let mut w = Waiting::on_queue(Kind::Put, q, keys, args);
+        w.resendable = dedup.is_some();
         let (v, cancelled) = self.wait(w, wait, cancel).await?;
         // QPUT replies one id; QPUTMANY the array.
         let v = match (cmd, v) {
@@ -1166,10 +1181,25 @@ impl RedisLink {
         if let Some(m) = mail_of(&v) {
             return Ok(Step::Mail(m));
         }
-        if !matches!(v, redis::Value::Nil) && w.kind != Kind::Join {
-            self.replicate(&w.keys[0]).await?;
+        let reply = get_reply(&w.queue, v)?;
+        if w.confirmed() && !matches!(reply, Value::Nil) {
+            let mut conn = self.conn.clone();
+            match self.replicate(&mut conn, &w.keys[0]).await {
+                Err(e) if w.resendable && primary_moved(&e) => return Ok(Step::Again),
+                r => r?,
+            }
         }
-        Ok(Step::Done(get_reply(&w.queue, v)?))
+        Ok(Step::Done(reply))
+    }
+
+    /// Mail handed to a put or a lock in line is confirmed as their own
+    /// replies are: its write is the script's that handed it over, and the
+    /// BLPOP (or the leaving script) that read it came after, on `conn`.
+    async fn confirm_mail(&self, w: &Waiting, conn: &mut RConn, m: &[u8]) -> Result<(), Error> {
+        if w.confirmed() && matches!(m.first(), Some(b'I' | b'T')) {
+            self.replicate(conn, &w.keys[0]).await?;
+        }
+        Ok(())
     }
 
     /// Leaves the line: the mail that came first, if any.
@@ -1203,12 +1233,19 @@ impl RedisLink {
         wait: Option<Duration>,
         cancel: impl std::future::Future<Output = ()>,
     ) -> Result<(Value, bool), Error> {
+        let mut resends = Resends::new();
         if wait == Some(Duration::ZERO) {
-            return match self.try_once(&w, b"", 0).await? {
-                Step::Done(v) => Ok((v, false)),
-                Step::Mail(m) => self.reply_from(&w, Some(&m), false),
-                Step::Wait(_) => w.timed_out().map(|v| (v, false)),
-            };
+            loop {
+                return match self.try_once(&w, b"", 0).await? {
+                    Step::Done(v) => Ok((v, false)),
+                    Step::Mail(m) => self.reply_from(&w, Some(&m), false),
+                    Step::Wait(_) => w.timed_out().map(|v| (v, false)),
+                    Step::Again => {
+                        resends.pause().await?;
+                        continue;
+                    }
+                };
+            }
         }
         let waiter = self.waiter();
         let mut inbox = w.inbox.clone();
@@ -1220,6 +1257,10 @@ impl RedisLink {
             if left == Some(Duration::ZERO) {
                 let m = self.leave(&w, &waiter).await?;
                 self.forget_inbox(&inbox).await;
+                if let Some(m) = &m {
+                    let mut conn = self.conn.clone();
+                    self.confirm_mail(&w, &mut conn, m).await?;
+                }
                 return self.reply_from(&w, m.as_deref(), false);
             }
             // Registered for a little longer than this nap: a waiter that
@@ -1237,7 +1278,15 @@ impl RedisLink {
             };
             let hint = match step {
                 Step::Done(v) => return Ok((v, false)),
-                Step::Mail(m) => return self.reply_from(&w, Some(&m), false),
+                Step::Mail(m) => {
+                    let mut conn = self.conn.clone();
+                    self.confirm_mail(&w, &mut conn, &m).await?;
+                    return self.reply_from(&w, Some(&m), false);
+                }
+                Step::Again => {
+                    resends.pause().await?;
+                    continue;
+                }
                 Step::Wait(hint) => hint,
             };
             let nap = nap.min(Duration::from_millis(hint));
@@ -1252,9 +1301,19 @@ impl RedisLink {
             };
             match popped {
                 Ok(r) => {
-                    let m = r?;
+                    let m = match r {
+                        Ok(m) => m,
+                        Err(e) => {
+                            // Out of the line before the error goes up: the
+                            // caller may ask again, as another waiter.
+                            let _ = self.leave(&w, &waiter).await;
+                            return Err(e);
+                        }
+                    };
+                    let mut conn = blocking.clone();
                     self.blocking = Some(blocking);
                     if let Some(m) = m {
+                        self.confirm_mail(&w, &mut conn, &m).await?;
                         return self.reply_from(&w, Some(&m), false);
                     }
                 }
@@ -1272,11 +1331,17 @@ impl RedisLink {
                     if let Some(m) = mail_of(&left_with) {
                         // The BLPOP is left behind, with its connection.
                         self.forget_inbox(&inbox).await;
+                        let mut conn = self.conn.clone();
+                        self.confirm_mail(&w, &mut conn, &m).await?;
                         return self.reply_from(&w, Some(&m), true);
                     }
                     let m = pop.await?;
+                    let mut conn = blocking.clone();
                     self.blocking = Some(blocking);
                     self.forget_inbox(&inbox).await;
+                    if let Some(m) = &m {
+                        self.confirm_mail(&w, &mut conn, m).await?;
+                    }
                     return self.reply_from(&w, m.as_deref(), true);
                 }
             }
@@ -1341,6 +1406,47 @@ async fn blpop(
     pop.arg(list).arg(format!("{secs:.3}"));
     let r: Option<(Vec<u8>, Vec<u8>)> = conn.run(&pop).await.map_err(io)?;
     Ok(r.map(|(_, v)| v))
+}
+
+/// Whether WAIT failed because the primary it asked became a replica (a
+/// failover under way): what it was to confirm may be lost, and a put with
+/// a DEDUP key is sent again to the new primary.
+fn primary_moved(e: &Error) -> bool {
+    match e {
+        Error::Server { code, message } => {
+            code == "UNBLOCKED"
+                || (code == "ERR" && message.starts_with("WAIT cannot be used with replica"))
+        }
+        _ => false,
+    }
+}
+
+/// How often, and for how long, a put is sent again while a failover
+/// settles (Redis's cluster-node-timeout is 15 s by default).
+struct Resends {
+    give_up: Instant,
+    pause: Duration,
+}
+
+impl Resends {
+    fn new() -> Resends {
+        Resends {
+            give_up: Instant::now() + Duration::from_secs(30),
+            pause: Duration::from_millis(50),
+        }
+    }
+
+    async fn pause(&mut self) -> Result<(), Error> {
+        if Instant::now() + self.pause > self.give_up {
+            return Err(server(
+                "NOREPLICAS",
+                "the put's primary kept changing for 30 s; it may not have gone in",
+            ));
+        }
+        tokio::time::sleep(self.pause).await;
+        self.pause = (self.pause * 2).min(Duration::from_secs(1));
+        Ok(())
+    }
 }
 
 /// This client's own holder token: unguessable enough, and unique.
