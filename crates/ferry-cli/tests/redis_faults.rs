@@ -5,8 +5,65 @@
 
 mod common;
 
-use common::RedisServer;
+use std::process::{Child, Command, Stdio};
+
+use common::{Engine, RedisCluster, RedisServer};
 use ferry_client::{Client, Error};
+
+/// `ferry get` on `url`, waiting up to a minute, its output piped.
+fn getter(url: &str, queue: &str) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["get", queue, "--timeout", "60", "--url", url])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// A getter killed (-9) while it waits, then a live one waits, then one
+/// put: the live getter gets it, delivered once, no attempt counted — a
+/// getter in line is offered what comes, and a dead one never claims it
+/// (before: the dead getter's place swallowed the message, counted as
+/// delivered; with MAXATTEMPTS 1 it went to the dead-letter queue never
+/// delivered, and the live getter waited on).
+fn a_killed_waiter_swallows_nothing(e: &Engine) {
+    // The default lease (30 s): a swallowed message would not come back
+    // within the live getter's minute... but its dead letter would.
+    let url = e.url().replace("lease=1000", "lease=30000");
+    let mut c = Client::connect(&url).unwrap();
+    c.call(&[b"QCREATE", b"q", b"MAXATTEMPTS", b"1", b"DEADLETTER", b"q2"])
+        .unwrap();
+    let mut dead = getter(&url, "q");
+    common::wait_until("the first getter in line", || {
+        e.info("q", "waiting_getters") == 1
+    });
+    dead.kill().unwrap();
+    dead.wait().unwrap();
+    let live = getter(&url, "q");
+    // The dead getter's place lasts until its renewal is overdue: both
+    // count until then.
+    common::wait_until("the second getter in line", || {
+        e.info("q", "waiting_getters") == 2
+    });
+    c.put("q", b"the one message").unwrap();
+    let out = live.wait_with_output().unwrap();
+    assert!(out.status.success(), "the live getter got nothing");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "the one message\n");
+    assert_eq!(e.info("q", "delivered"), 1);
+    assert_eq!(e.info("q", "redelivered"), 0);
+    assert_eq!(e.info("q", "dead_lettered"), 0);
+    assert_eq!(e.info("q2", "qsize"), 0);
+}
+
+#[test]
+fn on_redis_a_killed_waiter_swallows_nothing() {
+    a_killed_waiter_swallows_nothing(&Engine::Redis(RedisServer::start()));
+}
+
+#[test]
+fn on_cluster_a_killed_waiter_swallows_nothing() {
+    a_killed_waiter_swallows_nothing(&Engine::Cluster(RedisCluster::start(3, 0)));
+}
 
 /// `?wait=1` on a server with no replica (a promoted replica whose own
 /// replica is gone): puts fail with NOREPLICAS — their loss in a failover

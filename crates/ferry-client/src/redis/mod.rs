@@ -214,7 +214,8 @@ impl Waiting {
         let bad = || Error::Protocol("malformed mail".into());
         let (&tag, body) = m.split_first()?;
         Some(match (tag, self.kind) {
-            (b'X', _) => return None,
+            // Left the line; or an offer taken back before the claim.
+            (b'X' | b'O', _) => return None,
             (b'S', _) => Err(Error::ShutDown),
             (b'J', _) => Ok(Value::Simple("OK".into())),
             (b'T', _) => std::str::from_utf8(body)
@@ -323,7 +324,7 @@ fn queue_keys(q: &str, own: &[u8]) -> Vec<Vec<u8>> {
     let p = format!("ferry:{{{q}}}:");
     let mut keys: Vec<Vec<u8>> = [
         "m", "ready", "msg", "att", "sk", "out", "holder", "delayed", "dead", "gline", "pline",
-        "joiners", "greq", "preq", "x",
+        "joiners", "greq", "preq", "x", "offers", "offerx",
     ]
     .iter()
     .map(|k| format!("{p}{k}").into_bytes())
@@ -1312,7 +1313,8 @@ impl RedisLink {
                     };
                     let mut conn = blocking.clone();
                     self.blocking = Some(blocking);
-                    if let Some(m) = m {
+                    // An offer ('O') is claimed by the next try.
+                    if let Some(m) = m.filter(|m| m != b"O") {
                         self.confirm_mail(&w, &mut conn, &m).await?;
                         return self.reply_from(&w, Some(&m), false);
                     }

@@ -13,9 +13,10 @@
 -- line (list of waiters, first come first served), 11 the putters' line,
 -- 12 joiners (zset waiter -> until ms), 13 getters' requests (hash), 14
 -- putters' requests (hash), 15 fresh (list of the ids of fifo and lifo
--- messages put and never given back, in put order), 16 the operation's
--- own key: a
--- put's DEDUP key, or the holder's set of ids.
+-- messages put and never given back, in put order), 16 offers (hash
+-- waiter -> what it is offered, see below), 17 their deadlines (zset
+-- waiter -> ms), 18 the operation's own key: a put's DEDUP key, or the
+-- holder's set of ids.
 --
 -- Waiting is hand-off, as in the broker: a caller that must wait joins a
 -- line and blocks on a list of its own (<prefix>w:<waiter>); whatever
@@ -25,6 +26,13 @@
 -- leaves the line in one script (unwait), which replies the mail that
 -- came first, if any: nothing handed over is lost, and a put that left
 -- the line before its room came never happened.
+--
+-- A getter is not handed messages but offered them: they leave the ready
+-- set for OFFERS, it is mailed 'O', and its next call claims them — only
+-- then are they delivered (counted, leased, an attempt). A waiter that
+-- died (killed, its connection gone in a failover) never claims: after
+-- CLAIM_MS its offer goes back where it came from, exactly, no attempt
+-- counted, and the next waiter in line is served.
 --
 -- Runs: a fifo batch put (QPUTMANY, two payloads or more, no delay) is
 -- one unit, named "r<first id>.<count>", wherever a message would be
@@ -40,7 +48,7 @@
 --
 -- Mail: 'E' entries ("<id>,<attempts>,<len>:<payload>" each, or a run's
 -- "R<first>,<count>,<len>:<payloads>"), 'I' ids ("1,2,3"), 'S' shut down,
--- 'J' joined, 'X' left the line.
+-- 'J' joined, 'X' left the line, 'O' an offer waits (claim it).
 --
 -- ARGV[1] is the operation. Replies are ferry's (docs/protocol.md), or
 -- {"WAIT", ms}: wait on your list at most ms (then try again: time alone
@@ -50,7 +58,11 @@
 -- made once, at load, not at every call. Each call sets these first.
 local KEYS, ARGV, now
 local META, READY, MSG, ATT, SK, OUT, HOLDER, DELAYED, DEAD
-local GLINE, PLINE, JOINERS, GREQ, PREQ, FRESH, OWN, PREFIX, RUNS
+local GLINE, PLINE, JOINERS, GREQ, PREQ, FRESH, OFFERS, OFFERX, OWN, PREFIX, RUNS
+
+-- How long an offer waits for its getter's claim: a live getter claims
+-- within a round trip of its wake-up.
+local CLAIM_MS = 2000
 
 local function num(v, default)
   if v == false or v == nil or v == '' then return default end
@@ -183,13 +195,17 @@ end
 -- The first n ready units in serving order (ids as strings: numbers
 -- would be formatted again at every call that names them); taken out of
 -- the queue if `remove` (a run split if only part of it is wanted), else
--- runs whole (more than n messages, maybe).
-local function ready_ids(kind, n, remove)
+-- runs whole (more than n messages, maybe). `origins`, if given, gets
+-- where each came from (READY's member, or false: FRESH), for restore.
+local function ready_ids(kind, n, remove, origins)
   local ids = {}
   if n <= 0 then return ids end
   if redis.call('ZCARD', READY) > 0 then
     local zs = redis.call('ZRANGE', READY, 0, n - 1)
-    for i, member in ipairs(zs) do ids[i] = tostring(member_id(member)) end
+    for i, member in ipairs(zs) do
+      ids[i] = tostring(member_id(member))
+      if origins then origins[i] = member end
+    end
     if remove and #zs > 0 then call_many('ZREM', READY, zs) end
   end
   local want = n - #ids
@@ -236,7 +252,10 @@ local function ready_ids(kind, n, remove)
       got = r
     end
   end
-  for _, id in ipairs(got) do ids[#ids + 1] = id end
+  for _, id in ipairs(got) do
+    ids[#ids + 1] = id
+    if origins then origins[#ids] = false end
+  end
   return ids
 end
 
@@ -334,7 +353,7 @@ end
 local function keep_alive(expire)
   if expire == nil then expire = num(redis.call('HGET', META, 'expire'), 0) end
   if expire > 0 then
-    for i = 1, 15 do redis.call('PEXPIRE', KEYS[i], expire) end
+    for i = 1, 17 do redis.call('PEXPIRE', KEYS[i], expire) end
     redis.call('PEXPIRE', RUNS, expire)
   end
 end
@@ -497,12 +516,71 @@ local function serve_getters(kind)
       local r = unpack_strings(req)
       if tonumber(r[1]) >= now then
         redis.call('HDEL', GREQ, w)
-        local ids = ready_ids(kind, tonumber(r[2]), true)
-        mail(w, deliver(ids, r[3], r[4], tonumber(r[5])))
+        local origins = {}
+        local ids = ready_ids(kind, tonumber(r[2]), true, origins)
+        -- count, mode, holder, lease, name; then unit, origin ('' FRESH)
+        local rec = {r[2], r[3], r[4], r[5], r[6]}
+        for i, id in ipairs(ids) do
+          rec[#rec + 1] = id
+          rec[#rec + 1] = origins[i] or ''
+        end
+        redis.call('HSET', OFFERS, w, pack(rec))
+        redis.call('ZADD', OFFERX, now + CLAIM_MS, w)
+        mail(w, 'O')
       else
         redis.call('HDEL', GREQ, w)
       end
     end
+  end
+end
+
+-- Waiter w's offer, claimed: delivered now ('E' mail), or nil if none.
+local function claim(w)
+  if w == '' then return nil end
+  local rec = redis.call('HGET', OFFERS, w)
+  if not rec then return nil end
+  redis.call('HDEL', OFFERS, w)
+  redis.call('ZREM', OFFERX, w)
+  local r = unpack_strings(rec)
+  local ids = {}
+  for i = 6, #r, 2 do ids[#ids + 1] = r[i] end
+  return deliver(ids, r[2], r[3], tonumber(r[4]))
+end
+
+-- Offers nobody claimed in time go back where they came from, exactly
+-- (in reverse, so that each lands where it was), no attempt counted;
+-- dropped if the queue was shut down immediately meanwhile.
+local function restore_offers(kind, shutdown)
+  if redis.call('EXISTS', OFFERX) == 0 then return end
+  for _, w in ipairs(redis.call('ZRANGEBYSCORE', OFFERX, '-inf', now)) do
+    local rec = redis.call('HGET', OFFERS, w)
+    redis.call('HDEL', OFFERS, w)
+    redis.call('ZREM', OFFERX, w)
+    local r = rec and unpack_strings(rec) or {}
+    for i = #r - 1, 6, -2 do
+      local unit, origin = r[i], r[i + 1]
+      local c = 1
+      if is_run(unit) then c = select(2, run_of(unit)) end
+      if shutdown == 'immediate' then
+        redis.call('HDEL', MSG, unit)
+        if c == 1 then
+          redis.call('HDEL', ATT, unit)
+          redis.call('HDEL', SK, unit)
+        end
+        incr('dropped', c)
+        if incr('unfinished', -c) == 0 then tell_joiners() end
+      else
+        if origin ~= '' then
+          redis.call('ZADD', READY, 0, origin)
+        elseif kind == 'lifo' then
+          redis.call('RPUSH', FRESH, unit)
+        else
+          redis.call('LPUSH', FRESH, unit)
+        end
+        if c > 1 then incr('runextra', c - 1) end
+      end
+    end
+    wake_watchers()
   end
 end
 
@@ -685,6 +763,7 @@ local function advance()
     end
     redis.call('HSET', META, 'nextdue', next)
   end
+  restore_offers(kind, shutdown)
   serve_getters(kind)
   serve_putters(kind, maxsize, shutdown)
   if shutdown ~= 'no' then tell_getters_shutdown() end
@@ -695,7 +774,7 @@ end
 -- How long a waiter may sleep before time alone changes something.
 local function next_deadline()
   local hint = 10000
-  for _, z in ipairs({DELAYED, OUT}) do
+  for _, z in ipairs({DELAYED, OUT, OFFERX}) do
     local first = redis.call('ZRANGE', z, 0, 0, 'WITHSCORES')
     if first[2] then
       local ms = tonumber(first[2]) - now
@@ -716,13 +795,14 @@ local function still_in_line(reqs, waiter, wait_ms)
   return {'WAIT', next_deadline()}
 end
 
--- A waiter's mail, if some came: {"MAIL", mail}.
+-- A waiter's mail, if some came: {"MAIL", mail}. An 'O' left behind by
+-- an offer claimed or taken back since is no mail.
 local function collect(waiter)
   if waiter == '' then return nil end
   local m = redis.call('LPOP', inbox(waiter))
   if m then
     redis.call('DEL', inbox(waiter))
-    return {'MAIL', m}
+    if m ~= 'O' then return {'MAIL', m} end
   end
   return nil
 end
@@ -738,7 +818,8 @@ end
 local function queue(keys, args)
   KEYS, ARGV = keys, args
   META, READY, MSG, ATT, SK, OUT, HOLDER, DELAYED, DEAD = keys[1], keys[2], keys[3], keys[4], keys[5], keys[6], keys[7], keys[8], keys[9]
-  GLINE, PLINE, JOINERS, GREQ, PREQ, FRESH, OWN = keys[10], keys[11], keys[12], keys[13], keys[14], keys[15], keys[16]
+  GLINE, PLINE, JOINERS, GREQ, PREQ, FRESH = keys[10], keys[11], keys[12], keys[13], keys[14], keys[15]
+  OFFERS, OFFERX, OWN = keys[16], keys[17], keys[18]
   PREFIX = string.sub(META, 1, -2)
   RUNS = PREFIX .. 'runs'
   local t = redis.call('TIME')
@@ -840,11 +921,15 @@ local function queue(keys, args)
     -- ARGV: waiter, wait_ms, count, mode (lease/timed/take/noack), holder,
     -- lease ms, queue name (for the entries).
     local waiter, wait_ms, count, mode, holder, lease, name = ARGV[2], num(ARGV[3], 0), num(ARGV[4], 1), ARGV[5], ARGV[6], num(ARGV[7], 0), ARGV[8]
+    local got = claim(waiter)
     local mailed = collect(waiter)
+    if got then return {'ENTRIES', got} end
     if mailed then return mailed end
     ensure()
     local kind, maxsize, shutdown = advance()
+    got = claim(waiter)
     mailed = collect(waiter)
+    if got then return {'ENTRIES', got} end
     if mailed then return mailed end
     local again = still_in_line(GREQ, waiter, wait_ms)
     if again then return again end
@@ -903,7 +988,9 @@ local function queue(keys, args)
     redis.call('LREM', PLINE, 0, waiter)
     redis.call('HDEL', PREQ, waiter)
     redis.call('ZREM', JOINERS, waiter)
+    local got = claim(waiter)
     local mailed = collect(waiter)
+    if got then return {'MAIL', got} end
     if mailed then return mailed end
     mail(waiter, 'X')
     return false
@@ -1212,7 +1299,7 @@ local function queue(keys, args)
       for _, w in ipairs(redis.call('LRANGE', line, 0, -1)) do mail(w, 'S') end
     end
     for _, w in ipairs(redis.call('ZRANGE', JOINERS, 0, -1)) do mail(w, 'J') end
-    redis.call('DEL', META, READY, MSG, ATT, SK, OUT, HOLDER, DELAYED, DEAD, GLINE, PLINE, JOINERS, GREQ, PREQ, FRESH, RUNS)
+    redis.call('DEL', META, READY, MSG, ATT, SK, OUT, HOLDER, DELAYED, DEAD, GLINE, PLINE, JOINERS, GREQ, PREQ, FRESH, OFFERS, OFFERX, RUNS)
     return 1
   end
 
