@@ -94,3 +94,33 @@ fn with_wait_a_primary_without_replicas_still_serves_gets_and_dones() {
         other => panic!("a put no replica confirmed: {other:?}"),
     }
 }
+
+/// A consumer killed (-9) mid-task: its message comes back when its
+/// process's heartbeat is overdue — 5 s at the defaults, where it was the
+/// 30 s lease — with one more attempt. (A live slow consumer keeps it:
+/// backends.rs `a_living_holder_keeps_its_message_past_the_lease_time`.)
+#[test]
+fn a_dead_consumer_s_message_comes_back_after_its_heartbeat() {
+    let r = RedisServer::start();
+    let url = format!("redis://127.0.0.1:{}", r.port);
+    let mut c = Client::connect(&url).unwrap();
+    let id = c.put("work", b"long task").unwrap();
+    let mut worker = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["worker", "work", "--", "sleep", "600"])
+        .env("FERRY_URL", &url)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let e = Engine::Redis(r);
+    common::wait_until("the worker to hold it", || e.info("work", "leased") == 1);
+    worker.kill().unwrap();
+    worker.wait().unwrap();
+    let killed = std::time::Instant::now();
+    let m = c
+        .get_timeout("work", std::time::Duration::from_secs(20))
+        .unwrap();
+    eprintln!("came back {:?} after the kill", killed.elapsed());
+    assert_eq!((m.id, m.attempts), (id, 1));
+    c.task_done("work", m.id).unwrap();
+    assert_eq!(e.info("work", "expired"), 1);
+}

@@ -175,13 +175,14 @@ impl Locks {
         Ok(true)
     }
 
-    /// Whether `token` still holds lock `name`.
-    pub(crate) fn holds(&self, name: &Bytes, token: u64) -> bool {
+    /// Whether `token` still holds lock `name` (its TTL, if any, not run
+    /// out at `now`).
+    pub(crate) fn holds(&self, name: &Bytes, token: u64, now: Millis) -> bool {
         let t = self.table.lock();
         t.locks
             .get(name)
             .and_then(|l| l.holder.as_ref())
-            .is_some_and(|h| h.token == token)
+            .is_some_and(|h| h.token == token && h.expires.is_none_or(|e| e > now))
     }
 
     /// Every lock held or waited for: its name, its holder's token (if

@@ -402,45 +402,54 @@ impl RedisCluster {
         RedisCluster::start_with(primaries, replicas, None)
     }
 
-    /// With a password: every node's requirepass and masterauth.
+    /// With a password: every node's requirepass and masterauth. A
+    /// creation that fails (a node's port taken by another test's
+    /// connection between its start and the creation) is tried again on
+    /// new nodes, and a third failure shows redis-cli's words.
     pub fn start_with(primaries: usize, replicas: usize, password: Option<&str>) -> RedisCluster {
-        let nodes: Vec<RedisServer> = (0..primaries * (1 + replicas))
-            .map(|_| {
-                let mut args = vec![
-                    "--cluster-enabled",
-                    "yes",
-                    "--cluster-node-timeout",
-                    "1000",
-                    // Replicas in sync at once (not after 5 s), so that
-                    // a primary killed early has a replica to fail over to.
-                    "--repl-diskless-sync-delay",
-                    "0",
-                ];
-                if let Some(pw) = password {
-                    args.extend(["--requirepass", pw, "--masterauth", pw]);
-                }
-                RedisServer::start_on(&args, true)
-            })
-            .collect();
-        let mut create = Command::new("redis-cli");
-        if let Some(pw) = password {
-            create.args(["--no-auth-warning", "-a", pw]);
+        let mut last = String::new();
+        for _ in 0..3 {
+            let nodes: Vec<RedisServer> = (0..primaries * (1 + replicas))
+                .map(|_| {
+                    let mut args = vec![
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-node-timeout",
+                        "1000",
+                        // Replicas in sync at once (not after 5 s), so that
+                        // a primary killed early has a replica to fail over to.
+                        "--repl-diskless-sync-delay",
+                        "0",
+                    ];
+                    if let Some(pw) = password {
+                        args.extend(["--requirepass", pw, "--masterauth", pw]);
+                    }
+                    RedisServer::start_on(&args, true)
+                })
+                .collect();
+            let mut create = Command::new("redis-cli");
+            if let Some(pw) = password {
+                create.args(["--no-auth-warning", "-a", pw]);
+            }
+            let out = create
+                .arg("--cluster")
+                .arg("create")
+                .args(nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)))
+                .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
+                .output()
+                .expect("redis-cli (Debian: redis-tools) must be installed");
+            if out.status.success() {
+                let cluster = RedisCluster { nodes };
+                cluster.wait_ok();
+                return cluster;
+            }
+            last = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
-        let out = create
-            .arg("--cluster")
-            .arg("create")
-            .args(nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)))
-            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
-            .output()
-            .expect("redis-cli (Debian: redis-tools) must be installed");
-        assert!(
-            out.status.success(),
-            "redis-cli --cluster create: {}",
-            String::from_utf8_lossy(&out.stdout)
-        );
-        let cluster = RedisCluster { nodes };
-        cluster.wait_ok();
-        cluster
+        panic!("redis-cli --cluster create failed three times: {last}")
     }
 
     /// Waits until every live node sees all slots served, and every

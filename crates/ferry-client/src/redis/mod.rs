@@ -6,11 +6,12 @@
 //! the queue's hash tag. What Redis cannot do the way the broker does is
 //! done here:
 //!
-//! - Leases: Redis cannot see a connection close, so every lease is timed
-//!   (`?lease=ms`, 30 s by default) and the process renews the leases and
-//!   locks it holds in the background (`renew.rs`); a process that dies
-//!   stops renewing, and its messages come back after the lease time. A
-//!   client that is dropped gives back what it holds at once.
+//! - Leases: Redis cannot see a connection close, so a lease lives with
+//!   its holder's heartbeat, which the process renews in the background
+//!   (`renew.rs`, every third of `?lease=ms`, 5 s by default) with the
+//!   locks it holds; a process that dies stops renewing, and its messages
+//!   come back once its heartbeat is overdue. A client that is dropped
+//!   gives back what it holds at once.
 //! - Waiting: a get, put, join or lock that must wait registers as a
 //!   waiter in the same script that found it must, then blocks on the
 //!   queue's wake-up list (BLPOP, on a connection of its own), which the
@@ -41,9 +42,10 @@ static LOCK: LazyLock<Lib> = LazyLock::new(|| Lib::new("ferry_lock", include_str
 /// How long a DEDUP key counts, as on the broker (`DEDUPFOR` shortens it).
 const DEDUP_WINDOW_MS: u64 = 600_000;
 
-/// A default lease on this backend: how long a dead process's messages
-/// stay out before they come back.
-pub(crate) const DEFAULT_LEASE: Duration = Duration::from_secs(30);
+/// A default heartbeat on this backend (`?lease`): how long a dead
+/// process's messages stay out before they come back. Its holders are
+/// renewed every third of it.
+pub(crate) const DEFAULT_LEASE: Duration = Duration::from_secs(5);
 
 /// A Redis server and how to use it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -324,7 +326,7 @@ fn queue_keys(q: &str, own: &[u8]) -> Vec<Vec<u8>> {
     let p = format!("ferry:{{{q}}}:");
     let mut keys: Vec<Vec<u8>> = [
         "m", "ready", "msg", "att", "sk", "out", "holder", "delayed", "dead", "gline", "pline",
-        "joiners", "greq", "preq", "x", "offers", "offerx",
+        "joiners", "greq", "preq", "x", "offers", "offerx", "live", "byholder",
     ]
     .iter()
     .map(|k| format!("{p}{k}").into_bytes())
@@ -333,10 +335,6 @@ fn queue_keys(q: &str, own: &[u8]) -> Vec<Vec<u8>> {
     o.extend_from_slice(own);
     keys.push(o);
     keys
-}
-
-fn holder_key(holder: &str) -> Vec<u8> {
-    format!("h:{holder}").into_bytes()
 }
 
 fn lock_keys(name: &str) -> Vec<Vec<u8>> {
@@ -598,7 +596,7 @@ impl RedisLink {
         let q = check_name(q)?;
         let mut sargs = vec![b"done".to_vec(), self.holder.as_bytes().to_vec()];
         sargs.extend(ids.iter().map(|id| id.to_vec()));
-        Ok((queue_keys(q, &holder_key(&self.holder)), sargs))
+        Ok((queue_keys(q, b"-"), sargs))
     }
 
     /// Commands one after the other, each answered as `call` would; a QDONE
@@ -793,7 +791,7 @@ impl RedisLink {
                 if unstarted {
                     sargs.push(b"unstarted".to_vec());
                 }
-                let keys = queue_keys(&q, &holder_key(&self.holder));
+                let keys = queue_keys(&q, b"-");
                 let v = self.change(&QUEUE, &keys, &sargs).await?;
                 if cmd == "QNACK" {
                     move_dead_letters(&mut self.conn, &q).await.map_err(io)?;
@@ -1041,10 +1039,9 @@ impl RedisLink {
             return self.get_any(queues, count, mode, lease, wait, cancel).await;
         }
         let q = queues.remove(0);
-        if matches!(mode, "lease" | "take") {
-            renew::hold_queue(&self.target, &self.holder, &q);
-        }
-        let keys = queue_keys(&q, &holder_key(&self.holder));
+        // Renewed while it holds or waits here: its heartbeat.
+        renew::hold_queue(&self.target, &self.holder, &q);
+        let keys = queue_keys(&q, b"-");
         let args = vec![
             b"get".to_vec(),
             count.to_string().into_bytes(),
@@ -1052,6 +1049,7 @@ impl RedisLink {
             self.holder.as_bytes().to_vec(),
             lease.to_string().into_bytes(),
             q.as_bytes().to_vec(),
+            self.heartbeat(),
         ];
         let w = Waiting::on_queue(Kind::Get, q, keys, args);
         self.wait(w, wait, cancel).await
@@ -1110,10 +1108,8 @@ impl RedisLink {
             let mut shut = 0;
             let mut got = None;
             for q in &queues {
-                if matches!(mode, "lease" | "take") {
-                    renew::hold_queue(&self.target, &self.holder, q);
-                }
-                let keys = queue_keys(q, &holder_key(&self.holder));
+                renew::hold_queue(&self.target, &self.holder, q);
+                let keys = queue_keys(q, b"-");
                 let args = vec![
                     b"get".to_vec(),
                     Vec::new(),
@@ -1123,6 +1119,7 @@ impl RedisLink {
                     self.holder.as_bytes().to_vec(),
                     lease.to_string().into_bytes(),
                     q.as_bytes().to_vec(),
+                    self.heartbeat(),
                 ];
                 match self
                     .script(&QUEUE, &keys, &args)
@@ -1161,6 +1158,11 @@ impl RedisLink {
             }
         }
         result
+    }
+
+    /// How long this process's holders live unrenewed (`?lease`).
+    fn heartbeat(&self) -> Vec<u8> {
+        self.target.lease.as_millis().to_string().into_bytes()
     }
 
     /// A name for one wait, unique: the holder (a group's token is shared

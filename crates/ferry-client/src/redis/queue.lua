@@ -15,8 +15,19 @@
 -- putters' requests (hash), 15 fresh (list of the ids of fifo and lifo
 -- messages put and never given back, in put order), 16 offers (hash
 -- waiter -> what it is offered, see below), 17 their deadlines (zset
--- waiter -> ms), 18 the operation's own key: a put's DEDUP key, or the
--- holder's set of ids.
+-- waiter -> ms), 18 live (zset holder -> until when it is alive, see
+-- below), 19 byholder (zset, every score 0: "<holder>\0<unit>" for
+-- each unit out with a holder), 20 the operation's own key: a put's
+-- DEDUP key.
+--
+-- Holders live by heartbeat: a lease bound to its holder (a get's
+-- default) has no deadline of its own; the holder's process renews the
+-- holder's place in LIVE (every third of the heartbeat, `?lease`), and
+-- once that place is overdue the holder is dead: what it held comes back
+-- (leased, one more attempt; taken, lost), and it is offered nothing
+-- more. Its place then holds minus the time it died for a minute, so
+-- that a waiter of it still in line is known dead. A queue's own LEASE
+-- timeout still ends a lease that is not touched in time.
 --
 -- Waiting is hand-off, as in the broker: a caller that must wait joins a
 -- line and blocks on a list of its own (<prefix>w:<waiter>); whatever
@@ -58,11 +69,14 @@
 -- made once, at load, not at every call. Each call sets these first.
 local KEYS, ARGV, now
 local META, READY, MSG, ATT, SK, OUT, HOLDER, DELAYED, DEAD
-local GLINE, PLINE, JOINERS, GREQ, PREQ, FRESH, OFFERS, OFFERX, OWN, PREFIX, RUNS
+local GLINE, PLINE, JOINERS, GREQ, PREQ, FRESH, OFFERS, OFFERX, LIVE, BYHOLDER, OWN, PREFIX, RUNS
 
 -- How long an offer waits for its getter's claim: a live getter claims
 -- within a round trip of its wake-up.
 local CLAIM_MS = 2000
+
+-- A bound lease's deadline: none (its holder's heartbeat ends it).
+local NEVER = 9e15
 
 local function num(v, default)
   if v == false or v == nil or v == '' then return default end
@@ -95,7 +109,17 @@ local function incr(field, by)
 end
 
 local function inbox(waiter) return PREFIX .. 'w:' .. waiter end
-local function owned(holder) return PREFIX .. 'h:' .. holder end
+-- A unit out with a holder, as BYHOLDER's member.
+local function byh(holder, unit) return holder .. '\0' .. unit end
+
+-- Every unit out with `holder`.
+local function held_units(holder)
+  local units = {}
+  for i, m in ipairs(redis.call('ZRANGEBYLEX', BYHOLDER, '[' .. holder .. '\0', '(' .. holder .. '\1')) do
+    units[i] = string.sub(m, #holder + 2)
+  end
+  return units
+end
 
 local function mail(waiter, m)
   local k = inbox(waiter)
@@ -353,7 +377,7 @@ end
 local function keep_alive(expire)
   if expire == nil then expire = num(redis.call('HGET', META, 'expire'), 0) end
   if expire > 0 then
-    for i = 1, 17 do redis.call('PEXPIRE', KEYS[i], expire) end
+    for i = 1, 19 do redis.call('PEXPIRE', KEYS[i], expire) end
     redis.call('PEXPIRE', RUNS, expire)
   end
 end
@@ -381,9 +405,8 @@ local function unout(id)
   if not h then return nil end
   redis.call('ZREM', OUT, id)
   redis.call('HDEL', HOLDER, id)
-  -- Out of its holder's set too: a holder that died leaves no set behind.
   local who = string.sub(h, 2)
-  if who ~= '' then redis.call('SREM', owned(who), id) end
+  if who ~= '' then redis.call('ZREM', BYHOLDER, byh(who, id)) end
   local k = string.sub(h, 1, 1)
   if k == 'T' then incr('ntaken', -1) else incr('nleased', -1) end
   return k
@@ -418,8 +441,13 @@ local function explode(name)
     call_many('ZADD', OUT, oargs)
     local who = string.sub(tag, 2)
     if who ~= '' then
-      call_many('SADD', owned(who), ids)
-      redis.call('SREM', owned(who), name)
+      local bargs = {}
+      for k, id in ipairs(ids) do
+        bargs[2 * k - 1] = 0
+        bargs[2 * k] = byh(who, id)
+      end
+      call_many('ZADD', BYHOLDER, bargs)
+      redis.call('ZREM', BYHOLDER, byh(who, name))
     end
   end
   redis.call('HDEL', HOLDER, name)
@@ -446,7 +474,8 @@ end
 
 -- Hands ready units out: leased (bound or timed), taken or finished.
 -- Replies their mail ('E' entries). Batched: a few commands for the
--- whole batch, and a run is one unit.
+-- whole batch, and a run is one unit. `lease`: a timed lease's ms, or
+-- for a bound one the holder's heartbeat.
 local function deliver(ids, mode, holder, lease)
   local payloads = call_many('HMGET', MSG, ids)
   -- Attempts are kept only for messages given back: usually none.
@@ -485,7 +514,12 @@ local function deliver(ids, mode, holder, lease)
       if mode == 'timed' then h = '' end
       incr('nleased', n)
     end
-    local hargs, oargs, who, deadline = {}, {}, tag .. h, tostring(now + lease)
+    local until_ms = now + lease
+    if h ~= '' then
+      local timeout = num(redis.call('HGET', META, 'lease_timeout'), 0)
+      until_ms = timeout > 0 and now + timeout or NEVER
+    end
+    local hargs, oargs, who, deadline = {}, {}, tag .. h, tostring(until_ms)
     for i, id in ipairs(ids) do
       hargs[2 * i - 1] = id
       hargs[2 * i] = who
@@ -494,8 +528,16 @@ local function deliver(ids, mode, holder, lease)
     end
     call_many('HSET', HOLDER, hargs)
     call_many('ZADD', OUT, oargs)
-    due_at(now + lease)
-    if h ~= '' then call_many('SADD', owned(h), ids) end
+    if until_ms < NEVER then due_at(until_ms) end
+    if h ~= '' then
+      local bargs = {}
+      for i, id in ipairs(ids) do
+        bargs[2 * i - 1] = 0
+        bargs[2 * i] = byh(h, id)
+      end
+      call_many('ZADD', BYHOLDER, bargs)
+      redis.call('ZADD', LIVE, 'GT', now + lease, h)
+    end
     if #runs > 0 then call_many('ZADD', RUNS, runs) end
   end
   incr('delivered', n)
@@ -514,7 +556,8 @@ local function serve_getters(kind)
     if req then
       -- until, count, mode, holder, lease, name
       local r = unpack_strings(req)
-      if tonumber(r[1]) >= now then
+      local beat = tonumber(redis.call('ZSCORE', LIVE, r[4]))
+      if tonumber(r[1]) >= now and not (beat and beat < now) then
         redis.call('HDEL', GREQ, w)
         local origins = {}
         local ids = ready_ids(kind, tonumber(r[2]), true, origins)
@@ -728,6 +771,41 @@ local function end_out(kind, id, why)
   end
 end
 
+-- Holder `h` is gone (`why`: 'released', its client went; 'expired', its
+-- heartbeat ran out): what it held ends unfinished, the lowest ids given
+-- back last, so that they are served first.
+local function end_holder(kind, h, why)
+  local ids = {}
+  for _, u in ipairs(held_units(h)) do
+    if not is_run(u) then
+      ids[#ids + 1] = u
+    elseif redis.call('HEXISTS', HOLDER, u) == 1 then
+      for _, id in ipairs(explode(u)) do ids[#ids + 1] = id end
+    end
+  end
+  table.sort(ids, function(a, b) return tonumber(a) > tonumber(b) end)
+  local n = 0
+  for _, id in ipairs(ids) do
+    local hd = redis.call('HGET', HOLDER, id)
+    if hd and string.sub(hd, 2) == h then
+      end_out(kind, id, why)
+      n = n + 1
+    end
+  end
+  return n
+end
+
+-- Holders whose heartbeat is overdue are dead; their places turn into
+-- marks of their death (minus its time), kept a minute.
+local function sweep_dead(kind)
+  if redis.call('EXISTS', LIVE) == 0 then return end
+  for _, h in ipairs(redis.call('ZRANGEBYSCORE', LIVE, '(0', now, 'LIMIT', 0, 100)) do
+    end_holder(kind, h, 'expired')
+    redis.call('ZADD', LIVE, -now, h)
+  end
+  redis.call('ZREMRANGEBYSCORE', LIVE, '(' .. (60000 - now), '(0')
+end
+
 -- Getters still in line once the queue is shut down and drained are told.
 local function tell_getters_shutdown()
   if qsize() > 0 then return end
@@ -763,6 +841,7 @@ local function advance()
     end
     redis.call('HSET', META, 'nextdue', next)
   end
+  sweep_dead(kind)
   restore_offers(kind, shutdown)
   serve_getters(kind)
   serve_putters(kind, maxsize, shutdown)
@@ -815,494 +894,486 @@ local function live_count(req)
   return n
 end
 
-local function queue(keys, args)
-  KEYS, ARGV = keys, args
-  META, READY, MSG, ATT, SK, OUT, HOLDER, DELAYED, DEAD = keys[1], keys[2], keys[3], keys[4], keys[5], keys[6], keys[7], keys[8], keys[9]
-  GLINE, PLINE, JOINERS, GREQ, PREQ, FRESH = keys[10], keys[11], keys[12], keys[13], keys[14], keys[15]
-  OFFERS, OFFERX, OWN = keys[16], keys[17], keys[18]
-  PREFIX = string.sub(META, 1, -2)
-  RUNS = PREFIX .. 'runs'
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-  local op = ARGV[1]
+-- Each operation, by name (a table: the functions are many more than
+-- the 60 upvalues one Lua function may have).
+local OPS = {}
 
-  if op == 'create' then
-    -- ARGV: explicit, the queue's name, then name/value pairs of the
-    -- settings named.
-    local explicit, name = ARGV[2] == '1', ARGV[3]
-    local named = {}
-    for i = 4, #ARGV, 2 do named[ARGV[i]] = ARGV[i + 1] end
-    if exists() and redis.call('HGET', META, 'explicit') == '1' then
-      local diffs = {}
-      for _, k in ipairs({'maxsize', 'kind', 'lease_timeout', 'max_attempts', 'dead_letter', 'expire'}) do
-        if named[k] ~= nil then
-          local have = redis.call('HGET', META, k) or ''
-          local want = named[k]
-          if k == 'kind' then
-            if have == '' then have = 'fifo' end
-          elseif k ~= 'dead_letter' then
-            have = tostring(num(have, 0)); want = tostring(num(want, 0))
-          end
-          if have ~= want then table.insert(diffs, k .. ' ' .. have .. ', not ' .. want) end
+
+OPS['create'] = function()
+  -- ARGV: explicit, the queue's name, then name/value pairs of the
+  -- settings named.
+  local explicit, name = ARGV[2] == '1', ARGV[3]
+  local named = {}
+  for i = 4, #ARGV, 2 do named[ARGV[i]] = ARGV[i + 1] end
+  if exists() and redis.call('HGET', META, 'explicit') == '1' then
+    local diffs = {}
+    for _, k in ipairs({'maxsize', 'kind', 'lease_timeout', 'max_attempts', 'dead_letter', 'expire'}) do
+      if named[k] ~= nil then
+        local have = redis.call('HGET', META, k) or ''
+        local want = named[k]
+        if k == 'kind' then
+          if have == '' then have = 'fifo' end
+        elseif k ~= 'dead_letter' then
+          have = tostring(num(have, 0)); want = tostring(num(want, 0))
         end
+        if have ~= want then table.insert(diffs, k .. ' ' .. have .. ', not ' .. want) end
       end
-      if #diffs > 0 then
-        return redis.error_reply('EXISTS queue ' .. name .. ' exists with ' .. table.concat(diffs, ', '))
-      end
-      return redis.status_reply('OK')
     end
-    ensure()
-    if named['kind'] and named['kind'] ~= (redis.call('HGET', META, 'kind') or 'fifo') and qsize() > 0 then
-      return redis.error_reply('ERR KIND can change only while the queue is empty')
+    if #diffs > 0 then
+      return redis.error_reply('EXISTS queue ' .. name .. ' exists with ' .. table.concat(diffs, ', '))
     end
-    for k, v in pairs(named) do redis.call('HSET', META, k, v) end
-    if explicit then redis.call('HSET', META, 'explicit', '1') end
-    advance()
     return redis.status_reply('OK')
   end
-
-  if op == 'config' then
-    ensure()
-    for i = 2, #ARGV, 2 do redis.call('HSET', META, ARGV[i], ARGV[i + 1]) end
-    advance()
-    return redis.status_reply('OK')
+  ensure()
+  if named['kind'] and named['kind'] ~= (redis.call('HGET', META, 'kind') or 'fifo') and qsize() > 0 then
+    return redis.error_reply('ERR KIND can change only while the queue is empty')
   end
+  for k, v in pairs(named) do redis.call('HSET', META, k, v) end
+  if explicit then redis.call('HSET', META, 'explicit', '1') end
+  advance()
+  return redis.status_reply('OK')
+end
 
-  if op == 'put' then
-    -- ARGV: waiter, wait_ms, key (or ''), keytype (or ''), delay ms, the
-    -- DEDUP key's window ms (0: no key; OWN is the key), then the
-    -- payloads.
-    local waiter, wait_ms, key, keytype, delay, dedup = ARGV[2], num(ARGV[3], 0), ARGV[4], ARGV[5], num(ARGV[6], 0), num(ARGV[7], 0)
-    local mailed = collect(waiter)
-    if mailed then return mailed end
-    ensure()
-    local kind, maxsize, shutdown = advance()
-    local again = still_in_line(PREQ, waiter, wait_ms)
-    if again then return again end
-    if shutdown ~= 'no' then return redis.error_reply('SHUTDOWN queue is shut down') end
-    if dedup > 0 then
-      local first = redis.call('GET', OWN)
-      if first then return {tonumber(first)} end
-    end
-    local payloads = {}
-    for i = 8, #ARGV do table.insert(payloads, ARGV[i]) end
-    if keytype ~= '' then
-      local have = redis.call('HGET', META, 'keytype')
-      -- Taken messages are the takers' now: only what may be served again
-      -- must compare with the new item.
-      local holds = qsize() + redis.call('ZCARD', DELAYED) + num(redis.call('HGET', META, 'nleased'), 0) > 0
-      if have and have ~= keytype and holds then
-        return redis.error_reply('KEYTYPE the queue holds items ordered as ' .. have .. '; this one is ' .. keytype)
-      end
-    end
-    if maxsize > 0 and #payloads > maxsize then
-      return redis.error_reply('ERR more payloads than the queue\'s maxsize')
-    end
-    -- Room, and nobody in line before this put.
-    local line = redis.call('LLEN', PLINE)
-    if maxsize > 0 and (qsize() + #payloads > maxsize or line > 0) then
-      if waiter == '' then return redis.error_reply('FULL queue is full') end
-      local dk = ''
-      if dedup > 0 then dk = string.sub(OWN, #PREFIX + 1) end
-      local req = {tostring(now + wait_ms + 5000), key, keytype, tostring(delay), dk, tostring(dedup)}
-      for _, p in ipairs(payloads) do table.insert(req, p) end
-      redis.call('HSET', PREQ, waiter, pack(req))
-      redis.call('RPUSH', PLINE, waiter)
-      return {'WAIT', next_deadline()}
-    end
-    if keytype ~= '' then redis.call('HSET', META, 'keytype', keytype) end
-    local ids = admit(kind, payloads, key, delay)
-    if dedup > 0 then redis.call('SET', OWN, ids[1], 'PX', dedup) end
-    serve_getters(kind)
-    return ids
+OPS['config'] = function()
+  ensure()
+  for i = 2, #ARGV, 2 do redis.call('HSET', META, ARGV[i], ARGV[i + 1]) end
+  advance()
+  return redis.status_reply('OK')
+end
+
+OPS['put'] = function()
+  -- ARGV: waiter, wait_ms, key (or ''), keytype (or ''), delay ms, the
+  -- DEDUP key's window ms (0: no key; OWN is the key), then the
+  -- payloads.
+  local waiter, wait_ms, key, keytype, delay, dedup = ARGV[2], num(ARGV[3], 0), ARGV[4], ARGV[5], num(ARGV[6], 0), num(ARGV[7], 0)
+  local mailed = collect(waiter)
+  if mailed then return mailed end
+  ensure()
+  local kind, maxsize, shutdown = advance()
+  local again = still_in_line(PREQ, waiter, wait_ms)
+  if again then return again end
+  if shutdown ~= 'no' then return redis.error_reply('SHUTDOWN queue is shut down') end
+  if dedup > 0 then
+    local first = redis.call('GET', OWN)
+    if first then return {tonumber(first)} end
   end
-
-  if op == 'get' then
-    -- ARGV: waiter, wait_ms, count, mode (lease/timed/take/noack), holder,
-    -- lease ms, queue name (for the entries).
-    local waiter, wait_ms, count, mode, holder, lease, name = ARGV[2], num(ARGV[3], 0), num(ARGV[4], 1), ARGV[5], ARGV[6], num(ARGV[7], 0), ARGV[8]
-    local got = claim(waiter)
-    local mailed = collect(waiter)
-    if got then return {'ENTRIES', got} end
-    if mailed then return mailed end
-    ensure()
-    local kind, maxsize, shutdown = advance()
-    got = claim(waiter)
-    mailed = collect(waiter)
-    if got then return {'ENTRIES', got} end
-    if mailed then return mailed end
-    local again = still_in_line(GREQ, waiter, wait_ms)
-    if again then return again end
-    local ids = ready_ids(kind, count, true)
-    if #ids == 0 then
-      if shutdown ~= 'no' then return redis.error_reply('SHUTDOWN queue is shut down') end
-      if waiter == '' then return false end
-      redis.call('HSET', GREQ, waiter, pack({tostring(now + wait_ms + 5000), tostring(count), mode, holder, tostring(lease), name}))
-      redis.call('RPUSH', GLINE, waiter)
-      return {'WAIT', next_deadline()}
+  local payloads = {}
+  for i = 8, #ARGV do table.insert(payloads, ARGV[i]) end
+  if keytype ~= '' then
+    local have = redis.call('HGET', META, 'keytype')
+    -- Taken messages are the takers' now: only what may be served again
+    -- must compare with the new item.
+    local holds = qsize() + redis.call('ZCARD', DELAYED) + num(redis.call('HGET', META, 'nleased'), 0) > 0
+    if have and have ~= keytype and holds then
+      return redis.error_reply('KEYTYPE the queue holds items ordered as ' .. have .. '; this one is ' .. keytype)
     end
-    local m = deliver(ids, mode, holder, lease)
-    serve_putters(kind, maxsize, shutdown)
-    return {'ENTRIES', m}
   end
-
-  if op == 'join' then
-    -- ARGV: waiter, wait_ms
-    local waiter, wait_ms = ARGV[2], num(ARGV[3], 0)
-    local mailed = collect(waiter)
-    if mailed then return redis.status_reply('OK') end
-    if not exists() then return redis.status_reply('OK') end
-    advance()
-    if num(redis.call('HGET', META, 'unfinished'), 0) == 0 then
-      if waiter ~= '' then redis.call('ZREM', JOINERS, waiter) end
-      return redis.status_reply('OK')
-    end
-    if waiter == '' then return false end
-    redis.call('ZADD', JOINERS, now + wait_ms + 5000, waiter)
+  if maxsize > 0 and #payloads > maxsize then
+    return redis.error_reply('ERR more payloads than the queue\'s maxsize')
+  end
+  -- Room, and nobody in line before this put.
+  local line = redis.call('LLEN', PLINE)
+  if maxsize > 0 and (qsize() + #payloads > maxsize or line > 0) then
+    if waiter == '' then return redis.error_reply('FULL queue is full') end
+    local dk = ''
+    if dedup > 0 then dk = string.sub(OWN, #PREFIX + 1) end
+    local req = {tostring(now + wait_ms + 5000), key, keytype, tostring(delay), dk, tostring(dedup)}
+    for _, p in ipairs(payloads) do table.insert(req, p) end
+    redis.call('HSET', PREQ, waiter, pack(req))
+    redis.call('RPUSH', PLINE, waiter)
     return {'WAIT', next_deadline()}
   end
+  if keytype ~= '' then redis.call('HSET', META, 'keytype', keytype) end
+  local ids = admit(kind, payloads, key, delay)
+  if dedup > 0 then redis.call('SET', OWN, ids[1], 'PX', dedup) end
+  serve_getters(kind)
+  return ids
+end
 
-  if op == 'watch' then
-    -- ARGV: waiter, wait_ms. Replies how long it may sleep at most. The
-    -- set lives as long as its longest watch (a watcher that died leaves
-    -- nothing behind).
-    local key, life = PREFIX .. 'watch', num(ARGV[3], 0) + 5000
-    redis.call('ZADD', key, now + life, ARGV[2])
-    if redis.call('PTTL', key) < life then redis.call('PEXPIRE', key, life) end
-    return next_deadline()
+OPS['get'] = function()
+  -- ARGV: waiter, wait_ms, count, mode (lease/timed/take/noack), holder,
+  -- lease ms (a timed lease's, else the holder's heartbeat), queue name
+  -- (for the entries), the holder's heartbeat ms.
+  local waiter, wait_ms, count, mode, holder, lease, name = ARGV[2], num(ARGV[3], 0), num(ARGV[4], 1), ARGV[5], ARGV[6], num(ARGV[7], 0), ARGV[8]
+  local beat = num(ARGV[9], lease)
+  local got = claim(waiter)
+  local mailed = collect(waiter)
+  if got then return {'ENTRIES', got} end
+  if mailed then return mailed end
+  ensure()
+  local kind, maxsize, shutdown = advance()
+  got = claim(waiter)
+  mailed = collect(waiter)
+  if got then return {'ENTRIES', got} end
+  if mailed then return mailed end
+  local again = still_in_line(GREQ, waiter, wait_ms)
+  if again then return again end
+  local ids = ready_ids(kind, count, true)
+  if #ids == 0 then
+    if shutdown ~= 'no' then return redis.error_reply('SHUTDOWN queue is shut down') end
+    if waiter == '' then return false end
+    redis.call('HSET', GREQ, waiter, pack({tostring(now + wait_ms + 5000), tostring(count), mode, holder, tostring(lease), name}))
+    redis.call('RPUSH', GLINE, waiter)
+    if holder ~= '' then redis.call('ZADD', LIVE, 'GT', now + beat, holder) end
+    return {'WAIT', next_deadline()}
   end
+  local m = deliver(ids, mode, holder, lease)
+  serve_putters(kind, maxsize, shutdown)
+  return {'ENTRIES', m}
+end
 
-  if op == 'unwatch' then
-    redis.call('ZREM', PREFIX .. 'watch', ARGV[2])
-    return 0
-  end
-
-  if op == 'unwait' then
-    -- ARGV: waiter. It stops waiting (a timeout, a cancel): out of every
-    -- line; its mail if some came first (then it did not stop in time:
-    -- what the mail says happened), else 'X' on its list, for a wait
-    -- still under way to end with.
-    local waiter = ARGV[2]
-    redis.call('LREM', GLINE, 0, waiter)
-    redis.call('HDEL', GREQ, waiter)
-    redis.call('LREM', PLINE, 0, waiter)
-    redis.call('HDEL', PREQ, waiter)
-    redis.call('ZREM', JOINERS, waiter)
-    local got = claim(waiter)
-    local mailed = collect(waiter)
-    if got then return {'MAIL', got} end
-    if mailed then return mailed end
-    mail(waiter, 'X')
-    return false
-  end
-
-  -- Finishing, giving back, extending: the holder's own, or a timed lease.
-  local function held_by(id, holder)
-    local h = redis.call('HGET', HOLDER, id)
-    if not h then return nil end
-    local who = string.sub(h, 2)
-    if who == '' or who == holder then return string.sub(h, 1, 1) end
-    return nil
-  end
-
-  if op == 'done' then
-    -- ARGV: holder, ids...
-    local holder = ARGV[2]
-    if not exists() then return 0 end
-    advance()
-    local ids = {}
-    for i = 3, #ARGV do ids[#ids + 1] = ARGV[i] end
-    if #ids == 0 then return 0 end
-    -- Compared whole (no substring per id): 'L'/'T' and the holder, or
-    -- a timed lease's bare 'L' anyone may finish.
-    local lh, th = 'L' .. holder, 'T' .. holder
-    local function ours(h) return h and (h == lh or h == th or h == 'L' or h == 'T') end
-    -- mine: the units finished (runs and ids); n, taken: their messages.
-    local mine, n, taken, runs = {}, 0, 0, {}
-    if redis.call('EXISTS', RUNS) == 1 then
-      -- Ids in out runs: a run finished whole goes as one; one finished
-      -- in part is broken into its messages first. The rest are plain.
-      local nums, seen, plain = {}, {}, {}
-      for _, id in ipairs(ids) do
-        local v = tonumber(id)
-        if v and not seen[v] then
-          seen[v] = true
-          nums[#nums + 1] = v
-        end
-      end
-      table.sort(nums)
-      local i = 1
-      while i <= #nums do
-        local r, first, c = run_holding(nums[i])
-        if not r then
-          plain[#plain + 1] = tostring(nums[i])
-          i = i + 1
-        else
-          local j = i
-          while j <= #nums and nums[j] < first + c do j = j + 1 end
-          local h = redis.call('HGET', HOLDER, r)
-          if ours(h) then
-            if j - i == c then
-              mine[#mine + 1] = r
-              runs[#runs + 1] = r
-              n = n + c
-              if h == th or h == 'T' then taken = taken + c end
-            else
-              explode(r)
-              for k = i, j - 1 do plain[#plain + 1] = tostring(nums[k]) end
-            end
-          end
-          i = j
-        end
-      end
-      ids = plain
-    end
-    if #ids > 0 then
-      local hs = call_many('HMGET', HOLDER, ids)
-      local seen = {}
-      for i, h in ipairs(hs) do
-        local id = ids[i]
-        if not seen[id] and ours(h) then
-          seen[id] = true
-          mine[#mine + 1] = id
-          n = n + 1
-          if h == th or h == 'T' then taken = taken + 1 end
-        end
-      end
-    end
-    if n == 0 then return 0 end
-    if #runs > 0 then call_many('ZREM', RUNS, runs) end
-    call_many('ZREM', OUT, mine)
-    call_many('HDEL', HOLDER, mine)
-    call_many('SREM', OWN, mine)
-    call_many('HDEL', MSG, mine)
-    -- Attempts and order keys: only for messages given back (or priority).
-    if redis.call('EXISTS', ATT) == 1 then call_many('HDEL', ATT, mine) end
-    if redis.call('EXISTS', SK) == 1 then call_many('HDEL', SK, mine) end
-    if taken > 0 then incr('ntaken', -taken) end
-    if n > taken then incr('nleased', taken - n) end
-    incr('done', n)
-    if incr('unfinished', -n) == 0 then tell_joiners() end
-    return n
-  end
-
-  if op == 'nack' then
-    -- ARGV: holder, id, delay ms[, 'unstarted']
-    local holder, id, delay = ARGV[2], ARGV[3], num(ARGV[4], 0)
-    local unstarted = ARGV[5] == 'unstarted'
-    if not exists() then return redis.error_reply('NOQUEUE no such queue') end
-    local kind = advance()
-    unrun(id)
-    if held_by(id, holder) ~= 'L' then return redis.error_reply('NOTLEASED this client holds no such lease') end
-    unout(id)
-    redis.call('SREM', OWN, id)
-    incr('nacked')
-    give_back(kind, id, delay, unstarted)
-    advance()
+OPS['join'] = function()
+  -- ARGV: waiter, wait_ms
+  local waiter, wait_ms = ARGV[2], num(ARGV[3], 0)
+  local mailed = collect(waiter)
+  if mailed then return redis.status_reply('OK') end
+  if not exists() then return redis.status_reply('OK') end
+  advance()
+  if num(redis.call('HGET', META, 'unfinished'), 0) == 0 then
+    if waiter ~= '' then redis.call('ZREM', JOINERS, waiter) end
     return redis.status_reply('OK')
   end
+  if waiter == '' then return false end
+  redis.call('ZADD', JOINERS, now + wait_ms + 5000, waiter)
+  return {'WAIT', next_deadline()}
+end
 
-  if op == 'touch' then
-    -- ARGV: holder, id, lease ms
-    local holder, id, lease = ARGV[2], ARGV[3], num(ARGV[4], 0)
-    if not exists() then return redis.error_reply('NOQUEUE no such queue') end
-    advance()
-    unrun(id)
-    if not held_by(id, holder) then return redis.error_reply('NOTLEASED this client holds no such lease') end
+OPS['watch'] = function()
+  -- ARGV: waiter, wait_ms. Replies how long it may sleep at most. The
+  -- set lives as long as its longest watch (a watcher that died leaves
+  -- nothing behind).
+  local key, life = PREFIX .. 'watch', num(ARGV[3], 0) + 5000
+  redis.call('ZADD', key, now + life, ARGV[2])
+  if redis.call('PTTL', key) < life then redis.call('PEXPIRE', key, life) end
+  return next_deadline()
+end
+
+OPS['unwatch'] = function()
+  redis.call('ZREM', PREFIX .. 'watch', ARGV[2])
+  return 0
+end
+
+OPS['unwait'] = function()
+  -- ARGV: waiter. It stops waiting (a timeout, a cancel): out of every
+  -- line; its mail if some came first (then it did not stop in time:
+  -- what the mail says happened), else 'X' on its list, for a wait
+  -- still under way to end with.
+  local waiter = ARGV[2]
+  redis.call('LREM', GLINE, 0, waiter)
+  redis.call('HDEL', GREQ, waiter)
+  redis.call('LREM', PLINE, 0, waiter)
+  redis.call('HDEL', PREQ, waiter)
+  redis.call('ZREM', JOINERS, waiter)
+  local got = claim(waiter)
+  local mailed = collect(waiter)
+  if got then return {'MAIL', got} end
+  if mailed then return mailed end
+  mail(waiter, 'X')
+  return false
+end
+
+-- Finishing, giving back, extending: the holder's own, or a timed lease.
+local function held_by(id, holder)
+  local h = redis.call('HGET', HOLDER, id)
+  if not h then return nil end
+  local who = string.sub(h, 2)
+  if who == '' or who == holder then return string.sub(h, 1, 1) end
+  return nil
+end
+
+OPS['done'] = function()
+  -- ARGV: holder, ids...
+  local holder = ARGV[2]
+  if not exists() then return 0 end
+  advance()
+  local ids = {}
+  for i = 3, #ARGV do ids[#ids + 1] = ARGV[i] end
+  if #ids == 0 then return 0 end
+  -- Compared whole (no substring per id): 'L'/'T' and the holder, or
+  -- a timed lease's bare 'L' anyone may finish.
+  local lh, th = 'L' .. holder, 'T' .. holder
+  local function ours(h) return h and (h == lh or h == th or h == 'L' or h == 'T') end
+  -- mine: the units finished (runs and ids); n, taken: their messages.
+  local mine, n, taken, runs, gone = {}, 0, 0, {}, {}
+  if redis.call('EXISTS', RUNS) == 1 then
+    -- Ids in out runs: a run finished whole goes as one; one finished
+    -- in part is broken into its messages first. The rest are plain.
+    local nums, seen, plain = {}, {}, {}
+    for _, id in ipairs(ids) do
+      local v = tonumber(id)
+      if v and not seen[v] then
+        seen[v] = true
+        nums[#nums + 1] = v
+      end
+    end
+    table.sort(nums)
+    local i = 1
+    while i <= #nums do
+      local r, first, c = run_holding(nums[i])
+      if not r then
+        plain[#plain + 1] = tostring(nums[i])
+        i = i + 1
+      else
+        local j = i
+        while j <= #nums and nums[j] < first + c do j = j + 1 end
+        local h = redis.call('HGET', HOLDER, r)
+        if ours(h) then
+          if j - i == c then
+            mine[#mine + 1] = r
+            if #h > 1 then gone[#gone + 1] = byh(string.sub(h, 2), r) end
+            runs[#runs + 1] = r
+            n = n + c
+            if h == th or h == 'T' then taken = taken + c end
+          else
+            explode(r)
+            for k = i, j - 1 do plain[#plain + 1] = tostring(nums[k]) end
+          end
+        end
+        i = j
+      end
+    end
+    ids = plain
+  end
+  if #ids > 0 then
+    local hs = call_many('HMGET', HOLDER, ids)
+    local seen = {}
+    for i, h in ipairs(hs) do
+      local id = ids[i]
+      if not seen[id] and ours(h) then
+        seen[id] = true
+        mine[#mine + 1] = id
+        if #h > 1 then gone[#gone + 1] = byh(string.sub(h, 2), id) end
+        n = n + 1
+        if h == th or h == 'T' then taken = taken + 1 end
+      end
+    end
+  end
+  if n == 0 then return 0 end
+  if #runs > 0 then call_many('ZREM', RUNS, runs) end
+  call_many('ZREM', OUT, mine)
+  call_many('HDEL', HOLDER, mine)
+  if #gone > 0 then call_many('ZREM', BYHOLDER, gone) end
+  call_many('HDEL', MSG, mine)
+  -- Attempts and order keys: only for messages given back (or priority).
+  if redis.call('EXISTS', ATT) == 1 then call_many('HDEL', ATT, mine) end
+  if redis.call('EXISTS', SK) == 1 then call_many('HDEL', SK, mine) end
+  if taken > 0 then incr('ntaken', -taken) end
+  if n > taken then incr('nleased', taken - n) end
+  incr('done', n)
+  if incr('unfinished', -n) == 0 then tell_joiners() end
+  return n
+end
+
+OPS['nack'] = function()
+  -- ARGV: holder, id, delay ms[, 'unstarted']
+  local holder, id, delay = ARGV[2], ARGV[3], num(ARGV[4], 0)
+  local unstarted = ARGV[5] == 'unstarted'
+  if not exists() then return redis.error_reply('NOQUEUE no such queue') end
+  local kind = advance()
+  unrun(id)
+  if held_by(id, holder) ~= 'L' then return redis.error_reply('NOTLEASED this client holds no such lease') end
+  unout(id)
+  incr('nacked')
+  give_back(kind, id, delay, unstarted)
+  advance()
+  return redis.status_reply('OK')
+end
+
+OPS['touch'] = function()
+  -- ARGV: holder, id, lease ms
+  local holder, id, lease = ARGV[2], ARGV[3], num(ARGV[4], 0)
+  if not exists() then return redis.error_reply('NOQUEUE no such queue') end
+  advance()
+  unrun(id)
+  if not held_by(id, holder) then return redis.error_reply('NOTLEASED this client holds no such lease') end
+  -- A bound lease lives with its holder unless the queue times leases.
+  if num(redis.call('ZSCORE', OUT, id), 0) < NEVER then
     redis.call('ZADD', OUT, now + lease, id)
     due_at(now + lease)
-    return lease
   end
+  return lease
+end
 
-  if op == 'renew' then
-    -- ARGV: holder, lease ms. Every lease and take of the holder (OWN is
-    -- its set of ids) is extended; ids no longer its own are forgotten.
-    local holder, lease = ARGV[2], num(ARGV[3], 0)
-    -- A queue with its own lease timeout keeps it: unless touched, a lease
-    -- ends then, as on the broker.
-    if num(redis.call('HGET', META, 'lease_timeout'), 0) > 0 then return 0 end
-    local renewed = 0
-    for _, id in ipairs(redis.call('SMEMBERS', OWN)) do
-      local h = redis.call('HGET', HOLDER, id)
-      if h and string.sub(h, 2) == holder then
-        redis.call('ZADD', OUT, 'XX', now + lease, id)
-        renewed = renewed + 1
-      else
-        redis.call('SREM', OWN, id)
+OPS['renew'] = function()
+  -- ARGV: heartbeat ms, then holders. They are alive: each one's place in
+  -- LIVE is good for another heartbeat (and dead holders are swept).
+  -- Replies how many dead letters wait to move.
+  if not exists() then return 0 end
+  local until_ms, zargs = now + num(ARGV[2], 0), {}
+  for i = 3, #ARGV do
+    zargs[#zargs + 1] = until_ms
+    zargs[#zargs + 1] = ARGV[i]
+  end
+  if #zargs > 0 then call_many('ZADD', LIVE, zargs) end
+  advance()
+  return redis.call('LLEN', DEAD)
+end
+
+OPS['release'] = function()
+  -- ARGV: holder. The holder went away: its leases come back, its takes
+  -- count as finished and lost.
+  local holder = ARGV[2]
+  if not exists() then return 0 end
+  local kind = settings()
+  local n = end_holder(kind, holder, 'released')
+  redis.call('ZREM', LIVE, holder)
+  advance()
+  return n
+end
+
+OPS['dead_pop'] = function()
+  -- ARGV: at most n. The dead letters waiting to move: {dead-letter
+  -- queue, id, attempts, payload, id, attempts, payload, ...}.
+  local dlq = redis.call('HGET', META, 'dead_letter')
+  if not dlq then return {} end
+  local out = {dlq}
+  for _, d in ipairs(redis.call('LPOP', DEAD, num(ARGV[2], 100)) or {}) do
+    for _, part in ipairs(unpack_strings(d)) do table.insert(out, part) end
+  end
+  return out
+end
+
+OPS['put_dead'] = function()
+  -- ARGV: attempts, payload. A dead letter moving in: past the bound and
+  -- a shutdown, with its attempts; once (OWN is its DEDUP key).
+  if redis.call('EXISTS', OWN) == 1 then return 0 end
+  ensure()
+  local kind = advance()
+  local ids = admit(kind, {ARGV[3]}, '', 0)
+  redis.call('HSET', ATT, ids[1], ARGV[2])
+  redis.call('SET', OWN, ids[1], 'PX', 600000)
+  serve_getters(kind)
+  return ids[1]
+end
+
+OPS['len'] = function()
+  if not exists() then return 0 end
+  advance()
+  return qsize()
+end
+
+OPS['info'] = function()
+  if not exists() then return redis.error_reply('NOQUEUE no such queue') end
+  local kind, maxsize, shutdown = advance()
+  local m = redis.call('HGETALL', META)
+  local h = {}
+  for i = 1, #m, 2 do h[m[i]] = m[i + 1] end
+  local q = qsize()
+  local r = {'name', ARGV[2], 'kind', kind, 'maxsize', maxsize,
+    'qsize', q, 'unfinished', num(h.unfinished, 0), 'leased', num(h.nleased, 0), 'taken', num(h.ntaken, 0),
+    'delayed', redis.call('ZCARD', DELAYED),
+    'waiting_getters', live_count(GREQ),
+    'waiting_putters', live_count(PREQ),
+    'waiting_joiners', redis.call('ZCOUNT', JOINERS, now, '+inf'),
+    'full', (maxsize > 0 and q >= maxsize) and 1 or 0, 'empty', q == 0 and 1 or 0,
+    'shutdown', shutdown, 'paused', 0,
+    'lease_timeout', num(h.lease_timeout, -1), 'max_attempts', num(h.max_attempts, -1),
+    'dead_letter', h.dead_letter or false, 'expire', num(h.expire, -1)}
+  for _, k in ipairs({'put', 'delivered', 'redelivered', 'done', 'nacked', 'expired', 'released', 'dead_lettered', 'lost', 'dropped'}) do
+    table.insert(r, k)
+    table.insert(r, num(h[k], 0))
+  end
+  return r
+end
+
+OPS['peek'] = function()
+  -- ARGV: count, name
+  if not exists() then return {} end
+  local kind = advance()
+  local count, entries = num(ARGV[2], 1), {}
+  for _, u in ipairs(ready_ids(kind, count, false)) do
+    if is_run(u) then
+      local first = run_of(u)
+      for k, p in ipairs(unpack_strings(redis.call('HGET', MSG, u))) do
+        if #entries >= count then break end
+        entries[#entries + 1] = {ARGV[3], first + k - 1, p, 0}
       end
+    elseif #entries < count then
+      entries[#entries + 1] = {ARGV[3], tonumber(u), redis.call('HGET', MSG, u), num(redis.call('HGET', ATT, u), 0)}
     end
-    keep_alive()
-    return renewed
   end
+  return entries
+end
 
-  if op == 'release' then
-    -- ARGV: holder. The holder went away: its leases come back, its takes
-    -- count as finished and lost.
-    local holder = ARGV[2]
-    if not exists() then redis.call('DEL', OWN) return 0 end
-    local kind = settings()
-    local ids = {}
-    for _, u in ipairs(redis.call('SMEMBERS', OWN)) do
-      if not is_run(u) then
-        ids[#ids + 1] = u
-      elseif redis.call('HEXISTS', HOLDER, u) == 1 then
-        for _, id in ipairs(explode(u)) do ids[#ids + 1] = id end
-      end
-    end
-    table.sort(ids, function(a, b) return tonumber(a) > tonumber(b) end)
-    local n = 0
-    for _, id in ipairs(ids) do
-      local h = redis.call('HGET', HOLDER, id)
-      if h and string.sub(h, 2) == holder then
-        end_out(kind, id, 'released')
-        n = n + 1
-      end
-    end
-    redis.call('DEL', OWN)
-    advance()
-    return n
+OPS['purge'] = function()
+  if not exists() then return 0 end
+  local n = 0
+  for _, id in ipairs(drain_ready()) do
+    forget(id)
+    n = n + 1
   end
-
-  if op == 'dead_pop' then
-    -- ARGV: at most n. The dead letters waiting to move: {dead-letter
-    -- queue, id, attempts, payload, id, attempts, payload, ...}.
-    local dlq = redis.call('HGET', META, 'dead_letter')
-    if not dlq then return {} end
-    local out = {dlq}
-    for _, d in ipairs(redis.call('LPOP', DEAD, num(ARGV[2], 100)) or {}) do
-      for _, part in ipairs(unpack_strings(d)) do table.insert(out, part) end
-    end
-    return out
+  for _, id in ipairs(redis.call('ZRANGE', DELAYED, 0, -1)) do
+    forget(id)
+    n = n + 1
   end
-
-  if op == 'put_dead' then
-    -- ARGV: attempts, payload. A dead letter moving in: past the bound and
-    -- a shutdown, with its attempts; once (OWN is its DEDUP key).
-    if redis.call('EXISTS', OWN) == 1 then return 0 end
-    ensure()
-    local kind = advance()
-    local ids = admit(kind, {ARGV[3]}, '', 0)
-    redis.call('HSET', ATT, ids[1], ARGV[2])
-    redis.call('SET', OWN, ids[1], 'PX', 600000)
-    serve_getters(kind)
-    return ids[1]
+  redis.call('DEL', DELAYED)
+  if n > 0 then
+    incr('dropped', n)
+    if incr('unfinished', -n) == 0 then tell_joiners() end
   end
+  advance()
+  return n
+end
 
-  if op == 'len' then
-    if not exists() then return 0 end
-    advance()
-    return qsize()
+OPS['shutdown'] = function()
+  -- ARGV: immediate (1/0)
+  ensure()
+  local immediate = ARGV[2] == '1'
+  if immediate then
+    redis.call('HSET', META, 'shutdown', 'immediate')
+  elseif redis.call('HGET', META, 'shutdown') == 'no' then
+    redis.call('HSET', META, 'shutdown', 'graceful')
   end
-
-  if op == 'info' then
-    if not exists() then return redis.error_reply('NOQUEUE no such queue') end
-    local kind, maxsize, shutdown = advance()
-    local m = redis.call('HGETALL', META)
-    local h = {}
-    for i = 1, #m, 2 do h[m[i]] = m[i + 1] end
-    local q = qsize()
-    local r = {'name', ARGV[2], 'kind', kind, 'maxsize', maxsize,
-      'qsize', q, 'unfinished', num(h.unfinished, 0), 'leased', num(h.nleased, 0), 'taken', num(h.ntaken, 0),
-      'delayed', redis.call('ZCARD', DELAYED),
-      'waiting_getters', live_count(GREQ),
-      'waiting_putters', live_count(PREQ),
-      'waiting_joiners', redis.call('ZCOUNT', JOINERS, now, '+inf'),
-      'full', (maxsize > 0 and q >= maxsize) and 1 or 0, 'empty', q == 0 and 1 or 0,
-      'shutdown', shutdown, 'paused', 0,
-      'lease_timeout', num(h.lease_timeout, -1), 'max_attempts', num(h.max_attempts, -1),
-      'dead_letter', h.dead_letter or false, 'expire', num(h.expire, -1)}
-    for _, k in ipairs({'put', 'delivered', 'redelivered', 'done', 'nacked', 'expired', 'released', 'dead_lettered', 'lost', 'dropped'}) do
-      table.insert(r, k)
-      table.insert(r, num(h[k], 0))
-    end
-    return r
-  end
-
-  if op == 'peek' then
-    -- ARGV: count, name
-    if not exists() then return {} end
-    local kind = advance()
-    local count, entries = num(ARGV[2], 1), {}
-    for _, u in ipairs(ready_ids(kind, count, false)) do
-      if is_run(u) then
-        local first = run_of(u)
-        for k, p in ipairs(unpack_strings(redis.call('HGET', MSG, u))) do
-          if #entries >= count then break end
-          entries[#entries + 1] = {ARGV[3], first + k - 1, p, 0}
-        end
-      elseif #entries < count then
-        entries[#entries + 1] = {ARGV[3], tonumber(u), redis.call('HGET', MSG, u), num(redis.call('HGET', ATT, u), 0)}
-      end
-    end
-    return entries
-  end
-
-  if op == 'purge' then
-    if not exists() then return 0 end
+  wake_watchers()
+  local kind0 = settings()
+  make_ready(kind0, by_due(redis.call('ZRANGE', DELAYED, 0, -1, 'WITHSCORES')))
+  redis.call('DEL', DELAYED)
+  if immediate then
     local n = 0
     for _, id in ipairs(drain_ready()) do
       forget(id)
       n = n + 1
     end
-    for _, id in ipairs(redis.call('ZRANGE', DELAYED, 0, -1)) do
-      forget(id)
-      n = n + 1
-    end
-    redis.call('DEL', DELAYED)
     if n > 0 then
       incr('dropped', n)
       if incr('unfinished', -n) == 0 then tell_joiners() end
     end
-    advance()
-    return n
   end
+  advance()
+  return redis.status_reply('OK')
+end
 
-  if op == 'shutdown' then
-    -- ARGV: immediate (1/0)
-    ensure()
-    local immediate = ARGV[2] == '1'
-    if immediate then
-      redis.call('HSET', META, 'shutdown', 'immediate')
-    elseif redis.call('HGET', META, 'shutdown') == 'no' then
-      redis.call('HSET', META, 'shutdown', 'graceful')
-    end
-    wake_watchers()
-    local kind0 = settings()
-    make_ready(kind0, by_due(redis.call('ZRANGE', DELAYED, 0, -1, 'WITHSCORES')))
-    redis.call('DEL', DELAYED)
-    if immediate then
-      local n = 0
-      for _, id in ipairs(drain_ready()) do
-        forget(id)
-        n = n + 1
-      end
-      if n > 0 then
-        incr('dropped', n)
-        if incr('unfinished', -n) == 0 then tell_joiners() end
-      end
-    end
-    advance()
-    return redis.status_reply('OK')
+OPS['reopen'] = function()
+  if not exists() then return redis.error_reply('NOQUEUE no such queue') end
+  redis.call('HSET', META, 'shutdown', 'no')
+  return redis.status_reply('OK')
+end
+
+OPS['drop'] = function()
+  if not exists() then return 0 end
+  wake_watchers()
+  -- Whoever waits sees the queue gone as a shutdown.
+  for _, line in ipairs({GLINE, PLINE}) do
+    for _, w in ipairs(redis.call('LRANGE', line, 0, -1)) do mail(w, 'S') end
   end
+  for _, w in ipairs(redis.call('ZRANGE', JOINERS, 0, -1)) do mail(w, 'J') end
+  redis.call('DEL', META, READY, MSG, ATT, SK, OUT, HOLDER, DELAYED, DEAD, GLINE, PLINE, JOINERS, GREQ, PREQ, FRESH, OFFERS, OFFERX, LIVE, BYHOLDER, RUNS)
+  return 1
+end
 
-  if op == 'reopen' then
-    if not exists() then return redis.error_reply('NOQUEUE no such queue') end
-    redis.call('HSET', META, 'shutdown', 'no')
-    return redis.status_reply('OK')
-  end
 
-  if op == 'drop' then
-    if not exists() then return 0 end
-    wake_watchers()
-    -- Whoever waits sees the queue gone as a shutdown.
-    for _, line in ipairs({GLINE, PLINE}) do
-      for _, w in ipairs(redis.call('LRANGE', line, 0, -1)) do mail(w, 'S') end
-    end
-    for _, w in ipairs(redis.call('ZRANGE', JOINERS, 0, -1)) do mail(w, 'J') end
-    redis.call('DEL', META, READY, MSG, ATT, SK, OUT, HOLDER, DELAYED, DEAD, GLINE, PLINE, JOINERS, GREQ, PREQ, FRESH, OFFERS, OFFERX, RUNS)
-    return 1
-  end
-
+local function queue(keys, args)
+  KEYS, ARGV = keys, args
+  META, READY, MSG, ATT, SK, OUT, HOLDER, DELAYED, DEAD = keys[1], keys[2], keys[3], keys[4], keys[5], keys[6], keys[7], keys[8], keys[9]
+  GLINE, PLINE, JOINERS, GREQ, PREQ, FRESH = keys[10], keys[11], keys[12], keys[13], keys[14], keys[15]
+  OFFERS, OFFERX, LIVE, BYHOLDER, OWN = keys[16], keys[17], keys[18], keys[19], keys[20]
+  PREFIX = string.sub(META, 1, -2)
+  RUNS = PREFIX .. 'runs'
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local op = ARGV[1]
+  local f = OPS[op]
+  if f then return f() end
   return redis.error_reply('ERR unknown queue operation ' .. tostring(op))
 end
 

@@ -3,12 +3,14 @@
 //! One thread per process (made again in a forked child), with a runtime
 //! of its own: the blocking client's runtime runs only inside its calls,
 //! so it could not renew while the program works on a message. Every
-//! third of its lease time it renews, per holder, the leases it holds in
-//! each queue it got from and the locks it holds; when a holder's last client
-//! is dropped, what it holds is given back at once (without that, it
-//! would come back when its lease runs out). Each holder is renewed on its
-//! own schedule and each renewal is a task of its own, with a time limit:
-//! a server that is slow or gone delays nothing but its own holders.
+//! third of its heartbeat (`?lease`) it renews, per server and queue, the
+//! heartbeats of this process's holders that got from or waited in that
+//! queue — one call and one write, whatever they hold — and the locks it
+//! holds; when a holder's last client is dropped, what it holds is given
+//! back at once (without that, it would come back once its heartbeat is
+//! overdue). Each server is renewed on its own schedule and each renewal
+//! is a task of its own, with a time limit: a server that is slow or gone
+//! delays nothing but its own holders.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -17,7 +19,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
 use super::conn::{Engine, RConn};
-use super::{LOCK, QUEUE, Target, holder_key, lock_keys, move_dead_letters, queue_keys};
+use super::{LOCK, QUEUE, Target, lock_keys, move_dead_letters, queue_keys};
 
 enum Cmd {
     Attach(Target, String),
@@ -33,8 +35,6 @@ struct Holding {
     clients: usize,
     queues: HashSet<String>,
     locks: HashSet<(String, u64)>,
-    /// When it is renewed next.
-    due: Option<Instant>,
 }
 
 static RENEWER: Mutex<Option<(u32, UnboundedSender<Cmd>)>> = Mutex::new(None);
@@ -106,6 +106,8 @@ type Slot = Arc<tokio::sync::Mutex<Option<RConn>>>;
 struct Renewer {
     holdings: HashMap<(Target, String), Holding>,
     conns: HashMap<String, Slot>,
+    /// When each server's holders are renewed next.
+    due: HashMap<Target, Instant>,
 }
 
 fn run(rx: UnboundedReceiver<Cmd>) {
@@ -127,9 +129,8 @@ impl Renewer {
     async fn serve(mut self, mut rx: UnboundedReceiver<Cmd>) {
         loop {
             let wait = self
-                .holdings
+                .due
                 .values()
-                .filter_map(|h| h.due)
                 .min()
                 .map_or(Duration::from_secs(10), |due| {
                     due.saturating_duration_since(Instant::now())
@@ -145,13 +146,12 @@ impl Renewer {
         }
     }
 
-    /// What `h` holds on `t`; a new holding is renewed a period from now
-    /// (what it holds was just taken, for a whole lease).
+    /// What `h` holds on `t`; a server new here is renewed a period from
+    /// now (what it holds was just taken, for a whole heartbeat).
     fn holding(&mut self, t: Target, h: String) -> &mut Holding {
         let due = Instant::now() + period(&t);
-        let held = self.holdings.entry((t, h)).or_default();
-        held.due.get_or_insert(due);
-        held
+        self.due.entry(t.clone()).or_insert(due);
+        self.holdings.entry((t, h)).or_default()
     }
 
     fn apply(&mut self, cmd: Cmd) {
@@ -168,6 +168,9 @@ impl Renewer {
                 };
                 if last && let Some(held) = self.holdings.remove(&key) {
                     let (t, h) = key;
+                    if !self.holdings.keys().any(|(other, _)| *other == t) {
+                        self.due.remove(&t);
+                    }
                     let slot = self.slot(&t);
                     tokio::spawn(async move {
                         let lease = t.lease;
@@ -193,28 +196,35 @@ impl Renewer {
         Arc::clone(self.conns.entry(t.url.clone()).or_default())
     }
 
-    /// Starts the renewal of every holding whose time has come; each is
-    /// given at most a lease time (after that, renewing is moot).
+    /// Starts the renewal of every server whose time has come; each is
+    /// given at most a heartbeat (after that, renewing is moot).
     fn renew_due(&mut self) {
         let now = Instant::now();
         let mut work = Vec::new();
-        for ((t, h), held) in &mut self.holdings {
-            if held.due.is_some_and(|due| due <= now) {
-                held.due = Some(now + period(t));
-                work.push((
-                    t.clone(),
-                    h.clone(),
-                    held.queues.clone(),
-                    held.locks.clone(),
-                ));
+        for (t, due) in &mut self.due {
+            if *due > now {
+                continue;
             }
+            *due = now + period(t);
+            // Each queue's holders, and every lock, on this server.
+            let mut queues: HashMap<String, Vec<String>> = HashMap::new();
+            let mut locks = HashSet::new();
+            for ((ht, h), held) in &self.holdings {
+                if ht != t {
+                    continue;
+                }
+                for q in &held.queues {
+                    queues.entry(q.clone()).or_default().push(h.clone());
+                }
+                locks.extend(held.locks.iter().cloned());
+            }
+            work.push((t.clone(), queues, locks));
         }
-        for (t, h, queues, locks) in work {
+        for (t, queues, locks) in work {
             let slot = self.slot(&t);
             tokio::spawn(async move {
-                let lease = t.lease;
-                let renewed =
-                    tokio::time::timeout(lease, renew(&slot, &t, &h, &queues, &locks)).await;
+                let beat = t.lease;
+                let renewed = tokio::time::timeout(beat, renew(&slot, &t, &queues, &locks)).await;
                 if !matches!(renewed, Ok(Ok(()))) {
                     // Connect again next time.
                     *slot.lock().await = None;
@@ -238,29 +248,25 @@ async fn connected(slot: &Slot, t: &Target) -> Result<RConn, redis::RedisError> 
 async fn renew(
     slot: &Slot,
     t: &Target,
-    h: &str,
-    queues: &HashSet<String>,
+    queues: &HashMap<String, Vec<String>>,
     locks: &HashSet<(String, u64)>,
 ) -> Result<(), redis::RedisError> {
     let mut c = connected(slot, t).await?;
-    let lease = t.lease.as_millis().to_string();
-    for q in queues {
-        let args = [
-            b"renew".to_vec(),
-            h.as_bytes().to_vec(),
-            lease.clone().into_bytes(),
-        ];
-        QUEUE
-            .call::<i64>(&mut c, &queue_keys(q, &holder_key(h)), &args)
-            .await?;
-        // Leases that ran out may have made dead letters.
-        move_dead_letters(&mut c, q).await?;
+    let beat = t.lease.as_millis().to_string();
+    for (q, holders) in queues {
+        let mut args = vec![b"renew".to_vec(), beat.clone().into_bytes()];
+        args.extend(holders.iter().map(|h| h.as_bytes().to_vec()));
+        let dead: i64 = QUEUE.call(&mut c, &queue_keys(q, b"-"), &args).await?;
+        // Leases that ran out, or holders that died, made dead letters.
+        if dead > 0 {
+            move_dead_letters(&mut c, q).await?;
+        }
     }
     for (name, token) in locks {
         let args = [
             b"renew".to_vec(),
             token.to_string().into_bytes(),
-            lease.clone().into_bytes(),
+            beat.clone().into_bytes(),
         ];
         LOCK.call::<i64>(&mut c, &lock_keys(name), &args).await?;
     }
@@ -273,7 +279,7 @@ async fn release(slot: Slot, t: Target, h: String, held: Holding) -> Result<(), 
     for q in &held.queues {
         let args = [b"release".to_vec(), h.as_bytes().to_vec()];
         QUEUE
-            .call::<i64>(&mut c, &queue_keys(q, &holder_key(&h)), &args)
+            .call::<i64>(&mut c, &queue_keys(q, b"-"), &args)
             .await?;
     }
     for (name, token) in &held.locks {

@@ -1,4 +1,4 @@
-//! LOCK and UNLOCK: mutexes with fencing tokens (the table is
+//! LOCK, UNLOCK and LOCKED: mutexes with fencing tokens (the table is
 //! `crate::locks`).
 
 use std::sync::Arc;
@@ -23,6 +23,29 @@ pub(crate) struct Lock {
 pub(crate) struct Unlock {
     pub(super) name: Bytes,
     token: u64,
+}
+
+/// LOCKED name token: whether `token` still holds the lock — what a holder
+/// asks to learn that it lost it (a TTL that ran out, a broker restart).
+pub(crate) struct Locked {
+    pub(super) name: Bytes,
+    token: u64,
+}
+
+impl Locked {
+    pub(super) fn parse(a: &mut Args) -> Result<Self, CmdError> {
+        let name = a.require()?;
+        let token = parse_u64(&a.require()?)?;
+        a.end()?;
+        Ok(Locked { name, token })
+    }
+
+    pub(super) fn apply(self, s: &mut Session) -> Res {
+        let now = s.broker.now();
+        let held = s.broker.locks.holds(&self.name, self.token, now);
+        s.reply().int(i64::from(held));
+        done()
+    }
 }
 
 impl Lock {
@@ -81,8 +104,8 @@ fn granted(s: &mut Session, name: Bytes, token: u64) {
     // token from anyone, and ferry.aio releases on its shared one): forget
     // the ones released so, now and then, so the list stays short.
     if s.locks.len() >= 8 && s.locks.len().is_power_of_two() {
-        let locks = &s.broker.locks;
-        s.locks.retain(|(n, t)| locks.holds(n, *t));
+        let (locks, now) = (&s.broker.locks, s.broker.now());
+        s.locks.retain(|(n, t)| locks.holds(n, *t, now));
     }
     s.locks.push((name, token));
     s.reply().uint(token);

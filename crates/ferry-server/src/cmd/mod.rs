@@ -302,6 +302,7 @@ pub(crate) enum Command {
     Server(server::Server),
     Lock(locks::Lock),
     Unlock(locks::Unlock),
+    Locked(locks::Locked),
     Create(admin::Create),
     Config(admin::ConfigQueue),
     Put(put::Put),
@@ -316,7 +317,7 @@ pub(crate) enum Command {
 }
 
 /// Every command name, upper case.
-pub(crate) const NAMES: [&str; 30] = [
+pub(crate) const NAMES: [&str; 31] = [
     "QPUT",
     "QGET",
     "QDONE",
@@ -336,6 +337,7 @@ pub(crate) const NAMES: [&str; 30] = [
     "QSHUTDOWN",
     "LOCK",
     "UNLOCK",
+    "LOCKED",
     "PING",
     "ECHO",
     "QUIT",
@@ -379,6 +381,7 @@ impl Command {
         Ok(match command {
             "LOCK" => Command::Lock(locks::Lock::parse(a)?),
             "UNLOCK" => Command::Unlock(locks::Unlock::parse(a)?),
+            "LOCKED" => Command::Locked(locks::Locked::parse(a)?),
             "QCREATE" => Command::Create(admin::Create::parse(a)?),
             "QCONFIG" => Command::Config(admin::ConfigQueue::parse(a)?),
             "QPUT" => Command::Put(put::Put::parse(a)?),
@@ -440,6 +443,7 @@ impl Command {
             ) => vec![(Right::Admin, q)],
             Command::Lock(c) => vec![(Right::Lock, &c.name)],
             Command::Unlock(c) => vec![(Right::Lock, &c.name)],
+            Command::Locked(c) => vec![(Right::Lock, &c.name)],
             Command::Server(_) => Vec::new(),
         }
     }
@@ -489,6 +493,7 @@ impl Command {
             Command::Server(c) => c.apply(s),
             Command::Lock(c) => c.apply(s),
             Command::Unlock(c) => c.apply(s),
+            Command::Locked(c) => c.apply(s),
             Command::Create(c) => c.apply(s),
             Command::Config(c) => c.apply(s),
             Command::Put(c) => c.apply(s),

@@ -400,6 +400,7 @@ async fn every_command_checks_its_user_s_rights() {
         ("QDROP", &["QDROP", "{q}"], Right),
         ("LOCK", &["LOCK", "{q}", "NOWAIT"], Right),
         ("UNLOCK", &["UNLOCK", "{q}", "1"], Right),
+        ("LOCKED", &["LOCKED", "{q}", "1"], Right),
         ("PING", &["PING"], Nothing),
         ("ECHO", &["ECHO", "e"], Nothing),
         ("HELLO", &["HELLO", "2"], Nothing),
