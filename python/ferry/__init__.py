@@ -38,6 +38,7 @@ __all__ = [
     "FerryError",
     "LeaseLost",
     "LeaseLostWarning",
+    "LockLost",
     "NotLeased",
     "Empty",
     "Full",
@@ -51,6 +52,14 @@ DEFAULT_URL = "ferry://127.0.0.1:7878"
 class LeaseLostWarning(RuntimeWarning):
     """task_done() of an item whose connection was lost (a broker restart):
     the item is delivered again and finished by whoever gets it."""
+
+
+class LockLost(FerryError, ValueError):
+    """release() of a Lock this handle acquired but no longer holds: its
+    connection was lost (a broker restart), or on Redis its process's
+    heartbeat was overdue (the process stopped, its Redis was cut off) —
+    another holder may have had it meanwhile. A ValueError, as releasing
+    an unheld multiprocessing.Lock is."""
 
 #: A private (unnamed) queue is dropped when its program is done with it —
 #: its last handle in the process that made it is collected, or that
@@ -1214,7 +1223,9 @@ def _rebuild_simple(name, url, serializer):
 class Lock:
     """multiprocessing.Lock across processes and machines: acquire(block,
     timeout), release(), and a context manager. Released by the broker if
-    the holder's connection dies."""
+    the holder's connection dies (on Redis: once its process's heartbeat
+    is overdue). `lost` says whether a lock this handle acquired is no
+    longer its own; release() of such a lock raises LockLost."""
 
     def __init__(self, *, name: str | None = None, url: str | None = None) -> None:
         self._name = name or f"py-lock-{uuid.uuid4().hex}"
@@ -1235,11 +1246,26 @@ class Lock:
         self._token = token
         return True
 
+    @property
+    def lost(self) -> bool:
+        """Whether this handle acquired the lock and no longer holds it (it
+        asks the broker): a holder checks before a write the lock guards."""
+        return self._token is not None and not self._handle.conn().lock_held(self._name, self._token)
+
+    @property
+    def token(self) -> int | None:
+        """The fencing token of this handle's grant (larger than any
+        before it), or None: pass it to the resource the lock guards."""
+        return self._token
+
     def release(self) -> None:
         _sync_puts()
-        if self._token is None or not self._handle.conn().unlock(self._name, self._token):
+        if self._token is None:
             raise ValueError("release() of an unlocked lock")
-        self._token = None
+        token, self._token = self._token, None
+        if not self._handle.conn().unlock(self._name, token):
+            raise LockLost(f"lock {self._name!r} (token {token}) was lost before release(): "
+                           "its connection or heartbeat was lost, and another may have held it")
 
     def __enter__(self) -> bool:
         return self.acquire()

@@ -849,6 +849,14 @@ class Lock:
     def locked(self) -> bool:
         return self._token is not None
 
+    async def lost(self) -> bool:
+        """Whether this handle acquired the lock and no longer holds it (its
+        connection was lost; on Redis its heartbeat was overdue)."""
+        if self._token is None:
+            return False
+        held = await _call(_process(self._url).pool, [b"LOCKED", self._bname, str(self._token).encode()])
+        return held != 1
+
     async def __aenter__(self) -> None:
         await self.acquire()
 

@@ -724,6 +724,12 @@ impl Connection {
         let n = name.to_string();
         self.with(py, move |c| c.unlock(&n, token))
     }
+
+    /// LOCKED name token: whether the token still holds the lock.
+    fn lock_held(&self, py: Python<'_>, name: &str, token: u64) -> PyResult<bool> {
+        let n = name.to_string();
+        self.with(py, move |c| c.lock_held(&n, token))
+    }
 }
 
 /// A reply as Python values.

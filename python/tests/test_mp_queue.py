@@ -307,6 +307,24 @@ def test_lock_context():
         pass
 
 
+def test_a_lost_lock_says_so_and_its_release_raises_lock_lost():
+    # Lost as a broker restart or an overdue heartbeat would lose it: the
+    # grant ends without its holder (here, UNLOCK by token from another
+    # connection), and the next holder gets a larger token.
+    lock = ferry.Lock()
+    assert lock.acquire() and not lock.lost
+    token = lock.token
+    assert ferry.connect().call([b"UNLOCK", lock._name.encode(), str(token).encode()]) == 1
+    assert lock.lost
+    other = ferry.Lock(name=lock._name)
+    assert other.acquire(timeout=5) and other.token > token
+    with pytest.raises(ferry.LockLost) as lost:
+        lock.release()
+    assert isinstance(lost.value, ValueError)
+    assert not lock.lost  # no longer acquired by this handle
+    other.release()
+
+
 def test_lock_timeout():
     lock = ferry.Lock()
     other = ferry.Lock(name=lock._name)

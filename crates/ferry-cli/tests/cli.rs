@@ -175,6 +175,39 @@ fn lock_keeps_a_second_holder_out_and_passes_the_exit_code() {
     assert_eq!(second.wait().unwrap().code(), Some(7));
 }
 
+/// A holder whose lock runs out (its TTL) or goes with the broker (a
+/// restart) is told: `ferry lock` ends its command (SIGTERM) and exits 5,
+/// rather than running on beside the next holder.
+#[test]
+fn a_lock_lost_ends_its_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = common::free_port().to_string();
+    let flags = ["--port", port.as_str()];
+    let s = Server::start_at(dir.path(), &flags);
+    let url = format!("ferry://127.0.0.1:{port}");
+    let o = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args([
+            "lock", "ttl", "--ttl", "0.5", "--url", &url, "--", "sleep", "60",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(5), "{}", stderr(&o));
+    assert!(stderr(&o).contains("TTL ran out"), "{}", stderr(&o));
+
+    let first = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["lock", "L", "--url", &url, "--", "sleep", "60"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let c = &mut s.conn();
+    common::wait_until("the holder", || common::info_field(c, "locks") == 1);
+    assert!(s.signal_and_wait("-TERM").success());
+    let _s = Server::start_at(dir.path(), &flags);
+    let o = first.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(5), "{}", stderr(&o));
+    assert!(stderr(&o).contains("no longer held"), "{}", stderr(&o));
+}
+
 #[test]
 fn bench_quick_reports_throughput_and_latency() {
     let s = Server::start();

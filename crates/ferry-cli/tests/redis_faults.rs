@@ -124,3 +124,48 @@ fn a_dead_consumer_s_message_comes_back_after_its_heartbeat() {
     c.task_done("work", m.id).unwrap();
     assert_eq!(e.info("work", "expired"), 1);
 }
+
+/// A lock holder whose Redis stops answering (SIGSTOP) cannot renew: once
+/// the lock could have run out (its heartbeat, 1 s here), `ferry lock`
+/// ends its command and exits 5 — before, it ran on, unaware, while the
+/// next `ferry lock` acquired the same lock (two holders).
+#[test]
+fn a_lock_holder_whose_redis_stops_is_told() {
+    let r = RedisServer::start();
+    let url = format!("redis://127.0.0.1:{}?lease=1000", r.port);
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log");
+    let work = format!(
+        "echo start >> {0}; sleep 60; echo finished >> {0}",
+        log.display()
+    );
+    let first = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["lock", "L1", "--url", &url, "--", "sh", "-c", &work])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    common::wait_until("the holder to start", || {
+        std::fs::read_to_string(&log).is_ok_and(|t| t.contains("start"))
+    });
+    r.signal("-STOP");
+    let o = first.wait_with_output().unwrap();
+    r.signal("-CONT");
+    assert_eq!(
+        o.status.code(),
+        Some(5),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    // The lock ran out on the server; the next holder gets it.
+    let o = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["lock", "L1", "--timeout", "30", "--url", &url, "--"])
+        .args(["sh", "-c", &format!("echo second >> {}", log.display())])
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(
+        log, "start\nsecond\n",
+        "the first never finished beside the second"
+    );
+}

@@ -311,7 +311,7 @@ fn repeatable(args: &[&[u8]]) -> Option<Option<usize>> {
         return Some(timeout_after(3));
     }
     let reads = [
-        "PING", "ECHO", "QLEN", "QINFO", "QPEEK", "QLIST", "INFO", "CONFIG",
+        "PING", "ECHO", "QLEN", "QINFO", "QPEEK", "QLIST", "INFO", "CONFIG", "LOCKED",
     ];
     reads.iter().any(|r| is(name, r)).then_some(None)
 }
@@ -1120,6 +1120,31 @@ impl AsyncClient {
         {
             Value::Int(n) => Ok(n == 1),
             other => Err(Error::Protocol(format!("UNLOCK replied {other:?}"))),
+        }
+    }
+
+    /// Whether `token` still holds the mutex `name` (LOCKED): false once
+    /// it was released, its TTL ran out, or its holder's connection (on
+    /// Redis, its process's heartbeat) was lost — how a holder learns it
+    /// lost the lock.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), ferry_client::Error> {
+    /// # let mut c = ferry_client::AsyncClient::connect("ferry://127.0.0.1:7878").await?;
+    /// # let token = 1;
+    /// if !c.lock_held("ledger", token).await? {
+    ///     // stop writing: another holder may have it now
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn lock_held(&mut self, name: &str, token: u64) -> Result<bool, Error> {
+        let token = token.to_string();
+        match self
+            .call_retrying(&[b"LOCKED", name.as_bytes(), token.as_bytes()], true)
+            .await?
+        {
+            Value::Int(n) => Ok(n == 1),
+            other => Err(Error::Protocol(format!("LOCKED replied {other:?}"))),
         }
     }
 }

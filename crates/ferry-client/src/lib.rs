@@ -93,6 +93,16 @@ pub use redis::Target as RedisTarget;
 /// The default broker: `ferry://127.0.0.1:7878`.
 pub const DEFAULT_URL: &str = "ferry://127.0.0.1:7878";
 
+/// The heartbeat of a Redis URL's holders (`?lease`, 5 s by default): a
+/// lock or lease they stop renewing is gone that long after. `None` for
+/// ferry's broker (its locks live with their connection) or a bad URL.
+pub fn heartbeat_of(url: &str) -> Option<std::time::Duration> {
+    if !url.starts_with("redis") {
+        return None;
+    }
+    redis::Target::parse(url).ok().map(|t| t.lease)
+}
+
 /// How long the DEDUP key a client puts on its own puts must count
 /// (`DEDUPFOR`), for a put that waits at most `timeout` (`None`: not at
 /// all, or forever): a put is sent again only within the reconnect
@@ -780,6 +790,19 @@ impl Client {
     /// ```
     pub fn unlock(&mut self, name: &str, token: u64) -> Result<bool, Error> {
         self.rt.block_on(self.inner.unlock(name, token))
+    }
+
+    /// Whether `token` still holds the mutex `name`: false once it was
+    /// released, its TTL ran out, or its holder's connection (on Redis,
+    /// its process's heartbeat) was lost.
+    ///
+    /// ```no_run
+    /// # let mut c = ferry_client::Client::connect("ferry://127.0.0.1:7878")?;
+    /// let still_mine = c.lock_held("ledger", 1)?;
+    /// # Ok::<(), ferry_client::Error>(())
+    /// ```
+    pub fn lock_held(&mut self, name: &str, token: u64) -> Result<bool, Error> {
+        self.rt.block_on(self.inner.lock_held(name, token))
     }
 }
 

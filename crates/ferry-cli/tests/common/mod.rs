@@ -383,6 +383,17 @@ impl RedisServer {
     pub fn alive(&self) -> bool {
         self.child.is_some()
     }
+
+    /// Sends it a signal (`-STOP`, `-CONT`, ...).
+    pub fn signal(&self, sig: &str) {
+        if let Some(c) = &self.child {
+            let ok = Command::new("kill")
+                .args([sig, &c.id().to_string()])
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(ok, "kill {sig} redis-server");
+        }
+    }
 }
 
 impl Drop for RedisServer {

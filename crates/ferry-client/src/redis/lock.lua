@@ -117,6 +117,13 @@ local function lock(keys, args)
     return 0
   end
 
+  if op == 'held' then
+    -- ARGV: token. 1 while it is the lock's grant (not run out), else 0.
+    local h = held()
+    if h and h[1] == ARGV[2] then return 1 end
+    return 0
+  end
+
   if op == 'unwait' then
     -- ARGV: ticket. Out of the line; its token if it was granted first.
     redis.call('LREM', LINE, 0, ARGV[2])

@@ -908,6 +908,12 @@ impl RedisLink {
                 }
                 Ok((v, cancelled))
             }
+            "LOCKED" => {
+                let name = check_name(a.require("lock name")?)?.to_string();
+                let token = a.number("token")?;
+                let sargs = vec![b"held".to_vec(), token.to_string().into_bytes()];
+                done(self.change(&LOCK, &lock_keys(&name), &sargs).await?)
+            }
             "UNLOCK" => {
                 let name = check_name(a.require("lock name")?)?.to_string();
                 let token = a.number("token")?;
