@@ -40,6 +40,7 @@ __all__ = [
     "LeaseLostWarning",
     "LockLost",
     "NotLeased",
+    "WriteBehindError",
     "Empty",
     "Full",
     "connect",
@@ -52,6 +53,20 @@ DEFAULT_URL = "ferry://127.0.0.1:7878"
 class LeaseLostWarning(RuntimeWarning):
     """task_done() of an item whose connection was lost (a broker restart):
     the item is delivered again and finished by whoever gets it."""
+
+
+class WriteBehindError(FerryError):
+    """Write-behind puts that put() had returned for could not be
+    confirmed: the broker refused them, or did not answer within a minute
+    (reconnects included), or on Redis `?wait=N` replicas did not confirm
+    them. `unsent` says how many; they may or may not be in the queue.
+    Raised by the producer's next put(), flush(), join() or close() — and
+    printed at exit — as multiprocessing reports its feeder's errors:
+    never silent."""
+
+    def __init__(self, message: str, unsent: int) -> None:
+        super().__init__(message)
+        self.unsent = unsent
 
 
 class LockLost(FerryError, ValueError):
@@ -441,6 +456,7 @@ class _Feeder:
         self._cond = threading.Condition()
         self._inflight = 0
         self._error: BaseException | None = None
+        self._unsent = 0  # puts of failed batches since the error was last raised
         self._closed = False
         self._thread: threading.Thread | None = None
         self.wait_at_exit = True
@@ -464,7 +480,14 @@ class _Feeder:
     def _raise_error(self) -> None:
         if self._error is not None:
             error, self._error = self._error, None
-            raise error
+            unsent, self._unsent = self._unsent, 0
+            if isinstance(error, ShutDown):
+                # Refused, as a plain put would be: nothing went in.
+                error.add_note(f"{unsent} write-behind put(s) to {self._name!r} were refused")
+                raise error
+            raise WriteBehindError(
+                f"{unsent} write-behind put(s) to {self._name!r} were not confirmed "
+                f"(they may or may not be in the queue): {error}", unsent) from error
 
     def _run(self) -> None:
         conn: Connection | None = None
@@ -488,7 +511,10 @@ class _Feeder:
                     conn.put_behind(self._name, [payload for payload, _ in batch])
             except BaseException as e:  # kept for the producer: this thread has no caller
                 with self._cond:
-                    self._error = e
+                    # The first error, and every put it and later ones cost.
+                    if self._error is None:
+                        self._error = e
+                    self._unsent += len(batch)
             with self._cond:
                 self._inflight = 0
                 self._cond.notify_all()

@@ -235,6 +235,10 @@ fn interrupted_get(py: Python<'_>, interrupt: PyErr, reply: PyResult<Value>) -> 
     interrupt
 }
 
+/// How long a feeder's batch may take to be confirmed, reconnects
+/// included, before its producer is told it was not.
+const FEEDER_BOUND: std::time::Duration = std::time::Duration::from_secs(60);
+
 #[pymethods]
 impl Connection {
     #[new]
@@ -424,7 +428,7 @@ impl Connection {
         Ok((id, payload))
     }
 
-    /// Write-behind puts (a feeder's batch): a QPUT each, with a DEDUP key
+    /// Write-behind puts (a feeder's batch), within FEEDER_BOUND: a QPUT each, with a DEDUP key
     /// of its own, waiting for room, all in one write. A connection lost
     /// meanwhile (a broker restart) sends them all again on a new one,
     /// where the keys make each go in once — as `put` is sent again.
@@ -451,11 +455,15 @@ impl Connection {
                     ]
                 })
                 .collect();
-            // Each try reconnects with the client's backoff first.
-            let mut tries = 0;
+            // Each try reconnects with the client's backoff first; all of
+            // them within FEEDER_BOUND, so that a feeder never waits for
+            // ever on an engine that stopped answering (its producer is
+            // told how many puts were not confirmed).
+            let give_up = std::time::Instant::now() + FEEDER_BOUND;
             loop {
-                match c.pipeline(&commands) {
-                    Err(Error::Io(_)) if tries < 5 => tries += 1,
+                let left = give_up.saturating_duration_since(std::time::Instant::now());
+                match c.pipeline_within(&commands, left) {
+                    Err(Error::Io(_)) if std::time::Instant::now() < give_up => {}
                     Err(e) => return Err(e),
                     Ok(replies) => return replies.into_iter().try_for_each(|r| r.map(drop)),
                 }

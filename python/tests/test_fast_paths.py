@@ -200,3 +200,22 @@ def test_only_fifo_queues_prefetch():
         with pytest.raises(ValueError):
             cls(prefetch=4)
     ferry.PriorityQueue(write_behind=4)  # write-behind keeps each item's key
+
+
+@pytest.mark.skipif(not os.environ.get("FERRY_TEST_URL", "").startswith("redis://"),
+                    reason="one redis-server, without replicas")
+def test_write_behind_puts_not_confirmed_are_reported_with_their_count():
+    # ?wait=1 on a server with no replica: WAIT confirms nothing. The puts
+    # put() returned for are reported — how many — by the next flush(),
+    # within about one WAIT per batch (before: a WAIT of 5 s per put, so
+    # a batch of 100 kept put() and flush() waiting for 500 s).
+    url = os.environ["FERRY_TEST_URL"]
+    url += ("&" if "?" in url else "?") + "wait=1"
+    q = ferry.JoinableQueue(url=url, write_behind=1000)
+    for i in range(100):
+        q.put(i)
+    with pytest.raises(ferry.WriteBehindError) as e:
+        q.flush()
+    assert e.value.unsent == 100
+    assert "NOREPLICAS" in str(e.value)
+    q.flush()  # reported once

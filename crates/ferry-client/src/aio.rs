@@ -611,6 +611,26 @@ impl AsyncClient {
         result
     }
 
+    /// [`pipeline`](Self::pipeline), given up after `within`: then
+    /// [`Error::Io`] (`TimedOut`), its connection dropped — the commands
+    /// may or may not have run.
+    pub async fn pipeline_within(
+        &mut self,
+        commands: &[Vec<&[u8]>],
+        within: Duration,
+    ) -> Result<Vec<Result<Value, Error>>, Error> {
+        match tokio::time::timeout(within, self.pipeline(commands)).await {
+            Ok(result) => result,
+            Err(_) => {
+                self.link = None;
+                Err(Error::Io(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no reply in {:.1} s", within.as_secs_f64()),
+                )))
+            }
+        }
+    }
+
     /// The largest payload the broker takes, as it said at connect
     /// (`None`: it did not say).
     pub async fn max_payload(&mut self) -> Result<Option<usize>, Error> {

@@ -473,6 +473,17 @@ impl Client {
         self.rt.block_on(self.inner.pipeline(commands))
     }
 
+    /// [`pipeline`](Self::pipeline), given up after `within`
+    /// ([`Error::Io`], `TimedOut`: the commands may or may not have run).
+    pub fn pipeline_within(
+        &mut self,
+        commands: &[Vec<&[u8]>],
+        within: Duration,
+    ) -> Result<Vec<Result<Value, Error>>, Error> {
+        self.rt
+            .block_on(self.inner.pipeline_within(commands, within))
+    }
+
     /// Puts a message, waiting as long as the queue is full; replies its id.
     ///
     /// ```no_run

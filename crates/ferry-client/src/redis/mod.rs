@@ -136,6 +136,10 @@ pub(crate) struct RedisLink {
     pub(crate) id: u64,
     next_waiter: u64,
     pub(crate) max_payload: Option<usize>,
+    /// In a pipeline under `?wait=N`: the queues whose puts await one
+    /// WAIT at its end (rather than one each: a feeder's batch of 1,000
+    /// puts on a primary that lost its replicas took 1,000 × 5 s).
+    unconfirmed: Option<Vec<Vec<u8>>>,
 }
 
 impl Drop for RedisLink {
@@ -521,6 +525,7 @@ impl RedisLink {
             id,
             next_waiter: 0,
             max_payload,
+            unconfirmed: None,
         }))
     }
 
@@ -604,6 +609,36 @@ impl RedisLink {
     /// next get: one round trip, as on the broker). Sent on one connection
     /// in order, they run in order.
     pub(crate) async fn pipeline(
+        &mut self,
+        commands: &[Vec<&[u8]>],
+    ) -> Result<Vec<Result<Value, Error>>, Error> {
+        if self.target.wait == 0 {
+            return self.pipeline_unconfirmed(commands).await;
+        }
+        self.unconfirmed = Some(Vec::new());
+        let replies = self.pipeline_unconfirmed(commands).await;
+        let keys = self.unconfirmed.take().unwrap_or_default();
+        let mut replies = replies?;
+        let mut conn = self.conn.clone();
+        for key in keys {
+            if let Err(e) = self.replicate(&mut conn, &key).await {
+                // What WAIT did not confirm is not acknowledged.
+                let message = e.to_string();
+                for (c, r) in commands.iter().zip(replies.iter_mut()) {
+                    let put = c
+                        .first()
+                        .is_some_and(|n| is(n, "QPUT") || is(n, "QPUTMANY") || is(n, "LOCK"));
+                    if put && r.is_ok() {
+                        *r = Err(server("NOREPLICAS", &message));
+                    }
+                }
+                break;
+            }
+        }
+        Ok(replies)
+    }
+
+    async fn pipeline_unconfirmed(
         &mut self,
         commands: &[Vec<&[u8]>],
     ) -> Result<Vec<Result<Value, Error>>, Error> {
@@ -1192,6 +1227,13 @@ impl RedisLink {
         }
         let reply = get_reply(&w.queue, v)?;
         if w.confirmed() && !matches!(reply, Value::Nil) {
+            if let Some(keys) = self.unconfirmed.as_mut() {
+                // Confirmed once, at the pipeline's end.
+                if !keys.contains(&w.keys[0]) {
+                    keys.push(w.keys[0].clone());
+                }
+                return Ok(Step::Done(reply));
+            }
             let mut conn = self.conn.clone();
             match self.replicate(&mut conn, &w.keys[0]).await {
                 Err(e) if w.resendable && primary_moved(&e) => return Ok(Step::Again),
