@@ -51,8 +51,11 @@ DEFAULT_URL = "ferry://127.0.0.1:7878"
 
 
 class LeaseLostWarning(RuntimeWarning):
-    """task_done() of an item whose connection was lost (a broker restart):
-    the item is delivered again and finished by whoever gets it."""
+    """task_done() of an item whose lease had ended — its connection was
+    lost (a broker restart), its lease ran out, its holder was taken for
+    dead in a failover: the item is delivered again and finished by
+    whoever gets it (or was already), so join() stays exact. Never an
+    exception in the consumer's code."""
 
 
 class WriteBehindError(FerryError):
@@ -858,7 +861,12 @@ class Queue:
             else:
                 lane.conn.done(self._name, msg_id)
         except NotLeased:
-            raise ValueError("task_done() called too many times") from None
+            # It held the item, so this is no extra call: the lease ended
+            # first (it ran out, or the holder was taken for dead in a
+            # failover) and the item is delivered again, or was finished
+            # by whoever got it. The caller's mistake it is not: a warning.
+            warnings.warn("task_done() of an item whose lease had ended: it is delivered again "
+                          "(or was finished by another consumer)", LeaseLostWarning, stacklevel=2)
         except LeaseLost as e:
             # The connection that got it was lost (a broker restart): the
             # item is delivered again and finished by whoever gets it, so
@@ -898,7 +906,9 @@ class Queue:
             return
         finished = sum(lane.conn.done_many(self._name, _take_dones(lane) + ids) for lane, ids in by_lane.values())
         if finished < n:
-            raise ValueError("task_done() called too many times")
+            # Held, so not too many calls: leases that ended first.
+            warnings.warn(f"task_done_many(): {n - finished} of the items' leases had ended: they are "
+                          "delivered again (or were finished by another consumer)", LeaseLostWarning, stacklevel=2)
 
     def join(self) -> None:
         self._settle_all()

@@ -219,3 +219,24 @@ def test_write_behind_puts_not_confirmed_are_reported_with_their_count():
     assert e.value.unsent == 100
     assert "NOREPLICAS" in str(e.value)
     q.flush()  # reported once
+
+
+def test_task_done_of_an_item_whose_lease_ended_warns_not_raises():
+    # The lease runs out while the consumer works (a failover's redelivery
+    # does the same): the item goes to another consumer, which finishes
+    # it. The first consumer's task_done() is no extra call — it held the
+    # item — so it warns rather than raise ValueError in user code, and
+    # join() stays exact.
+    name = f"lease-ends-{os.getpid()}-{threading.get_ident()}"
+    ferry.connect().call([b"QCREATE", name.encode(), b"LEASE", b"300"])
+    q = ferry.JoinableQueue(name=name, prefetch=0, write_behind=0)
+    q.put("x")
+    assert q.get(timeout=5) == "x"
+    other = ferry.JoinableQueue(name=name, prefetch=0, write_behind=0)
+    assert other.get(timeout=30) == "x"
+    other.task_done()
+    with pytest.warns(ferry.LeaseLostWarning):
+        q.task_done()
+    with pytest.raises(ValueError):
+        q.task_done()  # now it holds none: too many calls
+    q.join()
