@@ -5,12 +5,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # The broker's tests drive it with redis-cli, bench/ compares it with
-# redis-server, beanstalkd and nats-server, and the dashboard's test opens
-# it in a headless chromium: all from Debian's packages.
+# redis-server, beanstalkd and nats-server, the dashboard's test opens it
+# in a headless chromium, and the Redis fault tests cut a node off with
+# iptables: all from Debian's packages.
 if ! command -v redis-cli >/dev/null || ! command -v redis-server >/dev/null || ! command -v redis-benchmark >/dev/null \
-    || ! command -v beanstalkd >/dev/null || ! command -v nats-server >/dev/null || ! command -v chromium >/dev/null; then
+    || ! command -v beanstalkd >/dev/null || ! command -v nats-server >/dev/null || ! command -v chromium >/dev/null \
+    || ! command -v iptables >/dev/null; then
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server redis-tools beanstalkd nats-server chromium >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server redis-tools beanstalkd nats-server chromium iptables >/dev/null
 fi
 
 # Unit, integration and doc tests of every crate.

@@ -1,16 +1,17 @@
 //! ferry on a Redis Cluster of its own (`redis+cluster://`), started here
-//! on loopback ports: queues spread over every primary, a primary killed
-//! (-9) under load and its replica taking over, a consumer killed
-//! mid-task, an unreachable cluster. The semantics themselves are
-//! tested on the cluster by backends.rs.
+//! on loopback ports: queues spread over every primary, a slot moved
+//! under load, a manual failover under a waiting get, a consumer killed
+//! mid-task, an unreachable cluster. The semantics themselves are tested
+//! on the cluster by backends.rs; a primary's faults under load by
+//! faults.rs.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -84,173 +85,6 @@ fn queues_spread_over_every_primary_while_they_work() {
         panic!("QLIST")
     };
     assert_eq!(listed.len(), 12, "QLIST scans every primary");
-}
-
-/// What a failover run saw.
-struct Failover {
-    acknowledged: usize,
-    lost: usize,
-}
-
-/// 4 producers (a DEDUP key per put) and 4 consumers on one queue, and a
-/// lock on the same primary taken over and over; that primary is killed
-/// (-9) a third of the way in. Returns what was acknowledged and lost;
-/// asserts the run completes, join returns, nothing from nowhere, and no
-/// lock token repeats.
-fn failover_run(wait: u32) -> Failover {
-    let cluster = RedisCluster::start(3, 1);
-    let url = format!("{}?lease=2000&wait={wait}", cluster.url());
-    let q = "failover";
-    let home = cluster.primary_of(&format!("ferry:{{{q}}}:m"));
-    // A lock that lives on the same primary.
-    let lock = (0..1000)
-        .map(|i| format!("lk{i}"))
-        .find(|l| cluster.primary_of(&format!("ferry:lock:{{{l}}}")) == home)
-        .unwrap();
-    let per_producer = 300;
-    let acked = Arc::new(Mutex::new(BTreeSet::new()));
-    let seen = Arc::new(Mutex::new(HashMap::<String, usize>::new()));
-    let tokens = Arc::new(Mutex::new(Vec::new()));
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut producers = Vec::new();
-    for p in 0..4 {
-        let (url, acked) = (url.clone(), acked.clone());
-        producers.push(thread::spawn(move || {
-            let mut c = client(&url);
-            for j in 0..per_producer {
-                let payload = format!("p{p}-{j}");
-                let give_up = Instant::now() + Duration::from_secs(60);
-                // A put is sent again (on a new connection) only with its
-                // DEDUP key; an error the client could not hide is tried
-                // again here, the same key keeping it once.
-                loop {
-                    match c.call(&[
-                        b"QPUT",
-                        q.as_bytes(),
-                        payload.as_bytes(),
-                        b"DEDUP",
-                        payload.as_bytes(),
-                    ]) {
-                        Ok(_) => break,
-                        Err(e) => {
-                            assert!(Instant::now() < give_up, "put {payload}: {e}");
-                            thread::sleep(Duration::from_millis(100));
-                        }
-                    }
-                }
-                acked.lock().unwrap().insert(payload);
-            }
-        }));
-    }
-    let mut consumers = Vec::new();
-    for _ in 0..4 {
-        let (url, seen, stop) = (url.clone(), seen.clone(), stop.clone());
-        consumers.push(thread::spawn(move || {
-            let mut c = client(&url);
-            while !stop.load(Ordering::Relaxed) {
-                match c.get_timeout(q, Duration::from_millis(200)) {
-                    Ok(m) => {
-                        let payload = String::from_utf8(m.payload.to_vec()).unwrap();
-                        *seen.lock().unwrap().entry(payload).or_default() += 1;
-                        // A done lost with its primary: the message comes
-                        // back after its lease, and is done again.
-                        let _ = c.task_done(q, m.id);
-                    }
-                    Err(Error::Empty) => {}
-                    Err(_) => thread::sleep(Duration::from_millis(50)),
-                }
-            }
-        }));
-    }
-    let locker = {
-        let (url, tokens, stop, lock) = (url.clone(), tokens.clone(), stop.clone(), lock.clone());
-        thread::spawn(move || {
-            let mut c = client(&url);
-            while !stop.load(Ordering::Relaxed) {
-                if let Ok(Some(token)) = c.lock(&lock, Some(Duration::from_millis(500)), None) {
-                    tokens.lock().unwrap().push(token);
-                    let _ = c.unlock(&lock, token);
-                } else {
-                    thread::sleep(Duration::from_millis(50));
-                }
-            }
-        })
-    };
-    common::wait_until("a third of the puts", || {
-        acked.lock().unwrap().len() >= 4 * per_producer / 3
-    });
-    let mut cluster = cluster;
-    cluster.nodes[home].kill9();
-    let killed_at = Instant::now();
-    common::wait_until("a replica to take over", || {
-        cluster.primary_of(&format!("ferry:{{{q}}}:m")) != home
-    });
-    eprintln!(
-        "wait={wait}: a replica took over in {:?}",
-        killed_at.elapsed()
-    );
-    // The old primary comes back, as the new one's replica (what an
-    // operator does; with wait=1 the new primary needs a replica).
-    cluster.nodes[home].restart();
-    cluster.wait_ok();
-    for p in producers {
-        p.join().unwrap();
-    }
-    eprintln!(
-        "wait={wait}: the producers finished {:?} after the kill",
-        killed_at.elapsed()
-    );
-    let mut c = client(&url);
-    let t = Instant::now();
-    assert!(
-        c.join_timeout(q, Duration::from_secs(60)).unwrap(),
-        "join returns"
-    );
-    eprintln!("wait={wait}: join returned in {:?}", t.elapsed());
-    assert_eq!(c.unfinished(q).unwrap(), 0);
-    stop.store(true, Ordering::Relaxed);
-    for t in consumers {
-        t.join().unwrap();
-    }
-    locker.join().unwrap();
-    let acked = acked.lock().unwrap();
-    let seen = seen.lock().unwrap();
-    for payload in seen.keys() {
-        assert!(acked.contains(payload), "{payload} came from nowhere");
-    }
-    let lost = acked.iter().filter(|p| !seen.contains_key(*p)).count();
-    let twice = seen.values().filter(|&&n| n > 1).count();
-    let tokens = tokens.lock().unwrap();
-    assert!(tokens.len() > 2, "the lock was taken: {}", tokens.len());
-    assert!(
-        tokens.windows(2).all(|w| w[0] < w[1]),
-        "fencing tokens only grow"
-    );
-    eprintln!(
-        "wait={wait}: {} puts acknowledged, {lost} lost, {twice} delivered more than once, {} lock grants",
-        acked.len(),
-        tokens.len()
-    );
-    Failover {
-        acknowledged: acked.len(),
-        lost,
-    }
-}
-
-#[test]
-fn with_wait_1_a_failover_loses_no_acknowledged_put() {
-    let run = failover_run(1);
-    assert_eq!(run.acknowledged, 1200);
-    assert_eq!(run.lost, 0, "wait=1: every acknowledged put delivered");
-}
-
-#[test]
-fn without_wait_a_failover_completes_and_its_loss_is_measured() {
-    // Asynchronous replication may lose what the primary acknowledged in
-    // its last moment: counted (docs/backends.md), not asserted away.
-    let run = failover_run(0);
-    assert_eq!(run.acknowledged, 1200);
-    assert!(run.lost < run.acknowledged);
 }
 
 /// A node's cluster id (CLUSTER MYID).

@@ -384,6 +384,11 @@ impl RedisServer {
         self.child.is_some()
     }
 
+    /// Its cluster bus port, if it is a cluster node.
+    pub fn bus_port(&self) -> Option<u16> {
+        self.bus
+    }
+
     /// Sends it a signal (`-STOP`, `-CONT`, ...).
     pub fn signal(&self, sig: &str) {
         if let Some(c) = &self.child {

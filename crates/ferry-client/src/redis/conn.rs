@@ -9,6 +9,7 @@
 //! again here; a broken connection is the caller's to judge
 //! (`aio::repeatable`).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use redis::aio::{ConnectionLike, MultiplexedConnection};
@@ -19,6 +20,12 @@ use redis::{
 };
 
 use super::Target;
+
+/// How many times this process saw the engine move under it (a redirect,
+/// a failover, a connection lost): a write acknowledged just before may
+/// have been lost with a primary that was replaced (see `RedisLink`'s
+/// recent dones).
+pub(crate) static UPHEAVALS: AtomicU64 = AtomicU64::new(0);
 
 /// How long an operation keeps trying while a cluster moves a slot or
 /// promotes a replica (Redis's cluster-node-timeout is 15 s by default).
@@ -136,20 +143,27 @@ impl RConn {
         loop {
             match cmd.query_async(self).await {
                 Err(e) if not_run(&e) && tokio::time::Instant::now() + pause < give_up => {
+                    UPHEAVALS.fetch_add(1, Ordering::Relaxed);
                     // A redirect's slot map is refreshed in the background.
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(Duration::from_millis(500));
                 }
-                other => return other,
+                Err(e) => {
+                    if not_run(&e) || e.is_io_error() || e.is_connection_dropped() {
+                        UPHEAVALS.fetch_add(1, Ordering::Relaxed);
+                    }
+                    return Err(e);
+                }
+                ok => return ok,
             }
         }
     }
 
-    /// WAIT for `n` replicas of the primary that holds `key`, after this
-    /// connection's changes there.
-    pub(crate) async fn wait_replicas(&mut self, key: &[u8], n: u32) -> RedisResult<i64> {
+    /// WAIT (at most `ms`) for `n` replicas of the primary that holds
+    /// `key`, after this connection's changes there.
+    pub(crate) async fn wait_replicas(&mut self, key: &[u8], n: u32, ms: u64) -> RedisResult<i64> {
         let mut wait = redis::cmd("WAIT");
-        wait.arg(n).arg(5000);
+        wait.arg(n).arg(ms);
         match self {
             RConn::One(c) => wait.query_async(c).await,
             RConn::Cluster(c) => {

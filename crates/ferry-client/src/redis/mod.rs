@@ -39,6 +39,14 @@ use crate::Error;
 static QUEUE: LazyLock<Lib> = LazyLock::new(|| Lib::new("ferry_queue", include_str!("queue.lua")));
 static LOCK: LazyLock<Lib> = LazyLock::new(|| Lib::new("ferry_lock", include_str!("lock.lua")));
 
+/// How long a done is kept to be sent again after an upheaval: longer
+/// than a failover takes (Redis's cluster-node-timeout is 15 s).
+const RECENT_DONES: Duration = Duration::from_secs(60);
+
+/// At most this many ids are kept (~40 bytes each): a consumer finishing
+/// 10,000 a second keeps its last 20 s.
+const RECENT_DONES_KEPT: usize = 200_000;
+
 /// How long a DEDUP key counts, as on the broker (`DEDUPFOR` shortens it).
 const DEDUP_WINDOW_MS: u64 = 600_000;
 
@@ -140,6 +148,17 @@ pub(crate) struct RedisLink {
     /// WAIT at its end (rather than one each: a feeder's batch of 1,000
     /// puts on a primary that lost its replicas took 1,000 × 5 s).
     unconfirmed: Option<Vec<Vec<u8>>>,
+    /// Until when WAIT after a done is skipped: a primary here had fewer
+    /// replicas than `?wait` asks (a done never waits for them long).
+    degraded_until: Option<Instant>,
+    /// Dones of the last minute (queue, ids), and the upheavals seen when
+    /// they were last checked: a done a primary acknowledged just before a
+    /// failover replaced it is lost, and the message would stay leased to
+    /// this holder, which lives on (its heartbeat renewed) — so after an
+    /// upheaval they are sent again (finishing what is still held, and
+    /// nothing twice).
+    recent_dones: std::collections::VecDeque<(Instant, std::sync::Arc<str>, u64)>,
+    upheavals: u64,
 }
 
 impl Drop for RedisLink {
@@ -526,6 +545,9 @@ impl RedisLink {
             next_waiter: 0,
             max_payload,
             unconfirmed: None,
+            degraded_until: None,
+            recent_dones: std::collections::VecDeque::new(),
+            upheavals: conn::UPHEAVALS.load(Ordering::Relaxed),
         }))
     }
 
@@ -566,6 +588,76 @@ impl RedisLink {
         from_redis(v)
     }
 
+    /// Keeps a done's ids for a minute, at most RECENT_DONES_KEPT of them
+    /// (see `recent_dones`).
+    fn remember_done(&mut self, rest: &[&[u8]]) {
+        let Some((q, ids)) = rest.split_first() else {
+            return;
+        };
+        let now = Instant::now();
+        while self.recent_dones.front().is_some_and(|(t, ..)| {
+            now.duration_since(*t) > RECENT_DONES || self.recent_dones.len() >= RECENT_DONES_KEPT
+        }) {
+            self.recent_dones.pop_front();
+        }
+        let q: std::sync::Arc<str> = match self.recent_dones.back() {
+            Some((_, last, _)) if last.as_bytes() == *q => last.clone(),
+            _ => String::from_utf8_lossy(q).into(),
+        };
+        for id in ids {
+            if let Some(id) = std::str::from_utf8(id).ok().and_then(|s| s.parse().ok()) {
+                self.recent_dones.push_back((now, q.clone(), id));
+            }
+        }
+    }
+
+    /// After an upheaval (a redirect, a failover, a lost connection), the
+    /// dones of the last minute again: those a replaced primary lost.
+    async fn redo_dones_after_upheaval(&mut self) {
+        let now = conn::UPHEAVALS.load(Ordering::Relaxed);
+        if now == self.upheavals || self.recent_dones.is_empty() {
+            self.upheavals = now;
+            return;
+        }
+        self.upheavals = now;
+        let mut by_queue: std::collections::BTreeMap<std::sync::Arc<str>, Vec<Vec<u8>>> =
+            std::collections::BTreeMap::new();
+        for (_, q, id) in &self.recent_dones {
+            by_queue
+                .entry(q.clone())
+                .or_default()
+                .push(id.to_string().into_bytes());
+        }
+        for (q, ids) in by_queue {
+            for chunk in ids.chunks(1000) {
+                let mut sargs = vec![b"done".to_vec(), self.holder.as_bytes().to_vec()];
+                sargs.extend(chunk.iter().cloned());
+                let _ = self.script(&QUEUE, &queue_keys(&q, b"-"), &sargs).await;
+            }
+        }
+    }
+
+    /// Under `?wait=N`, whether a done stands: WAIT for the replicas a
+    /// short while — a primary that turned replica meanwhile (a failover
+    /// under way) may have lost it, so false: send it again; too few
+    /// replicas is no failure (a done never fails, nor waits long, for
+    /// want of them: for 10 s after, it does not wait at all).
+    async fn settled(&mut self, key: &[u8]) -> bool {
+        if self.target.wait == 0 || self.degraded_until.is_some_and(|t| Instant::now() < t) {
+            return true;
+        }
+        let mut conn = self.conn.clone();
+        match conn.wait_replicas(key, self.target.wait, 1000).await {
+            Ok(reached) => {
+                if reached < i64::from(self.target.wait) {
+                    self.degraded_until = Some(Instant::now() + Duration::from_secs(10));
+                }
+                true
+            }
+            Err(e) => !primary_moved(&io(e)),
+        }
+    }
+
     /// With `?wait=N`: WAIT for N replicas of the primary that holds `key`,
     /// of what `conn` (this client's, or its blocking one) wrote there.
     async fn replicate(&self, conn: &mut RConn, key: &[u8]) -> Result<(), Error> {
@@ -573,7 +665,7 @@ impl RedisLink {
             return Ok(());
         }
         let reached = conn
-            .wait_replicas(key, self.target.wait)
+            .wait_replicas(key, self.target.wait, 5000)
             .await
             .map_err(io)?;
         if reached < i64::from(self.target.wait) {
@@ -646,7 +738,10 @@ impl RedisLink {
         let mut i = 0;
         while i < commands.len() {
             let c = &commands[i];
-            let done_first = i + 1 < commands.len() && c.first().is_some_and(|n| is(n, "QDONE"));
+            // (Under `?wait=N` a done is confirmed on its own: `settled`.)
+            let done_first = i + 1 < commands.len()
+                && self.target.wait == 0
+                && c.first().is_some_and(|n| is(n, "QDONE"));
             if done_first && let Ok((keys, sargs)) = self.done_call(&c[1..]) {
                 let mut conn = self.conn.clone();
                 let done = async move {
@@ -656,6 +751,7 @@ impl RedisLink {
                         .map_err(io)
                         .and_then(from_redis)
                 };
+                self.remember_done(&c[1..]);
                 let (d, next) = tokio::join!(done, self.call(&commands[i + 1]));
                 for r in [d, next] {
                     match r {
@@ -686,6 +782,7 @@ impl RedisLink {
         let Some((name, rest)) = args.split_first() else {
             return Err(server("ERR", "empty command"));
         };
+        self.redo_dones_after_upheaval().await;
         let mut a = Args { rest: rest.iter() };
         let cmd = String::from_utf8_lossy(name).to_ascii_uppercase();
         let done = |v: Value| Ok((v, false));
@@ -792,7 +889,19 @@ impl RedisLink {
             "QGET" => self.get(&mut a, cancel).await,
             "QDONE" => {
                 let (keys, sargs) = self.done_call(rest)?;
-                done(self.change(&QUEUE, &keys, &sargs).await?)
+                let mut resends = Resends::new();
+                loop {
+                    let v = self.change(&QUEUE, &keys, &sargs).await?;
+                    if self.settled(&keys[0]).await {
+                        self.remember_done(rest);
+                        return done(v);
+                    }
+                    // Its primary turned replica: the done may be lost
+                    // with it (and the message stay leased to a holder
+                    // that lives on). Sent again, it finishes what is
+                    // still held, and nothing twice.
+                    resends.pause().await?;
+                }
             }
             "QNACK" | "QTOUCH" => {
                 let q = check_name(a.require("queue")?)?.to_string();
