@@ -169,3 +169,79 @@ fn a_lock_holder_whose_redis_stops_is_told() {
         "the first never finished beside the second"
     );
 }
+
+/// The keys of `queue` on `r`, and each one's PTTL (-1: none).
+fn keys_of(r: &RedisServer, queue: &str) -> Vec<(String, i64)> {
+    let mut c = r.conn();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("ferry:{{{queue}}}:*"))
+        .query(&mut c)
+        .unwrap();
+    keys.into_iter()
+        .map(|k| {
+            let ttl: i64 = redis::cmd("PTTL").arg(&k).query(&mut c).unwrap();
+            (k, ttl)
+        })
+        .collect()
+}
+
+/// Keys that go away: getters killed in line leave no entries once their
+/// wait could have ended (before: `gline`/`greq` kept them, with no TTL);
+/// a queue made by first use and left empty has a TTL on every key (10
+/// minutes) — before, 4 keys for good per queue ever named — while one
+/// made by QCREATE stays, as on the broker.
+#[test]
+fn dead_waiters_and_idle_queues_leave_no_keys() {
+    let r = RedisServer::start();
+    let url = format!("redis://127.0.0.1:{}", r.port);
+    let mut c = Client::connect(&url).unwrap();
+    c.call(&[b"QCREATE", b"made"]).unwrap();
+    let e = Engine::Redis(r);
+    let mut getters: Vec<Child> = (0..3)
+        .map(|_| {
+            Command::new(env!("CARGO_BIN_EXE_ferry"))
+                .args(["get", "made", "--timeout", "2", "--url", &url])
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    common::wait_until("three getters in line", || {
+        e.info("made", "waiting_getters") == 3
+    });
+    for g in &mut getters {
+        g.kill().unwrap();
+        g.wait().unwrap();
+    }
+    let Engine::Redis(r) = &e else { unreachable!() };
+    common::wait_until("the dead getters' entries to go", || {
+        keys_of(r, "made")
+            .iter()
+            .all(|(k, _)| !k.ends_with(":gline") && !k.ends_with(":greq"))
+    });
+    // Made by QCREATE: its keys stay.
+    assert!(
+        keys_of(r, "made")
+            .iter()
+            .any(|(k, ttl)| k.ends_with(":m") && *ttl == -1)
+    );
+
+    // Made by first use, used once, left empty: every key goes by itself.
+    let id = c.put("once", b"x").unwrap();
+    let m = c.get("once").unwrap();
+    assert_eq!(m.id, id);
+    c.task_done("once", id).unwrap();
+    let keys = keys_of(r, "once");
+    assert!(!keys.is_empty());
+    for (k, ttl) in &keys {
+        assert!(*ttl > 0 && *ttl <= 600_000, "{k} has PTTL {ttl}");
+    }
+    // Named again with a message in it: it stays while it holds one.
+    c.put("once", b"y").unwrap();
+    for (k, ttl) in keys_of(r, "once") {
+        assert!(
+            ttl == -1 || !k.ends_with(":m"),
+            "{k} would expire holding a message"
+        );
+    }
+}

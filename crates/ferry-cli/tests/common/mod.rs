@@ -342,9 +342,18 @@ impl RedisServer {
             .spawn()
             .expect("redis-server (Debian: redis-server) must be installed");
         let mut exited = false;
+        // Listening — and it, not another test's server that took the same
+        // free port first (this one then exits, unable to bind).
+        let pid = child.id();
+        let password = self
+            .extra
+            .iter()
+            .position(|a| a == "--requirepass")
+            .and_then(|i| self.extra.get(i + 1))
+            .cloned();
         wait_until("redis-server to listen", || {
             exited = matches!(child.try_wait(), Ok(Some(_)));
-            exited || TcpStream::connect(("127.0.0.1", port)).is_ok()
+            exited || listens_as(port, pid, password.as_deref())
         });
         if exited {
             return false;
@@ -399,6 +408,23 @@ impl RedisServer {
             assert!(ok, "kill {sig} redis-server");
         }
     }
+}
+
+/// Whether the redis-server on `port` is process `pid` (its INFO says).
+fn listens_as(port: u16, pid: u32, password: Option<&str>) -> bool {
+    let auth = password.map_or(String::new(), |pw| format!(":{pw}@"));
+    let Ok(client) = redis::Client::open(format!("redis://{auth}127.0.0.1:{port}")) else {
+        return false;
+    };
+    let Ok(mut c) = client.get_connection_with_timeout(Duration::from_secs(2)) else {
+        return false;
+    };
+    let info: String = redis::cmd("INFO")
+        .arg("server")
+        .query(&mut c)
+        .unwrap_or_default();
+    info.lines()
+        .any(|l| l.trim() == format!("process_id:{pid}"))
 }
 
 impl Drop for RedisServer {

@@ -349,7 +349,7 @@ fn queue_keys(q: &str, own: &[u8]) -> Vec<Vec<u8>> {
     let p = format!("ferry:{{{q}}}:");
     let mut keys: Vec<Vec<u8>> = [
         "m", "ready", "msg", "att", "sk", "out", "holder", "delayed", "dead", "gline", "pline",
-        "joiners", "greq", "preq", "x", "offers", "offerx", "live", "byholder",
+        "joiners", "greq", "preq", "x", "offers", "offerx", "live", "byholder", "runs", "watch",
     ]
     .iter()
     .map(|k| format!("{p}{k}").into_bytes())

@@ -17,8 +17,14 @@
 -- waiter -> what it is offered, see below), 17 their deadlines (zset
 -- waiter -> ms), 18 live (zset holder -> until when it is alive, see
 -- below), 19 byholder (zset, every score 0: "<holder>\0<unit>" for
--- each unit out with a holder), 20 the operation's own key: a put's
--- DEDUP key.
+-- each unit out with a holder), 20 runs (see Runs), 21 watch (see
+-- wake_watchers), 22 the operation's own key: a put's DEDUP key.
+--
+-- Keys that go by themselves: a line's keys live a little longer than
+-- its longest wait (each waiter renews that as it renews its place), so
+-- waiters that all died leave nothing; a queue made by first use (not by
+-- QCREATE) that holds nothing goes after AUTO_IDLE_MS unnamed (its
+-- counters with it), as a queue with EXPIRE does.
 --
 -- Holders live by heartbeat: a lease bound to its holder (a get's
 -- default) has no deadline of its own; the holder's process renews the
@@ -289,7 +295,7 @@ end
 -- something becomes ready or the queue shuts down, and tries again.
 -- One wake-up per watch.
 local function wake_watchers()
-  local key = PREFIX .. 'watch'
+  local key = KEYS[21]
   if redis.call('EXISTS', key) == 0 then return end
   for _, w in ipairs(redis.call('ZRANGEBYSCORE', key, now, '+inf')) do
     redis.call('PUBLISH', 'ferry:wake:' .. w, '1')
@@ -374,12 +380,45 @@ end
 -- EXPIRE: the queue goes once nobody has named it for that long. Waiters
 -- renew their place, and holders their leases, well within it, so a queue
 -- someone waits in or holds messages of stays.
+-- A queue made by first use goes once it has been idle and empty this
+-- long.
+local AUTO_IDLE_MS = 600000
+
+local function idle()
+  if qsize() > 0 or redis.call('ZCARD', DELAYED) > 0 or redis.call('LLEN', DEAD) > 0 then return false end
+  local m = redis.call('HMGET', META, 'nleased', 'ntaken')
+  if num(m[1], 0) > 0 or num(m[2], 0) > 0 then return false end
+  -- Waiters keep it: they name it (and so renew its keys) every few
+  -- seconds, far within AUTO_IDLE_MS.
+  return redis.call('EXISTS', OFFERS) == 0
+end
+
 local function keep_alive(expire)
+  if not exists() then return end
   if expire == nil then expire = num(redis.call('HGET', META, 'expire'), 0) end
   if expire > 0 then
-    for i = 1, 19 do redis.call('PEXPIRE', KEYS[i], expire) end
-    redis.call('PEXPIRE', RUNS, expire)
+    for i = 1, 21 do redis.call('PEXPIRE', KEYS[i], expire) end
+    return
   end
+  if redis.call('HGET', META, 'explicit') == '1' then return end
+  -- Made by first use: its keys go by themselves while it is idle.
+  local was = redis.call('HGET', META, 'idle') == '1'
+  local now_idle = idle()
+  if now_idle and not was then
+    redis.call('HSET', META, 'idle', '1')
+    for i = 1, 21 do redis.call('PEXPIRE', KEYS[i], AUTO_IDLE_MS) end
+  elseif was and not now_idle then
+    redis.call('HDEL', META, 'idle')
+    for i = 1, 21 do redis.call('PERSIST', KEYS[i]) end
+  elseif now_idle then
+    for i = 1, 21 do redis.call('PEXPIRE', KEYS[i], AUTO_IDLE_MS) end
+  end
+end
+
+-- A line's key lives at least `ms` more (see the header).
+local function outlive(key, ms)
+  local ttl = redis.call('PTTL', key)
+  if ttl == -1 or (ttl >= 0 and ttl < ms) then redis.call('PEXPIRE', key, ms) end
 end
 
 local function forget(id)
@@ -866,11 +905,13 @@ end
 
 -- A waiter still in line (in `reqs`) keeps its place: its request's life
 -- is renewed, and it waits again. nil if it is not in line.
-local function still_in_line(reqs, waiter, wait_ms)
+local function still_in_line(reqs, line, waiter, wait_ms)
   if waiter == '' or redis.call('HEXISTS', reqs, waiter) == 0 then return nil end
   local r = unpack_strings(redis.call('HGET', reqs, waiter))
   r[1] = tostring(now + wait_ms + 5000)
   redis.call('HSET', reqs, waiter, pack(r))
+  outlive(reqs, wait_ms + 6000)
+  outlive(line, wait_ms + 6000)
   return {'WAIT', next_deadline()}
 end
 
@@ -950,7 +991,7 @@ OPS['put'] = function()
   if mailed then return mailed end
   ensure()
   local kind, maxsize, shutdown = advance()
-  local again = still_in_line(PREQ, waiter, wait_ms)
+  local again = still_in_line(PREQ, PLINE, waiter, wait_ms)
   if again then return again end
   if shutdown ~= 'no' then return redis.error_reply('SHUTDOWN queue is shut down') end
   if dedup > 0 then
@@ -981,6 +1022,8 @@ OPS['put'] = function()
     for _, p in ipairs(payloads) do table.insert(req, p) end
     redis.call('HSET', PREQ, waiter, pack(req))
     redis.call('RPUSH', PLINE, waiter)
+    outlive(PREQ, wait_ms + 6000)
+    outlive(PLINE, wait_ms + 6000)
     return {'WAIT', next_deadline()}
   end
   if keytype ~= '' then redis.call('HSET', META, 'keytype', keytype) end
@@ -1006,7 +1049,7 @@ OPS['get'] = function()
   mailed = collect(waiter)
   if got then return {'ENTRIES', got} end
   if mailed then return mailed end
-  local again = still_in_line(GREQ, waiter, wait_ms)
+  local again = still_in_line(GREQ, GLINE, waiter, wait_ms)
   if again then return again end
   local ids = ready_ids(kind, count, true)
   if #ids == 0 then
@@ -1014,6 +1057,8 @@ OPS['get'] = function()
     if waiter == '' then return false end
     redis.call('HSET', GREQ, waiter, pack({tostring(now + wait_ms + 5000), tostring(count), mode, holder, tostring(lease), name}))
     redis.call('RPUSH', GLINE, waiter)
+    outlive(GREQ, wait_ms + 6000)
+    outlive(GLINE, wait_ms + 6000)
     if holder ~= '' then redis.call('ZADD', LIVE, 'GT', now + beat, holder) end
     return {'WAIT', next_deadline()}
   end
@@ -1035,6 +1080,7 @@ OPS['join'] = function()
   end
   if waiter == '' then return false end
   redis.call('ZADD', JOINERS, now + wait_ms + 5000, waiter)
+  outlive(JOINERS, wait_ms + 6000)
   return {'WAIT', next_deadline()}
 end
 
@@ -1042,14 +1088,14 @@ OPS['watch'] = function()
   -- ARGV: waiter, wait_ms. Replies how long it may sleep at most. The
   -- set lives as long as its longest watch (a watcher that died leaves
   -- nothing behind).
-  local key, life = PREFIX .. 'watch', num(ARGV[3], 0) + 5000
+  local key, life = KEYS[21], num(ARGV[3], 0) + 5000
   redis.call('ZADD', key, now + life, ARGV[2])
   if redis.call('PTTL', key) < life then redis.call('PEXPIRE', key, life) end
   return next_deadline()
 end
 
 OPS['unwatch'] = function()
-  redis.call('ZREM', PREFIX .. 'watch', ARGV[2])
+  redis.call('ZREM', KEYS[21], ARGV[2])
   return 0
 end
 
@@ -1066,6 +1112,7 @@ OPS['unwait'] = function()
   redis.call('ZREM', JOINERS, waiter)
   local got = claim(waiter)
   local mailed = collect(waiter)
+  keep_alive()
   if got then return {'MAIL', got} end
   if mailed then return mailed end
   mail(waiter, 'X')
@@ -1161,6 +1208,7 @@ OPS['done'] = function()
   if n > taken then incr('nleased', taken - n) end
   incr('done', n)
   if incr('unfinished', -n) == 0 then tell_joiners() end
+  keep_alive()
   return n
 end
 
@@ -1357,7 +1405,7 @@ OPS['drop'] = function()
     for _, w in ipairs(redis.call('LRANGE', line, 0, -1)) do mail(w, 'S') end
   end
   for _, w in ipairs(redis.call('ZRANGE', JOINERS, 0, -1)) do mail(w, 'J') end
-  redis.call('DEL', META, READY, MSG, ATT, SK, OUT, HOLDER, DELAYED, DEAD, GLINE, PLINE, JOINERS, GREQ, PREQ, FRESH, OFFERS, OFFERX, LIVE, BYHOLDER, RUNS)
+  redis.call('DEL', META, READY, MSG, ATT, SK, OUT, HOLDER, DELAYED, DEAD, GLINE, PLINE, JOINERS, GREQ, PREQ, FRESH, OFFERS, OFFERX, LIVE, BYHOLDER, RUNS, KEYS[21])
   return 1
 end
 
@@ -1366,9 +1414,8 @@ local function queue(keys, args)
   KEYS, ARGV = keys, args
   META, READY, MSG, ATT, SK, OUT, HOLDER, DELAYED, DEAD = keys[1], keys[2], keys[3], keys[4], keys[5], keys[6], keys[7], keys[8], keys[9]
   GLINE, PLINE, JOINERS, GREQ, PREQ, FRESH = keys[10], keys[11], keys[12], keys[13], keys[14], keys[15]
-  OFFERS, OFFERX, LIVE, BYHOLDER, OWN = keys[16], keys[17], keys[18], keys[19], keys[20]
+  OFFERS, OFFERX, LIVE, BYHOLDER, RUNS, OWN = keys[16], keys[17], keys[18], keys[19], keys[20], keys[22]
   PREFIX = string.sub(META, 1, -2)
-  RUNS = PREFIX .. 'runs'
   local t = redis.call('TIME')
   now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
   local op = ARGV[1]
