@@ -118,6 +118,16 @@ local function inbox(waiter) return PREFIX .. 'w:' .. waiter end
 -- A unit out with a holder, as BYHOLDER's member.
 local function byh(holder, unit) return holder .. '\0' .. unit end
 
+-- Units now out with `holder`, in BYHOLDER.
+local function index_held(holder, units)
+  local bargs = {}
+  for i, u in ipairs(units) do
+    bargs[2 * i - 1] = 0
+    bargs[2 * i] = byh(holder, u)
+  end
+  call_many('ZADD', BYHOLDER, bargs)
+end
+
 -- Every unit out with `holder`.
 local function held_units(holder)
   local units = {}
@@ -480,12 +490,7 @@ local function explode(name)
     call_many('ZADD', OUT, oargs)
     local who = string.sub(tag, 2)
     if who ~= '' then
-      local bargs = {}
-      for k, id in ipairs(ids) do
-        bargs[2 * k - 1] = 0
-        bargs[2 * k] = byh(who, id)
-      end
-      call_many('ZADD', BYHOLDER, bargs)
+      index_held(who, ids)
       redis.call('ZREM', BYHOLDER, byh(who, name))
     end
   end
@@ -569,12 +574,7 @@ local function deliver(ids, mode, holder, lease)
     call_many('ZADD', OUT, oargs)
     if until_ms < NEVER then due_at(until_ms) end
     if h ~= '' then
-      local bargs = {}
-      for i, id in ipairs(ids) do
-        bargs[2 * i - 1] = 0
-        bargs[2 * i] = byh(h, id)
-      end
-      call_many('ZADD', BYHOLDER, bargs)
+      index_held(h, ids)
       redis.call('ZADD', LIVE, 'GT', now + lease, h)
     end
     if #runs > 0 then call_many('ZADD', RUNS, runs) end
