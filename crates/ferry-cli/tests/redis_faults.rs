@@ -8,7 +8,9 @@ mod common;
 use std::process::{Child, Command, Stdio};
 
 use common::{Engine, RedisCluster, RedisServer};
-use ferry_client::{Client, Error};
+use std::time::Duration;
+
+use ferry_client::{Client, Error, Message, Value};
 
 /// `ferry get` on `url`, waiting up to a minute, its output piped.
 fn getter(url: &str, queue: &str) -> Child {
@@ -244,4 +246,174 @@ fn dead_waiters_and_idle_queues_leave_no_keys() {
             "{k} would expire holding a message"
         );
     }
+}
+
+/// One line of MONITOR's output: who ran it ("lua" for a script's own
+/// commands) and its arguments, unquoted.
+fn monitored(line: &str) -> Option<(String, Vec<String>)> {
+    let start = line.find(" [")?;
+    let end = start + line[start..].find("] ")?;
+    let who = line[start + 2..end].split(' ').nth(1)?.to_string();
+    let mut args = Vec::new();
+    let mut chars = line[end + 2..].chars();
+    while let Some(c) = chars.next() {
+        if c != '"' {
+            continue;
+        }
+        let mut arg = String::new();
+        while let Some(c) = chars.next() {
+            match c {
+                '"' => break,
+                '\\' => match chars.next()? {
+                    'x' => {
+                        let hex: String = chars.by_ref().take(2).collect();
+                        arg.push(char::from(u8::from_str_radix(&hex, 16).ok()?));
+                    }
+                    'n' => arg.push('\n'),
+                    'r' => arg.push('\r'),
+                    't' => arg.push('\t'),
+                    c => arg.push(c),
+                },
+                c => arg.push(c),
+            }
+        }
+        args.push(arg);
+    }
+    Some((who, args))
+}
+
+/// Every command a script runs touches only keys its FCALL declared
+/// (Redis asks it of scripts, Cluster relies on it, and proxies such as
+/// Dragonfly refuse the rest), through every path that ends a wait: a
+/// getter offered a put, a putter let in from a full queue's line (with a
+/// DEDUP key, which still holds after), a joiner, a lock's next holder, a
+/// queue dropped under its waiters, a wait that times out. Read from
+/// MONITOR. Before: mail went to each waiter's own list, and a put let in
+/// from the line wrote its DEDUP key, neither of them declared.
+#[test]
+fn every_script_touches_only_the_keys_it_declares() {
+    use std::io::{BufRead, BufReader, Write};
+    let r = RedisServer::start();
+    let url = format!("redis://127.0.0.1:{}", r.port);
+    let mut mon = std::net::TcpStream::connect(("127.0.0.1", r.port)).unwrap();
+    mon.write_all(b"MONITOR\r\n").unwrap();
+    let reader = BufReader::new(mon.try_clone().unwrap());
+    let lines = std::thread::spawn(move || {
+        let mut lines = Vec::new();
+        for line in reader.lines() {
+            let line = line.unwrap();
+            let end = line.contains("\"ferry-monitor-end\"");
+            lines.push(line);
+            if end {
+                break;
+            }
+        }
+        lines
+    });
+    let e = Engine::Redis(r);
+    let mut c = Client::connect(&url).unwrap();
+    let waiting = |args: Vec<&'static str>| {
+        let url = url.clone();
+        std::thread::spawn(move || {
+            let mut c = Client::connect(&url).unwrap();
+            let args: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
+            c.call(&args)
+        })
+    };
+
+    // A getter in line, offered a put.
+    let getter = waiting(vec!["QGET", "g", "TIMEOUT", "20000"]);
+    common::wait_until("a getter in line", || e.info("g", "waiting_getters") == 1);
+    let id = c.put("g", b"m").unwrap();
+    let got = Message::from_reply(getter.join().unwrap().unwrap()).unwrap();
+    assert_eq!(got[0].id, id);
+
+    // A joiner, told once the message is done.
+    let joiner = waiting(vec!["QJOIN", "g", "TIMEOUT", "20000"]);
+    common::wait_until("a joiner", || e.info("g", "waiting_joiners") == 1);
+    let mut holder = Client::connect(&url).unwrap();
+    // (The getter's client is gone: its lease came back; finish it here.)
+    let m = holder.get_timeout("g", Duration::from_secs(20)).unwrap();
+    holder.task_done("g", m.id).unwrap();
+    assert_eq!(joiner.join().unwrap().unwrap(), Value::Simple("OK".into()));
+
+    // A putter in a full queue's line, let in by a get; its DEDUP key
+    // holds after.
+    c.call(&[b"QCREATE", b"p", b"MAXSIZE", b"1"]).unwrap();
+    c.put("p", b"first").unwrap();
+    let putter = waiting(vec![
+        "QPUT", "p", "second", "DEDUP", "k1", "TIMEOUT", "20000",
+    ]);
+    common::wait_until("a putter in line", || e.info("p", "waiting_putters") == 1);
+    let first = c.get("p").unwrap();
+    let Value::Int(second) = putter.join().unwrap().unwrap() else {
+        panic!("a put replies its id")
+    };
+    c.task_done("p", first.id).unwrap();
+    let again = c.call(&[b"QPUT", b"p", b"second", b"DEDUP", b"k1", b"NOWAIT"]);
+    assert_eq!(again.unwrap(), Value::Int(second), "its DEDUP key holds");
+
+    // A lock's next holder.
+    let token = c
+        .lock("L", Some(Duration::from_secs(30)), None)
+        .unwrap()
+        .unwrap();
+    let locker = waiting(vec!["LOCK", "L", "TIMEOUT", "20000"]);
+    common::wait_until("a locker in line", || {
+        let Ok(Value::Bulk(info)) = c.call(&[b"INFO"]) else {
+            return false;
+        };
+        String::from_utf8_lossy(&info).contains("lock_waiters:1")
+    });
+    assert!(c.unlock("L", token).unwrap());
+    assert!(matches!(locker.join().unwrap().unwrap(), Value::Int(t) if t as u64 > token));
+
+    // A queue dropped under its getter; a wait that times out.
+    let dropped = waiting(vec!["QGET", "d", "TIMEOUT", "20000"]);
+    common::wait_until("a getter of d", || e.info("d", "waiting_getters") == 1);
+    c.call(&[b"QDROP", b"d"]).unwrap();
+    assert!(matches!(dropped.join().unwrap(), Err(Error::ShutDown)));
+    assert_eq!(
+        c.call(&[b"QGET", b"t", b"TIMEOUT", b"50"]).unwrap(),
+        Value::Nil
+    );
+
+    let Engine::Redis(r) = &e else { unreachable!() };
+    let mut raw = std::net::TcpStream::connect(("127.0.0.1", r.port)).unwrap();
+    raw.write_all(b"ECHO ferry-monitor-end\r\n").unwrap();
+    let lines = lines.join().unwrap();
+    let mut declared: Vec<String> = Vec::new();
+    let (mut scripts, mut checked) = (0, 0);
+    for line in &lines {
+        let Some((who, args)) = monitored(line) else {
+            continue;
+        };
+        let Some(cmd) = args.first().map(|a| a.to_ascii_uppercase()) else {
+            continue;
+        };
+        if who != "lua" {
+            if cmd == "FCALL" {
+                let n: usize = args[2].parse().unwrap();
+                declared = args[3..3 + n].to_vec();
+                scripts += 1;
+            }
+            continue;
+        }
+        let keys = match cmd.as_str() {
+            "TIME" | "PUBLISH" => continue,
+            "DEL" | "EXISTS" => &args[1..],
+            _ => &args[1..2],
+        };
+        for k in keys {
+            assert!(
+                declared.contains(k),
+                "a script touched {k} undeclared: {line}\n(declared {declared:?})"
+            );
+            checked += 1;
+        }
+    }
+    assert!(
+        scripts > 20 && checked > 200,
+        "{scripts} scripts, {checked} keys"
+    );
 }

@@ -309,13 +309,38 @@ impl Lib {
     }
 
     /// FCALL: the library is loaded (on every primary) if the server
-    /// does not have it yet.
+    /// does not have it yet. The waiters the call mailed are woken (the
+    /// scripts reply `["WOKE", reply, list...]`, see queue.lua).
     pub(crate) async fn call<T: FromRedisValue>(
         &self,
         conn: &mut RConn,
         keys: &[Vec<u8>],
         args: &[Vec<u8>],
     ) -> RedisResult<T> {
+        let v = self.fcall(conn, keys, args).await?;
+        let v = match v {
+            Value::Array(mut a)
+                if a.len() >= 2 && matches!(&a[0], Value::BulkString(w) if w == b"WOKE") =>
+            {
+                let lists = a.split_off(2);
+                for list in lists {
+                    if let Value::BulkString(list) = list {
+                        wake(conn, &list).await;
+                    }
+                }
+                a.swap_remove(1)
+            }
+            v => v,
+        };
+        T::from_redis_value(&v)
+    }
+
+    async fn fcall(
+        &self,
+        conn: &mut RConn,
+        keys: &[Vec<u8>],
+        args: &[Vec<u8>],
+    ) -> RedisResult<Value> {
         let mut fcall = redis::cmd("FCALL");
         fcall.arg(&self.name).arg(keys.len());
         for k in keys {
@@ -338,6 +363,15 @@ impl Lib {
             other => other,
         }
     }
+}
+
+/// Wakes a waiter blocked on `list` (its mail is in the script's keys:
+/// a wake-up lost here costs it a nap, never the mail).
+pub(crate) async fn wake(conn: &mut RConn, list: &[u8]) {
+    let mut p = redis::pipe();
+    p.cmd("RPUSH").arg(list).arg("1").ignore();
+    p.cmd("PEXPIRE").arg(list).arg(60_000).ignore();
+    let _: RedisResult<()> = p.query_async(conn).await;
 }
 
 fn missing_function(e: &RedisError) -> bool {

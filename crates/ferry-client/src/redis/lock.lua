@@ -2,18 +2,21 @@
 -- ferry's locks on Redis: one atomic script per operation on one lock.
 -- KEYS: 1 the lock (hash: token, holder, expires), 2 its token sequence,
 -- 3 its line of waiters (list of tickets, first come first served), 4
--- their requests (hash ticket -> "until|holder|ttl"), 5 unused.
--- A release hands the lock to the first live waiter in the same script,
--- and mails it the token (<lock>:w:<ticket>), as the queue script does.
+-- their requests (hash ticket -> "until|holder|ttl"), 5 mail (hash
+-- ticket -> 'T' and the token it was granted), 6 mailx (zset ticket ->
+-- when its mail goes unread). A release hands the lock to the first live
+-- waiter in the same script and mails it the token, as the queue script
+-- does: {"WOKE", reply, list...} asks the caller to wake the waiter's
+-- list (<lock>:w:<ticket>), which the script does not touch.
 -- Tokens never repeat: each is above the last and at least the server's
 -- time in microseconds, so a failover that lost the last grants still
 -- hands out larger ones.
 
 -- A function library (FCALL ferry_lock); each call sets these first.
 local ARGV, now
-local LOCK, SEQ, LINE, REQ
+local LOCK, SEQ, LINE, REQ, MAIL, MAILX, WOKEN
 
-local function inbox(ticket) return LOCK .. ':w:' .. ticket end
+local MAIL_MS = 600000
 
 local function held()
   local h = redis.call('HMGET', LOCK, 'token', 'holder', 'expires')
@@ -46,8 +49,9 @@ local function serve()
       local u, holder, ttl = string.match(req, '^(%d+)|(.*)|(%d+)$')
       if tonumber(u) >= now then
         local token = grant(holder, tonumber(ttl))
-        redis.call('RPUSH', inbox(w), 'T' .. string.format('%.0f', token))
-        redis.call('PEXPIRE', inbox(w), 600000)
+        redis.call('HSET', MAIL, w, 'T' .. string.format('%.0f', token))
+        redis.call('ZADD', MAILX, now + MAIL_MS, w)
+        WOKEN[#WOKEN + 1] = LOCK .. ':w:' .. w
       end
     end
   end
@@ -55,19 +59,30 @@ end
 
 local function collect(ticket)
   if ticket == '' then return nil end
-  local m = redis.call('LPOP', inbox(ticket))
+  local m = redis.call('HGET', MAIL, ticket)
   if m then
-    redis.call('DEL', inbox(ticket))
+    redis.call('HDEL', MAIL, ticket)
+    redis.call('ZREM', MAILX, ticket)
     return {'MAIL', m}
   end
   return nil
 end
 
-local function lock(keys, args)
+-- Mail a waiter that died never read goes.
+local function sweep_mail()
+  if redis.call('EXISTS', MAILX) == 0 then return end
+  for _, w in ipairs(redis.call('ZRANGEBYSCORE', MAILX, '-inf', now, 'LIMIT', 0, 100)) do
+    redis.call('HDEL', MAIL, w)
+    redis.call('ZREM', MAILX, w)
+  end
+end
+
+local function run(keys, args)
   ARGV = args
-  LOCK, SEQ, LINE, REQ = keys[1], keys[2], keys[3], keys[4]
+  LOCK, SEQ, LINE, REQ, MAIL, MAILX = keys[1], keys[2], keys[3], keys[4], keys[5], keys[6]
   local t = redis.call('TIME')
   now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  sweep_mail()
   local op = ARGV[1]
 
   if op == 'acquire' then
@@ -130,8 +145,6 @@ local function lock(keys, args)
     redis.call('HDEL', REQ, ARGV[2])
     local mailed = collect(ARGV[2])
     if mailed then return mailed end
-    redis.call('RPUSH', inbox(ARGV[2]), 'X')
-    redis.call('PEXPIRE', inbox(ARGV[2]), 600000)
     return false
   end
 
@@ -144,6 +157,16 @@ local function lock(keys, args)
   end
 
   return redis.error_reply('ERR unknown lock operation ' .. tostring(op))
+end
+
+-- The reply, and the waiter's list to wake if one was granted the lock.
+local function lock(keys, args)
+  WOKEN = {}
+  local r = run(keys, args)
+  if #WOKEN == 0 or (type(r) == 'table' and r.err) then return r end
+  local out = {'WOKE', r}
+  for _, k in ipairs(WOKEN) do out[#out + 1] = k end
+  return out
 end
 
 redis.register_function('ferry_lock', lock)

@@ -13,11 +13,15 @@
 //!   come back once its heartbeat is overdue. A client that is dropped
 //!   gives back what it holds at once.
 //! - Waiting: a get, put, join or lock that must wait registers as a
-//!   waiter in the same script that found it must, then blocks on the
-//!   queue's wake-up list (BLPOP, on a connection of its own), which the
-//!   scripts that change the state push to — no wake-up is lost, and no
-//!   loop polls; it tries again at the latest when time alone changes
-//!   something (a delay comes due, a lease expires) or after a second.
+//!   waiter in the same script that found it must, then blocks on a
+//!   wake-up list of its own (BLPOP, on a connection of its own). A
+//!   script that ends a wait keeps the waiter's reply ("mail") in the
+//!   queue's keys and names the list in its reply; the caller that ran it
+//!   pushes the wake-up (a script touches only the keys it declares, as
+//!   Cluster and proxies require). The waiter's next try reads the mail.
+//!   A lost wake-up costs a nap, never mail; no loop polls: it tries again
+//!   at the latest when time alone changes something (a delay comes due,
+//!   a lease expires) or after 10 s.
 //! - `?wait=N`: after a put or a lock's grant, WAIT for N replicas (and
 //!   a put whose primary became a replica meanwhile is sent again, its
 //!   DEDUP key making it go in once). Nothing else waits: a lost get,
@@ -239,8 +243,8 @@ impl Waiting {
         let bad = || Error::Protocol("malformed mail".into());
         let (&tag, body) = m.split_first()?;
         Some(match (tag, self.kind) {
-            // Left the line; or an offer taken back before the claim.
-            (b'X' | b'O', _) => return None,
+            // An offer taken back before the claim.
+            (b'O', _) => return None,
             (b'S', _) => Err(Error::ShutDown),
             (b'J', _) => Ok(Value::Simple("OK".into())),
             (b'T', _) => std::str::from_utf8(body)
@@ -354,15 +358,17 @@ fn queue_keys(q: &str, own: &[u8]) -> Vec<Vec<u8>> {
     .iter()
     .map(|k| format!("{p}{k}").into_bytes())
     .collect();
-    let mut o = p.into_bytes();
+    let mut o = p.clone().into_bytes();
     o.extend_from_slice(own);
     keys.push(o);
+    keys.push(format!("{p}mail").into_bytes());
+    keys.push(format!("{p}mailx").into_bytes());
     keys
 }
 
 fn lock_keys(name: &str) -> Vec<Vec<u8>> {
     let p = format!("ferry:lock:{{{name}}}");
-    ["", ":seq", ":line", ":req", ":x"]
+    ["", ":seq", ":line", ":req", ":mail", ":mailx"]
         .iter()
         .map(|s| format!("{p}{s}").into_bytes())
         .collect()
@@ -1354,10 +1360,12 @@ impl RedisLink {
 
     /// Mail handed to a put or a lock in line is confirmed as their own
     /// replies are: its write is the script's that handed it over, and the
-    /// BLPOP (or the leaving script) that read it came after, on `conn`.
-    async fn confirm_mail(&self, w: &Waiting, conn: &mut RConn, m: &[u8]) -> Result<(), Error> {
+    /// script that read it (and deleted it) came after, on this client's
+    /// connection.
+    async fn confirm_mail(&self, w: &Waiting, m: &[u8]) -> Result<(), Error> {
         if w.confirmed() && matches!(m.first(), Some(b'I' | b'T')) {
-            self.replicate(conn, &w.keys[0]).await?;
+            let mut conn = self.conn.clone();
+            self.replicate(&mut conn, &w.keys[0]).await?;
         }
         Ok(())
     }
@@ -1418,8 +1426,7 @@ impl RedisLink {
                 let m = self.leave(&w, &waiter).await?;
                 self.forget_inbox(&inbox).await;
                 if let Some(m) = &m {
-                    let mut conn = self.conn.clone();
-                    self.confirm_mail(&w, &mut conn, m).await?;
+                    self.confirm_mail(&w, m).await?;
                 }
                 return self.reply_from(&w, m.as_deref(), false);
             }
@@ -1439,8 +1446,8 @@ impl RedisLink {
             let hint = match step {
                 Step::Done(v) => return Ok((v, false)),
                 Step::Mail(m) => {
-                    let mut conn = self.conn.clone();
-                    self.confirm_mail(&w, &mut conn, &m).await?;
+                    self.forget_inbox(&inbox).await;
+                    self.confirm_mail(&w, &m).await?;
                     return self.reply_from(&w, Some(&m), false);
                 }
                 Step::Again => {
@@ -1460,48 +1467,32 @@ impl RedisLink {
                 _ = &mut cancel => Err(pop),
             };
             match popped {
-                Ok(r) => {
-                    let m = match r {
-                        Ok(m) => m,
-                        Err(e) => {
-                            // Out of the line before the error goes up: the
-                            // caller may ask again, as another waiter.
-                            let _ = self.leave(&w, &waiter).await;
-                            return Err(e);
-                        }
-                    };
-                    let mut conn = blocking.clone();
-                    self.blocking = Some(blocking);
-                    // An offer ('O') is claimed by the next try.
-                    if let Some(m) = m.filter(|m| m != b"O") {
-                        self.confirm_mail(&w, &mut conn, &m).await?;
-                        return self.reply_from(&w, Some(&m), false);
-                    }
+                // Woken, or the nap is over: the next try reads any mail.
+                Ok(Ok(())) => self.blocking = Some(blocking),
+                Ok(Err(e)) => {
+                    // Out of the line before the error goes up: the caller
+                    // may ask again, as another waiter.
+                    let _ = self.leave(&w, &waiter).await;
+                    return Err(e);
                 }
                 Err(pop) => {
                     // Cancelled: leave the line. Mail that came first is
-                    // the reply; else the BLPOP under way ends with the
-                    // 'X' the leaving put there (or with mail that beat
-                    // it).
+                    // the reply. The BLPOP under way is woken to end, so
+                    // that its connection serves again.
                     let args = vec![b"unwait".to_vec(), waiter.clone()];
                     let left_with: redis::Value = w
                         .script
                         .call(&mut self.conn, &w.keys, &args)
                         .await
                         .map_err(io)?;
-                    if let Some(m) = mail_of(&left_with) {
-                        // The BLPOP is left behind, with its connection.
-                        self.forget_inbox(&inbox).await;
-                        let mut conn = self.conn.clone();
-                        self.confirm_mail(&w, &mut conn, &m).await?;
-                        return self.reply_from(&w, Some(&m), true);
+                    conn::wake(&mut self.conn, &inbox).await;
+                    if pop.await.is_ok() {
+                        self.blocking = Some(blocking);
                     }
-                    let m = pop.await?;
-                    let mut conn = blocking.clone();
-                    self.blocking = Some(blocking);
                     self.forget_inbox(&inbox).await;
+                    let m = mail_of(&left_with);
                     if let Some(m) = &m {
-                        self.confirm_mail(&w, &mut conn, m).await?;
+                        self.confirm_mail(&w, m).await?;
                     }
                     return self.reply_from(&w, m.as_deref(), true);
                 }
@@ -1556,17 +1547,15 @@ pub(crate) async fn move_dead_letters(conn: &mut RConn, q: &str) -> Result<(), r
     }
 }
 
-/// BLPOP on one list for at most `timeout`: its element, if one came.
-async fn blpop(
-    mut conn: RConn,
-    list: Vec<u8>,
-    timeout: Duration,
-) -> Result<Option<Vec<u8>>, Error> {
+/// BLPOP on a waiter's list for at most `timeout`: until it is woken, or
+/// the nap is over (the wake-up itself says nothing: the mail is read by
+/// the next try).
+async fn blpop(mut conn: RConn, list: Vec<u8>, timeout: Duration) -> Result<(), Error> {
     let secs = timeout.as_secs_f64().max(0.001);
     let mut pop = redis::cmd("BLPOP");
     pop.arg(list).arg(format!("{secs:.3}"));
-    let r: Option<(Vec<u8>, Vec<u8>)> = conn.run(&pop).await.map_err(io)?;
-    Ok(r.map(|(_, v)| v))
+    conn.run::<redis::Value>(&pop).await.map_err(io)?;
+    Ok(())
 }
 
 /// Whether WAIT failed because the primary it asked became a replica (a

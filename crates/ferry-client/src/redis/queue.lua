@@ -18,7 +18,10 @@
 -- waiter -> ms), 18 live (zset holder -> until when it is alive, see
 -- below), 19 byholder (zset, every score 0: "<holder>\0<unit>" for
 -- each unit out with a holder), 20 runs (see Runs), 21 watch (see
--- wake_watchers), 22 the operation's own key: a put's DEDUP key.
+-- wake_watchers), 22 the operation's own key: a put's DEDUP key, 23
+-- mail (hash "w<waiter>" -> its mail; "d<DEDUP key>" -> the first id of
+-- a put that went in from the line), 24 mailx (zset: mail's field -> when
+-- it goes unread). Every key a script touches is among these.
 --
 -- Keys that go by themselves: a line's keys live a little longer than
 -- its longest wait (each waiter renews that as it renews its place), so
@@ -36,13 +39,17 @@
 -- timeout still ends a lease that is not touched in time.
 --
 -- Waiting is hand-off, as in the broker: a caller that must wait joins a
--- line and blocks on a list of its own (<prefix>w:<waiter>); whatever
--- makes its wait end — a message for a getter, room for a putter, nothing
--- unfinished for a joiner, a shutdown — is decided in the script that
--- causes it, and pushed to that list as its reply ("mail"). A waiter
--- leaves the line in one script (unwait), which replies the mail that
--- came first, if any: nothing handed over is lost, and a put that left
--- the line before its room came never happened.
+-- line and blocks on a list of its own (<prefix>w:<waiter>, BLPOP);
+-- whatever makes its wait end — a message for a getter, room for a
+-- putter, nothing unfinished for a joiner, a shutdown — is decided in the
+-- script that causes it and kept in MAIL as the waiter's reply ("mail"),
+-- which its next call collects. The script does not touch the waiter's
+-- list (it is not among its KEYS): it replies {"WOKE", reply, list...}
+-- and the caller pushes a wake-up to each list. A wake-up lost with its
+-- caller costs a nap (at most 10 s), never the mail. A waiter leaves the
+-- line in one script (unwait), which replies the mail that came first,
+-- if any: nothing handed over is lost, and a put that left the line
+-- before its room came never happened.
 --
 -- A getter is not handed messages but offered them: they leave the ready
 -- set for OFFERS, it is mailed 'O', and its next call claims them — only
@@ -63,9 +70,9 @@
 -- breaks it into its messages first, see explode) sees plain messages.
 -- META's runextra is the ready runs' messages beyond one each (qsize).
 --
--- Mail: 'E' entries ("<id>,<attempts>,<len>:<payload>" each, or a run's
--- "R<first>,<count>,<len>:<payloads>"), 'I' ids ("1,2,3"), 'S' shut down,
--- 'J' joined, 'X' left the line, 'O' an offer waits (claim it).
+-- Mail: 'I' ids ("1,2,3"), 'S' shut down, 'J' joined, 'O' an offer
+-- waits (claim it: its entries are the reply, 'E' "<id>,<attempts>,
+-- <len>:<payload>" each, or a run's "R<first>,<count>,<len>:<payloads>").
 --
 -- ARGV[1] is the operation. Replies are ferry's (docs/protocol.md), or
 -- {"WAIT", ms}: wait on your list at most ms (then try again: time alone
@@ -76,6 +83,10 @@
 local KEYS, ARGV, now
 local META, READY, MSG, ATT, SK, OUT, HOLDER, DELAYED, DEAD
 local GLINE, PLINE, JOINERS, GREQ, PREQ, FRESH, OFFERS, OFFERX, LIVE, BYHOLDER, OWN, PREFIX, RUNS
+local MAIL, MAILX, WOKEN
+
+-- How long mail waits to be read: a live waiter reads it within a nap.
+local MAIL_MS = 600000
 
 -- How long an offer waits for its getter's claim: a live getter claims
 -- within a round trip of its wake-up.
@@ -114,7 +125,6 @@ local function incr(field, by)
   return redis.call('HINCRBY', META, field, by or 1)
 end
 
-local function inbox(waiter) return PREFIX .. 'w:' .. waiter end
 -- A unit out with a holder, as BYHOLDER's member.
 local function byh(holder, unit) return holder .. '\0' .. unit end
 
@@ -137,10 +147,31 @@ local function held_units(holder)
   return units
 end
 
+-- Mail for a waiter (the first it is sent is its reply), and its list to
+-- wake (see the header).
 local function mail(waiter, m)
-  local k = inbox(waiter)
-  redis.call('RPUSH', k, m)
-  redis.call('PEXPIRE', k, 600000)
+  local f = 'w' .. waiter
+  if redis.call('HSETNX', MAIL, f, m) == 1 then
+    redis.call('ZADD', MAILX, now + MAIL_MS, f)
+  end
+  WOKEN[#WOKEN + 1] = PREFIX .. 'w:' .. waiter
+end
+
+-- A waiter's mail goes unread.
+local function unmail(waiter)
+  redis.call('HDEL', MAIL, 'w' .. waiter)
+  redis.call('ZREM', MAILX, 'w' .. waiter)
+end
+
+-- Mail nobody read in time goes (its waiter died), and so do the DEDUP
+-- records of puts that went in from the line, once their window ends.
+local function sweep_mail()
+  if redis.call('EXISTS', MAILX) == 0 then return end
+  local old = redis.call('ZRANGEBYSCORE', MAILX, '-inf', now, 'LIMIT', 0, 1000)
+  if #old > 0 then
+    call_many('HDEL', MAIL, old)
+    call_many('ZREM', MAILX, old)
+  end
 end
 
 -- Length-prefixed strings, for requests kept in a hash.
@@ -403,11 +434,14 @@ local function idle()
   return redis.call('EXISTS', OFFERS) == 0
 end
 
+-- Every key of the queue's own (not the operation's, 22).
+local LASTING = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 23, 24}
+
 local function keep_alive(expire)
   if not exists() then return end
   if expire == nil then expire = num(redis.call('HGET', META, 'expire'), 0) end
   if expire > 0 then
-    for i = 1, 21 do redis.call('PEXPIRE', KEYS[i], expire) end
+    for _, i in ipairs(LASTING) do redis.call('PEXPIRE', KEYS[i], expire) end
     return
   end
   if redis.call('HGET', META, 'explicit') == '1' then return end
@@ -416,12 +450,12 @@ local function keep_alive(expire)
   local now_idle = idle()
   if now_idle and not was then
     redis.call('HSET', META, 'idle', '1')
-    for i = 1, 21 do redis.call('PEXPIRE', KEYS[i], AUTO_IDLE_MS) end
+    for _, i in ipairs(LASTING) do redis.call('PEXPIRE', KEYS[i], AUTO_IDLE_MS) end
   elseif was and not now_idle then
     redis.call('HDEL', META, 'idle')
-    for i = 1, 21 do redis.call('PERSIST', KEYS[i]) end
+    for _, i in ipairs(LASTING) do redis.call('PERSIST', KEYS[i]) end
   elseif now_idle then
-    for i = 1, 21 do redis.call('PEXPIRE', KEYS[i], AUTO_IDLE_MS) end
+    for _, i in ipairs(LASTING) do redis.call('PEXPIRE', KEYS[i], AUTO_IDLE_MS) end
   end
 end
 
@@ -623,6 +657,7 @@ local function claim(w)
   if not rec then return nil end
   redis.call('HDEL', OFFERS, w)
   redis.call('ZREM', OFFERX, w)
+  unmail(w)
   local r = unpack_strings(rec)
   local ids = {}
   for i = 6, #r, 2 do ids[#ids + 1] = r[i] end
@@ -638,6 +673,7 @@ local function restore_offers(kind, shutdown)
     local rec = redis.call('HGET', OFFERS, w)
     redis.call('HDEL', OFFERS, w)
     redis.call('ZREM', OFFERX, w)
+    unmail(w)
     local r = rec and unpack_strings(rec) or {}
     for i = #r - 1, 6, -2 do
       local unit, origin = r[i], r[i + 1]
@@ -751,7 +787,10 @@ local function serve_putters(kind, maxsize, shutdown)
         redis.call('HDEL', PREQ, w)
         local ids = admit(kind, payloads, r[2], tonumber(r[4]))
         if r[3] ~= '' then redis.call('HSET', META, 'keytype', r[3]) end
-        if r[5] ~= '' then redis.call('SET', PREFIX .. r[5], ids[1], 'PX', r[6]) end
+        if r[5] ~= '' then
+          redis.call('HSET', MAIL, 'd' .. r[5], ids[1])
+          redis.call('ZADD', MAILX, now + tonumber(r[6]), 'd' .. r[5])
+        end
         mail(w, 'I' .. table.concat(ids, ','))
         serve_getters(kind)
       end
@@ -881,6 +920,7 @@ local function advance()
     redis.call('HSET', META, 'nextdue', next)
   end
   sweep_dead(kind)
+  sweep_mail()
   restore_offers(kind, shutdown)
   serve_getters(kind)
   serve_putters(kind, maxsize, shutdown)
@@ -919,9 +959,9 @@ end
 -- an offer claimed or taken back since is no mail.
 local function collect(waiter)
   if waiter == '' then return nil end
-  local m = redis.call('LPOP', inbox(waiter))
+  local m = redis.call('HGET', MAIL, 'w' .. waiter)
   if m then
-    redis.call('DEL', inbox(waiter))
+    unmail(waiter)
     if m ~= 'O' then return {'MAIL', m} end
   end
   return nil
@@ -995,7 +1035,7 @@ OPS['put'] = function()
   if again then return again end
   if shutdown ~= 'no' then return redis.error_reply('SHUTDOWN queue is shut down') end
   if dedup > 0 then
-    local first = redis.call('GET', OWN)
+    local first = redis.call('GET', OWN) or redis.call('HGET', MAIL, 'd' .. string.sub(OWN, #PREFIX + 1))
     if first then return {tonumber(first)} end
   end
   local payloads = {}
@@ -1102,8 +1142,7 @@ end
 OPS['unwait'] = function()
   -- ARGV: waiter. It stops waiting (a timeout, a cancel): out of every
   -- line; its mail if some came first (then it did not stop in time:
-  -- what the mail says happened), else 'X' on its list, for a wait
-  -- still under way to end with.
+  -- what the mail says happened).
   local waiter = ARGV[2]
   redis.call('LREM', GLINE, 0, waiter)
   redis.call('HDEL', GREQ, waiter)
@@ -1115,7 +1154,6 @@ OPS['unwait'] = function()
   keep_alive()
   if got then return {'MAIL', got} end
   if mailed then return mailed end
-  mail(waiter, 'X')
   return false
 end
 
@@ -1406,22 +1444,41 @@ OPS['drop'] = function()
   end
   for _, w in ipairs(redis.call('ZRANGE', JOINERS, 0, -1)) do mail(w, 'J') end
   redis.call('DEL', META, READY, MSG, ATT, SK, OUT, HOLDER, DELAYED, DEAD, GLINE, PLINE, JOINERS, GREQ, PREQ, FRESH, OFFERS, OFFERX, LIVE, BYHOLDER, RUNS, KEYS[21])
+  -- The waiters' mail stays to be read, for as long as mail does.
+  redis.call('PEXPIRE', MAIL, MAIL_MS)
+  redis.call('PEXPIRE', MAILX, MAIL_MS)
   return 1
 end
 
+
+-- The reply, and the lists of the waiters mailed to wake (see the
+-- header): {"WOKE", reply, list...}. An error goes alone (its waiters
+-- wake at their nap).
+local function woke(r)
+  if #WOKEN == 0 or (type(r) == 'table' and r.err) then return r end
+  local out, seen = {'WOKE', r}, {}
+  for _, k in ipairs(WOKEN) do
+    if not seen[k] then
+      seen[k] = true
+      out[#out + 1] = k
+    end
+  end
+  return out
+end
 
 local function queue(keys, args)
   KEYS, ARGV = keys, args
   META, READY, MSG, ATT, SK, OUT, HOLDER, DELAYED, DEAD = keys[1], keys[2], keys[3], keys[4], keys[5], keys[6], keys[7], keys[8], keys[9]
   GLINE, PLINE, JOINERS, GREQ, PREQ, FRESH = keys[10], keys[11], keys[12], keys[13], keys[14], keys[15]
   OFFERS, OFFERX, LIVE, BYHOLDER, RUNS, OWN = keys[16], keys[17], keys[18], keys[19], keys[20], keys[22]
+  MAIL, MAILX, WOKEN = keys[23], keys[24], {}
   PREFIX = string.sub(META, 1, -2)
   local t = redis.call('TIME')
   now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
   local op = ARGV[1]
   local f = OPS[op]
-  if f then return f() end
-  return redis.error_reply('ERR unknown queue operation ' .. tostring(op))
+  if not f then return redis.error_reply('ERR unknown queue operation ' .. tostring(op)) end
+  return woke(f())
 end
 
 redis.register_function('ferry_queue', queue)
