@@ -8,6 +8,7 @@ use anyhow::Context;
 use clap::{CommandFactory, Parser, Subcommand};
 
 mod bench;
+mod lock;
 mod verbs;
 mod worker;
 
@@ -65,7 +66,7 @@ enum Command {
     Top(verbs::TopArgs),
     /// Run a command holding a lock, like flock(1) across machines; exits
     /// with the command's code (4 if the lock was not acquired in time).
-    Lock(verbs::LockArgs),
+    Lock(lock::LockArgs),
     /// Load generator: producers and consumers through a broker; prints
     /// throughput and put->get latency percentiles.
     Bench(bench::BenchArgs),
@@ -171,7 +172,7 @@ fn main() -> anyhow::Result<()> {
         Command::Reopen(a) => finish(verbs::manage(verbs::Manage::Reopen, &a).map(|()| 0)),
         Command::Info(a) => finish(verbs::info(&a).map(|()| 0)),
         Command::Top(a) => finish(verbs::top(&a).map(|()| 0)),
-        Command::Lock(a) => finish(verbs::lock(&a)),
+        Command::Lock(a) => finish(lock::lock(&a)),
         Command::Bench(a) => finish(bench::bench(&a).map(|()| 0)),
         Command::Worker(a) => finish(worker::worker(&a).map(|()| 0)),
         Command::Shim(a) => worker::shim(&a),
