@@ -385,7 +385,7 @@ mod tests {
 
     #[test]
     fn a_library_is_renamed_where_it_names_itself() {
-        let lib = Lib::new("ferry_queue", include_str!("queue.lua"));
+        let lib = Lib::new("ferry_queue", super::super::QUEUE_CODE);
         assert!(lib.code.starts_with(&format!("#!lua name={}\n", lib.name)));
         assert!(
             lib.code

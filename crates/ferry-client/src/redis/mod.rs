@@ -43,7 +43,13 @@ use self::conn::{Engine, Lib, RConn};
 use self::wait::primary_moved;
 use crate::Error;
 
-static QUEUE: LazyLock<Lib> = LazyLock::new(|| Lib::new("ferry_queue", include_str!("queue.lua")));
+/// The queue library's code: one library in three files (queue.lua).
+const QUEUE_CODE: &str = concat!(
+    include_str!("queue.lua"),
+    include_str!("queue_flow.lua"),
+    include_str!("queue_ops.lua")
+);
+static QUEUE: LazyLock<Lib> = LazyLock::new(|| Lib::new("ferry_queue", QUEUE_CODE));
 static LOCK: LazyLock<Lib> = LazyLock::new(|| Lib::new("ferry_lock", include_str!("lock.lua")));
 
 /// How long a done is kept to be sent again after an upheaval: longer
