@@ -47,7 +47,12 @@ import uuid
 from types import GenericAlias
 
 import ferry
-from ferry import FerryError, LeaseLost, NotLeased, _check_timeout, _SERIALIZERS, order_key_and_type
+from ferry import queues as _queues
+from ferry import util as _util
+from ferry.exceptions import FerryError, LeaseLost, NotLeased
+from ferry.ordering import order_key_and_type
+from ferry.queues import _SERIALIZERS
+from ferry.util import _check_timeout
 from ferry._ferry import RESEND_WINDOW_MS, AsyncPool, Connection, Inbox
 
 __all__ = [
@@ -129,7 +134,7 @@ def _process(url: str) -> _Process:
                     # its children run too (atexit does not run in a forked
                     # child), after the queues' own (10), before private
                     # queues are dropped (-1).
-                    ferry._mp_util.Finalize(None, _at_exit, args=(key[0],), exitpriority=1)
+                    _util._mp_util.Finalize(None, _at_exit, args=(key[0],), exitpriority=1)
                 p = _processes[key] = _Process(url)
     return p
 
@@ -306,7 +311,7 @@ class Queue:
         self._qname = self._name.encode()
         if maxsize is None and name is None:
             maxsize = 0
-        self._url = ferry._url(url)
+        self._url = _util._url(url)
         self._given_url = url
         self._serializer = serializer
         self._dumps, self._loads = _SERIALIZERS[serializer]
@@ -334,11 +339,11 @@ class Queue:
         # asyncio takes a float maxsize (room while qsize() < maxsize): the
         # broker's is the whole count that means.
         whole = None if maxsize is None else math.ceil(maxsize)
-        self._maxsize = ferry._open_queue(self, p.conn(), self._url, self._name, whole, self._kind,
+        self._maxsize = _queues._open_queue(self, p.conn(), self._url, self._name, whole, self._kind,
                                           private=name is None)
         if maxsize is not None:
             self._maxsize = maxsize
-        ferry._mp_util.Finalize(self, ferry._finalizer,
+        _util._mp_util.Finalize(self, _util._finalizer,
                                 args=(_settle_at_exit, os.getpid(), self._url, self._qname, self._take,
                                       self._fetched, self._dones, self._dones_unanswered),
                                 exitpriority=10)
@@ -814,7 +819,7 @@ class Lock:
         self._name = name or f"py-lock-{uuid.uuid4().hex}"
         self._bname = self._name.encode()
         self._given_url = url
-        self._url = ferry._url(url)
+        self._url = _util._url(url)
         self._token: int | None = None
 
     def __reduce__(self):

@@ -122,7 +122,7 @@ def _write_and_exit_while_collecting(q):
         q.put(i)
     # A collection under way in another thread at exit (its flag is the
     # process's): the exit still sends the buffer, in place.
-    ferry._collecting = True
+    ferry.util._collecting = True
 
 
 def _write_and_cancel(q):

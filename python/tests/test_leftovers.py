@@ -124,7 +124,7 @@ def test_a_handle_collected_inside_a_locked_section_is_finished_after_it(tmp_pat
         cycle = [q]
         cycle.append(cycle)
         del q, cycle
-        with ferry._private_lock:
+        with ferry.util._private_lock:
             gc.collect()
             still = name in queues()
         until(lambda: name not in queues())

@@ -1,0 +1,38 @@
+"""ferry's exceptions: the broker's errors (from the extension) and the
+package's own warnings and errors."""
+
+from __future__ import annotations
+
+from ferry._ferry import FerryError, LeaseLost, NotLeased, ShutDown
+
+__all__ = ["FerryError", "ShutDown", "NotLeased", "LeaseLost", "LeaseLostWarning", "LockLost", "WriteBehindError"]
+
+
+class LeaseLostWarning(RuntimeWarning):
+    """task_done() of an item whose lease had ended — its connection was
+    lost (a broker restart), its lease ran out, its holder was taken for
+    dead in a failover: the item is delivered again and finished by
+    whoever gets it (or was already), so join() stays exact. Never an
+    exception in the consumer's code."""
+
+
+class WriteBehindError(FerryError):
+    """Write-behind puts that put() had returned for could not be
+    confirmed: the broker refused them, or did not answer within a minute
+    (reconnects included), or on Redis `?wait=N` replicas did not confirm
+    them. `unsent` says how many; they may or may not be in the queue.
+    Raised by the producer's next put(), flush(), join() or close() — and
+    printed at exit — as multiprocessing reports its feeder's errors:
+    never silent."""
+
+    def __init__(self, message: str, unsent: int) -> None:
+        super().__init__(message)
+        self.unsent = unsent
+
+
+class LockLost(FerryError, ValueError):
+    """release() of a Lock this handle acquired but no longer holds: its
+    connection was lost (a broker restart), or on Redis its process's
+    heartbeat was overdue (the process stopped, its Redis was cut off) —
+    another holder may have had it meanwhile. A ValueError, as releasing
+    an unheld multiprocessing.Lock is."""
