@@ -19,7 +19,17 @@ generation, the URL).
 from __future__ import annotations
 
 from ferry._ferry import Connection
-from ferry.exceptions import FerryError, LeaseLost, LeaseLostWarning, LockLost, NotLeased, ShutDown, WriteBehindError
+from ferry.exceptions import (
+    AuthenticationError,
+    FerryError,
+    LeaseLost,
+    LeaseLostWarning,
+    LockLost,
+    NotLeased,
+    PermissionDenied,
+    ShutDown,
+    WriteBehindError,
+)
 from ferry.feeder import AUTO_WRITE_BEHIND, AUTO_WRITE_BEHIND_BYTES, AUTO_WRITE_BEHIND_ITEM
 from ferry.lanes import AUTO_PREFETCH, FAST_GET, IDLE_GIVE_BACK
 from ferry.ordering import order_key, order_key_and_type
@@ -45,6 +55,8 @@ __all__ = [
     "Lock",
     "ShutDown",
     "FerryError",
+    "AuthenticationError",
+    "PermissionDenied",
     "LeaseLost",
     "LeaseLostWarning",
     "LockLost",

@@ -284,6 +284,16 @@ def _at_exit(pid: int) -> None:
         p.pool.wait_sent(1.0)
 
 
+def _whole_maxsize(maxsize) -> int:
+    """asyncio's maxsize (a float too: room while qsize() < maxsize) as the
+    broker's whole count."""
+    if isinstance(maxsize, float) and not math.isnan(maxsize):
+        if math.isinf(maxsize) or maxsize <= 0:
+            return 0  # unbounded, as asyncio has it
+        return _util._count(math.ceil(maxsize), "maxsize")
+    return _util._count(maxsize, "maxsize")
+
+
 class Queue:
     """asyncio.Queue across processes and machines. Gets TAKE (nothing is
     delivered twice); task_done() and join() work as asyncio's do.
@@ -303,11 +313,12 @@ class Queue:
                  serializer: str = "pickle", prefetch: int = 0) -> None:
         if serializer not in _SERIALIZERS:
             raise ValueError(f"serializer must be one of {sorted(_SERIALIZERS)}")
+        prefetch = _util._count(prefetch, "prefetch")
         if prefetch < 0:
             raise ValueError("prefetch must be non-negative")
         if prefetch and self._kind != "fifo":
             raise ValueError(f"prefetch keeps fifo order only; a {type(self).__name__} cannot prefetch")
-        self._name = name or f"py-{uuid.uuid4().hex}"
+        self._name = _util._name(name) or f"py-{uuid.uuid4().hex}"
         self._qname = self._name.encode()
         if maxsize is None and name is None:
             maxsize = 0
@@ -338,7 +349,7 @@ class Queue:
         p = self._p()
         # asyncio takes a float maxsize (room while qsize() < maxsize): the
         # broker's is the whole count that means.
-        whole = None if maxsize is None else math.ceil(maxsize)
+        whole = None if maxsize is None else _whole_maxsize(maxsize)
         self._maxsize = _queues._open_queue(self, p.conn(), self._url, self._name, whole, self._kind,
                                           private=name is None)
         if maxsize is not None:
@@ -399,8 +410,9 @@ class Queue:
 
     @maxsize.setter
     def maxsize(self, value: int) -> None:
-        self._p().conn().set_maxsize(self._name, max(int(value), 0))
-        self._maxsize = int(value)
+        whole = _whole_maxsize(value)
+        self._p().conn().set_maxsize(self._name, max(whole, 0))
+        self._maxsize = value
 
     def qsize(self) -> int:
         return self._p().conn().qsize(self._name) + len(self._fetched)
@@ -816,7 +828,7 @@ class Lock:
     whether this handle holds it."""
 
     def __init__(self, *, name: str | None = None, url: str | None = None) -> None:
-        self._name = name or f"py-lock-{uuid.uuid4().hex}"
+        self._name = _util._name(name) or f"py-lock-{uuid.uuid4().hex}"
         self._bname = self._name.encode()
         self._given_url = url
         self._url = _util._url(url)

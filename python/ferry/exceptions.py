@@ -1,11 +1,34 @@
-"""ferry's exceptions: the broker's errors (from the extension) and the
-package's own warnings and errors."""
+"""ferry's exceptions, all importable from `ferry`:
+
+    FerryError                 an error reply from the broker (its code first)
+    ├── ShutDown               the queue was shut down (also queue.ShutDown on 3.13+)
+    ├── AuthenticationError    NOAUTH / WRONGPASS: the URL's password
+    ├── PermissionDenied       NOPERM: the user has no such right (--acl-file)
+    ├── NotLeased              task_done() of an item this handle does not hold
+    ├── LeaseLost              the connection that held an item was lost
+    ├── WriteBehindError       write-behind puts that could not be confirmed
+    └── LockLost               release() of a lock that is no longer held (a ValueError)
+    LeaseLostWarning           task_done() of an item whose lease had ended
+
+Invalid arguments (a name, a maxsize) are ValueError or TypeError, an
+unreachable broker ConnectionError, and an empty or full queue the
+stdlib's queue.Empty and queue.Full, as Python's own queues have them."""
 
 from __future__ import annotations
 
-from ferry._ferry import FerryError, LeaseLost, NotLeased, ShutDown
+from ferry._ferry import AuthenticationError, FerryError, LeaseLost, NotLeased, PermissionDenied, ShutDown
 
-__all__ = ["FerryError", "ShutDown", "NotLeased", "LeaseLost", "LeaseLostWarning", "LockLost", "WriteBehindError"]
+__all__ = [
+    "FerryError",
+    "ShutDown",
+    "AuthenticationError",
+    "PermissionDenied",
+    "NotLeased",
+    "LeaseLost",
+    "LeaseLostWarning",
+    "LockLost",
+    "WriteBehindError",
+]
 
 
 class LeaseLostWarning(RuntimeWarning):
@@ -36,3 +59,9 @@ class LockLost(FerryError, ValueError):
     heartbeat was overdue (the process stopped, its Redis was cut off) —
     another holder may have had it meanwhile. A ValueError, as releasing
     an unheld multiprocessing.Lock is."""
+
+
+# Named from `ferry`, where they are imported (tracebacks, pickles).
+for _cls in (LeaseLostWarning, WriteBehindError, LockLost):
+    _cls.__module__ = "ferry"
+del _cls

@@ -19,7 +19,7 @@ from ferry.exceptions import FerryError, LeaseLost, LeaseLostWarning, NotLeased
 from ferry.feeder import AUTO_WRITE_BEHIND, AUTO_WRITE_BEHIND_ITEM, _Feeder
 from ferry.lanes import AUTO_PREFETCH, FAST_GET, _Handle, _Lane, _may_wait, _reaper, _send_dones, _settle, _take_dones
 from ferry.ordering import order_key_and_type
-from ferry.util import _check_timeout, _feeders, _finalizer, _private, _private_lock, _sync_puts
+from ferry.util import _check_timeout, _count, _feeders, _finalizer, _name, _private, _private_lock, _sync_puts
 
 Empty = _stdlib_queue.Empty
 Full = _stdlib_queue.Full
@@ -109,6 +109,11 @@ class Queue:
                  serializer: str = "pickle", prefetch: int | None = None, write_behind: int | None = None) -> None:
         if serializer not in _SERIALIZERS:
             raise ValueError(f"serializer must be one of {sorted(_SERIALIZERS)}")
+        name = _name(name)
+        if maxsize is not None:
+            maxsize = _count(maxsize, "maxsize")
+        prefetch = None if prefetch is None else _count(prefetch, "prefetch")
+        write_behind = None if write_behind is None else _count(write_behind, "write_behind")
         if (prefetch or 0) < 0 or (write_behind or 0) < 0:
             raise ValueError("prefetch and write_behind must be non-negative")
         if prefetch and self._kind != "fifo":
@@ -120,7 +125,9 @@ class Queue:
         # one is only compared on the settings given.
         if maxsize is None and name is None:
             maxsize = 0
-        self._maxsize = None if maxsize is None else int(maxsize)
+        self._maxsize = maxsize
+        # close() was called: no more puts or gets from this handle.
+        self._closed = False
         self._url = url
         self._serializer = serializer
         self._dumps, self._loads = _SERIALIZERS[serializer]
@@ -199,9 +206,10 @@ class Queue:
 
     @maxsize.setter
     def maxsize(self, value: int) -> None:
+        value = _count(value, "maxsize")
         self._sync()
-        self._handle.conn().set_maxsize(self._name, max(int(value), 0))
-        self._maxsize = int(value)
+        self._handle.conn().set_maxsize(self._name, max(value, 0))
+        self._maxsize = value
 
     @property
     def is_shutdown(self) -> bool:
@@ -213,7 +221,17 @@ class Queue:
         (None, None)."""
         return (None, None)
 
+    def __repr__(self) -> str:
+        closed = " closed" if self._closed else ""
+        return f"<ferry.{type(self).__name__} name={self._name!r}{closed}>"
+
+    def _check_closed(self) -> None:
+        # As multiprocessing.Queue's put() and get() after close().
+        if self._closed:
+            raise ValueError(f"Queue {self!r} is closed")
+
     def put(self, item, block: bool = True, timeout: float | None = None) -> None:
+        self._check_closed()
         _check_timeout(block, timeout)
         key = self._key(item)
         payload = self._dumps(item)
@@ -236,6 +254,7 @@ class Queue:
         self.put(item, block=False)
 
     def get(self, block: bool = True, timeout: float | None = None):
+        self._check_closed()
         _check_timeout(block, timeout)
         block = bool(block)  # as the stdlib: any truth value
         _sync_puts()
@@ -450,6 +469,7 @@ class Queue:
     def close(self) -> None:
         """No more puts from this handle; sends pending task_done()s and
         gives back items fetched ahead and not handed out."""
+        self._closed = True
         if self._box[0] is not None:
             self._box[0].close()
         _finish(self._name, self._take, self._handle, [None])
@@ -469,6 +489,7 @@ class Queue:
         """Puts all the items in one call, all or nothing, waiting for room
         for all of them. (Priority queues put them one by one, each with its
         own order key.)"""
+        self._check_closed()
         items = list(items)
         if not items:
             return
@@ -482,6 +503,7 @@ class Queue:
     def get_many(self, n: int, timeout: float | None = None) -> list:
         """Gets up to n items in one call, waiting at most `timeout` (None:
         forever) for the first; each needs its own task_done()."""
+        self._check_closed()
         if timeout is not None and timeout < 0:
             raise ValueError("'timeout' must be a non-negative number")
         self._sync()

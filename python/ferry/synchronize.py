@@ -6,7 +6,7 @@ import uuid
 
 from ferry.exceptions import LockLost
 from ferry.lanes import _Handle
-from ferry.util import _sync_puts
+from ferry.util import _name, _sync_puts
 
 
 class Lock:
@@ -17,7 +17,7 @@ class Lock:
     longer its own; release() of such a lock raises LockLost."""
 
     def __init__(self, *, name: str | None = None, url: str | None = None) -> None:
-        self._name = name or f"py-lock-{uuid.uuid4().hex}"
+        self._name = _name(name) or f"py-lock-{uuid.uuid4().hex}"
         self._url = url
         self._handle = _Handle(url)
         self._token: int | None = None

@@ -8,13 +8,46 @@ from __future__ import annotations
 import collections
 import gc
 import multiprocessing.util as _mp_util
+import operator
 import os
+import re
 import sys
 import threading
 
 from ferry._ferry import Connection
 
 DEFAULT_URL = "ferry://127.0.0.1:7878"
+
+#: The largest count a queue takes (maxsize, prefetch, write_behind): the
+#: broker's numbers are 64-bit.
+MAX_COUNT = 2**63 - 1
+
+_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,200}")
+
+
+def _count(value, what: str) -> int:
+    """An int argument, as multiprocessing takes one: TypeError naming it
+    for a float or a str (never rounded), ValueError past MAX_COUNT."""
+    try:
+        n = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{what} must be an int, not {type(value).__name__}") from None
+    if n > MAX_COUNT:
+        raise ValueError(f"{what} must be at most 2**63 - 1, not {n}")
+    return n
+
+
+def _name(name, what: str = "name") -> str | None:
+    """A queue's or lock's name as the broker takes it, or None (private):
+    TypeError for a non-str, ValueError naming the rule otherwise."""
+    if name is None:
+        return None
+    if not isinstance(name, str):
+        raise TypeError(f"{what} must be a str, not {type(name).__name__}")
+    if not _NAME.fullmatch(name):
+        raise ValueError(f"{what} {name!r} is not a valid name: 1 to 200 of A-Z a-z 0-9 _ . : - "
+                         "(leave it out, None, for a private one)")
+    return name
 
 # The private queues this process made, by (url, name): how many live
 # handles it has of each. The last one to go drops the queue.

@@ -15,11 +15,25 @@ use pyo3::exceptions::{PyConnectionError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyModule};
 
+// Created in module `ferry` (its public home; `ferry._ferry` is an
+// implementation detail): tracebacks name `ferry.FerryError`.
 pyo3::create_exception!(
-    _ferry,
+    ferry,
     FerryError,
     pyo3::exceptions::PyException,
-    "An error reply from the broker."
+    "An error reply from the broker (its code first, e.g. 'NOQUEUE ...'): the base of ferry's errors."
+);
+pyo3::create_exception!(
+    ferry,
+    AuthenticationError,
+    FerryError,
+    "The broker wants a password (NOAUTH) or refused the one given (WRONGPASS): put it in the URL, ferry://user:password@host."
+);
+pyo3::create_exception!(
+    ferry,
+    PermissionDenied,
+    FerryError,
+    "The user has no right to that command on that queue (NOPERM; see the broker's --acl-file)."
 );
 /// `ferry.ShutDown`: a FerryError, and where the stdlib has one (3.13+)
 /// a `queue.ShutDown` too, so `except queue.ShutDown` catches it. Made at
@@ -49,13 +63,13 @@ fn shutdown_type(py: Python<'_>) -> PyResult<Bound<'_, pyo3::types::PyType>> {
         .map(|t| t.bind(py).clone())
 }
 pyo3::create_exception!(
-    _ferry,
+    ferry,
     NotLeased,
     FerryError,
     "task_done() for an item this handle does not hold."
 );
 pyo3::create_exception!(
-    _ferry,
+    ferry,
     LeaseLost,
     FerryError,
     "The connection that held the item was lost; it will be delivered again."
@@ -89,6 +103,13 @@ pub(crate) fn to_py(py: Python<'_>, e: Error) -> PyErr {
             pyo3::exceptions::PyTypeError::new_err(message)
         }
         e @ Error::TooBig { .. } => PyValueError::new_err(e.to_string()),
+        e @ Error::Auth(_) => AuthenticationError::new_err(e.to_string()),
+        Error::Server { code, message } if code == "NOAUTH" || code == "WRONGPASS" => {
+            AuthenticationError::new_err(format!("{code} {message}"))
+        }
+        Error::Server { code, message } if code == "NOPERM" => {
+            PermissionDenied::new_err(format!("{code} {message}"))
+        }
         other => FerryError::new_err(other.to_string()),
     }
 }
@@ -816,5 +837,10 @@ fn _ferry(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("ShutDown", shutdown_type(m.py())?)?;
     m.add("NotLeased", m.py().get_type::<NotLeased>())?;
     m.add("LeaseLost", m.py().get_type::<LeaseLost>())?;
+    m.add(
+        "AuthenticationError",
+        m.py().get_type::<AuthenticationError>(),
+    )?;
+    m.add("PermissionDenied", m.py().get_type::<PermissionDenied>())?;
     Ok(())
 }

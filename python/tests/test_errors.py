@@ -1,5 +1,6 @@
 """Errors that say what happened and what to do."""
 
+import pickle
 import subprocess
 import sys
 import time
@@ -7,6 +8,7 @@ import time
 import pytest
 
 import ferry
+import ferry.aio
 
 
 def test_no_broker_names_the_url_and_how_to_start_one():
@@ -80,3 +82,68 @@ def test_large_items_cost_time_in_proportion_to_their_size():
     single = timed(lambda: [q.get(), q.get()])
     print(f"two 10 MB items: get_many {many * 1000:.1f} ms, two gets {single * 1000:.1f} ms")
     assert many <= 2 * single + 0.02
+
+
+def test_every_error_is_public_and_named_from_ferry():
+    # Tracebacks and `except` clauses name ferry.X, never the private
+    # extension module; each is a FerryError, importable from ferry.
+    for name in ["FerryError", "ShutDown", "AuthenticationError", "PermissionDenied", "NotLeased",
+                 "LeaseLost", "WriteBehindError", "LockLost"]:
+        cls = getattr(ferry, name)
+        assert cls.__module__ == "ferry", cls
+        assert issubclass(cls, ferry.FerryError)
+        assert name in ferry.__all__
+    assert issubclass(ferry.LockLost, ValueError)
+    assert ferry.LeaseLostWarning.__module__ == "ferry"
+
+
+@pytest.mark.parametrize("kwargs, error, says", [
+    ({"maxsize": 10**30}, ValueError, "maxsize must be at most 2**63 - 1"),
+    ({"maxsize": 1.5}, TypeError, "maxsize must be an int, not float"),
+    ({"maxsize": "x"}, TypeError, "maxsize must be an int, not str"),
+    ({"prefetch": 2.0}, TypeError, "prefetch must be an int"),
+    ({"write_behind": "8"}, TypeError, "write_behind must be an int"),
+    ({"name": ""}, ValueError, "name '' is not a valid name"),
+    ({"name": "two words"}, ValueError, "name 'two words' is not a valid name"),
+    ({"name": "x" * 201}, ValueError, "is not a valid name: 1 to 200"),
+    ({"name": b"jobs"}, TypeError, "name must be a str, not bytes"),
+])
+def test_bad_arguments_are_refused_naming_them(kwargs, error, says):
+    # multiprocessing's behaviour: a float maxsize is a TypeError, never
+    # rounded; an empty name is not silently a private queue.
+    for cls in (ferry.Queue, ferry.JoinableQueue, ferry.aio.Queue):
+        if cls is ferry.aio.Queue and ("write_behind" in kwargs or kwargs.get("maxsize") == 1.5):
+            continue  # (asyncio's maxsize may be a float)
+        with pytest.raises(error) as e:
+            cls(**kwargs)
+        assert says in str(e.value)
+        assert "while processing" not in str(e.value)
+    if "name" in kwargs:
+        with pytest.raises(error, match="name"):
+            ferry.Lock(name=kwargs["name"])
+    q = ferry.Queue()
+    if "maxsize" in kwargs:
+        with pytest.raises(error, match="maxsize"):
+            q.maxsize = kwargs["maxsize"]
+        assert q.maxsize == 0
+
+
+def test_a_closed_queue_refuses_puts_and_gets_as_multiprocessing_does():
+    import multiprocessing
+
+    mq = multiprocessing.Queue()
+    mq.close()
+    with pytest.raises(ValueError, match="is closed"):
+        mq.put(1)
+    for cls in (ferry.Queue, ferry.JoinableQueue, ferry.SimpleQueue):
+        q = cls()
+        q.put("before")
+        q.close()
+        for call in (lambda: q.put(1), lambda: q.put_nowait(1), lambda: q.get(),
+                     lambda: q.get_nowait(), lambda: q.put_many([1]), lambda: q.get_many(1)):
+            with pytest.raises(ValueError, match=r"Queue <ferry\.\w+ name='py-\w+' closed> is closed"):
+                call()
+        # Nothing it refused went in; another handle still sees the queue.
+        assert q.qsize() == 1
+        other = pickle.loads(pickle.dumps(q))
+        assert other.get(timeout=5) == "before"

@@ -83,8 +83,12 @@ def test_a_user_from_the_url_gets_its_rights(tmp_path):
         q.put("x")
         assert q.get() == "x"
         q.task_done()
-        with pytest.raises(ferry.FerryError, match="NOPERM"):
+        with pytest.raises(ferry.PermissionDenied, match="NOPERM"):
             ferry.Queue(name="billing", url=url).put("no")
+        with pytest.raises(ferry.AuthenticationError, match="WRONGPASS"):
+            ferry.Queue(name="jobs.py", url=f"ferry://worker:wrong@127.0.0.1:{port}")
+        with pytest.raises(ferry.AuthenticationError, match="NOAUTH"):
+            ferry.Queue(name="jobs.py", url=f"ferry://127.0.0.1:{port}")
 
 
 def test_a_user_without_admin_makes_private_queues(tmp_path):
