@@ -50,10 +50,30 @@ examples/run.sh target/debug/ferry .venv/bin/python "redis://127.0.0.1:$redis_po
 kill "$redis_pid"; wait "$redis_pid" 2>/dev/null || true
 
 # And on a Redis Cluster (redis+cluster://): 3 primaries, 3 replicas, on
-# free loopback ports, stopped by PID (scripts/redis-cluster.sh).
+# loopback ports of our choosing (a block below the kernel's ephemeral
+# range whose ports and buses are all free: the script's PORT option, as
+# docs/backends.md shows it), stopped by PID (scripts/redis-cluster.sh).
 cluster_dir=$(mktemp -d)
 trap 'kill $redis_pid 2>/dev/null || true; scripts/redis-cluster.sh stop "$cluster_dir"; rm -rf "$redis_dir" "$cluster_dir"' EXIT
-cluster_url=$(scripts/redis-cluster.sh start "$cluster_dir")
+cluster_port=$(python3 - <<'PY'
+import random, socket
+def free(p):
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", p))
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+for _ in range(200):
+    base = random.randrange(21000, 22000)
+    if all(free(p) and free(p + 10000) for p in range(base, base + 6)):
+        print(base)
+        break
+PY
+)
+cluster_url=$(scripts/redis-cluster.sh start "$cluster_dir" "$cluster_port")
 (cd python && FERRY_TEST_URL="$cluster_url?lease=2000" ../.venv/bin/python -m pytest -p no:cacheprovider)
 examples/run.sh target/debug/ferry .venv/bin/python "$cluster_url?lease=2000"
 
