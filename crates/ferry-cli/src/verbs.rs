@@ -111,6 +111,13 @@ pub(crate) fn put(a: &PutArgs) -> Outcome {
     let priority = a.priority.map(|p| p.to_string());
     let delay = ms(a.delay);
     let timeout = ms(a.timeout);
+    // A put that waits for room says so after a second (on stderr),
+    // rather than waiting in silence.
+    let (put_done, notice) = std::sync::mpsc::channel::<()>();
+    if !a.nowait {
+        let (url, queue) = (a.conn.url.clone(), a.queue.clone());
+        std::thread::spawn(move || tell_when_full(&url, &queue, &notice));
+    }
     let mut out = std::io::stdout().lock();
     // Each put carries a DEDUP key of its own, as the client's puts do: one
     // whose connection broke (a broker restart, a failover) is sent again
@@ -139,12 +146,46 @@ pub(crate) fn put(a: &PutArgs) -> Outcome {
             (Some(t), _) => args.extend_from_slice(&[b"TIMEOUT", t.as_bytes()]),
             (None, false) => args.extend_from_slice(&[b"TIMEOUT", b"0"]),
         }
-        match c.call(&args).map_err(fail)? {
+        let reply = c.call(&args);
+        let _ = put_done.send(());
+        match reply.map_err(fail)? {
             Value::Int(id) => writeln!(out, "{id}").map_err(|e| (1, e.to_string()))?,
             other => return Err((1, format!("unexpected reply {other:?}"))),
         }
     }
     Ok(())
+}
+
+/// While `ferry put` runs: a put that has waited a second on a full queue
+/// is told on stderr, once per wait, with the queue's fill (asked on a
+/// connection of its own; a put slow for another reason says nothing).
+fn tell_when_full(url: &str, queue: &str, put_done: &std::sync::mpsc::Receiver<()>) {
+    use std::sync::mpsc::RecvTimeoutError;
+    let mut c = None;
+    loop {
+        match put_done.recv_timeout(Duration::from_secs(1)) {
+            Ok(()) => continue,
+            Err(RecvTimeoutError::Disconnected) => return,
+            Err(RecvTimeoutError::Timeout) => {}
+        }
+        if c.is_none() {
+            c = Client::connect(url).ok();
+        }
+        let fill = c.as_mut().and_then(|c| {
+            let pairs = pairs_of(c.call(&[b"QINFO", queue.as_bytes()]).ok()?).ok()?;
+            Some((int_of(&pairs, "qsize"), int_of(&pairs, "maxsize")))
+        });
+        if let Some((qsize, maxsize)) = fill.filter(|&(q, m)| m > 0 && q >= m) {
+            eprintln!(
+                "ferry: queue {queue:?} is full ({qsize} of {maxsize}): waiting for room \
+                 (--timeout N gives up after N seconds, --nowait at once)"
+            );
+        }
+        // Until this put is done: one notice per wait.
+        if put_done.recv().is_err() {
+            return;
+        }
+    }
 }
 
 #[derive(Args, Debug)]
@@ -419,8 +460,16 @@ pub(crate) fn info(a: &InfoArgs) -> Outcome {
     }
     w(writeln!(
         out,
-        "{:<30} {:<9} {:>8} {:>10} {:>10} {:>8} {:>8} {:>9}",
-        "queue", "kind", "maxsize", "ready", "unfinished", "leased", "delayed", "getters"
+        "{:<30} {:<9} {:>8} {:>10} {:>10} {:>8} {:>8} {:>9} {:>9}",
+        "queue",
+        "kind",
+        "maxsize",
+        "ready",
+        "unfinished",
+        "leased",
+        "delayed",
+        "getters",
+        "putters"
     ))?;
     for (n, p) in &all {
         let kind = p.iter().find_map(|(k, v)| match v {
@@ -429,7 +478,7 @@ pub(crate) fn info(a: &InfoArgs) -> Outcome {
         });
         w(writeln!(
             out,
-            "{:<30} {:<9} {:>8} {:>10} {:>10} {:>8} {:>8} {:>9}",
+            "{:<30} {:<9} {:>8} {:>10} {:>10} {:>8} {:>8} {:>9} {:>9}",
             n,
             kind.unwrap_or_default(),
             int_of(p, "maxsize"),
@@ -438,6 +487,7 @@ pub(crate) fn info(a: &InfoArgs) -> Outcome {
             int_of(p, "leased") + int_of(p, "taken"),
             int_of(p, "delayed"),
             int_of(p, "waiting_getters"),
+            int_of(p, "waiting_putters"),
         ))?;
     }
     Ok(())
@@ -528,7 +578,7 @@ pub(crate) struct TopArgs {
 }
 
 /// A live view of every queue: depth, unfinished, leased, delayed, waiting
-/// consumers, and put/done rates. Full screen on a terminal; one table per
+/// consumers and producers, and put/done rates. Full screen on a terminal; one table per
 /// refresh otherwise.
 pub(crate) fn top(a: &TopArgs) -> Outcome {
     use std::collections::HashMap;
@@ -553,7 +603,7 @@ pub(crate) fn top(a: &TopArgs) -> Outcome {
             screen.push_str("\x1b[H\x1b[2J");
         }
         screen.push_str(&format!(
-            "ferry top — {} queue(s), every {:.1}s\n{:<30} {:>9} {:>10} {:>8} {:>8} {:>8} {:>10} {:>10}\n",
+            "ferry top — {} queue(s), every {:.1}s\n{:<30} {:>9} {:>10} {:>8} {:>8} {:>8} {:>8} {:>10} {:>10}\n",
             names.len(),
             interval.as_secs_f64(),
             "queue",
@@ -562,6 +612,7 @@ pub(crate) fn top(a: &TopArgs) -> Outcome {
             "leased",
             "delayed",
             "getters",
+            "putters",
             "put/s",
             "done/s"
         ));
@@ -575,13 +626,14 @@ pub(crate) fn top(a: &TopArgs) -> Outcome {
                 None => (0.0, 0.0),
             };
             screen.push_str(&format!(
-                "{:<30} {:>9} {:>10} {:>8} {:>8} {:>8} {:>10.0} {:>10.0}\n",
+                "{:<30} {:>9} {:>10} {:>8} {:>8} {:>8} {:>8} {:>10.0} {:>10.0}\n",
                 name,
                 int_of(&p, "qsize"),
                 int_of(&p, "unfinished"),
                 int_of(&p, "leased") + int_of(&p, "taken"),
                 int_of(&p, "delayed"),
                 int_of(&p, "waiting_getters"),
+                int_of(&p, "waiting_putters"),
                 put_rate,
                 done_rate
             ));

@@ -302,3 +302,60 @@ fn drop_purge_and_reopen_queues() {
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("no such queue"));
 }
+
+/// `ferry put` on a full queue does not wait in silence: after a second
+/// it says so on stderr, with the queue's fill; `ferry info` and `ferry
+/// top` show the waiting putter; room lets it in.
+#[test]
+fn a_put_waiting_on_a_full_queue_says_so() {
+    use std::io::BufRead;
+    let s = Server::start();
+    let mut c = s.conn();
+    redis::cmd("QCREATE")
+        .arg("full")
+        .arg("MAXSIZE")
+        .arg(1)
+        .query::<()>(&mut c)
+        .unwrap();
+    assert!(ferry(&s, &["put", "full", "first"]).status.success());
+    let mut putter = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["put", "full", "second"])
+        .env("FERRY_URL", s.url().replace("redis://", "ferry://"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let err = std::io::BufReader::new(putter.stderr.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in err.lines() {
+            let _ = tx.send(line.unwrap());
+        }
+    });
+    let notice = rx.recv_timeout(Duration::from_secs(60)).unwrap();
+    assert!(
+        notice.contains("queue \"full\" is full (1 of 1): waiting for room"),
+        "{notice}"
+    );
+    common::wait_for_waiters(&mut c, "full", "waiting_putters", 1);
+    let putters_column = |out: &str, column: usize| {
+        out.lines()
+            .find(|l| l.starts_with("full "))
+            .and_then(|l| l.split_whitespace().nth(column).map(str::to_string))
+    };
+    let header = |out: &str| {
+        out.lines()
+            .find(|l| l.starts_with("queue"))
+            .map(str::to_string)
+    };
+    let info = stdout(&ferry(&s, &["info"]));
+    assert!(header(&info).unwrap().ends_with("putters"), "{info}");
+    assert_eq!(putters_column(&info, 8).as_deref(), Some("1"), "{info}");
+    let top = stdout(&ferry(&s, &["top", "--iterations", "1"]));
+    assert!(header(&top).unwrap().contains("getters  putters"), "{top}");
+    assert_eq!(putters_column(&top, 6).as_deref(), Some("1"), "{top}");
+    assert_eq!(stdout(&ferry(&s, &["get", "full"])), "first\n");
+    let o = putter.wait_with_output().unwrap();
+    assert!(o.status.success());
+    assert_eq!(stdout(&o), "2\n");
+}
