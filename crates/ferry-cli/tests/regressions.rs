@@ -175,3 +175,52 @@ fn the_default_durability_is_async() {
     let info: String = cmd("INFO").query(&mut c).unwrap();
     assert!(info.contains("durability:async\r\n"), "{info}");
 }
+
+/// `ferry get nosuchq --timeout 1` left a durable queue `nosuchq` behind.
+/// A get of a queue that does not exist waits in one made for its wait
+/// alone: gone soon after the get ends, never in the log; a put while it
+/// waits makes it a queue like any other, which a restart keeps.
+#[test]
+fn a_get_of_a_queue_that_does_not_exist_leaves_none_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start_at(dir.path(), &[]);
+    let url = s.url().replace("redis://", "ferry://");
+    let ferry = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_ferry"))
+            .args(args)
+            .args(["--url", &url])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let o = ferry(&["get", "nosuchq", "--timeout", "1"])
+        .wait_with_output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(4));
+    let mut raw = s.raw();
+    common::wait_until("the get's queue to go", || {
+        !raw.cmd(&["QLIST"]).contains("nosuchq")
+    });
+    // QGET a OR b: each made for the wait alone.
+    assert!(
+        raw.cmd(&["QGET", "high", "OR", "low", "NOWAIT"])
+            .starts_with("*-1")
+    );
+    common::wait_until("high and low to go", || {
+        let list = raw.cmd(&["QLIST"]);
+        !list.contains("high") && !list.contains("low")
+    });
+    // A put while a get waits: the queue is the log's from then on.
+    let getter = ferry(&["get", "later", "--timeout", "60"]);
+    common::wait_for_waiters(&mut s.conn(), "later", "waiting_getters", 1);
+    assert!(raw.cmd(&["QPUT", "later", "x"]).starts_with(':'));
+    let o = getter.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "x\n");
+    assert!(s.signal_and_wait("-TERM").success());
+    let s = Server::start_at(dir.path(), &[]);
+    let list = s.raw().cmd(&["QLIST"]);
+    assert!(list.contains("later"), "{list}");
+    for gone in ["nosuchq", "high", "low"] {
+        assert!(!list.contains(gone), "{list}");
+    }
+}

@@ -163,7 +163,8 @@ impl Session {
     /// other lookups are built on this one.
     pub(crate) fn take_queue(&mut self, name: &Bytes) -> Result<Arc<QueueCell>, CmdError> {
         if let Some(cell) = self.take_existing(name) {
-            return Ok(cell);
+            // A queue a get made for its wait alone is the log's from now.
+            return Ok(self.broker.promote(cell));
         }
         let made = self.broker.create(
             name,
@@ -173,6 +174,18 @@ impl Session {
             self.user.as_deref(),
         );
         made.map(|(cell, _)| cell).map_err(|why| err("OOM", why))
+    }
+
+    /// [`Session::take_queue`] for a get: a queue that does not exist is
+    /// made for the get's wait alone, and leaves nothing behind
+    /// ([`crate::broker::Broker::queue_to_get`]).
+    pub(crate) fn take_queue_to_get(&mut self, name: &Bytes) -> Result<Arc<QueueCell>, CmdError> {
+        if let Some(cell) = self.take_existing(name) {
+            return Ok(cell);
+        }
+        self.broker
+            .queue_to_get(name, self.user.as_deref())
+            .map_err(|why| err("OOM", why))
     }
 
     /// [`Session::take_queue`] of a queue that exists, if it does.

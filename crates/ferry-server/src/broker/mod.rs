@@ -21,14 +21,16 @@ use crate::clients::{ClientView, Clients};
 use crate::config::{Config, Durability};
 use crate::counter::Counter;
 use crate::locks::Locks;
-use crate::payload::{DEFAULT_KEY, EngineQueue, Payload};
+use crate::payload::{DEFAULT_KEY, Payload};
 use crate::store::{LogJournal, Recovered, Store};
 
 mod queue;
+mod registry;
 mod tasks;
 
 pub(crate) use queue::{QueueCell, QueueState, take_woke};
-use tasks::{compactor, disk_watcher, idle_sweeper, timer};
+use registry::Made;
+use tasks::{compactor, disk_watcher, idle_sweeper};
 
 /// Connections that hold leases and takes together (CLIENT HOLDER): any of
 /// them may finish what another got, and what they hold is released when
@@ -198,7 +200,8 @@ impl Broker {
                 cell.with(&broker, |st, now| {
                     // A queue dropped since the segment started logged its
                     // Drop already; a snapshot after it would bring it back.
-                    if !st.dropped {
+                    // One a get made for its wait alone is not the log's.
+                    if !st.dropped && !cell.tentative.load(Ordering::Acquire) {
                         st.snapshot(&snapshots, &cell, now);
                     }
                 });
@@ -226,7 +229,7 @@ impl Broker {
     /// Rebuilds one queue from the log, then journals it from here on.
     fn restore_queue(self: &Arc<Self>, name: Bytes, rec: Recovered) {
         let expire = (rec.expire, rec.expire_if_empty);
-        let (cell, _) = self.create_cell(&name, rec.config, rec.explicit, expire, false);
+        let (cell, _) = self.create_cell(&name, rec.config, rec.explicit, expire, Made::Restored);
         cell.with(self, |st, now| {
             st.q.set_next_id(rec.next_id);
             for (id, m) in rec.msgs {
@@ -484,153 +487,6 @@ impl Broker {
         u.error.store(error, Ordering::Release);
         u.notify.notify_one();
         Ok(true)
-    }
-
-    /// The queue of that name, if it exists.
-    pub(crate) fn queue(&self, name: &[u8]) -> Option<Arc<QueueCell>> {
-        self.queues.read().get(name).cloned()
-    }
-
-    /// The queue of that name, created with default settings if it does not
-    /// exist (as Redis does with keys and beanstalkd with tubes), for the
-    /// broker's own use (a dead letter's move): never refused.
-    pub(crate) fn queue_or_create(self: &Arc<Self>, name: &Bytes) -> Arc<QueueCell> {
-        if let Some(cell) = self.queue(name) {
-            return cell;
-        }
-        self.create_cell(name, engine::Config::default(), false, (None, false), true)
-            .0
-    }
-
-    /// Creates a queue for a client unless one exists; replies it and
-    /// whether it is new. A new queue is refused (the reason said) while
-    /// the broker is over `--max-memory` (a queue costs memory too) or
-    /// `user` is at its `max_queues`.
-    pub(crate) fn create(
-        self: &Arc<Self>,
-        name: &Bytes,
-        config: engine::Config,
-        explicit: bool,
-        expire: Option<Millis>,
-        user: Option<&crate::acl::User>,
-    ) -> Result<(Arc<QueueCell>, bool), String> {
-        if let Some(cell) = self.queue(name) {
-            return Ok((cell, false));
-        }
-        if self.over_memory() {
-            return Err(OVER_MEMORY.into());
-        }
-        if let Some(why) = user.and_then(crate::acl::User::over_queues) {
-            return Err(why);
-        }
-        // An expiry set by a user without admin drops the queue only while
-        // it holds nothing.
-        let admin = user.is_none_or(|u| u.may(crate::acl::Right::Admin, name));
-        Ok(self.create_cell(name, config, explicit, (expire, !admin), true))
-    }
-
-    /// Logs a queue's current settings.
-    pub(crate) fn log_settings(&self, cell: &QueueCell, st: &QueueState) {
-        if let Some(store) = &self.store {
-            store.settings(
-                &cell.name,
-                st.explicit,
-                st.q.config(),
-                cell.expire(),
-                cell.expire_if_empty(),
-            );
-        }
-    }
-
-    fn create_cell(
-        self: &Arc<Self>,
-        name: &Bytes,
-        config: engine::Config,
-        explicit: bool,
-        (expire, expire_if_empty): (Option<Millis>, bool),
-        journal: bool,
-    ) -> (Arc<QueueCell>, bool) {
-        let mut queues = self.queues.write();
-        if let Some(cell) = queues.get(name) {
-            return (Arc::clone(cell), false);
-        }
-        let charges = self.acl.get().map(|a| a.charges(name)).unwrap_or_default();
-        for c in &charges {
-            c.count_queue(true);
-        }
-        self.memory.add(QUEUE_OVERHEAD);
-        let mut q = EngineQueue::new(config);
-        if let (Some(store), true) = (&self.store, journal) {
-            q.set_journal(Box::new(LogJournal::new(Arc::clone(store), name.clone())));
-        }
-        let cell = Arc::new(QueueCell {
-            name: name.clone(),
-            charges,
-            state: Mutex::new(QueueState {
-                q,
-                wakers: HashMap::new(),
-                dedup: HashMap::new(),
-                dedup_bytes: 0,
-                explicit,
-                dropped: false,
-                keytype: None,
-            }),
-            timer: Notify::new(),
-            armed: AtomicU64::new(u64::MAX),
-            removed: AtomicBool::new(false),
-            discharged: AtomicBool::new(false),
-            snapshotting: AtomicBool::new(false),
-            last_used: AtomicU64::new(self.now()),
-            expire: AtomicU64::new(expire.unwrap_or(u64::MAX)),
-            expire_if_empty: AtomicBool::new(expire.is_some() && expire_if_empty),
-        });
-        queues.insert(name.clone(), Arc::clone(&cell));
-        if journal {
-            // Logged under the registry lock, so that a drop and a re-create
-            // of the same name reach the log in the order they happened.
-            if let Some(store) = &self.store {
-                let if_empty = cell.expire_if_empty();
-                store.settings(name, explicit, cell.lock().q.config(), expire, if_empty);
-            }
-        }
-        drop(queues);
-        tokio::spawn(timer(Arc::clone(self), Arc::clone(&cell)));
-        (cell, true)
-    }
-
-    /// Names of all queues, sorted.
-    pub(crate) fn names(&self) -> Vec<Bytes> {
-        let mut names: Vec<Bytes> = self.queues.read().keys().cloned().collect();
-        names.sort();
-        names
-    }
-
-    pub(crate) fn queue_count(&self) -> usize {
-        self.queues.read().len()
-    }
-
-    /// Removes a queue: it is shut down immediately first, so that its
-    /// waiters are released, and its timer task ends.
-    pub(crate) fn drop_queue(self: &Arc<Self>, name: &[u8]) -> bool {
-        let Some(cell) = self.queues.write().remove(name) else {
-            return false;
-        };
-        cell.removed.store(true, Ordering::Release);
-        self.memory.sub(QUEUE_OVERHEAD);
-        for c in &cell.charges {
-            c.count_queue(false);
-        }
-        cell.with(self, |st, now| {
-            st.q.shutdown(true, now);
-            st.dropped = true;
-            st.dedup.clear();
-            st.dedup_bytes = 0;
-            if let Some(store) = &self.store {
-                store.dropped(name);
-            }
-        });
-        cell.timer.notify_one();
-        true
     }
 }
 

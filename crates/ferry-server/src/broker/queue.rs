@@ -191,6 +191,10 @@ pub(crate) struct QueueCell {
     pub(super) expire: AtomicU64,
     /// ... and, set so, only while it holds no message at all.
     pub(super) expire_if_empty: AtomicBool,
+    /// Made by a get's wait alone: not in the log, and swept once nobody
+    /// waits in it, unless something else names it first (`promote`).
+    /// Written under the registry's write lock and the queue's.
+    pub(super) tentative: AtomicBool,
     /// Set while a checkpoint writes this queue's snapshot (it holds the
     /// lock for as long as a large backlog takes: see `lock`).
     pub(super) snapshotting: AtomicBool,

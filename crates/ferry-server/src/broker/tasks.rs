@@ -72,14 +72,13 @@ pub(super) async fn idle_sweeper(broker: Arc<Broker>) {
             .cloned()
             .collect();
         for cell in due {
-            let idle = {
-                let st = cell.lock();
+            let idle = |st: &QueueState| {
                 let q = &st.q;
                 q.waiting_getters() + q.waiting_putters() + q.waiting_joiners() == 0
                     && q.leased() + q.taken() == 0
                     && (!cell.expire_if_empty() || q.unfinished() == 0)
             };
-            if idle && broker.drop_queue(&cell.name) {
+            if broker.drop_if_idle(&cell, idle) {
                 tracing::info!(queue = %String::from_utf8_lossy(&cell.name), "dropped a queue nobody used within its EXPIRE");
             }
         }

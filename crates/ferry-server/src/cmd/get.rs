@@ -105,9 +105,11 @@ impl Get {
         // The first queue is the session's current one, taken out of it
         // and given back after: no reference count is touched (a shared
         // count is a cache line two cores fight over).
-        cells.push(s.take_queue(&self.first)?);
+        cells.push(s.take_queue_to_get(&self.first)?);
         for n in &self.more {
-            cells.push(s.find_or_create(n)?);
+            let cell = s.take_queue_to_get(n)?;
+            s.keep_queue(Arc::clone(&cell));
+            cells.push(cell);
         }
         // First, whatever is ready now, queue by queue in the order named.
         for (i, cell) in cells.iter().enumerate() {
