@@ -224,3 +224,49 @@ fn a_get_of_a_queue_that_does_not_exist_leaves_none_behind() {
         assert!(!list.contains(gone), "{list}");
     }
 }
+
+/// INFO's `queued_memory` stayed up once puts with DEDUP keys (every
+/// client's own puts carry one) stopped: their keys were let go of only
+/// when the table doubled, so an idle broker counted them toward
+/// `--max-memory` for good. Now they go when their window ends.
+#[test]
+fn queued_memory_comes_back_down_when_dedup_windows_end() {
+    let s = Server::start();
+    let mut c = s.conn();
+    let queued = |c: &mut redis::Connection| common::info_field(c, "queued_memory");
+    // An empty queue costs its overhead.
+    let _: () = cmd("QCREATE").arg("dd").query(&mut c).unwrap();
+    let empty = queued(&mut c);
+    for i in 0..200 {
+        let _: i64 = cmd("QPUT")
+            .arg("dd")
+            .arg(vec![b'x'; 500])
+            .arg("DEDUP")
+            .arg(format!("key-{i}"))
+            .arg("DEDUPFOR")
+            .arg(1000)
+            .query(&mut c)
+            .unwrap();
+    }
+    assert!(queued(&mut c) > 200 * 500);
+    let _: redis::Value = cmd("QGET")
+        .arg("dd")
+        .arg("COUNT")
+        .arg(200)
+        .arg("NOACK")
+        .query(&mut c)
+        .unwrap();
+    common::wait_until("the keys to go with their window", || {
+        queued(&mut c) == empty
+    });
+    // Put and dropped: nothing stays counted either.
+    for _ in 0..200 {
+        let _: i64 = cmd("QPUT")
+            .arg("gone")
+            .arg(vec![b'x'; 500])
+            .query(&mut c)
+            .unwrap();
+    }
+    let _: i64 = cmd("QDROP").arg("gone").query(&mut c).unwrap();
+    assert_eq!(queued(&mut c), empty);
+}

@@ -24,6 +24,7 @@ use crate::locks::Locks;
 use crate::payload::{DEFAULT_KEY, Payload};
 use crate::store::{LogJournal, Recovered, Store};
 
+mod dedup;
 mod queue;
 mod registry;
 mod tasks;
@@ -108,11 +109,6 @@ pub(crate) struct Broker {
 /// timer task and registry entry: 200,000 queues took 360 MB), counted in
 /// `--max-memory` so that queues cannot grow past it either.
 pub(crate) const QUEUE_OVERHEAD: u64 = 2048;
-
-/// What a DEDUP key weighs: its bytes and its entry, roughly.
-fn dedup_weight(key: &[u8]) -> u64 {
-    key.len() as u64 + 64
-}
 
 /// The longest DEDUP key a put may carry (a client's own are about 40
 /// bytes): keys are kept for minutes and logged.

@@ -16,16 +16,16 @@ use super::*;
 use crate::payload::{EngineQueue, Payload};
 use crate::store::Store;
 
+use super::dedup::DedupKeys;
+
 /// What a queue holds besides its engine.
 pub(crate) struct QueueState {
     pub(crate) q: EngineQueue,
     /// The task to wake for each waiter the engine may settle.
     pub(super) wakers: HashMap<WaiterId, Arc<Notify>>,
-    /// DEDUP keys: the id their put got, and until when they count.
-    pub(super) dedup: HashMap<Bytes, (u64, Millis)>,
-    /// What the DEDUP keys weigh: counted with the messages toward
-    /// `--max-memory` and the users' `max_bytes`.
-    pub(super) dedup_bytes: u64,
+    /// DEDUP keys (what they weigh counts with the messages toward
+    /// `--max-memory` and the users' `max_bytes`).
+    pub(super) dedup: DedupKeys,
     /// Made by QCREATE (settings compared on a later QCREATE), rather than
     /// by first use.
     pub(crate) explicit: bool,
@@ -73,34 +73,23 @@ impl QueueState {
     /// What the queue holds, as `--max-memory` counts it: its messages,
     /// the puts waiting for room in it, and its DEDUP keys.
     pub(super) fn held(&self) -> u64 {
-        self.q.held_weight() + self.q.waiting_put_weight() + self.dedup_bytes
+        self.q.held_weight() + self.q.waiting_put_weight() + self.dedup.bytes()
     }
 
     /// The id an earlier put with this DEDUP key got, if it still counts.
     pub(crate) fn dedup(&mut self, key: &Bytes, now: Millis) -> Option<u64> {
-        match self.dedup.get(key) {
-            Some(&(id, until)) if until > now => Some(id),
-            Some(_) => {
-                self.dedup.remove(key);
-                self.dedup_bytes -= dedup_weight(key);
-                None
-            }
-            None => None,
-        }
+        self.dedup.get(key, now)
     }
 
     /// Keeps a DEDUP key (replacing any it had).
     pub(super) fn keep_dedup(&mut self, key: Bytes, id: u64, until: Millis) {
-        let weight = dedup_weight(&key);
-        if self.dedup.insert(key, (id, until)).is_none() {
-            self.dedup_bytes += weight;
-        }
+        self.dedup.keep(key, id, until);
     }
 
     /// Remembers a DEDUP key for `window` ms, in the log too when there
     /// is one (a retry after a broker crash is exactly when a client needs
-    /// it). Expired keys are swept when the table has doubled since the
-    /// last sweep, so it stays bounded by the puts of one window.
+    /// it). Keys whose window ended go first, so the table stays bounded
+    /// by the puts of one window.
     pub(crate) fn remember(
         &mut self,
         queue: &[u8],
@@ -110,10 +99,7 @@ impl QueueState {
         window: Millis,
         store: Option<&Store>,
     ) {
-        if self.dedup.len() >= 1024 && self.dedup.len().is_power_of_two() {
-            self.dedup.retain(|_, &mut (_, until)| until > now);
-            self.dedup_bytes = self.dedup.keys().map(|k| dedup_weight(k)).sum();
-        }
+        self.dedup.sweep(now);
         let until = now.saturating_add(window);
         if let Some(store) = store {
             store.dedup(queue, &key, id, until);
@@ -160,10 +146,8 @@ impl QueueState {
         if let Some(t) = &self.keytype {
             store.keytype(queue, t);
         }
-        for (key, &(id, until)) in &self.dedup {
-            if until > now {
-                store.dedup(queue, key, id, until);
-            }
+        for (key, id, until) in self.dedup.live(now) {
+            store.dedup(queue, key, id, until);
         }
         store.snapshot_end(queue);
     }

@@ -190,8 +190,7 @@ impl Broker {
             state: Mutex::new(QueueState {
                 q,
                 wakers: HashMap::new(),
-                dedup: HashMap::new(),
-                dedup_bytes: 0,
+                dedup: Default::default(),
                 explicit,
                 dropped: false,
                 keytype: None,
@@ -286,7 +285,6 @@ impl Broker {
             st.q.shutdown(true, now);
             st.dropped = true;
             st.dedup.clear();
-            st.dedup_bytes = 0;
             if let (Some(store), true) = (&self.store, logged) {
                 store.dropped(name);
             }

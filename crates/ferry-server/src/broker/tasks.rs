@@ -56,11 +56,18 @@ pub(super) async fn compactor(broker: Arc<Broker>) {
 /// Drops the queues with an idle expiry that nobody used for that long,
 /// nobody waits in, and nobody holds messages of: the leftovers of
 /// programs that ended without cleaning up (a private queue whose program
-/// was killed). Looks once a second.
+/// was killed). And lets go of DEDUP keys whose window ended, in queues
+/// no put comes to any more. Looks once a second.
 pub(super) async fn idle_sweeper(broker: Arc<Broker>) {
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let now = broker.now();
+        let cells: Vec<Arc<QueueCell>> = broker.queues.read().values().cloned().collect();
+        for cell in cells {
+            if cell.lock().dedup.due(now) {
+                cell.with(&broker, |st, now| st.dedup.sweep(now));
+            }
+        }
         let due: Vec<Arc<QueueCell>> = broker
             .queues
             .read()
