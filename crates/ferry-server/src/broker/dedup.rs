@@ -35,8 +35,11 @@ impl DedupKeys {
         }
     }
 
-    /// Keeps a key until `until` (replacing any it had).
+    /// Keeps a key until `until` (replacing any it had). The key is
+    /// copied: a request's arguments are slices of its connection's read
+    /// buffer, which a key kept for minutes would otherwise hold whole.
     pub(crate) fn keep(&mut self, key: Bytes, id: u64, until: Millis) {
+        let key = Bytes::copy_from_slice(&key);
         let w = weight(&key);
         self.order.push_back((until, key.clone()));
         if self.keys.insert(key, (id, until)).is_none() {
