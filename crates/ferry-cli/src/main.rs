@@ -22,7 +22,15 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 #[command(
     name = "ferry",
     version,
-    about = "A durable work-queue broker with Python's queue semantics"
+    about = "A durable work-queue broker with Python's queue semantics",
+    after_help = "The client verbs (put, get, done, nack, drop, purge, reopen, join, info, top, lock, \
+                  bench, worker) find the broker at --url, else $FERRY_URL, else \
+                  ferry://127.0.0.1:7878 (redis:// and redis+cluster:// reach Redis; see \
+                  `ferry put --help`).\n\n\
+                  Exit codes: 0 done; 1 the broker refused, or the command failed; 2 bad \
+                  arguments; 3 the broker cannot be reached; 4 nothing happened in time (empty, \
+                  full, join or lock timed out); 5 `ferry lock`: the lock was lost while its \
+                  command ran (it was ended)."
 )]
 struct Cli {
     #[command(subcommand)]

@@ -23,7 +23,7 @@ pub(crate) const TIMED_OUT: i32 = 4;
 /// Where the broker is.
 #[derive(Args, Debug)]
 pub(crate) struct Conn {
-    /// ferry://[:password@]host[:port], unix:///path[?password=...], or redis://[:password@]host:port[/db][?wait=N&lease=ms] (a Redis server: see docs/backends.md)
+    /// The broker: ferry://[user:password@]host[:port], ferrys://... (TLS: ?ca=PEM&cert=PEM&key=PEM), unix:///path[?user=...&password=...], redis://[:password@]host:port[/db][?wait=N&lease=ms], or redis+cluster://host:port[,host:port...][?wait=N&lease=ms] (docs/backends.md)
     #[arg(long, env = "FERRY_URL", default_value = ferry_client::DEFAULT_URL)]
     pub(crate) url: String,
 }
@@ -41,12 +41,50 @@ impl Conn {
 /// What a verb ends with: an exit code and, unless 0, a one-line message.
 pub(crate) type Outcome = Result<(), (i32, String)>;
 
+/// A failure not about one queue, in the verbs' one style: what happened
+/// and what to do, the broker's code last.
 pub(crate) fn fail(e: Error) -> (i32, String) {
     match e {
-        Error::Full => (TIMED_OUT, "queue is full".into()),
-        Error::Empty => (TIMED_OUT, "queue is empty".into()),
+        Error::Full => (TIMED_OUT, "the queue stayed full".into()),
+        Error::Empty => (TIMED_OUT, "the queue stayed empty".into()),
         Error::Io(e) => (UNREACHABLE, format!("connection lost: {e}")),
+        Error::Auth(why) => (
+            1,
+            format!(
+                "the broker refused the password ({why}): put user:password in --url or FERRY_URL"
+            ),
+        ),
+        Error::Server { code, message } if code == "NOPERM" => (
+            1,
+            format!("{message} (NOPERM: the user in --url has no such right)"),
+        ),
+        Error::Server { code, message } => (1, format!("{message} ({code})")),
         other => (1, other.to_string()),
+    }
+}
+
+/// A failure on `queue`, in the same style: the queue's name first.
+pub(crate) fn fail_on(queue: &str) -> impl Fn(Error) -> (i32, String) + '_ {
+    move |e| match e {
+        Error::Full => (TIMED_OUT, format!("queue {queue:?} stayed full")),
+        Error::Empty => (TIMED_OUT, format!("queue {queue:?} stayed empty")),
+        Error::ShutDown => (
+            1,
+            format!("queue {queue:?} is shut down (`ferry reopen {queue}` takes puts again)"),
+        ),
+        Error::Server { code, .. } if code == "NOQUEUE" => (
+            1,
+            format!("queue {queue:?} does not exist (`ferry info` lists the queues)"),
+        ),
+        Error::Server { code, message } if code == "ERR" && message.contains("queue name") => (
+            2,
+            format!("{queue:?} is not a valid queue name: 1 to 200 bytes of A-Z a-z 0-9 _ . : -"),
+        ),
+        e @ (Error::Io(_) | Error::Auth(_)) => fail(e),
+        other => {
+            let (code, why) = fail(other);
+            (code, format!("queue {queue:?}: {why}"))
+        }
     }
 }
 
@@ -148,7 +186,7 @@ pub(crate) fn put(a: &PutArgs) -> Outcome {
         }
         let reply = c.call(&args);
         let _ = put_done.send(());
-        match reply.map_err(fail)? {
+        match reply.map_err(fail_on(&a.queue))? {
             Value::Int(id) => writeln!(out, "{id}").map_err(|e| (1, e.to_string()))?,
             other => return Err((1, format!("unexpected reply {other:?}"))),
         }
@@ -224,8 +262,8 @@ pub(crate) fn get(a: &GetArgs) -> Outcome {
     if let Some(l) = &lease {
         args.extend_from_slice(&[b"LEASE", l.as_bytes()]);
     }
-    let entries = match c.call(&args).map_err(fail)? {
-        Value::Nil => return Err((TIMED_OUT, "queue is empty".into())),
+    let entries = match c.call(&args).map_err(fail_on(&a.queue))? {
+        Value::Nil => return Err(fail_on(&a.queue)(Error::Empty)),
         Value::Array(e) => e,
         other => return Err((1, format!("unexpected reply {other:?}"))),
     };
@@ -253,7 +291,7 @@ pub(crate) fn get(a: &GetArgs) -> Outcome {
     if lease.is_none() && !ids.is_empty() {
         let mut args: Vec<&[u8]> = vec![b"QDONE", a.queue.as_bytes()];
         args.extend(ids.iter().map(|i| i.as_bytes()));
-        c.call(&args).map_err(fail)?;
+        c.call(&args).map_err(fail_on(&a.queue))?;
     }
     Ok(())
 }
@@ -274,7 +312,7 @@ pub(crate) fn done(a: &DoneArgs) -> Outcome {
     let ids: Vec<String> = a.ids.iter().map(u64::to_string).collect();
     let mut args: Vec<&[u8]> = vec![b"QDONE", a.queue.as_bytes()];
     args.extend(ids.iter().map(|i| i.as_bytes()));
-    match c.call(&args).map_err(fail)? {
+    match c.call(&args).map_err(fail_on(&a.queue))? {
         Value::Int(n) if n as usize == ids.len() => Ok(()),
         Value::Int(n) => Err((
             1,
@@ -308,7 +346,7 @@ pub(crate) fn nack(a: &NackArgs) -> Outcome {
     if let Some(d) = &delay {
         args.extend_from_slice(&[b"DELAY", d.as_bytes()]);
     }
-    c.call(&args).map(drop).map_err(fail)
+    c.call(&args).map(drop).map_err(fail_on(&a.queue))
 }
 
 /// What `ferry drop | purge | reopen` does to each queue named.
@@ -340,9 +378,14 @@ pub(crate) fn manage(what: Manage, a: &ManageArgs) -> Outcome {
         Manage::Reopen => b"QREOPEN",
     };
     for q in &a.queues {
-        match (what, c.call(&[command, q.as_bytes()]).map_err(fail)?) {
+        match (what, c.call(&[command, q.as_bytes()]).map_err(fail_on(q))?) {
             (Manage::Drop, Value::Int(1)) => println!("{q}: dropped"),
-            (Manage::Drop, _) => return Err((1, format!("{q}: no such queue"))),
+            (Manage::Drop, _) => {
+                return Err((
+                    1,
+                    format!("queue {q:?} does not exist (`ferry info` lists the queues)"),
+                ));
+            }
             (Manage::Purge, Value::Int(n)) => println!("{q}: {n} message(s) purged"),
             (Manage::Reopen, _) => println!("{q}: reopened"),
             (_, other) => return Err((1, format!("unexpected reply {other:?}"))),
@@ -369,7 +412,10 @@ fn pairs_of(v: Value) -> Result<Vec<(String, Value)>, (i32, String)> {
 
 /// QINFO of one queue as (field, value) pairs.
 fn info_pairs(c: &mut Client, queue: &str) -> Result<Vec<(String, Value)>, (i32, String)> {
-    pairs_of(c.call(&[b"QINFO", queue.as_bytes()]).map_err(fail)?)
+    pairs_of(
+        c.call(&[b"QINFO", queue.as_bytes()])
+            .map_err(fail_on(queue))?,
+    )
 }
 
 /// Every queue's name (QLIST).
@@ -560,7 +606,7 @@ pub(crate) fn join(a: &JoinArgs) -> Outcome {
     match joined.join() {
         Ok(Ok(true)) => Ok(()),
         Ok(Ok(false)) => Err((TIMED_OUT, "join timed out with work unfinished".into())),
-        Ok(Err(e)) => Err(fail(e)),
+        Ok(Err(e)) => Err(fail_on(&a.queue)(e)),
         Err(_) => Err((1, "join thread failed".into())),
     }
 }

@@ -80,7 +80,7 @@ fn exit_codes() {
     let s = Server::start();
     let o = ferry(&s, &["get", "empty", "--timeout", "0.1"]);
     assert_eq!(o.status.code(), Some(4));
-    assert_eq!(stderr(&o), "ferry: queue is empty\n");
+    assert_eq!(stderr(&o), "ferry: queue \"empty\" stayed empty\n");
     ferry(&s, &["put", "full", "x"]);
     let c = &mut redis::Client::open(s.url())
         .unwrap()
@@ -112,8 +112,39 @@ fn exit_codes() {
     let o = ferry(&s, &["get"]);
     assert_eq!(o.status.code(), Some(2), "bad arguments");
     let o = ferry(&s, &["put", "bad name", "x"]);
+    assert_eq!(o.status.code(), Some(2), "a bad argument");
+    assert_eq!(
+        stderr(&o),
+        "ferry: \"bad name\" is not a valid queue name: 1 to 200 bytes of A-Z a-z 0-9 _ . : -\n"
+    );
+    // One style: the queue's name, what happened, what to do.
+    let o = ferry(&s, &["nack", "nosuch", "1"]);
     assert_eq!(o.status.code(), Some(1));
-    assert!(stderr(&o).contains("invalid queue name"));
+    assert_eq!(
+        stderr(&o),
+        "ferry: queue \"nosuch\" does not exist (`ferry info` lists the queues)\n"
+    );
+    let o = ferry(&s, &["info", "nosuch"]);
+    assert!(
+        stderr(&o).contains("queue \"nosuch\" does not exist"),
+        "{}",
+        stderr(&o)
+    );
+    let _: () = redis::cmd("QSHUTDOWN").arg("full").query(c).unwrap();
+    let o = ferry(&s, &["put", "full", "z"]);
+    assert_eq!(
+        stderr(&o),
+        "ferry: queue \"full\" is shut down (`ferry reopen full` takes puts again)\n"
+    );
+    let help = stdout(&ferry(&s, &["--help"]));
+    assert!(
+        help.contains("$FERRY_URL") && help.contains("Exit codes: 0 done"),
+        "{help}"
+    );
+    let help = stdout(&ferry(&s, &["get", "--help"]));
+    for scheme in ["ferrys://", "redis+cluster://", "user:password@"] {
+        assert!(help.contains(scheme), "{help}");
+    }
 }
 
 #[test]
@@ -300,7 +331,7 @@ fn drop_purge_and_reopen_queues() {
     assert_eq!(stdout(&o).trim(), "old: dropped");
     let o = ferry(&s, &["drop", "old"]);
     assert_eq!(o.status.code(), Some(1));
-    assert!(stderr(&o).contains("no such queue"));
+    assert!(stderr(&o).contains("queue \"old\" does not exist"));
 }
 
 /// `ferry put` on a full queue does not wait in silence: after a second
