@@ -812,16 +812,20 @@ fn timeout_arg(block: bool, timeout: Option<f64>) -> PyResult<Option<String>> {
     }
 }
 
-/// Runs a broker in this process until SIGINT/SIGTERM (the GIL released):
-/// `python -m ferry serve`, so a pip user needs no Rust toolchain: the
-/// same program as `ferry serve` (flags, environment, config file,
-/// validation, logging), with the GIL released. Replies its exit status.
+/// The whole `ferry` command line in this process (the GIL released):
+/// `python -m ferry <verb>` and the wheel's `ferry` command, so a pip user
+/// needs no Rust toolchain — the same program, flags and help as the
+/// `ferry` binary. `argv` is what follows the program's name; `program`
+/// starts this command line again (`ferry worker` runs each task under
+/// it). Replies the exit status.
 #[pyfunction]
-fn serve(py: Python<'_>, argv: Vec<String>) -> i32 {
-    py.detach(move || {
-        ferry_server::serve::init_logging();
-        ferry_server::serve::main_from("python -m ferry serve", argv)
-    })
+fn main(py: Python<'_>, argv: Vec<std::ffi::OsString>, program: Vec<std::ffi::OsString>) -> i32 {
+    let args = std::iter::once(std::ffi::OsString::from("ferry")).chain(argv);
+    let host = ferry_cli::Host {
+        this_program: program,
+        before_serve: || {},
+    };
+    py.detach(move || ferry_cli::run(args, host))
 }
 
 #[pymodule]
@@ -829,7 +833,7 @@ fn _ferry(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Connection>()?;
     m.add_class::<aio::AsyncPool>()?;
     m.add_class::<aio::Inbox>()?;
-    m.add_function(pyo3::wrap_pyfunction!(serve, m)?)?;
+    m.add_function(pyo3::wrap_pyfunction!(main, m)?)?;
     m.add("FerryError", m.py().get_type::<FerryError>())?;
     // How long a put's own DEDUP key counts when it waits for room forever
     // (ferry.aio's puts): the Rust clients' window.

@@ -10,9 +10,8 @@ use crate::verbs::Outcome;
 
 #[derive(Args, Debug)]
 pub(crate) struct BenchArgs {
-    /// ferry://[:password@]host[:port] or unix:///path[?password=...]
-    #[arg(long, env = "FERRY_URL", default_value = ferry_client::DEFAULT_URL)]
-    url: String,
+    #[command(flatten)]
+    conn: crate::verbs::Conn,
     /// Producers (each on its own connection).
     #[arg(short = 'p', long, default_value_t = 1)]
     producers: usize,
@@ -57,7 +56,7 @@ pub(crate) fn bench(a: &BenchArgs) -> Outcome {
             .map_or(0, |d| d.subsec_nanos());
         format!("bench-{}-{nanos}", std::process::id())
     });
-    let at = Endpoint::FerryUrl(a.url.clone());
+    let at = Endpoint::FerryUrl(a.conn.url.clone());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -90,7 +89,7 @@ fn print(a: &BenchArgs, load: &Load, report: &Report) {
     );
     println!(
         "ferry bench: {} messages of {} B, {} producer(s), {} consumer(s), batch {}, {rate}, {}",
-        load.n, load.size, load.producers, load.consumers, load.batch, a.url
+        load.n, load.size, load.producers, load.consumers, load.batch, a.conn.url
     );
     println!(
         "throughput: {:.0} msg/s end to end (put -> get -> done, join) in {:.3} s",

@@ -1,16 +1,4 @@
-//! The `ferry` binary: parses flags, sets up logging, and calls the
-//! libraries: `serve` and `check` for the broker, and the client verbs
-//! (`verbs.rs`).
-
-use std::path::PathBuf;
-
-use anyhow::Context;
-use clap::{CommandFactory, Parser, Subcommand};
-
-mod bench;
-mod lock;
-mod verbs;
-mod worker;
+//! The `ferry` binary: the command line (lib.rs) on jemalloc.
 
 /// jemalloc: memory a large drop or purge frees goes back to the system
 /// within its decay time (glibc's malloc kept 574 MiB of 2 GiB after a
@@ -18,177 +6,10 @@ mod worker;
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-#[derive(Parser)]
-#[command(
-    name = "ferry",
-    version,
-    about = "A durable work-queue broker with Python's queue semantics",
-    after_help = "The client verbs (put, get, done, nack, drop, purge, reopen, join, info, top, lock, \
-                  bench, worker) find the broker at --url, else $FERRY_URL, else \
-                  ferry://127.0.0.1:7878 (redis:// and redis+cluster:// reach Redis; see \
-                  `ferry put --help`).\n\n\
-                  Exit codes: 0 done; 1 the broker refused, or the command failed; 2 bad \
-                  arguments; 3 the broker cannot be reached; 4 nothing happened in time (empty, \
-                  full, join or lock timed out); 5 `ferry lock`: the lock was lost while its \
-                  command ran (it was ended)."
-)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Run the broker (RESP on TCP, and on a Unix socket if asked).
-    Serve(Box<ferry_server::serve::ServeArgs>),
-    /// Verify a data directory offline and print what it holds. Changes
-    /// nothing. Exit 0: sound (a torn tail the next start would cut is
-    /// reported); 1: damaged, or not readable.
-    Check(CheckArgs),
-    /// Read a password from stdin (one line) and print its argon2id hash,
-    /// for a user's `password_hash` in the --acl-file.
-    HashPassword,
-    /// Put messages; prints each id. Exit 4 if the queue stayed full.
-    Put(verbs::PutArgs),
-    /// Get messages and print their payloads; finished after printing
-    /// unless --lease. Exit 4 if none came in time.
-    Get(verbs::GetArgs),
-    /// Finish messages got with `get --lease`.
-    Done(verbs::DoneArgs),
-    /// Give a message got with `get --lease` back for another try.
-    Nack(verbs::NackArgs),
-    /// Remove queues and everything in them (a queue named again later
-    /// starts afresh).
-    Drop(verbs::ManageArgs),
-    /// Drop the ready and delayed messages of queues (each counted
-    /// finished, so join returns once the leased ones are done).
-    Purge(verbs::ManageArgs),
-    /// Let shut-down queues take puts again.
-    Reopen(verbs::ManageArgs),
-    /// Wait until a queue's work is finished, showing progress on stderr.
-    /// Exit 4 on --timeout.
-    Join(verbs::JoinArgs),
-    /// Queues and their counters (a table, one queue in full, or --json).
-    Info(verbs::InfoArgs),
-    /// A live view of every queue: depth, leased, rates, waiting consumers.
-    Top(verbs::TopArgs),
-    /// Run a command holding a lock, like flock(1) across machines; exits
-    /// with the command's code (4 if the lock was not acquired in time).
-    Lock(lock::LockArgs),
-    /// Load generator: producers and consumers through a broker; prints
-    /// throughput and put->get latency percentiles.
-    Bench(bench::BenchArgs),
-    /// Run CMD for each message, up to N at once: exit 0 marks it done,
-    /// anything else gives it back for a retry. Processes are reaped, and
-    /// killed with the supervisor. See `ferry worker --help`.
-    Worker(worker::WorkerArgs),
-    /// (internal) the per-task shim of `ferry worker`.
-    #[command(name = "__shim", hide = true)]
-    Shim(worker::ShimArgs),
-    /// Print a shell completion script (bash, zsh, fish, elvish,
-    /// powershell).
-    Completions {
-        /// The shell.
-        shell: clap_complete::Shell,
-    },
-}
-
-/// Exit code and one-line message for a verb that did not succeed
-/// (codes in `verbs.rs`).
-fn finish(outcome: Result<i32, (i32, String)>) -> ! {
-    match outcome {
-        Ok(code) => std::process::exit(code),
-        Err((code, msg)) => {
-            eprintln!("ferry: {msg}");
-            std::process::exit(code);
-        }
-    }
-}
-
-#[derive(Parser)]
-struct CheckArgs {
-    /// The data directory to check [default: ./ferry-data]
-    #[arg(long, env = "FERRY_DATA_DIR", default_value = "ferry-data")]
-    data_dir: PathBuf,
-}
-
-fn check(args: &CheckArgs) -> anyhow::Result<()> {
-    let report = ferry_server::check(&args.data_dir)
-        .with_context(|| format!("checking {}", args.data_dir.display()))?;
-    println!(
-        "{}: {} segment(s), {} record(s), {} queue(s)",
-        args.data_dir.display(),
-        report.segments,
-        report.records,
-        report.queues.len()
-    );
-    if let Some(c) = &report.cut {
-        println!(
-            "end to cut: {} bytes at offset {} of {} (the next start cuts them, keeping them in {}/): torn by a crash, or a damaged last record — the two leave the same bytes",
-            c.bytes,
-            c.offset,
-            c.path.display(),
-            ferry_server::DAMAGED_DIR,
-        );
-        if c.records > 0 {
-            println!(
-                "  {} whole record(s) after a sector of zeros go with them (a write the disk did not finish)",
-                c.records
-            );
-        }
-    }
-    println!(
-        "{:<30} {:<9} {:>8} {:>10} {:>8} {:>8} {:>12} shutdown",
-        "queue", "kind", "maxsize", "messages", "leased", "delayed", "bytes"
-    );
-    for q in &report.queues {
-        let shutdown = match q.shutdown {
-            None => "no",
-            Some(false) => "graceful",
-            Some(true) => "immediate",
-        };
-        println!(
-            "{:<30} {:<9} {:>8} {:>10} {:>8} {:>8} {:>12} {}",
-            q.name, q.kind, q.maxsize, q.messages, q.leased, q.delayed, q.bytes, shutdown
-        );
-    }
-    Ok(())
-}
-
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    ferry_server::serve::init_logging();
-    match cli.command {
-        Command::Check(args) => check(&args),
-        Command::HashPassword => {
-            let mut line = String::new();
-            std::io::stdin().read_line(&mut line)?;
-            let password = line.trim_end_matches(['\r', '\n']);
-            anyhow::ensure!(!password.is_empty(), "no password on stdin");
-            let hash =
-                ferry_server::hash_password(password.as_bytes()).map_err(anyhow::Error::msg)?;
-            println!("{hash}");
-            Ok(())
-        }
-        Command::Put(a) => finish(verbs::put(&a).map(|()| 0)),
-        Command::Get(a) => finish(verbs::get(&a).map(|()| 0)),
-        Command::Done(a) => finish(verbs::done(&a).map(|()| 0)),
-        Command::Nack(a) => finish(verbs::nack(&a).map(|()| 0)),
-        Command::Join(a) => finish(verbs::join(&a).map(|()| 0)),
-        Command::Drop(a) => finish(verbs::manage(verbs::Manage::Drop, &a).map(|()| 0)),
-        Command::Purge(a) => finish(verbs::manage(verbs::Manage::Purge, &a).map(|()| 0)),
-        Command::Reopen(a) => finish(verbs::manage(verbs::Manage::Reopen, &a).map(|()| 0)),
-        Command::Info(a) => finish(verbs::info(&a).map(|()| 0)),
-        Command::Top(a) => finish(verbs::top(&a).map(|()| 0)),
-        Command::Lock(a) => finish(lock::lock(&a)),
-        Command::Bench(a) => finish(bench::bench(&a).map(|()| 0)),
-        Command::Worker(a) => finish(worker::worker(&a).map(|()| 0)),
-        Command::Shim(a) => worker::shim(&a),
-        Command::Completions { shell } => {
-            clap_complete::generate(shell, &mut Cli::command(), "ferry", &mut std::io::stdout());
-            Ok(())
-        }
-        Command::Serve(args) => {
+fn main() {
+    let host = ferry_cli::Host {
+        this_program: Vec::new(),
+        before_serve: || {
             // Freed memory goes back to the system within jemalloc's decay
             // (10 s), on its own threads, even while the broker is idle.
             if let Err(e) = tikv_jemalloc_ctl::background_thread::write(true) {
@@ -196,7 +17,7 @@ fn main() -> anyhow::Result<()> {
                     "ferry: jemalloc cannot purge in the background ({e}): freed memory returns to the system more slowly"
                 );
             }
-            std::process::exit(ferry_server::serve::run("ferry", *args))
-        }
-    }
+        },
+    };
+    std::process::exit(ferry_cli::run(std::env::args_os(), host));
 }

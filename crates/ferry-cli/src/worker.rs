@@ -39,9 +39,8 @@ use crate::verbs::Outcome;
 
 #[derive(Args, Debug)]
 pub(crate) struct WorkerArgs {
-    /// ferry://[:password@]host[:port], unix:///path[?password=...], or redis://[:password@]host:port[/db][?wait=N&lease=ms] (a Redis server: see docs/backends.md)
-    #[arg(long, env = "FERRY_URL", default_value = ferry_client::DEFAULT_URL)]
-    url: String,
+    #[command(flatten)]
+    conn: crate::verbs::Conn,
     /// The queue to work on.
     queue: String,
     /// Tasks at once.
@@ -127,8 +126,10 @@ fn spawn_shim(
     slots: &Slots,
     setup: impl FnOnce(&mut Command),
 ) -> std::io::Result<(std::process::Child, mpsc::Receiver<Ended>)> {
-    let mut cmd = Command::new(std::env::current_exe()?);
-    cmd.arg("__shim")
+    let program = crate::this_program()?;
+    let mut cmd = Command::new(&program[0]);
+    cmd.args(&program[1..])
+        .arg("__shim")
         .arg("--")
         .args(&a.command)
         .env("FERRY_QUEUE", &a.queue)
@@ -217,10 +218,10 @@ pub(crate) fn worker(a: &WorkerArgs) -> Outcome {
         std::thread::spawn(move || reaper(slots));
     }
     // Connect once up front, so a bad URL fails at once.
-    drop(Client::connect(&a.url).map_err(|e| match e {
+    drop(Client::connect(&a.conn.url).map_err(|e| match e {
         Error::Io(e) => (
             crate::verbs::UNREACHABLE,
-            format!("cannot reach {}: {e}", a.url),
+            format!("cannot reach {}: {e}", a.conn.url),
         ),
         other => (1, other.to_string()),
     })?);
@@ -228,7 +229,9 @@ pub(crate) fn worker(a: &WorkerArgs) -> Outcome {
     let deadline_on_stop: Arc<Mutex<Option<Instant>>> = Arc::new(Mutex::new(None));
     let tty = std::io::stderr().is_terminal();
     let a = Arc::new(WorkerArgs {
-        url: a.url.clone(),
+        conn: crate::verbs::Conn {
+            url: a.conn.url.clone(),
+        },
         queue: a.queue.clone(),
         jobs: a.jobs.max(1),
         timeout: a.timeout,
@@ -247,8 +250,8 @@ pub(crate) fn worker(a: &WorkerArgs) -> Outcome {
             Arc::clone(&deadline_on_stop),
         );
         threads.push(std::thread::spawn(move || -> Outcome {
-            let mut c =
-                Client::connect(&a.url).map_err(|e| (crate::verbs::UNREACHABLE, e.to_string()))?;
+            let mut c = Client::connect(&a.conn.url)
+                .map_err(|e| (crate::verbs::UNREACHABLE, e.to_string()))?;
             if a.persistent {
                 return persistent_loop(&a, &mut c, &slots, &stopping, &counts, tty);
             }

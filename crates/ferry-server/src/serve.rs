@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, FromArgMatches};
+use clap::Args;
 use serde::Deserialize;
 
 use crate::config::{Config, Durability, Http};
@@ -403,22 +403,6 @@ pub fn run(prog: &str, args: ServeArgs) -> i32 {
         Err(e) => {
             eprintln!("{prog}: {e}");
             1
-        }
-    }
-}
-
-/// Parses `argv` (the flags after `serve`) as `prog`, then [`run`]s. Help
-/// goes to stdout (status 0), a usage error to stderr (status 2).
-pub fn main_from(prog: &'static str, argv: impl IntoIterator<Item = String>) -> i32 {
-    let command = ServeArgs::augment_args(clap::Command::new(prog));
-    let parsed = command
-        .try_get_matches_from(std::iter::once(prog.to_string()).chain(argv))
-        .and_then(|m| ServeArgs::from_arg_matches(&m));
-    match parsed {
-        Ok(args) => run(prog, args),
-        Err(e) => {
-            let _ = e.print();
-            e.exit_code()
         }
     }
 }
