@@ -390,3 +390,37 @@ fn a_put_waiting_on_a_full_queue_says_so() {
     assert!(o.status.success());
     assert_eq!(stdout(&o), "2\n");
 }
+
+/// docs/configuration.md's tables and `ferry serve --help` name the same
+/// flags: a flag added to one and not the other fails here.
+#[test]
+fn docs_configuration_names_every_serve_flag() {
+    use std::collections::BTreeSet;
+    let o = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["serve", "--help"])
+        .output()
+        .unwrap();
+    let help: BTreeSet<String> = stdout(&o)
+        .lines()
+        .filter_map(|l| l.trim_start().strip_prefix("--"))
+        .map(|l| l.split([' ', '<']).next().unwrap_or_default().to_string())
+        .filter(|f| f != "help")
+        .collect();
+    let doc = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/configuration.md"),
+    )
+    .unwrap();
+    let documented: BTreeSet<String> = doc
+        .lines()
+        .filter(|l| l.starts_with("| `--"))
+        .flat_map(|l| {
+            let first = l.split('|').nth(1).unwrap_or_default().to_string();
+            first
+                .split('`')
+                .filter_map(|w| w.strip_prefix("--").map(str::to_string))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert!(help.len() > 20, "{help:?}");
+    assert_eq!(help, documented);
+}
