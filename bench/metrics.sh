@@ -7,7 +7,7 @@
 # durability, the HTTP port on), data on disk under target/bench-data:
 #   1. 10,000 queues of one message each (redis-cli --pipe);
 #   2. five scrapes of /metrics with curl: time and size, and the median;
-#   3. bench/loadgen's throughput workload (2 producers, 2 consumers,
+#   3. crates/ferry-loadgen's throughput workload (2 producers, 2 consumers,
 #      16-byte messages, batch 1) without scraping and with a scraper
 #      reading /metrics every second, alternated, `rounds` times each;
 #      the medians and their ratio (above 0.95: the goal is met).

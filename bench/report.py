@@ -232,7 +232,7 @@ def main():
     md.append(f"Versions: {versions['ferry']}; {versions['redis']}; {versions['beanstalkd']}; "
               f"nats-server {versions['nats']}; Python {versions['python']}.")
     md.append("")
-    md.append("The workload (bench/loadgen): producers put 16-byte messages, consumers get and "
+    md.append("The workload (crates/ferry-loadgen): producers put 16-byte messages, consumers get and "
               "acknowledge them, the clock stops when every message is acknowledged. B is the batch: "
               "QPUTMANY / QGET COUNT / QDONE with many ids for ferry, LPUSH with many values / BLMPOP "
               "for Redis lists, pipelined XADD / XREADGROUP COUNT / XACK for streams, pipelined put / "

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # ferry against its peers, side by side, in one run: starts each broker
 # from Debian's packages on a loopback port (data on disk, under
-# target/bench-data), drives it with bench/loadgen, stops it, and writes
+# target/bench-data), drives it with crates/ferry-loadgen, stops it, and writes
 # every measurement as a JSON line. Then bench/report.py turns them into
 # BENCHMARKS.md and the charts in bench/charts/.
 #

@@ -1,4 +1,4 @@
-//! `ferry bench`: the load generator's throughput workload (bench/loadgen,
+//! `ferry bench`: the load generator's throughput workload (crates/ferry-loadgen,
 //! built without its peers) against one broker — P producers and C
 //! consumers move N messages of S bytes, in batches of B, put → get →
 //! done — with the end-to-end throughput and put → get latency printed.

@@ -12,7 +12,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 
 use crate::redis::RedisLink;
-use crate::{Address, Error, Message, Reconnect, Url};
+use crate::{Address, Error, Message, Reconnect, Url, reply_value};
 
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
@@ -328,20 +328,6 @@ fn timed_out(args: &[&[u8]]) -> Result<Value, Error> {
     match args.first() {
         Some(name) if name.eq_ignore_ascii_case(b"QPUT") => Err(Error::Full),
         _ => Ok(Value::Nil),
-    }
-}
-
-/// A reply as the caller sees it: an error reply becomes its [`Error`].
-pub(crate) fn reply_value(value: Value) -> Result<Value, Error> {
-    match value {
-        Value::Error { code, message } => Err(match code.as_str() {
-            "FULL" => Error::Full,
-            "SHUTDOWN" => Error::ShutDown,
-            "NOTLEASED" => Error::NotLeased,
-            "NOAUTH" | "WRONGPASS" => Error::Auth(format!("{code} {message}")),
-            _ => Error::Server { code, message },
-        }),
-        v => Ok(v),
     }
 }
 

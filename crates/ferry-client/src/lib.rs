@@ -846,6 +846,20 @@ pub fn leave_signals_to_the_program() {
     let _ = pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), None);
 }
 
+/// A reply as the caller sees it: an error reply becomes its [`Error`].
+pub(crate) fn reply_value(value: Value) -> Result<Value, Error> {
+    match value {
+        Value::Error { code, message } => Err(match code.as_str() {
+            "FULL" => Error::Full,
+            "SHUTDOWN" => Error::ShutDown,
+            "NOTLEASED" => Error::NotLeased,
+            "NOAUTH" | "WRONGPASS" => Error::Auth(format!("{code} {message}")),
+            _ => Error::Server { code, message },
+        }),
+        v => Ok(v),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

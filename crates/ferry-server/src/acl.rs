@@ -31,7 +31,7 @@ use argon2::{Argon2, PasswordHash, PasswordVerifier};
 use parking_lot::Mutex;
 use serde::Deserialize;
 
-use crate::serve::{SettingsError, Size};
+use crate::config::{SettingsError, Size};
 
 /// What a command needs of its user.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

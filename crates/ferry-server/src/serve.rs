@@ -11,7 +11,7 @@ use std::time::Duration;
 use clap::Args;
 use serde::Deserialize;
 
-use crate::config::{Config, Durability, Http};
+use crate::config::{Config, Durability, Http, SettingsError, Size, parse_size, parse_yes_no};
 use crate::server::{Server, StartError, Stopped};
 
 /// `ferry serve` flags. Each may also come from its FERRY_* environment
@@ -132,56 +132,6 @@ pub struct ServeArgs {
     /// compaction left) [default: 64mb]
     #[arg(long, env = "FERRY_CHECKPOINT_BYTES", value_parser = parse_size)]
     pub checkpoint_bytes: Option<u64>,
-}
-
-/// Settings that cannot be served, with the reason.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct SettingsError(pub String);
-
-/// `yes` or `no` (as Redis's settings read).
-pub fn parse_yes_no(s: &str) -> Result<bool, String> {
-    match s.trim().to_ascii_lowercase().as_str() {
-        "yes" => Ok(true),
-        "no" => Ok(false),
-        _ => Err(format!("{s:?}: yes or no")),
-    }
-}
-
-/// `1048576`, `1024kb`, `1mb`, `1gb` (powers of 1024, as Redis reads them).
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    let lower = s.trim().to_ascii_lowercase();
-    let (digits, unit) = match lower.find(|c: char| !c.is_ascii_digit()) {
-        Some(i) => lower.split_at(i),
-        None => (lower.as_str(), ""),
-    };
-    let n: u64 = digits.parse().map_err(|_| format!("{s:?} is not a size"))?;
-    let unit = match unit {
-        "" | "b" => 1,
-        "k" | "kb" => 1 << 10,
-        "m" | "mb" => 1 << 20,
-        "g" | "gb" => 1 << 30,
-        _ => return Err(format!("{s:?}: the unit must be b, kb, mb or gb")),
-    };
-    n.checked_mul(unit)
-        .ok_or_else(|| format!("{s:?} is too large"))
-}
-
-/// A size in the TOML file: a number of bytes, or a string with a unit.
-#[derive(Deserialize, Clone)]
-#[serde(untagged)]
-pub(crate) enum Size {
-    Bytes(u64),
-    Text(String),
-}
-
-impl Size {
-    pub(crate) fn bytes(&self, key: &str) -> Result<u64, SettingsError> {
-        match self {
-            Size::Bytes(n) => Ok(*n),
-            Size::Text(s) => parse_size(s).map_err(|e| SettingsError(format!("{key}: {e}"))),
-        }
-    }
 }
 
 /// The TOML file: every flag but `config`, by its long name.

@@ -14,8 +14,8 @@ use tracing::{debug, info, warn};
 
 use crate::broker::Broker;
 use crate::config::Config;
+use crate::config::SettingsError;
 use crate::conn::{Conn, Stream};
-use crate::serve::SettingsError;
 use crate::tls::HANDSHAKE_TIMEOUT;
 
 /// A broker bound to its addresses, ready to serve.

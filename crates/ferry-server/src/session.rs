@@ -13,8 +13,12 @@ use ferry_proto::Reply;
 use crate::acl::User;
 use crate::broker::{Broker, HolderGroup, QueueCell};
 use crate::clients::Client;
-use crate::cmd::{CmdError, err};
 use crate::payload::Payload;
+
+/// A new queue refused — the broker is over `--max-memory`, or the user
+/// at its `max_queues` — with the reason (an `-OOM` reply).
+#[derive(Debug)]
+pub(crate) struct Refused(pub(crate) String);
 
 /// One client's state.
 pub(crate) struct Session {
@@ -161,7 +165,7 @@ impl Session {
     /// back with [`Session::keep_queue`]. No reference count changes on
     /// the usual path, where [`Session::find_or_create`] adds one. The
     /// other lookups are built on this one.
-    pub(crate) fn take_queue(&mut self, name: &Bytes) -> Result<Arc<QueueCell>, CmdError> {
+    pub(crate) fn take_queue(&mut self, name: &Bytes) -> Result<Arc<QueueCell>, Refused> {
         if let Some(cell) = self.take_existing(name) {
             // A queue a get made for its wait alone is the log's from now.
             return Ok(self.broker.promote(cell));
@@ -173,19 +177,19 @@ impl Session {
             None,
             self.user.as_deref(),
         );
-        made.map(|(cell, _)| cell).map_err(|why| err("OOM", why))
+        made.map(|(cell, _)| cell).map_err(Refused)
     }
 
     /// [`Session::take_queue`] for a get: a queue that does not exist is
     /// made for the get's wait alone, and leaves nothing behind
     /// ([`crate::broker::Broker::queue_to_get`]).
-    pub(crate) fn take_queue_to_get(&mut self, name: &Bytes) -> Result<Arc<QueueCell>, CmdError> {
+    pub(crate) fn take_queue_to_get(&mut self, name: &Bytes) -> Result<Arc<QueueCell>, Refused> {
         if let Some(cell) = self.take_existing(name) {
             return Ok(cell);
         }
         self.broker
             .queue_to_get(name, self.user.as_deref())
-            .map_err(|why| err("OOM", why))
+            .map_err(Refused)
     }
 
     /// [`Session::take_queue`] of a queue that exists, if it does.
@@ -206,7 +210,7 @@ impl Session {
 
     /// The queue of that name, created by first use if need be (a share
     /// of it; the session keeps it as the queue used last).
-    pub(crate) fn find_or_create(&mut self, name: &Bytes) -> Result<Arc<QueueCell>, CmdError> {
+    pub(crate) fn find_or_create(&mut self, name: &Bytes) -> Result<Arc<QueueCell>, Refused> {
         let cell = self.take_queue(name)?;
         self.keep_queue(Arc::clone(&cell));
         Ok(cell)

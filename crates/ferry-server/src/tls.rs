@@ -13,7 +13,7 @@ use rustls::server::WebPkiClientVerifier;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::Config;
-use crate::serve::SettingsError;
+use crate::config::SettingsError;
 
 /// How long a client may take over its handshake.
 pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);

@@ -244,7 +244,7 @@ fn io(e: redis::RedisError) -> Error {
 
 /// An error reply as the broker's client maps it.
 fn error_value(code: &str, message: &str) -> Error {
-    match crate::aio::reply_value(Value::Error {
+    match crate::reply_value(Value::Error {
         code: code.to_string(),
         message: message.to_string(),
     }) {

@@ -121,14 +121,6 @@ pub(crate) const MAX_PASSWORD_CHECKS: usize = 64;
 /// The refusal of a put or a new queue over `--max-memory`.
 pub(crate) const OVER_MEMORY: &str = "command not allowed when used memory > 'max-memory'";
 
-/// Why a queue cannot be named.
-pub(crate) fn valid_name(name: &[u8]) -> bool {
-    (1..=200).contains(&name.len())
-        && name
-            .iter()
-            .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'))
-}
-
 impl Broker {
     /// Opens the broker: with a store, replays its log and rebuilds every
     /// queue (counted toward the limits of `acl`'s users). Needs a tokio

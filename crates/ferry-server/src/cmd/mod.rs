@@ -31,8 +31,8 @@ use ferry_proto::Request;
 use tokio::sync::Notify;
 
 use crate::acl::{Right, User};
-use crate::broker::valid_name;
 use crate::session::Session;
+use crate::store::valid_name;
 
 /// An error reply: `-CODE message`.
 #[derive(Debug, PartialEq, Eq)]
@@ -45,6 +45,12 @@ pub(crate) fn err(code: &'static str, msg: impl Into<String>) -> CmdError {
     CmdError {
         code,
         msg: msg.into(),
+    }
+}
+
+impl From<crate::session::Refused> for CmdError {
+    fn from(r: crate::session::Refused) -> CmdError {
+        err("OOM", r.0)
     }
 }
 

@@ -272,7 +272,7 @@ impl PutMany {
                 st.check_keytype(&queue, t, store)
                     .map_err(|held| keytype_error(&held, t))?;
             }
-            Ok(st.q.put_many(items, opts.delay, now))
+            Ok::<_, CmdError>(st.q.put_many(items, opts.delay, now))
         })?;
         match put {
             Ok(ids) => {

@@ -21,8 +21,8 @@ pub(crate) mod replay;
 
 pub use check::{CheckReport, QueueReport, check};
 pub(crate) use journal::LogJournal;
-pub(crate) use records::MAX_KEY;
 pub use records::MAX_PAYLOAD;
+pub(crate) use records::{MAX_KEY, valid_name};
 pub(crate) use replay::Recovered;
 
 use std::collections::HashMap;

@@ -158,7 +158,7 @@ pub(crate) fn describe(record: &[u8]) -> String {
     let Ok(name) = f.name() else {
         return kind.into();
     };
-    if !crate::broker::valid_name(&name) {
+    if !valid_name(&name) {
         return kind.into();
     }
     let mut out = format!("{kind} of queue {}", String::from_utf8_lossy(&name));
@@ -269,6 +269,15 @@ impl Fields {
             expire_if_empty,
         ))
     }
+}
+
+/// Whether a queue may be named so (docs/protocol.md): the commands and
+/// the log's replay hold names to the same rule.
+pub(crate) fn valid_name(name: &[u8]) -> bool {
+    (1..=200).contains(&name.len())
+        && name
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'))
 }
 
 #[cfg(test)]
