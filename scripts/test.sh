@@ -34,6 +34,11 @@ fi
     prometheus_client playwright pillow
 cargo build -q -p ferry-cli
 (cd python && ../.venv/bin/maturin develop --release -q && ../.venv/bin/python -m pytest -p no:cacheprovider)
+# The wheel as a user gets it (the same compile as above): installed into a
+# fresh virtualenv, `python -m ferry serve` and README.md's examples run.
+rm -rf target/wheels-ci
+(cd python && ../.venv/bin/maturin build --release -q --out ../target/wheels-ci)
+scripts/check-wheel.sh target/wheels-ci/*.whl
 
 # The same Python suites on the Redis backend (redis://): a redis-server
 # of its own on a free loopback port, without persistence, stopped by PID.

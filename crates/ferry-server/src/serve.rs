@@ -295,14 +295,23 @@ pub fn resolve(args: ServeArgs) -> Result<Config, SettingsError> {
 /// nothing if logging is already set up.
 pub fn init_logging() {
     use std::io::IsTerminal;
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,redis=error".into()),
-        )
+    use tracing_subscriber::filter::Targets;
+    use tracing_subscriber::prelude::*;
+    // RUST_LOG as `level` or `target=level,...` (tracing-subscriber's
+    // Targets: no regex engine to build for the one variable).
+    let targets = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|s| s.parse::<Targets>().ok())
+        .unwrap_or_else(|| {
+            Targets::new()
+                .with_default(tracing::Level::INFO)
+                .with_target("redis", tracing::Level::ERROR)
+        });
+    let layer = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
-        .try_init();
+        .with_filter(targets);
+    let _ = tracing_subscriber::registry().with(layer).try_init();
 }
 
 /// Worker threads when `--threads` is not given: one per core but one.
