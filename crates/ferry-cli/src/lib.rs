@@ -28,7 +28,8 @@ mod worker;
                   Exit codes: 0 done; 1 the broker refused, or the command failed; 2 bad \
                   arguments; 3 the broker cannot be reached; 4 nothing happened in time (empty, \
                   full, join or lock timed out); 5 `ferry lock`: the lock was lost while its \
-                  command ran (it was ended)."
+                  command ran (it was ended). Otherwise `ferry lock` passes its command's \
+                  code through (127: it could not be run)."
 )]
 struct Cli {
     #[command(subcommand)]
