@@ -823,7 +823,6 @@ fn main(py: Python<'_>, argv: Vec<std::ffi::OsString>, program: Vec<std::ffi::Os
     let args = std::iter::once(std::ffi::OsString::from("ferry")).chain(argv);
     let host = ferry_cli::Host {
         this_program: program,
-        before_serve: || {},
     };
     py.detach(move || ferry_cli::run(args, host))
 }

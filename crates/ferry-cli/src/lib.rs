@@ -13,6 +13,7 @@ use clap::{CommandFactory, Parser, Subcommand};
 
 mod bench;
 mod lock;
+mod trim;
 mod verbs;
 mod worker;
 
@@ -110,9 +111,6 @@ pub struct Host {
     /// each task under `<self> __shim`): the binary's path, or a Python
     /// interpreter with `-m ferry`.
     pub this_program: Vec<OsString>,
-    /// Called before the broker starts (the binary turns on jemalloc's
-    /// background purging).
-    pub before_serve: fn(),
 }
 
 static HOST: OnceLock<Vec<OsString>> = OnceLock::new();
@@ -217,7 +215,7 @@ pub fn run(args: impl IntoIterator<Item = OsString>, host: Host) -> i32 {
             0
         }
         Command::Serve(args) => {
-            (host.before_serve)();
+            trim::start();
             ferry_server::serve::run("ferry", *args)
         }
     }

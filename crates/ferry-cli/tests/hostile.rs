@@ -310,8 +310,8 @@ fn strangers_never_keep_a_client_out() {
     drop(idle);
 }
 
-/// Memory a large drop frees goes back to the system (jemalloc's decay:
-/// about 10 s), not only to the broker's allocator: a user that filled
+/// Memory a large drop frees goes back to the system (trim.rs: within
+/// about a second), not only to the broker's allocator: a user that filled
 /// the broker and dropped its queue leaves no resident gigabytes behind.
 #[test]
 fn memory_a_large_drop_frees_goes_back_to_the_system() {
