@@ -10,7 +10,8 @@
 The broker is found at FERRY_URL, else ferry://127.0.0.1:7878.
 
 The package is laid out as multiprocessing is: queues.py (the queues),
-synchronize.py (Lock), exceptions.py, and what they share — lanes.py (a
+synchronize.py (Lock, RLock, Semaphore,
+BoundedSemaphore), exceptions.py, and what they share — lanes.py (a
 handle's connections, one per thread), feeder.py (write-behind puts),
 ordering.py (a PriorityQueue's keys), util.py (finalizers, the fork
 generation, the URL).
@@ -43,7 +44,7 @@ from ferry.queues import (
     Queue,
     SimpleQueue,
 )
-from ferry.synchronize import Lock
+from ferry.synchronize import BoundedSemaphore, Lock, RLock, Semaphore
 from ferry.util import DEFAULT_URL, connect
 
 __all__ = [
@@ -53,6 +54,9 @@ __all__ = [
     "PriorityQueue",
     "SimpleQueue",
     "Lock",
+    "RLock",
+    "Semaphore",
+    "BoundedSemaphore",
     "ShutDown",
     "FerryError",
     "AuthenticationError",

@@ -107,6 +107,10 @@ pub(crate) fn to_py(py: Python<'_>, e: Error) -> PyErr {
         Error::Server { code, message } if code == "NOAUTH" || code == "WRONGPASS" => {
             AuthenticationError::new_err(format!("{code} {message}"))
         }
+        // BoundedSemaphore.release() above its value, as the stdlib says it.
+        Error::Server { code, .. } if code == "OVERRELEASED" => {
+            PyValueError::new_err("Semaphore released too many times")
+        }
         Error::Server { code, message } if code == "NOPERM" => {
             PermissionDenied::new_err(format!("{code} {message}"))
         }
@@ -222,6 +226,44 @@ impl Connection {
         });
         let raised = raised.into_inner().unwrap_or_else(|e| e.into_inner());
         (reply, raised)
+    }
+}
+
+impl Connection {
+    /// Runs an acquisition (LOCK, SEMACQUIRE) with `block` and `timeout`
+    /// as multiprocessing takes them: the fencing token, or None. A grant
+    /// that arrives as a signal handler raises is given back by `release`:
+    /// never half-taken.
+    fn acquire(
+        &self,
+        py: Python<'_>,
+        args: Vec<&[u8]>,
+        block: bool,
+        timeout: Option<f64>,
+        release: impl FnOnce(&mut Client, u64) -> Result<(), Error> + Send,
+    ) -> PyResult<Option<u64>> {
+        let t = timeout_arg(block, timeout)?;
+        let mut args = args;
+        match t.as_deref() {
+            None => args.push(b"NOWAIT"),
+            Some(ms) => args.extend_from_slice(&[b"TIMEOUT", ms.as_bytes()]),
+        }
+        match self.blocking(py, &args) {
+            (reply, Some(interrupt)) => {
+                if let Ok(Value::Int(token)) = reply {
+                    let _ = self.with(py, move |c| release(c, token as u64));
+                }
+                Err(interrupt)
+            }
+            (reply, None) => match reply? {
+                Value::Int(token) => Ok(Some(token as u64)),
+                Value::Nil => Ok(None),
+                other => Err(FerryError::new_err(format!(
+                    "{} replied {other:?}",
+                    String::from_utf8_lossy(args[0])
+                ))),
+            },
+        }
     }
 }
 
@@ -725,27 +767,54 @@ impl Connection {
         block: bool,
         timeout: Option<f64>,
     ) -> PyResult<Option<u64>> {
-        let t = timeout_arg(block, timeout)?;
-        let mut args: Vec<&[u8]> = vec![b"LOCK", name.as_bytes()];
-        match t.as_deref() {
-            None => args.push(b"NOWAIT"),
-            Some(ms) => args.extend_from_slice(&[b"TIMEOUT", ms.as_bytes()]),
-        }
-        match self.blocking(py, &args) {
-            (reply, Some(interrupt)) => {
-                // Granted in the same moment: not half-taken, released.
-                if let Ok(Value::Int(token)) = reply {
-                    let n = name.to_string();
-                    let _ = self.with(py, move |c| c.unlock(&n, token as u64));
-                }
-                Err(interrupt)
-            }
-            (reply, None) => match reply? {
-                Value::Int(token) => Ok(Some(token as u64)),
-                Value::Nil => Ok(None),
-                other => Err(FerryError::new_err(format!("LOCK replied {other:?}"))),
-            },
-        }
+        let n = name.to_string();
+        self.acquire(
+            py,
+            vec![b"LOCK", name.as_bytes()],
+            block,
+            timeout,
+            move |c, token| c.unlock(&n, token).map(drop),
+        )
+    }
+
+    /// SEMACQUIRE name VALUE value: the fencing token, or None if not
+    /// acquired in time.
+    #[pyo3(signature = (name, value, block=true, timeout=None))]
+    fn sem_acquire(
+        &self,
+        py: Python<'_>,
+        name: &str,
+        value: u64,
+        block: bool,
+        timeout: Option<f64>,
+    ) -> PyResult<Option<u64>> {
+        let (n, v) = (name.to_string(), value.to_string());
+        let args: Vec<&[u8]> = vec![b"SEMACQUIRE", name.as_bytes(), b"VALUE", v.as_bytes()];
+        self.acquire(py, args, block, timeout, move |c, token| {
+            c.sem_release(&n, value, Some(token), false).map(drop)
+        })
+    }
+
+    /// SEMRELEASE: gives back `token`'s permit (whether it held one), or
+    /// without a token adds one; a bounded semaphore at its value raises
+    /// ValueError.
+    #[pyo3(signature = (name, value, token=None, bounded=false))]
+    fn sem_release(
+        &self,
+        py: Python<'_>,
+        name: &str,
+        value: u64,
+        token: Option<u64>,
+        bounded: bool,
+    ) -> PyResult<bool> {
+        let n = name.to_string();
+        self.with(py, move |c| c.sem_release(&n, value, token, bounded))
+    }
+
+    /// SEMVALUE name VALUE value: the free permits.
+    fn sem_value(&self, py: Python<'_>, name: &str, value: u64) -> PyResult<u64> {
+        let n = name.to_string();
+        self.with(py, move |c| c.sem_value(&n, value))
     }
 
     /// UNLOCK name token: whether it was held.

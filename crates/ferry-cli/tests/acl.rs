@@ -220,7 +220,15 @@ fn snapshot(ops: &mut redis::Connection, http: &str, auth: &str) -> String {
         .body_mut()
         .read_to_string()
         .unwrap();
-    out + &locks
+    let semaphores = agent
+        .get(&format!("{http}/api/semaphores"))
+        .header("Authorization", auth)
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    out + &locks + &semaphores
 }
 
 /// Walks the rights table of docs/protocol.md against the real binary:
@@ -250,6 +258,10 @@ fn every_row_of_the_rights_table_is_refused_and_changes_nothing() {
         "QSHUTDOWN",
         "LOCK",
         "UNLOCK",
+        "LOCKED",
+        "SEMACQUIRE",
+        "SEMRELEASE",
+        "SEMVALUE",
         "PING",
         "ECHO",
         "QUIT",
@@ -299,6 +311,10 @@ fn every_row_of_the_rights_table_is_refused_and_changes_nothing() {
     let _: () = redis::cmd("QCREATE").arg("own.q").query(&mut ops).unwrap();
     let _: u64 = redis::cmd("LOCK").arg("vault").query(&mut ops).unwrap();
     let token: u64 = redis::cmd("LOCK").arg("pub.held").query(&mut ops).unwrap();
+    let semtoken: u64 = redis::cmd("SEMACQUIRE")
+        .arg("pub.sem")
+        .query(&mut ops)
+        .unwrap();
     // Another user's client, waiting.
     let mut waiter = s.raw();
     waiter.cmd(&["AUTH", "ops", "ops-pw"]);
@@ -320,7 +336,8 @@ fn every_row_of_the_rights_table_is_refused_and_changes_nothing() {
             let before = snapshot(&mut ops, &http, &ops_auth);
             let example = example
                 .replace("{blocked}", &blocked)
-                .replace("{token}", &token.to_string());
+                .replace("{token}", &token.to_string())
+                .replace("{semtoken}", &semtoken.to_string());
             let words: Vec<&str> = example.split_whitespace().collect();
             match words[0] {
                 "GET" | "POST" => {

@@ -132,15 +132,16 @@ fn commands_and_errors() {
         (&["QDROP", "jobs"], ":1\r\n"),
         (&["QDROP", "jobs"], ":0\r\n"),
         (&["QINFO", "jobs"], "-NOQUEUE no such queue\r\n"),
-        (&["LOCK", "m", "NOWAIT"], ":1\r\n"),
         (&["UNLOCK", "m", "7"], ":0\r\n"),
-        (&["UNLOCK", "m", "1"], ":1\r\n"),
         (&["COMMAND", "COUNT"], ":0\r\n"),
         (&["HELLO", "4"], "-NOPROTO unsupported protocol version\r\n"),
     ];
     for (args, want) in cases {
         assert_eq!(&c.cmd(args), want, "reply to {args:?}");
     }
+    let token = c.cmd(&["LOCK", "m", "NOWAIT"]);
+    assert!(token.starts_with(':'), "{token}");
+    assert_eq!(c.cmd(&["UNLOCK", "m", token[1..].trim_end()]), ":1\r\n");
     // QINFO is a map: RESP2 gives it flat, RESP3 as %.
     c.cmd(&["QPUT", "info", "x", "PRIORITY", "3"]);
     let info = c.cmd(&["QINFO", "info"]);
@@ -1098,4 +1099,35 @@ fn a_drop_lets_go_of_timed_leases_memory() {
     assert!(common::info_field(&mut c, "queued_memory") > before + 100_000);
     let _: () = cmd("QDROP").arg("gone").query(&mut c).unwrap();
     assert_eq!(common::info_field(&mut c, "queued_memory"), before);
+}
+
+/// Fencing tokens keep growing across a restart (the lock table lives in
+/// memory): a resource that saw a holder's token before the restart must
+/// not see a smaller one from the next holder.
+#[test]
+fn lock_and_semaphore_tokens_grow_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let grant = |s: &Server, cmd: &[&str]| -> u64 {
+        let reply = s.raw().cmd(cmd);
+        reply[1..]
+            .trim_end()
+            .parse()
+            .unwrap_or_else(|_| panic!("{reply}"))
+    };
+    let before = {
+        let s = Server::start_at(dir.path(), &[]);
+        (
+            grant(&s, &["LOCK", "l", "NOWAIT"]),
+            grant(&s, &["SEMACQUIRE", "s", "NOWAIT"]),
+        )
+    };
+    let s = Server::start_at(dir.path(), &[]);
+    let after = (
+        grant(&s, &["LOCK", "l", "NOWAIT"]),
+        grant(&s, &["SEMACQUIRE", "s", "NOWAIT"]),
+    );
+    assert!(
+        after.0 > before.0 && after.1 > before.1,
+        "{before:?} then {after:?}"
+    );
 }

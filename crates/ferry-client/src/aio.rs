@@ -459,7 +459,11 @@ impl AsyncClient {
 
     /// Sends a command; on a lost connection, reconnects and — if `safe` —
     /// sends it again.
-    async fn call_retrying(&mut self, args: &[&[u8]], safe: bool) -> Result<Value, Error> {
+    pub(crate) async fn call_retrying(
+        &mut self,
+        args: &[&[u8]],
+        safe: bool,
+    ) -> Result<Value, Error> {
         loop {
             let result = self.link().await?.call(args).await;
             match result {
@@ -1065,93 +1069,6 @@ impl AsyncClient {
             args.push(b"IMMEDIATE");
         }
         self.call_retrying(&args, true).await.map(drop)
-    }
-
-    /// Takes the mutex `name` (`multiprocessing.Lock.acquire`): waits up to
-    /// `timeout` (`None`: forever; zero: not at all). Replies its fencing
-    /// token, larger than any granted before, or `None` if it was not
-    /// acquired in time. The lock is released by [`unlock`](Self::unlock),
-    /// when `ttl` passes, or when this connection closes — including a
-    /// lost connection this client then reopens, so a holder that must
-    /// know sets `set_reconnect(false)`.
-    ///
-    /// ```no_run
-    /// # async fn demo() -> Result<(), ferry_client::Error> {
-    /// # let mut c = ferry_client::AsyncClient::connect("ferry://127.0.0.1:7878").await?;
-    /// if let Some(token) = c.lock("ledger", None, None).await? {
-    ///     // ... the critical section ...
-    ///     c.unlock("ledger", token).await?;
-    /// }
-    /// # Ok(()) }
-    /// ```
-    pub async fn lock(
-        &mut self,
-        name: &str,
-        timeout: Option<Duration>,
-        ttl: Option<Duration>,
-    ) -> Result<Option<u64>, Error> {
-        let wait = timeout.map_or_else(|| "0".to_string(), millis);
-        let ttl = ttl.map(millis);
-        let mut args: Vec<&[u8]> = vec![b"LOCK", name.as_bytes()];
-        if let Some(ttl) = &ttl {
-            args.extend_from_slice(&[b"TTL", ttl.as_bytes()]);
-        }
-        if timeout == Some(Duration::ZERO) {
-            args.push(b"NOWAIT");
-        } else {
-            args.extend_from_slice(&[b"TIMEOUT", wait.as_bytes()]);
-        }
-        match self.call_retrying(&args, false).await? {
-            Value::Int(token) => Ok(Some(token as u64)),
-            Value::Nil => Ok(None),
-            other => Err(Error::Protocol(format!("LOCK replied {other:?}"))),
-        }
-    }
-
-    /// Releases the mutex `name` if `token` is its current grant (from any
-    /// connection). Replies whether it was.
-    ///
-    /// ```no_run
-    /// # async fn demo() -> Result<(), ferry_client::Error> {
-    /// # let mut c = ferry_client::AsyncClient::connect("ferry://127.0.0.1:7878").await?;
-    /// # let token = 1;
-    /// let released = c.unlock("ledger", token).await?;
-    /// # Ok(()) }
-    /// ```
-    pub async fn unlock(&mut self, name: &str, token: u64) -> Result<bool, Error> {
-        let token = token.to_string();
-        match self
-            .call_retrying(&[b"UNLOCK", name.as_bytes(), token.as_bytes()], true)
-            .await?
-        {
-            Value::Int(n) => Ok(n == 1),
-            other => Err(Error::Protocol(format!("UNLOCK replied {other:?}"))),
-        }
-    }
-
-    /// Whether `token` still holds the mutex `name` (LOCKED): false once
-    /// it was released, its TTL ran out, or its holder's connection (on
-    /// Redis, its process's heartbeat) was lost — how a holder learns it
-    /// lost the lock.
-    ///
-    /// ```no_run
-    /// # async fn demo() -> Result<(), ferry_client::Error> {
-    /// # let mut c = ferry_client::AsyncClient::connect("ferry://127.0.0.1:7878").await?;
-    /// # let token = 1;
-    /// if !c.lock_held("ledger", token).await? {
-    ///     // stop writing: another holder may have it now
-    /// }
-    /// # Ok(()) }
-    /// ```
-    pub async fn lock_held(&mut self, name: &str, token: u64) -> Result<bool, Error> {
-        let token = token.to_string();
-        match self
-            .call_retrying(&[b"LOCKED", name.as_bytes(), token.as_bytes()], true)
-            .await?
-        {
-            Value::Int(n) => Ok(n == 1),
-            other => Err(Error::Protocol(format!("LOCKED replied {other:?}"))),
-        }
     }
 }
 

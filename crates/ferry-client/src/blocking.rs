@@ -451,4 +451,55 @@ impl Client {
     pub fn lock_held(&mut self, name: &str, token: u64) -> Result<bool, Error> {
         self.rt.block_on(self.inner.lock_held(name, token))
     }
+
+    /// Takes a permit of the semaphore `name` made with `value` permits;
+    /// see [`AsyncClient::sem_acquire`](crate::AsyncClient::sem_acquire).
+    ///
+    /// ```no_run
+    /// # let mut c = ferry_client::Client::connect("ferry://127.0.0.1:7878")?;
+    /// if let Some(token) = c.sem_acquire("api", 4, None, None)? {
+    ///     c.sem_release("api", 4, Some(token), false)?;
+    /// }
+    /// # Ok::<(), ferry_client::Error>(())
+    /// ```
+    pub fn sem_acquire(
+        &mut self,
+        name: &str,
+        value: u64,
+        timeout: Option<Duration>,
+        ttl: Option<Duration>,
+    ) -> Result<Option<u64>, Error> {
+        self.rt
+            .block_on(self.inner.sem_acquire(name, value, timeout, ttl))
+    }
+
+    /// Gives back the permit `token` holds, or adds one; see
+    /// [`AsyncClient::sem_release`](crate::AsyncClient::sem_release).
+    ///
+    /// ```no_run
+    /// # let mut c = ferry_client::Client::connect("ferry://127.0.0.1:7878")?;
+    /// c.sem_release("ready", 0, None, false)?;
+    /// # Ok::<(), ferry_client::Error>(())
+    /// ```
+    pub fn sem_release(
+        &mut self,
+        name: &str,
+        value: u64,
+        token: Option<u64>,
+        bounded: bool,
+    ) -> Result<bool, Error> {
+        self.rt
+            .block_on(self.inner.sem_release(name, value, token, bounded))
+    }
+
+    /// The free permits of the semaphore `name` made with `value`.
+    ///
+    /// ```no_run
+    /// # let mut c = ferry_client::Client::connect("ferry://127.0.0.1:7878")?;
+    /// let free = c.sem_value("api", 4)?;
+    /// # Ok::<(), ferry_client::Error>(())
+    /// ```
+    pub fn sem_value(&mut self, name: &str, value: u64) -> Result<u64, Error> {
+        self.rt.block_on(self.inner.sem_value(name, value))
+    }
 }

@@ -37,6 +37,7 @@
 mod aio;
 mod blocking;
 mod redis;
+mod synchronize;
 mod tls;
 
 use std::io;

@@ -39,6 +39,7 @@ pub(crate) fn router(broker: Arc<Broker>) -> Router {
         .route("/api/queues/{name}/resume", post(resume))
         .route("/api/queues/{name}/redrive", post(redrive))
         .route("/api/locks", get(locks))
+        .route("/api/semaphores", get(semaphores))
         .route("/api/clients", get(clients))
         .layer(middleware::from_fn_with_state(Arc::clone(&broker), guard))
         .with_state(broker)
@@ -366,10 +367,37 @@ async fn locks(State(b): State<Arc<Broker>>) -> Json<Vec<LockView>> {
         b.locks
             .list()
             .into_iter()
-            .map(|(name, token, waiters)| LockView {
-                name: String::from_utf8_lossy(&name).into_owned(),
-                token,
-                waiters,
+            .map(|v| LockView {
+                name: String::from_utf8_lossy(&v.name).into_owned(),
+                token: v.holders.first().copied(),
+                waiters: v.waiters,
+            })
+            .collect(),
+    )
+}
+
+#[derive(Serialize)]
+struct SemaphoreView {
+    name: String,
+    /// The permits it was made with.
+    value: u64,
+    free: u64,
+    /// The holders' fencing tokens, oldest first.
+    holders: Vec<u64>,
+    waiters: usize,
+}
+
+async fn semaphores(State(b): State<Arc<Broker>>) -> Json<Vec<SemaphoreView>> {
+    Json(
+        b.semaphores
+            .list()
+            .into_iter()
+            .map(|v| SemaphoreView {
+                name: String::from_utf8_lossy(&v.name).into_owned(),
+                value: v.value,
+                free: v.free,
+                holders: v.holders,
+                waiters: v.waiters,
             })
             .collect(),
     )
@@ -538,7 +566,7 @@ impl Collector for Scrape {
         }
         let s = &self.server;
         let as_i64 = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
-        let gauges: [(&str, &str, i64); 10] = [
+        let gauges: [(&str, &str, i64); 12] = [
             (
                 "ferry_connected_clients",
                 "Client connections open.",
@@ -575,6 +603,16 @@ impl Collector for Scrape {
                 "ferry_lock_waiters",
                 "Clients waiting for a lock.",
                 s.lock_waiters as i64,
+            ),
+            (
+                "ferry_semaphores",
+                "Semaphores held, waited for, or released above their value.",
+                s.semaphores as i64,
+            ),
+            (
+                "ferry_semaphore_waiters",
+                "Clients waiting for a semaphore's permit.",
+                s.semaphore_waiters as i64,
             ),
             (
                 "ferry_uptime_seconds",

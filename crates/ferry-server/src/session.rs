@@ -43,6 +43,8 @@ pub(crate) struct Session {
     pub(crate) group: Option<Arc<HolderGroup>>,
     /// Locks this client holds, by name, with their tokens.
     pub(crate) locks: Vec<(Bytes, u64)>,
+    /// Semaphore permits this client holds, by name, with their tokens.
+    pub(crate) semaphores: Vec<(Bytes, u64)>,
     /// The queue this client used last: most clients use one, and this
     /// spares the registry lookup per command.
     last: Option<Arc<QueueCell>>,
@@ -107,6 +109,7 @@ impl Session {
             holds: HashMap::new(),
             group: None,
             locks: Vec::new(),
+            semaphores: Vec::new(),
             last: None,
             scratch: GetScratch::default(),
             logged: false,
@@ -250,19 +253,20 @@ impl Session {
     }
 
     /// Gives back everything the client held: bound leases return to their
-    /// queues (attempt + 1), taken messages count as lost, locks are
-    /// released.
+    /// queues (attempt + 1), taken messages count as lost, locks and
+    /// semaphore permits are given back.
     pub(crate) fn release_all(&mut self) {
         let id = self.id;
         for cell in std::mem::take(&mut self.holds).into_values() {
             cell.with(&self.broker, |st, now| st.q.release_holder(id, now));
         }
         self.leave_group();
+        let holder = crate::locks::Releaser::Holder(id);
         for (name, token) in std::mem::take(&mut self.locks) {
-            let _ = self
-                .broker
-                .locks
-                .release(&name, token, crate::locks::Releaser::Holder(id));
+            let _ = self.broker.locks.release(&name, token, holder);
+        }
+        for (name, token) in std::mem::take(&mut self.semaphores) {
+            let _ = self.broker.semaphores.release(&name, token, holder);
         }
     }
 }

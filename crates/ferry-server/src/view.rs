@@ -150,12 +150,15 @@ pub(crate) struct ServerView {
     pub(crate) queues: usize,
     pub(crate) locks: usize,
     pub(crate) lock_waiters: usize,
+    pub(crate) semaphores: usize,
+    pub(crate) semaphore_waiters: usize,
 }
 
 impl Broker {
     /// The server as it is now.
     pub(crate) fn view(&self) -> ServerView {
         let (locks, lock_waiters) = self.locks.counts();
+        let (semaphores, semaphore_waiters) = self.semaphores.counts();
         let (log_records, log_syncs, log_bytes) = self.store.as_ref().map_or((0, 0, 0), |st| {
             let log = st.log();
             (log.appended(), log.syncs(), log.bytes())
@@ -194,6 +197,8 @@ impl Broker {
             queues: self.queue_count(),
             locks,
             lock_waiters,
+            semaphores,
+            semaphore_waiters,
         }
     }
 

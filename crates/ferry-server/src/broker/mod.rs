@@ -20,7 +20,7 @@ use crate::acl::Acl;
 use crate::clients::{ClientView, Clients};
 use crate::config::{Config, Durability};
 use crate::counter::Counter;
-use crate::locks::Locks;
+use crate::locks::Permits;
 use crate::payload::{DEFAULT_KEY, Payload};
 use crate::store::{LogJournal, Recovered, Store};
 
@@ -62,7 +62,8 @@ pub(crate) struct Broker {
     pub(crate) config: Config,
     started: Instant,
     queues: RwLock<HashMap<Bytes, Arc<QueueCell>>>,
-    pub(crate) locks: Locks,
+    pub(crate) locks: Permits,
+    pub(crate) semaphores: Permits,
     next_client: AtomicU64,
     pub(crate) clients: AtomicUsize,
     /// Users and rights (`--acl-file`), read at start.
@@ -254,7 +255,8 @@ impl Broker {
             config,
             started: Instant::now(),
             queues: RwLock::new(HashMap::new()),
-            locks: Locks::default(),
+            locks: Permits::new(),
+            semaphores: Permits::new(),
             next_client: AtomicU64::new(1),
             clients: AtomicUsize::new(0),
             acl: std::sync::OnceLock::new(),

@@ -104,7 +104,7 @@ pub(crate) enum Blocked {
     Put(put::PutWait),
     Get(get::GetWait),
     Join(ack::JoinWait),
-    Lock(locks::LockWait),
+    Lock(locks::AcquireWait),
 }
 
 impl Blocked {
@@ -306,9 +306,12 @@ fn check_queue_name(name: &[u8]) -> Result<(), CmdError> {
 /// Every command, parsed.
 pub(crate) enum Command {
     Server(server::Server),
-    Lock(locks::Lock),
+    Lock(locks::Acquire),
     Unlock(locks::Unlock),
     Locked(locks::Locked),
+    SemAcquire(locks::Acquire),
+    SemRelease(locks::SemRelease),
+    SemValue(locks::SemValue),
     Create(admin::Create),
     Config(admin::ConfigQueue),
     Put(put::Put),
@@ -323,7 +326,7 @@ pub(crate) enum Command {
 }
 
 /// Every command name, upper case.
-pub(crate) const NAMES: [&str; 31] = [
+pub(crate) const NAMES: [&str; 34] = [
     "QPUT",
     "QGET",
     "QDONE",
@@ -344,6 +347,9 @@ pub(crate) const NAMES: [&str; 31] = [
     "LOCK",
     "UNLOCK",
     "LOCKED",
+    "SEMACQUIRE",
+    "SEMRELEASE",
+    "SEMVALUE",
     "PING",
     "ECHO",
     "QUIT",
@@ -361,7 +367,7 @@ pub(crate) const NAMES: [&str; 31] = [
 fn command_name(name: &[u8]) -> Option<&'static str> {
     // Upper-cased in a small buffer: no allocation, then one comparison
     // per candidate of the same length.
-    let mut upper = [0u8; 9];
+    let mut upper = [0u8; 10];
     let bytes = upper.get_mut(..name.len())?;
     bytes.copy_from_slice(name);
     bytes.make_ascii_uppercase();
@@ -385,7 +391,10 @@ impl Command {
         };
         let a = &mut a;
         Ok(match command {
-            "LOCK" => Command::Lock(locks::Lock::parse(a)?),
+            "LOCK" => Command::Lock(locks::Acquire::parse(a, locks::Kind::Lock)?),
+            "SEMACQUIRE" => Command::SemAcquire(locks::Acquire::parse(a, locks::Kind::Semaphore)?),
+            "SEMRELEASE" => Command::SemRelease(locks::SemRelease::parse(a)?),
+            "SEMVALUE" => Command::SemValue(locks::SemValue::parse(a)?),
             "UNLOCK" => Command::Unlock(locks::Unlock::parse(a)?),
             "LOCKED" => Command::Locked(locks::Locked::parse(a)?),
             "QCREATE" => Command::Create(admin::Create::parse(a)?),
@@ -450,6 +459,9 @@ impl Command {
             Command::Lock(c) => vec![(Right::Lock, &c.name)],
             Command::Unlock(c) => vec![(Right::Lock, &c.name)],
             Command::Locked(c) => vec![(Right::Lock, &c.name)],
+            Command::SemAcquire(c) => vec![(Right::Lock, &c.name)],
+            Command::SemRelease(c) => vec![(Right::Lock, &c.name)],
+            Command::SemValue(c) => vec![(Right::Lock, &c.name)],
             Command::Server(_) => Vec::new(),
         }
     }
@@ -500,6 +512,9 @@ impl Command {
             Command::Lock(c) => c.apply(s),
             Command::Unlock(c) => c.apply(s),
             Command::Locked(c) => c.apply(s),
+            Command::SemAcquire(c) => c.apply(s),
+            Command::SemRelease(c) => c.apply(s),
+            Command::SemValue(c) => c.apply(s),
             Command::Create(c) => c.apply(s),
             Command::Config(c) => c.apply(s),
             Command::Put(c) => c.apply(s),

@@ -42,6 +42,14 @@ fn blocked(s: &mut Session, args: &[&str]) -> Blocked {
     }
 }
 
+/// The token of a grant's reply.
+fn token(reply: &str) -> u64 {
+    reply
+        .strip_prefix(':')
+        .and_then(|t| t.trim_end().parse().ok())
+        .unwrap_or_else(|| panic!("not a token: {reply:?}"))
+}
+
 fn take(s: &mut Session) -> String {
     let text = String::from_utf8_lossy(&s.out).into_owned();
     s.out.clear();
@@ -201,13 +209,79 @@ async fn a_contended_lock_is_granted_in_line() {
         Session::new(Arc::clone(&b), "test".into()),
         Session::new(b, "test".into()),
     );
-    assert_eq!(run(&mut a, &["LOCK", "L"]), ":1\r\n");
+    let first = token(&run(&mut a, &["LOCK", "L"]));
     assert_eq!(run(&mut c, &["LOCK", "L", "NOWAIT"]), "$-1\r\n");
     let mut wait = blocked(&mut c, &["LOCK", "L", "TIMEOUT", "5000"]);
     assert_eq!(wait.resume(&mut c, Woke::Notified), None);
-    assert_eq!(run(&mut a, &["UNLOCK", "L", "1"]), ":1\r\n");
+    assert_eq!(run(&mut a, &["UNLOCK", "L", &first.to_string()]), ":1\r\n");
     assert_eq!(wait.resume(&mut c, Woke::Notified), Some(Flow::Continue));
-    assert_eq!(take(&mut c), ":2\r\n");
+    assert_eq!(token(&take(&mut c)), first + 1);
+}
+
+#[tokio::test]
+async fn a_semaphore_grants_its_value_in_line_and_a_dead_holder_gives_back_only_up_to_it() {
+    let b = broker(Config::default());
+    let (mut a, mut c) = (
+        Session::new(Arc::clone(&b), "test".into()),
+        Session::new(Arc::clone(&b), "test".into()),
+    );
+    let sem = |v: &str| -> Vec<String> {
+        ["SEMACQUIRE", "S", "VALUE", v, "NOWAIT"]
+            .map(String::from)
+            .to_vec()
+    };
+    let t1 = token(&reply_of(&mut a, &sem("2")));
+    assert_eq!(token(&reply_of(&mut a, &sem("2"))), t1 + 1);
+    assert_eq!(reply_of(&mut c, &sem("2")), "$-1\r\n");
+    assert!(
+        reply_of(&mut c, &sem("3")).starts_with("-ERR semaphore 'S' exists with VALUE 2"),
+        "another value is refused"
+    );
+    let mut wait = blocked(&mut c, &["SEMACQUIRE", "S", "VALUE", "2"]);
+    assert_eq!(wait.resume(&mut c, Woke::Notified), None);
+    assert_eq!(run(&mut a, &["SEMVALUE", "S", "VALUE", "2"]), ":0\r\n");
+    // A holder's release by token goes to the one in line.
+    let t1s = t1.to_string();
+    assert_eq!(
+        run(&mut a, &["SEMRELEASE", "S", "VALUE", "2", "TOKEN", &t1s]),
+        ":1\r\n"
+    );
+    assert_eq!(wait.resume(&mut c, Woke::Notified), Some(Flow::Continue));
+    assert_eq!(token(&take(&mut c)), t1 + 2);
+    // A release without a token adds a permit, above the value too...
+    assert_eq!(run(&mut c, &["SEMRELEASE", "S", "VALUE", "2"]), ":1\r\n");
+    assert_eq!(run(&mut c, &["SEMRELEASE", "S", "VALUE", "2"]), ":1\r\n");
+    assert_eq!(run(&mut c, &["SEMVALUE", "S", "VALUE", "2"]), ":2\r\n");
+    // ...unless bounded.
+    assert!(
+        run(&mut c, &["SEMRELEASE", "S", "VALUE", "2", "BOUNDED"]).starts_with("-OVERRELEASED"),
+        "a bounded semaphore refuses to exceed its value"
+    );
+    // `a` (its second token) and `c` (its first) hold, 2 are free: 4 in all, above
+    // the value. `a` dies: its permit is not given back (4 - 1 = 3 ≥ 2).
+    a.release_all();
+    assert_eq!(run(&mut c, &["SEMVALUE", "S", "VALUE", "2"]), ":2\r\n");
+    // Two taken: none free, `c` holds 3 permits in all... then dies; the
+    // permits come back only up to the value.
+    assert_eq!(token(&reply_of(&mut c, &sem("2"))), t1 + 3);
+    assert_eq!(token(&reply_of(&mut c, &sem("2"))), t1 + 4);
+    assert_eq!(run(&mut a, &["SEMVALUE", "S", "VALUE", "2"]), ":0\r\n");
+    c.release_all();
+    assert_eq!(run(&mut a, &["SEMVALUE", "S", "VALUE", "2"]), ":2\r\n");
+    // At its value with nobody in it, the name is forgotten.
+    assert_eq!(b.semaphores.counts(), (0, 0));
+    // A signal: made with 0, released by one, taken by another that dies.
+    assert_eq!(run(&mut a, &["SEMRELEASE", "sig", "VALUE", "0"]), ":1\r\n");
+    let mut d = Session::new(Arc::clone(&b), "test".into());
+    assert_eq!(
+        token(&reply_of(
+            &mut d,
+            &["SEMACQUIRE", "sig", "VALUE", "0", "NOWAIT"].map(String::from)
+        )),
+        t1 + 5
+    );
+    d.release_all();
+    assert_eq!(run(&mut a, &["SEMVALUE", "sig", "VALUE", "0"]), ":0\r\n");
 }
 
 #[tokio::test]
@@ -401,6 +475,13 @@ async fn every_command_checks_its_user_s_rights() {
         ("LOCK", &["LOCK", "{q}", "NOWAIT"], Right),
         ("UNLOCK", &["UNLOCK", "{q}", "1"], Right),
         ("LOCKED", &["LOCKED", "{q}", "1"], Right),
+        (
+            "SEMACQUIRE",
+            &["SEMACQUIRE", "{q}", "VALUE", "2", "NOWAIT"],
+            Right,
+        ),
+        ("SEMRELEASE", &["SEMRELEASE", "{q}", "VALUE", "2"], Right),
+        ("SEMVALUE", &["SEMVALUE", "{q}", "VALUE", "2"], Right),
         ("PING", &["PING"], Nothing),
         ("ECHO", &["ECHO", "e"], Nothing),
         ("HELLO", &["HELLO", "2"], Nothing),
