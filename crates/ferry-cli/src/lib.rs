@@ -23,14 +23,14 @@ mod worker;
     version,
     about = "A durable work-queue broker with Python's queue semantics",
     after_help = "The client verbs (put, get, done, nack, drop, purge, reopen, join, info, top, lock, \
-                  bench, worker) find the broker at --url, else $FERRY_URL, else \
+                  sem, bench, worker) find the broker at --url, else $FERRY_URL, else \
                   ferry://127.0.0.1:7878 (redis:// and redis+cluster:// reach Redis; see \
                   `ferry put --help`).\n\n\
                   Exit codes: 0 done; 1 the broker refused, or the command failed; 2 bad \
                   arguments; 3 the broker cannot be reached; 4 nothing happened in time (empty, \
-                  full, join or lock timed out); 5 `ferry lock`: the lock was lost while its \
-                  command ran (it was ended). Otherwise `ferry lock` passes its command's \
-                  code through (127: it could not be run)."
+                  full, join or lock timed out); 5 `ferry lock`, `ferry sem`: the lock (permit) \
+                  was lost while its command ran (it was ended). Otherwise they pass their \
+                  command's code through (127: it could not be run)."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -75,6 +75,10 @@ enum Command {
     /// Run a command holding a lock, like flock(1) across machines; exits
     /// with the command's code (4 if the lock was not acquired in time).
     Lock(lock::LockArgs),
+    /// Run a command holding one of a semaphore's N permits: at most N
+    /// such commands at once, on every machine (GNU parallel's `sem`
+    /// across machines); exits as `ferry lock` does.
+    Sem(lock::SemArgs),
     /// Load generator: producers and consumers through a broker; prints
     /// throughput and put->get latency percentiles.
     Bench(bench::BenchArgs),
@@ -207,6 +211,7 @@ pub fn run(args: impl IntoIterator<Item = OsString>, host: Host) -> i32 {
         Command::Info(a) => finish(verbs::info(&a).map(|()| 0)),
         Command::Top(a) => finish(verbs::top(&a).map(|()| 0)),
         Command::Lock(a) => finish(lock::lock(&a)),
+        Command::Sem(a) => finish(lock::sem(&a)),
         Command::Bench(a) => finish(bench::bench(&a).map(|()| 0)),
         Command::Worker(a) => finish(worker::worker(&a).map(|()| 0)),
         Command::Shim(a) => worker::shim(&a),

@@ -1,6 +1,8 @@
 //! `ferry lock NAME -- COMMAND`: a command run holding a lock, like
 //! flock(1) across machines, and ended once the lock is lost (exit
-//! LOCK_LOST), as `consul lock` does.
+//! LOCK_LOST), as `consul lock` does; `ferry sem NAME -n N -- COMMAND`:
+//! the same holding one of a semaphore's N permits, like GNU parallel's
+//! `sem` across machines.
 
 use std::time::{Duration, Instant};
 
@@ -9,28 +11,81 @@ use ferry_client::Client;
 
 use crate::verbs::{Conn, TIMED_OUT, duration, fail};
 
-/// `ferry lock`: the lock was lost while its command ran (the command was
-/// ended).
+/// `ferry lock`, `ferry sem`: the lock (permit) was lost while its
+/// command ran (the command was ended).
 const LOCK_LOST: i32 = 5;
+
+#[derive(Args, Debug)]
+pub(crate) struct SemArgs {
+    /// The semaphore's value: at most this many commands hold it at once
+    /// (every `ferry sem` and program using it must say the same).
+    #[arg(short = 'n', long = "value", default_value_t = 1)]
+    value: u64,
+    #[command(flatten)]
+    hold: LockArgs,
+}
+
+/// What a command runs holding.
+#[derive(Clone, Copy)]
+enum Permit {
+    Lock,
+    Semaphore(u64),
+}
+
+impl Permit {
+    fn acquire(
+        self,
+        c: &mut Client,
+        name: &str,
+        wait: Option<Duration>,
+        ttl: Option<Duration>,
+    ) -> Result<Option<u64>, ferry_client::Error> {
+        match self {
+            Permit::Lock => c.lock(name, wait, ttl),
+            Permit::Semaphore(value) => c.sem_acquire(name, value, wait, ttl),
+        }
+    }
+
+    fn release(self, c: &mut Client, name: &str, token: u64) {
+        let _ = match self {
+            Permit::Lock => c.unlock(name, token),
+            Permit::Semaphore(value) => c.sem_release(name, value, Some(token), false),
+        };
+    }
+
+    fn held(self, c: &mut Client, name: &str, token: u64) -> Result<bool, ferry_client::Error> {
+        match self {
+            Permit::Lock => c.lock_held(name, token),
+            Permit::Semaphore(_) => c.sem_held(name, token),
+        }
+    }
+
+    fn what(self) -> &'static str {
+        match self {
+            Permit::Lock => "lock",
+            Permit::Semaphore(_) => "semaphore",
+        }
+    }
+}
 
 #[derive(Args, Debug)]
 pub(crate) struct LockArgs {
     #[command(flatten)]
     conn: Conn,
-    /// The lock's name.
+    /// The lock's (semaphore's) name.
     name: String,
-    /// Seconds after which the broker frees the lock even if the command
-    /// still runs (default: held until the command ends).
+    /// Seconds after which the broker frees the lock (the permit) even if
+    /// the command still runs (default: held until the command ends).
     #[arg(long)]
     ttl: Option<f64>,
-    /// Seconds to wait for the lock; exit 4 if not acquired.
+    /// Seconds to wait for the lock (a permit); exit 4 if not acquired.
     #[arg(long)]
     timeout: Option<f64>,
     /// Seconds the command has to end after SIGTERM, once the lock is
     /// lost, before SIGKILL.
     #[arg(long, default_value_t = 5.0)]
     grace: f64,
-    /// The command to run while holding the lock.
+    /// The command to run while holding the lock (the permit).
     #[arg(last = true, required = true)]
     command: Vec<String>,
 }
@@ -44,13 +99,26 @@ pub(crate) struct LockArgs {
 /// lock` exits LOCK_LOST, as `consul lock` does: two holders at once are
 /// cut as short as the holder can know.
 pub(crate) fn lock(a: &LockArgs) -> Result<i32, (i32, String)> {
+    run_holding(a, Permit::Lock)
+}
+
+/// Runs a command holding one of a semaphore's permits, as [`lock`] does
+/// holding a lock.
+pub(crate) fn sem(a: &SemArgs) -> Result<i32, (i32, String)> {
+    run_holding(&a.hold, Permit::Semaphore(a.value))
+}
+
+fn run_holding(a: &LockArgs, permit: Permit) -> Result<i32, (i32, String)> {
     let mut c = a.conn.connect()?;
     // Never Duration::ZERO (that would not wait at all): `--timeout 0`
     // waits a millisecond, as it always has.
     let wait = a.timeout.map(|s| duration(s).max(Duration::from_millis(1)));
     let ttl = a.ttl.map(duration);
-    let Some(token) = c.lock(&a.name, wait, ttl).map_err(fail)? else {
-        return Err((TIMED_OUT, format!("lock {:?} not acquired in time", a.name)));
+    let Some(token) = permit.acquire(&mut c, &a.name, wait, ttl).map_err(fail)? else {
+        return Err((
+            TIMED_OUT,
+            format!("{} {:?} not acquired in time", permit.what(), a.name),
+        ));
     };
     let acquired = Instant::now();
     let mut child = std::process::Command::new(&a.command[0])
@@ -73,7 +141,7 @@ pub(crate) fn lock(a: &LockArgs) -> Result<i32, (i32, String)> {
     let unconfirmed_for = heartbeat.unwrap_or(Duration::from_secs(5));
     {
         let (url, name) = (a.conn.url.clone(), a.name.clone());
-        std::thread::spawn(move || watch_lock(&url, &name, token, every, &tx));
+        std::thread::spawn(move || watch_lock(&url, permit, &name, token, every, &tx));
     }
     let mut confirmed = Instant::now();
     let why = loop {
@@ -85,7 +153,7 @@ pub(crate) fn lock(a: &LockArgs) -> Result<i32, (i32, String)> {
             Ok(Watch::Exited(status)) => {
                 // Released explicitly; the broker would also release it
                 // when this connection closes.
-                let _ = c.unlock(&a.name, token);
+                permit.release(&mut c, &a.name, token);
                 let status =
                     status.map_err(|e| (1, format!("waiting for {:?}: {e}", a.command[0])))?;
                 return Ok(status.code().unwrap_or(128 + 9));
@@ -107,8 +175,10 @@ pub(crate) fn lock(a: &LockArgs) -> Result<i32, (i32, String)> {
     Err((
         LOCK_LOST,
         format!(
-            "lock {:?} lost while {:?} ran: {why}; the command was ended",
-            a.name, a.command[0]
+            "{} {:?} lost while {:?} ran: {why}; the command was ended",
+            permit.what(),
+            a.name,
+            a.command[0]
         ),
     ))
 }
@@ -125,6 +195,7 @@ enum Watch {
 /// was lost), until the lock is lost or nobody listens.
 fn watch_lock(
     url: &str,
+    permit: Permit,
     name: &str,
     token: u64,
     every: Duration,
@@ -137,7 +208,7 @@ fn watch_lock(
             c = Client::connect(url).ok();
         }
         let Some(client) = c.as_mut() else { continue };
-        let news = match client.lock_held(name, token) {
+        let news = match permit.held(client, name, token) {
             Ok(true) => Watch::Held,
             Ok(false) => Watch::Lost,
             Err(_) => {

@@ -262,6 +262,7 @@ fn every_row_of_the_rights_table_is_refused_and_changes_nothing() {
         "SEMACQUIRE",
         "SEMRELEASE",
         "SEMVALUE",
+        "SEMHELD",
         "PING",
         "ECHO",
         "QUIT",

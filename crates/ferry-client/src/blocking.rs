@@ -492,6 +492,17 @@ impl Client {
             .block_on(self.inner.sem_release(name, value, token, bounded))
     }
 
+    /// Whether `token` still holds a permit of the semaphore `name`.
+    ///
+    /// ```no_run
+    /// # let mut c = ferry_client::Client::connect("ferry://127.0.0.1:7878")?;
+    /// let still_mine = c.sem_held("api", 1)?;
+    /// # Ok::<(), ferry_client::Error>(())
+    /// ```
+    pub fn sem_held(&mut self, name: &str, token: u64) -> Result<bool, Error> {
+        self.rt.block_on(self.inner.sem_held(name, token))
+    }
+
     /// The free permits of the semaphore `name` made with `value`.
     ///
     /// ```no_run

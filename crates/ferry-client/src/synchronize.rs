@@ -177,6 +177,27 @@ impl AsyncClient {
         }
     }
 
+    /// Whether `token` still holds a permit of the semaphore `name`
+    /// (SEMHELD): false once it was given back, its TTL ran out, or its
+    /// holder's connection was lost.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), ferry_client::Error> {
+    /// # let mut c = ferry_client::AsyncClient::connect("ferry://127.0.0.1:7878").await?;
+    /// let still_mine = c.sem_held("api", 1).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn sem_held(&mut self, name: &str, token: u64) -> Result<bool, Error> {
+        let token = token.to_string();
+        match self
+            .call_retrying(&[b"SEMHELD", name.as_bytes(), token.as_bytes()], true)
+            .await?
+        {
+            Value::Int(n) => Ok(n == 1),
+            other => Err(Error::Protocol(format!("SEMHELD replied {other:?}"))),
+        }
+    }
+
     /// The free permits of the semaphore `name` made with `value`
     /// (`Semaphore.get_value()`).
     ///

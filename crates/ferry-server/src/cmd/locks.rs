@@ -1,6 +1,6 @@
 //! Mutexes and semaphores with fencing tokens (the tables are
 //! `crate::locks`): LOCK, UNLOCK, LOCKED; SEMACQUIRE, SEMRELEASE,
-//! SEMVALUE.
+//! SEMHELD, SEMVALUE.
 
 use std::sync::Arc;
 
@@ -54,9 +54,11 @@ pub(crate) struct Unlock {
     token: u64,
 }
 
-/// LOCKED name token: whether `token` still holds the lock — what a holder
-/// asks to learn that it lost it (a TTL that ran out, a broker restart).
-pub(crate) struct Locked {
+/// LOCKED name token, SEMHELD name token: whether `token` still holds
+/// the lock (the permit) — what a holder asks to learn that it lost it (a
+/// TTL that ran out, a broker restart).
+pub(crate) struct Held {
+    kind: Kind,
     pub(super) name: Bytes,
     token: u64,
 }
@@ -282,17 +284,17 @@ impl Unlock {
     }
 }
 
-impl Locked {
-    pub(super) fn parse(a: &mut Args) -> Result<Self, CmdError> {
+impl Held {
+    pub(super) fn parse(a: &mut Args, kind: Kind) -> Result<Self, CmdError> {
         let name = a.require()?;
         let token = parse_u64(&a.require()?)?;
         a.end()?;
-        Ok(Locked { name, token })
+        Ok(Held { kind, name, token })
     }
 
     pub(super) fn apply(self, s: &mut Session) -> Res {
         let now = s.broker.now();
-        let held = s.broker.locks.holds(&self.name, self.token, now);
+        let held = self.kind.table(s).holds(&self.name, self.token, now);
         s.reply().int(i64::from(held));
         done()
     }

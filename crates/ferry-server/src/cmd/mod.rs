@@ -308,10 +308,11 @@ pub(crate) enum Command {
     Server(server::Server),
     Lock(locks::Acquire),
     Unlock(locks::Unlock),
-    Locked(locks::Locked),
+    Locked(locks::Held),
     SemAcquire(locks::Acquire),
     SemRelease(locks::SemRelease),
     SemValue(locks::SemValue),
+    SemHeld(locks::Held),
     Create(admin::Create),
     Config(admin::ConfigQueue),
     Put(put::Put),
@@ -326,7 +327,7 @@ pub(crate) enum Command {
 }
 
 /// Every command name, upper case.
-pub(crate) const NAMES: [&str; 34] = [
+pub(crate) const NAMES: [&str; 35] = [
     "QPUT",
     "QGET",
     "QDONE",
@@ -350,6 +351,7 @@ pub(crate) const NAMES: [&str; 34] = [
     "SEMACQUIRE",
     "SEMRELEASE",
     "SEMVALUE",
+    "SEMHELD",
     "PING",
     "ECHO",
     "QUIT",
@@ -396,7 +398,8 @@ impl Command {
             "SEMRELEASE" => Command::SemRelease(locks::SemRelease::parse(a)?),
             "SEMVALUE" => Command::SemValue(locks::SemValue::parse(a)?),
             "UNLOCK" => Command::Unlock(locks::Unlock::parse(a)?),
-            "LOCKED" => Command::Locked(locks::Locked::parse(a)?),
+            "LOCKED" => Command::Locked(locks::Held::parse(a, locks::Kind::Lock)?),
+            "SEMHELD" => Command::SemHeld(locks::Held::parse(a, locks::Kind::Semaphore)?),
             "QCREATE" => Command::Create(admin::Create::parse(a)?),
             "QCONFIG" => Command::Config(admin::ConfigQueue::parse(a)?),
             "QPUT" => Command::Put(put::Put::parse(a)?),
@@ -462,6 +465,7 @@ impl Command {
             Command::SemAcquire(c) => vec![(Right::Lock, &c.name)],
             Command::SemRelease(c) => vec![(Right::Lock, &c.name)],
             Command::SemValue(c) => vec![(Right::Lock, &c.name)],
+            Command::SemHeld(c) => vec![(Right::Lock, &c.name)],
             Command::Server(_) => Vec::new(),
         }
     }
@@ -515,6 +519,7 @@ impl Command {
             Command::SemAcquire(c) => c.apply(s),
             Command::SemRelease(c) => c.apply(s),
             Command::SemValue(c) => c.apply(s),
+            Command::SemHeld(c) => c.apply(s),
             Command::Create(c) => c.apply(s),
             Command::Config(c) => c.apply(s),
             Command::Put(c) => c.apply(s),

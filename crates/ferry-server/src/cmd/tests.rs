@@ -482,6 +482,7 @@ async fn every_command_checks_its_user_s_rights() {
         ),
         ("SEMRELEASE", &["SEMRELEASE", "{q}", "VALUE", "2"], Right),
         ("SEMVALUE", &["SEMVALUE", "{q}", "VALUE", "2"], Right),
+        ("SEMHELD", &["SEMHELD", "{q}", "1"], Right),
         ("PING", &["PING"], Nothing),
         ("ECHO", &["ECHO", "e"], Nothing),
         ("HELLO", &["HELLO", "2"], Nothing),
