@@ -11,7 +11,7 @@ The broker is found at FERRY_URL, else ferry://127.0.0.1:7878.
 
 The package is laid out as multiprocessing is: queues.py (the queues),
 synchronize.py (Lock, RLock, Semaphore,
-BoundedSemaphore), exceptions.py, and what they share — lanes.py (a
+BoundedSemaphore, Event, Condition, Barrier), exceptions.py, and what they share — lanes.py (a
 handle's connections, one per thread), feeder.py (write-behind puts),
 ordering.py (a PriorityQueue's keys), util.py (finalizers, the fork
 generation, the URL).
@@ -44,7 +44,7 @@ from ferry.queues import (
     Queue,
     SimpleQueue,
 )
-from ferry.synchronize import BoundedSemaphore, Lock, RLock, Semaphore
+from ferry.synchronize import Barrier, BoundedSemaphore, Condition, Event, Lock, RLock, Semaphore
 from ferry.util import DEFAULT_URL, connect
 
 __all__ = [
@@ -57,6 +57,9 @@ __all__ = [
     "RLock",
     "Semaphore",
     "BoundedSemaphore",
+    "Event",
+    "Condition",
+    "Barrier",
     "ShutDown",
     "FerryError",
     "AuthenticationError",

@@ -1,10 +1,11 @@
-"""multiprocessing's Lock, RLock, Semaphore and BoundedSemaphore across
-processes and machines."""
+"""multiprocessing's Lock, RLock, Semaphore, BoundedSemaphore, Event,
+Condition and Barrier across processes and machines."""
 
 from __future__ import annotations
 
 import os
 import threading
+import time
 import uuid
 
 from ferry.exceptions import LockLost
@@ -218,3 +219,217 @@ class BoundedSemaphore(Semaphore):
 
 def _rebuild_semaphore(cls, value, name, url):
     return cls(value, name=name, url=url)
+
+
+class Event:
+    """multiprocessing.Event across processes and machines: set(),
+    clear(), is_set(), wait(timeout). A set wakes every waiter, and a
+    waiter woken by it returns True even if the event is cleared before
+    it looks, as Python's does. Events live in the broker's memory: a
+    broker restart clears them."""
+
+    def __init__(self, *, name: str | None = None, url: str | None = None) -> None:
+        self._name = _name(name) or f"py-event-{uuid.uuid4().hex}"
+        self._url = url
+        self._handle = _Handle(url)
+
+    def __reduce__(self):
+        return (_rebuild_event, (self._name, self._url))
+
+    def is_set(self) -> bool:
+        return self._handle.conn().call([b"EVISSET", self._name.encode()]) == 1
+
+    def set(self) -> None:
+        _sync_puts()
+        self._handle.conn().call([b"EVSET", self._name.encode()])
+
+    def clear(self) -> None:
+        self._handle.conn().call([b"EVCLEAR", self._name.encode()])
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """True once the event is set (at once if it is), False if
+        `timeout` seconds passed first."""
+        if timeout is not None and timeout < 0:
+            timeout = 0
+        return self._handle.conn().wait_call([b"EVWAIT", self._name.encode()], True, timeout) == 1
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__}(name={self._name!r})>"
+
+
+def _rebuild_event(name, url):
+    return Event(name=name, url=url)
+
+
+class Condition:
+    """multiprocessing.Condition across processes and machines, over a
+    ferry Lock or RLock (an RLock of its own by default): wait(timeout),
+    wait_for(predicate, timeout), notify(n), notify_all(), and the lock's
+    acquire(), release() and context manager. wait() gives the lock back
+    and joins the condition's line in one step at the broker (no notify
+    falls between), and takes the lock again before it returns, as
+    Python's does; notify(n) wakes the n oldest waiters."""
+
+    def __init__(self, lock: Lock | RLock | None = None, *, name: str | None = None,
+                 url: str | None = None) -> None:
+        if lock is None:
+            lock = RLock(url=url)
+        if not isinstance(lock, (Lock, RLock)):
+            raise TypeError(f"lock must be a ferry.Lock or ferry.RLock, not {type(lock).__name__}")
+        self._lock = lock
+        self._name = _name(name) or f"py-cond-{uuid.uuid4().hex}"
+        self._url = url
+        self._handle = _Handle(url)
+        self.acquire = lock.acquire
+        self.release = lock.release
+
+    def __reduce__(self):
+        return (_rebuild_condition, (self._lock, self._name, self._url))
+
+    def __enter__(self) -> bool:
+        return self._lock.__enter__()
+
+    def __exit__(self, *exc) -> None:
+        self._lock.__exit__(*exc)
+
+    def _broker_lock(self) -> Lock:
+        return self._lock._lock if isinstance(self._lock, RLock) else self._lock
+
+    def _is_owned(self) -> bool:
+        if isinstance(self._lock, RLock):
+            return self._lock._owner == (os.getpid(), threading.get_ident())
+        return self._lock._token is not None
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Gives the lock back, waits until notified (True) or `timeout`
+        seconds passed (False), and takes the lock again."""
+        if not self._is_owned():
+            raise RuntimeError("cannot wait on un-acquired lock")
+        if timeout is not None and timeout < 0:
+            timeout = 0
+        lock = self._broker_lock()
+        token = lock._token
+        assert token is not None
+        # What an RLock's holder had counted, restored with the lock.
+        saved = (self._lock._owner, self._lock._count) if isinstance(self._lock, RLock) else None
+        lock._token = None
+        if saved is not None:
+            self._lock._owner, self._lock._count = None, 0
+        try:
+            args = [b"CONDWAIT", self._name.encode(), b"LOCK", lock._name.encode(),
+                    b"TOKEN", str(token).encode()]
+            return self._handle.conn().wait_call(args, True, timeout) == 1
+        finally:
+            lock.acquire()
+            if saved is not None:
+                self._lock._owner, self._lock._count = saved
+
+    def wait_for(self, predicate, timeout: float | None = None):
+        """Waits until `predicate()` is true (it is called holding the
+        lock), or `timeout` seconds passed; replies its last value."""
+        result = predicate()
+        if result:
+            return result
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not result:
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self.wait(left)
+            else:
+                self.wait()
+            result = predicate()
+        return result
+
+    def notify(self, n: int = 1) -> None:
+        if not self._is_owned():
+            raise RuntimeError("cannot notify on un-acquired lock")
+        n = _count(n, "n")
+        if n > 0:
+            self._handle.conn().call([b"CONDNOTIFY", self._name.encode(), b"COUNT", str(n).encode()])
+
+    def notify_all(self) -> None:
+        if not self._is_owned():
+            raise RuntimeError("cannot notify on un-acquired lock")
+        self._handle.conn().call([b"CONDNOTIFY", self._name.encode(), b"ALL"])
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__}({self._lock!r}, name={self._name!r})>"
+
+
+def _rebuild_condition(lock, name, url):
+    return Condition(lock, name=name, url=url)
+
+
+class Barrier:
+    """multiprocessing.Barrier across processes and machines: wait(timeout)
+    returns the caller's place in the round (0 to parties - 1), and the
+    last to arrive runs `action` before any goes through; abort(),
+    reset(), parties, n_waiting, broken. A waiter whose timeout passes
+    breaks the barrier (threading.BrokenBarrierError for every waiter), as
+    Python's does — and so does a waiter whose process dies, which would
+    otherwise never arrive. Handles of one name must agree on parties."""
+
+    def __init__(self, parties: int, action=None, timeout: float | None = None, *,
+                 name: str | None = None, url: str | None = None) -> None:
+        parties = _count(parties, "parties")
+        if parties < 1:
+            raise ValueError("parties must be >= 1")
+        self._parties = parties
+        self._action = action
+        self._timeout = timeout
+        self._name = _name(name) or f"py-barrier-{uuid.uuid4().hex}"
+        self._url = url
+        self._handle = _Handle(url)
+
+    def __reduce__(self):
+        return (_rebuild_barrier, (self._parties, self._action, self._timeout, self._name, self._url))
+
+    def _call(self, *args: bytes):
+        return self._handle.conn().call([args[0], self._name.encode(), *args[1:]])
+
+    def wait(self, timeout: float | None = None) -> int:
+        if timeout is None:
+            timeout = self._timeout
+        if timeout is not None and timeout < 0:
+            timeout = 0
+        _sync_puts()
+        args = [b"BARWAIT", self._name.encode(), b"PARTIES", str(self._parties).encode()]
+        if self._action is not None:
+            args.append(b"ACTION")
+        # A broken barrier raises threading.BrokenBarrierError.
+        place = self._handle.conn().wait_call(args, True, timeout)
+        if self._action is not None and place == self._parties - 1:
+            try:
+                self._action()
+            except BaseException:
+                self.abort()
+                raise
+            self._call(b"BARPASS")
+        return place
+
+    def reset(self) -> None:
+        self._call(b"BARRESET")
+
+    def abort(self) -> None:
+        self._call(b"BARABORT", b"PARTIES", str(self._parties).encode())
+
+    @property
+    def parties(self) -> int:
+        return self._parties
+
+    @property
+    def n_waiting(self) -> int:
+        return self._call(b"BARINFO")[0]
+
+    @property
+    def broken(self) -> bool:
+        return self._call(b"BARINFO")[1] == 1
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__}(name={self._name!r}, parties={self._parties})>"
+
+
+def _rebuild_barrier(parties, action, timeout, name, url):
+    return Barrier(parties, action, timeout, name=name, url=url)

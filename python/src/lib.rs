@@ -107,6 +107,17 @@ pub(crate) fn to_py(py: Python<'_>, e: Error) -> PyErr {
         Error::Server { code, message } if code == "NOAUTH" || code == "WRONGPASS" => {
             AuthenticationError::new_err(format!("{code} {message}"))
         }
+        // A broken barrier: the stdlib's exception, as threading raises it.
+        Error::Server { code, .. } if code == "BROKEN" => {
+            match py
+                .import("threading")
+                .and_then(|t| t.getattr("BrokenBarrierError"))
+                .and_then(|cls| cls.call0())
+            {
+                Ok(exc) => PyErr::from_value(exc),
+                Err(e) => e,
+            }
+        }
         // BoundedSemaphore.release() above its value, as the stdlib says it.
         Error::Server { code, .. } if code == "OVERRELEASED" => {
             PyValueError::new_err("Semaphore released too many times")
@@ -354,6 +365,30 @@ impl Connection {
             c.call(&refs)
         })?;
         to_object(py, v)
+    }
+
+    /// A command that waits (EVWAIT, CONDWAIT), with `block` and `timeout`
+    /// as Python takes them (TIMEOUT or NOWAIT is added), given up when a
+    /// signal handler raises (the broker ends the wait); its reply as
+    /// Python values.
+    #[pyo3(signature = (args, block=true, timeout=None))]
+    fn wait_call<'py>(
+        &self,
+        py: Python<'py>,
+        args: Vec<Vec<u8>>,
+        block: bool,
+        timeout: Option<f64>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let t = timeout_arg(block, timeout)?;
+        let mut refs: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
+        match t.as_deref() {
+            None => refs.push(b"NOWAIT"),
+            Some(ms) => refs.extend_from_slice(&[b"TIMEOUT", ms.as_bytes()]),
+        }
+        match self.blocking(py, &refs) {
+            (_, Some(interrupt)) => Err(interrupt),
+            (reply, None) => to_object(py, reply?),
+        }
     }
 
     /// QCREATE queue KIND k [MAXSIZE n]: made if missing; an existing

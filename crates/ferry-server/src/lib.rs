@@ -33,12 +33,14 @@
 //! ```
 
 mod acl;
+mod barriers;
 mod broker;
 mod clients;
 mod cmd;
 mod config;
 mod conn;
 mod counter;
+mod events;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzz;

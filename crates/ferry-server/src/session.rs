@@ -268,6 +268,8 @@ impl Session {
         for (name, token) in std::mem::take(&mut self.semaphores) {
             let _ = self.broker.semaphores.release(&name, token, holder);
         }
+        // A barrier's round held for this client's action breaks.
+        self.broker.barriers.gone(id);
     }
 }
 

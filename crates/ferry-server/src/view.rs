@@ -152,6 +152,12 @@ pub(crate) struct ServerView {
     pub(crate) lock_waiters: usize,
     pub(crate) semaphores: usize,
     pub(crate) semaphore_waiters: usize,
+    pub(crate) events: usize,
+    pub(crate) event_waiters: usize,
+    pub(crate) conditions: usize,
+    pub(crate) condition_waiters: usize,
+    pub(crate) barriers: usize,
+    pub(crate) barrier_waiters: usize,
 }
 
 impl Broker {
@@ -159,6 +165,8 @@ impl Broker {
     pub(crate) fn view(&self) -> ServerView {
         let (locks, lock_waiters) = self.locks.counts();
         let (semaphores, semaphore_waiters) = self.semaphores.counts();
+        let (events, event_waiters, conditions, condition_waiters) = self.events.counts();
+        let (barriers, barrier_waiters) = self.barriers.counts();
         let (log_records, log_syncs, log_bytes) = self.store.as_ref().map_or((0, 0, 0), |st| {
             let log = st.log();
             (log.appended(), log.syncs(), log.bytes())
@@ -199,6 +207,12 @@ impl Broker {
             lock_waiters,
             semaphores,
             semaphore_waiters,
+            events,
+            event_waiters,
+            conditions,
+            condition_waiters,
+            barriers,
+            barrier_waiters,
         }
     }
 

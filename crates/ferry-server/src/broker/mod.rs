@@ -64,6 +64,8 @@ pub(crate) struct Broker {
     queues: RwLock<HashMap<Bytes, Arc<QueueCell>>>,
     pub(crate) locks: Permits,
     pub(crate) semaphores: Permits,
+    pub(crate) events: crate::events::Events,
+    pub(crate) barriers: crate::barriers::Barriers,
     next_client: AtomicU64,
     pub(crate) clients: AtomicUsize,
     /// Users and rights (`--acl-file`), read at start.
@@ -257,6 +259,8 @@ impl Broker {
             queues: RwLock::new(HashMap::new()),
             locks: Permits::new(),
             semaphores: Permits::new(),
+            events: crate::events::Events::default(),
+            barriers: crate::barriers::Barriers::default(),
             next_client: AtomicU64::new(1),
             clients: AtomicUsize::new(0),
             acl: std::sync::OnceLock::new(),

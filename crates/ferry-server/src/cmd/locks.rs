@@ -252,6 +252,19 @@ impl AcquireWait {
 /// Gives back the permit `token` holds (UNLOCK, SEMRELEASE TOKEN): under
 /// an ACL file only its user's connections, or an operator's, may.
 fn release_by_token(s: &mut Session, kind: Kind, name: &Bytes, token: u64) -> Res {
+    let released = give_back(s, kind, name, token)?;
+    s.reply().int(i64::from(released));
+    done()
+}
+
+/// Gives back the permit `token` holds, if this connection's user may:
+/// whether it held one.
+pub(super) fn give_back(
+    s: &mut Session,
+    kind: Kind,
+    name: &Bytes,
+    token: u64,
+) -> Result<bool, CmdError> {
     let by = match s.user.as_deref() {
         Some(u) => Releaser::User(u),
         None => Releaser::Anyone,
@@ -267,8 +280,7 @@ fn release_by_token(s: &mut Session, kind: Kind, name: &Bytes, token: u64) -> Re
         )
     })?;
     held(s, kind).retain(|(n, t)| !(n == name && *t == token));
-    s.reply().int(i64::from(released));
-    done()
+    Ok(released)
 }
 
 impl Unlock {

@@ -17,6 +17,8 @@
 
 mod ack;
 mod admin;
+mod barriers;
+mod events;
 mod get;
 mod locks;
 mod put;
@@ -105,6 +107,9 @@ pub(crate) enum Blocked {
     Get(get::GetWait),
     Join(ack::JoinWait),
     Lock(locks::AcquireWait),
+    Event(events::EventWaiting),
+    Cond(events::CondWaiting),
+    Barrier(barriers::BarWaiting),
 }
 
 impl Blocked {
@@ -115,6 +120,9 @@ impl Blocked {
             Blocked::Get(w) => &w.notify,
             Blocked::Join(w) => &w.notify,
             Blocked::Lock(w) => &w.notify,
+            Blocked::Event(w) => &w.notify,
+            Blocked::Cond(w) => &w.notify,
+            Blocked::Barrier(w) => &w.notify,
         }
     }
 
@@ -126,6 +134,9 @@ impl Blocked {
             Blocked::Get(w) => w.until,
             Blocked::Join(w) => w.until,
             Blocked::Lock(w) => w.wake_at,
+            Blocked::Event(w) => w.until,
+            Blocked::Cond(w) => w.until,
+            Blocked::Barrier(w) => w.until,
         }
     }
 
@@ -138,6 +149,9 @@ impl Blocked {
             Blocked::Get(w) => w.resume(s, woke),
             Blocked::Join(w) => w.resume(s, woke),
             Blocked::Lock(w) => w.resume(s, woke),
+            Blocked::Event(w) => w.resume(s, woke),
+            Blocked::Cond(w) => w.resume(s, woke),
+            Blocked::Barrier(w) => w.resume(s, woke),
         };
         r.map(|r| s.settle(r))
     }
@@ -313,6 +327,12 @@ pub(crate) enum Command {
     SemRelease(locks::SemRelease),
     SemValue(locks::SemValue),
     SemHeld(locks::Held),
+    Event(events::EventOp),
+    EvWait(events::EvWait),
+    CondWait(events::CondWait),
+    CondNotify(events::CondNotify),
+    BarWait(barriers::BarWait),
+    Barrier(barriers::BarOp),
     Create(admin::Create),
     Config(admin::ConfigQueue),
     Put(put::Put),
@@ -327,7 +347,7 @@ pub(crate) enum Command {
 }
 
 /// Every command name, upper case.
-pub(crate) const NAMES: [&str; 35] = [
+pub(crate) const NAMES: [&str; 46] = [
     "QPUT",
     "QGET",
     "QDONE",
@@ -352,6 +372,17 @@ pub(crate) const NAMES: [&str; 35] = [
     "SEMRELEASE",
     "SEMVALUE",
     "SEMHELD",
+    "EVSET",
+    "EVCLEAR",
+    "EVISSET",
+    "EVWAIT",
+    "CONDWAIT",
+    "CONDNOTIFY",
+    "BARWAIT",
+    "BARPASS",
+    "BARABORT",
+    "BARRESET",
+    "BARINFO",
     "PING",
     "ECHO",
     "QUIT",
@@ -400,6 +431,14 @@ impl Command {
             "UNLOCK" => Command::Unlock(locks::Unlock::parse(a)?),
             "LOCKED" => Command::Locked(locks::Held::parse(a, locks::Kind::Lock)?),
             "SEMHELD" => Command::SemHeld(locks::Held::parse(a, locks::Kind::Semaphore)?),
+            "EVSET" | "EVCLEAR" | "EVISSET" => Command::Event(events::EventOp::parse(a, command)?),
+            "EVWAIT" => Command::EvWait(events::EvWait::parse(a)?),
+            "CONDWAIT" => Command::CondWait(events::CondWait::parse(a)?),
+            "CONDNOTIFY" => Command::CondNotify(events::CondNotify::parse(a)?),
+            "BARWAIT" => Command::BarWait(barriers::BarWait::parse(a)?),
+            "BARPASS" | "BARABORT" | "BARRESET" | "BARINFO" => {
+                Command::Barrier(barriers::BarOp::parse(a, command)?)
+            }
             "QCREATE" => Command::Create(admin::Create::parse(a)?),
             "QCONFIG" => Command::Config(admin::ConfigQueue::parse(a)?),
             "QPUT" => Command::Put(put::Put::parse(a)?),
@@ -466,6 +505,12 @@ impl Command {
             Command::SemRelease(c) => vec![(Right::Lock, &c.name)],
             Command::SemValue(c) => vec![(Right::Lock, &c.name)],
             Command::SemHeld(c) => vec![(Right::Lock, &c.name)],
+            Command::Event(c) => vec![(Right::Lock, c.name())],
+            Command::EvWait(c) => vec![(Right::Lock, &c.name)],
+            Command::CondWait(c) => vec![(Right::Lock, &c.cond), (Right::Lock, &c.lock)],
+            Command::CondNotify(c) => vec![(Right::Lock, &c.cond)],
+            Command::BarWait(c) => vec![(Right::Lock, &c.name)],
+            Command::Barrier(c) => vec![(Right::Lock, c.name())],
             Command::Server(_) => Vec::new(),
         }
     }
@@ -520,6 +565,12 @@ impl Command {
             Command::SemRelease(c) => c.apply(s),
             Command::SemValue(c) => c.apply(s),
             Command::SemHeld(c) => c.apply(s),
+            Command::Event(c) => c.apply(s),
+            Command::EvWait(c) => c.apply(s),
+            Command::CondWait(c) => c.apply(s),
+            Command::CondNotify(c) => c.apply(s),
+            Command::BarWait(c) => c.apply(s),
+            Command::Barrier(c) => c.apply(s),
             Command::Create(c) => c.apply(s),
             Command::Config(c) => c.apply(s),
             Command::Put(c) => c.apply(s),

@@ -457,7 +457,7 @@ fn info(s: &mut Session) {
         .http_addr()
         .map_or_else(String::new, |a| a.to_string());
     let text = format!(
-        "# Server\r\nferry_version:{}\r\nredis_version:7.0.0\r\nprocess_id:{}\r\nuptime_in_seconds:{}\r\nthreads:{}\r\ndurability:{}\r\nhttp_addr:{}\r\n\r\n# Persistence\r\nlog_records:{}\r\nlog_syncs:{}\r\nlog_bytes:{}\r\nlog_compactions:{}\r\n\r\n# Clients\r\nconnected_clients:{}\r\nmaxclients:{}\r\n\r\n# Limits\r\nmax_payload:{}\r\nmax_request:{}\r\nidle_timeout:{}\r\nwrite_timeout:{}\r\nrefused_requests:{}\r\nidle_closed:{}\r\nslow_closed:{}\r\nunauthenticated_closed:{}\r\n\r\n# Stats\r\ntotal_commands_processed:{}\r\n\r\n# Memory\r\nqueued_memory:{}\r\nmax_memory:{}\r\n\r\n# Queues\r\nqueues:{}\r\nlocks:{}\r\nlock_waiters:{}\r\nsemaphores:{}\r\nsemaphore_waiters:{}\r\n",
+        "# Server\r\nferry_version:{}\r\nredis_version:7.0.0\r\nprocess_id:{}\r\nuptime_in_seconds:{}\r\nthreads:{}\r\ndurability:{}\r\nhttp_addr:{}\r\n\r\n# Persistence\r\nlog_records:{}\r\nlog_syncs:{}\r\nlog_bytes:{}\r\nlog_compactions:{}\r\n\r\n# Clients\r\nconnected_clients:{}\r\nmaxclients:{}\r\n\r\n# Limits\r\nmax_payload:{}\r\nmax_request:{}\r\nidle_timeout:{}\r\nwrite_timeout:{}\r\nrefused_requests:{}\r\nidle_closed:{}\r\nslow_closed:{}\r\nunauthenticated_closed:{}\r\n\r\n# Stats\r\ntotal_commands_processed:{}\r\n\r\n# Memory\r\nqueued_memory:{}\r\nmax_memory:{}\r\n\r\n# Queues\r\nqueues:{}\r\nlocks:{}\r\nlock_waiters:{}\r\nsemaphores:{}\r\nsemaphore_waiters:{}\r\nevents:{}\r\nevent_waiters:{}\r\nconditions:{}\r\ncondition_waiters:{}\r\nbarriers:{}\r\nbarrier_waiters:{}\r\n",
         v.version,
         v.process_id,
         v.uptime_seconds,
@@ -486,6 +486,12 @@ fn info(s: &mut Session) {
         v.lock_waiters,
         v.semaphores,
         v.semaphore_waiters,
+        v.events,
+        v.event_waiters,
+        v.conditions,
+        v.condition_waiters,
+        v.barriers,
+        v.barrier_waiters,
     );
     s.reply().bulk(text.as_bytes());
 }

@@ -285,6 +285,124 @@ async fn a_semaphore_grants_its_value_in_line_and_a_dead_holder_gives_back_only_
 }
 
 #[tokio::test]
+async fn an_event_wakes_every_waiter_and_a_condition_its_oldest_first() {
+    let b = broker(Config::default());
+    let mut s: Vec<Session> = (0..4)
+        .map(|_| Session::new(Arc::clone(&b), "test".into()))
+        .collect();
+    let [a, c, d, e] = &mut s[..] else {
+        unreachable!()
+    };
+    assert_eq!(run(a, &["EVISSET", "e"]), ":0\r\n");
+    assert_eq!(run(a, &["EVWAIT", "e", "NOWAIT"]), ":0\r\n");
+    let mut w1 = blocked(c, &["EVWAIT", "e"]);
+    let mut w2 = blocked(d, &["EVWAIT", "e", "TIMEOUT", "5000"]);
+    assert_eq!(w1.resume(c, Woke::Notified), None);
+    // Set and cleared before they look: each was woken by the set.
+    assert_eq!(run(a, &["EVSET", "e"]), ":1\r\n");
+    assert_eq!(run(a, &["EVCLEAR", "e"]), ":1\r\n");
+    assert_eq!(w1.resume(c, Woke::Notified), Some(Flow::Continue));
+    assert_eq!(take(c), ":1\r\n");
+    assert_eq!(w2.resume(d, Woke::Notified), Some(Flow::Continue));
+    assert_eq!(take(d), ":1\r\n");
+    assert_eq!(run(a, &["EVWAIT", "e", "NOWAIT"]), ":0\r\n");
+    let mut w3 = blocked(c, &["EVWAIT", "e", "TIMEOUT", "5000"]);
+    assert_eq!(w3.resume(c, Woke::Unblocked(false)), Some(Flow::Continue));
+    assert_eq!(take(c), ":0\r\n", "a wait that ends unset replies 0");
+    run(a, &["EVSET", "e"]);
+    assert_eq!(run(c, &["EVWAIT", "e"]), ":1\r\n", "set: at once");
+    assert_eq!(run(c, &["EVISSET", "e"]), ":1\r\n");
+    run(a, &["EVCLEAR", "e"]);
+
+    // A condition: CONDWAIT gives the lock back and waits in line.
+    let t1 = token(&run(a, &["LOCK", "m"]));
+    let mut cw1 = blocked(
+        a,
+        &["CONDWAIT", "cv", "LOCK", "m", "TOKEN", &t1.to_string()],
+    );
+    let t2 = token(&run(c, &["LOCK", "m", "NOWAIT"]));
+    let mut cw2 = blocked(
+        c,
+        &["CONDWAIT", "cv", "LOCK", "m", "TOKEN", &t2.to_string()],
+    );
+    assert_eq!(cw1.resume(a, Woke::Notified), None);
+    assert_eq!(run(e, &["CONDNOTIFY", "cv"]), ":1\r\n");
+    assert_eq!(cw2.resume(c, Woke::Notified), None, "the oldest goes first");
+    assert_eq!(cw1.resume(a, Woke::Notified), Some(Flow::Continue));
+    assert_eq!(take(a), ":1\r\n");
+    assert_eq!(run(e, &["CONDNOTIFY", "cv", "ALL"]), ":1\r\n");
+    // Notified as its timeout came: it counts as notified.
+    assert_eq!(cw2.resume(c, Woke::Unblocked(false)), Some(Flow::Continue));
+    assert_eq!(take(c), ":1\r\n");
+    assert_eq!(run(e, &["CONDNOTIFY", "cv"]), ":0\r\n");
+    let refused = run(d, &["CONDWAIT", "cv", "LOCK", "m", "TOKEN", "1"]);
+    assert!(
+        refused.starts_with("-ERR cannot wait on un-acquired lock"),
+        "{refused}"
+    );
+    assert_eq!(b.events.counts(), (0, 0, 0, 0), "nothing left behind");
+}
+
+#[tokio::test]
+async fn a_barrier_lets_a_full_round_through_and_breaks_for_a_party_that_leaves() {
+    let b = broker(Config::default());
+    let mut s: Vec<Session> = (0..3)
+        .map(|_| Session::new(Arc::clone(&b), "test".into()))
+        .collect();
+    let [a, c, d] = &mut s[..] else {
+        unreachable!()
+    };
+    let wait = ["BARWAIT", "B", "PARTIES", "3"];
+    let mut w0 = blocked(a, &wait);
+    let mut w1 = blocked(c, &wait);
+    assert_eq!(run(d, &["BARINFO", "B"]), "*2\r\n:2\r\n:0\r\n");
+    assert!(run(d, &["BARWAIT", "B", "PARTIES", "4"]).contains("exists with PARTIES 3"));
+    assert_eq!(run(d, &wait), ":2\r\n", "the last arriver passes at once");
+    assert_eq!(w1.resume(c, Woke::Notified), Some(Flow::Continue));
+    assert_eq!(take(c), ":1\r\n");
+    assert_eq!(w0.resume(a, Woke::Notified), Some(Flow::Continue));
+    assert_eq!(take(a), ":0\r\n");
+    assert_eq!(b.barriers.counts(), (0, 0), "an ended round leaves nothing");
+
+    // With an action: the round is held until its last arriver says so.
+    let act = ["BARWAIT", "A", "PARTIES", "2", "ACTION"];
+    let mut w0 = blocked(a, &act);
+    assert_eq!(run(c, &act), ":1\r\n");
+    assert_eq!(w0.resume(a, Woke::Notified), None, "held for the action");
+    assert_eq!(run(c, &["BARPASS", "A"]), ":1\r\n");
+    assert_eq!(w0.resume(a, Woke::Notified), Some(Flow::Continue));
+    assert_eq!(take(a), ":0\r\n");
+    // The action's runner leaves before BARPASS: the round breaks.
+    let mut w0 = blocked(a, &act);
+    assert_eq!(run(c, &act), ":1\r\n");
+    c.release_all();
+    assert_eq!(w0.resume(a, Woke::Notified), Some(Flow::Continue));
+    assert!(take(a).starts_with("-BROKEN"));
+    assert!(run(d, &act).starts_with("-BROKEN"), "broken until reset");
+    assert_eq!(run(d, &["BARRESET", "A"]), ":1\r\n");
+
+    // A waiter that leaves (or times out) breaks the barrier for the rest.
+    let mut w0 = blocked(a, &wait);
+    let mut w1 = blocked(c, &wait);
+    assert_eq!(w0.resume(a, Woke::Gone), Some(Flow::Close));
+    assert_eq!(w1.resume(c, Woke::Notified), Some(Flow::Continue));
+    assert!(take(c).starts_with("-BROKEN"));
+    assert_eq!(run(d, &["BARINFO", "B"]), "*2\r\n:0\r\n:1\r\n");
+    // Reset ends the round in progress broken, and starts afresh.
+    assert_eq!(run(d, &["BARRESET", "B"]), ":1\r\n");
+    let mut w1 = blocked(c, &wait);
+    assert_eq!(run(d, &["BARRESET", "B"]), ":1\r\n");
+    assert_eq!(w1.resume(c, Woke::Notified), Some(Flow::Continue));
+    assert!(take(c).starts_with("-BROKEN"));
+    assert_eq!(run(d, &["BARINFO", "B"]), "*2\r\n:0\r\n:0\r\n");
+    // NOWAIT short of a full round breaks it, as a timeout would.
+    assert!(run(d, &["BARWAIT", "B", "PARTIES", "3", "NOWAIT"]).starts_with("-BROKEN"));
+    assert_eq!(run(d, &["BARABORT", "B", "PARTIES", "3"]), ":1\r\n");
+    assert_eq!(run(d, &["BARRESET", "B"]), ":1\r\n");
+    assert_eq!(b.barriers.counts(), (0, 0));
+}
+
+#[tokio::test]
 async fn an_unblocked_wait_ends_as_a_timeout_or_an_error() {
     let b = broker(Config::default());
     let mut s = Session::new(b, "test".into());
@@ -483,6 +601,27 @@ async fn every_command_checks_its_user_s_rights() {
         ("SEMRELEASE", &["SEMRELEASE", "{q}", "VALUE", "2"], Right),
         ("SEMVALUE", &["SEMVALUE", "{q}", "VALUE", "2"], Right),
         ("SEMHELD", &["SEMHELD", "{q}", "1"], Right),
+        ("EVSET", &["EVSET", "{q}"], Right),
+        ("EVCLEAR", &["EVCLEAR", "{q}"], Right),
+        ("EVISSET", &["EVISSET", "{q}"], Right),
+        ("EVWAIT", &["EVWAIT", "{q}", "NOWAIT"], Right),
+        (
+            "CONDWAIT",
+            &[
+                "CONDWAIT", "{q}", "LOCK", "{q}", "TOKEN", "1", "TIMEOUT", "1",
+            ],
+            Right,
+        ),
+        ("CONDNOTIFY", &["CONDNOTIFY", "{q}"], Right),
+        (
+            "BARWAIT",
+            &["BARWAIT", "{q}", "PARTIES", "2", "NOWAIT"],
+            Right,
+        ),
+        ("BARPASS", &["BARPASS", "{q}"], Right),
+        ("BARABORT", &["BARABORT", "{q}", "PARTIES", "2"], Right),
+        ("BARRESET", &["BARRESET", "{q}"], Right),
+        ("BARINFO", &["BARINFO", "{q}"], Right),
         ("PING", &["PING"], Nothing),
         ("ECHO", &["ECHO", "e"], Nothing),
         ("HELLO", &["HELLO", "2"], Nothing),
