@@ -1,4 +1,5 @@
-"""ferry.aio: asyncio's queues and lock, across processes and machines.
+"""ferry.aio: asyncio's queues, locks, semaphores, events, conditions and
+barriers, across processes and machines.
 
     >>> import asyncio, ferry.aio
     >>> async def main():
@@ -39,10 +40,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import itertools
 import math
 import os
-import threading
 import uuid
 from types import GenericAlias
 
@@ -53,7 +52,18 @@ from ferry.exceptions import FerryError, LeaseLost, NotLeased
 from ferry.ordering import order_key_and_type
 from ferry.queues import _SERIALIZERS
 from ferry.util import _check_timeout
-from ferry._ferry import RESEND_WINDOW_MS, AsyncPool, Connection, Inbox
+from ferry._ferry import AsyncPool
+from ferry.aio_base import (
+    QueueEmpty,
+    QueueFull,
+    ShutDown,
+    _Process,
+    _call,
+    _process,
+    _submit,
+    _translate,
+)
+from ferry.aio_synchronize import Barrier, BoundedSemaphore, Condition, Event, Lock, Semaphore
 
 __all__ = [
     "Queue",
@@ -61,6 +71,11 @@ __all__ = [
     "LifoQueue",
     "PriorityQueue",
     "Lock",
+    "Semaphore",
+    "BoundedSemaphore",
+    "Event",
+    "Condition",
+    "Barrier",
     "ShutDown",
     "QueueEmpty",
     "QueueFull",
@@ -72,217 +87,6 @@ __all__ = [
 #: How long (s) an item whose get was cancelled as the broker delivered it
 #: waits here for this handle's next get before it is put back.
 RETURN_AFTER = 0.05
-
-QueueEmpty = asyncio.QueueEmpty
-QueueFull = asyncio.QueueFull
-
-if hasattr(asyncio, "QueueShutDown"):
-    class ShutDown(ferry.ShutDown, asyncio.QueueShutDown):
-        """The queue was shut down: asyncio.QueueShutDown (3.13+), and
-        ferry.ShutDown."""
-else:
-    ShutDown = ferry.ShutDown
-
-
-class _Process:
-    """This process's way to one broker: its holder token, its AsyncPool,
-    and a blocking connection per thread for the calls asyncio makes
-    synchronous (put_nowait, get_nowait, qsize, ...), all one holder."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.holder = f"py-{os.getpid()}-{uuid.uuid4().hex}"
-        self.pool = AsyncPool(url, self.holder)
-        self.local = threading.local()
-        # Each put carries a DEDUP key of its own (unless the caller gave
-        # one), so that one whose connection was lost — a broker restart,
-        # a failover — is sent again safely and goes in once.
-        self.puts = itertools.count()
-
-    def resend_key(self) -> list:
-        """DEDUP and DEDUPFOR for a put's own key: it counts two minutes
-        (a resend comes within the reconnect window), not ten."""
-        return [
-            b"DEDUP",
-            f"{self.holder}-{next(self.puts)}".encode(),
-            b"DEDUPFOR",
-            str(RESEND_WINDOW_MS).encode(),
-        ]
-
-    def conn(self) -> Connection:
-        c = getattr(self.local, "conn", None)
-        if c is None:
-            c = Connection(self.url)
-            c.set_holder(self.holder)
-            self.local.conn = c
-        return c
-
-
-_processes: dict = {}
-_processes_lock = threading.Lock()
-
-
-def _process(url: str) -> _Process:
-    key = (os.getpid(), url)  # a forked child makes its own
-    p = _processes.get(key)
-    if p is None:
-        with _processes_lock:
-            p = _processes.get(key)
-            if p is None:
-                if not any(k[0] == key[0] for k in _processes):
-                    # Run at exit by multiprocessing's exit function, which
-                    # its children run too (atexit does not run in a forked
-                    # child), after the queues' own (10), before private
-                    # queues are dropped (-1).
-                    _util._mp_util.Finalize(None, _at_exit, args=(key[0],), exitpriority=1)
-                p = _processes[key] = _Process(url)
-    return p
-
-
-def _translate(e: BaseException) -> BaseException:
-    """The exception asyncio code expects for a broker's."""
-    if isinstance(e, ferry.ShutDown) and not isinstance(e, ShutDown):
-        return ShutDown("queue is shut down")
-    if isinstance(e, ferry.Full):
-        return QueueFull()
-    if isinstance(e, ferry.Empty):
-        return QueueEmpty()
-    return e
-
-
-def _settle(fut: asyncio.Future, orphan, value, error) -> None:
-    if not fut.cancelled():
-        try:
-            if error is not None:
-                fut.set_exception(_translate(error))
-            else:
-                fut.set_result(value)
-            return
-        except RuntimeError:
-            pass  # its loop is closed
-    # Nobody awaits it: what the broker handed over goes back.
-    if orphan is not None and error is None:
-        orphan(value)
-
-
-class _Loop:
-    """One event loop's inbox for replies (see AsyncPool): the loop
-    watches its socket and settles what came."""
-
-    __slots__ = ("loop", "inbox", "loop_adopted", "__weakref__")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
-        self.inbox = Inbox()
-        loop.add_reader(self.inbox.fileno(), self.drain)
-
-    def drain(self) -> None:
-        for fut, orphan, value, error in self.inbox.take():
-            _settle(fut, orphan, value, error)
-
-    def adopt(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Its loop ended with replies still to come: `loop` watches for
-        them instead, until the last has come."""
-        def drain() -> None:
-            idle = self.inbox.wait_idle(0)
-            self.drain()
-            if idle:
-                loop.remove_reader(self.inbox.fileno())
-                _loops.pop(self.loop, None)
-        self.loop_adopted = loop
-        loop.add_reader(self.inbox.fileno(), drain)
-
-
-# This process's loops' inboxes, by loop (ended loops' too, until their
-# last replies are settled).
-_loops: dict = {}
-_last_loop: list = [None, None]
-
-
-def _forget_parents_loops() -> None:
-    # A forked child must not read its parent's inbox sockets (it would
-    # take the parent's wakeups); its own loops get their own.
-    _loops.clear()
-    _last_loop[0] = _last_loop[1] = None
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_parents_loops)
-
-
-def _inbox(loop: asyncio.AbstractEventLoop) -> Inbox:
-    if _last_loop[0] is loop:
-        return _last_loop[1]
-    entry = _loops.get(loop)
-    if entry is None:
-        _settle_ended_loops()
-        entry = _loops[loop] = _Loop(loop)
-    _last_loop[0], _last_loop[1] = loop, entry.inbox
-    return entry.inbox
-
-
-def _settle_ended_loops(timeout: float = 0.0, at_exit: bool = False) -> None:
-    """Settles the replies that came for loops that have ended (their
-    futures are cancelled: what they hold goes back). Replies still to
-    come are watched for by the running loop, if there is one."""
-    try:
-        running = asyncio.get_running_loop()
-    except RuntimeError:
-        running = None
-    for loop, entry in list(_loops.items()):
-        if not (loop.is_closed() or (at_exit and not loop.is_running())):
-            continue
-        idle = entry.inbox.wait_idle(timeout)
-        entry.drain()
-        if idle:
-            del _loops[loop]
-            if _last_loop[0] is loop:
-                _last_loop[0] = _last_loop[1] = None
-        elif running is not None and entry.loop is not running:
-            entry.adopt(running)
-
-
-def _submit(pool: AsyncPool, args: list, wait: bool, orphan=None) -> tuple:
-    """Sends a command: its future and ticket."""
-    loop = asyncio.get_running_loop()
-    fut = loop.create_future()
-    return fut, pool.submit(args, wait, _inbox(loop), fut, orphan)
-
-
-async def _call(pool: AsyncPool, args: list, wait: bool = False, orphan=None):
-    """Sends a command and awaits its reply. `wait`: it may wait at the
-    broker, so it gets a connection of its own and a cancel ends the wait.
-    `orphan(value)` takes a successful reply nobody awaits any more (the
-    awaiting task was cancelled as it came)."""
-    fut, ticket = _submit(pool, args, wait, orphan)
-    try:
-        return await fut
-    except asyncio.CancelledError:
-        if wait:
-            pool.cancel(ticket)
-        _orphan_result(fut, orphan)
-        raise
-
-
-def _orphan_result(fut: asyncio.Future, orphan) -> None:
-    """A future settled with a reply whose task was cancelled before it
-    ran: the reply goes to `orphan`."""
-    if orphan is not None and fut.done() and not fut.cancelled() and fut.exception() is None:
-        orphan(fut.result())
-
-
-def _at_exit(pid: int) -> None:
-    """The process is ending: waits still under way are ended, what they
-    delivered goes back, and what is being given back is sent (at most a
-    second or so), before the connections close."""
-    if pid != os.getpid():
-        return
-    for p in list(_processes.values()):
-        p.pool.cancel_all()
-    _settle_ended_loops(timeout=1.0, at_exit=True)
-    for p in list(_processes.values()):
-        p.pool.wait_sent(1.0)
-
 
 def _whole_maxsize(maxsize) -> int:
     """asyncio's maxsize (a float too: room while qsize() < maxsize) as the
@@ -783,7 +587,7 @@ def _settle_at_exit(pid: int, url: str, qname: bytes, take: bool, fetched, dones
                 finished.append(msg_id)
             items = []
         conn.settle(name, finished, [msg_id for msg_id, _ in items])
-    except FerryError:
+    except (FerryError, OSError):
         pass  # the broker is gone; leased items come back by themselves
 
 
@@ -819,67 +623,3 @@ class PriorityQueue(Queue):
 
     def _restore_key(self, payload: bytes) -> tuple:
         return order_key_and_type(self._loads(payload))
-
-
-class Lock:
-    """asyncio.Lock across processes and machines: `async with lock:`,
-    `await acquire()`, `release()`. Fair (first come, first served), and
-    released by the broker if the holding process dies. `locked()` says
-    whether this handle holds it."""
-
-    def __init__(self, *, name: str | None = None, url: str | None = None) -> None:
-        self._name = _util._name(name) or f"py-lock-{uuid.uuid4().hex}"
-        self._bname = self._name.encode()
-        self._given_url = url
-        self._url = _util._url(url)
-        self._token: int | None = None
-
-    def __reduce__(self):
-        return (_rebuild_lock, (self._name, self._given_url))
-
-    def __repr__(self) -> str:
-        state = "locked" if self._token is not None else "unlocked"
-        return f"<ferry.aio.Lock name={self._name!r} [{state} here]>"
-
-    def _orphaned(self, token) -> None:
-        # Granted as the acquirer was cancelled: not half-taken.
-        if isinstance(token, int):
-            _process(self._url).pool.send([b"UNLOCK", self._bname, str(token).encode()])
-
-    async def acquire(self) -> bool:
-        pool = _process(self._url).pool
-        token = await _call(pool, [b"LOCK", self._bname, b"NOWAIT"], orphan=self._orphaned)
-        while token is None:
-            token = await _call(pool, [b"LOCK", self._bname, b"TIMEOUT", b"0"], wait=True,
-                                orphan=self._orphaned)
-        self._token = token
-        return True
-
-    def release(self) -> None:
-        if self._token is None:
-            raise RuntimeError("Lock is not acquired.")
-        token, self._token = self._token, None
-        # Sent on the shared connection, so it goes before any later
-        # acquire of this process.
-        _process(self._url).pool.send([b"UNLOCK", self._bname, str(token).encode()])
-
-    def locked(self) -> bool:
-        return self._token is not None
-
-    async def lost(self) -> bool:
-        """Whether this handle acquired the lock and no longer holds it (its
-        connection was lost; on Redis its heartbeat was overdue)."""
-        if self._token is None:
-            return False
-        held = await _call(_process(self._url).pool, [b"LOCKED", self._bname, str(self._token).encode()])
-        return held != 1
-
-    async def __aenter__(self) -> None:
-        await self.acquire()
-
-    async def __aexit__(self, *exc) -> None:
-        self.release()
-
-
-def _rebuild_lock(name, url):
-    return Lock(name=name, url=url)
