@@ -185,6 +185,8 @@ done
 echo "== Python: ferry.JoinableQueue against multiprocessing.JoinableQueue" >&2
 if [[ -x .venv/bin/python ]] && .venv/bin/python -c 'import ferry' 2>/dev/null; then
     FERRY_BIN="$ferry_bin" .venv/bin/python bench/python_mp.py -n "$pyn" --json >>"$results" || failed=1
+    echo "== Python: ferry.Pool and ProcessPoolExecutor against multiprocessing's and concurrent.futures'" >&2
+    FERRY_BIN="$ferry_bin" .venv/bin/python bench/python_pool.py --json >>"$results" || failed=1
     echo "== Python asyncio: ferry.aio against redis.asyncio streams, asyncio.Queue as the ceiling" >&2
     for loop in "" --uvloop; do
         FERRY_BIN="$ferry_bin" .venv/bin/python bench/python_aio.py -n "$pyaio" $loop --json >>"$results" || failed=1

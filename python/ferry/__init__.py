@@ -11,7 +11,8 @@ The broker is found at FERRY_URL, else ferry://127.0.0.1:7878.
 
 The package is laid out as multiprocessing is: queues.py (the queues),
 synchronize.py (Lock, RLock, Semaphore,
-BoundedSemaphore, Event, Condition, Barrier), exceptions.py, and what they share — lanes.py (a
+BoundedSemaphore, Event, Condition, Barrier), pool.py (Pool), executor.py
+(ProcessPoolExecutor), exceptions.py, and what they share — lanes.py (a
 handle's connections, one per thread), feeder.py (write-behind puts),
 ordering.py (a PriorityQueue's keys), util.py (finalizers, the fork
 generation, the URL).
@@ -44,6 +45,8 @@ from ferry.queues import (
     Queue,
     SimpleQueue,
 )
+from ferry.executor import ProcessPoolExecutor
+from ferry.pool import Pool
 from ferry.synchronize import Barrier, BoundedSemaphore, Condition, Event, Lock, RLock, Semaphore
 from ferry.util import DEFAULT_URL, connect
 
@@ -60,6 +63,8 @@ __all__ = [
     "Event",
     "Condition",
     "Barrier",
+    "Pool",
+    "ProcessPoolExecutor",
     "ShutDown",
     "FerryError",
     "AuthenticationError",

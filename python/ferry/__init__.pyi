@@ -1,4 +1,5 @@
-from typing import Any, Callable, Generic, Iterable, TypeVar
+import concurrent.futures
+from typing import Any, Callable, Generic, Iterable, Iterator, TypeVar
 import queue as _queue
 
 T = TypeVar("T")
@@ -147,3 +148,73 @@ class Barrier:
     def n_waiting(self) -> int: ...
     @property
     def broken(self) -> bool: ...
+
+class AsyncResult(Generic[T]):
+    def ready(self) -> bool: ...
+    def successful(self) -> bool: ...
+    def wait(self, timeout: float | None = ...) -> None: ...
+    def get(self, timeout: float | None = ...) -> T: ...
+
+class Pool:
+    def __init__(
+        self,
+        processes: int | None = ...,
+        initializer: Callable[..., object] | None = ...,
+        initargs: Iterable[Any] = ...,
+        maxtasksperchild: int | None = ...,
+        context: Any = ...,
+        *,
+        name: str | None = ...,
+        url: str | None = ...,
+    ) -> None: ...
+    @property
+    def name(self) -> str: ...
+    def apply(self, func: Callable[..., T], args: Iterable[Any] = ..., kwds: dict[str, Any] = ...) -> T: ...
+    def apply_async(
+        self,
+        func: Callable[..., T],
+        args: Iterable[Any] = ...,
+        kwds: dict[str, Any] = ...,
+        callback: Callable[[T], object] | None = ...,
+        error_callback: Callable[[BaseException], object] | None = ...,
+    ) -> AsyncResult[T]: ...
+    def map(self, func: Callable[[Any], T], iterable: Iterable[Any], chunksize: int | None = ...) -> list[T]: ...
+    def map_async(
+        self,
+        func: Callable[[Any], T],
+        iterable: Iterable[Any],
+        chunksize: int | None = ...,
+        callback: Callable[[list[T]], object] | None = ...,
+        error_callback: Callable[[BaseException], object] | None = ...,
+    ) -> AsyncResult[list[T]]: ...
+    def starmap(self, func: Callable[..., T], iterable: Iterable[Iterable[Any]], chunksize: int | None = ...) -> list[T]: ...
+    def starmap_async(
+        self,
+        func: Callable[..., T],
+        iterable: Iterable[Iterable[Any]],
+        chunksize: int | None = ...,
+        callback: Callable[[list[T]], object] | None = ...,
+        error_callback: Callable[[BaseException], object] | None = ...,
+    ) -> AsyncResult[list[T]]: ...
+    def imap(self, func: Callable[[Any], T], iterable: Iterable[Any], chunksize: int = ...) -> Iterator[T]: ...
+    def imap_unordered(self, func: Callable[[Any], T], iterable: Iterable[Any], chunksize: int = ...) -> Iterator[T]: ...
+    def close(self) -> None: ...
+    def terminate(self) -> None: ...
+    def join(self) -> None: ...
+    def __enter__(self) -> Pool: ...
+    def __exit__(self, *exc: object) -> None: ...
+
+class ProcessPoolExecutor(concurrent.futures.Executor):
+    def __init__(
+        self,
+        max_workers: int | None = ...,
+        mp_context: Any = ...,
+        initializer: Callable[..., object] | None = ...,
+        initargs: tuple[Any, ...] = ...,
+        *,
+        max_tasks_per_child: int | None = ...,
+        name: str | None = ...,
+        url: str | None = ...,
+    ) -> None: ...
+    @property
+    def name(self) -> str: ...

@@ -1,0 +1,94 @@
+"""concurrent.futures.ProcessPoolExecutor across processes and machines,
+on ferry.Pool (ferry/pool.py): its workers here, and any process that
+joins by name (`python -m ferry work NAME`)."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import itertools
+import os
+import threading
+
+from ferry.pool import Pool
+from ferry.util import _count
+
+__all__ = ["ProcessPoolExecutor"]
+
+
+def _process_chunk(fn, chunk):
+    return [fn(*args) for args in chunk]
+
+
+class ProcessPoolExecutor(concurrent.futures.Executor):
+    """concurrent.futures.ProcessPoolExecutor across processes and
+    machines: submit, map (timeout, chunksize), shutdown(wait,
+    cancel_futures), and a context manager. A worker killed mid-task has
+    its task run again by another (at-least-once), and the future still
+    resolves, once. max_workers=0 is allowed: every task runs in workers
+    that joined by name elsewhere."""
+
+    def __init__(self, max_workers: int | None = None, mp_context=None, initializer=None, initargs=(), *,
+                 max_tasks_per_child: int | None = None, name: str | None = None,
+                 url: str | None = None) -> None:
+        if max_workers is None:
+            max_workers = os.cpu_count() or 1
+        max_workers = _count(max_workers, "max_workers")
+        if max_workers < 0:
+            raise ValueError("max_workers must be greater than or equal to 0")
+        self._pool = Pool(max_workers, initializer, initargs, max_tasks_per_child, mp_context, name=name, url=url)
+        self._lock = threading.Lock()
+        self._shutdown = False
+        # Futures not yet resolved, with their jobs in the pool.
+        self._pending: dict = {}
+
+    @property
+    def name(self) -> str:
+        """The pool's name: `python -m ferry work NAME` joins it."""
+        return self._pool.name
+
+    def submit(self, fn, /, *args, **kwargs) -> concurrent.futures.Future:
+        with self._lock:
+            if self._shutdown:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            future: concurrent.futures.Future = concurrent.futures.Future()
+
+        def settle(ok: bool, value) -> None:
+            with self._lock:
+                self._pending.pop(future, None)
+            # A future cancelled while its task ran is left cancelled.
+            if future.set_running_or_notify_cancel():
+                if ok:
+                    future.set_result(value)
+                else:
+                    future.set_exception(value)
+
+        result = self._pool.apply_async(fn, args, kwargs, callback=lambda v: settle(True, v),
+                                        error_callback=lambda e: settle(False, e))
+        with self._lock:
+            if not future.done():
+                self._pending[future] = result._job
+        return future
+
+    def map(self, fn, *iterables, timeout=None, chunksize=1):
+        if chunksize < 1:
+            raise ValueError("chunksize must be >= 1.")
+        it = zip(*iterables)
+        chunks = iter(lambda: list(itertools.islice(it, chunksize)), [])
+        results = super().map(_process_chunk, itertools.repeat(fn), chunks, timeout=timeout)
+        return itertools.chain.from_iterable(results)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        with self._lock:
+            self._shutdown = True
+            pending = list(self._pending.items())
+        if cancel_futures:
+            # Their tasks may still run (a worker may have them); their
+            # results are dropped, and nobody waits for them.
+            for f, job in pending:
+                if f.cancel():
+                    self._pool._jobs.pop(job, None)
+        self._pool.close()
+        if wait:
+            self._pool.join()
+        else:
+            threading.Thread(target=self._pool.join, name="ferry-executor-shutdown", daemon=True).start()

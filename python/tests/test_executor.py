@@ -1,0 +1,181 @@
+"""ferry.ProcessPoolExecutor, after CPython's
+Lib/test/test_concurrent_futures (test_process_pool, executor and
+shutdown tests): a first port of the tests of behaviour a user sees —
+submit, map (timeout, chunksize, an exception), shutdown (wait,
+cancel_futures), the context manager, stale references — and what a pool
+across machines adds: a worker killed mid-task, whose future still
+resolves, once.
+
+Differences, each on purpose: max_workers=0 is allowed (every task runs
+in workers that joined by name elsewhere; CPython raises ValueError); a
+future cancelled after its task started running still reports
+cancelled() (its result is dropped), since the task's start happens in
+another process; BrokenProcessPool never happens — a dead worker's task
+goes to another.
+"""
+
+import concurrent.futures
+import os
+import signal
+import time
+import weakref
+
+import pytest
+
+import ferry
+from concurrent.futures import TimeoutError as FuturesTimeout
+
+
+def mul(x, y):
+    return x * y
+
+
+def capture(*args, **kwargs):
+    return args, kwargs
+
+
+def sleep_and_return(t, x):
+    time.sleep(t)
+    return x
+
+
+def divide(x):
+    return 10 / x
+
+
+def pid_after(path, t):
+    open(path, "w").write(str(os.getpid()))
+    time.sleep(t)
+    return os.getpid()
+
+
+class MyObject:
+    def my_method(self):
+        pass
+
+
+@pytest.fixture(scope="module")
+def executor():
+    ex = ferry.ProcessPoolExecutor(max_workers=2)
+    yield ex
+    ex.shutdown(wait=True)
+
+
+def test_submit(executor):
+    future = executor.submit(pow, 2, 8)
+    assert future.result() == 256
+
+
+def test_submit_keyword(executor):
+    future = executor.submit(mul, 2, y=8)
+    assert future.result() == 16
+    future = executor.submit(capture, 1, self=2, fn=4)
+    assert future.result() == ((1,), {"self": 2, "fn": 4})
+    with pytest.raises(TypeError):
+        executor.submit(fn=capture, arg=1)
+
+
+def test_map(executor):
+    assert list(executor.map(pow, range(10), range(10))) == list(map(pow, range(10), range(10)))
+    assert list(executor.map(pow, range(40), range(40), chunksize=6)) == \
+        list(map(pow, range(40), range(40)))
+
+
+def test_map_exception(executor):
+    i = executor.map(divide, [1, 1, 0])
+    assert next(i) == 10.0
+    assert next(i) == 10.0
+    with pytest.raises(ZeroDivisionError):
+        next(i)
+
+
+def test_map_timeout(executor):
+    results = []
+    with pytest.raises(FuturesTimeout):
+        for i in executor.map(sleep_and_return, [0, 0, 6], [1, 2, 3], timeout=1):
+            results.append(i)
+    assert results == [1, 2]
+
+
+def test_map_chunksize_must_be_positive(executor):
+    with pytest.raises(ValueError):
+        executor.map(pow, range(3), range(3), chunksize=0)
+
+
+def test_no_stale_references(executor):
+    # A future's result does not keep the caller's objects alive.
+    my_object = MyObject()
+    collected = []
+    ref = weakref.ref(my_object, lambda _: collected.append(True))
+    executor.submit(my_object.my_method).result()
+    del my_object
+    assert collected == [True] or ref() is None
+
+
+def test_max_workers_negative():
+    with pytest.raises(ValueError):
+        ferry.ProcessPoolExecutor(max_workers=-1)
+
+
+def test_context_manager_shutdown():
+    with ferry.ProcessPoolExecutor(max_workers=2) as e:
+        assert list(e.map(abs, range(-5, 5))) == [5, 4, 3, 2, 1, 0, 1, 2, 3, 4]
+    with pytest.raises(RuntimeError):
+        e.submit(pow, 2, 2)
+
+
+def test_cancel_futures():
+    ex = ferry.ProcessPoolExecutor(max_workers=1)
+    fs = [ex.submit(time.sleep, 0.05) for _ in range(20)]
+    ex.shutdown(cancel_futures=True)
+    cancelled = [f for f in fs if f.cancelled()]
+    # Not every one: the first may have run before shutdown.
+    assert len(cancelled) >= 15
+    others = [f for f in fs if not f.cancelled()]
+    assert all(f.done() and f.exception() is None for f in others)
+
+
+def test_shutdown_without_wait_returns_at_once():
+    ex = ferry.ProcessPoolExecutor(max_workers=1)
+    f = ex.submit(sleep_and_return, 1.0, 7)
+    t = time.monotonic()
+    ex.shutdown(wait=False)
+    assert time.monotonic() - t < 1.0
+    assert f.result(timeout=60) == 7
+
+
+def test_a_worker_killed_mid_task_and_the_future_still_resolves(tmp_path):
+    ex = ferry.ProcessPoolExecutor(max_workers=2)
+    try:
+        marker = tmp_path / "pid"
+        f = ex.submit(pid_after, str(marker), 1.0)
+        for _ in range(3000):
+            if marker.exists() and marker.read_text():
+                break
+            time.sleep(0.01)
+        first = int(marker.read_text())
+        os.kill(first, signal.SIGKILL)
+        # Another worker (or the one the pool starts in its place) runs it.
+        assert f.result(timeout=60) != first
+        assert f.done() and not f.cancelled()
+    finally:
+        ex.shutdown()
+
+
+def test_zero_workers_here_and_a_name_to_join():
+    ex = ferry.ProcessPoolExecutor(max_workers=0, name=f"exec-{os.getpid()}")
+    assert ex.name == f"exec-{os.getpid()}"
+    f = ex.submit(pow, 3, 3)
+    with pytest.raises(FuturesTimeout):
+        f.result(timeout=0.2)  # nobody works for it yet
+    ex.shutdown(wait=False, cancel_futures=True)
+    assert f.cancelled()
+    ferry.connect().call([b"QDROP", f"pool.exec-{os.getpid()}".encode()])
+
+
+def test_as_completed_and_wait(executor):
+    fs = [executor.submit(mul, i, i) for i in range(10)]
+    assert sorted(f.result() for f in concurrent.futures.as_completed(fs, timeout=60)) == \
+        [i * i for i in range(10)]
+    done, not_done = concurrent.futures.wait(fs, timeout=60)
+    assert len(done) == 10 and not not_done
