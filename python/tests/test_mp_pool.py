@@ -461,8 +461,9 @@ def test_workers_that_join_by_name_share_a_pool_and_a_killed_one_s_task_is_finis
 
 def qinfo(queue, field):
     info = ferry.connect().call([b"QINFO", queue.encode()])
-    fields = dict(zip(info[::2], info[1::2]))
-    return fields[field.encode()]
+    if not isinstance(info, dict):  # RESP2's flat list
+        info = dict(zip(info[::2], info[1::2]))
+    return info[field.encode()]
 
 
 def _in_group(pid, pgid):
