@@ -33,7 +33,7 @@ use ferry_client::{AsyncClient, Error, Value};
 use pyo3::prelude::*;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::{to_object, to_py};
+use crate::convert::{to_object, to_py};
 
 /// A command for the shared connection, and where its reply goes.
 type Job = (Vec<Vec<u8>>, oneshot::Sender<Result<Value, Error>>);
