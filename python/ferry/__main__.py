@@ -31,7 +31,9 @@ def work(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if args.jobs < 1:
         parser.error("-j must be at least 1")
-    workers = [multiprocessing.Process(target=run_tasks, args=(args.name, args.url), name=f"ferry-work-{i}")
+    workers = [multiprocessing.Process(target=run_tasks, kwargs={"name": args.name, "url": args.url,
+                                                                "ignore_sigint": True},
+                                       name=f"ferry-work-{i}")
                for i in range(args.jobs)]
     for p in workers:
         p.start()

@@ -129,7 +129,10 @@ class Semaphore:
         token = await _call(pool, [*args, b"NOWAIT"], orphan=self._orphaned)
         while token is None:
             token = await _call(pool, [*args, b"TIMEOUT", b"0"], wait=True, orphan=self._orphaned)
-        self._held().append(token)
+        held = self._held()
+        held.append(token)
+        if len(held) > self._value:
+            del held[: len(held) - self._value]  # consumed (see ferry.Semaphore)
         return True
 
     def release(self) -> None:

@@ -21,6 +21,7 @@ import collections
 import itertools
 import multiprocessing
 import os
+import pickle
 import signal
 import threading
 import traceback
@@ -28,7 +29,7 @@ import uuid
 from multiprocessing.pool import ExceptionWithTraceback, MaybeEncodingError
 
 from ferry import queues
-from ferry.util import _count, _name
+from ferry.util import _count, _name, connect
 
 __all__ = ["Pool", "AsyncResult", "ApplyResult", "MapResult", "IMapIterator", "work", "tasks_queue"]
 
@@ -50,14 +51,23 @@ class _Stop(BaseException):
     """SIGTERM while a worker waits for a task: it leaves."""
 
 
-def work(name: str, url: str | None = None, initializer=None, initargs=(), maxtasks=None) -> None:
+def work(name: str, url: str | None = None, initializer=None, initargs=(), maxtasks=None,
+         ignore_sigint: bool = False) -> None:
     """Runs tasks of pool `name` until SIGTERM (the task under way is
     finished first), or `maxtasks` tasks. What `python -m ferry work` and
     a Pool's own processes run."""
+    if ignore_sigint:
+        # Ctrl-C reaches the whole process group: the parent turns it into
+        # a SIGTERM, which lets the task under way finish.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     if initializer is not None:
         initializer(*initargs)
     tasks = queues.JoinableQueue(name=tasks_queue(name), url=url, prefetch=0)
-    replies: dict = {}
+    results = connect(url)
+    # Result queues made (or found) here: a caller's private one, made
+    # again with its expiry if it was dropped, so a late result never
+    # leaves a queue behind for good.
+    made: set = set()
     state = {"busy": False, "stop": False}
 
     def on_term(signum, frame):
@@ -77,13 +87,16 @@ def work(name: str, url: str | None = None, initializer=None, initargs=(), maxta
             try:
                 reply, job, index, func, args, mode = task
                 result = _run(job, index, func, args, mode)
-                out = replies.get(reply)
-                if out is None:
-                    out = replies[reply] = queues.Queue(name=reply, url=url)
                 try:
-                    out.put(result)
+                    payload = pickle.dumps(result)
                 except Exception as e:
-                    out.put((job, index, False, MaybeEncodingError(e, result[3])))
+                    payload = pickle.dumps((job, index, False, MaybeEncodingError(e, result[3])))
+                if reply not in made:
+                    if len(made) > 1000:
+                        made.clear()
+                    results.create(reply, 0, "fifo", queues.PRIVATE_EXPIRE_MS)
+                    made.add(reply)
+                results.put(reply, payload)
                 tasks.task_done()
                 done += 1
             finally:
@@ -91,9 +104,6 @@ def work(name: str, url: str | None = None, initializer=None, initargs=(), maxta
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
-        for out in replies.values():
-            out.close()
-            out.join_thread()
         tasks.close()
 
 
@@ -488,7 +498,7 @@ class Pool:
             raise ValueError("Pool is still running")
         if self._state == CLOSE:
             while self._jobs:
-                job = next(iter(self._jobs.values()), None)
+                job = next(iter(list(self._jobs.values())), None)
                 if isinstance(job, ApplyResult):
                     job.wait(0.1)
                 elif job is not None:

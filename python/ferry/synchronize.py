@@ -132,8 +132,9 @@ class Semaphore:
     permit this handle acquired goes back by release(); if its holder's
     connection dies first, the broker gives it back — as far as the value
     the semaphore was made with (a semaphore used as a signal, made with
-    0, does not hand a consumed signal out again). Handles of one name
-    must agree on the value."""
+    0, does not hand a consumed signal out again, and one that a release
+    from elsewhere answered — a bounded buffer's slot — is not held any
+    more). Handles of one name must agree on the value."""
 
     _bounded = False
 
@@ -167,12 +168,17 @@ class Semaphore:
         if token is None:
             return False
         held.append(token)
+        if len(held) > self._value:
+            # More taken here than the value: the oldest were consumed, as
+            # a signal's or a bounded buffer's are; the broker retires
+            # them as releases answer them.
+            del held[: len(held) - self._value]
         return True
 
     def release(self) -> None:
         """Gives back a permit this handle holds, or (if it holds none:
         another process's release, a signal) adds one. A
-        BoundedSemaphore raises ValueError past its value."""
+        BoundedSemaphore raises ValueError when it is at its value."""
         _sync_puts()
         conn, held = self._handle.conn(), self._held()
         if held:

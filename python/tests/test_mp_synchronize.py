@@ -5,6 +5,8 @@ SIGKILL gives its permit back, and a semaphore used as a signal does not.
 
 Differences, each on purpose: test_bounded_semaphore checks the
 ValueError that CPython leaves commented out ("currently fails on OS/X");
+a handle keeps the tokens of at most `value` permits it took (the older
+ones were consumed: a release from elsewhere answers them);
 timeouts are checked never to be early (the lower bound), not to within
 0.1 s on a shared machine.
 
@@ -220,19 +222,48 @@ def test_a_semaphore_pickles_by_name_and_value(method):
     q = ctx.Queue()
     p = ctx.Process(target=_report_value, args=(sem, q))
     p.start()
-    assert q.get(timeout=30) == (f"sem-pickle-{method}-{os.getpid()}", 3, 2, True)
+    assert q.get(timeout=30) == (f"sem-pickle-{method}-{os.getpid()}", 3, 2, False)
     p.join()
     sem.release()
 
 
 def _report_value(sem, q):
     value = sem.get_value()
-    # 2 free and the parent's 1 held: the bound, 3, is reached; this
-    # process, which acquired nothing, may not add a fourth.
+    # 2 of 3 free: a release from here, which acquired nothing, is taken
+    # (as multiprocessing's is: it answers the parent's permit); a second
+    # would pass the value.
+    sem.release()
     try:
         sem.release()
         refused = False
     except ValueError:
         refused = True
+    assert refused
     assert sem.acquire()
-    q.put((sem._name, sem._value, value, refused))
+    q.put((sem._name, sem._value, value, False))
+
+
+def _produce(slots, items, n):
+    for i in range(n):
+        assert slots.acquire(timeout=30)
+        items.release()
+
+
+@methods
+def test_a_bounded_buffer_of_two_semaphores_leaves_no_holder_behind(method):
+    # The classic pair: a producer takes a slot and adds an item; the
+    # consumer takes an item and gives a slot back. Nobody releases what
+    # it acquired, so every permit is answered from the other side.
+    ctx = multiprocessing.get_context(method)
+    slots, items = ferry.BoundedSemaphore(3), ferry.Semaphore(0)
+    p = ctx.Process(target=_produce, args=(slots, items, 200))
+    p.start()
+    for _ in range(200):
+        assert items.acquire(timeout=30)
+        slots.release()
+    p.join()
+    assert p.exitcode == 0
+    assert slots.get_value() == 3 and items.get_value() == 0
+    assert len(items.tokens) == 0, "a handle keeps no more tokens than the value"
+    with pytest.raises(ValueError):
+        slots.release()

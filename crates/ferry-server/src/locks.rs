@@ -8,7 +8,16 @@
 //! gives the permit back by its token (UNLOCK, SEMRELEASE TOKEN); a
 //! semaphore may also be released without one (multiprocessing's
 //! `release()` from any process), which adds a permit — above the value it
-//! was made with too, unless the semaphore is bounded.
+//! was made with too, unless the semaphore is bounded (then, as Python's,
+//! not past it).
+//!
+//! A release without a token when the free and held permits already make
+//! the value retires the oldest holder: its permit counts as consumed (a
+//! producer's acquire that a consumer's release answers, a signal taken),
+//! so holders never outnumber the value and a semaphore used as a signal
+//! or a bounded buffer holds no growing list. A token the table no longer
+//! holds (retired, or lost with its connection) gives a permit back only
+//! as far as the value.
 //!
 //! A holder that disconnects, or whose TTL runs out, gives its permit back
 //! only as far as the value the semaphore was made with: a semaphore used
@@ -144,11 +153,22 @@ impl Entry {
     }
 
     fn wake_front(&self) {
-        if self.free > 0
-            && let Some((_, n)) = self.waiters.front()
-        {
+        if self.free > 0 {
+            self.nudge_front();
+        }
+    }
+
+    /// Wakes the first in line to look again (a permit, or a new holder's
+    /// TTL to wake at).
+    fn nudge_front(&self) {
+        if let Some((_, n)) = self.waiters.front() {
             n.notify_one();
         }
+    }
+
+    /// Free and held permits together.
+    fn total(&self) -> u64 {
+        self.free.saturating_add(self.holders.len() as u64)
     }
 }
 
@@ -208,6 +228,8 @@ impl Permits {
             e.expire(now);
             let first = e.waiters.front().map(|w| w.0);
             if e.free == 0 || (first.is_some() && first != ticket) {
+                // A permit a TTL freed goes to the first in line.
+                e.wake_front();
                 Err(Refused::Busy(e.earliest_expiry()))
             } else {
                 if first.is_some() {
@@ -223,8 +245,9 @@ impl Permits {
                         expires: ttl.map(|ms| now.saturating_add(ms)),
                     },
                 );
-                // Another permit may be free for the next in line.
-                e.wake_front();
+                // The next in line looks again: another permit may be free,
+                // or this grant's TTL is when to look next.
+                e.nudge_front();
                 Ok(*next_token)
             }
         };
@@ -268,6 +291,13 @@ impl Permits {
             return Ok(false);
         };
         let Some(h) = e.holders.get(&token) else {
+            // Retired or lost with its connection: its permit comes back
+            // only as far as the value (a lost one's came back already).
+            if !matches!(by, Releaser::Holder(_)) && e.total() < e.value {
+                e.free += 1;
+                e.wake_front();
+            }
+            t.tidy(name);
             return Ok(false);
         };
         let allowed = match by {
@@ -294,7 +324,8 @@ impl Permits {
     }
 
     /// Adds a permit to `name` (made with `value` if new): a release
-    /// without a token. A `bounded` semaphore refuses to exceed its value.
+    /// without a token. A `bounded` semaphore refuses when its free
+    /// permits already make its value, as Python's does.
     pub(crate) fn post(
         &self,
         name: &Bytes,
@@ -311,9 +342,15 @@ impl Permits {
             Err(PostRefused::Value(e.value))
         } else {
             e.expire(now);
-            if bounded && e.free.saturating_add(e.holders.len() as u64) >= e.value {
+            if bounded && e.free >= e.value {
                 Err(PostRefused::OverReleased)
             } else {
+                if e.total() >= e.value
+                    && let Some(oldest) = e.holders.keys().next().copied()
+                {
+                    // Its permit was consumed: this release answers it.
+                    e.holders.remove(&oldest);
+                }
                 e.free = e.free.saturating_add(1);
                 e.wake_front();
                 Ok(())

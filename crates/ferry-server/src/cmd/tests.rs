@@ -257,12 +257,12 @@ async fn a_semaphore_grants_its_value_in_line_and_a_dead_holder_gives_back_only_
         run(&mut c, &["SEMRELEASE", "S", "VALUE", "2", "BOUNDED"]).starts_with("-OVERRELEASED"),
         "a bounded semaphore refuses to exceed its value"
     );
-    // `a` (its second token) and `c` (its first) hold, 2 are free: 4 in all, above
-    // the value. `a` dies: its permit is not given back (4 - 1 = 3 ≥ 2).
+    // Those two releases answered the holders' permits (retired, oldest
+    // first): no holder is left to give one back when it dies.
     a.release_all();
     assert_eq!(run(&mut c, &["SEMVALUE", "S", "VALUE", "2"]), ":2\r\n");
-    // Two taken: none free, `c` holds 3 permits in all... then dies; the
-    // permits come back only up to the value.
+    // Two taken: none free; `c` dies holding them, and they come back
+    // only up to the value.
     assert_eq!(token(&reply_of(&mut c, &sem("2"))), t1 + 3);
     assert_eq!(token(&reply_of(&mut c, &sem("2"))), t1 + 4);
     assert_eq!(run(&mut a, &["SEMVALUE", "S", "VALUE", "2"]), ":0\r\n");
@@ -282,6 +282,19 @@ async fn a_semaphore_grants_its_value_in_line_and_a_dead_holder_gives_back_only_
     );
     d.release_all();
     assert_eq!(run(&mut a, &["SEMVALUE", "sig", "VALUE", "0"]), ":0\r\n");
+    // A bounded buffer: a producer takes a slot, a consumer's release
+    // answers it. However long it runs, nobody is left holding.
+    let slots = ["SEMACQUIRE", "slots", "VALUE", "2", "NOWAIT"].map(String::from);
+    for _ in 0..1000 {
+        assert!(reply_of(&mut d, &slots).starts_with(':'));
+        assert_eq!(
+            run(&mut a, &["SEMRELEASE", "slots", "VALUE", "2", "BOUNDED"]),
+            ":1\r\n"
+        );
+    }
+    let held: usize = b.semaphores.list().iter().map(|v| v.holders.len()).sum();
+    assert_eq!(held, 0, "no holder piles up");
+    assert_eq!(b.semaphores.counts(), (0, 0));
 }
 
 #[tokio::test]
@@ -400,6 +413,40 @@ async fn a_barrier_lets_a_full_round_through_and_breaks_for_a_party_that_leaves(
     assert_eq!(run(d, &["BARABORT", "B", "PARTIES", "3"]), ":1\r\n");
     assert_eq!(run(d, &["BARRESET", "B"]), ":1\r\n");
     assert_eq!(b.barriers.counts(), (0, 0));
+}
+
+#[tokio::test]
+async fn a_waiter_behind_a_grant_with_a_ttl_wakes_when_that_ttl_runs_out() {
+    let b = broker(Config::default());
+    let mut s: Vec<Session> = (0..4)
+        .map(|_| Session::new(Arc::clone(&b), "test".into()))
+        .collect();
+    let [h, a, w, late] = &mut s[..] else {
+        unreachable!()
+    };
+    let first = token(&run(h, &["LOCK", "L"]));
+    let mut with_ttl = blocked(a, &["LOCK", "L", "TTL", "100"]);
+    let mut next = blocked(w, &["LOCK", "L"]);
+    assert_eq!(with_ttl.resume(a, Woke::Notified), None);
+    assert_eq!(next.resume(w, Woke::Notified), None);
+    assert_eq!(next.wake_at(), None, "no TTL to wake at yet");
+    run(h, &["UNLOCK", "L", &first.to_string()]);
+    assert_eq!(with_ttl.resume(a, Woke::Notified), Some(Flow::Continue));
+    // The grant woke the next in line to learn when to look again.
+    assert!(
+        tokio::time::timeout(std::time::Duration::ZERO, next.notify().notified())
+            .await
+            .is_ok(),
+        "the next in line was told of the new holder"
+    );
+    assert_eq!(next.resume(w, Woke::Notified), None);
+    assert!(next.wake_at().is_some(), "it wakes at the holder's TTL");
+    // Once the TTL ran out, a newcomer is refused (the next waits first)
+    // and wakes the one in line, which takes it.
+    tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+    assert_eq!(run(late, &["LOCK", "L", "NOWAIT"]), "$-1\r\n");
+    assert_eq!(next.resume(w, Woke::Notified), Some(Flow::Continue));
+    assert!(take(w).starts_with(':'));
 }
 
 #[tokio::test]
