@@ -31,8 +31,6 @@ spawn() { "$python" -c 'import multiprocessing, runpy, sys
 multiprocessing.set_start_method("spawn")
 runpy.run_path(sys.argv[1], run_name="__main__")' "$1"; }
 examples=(ipc producer_consumer lock_counter crash_redelivery crawler pool sem_crawler)
-# Semaphores, events and barriers are on ferry's broker only so far (issue 27).
-[[ ${FERRY_URL:-} == redis* ]] && unset 'examples[6]'
 for ex in "${examples[@]}"; do
     kinds=(python python-spawn rust)
     [[ $ex == crawler || $ex == pool || $ex == sem_crawler ]] && kinds=(python python-spawn)   # Python only

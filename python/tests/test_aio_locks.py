@@ -7,23 +7,15 @@ What changes, and why: where CPython lets a task start waiting with
 `asyncio.sleep(0)`, these wait until the broker says it waits (INFO's
 waiter counts) — the broker is another process, and one turn of the loop
 proves nothing about it.
-
-On Redis these classes are not built yet (issue 27): the tests skip there.
 """
 
 import asyncio
-import os
 import pickle
 
 import pytest
 
 import ferry
 import ferry.aio
-
-pytestmark = pytest.mark.skipif(
-    os.environ.get("FERRY_TEST_URL", "").startswith("redis"),
-    reason="semaphores, events, conditions and barriers on Redis come next (issue 27)",
-)
 
 
 def info_field(name):

@@ -9,8 +9,6 @@ broken — what it was sleeping for, and no timing to hope on. test_thousand
 runs 100 passes, not 1,000 (the test command's time). Added: a party
 killed while it waits breaks the barrier for the others, which would
 otherwise wait forever.
-
-On Redis, barriers are not built yet (issue 27): these tests skip there.
 """
 
 import multiprocessing
@@ -22,11 +20,6 @@ import time
 import pytest
 
 import ferry
-
-pytestmark = pytest.mark.skipif(
-    os.environ.get("FERRY_TEST_URL", "").startswith("redis"),
-    reason="barriers on Redis come next (issue 27)",
-)
 
 N = 5
 DEFAULT_TIMEOUT = 30.0

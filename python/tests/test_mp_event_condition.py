@@ -9,9 +9,6 @@ says — the condition's waiters in line (INFO condition_waiters), a
 count reaching its value — never a sleep that hopes; check_invariant
 reads private counters of multiprocessing's implementation and is left
 out; timeouts are checked never to be early.
-
-On Redis, events and conditions are not built yet (issue 27): these
-tests skip there.
 """
 
 import multiprocessing
@@ -25,11 +22,6 @@ import pytest
 import ferry
 
 from test_mp_queue import TIMEOUT1, TIMEOUT2, TimingWrapper, assert_timing_almost_equal
-
-pytestmark = pytest.mark.skipif(
-    os.environ.get("FERRY_TEST_URL", "").startswith("redis"),
-    reason="events and conditions on Redis come next (issue 27)",
-)
 
 methods = pytest.mark.parametrize("method", ["spawn", "fork"])
 

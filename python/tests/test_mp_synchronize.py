@@ -9,9 +9,6 @@ a handle keeps the tokens of at most `value` permits it took (the older
 ones were consumed: a release from elsewhere answers them);
 timeouts are checked never to be early (the lower bound), not to within
 0.1 s on a shared machine.
-
-On Redis the semaphores are not built yet (issue 27): these tests skip
-there.
 """
 
 import multiprocessing
@@ -24,11 +21,6 @@ import pytest
 import ferry
 
 from test_mp_queue import TIMEOUT1, TIMEOUT2, TIMEOUT3, TimingWrapper, assert_timing_almost_equal
-
-pytestmark = pytest.mark.skipif(
-    os.environ.get("FERRY_TEST_URL", "").startswith("redis"),
-    reason="semaphores on Redis come next (issue 27)",
-)
 
 methods = pytest.mark.parametrize("method", ["spawn", "fork"])
 

@@ -5,24 +5,25 @@ use std::time::Duration;
 
 use ferry_proto::Value;
 
+use super::renew::Grant;
 use super::wait::{Kind, Resends, Waiting, get_reply};
 use super::*;
 use crate::Error;
 
 /// Arguments, read left to right with keywords case-insensitive.
-struct Args<'a> {
-    rest: std::slice::Iter<'a, &'a [u8]>,
+pub(super) struct Args<'a> {
+    pub(super) rest: std::slice::Iter<'a, &'a [u8]>,
 }
 
 impl<'a> Args<'a> {
-    fn next(&mut self) -> Option<&'a [u8]> {
+    pub(super) fn next(&mut self) -> Option<&'a [u8]> {
         self.rest.next().copied()
     }
-    fn require(&mut self, what: &str) -> Result<&'a [u8], Error> {
+    pub(super) fn require(&mut self, what: &str) -> Result<&'a [u8], Error> {
         self.next()
             .ok_or_else(|| server("ERR", &format!("missing {what}")))
     }
-    fn number(&mut self, what: &str) -> Result<u64, Error> {
+    pub(super) fn number(&mut self, what: &str) -> Result<u64, Error> {
         let v = self.require(what)?;
         std::str::from_utf8(v)
             .ok()
@@ -31,7 +32,7 @@ impl<'a> Args<'a> {
     }
 }
 
-fn unknown(opt: &[u8], cmd: &str) -> Error {
+pub(super) fn unknown(opt: &[u8], cmd: &str) -> Error {
     server(
         "ERR",
         &format!(
@@ -42,7 +43,11 @@ fn unknown(opt: &[u8], cmd: &str) -> Error {
 }
 
 /// How long a command may wait: `None` forever, `Some(0)` not at all.
-fn wait_option(word: &[u8], a: &mut Args<'_>, wait: &mut Option<Duration>) -> Result<bool, Error> {
+pub(super) fn wait_option(
+    word: &[u8],
+    a: &mut Args<'_>,
+    wait: &mut Option<Duration>,
+) -> Result<bool, Error> {
     if is(word, "TIMEOUT") {
         let ms = a.number("TIMEOUT")?;
         *wait = if ms == 0 {
@@ -114,26 +119,10 @@ impl RedisLink {
             "INFO" => {
                 let info = self.conn.info("server").await.map_err(io)?;
                 let queues = self.scan("ferry:{*}:m").await?.len();
-                let lines = self.scan("ferry:lock:{*}:req").await?;
-                let locks = self.scan("ferry:lock:{*}").await?.len();
-                let mut waiters = 0i64;
-                for line in &lines {
-                    let Some(name) = line
-                        .strip_prefix("ferry:lock:{")
-                        .and_then(|r| r.strip_suffix("}:req"))
-                    else {
-                        continue;
-                    };
-                    let keys = lock_keys(name);
-                    if let redis::Value::Int(n) =
-                        self.script(&LOCK, &keys, &[b"waiters".to_vec()]).await?
-                    {
-                        waiters += n;
-                    }
-                }
+                let primitives = self.primitives_info().await?;
                 done(Value::Bulk(
                     format!(
-                        "# ferry\r\nbackend:{}\r\nqueues:{queues}\r\nlocks:{locks}\r\nlock_waiters:{waiters}\r\n{info}",
+                        "# ferry\r\nbackend:{}\r\nqueues:{queues}\r\n{primitives}{info}",
                         if self.target.nodes.is_some() {
                             "redis-cluster"
                         } else {
@@ -342,7 +331,7 @@ impl RedisLink {
                 };
                 let (v, cancelled) = self.wait(w, wait, cancel).await?;
                 if bound && let Value::Int(token) = v {
-                    renew::hold_lock(&self.target, &self.holder, &name, token as u64);
+                    renew::hold(&self.target, &self.holder, Grant::Lock, &name, token as u64);
                 }
                 Ok((v, cancelled))
             }
@@ -356,10 +345,11 @@ impl RedisLink {
                 let name = check_name(a.require("lock name")?)?.to_string();
                 let token = a.number("token")?;
                 let keys = lock_keys(&name);
-                renew::drop_lock(&self.target, &self.holder, &name, token);
+                renew::drop(&self.target, &self.holder, Grant::Lock, &name, token);
                 let sargs = vec![b"release".to_vec(), token.to_string().into_bytes()];
                 done(self.change(&LOCK, &keys, &sargs).await?)
             }
+            c if super::sync::COMMANDS.contains(&c) => self.sync_call(c, &mut a, cancel).await,
             _ => Err(server(
                 "ERR",
                 &format!("unknown command '{cmd}' on the Redis backend"),
@@ -369,7 +359,7 @@ impl RedisLink {
 
     /// Every key matching `pattern` (SCAN; braces are not special in
     /// its glob).
-    async fn scan(&mut self, pattern: &str) -> Result<Vec<String>, Error> {
+    pub(super) async fn scan(&mut self, pattern: &str) -> Result<Vec<String>, Error> {
         self.conn.scan(pattern).await.map_err(io)
     }
 

@@ -30,6 +30,7 @@
 mod commands;
 mod conn;
 mod renew;
+mod sync;
 mod wait;
 
 use std::sync::LazyLock;
@@ -51,6 +52,7 @@ const QUEUE_CODE: &str = concat!(
 );
 static QUEUE: LazyLock<Lib> = LazyLock::new(|| Lib::new("ferry_queue", QUEUE_CODE));
 static LOCK: LazyLock<Lib> = LazyLock::new(|| Lib::new("ferry_lock", include_str!("lock.lua")));
+static SYNC: LazyLock<Lib> = LazyLock::new(|| Lib::new("ferry_sync", include_str!("sync.lua")));
 
 /// How long a done is kept to be sent again after an upheaval: longer
 /// than a failover takes (Redis's cluster-node-timeout is 15 s).
@@ -206,6 +208,18 @@ fn lock_keys(name: &str) -> Vec<Vec<u8>> {
         .iter()
         .map(|s| format!("{p}{s}").into_bytes())
         .collect()
+}
+
+/// The keys of semaphore, event, condition or barrier `name` (`kind`
+/// sem, ev, cond or bar; see sync.lua).
+fn sync_keys(kind: &str, name: &str) -> Vec<Vec<u8>> {
+    let p = format!("ferry:{kind}:{{{name}}}");
+    [
+        "", ":seq", ":line", ":req", ":mail", ":mailx", ":held", ":order",
+    ]
+    .iter()
+    .map(|s| format!("{p}{s}").into_bytes())
+    .collect()
 }
 
 /// A queue or lock name as the protocol allows it: it also cannot escape

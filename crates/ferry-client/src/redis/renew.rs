@@ -5,8 +5,8 @@
 //! so it could not renew while the program works on a message. Every
 //! third of its heartbeat (`?lease`) it renews, per server and queue, the
 //! heartbeats of this process's holders that got from or waited in that
-//! queue — one call and one write, whatever they hold — and the locks it
-//! holds; when a holder's last client is dropped, what it holds is given
+//! queue — one call and one write, whatever they hold — and the locks,
+//! semaphore permits and barrier actions it holds (grants); when a holder's last client is dropped, what it holds is given
 //! back at once (without that, it would come back once its heartbeat is
 //! overdue). Each server is renewed on its own schedule and each renewal
 //! is a task of its own, with a time limit: a server that is slow or gone
@@ -18,15 +18,51 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
-use super::conn::{Engine, RConn};
-use super::{LOCK, QUEUE, Target, lock_keys, move_dead_letters, queue_keys};
+use super::conn::{Engine, Lib, RConn};
+use super::{LOCK, QUEUE, SYNC, Target, lock_keys, move_dead_letters, queue_keys, sync_keys};
 
 enum Cmd {
     Attach(Target, String),
     Detach(Target, String),
     Queue(Target, String, String),
-    Lock(Target, String, String, u64),
-    Unlock(Target, String, String, u64),
+    Hold(Target, String, Grant, String, u64),
+    Drop(Target, String, Grant, String, u64),
+}
+
+/// What a token holds while its holder lives.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub(super) enum Grant {
+    Lock,
+    /// A semaphore's permit.
+    Semaphore,
+    /// A barrier's round held while its last arriver runs the action.
+    Barrier,
+}
+
+impl Grant {
+    fn script(self) -> &'static Lib {
+        match self {
+            Grant::Lock => &LOCK,
+            Grant::Semaphore | Grant::Barrier => &SYNC,
+        }
+    }
+
+    fn keys(self, name: &str) -> Vec<Vec<u8>> {
+        match self {
+            Grant::Lock => lock_keys(name),
+            Grant::Semaphore => sync_keys("sem", name),
+            Grant::Barrier => sync_keys("bar", name),
+        }
+    }
+
+    /// What gives it back when its holder goes: a lock is free again, a
+    /// permit returns only as far as the value, a held round breaks.
+    fn gone(self) -> &'static [u8] {
+        match self {
+            Grant::Lock => b"release",
+            Grant::Semaphore | Grant::Barrier => b"lose",
+        }
+    }
 }
 
 /// What one holder holds on one server.
@@ -34,7 +70,7 @@ enum Cmd {
 struct Holding {
     clients: usize,
     queues: HashSet<String>,
-    locks: HashSet<(String, u64)>,
+    grants: HashSet<(Grant, String, u64)>,
 }
 
 static RENEWER: Mutex<Option<(u32, UnboundedSender<Cmd>)>> = Mutex::new(None);
@@ -80,19 +116,21 @@ pub(super) fn hold_queue(target: &Target, holder: &str, queue: &str) {
     ));
 }
 
-pub(super) fn hold_lock(target: &Target, holder: &str, name: &str, token: u64) {
-    send(Cmd::Lock(
+pub(super) fn hold(target: &Target, holder: &str, grant: Grant, name: &str, token: u64) {
+    send(Cmd::Hold(
         target.clone(),
         holder.to_string(),
+        grant,
         name.to_string(),
         token,
     ));
 }
 
-pub(super) fn drop_lock(target: &Target, holder: &str, name: &str, token: u64) {
-    send(Cmd::Unlock(
+pub(super) fn drop(target: &Target, holder: &str, grant: Grant, name: &str, token: u64) {
+    send(Cmd::Drop(
         target.clone(),
         holder.to_string(),
+        grant,
         name.to_string(),
         token,
     ));
@@ -181,12 +219,12 @@ impl Renewer {
             Cmd::Queue(t, h, q) => {
                 self.holding(t, h).queues.insert(q);
             }
-            Cmd::Lock(t, h, name, token) => {
-                self.holding(t, h).locks.insert((name, token));
+            Cmd::Hold(t, h, grant, name, token) => {
+                self.holding(t, h).grants.insert((grant, name, token));
             }
-            Cmd::Unlock(t, h, name, token) => {
+            Cmd::Drop(t, h, grant, name, token) => {
                 if let Some(held) = self.holdings.get_mut(&(t, h)) {
-                    held.locks.remove(&(name, token));
+                    held.grants.remove(&(grant, name, token));
                 }
             }
         }
@@ -206,9 +244,9 @@ impl Renewer {
                 continue;
             }
             *due = now + period(t);
-            // Each queue's holders, and every lock, on this server.
+            // Each queue's holders, and every grant, on this server.
             let mut queues: HashMap<String, Vec<String>> = HashMap::new();
-            let mut locks = HashSet::new();
+            let mut grants = HashSet::new();
             for ((ht, h), held) in &self.holdings {
                 if ht != t {
                     continue;
@@ -216,15 +254,15 @@ impl Renewer {
                 for q in &held.queues {
                     queues.entry(q.clone()).or_default().push(h.clone());
                 }
-                locks.extend(held.locks.iter().cloned());
+                grants.extend(held.grants.iter().cloned());
             }
-            work.push((t.clone(), queues, locks));
+            work.push((t.clone(), queues, grants));
         }
-        for (t, queues, locks) in work {
+        for (t, queues, grants) in work {
             let slot = self.slot(&t);
             tokio::spawn(async move {
                 let beat = t.lease;
-                let renewed = tokio::time::timeout(beat, renew(&slot, &t, &queues, &locks)).await;
+                let renewed = tokio::time::timeout(beat, renew(&slot, &t, &queues, &grants)).await;
                 if !matches!(renewed, Ok(Ok(()))) {
                     // Connect again next time.
                     *slot.lock().await = None;
@@ -249,7 +287,7 @@ async fn renew(
     slot: &Slot,
     t: &Target,
     queues: &HashMap<String, Vec<String>>,
-    locks: &HashSet<(String, u64)>,
+    grants: &HashSet<(Grant, String, u64)>,
 ) -> Result<(), redis::RedisError> {
     let mut c = connected(slot, t).await?;
     let beat = t.lease.as_millis().to_string();
@@ -262,13 +300,16 @@ async fn renew(
             move_dead_letters(&mut c, q).await?;
         }
     }
-    for (name, token) in locks {
+    for (grant, name, token) in grants {
         let args = [
             b"renew".to_vec(),
             token.to_string().into_bytes(),
             beat.clone().into_bytes(),
         ];
-        LOCK.call::<i64>(&mut c, &lock_keys(name), &args).await?;
+        grant
+            .script()
+            .call::<i64>(&mut c, &grant.keys(name), &args)
+            .await?;
     }
     Ok(())
 }
@@ -282,9 +323,12 @@ async fn release(slot: Slot, t: Target, h: String, held: Holding) -> Result<(), 
             .call::<i64>(&mut c, &queue_keys(q, b"-"), &args)
             .await?;
     }
-    for (name, token) in &held.locks {
-        let args = [b"release".to_vec(), token.to_string().into_bytes()];
-        LOCK.call::<i64>(&mut c, &lock_keys(name), &args).await?;
+    for (grant, name, token) in &held.grants {
+        let args = [grant.gone().to_vec(), token.to_string().into_bytes()];
+        grant
+            .script()
+            .call::<i64>(&mut c, &grant.keys(name), &args)
+            .await?;
     }
     Ok(())
 }

@@ -31,7 +31,12 @@ pub(super) enum Kind {
     Get,
     Put,
     Join,
+    /// A lock's or a semaphore's grant: its token, or null.
     Lock,
+    /// An event's or a condition's wait: 1, or 0 on timeout.
+    Flag,
+    /// A barrier's wait: the place, or BROKEN (its timeout breaks it).
+    Barrier,
 }
 
 /// A command that may wait, as the scripts take it.
@@ -43,7 +48,7 @@ pub(super) struct Waiting {
     pub(super) args: Vec<Vec<u8>>,
     /// Its waiters' mail lists are this and the waiter's name.
     pub(super) inbox: Vec<u8>,
-    /// The queue named in a get's entries.
+    /// The queue named in a get's entries (a barrier's name).
     pub(super) queue: String,
     /// A put with a DEDUP key: safe to send again.
     pub(super) resendable: bool,
@@ -78,8 +83,14 @@ impl Waiting {
     fn timed_out(&self) -> Result<Value, Error> {
         match self.kind {
             Kind::Put => Err(Error::Full),
+            Kind::Flag => Ok(Value::Int(0)),
+            Kind::Barrier => Err(self.broken()),
             _ => Ok(Value::Nil),
         }
+    }
+
+    fn broken(&self) -> Error {
+        server("BROKEN", &format!("barrier '{}' is broken", self.queue))
     }
 
     /// A waiter's mail as the command's reply (`None`: it left the line
@@ -91,6 +102,7 @@ impl Waiting {
             // An offer taken back before the claim.
             (b'O', _) => return None,
             (b'S', _) => Err(Error::ShutDown),
+            (b'B', _) => Err(self.broken()),
             (b'J', _) => Ok(Value::Simple("OK".into())),
             (b'T', _) => std::str::from_utf8(body)
                 .ok()
@@ -286,8 +298,25 @@ impl RedisLink {
         wait: Option<Duration>,
         cancel: impl std::future::Future<Output = ()>,
     ) -> Result<(Value, bool), Error> {
+        let waiter = if wait == Some(Duration::ZERO) {
+            Vec::new()
+        } else {
+            self.waiter()
+        };
+        self.wait_as(w, waiter, wait, cancel).await
+    }
+
+    /// `wait` as `waiter` (empty: no wait), which may be in line already
+    /// (a condition's waiter joins before it gives its lock back).
+    pub(super) async fn wait_as(
+        &mut self,
+        w: Waiting,
+        waiter: Vec<u8>,
+        wait: Option<Duration>,
+        cancel: impl std::future::Future<Output = ()>,
+    ) -> Result<(Value, bool), Error> {
         let mut resends = Resends::new();
-        if wait == Some(Duration::ZERO) {
+        if waiter.is_empty() {
             loop {
                 return match self.try_once(&w, b"", 0).await? {
                     Step::Done(v) => Ok((v, false)),
@@ -300,7 +329,6 @@ impl RedisLink {
                 };
             }
         }
-        let waiter = self.waiter();
         let mut inbox = w.inbox.clone();
         inbox.extend_from_slice(&waiter);
         let deadline = wait.map(|w| Instant::now() + w);
