@@ -68,39 +68,42 @@ def work(name: str, url: str | None = None, initializer=None, initargs=(), maxta
     # again with its expiry if it was dropped, so a late result never
     # leaves a queue behind for good.
     made: set = set()
-    state = {"busy": False, "stop": False}
+    state = {"waiting": False, "stop": False}
 
     def on_term(signum, frame):
         state["stop"] = True
-        if not state["busy"]:
+        if state["waiting"]:
+            state["waiting"] = False
             raise _Stop
 
     previous = signal.signal(signal.SIGTERM, on_term) if threading.current_thread() is threading.main_thread() else None
     done = 0
     try:
         while not state["stop"] and (maxtasks is None or done < maxtasks):
+            state["waiting"] = True
             try:
                 task = tasks.get()
+                state["waiting"] = False
             except _Stop:
-                break
-            state["busy"] = True
+                # A SIGTERM that landed as the task arrived: the get kept
+                # it for the next one, and it is under way.
+                if not tasks._kept():
+                    break
+                task = tasks.get_nowait()
+            reply, job, index, func, args, mode = task
+            result = _run(job, index, func, args, mode)
             try:
-                reply, job, index, func, args, mode = task
-                result = _run(job, index, func, args, mode)
-                try:
-                    payload = pickle.dumps(result)
-                except Exception as e:
-                    payload = pickle.dumps((job, index, False, MaybeEncodingError(e, result[3])))
-                if reply not in made:
-                    if len(made) > 1000:
-                        made.clear()
-                    results.create(reply, 0, "fifo", queues.PRIVATE_EXPIRE_MS)
-                    made.add(reply)
-                results.put(reply, payload)
-                tasks.task_done()
-                done += 1
-            finally:
-                state["busy"] = False
+                payload = pickle.dumps(result)
+            except Exception as e:
+                payload = pickle.dumps((job, index, False, MaybeEncodingError(e, result[3])))
+            if reply not in made:
+                if len(made) > 1000:
+                    made.clear()
+                results.create(reply, 0, "fifo", queues.PRIVATE_EXPIRE_MS)
+                made.add(reply)
+            results.put(reply, payload)
+            tasks.task_done()
+            done += 1
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)

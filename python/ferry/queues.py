@@ -279,6 +279,11 @@ class Queue:
             raise
         return item
 
+    def _kept(self) -> bool:
+        """Whether an interrupted get kept an item for this thread's next
+        get (no prefetch: nothing else is held here)."""
+        return bool(self._handle.lane().fetched)
+
     def _keep_interrupted(self, lane: _Lane, e: BaseException) -> None:
         """A get interrupted (Ctrl-C) just as the broker delivered — in the
         call, or as it returned — keeps what it got for the next get;

@@ -274,6 +274,7 @@ fn every_row_of_the_rights_table_is_refused_and_changes_nothing() {
         "BARABORT",
         "BARRESET",
         "BARINFO",
+        "SYNCLIST",
         "PING",
         "ECHO",
         "QUIT",

@@ -60,6 +60,17 @@ pub(crate) enum Arrival {
     Parties(u64),
 }
 
+/// One barrier's state, for SYNCLIST and the dashboard.
+pub(crate) struct BarrierView {
+    pub(crate) name: Bytes,
+    pub(crate) parties: u64,
+    /// Waiters in this round (a held round's too).
+    pub(crate) waiting: usize,
+    /// A full round held while its last arriver runs the action.
+    pub(crate) acting: bool,
+    pub(crate) broken: bool,
+}
+
 /// The barriers of a broker.
 #[derive(Default)]
 pub(crate) struct Barriers {
@@ -241,6 +252,24 @@ impl Barriers {
                 b.break_round(false);
             }
         }
+    }
+
+    /// Every barrier known, by name.
+    pub(crate) fn list(&self) -> Vec<BarrierView> {
+        let t = self.table.lock();
+        let mut v: Vec<_> = t
+            .barriers
+            .iter()
+            .map(|(n, b)| BarrierView {
+                name: n.clone(),
+                parties: b.parties,
+                waiting: b.arrived.len() + b.acting.as_ref().map_or(0, |a| a.1.len()),
+                acting: b.acting.is_some(),
+                broken: b.broken,
+            })
+            .collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
     }
 
     /// Barriers known, and clients waiting at them, for INFO.

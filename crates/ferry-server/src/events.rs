@@ -34,6 +34,15 @@ struct Condition {
     notified: HashSet<u64>,
 }
 
+/// One event's or condition's state, for SYNCLIST and the dashboard.
+pub(crate) struct EventView {
+    pub(crate) name: Bytes,
+    /// A condition's line (else an event).
+    pub(crate) condition: bool,
+    pub(crate) set: bool,
+    pub(crate) waiters: usize,
+}
+
 #[derive(Default)]
 struct Table {
     events: HashMap<Bytes, Event>,
@@ -171,6 +180,26 @@ impl Events {
     }
 
     /// Events and conditions known, and clients waiting on them, for INFO.
+    /// Every event and condition known, by name.
+    pub(crate) fn list(&self) -> Vec<EventView> {
+        let t = self.table.lock();
+        let events = t.events.iter().map(|(n, e)| EventView {
+            name: n.clone(),
+            condition: false,
+            set: e.set,
+            waiters: e.waiters.len(),
+        });
+        let conditions = t.conditions.iter().map(|(n, c)| EventView {
+            name: n.clone(),
+            condition: true,
+            set: false,
+            waiters: c.line.len(),
+        });
+        let mut v: Vec<_> = events.chain(conditions).collect();
+        v.sort_by(|a, b| (a.condition, &a.name).cmp(&(b.condition, &b.name)));
+        v
+    }
+
     pub(crate) fn counts(&self) -> (usize, usize, usize, usize) {
         let t = self.table.lock();
         (

@@ -225,3 +225,68 @@ impl Broker {
             .collect()
     }
 }
+
+/// One lock, semaphore, event, condition or barrier as SYNCLIST, `/api/sync`
+/// and the dashboard show it.
+#[derive(Debug, Serialize)]
+pub(crate) struct SyncView {
+    /// lock, semaphore, event, condition or barrier.
+    pub(crate) kind: &'static str,
+    #[serde(serialize_with = "lossy")]
+    pub(crate) name: Bytes,
+    /// Permits held (a lock's holder, a semaphore's).
+    pub(crate) holders: u64,
+    /// Clients waiting: in line for a permit, for a set, for a notify, at
+    /// a barrier.
+    pub(crate) waiters: u64,
+    /// In words: a lock's token, a semaphore's free permits, whether an
+    /// event is set, a barrier's parties and whether it is broken.
+    pub(crate) state: String,
+}
+
+impl Broker {
+    /// Every lock, semaphore, event, condition and barrier in use, by kind
+    /// then name.
+    pub(crate) fn sync_views(&self) -> Vec<SyncView> {
+        let mut v = Vec::new();
+        for (kind, table) in [("lock", &self.locks), ("semaphore", &self.semaphores)] {
+            v.extend(table.list().into_iter().map(|p| SyncView {
+                kind,
+                state: match kind {
+                    "lock" => p
+                        .holders
+                        .first()
+                        .map_or_else(String::new, |t| format!("token {t}")),
+                    _ => format!("{} of {} free", p.free, p.value),
+                },
+                holders: p.holders.len() as u64,
+                waiters: p.waiters as u64,
+                name: p.name,
+            }));
+        }
+        v.extend(self.events.list().into_iter().map(|e| SyncView {
+            kind: if e.condition { "condition" } else { "event" },
+            state: match (e.condition, e.set) {
+                (true, _) => String::new(),
+                (false, true) => "set".into(),
+                (false, false) => "clear".into(),
+            },
+            holders: 0,
+            waiters: e.waiters as u64,
+            name: e.name,
+        }));
+        v.extend(self.barriers.list().into_iter().map(|b| SyncView {
+            kind: "barrier",
+            state: format!(
+                "{} parties{}{}",
+                b.parties,
+                if b.acting { ", action running" } else { "" },
+                if b.broken { ", broken" } else { "" }
+            ),
+            holders: 0,
+            waiters: b.waiting as u64,
+            name: b.name,
+        }));
+        v
+    }
+}

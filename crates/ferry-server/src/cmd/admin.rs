@@ -325,11 +325,15 @@ impl ConfigQueue {
     }
 }
 
-/// Commands that read a queue and change nothing.
+/// Commands that read a queue (or the lock-like tables) and change
+/// nothing.
 pub(crate) enum Inspect {
     Len(Bytes),
     Info(Bytes),
     List,
+    /// SYNCLIST: every lock, semaphore, event, condition and barrier in
+    /// use, `[kind, name, holders, waiters, state]` each.
+    SyncList,
     Peek(Bytes, usize),
 }
 
@@ -337,6 +341,7 @@ impl Inspect {
     pub(super) fn parse(a: &mut Args) -> Result<Self, CmdError> {
         let cmd = match a.command {
             "QLIST" => Inspect::List,
+            "SYNCLIST" => Inspect::SyncList,
             "QLEN" => Inspect::Len(a.queue()?),
             "QINFO" => Inspect::Info(a.queue()?),
             _ => {
@@ -375,6 +380,22 @@ impl Inspect {
                 r.array(names.len());
                 for n in names {
                     r.bulk(&n);
+                }
+            }
+            Inspect::SyncList => {
+                let mut all = s.broker.sync_views();
+                if let Some(user) = &s.user {
+                    all.retain(|v| user.may(crate::acl::Right::Lock, &v.name));
+                }
+                let mut r = s.reply();
+                r.array(all.len());
+                for v in all {
+                    r.array(5);
+                    r.bulk(v.kind.as_bytes());
+                    r.bulk(&v.name);
+                    r.uint(v.holders);
+                    r.uint(v.waiters);
+                    r.bulk(v.state.as_bytes());
                 }
             }
             Inspect::Peek(queue, count) => {

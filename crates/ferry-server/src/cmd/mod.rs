@@ -347,7 +347,7 @@ pub(crate) enum Command {
 }
 
 /// Every command name, upper case.
-pub(crate) const NAMES: [&str; 46] = [
+pub(crate) const NAMES: [&str; 47] = [
     "QPUT",
     "QGET",
     "QDONE",
@@ -383,6 +383,7 @@ pub(crate) const NAMES: [&str; 46] = [
     "BARABORT",
     "BARRESET",
     "BARINFO",
+    "SYNCLIST",
     "PING",
     "ECHO",
     "QUIT",
@@ -448,7 +449,7 @@ impl Command {
             "QNACK" => Command::Nack(ack::Nack::parse(a)?),
             "QTOUCH" => Command::Touch(ack::Touch::parse(a)?),
             "QJOIN" => Command::Join(ack::Join::parse(a)?),
-            "QLEN" | "QINFO" | "QLIST" | "QPEEK" => Command::Inspect(admin::Inspect::parse(a)?),
+            "QLEN" | "QINFO" | "QLIST" | "QPEEK" | "SYNCLIST" => Command::Inspect(admin::Inspect::parse(a)?),
             "QPURGE" | "QDROP" | "QREOPEN" | "QSHUTDOWN" => {
                 Command::Manage(admin::Manage::parse(a)?)
             }
@@ -491,7 +492,7 @@ impl Command {
             // Payloads: for those who may get them.
             Command::Inspect(admin::Inspect::Peek(q, _)) => vec![(Right::Get, q)],
             // Lists only what the user may see.
-            Command::Inspect(admin::Inspect::List) => Vec::new(),
+            Command::Inspect(admin::Inspect::List | admin::Inspect::SyncList) => Vec::new(),
             Command::Manage(
                 admin::Manage::Purge(q)
                 | admin::Manage::Drop(q)

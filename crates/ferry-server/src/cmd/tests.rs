@@ -603,7 +603,8 @@ async fn every_command_checks_its_user_s_rights() {
         &path,
         format!(
             "[users.narrow]\npassword_hash = \"{hash}\"\nput = [\"jobs*\"]\nget = [\"jobs*\"]\n\
-             admin = [\"jobs*\"]\nlocks = [\"jobs*\"]\n"
+             admin = [\"jobs*\"]\nlocks = [\"jobs*\"]\n\
+             [users.ops]\npassword_hash = \"{hash}\"\nadmin = [\"*\"]\nlocks = [\"*\"]\n"
         ),
     )
     .unwrap();
@@ -669,6 +670,7 @@ async fn every_command_checks_its_user_s_rights() {
         ("BARABORT", &["BARABORT", "{q}", "PARTIES", "2"], Right),
         ("BARRESET", &["BARRESET", "{q}"], Right),
         ("BARINFO", &["BARINFO", "{q}"], Right),
+        ("SYNCLIST", &["SYNCLIST"], Nothing),
         ("PING", &["PING"], Nothing),
         ("ECHO", &["ECHO", "e"], Nothing),
         ("HELLO", &["HELLO", "2"], Nothing),
@@ -727,4 +729,15 @@ async fn every_command_checks_its_user_s_rights() {
         listed.contains("jobs9") && !listed.contains("other"),
         "{listed}"
     );
+    // SYNCLIST too: a lock the user may not take is not listed.
+    let mut admin = Session::new(Arc::clone(&b), "test".into());
+    assert_eq!(run(&mut admin, &["AUTH", "ops", "pw"]), "+OK\r\n");
+    run(&mut admin, &["LOCK", "other", "NOWAIT"]);
+    run(&mut s, &["LOCK", "jobs1", "NOWAIT"]);
+    let listed = run(&mut s, &["SYNCLIST"]);
+    assert!(
+        listed.contains("jobs1") && !listed.contains("other"),
+        "{listed}"
+    );
+    assert!(run(&mut admin, &["SYNCLIST"]).contains("other"));
 }
