@@ -74,6 +74,16 @@ def test_the_dashboard_follows_a_queue_and_redrives_its_dead_letters(broker, pag
     expect(row.locator("td.ready")).to_have_text("30")
     expect(page.locator("#clients-list tr")).not_to_have_count(0)
 
+    # A semaphore in use shows with its holders; gone once given back.
+    expect(page.locator("#no-sync")).to_be_visible()
+    sem = ferry.Semaphore(2, name="api", url=f"ferry://127.0.0.1:{port}")
+    sem.acquire()
+    used = page.locator('tr[data-sync="semaphore:api"]')
+    expect(used.locator("td:nth-child(3)")).to_have_text("1")
+    expect(used.locator("td:nth-child(5)")).to_have_text("1 of 2 free")
+    sem.release()
+    expect(page.locator("#no-sync")).to_be_visible()
+
     # The depth moves as the consumer works.
     for _ in range(12):
         q.get()

@@ -13,6 +13,7 @@ use clap::{CommandFactory, Parser, Subcommand};
 
 mod bench;
 mod lock;
+mod top;
 mod trim;
 mod verbs;
 mod worker;
@@ -71,7 +72,7 @@ enum Command {
     /// Queues and their counters (a table, one queue in full, or --json).
     Info(verbs::InfoArgs),
     /// A live view of every queue: depth, leased, rates, waiting consumers.
-    Top(verbs::TopArgs),
+    Top(top::TopArgs),
     /// Run a command holding a lock, like flock(1) across machines; exits
     /// with the command's code (4 if the lock was not acquired in time).
     Lock(lock::LockArgs),
@@ -209,7 +210,7 @@ pub fn run(args: impl IntoIterator<Item = OsString>, host: Host) -> i32 {
         Command::Purge(a) => finish(verbs::manage(verbs::Manage::Purge, &a).map(|()| 0)),
         Command::Reopen(a) => finish(verbs::manage(verbs::Manage::Reopen, &a).map(|()| 0)),
         Command::Info(a) => finish(verbs::info(&a).map(|()| 0)),
-        Command::Top(a) => finish(verbs::top(&a).map(|()| 0)),
+        Command::Top(a) => finish(top::top(&a).map(|()| 0)),
         Command::Lock(a) => finish(lock::lock(&a)),
         Command::Sem(a) => finish(lock::sem(&a)),
         Command::Bench(a) => finish(bench::bench(&a).map(|()| 0)),

@@ -396,7 +396,7 @@ pub(crate) fn manage(what: Manage, a: &ManageArgs) -> Outcome {
 
 /// A QINFO reply (a RESP3 map, or RESP2's flat array) as (field, value)
 /// pairs, in the broker's order.
-fn pairs_of(v: Value) -> Result<Vec<(String, Value)>, (i32, String)> {
+pub(crate) fn pairs_of(v: Value) -> Result<Vec<(String, Value)>, (i32, String)> {
     let flat = match v {
         Value::Array(flat) => flat,
         Value::Map(pairs) => pairs.into_iter().flat_map(|(k, v)| [k, v]).collect(),
@@ -419,7 +419,7 @@ fn info_pairs(c: &mut Client, queue: &str) -> Result<Vec<(String, Value)>, (i32,
 }
 
 /// Every queue's name (QLIST).
-fn queue_names(c: &mut Client) -> Result<Vec<String>, (i32, String)> {
+pub(crate) fn queue_names(c: &mut Client) -> Result<Vec<String>, (i32, String)> {
     match c.call(&[b"QLIST"]).map_err(fail)? {
         Value::Array(v) => Ok(v
             .into_iter()
@@ -432,7 +432,7 @@ fn queue_names(c: &mut Client) -> Result<Vec<String>, (i32, String)> {
     }
 }
 
-fn int_of(pairs: &[(String, Value)], key: &str) -> i64 {
+pub(crate) fn int_of(pairs: &[(String, Value)], key: &str) -> i64 {
     pairs
         .iter()
         .find_map(|(k, v)| match v {
@@ -608,90 +608,5 @@ pub(crate) fn join(a: &JoinArgs) -> Outcome {
         Ok(Ok(false)) => Err((TIMED_OUT, "join timed out with work unfinished".into())),
         Ok(Err(e)) => Err(fail_on(&a.queue)(e)),
         Err(_) => Err((1, "join thread failed".into())),
-    }
-}
-
-#[derive(Args, Debug)]
-pub(crate) struct TopArgs {
-    #[command(flatten)]
-    conn: Conn,
-    /// Seconds between refreshes.
-    #[arg(long, default_value_t = 1.0)]
-    interval: f64,
-    /// Stop after this many refreshes (default: until interrupted).
-    #[arg(long)]
-    iterations: Option<u64>,
-}
-
-/// A live view of every queue: depth, unfinished, leased, delayed, waiting
-/// consumers and producers, and put/done rates. Full screen on a terminal; one table per
-/// refresh otherwise.
-pub(crate) fn top(a: &TopArgs) -> Outcome {
-    use std::collections::HashMap;
-    use std::io::IsTerminal;
-    let mut c = a.conn.connect()?;
-    let tty = std::io::stdout().is_terminal();
-    let interval = duration(a.interval).max(Duration::from_millis(50));
-    let mut last: HashMap<String, (i64, i64)> = HashMap::new();
-    let mut last_at = Instant::now();
-    let mut n = 0u64;
-    loop {
-        let names = queue_names(&mut c)?;
-        let commands: Vec<Vec<&[u8]>> = names
-            .iter()
-            .map(|q| vec![&b"QINFO"[..], q.as_bytes()])
-            .collect();
-        let replies = c.pipeline(&commands).map_err(fail)?;
-        let secs = last_at.elapsed().as_secs_f64().max(0.001);
-        last_at = Instant::now();
-        let mut screen = String::new();
-        if tty {
-            screen.push_str("\x1b[H\x1b[2J");
-        }
-        screen.push_str(&format!(
-            "ferry top — {} queue(s), every {:.1}s\n{:<30} {:>9} {:>10} {:>8} {:>8} {:>8} {:>8} {:>10} {:>10}\n",
-            names.len(),
-            interval.as_secs_f64(),
-            "queue",
-            "ready",
-            "unfinished",
-            "leased",
-            "delayed",
-            "getters",
-            "putters",
-            "put/s",
-            "done/s"
-        ));
-        for (name, reply) in names.iter().zip(replies) {
-            let Ok(Ok(p)) = reply.map(pairs_of) else {
-                continue;
-            };
-            let (put, done) = (int_of(&p, "put"), int_of(&p, "done"));
-            let (put_rate, done_rate) = match last.insert(name.clone(), (put, done)) {
-                Some((p0, d0)) => ((put - p0) as f64 / secs, (done - d0) as f64 / secs),
-                None => (0.0, 0.0),
-            };
-            screen.push_str(&format!(
-                "{:<30} {:>9} {:>10} {:>8} {:>8} {:>8} {:>8} {:>10.0} {:>10.0}\n",
-                name,
-                int_of(&p, "qsize"),
-                int_of(&p, "unfinished"),
-                int_of(&p, "leased") + int_of(&p, "taken"),
-                int_of(&p, "delayed"),
-                int_of(&p, "waiting_getters"),
-                int_of(&p, "waiting_putters"),
-                put_rate,
-                done_rate
-            ));
-        }
-        let mut out = std::io::stdout().lock();
-        out.write_all(screen.as_bytes())
-            .and_then(|()| out.flush())
-            .map_err(|e| (1, e.to_string()))?;
-        n += 1;
-        if a.iterations.is_some_and(|max| n >= max) {
-            return Ok(());
-        }
-        std::thread::sleep(interval);
     }
 }

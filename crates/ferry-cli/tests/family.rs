@@ -24,6 +24,7 @@ on_every_engine!(
     a_condition_s_waiter_is_notified_and_gives_its_lock_back,
     barriers_let_rounds_through_and_break,
     a_barrier_s_action_runner_that_goes_breaks_the_round,
+    synclist_and_top_show_holders_and_waiters,
 );
 
 /// A field of INFO's text.
@@ -353,4 +354,84 @@ fn a_barrier_s_action_runner_that_goes_breaks_the_round(e: &Engine) {
     drop(runner);
     assert_eq!(w.join().unwrap(), "BROKEN");
     assert_eq!(int(c.call(&[b"BARRESET", b"act"])), 1);
+}
+
+/// SYNCLIST's rows (kind, name, holders, waiters, state), as `ferry top`
+/// prints them under its queues.
+fn synclist_and_top_show_holders_and_waiters(e: &Engine) {
+    let mut c = e.client();
+    let token = c.lock("ledger", None, None).unwrap().unwrap();
+    c.sem_acquire("api", 2, None, None).unwrap().unwrap();
+    c.call(&[b"EVSET", b"go"]).unwrap();
+    let mut x = e.client();
+    x.sem_acquire("api", 2, None, None).unwrap().unwrap();
+    let mut w = e.client();
+    let waiter = thread::spawn(move || {
+        let got = w.sem_acquire("api", 2, Some(Duration::from_secs(60)), None);
+        (got, w)
+    });
+    let mut b = e.client();
+    let at_barrier =
+        thread::spawn(move || server_error(b.call(&[b"BARWAIT", b"gate", b"PARTIES", b"3"])).0);
+    common::wait_until("a semaphore waiter and a barrier waiter", || {
+        info(&mut c, "semaphore_waiters") == 1 && info(&mut c, "barrier_waiters") == 1
+    });
+    let rows = match c.call(&[b"SYNCLIST"]).unwrap() {
+        Value::Array(rows) => rows,
+        other => panic!("{other:?}"),
+    };
+    let text = |v: &Value| match v {
+        Value::Bulk(b) => String::from_utf8_lossy(b).into_owned(),
+        Value::Int(n) => n.to_string(),
+        other => panic!("{other:?}"),
+    };
+    let rows: Vec<String> = rows
+        .iter()
+        .map(|r| match r {
+            Value::Array(f) => f.iter().map(text).collect::<Vec<_>>().join("|"),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            format!("lock|ledger|1|0|token {token}"),
+            "semaphore|api|2|1|0 of 2 free".to_string(),
+            "event|go|0|0|set".to_string(),
+            "barrier|gate|0|1|3 parties".to_string(),
+        ],
+        "by kind, then name"
+    );
+    let top = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["top", "--iterations", "1", "--url", &e.url()])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&top.stdout);
+    assert!(top.status.success(), "{out}");
+    let table: Vec<Vec<&str>> = out
+        .lines()
+        .skip_while(|l| !l.starts_with("kind "))
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(
+        table[0],
+        ["kind", "name", "holders", "waiters", "state"],
+        "{out}"
+    );
+    assert_eq!(
+        table[2],
+        ["semaphore", "api", "2", "1", "0", "of", "2", "free"],
+        "{out}"
+    );
+    assert_eq!(
+        table[4],
+        ["barrier", "gate", "0", "1", "3", "parties"],
+        "{out}"
+    );
+    // The waiters go: the barrier breaks, the semaphore's waiter is served.
+    assert_eq!(int(c.call(&[b"BARABORT", b"gate"])), 1);
+    assert_eq!(at_barrier.join().unwrap(), "BROKEN");
+    drop(x);
+    let (got, _w) = waiter.join().unwrap();
+    assert!(got.unwrap().is_some());
 }

@@ -338,6 +338,7 @@ fn the_http_port_wants_the_password_when_one_is_set() {
         "/api/queues",
         "/api/queues/q",
         "/api/locks",
+        "/api/sync",
         "/api/clients",
     ] {
         let r = agent.get(&format!("{http}{path}")).call().unwrap();

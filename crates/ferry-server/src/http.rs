@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::broker::Broker;
 use crate::clients::ClientView;
-use crate::view::{QueueView, ServerView};
+use crate::view::{QueueView, ServerView, SyncView};
 
 /// The admin port's routes over `broker`.
 pub(crate) fn router(broker: Arc<Broker>) -> Router {
@@ -40,6 +40,7 @@ pub(crate) fn router(broker: Arc<Broker>) -> Router {
         .route("/api/queues/{name}/redrive", post(redrive))
         .route("/api/locks", get(locks))
         .route("/api/semaphores", get(semaphores))
+        .route("/api/sync", get(sync))
         .route("/api/clients", get(clients))
         .layer(middleware::from_fn_with_state(Arc::clone(&broker), guard))
         .with_state(broker)
@@ -385,6 +386,12 @@ struct SemaphoreView {
     /// The holders' fencing tokens, oldest first.
     holders: Vec<u64>,
     waiters: usize,
+}
+
+/// Every lock, semaphore, event, condition and barrier in use: SYNCLIST's
+/// rows, for the dashboard.
+async fn sync(State(b): State<Arc<Broker>>) -> Json<Vec<SyncView>> {
+    Json(b.sync_views())
 }
 
 async fn semaphores(State(b): State<Arc<Broker>>) -> Json<Vec<SemaphoreView>> {

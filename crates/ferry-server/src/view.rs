@@ -250,18 +250,20 @@ impl Broker {
     pub(crate) fn sync_views(&self) -> Vec<SyncView> {
         let mut v = Vec::new();
         for (kind, table) in [("lock", &self.locks), ("semaphore", &self.semaphores)] {
-            v.extend(table.list().into_iter().map(|p| SyncView {
-                kind,
-                state: match kind {
-                    "lock" => p
-                        .holders
-                        .first()
-                        .map_or_else(String::new, |t| format!("token {t}")),
-                    _ => format!("{} of {} free", p.free, p.value),
-                },
-                holders: p.holders.len() as u64,
-                waiters: p.waiters as u64,
-                name: p.name,
+            v.extend(table.list().into_iter().map(|p| {
+                SyncView {
+                    kind,
+                    state: match kind {
+                        "lock" => p
+                            .holders
+                            .first()
+                            .map_or_else(String::new, |t| format!("token {t}")),
+                        _ => format!("{} of {} free", p.free, p.value),
+                    },
+                    holders: p.holders.len() as u64,
+                    waiters: p.waiters as u64,
+                    name: p.name,
+                }
             }));
         }
         v.extend(self.events.list().into_iter().map(|e| SyncView {

@@ -349,6 +349,7 @@ impl RedisLink {
                 let sargs = vec![b"release".to_vec(), token.to_string().into_bytes()];
                 done(self.change(&LOCK, &keys, &sargs).await?)
             }
+            "SYNCLIST" => done(self.sync_list().await?),
             c if super::sync::COMMANDS.contains(&c) => self.sync_call(c, &mut a, cancel).await,
             _ => Err(server(
                 "ERR",

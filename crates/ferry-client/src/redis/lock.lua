@@ -148,6 +148,17 @@ local function run(keys, args)
     return false
   end
 
+  if op == 'view' then
+    -- SYNCLIST's {holders, waiters, state}.
+    local h = held()
+    local n = 0
+    for _, v in ipairs(redis.call('HVALS', REQ)) do
+      if tonumber(string.match(v, '^(%d+)')) >= now then n = n + 1 end
+    end
+    if h then return {1, n, 'token ' .. h[1]} end
+    return {0, n, ''}
+  end
+
   if op == 'waiters' then
     local n = 0
     for _, v in ipairs(redis.call('HVALS', REQ)) do

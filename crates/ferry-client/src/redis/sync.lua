@@ -167,10 +167,14 @@ local function semaphore(op)
     if e and tonumber(e) > now then return 1 end
     return 0
   end
-  if op == 'info' then
+  if op == 'view' then
+    -- SYNCLIST's {holders, waiters, state}.
+    if redis.call('EXISTS', S) == 0 then return {0, live_waiters(), ''} end
     local st = sem_load(nil)
-    if not st.value then return false end
-    return {fmt(st.value), fmt(st.free), redis.call('ZRANGE', ORDER, 0, -1), live_waiters()}
+    sem_expire(st)
+    sem_serve(st)
+    sem_save(st)
+    return {held_count(), live_waiters(), fmt(st.free) .. ' of ' .. fmt(st.value) .. ' free'}
   end
   if op == 'renew' or op == 'lose' then
     -- ARGV: token [, ttl ms]
@@ -286,6 +290,9 @@ local function event(op)
     return 1
   end
   if op == 'isset' then return redis.call('EXISTS', S) end
+  if op == 'view' then
+    return {0, live_waiters(), redis.call('EXISTS', S) == 1 and 'set' or 'clear'}
+  end
   if op == 'wait' then
     -- ARGV: ticket ('': no wait), wait ms
     local ticket, wait_ms = ARGV[2], tonumber(ARGV[3])
@@ -308,6 +315,7 @@ local function condition(op)
     return collect(ARGV[2]) or false
   end
   if op == 'waiters' then return live_waiters() end
+  if op == 'view' then return {0, live_waiters(), ''} end
   if op == 'enter' then
     -- ARGV: ticket, wait ms. In line before the lock is given back.
     request(ARGV[2], tonumber(ARGV[3]), nil, nil, true)
@@ -510,6 +518,15 @@ local function barrier(op)
       bar_save(b)
     end
     return token
+  end
+  if op == 'view' then
+    bar_check(b)
+    bar_save(b)
+    if not b.parties then return {0, 0, ''} end
+    local state = fmt(b.parties) .. ' parties'
+    if b.acting then state = state .. ', action running' end
+    if b.broken then state = state .. ', broken' end
+    return {0, redis.call('LLEN', LINE) + redis.call('LLEN', HELD), state}
   end
   if op == 'info' then
     bar_check(b)

@@ -302,56 +302,100 @@ impl RedisLink {
 }
 
 impl RedisLink {
+    /// The names of `kind` in use: with a state key, or waiters' requests.
+    async fn names_of(&mut self, kind: &str) -> Result<BTreeSet<String>, Error> {
+        let prefix = format!("ferry:{kind}:{{");
+        let mut names = BTreeSet::new();
+        for (pattern, suffix) in [("*}", "}"), ("*}:req", "}:req")] {
+            for key in self.scan(&format!("{prefix}{pattern}")).await? {
+                if let Some(name) = key
+                    .strip_prefix(prefix.as_str())
+                    .and_then(|r| r.strip_suffix(suffix))
+                {
+                    names.insert(name.to_string());
+                }
+            }
+        }
+        Ok(names)
+    }
+
+    /// `op` of the script of `kind`'s `name` (lock.lua for locks).
+    async fn op_of(&mut self, kind: &str, name: &str, op: &[u8]) -> Result<redis::Value, Error> {
+        let (script, keys) = if kind == "lock" {
+            (&LOCK, lock_keys(name))
+        } else {
+            (&SYNC, sync_keys(kind, name))
+        };
+        self.script(script, &keys, &[op.to_vec()]).await
+    }
+
     /// INFO's lines for locks, semaphores, events, conditions and
     /// barriers: how many are in use, and their live waiters.
     pub(super) async fn primitives_info(&mut self) -> Result<String, Error> {
-        let kinds = [
-            ("lock", "locks", "lock_waiters"),
-            ("sem", "semaphores", "semaphore_waiters"),
-            ("ev", "events", "event_waiters"),
-            ("cond", "conditions", "condition_waiters"),
-            ("bar", "barriers", "barrier_waiters"),
-        ];
         let mut out = String::new();
-        for (kind, names_field, waiters_field) in kinds {
-            let prefix = format!("ferry:{kind}:{{");
-            let named = |key: &str, suffix: &str| {
-                key.strip_prefix(prefix.as_str())
-                    .and_then(|r| r.strip_suffix(suffix))
-                    .map(str::to_string)
-            };
-            let mut names: BTreeSet<String> = self
-                .scan(&format!("{prefix}*}}"))
-                .await?
-                .iter()
-                .filter_map(|k| named(k, "}"))
-                .collect();
-            let mut waiters = 0;
-            for line in self.scan(&format!("{prefix}*}}:req")).await? {
-                let Some(name) = named(&line, "}:req") else {
-                    continue;
-                };
-                let (script, keys) = if kind == "lock" {
-                    (&LOCK, lock_keys(&name))
-                } else {
-                    (&SYNC, sync_keys(kind, &name))
-                };
-                if let redis::Value::Int(n) =
-                    self.script(script, &keys, &[b"waiters".to_vec()]).await?
-                {
-                    waiters += n;
-                    if n > 0 {
-                        names.insert(name);
-                    }
-                }
+        for (kind, _, names_field, waiters_field) in KINDS {
+            let (mut count, mut waiters) = (0, 0);
+            for name in self.names_of(kind).await? {
+                let (h, w, state) = view(self.op_of(kind, &name, b"view").await?)?;
+                waiters += w;
+                count += usize::from(in_use(h, w, &state));
             }
-            let count = names.len();
             out.push_str(&format!(
                 "{names_field}:{count}\r\n{waiters_field}:{waiters}\r\n"
             ));
         }
         Ok(out)
     }
+
+    /// SYNCLIST: every lock, semaphore, event, condition and barrier in
+    /// use, `[kind, name, holders, waiters, state]` each.
+    pub(super) async fn sync_list(&mut self) -> Result<Value, Error> {
+        let mut all = Vec::new();
+        for (kind, label, _, _) in KINDS {
+            for name in self.names_of(kind).await? {
+                let (h, w, state) = view(self.op_of(kind, &name, b"view").await?)?;
+                if in_use(h, w, &state) {
+                    all.push(Value::Array(vec![
+                        Value::Bulk(label.as_bytes().to_vec().into()),
+                        Value::Bulk(name.into_bytes().into()),
+                        Value::Int(h),
+                        Value::Int(w),
+                        Value::Bulk(state.into_bytes().into()),
+                    ]));
+                }
+            }
+        }
+        Ok(Value::Array(all))
+    }
+}
+
+/// Each kind: its key prefix, SYNCLIST's name for it, INFO's fields.
+const KINDS: [(&str, &str, &str, &str); 5] = [
+    ("lock", "lock", "locks", "lock_waiters"),
+    ("sem", "semaphore", "semaphores", "semaphore_waiters"),
+    ("ev", "event", "events", "event_waiters"),
+    ("cond", "condition", "conditions", "condition_waiters"),
+    ("bar", "barrier", "barriers", "barrier_waiters"),
+];
+
+/// A script's `view`: holders, waiters, state.
+fn view(v: redis::Value) -> Result<(i64, i64, String), Error> {
+    if let redis::Value::Array(items) = &v
+        && let [
+            redis::Value::Int(h),
+            redis::Value::Int(w),
+            redis::Value::BulkString(s),
+        ] = items.as_slice()
+    {
+        return Ok((*h, *w, String::from_utf8_lossy(s).into_owned()));
+    }
+    Err(Error::Protocol(format!("unexpected view {v:?}")))
+}
+
+/// Whether the broker would keep it in its tables: held, waited for,
+/// set, or (a semaphore's, a barrier's) with a state of its own.
+fn in_use(holders: i64, waiters: i64, state: &str) -> bool {
+    holders > 0 || waiters > 0 || !(state.is_empty() || state == "clear")
 }
 
 /// A wait on primitive `name` of `kind` (sem, ev, cond, bar).

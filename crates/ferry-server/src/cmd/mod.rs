@@ -449,7 +449,9 @@ impl Command {
             "QNACK" => Command::Nack(ack::Nack::parse(a)?),
             "QTOUCH" => Command::Touch(ack::Touch::parse(a)?),
             "QJOIN" => Command::Join(ack::Join::parse(a)?),
-            "QLEN" | "QINFO" | "QLIST" | "QPEEK" | "SYNCLIST" => Command::Inspect(admin::Inspect::parse(a)?),
+            "QLEN" | "QINFO" | "QLIST" | "QPEEK" | "SYNCLIST" => {
+                Command::Inspect(admin::Inspect::parse(a)?)
+            }
             "QPURGE" | "QDROP" | "QREOPEN" | "QSHUTDOWN" => {
                 Command::Manage(admin::Manage::parse(a)?)
             }
