@@ -26,7 +26,11 @@ import signal
 import threading
 import traceback
 import uuid
-from multiprocessing.pool import ExceptionWithTraceback, MaybeEncodingError
+from typing import Any
+from multiprocessing.pool import (  # type: ignore[attr-defined]  # not in typeshed
+    ExceptionWithTraceback,
+    MaybeEncodingError,
+)
 
 from ferry import queues
 from ferry.util import _count, _name, connect
@@ -135,7 +139,7 @@ class ApplyResult:
         self._event = threading.Event()
         self._callback, self._error_callback = callback, error_callback
         self._success = False
-        self._value = None
+        self._value: Any = None
         pool._jobs[self._job] = self
 
     def ready(self) -> bool:

@@ -71,7 +71,8 @@ enum Command {
     Join(verbs::JoinArgs),
     /// Queues and their counters (a table, one queue in full, or --json).
     Info(verbs::InfoArgs),
-    /// A live view of every queue: depth, leased, rates, waiting consumers.
+    /// A live view of every queue (depth, leased, rates, waiting consumers)
+    /// and of the locks, semaphores, events, conditions and barriers in use.
     Top(top::TopArgs),
     /// Run a command holding a lock, like flock(1) across machines; exits
     /// with the command's code (4 if the lock was not acquired in time).
