@@ -62,7 +62,7 @@ class _Process:
 
 
 _processes: dict = {}
-_processes_lock = threading.Lock()
+_processes_lock = _util._fork_safe(threading.Lock())
 
 
 def _process(url: str) -> _Process:

@@ -65,7 +65,7 @@ class _Handle:
         self._name, self._take = name, take
         self._local = threading.local()
         self._lanes: list = []
-        self._lanes_lock = threading.Lock()
+        self._lanes_lock = util._fork_safe(threading.Lock())
 
     def lane(self) -> _Lane:
         lane = getattr(self._local, "lane", None)

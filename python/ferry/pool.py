@@ -33,6 +33,7 @@ from multiprocessing.pool import (  # type: ignore[attr-defined]  # not in types
 )
 
 from ferry import queues
+from ferry._ferry import Interrupted
 from ferry.util import _count, _name, connect
 
 __all__ = ["Pool", "AsyncResult", "ApplyResult", "MapResult", "IMapIterator", "work", "tasks_queue"]
@@ -49,10 +50,6 @@ def tasks_queue(name: str) -> str:
 
 
 # The worker side
-
-
-class _Stop(BaseException):
-    """SIGTERM while a worker waits for a task: it leaves."""
 
 
 def work(name: str, url: str | None = None, initializer=None, initargs=(), maxtasks=None,
@@ -72,23 +69,23 @@ def work(name: str, url: str | None = None, initializer=None, initargs=(), maxta
     # again with its expiry if it was dropped, so a late result never
     # leaves a queue behind for good.
     made: set = set()
-    state = {"waiting": False, "stop": False}
+    state = {"stop": False}
+    # The handler raises nowhere (an exception raised wherever a signal
+    # lands can leave a lock held or a task_done() unsent): it ends the
+    # wait for a task on this thread's connection, and the loop leaves.
+    waits_on = tasks._handle.conn()
 
     def on_term(signum, frame):
         state["stop"] = True
-        if state["waiting"]:
-            state["waiting"] = False
-            raise _Stop
+        waits_on.interrupt()
 
     previous = signal.signal(signal.SIGTERM, on_term) if threading.current_thread() is threading.main_thread() else None
     done = 0
     try:
         while not state["stop"] and (maxtasks is None or done < maxtasks):
-            state["waiting"] = True
             try:
                 task = tasks.get()
-                state["waiting"] = False
-            except _Stop:
+            except Interrupted:
                 # A SIGTERM that landed as the task arrived: the get kept
                 # it for the next one, and it is under way.
                 if not tasks._kept():

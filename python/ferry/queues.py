@@ -134,7 +134,7 @@ class Queue:
         self._handle = _Handle(url, self._name, self._take)
         # Items handed out and not finished: (thread ident, lane, id).
         self._held: collections.deque = collections.deque()
-        self._held_lock = threading.Lock()
+        self._held_lock = util._fork_safe(threading.Lock())
         self._prefetch_option, self._write_behind_option = prefetch, write_behind
         self._auto_prefetch = prefetch is None and self._kind == "fifo" and not self._take
         # A PriorityQueue refuses an item of another shape at put(), as the

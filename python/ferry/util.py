@@ -13,6 +13,7 @@ import os
 import re
 import sys
 import threading
+import weakref
 
 from ferry._ferry import Connection
 
@@ -49,12 +50,26 @@ def _name(name, what: str = "name") -> str | None:
                          "(leave it out, None, for a private one)")
     return name
 
+# Locks a forked child must find free. A fork copies a lock that another
+# thread of the parent held as held, by a thread the child does not have:
+# the child would wait on it for ever (a Pool worker forked as the
+# parent's feeder thread held _private_lock never took a task). The child
+# reinitialises them, as the standard library does its own.
+_fork_locks: weakref.WeakSet = weakref.WeakSet()
+
+
+def _fork_safe(lock):
+    """`lock` (a Lock, RLock or Condition), found free by forked children."""
+    _fork_locks.add(lock)
+    return lock
+
+
 # The private queues this process made, by (url, name): how many live
 # handles it has of each. The last one to go drops the queue.
 _private: dict = {}
 # Guards _private and _feeders. Reentrant so that _finalizer can ask
 # whether this thread holds it.
-_private_lock = threading.RLock()
+_private_lock = _fork_safe(threading.RLock())
 # This process's write-behind feeders, by (url, name).
 _feeders: dict = {}
 
@@ -79,10 +94,15 @@ class _Finisher:
     a handle's last reference goes run in place."""
 
     def __init__(self) -> None:
-        self._cond = threading.Condition()
+        self._cond = _fork_safe(threading.Condition())
         self._work: collections.deque = collections.deque()
         self._busy = 0
         self._pid = 0
+
+    def forget_parents(self) -> None:
+        """In a forked child: the parent's finalizers are the parent's."""
+        self._work.clear()
+        self._busy = 0
 
     def submit(self, fn, args) -> None:
         with self._cond:
@@ -167,6 +187,9 @@ _generation = 0
 def _after_fork_in_child() -> None:
     global _generation
     _generation += 1
+    for lock in list(_fork_locks):
+        lock._at_fork_reinit()
+    _finisher.forget_parents()
 
 
 if hasattr(os, "register_at_fork"):

@@ -59,6 +59,12 @@ pub(crate) fn shutdown_type(py: Python<'_>) -> PyResult<Bound<'_, pyo3::types::P
 }
 pyo3::create_exception!(
     ferry,
+    Interrupted,
+    pyo3::exceptions::PyBaseException,
+    "A blocking call ended by `Connection.interrupt()` (a signal handler's way to end a wait without raising wherever it landed). A BaseException, as KeyboardInterrupt: `except Exception` does not swallow it."
+);
+pyo3::create_exception!(
+    ferry,
     NotLeased,
     FerryError,
     "task_done() for an item this handle does not hold."

@@ -9,12 +9,13 @@ mod aio;
 mod convert;
 
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use ferry_client::{Client, Error, Value};
 
 use crate::convert::{
-    AuthenticationError, FerryError, LeaseLost, NotLeased, PermissionDenied, entries,
+    AuthenticationError, FerryError, Interrupted, LeaseLost, NotLeased, PermissionDenied, entries,
     shutdown_type, timeout_arg, to_object, to_py,
 };
 use pyo3::exceptions::{PyConnectionError, PyValueError};
@@ -36,6 +37,9 @@ struct Connection {
     /// connection was lost (a broker restart, a failover) is sent again
     /// safely: it goes in once.
     dedup_keys: ferry_client::ResendKeys,
+    /// Set by `interrupt()`: every blocking call, under way or to come,
+    /// ends with `Interrupted`.
+    interrupted: AtomicBool,
 }
 
 impl Drop for Connection {
@@ -109,10 +113,16 @@ impl Connection {
     /// any handler's exception): the broker ends the wait (CLIENT UNBLOCK)
     /// and the reply is still read whole, so nothing it delivered is lost.
     /// Replies the reply and the handler's exception, if one was raised.
+    /// `interrupt()` ends it the same way, and a call made after it is
+    /// not sent at all.
     fn blocking(&self, py: Python<'_>, args: &[&[u8]]) -> (PyResult<Value>, Option<PyErr>) {
+        if self.interrupted.load(Ordering::SeqCst) {
+            return (Ok(Value::Nil), Some(interrupted()));
+        }
         let raised: Mutex<Option<PyErr>> = Mutex::new(None);
+        let stop = &self.interrupted;
         let reply = self.with(py, |c| {
-            c.call_cancellable(args, signals(&raised))
+            c.call_cancellable(args, signals(&raised, stop))
                 .map(|(value, _)| value)
         });
         let raised = raised.into_inner().unwrap_or_else(|e| e.into_inner());
@@ -158,18 +168,26 @@ impl Connection {
     }
 }
 
-/// Resolves once a Python signal handler raises, keeping its exception:
-/// signals are checked every 50 ms, as Python itself would between
-/// bytecodes (only the main thread runs handlers; elsewhere this never
-/// resolves).
-async fn signals(raised: &Mutex<Option<PyErr>>) {
+/// Resolves once a Python signal handler raises, keeping its exception,
+/// or once `stop` is set (`Connection.interrupt()`, from a handler or
+/// another thread): signals are checked every 50 ms, as Python itself
+/// would between bytecodes (only the main thread runs handlers).
+async fn signals(raised: &Mutex<Option<PyErr>>, stop: &AtomicBool) {
     loop {
         tokio::time::sleep(Duration::from_millis(50)).await;
-        if let Err(e) = Python::attach(|py| py.check_signals()) {
-            *raised.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
-            return;
-        }
+        let outcome = Python::attach(|py| py.check_signals());
+        let err = match outcome {
+            Err(e) => e,
+            Ok(()) if stop.load(Ordering::SeqCst) => interrupted(),
+            Ok(()) => continue,
+        };
+        *raised.lock().unwrap_or_else(|e| e.into_inner()) = Some(err);
+        return;
     }
+}
+
+fn interrupted() -> PyErr {
+    Interrupted::new_err("interrupted: Connection.interrupt() was called")
 }
 
 /// An interrupted get's messages, attached to the exception as
@@ -215,7 +233,17 @@ impl Connection {
             pending: Mutex::new(Vec::new()),
             pid: std::process::id(),
             dedup_keys: ferry_client::ResendKeys::new("py"),
+            interrupted: AtomicBool::new(false),
         })
+    }
+
+    /// Ends this connection's blocking calls (get, QJOIN, LOCK, ...) with
+    /// `Interrupted`, the one under way within 50 ms and every later one
+    /// at once, before it is sent; other calls go on. Safe in a signal
+    /// handler: it takes no lock, so the handler ends the wait instead of
+    /// raising wherever it landed.
+    fn interrupt(&self) {
+        self.interrupted.store(true, Ordering::SeqCst);
     }
 
     /// What the last get delivered (and forgets it): for a caller that was
@@ -773,6 +801,7 @@ fn _ferry(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("ShutDown", shutdown_type(m.py())?)?;
     m.add("NotLeased", m.py().get_type::<NotLeased>())?;
     m.add("LeaseLost", m.py().get_type::<LeaseLost>())?;
+    m.add("Interrupted", m.py().get_type::<Interrupted>())?;
     m.add(
         "AuthenticationError",
         m.py().get_type::<AuthenticationError>(),

@@ -18,6 +18,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import weakref
 
@@ -421,6 +422,89 @@ def test_pool_worker_lifetime_early_close():
 
 def _work_cmd(name, jobs=1):
     return [sys.executable, "-m", "ferry", "work", name, "-j", str(jobs)]
+
+
+def _round_trip(q):
+    q.put("through")
+    assert q.get(timeout=60) == "through"
+    q.task_done()
+
+
+def test_a_child_forked_while_another_thread_holds_ferrys_locks_finds_them_free():
+    # A fork copies a lock another thread holds as held, by a thread the
+    # child does not have: the child reinitialises ferry's own locks. (A
+    # Pool worker forked as the parent's feeder thread held the registry
+    # lock waited on it for ever.)
+    name = f"pool-forklocks-{os.getpid()}"
+    fork = multiprocessing.get_context("fork")
+    q = ferry.JoinableQueue()
+    with ferry.Pool(0, name=name) as p:
+        first = p.apply_async(sqr, (3,))  # the parent's task feeder is made
+        held, release = threading.Event(), threading.Event()
+
+        def hold():
+            with ferry.util._private_lock, ferry.util._finisher._cond, q._held_lock, q._handle._lanes_lock:
+                held.set()
+                release.wait()
+
+        holder = threading.Thread(target=hold)
+        holder.start()
+        held.wait()
+        try:
+            worker = fork.Process(target=ferry.pool.work, args=(name,))
+            user = fork.Process(target=_round_trip, args=(q,))
+            worker.start()
+            user.start()
+        finally:
+            release.set()
+            holder.join()
+        try:
+            assert first.get(60) == 9
+            user.join(60)
+            assert user.exitcode == 0
+        finally:
+            worker.terminate()
+            worker.join(60)
+            user.kill()
+        assert worker.exitcode == 0
+    ferry.connect().call([b"QDROP", f"pool.{name}".encode()])
+
+
+def _record(x, path):
+    with open(path, "a") as f:
+        f.write(f"{x}\n")
+    return x
+
+
+def test_a_sigterm_anywhere_in_a_busy_worker_loses_and_repeats_nothing(tmp_path):
+    # SIGTERM lands wherever the worker's loop is — waiting, receiving,
+    # running, replying, acknowledging: it leaves after the task under way,
+    # and each task runs exactly once across the workers started in turn.
+    name = f"pool-terms-{os.getpid()}"
+    ran = tmp_path / "ran"
+    ran.touch()
+    count = lambda: len(ran.read_text().split())  # noqa: E731
+    fork = multiprocessing.get_context("fork")
+    with ferry.Pool(0, name=name) as p:
+        results = [p.apply_async(_record, (i, str(ran))) for i in range(int(os.environ.get("NT", "300")))]
+        for _ in range(int(os.environ.get("ROUNDS", "15"))):
+            before = count()
+            worker = fork.Process(target=ferry.pool.work, args=(name,))
+            worker.start()
+            wait_until("the worker ran a task", lambda: count() > before)
+            os.kill(worker.pid, signal.SIGTERM)
+            worker.join(60)
+            assert worker.exitcode == 0
+        last = fork.Process(target=ferry.pool.work, args=(name,))
+        last.start()
+        try:
+            assert sorted(r.get(60) for r in results) == list(range(int(os.environ.get("NT", "300"))))
+        finally:
+            last.terminate()
+            last.join(60)
+        assert last.exitcode == 0
+    assert sorted(int(x) for x in ran.read_text().split()) == list(range(int(os.environ.get("NT", "300"))))
+    ferry.connect().call([b"QDROP", f"pool.{name}".encode()])
 
 
 def _slow_pid(x, marker_dir):
