@@ -486,8 +486,8 @@ def test_a_sigterm_anywhere_in_a_busy_worker_loses_and_repeats_nothing(tmp_path)
     count = lambda: len(ran.read_text().split())  # noqa: E731
     fork = multiprocessing.get_context("fork")
     with ferry.Pool(0, name=name) as p:
-        results = [p.apply_async(_record, (i, str(ran))) for i in range(int(os.environ.get("NT", "300")))]
-        for _ in range(int(os.environ.get("ROUNDS", "15"))):
+        results = [p.apply_async(_record, (i, str(ran))) for i in range(300)]
+        for _ in range(15):
             before = count()
             worker = fork.Process(target=ferry.pool.work, args=(name,))
             worker.start()
@@ -498,12 +498,12 @@ def test_a_sigterm_anywhere_in_a_busy_worker_loses_and_repeats_nothing(tmp_path)
         last = fork.Process(target=ferry.pool.work, args=(name,))
         last.start()
         try:
-            assert sorted(r.get(60) for r in results) == list(range(int(os.environ.get("NT", "300"))))
+            assert sorted(r.get(60) for r in results) == list(range(300))
         finally:
             last.terminate()
             last.join(60)
         assert last.exitcode == 0
-    assert sorted(int(x) for x in ran.read_text().split()) == list(range(int(os.environ.get("NT", "300"))))
+    assert sorted(int(x) for x in ran.read_text().split()) == list(range(300))
     ferry.connect().call([b"QDROP", f"pool.{name}".encode()])
 
 
