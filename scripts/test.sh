@@ -3,6 +3,9 @@
 # test command; .ci/run calls it after the format and lint checks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Each stage's start, with the time since this script began: CI's run must
+# stay under 25 minutes on 2 cores, and these lines show where it goes.
+stage() { echo "== [$(date +%T), +$((SECONDS / 60))m$((SECONDS % 60))s] $*"; }
 
 # The broker's tests drive it with redis-cli, bench/ compares it with
 # redis-server, beanstalkd and nats-server, the dashboard's test opens it
@@ -15,13 +18,16 @@ if ! command -v redis-cli >/dev/null || ! command -v redis-server >/dev/null || 
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server redis-tools beanstalkd nats-server chromium iptables >/dev/null
 fi
 
+stage "cargo test"
 # Unit, integration and doc tests of every crate.
 cargo test --workspace
 
+stage "criterion test mode"
 # Benchmarks compile and run once each (criterion's test mode), so that
 # they keep working; bench/ holds the full runs.
 cargo test -p ferry-core --bench inprocess
 
+stage "python package: pip, maturin, pytest on the broker"
 # The Python package: built into a virtualenv with maturin, then pytest
 # against the real broker (the binary built above).
 if [ ! -x .venv/bin/python ]; then
@@ -34,12 +40,14 @@ fi
     prometheus_client playwright pillow
 cargo build -q -p ferry-cli
 (cd python && ../.venv/bin/maturin develop --release -q && ../.venv/bin/python -m pytest -p no:cacheprovider)
+stage "the wheel"
 # The wheel as a user gets it (the same compile as above): installed into a
 # fresh virtualenv, `python -m ferry serve` and README.md's examples run.
 rm -rf target/wheels-ci
 (cd python && ../.venv/bin/maturin build --release -q --out ../target/wheels-ci)
 scripts/check-wheel.sh target/wheels-ci/*.whl
 
+stage "pytest and examples on redis-server"
 # The same Python suites on the Redis backend (redis://): a redis-server
 # of its own on a free loopback port, without persistence, stopped by PID.
 # Leases of 2 s, so that a killed consumer's messages come back quickly.
@@ -54,6 +62,7 @@ for _ in $(seq 500); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break
 examples/run.sh target/debug/ferry .venv/bin/python "redis://127.0.0.1:$redis_port?lease=2000"
 kill "$redis_pid"; wait "$redis_pid" 2>/dev/null || true
 
+stage "pytest and examples on a Redis Cluster"
 # And on a Redis Cluster (redis+cluster://): 3 primaries, 3 replicas, on
 # loopback ports of our choosing (a block below the kernel's ephemeral
 # range whose ports and buses are all free: the script's PORT option, as
@@ -82,10 +91,12 @@ cluster_url=$(scripts/redis-cluster.sh start "$cluster_dir" "$cluster_port")
 (cd python && FERRY_TEST_URL="$cluster_url?lease=2000" ../.venv/bin/python -m pytest -p no:cacheprovider)
 examples/run.sh target/debug/ferry .venv/bin/python "$cluster_url?lease=2000"
 
+stage "examples on the broker"
 # examples/: the classic multiprocessing lessons as Python and Rust
 # programs, each run against a broker started by the script.
 examples/run.sh target/debug/ferry .venv/bin/python
 
+stage "bench quick modes"
 # The peer benchmark harness in its quick mode (a few thousand messages
 # per peer, debug builds), so that it keeps working; bench/run.sh without
 # --quick is the full run that regenerates BENCHMARKS.md.
@@ -94,11 +105,14 @@ bench/metrics.sh --quick
 FERRY_BIN=target/debug/ferry .venv/bin/python bench/checkpoint_stall.py --quick
 FERRY_BIN=target/debug/ferry .venv/bin/python bench/hostile.py --quick
 
+stage "shuttle"
 # The blocking in-process tier under shuttle's scheduler (fixed seed,
 # bounded iterations). The feature swaps the tier's primitives, so it runs
 # alone.
 cargo test -p ferry-core --features shuttle --test shuttle
 
+stage "fuzz"
 # The fuzz targets (fuzz/: request and reply parsers, every command, the
 # log as recovery reads it), 15 s each on nightly; a crash fails the run.
 scripts/fuzz.sh 15
+stage "done"
