@@ -4,10 +4,12 @@ joins by name (`python -m ferry work NAME`)."""
 
 from __future__ import annotations
 
+import atexit
 import concurrent.futures
 import itertools
 import os
 import threading
+import weakref
 
 from ferry.pool import Pool
 from ferry.util import _count
@@ -17,6 +19,31 @@ __all__ = ["ProcessPoolExecutor"]
 
 def _process_chunk(fn, chunk):
     return [fn(*args) for args in chunk]
+
+
+def _each_popped(chunks):
+    """The chunks' items in order, each popped before it is handed out:
+    nothing here keeps a result the caller let go of."""
+    for chunk in chunks:
+        chunk.reverse()
+        while chunk:
+            yield chunk.pop()
+
+
+# This process's executors: a program that ends without shutdown() still
+# waits for the tasks it submitted, as with the standard library's.
+_live: weakref.WeakSet = weakref.WeakSet()
+
+
+def _wait_at_exit() -> None:
+    for ex in list(_live):
+        if ex._pid == os.getpid():
+            ex.shutdown(wait=True)
+
+
+# Registered after multiprocessing's own exit function, so it runs first
+# (atexit runs the last registered first), while the workers are alive.
+atexit.register(_wait_at_exit)
 
 
 class ProcessPoolExecutor(concurrent.futures.Executor):
@@ -40,6 +67,10 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
         self._shutdown = False
         # Futures not yet resolved, with their jobs in the pool.
         self._pending: dict = {}
+        # The thread that joins the pool, once shut down.
+        self._joiner: threading.Thread | None = None
+        self._pid = os.getpid()
+        _live.add(self)
 
     @property
     def name(self) -> str:
@@ -75,7 +106,7 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
         it = zip(*iterables)
         chunks = iter(lambda: list(itertools.islice(it, chunksize)), [])
         results = super().map(_process_chunk, itertools.repeat(fn), chunks, timeout=timeout)
-        return itertools.chain.from_iterable(results)
+        return _each_popped(results)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         with self._lock:
@@ -88,7 +119,12 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
                 if f.cancel():
                     self._pool._jobs.pop(job, None)
         self._pool.close()
+        with self._lock:
+            if self._joiner is not None:
+                joiner = self._joiner  # shut down before: that join goes on
+            else:
+                joiner = self._joiner = threading.Thread(target=self._pool.join, name="ferry-executor-shutdown",
+                                                         daemon=True)
+                joiner.start()
         if wait:
-            self._pool.join()
-        else:
-            threading.Thread(target=self._pool.join, name="ferry-executor-shutdown", daemon=True).start()
+            joiner.join()

@@ -15,8 +15,12 @@ goes to another.
 """
 
 import concurrent.futures
+import gc
 import os
 import signal
+import subprocess
+import sys
+import textwrap
 import time
 import weakref
 
@@ -47,6 +51,27 @@ def pid_after(path, t):
     open(path, "w").write(str(os.getpid()))
     time.sleep(t)
     return os.getpid()
+
+
+def wait_for_file(path, value):
+    # A task that finishes when the test says so (bounded: 60 s).
+    for _ in range(6000):
+        if os.path.exists(path):
+            return value
+        time.sleep(0.01)
+    raise TimeoutError(path)
+
+
+def raise_error(message):
+    raise RuntimeError(message)
+
+
+class Dummy:
+    pass
+
+
+def make_dummy(_):
+    return Dummy()
 
 
 class MyObject:
@@ -179,3 +204,174 @@ def test_as_completed_and_wait(executor):
         [i * i for i in range(10)]
     done, not_done = concurrent.futures.wait(fs, timeout=60)
     assert len(done) == 10 and not not_done
+
+
+# concurrent.futures.wait (test_wait.py). Where CPython lets a task sleep
+# to stay unfinished, these wait for a file the test creates at the end.
+
+
+@pytest.fixture
+def gate(tmp_path):
+    path = tmp_path / "gate"
+    yield str(path)
+    path.touch()  # whatever the test did, the gated tasks end
+
+
+def test_wait_duplicate_futures(executor):
+    # bpo-20369
+    future = executor.submit(mul, 2, 3)
+    done, not_done = concurrent.futures.wait([future, future], timeout=60)
+    assert done == {future} and not not_done
+
+
+def test_wait_first_completed(executor, gate):
+    future1 = executor.submit(mul, 21, 2)
+    future2 = executor.submit(wait_for_file, gate, 1)
+    done, not_done = concurrent.futures.wait([future1, future2], timeout=60,
+                                             return_when=concurrent.futures.FIRST_COMPLETED)
+    assert done == {future1} and not_done == {future2}
+    open(gate, "w").close()
+    assert future2.result(timeout=60) == 1
+
+
+def test_wait_first_completed_some_already_completed(executor, gate):
+    finished = executor.submit(mul, 2, 2)
+    assert finished.result(timeout=60) == 4
+    future1 = executor.submit(wait_for_file, gate, 1)
+    done, not_done = concurrent.futures.wait([finished, future1], timeout=60,
+                                             return_when=concurrent.futures.FIRST_COMPLETED)
+    assert done == {finished} and not_done == {future1}
+
+
+def test_wait_first_exception(executor, gate):
+    future1 = executor.submit(mul, 2, 21)
+    assert future1.result(timeout=60) == 42
+    future2 = executor.submit(divide, 0)
+    future3 = executor.submit(wait_for_file, gate, 3)
+    done, not_done = concurrent.futures.wait([future1, future2, future3], timeout=60,
+                                             return_when=concurrent.futures.FIRST_EXCEPTION)
+    assert done == {future1, future2} and not_done == {future3}
+    assert isinstance(future2.exception(), ZeroDivisionError)
+
+
+def test_wait_first_exception_one_already_failed(executor, gate):
+    future1 = executor.submit(divide, 0)
+    assert isinstance(future1.exception(timeout=60), ZeroDivisionError)
+    future2 = executor.submit(wait_for_file, gate, 2)
+    done, not_done = concurrent.futures.wait([future1, future2], timeout=60,
+                                             return_when=concurrent.futures.FIRST_EXCEPTION)
+    assert done == {future1} and not_done == {future2}
+
+
+def test_wait_all_completed(executor):
+    future1 = executor.submit(divide, 0)
+    future2 = executor.submit(mul, 2, 21)
+    done, not_done = concurrent.futures.wait([future1, future2], timeout=60,
+                                             return_when=concurrent.futures.ALL_COMPLETED)
+    assert done == {future1, future2} and not not_done
+
+
+def test_wait_timeout(executor, gate):
+    finished = executor.submit(mul, 6, 7)
+    assert finished.result(timeout=60) == 42
+    future = executor.submit(wait_for_file, gate, 1)
+    done, not_done = concurrent.futures.wait([finished, future], timeout=0.5,
+                                             return_when=concurrent.futures.ALL_COMPLETED)
+    assert done == {finished} and not_done == {future}
+
+
+# concurrent.futures.as_completed (test_as_completed.py)
+
+
+def test_as_completed_no_timeout_and_duplicates(executor):
+    future1 = executor.submit(mul, 2, 21)
+    future2 = executor.submit(mul, 7, 6)
+    completed = list(concurrent.futures.as_completed([future1, future2, future1], timeout=60))
+    assert sorted(completed, key=id) == sorted([future1, future2], key=id), "each once"
+
+
+def test_as_completed_times_out(executor, gate):
+    finished = executor.submit(mul, 1, 1)
+    assert finished.result(timeout=60) == 1
+    future = executor.submit(wait_for_file, gate, 1)
+    completed = []
+    with pytest.raises(FuturesTimeout, match=r"1 \(of 2\) futures unfinished"):
+        for f in concurrent.futures.as_completed([finished, future], timeout=0.5):
+            completed.append(f)
+    assert completed == [finished]
+
+
+def test_free_reference(executor):
+    # Issue #14406: the executor keeps no reference to a result handed out.
+    for obj in executor.map(make_dummy, range(10)):
+        wr = weakref.ref(obj)
+        del obj
+        gc.collect()
+        assert wr() is None
+
+
+# test_process_pool.py and test_shutdown.py
+
+
+def test_traceback(executor):
+    # The worker's exception, with its traceback's text as the cause.
+    future = executor.submit(raise_error, "bad thing")
+    exc = future.exception(timeout=60)
+    assert type(exc) is RuntimeError and exc.args == ("bad thing",)
+    cause = exc.__cause__
+    assert cause is not None
+    assert "raise RuntimeError(message)" in str(cause)
+
+
+def test_max_tasks_per_child():
+    with ferry.ProcessPoolExecutor(1, max_tasks_per_child=3) as ex:
+        pids = [ex.submit(os.getpid).result(timeout=60) for _ in range(3)]
+        assert len(set(pids)) == 1, "one worker ran the first three"
+        assert ex.submit(os.getpid).result(timeout=60) != pids[0], "a new one the fourth"
+
+
+def test_shutdown_race():
+    # bpo-12456: map, then shut down at once.
+    ex = ferry.ProcessPoolExecutor(2)
+    results = ex.map(str, [2] * 3)
+    ex.shutdown()
+    assert list(results) == ["2", "2", "2"]
+
+
+def test_hang_issue12364():
+    ex = ferry.ProcessPoolExecutor(2)
+    fs = [ex.submit(time.sleep, 0.01) for _ in range(50)]
+    ex.shutdown()
+    for f in fs:
+        f.result(timeout=60)
+
+
+def test_run_after_shutdown():
+    ex = ferry.ProcessPoolExecutor(1)
+    ex.shutdown()
+    with pytest.raises(RuntimeError):
+        ex.submit(pow, 2, 5)
+
+
+def test_interpreter_shutdown(tmp_path):
+    # A program that submits and ends without shutdown(): its task still
+    # runs before the program is done, as with the stdlib.
+    script = tmp_path / "prog.py"
+    script.write_text(textwrap.dedent("""
+        import sys, time
+        import ferry
+
+        def sleep_and_print(t, msg):
+            time.sleep(t)
+            print(msg)
+            sys.stdout.flush()
+
+        if __name__ == "__main__":
+            t = ferry.ProcessPoolExecutor(1)
+            t.submit(sleep_and_print, 0.5, "apple")
+    """))
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
+                         env=dict(os.environ))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "apple"
+    assert out.stderr == ""

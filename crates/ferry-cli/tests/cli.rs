@@ -206,64 +206,6 @@ fn lock_keeps_a_second_holder_out_and_passes_the_exit_code() {
     assert_eq!(second.wait().unwrap().code(), Some(7));
 }
 
-/// `ferry sem S -n 2`: two commands run at once, the third waits its
-/// turn in line, and each passes its exit code through.
-#[test]
-fn sem_runs_at_most_n_commands_at_once() {
-    let s = Server::start();
-    let url = s.url().replace("redis://", "ferry://");
-    let dir = tempfile::tempdir().unwrap();
-    let go = dir.path().join("go");
-    let ran = dir.path().join("third-ran");
-    let hold = format!("while [ ! -e {} ]; do sleep 0.01; done", go.display());
-    let holders: Vec<_> = (0..2)
-        .map(|_| {
-            Command::new(env!("CARGO_BIN_EXE_ferry"))
-                .args([
-                    "sem", "S", "-n", "2", "--url", &url, "--", "sh", "-c", &hold,
-                ])
-                .spawn()
-                .unwrap()
-        })
-        .collect();
-    let c = &mut s.conn();
-    common::wait_until("both holders", || {
-        redis::cmd("SEMVALUE")
-            .arg("S")
-            .arg("VALUE")
-            .arg(2)
-            .query::<u64>(c)
-            .unwrap()
-            == 0
-    });
-    let o = ferry(
-        &s,
-        &["sem", "S", "-n", "2", "--timeout", "0.1", "--", "true"],
-    );
-    assert_eq!(o.status.code(), Some(4), "{}", stderr(&o));
-    let o = ferry(&s, &["sem", "S", "-n", "3", "--", "true"]);
-    assert_eq!(o.status.code(), Some(1), "another value: {}", stderr(&o));
-    assert!(stderr(&o).contains("exists with VALUE 2"), "{}", stderr(&o));
-    let third_cmd = format!("touch {}; exit 7", ran.display());
-    let mut third = Command::new(env!("CARGO_BIN_EXE_ferry"))
-        .args(["sem", "S", "-n", "2", "--url", &url, "--"])
-        .args(["sh", "-c", &third_cmd])
-        .spawn()
-        .unwrap();
-    common::wait_until("the third in line", || {
-        common::info_field(c, "semaphore_waiters") == 1
-    });
-    assert!(!ran.exists(), "the third waits its turn");
-    std::fs::write(&go, b"").unwrap();
-    for mut h in holders {
-        assert!(h.wait().unwrap().success());
-    }
-    assert_eq!(third.wait().unwrap().code(), Some(7));
-    assert!(ran.exists());
-    // Every permit is back: the name is forgotten.
-    assert_eq!(common::info_field(c, "semaphores"), 0);
-}
-
 /// A holder whose lock runs out (its TTL) or goes with the broker (a
 /// restart) is told: `ferry lock` ends its command (SIGTERM) and exits 5,
 /// rather than running on beside the next holder.
