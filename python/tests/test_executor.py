@@ -1,17 +1,24 @@
 """ferry.ProcessPoolExecutor, after CPython's
-Lib/test/test_concurrent_futures (test_process_pool, executor and
-shutdown tests): a first port of the tests of behaviour a user sees —
-submit, map (timeout, chunksize, an exception), shutdown (wait,
-cancel_futures), the context manager, stale references — and what a pool
-across machines adds: a worker killed mid-task, whose future still
-resolves, once.
+Lib/test/test_concurrent_futures (executor.py, test_process_pool.py,
+test_shutdown.py, test_wait.py, test_as_completed.py): the tests of
+behaviour a user sees — submit, map (timeout, chunksize, an exception,
+no result kept alive), wait and as_completed, a worker's traceback,
+max_tasks_per_child, shutdown (wait, cancel_futures, racing a map, a
+program that ends without it), the context manager, stale references —
+and what a pool across machines adds: a worker killed mid-task, whose
+future still resolves, once. Where CPython lets a task sleep to stay
+unfinished, these wait for a file the test creates (no timing).
 
 Differences, each on purpose: max_workers=0 is allowed (every task runs
 in workers that joined by name elsewhere; CPython raises ValueError); a
 future cancelled after its task started running still reports
 cancelled() (its result is dropped), since the task's start happens in
 another process; BrokenProcessPool never happens — a dead worker's task
-goes to another.
+goes to another; a worker's traceback is the cause as
+multiprocessing.pool's RemoteTraceback (CPython's executor has its own
+class). Not ported: tests of the executor's private threads and queues,
+of other start methods' internals, and Future's own tests (ferry uses
+concurrent.futures.Future).
 """
 
 import concurrent.futures
