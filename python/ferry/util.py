@@ -15,6 +15,7 @@ import sys
 import threading
 import weakref
 
+from ferry import _ferry
 from ferry._ferry import Connection
 
 DEFAULT_URL = "ferry://127.0.0.1:7878"
@@ -192,8 +193,17 @@ def _after_fork_in_child() -> None:
     _finisher.forget_parents()
 
 
+def _after_fork_in_child_all() -> None:
+    _ferry.after_fork()
+    _after_fork_in_child()
+
+
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+    # The Rust client's process-wide locks are held across the fork by the
+    # forking thread (no other thread can hold one as it is copied); the
+    # package's own are reinitialised in the child.
+    os.register_at_fork(before=_ferry.before_fork, after_in_parent=_ferry.after_fork,
+                        after_in_child=_after_fork_in_child_all)
 
 
 def _url(url: str | None) -> str:

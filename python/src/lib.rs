@@ -779,6 +779,19 @@ impl Connection {
 /// `ferry` binary. `argv` is what follows the program's name; `program`
 /// starts this command line again (`ferry worker` runs each task under
 /// it). Replies the exit status.
+/// Before a fork (os.register_at_fork): the client's process-wide locks
+/// are taken here, so that no other thread holds one as it is copied.
+#[pyfunction]
+fn before_fork() {
+    ferry_client::before_fork();
+}
+
+/// After a fork, in the parent and in the child: they are let go.
+#[pyfunction]
+fn after_fork() {
+    ferry_client::after_fork();
+}
+
 #[pyfunction]
 fn main(py: Python<'_>, argv: Vec<std::ffi::OsString>, program: Vec<std::ffi::OsString>) -> i32 {
     let args = std::iter::once(std::ffi::OsString::from("ferry")).chain(argv);
@@ -794,6 +807,8 @@ fn _ferry(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<aio::AsyncPool>()?;
     m.add_class::<aio::Inbox>()?;
     m.add_function(pyo3::wrap_pyfunction!(main, m)?)?;
+    m.add_function(pyo3::wrap_pyfunction!(before_fork, m)?)?;
+    m.add_function(pyo3::wrap_pyfunction!(after_fork, m)?)?;
     m.add("FerryError", m.py().get_type::<FerryError>())?;
     // How long a put's own DEDUP key counts when it waits for room forever
     // (ferry.aio's puts): the Rust clients' window.

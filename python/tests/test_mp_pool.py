@@ -470,6 +470,35 @@ def test_a_child_forked_while_another_thread_holds_ferrys_locks_finds_them_free(
     ferry.connect().call([b"QDROP", f"pool.{name}".encode()])
 
 
+def _ping():
+    ferry.connect().call([b"PING"])
+
+
+def test_children_forked_while_another_thread_connects_find_the_client_free():
+    # Another thread opens and drops connections without a pause (on Redis
+    # each one registers with the process's heartbeat thread, under a
+    # process-wide lock) while this one forks children that connect: a
+    # child whose copy of that lock was held would wait on it for ever.
+    stop = threading.Event()
+
+    def churn():
+        while not stop.is_set():
+            _ping()
+
+    churner = threading.Thread(target=churn)
+    churner.start()
+    fork = multiprocessing.get_context("fork")
+    try:
+        for _ in range(100):
+            child = fork.Process(target=_ping)
+            child.start()
+            child.join(60)
+            assert child.exitcode == 0
+    finally:
+        stop.set()
+        churner.join()
+
+
 def _record(x, path):
     with open(path, "a") as f:
         f.write(f"{x}\n")

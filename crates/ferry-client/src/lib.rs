@@ -374,6 +374,18 @@ impl Default for Reconnect {
     }
 }
 
+/// Call before a fork whose child goes on without exec (Python's
+/// `os.register_at_fork`), then `after_fork` in both processes: the
+/// client's process-wide locks are free in the child.
+pub fn before_fork() {
+    redis::renew::before_fork();
+}
+
+/// See `before_fork`.
+pub fn after_fork() {
+    redis::renew::after_fork();
+}
+
 /// Blocks, in the calling thread, the signals a program handles itself
 /// (Ctrl-C's SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1/2, SIGCHLD,
 /// SIGALRM, SIGWINCH), so that the kernel delivers them to the program's

@@ -29,7 +29,7 @@
 
 mod commands;
 mod conn;
-mod renew;
+pub(crate) mod renew;
 mod sync;
 mod wait;
 

@@ -12,8 +12,9 @@
 //! is a task of its own, with a time limit: a server that is slow or gone
 //! delays nothing but its own holders.
 
+use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
@@ -73,7 +74,29 @@ struct Holding {
     grants: HashSet<(Grant, String, u64)>,
 }
 
-static RENEWER: Mutex<Option<(u32, UnboundedSender<Cmd>)>> = Mutex::new(None);
+type RenewerSlot = Option<(u32, UnboundedSender<Cmd>)>;
+
+static RENEWER: Mutex<RenewerSlot> = Mutex::new(None);
+
+thread_local! {
+    /// RENEWER, held by the forking thread from `before_fork` to
+    /// `after_fork`: a fork copies the mutex as it is, and a child whose
+    /// copy another thread of the parent held would wait on it for ever
+    /// (a Pool worker forked so never took a task).
+    static FORK_GUARD: RefCell<Option<MutexGuard<'static, RenewerSlot>>> = const { RefCell::new(None) };
+}
+
+/// Before a fork (the child goes on without exec): takes the process-wide
+/// lock so that no other thread holds it as the fork copies it.
+pub(crate) fn before_fork() {
+    let guard = RENEWER.lock().unwrap_or_else(|e| e.into_inner());
+    FORK_GUARD.with(|g| *g.borrow_mut() = Some(guard));
+}
+
+/// After a fork, in the parent and in the child: lets go of it.
+pub(crate) fn after_fork() {
+    FORK_GUARD.with(|g| g.borrow_mut().take());
+}
 
 fn send(cmd: Cmd) {
     let mut slot = RENEWER.lock().unwrap_or_else(|e| e.into_inner());
