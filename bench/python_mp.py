@@ -15,7 +15,7 @@ figure, measured again in each row.
     .venv/bin/python bench/python_mp.py --quick    # 10,000
 
 Needs the package built in release mode (`maturin develop --release`, as
-scripts/test.sh does: a debug build is several times slower) and
+bench/run.sh does: a debug build is several times slower) and
 the release binary (`cargo build --release -p ferry-cli`); the broker runs
 on a free loopback port in memory mode, as multiprocessing keeps its queue
 in memory.
