@@ -24,6 +24,7 @@ from ferry._ferry import Connection
 from ferry.exceptions import (
     AuthenticationError,
     FerryError,
+    Interrupted,
     LeaseLost,
     LeaseLostWarning,
     LockLost,
@@ -71,6 +72,7 @@ __all__ = [
     "PermissionDenied",
     "LeaseLost",
     "LeaseLostWarning",
+    "Interrupted",
     "LockLost",
     "NotLeased",
     "WriteBehindError",

@@ -9,6 +9,7 @@
     ├── WriteBehindError       write-behind puts that could not be confirmed
     └── LockLost               release() of a lock that is no longer held (a ValueError)
     LeaseLostWarning           task_done() of an item whose lease had ended
+    Interrupted                a wait ended by Connection.interrupt() (a BaseException)
 
 Invalid arguments (a name, a maxsize) are ValueError or TypeError, an
 unreachable broker ConnectionError, and an empty or full queue the
@@ -16,7 +17,8 @@ stdlib's queue.Empty and queue.Full, as Python's own queues have them."""
 
 from __future__ import annotations
 
-from ferry._ferry import AuthenticationError, FerryError, LeaseLost, NotLeased, PermissionDenied, ShutDown
+from ferry._ferry import (AuthenticationError, FerryError, Interrupted, LeaseLost, NotLeased, PermissionDenied,
+                          ShutDown)
 
 __all__ = [
     "FerryError",
@@ -26,6 +28,7 @@ __all__ = [
     "NotLeased",
     "LeaseLost",
     "LeaseLostWarning",
+    "Interrupted",
     "LockLost",
     "WriteBehindError",
 ]

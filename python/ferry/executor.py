@@ -41,9 +41,14 @@ def _wait_at_exit() -> None:
             ex.shutdown(wait=True)
 
 
-# Registered after multiprocessing's own exit function, so it runs first
-# (atexit runs the last registered first), while the workers are alive.
-atexit.register(_wait_at_exit)
+# Where the standard library's executors register theirs: while Python
+# waits for its threads, before atexit's functions — multiprocessing's
+# among them, which end the workers — and while a thread may still start
+# and a process fork (3.12 refuses both inside an atexit function).
+if hasattr(threading, "_register_atexit"):
+    threading._register_atexit(_wait_at_exit)  # type: ignore[attr-defined]
+else:
+    atexit.register(_wait_at_exit)
 
 
 class ProcessPoolExecutor(concurrent.futures.Executor):
@@ -67,8 +72,10 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
         self._shutdown = False
         # Futures not yet resolved, with their jobs in the pool.
         self._pending: dict = {}
-        # The thread that joins the pool, once shut down.
+        # The thread that joins the pool after shutdown(wait=False).
         self._joiner: threading.Thread | None = None
+        self._join_lock = threading.Lock()
+        self._joined = False
         self._pid = os.getpid()
         _live.add(self)
 
@@ -119,12 +126,25 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
                 if f.cancel():
                     self._pool._jobs.pop(job, None)
         self._pool.close()
+        if wait and threading.current_thread() is self._pool._handler:
+            # A future's callback runs there: the pool's join would wait
+            # for that very callback to end.
+            raise RuntimeError("cannot shutdown(wait=True) from a future's callback")
         with self._lock:
-            if self._joiner is not None:
-                joiner = self._joiner  # shut down before: that join goes on
-            else:
-                joiner = self._joiner = threading.Thread(target=self._pool.join, name="ferry-executor-shutdown",
+            joiner = self._joiner
+            if joiner is None and not wait:
+                joiner = self._joiner = threading.Thread(target=self._join, name="ferry-executor-shutdown",
                                                          daemon=True)
                 joiner.start()
         if wait:
-            joiner.join()
+            if joiner is not None:
+                joiner.join()  # a shutdown(wait=False) before: that join goes on
+            self._join()
+
+    def _join(self) -> None:
+        # Once, whoever asks first (the caller, the wait=False thread, exit):
+        # what it raises reaches a caller that waits.
+        with self._join_lock:
+            if not self._joined:
+                self._pool.join()
+                self._joined = True

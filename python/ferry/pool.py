@@ -33,7 +33,7 @@ from multiprocessing.pool import (  # type: ignore[attr-defined]  # not in types
 )
 
 from ferry import queues
-from ferry._ferry import Interrupted
+from ferry.exceptions import Interrupted
 from ferry.util import _count, _name, connect
 
 __all__ = ["Pool", "AsyncResult", "ApplyResult", "MapResult", "IMapIterator", "work", "tasks_queue"]

@@ -773,12 +773,6 @@ impl Connection {
     }
 }
 
-/// The whole `ferry` command line in this process (the GIL released):
-/// `python -m ferry <verb>` and the wheel's `ferry` command, so a pip user
-/// needs no Rust toolchain — the same program, flags and help as the
-/// `ferry` binary. `argv` is what follows the program's name; `program`
-/// starts this command line again (`ferry worker` runs each task under
-/// it). Replies the exit status.
 /// Before a fork (os.register_at_fork): the client's process-wide locks
 /// are taken here, so that no other thread holds one as it is copied.
 #[pyfunction]
@@ -792,6 +786,12 @@ fn after_fork() {
     ferry_client::after_fork();
 }
 
+/// The whole `ferry` command line in this process (the GIL released):
+/// `python -m ferry <verb>` and the wheel's `ferry` command, so a pip user
+/// needs no Rust toolchain — the same program, flags and help as the
+/// `ferry` binary. `argv` is what follows the program's name; `program`
+/// starts this command line again (`ferry worker` runs each task under
+/// it). Replies the exit status.
 #[pyfunction]
 fn main(py: Python<'_>, argv: Vec<std::ffi::OsString>, program: Vec<std::ffi::OsString>) -> i32 {
     let args = std::iter::once(std::ffi::OsString::from("ferry")).chain(argv);

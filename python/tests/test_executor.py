@@ -382,3 +382,28 @@ def test_interpreter_shutdown(tmp_path):
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "apple"
     assert out.stderr == ""
+
+
+def test_shutdown_with_wait_from_a_callback_raises(tmp_path):
+    # The callback runs on the thread that would have to end first (the
+    # stdlib's raises RuntimeError too: "cannot join current thread").
+    ex = ferry.ProcessPoolExecutor(1)
+    errors = []
+
+    def callback(f):
+        try:
+            ex.shutdown(wait=True)
+        except RuntimeError as e:
+            errors.append(e)
+
+    gate = tmp_path / "gate"
+    f = ex.submit(wait_for_file, str(gate), 8)
+    f.add_done_callback(callback)  # before the task can end
+    gate.touch()
+    assert f.result(timeout=60) == 8
+    for _ in range(6000):
+        if errors:
+            break
+        time.sleep(0.01)
+    assert errors and "callback" in str(errors[0])
+    ex.shutdown()

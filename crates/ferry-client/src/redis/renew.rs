@@ -99,10 +99,28 @@ pub(crate) fn after_fork() {
 }
 
 fn send(cmd: Cmd) {
-    let mut slot = RENEWER.lock().unwrap_or_else(|e| e.into_inner());
+    // Between `before_fork` and `after_fork` this thread holds the lock
+    // already (an at-fork hook, or a collected connection, may get here).
+    let mut cmd = Some(cmd);
+    FORK_GUARD.with(|g| {
+        if let Some(slot) = g.borrow_mut().as_mut() {
+            deliver(slot, cmd.take());
+        }
+    });
+    if cmd.is_some() {
+        deliver(&mut RENEWER.lock().unwrap_or_else(|e| e.into_inner()), cmd);
+    }
+}
+
+fn deliver(slot: &mut RenewerSlot, cmd: Option<Cmd>) {
+    let Some(cmd) = cmd else { return };
     let pid = std::process::id();
     let alive = matches!(&*slot, Some((p, _)) if *p == pid);
     if !alive {
+        // A parent's sender is forgotten, not dropped: dropping the last
+        // one would wake the parent's renewer through a runtime whose
+        // locks the fork copied.
+        std::mem::forget(slot.take());
         let (tx, rx) = unbounded_channel();
         let started = std::thread::Builder::new()
             .name("ferry-redis-renew".into())
