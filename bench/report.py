@@ -158,6 +158,17 @@ def goals(by):
         if li:
             out.append(f"- (stretch) no more than a Redis list's: list {li:.1f} B — "
                        + ("**met**" if f <= li else "**not met**"))
+    # Issue 27's: the Pool and the executor against the standard library's.
+    for w, c in mem.items():
+        if w.startswith("python: Pool(4).map") and "ferry" in c and "multiprocessing" in c:
+            r = ratio(c["ferry"][0], c["multiprocessing"][0], "msg/s")
+            if r is not None:
+                out.append(f"- {w} (trivial f, default chunksize) at least 0.5× multiprocessing.Pool(4): "
+                           f"{r:.2f}× — " + ("**met**" if r >= 0.5 else "**not met**"))
+        if w.startswith("python: ProcessPoolExecutor round trip") and "ferry" in c and "concurrent.futures" in c:
+            f, r = c["ferry"][0], c["concurrent.futures"][0]
+            out.append(f"- ProcessPoolExecutor submit→result p50 within 2× of concurrent.futures': ferry {f:.3f} ms, "
+                       f"stdlib {r:.3f} ms ({f / r:.2f}×) — " + ("**met**" if f <= 2 * r else "**not met**"))
     for kind in ("idle", "blocked"):
         c = mem.get(f"memory per connection {kind}")
         if c and "ferry" in c and "redis-list" in c:
