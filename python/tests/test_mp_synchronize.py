@@ -235,10 +235,13 @@ def _report_value(sem, q):
     q.put((sem._name, sem._value, value, False))
 
 
-def _produce(slots, items, n):
+def _produce(slots, items, n, consumed):
     for i in range(n):
         assert slots.acquire(timeout=30)
         items.release()
+    # The slots it still holds go back when it exits (a dead holder's do):
+    # it stays until the consumer has answered every one.
+    assert consumed.wait(60)
 
 
 @methods
@@ -248,11 +251,13 @@ def test_a_bounded_buffer_of_two_semaphores_leaves_no_holder_behind(method):
     # it acquired, so every permit is answered from the other side.
     ctx = multiprocessing.get_context(method)
     slots, items = ferry.BoundedSemaphore(3), ferry.Semaphore(0)
-    p = ctx.Process(target=_produce, args=(slots, items, 200))
+    consumed = ferry.Event()
+    p = ctx.Process(target=_produce, args=(slots, items, 200, consumed))
     p.start()
     for _ in range(200):
         assert items.acquire(timeout=30)
         slots.release()
+    consumed.set()
     p.join()
     assert p.exitcode == 0
     assert slots.get_value() == 3 and items.get_value() == 0
