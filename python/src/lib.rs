@@ -50,13 +50,19 @@ impl Drop for Connection {
         // instance are shared with the parent, and closing them here would
         // deregister the parent's socket from the parent's epoll (they are
         // one kernel object). Leak them instead; the child opens its own.
+        let client = self
+            .client
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
         if std::process::id() != self.pid {
-            let client = self
-                .client
-                .get_mut()
-                .unwrap_or_else(|e| e.into_inner())
-                .take();
             std::mem::forget(client);
+        } else if let Some(client) = client {
+            // Closed with the GIL released: on Redis the close tells the
+            // process's heartbeat under a process-wide lock, which a thread
+            // forking holds while it runs Python's at-fork hooks (that
+            // thread waits for the GIL between them).
+            Python::attach(|py| py.detach(move || drop(client)));
         }
     }
 }
