@@ -12,6 +12,7 @@ use anyhow::Context;
 use clap::{CommandFactory, Parser, Subcommand};
 
 mod bench;
+mod event;
 mod lock;
 mod top;
 mod trim;
@@ -24,14 +25,15 @@ mod worker;
     version,
     about = "A durable work-queue broker with Python's queue semantics",
     after_help = "The client verbs (put, get, done, nack, drop, purge, reopen, join, info, top, lock, \
-                  sem, bench, worker) find the broker at --url, else $FERRY_URL, else \
+                  sem, event, bench, worker) find the broker at --url, else $FERRY_URL, else \
                   ferry://127.0.0.1:7878 (redis:// and redis+cluster:// reach Redis; see \
                   `ferry put --help`).\n\n\
                   Exit codes: 0 done; 1 the broker refused, or the command failed; 2 bad \
                   arguments; 3 the broker cannot be reached; 4 nothing happened in time (empty, \
-                  full, join or lock timed out); 5 `ferry lock`, `ferry sem`: the lock (permit) \
-                  was lost while its command ran (it was ended). Otherwise they pass their \
-                  command's code through (127: it could not be run)."
+                  full, join, lock or event wait timed out; `ferry event is-set`: not set); 5 \
+                  `ferry lock`, `ferry sem`: the lock (permit) was lost while its command ran \
+                  (it was ended). Otherwise they pass their command's code through (127: it \
+                  could not be run)."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -81,6 +83,10 @@ enum Command {
     /// such commands at once, on every machine (GNU parallel's `sem`
     /// across machines); exits as `ferry lock` does.
     Sem(lock::SemArgs),
+    /// Set, clear, test or wait for an event (`multiprocessing.Event`
+    /// across machines): `ferry event wait go` waits until someone runs
+    /// `ferry event set go` (exit 4 on --timeout).
+    Event(event::EventArgs),
     /// Load generator: producers and consumers through a broker; prints
     /// throughput and put->get latency percentiles.
     Bench(bench::BenchArgs),
@@ -214,6 +220,7 @@ pub fn run(args: impl IntoIterator<Item = OsString>, host: Host) -> i32 {
         Command::Top(a) => finish(top::top(&a).map(|()| 0)),
         Command::Lock(a) => finish(lock::lock(&a)),
         Command::Sem(a) => finish(lock::sem(&a)),
+        Command::Event(a) => finish(event::event(&a)),
         Command::Bench(a) => finish(bench::bench(&a).map(|()| 0)),
         Command::Worker(a) => finish(worker::worker(&a).map(|()| 0)),
         Command::Shim(a) => worker::shim(&a),

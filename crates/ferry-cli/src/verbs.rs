@@ -1,6 +1,7 @@
 //! The client verbs of the `ferry` command line: put, get, done, nack,
-//! join, info, top (and lock, in lock.rs). Each connects with `--url` (or
-//! FERRY_URL, or the default) and maps what happened to an exit code:
+//! join, info, top (lock and sem in lock.rs, event in event.rs). Each
+//! connects with `--url` (or FERRY_URL, or the default) and maps what
+//! happened to an exit code:
 //!
 //! | code | meaning |
 //! |---|---|
@@ -8,8 +9,8 @@
 //! | 1 | the broker refused (an error reply), or the command failed |
 //! | 2 | bad arguments |
 //! | 3 | the broker cannot be reached |
-//! | 4 | nothing happened in time: empty, full, join or lock timed out |
-//! | 5 | `ferry lock`: the lock was lost while its command ran (it was ended) |
+//! | 4 | nothing happened in time: empty, full, join, lock or event wait timed out; `event is-set`: not set |
+//! | 5 | `ferry lock`, `ferry sem`: the lock (permit) was lost while its command ran (it was ended) |
 
 use std::io::{BufRead, Read, Write};
 use std::time::{Duration, Instant};

@@ -3,7 +3,7 @@
 //! broker, a redis-server and a Redis Cluster of three primaries, each
 //! started here on loopback ports, the URL the only difference (as
 //! backends.rs does for queues and locks). The Rust client's calls, the
-//! raw commands of docs/protocol.md and `ferry sem`.
+//! raw commands of docs/protocol.md, `ferry sem` and `ferry event`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 #[macro_use]
@@ -21,6 +21,7 @@ on_every_engine!(
     a_killed_holder_s_permit_comes_back,
     sem_runs_at_most_n_commands_at_once,
     events_wake_every_waiter,
+    ferry_event_sets_clears_and_waits,
     a_condition_s_waiter_is_notified_and_gives_its_lock_back,
     barriers_let_rounds_through_and_break,
     a_barrier_s_action_runner_that_goes_breaks_the_round,
@@ -224,6 +225,76 @@ fn events_wake_every_waiter(e: &Engine) {
     assert_eq!(int(c.call(&[b"EVSET", b"go"])), 1);
     assert_eq!(int(c.call(&[b"EVISSET", b"go"])), 1);
     assert_eq!(int(c.call(&[b"EVWAIT", b"go", b"NOWAIT"])), 1);
+}
+
+/// `ferry event ARGS... --url URL`: its exit code and stdout, stderr.
+fn ferry_event(url: &str, args: &[&str]) -> (Option<i32>, String, String) {
+    let o = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .arg("event")
+        .args(args)
+        .args(["--url", url])
+        .output()
+        .unwrap();
+    let text = |b: &[u8]| String::from_utf8_lossy(b).trim().to_string();
+    (o.status.code(), text(&o.stdout), text(&o.stderr))
+}
+
+/// `ferry event`: scripts on many machines start together — each waits
+/// (`ferry event wait start`) until one sets the event; is-set and a
+/// --timeout answer with exit 4, as the other verbs' "nothing happened".
+fn ferry_event_sets_clears_and_waits(e: &Engine) {
+    let url = e.url();
+    let mut c = e.client();
+    assert_eq!(
+        ferry_event(&url, &["is-set", "start"]),
+        (Some(4), "clear".into(), String::new())
+    );
+    let (code, _, err) = ferry_event(&url, &["wait", "start", "--timeout", "0"]);
+    assert_eq!(code, Some(4), "0 only looks");
+    assert!(err.contains("event \"start\" was not set in time"), "{err}");
+    let t = Instant::now();
+    assert_eq!(
+        ferry_event(&url, &["wait", "start", "--timeout", "0.05"]).0,
+        Some(4)
+    );
+    assert!(t.elapsed() >= Duration::from_millis(50), "never early");
+    assert!(!c.event_wait("start", Some(Duration::ZERO)).unwrap());
+    let mut waiters: Vec<Child> = (0..2)
+        .map(|_| {
+            Command::new(env!("CARGO_BIN_EXE_ferry"))
+                .args(["event", "wait", "start", "--url", &url])
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut in_client = e.client();
+    let waiter = thread::spawn(move || in_client.event_wait("start", None));
+    common::wait_until("three waiters", || info(&mut c, "event_waiters") == 3);
+    for w in &mut waiters {
+        assert!(w.try_wait().unwrap().is_none(), "still waiting");
+    }
+    assert_eq!(ferry_event(&url, &["set", "start"]).0, Some(0));
+    for mut w in waiters {
+        assert_eq!(w.wait().unwrap().code(), Some(0));
+    }
+    assert!(waiter.join().unwrap().unwrap(), "the client's wait too");
+    assert!(c.event_is_set("start").unwrap());
+    assert_eq!(
+        ferry_event(&url, &["is-set", "start"]),
+        (Some(0), "set".into(), String::new())
+    );
+    assert_eq!(
+        ferry_event(&url, &["wait", "start"]).0,
+        Some(0),
+        "set: at once"
+    );
+    c.event_clear("start").unwrap();
+    assert_eq!(ferry_event(&url, &["is-set", "start"]).0, Some(4));
+    c.event_set("start").unwrap();
+    assert_eq!(ferry_event(&url, &["clear", "start"]).0, Some(0));
+    assert!(!c.event_is_set("start").unwrap());
+    let (code, _, err) = ferry_event("ferry://127.0.0.1:1", &["set", "start"]);
+    assert_eq!(code, Some(3), "unreachable: {err}");
 }
 
 fn a_condition_s_waiter_is_notified_and_gives_its_lock_back(e: &Engine) {

@@ -513,4 +513,49 @@ impl Client {
     pub fn sem_value(&mut self, name: &str, value: u64) -> Result<u64, Error> {
         self.rt.block_on(self.inner.sem_value(name, value))
     }
+
+    /// Sets the event `name`: every waiter wakes (`Event.set`).
+    ///
+    /// ```no_run
+    /// # let mut c = ferry_client::Client::connect("ferry://127.0.0.1:7878")?;
+    /// c.event_set("go")?;
+    /// # Ok::<(), ferry_client::Error>(())
+    /// ```
+    pub fn event_set(&mut self, name: &str) -> Result<(), Error> {
+        self.rt.block_on(self.inner.event_set(name))
+    }
+
+    /// Clears the event `name` (`Event.clear`).
+    ///
+    /// ```no_run
+    /// # let mut c = ferry_client::Client::connect("ferry://127.0.0.1:7878")?;
+    /// c.event_clear("go")?;
+    /// # Ok::<(), ferry_client::Error>(())
+    /// ```
+    pub fn event_clear(&mut self, name: &str) -> Result<(), Error> {
+        self.rt.block_on(self.inner.event_clear(name))
+    }
+
+    /// Whether the event `name` is set (`Event.is_set`).
+    ///
+    /// ```no_run
+    /// # let mut c = ferry_client::Client::connect("ferry://127.0.0.1:7878")?;
+    /// let started = c.event_is_set("go")?;
+    /// # Ok::<(), ferry_client::Error>(())
+    /// ```
+    pub fn event_is_set(&mut self, name: &str) -> Result<bool, Error> {
+        self.rt.block_on(self.inner.event_is_set(name))
+    }
+
+    /// Waits up to `timeout` (`None`: forever) until the event `name` is
+    /// set; see [`AsyncClient::event_wait`](crate::AsyncClient::event_wait).
+    ///
+    /// ```no_run
+    /// # let mut c = ferry_client::Client::connect("ferry://127.0.0.1:7878")?;
+    /// let set = c.event_wait("go", Some(std::time::Duration::from_secs(5)))?;
+    /// # Ok::<(), ferry_client::Error>(())
+    /// ```
+    pub fn event_wait(&mut self, name: &str, timeout: Option<Duration>) -> Result<bool, Error> {
+        self.rt.block_on(self.inner.event_wait(name, timeout))
+    }
 }

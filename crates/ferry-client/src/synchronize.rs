@@ -1,5 +1,6 @@
-//! Locks and semaphores on [`AsyncClient`]: LOCK/UNLOCK/LOCKED and
-//! SEMACQUIRE/SEMRELEASE/SEMVALUE (docs/protocol.md).
+//! Locks, semaphores and events on [`AsyncClient`]: LOCK/UNLOCK/LOCKED,
+//! SEMACQUIRE/SEMRELEASE/SEMVALUE and EVSET/EVCLEAR/EVISSET/EVWAIT
+//! (docs/protocol.md).
 
 use std::time::Duration;
 
@@ -19,6 +20,12 @@ fn acquire_args<'a>(
     if let Some(ttl) = ttl {
         args.extend_from_slice(&[b"TTL", ttl.as_bytes()]);
     }
+    wait_args(args, timeout, wait);
+}
+
+/// How long to wait: `None` forever (TIMEOUT 0), zero NOWAIT, else
+/// TIMEOUT `wait` (the timeout in milliseconds).
+fn wait_args<'a>(args: &mut Vec<&'a [u8]>, timeout: Option<Duration>, wait: &'a str) {
     if timeout == Some(Duration::ZERO) {
         args.push(b"NOWAIT");
     } else {
@@ -218,6 +225,85 @@ impl AsyncClient {
         {
             Value::Int(n) => Ok(n as u64),
             other => Err(Error::Protocol(format!("SEMVALUE replied {other:?}"))),
+        }
+    }
+
+    /// Sets the event `name` (`multiprocessing.Event.set`): every waiter
+    /// wakes, and waits return at once until it is cleared.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), ferry_client::Error> {
+    /// # let mut c = ferry_client::AsyncClient::connect("ferry://127.0.0.1:7878").await?;
+    /// c.event_set("go").await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn event_set(&mut self, name: &str) -> Result<(), Error> {
+        self.event_op(b"EVSET", name).await.map(drop)
+    }
+
+    /// Clears the event `name` (`Event.clear`): waits wait again.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), ferry_client::Error> {
+    /// # let mut c = ferry_client::AsyncClient::connect("ferry://127.0.0.1:7878").await?;
+    /// c.event_clear("go").await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn event_clear(&mut self, name: &str) -> Result<(), Error> {
+        self.event_op(b"EVCLEAR", name).await.map(drop)
+    }
+
+    /// Whether the event `name` is set (`Event.is_set`).
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), ferry_client::Error> {
+    /// # let mut c = ferry_client::AsyncClient::connect("ferry://127.0.0.1:7878").await?;
+    /// let started = c.event_is_set("go").await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn event_is_set(&mut self, name: &str) -> Result<bool, Error> {
+        self.event_op(b"EVISSET", name).await
+    }
+
+    /// Waits until the event `name` is set (`Event.wait(timeout)`): up to
+    /// `timeout` (`None`: forever; zero: not at all). Replies true once it
+    /// is set — also when a set woke this wait and a clear came before it
+    /// returned, as Python's does — and false if the time ran out.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), ferry_client::Error> {
+    /// # let mut c = ferry_client::AsyncClient::connect("ferry://127.0.0.1:7878").await?;
+    /// if c.event_wait("go", None).await? {
+    ///     // everyone starts together
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn event_wait(
+        &mut self,
+        name: &str,
+        timeout: Option<Duration>,
+    ) -> Result<bool, Error> {
+        let wait = timeout.map_or_else(|| "0".to_string(), millis);
+        let mut args: Vec<&[u8]> = vec![b"EVWAIT", name.as_bytes()];
+        wait_args(&mut args, timeout, &wait);
+        // Waiting changes nothing: sent again after a lost connection.
+        match self.call_retrying(&args, true).await? {
+            Value::Int(n) => Ok(n == 1),
+            other => Err(Error::Protocol(format!("EVWAIT replied {other:?}"))),
+        }
+    }
+
+    /// EVSET, EVCLEAR or EVISSET (each safe to send again).
+    async fn event_op(&mut self, command: &[u8], name: &str) -> Result<bool, Error> {
+        match self
+            .call_retrying(&[command, name.as_bytes()], true)
+            .await?
+        {
+            Value::Int(n) => Ok(n == 1),
+            other => Err(Error::Protocol(format!(
+                "{} replied {other:?}",
+                String::from_utf8_lossy(command)
+            ))),
         }
     }
 }
