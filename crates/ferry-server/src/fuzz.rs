@@ -1,11 +1,13 @@
 //! Entry points for the fuzz targets under `fuzz/` (feature `fuzzing`):
-//! what a hostile client and a damaged disk can hand the broker. Not an
-//! API; each call starts from nothing, so a crash replays from its input.
+//! what a hostile client and a damaged disk can hand the broker, and what
+//! a hostile server can hand the client. Not an API; each call starts
+//! from nothing, so a crash replays from its input (tests/fuzz_corpus.rs
+//! replays every input of fuzz/corpus/ so).
 
 use std::time::Duration;
 
 use bytes::BytesMut;
-use ferry_proto::{Decoder, Limits};
+use ferry_proto::{Decoder, Limits, ProtoError, Value};
 
 use crate::broker::Broker;
 use crate::cmd::{Flow, Outcome, Woke, execute};
@@ -95,4 +97,71 @@ pub fn log(bytes: &[u8]) {
         }
         let _ = replay.finish();
     }
+}
+
+/// The broker's request parser: never panics, and gives the same requests
+/// (and the same error) however the bytes are cut into reads — it resumes
+/// where a read stopped. The first byte picks where the stream is cut.
+pub fn requests(bytes: &[u8]) {
+    let Some((&cut, data)) = bytes.split_first() else {
+        return;
+    };
+    let at = usize::from(cut).min(data.len());
+    assert_eq!(
+        decode(&[data], Limits::default(), requests_in),
+        decode(&[&data[..at], &data[at..]], Limits::default(), requests_in)
+    );
+}
+
+/// The client's reply parser (RESP2 and RESP3): never panics, and gives
+/// the same replies however the bytes are cut into reads.
+pub fn replies(bytes: &[u8]) {
+    let Some((&cut, data)) = bytes.split_first() else {
+        return;
+    };
+    let at = usize::from(cut).min(data.len());
+    assert_eq!(
+        decode(&[data], Limits::client(), replies_in),
+        decode(&[&data[..at], &data[at..]], Limits::client(), replies_in)
+    );
+}
+
+/// What a parser makes of a stream of reads: its items, in order, and the
+/// error that ended it, if any.
+type Decoded<T> = (Vec<T>, Option<String>);
+
+/// The next item of `buf`, or `Ok(None)` until more is read.
+type Next<T> = fn(&mut Decoder, &mut BytesMut) -> Result<Option<T>, ProtoError>;
+
+fn requests_in(d: &mut Decoder, buf: &mut BytesMut) -> Result<Option<Vec<Vec<u8>>>, ProtoError> {
+    let _ = d.wants(buf);
+    Ok(d.request(buf)?
+        .map(|req| req.iter().map(|a| a.to_vec()).collect()))
+}
+
+fn replies_in(d: &mut Decoder, buf: &mut BytesMut) -> Result<Option<Value>, ProtoError> {
+    d.value(buf)
+}
+
+fn decode<T>(reads: &[&[u8]], limits: Limits, next: Next<T>) -> Decoded<T> {
+    // Small bounds, so that the fuzzer reaches them.
+    let mut d = Decoder::new(Limits {
+        max_bulk: 4096,
+        max_args: 64,
+        max_inline: 256,
+        ..limits
+    });
+    let mut buf = BytesMut::new();
+    let mut out = Vec::new();
+    for read in reads {
+        buf.extend_from_slice(read);
+        loop {
+            match next(&mut d, &mut buf) {
+                Ok(Some(item)) => out.push(item),
+                Ok(None) => break,
+                Err(e) => return (out, Some(e.to_string())),
+            }
+        }
+    }
+    (out, None)
 }
