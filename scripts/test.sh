@@ -9,13 +9,16 @@ stage() { echo "== [$(date +%T), +$((SECONDS / 60))m$((SECONDS % 60))s] $*"; }
 
 # The broker's tests drive it with redis-cli, bench/ compares it with
 # redis-server, beanstalkd and nats-server, the dashboard's test opens it
-# in a headless chromium, and the Redis fault tests cut a node off with
-# iptables: all from Debian's packages.
+# in a headless chromium, the Redis fault tests cut a node off with
+# iptables, and the PostgreSQL engine's tests start servers of their own
+# (scripts/postgres.sh: initdb, pg_ctl; psql): all from Debian's packages.
 if ! command -v redis-cli >/dev/null || ! command -v redis-server >/dev/null || ! command -v redis-benchmark >/dev/null \
     || ! command -v beanstalkd >/dev/null || ! command -v nats-server >/dev/null || ! command -v chromium >/dev/null \
-    || ! command -v iptables >/dev/null; then
+    || ! command -v iptables >/dev/null || ! command -v psql >/dev/null \
+    || ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; then
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server redis-tools beanstalkd nats-server chromium iptables >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server redis-tools beanstalkd nats-server chromium iptables \
+        postgresql >/dev/null
 fi
 
 stage "cargo test"

@@ -11,6 +11,7 @@ use ferry_proto::{Decoder, Limits, Value, encode_command};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 
+use crate::postgres::PgLink;
 use crate::redis::RedisLink;
 use crate::{Address, Error, Message, Reconnect, Url, reply_value};
 
@@ -46,8 +47,8 @@ impl Link {
             }
             Address::Unix(path) => Box::new(UnixStream::connect(path).await?),
             Address::Tls(target) => Box::new(crate::tls::connect(target).await?),
-            Address::Redis(_) => {
-                return Err(Error::Url("a redis:// URL is not a ferry broker".into()));
+            Address::Redis(_) | Address::Postgres(_) => {
+                return Err(Error::Url("not a ferry broker's URL".into()));
             }
         };
         let mut link = Box::new(Link {
@@ -222,12 +223,14 @@ impl Link {
 enum Conn {
     Ferry(Box<Link>),
     Redis(Box<RedisLink>),
+    Postgres(Box<PgLink>),
 }
 
 impl Conn {
     async fn open(url: &Url, holder: Option<&str>) -> Result<Conn, Error> {
         Ok(match &url.address {
             Address::Redis(target) => Conn::Redis(RedisLink::open(target, holder).await?),
+            Address::Postgres(target) => Conn::Postgres(PgLink::open(target, holder).await?),
             _ => Conn::Ferry(Link::open(url, holder).await?),
         })
     }
@@ -236,6 +239,7 @@ impl Conn {
         match self {
             Conn::Ferry(l) => l.max_payload,
             Conn::Redis(r) => r.max_payload,
+            Conn::Postgres(p) => p.max_payload,
         }
     }
 
@@ -243,6 +247,7 @@ impl Conn {
         match self {
             Conn::Ferry(l) => l.call(args).await,
             Conn::Redis(r) => r.call(args).await,
+            Conn::Postgres(p) => p.call(args).await,
         }
     }
 
@@ -253,6 +258,7 @@ impl Conn {
         match self {
             Conn::Ferry(l) => l.pipeline(commands).await,
             Conn::Redis(r) => r.pipeline(commands).await,
+            Conn::Postgres(p) => p.pipeline(commands).await,
         }
     }
 
@@ -265,6 +271,7 @@ impl Conn {
         match self {
             Conn::Ferry(l) => l.call_cancellable(url, args, cancel).await,
             Conn::Redis(r) => r.call_cancellable(args, cancel).await,
+            Conn::Postgres(p) => p.call_cancellable(args, cancel).await,
         }
     }
 }

@@ -36,7 +36,9 @@
 
 mod aio;
 mod blocking;
+mod postgres;
 mod redis;
+mod request;
 mod synchronize;
 mod tls;
 
@@ -71,6 +73,9 @@ pub enum Address {
     Redis(RedisTarget),
     /// A broker that speaks TLS (`ferrys://`).
     Tls(TlsTarget),
+    /// A PostgreSQL server (`postgres://`): ferry's semantics in SQL
+    /// functions.
+    Postgres(PostgresTarget),
 }
 
 /// A TLS broker: `ferrys://[:password@]host[:port][?ca=PEM&cert=PEM&key=PEM]`.
@@ -91,19 +96,31 @@ pub struct TlsTarget {
     pub key: Option<PathBuf>,
 }
 
+pub use postgres::Target as PostgresTarget;
 pub use redis::Target as RedisTarget;
+
+/// A client's own holder token (who holds what it gets, on the engines
+/// the client answers itself): unguessable enough, and unique.
+pub(crate) fn holder_token(id: u64) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("c-{:x}-{:x}-{id:x}", std::process::id(), nanos)
+}
 
 /// The default broker: `ferry://127.0.0.1:7878`.
 pub const DEFAULT_URL: &str = "ferry://127.0.0.1:7878";
 
-/// The heartbeat of a Redis URL's holders (`?lease`, 5 s by default): a
-/// lock or lease they stop renewing is gone that long after. `None` for
-/// ferry's broker (its locks live with their connection) or a bad URL.
+/// The heartbeat of a Redis or PostgreSQL URL's holders (`?lease`, 5 s
+/// by default): a lock or lease they stop renewing is gone that long
+/// after. `None` for ferry's broker (its locks live with their
+/// connection) or a bad URL.
 pub fn heartbeat_of(url: &str) -> Option<std::time::Duration> {
-    if !url.starts_with("redis") {
-        return None;
+    match url.parse::<Url>().ok()?.address {
+        Address::Redis(t) => Some(t.lease),
+        Address::Postgres(t) => Some(t.lease),
+        _ => None,
     }
-    redis::Target::parse(url).ok().map(|t| t.lease)
 }
 
 /// How long the DEDUP key a client puts on its own puts must count
@@ -153,6 +170,13 @@ impl std::str::FromStr for Url {
         if s.starts_with("redis://") || s.starts_with("redis+cluster://") {
             return Ok(Url {
                 address: Address::Redis(RedisTarget::parse(s)?),
+                password: None,
+                user: None,
+            });
+        }
+        if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+            return Ok(Url {
+                address: Address::Postgres(PostgresTarget::parse(s)?),
                 password: None,
                 user: None,
             });
@@ -379,10 +403,12 @@ impl Default for Reconnect {
 /// client's process-wide locks are free in the child.
 pub fn before_fork() {
     redis::renew::before_fork();
+    postgres::background::before_fork();
 }
 
 /// See `before_fork`.
 pub fn after_fork() {
+    postgres::background::after_fork();
     redis::renew::after_fork();
 }
 
@@ -435,6 +461,43 @@ mod tests {
 
     fn url(s: &str) -> Url {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn postgres_urls() {
+        let Address::Postgres(t) =
+            url("postgres://u:pw@h:5433/db?lease=2000&sslmode=disable").address
+        else {
+            panic!("not postgres");
+        };
+        assert_eq!(
+            t.url, "postgres://u:pw@h:5433/db?sslmode=disable",
+            "lease is ferry's"
+        );
+        assert_eq!(t.lease, Duration::from_millis(2000));
+        let Address::Postgres(t) = url("postgresql:///db?host=/run/postgresql").address else {
+            panic!("not postgres");
+        };
+        assert_eq!(t.lease, Duration::from_secs(5));
+        assert_eq!(
+            heartbeat_of("postgres://h/db?lease=900"),
+            Some(Duration::from_millis(900))
+        );
+        for (bad, why) in [
+            (
+                "postgres://u:secret@h/db?sslmode=require",
+                "not supported yet",
+            ),
+            ("postgres://u:secret@h/db?lease=50", "at least 100 ms"),
+            ("postgres://u:secret@h/db?nonsense=1", "nonsense"),
+        ] {
+            let e = bad.parse::<Url>().unwrap_err().to_string();
+            assert!(e.contains(why), "{bad}: {e}");
+            assert!(
+                !e.contains("secret"),
+                "the password stays out of messages: {e}"
+            );
+        }
     }
 
     #[test]

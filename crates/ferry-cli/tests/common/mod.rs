@@ -7,6 +7,10 @@ use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+mod postgres;
+#[allow(unused_imports)]
+pub use postgres::PgServer;
+
 pub struct Server {
     child: Child,
     data_dir: std::path::PathBuf,

@@ -5,69 +5,13 @@ use std::time::Duration;
 
 use ferry_proto::Value;
 
+pub(super) use crate::request::{Args, unknown, wait_option};
+use crate::request::{Get, Put};
+
 use super::renew::Grant;
 use super::wait::{Kind, Resends, Waiting, get_reply};
 use super::*;
 use crate::Error;
-
-/// Arguments, read left to right with keywords case-insensitive.
-pub(super) struct Args<'a> {
-    pub(super) rest: std::slice::Iter<'a, &'a [u8]>,
-}
-
-impl<'a> Args<'a> {
-    pub(super) fn next(&mut self) -> Option<&'a [u8]> {
-        self.rest.next().copied()
-    }
-    pub(super) fn require(&mut self, what: &str) -> Result<&'a [u8], Error> {
-        self.next()
-            .ok_or_else(|| server("ERR", &format!("missing {what}")))
-    }
-    pub(super) fn number(&mut self, what: &str) -> Result<u64, Error> {
-        let v = self.require(what)?;
-        std::str::from_utf8(v)
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| server("ERR", &format!("{what} must be a whole number")))
-    }
-}
-
-pub(super) fn unknown(opt: &[u8], cmd: &str) -> Error {
-    server(
-        "ERR",
-        &format!(
-            "unknown option '{}' for {cmd} (docs/protocol.md lists them)",
-            String::from_utf8_lossy(opt)
-        ),
-    )
-}
-
-/// How long a command may wait: `None` forever, `Some(0)` not at all.
-pub(super) fn wait_option(
-    word: &[u8],
-    a: &mut Args<'_>,
-    wait: &mut Option<Duration>,
-) -> Result<bool, Error> {
-    if is(word, "TIMEOUT") {
-        let ms = a.number("TIMEOUT")?;
-        *wait = if ms == 0 {
-            None
-        } else {
-            Some(Duration::from_millis(ms))
-        };
-        Ok(true)
-    } else if is(word, "NOWAIT") {
-        *wait = Some(Duration::ZERO);
-        Ok(true)
-    } else {
-        Ok(false)
-    }
-}
-
-/// A PRIORITY n as an order key: bytes that sort as the numbers do.
-fn priority_key(n: i64) -> Vec<u8> {
-    ((n as u64) ^ (1 << 63)).to_be_bytes().to_vec()
-}
 
 impl RedisLink {
     /// Answers one ferry command; a command that waits gives up when
@@ -78,12 +22,9 @@ impl RedisLink {
         args: &[&[u8]],
         cancel: impl std::future::Future<Output = ()>,
     ) -> Result<(Value, bool), Error> {
-        let Some((name, rest)) = args.split_first() else {
-            return Err(server("ERR", "empty command"));
-        };
+        let (cmd, mut a) = Args::command(args)?;
+        let rest = &args[1..];
         self.redo_dones_after_upheaval().await;
-        let mut a = Args { rest: rest.iter() };
-        let cmd = String::from_utf8_lossy(name).to_ascii_uppercase();
         let done = |v: Value| Ok((v, false));
         match cmd.as_str() {
             "PING" => done(match a.next() {
@@ -370,47 +311,16 @@ impl RedisLink {
         a: &mut Args<'_>,
         cancel: impl std::future::Future<Output = ()>,
     ) -> Result<(Value, bool), Error> {
-        let q = check_name(a.require("queue")?)?.to_string();
-        let mut payloads: Vec<Vec<u8>> = Vec::new();
-        if cmd == "QPUT" {
-            payloads.push(a.require("payload")?.to_vec());
-        }
-        let (mut key, mut keytype, mut delay, mut wait, mut dedup) =
-            (Vec::new(), Vec::new(), 0u64, None, None);
-        // A key's own window, shorter than the broker's.
-        let mut dedup_for = None;
-        while let Some(opt) = a.next() {
-            if is(opt, "PRIORITY") {
-                let v = a.require("PRIORITY")?;
-                let n: i64 = std::str::from_utf8(v)
-                    .ok()
-                    .and_then(|s| s.parse().ok())
-                    .ok_or_else(|| server("ERR", "PRIORITY must be an integer"))?;
-                key = priority_key(n);
-            } else if is(opt, "PRIOKEY") {
-                key = a.require("PRIOKEY")?.to_vec();
-            } else if is(opt, "KEYTYPE") {
-                keytype = a.require("KEYTYPE")?.to_vec();
-            } else if is(opt, "DELAY") {
-                delay = a.number("DELAY")?;
-            } else if is(opt, "DEDUP") && cmd == "QPUT" {
-                dedup = Some(a.require("DEDUP")?.to_vec());
-            } else if is(opt, "DEDUPFOR") && cmd == "QPUT" {
-                dedup_for = Some(a.number("DEDUPFOR")?.clamp(1, DEDUP_WINDOW_MS));
-            } else if is(opt, "PAYLOADS") && cmd == "QPUTMANY" {
-                while let Some(p) = a.next() {
-                    payloads.push(p.to_vec());
-                }
-            } else if !wait_option(opt, a, &mut wait)? {
-                return Err(unknown(opt, cmd));
-            }
-        }
-        if payloads.is_empty() {
-            return Err(server("ERR", "no payloads"));
-        }
-        if dedup_for.is_some() && dedup.is_none() {
-            return Err(server("ERR", "DEDUPFOR needs a DEDUP key"));
-        }
+        let Put {
+            queue: q,
+            payloads,
+            key,
+            keytype,
+            delay_ms: delay,
+            wait,
+            dedup,
+            dedup_ms,
+        } = Put::parse(cmd, a)?;
         let own = match &dedup {
             Some(k) => {
                 let mut o = b"dd:".to_vec();
@@ -426,10 +336,7 @@ impl RedisLink {
             keytype,
             delay.to_string().into_bytes(),
             if dedup.is_some() {
-                dedup_for
-                    .unwrap_or(DEDUP_WINDOW_MS)
-                    .to_string()
-                    .into_bytes()
+                dedup_ms.to_string().into_bytes()
             } else {
                 b"0".to_vec()
             },
@@ -451,25 +358,13 @@ impl RedisLink {
         a: &mut Args<'_>,
         cancel: impl std::future::Future<Output = ()>,
     ) -> Result<(Value, bool), Error> {
-        let mut queues = vec![check_name(a.require("queue")?)?.to_string()];
-        let (mut count, mut wait, mut mode, mut lease) =
-            (1u64, None, "lease", self.target.lease.as_millis() as u64);
-        while let Some(opt) = a.next() {
-            if is(opt, "OR") {
-                queues.push(check_name(a.require("queue")?)?.to_string());
-            } else if is(opt, "COUNT") {
-                count = a.number("COUNT")?.max(1);
-            } else if is(opt, "LEASE") {
-                mode = "timed";
-                lease = a.number("LEASE")?;
-            } else if is(opt, "TAKE") {
-                mode = "take";
-            } else if is(opt, "NOACK") {
-                mode = "noack";
-            } else if !wait_option(opt, a, &mut wait)? {
-                return Err(unknown(opt, "QGET"));
-            }
-        }
+        let Get {
+            mut queues,
+            count,
+            mode,
+            lease_ms: lease,
+            wait,
+        } = Get::parse(a, self.target.lease)?;
         if queues.len() > 1 {
             return self.get_any(queues, count, mode, lease, wait, cancel).await;
         }

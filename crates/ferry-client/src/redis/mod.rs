@@ -62,9 +62,6 @@ const RECENT_DONES: Duration = Duration::from_secs(60);
 /// 10,000 a second keeps its last 20 s.
 const RECENT_DONES_KEPT: usize = 200_000;
 
-/// How long a DEDUP key counts, as on the broker (`DEDUPFOR` shortens it).
-const DEDUP_WINDOW_MS: u64 = 600_000;
-
 /// A default heartbeat on this backend (`?lease`): how long a dead
 /// process's messages stay out before they come back. Its holders are
 /// renewed every third of it.
@@ -222,29 +219,7 @@ fn sync_keys(kind: &str, name: &str) -> Vec<Vec<u8>> {
     .collect()
 }
 
-/// A queue or lock name as the protocol allows it: it also cannot escape
-/// its hash tag.
-fn check_name(name: &[u8]) -> Result<&str, Error> {
-    let ok = !name.is_empty()
-        && name.len() <= 200
-        && name
-            .iter()
-            .all(|b| b.is_ascii_alphanumeric() || b"_.:-".contains(b));
-    if !ok {
-        return Err(server(
-            "ERR",
-            "a queue name is 1-200 bytes of A-Z a-z 0-9 _ . : -",
-        ));
-    }
-    std::str::from_utf8(name).map_err(|_| server("ERR", "bad name"))
-}
-
-fn server(code: &str, message: &str) -> Error {
-    Error::Server {
-        code: code.into(),
-        message: message.into(),
-    }
-}
+use crate::request::{check_name, error_value, is, server};
 
 fn io(e: redis::RedisError) -> Error {
     if e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error() {
@@ -253,17 +228,6 @@ fn io(e: redis::RedisError) -> Error {
     match e.code() {
         Some(code) => error_value(code, e.detail().unwrap_or("")),
         None => Error::Protocol(e.to_string()),
-    }
-}
-
-/// An error reply as the broker's client maps it.
-fn error_value(code: &str, message: &str) -> Error {
-    match crate::reply_value(Value::Error {
-        code: code.to_string(),
-        message: message.to_string(),
-    }) {
-        Err(e) => e,
-        Ok(_) => Error::Protocol("an error reply was not an error".into()),
     }
 }
 
@@ -316,7 +280,7 @@ impl RedisLink {
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         let holder = match holder {
             Some(h) => h.to_string(),
-            None => own_token(id),
+            None => crate::holder_token(id),
         };
         renew::attach(target, &holder);
         Ok(Box::new(RedisLink {
@@ -593,16 +557,4 @@ pub(crate) async fn move_dead_letters(conn: &mut RConn, q: &str) -> Result<(), r
                 .await?;
         }
     }
-}
-
-fn is(word: &[u8], kw: &str) -> bool {
-    word.eq_ignore_ascii_case(kw.as_bytes())
-}
-
-/// This client's own holder token: unguessable enough, and unique.
-fn own_token(id: u64) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    format!("c-{:x}-{:x}-{id:x}", std::process::id(), nanos)
 }
