@@ -163,37 +163,44 @@ fn puts_and_gets_keep_the_queue_s_order_and_counts() {
     );
     assert_eq!(int(c.call(&[b"QDONE", b"jobs", cid.as_bytes()])), 1);
     // What this step does not answer yet is refused by name.
-    let e = c
-        .call(&[b"QCREATE", b"jobs", b"MAXSIZE", b"5"])
-        .unwrap_err();
+    let e = c.call(&[b"LOCK", b"l", b"NOWAIT"]).unwrap_err();
     assert!(
         e.to_string()
-            .contains("QCREATE is not answered on postgres://"),
+            .contains("LOCK is not answered on postgres://"),
         "{e}"
     );
     assert_eq!(int(c.call(&[b"QDROP", b"jobs"])), 1);
     assert_eq!(c.call(&[b"QLIST"]).unwrap(), Value::Array(vec![]));
 }
 
-/// How many of the server's sessions listen for ferry's notifications.
-fn listening(url: &str) -> String {
+/// `url` for a client named `app` (its sessions' application_name).
+fn named(url: &str, app: &str) -> String {
+    format!("{url}?application_name={app}")
+}
+
+/// Whether the client named `app` listens (a waiter listens before its
+/// last try, so then it waits).
+fn listening(url: &str, app: &str) -> bool {
     psql(
         url,
-        "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'LISTEN ferry_%'",
-    )
+        &format!(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE application_name = '{app}' AND query LIKE 'LISTEN %'"
+        ),
+    ) == "1"
 }
 
 #[test]
 fn waits_are_woken_by_what_ends_them() {
     let pg = PgServer::start();
     let url = pg.url("");
-    let mut getter = Client::connect(&url).unwrap();
+    let mut getter = Client::connect(&named(&url, "getter")).unwrap();
     let got = thread::spawn(move || {
         let e = entries(getter.call(&[b"QGET", b"w", b"TIMEOUT", b"0"]).unwrap());
         // The getter's client goes with its thread, holding the lease.
         e
     });
-    common::wait_until("the getter listening", || listening(&url) == "1");
+    common::wait_until("the getter listening", || listening(&url, "getter"));
     let mut c = Client::connect(&url).unwrap();
     int(c.call(&[b"QPUT", b"w", b"wake"]));
     assert_eq!(got.join().unwrap()[0].1, b"wake");
@@ -201,11 +208,9 @@ fn waits_are_woken_by_what_ends_them() {
     let e = entries(c.call(&[b"QGET", b"w", b"TIMEOUT", b"30000"]).unwrap());
     assert_eq!((e[0].1.as_slice(), e[0].2), (b"wake".as_slice(), 1));
     // A join waits for the done.
-    let mut joiner = Client::connect(&url).unwrap();
+    let mut joiner = Client::connect(&named(&url, "joiner")).unwrap();
     let joined = thread::spawn(move || joiner.call(&[b"QJOIN", b"w"]));
-    // The joiner's and `c`'s (its get listened before it tried): the
-    // getter's went with its client.
-    common::wait_until("the joiner listening", || listening(&url) == "2");
+    common::wait_until("the joiner listening", || listening(&url, "joiner"));
     let id = e[0].0.to_string();
     assert_eq!(int(c.call(&[b"QDONE", b"w", id.as_bytes()])), 1);
     assert_eq!(joined.join().unwrap().unwrap(), Value::Simple("OK".into()));
@@ -267,4 +272,141 @@ fn a_dedup_key_puts_once() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(int(c.call(&[b"QLEN", b"d"])), 3);
+}
+
+fn ok(v: Result<Value, Error>) {
+    assert_eq!(v.unwrap(), Value::Simple("OK".into()));
+}
+
+fn payloads(v: Value) -> Vec<Vec<u8>> {
+    entries(v).into_iter().map(|(_, p, _)| p).collect()
+}
+
+#[test]
+fn settings_order_bound_and_bury() {
+    let pg = PgServer::start();
+    let url = pg.url("");
+    let mut c = Client::connect(&url).unwrap();
+    // Kinds: lifo, and priority by the broker's order keys.
+    ok(c.call(&[b"QCREATE", b"stack", b"KIND", b"lifo"]));
+    ok(c.call(&[b"QCREATE", b"stack", b"KIND", b"lifo"]));
+    let e = c.call(&[b"QCREATE", b"stack", b"KIND", b"fifo", b"MAXSIZE", b"3"]);
+    let e = e.unwrap_err().to_string();
+    assert!(
+        e.contains("exists with maxsize 0, not 3, kind lifo, not fifo"),
+        "{e}"
+    );
+    for p in [b"1", b"2", b"3"] {
+        int(c.call(&[b"QPUT", b"stack", p]));
+    }
+    let got = payloads(
+        c.call(&[b"QGET", b"stack", b"COUNT", b"3", b"NOACK"])
+            .unwrap(),
+    );
+    assert_eq!(got, [b"3".to_vec(), b"2".to_vec(), b"1".to_vec()]);
+    ok(c.call(&[b"QCREATE", b"prio", b"KIND", b"priority"]));
+    for (p, n) in [("low", "5"), ("top", "-1"), ("mid", "0")] {
+        int(c.call(&[b"QPUT", b"prio", p.as_bytes(), b"PRIORITY", n.as_bytes()]));
+    }
+    let peeked = payloads(c.call(&[b"QPEEK", b"prio", b"COUNT", b"2"]).unwrap());
+    assert_eq!(peeked, [b"top".to_vec(), b"mid".to_vec()], "lower first");
+    assert_eq!(int(c.call(&[b"QPURGE", b"prio"])), 3);
+    // A bounded queue: a put waits for room, first refused at once.
+    ok(c.call(&[b"QCREATE", b"box", b"MAXSIZE", b"2"]));
+    c.call(&[b"QPUTMANY", b"box", b"PAYLOADS", b"a", b"b"])
+        .unwrap();
+    assert!(matches!(
+        c.call(&[b"QPUT", b"box", b"c", b"NOWAIT"]),
+        Err(Error::Full)
+    ));
+    let t = std::time::Instant::now();
+    assert!(matches!(
+        c.call(&[b"QPUT", b"box", b"c", b"TIMEOUT", b"100"]),
+        Err(Error::Full)
+    ));
+    assert!(t.elapsed() >= Duration::from_millis(100), "never early");
+    let mut putter = Client::connect(&named(&url, "putter")).unwrap();
+    let put = thread::spawn(move || putter.call(&[b"QPUT", b"box", b"c", b"TIMEOUT", b"0"]));
+    common::wait_until("the putter listening", || listening(&url, "putter"));
+    assert_eq!(
+        payloads(c.call(&[b"QGET", b"box", b"NOACK"]).unwrap()),
+        [b"a".to_vec()]
+    );
+    int(put.join().unwrap());
+    assert_eq!(int(c.call(&[b"QLEN", b"box"])), 2);
+    // Max attempts: the second return goes to the dead letters.
+    ok(c.call(&[
+        b"QCREATE",
+        b"try",
+        b"MAXATTEMPTS",
+        b"2",
+        b"DEADLETTER",
+        b"dead",
+    ]));
+    int(c.call(&[b"QPUT", b"try", b"flaky"]));
+    for _ in 0..2 {
+        let e = entries(c.call(&[b"QGET", b"try"]).unwrap());
+        let id = e[0].0.to_string();
+        ok(c.call(&[b"QNACK", b"try", id.as_bytes()]));
+    }
+    assert_eq!(int(c.call(&[b"QLEN", b"try"])), 0);
+    let dead = entries(c.call(&[b"QGET", b"dead", b"NOACK"]).unwrap());
+    assert_eq!((dead[0].1.as_slice(), dead[0].2), (b"flaky".as_slice(), 2));
+    // A timed lease: touched, and finished by anyone.
+    int(c.call(&[b"QPUT", b"try", b"slow"]));
+    let e = entries(c.call(&[b"QGET", b"try", b"LEASE", b"60000"]).unwrap());
+    let id = e[0].0.to_string();
+    assert_eq!(
+        int(c.call(&[b"QTOUCH", b"try", id.as_bytes(), b"LEASE", b"90000"])),
+        90000
+    );
+    let mut other = Client::connect(&url).unwrap();
+    assert_eq!(int(other.call(&[b"QDONE", b"try", id.as_bytes()])), 1);
+    // QGET ... OR: the first queue that has one.
+    int(c.call(&[b"QPUT", b"b", b"from-b"]));
+    let e = c.call(&[b"QGET", b"a", b"OR", b"b", b"NOACK"]).unwrap();
+    assert_eq!(payloads(e), [b"from-b".to_vec()]);
+}
+
+#[test]
+fn a_shut_down_queue_refuses_puts_and_drains() {
+    let pg = PgServer::start();
+    let url = pg.url("");
+    let mut c = Client::connect(&url).unwrap();
+    int(c.call(&[b"QPUT", b"s", b"left"]));
+    int(c.call(&[b"QPUT", b"s", b"later", b"DELAY", b"600000"]));
+    let mut getter = Client::connect(&named(&url, "getter")).unwrap();
+    int(getter.call(&[b"QPUT", b"idle", b"x"]));
+    getter.call(&[b"QGET", b"idle", b"NOACK"]).unwrap();
+    let waiting = thread::spawn(move || getter.call(&[b"QGET", b"idle", b"TIMEOUT", b"0"]));
+    common::wait_until("the getter listening", || listening(&url, "getter"));
+    ok(c.call(&[b"QSHUTDOWN", b"idle"]));
+    assert!(matches!(waiting.join().unwrap(), Err(Error::ShutDown)));
+    ok(c.call(&[b"QSHUTDOWN", b"s"]));
+    assert!(matches!(
+        c.call(&[b"QPUT", b"s", b"no"]),
+        Err(Error::ShutDown)
+    ));
+    let drained = payloads(c.call(&[b"QGET", b"s", b"COUNT", b"5", b"NOACK"]).unwrap());
+    assert_eq!(
+        drained,
+        [b"left".to_vec(), b"later".to_vec()],
+        "delayed ones ready now"
+    );
+    assert!(matches!(
+        c.call(&[b"QGET", b"s", b"TIMEOUT", b"0"]),
+        Err(Error::ShutDown)
+    ));
+    ok(c.call(&[b"QREOPEN", b"s"]));
+    int(c.call(&[b"QPUT", b"s", b"again"]));
+    ok(c.call(&[b"QSHUTDOWN", b"s", b"IMMEDIATE"]));
+    assert_eq!(
+        int(c.call(&[b"QLEN", b"s"])),
+        0,
+        "immediate drops what is ready"
+    );
+    assert_eq!(
+        c.call(&[b"QJOIN", b"s", b"NOWAIT"]).unwrap(),
+        Value::Simple("OK".into())
+    );
 }

@@ -233,3 +233,40 @@ impl Get {
         Ok(get)
     }
 }
+
+/// QCREATE's and QCONFIG's settings, as (field, value) in the order
+/// named; `cmd` is QCREATE or QCONFIG (KIND only at creation).
+pub(crate) fn settings(cmd: &str, a: &mut Args<'_>) -> Result<Vec<(&'static str, Vec<u8>)>, Error> {
+    let mut named = Vec::new();
+    while let Some(opt) = a.next() {
+        let field = if is(opt, "MAXSIZE") {
+            "maxsize"
+        } else if is(opt, "KIND") && cmd == "QCREATE" {
+            "kind"
+        } else if is(opt, "LEASE") {
+            "lease_timeout"
+        } else if is(opt, "MAXATTEMPTS") {
+            "max_attempts"
+        } else if is(opt, "DEADLETTER") {
+            "dead_letter"
+        } else if is(opt, "EXPIRE") {
+            "expire"
+        } else {
+            return Err(unknown(opt, cmd));
+        };
+        let value = a.require(field)?.to_vec();
+        if field == "kind" && !matches!(value.as_slice(), b"fifo" | b"lifo" | b"priority") {
+            return Err(server("ERR", "KIND is fifo, lifo or priority"));
+        }
+        if !matches!(field, "kind" | "dead_letter")
+            && !std::str::from_utf8(&value).is_ok_and(|v| v.parse::<u64>().is_ok())
+        {
+            return Err(server("ERR", &format!("{field} must be a whole number")));
+        }
+        if field == "dead_letter" {
+            check_name(&value)?;
+        }
+        named.push((field, value));
+    }
+    Ok(named)
+}

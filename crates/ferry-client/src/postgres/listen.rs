@@ -51,16 +51,22 @@ impl Listener {
         !self.task.is_finished() && !self.db.is_closed()
     }
 
-    /// Listens on `q`'s channel (if it did not already); replies a
-    /// receiver that changes at the next notification on any of its
-    /// channels from now on.
-    pub(super) async fn listen(&mut self, q: &str) -> Result<watch::Receiver<u64>, Error> {
+    /// Listens on the queues' channels (those it did not already);
+    /// replies a receiver that changes at the next notification on any of
+    /// its channels from now on.
+    pub(super) async fn listen(
+        &mut self,
+        queues: &[String],
+    ) -> Result<watch::Receiver<u64>, Error> {
         let mut woken = self.wake.clone();
         woken.borrow_and_update();
-        if !self.channels.contains(q) {
+        for q in queues {
+            if self.channels.contains(q) {
+                continue;
+            }
             let channel: String = self
                 .db
-                .query_one("SELECT ferry.channel($1)", &[&q])
+                .query_one("SELECT ferry.channel($1)", &[q])
                 .await
                 .map_err(db_error)?
                 .get(0);
@@ -70,7 +76,7 @@ impl Listener {
                 .batch_execute(&format!("LISTEN {channel}"))
                 .await
                 .map_err(db_error)?;
-            self.channels.insert(q.to_string());
+            self.channels.insert(q.clone());
         }
         Ok(woken)
     }

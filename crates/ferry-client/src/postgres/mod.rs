@@ -3,12 +3,10 @@
 //! (schema.sql), one call per operation, claims with `FOR UPDATE SKIP
 //! LOCKED`, waits on LISTEN/NOTIFY.
 //!
-//! Built in steps (issue 28); what this step answers is the queue's core:
-//! QPUT and QPUTMANY (unbounded queues: a queue is made by first use as a
-//! fifo), QGET of one queue in every mode (waiting without polling),
-//! QDONE, QNACK, QLEN, QJOIN, QINFO's counts, QDROP, QLIST, PING. Any
-//! other command is refused with an error that names it — never answered
-//! half. docs/backends.md keeps the list.
+//! Built in steps (issue 28); what this step answers is the queue's
+//! commands (queue.rs, queue.sql) and PING. Any other command is refused
+//! with an error that names it — never answered half. docs/backends.md
+//! keeps the list.
 //!
 //! - The schema is installed on first use, in one transaction under an
 //!   advisory lock, and versioned (`ferry.schema_version`): a database
@@ -17,30 +15,34 @@
 //!   client), kept alive in `ferry.holders` by a heartbeat every third of
 //!   `?lease=ms` (5 s by default); a client that is dropped gives back
 //!   what it holds at once, one that dies once its heartbeat is overdue.
-//! - Waiting: a second connection LISTENs on the queue's channel before
-//!   the first try; every change that may end a wait notifies it when its
-//!   transaction commits. Between notifications it sleeps until time alone
-//!   may change something (a delay comes due, a lease runs out), at most
-//!   10 s. Waiters are not yet served first come, first served.
+//! - Waiting: a command that must wait LISTENs on its queues' channels
+//!   (a second connection, the client's listener) and tries again; every
+//!   change that may end a wait notifies the channel when its transaction
+//!   commits. Between notifications it sleeps until time alone may change
+//!   something (a delay comes due, a lease runs out), at most 10 s.
+//!   Waiters are not yet served first come, first served.
 
 pub(crate) mod background;
 mod listen;
+mod queue;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use ferry_proto::Value;
-use tokio::time::Instant;
 use tokio_postgres::NoTls;
 
 use self::listen::Listener;
 use crate::Error;
-use crate::request::{Args, Get, Put, check_name, error_value, is, server, unknown, wait_option};
+use crate::request::{Args, error_value, server};
 
-/// The schema this client installs and speaks.
-const SCHEMA_VERSION: i32 = 1;
-const SCHEMA: &str = include_str!("schema.sql");
+/// The schema this client installs and speaks. While the engine is built
+/// (issue 28) a change of the schema takes a new version and no
+/// migration: a database an earlier build made is refused with a clear
+/// error (drop its `ferry` schema to start afresh).
+const SCHEMA_VERSION: i32 = 2;
+const SCHEMA: &str = concat!(include_str!("schema.sql"), include_str!("queue.sql"));
 
 /// The default heartbeat (`?lease`), as on Redis.
 const DEFAULT_LEASE: Duration = Duration::from_secs(5);
@@ -115,14 +117,6 @@ fn redact(url: &str) -> String {
         }
         _ => url.to_string(),
     }
-}
-
-/// What a wait waits for.
-enum Want<'a> {
-    /// Messages of a get.
-    Got(&'a Get),
-    /// Nothing unfinished (QJOIN).
-    Joined,
 }
 
 /// One client's use of a PostgreSQL server.
@@ -226,7 +220,8 @@ async fn ensure_schema(db: &mut tokio_postgres::Client) -> Result<(), Error> {
         }
         return Err(server(
             "ERR",
-            "the database's ferry schema is older than this client knows how to migrate",
+            "the database's ferry schema is older than this client migrates from: while \
+             the PostgreSQL engine is in progress, drop the schema `ferry` to start afresh",
         ));
     }
     tx.batch_execute(SCHEMA).await.map_err(db_error)?;
@@ -311,290 +306,21 @@ impl PgLink {
         cancel: impl std::future::Future<Output = ()>,
     ) -> Result<(Value, bool), Error> {
         let (cmd, mut a) = Args::command(args)?;
-        let done = |v: Value| Ok((v, false));
-        match cmd.as_str() {
-            "PING" => done(match a.next() {
+        if cmd == "PING" {
+            let reply = match a.next() {
                 Some(m) => Value::Bulk(m.to_vec().into()),
                 None => Value::Simple("PONG".into()),
-            }),
-            "QPUT" | "QPUTMANY" => done(self.put(&cmd, &mut a).await?),
-            "QGET" => self.get(&mut a, cancel).await,
-            "QDONE" => {
-                let q = check_name(a.require("queue")?)?.to_string();
-                let mut ids = Vec::new();
-                while let Some(id) = a.next() {
-                    ids.push(
-                        std::str::from_utf8(id)
-                            .ok()
-                            .and_then(|s| s.parse::<i64>().ok())
-                            .ok_or_else(|| server("ERR", "an id is a whole number"))?,
-                    );
-                }
-                let row = self
-                    .db
-                    .query_one("SELECT ferry.done($1, $2, $3)", &[&q, &ids, &self.holder])
-                    .await
-                    .map_err(db_error)?;
-                done(Value::Int(i64::from(row.get::<_, i32>(0))))
-            }
-            "QNACK" => {
-                let q = check_name(a.require("queue")?)?.to_string();
-                let id = a.number("id")? as i64;
-                let (mut delay, mut unstarted) = (0u64, false);
-                while let Some(opt) = a.next() {
-                    if is(opt, "DELAY") {
-                        delay = a.number("DELAY")?;
-                    } else if is(opt, "UNSTARTED") {
-                        unstarted = true;
-                    } else {
-                        return Err(unknown(opt, "QNACK"));
-                    }
-                }
-                let delay = delay as i64;
-                self.db
-                    .execute(
-                        "SELECT ferry.nack($1, $2, $3, $4, $5)",
-                        &[&q, &id, &self.holder, &delay, &unstarted],
-                    )
-                    .await
-                    .map_err(db_error)?;
-                done(Value::Simple("OK".into()))
-            }
-            "QLEN" => {
-                let q = check_name(a.require("queue")?)?.to_string();
-                let row = self
-                    .db
-                    .query_one("SELECT qsize FROM ferry.info($1)", &[&q])
-                    .await
-                    .map_err(db_error)?;
-                done(Value::Int(row.get(0)))
-            }
-            "QINFO" => done(self.info(check_name(a.require("queue")?)?).await?),
-            "QJOIN" => {
-                let q = check_name(a.require("queue")?)?.to_string();
-                let mut wait = None;
-                while let Some(opt) = a.next() {
-                    if !wait_option(opt, &mut a, &mut wait)? {
-                        return Err(unknown(opt, "QJOIN"));
-                    }
-                }
-                self.join(&q, wait, cancel).await
-            }
-            "QDROP" => {
-                let q = check_name(a.require("queue")?)?.to_string();
-                let row = self
-                    .db
-                    .query_one(
-                        "WITH m AS (DELETE FROM ferry.messages WHERE queue = $1), \
-                         q AS (DELETE FROM ferry.queues WHERE name = $1 RETURNING 1) \
-                         SELECT count(*) FROM q",
-                        &[&q],
-                    )
-                    .await
-                    .map_err(db_error)?;
-                done(Value::Int(row.get(0)))
-            }
-            "QLIST" => {
-                let rows = self
-                    .db
-                    .query(
-                        "SELECT name FROM ferry.queues ORDER BY name COLLATE \"C\"",
-                        &[],
-                    )
-                    .await
-                    .map_err(db_error)?;
-                done(Value::Array(
-                    rows.iter()
-                        .map(|r| Value::Bulk(r.get::<_, String>(0).into_bytes().into()))
-                        .collect(),
-                ))
-            }
-            _ => Err(server(
+            };
+            return Ok((reply, false));
+        }
+        match self.queue_command(&cmd, &mut a, cancel).await {
+            Some(r) => r,
+            None => Err(server(
                 "ERR",
                 &format!(
                     "{cmd} is not answered on postgres:// yet (docs/backends.md lists what is)"
                 ),
             )),
         }
-    }
-
-    async fn put(&mut self, cmd: &str, a: &mut Args<'_>) -> Result<Value, Error> {
-        let p = Put::parse(cmd, a)?;
-        let (delay, dedup_ms) = (p.delay_ms as i64, p.dedup_ms as i64);
-        let rows = self
-            .db
-            .query(
-                "SELECT ferry.put($1, $2, $3, $4, $5, $6, $7)",
-                &[
-                    &p.queue,
-                    &p.payloads,
-                    &p.key,
-                    &delay,
-                    &p.keytype,
-                    &p.dedup,
-                    &dedup_ms,
-                ],
-            )
-            .await
-            .map_err(db_error)?;
-        let mut ids: Vec<Value> = rows.iter().map(|r| Value::Int(r.get(0))).collect();
-        Ok(if cmd == "QPUT" && ids.len() == 1 {
-            ids.remove(0)
-        } else {
-            Value::Array(ids)
-        })
-    }
-
-    /// One try of a get: its entries, if any.
-    async fn try_get(&self, q: &str, g: &Get) -> Result<Option<Value>, Error> {
-        let n = i32::try_from(g.count).unwrap_or(i32::MAX);
-        let lease = g.lease_ms as i64;
-        let rows = self
-            .db
-            .query(
-                "SELECT id, payload, attempts FROM ferry.get($1, $2, $3, $4, $5)",
-                &[&q, &n, &g.mode, &self.holder, &lease],
-            )
-            .await
-            .map_err(db_error)?;
-        if rows.is_empty() {
-            return Ok(None);
-        }
-        let queue = Value::Bulk(q.as_bytes().to_vec().into());
-        Ok(Some(Value::Array(
-            rows.iter()
-                .map(|r| {
-                    Value::Array(vec![
-                        queue.clone(),
-                        Value::Int(r.get(0)),
-                        Value::Bulk(r.get::<_, Vec<u8>>(1).into()),
-                        Value::Int(i64::from(r.get::<_, i32>(2))),
-                    ])
-                })
-                .collect(),
-        )))
-    }
-
-    async fn get(
-        &mut self,
-        a: &mut Args<'_>,
-        cancel: impl std::future::Future<Output = ()>,
-    ) -> Result<(Value, bool), Error> {
-        let g = Get::parse(a, self.target.lease)?;
-        let [q] = g.queues.as_slice() else {
-            return Err(server(
-                "ERR",
-                "QGET of several queues (OR) is not answered on postgres:// yet",
-            ));
-        };
-        let q = q.clone();
-        let (found, cancelled) = self.wait_for(&q, g.wait, cancel, Want::Got(&g)).await?;
-        Ok((found.unwrap_or(Value::Nil), cancelled))
-    }
-
-    async fn join(
-        &mut self,
-        q: &str,
-        wait: Option<Duration>,
-        cancel: impl std::future::Future<Output = ()>,
-    ) -> Result<(Value, bool), Error> {
-        let (joined, cancelled) = self.wait_for(q, wait, cancel, Want::Joined).await?;
-        Ok((joined.unwrap_or(Value::Nil), cancelled))
-    }
-
-    /// One try at what a wait wants: its reply once it has it.
-    async fn attempt(&self, q: &str, want: &Want<'_>) -> Result<Option<Value>, Error> {
-        match want {
-            Want::Got(g) => self.try_get(q, g).await,
-            Want::Joined => {
-                let row = self
-                    .db
-                    .query_one("SELECT unfinished FROM ferry.info($1)", &[&q])
-                    .await
-                    .map_err(db_error)?;
-                Ok((row.get::<_, i64>(0) == 0).then(|| Value::Simple("OK".into())))
-            }
-        }
-    }
-
-    /// Tries until it has what it wants, `wait` passes (`None`: never,
-    /// zero: one try) or `cancel` resolves (then true): listening on `q`'s
-    /// channel before each try, so that a change committed after the try
-    /// wakes it.
-    async fn wait_for(
-        &mut self,
-        q: &str,
-        wait: Option<Duration>,
-        cancel: impl std::future::Future<Output = ()>,
-        want: Want<'_>,
-    ) -> Result<(Option<Value>, bool), Error> {
-        let deadline = wait.map(|w| Instant::now() + w);
-        tokio::pin!(cancel);
-        loop {
-            let may_wait = deadline.is_none_or(|d| d > Instant::now());
-            let mut woken = match (may_wait, &mut self.listener) {
-                (false, _) => None,
-                (true, Some(l)) if l.alive() => Some(l.listen(q).await?),
-                (true, _) => {
-                    let mut l = Listener::open(&self.target).await?;
-                    let w = l.listen(q).await?;
-                    self.listener = Some(l);
-                    Some(w)
-                }
-            };
-            if let Some(reply) = self.attempt(q, &want).await? {
-                return Ok((Some(reply), false));
-            }
-            let Some(woken) = woken.as_mut() else {
-                return Ok((None, false));
-            };
-            let row = self
-                .db
-                .query_one("SELECT ferry.next_change_ms($1)", &[&q])
-                .await
-                .map_err(db_error)?;
-            let mut nap = row
-                .get::<_, Option<i64>>(0)
-                .map_or(NAP, |ms| Duration::from_millis(ms.max(1) as u64))
-                .min(NAP);
-            if let Some(d) = deadline {
-                nap = nap.min(d.saturating_duration_since(Instant::now()));
-            }
-            tokio::select! {
-                _ = woken.changed() => {}
-                _ = tokio::time::sleep(nap) => {}
-                _ = &mut cancel => return Ok((None, true)),
-            }
-        }
-    }
-
-    async fn info(&self, q: &str) -> Result<Value, Error> {
-        let kind = self
-            .db
-            .query_opt("SELECT kind FROM ferry.queues WHERE name = $1", &[&q])
-            .await
-            .map_err(db_error)?
-            .ok_or_else(|| server("NOQUEUE", &format!("no queue {q}")))?
-            .get::<_, String>(0);
-        let row = self
-            .db
-            .query_one("SELECT * FROM ferry.info($1)", &[&q])
-            .await
-            .map_err(db_error)?;
-        let field = |name: &str, v: Value| (Value::Bulk(name.as_bytes().to_vec().into()), v);
-        let (qsize, unfinished) = (row.get::<_, i64>(0), row.get::<_, i64>(1));
-        Ok(Value::Map(vec![
-            field("name", Value::Bulk(q.as_bytes().to_vec().into())),
-            field("kind", Value::Bulk(kind.into_bytes().into())),
-            field("maxsize", Value::Int(0)),
-            field("qsize", Value::Int(qsize)),
-            field("unfinished", Value::Int(unfinished)),
-            field("leased", Value::Int(row.get(2))),
-            field("taken", Value::Int(row.get(3))),
-            field("delayed", Value::Int(row.get(4))),
-            field("full", Value::Bool(false)),
-            field("empty", Value::Bool(qsize == 0)),
-            field("shutdown", Value::Bulk(b"no".to_vec().into())),
-        ]))
     }
 }

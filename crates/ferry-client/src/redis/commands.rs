@@ -81,28 +81,7 @@ impl RedisLink {
                 } else {
                     vec![b"config".to_vec()]
                 };
-                while let Some(opt) = a.next() {
-                    let field = if is(opt, "MAXSIZE") {
-                        "maxsize"
-                    } else if is(opt, "KIND") && cmd == "QCREATE" {
-                        "kind"
-                    } else if is(opt, "LEASE") {
-                        "lease_timeout"
-                    } else if is(opt, "MAXATTEMPTS") {
-                        "max_attempts"
-                    } else if is(opt, "DEADLETTER") {
-                        "dead_letter"
-                    } else if is(opt, "EXPIRE") {
-                        "expire"
-                    } else {
-                        return Err(unknown(opt, &cmd));
-                    };
-                    let value = a.require(field)?.to_vec();
-                    if field == "kind"
-                        && !matches!(value.as_slice(), b"fifo" | b"lifo" | b"priority")
-                    {
-                        return Err(server("ERR", "KIND is fifo, lifo or priority"));
-                    }
+                for (field, value) in crate::request::settings(&cmd, &mut a)? {
                     sargs.push(field.as_bytes().to_vec());
                     sargs.push(value);
                 }
