@@ -35,7 +35,7 @@ use tokio_postgres::NoTls;
 
 use self::listen::Listener;
 use crate::Error;
-use crate::request::{Args, error_value, server};
+use crate::request::{Args, error_value, is, server};
 
 /// The schema this client installs and speaks. While the engine is built
 /// (issue 28) a change of the schema takes a new version and no
@@ -126,22 +126,17 @@ pub(crate) struct PgLink {
     /// Who holds what this client gets.
     holder: String,
     listener: Option<Listener>,
-    heartbeat: tokio::task::JoinHandle<()>,
+    /// This client's number (CLIENT ID's answer here).
+    id: u64,
     pub(crate) max_payload: Option<usize>,
 }
 
 impl Drop for PgLink {
     fn drop(&mut self) {
-        self.heartbeat.abort();
-        // What it holds goes back at once, on the PostgreSQL thread (a
-        // blocking client's runtime goes with it); if that fails, its
-        // heartbeat runs out instead.
-        if let Ok(rt) = background::handle() {
-            let (db, holder) = (self.db.clone(), self.holder.clone());
-            rt.spawn(async move {
-                let _ = db.execute("SELECT ferry.release($1)", &[&holder]).await;
-            });
-        }
+        // With its holder's last client, what it holds goes back at once
+        // (on the PostgreSQL thread: a blocking client's runtime goes with
+        // it); if that fails, its heartbeat runs out instead.
+        background::detach(&self.target, &self.holder);
     }
 }
 
@@ -234,6 +229,15 @@ async fn ensure_schema(db: &mut tokio_postgres::Client) -> Result<(), Error> {
     tx.commit().await.map_err(db_error)
 }
 
+/// `holder` alive for a lease from now, and one more client of it.
+async fn live(db: &tokio_postgres::Client, target: &Target, holder: &str) -> Result<(), Error> {
+    db.execute("SELECT ferry.renew($1, $2)", &[&holder, &ms(target.lease)])
+        .await
+        .map_err(db_error)?;
+    background::attach(target, holder)?;
+    Ok(())
+}
+
 fn ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
@@ -242,36 +246,18 @@ impl PgLink {
     pub(crate) async fn open(target: &Target, holder: Option<&str>) -> Result<Box<PgLink>, Error> {
         let mut db = connect(target).await?;
         ensure_schema(&mut db).await?;
-        let holder = holder.map_or_else(
-            || crate::holder_token(NEXT_ID.fetch_add(1, Ordering::Relaxed)),
-            str::to_string,
-        );
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        let holder = holder.map_or_else(|| crate::holder_token(id), str::to_string);
         let db = Arc::new(db);
-        // Alive before it holds anything, then every third of the lease.
-        let lease = ms(target.lease);
-        db.execute("SELECT ferry.renew($1, $2)", &[&holder, &lease])
-            .await
-            .map_err(db_error)?;
-        let heartbeat = {
-            let (db, holder, every) = (Arc::downgrade(&db), holder.clone(), target.lease / 3);
-            background::handle()?.spawn(async move {
-                let mut tick = tokio::time::interval(every);
-                tick.tick().await;
-                loop {
-                    tick.tick().await;
-                    let Some(db) = db.upgrade() else { return };
-                    let _ = db
-                        .execute("SELECT ferry.renew($1, $2)", &[&holder, &lease])
-                        .await;
-                }
-            })
-        };
+        // Alive before it holds anything; then renewed by the process's
+        // heartbeat while any of its clients lives.
+        live(&db, target, &holder).await?;
         Ok(Box::new(PgLink {
             target: target.clone(),
             db,
             holder,
             listener: None,
-            heartbeat,
+            id,
             // bytea's limit.
             max_payload: Some((1 << 30) - 1),
         }))
@@ -306,12 +292,8 @@ impl PgLink {
         cancel: impl std::future::Future<Output = ()>,
     ) -> Result<(Value, bool), Error> {
         let (cmd, mut a) = Args::command(args)?;
-        if cmd == "PING" {
-            let reply = match a.next() {
-                Some(m) => Value::Bulk(m.to_vec().into()),
-                None => Value::Simple("PONG".into()),
-            };
-            return Ok((reply, false));
+        if let Some(reply) = self.connection_command(&cmd, &mut a).await {
+            return reply.map(|v| (v, false));
         }
         match self.queue_command(&cmd, &mut a, cancel).await {
             Some(r) => r,
@@ -322,5 +304,86 @@ impl PgLink {
                 ),
             )),
         }
+    }
+
+    /// The commands about the connection rather than a queue, answered as
+    /// the broker (and the Redis engine) answer them; `None` for others.
+    async fn connection_command(
+        &mut self,
+        cmd: &str,
+        a: &mut Args<'_>,
+    ) -> Option<Result<Value, Error>> {
+        let ok = || Value::Simple("OK".into());
+        Some(Ok(match cmd {
+            "PING" => match a.next() {
+                Some(m) => Value::Bulk(m.to_vec().into()),
+                None => Value::Simple("PONG".into()),
+            },
+            "ECHO" => match a.require("message") {
+                Ok(m) => Value::Bulk(m.to_vec().into()),
+                Err(e) => return Some(Err(e)),
+            },
+            "SELECT" | "AUTH" => ok(),
+            "CLIENT" => match a.next() {
+                Some(sub) if is(sub, "ID") => Value::Int(self.id as i64),
+                Some(sub) if is(sub, "HOLDER") => {
+                    return Some(match a.require("token") {
+                        Ok(token) => self.set_holder(token).await.map(|()| ok()),
+                        Err(e) => Err(e),
+                    });
+                }
+                // Waits here end from the waiting side (cancel).
+                Some(sub) if is(sub, "UNBLOCK") => Value::Int(0),
+                _ => ok(),
+            },
+            "CONFIG" => Value::Array(vec![
+                Value::Bulk(b"proto-max-bulk-len".to_vec().into()),
+                Value::Bulk(
+                    self.max_payload
+                        .unwrap_or(1 << 30)
+                        .to_string()
+                        .into_bytes()
+                        .into(),
+                ),
+            ]),
+            "INFO" => return Some(self.info_text().await),
+            _ => return None,
+        }))
+    }
+
+    /// CLIENT HOLDER: this client's gets are held by `token`, shared with
+    /// the other clients that name it (a process's connections).
+    async fn set_holder(&mut self, token: &[u8]) -> Result<(), Error> {
+        let token = std::str::from_utf8(token).map_err(|_| server("ERR", "bad token"))?;
+        if token.len() < 16 {
+            return Err(server(
+                "ERR",
+                "a holder token must be at least 16 bytes (an unguessable one)",
+            ));
+        }
+        live(&self.db, &self.target, token).await?;
+        background::detach(&self.target, &self.holder);
+        self.holder = token.to_string();
+        Ok(())
+    }
+
+    /// INFO's text: the engine, its queues and its server.
+    async fn info_text(&self) -> Result<Value, Error> {
+        let row = self
+            .db
+            .query_one(
+                "SELECT (SELECT count(*) FROM ferry.queues), current_setting('server_version')",
+                &[],
+            )
+            .await
+            .map_err(db_error)?;
+        let (queues, version) = (row.get::<_, i64>(0), row.get::<_, String>(1));
+        Ok(Value::Bulk(
+            format!(
+                "# ferry\r\nbackend:postgres\r\nqueues:{queues}\r\npostgres_version:{version}\r\n"
+            )
+            .into_bytes()
+            .into(),
+        ))
     }
 }
