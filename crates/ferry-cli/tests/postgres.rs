@@ -410,3 +410,45 @@ fn a_shut_down_queue_refuses_puts_and_drains() {
         Value::Simple("OK".into())
     );
 }
+
+#[test]
+fn a_holder_shared_by_clients_lives_while_one_of_them_does() {
+    let pg = PgServer::start();
+    let url = pg.url("");
+    let token = b"a-process-token-of-32-bytes-long";
+    let (mut a, mut b) = (
+        Client::connect(&url).unwrap(),
+        Client::connect(&url).unwrap(),
+    );
+    for c in [&mut a, &mut b] {
+        ok(c.call(&[b"CLIENT", b"HOLDER", token]));
+    }
+    let e = b.call(&[b"CLIENT", b"HOLDER", b"short"]).unwrap_err();
+    assert!(e.to_string().contains("at least 16 bytes"), "{e}");
+    a.call(&[b"QPUTMANY", b"h", b"PAYLOADS", b"1", b"2"])
+        .unwrap();
+    let got = entries(a.call(&[b"QGET", b"h", b"COUNT", b"2"]).unwrap());
+    let first = got[0].0.to_string();
+    assert_eq!(
+        int(b.call(&[b"QDONE", b"h", first.as_bytes()])),
+        1,
+        "the holder's"
+    );
+    // `a` goes: `b` still holds for their holder.
+    drop(a);
+    let mut c = Client::connect(&url).unwrap();
+    assert_eq!(c.call(&[b"QGET", b"h", b"NOWAIT"]).unwrap(), Value::Nil);
+    assert_eq!(info(&mut c, "h", "leased"), 1);
+    // With `b`, the holder's last client, it comes back.
+    drop(b);
+    let e = entries(c.call(&[b"QGET", b"h", b"TIMEOUT", b"30000"]).unwrap());
+    assert_eq!((e[0].1.as_slice(), e[0].2), (b"2".as_slice(), 1));
+    let text = match c.call(&[b"INFO"]).unwrap() {
+        Value::Bulk(t) => String::from_utf8_lossy(&t).into_owned(),
+        other => panic!("{other:?}"),
+    };
+    assert!(
+        text.contains("backend:postgres") && text.contains("queues:1"),
+        "{text}"
+    );
+}
