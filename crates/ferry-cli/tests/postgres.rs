@@ -163,10 +163,10 @@ fn puts_and_gets_keep_the_queue_s_order_and_counts() {
     );
     assert_eq!(int(c.call(&[b"QDONE", b"jobs", cid.as_bytes()])), 1);
     // What this step does not answer yet is refused by name.
-    let e = c.call(&[b"LOCK", b"l", b"NOWAIT"]).unwrap_err();
+    let e = c.call(&[b"SEMACQUIRE", b"s", b"NOWAIT"]).unwrap_err();
     assert!(
         e.to_string()
-            .contains("LOCK is not answered on postgres://"),
+            .contains("SEMACQUIRE is not answered on postgres://"),
         "{e}"
     );
     assert_eq!(int(c.call(&[b"QDROP", b"jobs"])), 1);
@@ -175,7 +175,8 @@ fn puts_and_gets_keep_the_queue_s_order_and_counts() {
 
 /// `url` for a client named `app` (its sessions' application_name).
 fn named(url: &str, app: &str) -> String {
-    format!("{url}?application_name={app}")
+    let join = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{join}application_name={app}")
 }
 
 /// Whether the client named `app` listens (a waiter listens before its
@@ -451,4 +452,55 @@ fn a_holder_shared_by_clients_lives_while_one_of_them_does() {
         text.contains("backend:postgres") && text.contains("queues:1"),
         "{text}"
     );
+}
+
+#[test]
+fn locks_fence_wait_and_go_with_their_holder() {
+    let pg = PgServer::start();
+    let (url, plain) = (pg.url("lease=500"), pg.url(""));
+    let (mut a, mut b) = (
+        Client::connect(&url).unwrap(),
+        Client::connect(&url).unwrap(),
+    );
+    let t1 = int(a.call(&[b"LOCK", b"L", b"NOWAIT"]));
+    assert_eq!(b.call(&[b"LOCK", b"L", b"NOWAIT"]).unwrap(), Value::Nil);
+    assert_eq!(
+        int(b.call(&[b"LOCKED", b"L", t1.to_string().as_bytes()])),
+        1
+    );
+    // A waiter gets it when it is released (from any client), with a
+    // larger token.
+    let mut w = Client::connect(&named(&url, "waiter")).unwrap();
+    let waiting = thread::spawn(move || int(w.call(&[b"LOCK", b"L", b"TIMEOUT", b"0"])));
+    common::wait_until("the waiter listening", || listening(&plain, "waiter"));
+    assert_eq!(
+        int(b.call(&[b"UNLOCK", b"L", t1.to_string().as_bytes()])),
+        1
+    );
+    let t2 = waiting.join().unwrap();
+    assert!(t2 > t1, "fencing tokens grow");
+    assert_eq!(
+        int(b.call(&[b"LOCKED", b"L", t1.to_string().as_bytes()])),
+        0
+    );
+    // The waiter's client went with its thread: the lock with it.
+    let t3 = int(a.call(&[b"LOCK", b"L", b"TIMEOUT", b"30000"]));
+    assert!(t3 > t2);
+    // A TTL frees it without its holder.
+    int(b.call(&[b"LOCK", b"T", b"TTL", b"1"]));
+    let t = int(a.call(&[b"LOCK", b"T", b"TIMEOUT", b"30000"]));
+    assert!(t > t3);
+    // A `ferry lock` killed with SIGKILL: free once its heartbeat is
+    // overdue.
+    let mut holder = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["lock", "K", "--url", &url, "--", "sleep", "600"])
+        .spawn()
+        .unwrap();
+    common::wait_until("the command's lock", || {
+        psql(&plain, "SELECT count(*) FROM ferry.locks WHERE name = 'K'") == "1"
+    });
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    assert!(int(b.call(&[b"LOCK", b"K", b"TIMEOUT", b"30000"])) > t);
+    let _ = Command::new("pkill").args(["-f", "sleep 600"]).status();
 }

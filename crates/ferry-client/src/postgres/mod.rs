@@ -4,7 +4,8 @@
 //! LOCKED`, waits on LISTEN/NOTIFY.
 //!
 //! Built in steps (issue 28); what this step answers is the queue's
-//! commands (queue.rs, queue.sql) and PING. Any other command is refused
+//! commands (queue.rs, queue.sql), locks (lock.rs, lock.sql) and the
+//! connection's (CLIENT, INFO, PING). Any other command is refused
 //! with an error that names it — never answered half. docs/backends.md
 //! keeps the list.
 //!
@@ -24,6 +25,7 @@
 
 pub(crate) mod background;
 mod listen;
+mod lock;
 mod queue;
 
 use std::sync::Arc;
@@ -41,8 +43,12 @@ use crate::request::{Args, error_value, is, server};
 /// (issue 28) a change of the schema takes a new version and no
 /// migration: a database an earlier build made is refused with a clear
 /// error (drop its `ferry` schema to start afresh).
-const SCHEMA_VERSION: i32 = 2;
-const SCHEMA: &str = concat!(include_str!("schema.sql"), include_str!("queue.sql"));
+const SCHEMA_VERSION: i32 = 3;
+const SCHEMA: &str = concat!(
+    include_str!("schema.sql"),
+    include_str!("queue.sql"),
+    include_str!("lock.sql")
+);
 
 /// The default heartbeat (`?lease`), as on Redis.
 const DEFAULT_LEASE: Duration = Duration::from_secs(5);
@@ -145,6 +151,13 @@ impl Drop for PgLink {
 fn db_error(e: tokio_postgres::Error) -> Error {
     if let Some(db) = e.as_db_error() {
         let msg = db.message();
+        // Connection exceptions (08) and a server that shuts down or
+        // starts (57P): the connection is lost or unusable; the client
+        // reconnects.
+        let class = db.code().code();
+        if class.starts_with("08") || class.starts_with("57P") {
+            return Error::Io(std::io::Error::other(format!("PostgreSQL: {msg}")));
+        }
         if db.code() == &tokio_postgres::error::SqlState::RAISE_EXCEPTION
             && let Some((code, rest)) = msg.split_once(' ')
             && code.bytes().all(|b| b.is_ascii_uppercase())
@@ -294,6 +307,9 @@ impl PgLink {
         let (cmd, mut a) = Args::command(args)?;
         if let Some(reply) = self.connection_command(&cmd, &mut a).await {
             return reply.map(|v| (v, false));
+        }
+        if matches!(cmd.as_str(), "LOCK" | "UNLOCK" | "LOCKED") {
+            return self.lock_command(&cmd, &mut a, cancel).await;
         }
         match self.queue_command(&cmd, &mut a, cancel).await {
             Some(r) => r,

@@ -21,6 +21,8 @@ pub(super) enum Want<'a> {
     Got(&'a Get),
     /// Nothing unfinished (QJOIN).
     Joined,
+    /// A lock's grant (its TTL in ms, 0: none).
+    Lock(&'a str, i64),
 }
 
 /// One try's outcome.
@@ -325,6 +327,25 @@ impl PgLink {
                     return Err(Error::ShutDown);
                 }
                 Ok(Step::Later(next))
+            }
+            Want::Lock(name, ttl) => {
+                let row = self
+                    .db
+                    .query_one("SELECT ferry.lock($1, $2, $3)", &[name, &self.holder, ttl])
+                    .await
+                    .map_err(db_error)?;
+                if let Some(token) = row.get::<_, Option<i64>>(0) {
+                    return Ok(Step::Done(Value::Int(token)));
+                }
+                let row = self
+                    .db
+                    .query_one("SELECT ferry.lock_next_ms($1)", &[name])
+                    .await
+                    .map_err(db_error)?;
+                let next = row.get::<_, Option<i64>>(0);
+                Ok(Step::Later(
+                    next.map(|ms| Duration::from_millis(ms.max(1) as u64)),
+                ))
             }
             Want::Joined => {
                 let row = self

@@ -438,6 +438,7 @@ BEGIN
         PERFORM ferry.bury(q);
         PERFORM ferry.wake(q);
     END LOOP;
+    PERFORM ferry.release_locks(who);
     DELETE FROM ferry.holders WHERE holder = who;
 END $$;
 

@@ -88,3 +88,15 @@ CREATE TABLE ferry.holders (
     alive_until timestamptz NOT NULL
 );
 CREATE INDEX holders_alive ON ferry.holders (alive_until);
+
+-- Locks (LOCK, UNLOCK, LOCKED): one row per held lock. A lock without a
+-- TTL lives with its holder's heartbeat; tokens come from one sequence,
+-- so each grant's is larger than any before.
+CREATE SEQUENCE ferry.tokens;
+CREATE TABLE ferry.locks (
+    name text PRIMARY KEY,
+    holder text NOT NULL,
+    token bigint NOT NULL,
+    until timestamptz
+);
+CREATE INDEX locks_holder ON ferry.locks (holder);

@@ -1,0 +1,67 @@
+-- Locks on PostgreSQL (after schema.sql and queue.sql): LOCK, UNLOCK,
+-- LOCKED. A lock's waiters listen on the channel of 'lock:' || name.
+
+-- A lock whose TTL ran out, or whose holder's heartbeat is overdue, is
+-- free.
+CREATE FUNCTION ferry.lock_expire(lname text) RETURNS void
+LANGUAGE sql AS $$
+    DELETE FROM ferry.locks l
+    WHERE l.name = lname AND (l.until <= now() OR EXISTS (
+        SELECT 1 FROM ferry.holders h WHERE h.holder = l.holder AND h.alive_until <= now()))
+$$;
+
+-- LOCK, one try: the grant's fencing token, or null if it is held.
+CREATE FUNCTION ferry.lock(lname text, who text, ttl_ms bigint) RETURNS bigint
+LANGUAGE plpgsql AS $$
+DECLARE
+    t bigint;
+BEGIN
+    PERFORM ferry.lock_expire(lname);
+    INSERT INTO ferry.locks (name, holder, token, until)
+    VALUES (lname, who, nextval('ferry.tokens'),
+            CASE WHEN ttl_ms > 0 THEN now() + ferry.ms(ttl_ms) END)
+    ON CONFLICT (name) DO NOTHING
+    RETURNING token INTO t;
+    RETURN t;
+END $$;
+
+-- Milliseconds until the lock may be free by time alone (its TTL, its
+-- holder's heartbeat); null if it is free or nothing will free it.
+CREATE FUNCTION ferry.lock_next_ms(lname text) RETURNS bigint
+LANGUAGE sql STABLE AS $$
+    SELECT greatest(0, ceil(extract(epoch FROM (least(l.until, h.alive_until) - now())) * 1000))::bigint
+    FROM ferry.locks l LEFT JOIN ferry.holders h ON h.holder = l.holder
+    WHERE l.name = lname
+$$;
+
+-- UNLOCK: 1 if `t` was the grant (from any client), else 0.
+CREATE FUNCTION ferry.unlock(lname text, t bigint) RETURNS int
+LANGUAGE plpgsql AS $$
+BEGIN
+    DELETE FROM ferry.locks l WHERE l.name = lname AND l.token = t;
+    IF NOT FOUND THEN
+        RETURN 0;
+    END IF;
+    PERFORM ferry.wake('lock:' || lname);
+    RETURN 1;
+END $$;
+
+-- LOCKED: whether `t` is still the grant.
+CREATE FUNCTION ferry.locked(lname text, t bigint) RETURNS int
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM ferry.lock_expire(lname);
+    RETURN CASE WHEN EXISTS (SELECT 1 FROM ferry.locks l WHERE l.name = lname AND l.token = t)
+                THEN 1 ELSE 0 END;
+END $$;
+
+-- A holder's locks go with it (ferry.release calls this).
+CREATE FUNCTION ferry.release_locks(who text) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    lname text;
+BEGIN
+    FOR lname IN DELETE FROM ferry.locks l WHERE l.holder = who RETURNING l.name LOOP
+        PERFORM ferry.wake('lock:' || lname);
+    END LOOP;
+END $$;
