@@ -39,6 +39,10 @@ start)
     python3 -c 'import secrets; print(secrets.token_hex(16))' >"$dir/password"
     [ "$(id -u)" = 0 ] && chown -R nobody "$dir"
     chmod 700 "$dir"
+    if ! as_owner test -w "$dir"; then
+        echo "postgres.sh: $dir is out of reach of the user nobody (a parent directory is private): pick one under /tmp" >&2
+        exit 1
+    fi
     as_owner "$bin/initdb" -D "$dir/data" -U ferry --pwfile="$dir/password" \
         --auth=scram-sha-256 -E UTF8 --locale=C.UTF-8 >"$dir/initdb.log"
     as_owner "$bin/pg_ctl" -D "$dir/data" -l "$dir/log" -w -t 60 \

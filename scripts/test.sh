@@ -41,9 +41,10 @@ if [ ! -x .venv/bin/python ]; then
 fi
 # redis: the asyncio benchmark's peer (redis.asyncio); uvloop: ferry.aio runs on it;
 # prometheus_client parses /metrics; playwright drives Debian's chromium
-# (its executable path: no browser download) and pillow reads its screenshot.
+# (its executable path: no browser download) and pillow reads its screenshot;
+# psycopg 3 and psycopg2 carry puts inside a caller's PostgreSQL transaction.
 .venv/bin/pip install -q --disable-pip-version-check maturin pytest pytest-timeout matplotlib redis uvloop \
-    prometheus_client playwright pillow
+    prometheus_client playwright pillow "psycopg[binary]" psycopg2-binary
 cargo build -q -p ferry-cli
 (cd python && ../.venv/bin/maturin develop -q && ../.venv/bin/python -m pytest -p no:cacheprovider)
 stage "the wheel"

@@ -230,7 +230,17 @@ class Queue:
         if self._closed:
             raise ValueError(f"Queue {self!r} is closed")
 
-    def put(self, item, block: bool = True, timeout: float | None = None) -> None:
+    def put(self, item, block: bool = True, timeout: float | None = None, *, using=None) -> None:
+        """queue.Queue.put. On a postgres:// queue, `using=` a DB-API
+        connection (psycopg 3 or psycopg2) puts the item inside that
+        connection's open transaction: consumers see it if and when the
+        transaction commits; a rollback (or a crash before the commit)
+        leaves nothing. Such a put never waits: a full queue raises
+        queue.Full at once (a bounded queue's put lock would be held
+        while it waited)."""
+        if using is not None:
+            self._put_using(using, [item])
+            return
         self._check_closed()
         _check_timeout(block, timeout)
         key = self._key(item)
@@ -249,6 +259,32 @@ class Queue:
             return
         self._sync()  # after the puts written behind before it
         self._handle.conn().put(self._name, payload, bool(block), timeout, *key)
+
+    def _put_using(self, conn, items: list) -> None:
+        """The put of `items` through the caller's DB-API connection, in
+        its transaction: the same SQL function a ferry client calls
+        (ferry.put), so the queue's order, bound and wake-ups hold."""
+        self._check_closed()
+        if not self._handle._url.startswith(("postgres://", "postgresql://")):
+            raise ValueError("put(..., using=) needs a queue on a postgres:// URL")
+        # One put of every payload (priority queues: one per item, each
+        # with its own order key).
+        if self._kind == "priority":
+            batches = [(*(k or b"" for k in self._key(item)), [self._dumps(item)]) for item in items]
+        else:
+            batches = [(b"", b"", [self._dumps(item) for item in items])]
+        cur = conn.cursor()
+        try:
+            for key, keytype, payloads in batches:
+                cur.execute(
+                    "SELECT count(*) FROM ferry.put(%s, %s::bytea[], %s::bytea, 0, %s::bytea, NULL, 0)",
+                    (self._name, payloads, key, keytype),
+                )
+                row = cur.fetchone()
+                if row is None or row[0] == 0:
+                    raise _stdlib_queue.Full
+        finally:
+            cur.close()
 
     def put_nowait(self, item) -> None:
         self.put(item, block=False)
@@ -490,13 +526,17 @@ class Queue:
         if self._box[0] is not None:
             self._box[0].wait_at_exit = False
 
-    def put_many(self, items) -> None:
+    def put_many(self, items, *, using=None) -> None:
         """Puts all the items in one call, all or nothing, waiting for room
         for all of them. (Priority queues put them one by one, each with its
-        own order key.)"""
+        own order key.) `using=`: inside a DB-API connection's transaction,
+        as put()'s."""
         self._check_closed()
         items = list(items)
         if not items:
+            return
+        if using is not None:
+            self._put_using(using, items)
             return
         self._sync()
         if self._kind == "priority":
