@@ -4,6 +4,8 @@
 #
 #   scripts/postgres.sh start DIR [PORT]   # prints the postgres:// URL
 #   scripts/postgres.sh stop DIR           # stops it by PID
+#   scripts/postgres.sh kill DIR           # kill -9 of the server (a crash)
+#   scripts/postgres.sh restart DIR        # starts it again, same port and data
 #
 # `start` runs initdb into DIR/data (as the user `nobody` when run as
 # root: PostgreSQL refuses root), with a user `ferry` whose password is
@@ -29,6 +31,14 @@ as_owner() {
     fi
 }
 
+# Starts the server of DIR on the port it was made with; waits until it
+# takes connections (after a crash: once its recovery is done).
+run() {
+    as_owner "$bin/pg_ctl" -D "$dir/data" -l "$dir/log" -w -t 120 \
+        -o "-c listen_addresses=127.0.0.1 -p $(cat "$dir/port") -c unix_socket_directories=$dir -c max_connections=200" \
+        start >/dev/null
+}
+
 case "$cmd" in
 start)
     if [ -z "$port" ]; then
@@ -45,11 +55,21 @@ start)
     fi
     as_owner "$bin/initdb" -D "$dir/data" -U ferry --pwfile="$dir/password" \
         --auth=scram-sha-256 -E UTF8 --locale=C.UTF-8 >"$dir/initdb.log"
-    as_owner "$bin/pg_ctl" -D "$dir/data" -l "$dir/log" -w -t 60 \
-        -o "-c listen_addresses=127.0.0.1 -p $port -c unix_socket_directories=$dir -c max_connections=200" \
-        start >/dev/null
+    echo "$port" >"$dir/port"
+    run
     as_owner env PGPASSWORD="$(cat "$dir/password")" "$bin/createdb" -h "$dir" -p "$port" -U ferry ferry
     echo "postgres://ferry:$(cat "$dir/password")@127.0.0.1:$port/ferry"
+    ;;
+kill)
+    pid=$(head -1 "$dir/data/postmaster.pid")
+    kill -KILL "$pid"
+    for _ in $(seq 1000); do kill -0 "$pid" 2>/dev/null || break; sleep 0.01; done
+    ;;
+restart)
+    # Its backends die with a killed server as they notice it gone; until
+    # then its shared memory is in use and a start is refused: tried again.
+    for _ in $(seq 100); do run 2>/dev/null && exit 0; sleep 0.1; done
+    run
     ;;
 stop)
     if [ -f "$dir/data/postmaster.pid" ]; then
@@ -59,7 +79,7 @@ stop)
     fi
     ;;
 *)
-    echo "postgres.sh: start or stop" >&2
+    echo "postgres.sh: start, stop, kill or restart" >&2
     exit 2
     ;;
 esac

@@ -504,3 +504,68 @@ fn locks_fence_wait_and_go_with_their_holder() {
     assert!(int(b.call(&[b"LOCK", b"K", b"TIMEOUT", b"30000"])) > t);
     let _ = Command::new("pkill").args(["-f", "sleep 600"]).status();
 }
+
+/// kill -9 of the PostgreSQL server under two producers, then a restart
+/// (its crash recovery, default `synchronous_commit`): every put that was
+/// acknowledged is there once — the producers reconnect and send again
+/// what was in flight, its DEDUP key making it go in once.
+#[test]
+fn a_kill_9_of_the_server_under_load_loses_no_acknowledged_put() {
+    const PER_PRODUCER: usize = 1500;
+    let pg = PgServer::start();
+    let url = pg.url("");
+    let producers: Vec<_> = (0..2)
+        .map(|p| {
+            let url = url.clone();
+            thread::spawn(move || {
+                let mut c = Client::connect(&url).unwrap();
+                let mut acked = Vec::new();
+                for i in 0..PER_PRODUCER {
+                    let payload = format!("{p}-{i}");
+                    match c.put("load", payload.as_bytes()) {
+                        Ok(_) => acked.push(payload),
+                        Err(e) => panic!("put {payload} failed across the crash: {e}"),
+                    }
+                }
+                acked
+            })
+        })
+        .collect();
+    let mut probe = Client::connect(&url).unwrap();
+    common::wait_until("puts under way", || {
+        int(probe.call(&[b"QLEN", b"load"])) >= 300
+    });
+    drop(probe);
+    pg.kill9();
+    pg.restart();
+    let acked: Vec<String> = producers
+        .into_iter()
+        .flat_map(|p| p.join().unwrap())
+        .collect();
+    let mut c = Client::connect(&url).unwrap();
+    let mut seen = std::collections::HashMap::<Vec<u8>, usize>::new();
+    loop {
+        match c
+            .call(&[b"QGET", b"load", b"COUNT", b"500", b"NOACK", b"NOWAIT"])
+            .unwrap()
+        {
+            Value::Nil => break,
+            v => {
+                for (_, p, _) in entries(v) {
+                    *seen.entry(p).or_default() += 1;
+                }
+            }
+        }
+    }
+    let lost = acked
+        .iter()
+        .filter(|p| !seen.contains_key(p.as_bytes()))
+        .count();
+    let duplicated: usize = seen.values().map(|n| n - 1).sum();
+    eprintln!(
+        "acknowledged {}, delivered {}, lost {lost}, duplicated {duplicated}",
+        acked.len(),
+        seen.values().sum::<usize>()
+    );
+    assert_eq!((acked.len(), lost, duplicated), (2 * PER_PRODUCER, 0, 0));
+}

@@ -28,6 +28,32 @@ impl PgServer {
         PgServer { dir, url }
     }
 
+    /// kill -9 of the server (a crash: its clients' connections go).
+    pub fn kill9(&self) {
+        self.script("kill");
+    }
+
+    /// Starts it again after [`PgServer::kill9`]: same port, same data,
+    /// once its recovery is done.
+    pub fn restart(&self) {
+        self.script("restart");
+    }
+
+    fn script(&self, verb: &str) {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/postgres.sh");
+        let out = Command::new("bash")
+            .arg(&script)
+            .arg(verb)
+            .arg(self.dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "scripts/postgres.sh {verb}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// Its URL, with ferry's options (`?lease=ms`) if any.
     pub fn url(&self, options: &str) -> String {
         if options.is_empty() {
