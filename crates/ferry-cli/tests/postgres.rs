@@ -569,3 +569,42 @@ fn a_kill_9_of_the_server_under_load_loses_no_acknowledged_put() {
     );
     assert_eq!((acked.len(), lost, duplicated), (2 * PER_PRODUCER, 0, 0));
 }
+
+#[test]
+fn events_wake_every_waiter_even_if_cleared_at_once() {
+    let pg = PgServer::start();
+    let url = pg.url("");
+    let mut c = Client::connect(&url).unwrap();
+    assert_eq!(int(c.call(&[b"EVISSET", b"go"])), 0);
+    assert_eq!(int(c.call(&[b"EVWAIT", b"go", b"NOWAIT"])), 0);
+    let t = std::time::Instant::now();
+    assert_eq!(int(c.call(&[b"EVWAIT", b"go", b"TIMEOUT", b"60"])), 0);
+    assert!(t.elapsed() >= Duration::from_millis(60), "never early");
+    let waiters: Vec<_> = (0..3)
+        .map(|i| {
+            let mut w = Client::connect(&named(&url, &format!("w{i}"))).unwrap();
+            thread::spawn(move || int(w.call(&[b"EVWAIT", b"go"])))
+        })
+        .collect();
+    for i in 0..3 {
+        common::wait_until("a waiter listening", || listening(&url, &format!("w{i}")));
+    }
+    assert_eq!(int(c.call(&[b"EVSET", b"go"])), 1);
+    // Cleared at once: the waiters were woken by the set all the same.
+    assert_eq!(int(c.call(&[b"EVCLEAR", b"go"])), 1);
+    for w in waiters {
+        assert_eq!(w.join().unwrap(), 1);
+    }
+    // `ferry event` from a shell, on this engine too.
+    let status = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["event", "set", "go", "--url", &url])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert_eq!(int(c.call(&[b"EVWAIT", b"go", b"NOWAIT"])), 1);
+    let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["event", "is-set", "go", "--url", &url])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "set");
+}

@@ -65,3 +65,30 @@ BEGIN
         PERFORM ferry.wake('lock:' || lname);
     END LOOP;
 END $$;
+
+-- EVSET: the flag set, its waiters woken.
+CREATE FUNCTION ferry.event_set(ename text) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO ferry.events AS e (name, is_set, generation) VALUES (ename, true, 1)
+    ON CONFLICT (name) DO UPDATE
+    SET generation = e.generation + CASE WHEN e.is_set THEN 0 ELSE 1 END, is_set = true;
+    PERFORM ferry.wake('ev:' || ename);
+END $$;
+
+-- EVCLEAR: the flag cleared (an event never set and not waited for
+-- leaves no row).
+CREATE FUNCTION ferry.event_clear(ename text) RETURNS void
+LANGUAGE sql AS $$
+    UPDATE ferry.events SET is_set = false WHERE name = ename
+$$;
+
+-- EVISSET and EVWAIT's try: whether the flag is set, or was set since
+-- `since` (the generation a waiter saw first; null: now), and the
+-- generation now.
+CREATE FUNCTION ferry.event_state(ename text, since bigint, OUT is_set boolean, OUT generation bigint)
+LANGUAGE sql STABLE AS $$
+    SELECT coalesce(bool_or(e.is_set OR e.generation <> coalesce(since, e.generation)), false),
+           coalesce(max(e.generation), 0)
+    FROM ferry.events e WHERE e.name = ename
+$$;

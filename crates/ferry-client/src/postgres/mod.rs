@@ -4,8 +4,8 @@
 //! LOCKED`, waits on LISTEN/NOTIFY.
 //!
 //! Built in steps (issue 28); what this step answers is the queue's
-//! commands (queue.rs, queue.sql), locks (lock.rs, lock.sql) and the
-//! connection's (CLIENT, INFO, PING). Any other command is refused
+//! commands (queue.rs, queue.sql), locks and events (lock.rs, lock.sql)
+//! and the connection's (CLIENT, INFO, PING). Any other command is refused
 //! with an error that names it — never answered half. docs/backends.md
 //! keeps the list.
 //!
@@ -43,7 +43,7 @@ use crate::request::{Args, error_value, is, server};
 /// (issue 28) a change of the schema takes a new version and no
 /// migration: a database an earlier build made is refused with a clear
 /// error (drop its `ferry` schema to start afresh).
-const SCHEMA_VERSION: i32 = 3;
+const SCHEMA_VERSION: i32 = 4;
 const SCHEMA: &str = concat!(
     include_str!("schema.sql"),
     include_str!("queue.sql"),
@@ -308,7 +308,10 @@ impl PgLink {
         if let Some(reply) = self.connection_command(&cmd, &mut a).await {
             return reply.map(|v| (v, false));
         }
-        if matches!(cmd.as_str(), "LOCK" | "UNLOCK" | "LOCKED") {
+        if matches!(
+            cmd.as_str(),
+            "LOCK" | "UNLOCK" | "LOCKED" | "EVSET" | "EVCLEAR" | "EVISSET" | "EVWAIT"
+        ) {
             return self.lock_command(&cmd, &mut a, cancel).await;
         }
         match self.queue_command(&cmd, &mut a, cancel).await {

@@ -23,6 +23,8 @@ pub(super) enum Want<'a> {
     Joined,
     /// A lock's grant (its TTL in ms, 0: none).
     Lock(&'a str, i64),
+    /// An event set, or set since the generation first seen.
+    Event(&'a str, Option<i64>),
 }
 
 /// One try's outcome.
@@ -263,8 +265,23 @@ impl PgLink {
     }
 
     /// One try at what a wait wants.
-    async fn attempt(&self, queues: &[String], want: &Want<'_>) -> Result<Step, Error> {
+    async fn attempt(&self, queues: &[String], want: &mut Want<'_>) -> Result<Step, Error> {
         match want {
+            Want::Event(name, since) => {
+                let row = self
+                    .db
+                    .query_one(
+                        "SELECT is_set, generation FROM ferry.event_state($1, $2)",
+                        &[name, since],
+                    )
+                    .await
+                    .map_err(db_error)?;
+                if row.get::<_, bool>(0) {
+                    return Ok(Step::Done(Value::Int(1)));
+                }
+                since.get_or_insert(row.get::<_, i64>(1));
+                Ok(Step::Later(None))
+            }
             Want::Room(p) => {
                 let (delay, dedup_ms) = (p.delay_ms as i64, p.dedup_ms as i64);
                 let rows = self
@@ -331,7 +348,10 @@ impl PgLink {
             Want::Lock(name, ttl) => {
                 let row = self
                     .db
-                    .query_one("SELECT ferry.lock($1, $2, $3)", &[name, &self.holder, ttl])
+                    .query_one(
+                        "SELECT ferry.lock($1, $2, $3)",
+                        &[&*name, &self.holder, &*ttl],
+                    )
                     .await
                     .map_err(db_error)?;
                 if let Some(token) = row.get::<_, Option<i64>>(0) {
@@ -339,7 +359,7 @@ impl PgLink {
                 }
                 let row = self
                     .db
-                    .query_one("SELECT ferry.lock_next_ms($1)", &[name])
+                    .query_one("SELECT ferry.lock_next_ms($1)", &[&*name])
                     .await
                     .map_err(db_error)?;
                 let next = row.get::<_, Option<i64>>(0);
@@ -372,13 +392,13 @@ impl PgLink {
         queues: &[String],
         wait: Option<Duration>,
         cancel: impl std::future::Future<Output = ()>,
-        want: Want<'_>,
+        mut want: Want<'_>,
     ) -> Result<(Option<Value>, bool), Error> {
         let deadline = wait.map(|w| Instant::now() + w);
         tokio::pin!(cancel);
         let mut woken = None;
         loop {
-            let hint = match self.attempt(queues, &want).await? {
+            let hint = match self.attempt(queues, &mut want).await? {
                 Step::Done(reply) => return Ok((Some(reply), false)),
                 Step::Later(hint) => hint,
             };

@@ -100,3 +100,12 @@ CREATE TABLE ferry.locks (
     until timestamptz
 );
 CREATE INDEX locks_holder ON ferry.locks (holder);
+
+-- Events (EVSET, EVCLEAR, EVISSET, EVWAIT): a flag, and how many times it
+-- was set, so that a waiter woken by a set answers 1 even if the flag was
+-- cleared before it looked.
+CREATE TABLE ferry.events (
+    name text PRIMARY KEY,
+    is_set boolean NOT NULL,
+    generation bigint NOT NULL
+);
