@@ -330,6 +330,11 @@ fn settings_order_bound_and_bury() {
     let put = thread::spawn(move || putter.call(&[b"QPUT", b"box", b"c", b"TIMEOUT", b"0"]));
     common::wait_until("the putter listening", || listening(&url, "putter"));
     assert_eq!(
+        info(&mut c, "box", "waiting_putters"),
+        1,
+        "counted while it waits"
+    );
+    assert_eq!(
         payloads(c.call(&[b"QGET", b"box", b"NOACK"]).unwrap()),
         [b"a".to_vec()]
     );
@@ -381,8 +386,14 @@ fn a_shut_down_queue_refuses_puts_and_drains() {
     getter.call(&[b"QGET", b"idle", b"NOACK"]).unwrap();
     let waiting = thread::spawn(move || getter.call(&[b"QGET", b"idle", b"TIMEOUT", b"0"]));
     common::wait_until("the getter listening", || listening(&url, "getter"));
+    assert_eq!(info(&mut c, "idle", "waiting_getters"), 1);
     ok(c.call(&[b"QSHUTDOWN", b"idle"]));
     assert!(matches!(waiting.join().unwrap(), Err(Error::ShutDown)));
+    assert_eq!(
+        info(&mut c, "idle", "waiting_getters"),
+        0,
+        "no longer once it ended"
+    );
     ok(c.call(&[b"QSHUTDOWN", b"s"]));
     assert!(matches!(
         c.call(&[b"QPUT", b"s", b"no"]),

@@ -92,3 +92,38 @@ LANGUAGE sql STABLE AS $$
            coalesce(max(e.generation), 0)
     FROM ferry.events e WHERE e.name = ename
 $$;
+
+-- A wait's rows (one per name it waits on), alive for `ms`; replies
+-- their ids. Rows past their time go here too.
+CREATE FUNCTION ferry.wait_begin(wkind text, names text[], ms bigint) RETURNS bigint[]
+LANGUAGE plpgsql AS $$
+DECLARE
+    ids bigint[];
+BEGIN
+    DELETE FROM ferry.waiters w WHERE w.ctid IN (
+        SELECT x.ctid FROM ferry.waiters x WHERE x.until < now() LIMIT 10);
+    WITH n AS (
+        INSERT INTO ferry.waiters (kind, name, until)
+        SELECT wkind, u, now() + ferry.ms(ms) FROM unnest(names) AS u
+        RETURNING id
+    )
+    SELECT array_agg(n.id) INTO ids FROM n;
+    RETURN ids;
+END $$;
+
+CREATE FUNCTION ferry.wait_renew(ids bigint[], ms bigint) RETURNS void
+LANGUAGE sql AS $$
+    UPDATE ferry.waiters SET until = now() + ferry.ms(ms) WHERE id = ANY (ids)
+$$;
+
+CREATE FUNCTION ferry.wait_end(ids bigint[]) RETURNS void
+LANGUAGE sql AS $$
+    DELETE FROM ferry.waiters WHERE id = ANY (ids)
+$$;
+
+-- The live waiters of `wname` of kind `wkind`.
+CREATE FUNCTION ferry.waiting(wkind text, wname text) RETURNS bigint
+LANGUAGE sql STABLE AS $$
+    SELECT count(*) FROM ferry.waiters w
+    WHERE w.name = wname AND w.kind = wkind AND w.until > now()
+$$;

@@ -43,7 +43,7 @@ use crate::request::{Args, error_value, is, server};
 /// (issue 28) a change of the schema takes a new version and no
 /// migration: a database an earlier build made is refused with a clear
 /// error (drop its `ferry` schema to start afresh).
-const SCHEMA_VERSION: i32 = 4;
+const SCHEMA_VERSION: i32 = 5;
 const SCHEMA: &str = concat!(
     include_str!("schema.sql"),
     include_str!("queue.sql"),
@@ -386,20 +386,24 @@ impl PgLink {
         Ok(())
     }
 
-    /// INFO's text: the engine, its queues and its server.
+    /// INFO's text: the engine, its queues, who waits, and its server.
     async fn info_text(&self) -> Result<Value, Error> {
         let row = self
             .db
             .query_one(
-                "SELECT (SELECT count(*) FROM ferry.queues), current_setting('server_version')",
+                "SELECT (SELECT count(*) FROM ferry.queues), current_setting('server_version'), \
+                 (SELECT count(*) FROM ferry.waiters WHERE kind = 'lock' AND until > now()), \
+                 (SELECT count(*) FROM ferry.waiters WHERE kind = 'event' AND until > now())",
                 &[],
             )
             .await
             .map_err(db_error)?;
         let (queues, version) = (row.get::<_, i64>(0), row.get::<_, String>(1));
+        let (locks, events) = (row.get::<_, i64>(2), row.get::<_, i64>(3));
         Ok(Value::Bulk(
             format!(
-                "# ferry\r\nbackend:postgres\r\nqueues:{queues}\r\npostgres_version:{version}\r\n"
+                "# ferry\r\nbackend:postgres\r\nqueues:{queues}\r\nlock_waiters:{locks}\r\n\
+                 event_waiters:{events}\r\npostgres_version:{version}\r\n"
             )
             .into_bytes()
             .into(),

@@ -27,6 +27,19 @@ pub(super) enum Want<'a> {
     Event(&'a str, Option<i64>),
 }
 
+impl Want<'_> {
+    /// What its waiter is counted as.
+    fn kind(&self) -> &'static str {
+        match self {
+            Want::Room(_) => "put",
+            Want::Got(_) => "get",
+            Want::Joined => "join",
+            Want::Lock(..) => "lock",
+            Want::Event(..) => "event",
+        }
+    }
+}
+
 /// One try's outcome.
 enum Step {
     Done(Value),
@@ -394,16 +407,57 @@ impl PgLink {
         cancel: impl std::future::Future<Output = ()>,
         mut want: Want<'_>,
     ) -> Result<(Option<Value>, bool), Error> {
+        // While it waits, it is counted (QINFO's waiting_*, INFO's
+        // *_waiters): rows renewed at each try, which outlive the longest
+        // nap a little and are dropped when the wait ends.
+        let mut rows: Option<Vec<i64>> = None;
+        let outcome = self
+            .wait_counted(queues, wait, cancel, &mut want, &mut rows)
+            .await;
+        if let Some(ids) = rows {
+            let _ = self.db.execute("SELECT ferry.wait_end($1)", &[&ids]).await;
+        }
+        outcome
+    }
+
+    async fn wait_counted(
+        &mut self,
+        queues: &[String],
+        wait: Option<Duration>,
+        cancel: impl std::future::Future<Output = ()>,
+        want: &mut Want<'_>,
+        rows: &mut Option<Vec<i64>>,
+    ) -> Result<(Option<Value>, bool), Error> {
+        let row_ms = super::ms(NAP + Duration::from_secs(5));
         let deadline = wait.map(|w| Instant::now() + w);
         tokio::pin!(cancel);
         let mut woken = None;
         loop {
-            let hint = match self.attempt(queues, &mut want).await? {
+            let hint = match self.attempt(queues, want).await? {
                 Step::Done(reply) => return Ok((Some(reply), false)),
                 Step::Later(hint) => hint,
             };
             if deadline.is_some_and(|d| d <= Instant::now()) {
                 return Ok((None, false));
+            }
+            match rows {
+                Some(ids) => {
+                    self.db
+                        .execute("SELECT ferry.wait_renew($1, $2)", &[&*ids, &row_ms])
+                        .await
+                        .map_err(db_error)?;
+                }
+                None => {
+                    let row = self
+                        .db
+                        .query_one(
+                            "SELECT ferry.wait_begin($1, $2, $3)",
+                            &[&want.kind(), &queues, &row_ms],
+                        )
+                        .await
+                        .map_err(db_error)?;
+                    *rows = Some(row.get::<_, Option<Vec<i64>>>(0).unwrap_or_default());
+                }
             }
             let listening = self.listener.as_ref().is_some_and(Listener::alive);
             let Some(woken) = woken.as_mut().filter(|_| listening) else {
@@ -437,6 +491,14 @@ impl PgLink {
         let field = |name: &str, v: Value| (bulk(name.as_bytes()), v);
         let none = |n: i64| Value::Int(if n == 0 { -1 } else { n });
         let (maxsize, qsize) = (row.get::<_, i64>(1), row.get::<_, i64>(7));
+        let waiting = self
+            .db
+            .query_one(
+                "SELECT ferry.waiting('get', $1), ferry.waiting('put', $1), ferry.waiting('join', $1)",
+                &[&q],
+            )
+            .await
+            .map_err(db_error)?;
         Ok(Value::Map(vec![
             field("name", bulk(q.as_bytes())),
             field("kind", bulk(row.get::<_, String>(0))),
@@ -446,6 +508,9 @@ impl PgLink {
             field("leased", Value::Int(row.get(9))),
             field("taken", Value::Int(row.get(10))),
             field("delayed", Value::Int(row.get(11))),
+            field("waiting_getters", Value::Int(waiting.get(0))),
+            field("waiting_putters", Value::Int(waiting.get(1))),
+            field("waiting_joiners", Value::Int(waiting.get(2))),
             field("full", Value::Bool(maxsize > 0 && qsize >= maxsize)),
             field("empty", Value::Bool(qsize == 0)),
             field("shutdown", bulk(row.get::<_, String>(2))),

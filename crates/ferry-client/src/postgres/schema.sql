@@ -109,3 +109,15 @@ CREATE TABLE ferry.events (
     is_set boolean NOT NULL,
     generation bigint NOT NULL
 );
+
+-- Who waits, and on what: a get, put or join on a queue, a lock or an
+-- event on its name — counted by QINFO and INFO. A row is renewed by each
+-- try of its wait and dropped when the wait ends; one whose client died
+-- (or whose wait was dropped unfinished) goes once `until` passes.
+CREATE TABLE ferry.waiters (
+    id bigserial PRIMARY KEY,
+    kind text NOT NULL,
+    name text NOT NULL,
+    until timestamptz NOT NULL
+);
+CREATE INDEX waiters_name ON ferry.waiters (name, kind);
