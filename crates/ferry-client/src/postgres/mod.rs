@@ -43,7 +43,7 @@ use crate::request::{Args, error_value, is, server};
 /// (issue 28) a change of the schema takes a new version and no
 /// migration: a database an earlier build made is refused with a clear
 /// error (drop its `ferry` schema to start afresh).
-const SCHEMA_VERSION: i32 = 5;
+const SCHEMA_VERSION: i32 = 6;
 const SCHEMA: &str = concat!(
     include_str!("schema.sql"),
     include_str!("queue.sql"),

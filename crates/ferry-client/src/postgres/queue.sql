@@ -128,9 +128,14 @@ BEGIN
             RETURN;
         END IF;
     END IF;
-    SELECT m.keytype INTO held FROM ferry.messages m WHERE m.queue = q LIMIT 1;
-    IF FOUND AND held <> kt THEN
-        RAISE EXCEPTION 'KEYTYPE the queue holds messages of another key type';
+    -- Taken messages are their takers' now: only what may be served
+    -- again must compare with the new item.
+    IF kt <> '' THEN
+        SELECT m.keytype INTO held FROM ferry.messages m WHERE m.queue = q AND NOT m.taken LIMIT 1;
+        IF FOUND AND held <> kt THEN
+            RAISE EXCEPTION 'KEYTYPE the queue holds items ordered as %; this one is %',
+                encode(held, 'escape'), encode(kt, 'escape');
+        END IF;
     END IF;
     IF n = 1 THEN
         first := nextval('ferry.message_ids');
