@@ -99,6 +99,21 @@ cluster_url=$(scripts/redis-cluster.sh start "$cluster_dir" "$cluster_port")
 (cd python && FERRY_TEST_URL="$cluster_url?lease=2000" ../.venv/bin/python -m pytest -p no:cacheprovider)
 examples/run.sh target/debug/ferry .venv/bin/python "$cluster_url?lease=2000"
 
+stage "pytest on PostgreSQL (the suites of what it answers)"
+# The PostgreSQL engine (postgres://, in progress: docs/backends.md) under
+# the suites of what it answers today — queues blocking and across
+# processes, CPython's queue tests, locks, errors, Ctrl-C — on a server
+# of its own (scripts/postgres.sh: initdb as a non-root user, a free
+# loopback port), stopped by PID. The others join as the engine grows.
+pg_dir=$(mktemp -d)
+trap 'kill $redis_pid 2>/dev/null || true; scripts/redis-cluster.sh stop "$cluster_dir"; scripts/postgres.sh stop "$pg_dir"; rm -rf "$redis_dir" "$cluster_dir" "$pg_dir"' EXIT
+pg_url=$(scripts/postgres.sh start "$pg_dir")
+(cd python && FERRY_TEST_URL="$pg_url?lease=2000" ../.venv/bin/python -m pytest -p no:cacheprovider \
+    tests/test_queue.py tests/test_cpython_queue.py tests/test_priority.py tests/test_mp_queue.py \
+    tests/test_errors.py tests/test_names.py tests/test_leftovers.py tests/test_regressions.py \
+    tests/test_fast_paths.py tests/test_interrupt.py)
+scripts/postgres.sh stop "$pg_dir"
+
 stage "examples on the broker"
 # examples/: the classic multiprocessing lessons as Python and Rust
 # programs, each run against a broker started by the script.
