@@ -262,6 +262,12 @@ fn a_dedup_key_puts_once() {
     let other = int(c.call(&[b"QPUT", b"d", b"x", b"DEDUP", b"k2", b"DEDUPFOR", b"1"]));
     assert!(other > first);
     assert_eq!(int(c.call(&[b"QLEN", b"d"])), 2);
+    // A put sent again after its reply was lost is answered by its key,
+    // even once the queue is full.
+    ok(c.call(&[b"QCREATE", b"one", b"MAXSIZE", b"1"]));
+    let first = int(c.call(&[b"QPUT", b"one", b"x", b"DEDUP", b"k3"]));
+    let again = int(c.call(&[b"QPUT", b"one", b"x", b"DEDUP", b"k3", b"NOWAIT"]));
+    assert_eq!(first, again, "not FULL: it went in");
     // The CLI puts with keys of its own, as on every engine.
     let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
         .args(["put", "d", "from-cli", "--url", &pg.url("")])
@@ -411,12 +417,18 @@ fn a_shut_down_queue_refuses_puts_and_drains() {
     ));
     ok(c.call(&[b"QREOPEN", b"s"]));
     int(c.call(&[b"QPUT", b"s", b"again"]));
+    int(c.call(&[b"QPUT", b"s", b"out"]));
+    let out = entries(c.call(&[b"QGET", b"s"]).unwrap());
     ok(c.call(&[b"QSHUTDOWN", b"s", b"IMMEDIATE"]));
     assert_eq!(
         int(c.call(&[b"QLEN", b"s"])),
         0,
         "immediate drops what is ready"
     );
+    // And what comes back after it.
+    let id = out[0].0.to_string();
+    ok(c.call(&[b"QNACK", b"s", id.as_bytes()]));
+    assert_eq!(int(c.call(&[b"QLEN", b"s"])), 0, "given back: dropped too");
     assert_eq!(
         c.call(&[b"QJOIN", b"s", b"NOWAIT"]).unwrap(),
         Value::Simple("OK".into())

@@ -25,7 +25,16 @@ use super::Target;
 struct Holding {
     clients: usize,
     stop: Option<oneshot::Sender<()>>,
+    /// Counts the times its clients fell to none: a release scheduled
+    /// then goes ahead only if none came back since.
+    emptied: u64,
 }
+
+/// How long a holder whose last client went lives on, in case a client
+/// comes back: a client that lost its connection drops its link before
+/// it opens the next, and its process's holder must not give back its
+/// leases and locks in between.
+const GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
 struct Thread {
     pid: u32,
@@ -117,6 +126,7 @@ pub(super) fn attach(target: &Target, holder: &str) -> std::io::Result<()> {
         let h = t.holders.entry(key).or_insert(Holding {
             clients: 0,
             stop: None,
+            emptied: 0,
         });
         h.clients += 1;
         if h.stop.is_none() {
@@ -127,20 +137,35 @@ pub(super) fn attach(target: &Target, holder: &str) -> std::io::Result<()> {
     })
 }
 
-/// One client of `holder` fewer: with the last, its heartbeat ends and
-/// what it holds goes back.
+/// One client of `holder` fewer: when none is left for [`GRACE`], its
+/// heartbeat ends and what it holds goes back.
 pub(super) fn detach(target: &Target, holder: &str) {
     let _ = with(|t| {
         let key = (target.url.clone(), holder.to_string());
-        if let Some(h) = t.holders.get_mut(&key) {
-            h.clients = h.clients.saturating_sub(1);
-            if h.clients == 0
-                && let Some(h) = t.holders.remove(&key)
-                && let Some(stop) = h.stop
-            {
-                let _ = stop.send(());
-            }
+        let Some(h) = t.holders.get_mut(&key) else {
+            return;
+        };
+        h.clients = h.clients.saturating_sub(1);
+        if h.clients > 0 {
+            return;
         }
+        h.emptied += 1;
+        let emptied = h.emptied;
+        t.rt.spawn(async move {
+            tokio::time::sleep(GRACE).await;
+            let _ = with(|t| {
+                let gone = t
+                    .holders
+                    .get(&key)
+                    .is_some_and(|h| h.clients == 0 && h.emptied == emptied);
+                if gone
+                    && let Some(h) = t.holders.remove(&key)
+                    && let Some(stop) = h.stop
+                {
+                    let _ = stop.send(());
+                }
+            });
+        });
     });
 }
 

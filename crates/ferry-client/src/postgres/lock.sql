@@ -101,7 +101,8 @@ DECLARE
     ids bigint[];
 BEGIN
     DELETE FROM ferry.waiters w WHERE w.ctid IN (
-        SELECT x.ctid FROM ferry.waiters x WHERE x.until < now() LIMIT 10);
+        SELECT x.ctid FROM ferry.waiters x WHERE x.until < now() LIMIT 10
+        FOR UPDATE SKIP LOCKED);
     WITH n AS (
         INSERT INTO ferry.waiters (kind, name, until)
         SELECT wkind, u, now() + ferry.ms(ms) FROM unnest(names) AS u

@@ -43,7 +43,7 @@ use crate::request::{Args, error_value, is, server};
 /// (issue 28) a change of the schema takes a new version and no
 /// migration: a database an earlier build made is refused with a clear
 /// error (drop its `ferry` schema to start afresh).
-const SCHEMA_VERSION: i32 = 6;
+const SCHEMA_VERSION: i32 = 7;
 const SCHEMA: &str = concat!(
     include_str!("schema.sql"),
     include_str!("queue.sql"),
@@ -104,10 +104,22 @@ impl Target {
         Ok(Target { url, lease })
     }
 
+    /// The driver's settings: the URL's, and bounds on a connect and on
+    /// a connection gone quiet (keepalives), so that no call waits for
+    /// ever on a server that vanished.
     fn config(&self) -> Result<tokio_postgres::Config, Error> {
-        self.url
+        let mut c: tokio_postgres::Config = self
+            .url
             .parse()
-            .map_err(|e: tokio_postgres::Error| Error::Url(e.to_string()))
+            .map_err(|e: tokio_postgres::Error| Error::Url(e.to_string()))?;
+        if c.get_connect_timeout().is_none() {
+            c.connect_timeout(Duration::from_secs(10));
+        }
+        c.keepalives(true)
+            .keepalives_idle(Duration::from_secs(10))
+            .keepalives_interval(Duration::from_secs(2))
+            .keepalives_retries(3);
+        Ok(c)
     }
 }
 

@@ -181,6 +181,13 @@ impl PgLink {
             }
         }
         let db = &self.db;
+        if matches!(cmd, "QLEN" | "QINFO" | "QPEEK") {
+            // What time alone gave back (a delay come due, a lease run
+            // out) is counted and shown, whether or not a get ran since.
+            db.execute("SELECT ferry.reclaim($1)", &[&q])
+                .await
+                .map_err(db_error)?;
+        }
         let one = async |sql: &str| {
             db.query_one(sql, &[&q])
                 .await
@@ -386,11 +393,19 @@ impl PgLink {
                     .query_one("SELECT ferry.unfinished($1)", &[&queues[0]])
                     .await
                     .map_err(db_error)?;
-                Ok(if row.get::<_, i64>(0) == 0 {
-                    Step::Done(Value::Simple("OK".into()))
-                } else {
-                    Step::Later(None)
-                })
+                if row.get::<_, i64>(0) == 0 {
+                    return Ok(Step::Done(Value::Simple("OK".into())));
+                }
+                // Time alone may finish what is out (a taker that died).
+                let row = self
+                    .db
+                    .query_one("SELECT next_ms FROM ferry.idle($1)", &[&queues[0]])
+                    .await
+                    .map_err(db_error)?;
+                let next = row.get::<_, Option<i64>>(0);
+                Ok(Step::Later(
+                    next.map(|ms| Duration::from_millis(ms.max(1) as u64)),
+                ))
             }
         }
     }

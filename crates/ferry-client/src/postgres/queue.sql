@@ -97,15 +97,15 @@ BEGIN
     PERFORM ferry.wake(q);
 END $$;
 
--- QPUT, QPUTMANY: the ids, increasing, consecutive for one batch (a
--- session-level advisory lock, not held to the end of the transaction,
--- keeps other batches out of its block of the sequence); none if the
--- queue is full (the caller waits, or replies FULL). A bounded queue's
--- puts take its put lock to the end of their transaction, so that two
--- cannot both take its last room. With a DEDUP key used in its window:
--- the first put's id, and nothing added (a second put with the key
--- waits for the first's transaction); each such put also forgets up to
--- 10 keys whose window ended.
+-- QPUT, QPUTMANY: the ids, increasing (a batch's are consecutive unless
+-- other puts took ids meanwhile); none if the queue is full (the caller
+-- waits, or replies FULL). A bounded queue's puts take its put lock to
+-- the end of their transaction, so that two cannot both take its last
+-- room. With a DEDUP key used in its window: the first put's id, and
+-- nothing added — looked up first, so that a put sent again after its
+-- reply was lost is answered even when the queue is full or shut down
+-- by now (a second put with the key waits for the first's transaction).
+-- Each keyed put also forgets up to 10 keys whose window ended.
 CREATE FUNCTION ferry.put(q text, payloads bytea[], okey bytea, delay_ms bigint,
                           kt bytea, dedup_key bytea, dedup_ms bigint)
 RETURNS SETOF bigint
@@ -113,9 +113,16 @@ LANGUAGE plpgsql AS $$
 DECLARE
     r ferry.queues := ferry.queue(q);
     n int := cardinality(payloads);
-    first bigint;
+    ids bigint[];
     held bytea;
 BEGIN
+    IF dedup_key IS NOT NULL THEN
+        RETURN QUERY SELECT d.first_id FROM ferry.dedup d
+            WHERE d.queue = q AND d.key = dedup_key AND d.until > now();
+        IF FOUND THEN
+            RETURN;
+        END IF;
+    END IF;
     IF r.shutdown <> 'no' THEN
         RAISE EXCEPTION 'SHUTDOWN queue % is shut down', q;
     END IF;
@@ -128,28 +135,23 @@ BEGIN
             RETURN;
         END IF;
     END IF;
-    -- Taken messages are their takers' now: only what may be served
-    -- again must compare with the new item.
+    -- Taken messages are their takers' now, and an untyped one compares
+    -- with nothing: only typed items that may be served again must match.
     IF kt <> '' THEN
-        SELECT m.keytype INTO held FROM ferry.messages m WHERE m.queue = q AND NOT m.taken LIMIT 1;
+        SELECT m.keytype INTO held FROM ferry.messages m
+        WHERE m.queue = q AND NOT m.taken AND m.keytype <> '' LIMIT 1;
         IF FOUND AND held <> kt THEN
             RAISE EXCEPTION 'KEYTYPE the queue holds items ordered as %; this one is %',
                 encode(held, 'escape'), encode(kt, 'escape');
         END IF;
     END IF;
-    IF n = 1 THEN
-        first := nextval('ferry.message_ids');
-    ELSE
-        PERFORM pg_advisory_lock(hashtext('ferry.message_ids'));
-        first := nextval('ferry.message_ids');
-        PERFORM setval('ferry.message_ids', first + n - 1);
-        PERFORM pg_advisory_unlock(hashtext('ferry.message_ids'));
-    END IF;
+    ids := ARRAY(SELECT nextval('ferry.message_ids') FROM generate_series(1, n));
     IF dedup_key IS NOT NULL THEN
         DELETE FROM ferry.dedup d WHERE d.ctid IN (
-            SELECT x.ctid FROM ferry.dedup x WHERE x.until < now() LIMIT 10);
+            SELECT x.ctid FROM ferry.dedup x WHERE x.until < now() LIMIT 10
+            FOR UPDATE SKIP LOCKED);
         INSERT INTO ferry.dedup AS d (queue, key, first_id, until)
-        VALUES (q, dedup_key, first, now() + ferry.ms(dedup_ms))
+        VALUES (q, dedup_key, ids[1], now() + ferry.ms(dedup_ms))
         ON CONFLICT (queue, key) DO UPDATE
         SET first_id = excluded.first_id, until = excluded.until
         WHERE d.until <= now();
@@ -160,9 +162,9 @@ BEGIN
         END IF;
     END IF;
     INSERT INTO ferry.messages (id, queue, key, seq, payload, due, keytype)
-    SELECT first + i - 1, q,
+    SELECT ids[i], q,
            CASE WHEN r.kind = 'priority' THEN okey ELSE '' END,
-           CASE WHEN r.kind = 'lifo' THEN -(first + i - 1) ELSE first + i - 1 END,
+           CASE WHEN r.kind = 'lifo' THEN -ids[i] ELSE ids[i] END,
            p,
            CASE WHEN delay_ms > 0 THEN now() + ferry.ms(delay_ms) END,
            kt
@@ -170,11 +172,13 @@ BEGIN
     IF delay_ms = 0 THEN
         PERFORM ferry.wake(q);
     END IF;
-    RETURN QUERY SELECT generate_series(first, first + n - 1);
+    RETURN QUERY SELECT unnest(ids);
 END $$;
 
--- Messages returned `attempts >= max_attempts` times leave: to the dead
--- letter queue (new messages there) or dropped.
+-- After messages came back (nack, expiry, a holder gone): those returned
+-- `attempts >= max_attempts` times leave — to the dead letter queue (new
+-- messages there) or dropped — and on a queue shut down IMMEDIATE every
+-- one does.
 CREATE FUNCTION ferry.bury(q text) RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -182,7 +186,17 @@ DECLARE
     dl ferry.queues;
 BEGIN
     SELECT * INTO r FROM ferry.queues WHERE name = q;
-    IF NOT FOUND OR r.max_attempts = 0 THEN
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
+    -- After QSHUTDOWN IMMEDIATE, what comes back is dropped, as what was
+    -- ready was (each counted finished, so QJOIN returns).
+    IF r.shutdown = 'immediate' THEN
+        DELETE FROM ferry.messages m WHERE m.queue = q AND m.holder IS NULL;
+        PERFORM ferry.wake(q);
+        RETURN;
+    END IF;
+    IF r.max_attempts = 0 THEN
         RETURN;
     END IF;
     IF r.dead_letter IS NOT NULL THEN
@@ -217,6 +231,9 @@ BEGIN
     WHERE m.queue = q AND m.due <= now() AND m.holder IS NULL;
     DELETE FROM ferry.messages m USING ferry.holders h
     WHERE m.queue = q AND m.holder = h.holder AND h.alive_until <= now() AND m.taken;
+    IF FOUND THEN
+        PERFORM ferry.wake(q);
+    END IF;
     UPDATE ferry.messages m SET holder = NULL, lease_until = NULL, attempts = m.attempts + 1
     WHERE m.queue = q AND m.lease_until <= now() AND NOT m.taken;
     GET DIAGNOSTICS back = ROW_COUNT;
@@ -225,6 +242,7 @@ BEGIN
     WHERE m.queue = q AND m.holder = h.holder AND h.alive_until <= now();
     IF back > 0 OR FOUND THEN
         PERFORM ferry.bury(q);
+        PERFORM ferry.wake(q);
     END IF;
 END $$;
 
@@ -307,7 +325,9 @@ BEGIN
     DELETE FROM ferry.messages m
     WHERE m.queue = q AND m.id = ANY (ids) AND (m.holder = who OR m.holder = '');
     GET DIAGNOSTICS n = ROW_COUNT;
-    IF n > 0 AND NOT EXISTS (SELECT 1 FROM ferry.messages m WHERE m.queue = q) THEN
+    -- Every done wakes the joiners (two dones that finish the last two
+    -- messages at once each see the other's still there).
+    IF n > 0 THEN
         PERFORM ferry.wake(q);
     END IF;
     RETURN n;
@@ -328,9 +348,7 @@ BEGIN
     IF NOT FOUND THEN
         RAISE EXCEPTION 'NOTLEASED no such message leased by this client';
     END IF;
-    IF NOT unstarted THEN
-        PERFORM ferry.bury(q);
-    END IF;
+    PERFORM ferry.bury(q);
     PERFORM ferry.wake(q);
 END $$;
 
@@ -432,13 +450,14 @@ LANGUAGE plpgsql AS $$
 DECLARE
     q text;
 BEGIN
-    DELETE FROM ferry.messages m WHERE m.holder = who AND m.taken;
     FOR q IN
-        WITH back AS (
+        WITH lost AS (
+            DELETE FROM ferry.messages m WHERE m.holder = who AND m.taken RETURNING m.queue
+        ), back AS (
             UPDATE ferry.messages m SET holder = NULL, lease_until = NULL, attempts = m.attempts + 1
-            WHERE m.holder = who RETURNING m.queue
+            WHERE m.holder = who AND NOT m.taken RETURNING m.queue
         )
-        SELECT DISTINCT back.queue FROM back
+        SELECT lost.queue FROM lost UNION SELECT back.queue FROM back
     LOOP
         PERFORM ferry.bury(q);
         PERFORM ferry.wake(q);
@@ -468,6 +487,8 @@ $$;
 
 -- Unfinished messages of `q` (0 for a queue that does not exist).
 CREATE FUNCTION ferry.unfinished(q text) RETURNS bigint
-LANGUAGE sql STABLE AS $$
-    SELECT count(*) FROM ferry.messages m WHERE m.queue = q
-$$;
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM ferry.reclaim(q);
+    RETURN (SELECT count(*) FROM ferry.messages m WHERE m.queue = q);
+END $$;
